@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Installs everything trainkit and its test suite need on a fresh Debian machine with Python 3.10+:
+# Debian's chromium (browser tests drive it through Playwright; no browser download) and the
+# Python package with its [dev] extras. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; fi
+fi
+python3 -m pip install -q "torch>=2.6" "torchvision>=0.21"
+python3 -m pip install -q -e ".[dev]"
+python3 -m ipykernel install --user --name python3 >/dev/null 2>&1 || true

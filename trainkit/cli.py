@@ -1,0 +1,147 @@
+"""``trainkit run | status | signoff | report | train | config validate``.
+
+Exit codes: 0 ready (or done), 1 failed, 2 bad usage or bad config, 3 waiting for a sign-off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from trainkit.errors import ConfigError, GateError, RunError, TrainkitError
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="trainkit", description="Plan → baseline → diagnose → optimize → finalize, gated.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run the phases through papermill into runs/NAME/")
+    r.add_argument("config", nargs="?", default=None, help="training_config.yaml (default: the built-in digits baseline)")
+    r.add_argument("--name", default=None, help="run name (default: run-YYYYmmdd-HHMMSS; 'demo' with no config)")
+    r.add_argument("--runs-dir", default="runs", help="folder holding runs (default: runs)")
+    r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="dotted override, e.g. --set optimizer.lr=3e-4 (repeatable)")
+    r.add_argument("--target", type=float, default=None, help="target validation accuracy (0-1)")
+    r.add_argument("--stop-after", type=int, default=None, choices=range(1, 6), metavar="N", help="stop after phase N")
+    r.add_argument("--approve", action="append", default=[], metavar="CHECK=NAME",
+                   help="approve a manual check headlessly, e.g. --approve stakeholder_approval=alice")
+    r.add_argument("--approvals", default=None, help="YAML/JSON file {gate: {check: name}} of approvals")
+    r.add_argument("--resume", action="store_true", help="continue an existing run from where it stopped")
+
+    c = sub.add_parser("config", help="config tools")
+    csub = c.add_subparsers(dest="config_command", required=True)
+    v = csub.add_parser("validate", help="validate a training_config.yaml (exit 0 or 2)")
+    v.add_argument("file")
+    v.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+    s = sub.add_parser("signoff", help="sign off a phase's gate")
+    s.add_argument("run", help="run folder (runs/NAME)")
+    s.add_argument("--phase", required=True, help="phase number 1-5")
+    s.add_argument("--by", required=True, help="approver's name")
+    s.add_argument("--check", action="append", default=[], help="manual check id to tick (repeatable)")
+
+    st = sub.add_parser("status", help="phase history, gate state, and the next step of a run")
+    st.add_argument("run")
+
+    t = sub.add_parser("train", help="train a config into a folder (no gates), optionally resuming")
+    t.add_argument("config")
+    t.add_argument("--run-dir", required=True, help="output folder (metrics.jsonl, checkpoints/)")
+    t.add_argument("--resume", action="store_true", help="continue from checkpoints/last.pt")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    return p
+
+
+def _approvals(args: argparse.Namespace) -> dict[str, str] | str:
+    out: dict[str, str] = {}
+    for item in args.approve:
+        if "=" not in item:
+            raise ConfigError([("--approve", f"expected CHECK=NAME, got {item!r}")], "--approve")
+        k, _, v = item.partition("=")
+        out[k.strip()] = v.strip()
+    if args.approvals and out:
+        raise ConfigError([("--approvals", "use either --approve or --approvals, not both")], "command line")
+    return args.approvals or out
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from trainkit.config import load_config
+    from trainkit.pipeline import run_pipeline
+
+    if not args.resume:
+        load_config(args.config, args.overrides, args.target)  # exit 2 before anything is written
+    name = args.name or ("demo" if args.config is None else time.strftime("run-%Y%m%d-%H%M%S"))
+    outcome = run_pipeline(args.config, Path(args.runs_dir) / name, args.overrides, args.target, args.stop_after,
+                           _approvals(args), args.resume, echo=lambda m: print(m, flush=True))
+    print(("trainkit: " if outcome.code == 0 else f"trainkit: exit {outcome.code}: ") + outcome.message,
+          file=sys.stdout if outcome.code in (0, 3) else sys.stderr)
+    print(f"trainkit: path taken: {' → '.join(outcome.path)}; run folder: {outcome.run_dir}")
+    return outcome.code
+
+
+def _cmd_signoff(args: argparse.Namespace) -> int:
+    from trainkit.gates import sign_off
+    from trainkit.run import latest_attempt_dir, phase_name
+
+    phase = phase_name(args.phase)
+    d = latest_attempt_dir(args.run, phase)
+    if d is None:
+        raise RunError(f"{args.run}: {phase} has not run yet; nothing to sign")
+    record = sign_off(d / "gate.json", args.by, args.check, run_dir=args.run)
+    print(f"trainkit: gate {record['gate']} of {phase} signed off by {record['signoff']['by']} ({record['state']})")
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from trainkit.status import describe_run
+
+    print(describe_run(Path(args.run)))
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from trainkit.config import load_config
+    from trainkit.data import load_data
+    from trainkit.train import fit
+
+    cfg = load_config(args.config, args.overrides)
+    result = fit(cfg, load_data(cfg), args.run_dir, resume=args.resume)
+    best = result.best or {}
+    print(f"trainkit: {result.status}; best val accuracy {best.get('val_accuracy', float('nan')):.4f} "
+          f"at epoch {best.get('epoch', '-')}; {args.run_dir}")
+    return 0 if result.status != "nonfinite" else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return _cmd_run(args)
+        if args.command == "config":
+            from trainkit.config import load_config
+
+            load_config(args.file, args.overrides)
+            print(f"trainkit: {args.file} is valid")
+            return 0
+        if args.command == "signoff":
+            return _cmd_signoff(args)
+        if args.command == "status":
+            return _cmd_status(args)
+        return _cmd_train(args)
+    except ConfigError as exc:
+        print(f"trainkit: {exc}", file=sys.stderr)
+        return 2
+    except (RunError, GateError) as exc:
+        print(f"trainkit: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, RunError) else 1
+    except TrainkitError as exc:
+        print(f"trainkit: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

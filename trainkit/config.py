@@ -1,0 +1,244 @@
+"""The ``training_config.yaml`` schema (pydantic v2), load/save, and dotted overrides.
+
+Every field carries its unit in its description. Unknown keys are rejected with the valid names,
+and every problem in a file is reported at once with its dotted path (``ConfigError.problems``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from trainkit._io import write_text_atomic
+from trainkit.errors import ConfigError
+
+__all__ = [
+    "TrainkitConfig",
+    "load_config",
+    "save_config",
+    "config_hash",
+    "apply_overrides",
+    "parse_override",
+    "validate_config_dict",
+    "template_path",
+]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    source: str = Field("digits", description="digits | image_folder | mnist | fashion_mnist | cifar10 | npz | package.module:function")
+    root: Optional[str] = Field(None, description="folder or file the source reads (path); unused by digits")
+    val_fraction: float = Field(0.15, gt=0, lt=1, description="share of samples for validation (fraction 0-1)")
+    test_fraction: float = Field(0.15, gt=0, lt=1, description="share of samples for the quarantined test split (fraction 0-1)")
+    split_seed: int = Field(0, ge=0, description="seed of the stratified split (integer)")
+    batch_size: int = Field(64, ge=1, description="samples per optimizer step per process (count)")
+    workers: int = Field(0, ge=0, description="DataLoader worker processes for streamed (folder) data (count)")
+    augment: Literal["none", "flip_crop", "crop", "noise"] = Field("none", description="training-time augmentation")
+    image_size: Optional[int] = Field(None, ge=4, description="resize folder images to this side (pixels); None keeps the first image's size")
+    subset: Optional[int] = Field(None, ge=2, description="use only this many training samples (count); None = all")
+    label_noise: float = Field(0.0, ge=0, lt=1, description="fraction of training labels flipped on purpose, for experiments (fraction 0-1)")
+
+    @model_validator(mode="after")
+    def _fractions(self) -> "DataConfig":
+        if self.val_fraction + self.test_fraction >= 0.9:
+            raise ValueError("val_fraction + test_fraction must leave at least 10% for training")
+        return self
+
+
+class ModelConfig(_Section):
+    name: str = Field("mlp", description="mlp | cnn | resnet18 | package.module:function")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the model builder")
+
+
+class OptimizerConfig(_Section):
+    name: Literal["sgd", "adam", "adamw"] = Field("adam", description="optimizer")
+    lr: float = Field(1e-3, ge=0, description="peak learning rate (per step)")
+    weight_decay: float = Field(0.0, ge=0, description="L2 / decoupled weight decay (coefficient)")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (coefficient)")
+    nesterov: bool = Field(False, description="SGD Nesterov momentum")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="Adam/AdamW beta1, beta2 (coefficients)")
+
+
+class ScheduleConfig(_Section):
+    name: Literal["constant", "step", "cosine", "one_cycle"] = Field("constant", description="learning-rate schedule")
+    warmup_epochs: float = Field(0.0, ge=0, description="linear warmup from 0 (epochs, fractional allowed)")
+    step_epochs: int = Field(10, ge=1, description="step schedule: epochs between decays (epochs)")
+    gamma: float = Field(0.1, gt=0, le=1, description="step schedule: decay factor per step (ratio)")
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="cosine/one-cycle: final LR as a share of peak (ratio)")
+
+
+class TrainingConfig(_Section):
+    epochs: int = Field(20, ge=1, description="maximum epochs (count)")
+    patience: Optional[int] = Field(5, ge=1, description="early stopping: epochs without improvement (count); None disables")
+    min_delta: float = Field(0.0, ge=0, description="early stopping: smallest improvement that counts (metric units)")
+    grad_clip: Optional[float] = Field(None, gt=0, description="clip the global gradient norm to this value (L2 norm); None disables")
+    accumulation: int = Field(1, ge=1, description="micro-batches per optimizer step (count)")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto = bf16 on CUDA when supported, fp32 on CPU")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    seed: int = Field(0, ge=0, description="seed for python, numpy, torch and workers (integer)")
+    deterministic: bool = Field(True, description="deterministic algorithms, cuDNN flags, CUBLAS workspace")
+    nan_guard: bool = Field(True, description="stop in the step where loss or gradient becomes non-finite (one host sync per step)")
+
+
+class TargetConfig(_Section):
+    metric: Literal["accuracy"] = Field("accuracy", description="validation metric the decisions compare")
+    value: float = Field(0.95, ge=0, le=1, description="target value of the validation metric (fraction 0-1)")
+
+
+class BudgetConfig(_Section):
+    total_hours: float = Field(12.0, gt=0, description="whole-pipeline time budget (hours)")
+    max_optimization_iterations: int = Field(3, ge=1, description="Phase 4 iterations at most (count)")
+    max_baseline_restarts: int = Field(2, ge=0, description="Phase 2 restarts after a failed baseline (count)")
+    clear_gain_points: float = Field(5.0, ge=0, description="Phase 3 A: expected gain above this (percentage points)")
+    marginal_gain_points: float = Field(3.0, ge=0, description="Phase 3 B: expected gain below this (percentage points)")
+    diminishing_points: float = Field(2.0, ge=0, description="Phase 4 D: two iterations in a row under this gain (percentage points)")
+    gpu_util_block: float = Field(40.0, ge=0, le=100, description="post_baseline: GPU utilisation below this blocks (percent)")
+    gpu_util_warn: float = Field(60.0, ge=0, le=100, description="post_baseline: GPU utilisation below this warns (percent)")
+
+
+class TrainkitConfig(_Section):
+    """The whole training_config.yaml."""
+
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    target: TargetConfig = Field(default_factory=TargetConfig)
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model class that owns the field at ``loc`` (None if not a model)."""
+    model: Any = TrainkitConfig
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            return None
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+        else:
+            return None
+    return model
+
+
+def _problems_from(err: ValidationError) -> list[tuple[str, str]]:
+    problems = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        path = ".".join(str(p) for p in loc) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            owner = _model_at(loc[:-1])
+            valid = sorted(owner.model_fields) if owner else []
+            problems.append((path, f"unknown key '{loc[-1]}'; valid keys here: {', '.join(valid)}"))
+        else:
+            got = e.get("input")
+            shown = "" if isinstance(got, dict) else f" (got {got!r})"
+            problems.append((path, e["msg"] + shown))
+    return problems
+
+
+def validate_config_dict(raw: Any, source: str = "config") -> TrainkitConfig:
+    """Validate a plain dict; raise ConfigError listing every problem with its dotted path."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError([("(top level)", f"expected a mapping of sections, got {type(raw).__name__}")], source)
+    try:
+        return TrainkitConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_problems_from(err), source) from None
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """Split ``"optimizer.lr=3e-4"`` into a dotted key and a YAML-parsed value."""
+    if "=" not in item:
+        raise ConfigError([(item, "an override must look like section.key=value, e.g. optimizer.lr=3e-4")], "--set")
+    key, _, text = item.partition("=")
+    key = key.strip()
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    return key, value
+
+
+def apply_overrides(raw: dict, overrides: list[str] | dict[str, Any] | None) -> dict:
+    """Return a copy of ``raw`` with dotted overrides set (validation happens afterwards)."""
+    out = json.loads(json.dumps(raw or {}, default=list))
+    if not overrides:
+        return out
+    items = overrides.items() if isinstance(overrides, dict) else (parse_override(o) for o in overrides)
+    problems = []
+    for key, value in items:
+        parts = key.split(".")
+        if len(parts) < 2:
+            problems.append((key, f"expected section.key; sections: {', '.join(TrainkitConfig.model_fields)}"))
+            continue
+        node = out
+        for part in parts[:-1]:
+            if not isinstance(node.get(part, {}), dict):
+                problems.append((key, f"'{part}' is not a section"))
+                break
+            node = node.setdefault(part, {})
+        else:
+            node[parts[-1]] = value
+    if problems:
+        raise ConfigError(problems, "--set")
+    return out
+
+
+def template_path() -> Path:
+    """The shipped baseline template (configs/baseline_template.yaml, also package data)."""
+    here = Path(__file__).resolve().parent
+    for cand in (here / "configs" / "baseline_template.yaml", here.parent / "configs" / "baseline_template.yaml"):
+        if cand.exists():
+            return cand
+    raise ConfigError([("config", "baseline_template.yaml not found in the installed package")], "template")
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | dict[str, Any] | None = None,
+    target: float | None = None,
+) -> TrainkitConfig:
+    """Load a YAML config (``None`` or ``""`` = the baseline template), apply overrides, validate."""
+    path = Path(path) if path else template_path()
+    if not path.exists():
+        raise ConfigError([("config", f"file not found: {path}; pass an existing training_config.yaml")], str(path))
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError([("(yaml)", f"not valid YAML: {exc}")], str(path)) from None
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError([("(top level)", "expected a mapping of sections (data:, model:, ...)")], str(path))
+    raw = apply_overrides(raw or {}, overrides)
+    if target is not None:
+        raw = apply_overrides(raw, {"target.value": target})
+    return validate_config_dict(raw, str(path))
+
+
+def config_to_dict(cfg: TrainkitConfig) -> dict:
+    """Plain JSON-compatible dict of a config."""
+    return cfg.model_dump(mode="json")
+
+
+def save_config(cfg: TrainkitConfig, path: str | Path) -> Path:
+    """Write the config as YAML, atomically."""
+    text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+    return write_text_atomic(path, text)
+
+
+def config_hash(cfg: TrainkitConfig) -> str:
+    """sha256 of the canonical JSON of a config (key order does not matter)."""
+    canon = json.dumps(config_to_dict(cfg), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canon.encode()).hexdigest()

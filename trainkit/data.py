@@ -1,0 +1,486 @@
+"""Datasets, stratified splits, fingerprints, in-memory index batching, and the test quarantine.
+
+Sources: ``digits`` (built in, scikit-learn), ``image_folder``, ``mnist`` / ``fashion_mnist`` /
+``cifar10`` (torchvision, local files only), ``npz`` (arrays ``x``, ``y``) and a user's
+``package.module:function``. Data that fits in memory is held as tensors and batched by index;
+folder data streams through a DataLoader with workers. The test split can only be read in
+Phase 5 (``05_finalization``); every attempt, allowed or refused, is logged to the run folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from trainkit._io import append_jsonl, read_json, write_json_atomic
+from trainkit.errors import DataError, QuarantineError
+
+__all__ = ["Source", "DataBundle", "load_source", "stratified_split", "load_data", "IndexBatches",
+           "FINAL_PHASE", "TEST_ACCESS_LOG"]
+
+FINAL_PHASE = "05_finalization"
+TEST_ACCESS_LOG = "test_access.jsonl"
+_IMAGE_EXT = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+@dataclass
+class Source:
+    """A loaded data source: labels always in memory; samples in memory (x) or streamed (dataset)."""
+
+    y: torch.Tensor
+    class_names: list[str]
+    input_shape: tuple[int, ...]
+    description: str
+    x: torch.Tensor | None = None
+    dataset: Dataset | None = None
+    sample_keys: list[str] = field(default_factory=list)
+
+    @property
+    def in_memory(self) -> bool:
+        return self.x is not None
+
+
+# ---------------------------------------------------------------- sources
+
+def _row_keys(x: torch.Tensor) -> list[str]:
+    flat = x.reshape(len(x), -1).to(torch.float32).contiguous().numpy()
+    return [hashlib.sha256(row.tobytes()).hexdigest() for row in flat]
+
+
+def _in_memory(x: Any, y: Any, names: list[str] | None, desc: str) -> Source:
+    x = torch.as_tensor(np.asarray(x), dtype=torch.float32)
+    y = torch.as_tensor(np.asarray(y)).long().reshape(-1)
+    if len(x) != len(y):
+        raise DataError(f"{desc}: x has {len(x)} samples but y has {len(y)}; they must match")
+    if len(y) == 0:
+        raise DataError(f"{desc}: no samples")
+    if y.min() < 0:
+        raise DataError(f"{desc}: labels must be integers 0..K-1, found {int(y.min())}")
+    if x.ndim == 3:  # N, H, W grey images
+        x = x.unsqueeze(1)
+    k = int(y.max()) + 1
+    return Source(y=y, x=x, class_names=names or [str(i) for i in range(k)],
+                  input_shape=tuple(x.shape[1:]), description=desc, sample_keys=_row_keys(x))
+
+
+def _digits(_: Any) -> Source:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = d.images.astype(np.float32)[:, None] / 16.0
+    return _in_memory(x, d.target, [str(c) for c in d.target_names], "digits (scikit-learn, 8x8 grey)")
+
+
+def _npz(cfg: Any) -> Source:
+    if not cfg.root:
+        raise DataError("data.root: the npz source needs data.root set to a .npz file with arrays 'x' and 'y'")
+    path = Path(cfg.root)
+    if not path.is_file():
+        raise DataError(f"data.root: npz file not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = [k for k in ("x", "y") if k not in z.files]
+            if missing:
+                raise DataError(f"{path}: missing array(s) {missing}; found {z.files}; save with np.savez(path, x=..., y=...)")
+            x, y = z["x"], z["y"]
+            names = [str(n) for n in z["class_names"]] if "class_names" in z.files else None
+    except (ValueError, OSError) as exc:
+        raise DataError(f"{path}: not a readable .npz file without pickles ({exc})") from None
+    return _in_memory(x, y, names, f"npz {path.name}")
+
+
+_TV = {"mnist": ("MNIST", "MNIST/raw/train-images-idx3-ubyte (and the other 3 idx files)"),
+       "fashion_mnist": ("FashionMNIST", "FashionMNIST/raw/train-images-idx3-ubyte (and the other 3 idx files)"),
+       "cifar10": ("CIFAR10", "cifar-10-batches-py/data_batch_1 ... test_batch")}
+
+
+def _torchvision(cfg: Any) -> Source:
+    import torchvision.datasets as tvd
+
+    cls_name, files = _TV[cfg.source]
+    root = Path(cfg.root or "data")
+    cls = getattr(tvd, cls_name)
+    try:
+        parts = [cls(str(root), train=t, download=False) for t in (True, False)]
+    except RuntimeError:
+        raise DataError(
+            f"data.source={cfg.source}: files not found under {root.resolve()}; expected {root}/{files}. "
+            "trainkit never downloads: fetch them on a machine with network access and copy them there, "
+            "or set data.root to where they are."
+        ) from None
+    xs = [torch.as_tensor(np.asarray(p.data)) for p in parts]
+    x = torch.cat(xs).float() / 255.0
+    x = x.permute(0, 3, 1, 2) if x.ndim == 4 else x
+    y = torch.cat([torch.as_tensor(np.asarray(p.targets)) for p in parts])
+    return _in_memory(x, y, list(parts[0].classes), f"{cls_name} ({root})")
+
+
+class ImageFolderData(Dataset):
+    """Streams images from disk; resize, convert to 1 or 3 channels, scale to [0, 1], normalize."""
+
+    def __init__(self, paths: list[Path], labels: list[int], size: tuple[int, int], mode: str) -> None:
+        self.paths, self.labels, self.size, self.mode = paths, labels, size, mode
+        self.mean: torch.Tensor | None = None
+        self.std: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def raw(self, i: int) -> torch.Tensor:
+        from PIL import Image
+
+        with Image.open(self.paths[i]) as im:
+            im = im.convert(self.mode).resize((self.size[1], self.size[0]))
+            arr = np.asarray(im, dtype=np.float32) / 255.0
+        t = torch.from_numpy(arr)
+        return t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        x = self.raw(i)
+        if self.mean is not None:
+            x = (x - self.mean.view(-1, 1, 1)) / self.std.view(-1, 1, 1)
+        return x, self.labels[i]
+
+
+def _image_folder(cfg: Any) -> Source:
+    from PIL import Image
+
+    root = Path(cfg.root or "")
+    if not cfg.root or not root.is_dir():
+        raise DataError(f"data.root: image folder not found: {root!s}; expected one sub-folder per class")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(classes) < 2:
+        raise DataError(f"{root}: found {len(classes)} class folder(s); need at least 2 sub-folders, one per class")
+    paths, labels, bad, keys = [], [], [], []
+    size = mode = None
+    for label, name in enumerate(classes):
+        for p in sorted((root / name).rglob("*")):
+            if p.suffix.lower() not in _IMAGE_EXT or not p.is_file():
+                continue
+            try:
+                with Image.open(p) as im:
+                    im.load()
+                    if size is None:
+                        size = (cfg.image_size, cfg.image_size) if cfg.image_size else (im.height, im.width)
+                        mode = "L" if im.mode in ("L", "1", "I", "I;16") else "RGB"
+            except Exception as exc:  # PIL raises many types for corrupt files
+                bad.append(f"{p} ({type(exc).__name__})")
+                continue
+            paths.append(p)
+            labels.append(label)
+            keys.append(hashlib.sha256(p.read_bytes()).hexdigest())
+    if bad:
+        raise DataError(f"{root}: {len(bad)} unreadable image(s), found before training: " + "; ".join(bad)
+                        + ". Remove or replace them, then run again.")
+    if not paths:
+        raise DataError(f"{root}: no images with extensions {sorted(_IMAGE_EXT)}")
+    ds = ImageFolderData(paths, labels, size, mode)
+    return Source(y=torch.tensor(labels), dataset=ds, class_names=classes,
+                  input_shape=(1 if mode == "L" else 3, *size), description=f"image folder {root}",
+                  sample_keys=keys)
+
+
+def _custom(cfg: Any) -> Source:
+    spec = cfg.source
+    mod_name, _, fn_name = spec.partition(":")
+    try:
+        fn = getattr(importlib.import_module(mod_name), fn_name)
+    except (ImportError, AttributeError) as exc:
+        raise DataError(f"data.source={spec!r}: cannot import ({exc}); expected 'package.module:function' on sys.path") from None
+    out = fn(cfg.root) if cfg.root else fn()
+    if isinstance(out, tuple) and len(out) == 2:
+        return _in_memory(out[0], out[1], None, f"custom {spec}")
+    if isinstance(out, Dataset):
+        ys = getattr(out, "targets", None)
+        ys = [int(out[i][1]) for i in range(len(out))] if ys is None else ys
+        first = out[0][0]
+        keys = [hashlib.sha256(torch.as_tensor(out[i][0]).float().numpy().tobytes()).hexdigest() for i in range(len(out))]
+        return Source(y=torch.as_tensor(np.asarray(ys)).long(), dataset=out, class_names=[str(i) for i in range(int(max(ys)) + 1)],
+                      input_shape=tuple(torch.as_tensor(first).shape), description=f"custom {spec}", sample_keys=keys)
+    raise DataError(f"data.source={spec!r} returned {type(out).__name__}; expected a torch Dataset or a pair (x, y)")
+
+
+_SOURCES = {"digits": _digits, "npz": _npz, "image_folder": _image_folder,
+            "mnist": _torchvision, "fashion_mnist": _torchvision, "cifar10": _torchvision}
+
+
+def load_source(cfg: Any) -> Source:
+    """Load ``cfg`` (a DataConfig) into a :class:`Source`; raises DataError naming the field."""
+    if cfg.source in _SOURCES:
+        return _SOURCES[cfg.source](cfg)
+    if ":" in cfg.source:
+        return _custom(cfg)
+    raise DataError(f"data.source: unknown source {cfg.source!r}; valid: {', '.join(_SOURCES)} or 'package.module:function'")
+
+
+# ---------------------------------------------------------------- splits
+
+def stratified_split(y: np.ndarray, val_fraction: float, test_fraction: float, seed: int) -> dict[str, np.ndarray]:
+    """Seeded stratified train/val/test indices (each class split in the same proportions)."""
+    rng = np.random.default_rng(seed)
+    out: dict[str, list[int]] = {"train": [], "val": [], "test": []}
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        rng.shuffle(idx)
+        n_test = int(round(len(idx) * test_fraction))
+        n_val = int(round(len(idx) * val_fraction))
+        out["test"] += idx[:n_test].tolist()
+        out["val"] += idx[n_test:n_test + n_val].tolist()
+        out["train"] += idx[n_test + n_val:].tolist()
+    return {k: np.sort(np.array(v, dtype=np.int64)) for k, v in out.items()}
+
+
+def _fingerprint(keys: list[str], y: np.ndarray, idx: np.ndarray) -> str:
+    lines = sorted(f"{keys[i]}:{int(y[i])}" for i in idx)
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def _duplicates(keys: list[str], splits: dict[str, np.ndarray]) -> dict[str, int]:
+    sets = {k: {keys[i] for i in v} for k, v in splits.items()}
+    within = sum(len(v) - len(sets[k]) for k, v in splits.items())
+    return {"within_splits": within,
+            "across_splits": len((sets["train"] & sets["val"]) | (sets["train"] & sets["test"]) | (sets["val"] & sets["test"])),
+            "train_test": len(sets["train"] & sets["test"]), "train_val": len(sets["train"] & sets["val"]),
+            "val_test": len(sets["val"] & sets["test"])}
+
+
+# ---------------------------------------------------------------- batching
+
+class IndexBatches:
+    """Batches of indices drawn from a per-epoch seeded permutation, sharded across ranks.
+
+    Each global batch holds ``batch_size * world`` indices; rank r takes its slice. ``global_n``
+    is the size of the global batch, so a summed loss divided by it equals the full-batch mean.
+    """
+
+    def __init__(self, indices: np.ndarray, batch_size: int, shuffle: bool, seed: int = 0,
+                 epoch: int = 0, rank: int = 0, world: int = 1) -> None:
+        self.indices = torch.as_tensor(indices, dtype=torch.long)
+        self.batch_size, self.shuffle, self.seed, self.epoch = batch_size, shuffle, seed, epoch
+        self.rank, self.world = rank, world
+
+    def __len__(self) -> int:
+        g = self.batch_size * self.world
+        return (len(self.indices) + g - 1) // g
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, int]]:
+        idx = self.indices
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            idx = idx[torch.randperm(len(idx), generator=g)]
+        gsize = self.batch_size * self.world
+        for start in range(0, len(idx), gsize):
+            chunk = idx[start:start + gsize]
+            mine = chunk[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+            yield mine, len(chunk)
+
+
+class _BatchSampler:
+    def __init__(self, batches: IndexBatches) -> None:
+        self.batches = batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for mine, _ in self.batches:
+            yield mine.tolist()
+
+
+# ---------------------------------------------------------------- the bundle
+
+@dataclass
+class DataBundle:
+    """Splits of one source, normalized with train statistics; the test split is quarantined."""
+
+    source: Source
+    splits: dict[str, np.ndarray]
+    mean: torch.Tensor
+    std: torch.Tensor
+    phase: str | None = None
+    run_dir: Path | None = None
+    labels: torch.Tensor | None = None  # training labels after optional label noise
+    info: dict[str, Any] = field(default_factory=dict)
+    _x: torch.Tensor | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.source.class_names)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return self.source.input_shape
+
+    def _check_split(self, split: str, reason: str) -> None:
+        if split not in ("train", "val", "test"):
+            raise DataError(f"unknown split {split!r}; use 'train', 'val' or 'test'")
+        if split != "test":
+            return
+        allowed = self.phase == FINAL_PHASE
+        if self.run_dir is not None:
+            append_jsonl(Path(self.run_dir) / TEST_ACCESS_LOG, {"time": time.time(), "phase": self.phase,
+                                                                "allowed": allowed, "reason": reason})
+        if not allowed:
+            raise QuarantineError(
+                f"the test split is quarantined until Phase 5 ({FINAL_PHASE}); current phase: {self.phase or 'none'}. "
+                "Use the validation split for every decision before finalization."
+            )
+
+    def arrays(self, split: str, device: str | torch.device = "cpu", reason: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, y) tensors of a split, normalized; test only in Phase 5 (logged)."""
+        self._check_split(split, reason)
+        idx = torch.as_tensor(self.splits[split])
+        y = (self.labels if self.labels is not None else self.source.y)[idx]
+        if self._x is not None:
+            x = self._x[idx]
+        else:
+            ds = self.source.dataset
+            x = torch.stack([torch.as_tensor(ds[int(i)][0]).float() for i in idx])
+        return x.to(device), y.to(device)
+
+    def batches(self, split: str, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0,
+                rank: int = 0, world: int = 1, device: str | torch.device = "cpu", workers: int = 0,
+                reason: str = "") -> "BatchIterable":
+        """An iterable of ``(x, y, global_n)`` batches for one epoch."""
+        self._check_split(split, reason)
+        plan = IndexBatches(self.splits[split], batch_size, shuffle, seed, epoch, rank, world)
+        return BatchIterable(self, plan, torch.device(device), workers)
+
+
+class BatchIterable:
+    """One epoch of batches: tensor indexing for in-memory data, a DataLoader for streamed data."""
+
+    def __init__(self, bundle: DataBundle, plan: IndexBatches, device: torch.device, workers: int) -> None:
+        self.bundle, self.plan, self.device, self.workers = bundle, plan, device, workers
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+        b = self.bundle
+        labels = (b.labels if b.labels is not None else b.source.y).to(self.device)
+        if b._x is not None:
+            x_all = b._x if b._x.device == self.device else b._x.to(self.device)
+            b._x = x_all
+            for mine, n in self.plan:
+                mine = mine.to(self.device)
+                yield x_all[mine], labels[mine], n
+            return
+        from trainkit.repro import seed_worker
+
+        loader = DataLoader(b.source.dataset, batch_sampler=_BatchSampler(self.plan), num_workers=self.workers,
+                            pin_memory=self.device.type == "cuda", worker_init_fn=seed_worker,
+                            persistent_workers=False)
+        sizes = [n for _, n in self.plan]
+        for (x, _), n, (mine, _) in zip(loader, sizes, self.plan):
+            yield x.to(self.device, non_blocking=True), labels[mine.to(self.device)], n
+
+
+def _normalization(source: Source, train_idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    if source.x is not None:
+        xt = source.x[torch.as_tensor(train_idx)]
+        dims = [0] + list(range(2, xt.ndim)) if xt.ndim >= 3 else [0]
+        mean, std = xt.mean(dim=dims), xt.std(dim=dims)
+    else:
+        ds = source.dataset
+        pick = train_idx[:: max(1, len(train_idx) // 256)]
+        xt = torch.stack([ds.raw(int(i)) if hasattr(ds, "raw") else torch.as_tensor(ds[int(i)][0]) for i in pick])
+        mean, std = xt.mean(dim=[0, 2, 3]), xt.std(dim=[0, 2, 3])
+    if source.x is not None and source.x.ndim == 2:  # tabular: global scalars keep constant features finite
+        mean, std = xt.mean().reshape(1), xt.std().reshape(1)
+    return mean, std.clamp_min(1e-6)
+
+
+def _splits_record(source: Source, splits: dict[str, np.ndarray], cfg: Any, mean: torch.Tensor,
+                   std: torch.Tensor) -> dict[str, Any]:
+    y = source.y.numpy()
+    counts = {k: np.bincount(y[v], minlength=len(source.class_names)).tolist() for k, v in splits.items()}
+    return {
+        "source": source.description, "seed": cfg.split_seed,
+        "fractions": {"val": cfg.val_fraction, "test": cfg.test_fraction},
+        "sizes": {k: int(len(v)) for k, v in splits.items()}, "class_counts": counts,
+        "class_names": source.class_names, "input_shape": list(source.input_shape),
+        "normalization": {"mean": mean.tolist(), "std": std.tolist()},
+        "fingerprints": {k: _fingerprint(source.sample_keys, y, v) for k, v in splits.items()},
+        "duplicates": _duplicates(source.sample_keys, splits),
+        "indices": {k: v.tolist() for k, v in splits.items()},
+    }
+
+
+def load_data(cfg: Any, run_dir: str | Path | None = None, phase: str | None = None,
+              write_splits: bool = False) -> DataBundle:
+    """Load the configured data, split it, check it against Phase 1's ``splits.json`` when present.
+
+    ``cfg`` is a whole TrainkitConfig (or its ``data`` section). With ``write_splits`` the split
+    record is written to ``run_dir/01_planning/splits.json``; otherwise an existing record is
+    checked and a change in the data since Phase 1 raises DataError.
+    """
+    dcfg = getattr(cfg, "data", cfg)
+    source = load_source(dcfg)
+    splits = stratified_split(source.y.numpy(), dcfg.val_fraction, dcfg.test_fraction, dcfg.split_seed)
+    if any(len(v) == 0 for v in splits.values()):
+        raise DataError(f"data: a split is empty with {len(source.y)} samples; add data or change val/test fractions")
+    labels = None
+    if dcfg.subset:
+        rng = np.random.default_rng(dcfg.split_seed + 1)
+        splits["train"] = np.sort(rng.permutation(splits["train"])[: dcfg.subset])
+    if dcfg.label_noise > 0:
+        rng = np.random.default_rng(dcfg.split_seed + 2)
+        labels = source.y.clone()
+        tr = splits["train"]
+        flip = rng.choice(tr, size=int(round(len(tr) * dcfg.label_noise)), replace=False)
+        k = len(source.class_names)
+        labels[torch.as_tensor(flip)] = (labels[torch.as_tensor(flip)] + torch.as_tensor(rng.integers(1, k, len(flip)))) % k
+    mean, std = _normalization(source, splits["train"])
+    record = _splits_record(source, splits, dcfg, mean, std)
+    if labels is not None:
+        record["label_noise_flipped"] = sorted(int(i) for i in np.flatnonzero((labels != source.y).numpy()))
+    if run_dir is not None:
+        path = Path(run_dir) / "01_planning" / "splits.json"
+        if write_splits:
+            write_json_atomic(path, record)
+        elif path.exists():
+            old = read_json(path)["fingerprints"]
+            changed = [k for k in old if old[k] != record["fingerprints"][k]]
+            if changed:
+                raise DataError(f"data changed since Phase 1: split(s) {changed} no longer match {path}; "
+                                "restore the data or start a new run")
+    bundle = DataBundle(source=source, splits=splits, mean=mean, std=std, phase=phase,
+                        run_dir=Path(run_dir) if run_dir else None, labels=labels, info=record)
+    if source.x is not None:
+        x = source.x
+        shape = (1, -1) + (1,) * (x.ndim - 2) if x.ndim > 2 else (1, -1)
+        bundle._x = (x - mean.view(shape)) / std.view(shape) if x.ndim > 2 else (x - mean) / std
+    elif isinstance(source.dataset, ImageFolderData):
+        source.dataset.mean, source.dataset.std = mean, std
+    return bundle
+
+
+def splits_summary(record: dict) -> str:
+    """One line per split for reports."""
+    return json.dumps({k: record["sizes"][k] for k in ("train", "val", "test")})
+
+
+def augment_batch(x: torch.Tensor, kind: str) -> torch.Tensor:
+    """Training-time augmentation of an image batch (N, C, H, W) with torch's global RNG."""
+    if kind == "none" or x.ndim != 4:
+        return x
+    if kind == "noise":
+        return x + 0.1 * torch.randn_like(x)
+    n, _, h, w = x.shape
+    if kind == "flip_crop":
+        flip = torch.rand(n, device=x.device) < 0.5
+        x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
+    pad = max(1, min(h, w) // 8)
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    dy, dx = (int(v) for v in torch.randint(0, 2 * pad + 1, (2,)))
+    return padded[:, :, dy:dy + h, dx:dx + w]

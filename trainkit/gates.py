@@ -1,0 +1,222 @@
+"""The five gates as data: evaluate, record, sign off, verify; and the plain HTML table.
+
+A gate is a list of checks, each ``automatic`` (evaluated from the run folder, with evidence) or
+``manual`` (a person ticks it), each mandatory or advisory. A check's status is one of ``pass``,
+``fail``, ``warn`` (advisory concern), ``na`` (not applicable, with the reason), ``waived`` (with
+the reason) or ``pending`` (manual, not yet ticked). Evaluating a gate writes ``gate.json`` first
+and raises :class:`GateBlocked` afterwards, so the record always explains the block. A sign-off
+stores who, when, and the sha256 of every artifact the gate covers; :func:`verify_gate` detects any
+later change.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from trainkit._io import read_json, sha256_file, write_json_atomic
+from trainkit.errors import GateBlocked, GateError
+
+__all__ = ["CheckSpec", "GateSpec", "GATES", "evaluate_gate", "sign_off", "verify_gate", "gate_html",
+           "gate_state", "AUTO_SIGNER"]
+
+AUTO_SIGNER = "trainkit (automatic: all mandatory checks passed)"
+_OK = {"pass", "na", "waived", "warn"}
+
+
+@dataclass(frozen=True)
+class CheckSpec:
+    id: str
+    title: str
+    kind: str = "automatic"  # automatic | manual
+    mandatory: bool = True
+
+
+@dataclass(frozen=True)
+class GateSpec:
+    name: str
+    phase: str
+    title: str
+    checks: tuple[CheckSpec, ...]
+
+    def check(self, cid: str) -> CheckSpec:
+        for c in self.checks:
+            if c.id == cid:
+                return c
+        raise GateError(f"gate {self.name!r} has no check {cid!r}; checks: {', '.join(c.id for c in self.checks)}")
+
+
+def _c(cid: str, title: str, kind: str = "automatic", mandatory: bool = True) -> CheckSpec:
+    return CheckSpec(cid, title, kind, mandatory)
+
+
+GATES: dict[str, GateSpec] = {g.name: g for g in [
+    GateSpec("reproducibility_gate", "01_planning", "Phase 1 → 2: reproducibility", (
+        _c("seeds_fixed", "Seeds fixed for python, NumPy, torch and workers"),
+        _c("deterministic_mode", "Deterministic mode on (or waived with a reason)"),
+        _c("environment_documented", "Environment documented (environment.json)"),
+        _c("config_valid", "Config valid and saved (training_config.yaml)"),
+        _c("splits_fingerprinted", "Splits stratified and fingerprinted (splits.json)"),
+        _c("test_quarantined", "Test split quarantined until Phase 5"),
+        _c("determinism_verified", "Two same-seed trainings agree (bitwise on CPU)"),
+        _c("config_reviewed", "A person reviewed the config (data, model, target, budget)", "manual", False),
+    )),
+    GateSpec("post_baseline", "02_baseline", "Phase 2 → 3 or 5: post-baseline", (
+        _c("training_completed", "Training completed (no crash)"),
+        _c("losses_finite", "Losses finite throughout"),
+        _c("learning_happened", "Learning happened (train loss below init, val metric above chance)"),
+        _c("gpu_utilisation", "GPU utilisation ≥ block threshold (warn under the warn threshold)"),
+        _c("data_wait_reported", "Data-wait fraction reported"),
+        _c("best_checkpoint", "Best checkpoint saved and verified"),
+        _c("results_document", "baseline_results.md present"),
+        _c("curves_reviewed", "A person looked at the learning curves", "manual", False),
+    )),
+]}
+
+
+def register_gate(spec: GateSpec) -> None:
+    """Add (or replace) a gate definition; later phases register theirs."""
+    GATES[spec.name] = spec
+
+
+def _hash_artifacts(run_dir: Path, artifacts: Iterable[str]) -> dict[str, str | None]:
+    out = {}
+    for rel in artifacts:
+        p = run_dir / rel
+        out[rel] = sha256_file(p) if p.is_file() else None
+    return out
+
+
+def gate_state(record: dict[str, Any]) -> str:
+    """``blocked`` | ``awaiting_signoff`` | ``passed`` from a gate record."""
+    checks = record["checks"]
+    if any(c["mandatory"] and c["kind"] == "automatic" and c["status"] not in _OK for c in checks):
+        return "blocked"
+    if record.get("signoff") and all(c["status"] in _OK for c in checks if c["mandatory"]):
+        return "passed"
+    return "awaiting_signoff"
+
+
+def _failures(record: dict[str, Any]) -> list[str]:
+    return [f"{c['id']}: {c['evidence']}" for c in record["checks"]
+            if c["mandatory"] and c["kind"] == "automatic" and c["status"] not in _OK]
+
+
+def evaluate_gate(name: str, run_dir: str | Path, phase_dir: str | Path, results: dict[str, tuple[str, Any]],
+                  artifacts: Iterable[str] = (), approvals: dict[str, str] | None = None,
+                  auto_signoff: bool = False, waivers: dict[str, str] | None = None) -> dict[str, Any]:
+    """Record ``gate.json`` in ``phase_dir`` from automatic ``results`` ({id: (status, evidence)}), then raise
+    GateBlocked if a mandatory automatic check fails. ``approvals`` ({check_id or 'signoff': name}) tick
+    manual checks and sign off headlessly; ``auto_signoff`` signs when every mandatory check passes."""
+    spec = GATES[name]
+    run_dir, phase_dir = Path(run_dir), Path(phase_dir)
+    waivers = waivers or {}
+    checks = []
+    for c in spec.checks:
+        if c.kind == "manual":
+            status, evidence = "pending", "awaiting a person"
+        else:
+            status, evidence = results.get(c.id, ("fail", "not evaluated"))
+        if status == "fail" and c.id in waivers:
+            status, evidence = "waived", f"waived: {waivers[c.id]} (was: {evidence})"
+        checks.append({"id": c.id, "title": c.title, "kind": c.kind, "mandatory": c.mandatory,
+                       "status": status, "evidence": evidence})
+    rels = [str(Path(a)) for a in artifacts]
+    record = {"gate": name, "phase": spec.phase, "title": spec.title, "evaluated_at": time.time(),
+              "phase_dir": str(phase_dir.relative_to(run_dir)) if phase_dir.is_relative_to(run_dir) else str(phase_dir),
+              "checks": checks, "artifacts": _hash_artifacts(run_dir, rels), "signoff": None}
+    record["state"] = gate_state(record)
+    path = phase_dir / "gate.json"
+    write_json_atomic(path, record)
+    if record["state"] == "blocked":
+        raise GateBlocked(name, _failures(record), str(path))
+    if approvals:
+        names = {v for v in approvals.values() if v}
+        manual = [k for k in approvals if k != "signoff"]
+        record = sign_off(path, by=", ".join(sorted(names)), checks=manual, run_dir=run_dir)
+    elif auto_signoff and all(c["status"] in _OK for c in checks if c["mandatory"]):
+        record = sign_off(path, by=AUTO_SIGNER, checks=[], run_dir=run_dir, automatic=True)
+    return record
+
+
+def sign_off(gate_path: str | Path, by: str, checks: Iterable[str] = (), run_dir: str | Path | None = None,
+             automatic: bool = False) -> dict[str, Any]:
+    """Tick the manual ``checks`` and sign the gate as ``by``; refused while a mandatory automatic check
+    fails or a mandatory manual check is unticked. Records the sha256 of every covered artifact."""
+    gate_path = Path(gate_path)
+    if not gate_path.is_file():
+        raise GateError(f"no gate record at {gate_path}; run the phase first")
+    record = read_json(gate_path)
+    run_dir = Path(run_dir) if run_dir else _run_dir_of(gate_path, record)
+    if not by or not by.strip():
+        raise GateError("sign-off needs the approver's name (--by NAME or the name field)")
+    if gate_state(record) == "blocked":
+        raise GateError(f"gate {record['gate']!r} is blocked, cannot be signed: " + "; ".join(_failures(record)))
+    for cid in checks:
+        entry = next((c for c in record["checks"] if c["id"] == cid), None)
+        if entry is None or entry["kind"] != "manual":
+            valid = [c["id"] for c in record["checks"] if c["kind"] == "manual"]
+            raise GateError(f"{cid!r} is not a manual check of gate {record['gate']!r}; manual checks: {valid}")
+        entry["status"], entry["evidence"] = "pass", f"ticked by {by} at {time.strftime('%Y-%m-%d %H:%M:%S')}"
+    missing = [c["id"] for c in record["checks"] if c["mandatory"] and c["status"] not in _OK]
+    if missing:
+        raise GateError(f"gate {record['gate']!r}: mandatory check(s) {missing} still need ticking; "
+                        f"sign off with --check {' --check '.join(missing)}")
+    record["signoff"] = {"by": by.strip(), "at": time.time(), "automatic": automatic, "checks": list(checks),
+                         "artifacts": _hash_artifacts(run_dir, record["artifacts"].keys())}
+    record["state"] = gate_state(record)
+    write_json_atomic(gate_path, record)
+    return record
+
+
+def _run_dir_of(gate_path: Path, record: dict[str, Any]) -> Path:
+    depth = len(Path(record.get("phase_dir", gate_path.parent.name)).parts)
+    return gate_path.parents[depth]
+
+
+def verify_gate(gate_path: str | Path, run_dir: str | Path | None = None) -> dict[str, Any]:
+    """Return the record if the gate passed and no covered artifact changed since sign-off; else GateError."""
+    gate_path = Path(gate_path)
+    if not gate_path.is_file():
+        raise GateError(f"no gate record at {gate_path}; the phase has not run (or not to its gate)")
+    record = read_json(gate_path)
+    state = gate_state(record)
+    if state != "passed":
+        how = "fix the failing checks and re-run the phase" if state == "blocked" else \
+            f"sign it off: trainkit signoff RUN --phase {record['phase'][:2].lstrip('0')} --by NAME"
+        raise GateError(f"gate {record['gate']!r} ({gate_path}) is {state}; {how}")
+    run_dir = Path(run_dir) if run_dir else _run_dir_of(gate_path, record)
+    now = _hash_artifacts(run_dir, record["signoff"]["artifacts"].keys())
+    changed = [k for k, v in record["signoff"]["artifacts"].items() if now.get(k) != v]
+    if changed:
+        raise GateError(f"gate {record['gate']!r} is invalid: artifact(s) {changed} changed after sign-off by "
+                        f"{record['signoff']['by']}; restore them or re-run the phase and sign again")
+    return record
+
+
+_COLORS = {"pass": "#1a7f37", "fail": "#cf222e", "warn": "#9a6700", "na": "#57606a", "waived": "#8250df",
+           "pending": "#0969da"}
+
+
+def gate_html(record: dict[str, Any]) -> str:
+    """A self-contained HTML table of a gate record (reads offline, no kernel, no scripts)."""
+    state = record.get("state") or gate_state(record)
+    rows = []
+    for c in record["checks"]:
+        col = _COLORS.get(c["status"], "#000")
+        ev = c["evidence"] if isinstance(c["evidence"], str) else str(c["evidence"])
+        rows.append(
+            f"<tr><td><code>{html.escape(c['id'])}</code></td><td>{html.escape(c['title'])}</td>"
+            f"<td>{c['kind']}</td><td>{'mandatory' if c['mandatory'] else 'advisory'}</td>"
+            f"<td style='color:{col};font-weight:600'>{c['status'].upper()}</td><td>{html.escape(ev)}</td></tr>")
+    so = record.get("signoff")
+    sign = (f"signed off by <b>{html.escape(so['by'])}</b> at {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(so['at']))}"
+            if so else "not signed off")
+    return (f"<div class='trainkit-gate' data-gate='{html.escape(record['gate'])}' data-state='{state}'>"
+            f"<h3>Gate: {html.escape(record.get('title', record['gate']))} — <span>{state.replace('_', ' ')}</span></h3>"
+            f"<p>{sign}</p><table border='1' cellpadding='4' style='border-collapse:collapse'>"
+            "<thead><tr><th>check</th><th>what</th><th>kind</th><th>weight</th><th>status</th><th>evidence</th></tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table></div>")

@@ -1,0 +1,141 @@
+"""What every phase notebook shares: its context, history entries, showing things, the gate."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trainkit._io import read_json, write_json_atomic
+from trainkit.config import TrainkitConfig, load_config
+from trainkit.errors import GateBlocked, RunError
+from trainkit.gates import evaluate_gate, gate_html, verify_gate
+from trainkit.run import init_run, latest_attempt_dir, phase_dir, record_phase
+
+__all__ = ["PhaseContext", "begin", "show", "show_html", "finish_gate", "write_decision", "require_gate",
+           "load_run_config", "parse_approvals"]
+
+
+@dataclass
+class PhaseContext:
+    """Where a phase writes, which attempt it is, and the config it runs."""
+
+    run_dir: Path
+    phase: str
+    attempt: int
+    dir: Path
+    config: TrainkitConfig | None = None
+    interactive: bool = True
+    started: float = field(default_factory=time.time)
+
+    def path(self, name: str) -> Path:
+        return self.dir / name
+
+    def rel(self, name: str) -> str:
+        return str((self.dir / name).relative_to(self.run_dir))
+
+
+def begin(run_dir: str | Path, phase: str, attempt: int = 1, interactive: bool = True) -> PhaseContext:
+    """Create the phase folder, record the phase as started in run.json."""
+    run_dir = Path(run_dir)
+    init_run(run_dir)
+    d = phase_dir(run_dir, phase, attempt)
+    d.mkdir(parents=True, exist_ok=True)
+    record_phase(run_dir, phase, attempt, status="running", started=time.time(), ended=None)
+    return PhaseContext(run_dir=run_dir, phase=phase, attempt=attempt, dir=d, interactive=interactive)
+
+
+def show(obj: Any) -> None:
+    """Display in a notebook; print elsewhere."""
+    from IPython.display import display
+
+    display(obj)
+
+
+def show_html(text: str) -> None:
+    from IPython.display import HTML, display
+
+    display(HTML(text))
+
+
+def show_figure(fig: Any, path: Path | None = None) -> None:
+    """Save a figure (when a path is given) and display it inline as an embedded PNG."""
+    from trainkit.plots import figure_png_html, save_figure
+
+    if path is not None:
+        save_figure(fig, path)
+        show_html(f"<img src='data:image/png;base64,{_b64(path)}'/>")
+    else:
+        show_html(figure_png_html(fig))
+
+
+def _b64(path: Path) -> str:
+    import base64
+
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+def parse_approvals(approvals: Any, gate: str) -> dict[str, str]:
+    """Approvals from a notebook parameter: ``{check: name}``, ``{gate: {check: name}}`` or a file path."""
+    if not approvals:
+        return {}
+    if isinstance(approvals, str):
+        import yaml
+
+        p = Path(approvals)
+        if not p.is_file():
+            raise RunError(f"approvals file not found: {p}")
+        approvals = yaml.safe_load(p.read_text()) or {}
+    if gate in approvals and isinstance(approvals[gate], dict):
+        return {str(k): str(v) for k, v in approvals[gate].items()}
+    return {str(k): str(v) for k, v in approvals.items() if not isinstance(v, dict)}
+
+
+def finish_gate(ctx: PhaseContext, gate: str, results: dict[str, tuple[str, Any]], artifacts: list[str],
+                approvals: Any = None, auto_signoff: bool = False, waivers: dict[str, str] | None = None,
+                decision: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Evaluate and record the gate, show its table (and the widget when interactive), update run.json.
+
+    Raises GateBlocked after recording when a mandatory check fails."""
+    try:
+        record = evaluate_gate(gate, ctx.run_dir, ctx.dir, results, artifacts,
+                               approvals=parse_approvals(approvals, gate), auto_signoff=auto_signoff, waivers=waivers)
+    except GateBlocked:
+        record = read_json(ctx.dir / "gate.json")
+        show_html(gate_html(record))
+        record_phase(ctx.run_dir, ctx.phase, ctx.attempt, status="blocked", ended=time.time(),
+                     gate=record["state"], decision=(decision or {}).get("next"))
+        raise
+    show_html(gate_html(record))
+    if ctx.interactive and record["state"] != "passed":
+        from trainkit.widgets import GateWidget
+
+        show(GateWidget(ctx.dir / "gate.json", ctx.run_dir))
+    record_phase(ctx.run_dir, ctx.phase, ctx.attempt, status="completed", ended=time.time(),
+                 gate=record["state"], decision=(decision or {}).get("next"))
+    return record
+
+
+def write_decision(ctx: PhaseContext, option: str, next_phase: str, reason: str, evidence: dict[str, Any]) -> dict[str, Any]:
+    """Write decision.json: {phase, option, next, reason, evidence}."""
+    decision = {"phase": ctx.phase, "attempt": ctx.attempt, "option": option, "next": next_phase,
+                "reason": reason, "evidence": evidence}
+    write_json_atomic(ctx.path("decision.json"), decision)
+    return decision
+
+
+def require_gate(run_dir: str | Path, phase: str) -> dict[str, Any]:
+    """Refuse to start unless ``phase``'s latest gate passed and its artifacts are unchanged."""
+    d = latest_attempt_dir(run_dir, phase)
+    if d is None:
+        raise RunError(f"{run_dir}: {phase} has not run; run it first (trainkit run, or its notebook)")
+    return verify_gate(d / "gate.json", run_dir)
+
+
+def load_run_config(run_dir: str | Path) -> TrainkitConfig:
+    """The config Phase 1 froze (01_planning/training_config.yaml)."""
+    p = Path(run_dir) / "01_planning" / "training_config.yaml"
+    if not p.is_file():
+        raise RunError(f"{p} not found; run Phase 1 (01_planning) first")
+    return load_config(p)

@@ -1,0 +1,133 @@
+"""Phase 1 (Planning): config, environment, splits, data overview, determinism, reproducibility gate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainkit._io import read_json, write_json_atomic
+from trainkit.config import config_hash, load_config, save_config
+from trainkit.errors import ConfigError, QuarantineError
+from trainkit.phases.common import PhaseContext, begin, finish_gate, show_figure, show_html
+from trainkit.run import init_run
+
+__all__ = ["start", "write_environment", "write_splits", "show_data_overview", "check_determinism", "gate"]
+
+PHASE = "01_planning"
+ARTIFACTS = ["training_config.yaml", "environment.json", "splits.json", "determinism.json"]
+
+
+def start(run_dir: str | Path, config_path: str = "", overrides: list[str] | None = None,
+          target: float | None = None, interactive: bool = True) -> PhaseContext:
+    """Validate the config (with overrides and target) and freeze it as training_config.yaml.
+
+    An invalid config is recorded in gate.json (config_valid fails) before ConfigError → GateBlocked."""
+    ctx = begin(run_dir, PHASE, 1, interactive)
+    try:
+        ctx.config = load_config(config_path or None, overrides, target)
+    except ConfigError as exc:
+        problems = "; ".join(f"{p}: {m}" for p, m in exc.problems)
+        results = {c: ("fail", "not reached: the config is invalid") for c in
+                   ("seeds_fixed", "deterministic_mode", "environment_documented", "splits_fingerprinted",
+                    "test_quarantined", "determinism_verified")}
+        results["config_valid"] = ("fail", f"{exc.source}: {problems}")
+        finish_gate(ctx, "reproducibility_gate", results, [])
+    save_config(ctx.config, ctx.path("training_config.yaml"))
+    init_run(ctx.run_dir, config_hash=config_hash(ctx.config))
+    show_html(f"<p>Config valid → <code>{ctx.rel('training_config.yaml')}</code> "
+              f"(sha256 {config_hash(ctx.config)[:12]}…); target val {ctx.config.target.metric} ≥ {ctx.config.target.value}</p>")
+    return ctx
+
+
+def write_environment(ctx: PhaseContext) -> dict[str, Any]:
+    """Seed everything, set deterministic mode, capture environment.json."""
+    from trainkit.repro import capture_environment, seed_everything, set_deterministic
+
+    tr = ctx.config.training
+    seed_everything(tr.seed)
+    env = capture_environment()
+    env["seeding"] = {"seed": tr.seed, "split_seed": ctx.config.data.split_seed, "torch_initial_seed": torch.initial_seed()}
+    env["deterministic"] = set_deterministic(tr.deterministic)
+    write_json_atomic(ctx.path("environment.json"), env)
+    gpu = env["gpu"]["devices"][0]["name"] if env["gpu"]["devices"] else "no GPU"
+    show_html(f"<p>Environment: Python {env['python']}, torch {env['torch']}, {gpu}, "
+              f"{env['cpu']['count']} CPU cores, git {str(env['git']['commit'])[:10]}{' (dirty)' if env['git']['dirty'] else ''}</p>")
+    return env
+
+
+def write_splits(ctx: PhaseContext) -> Any:
+    """Load the data, write splits.json (indices, fingerprints, duplicates); return the bundle."""
+    from trainkit.data import load_data
+
+    bundle = load_data(ctx.config, ctx.run_dir, PHASE, write_splits=True)
+    info = bundle.info
+    show_html(f"<p>{info['source']}: sizes {info['sizes']}, input {tuple(info['input_shape'])}, "
+              f"{len(info['class_names'])} classes; exact duplicates across splits: {info['duplicates']['across_splits']}</p>")
+    return bundle
+
+
+def show_data_overview(ctx: PhaseContext, bundle: Any) -> None:
+    """Class counts per split (bars) and a grid of training samples; saved as PNGs too."""
+    from trainkit.plots import class_counts_figure, sample_grid_figure
+
+    info = bundle.info
+    counts = {k: v for k, v in info["class_counts"].items() if k != "test"}
+    show_figure(class_counts_figure(counts, info["class_names"]), ctx.path("class_counts.png"))
+    x, y = bundle.arrays("train")
+    show_figure(sample_grid_figure(x.numpy(), y.numpy(), info["class_names"]), ctx.path("samples.png"))
+
+
+def check_determinism(ctx: PhaseContext, bundle: Any) -> dict[str, Any]:
+    """Two short same-seed trainings; bitwise-identical losses on CPU → determinism.json."""
+    from trainkit.repro import determinism_probe
+
+    result = determinism_probe(ctx.config, bundle)
+    write_json_atomic(ctx.path("determinism.json"), result)
+    verdict = "identical (bitwise)" if result["identical"] else f"max |diff| {result['max_abs_diff']:.3g}"
+    show_html(f"<p>Determinism probe on {result['device']}: {result['epochs']} epochs twice → {verdict}</p>")
+    return result
+
+
+def _results(ctx: PhaseContext, bundle: Any) -> dict[str, tuple[str, Any]]:
+    cfg, r = ctx.config, {}
+    env_path, splits_path, det_path = (ctx.path(n) for n in ("environment.json", "splits.json", "determinism.json"))
+    env = read_json(env_path) if env_path.exists() else {}
+    seeding = env.get("seeding", {})
+    r["seeds_fixed"] = ("pass", f"seed {cfg.training.seed} applied (torch initial seed {seeding.get('torch_initial_seed')}), "
+                        f"split seed {cfg.data.split_seed}") if seeding.get("torch_initial_seed") == cfg.training.seed \
+        else ("fail", "seeds were not applied; run write_environment() first")
+    det = env.get("deterministic", {})
+    r["deterministic_mode"] = ("pass", f"deterministic algorithms {det.get('deterministic_algorithms')}, cuDNN "
+                               f"deterministic {det.get('cudnn_deterministic')}") if det.get("deterministic_algorithms") \
+        else ("fail", "training.deterministic is false; set it true or waive with a reason")
+    r["environment_documented"] = ("pass", f"environment.json: python {env.get('python')}, torch {env.get('torch')}") \
+        if env.get("python") and env.get("torch") else ("fail", "environment.json missing or incomplete")
+    r["config_valid"] = ("pass", f"training_config.yaml sha256 {config_hash(cfg)[:12]}…")
+    splits = read_json(splits_path) if splits_path.exists() else {}
+    fp = splits.get("fingerprints", {})
+    r["splits_fingerprinted"] = ("pass", f"sizes {splits['sizes']}, exact duplicates across splits "
+                                 f"{splits['duplicates']['across_splits']}") if len(fp) == 3 \
+        else ("fail", "splits.json missing or without 3 fingerprints")
+    try:
+        bundle.arrays("test", reason="reproducibility_gate quarantine probe")
+        r["test_quarantined"] = ("fail", "the test split was readable in Phase 1")
+    except QuarantineError:
+        r["test_quarantined"] = ("pass", "reading the test split in Phase 1 raised QuarantineError; access logged")
+    det_r = read_json(det_path) if det_path.exists() else {}
+    r["determinism_verified"] = ("pass", f"{det_r['epochs']} epochs twice on {det_r['device']}: "
+                                 + ("bitwise identical" if det_r["identical"] else f"max diff {det_r['max_abs_diff']:.2g}"
+                                    f" ≤ {det_r['tolerance']}")) if det_r.get("passed") \
+        else ("fail", f"two same-seed runs differ (max |diff| {det_r.get('max_abs_diff')})" if det_r else "probe not run")
+    return r
+
+
+def gate(ctx: PhaseContext, bundle: Any, approvals: Any = None, auto_signoff: bool = False,
+         waivers: dict[str, str] | None = None) -> dict[str, Any]:
+    """Evaluate the reproducibility gate (records gate.json, then raises GateBlocked if blocked)."""
+    decision = {"next": "02_baseline"}
+    write_json_atomic(ctx.path("decision.json"), {"phase": PHASE, "attempt": 1, "option": "-", "next": "02_baseline",
+                                                  "reason": "Phase 1 always proceeds to the baseline", "evidence": {}})
+    return finish_gate(ctx, "reproducibility_gate", _results(ctx, bundle), [f"{PHASE}/{a}" for a in ARTIFACTS],
+                       approvals, auto_signoff, waivers, decision)

@@ -1,0 +1,200 @@
+"""Papermill chaining of the phase notebooks, HTML export, and resume.
+
+The only module importing papermill. Each phase notebook gets ``run_dir`` and a few parameters;
+everything else passes through the run folder. The next phase comes from the phase's
+``decision.json``; the gate's ``gate.json`` says whether it may start.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trainkit._io import read_json, write_text_atomic
+from trainkit.errors import PipelineError, RunError
+from trainkit.run import PHASES, init_run, latest_attempt_dir, load_manifest, next_attempt_dir, phase_dir, record_phase
+
+__all__ = ["notebook_path", "execute_phase", "export_html", "run_pipeline", "PipelineOutcome"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SIGNOFF = 0, 1, 2, 3
+_ATTEMPTED = {"02_baseline", "03_diagnostics", "04_optimization"}
+
+
+@dataclass
+class PipelineOutcome:
+    code: int
+    message: str
+    run_dir: Path
+    path: list[str]
+
+
+def notebook_path(phase: str) -> Path:
+    """The template notebook of a phase: the installed package's copy, else the repo's."""
+    here = Path(__file__).resolve().parent
+    for base in (here / "notebooks", here.parent / "notebooks"):
+        p = base / f"{phase}.ipynb"
+        if p.is_file():
+            return p
+    raise PipelineError(f"notebook for {phase} not found in the installed trainkit ({here}/notebooks)")
+
+
+_EXTERNAL_SCRIPT = re.compile(r"<script[^>]*\bsrc=[\"']https?://[^>]*>\s*</script>", re.I)
+_CDN_MODULE = re.compile(r"<script type=\"module\">(?:(?!</script>).)*https?://(?:(?!</script>).)*</script>", re.S)
+
+
+def export_html(nb_path: str | Path, html_path: str | Path) -> Path:
+    """Export an executed notebook to a self-contained HTML file that reads offline.
+
+    Widget state is dropped (its renderer would come from a CDN; every gate also renders as a
+    plain HTML table), images are embedded, and no script is loaded from the network."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    nb = nbformat.read(str(nb_path), as_version=4)
+    nb.metadata.pop("widgets", None)
+    exporter = HTMLExporter(template_name="lab", embed_images=True)
+    body, _ = exporter.from_notebook_node(nb)
+    body = _CDN_MODULE.sub("", _EXTERNAL_SCRIPT.sub("", body))
+    return write_text_atomic(html_path, body)
+
+
+def execute_phase(phase: str, run_dir: Path, params: dict[str, Any], attempt: int = 1) -> Path:
+    """Run a phase notebook into its folder (notebook.ipynb + report.html); PipelineError on failure."""
+    import papermill as pm
+
+    out_dir = phase_dir(run_dir, phase, attempt)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out_nb = out_dir / "notebook.ipynb"
+    params = {"run_dir": str(run_dir), **params}
+    if phase in _ATTEMPTED:
+        params["attempt"] = attempt
+    os.environ.setdefault("TRAINKIT_PROGRESS", "text")
+    try:
+        pm.execute_notebook(str(notebook_path(phase)), str(out_nb), parameters=params, kernel_name="python3",
+                            progress_bar=False, log_output=False, report_mode=False)
+    except pm.PapermillExecutionError as exc:
+        _safe_export(out_nb, out_dir / "report.html")
+        raise PipelineError(f"{phase} failed: {exc.ename}: {_first_line(exc.evalue)} "
+                            f"(read {out_dir / 'report.html'})") from None
+    except Exception as exc:  # kernel death, missing kernel, ...
+        _safe_export(out_nb, out_dir / "report.html")
+        record_phase(run_dir, phase, attempt, status="failed", ended=time.time())
+        raise PipelineError(f"{phase} did not finish: {type(exc).__name__}: {_first_line(str(exc))}; "
+                            f"fix it and continue with `trainkit run --resume --name {run_dir.name}`") from None
+    _safe_export(out_nb, out_dir / "report.html")
+    return out_dir
+
+
+def _first_line(text: str) -> str:
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(text))
+    return text.strip().splitlines()[0][:400] if text.strip() else ""
+
+
+def _safe_export(nb: Path, html: Path) -> None:
+    if nb.exists():
+        try:
+            export_html(nb, html)
+        except Exception as exc:  # a report must never hide the phase's own outcome
+            print(f"trainkit: could not export {html}: {exc}", file=sys.stderr)
+
+
+def _gate_state(d: Path) -> str | None:
+    p = d / "gate.json"
+    if not p.is_file():
+        return None
+    from trainkit.gates import gate_state
+
+    return gate_state(read_json(p))
+
+
+def _signoff_hint(run_dir: Path, phase: str, d: Path) -> str:
+    record = read_json(d / "gate.json")
+    manual = [c["id"] for c in record["checks"] if c["kind"] == "manual" and c["mandatory"] and c["status"] != "pass"]
+    checks = "".join(f" --check {m}" for m in manual)
+    n = int(phase[:2])
+    return (f"{phase} is waiting for a sign-off of gate '{record['gate']}'. Finish it with:\n"
+            f"  trainkit signoff {run_dir} --phase {n} --by NAME{checks}\n"
+            f"then: trainkit run --resume --name {run_dir.name} --runs-dir {run_dir.parent}\n"
+            f"(or open {d / 'notebook.ipynb'} in JupyterLab and use the Sign-off widget; "
+            f"or rerun with --approve {manual[0] if manual else 'signoff'}=NAME)")
+
+
+def _resume_point(run_dir: Path) -> tuple[str | None, str | None]:
+    """(phase to run next, or None when finished; why)."""
+    manifest = load_manifest(run_dir)
+    if not manifest["phases"]:
+        return PHASES[0], "nothing ran yet"
+    last = manifest["phases"][-1]
+    d = latest_attempt_dir(run_dir, last["phase"])
+    state = _gate_state(d) if d else None
+    if state == "passed":
+        decision = read_json(d / "decision.json") if (d / "decision.json").exists() else {}
+        nxt = decision.get("next")
+        if last["phase"] == "05_finalization" or nxt in ("deploy", None):
+            return None, "the run already finished"
+        return nxt, f"{last['phase']} passed its gate"
+    return last["phase"], f"{last['phase']} ended {state or last['status']}; running it again"
+
+
+def run_pipeline(config_path: str | None, run_dir: Path, overrides: list[str] | None = None,
+                 target: float | None = None, stop_after: int | None = None,
+                 approvals: dict[str, str] | str | None = None, resume: bool = False,
+                 echo: Any = print) -> PipelineOutcome:
+    """Walk the decision tree from Phase 1 (or the resume point) and return the exit outcome."""
+    run_dir = Path(run_dir).resolve()
+    taken: list[str] = []
+    if resume:
+        if not (run_dir / "run.json").exists():
+            raise RunError(f"{run_dir}: nothing to resume (no run.json); start it without --resume")
+        phase, why = _resume_point(run_dir)
+        echo(f"trainkit: resuming {run_dir.name}: {why}")
+        if phase is None:
+            return PipelineOutcome(EXIT_OK, f"{run_dir.name}: already finished", run_dir, taken)
+    else:
+        if (run_dir / "run.json").exists():
+            raise RunError(f"{run_dir} already holds a run; use --resume to continue it or --name for a new one")
+        init_run(run_dir, run_dir.name)
+        phase = PHASES[0]
+    common = {"approvals": approvals or {}, "interactive": False}
+    t0 = time.time()
+    while phase is not None:
+        n = int(phase[:2])
+        attempt = next_attempt_dir(run_dir, phase)[0] if phase in _ATTEMPTED else 1
+        params = dict(common, auto_signoff=phase != "05_finalization")
+        if phase == PHASES[0]:
+            params.update(config_path=str(Path(config_path).resolve()) if config_path else "",
+                          overrides=list(overrides or []), target=target)
+        echo(f"trainkit: [{len(taken) + 1}] {phase}{f' (attempt {attempt})' if phase in _ATTEMPTED else ''} "
+             f"… {time.time() - t0:.0f}s elapsed")
+        taken.append(phase)
+        try:
+            d = execute_phase(phase, run_dir, params, attempt)
+        except PipelineError as exc:
+            d = phase_dir(run_dir, phase, attempt)
+            state = _gate_state(d)
+            if state == "blocked":
+                record = read_json(d / "gate.json")
+                failed = [f"{c['id']}: {c['evidence']}" for c in record["checks"] if c["status"] == "fail" and c["mandatory"]]
+                return PipelineOutcome(EXIT_FAILED, f"{phase}: gate '{record['gate']}' blocked: " + "; ".join(failed)
+                                       + f" (read {d / 'report.html'})", run_dir, taken)
+            return PipelineOutcome(EXIT_FAILED, str(exc), run_dir, taken)
+        state = _gate_state(d)
+        if state == "awaiting_signoff":
+            return PipelineOutcome(EXIT_SIGNOFF, _signoff_hint(run_dir, phase, d), run_dir, taken)
+        decision = read_json(d / "decision.json")
+        if stop_after is not None and n >= stop_after:
+            return PipelineOutcome(EXIT_OK, f"stopped after {phase} as asked (--stop-after {stop_after}); "
+                                   f"next would be {decision['next']}", run_dir, taken)
+        nxt = decision["next"]
+        if nxt == "deploy":
+            return PipelineOutcome(EXIT_OK, f"ready to deploy: {d}", run_dir, taken)
+        if nxt == "stop":
+            return PipelineOutcome(EXIT_FAILED, f"{phase} decided to stop: {decision['reason']} (read {d / 'report.html'})",
+                                   run_dir, taken)
+        phase = nxt
+    return PipelineOutcome(EXIT_OK, "done", run_dir, taken)

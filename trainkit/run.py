@@ -1,0 +1,102 @@
+"""The run folder: ``run.json`` (manifest and phase history), phase folders, artifact hashes."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from trainkit._io import read_json, write_json_atomic
+from trainkit.errors import RunError
+
+__all__ = ["PHASES", "phase_name", "init_run", "load_manifest", "record_phase", "phase_dir", "next_attempt_dir",
+           "latest_attempt_dir"]
+
+PHASES = ["01_planning", "02_baseline", "03_diagnostics", "04_optimization", "05_finalization"]
+_SUB = {"02_baseline": "attempt", "03_diagnostics": "round", "04_optimization": "iter"}
+
+
+def phase_name(n: int | str) -> str:
+    """``2`` or ``"02_baseline"`` → ``"02_baseline"``; a clear error otherwise."""
+    if isinstance(n, str) and n in PHASES:
+        return n
+    try:
+        return PHASES[int(n) - 1]
+    except (ValueError, IndexError):
+        raise RunError(f"unknown phase {n!r}; use 1-5 or one of {PHASES}") from None
+
+
+def init_run(run_dir: str | Path, name: str | None = None, config_hash: str | None = None) -> dict[str, Any]:
+    """Create ``run_dir`` and its ``run.json`` if absent; return the manifest."""
+    from trainkit import __version__
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "run.json"
+    if path.exists():
+        manifest = read_json(path)
+    else:
+        manifest = {"name": name or run_dir.name, "created": time.time(), "trainkit_version": __version__,
+                    "config_hash": None, "phases": [], "status": "running"}
+    if config_hash:
+        manifest["config_hash"] = config_hash
+    write_json_atomic(path, manifest)
+    return manifest
+
+
+def load_manifest(run_dir: str | Path) -> dict[str, Any]:
+    path = Path(run_dir) / "run.json"
+    if not path.is_file():
+        raise RunError(f"{run_dir}: no run.json; not a trainkit run folder (start one with `trainkit run`)")
+    return read_json(path)
+
+
+def save_manifest(run_dir: str | Path, manifest: dict[str, Any]) -> None:
+    write_json_atomic(Path(run_dir) / "run.json", manifest)
+
+
+def record_phase(run_dir: str | Path, phase: str, attempt: int, **fields: Any) -> dict[str, Any]:
+    """Insert or update the history entry of (phase, attempt) with ``fields``; returns it."""
+    manifest = init_run(run_dir)
+    for entry in manifest["phases"]:
+        if entry["phase"] == phase and entry["attempt"] == attempt:
+            entry.update(fields)
+            break
+    else:
+        entry = {"phase": phase, "attempt": attempt, "started": time.time(), "ended": None,
+                 "status": "running", "decision": None, **fields}
+        manifest["phases"].append(entry)
+    save_manifest(run_dir, manifest)
+    return entry
+
+
+def phase_dir(run_dir: str | Path, phase: str, attempt: int = 1) -> Path:
+    """``runs/NAME/01_planning`` or ``runs/NAME/02_baseline/attempt-N`` (round-N, iter-N)."""
+    base = Path(run_dir) / phase
+    return base / f"{_SUB[phase]}-{attempt}" if phase in _SUB else base
+
+
+def _attempts(run_dir: str | Path, phase: str) -> list[int]:
+    base = Path(run_dir) / phase
+    if phase not in _SUB or not base.is_dir():
+        return []
+    pat = re.compile(rf"^{_SUB[phase]}-(\d+)$")
+    return sorted(int(m.group(1)) for d in os.listdir(base) if (m := pat.match(d)))
+
+
+def latest_attempt_dir(run_dir: str | Path, phase: str) -> Path | None:
+    """The highest-numbered attempt folder of a phase, or None."""
+    found = _attempts(run_dir, phase)
+    if phase not in _SUB:
+        d = Path(run_dir) / phase
+        return d if d.is_dir() else None
+    return phase_dir(run_dir, phase, found[-1]) if found else None
+
+
+def next_attempt_dir(run_dir: str | Path, phase: str) -> tuple[int, Path]:
+    """(N, folder) for the next attempt of a phase."""
+    found = _attempts(run_dir, phase)
+    n = (found[-1] + 1) if found else 1
+    return n, phase_dir(run_dir, phase, n)

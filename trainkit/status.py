@@ -1,0 +1,45 @@
+"""``trainkit status``: the phase history, the current gate state, and the exact next step."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from trainkit._io import read_json
+from trainkit.run import latest_attempt_dir, load_manifest
+
+
+def describe_run(run_dir: Path) -> str:
+    """A readable multi-line status of a run folder."""
+    from trainkit.gates import gate_state
+
+    manifest = load_manifest(run_dir)
+    lines = [f"run {manifest['name']} ({run_dir}), config {str(manifest.get('config_hash'))[:12]}"]
+    for e in manifest["phases"]:
+        took = f"{e['ended'] - e['started']:.1f}s" if e.get("ended") else "-"
+        lines.append(f"  {e['phase']} #{e['attempt']}: {e['status']}, gate {e.get('gate', '-')}, "
+                     f"next {e.get('decision') or '-'} ({took}, started {time.strftime('%H:%M:%S', time.localtime(e['started']))})")
+    if not manifest["phases"]:
+        return "\n".join(lines + ["  nothing ran yet; next: trainkit run --resume --name " + run_dir.name])
+    last = manifest["phases"][-1]
+    d = latest_attempt_dir(run_dir, last["phase"])
+    gate_path = d / "gate.json" if d else None
+    if gate_path is None or not gate_path.exists():
+        nxt = f"trainkit run --resume --name {run_dir.name} --runs-dir {run_dir.parent}  (re-runs {last['phase']})"
+    else:
+        record = read_json(gate_path)
+        state = gate_state(record)
+        lines.append(f"  gate {record['gate']}: {state}")
+        for c in record["checks"]:
+            if c["status"] not in ("pass", "na"):
+                lines.append(f"    - {c['id']}: {c['status']} ({c['evidence']})")
+        if state == "awaiting_signoff":
+            nxt = f"trainkit signoff {run_dir} --phase {int(last['phase'][:2])} --by NAME"
+        elif state == "blocked":
+            nxt = f"fix the failing checks, then trainkit run --resume --name {run_dir.name} --runs-dir {run_dir.parent}"
+        elif last.get("decision") == "deploy":
+            nxt = "nothing: ready to deploy"
+        else:
+            nxt = f"trainkit run --resume --name {run_dir.name} --runs-dir {run_dir.parent}"
+    lines.append(f"next: {nxt}")
+    return "\n".join(lines)
