@@ -184,9 +184,11 @@ def run_pipeline(config_path: str | None, run_dir: Path, overrides: list[str] | 
                                        + f" (read {d / 'report.html'})", run_dir, taken)
             return PipelineOutcome(EXIT_FAILED, str(exc), run_dir, taken)
         state = _gate_state(d)
+        decision = read_json(d / "decision.json")
+        if state == "blocked" and decision.get("option") != "C":
+            return PipelineOutcome(EXIT_FAILED, f"{phase}: gate blocked (read {d / 'report.html'})", run_dir, taken)
         if state == "awaiting_signoff":
             return PipelineOutcome(EXIT_SIGNOFF, _signoff_hint(run_dir, phase, d), run_dir, taken)
-        decision = read_json(d / "decision.json")
         if stop_after is not None and n >= stop_after:
             return PipelineOutcome(EXIT_OK, f"stopped after {phase} as asked (--stop-after {stop_after}); "
                                    f"next would be {decision['next']}", run_dir, taken)

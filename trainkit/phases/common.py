@@ -94,10 +94,11 @@ def parse_approvals(approvals: Any, gate: str) -> dict[str, str]:
 
 def finish_gate(ctx: PhaseContext, gate: str, results: dict[str, tuple[str, Any]], artifacts: list[str],
                 approvals: Any = None, auto_signoff: bool = False, waivers: dict[str, str] | None = None,
-                decision: dict[str, Any] | None = None) -> dict[str, Any]:
+                decision: dict[str, Any] | None = None, raise_on_block: bool = True) -> dict[str, Any]:
     """Evaluate and record the gate, show its table (and the widget when interactive), update run.json.
 
-    Raises GateBlocked after recording when a mandatory check fails."""
+    Raises GateBlocked after recording when a mandatory check fails (unless ``raise_on_block`` is
+    False: a failed baseline records its block and routes to diagnosis instead)."""
     try:
         record = evaluate_gate(gate, ctx.run_dir, ctx.dir, results, artifacts,
                                approvals=parse_approvals(approvals, gate), auto_signoff=auto_signoff, waivers=waivers)
@@ -106,7 +107,9 @@ def finish_gate(ctx: PhaseContext, gate: str, results: dict[str, tuple[str, Any]
         show_html(gate_html(record))
         record_phase(ctx.run_dir, ctx.phase, ctx.attempt, status="blocked", ended=time.time(),
                      gate=record["state"], decision=(decision or {}).get("next"))
-        raise
+        if raise_on_block:
+            raise
+        return record
     show_html(gate_html(record))
     if ctx.interactive and record["state"] != "passed":
         from trainkit.widgets import GateWidget
@@ -133,8 +136,15 @@ def require_gate(run_dir: str | Path, phase: str) -> dict[str, Any]:
     return verify_gate(d / "gate.json", run_dir)
 
 
+CURRENT_CONFIG = "current_config.yaml"
+
+
 def load_run_config(run_dir: str | Path) -> TrainkitConfig:
-    """The config Phase 1 froze (01_planning/training_config.yaml)."""
+    """The config in force: ``current_config.yaml`` (written when a later phase adopts a fix or a
+    better config) or else the one Phase 1 froze (``01_planning/training_config.yaml``)."""
+    cur = Path(run_dir) / CURRENT_CONFIG
+    if cur.is_file():
+        return load_config(cur)
     p = Path(run_dir) / "01_planning" / "training_config.yaml"
     if not p.is_file():
         raise RunError(f"{p} not found; run Phase 1 (01_planning) first")

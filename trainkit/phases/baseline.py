@@ -1,0 +1,186 @@
+"""Phase 2 (Baseline): train the conservative baseline, report it, decide A/B/C, post_baseline gate."""
+
+from __future__ import annotations
+
+import math
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from trainkit._io import write_json_atomic, write_text_atomic
+from trainkit.config import save_config
+from trainkit.errors import CheckpointError
+from trainkit.phases.common import PhaseContext, begin, finish_gate, load_run_config, require_gate, show_figure, \
+    show_html, write_decision
+from trainkit.run import next_attempt_dir
+
+__all__ = ["start", "train", "write_results", "decide", "gate"]
+
+PHASE = "02_baseline"
+
+
+def start(run_dir: str | Path, attempt: int = 0, interactive: bool = True) -> PhaseContext:
+    """Check Phase 1's gate, open ``02_baseline/attempt-N`` and load the config in force."""
+    require_gate(run_dir, "01_planning")
+    n = attempt or next_attempt_dir(run_dir, PHASE)[0]
+    ctx = begin(run_dir, PHASE, n, interactive)
+    ctx.config = load_run_config(run_dir)
+    save_config(ctx.config, ctx.path("training_config.yaml"))
+    show_html(f"<p>Baseline attempt {n}: {ctx.config.model.name}, {ctx.config.optimizer.name} lr "
+              f"{ctx.config.optimizer.lr:g}, {ctx.config.training.epochs} epochs, target val accuracy ≥ "
+              f"{ctx.config.target.value}</p>")
+    return ctx
+
+
+def train(ctx: PhaseContext, live: bool = True) -> dict[str, Any]:
+    """Train with a live plot; a crash or non-finite loss is recorded, not raised."""
+    from trainkit.data import load_data
+    from trainkit.train import fit
+
+    t0 = time.perf_counter()
+    outcome: dict[str, Any] = {"status": "crashed", "result": None, "error": None}
+    try:
+        bundle = load_data(ctx.config, ctx.run_dir, PHASE)
+        outcome["chance"] = float(max(bundle.info["class_counts"]["val"]) / max(1, bundle.info["sizes"]["val"]))
+        outcome["num_classes"] = bundle.num_classes
+        hook = None
+        if live:
+            from trainkit.widgets import LiveCurves
+
+            hook = LiveCurves()
+        result = fit(ctx.config, bundle, ctx.dir, on_epoch=hook)
+        outcome.update(status=result.status, result=result.to_dict())
+    except Exception as exc:  # a failed baseline is evidence for Phase 3, not a notebook crash
+        cause = exc.__cause__ or exc
+        outcome["error"] = {"type": type(exc).__name__, "cause_type": type(cause).__name__, "message": str(exc),
+                            "traceback": traceback.format_exc()[-4000:]}
+        write_json_atomic(ctx.path("crash.json"), outcome["error"])
+        show_html(f"<p style='color:#cf222e'><b>Baseline crashed</b>: {type(exc).__name__}: {exc}</p>")
+    outcome["wall_time_s"] = time.perf_counter() - t0
+    write_json_atomic(ctx.path("outcome.json"), {k: v for k, v in outcome.items() if k != "result"})
+    return outcome
+
+
+def _learning(outcome: dict[str, Any]) -> tuple[bool, str]:
+    r = outcome.get("result") or {}
+    hist = r.get("history") or []
+    if not hist:
+        return False, "no completed epoch"
+    init, final = r["init_loss"], hist[-1]["train_loss"]
+    best = max(h["val_accuracy"] for h in hist)
+    chance = outcome.get("chance", 0.0)
+    ok = final < init * 0.99 and best > chance + 0.02
+    return ok, (f"train loss {init:.3f} at init → {final:.3f}; best val accuracy {best:.3f} vs chance {chance:.3f}")
+
+
+def decide(ctx: PhaseContext, outcome: dict[str, Any]) -> dict[str, Any]:
+    """Option A (val ≥ target → Phase 5), B (below → Phase 3), C (failed → Phase 3 failed mode)."""
+    cfg = ctx.config
+    learned, why = _learning(outcome) if outcome["status"] != "crashed" else (False, "crashed")
+    r = outcome.get("result") or {}
+    best = (r.get("best") or {}).get("val_accuracy")
+    evidence = {"status": outcome["status"], "best_val_accuracy": best, "target": cfg.target.value, "learning": why,
+                "nonfinite": r.get("nonfinite"), "error": (outcome.get("error") or {}).get("message")}
+    if outcome["status"] in ("crashed", "nonfinite") or not learned:
+        failure = {"crashed": "training crashed", "nonfinite": "non-finite loss or gradient"}.get(outcome["status"],
+                                                                                                 "no learning")
+        restarts_left = cfg.budget.max_baseline_restarts - (ctx.attempt - 1)
+        if restarts_left <= 0:
+            return write_decision(ctx, "C", "stop", f"baseline failed ({failure}) and the {cfg.budget.max_baseline_restarts} "
+                                  "restarts are used up", evidence)
+        return write_decision(ctx, "C", "03_diagnostics", f"baseline failed: {failure}; diagnose, fix, restart Phase 2 "
+                              f"({restarts_left} restart(s) left)", evidence)
+    if best >= cfg.target.value:
+        return write_decision(ctx, "A", "05_finalization", f"val accuracy {best:.4f} >= target {cfg.target.value}", evidence)
+    return write_decision(ctx, "B", "03_diagnostics", f"val accuracy {best:.4f} < target {cfg.target.value}", evidence)
+
+
+def _resource_lines(r: dict[str, Any]) -> list[str]:
+    hist = r.get("history") or []
+    if not hist:
+        return ["(no completed epoch)"]
+    mean = lambda k: sum(h.get(k, 0.0) for h in hist) / len(hist)  # noqa: E731
+    lines = [f"- device: {r['device']} ({r['precision']}), processes: {r['world_size']}",
+             f"- throughput: {mean('samples_per_s'):.0f} samples/s (mean over epochs)",
+             f"- data-wait fraction: {mean('data_wait_fraction'):.3f} (time blocked on the next batch / epoch time)",
+             f"- epoch time: {mean('epoch_time_s'):.3f} s mean"]
+    if any("gpu_util_mean" in h for h in hist):
+        lines.append(f"- GPU utilisation: {mean('gpu_util_mean'):.0f}% mean; peak memory "
+                     f"{max(h.get('gpu_mem_max_mib', 0) for h in hist):.0f} MiB")
+    else:
+        lines.append("- GPU utilisation: not measured (no GPU)")
+    return lines
+
+
+def write_results(ctx: PhaseContext, outcome: dict[str, Any], decision: dict[str, Any]) -> Path:
+    """baseline_results.md with the metrics table, curves, resource profile and wall time."""
+    from trainkit.plots import curves_figure
+
+    r = outcome.get("result") or {}
+    hist = r.get("history") or []
+    lines = [f"# Baseline results (attempt {ctx.attempt})", "",
+             f"Decision: **option {decision['option']}** → `{decision['next']}` — {decision['reason']}", ""]
+    if hist:
+        show_figure(curves_figure(hist, "baseline learning curves"), ctx.path("curves.png"))
+        lines += ["![learning curves](curves.png)", "", "| epoch | train loss | train acc | val loss | val acc | lr | grad-norm p50 |",
+                  "|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"| {h['epoch'] + 1} | {h['train_loss']:.4f} | {h['train_accuracy']:.4f} | {h['val_loss']:.4f} | "
+                  f"{h['val_accuracy']:.4f} | {h['lr']:.2e} | {h.get('grad_norm_p50', float('nan')):.3f} |" for h in hist]
+        best = r["best"]
+        lines += ["", f"Best: val accuracy **{best['val_accuracy']:.4f}** at epoch {best['epoch'] + 1} "
+                  f"(checkpoint `checkpoints/best.pt`); status {r['status']}."]
+    if r.get("nonfinite"):
+        nf = r["nonfinite"]
+        lines += ["", f"**Non-finite** at epoch {nf['epoch']} step {nf['step']}: first bad gradient in "
+                  f"`{nf['parameter']}`, last finite loss {nf['last_finite_loss']:.4g}."]
+    if outcome.get("error"):
+        lines += ["", f"**Crashed**: `{outcome['error']['type']}: {outcome['error']['message'][:500]}`"]
+    lines += ["", "## Resource profile", *_resource_lines(r), "",
+              f"Wall time: {outcome['wall_time_s']:.2f} s (training {r.get('train_time_s', 0.0):.2f} s)"]
+    return write_text_atomic(ctx.path("baseline_results.md"), "\n".join(lines) + "\n")
+
+
+def _results(ctx: PhaseContext, outcome: dict[str, Any]) -> dict[str, tuple[str, Any]]:
+    from trainkit.checkpoints import verify_checkpoint
+
+    r, b = outcome.get("result") or {}, ctx.config.budget
+    hist = r.get("history") or []
+    res: dict[str, tuple[str, Any]] = {}
+    res["training_completed"] = ("pass", f"{r['status']} after {len(hist)} epoch(s)") if outcome["status"] in \
+        ("completed", "early_stopped") else ("fail", outcome["status"] + (f": {outcome['error']['message'][:300]}" if outcome.get("error") else ""))
+    finite = hist and all(math.isfinite(h["train_loss"]) and math.isfinite(h["val_loss"]) for h in hist) and not r.get("nonfinite")
+    res["losses_finite"] = ("pass", "every epoch's train and val loss finite") if finite else \
+        ("fail", f"non-finite: {r.get('nonfinite')}" if r.get("nonfinite") else "no finite epoch recorded")
+    learned, why = _learning(outcome) if hist else (False, "no completed epoch")
+    res["learning_happened"] = ("pass" if learned else "fail", why)
+    utils = [h["gpu_util_mean"] for h in hist if "gpu_util_mean" in h]
+    if not r.get("device", "cpu").startswith("cuda"):
+        res["gpu_utilisation"] = ("na", f"CPU run ({r.get('device', 'cpu')}): no GPU to utilise")
+    elif not utils:
+        res["gpu_utilisation"] = ("warn", "CUDA run but NVML gave no samples (pynvml unavailable?)")
+    else:
+        u = sum(utils) / len(utils)
+        res["gpu_utilisation"] = ("fail" if u < b.gpu_util_block else "warn" if u < b.gpu_util_warn else "pass",
+                                  f"mean {u:.0f}% (block < {b.gpu_util_block:.0f}%, warn < {b.gpu_util_warn:.0f}%)")
+    waits = [h["data_wait_fraction"] for h in hist if "data_wait_fraction" in h]
+    res["data_wait_reported"] = ("pass", f"data-wait fraction mean {sum(waits) / len(waits):.3f}") if waits else \
+        ("fail", "no data-wait measurement")
+    try:
+        digest = verify_checkpoint(ctx.path("checkpoints/best.pt"))
+        res["best_checkpoint"] = ("pass", f"checkpoints/best.pt sha256 {digest[:12]}… verified")
+    except CheckpointError as exc:
+        res["best_checkpoint"] = ("fail", str(exc))
+    res["results_document"] = ("pass", "baseline_results.md written") if ctx.path("baseline_results.md").is_file() \
+        else ("fail", "baseline_results.md missing")
+    return res
+
+
+def gate(ctx: PhaseContext, outcome: dict[str, Any], decision: dict[str, Any], approvals: Any = None,
+         auto_signoff: bool = False, waivers: dict[str, str] | None = None) -> dict[str, Any]:
+    """Evaluate post_baseline. A failed baseline (option C) records its block and routes to Phase 3
+    instead of raising, so the notebook completes and the diagnosis has its evidence."""
+    arts = [ctx.rel(n) for n in ("training_config.yaml", "metrics.jsonl", "baseline_results.md", "decision.json",
+                                  "checkpoints/best.pt") if ctx.path(n).is_file()]
+    return finish_gate(ctx, "post_baseline", _results(ctx, outcome), arts, approvals, auto_signoff, waivers,
+                       decision, raise_on_block=decision["option"] != "C")
