@@ -381,8 +381,12 @@ class BatchIterable:
                             pin_memory=self.device.type == "cuda", worker_init_fn=seed_worker,
                             persistent_workers=False)
         sizes = [n for _, n in self.plan]
+        own_norm = isinstance(b.source.dataset, ImageFolderData)
+        shape = (1, -1) + (1,) * (len(b.input_shape) - 1) if len(b.input_shape) > 1 else (1, -1)
+        mean, std = b.mean.view(shape).to(self.device), b.std.view(shape).to(self.device)
         for (x, _), n, (mine, _) in zip(loader, sizes, self.plan):
-            yield x.to(self.device, non_blocking=True), labels[mine.to(self.device)], n
+            x = x.to(self.device, non_blocking=True).float()
+            yield (x if own_norm else (x - mean) / std), labels[mine.to(self.device)], n
 
 
 def _normalization(source: Source, train_idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -393,9 +397,10 @@ def _normalization(source: Source, train_idx: np.ndarray) -> tuple[torch.Tensor,
     else:
         ds = source.dataset
         pick = train_idx[:: max(1, len(train_idx) // 256)]
-        xt = torch.stack([ds.raw(int(i)) if hasattr(ds, "raw") else torch.as_tensor(ds[int(i)][0]) for i in pick])
-        mean, std = xt.mean(dim=[0, 2, 3]), xt.std(dim=[0, 2, 3])
-    if source.x is not None and source.x.ndim == 2:  # tabular: global scalars keep constant features finite
+        xt = torch.stack([ds.raw(int(i)) if hasattr(ds, "raw") else torch.as_tensor(ds[int(i)][0]).float() for i in pick])
+        dims = [0] + list(range(2, xt.ndim)) if xt.ndim >= 3 else [0]
+        mean, std = xt.mean(dim=dims), xt.std(dim=dims)
+    if xt.ndim == 2:  # tabular: global scalars keep constant features finite
         mean, std = xt.mean().reshape(1), xt.std().reshape(1)
     return mean, std.clamp_min(1e-6)
 
