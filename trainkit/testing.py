@@ -73,3 +73,18 @@ def torch_dataset() -> torch.utils.data.Dataset:
     """A small torch Dataset, for the 'package.module:function' data source returning a Dataset."""
     x, y = blobs(120, 3, 6, seed=3)
     return torch.utils.data.TensorDataset(torch.from_numpy(x), torch.from_numpy(y))
+
+
+class SlowNet(nn.Module):
+    """A small MLP that sleeps ``delay`` seconds per forward pass: slow enough to interrupt mid-epoch."""
+
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int, delay: float = 0.01) -> None:
+        super().__init__()
+        self.delay = delay
+        self.net = tiny_model(input_shape, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import time
+
+        time.sleep(self.delay)
+        return self.net(x)

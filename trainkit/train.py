@@ -232,7 +232,11 @@ def fit(cfg: TrainkitConfig, bundle: DataBundle, out_dir: str | Path | None = No
     elif is_main and out is not None:
         write_text_atomic(out / "metrics.jsonl", "")
     if math.isnan(init_loss):
-        init_loss = evaluate(model, bundle, "val", device, amp=amp)["loss"]
+        try:
+            init_loss = evaluate(model, bundle, "val", device, amp=amp)["loss"]
+        except (RuntimeError, ValueError, IndexError) as exc:
+            raise TrainingError(f"the model's first forward pass failed on input shape {tuple(bundle.input_shape)} "
+                                f"(model {cfg.model.name!r}, {bundle.num_classes} classes): {type(exc).__name__}: {exc}") from exc
 
     net: nn.Module = model
     if world > 1:
@@ -254,10 +258,12 @@ def fit(cfg: TrainkitConfig, bundle: DataBundle, out_dir: str | Path | None = No
         prev_loss: torch.Tensor | None = None
         batches = bundle.batches("train", cfg.data.batch_size, shuffle=True, seed=tr.seed, epoch=epoch,
                                  rank=rank, world=world, device=device, workers=cfg.data.workers)
+        sizes = [n for _, n in batches.plan]  # global batch sizes: each accumulation window averages exactly
+        window = [sum(sizes[j - j % tr.accumulation:j - j % tr.accumulation + tr.accumulation]) for j in range(len(sizes))]
         it = iter(batches)
         for i in range(len(batches)):
             t_wait = time.perf_counter()
-            xb, yb, global_n = next(it)
+            xb, yb, _ = next(it)
             wait += time.perf_counter() - t_wait
             xb = augment_batch(xb, cfg.data.augment)
             if device.type == "cuda" and xb.ndim == 4:
@@ -267,7 +273,7 @@ def fit(cfg: TrainkitConfig, bundle: DataBundle, out_dir: str | Path | None = No
                 with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                     logits = net(xb)
                 batch_loss = F.cross_entropy(logits.float(), yb, reduction="sum")
-                loss = batch_loss * world / global_n / tr.accumulation
+                loss = batch_loss * world / window[i]
                 scaler.scale(loss).backward()
             except (RuntimeError, ValueError, IndexError) as exc:
                 raise TrainingError(f"training step failed at epoch {epoch} step {step} on a batch of shape "
@@ -280,7 +286,7 @@ def fit(cfg: TrainkitConfig, bundle: DataBundle, out_dir: str | Path | None = No
                 scaler.unscale_(optimizer)
                 gnorm = torch.nn.utils.clip_grad_norm_(params, clip)
                 if tr.nan_guard and not bool(torch.isfinite(gnorm) & torch.isfinite(batch_loss)):
-                    nonfinite = {"epoch": epoch, "step": step, "batch_loss": float(batch_loss / len(yb)),
+                    nonfinite = {"epoch": epoch, "step": step, "batch_loss": float(batch_loss.detach() / len(yb)),
                                  "grad_norm": float(gnorm), "parameter": _first_nonfinite_param(model),
                                  "last_finite_loss": float(prev_loss) if prev_loss is not None else (
                                      history[-1]["train_loss"] if history else init_loss)}
