@@ -1,0 +1,70 @@
+"""Phase 2 end to end through the real notebooks."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from trainkit.testing import tiny_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cfg(tmp_path, overrides):
+    p = tmp_path / "cfg.yaml"
+    p.write_text(yaml.safe_dump(tiny_config(overrides).model_dump(mode="json")))
+    return p
+
+
+def test_stop_after_2_on_the_template_reaches_097_with_all_files(tmp_path):
+    r = subprocess.run(["trainkit", "run", str(ROOT / "configs" / "baseline_template.yaml"), "--name", "demo",
+                        "--runs-dir", str(tmp_path), "--stop-after", "2"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    d = tmp_path / "demo" / "02_baseline" / "attempt-1"
+    for name in ("metrics.jsonl", "checkpoints/best.pt", "checkpoints/last.pt", "checkpoints/best.pt.sha256",
+                 "baseline_results.md", "curves.png", "decision.json", "gate.json", "notebook.ipynb", "report.html"):
+        assert (d / name).is_file(), name
+    summary = json.loads((d / "train_summary.json").read_text())
+    assert summary["best"]["val_accuracy"] >= 0.97
+    assert summary["train_time_s"] < 60
+    decision = json.loads((d / "decision.json").read_text())
+    assert decision["option"] == "A" and decision["next"] == "05_finalization"
+    gate = json.loads((d / "gate.json").read_text())
+    assert gate["state"] == "passed"
+    gpu = next(c for c in gate["checks"] if c["id"] == "gpu_utilisation")
+    assert gpu["status"] == "na" and "CPU" in gpu["evidence"]
+    md = (d / "baseline_results.md").read_text()
+    assert "Resource profile" in md and "data-wait fraction" in md and "Wall time" in md
+    assert "post_baseline" in (d / "report.html").read_text()
+
+
+def test_absurd_lr_records_option_c_with_the_step_and_does_not_crash(tmp_path):
+    cfg = _cfg(tmp_path, {"optimizer.name": "sgd", "optimizer.lr": 1e6, "model.kwargs": {"hidden": [64, 64, 64]}})
+    r = subprocess.run(["trainkit", "run", str(cfg), "--name", "nan", "--runs-dir", str(tmp_path), "--stop-after", "2"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr  # the notebook completes: option C is a recorded outcome
+    d = tmp_path / "nan" / "02_baseline" / "attempt-1"
+    decision = json.loads((d / "decision.json").read_text())
+    assert decision["option"] == "C" and decision["next"] == "03_diagnostics"
+    nf = decision["evidence"]["nonfinite"]
+    assert nf["epoch"] == 0 and nf["step"] >= 0 and nf["parameter"]
+    gate = json.loads((d / "gate.json").read_text())
+    assert gate["state"] == "blocked"
+    assert {c["id"]: c["status"] for c in gate["checks"]}["losses_finite"] == "fail"
+    assert "Non-finite" in (d / "baseline_results.md").read_text()
+
+
+def test_phase2_refuses_to_start_when_phase1_was_tampered_with(tmp_path):
+    run = tmp_path / "demo"
+    r = subprocess.run(["trainkit", "run", "--name", "demo", "--runs-dir", str(tmp_path), "--stop-after", "1"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    cfg = run / "01_planning" / "training_config.yaml"
+    cfg.write_text(cfg.read_text().replace("lr: 0.001", "lr: 0.002"))
+    out = tmp_path / "o.ipynb"
+    r = subprocess.run([sys.executable, "-m", "papermill", str(ROOT / "notebooks" / "02_baseline.ipynb"), str(out),
+                        "-p", "run_dir", str(run), "-k", "python3"], capture_output=True, text=True)
+    assert r.returncode != 0 and "changed after sign-off" in r.stderr
+    assert not (run / "02_baseline" / "attempt-1" / "metrics.jsonl").exists()
