@@ -371,8 +371,9 @@ class BatchIterable:
         if b._x is not None:
             x_all = b._x if b._x.device == self.device else b._x.to(self.device)
             b._x = x_all
+            on_cpu = self.device.type == "cpu"
             for mine, n in self.plan:
-                mine = mine.to(self.device)
+                mine = mine if on_cpu else mine.to(self.device, non_blocking=True)
                 yield x_all[mine], labels[mine], n
             return
         from trainkit.repro import seed_worker

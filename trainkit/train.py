@@ -8,6 +8,7 @@ then for each epoch: train steps (with the NaN/Inf guard), validation, one metri
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -151,6 +152,16 @@ def _all_sum(t: torch.Tensor, world: int) -> torch.Tensor:
     return t
 
 
+def grad_norm(params: list[torch.Tensor], clip: float) -> torch.Tensor:
+    """Global L2 norm of the gradients; clipped to ``clip`` when finite (no rescaling pass otherwise)."""
+    if math.isfinite(clip):
+        return torch.nn.utils.clip_grad_norm_(params, clip)
+    grads = [p.grad for p in params if p.grad is not None]
+    if hasattr(torch.nn.utils, "get_total_norm"):
+        return torch.nn.utils.get_total_norm(grads)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+
+
 def _first_nonfinite_param(model: nn.Module) -> str | None:
     for name, p in model.named_parameters():
         if p.grad is not None and not torch.isfinite(p.grad).all():
@@ -203,11 +214,14 @@ def fit(cfg: TrainkitConfig, bundle: DataBundle, out_dir: str | Path | None = No
     if device.type == "cuda" and len(bundle.input_shape) == 3:
         model = model.to(memory_format=torch.channels_last)
     precision, amp = _precision(cfg, device)
-    scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
+    fp16 = precision == "fp16"
+    autocast = (lambda: torch.autocast(device.type, dtype=amp)) if amp is not None else contextlib.nullcontext
+    scaler = torch.amp.GradScaler("cuda", enabled=fp16)
     optimizer = make_optimizer(cfg, model.parameters())
     n_batches = len(bundle.batches("train", cfg.data.batch_size, shuffle=False, world=world))
     steps_per_epoch = max(1, math.ceil(n_batches / tr.accumulation))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factors(cfg, steps_per_epoch))
+    schedule_active = not (cfg.schedule.name == "constant" and cfg.schedule.warmup_epochs == 0)
 
     history: list[dict[str, Any]] = []
     start_epoch, step, best, bad_epochs, resumed_from = 0, 0, None, 0, None
@@ -252,7 +266,7 @@ def fit(cfg: TrainkitConfig, bundle: DataBundle, out_dir: str | Path | None = No
         net.train()
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
-        seen = torch.zeros((), device=device, dtype=torch.long)
+        seen = 0
         norms: list[torch.Tensor] = []
         wait = 0.0
         prev_loss: torch.Tensor | None = None
@@ -270,32 +284,39 @@ def fit(cfg: TrainkitConfig, bundle: DataBundle, out_dir: str | Path | None = No
                 xb = xb.contiguous(memory_format=torch.channels_last)
             boundary = (i + 1) % tr.accumulation == 0 or i + 1 == len(batches)
             try:
-                with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                with autocast():
                     logits = net(xb)
                 batch_loss = F.cross_entropy(logits.float(), yb, reduction="sum")
-                loss = batch_loss * world / window[i]
-                scaler.scale(loss).backward()
+                loss = batch_loss / (window[i] / world)
+                (scaler.scale(loss) if fp16 else loss).backward()
             except (RuntimeError, ValueError, IndexError) as exc:
                 raise TrainingError(f"training step failed at epoch {epoch} step {step} on a batch of shape "
                                     f"{tuple(xb.shape)} (model {cfg.model.name!r}, {bundle.num_classes} classes): "
                                     f"{type(exc).__name__}: {exc}") from exc
             loss_sum += batch_loss.detach()
             correct += (logits.argmax(1) == yb).sum()
-            seen += len(yb)
+            seen += len(yb)  # a python int: no tensor op per step
             if boundary:
-                scaler.unscale_(optimizer)
-                gnorm = torch.nn.utils.clip_grad_norm_(params, clip)
-                if tr.nan_guard and not bool(torch.isfinite(gnorm) & torch.isfinite(batch_loss)):
+                if fp16:
+                    scaler.unscale_(optimizer)
+                gnorm = grad_norm(params, clip)
+                if tr.nan_guard and not bool(torch.isfinite(gnorm + batch_loss)):
                     nonfinite = {"epoch": epoch, "step": step, "batch_loss": float(batch_loss.detach() / len(yb)),
                                  "grad_norm": float(gnorm), "parameter": _first_nonfinite_param(model),
                                  "last_finite_loss": float(prev_loss) if prev_loss is not None else (
                                      history[-1]["train_loss"] if history else init_loss)}
                     optimizer.zero_grad(set_to_none=True)
                     break
-                scaler.step(optimizer)
-                scaler.update()
+                if fp16:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-                scheduler.step()
+                if schedule_active:
+                    scheduler.step()
+                else:  # constant LR without warmup: LambdaLR would set the same LR; keep its counter
+                    scheduler.last_epoch += 1
                 step += 1
                 norms.append(gnorm.detach())
                 prev_loss = batch_loss.detach() / len(yb)
@@ -307,7 +328,7 @@ def fit(cfg: TrainkitConfig, bundle: DataBundle, out_dir: str | Path | None = No
                 append_jsonl(out / "metrics.jsonl", {"event": "nonfinite", **nonfinite})
             break
 
-        totals = _all_sum(torch.stack([loss_sum.float(), correct.float(), seen.float()]), world)
+        totals = _all_sum(torch.stack([loss_sum.float(), correct.float(), torch.tensor(float(seen), device=device)]), world)
         val = evaluate(model, bundle, "val", device, amp=amp)
         epoch_time = time.perf_counter() - t_epoch
         train_time += epoch_time
