@@ -50,6 +50,18 @@ def test_papermill_runs_notebook_01_without_the_cli(tmp_path):
     rec = _gate(d / "gate.json")
     assert rec["state"] == "awaiting_signoff"
     assert all(c["status"] == "pass" for c in rec["checks"] if c["kind"] == "automatic")
+    st = subprocess.run(["trainkit", "status", str(run)], capture_output=True, text=True)
+    assert st.returncode == 0 and "awaiting_signoff" in st.stdout and f"trainkit signoff {run} --phase 1" in st.stdout
+    bad = subprocess.run(["trainkit", "signoff", str(run), "--phase", "1", "--by", "eve", "--check", "seeds_fixed"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 1 and "not a manual check" in bad.stderr
+    ok = subprocess.run(["trainkit", "signoff", str(run), "--phase", "1", "--by", "eve", "--check", "config_reviewed"],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    rec = _gate(d / "gate.json")
+    assert rec["state"] == "passed" and rec["signoff"]["by"] == "eve"
+    assert "next: trainkit run --resume" in subprocess.run(["trainkit", "status", str(run)], capture_output=True,
+                                                           text=True).stdout
 
 
 def test_cli_stop_after_1_writes_phase_1_and_a_readable_report(tmp_path):

@@ -68,3 +68,44 @@ def test_phase2_refuses_to_start_when_phase1_was_tampered_with(tmp_path):
                         "-p", "run_dir", str(run), "-k", "python3"], capture_output=True, text=True)
     assert r.returncode != 0 and "changed after sign-off" in r.stderr
     assert not (run / "02_baseline" / "attempt-1" / "metrics.jsonl").exists()
+
+
+def _hashes(folder):
+    import hashlib
+
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir() if p.is_file()}
+
+
+def test_run_killed_mid_baseline_resumes_in_place_without_rewriting_phase1(tmp_path):
+    import os
+    import signal
+    import time
+
+    over = {"model.name": "trainkit.testing:SlowNet", "model.kwargs": {"delay": 0.01}, "training.epochs": 5,
+            "data.batch_size": 32, "target.value": 0.5}
+    cfg = _cfg(tmp_path, over)
+    env = dict(os.environ, TRAINKIT_PROGRESS="off")
+    ref = subprocess.run(["trainkit", "run", str(cfg), "--name", "ref", "--runs-dir", str(tmp_path), "--stop-after", "2"],
+                         capture_output=True, text=True, env=env)
+    assert ref.returncode == 0, ref.stderr
+    p = subprocess.Popen(["trainkit", "run", str(cfg), "--name", "k", "--runs-dir", str(tmp_path), "--stop-after", "2"],
+                         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    metrics = tmp_path / "k" / "02_baseline" / "attempt-1" / "metrics.jsonl"
+    deadline = time.time() + 180
+    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
+        time.sleep(0.05)
+    os.killpg(p.pid, signal.SIGKILL)  # the CLI and its kernel, mid-epoch
+    p.wait()
+    assert not (metrics.parent / "gate.json").exists()
+    before = _hashes(tmp_path / "k" / "01_planning")
+    r = subprocess.run(["trainkit", "run", "--resume", "--name", "k", "--runs-dir", str(tmp_path), "--stop-after", "2"],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "continuing it" in r.stdout
+    assert _hashes(tmp_path / "k" / "01_planning") == before
+    assert not (tmp_path / "k" / "02_baseline" / "attempt-2").exists()
+    keys = ("epoch", "train_loss", "val_loss", "val_accuracy")
+    read = lambda f: [{k: json.loads(x)[k] for k in keys} for x in f.read_text().splitlines()]  # noqa: E731
+    assert read(metrics) == read(tmp_path / "ref" / "02_baseline" / "attempt-1" / "metrics.jsonl")
+    summary = json.loads((metrics.parent / "train_summary.json").read_text())
+    assert summary["resumed_from_epoch"] is not None

@@ -124,11 +124,11 @@ def _signoff_hint(run_dir: Path, phase: str, d: Path) -> str:
             f"or rerun with --approve {manual[0] if manual else 'signoff'}=NAME)")
 
 
-def _resume_point(run_dir: Path) -> tuple[str | None, str | None]:
-    """(phase to run next, or None when finished; why)."""
+def _resume_point(run_dir: Path) -> tuple[str | None, str | None, int | None]:
+    """(phase to run next or None when finished, why, attempt to continue in place or None)."""
     manifest = load_manifest(run_dir)
     if not manifest["phases"]:
-        return PHASES[0], "nothing ran yet"
+        return PHASES[0], "nothing ran yet", None
     last = manifest["phases"][-1]
     d = latest_attempt_dir(run_dir, last["phase"])
     state = _gate_state(d) if d else None
@@ -136,9 +136,11 @@ def _resume_point(run_dir: Path) -> tuple[str | None, str | None]:
         decision = read_json(d / "decision.json") if (d / "decision.json").exists() else {}
         nxt = decision.get("next")
         if last["phase"] == "05_finalization" or nxt in ("deploy", None):
-            return None, "the run already finished"
-        return nxt, f"{last['phase']} passed its gate"
-    return last["phase"], f"{last['phase']} ended {state or last['status']}; running it again"
+            return None, "the run already finished", None
+        return nxt, f"{last['phase']} passed its gate", None
+    if state is None and last["phase"] in _ATTEMPTED:  # died before its gate: continue that attempt in place
+        return last["phase"], f"{last['phase']} attempt {last['attempt']} did not finish; continuing it", last["attempt"]
+    return last["phase"], f"{last['phase']} ended {state or last['status']}; running it again", None
 
 
 def run_pipeline(config_path: str | None, run_dir: Path, overrides: list[str] | None = None,
@@ -151,7 +153,7 @@ def run_pipeline(config_path: str | None, run_dir: Path, overrides: list[str] | 
     if resume:
         if not (run_dir / "run.json").exists():
             raise RunError(f"{run_dir}: nothing to resume (no run.json); start it without --resume")
-        phase, why = _resume_point(run_dir)
+        phase, why, continue_attempt = _resume_point(run_dir)
         echo(f"trainkit: resuming {run_dir.name}: {why}")
         if phase is None:
             return PipelineOutcome(EXIT_OK, f"{run_dir.name}: already finished", run_dir, taken)
@@ -159,13 +161,15 @@ def run_pipeline(config_path: str | None, run_dir: Path, overrides: list[str] | 
         if (run_dir / "run.json").exists():
             raise RunError(f"{run_dir} already holds a run; use --resume to continue it or --name for a new one")
         init_run(run_dir, run_dir.name)
-        phase = PHASES[0]
+        phase, continue_attempt = PHASES[0], None
     common = {"approvals": approvals or {}, "interactive": False}
     t0 = time.time()
     while phase is not None:
         n = int(phase[:2])
         attempt = next_attempt_dir(run_dir, phase)[0] if phase in _ATTEMPTED else 1
         params = dict(common, auto_signoff=phase != "05_finalization")
+        if continue_attempt is not None:
+            attempt, params["resume"], continue_attempt = continue_attempt, True, None
         if phase == PHASES[0]:
             params.update(config_path=str(Path(config_path).resolve()) if config_path else "",
                           overrides=list(overrides or []), target=target)

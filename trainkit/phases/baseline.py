@@ -33,8 +33,9 @@ def start(run_dir: str | Path, attempt: int = 0, interactive: bool = True) -> Ph
     return ctx
 
 
-def train(ctx: PhaseContext, live: bool = True) -> dict[str, Any]:
-    """Train with a live plot; a crash or non-finite loss is recorded, not raised."""
+def train(ctx: PhaseContext, resume: bool = False, live: bool = True) -> dict[str, Any]:
+    """Train with a live plot (continuing from ``checkpoints/last.pt`` when ``resume``); a crash or
+    non-finite loss is recorded, not raised."""
     from trainkit.data import load_data
     from trainkit.train import fit
 
@@ -49,7 +50,7 @@ def train(ctx: PhaseContext, live: bool = True) -> dict[str, Any]:
             from trainkit.widgets import LiveCurves
 
             hook = LiveCurves()
-        result = fit(ctx.config, bundle, ctx.dir, on_epoch=hook)
+        result = fit(ctx.config, bundle, ctx.dir, resume=resume, on_epoch=hook)
         outcome.update(status=result.status, result=result.to_dict())
     except Exception as exc:  # a failed baseline is evidence for Phase 3, not a notebook crash
         cause = exc.__cause__ or exc
