@@ -92,6 +92,7 @@ def test_widget_tick_and_click_signs_off(run_dir):
     assert rec["state"] == "passed" and rec["signoff"]["by"] == "carol"
     assert next(c for c in rec["checks"] if c["id"] == "config_reviewed")["status"] == "pass"
     assert "Signed off by carol" in w.message.value
+    assert w.button.disabled  # a signed gate is not signed twice
 
 
 def test_widget_button_disabled_when_blocked(run_dir):

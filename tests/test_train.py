@@ -151,6 +151,14 @@ def test_resume_with_a_different_model_is_refused(tmp_path):
         fit(other, load_data(other), tmp_path, resume=True, progress=False)
 
 
+def _free_port():
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def test_ddp_two_processes_match_one_process(tmp_path):
     env = dict(os.environ, TRAINKIT_PROGRESS="off", OMP_NUM_THREADS="1")
     one = _write_cfg(tmp_path, {"training.epochs": 2, "data.batch_size": 64, "training.device": "cpu"})
@@ -161,7 +169,7 @@ def test_ddp_two_processes_match_one_process(tmp_path):
     two_cfg.write_text(yaml.safe_dump(data))
     subprocess.run(["trainkit", "train", str(one), "--run-dir", str(tmp_path / "one")], check=True, env=env,
                    capture_output=True)
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
                         "-m", "trainkit.cli", "train", str(two_cfg), "--run-dir", str(tmp_path / "two")], env=env,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -55,8 +55,9 @@ class GateWidget:
     def _refresh_button(self, record: dict[str, Any] | None = None) -> None:
         record = record or self.record
         state = gate_state(record)
-        self.button.disabled = state == "blocked" or not self.approver.value.strip()
+        self.button.disabled = state in ("blocked", "passed") or not self.approver.value.strip()
         self.button.tooltip = ("mandatory automatic checks fail" if state == "blocked" else
+                               "already signed off" if state == "passed" else
                                "enter your name" if not self.approver.value.strip() else "sign this gate")
 
     def _on_click(self, _: Any = None) -> None:
