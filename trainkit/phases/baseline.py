@@ -33,9 +33,11 @@ def start(run_dir: str | Path, attempt: int = 0, interactive: bool = True) -> Ph
     return ctx
 
 
-def train(ctx: PhaseContext, resume: bool = False, live: bool = True) -> dict[str, Any]:
+def train(ctx: PhaseContext, resume: bool = False, live: bool | None = None) -> dict[str, Any]:
     """Train with a live plot (continuing from ``checkpoints/last.pt`` when ``resume``); a crash or
-    non-finite loss is recorded, not raised."""
+    non-finite loss is recorded, not raised. The live plot is on when the notebook is interactive
+    (headless runs draw the curves once, in write_results)."""
+    live = ctx.interactive if live is None else live
     from trainkit.data import load_data
     from trainkit.train import fit
 
