@@ -8,6 +8,6 @@ if ! command -v chromium >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
   else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; fi
 fi
-python3 -m pip install -q "torch>=2.6" "torchvision>=0.21"
-python3 -m pip install -q -e ".[dev]"
+python3 -m pip install -q --root-user-action=ignore "torch>=2.6" "torchvision>=0.21"
+python3 -m pip install -q --root-user-action=ignore -e ".[dev]"
 python3 -m ipykernel install --user --name python3 >/dev/null 2>&1 || true

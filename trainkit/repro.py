@@ -42,11 +42,23 @@ def seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
+def _use_deterministic_algorithms(enabled: bool) -> None:
+    """torch.use_deterministic_algorithms without its ~2 s import of torch._inductor when nothing
+    compiled is in play: the inductor flag only matters for torch.compile, so it is set through the
+    public function whenever inductor is already loaded (or the private setter is missing)."""
+    if torch.are_deterministic_algorithms_enabled() == enabled and not torch.is_deterministic_algorithms_warn_only_enabled():
+        return
+    if "torch._inductor" in sys.modules or not hasattr(torch._C, "_set_deterministic_algorithms"):
+        torch.use_deterministic_algorithms(enabled, warn_only=False)
+    else:
+        torch._C._set_deterministic_algorithms(enabled, warn_only=False)
+
+
 def set_deterministic(enabled: bool) -> dict[str, Any]:
     """Turn deterministic algorithms and cuDNN flags on or off; returns what was set."""
     if enabled:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(enabled, warn_only=False)
+    _use_deterministic_algorithms(enabled)
     torch.backends.cudnn.deterministic = enabled
     torch.backends.cudnn.benchmark = not enabled
     return {
