@@ -1,5 +1,4 @@
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -116,7 +115,6 @@ def test_missing_torchvision_files_give_clear_error(tmp_path, source, expect):
 
 def test_torchvision_source_reads_local_files(tmp_path):
     # write a tiny MNIST in the raw idx format torchvision reads, so the real loading code runs
-    import gzip  # noqa: F401  (torchvision reads the uncompressed files)
     raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)
     rng = np.random.default_rng(0)

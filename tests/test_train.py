@@ -7,7 +7,6 @@ import sys
 import time
 
 import pytest
-import torch
 import yaml
 
 from trainkit.checkpoints import load_checkpoint
@@ -114,7 +113,7 @@ def _metrics(d):
 
 def test_kill_9_mid_epoch_then_resume_gives_identical_metrics(tmp_path):
     over = {"model.name": "trainkit.testing:SlowNet", "model.kwargs": {"delay": 0.01}, "training.epochs": 5,
-            "model.kwargs": {"delay": 0.01}, "data.batch_size": 32}
+            "data.batch_size": 32}
     cfg = _write_cfg(tmp_path, over)
     env = dict(os.environ, TRAINKIT_PROGRESS="off")
     ref = tmp_path / "ref"

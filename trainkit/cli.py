@@ -9,7 +9,6 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 from trainkit.errors import ConfigError, GateError, RunError, TrainkitError
 

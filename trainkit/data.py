@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -469,11 +468,6 @@ def load_data(cfg: Any, run_dir: str | Path | None = None, phase: str | None = N
     elif isinstance(source.dataset, ImageFolderData):
         source.dataset.mean, source.dataset.std = mean, std
     return bundle
-
-
-def splits_summary(record: dict) -> str:
-    """One line per split for reports."""
-    return json.dumps({k: record["sizes"][k] for k in ("train", "val", "test")})
 
 
 def augment_batch(x: torch.Tensor, kind: str) -> torch.Tensor:

@@ -11,7 +11,6 @@ import inspect
 import math
 from typing import Any, Callable
 
-import torch
 from torch import nn
 
 from trainkit.errors import ModelError

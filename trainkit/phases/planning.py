@@ -10,7 +10,7 @@ import torch
 from trainkit._io import read_json, write_json_atomic
 from trainkit.config import config_hash, load_config, save_config
 from trainkit.errors import ConfigError, QuarantineError
-from trainkit.phases.common import PhaseContext, begin, finish_gate, show_figure, show_html
+from trainkit.phases.common import PhaseContext, begin, finish_gate, show_figure, show_html, write_decision
 from trainkit.run import init_run
 
 __all__ = ["start", "write_environment", "write_splits", "show_data_overview", "check_determinism", "gate"]
@@ -126,8 +126,6 @@ def _results(ctx: PhaseContext, bundle: Any) -> dict[str, tuple[str, Any]]:
 def gate(ctx: PhaseContext, bundle: Any, approvals: Any = None, auto_signoff: bool = False,
          waivers: dict[str, str] | None = None) -> dict[str, Any]:
     """Evaluate the reproducibility gate (records gate.json, then raises GateBlocked if blocked)."""
-    decision = {"next": "02_baseline"}
-    write_json_atomic(ctx.path("decision.json"), {"phase": PHASE, "attempt": 1, "option": "-", "next": "02_baseline",
-                                                  "reason": "Phase 1 always proceeds to the baseline", "evidence": {}})
+    decision = write_decision(ctx, "-", "02_baseline", "Phase 1 always proceeds to the baseline", {})
     return finish_gate(ctx, "reproducibility_gate", _results(ctx, bundle), [f"{PHASE}/{a}" for a in ARTIFACTS],
                        approvals, auto_signoff, waivers, decision)
