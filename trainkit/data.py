@@ -271,6 +271,11 @@ class IndexBatches:
         g = self.batch_size * self.world
         return (len(self.indices) + g - 1) // g
 
+    def global_sizes(self) -> list[int]:
+        """Size of each global batch, in order (independent of the shuffle; no permutation drawn)."""
+        g, n = self.batch_size * self.world, len(self.indices)
+        return [min(g, n - start) for start in range(0, n, g)]
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, int]]:
         idx = self.indices
         if self.shuffle:
@@ -380,13 +385,19 @@ class BatchIterable:
         loader = DataLoader(b.source.dataset, batch_sampler=_BatchSampler(self.plan), num_workers=self.workers,
                             pin_memory=self.device.type == "cuda", worker_init_fn=seed_worker,
                             persistent_workers=False)
-        sizes = [n for _, n in self.plan]
         own_norm = isinstance(b.source.dataset, ImageFolderData)
-        shape = (1, -1) + (1,) * (len(b.input_shape) - 1) if len(b.input_shape) > 1 else (1, -1)
-        mean, std = b.mean.view(shape).to(self.device), b.std.view(shape).to(self.device)
-        for (x, _), n, (mine, _) in zip(loader, sizes, self.plan):
+        mean, std = b.mean.to(self.device), b.std.to(self.device)
+        for (x, _), (mine, n) in zip(loader, self.plan):
             x = x.to(self.device, non_blocking=True).float()
-            yield (x if own_norm else (x - mean) / std), labels[mine.to(self.device)], n
+            yield (x if own_norm else normalize(x, mean, std)), labels[mine.to(self.device)], n
+
+
+def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """(x - mean) / std with per-channel statistics for images (N, C, ...) and scalars for vectors."""
+    if x.ndim > 2:
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        mean, std = mean.view(shape), std.view(shape)
+    return (x - mean) / std
 
 
 def _normalization(source: Source, train_idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -462,9 +473,7 @@ def load_data(cfg: Any, run_dir: str | Path | None = None, phase: str | None = N
     bundle = DataBundle(source=source, splits=splits, mean=mean, std=std, phase=phase,
                         run_dir=Path(run_dir) if run_dir else None, labels=labels, info=record)
     if source.x is not None:
-        x = source.x
-        shape = (1, -1) + (1,) * (x.ndim - 2) if x.ndim > 2 else (1, -1)
-        bundle._x = (x - mean.view(shape)) / std.view(shape) if x.ndim > 2 else (x - mean) / std
+        bundle._x = normalize(source.x, mean, std)
     elif isinstance(source.dataset, ImageFolderData):
         source.dataset.mean, source.dataset.std = mean, std
     return bundle

@@ -221,7 +221,6 @@ def fit(cfg: TrainkitConfig, bundle: DataBundle, out_dir: str | Path | None = No
     n_batches = len(bundle.batches("train", cfg.data.batch_size, shuffle=False, world=world))
     steps_per_epoch = max(1, math.ceil(n_batches / tr.accumulation))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factors(cfg, steps_per_epoch))
-    schedule_active = not (cfg.schedule.name == "constant" and cfg.schedule.warmup_epochs == 0)
 
     history: list[dict[str, Any]] = []
     start_epoch, step, best, bad_epochs, resumed_from = 0, 0, None, 0, None
@@ -272,7 +271,7 @@ def fit(cfg: TrainkitConfig, bundle: DataBundle, out_dir: str | Path | None = No
         prev_loss: torch.Tensor | None = None
         batches = bundle.batches("train", cfg.data.batch_size, shuffle=True, seed=tr.seed, epoch=epoch,
                                  rank=rank, world=world, device=device, workers=cfg.data.workers)
-        sizes = [n for _, n in batches.plan]  # global batch sizes: each accumulation window averages exactly
+        sizes = batches.plan.global_sizes()  # each accumulation window averages over its real sample count
         window = [sum(sizes[j - j % tr.accumulation:j - j % tr.accumulation + tr.accumulation]) for j in range(len(sizes))]
         it = iter(batches)
         for i in range(len(batches)):
@@ -313,10 +312,7 @@ def fit(cfg: TrainkitConfig, bundle: DataBundle, out_dir: str | Path | None = No
                 else:
                     optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-                if schedule_active:
-                    scheduler.step()
-                else:  # constant LR without warmup: LambdaLR would set the same LR; keep its counter
-                    scheduler.last_epoch += 1
+                scheduler.step()
                 step += 1
                 norms.append(gnorm.detach())
                 prev_loss = batch_loss.detach() / len(yb)
