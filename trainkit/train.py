@@ -197,7 +197,30 @@ def _progress(total: int, desc: str, enabled: bool) -> Any:
 
 def fit(cfg: TrainkitConfig, bundle: DataBundle, out_dir: str | Path | None = None, *, resume: bool = False,
         progress: bool = True, on_epoch: Callable[[dict[str, Any]], None] | None = None) -> FitResult:
-    """Train ``cfg``'s model on ``bundle``; write metrics.jsonl and checkpoints/{best,last}.pt to ``out_dir``."""
+    """Train ``cfg``'s model on ``bundle``; write metrics.jsonl and checkpoints/{best,last}.pt to ``out_dir``.
+
+    Under torchrun (``WORLD_SIZE`` > 1) the process group is created here and torn down again on the way out
+    (a gloo group left to the interpreter's exit aborts the process with "terminate called ...")."""
+    created = False
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import torch.distributed as dist
+
+        created = not dist.is_initialized()
+    try:
+        return _fit(cfg, bundle, out_dir, resume=resume, progress=progress, on_epoch=on_epoch)
+    finally:
+        if created:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                try:
+                    dist.barrier()
+                finally:
+                    dist.destroy_process_group()
+
+
+def _fit(cfg: TrainkitConfig, bundle: DataBundle, out_dir: str | Path | None, *, resume: bool, progress: bool,
+         on_epoch: Callable[[dict[str, Any]], None] | None) -> FitResult:
     t_start = time.perf_counter()
     tr = cfg.training
     rank, world, ddp_device = _dist_setup(tr.device)
