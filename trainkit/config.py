@@ -45,6 +45,8 @@ class DataConfig(_Section):
     image_size: Optional[int] = Field(None, ge=4, description="resize folder images to this side (pixels); None keeps the first image's size")
     subset: Optional[int] = Field(None, ge=2, description="use only this many training samples (count); None = all")
     label_noise: float = Field(0.0, ge=0, lt=1, description="fraction of training labels flipped on purpose, for experiments (fraction 0-1)")
+    exclude: Optional[str] = Field(None, description="JSON file {\"indices\": [...]} of source sample indices left out of training "
+                                   "(path; relative paths resolve against the run folder); Phase 3 writes one for label issues and leaks")
 
     @model_validator(mode="after")
     def _fractions(self) -> "DataConfig":
@@ -85,6 +87,7 @@ class TrainingConfig(_Section):
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     seed: int = Field(0, ge=0, description="seed for python, numpy, torch and workers (integer)")
     deterministic: bool = Field(True, description="deterministic algorithms, cuDNN flags, CUBLAS workspace")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy label smoothing (fraction 0-1)")
     nan_guard: bool = Field(True, description="stop in the step where loss or gradient becomes non-finite (one host sync per step)")
 
 

@@ -470,6 +470,8 @@ def load_data(cfg: Any, run_dir: str | Path | None = None, phase: str | None = N
             if changed:
                 raise DataError(f"data changed since Phase 1: split(s) {changed} no longer match {path}; "
                                 "restore the data or start a new run")
+    if dcfg.exclude:
+        splits["train"] = _exclude(splits["train"], dcfg.exclude, run_dir, record)
     bundle = DataBundle(source=source, splits=splits, mean=mean, std=std, phase=phase,
                         run_dir=Path(run_dir) if run_dir else None, labels=labels, info=record)
     if source.x is not None:
@@ -477,6 +479,26 @@ def load_data(cfg: Any, run_dir: str | Path | None = None, phase: str | None = N
     elif isinstance(source.dataset, ImageFolderData):
         source.dataset.mean, source.dataset.std = mean, std
     return bundle
+
+
+def _exclude(train: np.ndarray, spec: str, run_dir: str | Path | None, record: dict[str, Any]) -> np.ndarray:
+    """Drop the listed sample indices from training (after the Phase 1 fingerprint check: the
+    splits are unchanged, training just skips them). ``record['excluded']`` says how many."""
+    path = Path(spec)
+    if not path.is_absolute() and run_dir is not None:
+        path = Path(run_dir) / path
+    if not path.is_file():
+        raise DataError(f"data.exclude: {path} not found; expected a JSON file {{\"indices\": [...]}} "
+                        "(Phase 3 writes one as exclude.json) or remove data.exclude")
+    try:
+        drop = {int(i) for i in read_json(path)["indices"]}
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DataError(f"data.exclude: {path} is not {{\"indices\": [integers]}} ({exc})") from None
+    kept = np.array([i for i in train if int(i) not in drop], dtype=train.dtype)
+    if len(kept) == 0:
+        raise DataError(f"data.exclude: {path} removes every training sample")
+    record["excluded"] = int(len(train) - len(kept))
+    return kept
 
 
 def augment_batch(x: torch.Tensor, kind: str) -> torch.Tensor:

@@ -74,6 +74,24 @@ GATES: dict[str, GateSpec] = {g.name: g for g in [
         _c("results_document", "baseline_results.md present"),
         _c("curves_reviewed", "A person looked at the learning curves", "manual", False),
     )),
+    GateSpec("diagnostics_complete", "03_diagnostics", "Phase 3 → 4, 5 or 2: diagnostics complete", (
+        _c("evidence_loaded", "The diagnosed run's evidence was loaded (metrics, or the crash record)"),
+        _c("probes_ran", "Probes ran and returned numbers"),
+        _c("pipeline_sane", "Overfit-one-batch and input-independent probes pass", mandatory=False),
+        _c("root_cause", "Primary root cause identified"),
+        _c("recommendations", "3-5 recommendations with impact and effort (or the infrastructure fix)"),
+        _c("report_present", "diagnostic_report.md and findings.json present"),
+        _c("guides_linked", "A guide for every fired diagnostic, linked from the report"),
+        _c("recommendations_reviewed", "A person read the recommendations", "manual", False),
+    )),
+    GateSpec("optimization_complete", "04_optimization", "Phase 4 → 5, 4 or 3: optimization complete", (
+        _c("optimized_training_completed", "Optimized training completed on every seed"),
+        _c("compared_to_baseline", "Compared to the baseline on the same seeds (mean ± std, CI of the difference)"),
+        _c("adoption_rule", "Adopted only when the gain exceeds the seed spread"),
+        _c("results_document", "optimization_results.md present"),
+        _c("config_saved", "optimization_config.yaml saved with provenance for every changed field"),
+        _c("results_reviewed", "A person reviewed the comparison", "manual", False),
+    )),
 ]}
 
 

@@ -9,7 +9,8 @@ from typing import Any, Sequence
 
 import matplotlib.pyplot as plt
 
-__all__ = ["class_counts_figure", "sample_grid_figure", "curves_figure", "save_figure", "figure_png_html"]
+__all__ = ["class_counts_figure", "sample_grid_figure", "curves_figure", "save_figure", "figure_png_html",
+           "lr_range_figure", "seed_variance_figure", "throughput_figure", "comparison_figure", "seed_points_figure"]
 
 
 def save_figure(fig: Any, path: str | Path) -> Path:
@@ -77,4 +78,79 @@ def curves_figure(history: Sequence[dict[str, Any]], title: str = "learning curv
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(title)
+    return fig
+
+
+def lr_range_figure(probe: dict[str, Any]) -> Any:
+    """Smoothed loss against LR (log axis) with the minimum and the suggestion marked."""
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.plot(probe["lrs"], probe["losses"])
+    ax.set_xscale("log")
+    ax.axvline(probe["suggested_lr"], color="tab:green", ls="--", label=f"suggested {probe['suggested_lr']:.3g}")
+    ax.axvline(probe["min_loss_lr"], color="tab:red", ls=":", label=f"min loss {probe['min_loss_lr']:.3g}")
+    if probe.get("configured_lr"):
+        ax.axvline(probe["configured_lr"], color="gray", ls="-.", label=f"configured {probe['configured_lr']:.3g}")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("smoothed train loss")
+    ax.set_title(f"LR range test ({probe.get('optimizer', '')})")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def seed_variance_figure(probe: dict[str, Any]) -> Any:
+    fig, ax = plt.subplots(figsize=(4.5, 3))
+    ax.bar([str(s) for s in probe["seeds"]], probe["val_accuracy"], color="tab:blue")
+    ax.axhline(probe["mean"], color="k", ls="--", lw=1, label=f"mean {probe['mean']:.3f} ± {probe['std']:.3f}")
+    lo = min(probe["val_accuracy"])
+    ax.set_ylim(max(0.0, lo - 0.05), min(1.0, max(probe["val_accuracy"]) + 0.02))
+    ax.set_xlabel("seed")
+    ax.set_ylabel("val accuracy")
+    ax.set_title(f"seed variance ({probe['epochs']} epochs)")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def throughput_figure(probe: dict[str, Any]) -> Any:
+    pts = probe["points"]
+    fig, ax = plt.subplots(figsize=(4.5, 3))
+    ax.plot([p["batch_size"] for p in pts], [p["samples_per_s"] for p in pts], "o-")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("train samples/s")
+    ax.set_title(f"throughput (configured batch {probe['configured_batch_size']})")
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def comparison_figure(runs: dict[str, Sequence[Sequence[dict[str, Any]]]], title: str = "baseline vs optimized") -> Any:
+    """Val accuracy per epoch of every seed, one colour per config (overlaid learning curves)."""
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.2))
+    for (label, histories), color in zip(runs.items(), ["tab:gray", "tab:blue", "tab:orange", "tab:green"]):
+        for i, h in enumerate(histories):
+            ep = [r["epoch"] + 1 for r in h]
+            a1.plot(ep, [r["val_loss"] for r in h], color=color, alpha=0.7, label=label if i == 0 else None)
+            a2.plot(ep, [r["val_accuracy"] for r in h], color=color, alpha=0.7, label=label if i == 0 else None)
+    for ax, k in ((a1, "val loss"), (a2, "val accuracy")):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(k)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    return fig
+
+
+def seed_points_figure(values: dict[str, Sequence[float]], target: float | None = None) -> Any:
+    """Final val metric per seed for each config, with the mean."""
+    fig, ax = plt.subplots(figsize=(4.5, 3))
+    for i, (label, vals) in enumerate(values.items()):
+        ax.scatter([i] * len(vals), vals, zorder=3)
+        ax.hlines(sum(vals) / len(vals), i - 0.2, i + 0.2, color="k")
+    if target is not None:
+        ax.axhline(target, color="tab:red", ls="--", lw=1, label=f"target {target}")
+        ax.legend(fontsize=8)
+    ax.set_xticks(range(len(values)), list(values))
+    ax.set_ylabel("best val accuracy")
+    ax.set_title("per-seed results")
+    ax.grid(alpha=0.3, axis="y")
     return fig

@@ -88,3 +88,34 @@ class SlowNet(nn.Module):
 
         time.sleep(self.delay)
         return self.net(x)
+
+
+class _SlowDataset(torch.utils.data.Dataset):
+    def __init__(self, delay: float) -> None:
+        self.x, self.y = blobs(400, 3, 16, seed=5)
+        self.targets = self.y.tolist()
+        self.delay = delay
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        import time
+
+        time.sleep(self.delay)
+        return torch.from_numpy(self.x[i]), int(self.y[i])
+
+
+def slow_dataset(delay: float = 0.0015) -> torch.utils.data.Dataset:
+    """A streamed dataset that sleeps per sample: data loading dominates the step (data.source
+    'trainkit.testing:slow_dataset')."""
+    return _SlowDataset(delay)
+
+
+def duplicated_digits() -> tuple[np.ndarray, np.ndarray]:
+    """Digits with its first 150 samples appended again: copies land across the splits (leakage)."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = d.images.astype(np.float32)[:, None] / 16.0
+    return np.concatenate([x, x[:150]]), np.concatenate([d.target, d.target[:150]])

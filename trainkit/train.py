@@ -308,7 +308,7 @@ def _fit(cfg: TrainkitConfig, bundle: DataBundle, out_dir: str | Path | None, *,
             try:
                 with autocast():
                     logits = net(xb)
-                batch_loss = F.cross_entropy(logits.float(), yb, reduction="sum")
+                batch_loss = F.cross_entropy(logits.float(), yb, reduction="sum", label_smoothing=tr.label_smoothing)
                 loss = batch_loss / (window[i] / world)
                 (scaler.scale(loss) if fp16 else loss).backward()
             except (RuntimeError, ValueError, IndexError) as exc:

@@ -1,0 +1,203 @@
+"""Phase 3 diagnostics: gather the baseline's evidence, run the probes, run the detectors, turn
+their recommendations into ranked config patches.
+
+    ev = gather_evidence(run_dir, cfg)            # baseline history, crash, non-finite info
+    ev["probes"] = run_probes(cfg, bundle, ev)    # cheap experiments, each returning numbers
+    findings = detect_all(ev)                     # one Finding per seed diagnostic
+    plan = plan_recommendations(findings, ev)     # ranked, 3-5 selected, fixes kept apart
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+from trainkit._io import read_json, read_jsonl
+from trainkit.config import TrainkitConfig, config_to_dict
+from trainkit.diagnostics.detectors import DETECTORS, THRESHOLDS, Finding, Recommendation, classify_crash, detect_all
+
+__all__ = ["gather_evidence", "run_probes", "detect_all", "plan_recommendations", "combine_patches", "DETECTORS",
+           "THRESHOLDS", "Finding", "Recommendation", "classify_crash", "primary_cause"]
+
+
+def gather_evidence(source_dir: str | Path, cfg: TrainkitConfig, failed_mode: bool = False) -> dict[str, Any]:
+    """The evidence of one training folder (a Phase 2 attempt or a Phase 4 run): history, status,
+    best epoch, loss at init, the non-finite record, the crash record."""
+    d = Path(source_dir)
+    summary = read_json(d / "train_summary.json") if (d / "train_summary.json").is_file() else {}
+    if summary:
+        history = summary.get("history") or []
+    else:  # crashed or killed: whatever epochs were logged
+        rows = read_jsonl(d / "metrics.jsonl") if (d / "metrics.jsonl").is_file() else []
+        history = [r for r in rows if "train_loss" in r and "val_loss" in r]
+    crash = read_json(d / "crash.json") if (d / "crash.json").is_file() else None
+    status = "crashed" if crash and not summary else summary.get("status", "crashed" if crash else "unknown")
+    init = summary.get("init_loss")
+    return {"source_dir": str(d), "status": status, "history": history, "best": summary.get("best"),
+            "init_loss": init if init is None or math.isfinite(init) else None, "nonfinite": summary.get("nonfinite"),
+            "crash": crash, "target": cfg.target.value, "config": config_to_dict(cfg), "device": summary.get("device", "cpu"),
+            "failed_mode": failed_mode, "probes": {}}
+
+
+def _timed(name: str, fn: Callable[[], dict[str, Any]], echo: Callable[[str], None]) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    try:
+        out = fn()
+    except Exception as exc:  # a probe that cannot run is evidence too (a broken model breaks them all)
+        out = {"error": f"{type(exc).__name__}: {str(exc)[:400]}", "traceback": traceback.format_exc()[-1500:]}
+    out["seconds"] = round(time.perf_counter() - t0, 3)
+    echo(f"  probe {name}: {out['seconds']:.2f}s" + (f" — {out['error']}" if "error" in out else ""))
+    return out
+
+
+def run_probes(cfg: TrainkitConfig, bundle: Any, ev: dict[str, Any], label_issues: bool = True,
+               echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Every probe, each timed and isolated; results keyed by probe name. Fills in the evidence
+    fields that need the data (class count, input shape, val size, loss at init when missing)."""
+    from trainkit.diagnostics import probes as P
+
+    ev.update(num_classes=bundle.num_classes, input_shape=list(bundle.input_shape), val_size=len(bundle.splits["val"]))
+    out: dict[str, Any] = {}
+    if bundle._x is None:  # streamed data: read train and val once, probe in memory
+        bundle = _in_memory_view(bundle)
+    out["init_loss"] = _timed("init_loss", lambda: P.init_loss_probe(cfg, bundle), echo)
+    if ev.get("init_loss") is None and "init_loss" in out["init_loss"]:
+        ev["init_loss"] = out["init_loss"]["init_loss"]
+    out["lr_range"] = _timed("lr_range", lambda: P.lr_range_test(cfg, bundle), echo)
+    out["input_independent"] = _timed("input_independent", lambda: P.input_independent_probe(cfg, bundle), echo)
+    out["overfit_batch"] = _timed("overfit_batch", lambda: P.overfit_batch_probe(cfg, bundle), echo)
+    out["seed_variance"] = _timed("seed_variance", lambda: P.seed_variance_probe(
+        cfg, bundle, epochs=min(cfg.training.epochs, 10)), echo)
+    out["throughput"] = _timed("throughput", lambda: P.throughput_probe(cfg, bundle), echo)
+    out["dead_units"] = _timed("dead_units", lambda: P.dead_units_probe(cfg, bundle, _trained_model(cfg, bundle, ev)), echo)
+    out["grad_norms"] = P.grad_norm_stats(ev.get("history") or [])
+    out["resource"] = P.resource_profile(ev.get("history") or [], ev.get("device", "cpu"))
+    out["data"] = _timed("data", lambda: P.data_probe(bundle), echo)
+    if label_issues:
+        out["label_issues"] = _timed("label_issues", lambda: P.label_issue_probe(cfg, bundle), echo)
+    return out
+
+
+def _in_memory_view(bundle: Any, max_rows: int = 50000) -> Any:
+    """A copy of a streamed bundle whose train and val samples sit in one tensor (test rows stay
+    zero: never read). Probes then run at in-memory speed instead of re-reading files."""
+    import copy
+
+    import numpy as np
+    import torch
+
+    from trainkit.data import ImageFolderData, normalize
+
+    ds = bundle.source.dataset
+    view = copy.copy(bundle)
+    idx = np.concatenate([bundle.splits["train"][:max_rows], bundle.splits["val"][:max_rows]])
+    view.splits = {"train": bundle.splits["train"][:max_rows], "val": bundle.splits["val"][:max_rows]}
+    first = torch.as_tensor(ds[int(idx[0])][0]).float()
+    x = torch.zeros((len(bundle.source.y), *first.shape))
+    for i in idx:
+        x[int(i)] = torch.as_tensor(ds[int(i)][0]).float()
+    view._x = x if isinstance(ds, ImageFolderData) else normalize(x, bundle.mean, bundle.std)
+    return view
+
+
+def _trained_model(cfg: TrainkitConfig, bundle: Any, ev: dict[str, Any]) -> Any:
+    """The baseline's best model when its checkpoint exists (dead units are a property of training)."""
+    p = Path(ev["source_dir"]) / "checkpoints" / "best.pt"
+    if not p.is_file():
+        return None
+    from trainkit.checkpoints import load_checkpoint
+    from trainkit.models import build_model
+
+    model = build_model(cfg.model.name, bundle.input_shape, bundle.num_classes, cfg.model.kwargs)
+    model.load_state_dict(load_checkpoint(p)["model"])
+    return model
+
+
+def _generic(ev: dict[str, Any]) -> list[Recommendation]:
+    """Low-gain, always-applicable moves used to fill the selection up to three."""
+    cfg = ev["config"]
+    need = max(0.0, (ev["target"] - ((ev.get("best") or {}).get("val_accuracy") or 0.0)) * 100)
+    sug = (ev["probes"].get("lr_range") or {}).get("suggested_lr")
+    lr = cfg["optimizer"]["lr"]
+    recs = []
+    if sug and (sug > 2 * lr or sug < lr / 2):
+        recs.append(Recommendation("lr_to_finder", f"LR {lr:g} → {sug:.3g} (LR finder)", {"optimizer.lr": float(f"{sug:.3g}")},
+                                   "the LR range test suggests a different LR", round(0.2 * need, 2), 1,
+                                   {"suggested_lr": sug}, "accuracy", "generic"))
+    if cfg["schedule"]["name"] == "constant":
+        recs.append(Recommendation("schedule", "Cosine schedule with 1 warmup epoch",
+                                   {"schedule.name": "cosine", "schedule.warmup_epochs": 1.0},
+                                   "decaying the LR usually settles into a better minimum", round(0.1 * need, 2), 1, {},
+                                   "accuracy", "generic"))
+    recs.append(Recommendation("longer", f"Train longer: {cfg['training']['epochs']} → {int(cfg['training']['epochs'] * 1.5)} epochs",
+                               {"training.epochs": int(cfg["training"]["epochs"] * 1.5)},
+                               "more steps at the same settings", round(0.05 * need, 2), 2, {}, "accuracy", "generic"))
+    return recs
+
+
+def combine_patches(recs: list[dict[str, Any]] | list[Recommendation]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Merge recommendation patches in rank order: ``model.kwargs`` dicts merge; for any other key
+    the higher-ranked recommendation wins. Returns (patch, provenance rows per field)."""
+    patch: dict[str, Any] = {}
+    prov: list[dict[str, Any]] = []
+    for r in recs:
+        r = r if isinstance(r, dict) else _rec_dict(r)
+        for key, value in (r.get("patch") or {}).items():
+            if key in patch and isinstance(patch[key], dict) and isinstance(value, dict):
+                new = {k: v for k, v in value.items() if patch[key].get(k) != v}
+                patch[key] = {**value, **patch[key]}
+                for k in new:
+                    prov.append({"field": f"{key}.{k}", "recommendation": r["id"], "finding": r.get("finding")})
+                continue
+            if key in patch:
+                continue
+            patch[key] = value
+            prov.append({"field": key, "recommendation": r["id"], "finding": r.get("finding")})
+    return patch, prov
+
+
+def _rec_dict(r: Recommendation) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    d = asdict(r)
+    d["score"] = round(r.score, 3)
+    return d
+
+
+def plan_recommendations(findings: list[Finding], ev: dict[str, Any], lo: int = 3, hi: int = 5) -> dict[str, Any]:
+    """Rank every fired finding's recommendations by expected gain / effort; select 3-5 actionable
+    ones (config patches; filled up with generic moves when the detectors offer fewer); keep
+    infrastructure fixes apart; estimate the combined expected gain (capped by the headroom)."""
+    by_id: dict[str, Recommendation] = {}
+    for f in findings:
+        if f.fired:
+            for r in f.recommendations:
+                if r.id not in by_id or r.expected_gain_points > by_id[r.id].expected_gain_points:
+                    by_id[r.id] = r
+    fixes = [r for r in by_id.values() if r.kind == "fix"]
+    actionable = [r for r in by_id.values() if r.kind != "fix" and r.patch]
+    if sum(r.kind == "accuracy" for r in actionable) < lo:
+        have = {r.id for r in actionable} | {r.id for r in fixes}
+        patched = {k for r in actionable + fixes for k in (r.patch or {})}
+        for g in _generic(ev):
+            if g.id not in have and not (set(g.patch) & patched) and sum(r.kind == "accuracy" for r in actionable) < lo:
+                actionable.append(g)
+    ranked = sorted(actionable, key=lambda r: (-r.score, r.effort, r.id))
+    selected = ranked[:hi]
+    best = (ev.get("best") or {}).get("val_accuracy") or 0.0
+    headroom = max(0.0, (1 - best) * 100)
+    total = min(headroom, sum(r.expected_gain_points for r in selected if r.kind == "accuracy"))
+    return {"ranked": [_rec_dict(r) for r in ranked], "selected": [_rec_dict(r) for r in selected],
+            "fixes": [_rec_dict(r) for r in fixes], "expected_gain_points": round(total, 2),
+            "headroom_points": round(headroom, 2)}
+
+
+def primary_cause(findings: list[Finding]) -> Finding | None:
+    """The fired finding that explains most: infrastructure first, then by severity."""
+    fired = [f for f in findings if f.fired]
+    if not fired:
+        return None
+    return sorted(fired, key=lambda f: (not f.infrastructure, -f.severity, list(DETECTORS).index(f.name)))[0]

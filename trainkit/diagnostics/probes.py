@@ -1,0 +1,339 @@
+"""Phase 3 probes: cheap experiments that each return numbers (and a figure where one helps).
+
+Every probe takes the config in force and a :class:`~trainkit.data.DataBundle` (train and val
+only: the test split stays quarantined) and returns a plain dict that goes into ``findings.json``.
+Probes build their own model from the config and seed, so they are reproducible on CPU.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trainkit.config import TrainkitConfig, validate_config_dict, apply_overrides, config_to_dict
+from trainkit.data import DataBundle
+from trainkit.models import build_model
+from trainkit.repro import seed_everything, set_deterministic
+from trainkit.train import make_optimizer, resolve_device
+
+__all__ = ["sample", "init_loss_probe", "input_independent_probe", "overfit_batch_probe", "lr_range_test",
+           "grad_norm_stats", "seed_variance_probe", "throughput_probe", "resource_profile", "dead_units_probe",
+           "data_probe", "label_issue_probe", "with_overrides"]
+
+
+def with_overrides(cfg: TrainkitConfig, patch: dict[str, Any]) -> TrainkitConfig:
+    """A copy of ``cfg`` with dotted-key overrides applied and validated."""
+    return validate_config_dict(apply_overrides(config_to_dict(cfg), patch), "probe config")
+
+
+def sample(bundle: DataBundle, split: str, n: int, seed: int = 0, device: Any = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Up to ``n`` random samples of a split (train or val) as tensors."""
+    x, y, _ = next(iter(bundle.batches(split, n, shuffle=True, seed=seed, device=device)))
+    return x, y
+
+
+def _model(cfg: TrainkitConfig, bundle: DataBundle, device: torch.device, seed: int | None = None) -> nn.Module:
+    seed_everything(cfg.training.seed if seed is None else seed)
+    set_deterministic(cfg.training.deterministic)
+    return build_model(cfg.model.name, bundle.input_shape, bundle.num_classes, cfg.model.kwargs).to(device)
+
+
+def init_loss_probe(cfg: TrainkitConfig, bundle: DataBundle, n: int = 512) -> dict[str, Any]:
+    """Loss of the untrained model against ln(K): a healthy init sits near ln(K)."""
+    device = resolve_device(cfg.training.device)
+    model = _model(cfg, bundle, device).eval()
+    x, y = sample(bundle, "val", n, device=device)
+    with torch.no_grad():
+        loss = float(F.cross_entropy(model(x).float(), y))
+    ln_k = math.log(bundle.num_classes)
+    return {"init_loss": loss, "ln_k": ln_k, "ratio": loss / ln_k, "ok": bool(math.isfinite(loss) and loss < 2 * ln_k)}
+
+
+def _short_train(cfg: TrainkitConfig, bundle: DataBundle, epochs: int, seed: int, zero_inputs: bool = False,
+                 max_steps: int | None = None) -> tuple[nn.Module, float, float]:
+    """Train briefly with the config's optimizer; returns (model, val loss, val accuracy)."""
+    device = resolve_device(cfg.training.device)
+    model = _model(cfg, bundle, device, seed)
+    opt = make_optimizer(cfg, model.parameters())
+    steps = 0
+    for epoch in range(epochs):
+        for xb, yb, _ in bundle.batches("train", cfg.data.batch_size, shuffle=True, seed=seed, epoch=epoch, device=device):
+            xb = torch.zeros_like(xb) if zero_inputs else xb
+            loss = F.cross_entropy(model(xb).float(), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            steps += 1
+            if max_steps and steps >= max_steps:
+                break
+    model.eval()
+    xv, yv = sample(bundle, "val", 4096, device=device)
+    with torch.no_grad():
+        out = model(torch.zeros_like(xv) if zero_inputs else xv).float()
+        return model, float(F.cross_entropy(out, yv)), float((out.argmax(1) == yv).float().mean())
+
+
+def input_independent_probe(cfg: TrainkitConfig, bundle: DataBundle, epochs: int = 2) -> dict[str, Any]:
+    """Train on zeroed inputs and on real inputs for a few epochs: the real model must score better,
+    else the model is not using its inputs (broken data pipeline, labels detached from samples)."""
+    _, zl, za = _short_train(cfg, bundle, epochs, cfg.training.seed, zero_inputs=True)
+    _, rl, ra = _short_train(cfg, bundle, epochs, cfg.training.seed)
+    ok = math.isfinite(rl) and (ra > za + 0.01 or rl < zl * 0.95)
+    return {"zero_input_val_loss": zl, "zero_input_val_accuracy": za, "real_val_loss": rl, "real_val_accuracy": ra,
+            "epochs": epochs, "ok": bool(ok)}
+
+
+def overfit_batch_probe(cfg: TrainkitConfig, bundle: DataBundle, n: int = 32, steps: int = 300,
+                        lr: float = 1e-3, threshold: float = 0.05) -> dict[str, Any]:
+    """Memorise one small batch with Adam: the loss must get near zero, else the pipeline is broken."""
+    device = resolve_device(cfg.training.device)
+    model = _model(cfg, bundle, device)
+    for m in model.modules():  # regularisers would fight memorisation
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+    x, y = sample(bundle, "train", n, device=device)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    losses = []
+    for i in range(steps):
+        loss = F.cross_entropy(model(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if i % 10 == 0 or i == steps - 1:
+            losses.append(float(loss.detach()))
+            if not math.isfinite(losses[-1]) or losses[-1] < threshold / 5:
+                break
+    final = losses[-1]
+    return {"batch": int(len(y)), "steps": i + 1, "final_loss": final, "threshold": threshold,
+            "ok": bool(math.isfinite(final) and final < threshold), "trace": losses}
+
+
+def lr_range_test(cfg: TrainkitConfig, bundle: DataBundle, lr_min: float = 1e-6, lr_max: float = 10.0,
+                  steps: int = 100, beta: float = 0.9, diverge: float = 4.0) -> dict[str, Any]:
+    """Exponential LR sweep with the config's optimizer: smoothed loss per LR, stop on divergence.
+
+    Suggestion: the LR of the lowest smoothed loss divided by 10 (the usual "min / 10" rule: the
+    minimum sits at the edge of instability; a tenth of it trains fast and stays stable)."""
+    device = resolve_device(cfg.training.device)
+    model = _model(cfg, bundle, device)
+    opt = make_optimizer(with_overrides(cfg, {"optimizer.lr": lr_min}), model.parameters())
+    factor = (lr_max / lr_min) ** (1 / max(1, steps - 1))
+    lrs, losses, avg, best = [], [], 0.0, math.inf
+    it, epoch = iter(()), 0
+    for i in range(steps):
+        try:
+            xb, yb, _ = next(it)
+        except StopIteration:
+            it = iter(bundle.batches("train", cfg.data.batch_size, shuffle=True, seed=cfg.training.seed + 7,
+                                     epoch=epoch, device=device))
+            epoch += 1
+            xb, yb, _ = next(it)
+        lr = lr_min * factor ** i
+        for g in opt.param_groups:
+            g["lr"] = lr
+        loss = F.cross_entropy(model(xb).float(), yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        raw = float(loss.detach())
+        if not math.isfinite(raw):
+            break
+        avg = beta * avg + (1 - beta) * raw
+        smooth = avg / (1 - beta ** (i + 1))
+        lrs.append(lr)
+        losses.append(smooth)
+        best = min(best, smooth)
+        if i > 5 and smooth > diverge * best:
+            break
+    if not losses:
+        return {"lrs": [], "losses": [], "suggested_lr": None, "min_loss_lr": None, "ok": False,
+                "reason": "the loss was non-finite from the first step"}
+    k = int(np.argmin(losses))
+    return {"lrs": lrs, "losses": losses, "min_loss_lr": lrs[k], "suggested_lr": lrs[k] / 10,
+            "configured_lr": cfg.optimizer.lr, "optimizer": cfg.optimizer.name, "stopped_at_lr": lrs[-1],
+            "diverged": len(lrs) < steps, "ok": True}
+
+
+def grad_norm_stats(history: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Gradient-norm percentiles per epoch from the baseline's metrics.jsonl."""
+    rows = [h for h in history if "grad_norm_p50" in h]
+    if not rows:
+        return {"epochs": 0}
+    p50 = [h["grad_norm_p50"] for h in rows]
+    return {"epochs": len(rows), "p50_first": p50[0], "p50_last": p50[-1], "max": max(h["grad_norm_max"] for h in rows),
+            "p90_last": rows[-1]["grad_norm_p90"], "ratio_last_first": p50[-1] / p50[0] if p50[0] else None}
+
+
+def seed_variance_probe(cfg: TrainkitConfig, bundle: DataBundle, seeds: Sequence[int] = (0, 1, 2),
+                        epochs: int | None = None) -> dict[str, Any]:
+    """Short trainings on several seeds: the spread of val accuracy is the noise floor of any comparison."""
+    epochs = epochs or min(cfg.training.epochs, 5)
+    accs = []
+    for s in seeds:
+        _, _, acc = _short_train(with_overrides(cfg, {"training.seed": int(s)}), bundle, epochs, int(s))
+        accs.append(acc)
+    a = np.asarray(accs)
+    return {"seeds": list(seeds), "epochs": epochs, "val_accuracy": accs, "mean": float(a.mean()),
+            "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0, "range": float(a.max() - a.min())}
+
+
+def throughput_probe(cfg: TrainkitConfig, bundle: DataBundle, sizes: Sequence[int] = (32, 64, 128, 256),
+                     steps: int = 8) -> dict[str, Any]:
+    """Training samples/s at several batch sizes (forward + backward + step, after one warm-up step)."""
+    device = resolve_device(cfg.training.device)
+    out = []
+    for bs in sizes:
+        model = _model(cfg, bundle, device)
+        opt = make_optimizer(cfg, model.parameters())
+        x, y = sample(bundle, "train", bs, device=device)
+        for i in range(steps + 1):
+            if i == 1:
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                t0 = time.perf_counter()
+            loss = F.cross_entropy(model(x).float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        out.append({"batch_size": int(len(y)), "samples_per_s": len(y) * steps / dt})
+    return {"points": out, "configured_batch_size": cfg.data.batch_size}
+
+
+def resource_profile(history: Sequence[dict[str, Any]], device: str) -> dict[str, Any]:
+    """The baseline's data-wait fraction, throughput and (on CUDA) GPU utilisation and memory."""
+    if not history:
+        return {"device": device}
+    mean = lambda k: float(np.mean([h[k] for h in history if k in h])) if any(k in h for h in history) else None  # noqa: E731
+    prof = {"device": device, "data_wait_fraction": mean("data_wait_fraction"), "samples_per_s": mean("samples_per_s"),
+            "epoch_time_s": mean("epoch_time_s"), "gpu_util_mean": mean("gpu_util_mean")}
+    if any("gpu_mem_max_mib" in h for h in history):
+        prof["gpu_mem_max_mib"] = max(h.get("gpu_mem_max_mib", 0) for h in history)
+        prof["gpu_mem_total_mib"] = max(h.get("gpu_mem_total_mib", 0) for h in history) or None
+    return prof
+
+
+def dead_units_probe(cfg: TrainkitConfig, bundle: DataBundle, model: nn.Module | None = None,
+                     n: int = 512) -> dict[str, Any]:
+    """Share of ReLU units that never fire on a val sample (of the given model, else a fresh one)."""
+    device = resolve_device(cfg.training.device)
+    model = (model or _model(cfg, bundle, device)).eval()
+    acts: list[torch.Tensor] = []
+    hooks = [m.register_forward_hook(lambda _m, _i, o: acts.append((o > 0).reshape(o.shape[0], -1).any(0)))
+             for m in model.modules() if isinstance(m, nn.ReLU)]
+    x, _ = sample(bundle, "val", n, device=device)
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    if not acts:
+        return {"units": 0, "dead_fraction": None}
+    alive = torch.cat(acts)
+    return {"units": int(alive.numel()), "dead": int((~alive).sum()), "dead_fraction": float((~alive).float().mean())}
+
+
+def data_probe(bundle: DataBundle, near_threshold: float = 0.995, max_rows: int = 20000) -> dict[str, Any]:
+    """Duplicates (exact, from content hashes over all splits; near, by cosine similarity between
+    train and val), class balance, constant and non-finite features. Test content enters only
+    through the hashes Phase 1 recorded; no test sample is read here."""
+    info, keys = bundle.info, bundle.source.sample_keys
+    y = bundle.source.y.numpy()
+    splits = {k: np.asarray(v) for k, v in info["indices"].items()}
+    out: dict[str, Any] = {"duplicates": dict(info.get("duplicates", {}))}
+    if keys:
+        key_split: dict[str, set[str]] = {}
+        for name, idx in splits.items():
+            for i in idx:
+                key_split.setdefault(keys[i], set()).add(name)
+        leaked = [int(i) for i in bundle.splits["train"] if len(key_split.get(keys[i], ())) > 1]
+        out["leaked_train_indices"] = leaked
+        seen: dict[str, int] = {}
+        within = []
+        for i in bundle.splits["train"]:
+            if keys[i] in seen:
+                within.append(int(i))
+            seen.setdefault(keys[i], int(i))
+        out["duplicate_train_indices"] = within
+    counts = np.bincount(y[bundle.splits["train"]], minlength=bundle.num_classes)
+    out["class_counts_train"] = counts.tolist()
+    out["imbalance_ratio"] = float(counts.max() / max(1, counts.min()))
+    if bundle.source.x is not None:
+        xt = bundle.source.x[torch.as_tensor(bundle.splits["train"][:max_rows])].reshape(len(bundle.splits["train"][:max_rows]), -1)
+        out["features"] = int(xt.shape[1])
+        out["non_finite_values"] = int((~torch.isfinite(xt)).sum())
+        out["constant_features"] = int((xt.std(0) == 0).sum())
+        out["near_duplicates_train_val"] = _near_duplicates(bundle, near_threshold, max_rows)
+    return out
+
+
+def _near_duplicates(bundle: DataBundle, threshold: float, max_rows: int) -> int:
+    """Val samples with a train sample at cosine similarity ≥ threshold (not counting exact copies)."""
+    xs = bundle.source.x
+    tr = torch.as_tensor(bundle.splits["train"][:max_rows])
+    va = torch.as_tensor(bundle.splits["val"][:max_rows])
+    a = F.normalize(xs[tr].reshape(len(tr), -1).double(), dim=1)
+    b = F.normalize(xs[va].reshape(len(va), -1).double(), dim=1)
+    count = 0
+    for i in range(0, len(b), 1024):
+        sim = b[i:i + 1024] @ a.T
+        best = sim.max(1).values
+        count += int(((best >= threshold) & (best < 1 - 1e-12)).sum())
+    return count
+
+
+def label_issue_probe(cfg: TrainkitConfig, bundle: DataBundle, folds: int = 3, epochs: int = 15,
+                      max_rows: int = 20000) -> dict[str, Any]:
+    """Likely label errors by confident learning on out-of-fold predicted probabilities.
+
+    The training split is cut into ``folds``; a model (the config's architecture, Adam 1e-3) trained
+    on the other folds predicts each held-out sample. Per class j the threshold t_j is the mean
+    predicted probability of j over samples labelled j. A sample labelled i is off-diagonal when the
+    class k with the largest p_k among those with p_k ≥ t_k is not i; the off-diagonal samples with
+    the lowest self-confidence p_i, as many as the off-diagonal count, are the flagged issues."""
+    train = np.asarray(bundle.splits["train"])[:max_rows]
+    labels = (bundle.labels if bundle.labels is not None else bundle.source.y)
+    rng = np.random.default_rng(cfg.training.seed)
+    order = rng.permutation(len(train))
+    probs = np.zeros((len(train), bundle.num_classes))
+    base = with_overrides(cfg, {"optimizer.name": "adam", "optimizer.lr": 1e-3, "optimizer.weight_decay": 0.0})
+    for f in range(folds):
+        held = order[f::folds]
+        sub = _sub_bundle(bundle, train[np.setdiff1d(np.arange(len(train)), held)], train[held])
+        model, _, _ = _short_train(base, sub, epochs, cfg.training.seed + f)
+        device = next(model.parameters()).device
+        parts = []
+        with torch.no_grad():
+            for xb, _, _ in sub.batches("val", 1024, shuffle=False, device=device):
+                parts.append(torch.softmax(model(xb).float(), 1).cpu())
+        probs[held] = torch.cat(parts).numpy()
+    given = labels[torch.as_tensor(train)].numpy()
+    k = bundle.num_classes
+    thresholds = np.array([probs[given == j, j].mean() if (given == j).any() else 1.0 for j in range(k)])
+    above = probs >= thresholds[None, :]
+    masked = np.where(above, probs, -1.0)
+    conf_class = masked.argmax(1)
+    off = above.any(1) & (conf_class != given)
+    self_conf = probs[np.arange(len(train)), given]
+    n_issues = int(off.sum())
+    flagged = sorted(int(train[i]) for i in np.flatnonzero(off))
+    return {"folds": folds, "epochs": epochs, "checked": int(len(train)), "flagged": flagged,
+            "flagged_fraction": n_issues / max(1, len(train)), "thresholds": thresholds.tolist(),
+            "oof_accuracy_vs_given": float((probs.argmax(1) == given).mean()),
+            "mean_self_confidence_flagged": float(self_conf[off].mean()) if n_issues else None}
+
+
+def _sub_bundle(bundle: DataBundle, train_idx: np.ndarray, val_idx: np.ndarray) -> DataBundle:
+    """The same data with other train/val index sets (the test split is dropped)."""
+    import copy
+
+    sub = copy.copy(bundle)
+    sub.splits = {"train": np.sort(train_idx), "val": np.asarray(val_idx)}
+    return sub

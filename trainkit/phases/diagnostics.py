@@ -1,0 +1,275 @@
+"""Phase 3 (Diagnostics): probes and detectors on the baseline (or the best Phase 4 run), ranked
+recommendations as config patches, diagnostic_report.md, the diagnostics_complete gate, decision A/B/C."""
+
+from __future__ import annotations
+
+import html
+import shutil
+from pathlib import Path
+from typing import Any
+
+from trainkit._io import read_json, write_json_atomic, write_text_atomic
+from trainkit.config import config_to_dict, save_config
+from trainkit.errors import RunError
+from trainkit.phases.common import CURRENT_CONFIG, PhaseContext, begin, finish_gate, load_run_config, show_figure, \
+    show_html, write_decision
+from trainkit.run import latest_attempt_dir, load_manifest, next_attempt_dir
+
+__all__ = ["start", "diagnose", "show_findings", "write_report", "decide", "gate", "guide_path"]
+
+PHASE = "03_diagnostics"
+def guide_path(name: str) -> Path:
+    """docs/diagnostics/<name>.md: the installed package's copy, else the repository's."""
+    here = Path(__file__).resolve().parent.parent
+    for base in (here / "docs" / "diagnostics", here.parent / "docs" / "diagnostics"):
+        if (base / f"{name}.md").is_file():
+            return base / f"{name}.md"
+    raise RunError(f"guide docs/diagnostics/{name}.md not found in the installed trainkit")
+
+
+def _source(run_dir: Path) -> tuple[Path, dict[str, Any], str]:
+    """(folder whose training is diagnosed, its decision, its phase): the latest phase before this one."""
+    entries = [e for e in load_manifest(run_dir)["phases"] if e["phase"] in ("02_baseline", "04_optimization")]
+    if not entries:
+        raise RunError(f"{run_dir}: Phase 3 needs Phase 2's results; run 02_baseline first")
+    phase = entries[-1]["phase"]
+    d = latest_attempt_dir(run_dir, phase)
+    if d is None or not (d / "decision.json").is_file():
+        raise RunError(f"{run_dir}: {phase} did not finish (no decision.json); run it (or --resume) first")
+    decision = read_json(d / "decision.json")
+    if decision.get("next") != PHASE:
+        raise RunError(f"{d}: its decision was {decision.get('option')} → {decision.get('next')}, not Phase 3")
+    gate_rec = read_json(d / "gate.json") if (d / "gate.json").is_file() else {}
+    if gate_rec.get("state") != "passed" and decision.get("option") != "C":
+        raise RunError(f"{d}: gate {gate_rec.get('gate')} is {gate_rec.get('state')}; sign it off first")
+    if phase == "04_optimization" and (run_dir / "best.json").is_file():
+        return run_dir / read_json(run_dir / "best.json")["dir"], decision, phase
+    return d, decision, phase
+
+
+def start(run_dir: str | Path, round: int = 0, interactive: bool = True) -> PhaseContext:  # noqa: A002
+    """Open ``03_diagnostics/round-N`` for the latest baseline (or Phase 4 result) routed here."""
+    run_dir = Path(run_dir)
+    source, decision, phase = _source(run_dir)
+    n = round or next_attempt_dir(run_dir, PHASE)[0]
+    ctx = begin(run_dir, PHASE, n, interactive)
+    ctx.config = load_run_config(run_dir)
+    save_config(ctx.config, ctx.path("training_config.yaml"))
+    ctx.source, ctx.failed_mode = source, phase == "02_baseline" and decision["option"] == "C"  # type: ignore[attr-defined]
+    show_html(f"<p>Diagnosis round {n} of <code>{source.relative_to(run_dir)}</code> ({'failed baseline' if ctx.failed_mode else 'below target'}): "
+              f"{html.escape(decision['reason'])}</p>")
+    return ctx
+
+
+def diagnose(ctx: PhaseContext, label_issues: bool = True) -> dict[str, Any]:
+    """Evidence + probes + detectors + ranked recommendations → findings.json (and exclude.json
+    when samples should be left out of training)."""
+    from trainkit.data import load_data
+    from trainkit.diagnostics import detect_all, gather_evidence, plan_recommendations, primary_cause, run_probes
+
+    cfg = ctx.config
+    ev = gather_evidence(ctx.source, cfg, ctx.failed_mode)
+    ev["exclude_path"] = ctx.rel("exclude.json")
+    bundle = load_data(cfg, ctx.run_dir, PHASE)
+    ev["probes"] = run_probes(cfg, bundle, ev, label_issues=label_issues)
+    findings = detect_all(ev)
+    plan = plan_recommendations(findings, ev)
+    primary = primary_cause(findings)
+    exclude = sorted({i for f in findings if f.fired for i in f.evidence.get("exclude_indices", [])})
+    if exclude:
+        previous = _previous_exclusions(ctx)
+        write_json_atomic(ctx.path("exclude.json"), {"indices": sorted(set(exclude) | previous),
+                                                     "why": "leaked, duplicated or likely mislabelled training samples"})
+    result = {"round": ctx.attempt, "source": str(Path(ctx.source).relative_to(ctx.run_dir)), "failed_mode": ctx.failed_mode,
+              "primary": primary.name if primary else None, "findings": [f.to_dict() for f in findings], "plan": plan,
+              "evidence": {k: v for k, v in ev.items() if k not in ("history", "config")}}
+    write_json_atomic(ctx.path("findings.json"), result)
+    return result
+
+
+def _previous_exclusions(ctx: PhaseContext) -> set[int]:
+    spec = ctx.config.data.exclude
+    if not spec:
+        return set()
+    p = Path(spec) if Path(spec).is_absolute() else ctx.run_dir / spec
+    return {int(i) for i in read_json(p)["indices"]} if p.is_file() else set()
+
+
+def _figures(ctx: PhaseContext, result: dict[str, Any]) -> list[str]:
+    from trainkit.plots import curves_figure, lr_range_figure, seed_variance_figure, throughput_figure
+
+    probes, names = result["evidence"]["probes"], []
+    hist = (read_json(Path(ctx.run_dir) / result["source"] / "train_summary.json").get("history")
+            if (Path(ctx.run_dir) / result["source"] / "train_summary.json").is_file() else None)
+    figs = [("curves.png", lambda: curves_figure(hist, "diagnosed run: learning curves") if hist else None),
+            ("lr_range.png", lambda: lr_range_figure(probes["lr_range"]) if probes.get("lr_range", {}).get("lrs") else None),
+            ("seed_variance.png", lambda: seed_variance_figure(probes["seed_variance"])
+             if "val_accuracy" in probes.get("seed_variance", {}) else None),
+            ("throughput.png", lambda: throughput_figure(probes["throughput"]) if "points" in probes.get("throughput", {}) else None)]
+    for name, make in figs:
+        fig = make()
+        if fig is not None:
+            show_figure(fig, ctx.path(name))
+            names.append(name)
+    return names
+
+
+def show_findings(ctx: PhaseContext, result: dict[str, Any]) -> list[str]:
+    """The findings table and the recommendations (HTML), and the probe figures."""
+    rows = "".join(f"<tr><td>{'🔴' if f['fired'] else '⚪'} {f['name']}</td><td>{f['severity']:.2f}</td>"
+                   f"<td>{html.escape(f['summary'])}</td></tr>" for f in result["findings"])
+    recs = "".join(f"<tr><td>{i + 1}</td><td>{html.escape(r['title'])}</td><td><code>{html.escape(str(r['patch']))}</code></td>"
+                   f"<td>{r['expected_gain_points']:.1f}</td><td>{r['effort']}</td></tr>" for i, r in enumerate(result["plan"]["selected"]))
+    fixes = "".join(f"<li><b>{html.escape(r['title'])}</b>: {html.escape(r['rationale'])} "
+                    f"<code>{html.escape(str(r['patch']))}</code></li>" for r in result["plan"]["fixes"])
+    show_html(f"<p>Primary root cause: <b>{result['primary'] or 'none found'}</b></p>"
+              f"<table><tr><th>diagnostic</th><th>severity</th><th>evidence</th></tr>{rows}</table>"
+              f"<p>Selected recommendations (expected gain {result['plan']['expected_gain_points']:.1f} points):</p>"
+              f"<table><tr><th>#</th><th>change</th><th>patch</th><th>gain (points)</th><th>effort</th></tr>{recs}</table>"
+              + (f"<p>Infrastructure fixes:</p><ul>{fixes}</ul>" if fixes else ""))
+    return _figures(ctx, result)
+
+
+def _copy_guides(ctx: PhaseContext, names: list[str]) -> list[str]:
+    out = []
+    for n in names:
+        dest = ctx.path(f"guides/{n}.md")
+        dest.parent.mkdir(exist_ok=True)
+        shutil.copyfile(guide_path(n), dest)
+        out.append(f"guides/{n}.md")
+    return out
+
+
+def write_report(ctx: PhaseContext, result: dict[str, Any], decision: dict[str, Any], figures: list[str]) -> Path:
+    """diagnostic_report.md: decision, primary cause, every diagnostic with its evidence and guide,
+    the ranked recommendations with their patches, fixes, probe numbers and figures."""
+    plan, probes = result["plan"], result["evidence"]["probes"]
+    fired = [f["name"] for f in result["findings"] if f["fired"]]
+    guides = _copy_guides(ctx, [f["name"] for f in result["findings"]])
+    L = [f"# Diagnostic report (round {ctx.attempt})", "",
+         f"Diagnosed: `{result['source']}` ({'failed baseline' if result['failed_mode'] else 'below target'}).", "",
+         f"Decision: **option {decision['option']}** → `{decision['next']}` — {decision['reason']}", "",
+         f"Primary root cause: **{result['primary'] or 'none found'}**" + (
+             f" ([guide](guides/{result['primary']}.md))" if result["primary"] else ""), "",
+         "## Diagnostics", "", "| diagnostic | fired | severity | evidence | guide |", "|---|---|---:|---|---|"]
+    L += [f"| {f['name']} | {'**yes**' if f['fired'] else 'no'} | {f['severity']:.2f} | {f['summary']} | "
+          f"[{f['name']}.md](guides/{f['name']}.md) |" for f in result["findings"]]
+    L += ["", "## Recommendations (ranked by expected gain / effort; selected ones first)", "",
+          "| # | change | config patch | expected gain (points) | effort (1-3) | why | finding |", "|---:|---|---|---:|---:|---|---|"]
+    L += [f"| {i + 1}{' ✔' if r in plan['selected'] else ''} | {r['title']} | `{r['patch']}` | {r['expected_gain_points']:.2f} | "
+          f"{r['effort']} | {r['rationale']} | {r['finding']} |" for i, r in enumerate(plan["ranked"])]
+    L += ["", f"Combined expected gain of the selected: **{plan['expected_gain_points']:.2f} points** "
+          f"(capped by the headroom {plan['headroom_points']:.2f})."]
+    if plan["fixes"]:
+        L += ["", "## Infrastructure fixes (restart Phase 2)", ""]
+        L += [f"- **{r['title']}** ({r['finding']}): {r['rationale']}; patch `{r['patch']}`" for r in plan["fixes"]]
+    L += ["", "## Probes", ""] + _probe_lines(probes) + [""] + [f"![{n}]({n})" for n in figures]
+    L += ["", "## Thresholds", "", "Every detector's thresholds are in `findings.json` and explained in its guide."]
+    L += ["", f"Fired: {', '.join(fired) or 'none'}. Guides copied here: {', '.join(guides)}."]
+    return write_text_atomic(ctx.path("diagnostic_report.md"), "\n".join(L) + "\n")
+
+
+def _probe_lines(p: dict[str, Any]) -> list[str]:
+    def g(name: str, fmt: str) -> str:
+        d = p.get(name) or {}
+        if "error" in d:
+            return f"- {name}: could not run — {d['error']}"
+        try:
+            return "- " + fmt.format(**d)
+        except (KeyError, ValueError, TypeError):
+            return f"- {name}: {str({k: v for k, v in d.items() if not isinstance(v, list)})[:300]}"
+    return [g("init_loss", "loss at init {init_loss:.3f} vs ln(K) {ln_k:.3f} (ratio {ratio:.2f})"),
+            g("input_independent", "zeroed inputs: val acc {zero_input_val_accuracy:.3f} vs real inputs {real_val_accuracy:.3f} "
+              "after {epochs} epochs (ok: {ok})"),
+            g("overfit_batch", "overfit one batch of {batch}: loss {final_loss:.4f} after {steps} steps (ok: {ok})"),
+            g("lr_range", "LR range test ({optimizer}): min loss at {min_loss_lr:.3g}, suggested {suggested_lr:.3g}, "
+              "configured {configured_lr:g}"),
+            g("grad_norms", "gradient norm p50 first/last epoch {p50_first:.3f}/{p50_last:.3f}, max {max:.3f}"),
+            g("seed_variance", "seed variance: val acc mean {mean:.4f}, std {std:.4f}, range {range:.4f} over {epochs} epochs"),
+            g("resource", "resource: data-wait {data_wait_fraction:.3f}, {samples_per_s:.0f} samples/s on {device}"),
+            g("dead_units", "dead ReLU units: {dead_fraction:.3f} of {units}"),
+            g("data", "data: imbalance {imbalance_ratio:.2f}, constant features {constant_features}, "
+              "near duplicates train/val {near_duplicates_train_val}"),
+            g("label_issues", "label issues (confident learning, {folds} folds): {flagged_fraction:.3f} of {checked} flagged")]
+
+
+def decide(ctx: PhaseContext, result: dict[str, Any]) -> dict[str, Any]:
+    """A/B/C from the expected gain and the fixes; for C with a known patch, write the fixed config
+    as the run's current config (with provenance) so Phase 2 restarts on it."""
+    from trainkit.decisions import after_diagnostics
+    from trainkit.diagnostics import combine_patches
+    from trainkit.diagnostics.probes import with_overrides
+
+    plan, cfg = result["plan"], ctx.config
+    fixes = [r for r in plan["fixes"] if r["patch"]]
+    needs_fix = bool(plan["fixes"]) or result["failed_mode"]
+    fix_recs = fixes or (plan["selected"] if result["failed_mode"] else [])
+    patch, prov = combine_patches(fix_recs) if fix_recs else ({}, [])
+    manual = "; ".join(r["rationale"] for r in plan["fixes"] if not r["patch"]) or None
+    attempts = len([e for e in load_manifest(ctx.run_dir)["phases"] if e["phase"] == "02_baseline"
+                    and e.get("status") != "running"])
+    restarts_left = cfg.budget.max_baseline_restarts - max(0, attempts - 1)
+    option, nxt, reason = after_diagnostics(expected_gain=plan["expected_gain_points"], fix=patch or None,
+                                            needs_fix=needs_fix, manual_fix=manual, restarts_left=restarts_left,
+                                            budget=cfg.budget)
+    evidence = {"primary": result["primary"], "expected_gain_points": plan["expected_gain_points"],
+                "selected": [r["id"] for r in plan["selected"]], "fixes": [r["id"] for r in plan["fixes"]],
+                "marginal": "marginal" in reason}
+    if option == "C" and nxt == "02_baseline":
+        fixed = with_overrides(cfg, patch)
+        old = config_to_dict(cfg)
+        evidence["patch"] = patch
+        evidence["provenance"] = [dict(p, old=_get(old, p["field"]), new=_get(config_to_dict(fixed), p["field"])) for p in prov]
+        save_config(fixed, ctx.path("fixed_config.yaml"))
+        save_config(fixed, ctx.run_dir / CURRENT_CONFIG)
+    return write_decision(ctx, option, nxt, reason, evidence)
+
+
+def _get(d: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(d, dict) or part not in d:
+            return None
+        d = d[part]
+    return d
+
+
+def _results(ctx: PhaseContext, result: dict[str, Any], decision: dict[str, Any]) -> dict[str, tuple[str, Any]]:
+    ev, plan = result["evidence"], result["plan"]
+    probes = ev["probes"]
+    res: dict[str, tuple[str, Any]] = {}
+    has = bool(ev.get("best") or ev.get("crash") or ev.get("nonfinite"))
+    res["evidence_loaded"] = ("pass", f"status {ev['status']} from {result['source']}") if has else \
+        ("fail", f"no metrics or crash record in {result['source']}")
+    ran = [k for k, v in probes.items() if isinstance(v, dict) and "error" not in v]
+    failed = [k for k, v in probes.items() if isinstance(v, dict) and "error" in v]
+    res["probes_ran"] = ("pass" if ran else "fail", f"{len(ran)}/{len(probes)} ran" + (f"; could not run: {failed}" if failed else ""))
+    sane = [probes.get("overfit_batch", {}).get("ok"), probes.get("input_independent", {}).get("ok")]
+    res["pipeline_sane"] = ("pass", "one batch memorised; real inputs beat zeroed inputs") if all(sane) else \
+        ("warn", f"overfit-one-batch ok={sane[0]}, input-independent ok={sane[1]}")
+    if result["primary"]:
+        res["root_cause"] = ("pass", f"{result['primary']}")
+    else:
+        res["root_cause"] = ("warn", "no detector fired: the setup looks near-optimal") if decision["option"] == "B" else \
+            ("fail", "no detector fired, yet the decision is not to finalize")
+    n = len(plan["selected"])
+    if decision["option"] == "C":
+        res["recommendations"] = ("pass", f"infrastructure fix: {decision['reason']}")
+    elif 3 <= n <= 5 and all("expected_gain_points" in r and "effort" in r for r in plan["selected"]):
+        res["recommendations"] = ("pass", f"{n} selected, expected gain {plan['expected_gain_points']:.1f} points")
+    else:
+        res["recommendations"] = ("fail", f"{n} selected; need 3-5 with expected gain and effort")
+    present = all(ctx.path(p).is_file() for p in ("diagnostic_report.md", "findings.json"))
+    res["report_present"] = ("pass" if present else "fail", "diagnostic_report.md, findings.json" if present else "missing")
+    fired = [f["name"] for f in result["findings"] if f["fired"]]
+    missing = [n for n in fired if not ctx.path(f"guides/{n}.md").is_file()]
+    res["guides_linked"] = ("fail", f"missing guides: {missing}") if missing else ("pass", f"guides for {fired or 'all'}")
+    return res
+
+
+def gate(ctx: PhaseContext, result: dict[str, Any], decision: dict[str, Any], approvals: Any = None,
+         auto_signoff: bool = False, waivers: dict[str, str] | None = None) -> dict[str, Any]:
+    arts = [ctx.rel(n) for n in ("findings.json", "diagnostic_report.md", "decision.json", "exclude.json",
+                                  "fixed_config.yaml") if ctx.path(n).is_file()]
+    return finish_gate(ctx, "diagnostics_complete", _results(ctx, result, decision), arts, approvals, auto_signoff,
+                       waivers, decision)
+
