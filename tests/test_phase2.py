@@ -18,9 +18,10 @@ def _cfg(tmp_path, overrides):
     return p
 
 
-def test_stop_after_2_on_the_template_reaches_097_with_all_files(tmp_path):
+def test_stop_after_2_on_the_template_with_adam_reaches_097_with_all_files(tmp_path):
     r = subprocess.run(["trainkit", "run", str(ROOT / "configs" / "baseline_template.yaml"), "--name", "demo",
-                        "--runs-dir", str(tmp_path), "--stop-after", "2"], capture_output=True, text=True)
+                        "--runs-dir", str(tmp_path), "--stop-after", "2", "--set", "optimizer.name=adam",
+                        "--target", "0.95"], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
     d = tmp_path / "demo" / "02_baseline" / "attempt-1"
     for name in ("metrics.jsonl", "checkpoints/best.pt", "checkpoints/last.pt", "checkpoints/best.pt.sha256",

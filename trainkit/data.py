@@ -503,10 +503,12 @@ def _exclude(train: np.ndarray, spec: str, run_dir: str | Path | None, record: d
 
 def augment_batch(x: torch.Tensor, kind: str) -> torch.Tensor:
     """Training-time augmentation of an image batch (N, C, H, W) with torch's global RNG."""
-    if kind == "none" or x.ndim != 4:
+    if kind == "none":
         return x
-    if kind == "noise":
+    if kind == "noise":  # inputs are normalized: 0.1 is a tenth of a feature's spread
         return x + 0.1 * torch.randn_like(x)
+    if x.ndim != 4:
+        return x
     n, _, h, w = x.shape
     if kind == "flip_crop":
         flip = torch.rand(n, device=x.device) < 0.5

@@ -39,7 +39,7 @@ def gather_evidence(source_dir: str | Path, cfg: TrainkitConfig, failed_mode: bo
     return {"source_dir": str(d), "status": status, "history": history, "best": summary.get("best"),
             "init_loss": init if init is None or math.isfinite(init) else None, "nonfinite": summary.get("nonfinite"),
             "crash": crash, "target": cfg.target.value, "config": config_to_dict(cfg), "device": summary.get("device", "cpu"),
-            "failed_mode": failed_mode, "probes": {}}
+            "failed_mode": failed_mode, "exclude_path": "exclude.json", "probes": {}}
 
 
 def _timed(name: str, fn: Callable[[], dict[str, Any]], echo: Callable[[str], None]) -> dict[str, Any]:

@@ -131,26 +131,29 @@ def detect_overfitting(ev: dict[str, Any]) -> Finding:
     if cfg["optimizer"]["name"] == "sgd":
         f.recommendations.append(_rec("overfitting", "weight_decay", "Add weight decay 5e-4",
                                       {"optimizer.weight_decay": 5e-4}, "L2 regularisation shrinks the train/val gap",
-                                      0.3 * room, 1, gap_points=gap))
+                                      0.2 * room, 1, gap_points=gap))
     else:
         f.recommendations.append(_rec("overfitting", "weight_decay", "AdamW with decoupled weight decay 0.05",
                                       {"optimizer.name": "adamw", "optimizer.weight_decay": 0.05},
-                                      "decoupled weight decay regularises without fighting Adam's scaling", 0.3 * room, 1,
+                                      "decoupled weight decay regularises without fighting Adam's scaling", 0.2 * room, 1,
                                       gap_points=gap))
     kw = dict(cfg["model"]["kwargs"])
     if cfg["model"]["name"] in ("mlp", "cnn") and float(kw.get("dropout", 0.0)) < 0.3:
         f.recommendations.append(_rec("overfitting", "dropout", "Dropout 0.3", {"model.kwargs": {**kw, "dropout": 0.3}},
-                                      "dropout stops co-adapted features that memorise the training set", 0.25 * room, 1,
+                                      "dropout stops co-adapted features that memorise the training set", 0.3 * room, 1,
                                       current_dropout=kw.get("dropout", 0.0)))
-    if _is_image(ev) and cfg["data"]["augment"] == "none":
-        kind = "flip_crop" if ev["input_shape"][0] == 3 else "crop"
+    if cfg["data"]["augment"] == "none":
+        shape = ev.get("input_shape") or []
+        big_image = _is_image(ev) and min(shape[1:]) >= 16
+        kind = ("flip_crop" if shape[0] == 3 else "crop") if big_image else "noise"
         f.recommendations.append(_rec("overfitting", "augment", f"Augment: {kind}", {"data.augment": kind},
-                                      "more effective training data at no labelling cost", 0.35 * room, 1,
-                                      input_shape=ev["input_shape"]))
+                                      "more effective training data at no labelling cost" + (
+                                          "" if big_image else " (small inputs: Gaussian noise; crops would cut too much)"),
+                                      (0.35 if big_image else 0.1) * room, 1, input_shape=shape))
     if cfg["training"]["label_smoothing"] == 0:
         f.recommendations.append(_rec("overfitting", "label_smoothing", "Label smoothing 0.1",
                                       {"training.label_smoothing": 0.1}, "softer targets discourage over-confident fits",
-                                      0.1 * room, 1))
+                                      0.15 * room, 1))
     return f
 
 
@@ -162,6 +165,10 @@ def detect_underfitting(ev: dict[str, Any]) -> Finding:
     train_acc = max(r["train_accuracy"] for r in h)
     gap = (h[-1]["train_accuracy"] - h[-1]["val_accuracy"]) * 100
     ceiling = ev["target"] + THRESHOLDS["underfit_train_margin"]
+    noisy = (ev["probes"].get("label_issues") or {}).get("flagged_fraction", 0.0)
+    if noisy >= THRESHOLDS["label_issue_fraction"]:  # wrong labels cap train accuracy: fix the data, then re-judge
+        return _quiet("underfitting", f"not judged: {noisy:.0%} of training labels look wrong, which caps train "
+                      f"accuracy (see data_quality)", label_issue_fraction=noisy, best_train_accuracy=train_acc)
     fired = best_val < ev["target"] and train_acc < ceiling and gap < THRESHOLDS["overfit_gap_points"]
     best_epoch = ev["best"]["epoch"]
     still_improving = best_epoch >= len(h) - 2
