@@ -1,0 +1,323 @@
+"""Phase 4 (Optimization): apply Phase 3's recommendations to the best config so far, train it and
+the baseline on the same seeds, adopt it only when its gain exceeds the seed spread, iterate.
+
+Run-level files: ``best.json`` (the best adopted config, its per-seed results and its seed-0
+folder) and ``current_config.yaml`` (that config; the one later phases load)."""
+
+from __future__ import annotations
+
+import html
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trainkit._io import read_json, write_json_atomic, write_text_atomic
+from trainkit.config import config_hash, config_to_dict, load_config, save_config
+from trainkit.errors import RunError
+from trainkit.phases.common import CURRENT_CONFIG, PhaseContext, begin, finish_gate, load_run_config, show_figure, \
+    show_html, write_decision
+from trainkit.run import latest_attempt_dir, load_manifest, next_attempt_dir, phase_dir
+
+__all__ = ["start", "apply", "compare", "sweep", "write_results", "decide", "gate", "seed_stats"]
+
+PHASE = "04_optimization"
+BEST = "best.json"
+
+
+def start(run_dir: str | Path, iteration: int = 0, interactive: bool = True) -> PhaseContext:
+    """Open ``04_optimization/iter-N`` after a Phase 3 decision A or a Phase 4 decision B."""
+    run_dir = Path(run_dir)
+    entries = [e for e in load_manifest(run_dir)["phases"] if e["phase"] in ("03_diagnostics", "04_optimization")]
+    if not entries:
+        raise RunError(f"{run_dir}: Phase 4 needs Phase 3's recommendations; run 03_diagnostics first")
+    prev = latest_attempt_dir(run_dir, entries[-1]["phase"])
+    decision = read_json(prev / "decision.json") if prev and (prev / "decision.json").is_file() else {}
+    if decision.get("next") != PHASE:
+        raise RunError(f"{prev}: its decision was {decision.get('option')} → {decision.get('next')}, not Phase 4")
+    gate_rec = read_json(prev / "gate.json")
+    if gate_rec.get("state") != "passed":
+        raise RunError(f"{prev}: gate {gate_rec.get('gate')} is {gate_rec.get('state')}; sign it off first")
+    n = iteration or next_attempt_dir(run_dir, PHASE)[0]
+    ctx = begin(run_dir, PHASE, n, interactive)
+    ctx.config = load_run_config(run_dir)
+    show_html(f"<p>Optimization iteration {n}: starting from the best config so far "
+              f"({'Phase 4 best' if (run_dir / BEST).is_file() else 'the baseline'}).</p>")
+    return ctx
+
+
+def _round_dir(ctx: PhaseContext) -> Path:
+    d = latest_attempt_dir(ctx.run_dir, "03_diagnostics")
+    if d is None:
+        raise RunError(f"{ctx.run_dir}: no Phase 3 round found")
+    return d
+
+
+def _tried(ctx: PhaseContext) -> set[str]:
+    out: set[str] = set()
+    for i in range(1, ctx.attempt):
+        p = phase_dir(ctx.run_dir, PHASE, i) / "provenance.json"
+        if p.is_file():
+            out |= {r["id"] for r in read_json(p)["recommendations"]}
+    return out
+
+
+def apply(ctx: PhaseContext) -> dict[str, Any]:
+    """Patch the best config with this iteration's recommendations → ``optimization_config.yaml``
+    and ``provenance.json`` (field, old → new, which finding and recommendation)."""
+    from trainkit.diagnostics import combine_patches
+    from trainkit.diagnostics.probes import with_overrides
+
+    findings = read_json(_round_dir(ctx) / "findings.json")
+    tried = _tried(ctx)
+    recs = [r for r in findings["plan"]["selected"] if r["id"] not in tried]
+    if not recs:  # later iterations: the next-ranked untried ones
+        recs = [r for r in findings["plan"]["ranked"] if r["id"] not in tried and r["patch"]][:3]
+    if not recs:
+        e = ctx.config.training.epochs
+        recs = [{"id": f"longer_{ctx.attempt}", "title": f"Train longer: {e} → {int(e * 1.5)} epochs",
+                 "patch": {"training.epochs": int(e * 1.5)}, "finding": "iteration", "expected_gain_points": 0.5,
+                 "effort": 2, "rationale": "every recommendation is tried; more steps at the best settings"}]
+    patch, prov = combine_patches(recs)
+    cfg = with_overrides(ctx.config, patch)
+    old, new = config_to_dict(ctx.config), config_to_dict(cfg)
+    by_id = {r["id"]: r for r in recs}
+    rows = [dict(p, old=_get(old, p["field"]), new=_get(new, p["field"]),
+                 round=findings["round"], expected_gain_points=by_id[p["recommendation"]]["expected_gain_points"])
+            for p in prov]
+    save_config(cfg, ctx.path("optimization_config.yaml"))
+    record = {"base_config_hash": config_hash(ctx.config), "config_hash": config_hash(cfg), "patch": patch,
+              "fields": rows, "recommendations": recs}
+    write_json_atomic(ctx.path("provenance.json"), record)
+    show_html("<table><tr><th>field</th><th>old</th><th>new</th><th>recommendation</th><th>finding</th></tr>" + "".join(
+        f"<tr><td>{r['field']}</td><td>{html.escape(str(r['old']))}</td><td>{html.escape(str(r['new']))}</td>"
+        f"<td>{r['recommendation']}</td><td>{r['finding']}</td></tr>" for r in rows) + "</table>")
+    ctx.candidate = cfg  # type: ignore[attr-defined]
+    return record
+
+
+def _get(d: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(d, dict) or part not in d:
+            return None
+        d = d[part]
+    return d
+
+
+def _train_seeds(cfg: Any, bundle: Any, out: Path | None, seeds: list[int]) -> list[dict[str, Any]]:
+    from trainkit.diagnostics.probes import with_overrides
+    from trainkit.train import fit
+
+    rows = []
+    for s in seeds:
+        d = out / f"seed-{s}" if out is not None else None
+        r = fit(with_overrides(cfg, {"training.seed": s}), bundle, d, progress=False)
+        rows.append({"seed": s, "status": r.status, "best_val_accuracy": (r.best or {}).get("val_accuracy", float("nan")),
+                     "best_epoch": (r.best or {}).get("epoch"), "train_time_s": r.train_time_s, "history": r.history,
+                     "dir": str(d.relative_to(bundle.run_dir)) if d is not None and bundle.run_dir else None})
+    return rows
+
+
+def seed_stats(a: list[float], b: list[float], conf: float = 0.95) -> dict[str, Any]:
+    """Mean ± std of each, the difference b − a with a Welch t confidence interval."""
+    from scipy import stats
+
+    a_, b_ = np.asarray(a, float), np.asarray(b, float)
+    sa, sb = (a_.std(ddof=1) if len(a_) > 1 else 0.0), (b_.std(ddof=1) if len(b_) > 1 else 0.0)
+    diff = float(b_.mean() - a_.mean())
+    se = math.sqrt(sa ** 2 / len(a_) + sb ** 2 / len(b_))
+    if se > 0:
+        df = se ** 4 / ((sa ** 2 / len(a_)) ** 2 / max(1, len(a_) - 1) + (sb ** 2 / len(b_)) ** 2 / max(1, len(b_) - 1))
+        half = float(stats.t.ppf(0.5 + conf / 2, df) * se)
+    else:
+        half = 0.0
+    spread = float(max(sa, sb))
+    return {"mean_a": float(a_.mean()), "std_a": float(sa), "mean_b": float(b_.mean()), "std_b": float(sb), "diff": diff,
+            "ci": [diff - half, diff + half], "conf": conf, "spread": spread, "exceeds_spread": bool(diff > spread)}
+
+
+def _baseline_runs(ctx: PhaseContext, bundle: Any, seeds: list[int]) -> dict[str, Any]:
+    """The baseline config on the same seeds, trained once per run and cached by config hash."""
+    cache = ctx.run_dir / PHASE / "baseline_seeds.json"
+    base_dir = latest_attempt_dir(ctx.run_dir, "02_baseline")
+    base_cfg = load_config(base_dir / "training_config.yaml")
+    key = f"{config_hash(base_cfg)}:{seeds}"
+    if cache.is_file() and read_json(cache).get("key") == key:
+        return read_json(cache)
+    rows = _train_seeds(base_cfg, bundle, None, seeds)
+    rec = {"key": key, "config": str((base_dir / "training_config.yaml").relative_to(ctx.run_dir)), "runs": rows}
+    write_json_atomic(cache, rec)
+    return rec
+
+
+def compare(ctx: PhaseContext, seeds: int = 3, ablation: bool = True) -> dict[str, Any]:
+    """Train the candidate on ``seeds`` seeds (and each recommendation alone when ``ablation``);
+    compare with the baseline and with the best so far on the same seeds."""
+    from trainkit.data import load_data
+    from trainkit.diagnostics.probes import with_overrides
+
+    seed_list = list(range(seeds))
+    cand = ctx.candidate  # type: ignore[attr-defined]
+    bundle = load_data(cand, ctx.run_dir, PHASE)
+    base = _baseline_runs(ctx, bundle, seed_list)
+    runs = _train_seeds(cand, bundle, ctx.path("runs"), seed_list)
+    best_file = ctx.run_dir / BEST
+    best = read_json(best_file) if best_file.is_file() else {"label": "baseline", "per_seed": [r["best_val_accuracy"] for r in base["runs"]]}
+    vals = [r["best_val_accuracy"] for r in runs]
+    out = {"seeds": seed_list, "candidate": runs, "baseline": base["runs"], "best_before": best,
+           "vs_baseline": seed_stats([r["best_val_accuracy"] for r in base["runs"]], vals),
+           "vs_best": seed_stats(best["per_seed"], vals), "ablation": []}
+    prov = read_json(ctx.path("provenance.json"))
+    if ablation and len(prov["recommendations"]) > 1:
+        for r in prov["recommendations"]:
+            rows = _train_seeds(with_overrides(ctx.config, r["patch"]), bundle, None, seed_list)
+            realized = (np.mean([x["best_val_accuracy"] for x in rows]) - np.mean(best["per_seed"])) * 100
+            out["ablation"].append({"id": r["id"], "expected_gain_points": r["expected_gain_points"],
+                                    "realized_gain_points": float(realized)})
+    write_json_atomic(ctx.path("comparison.json"), {k: v for k, v in out.items() if k not in ("candidate", "baseline")} |
+                      {"candidate": [{k: v for k, v in r.items() if k != "history"} for r in runs],
+                       "baseline": [{k: v for k, v in r.items() if k != "history"} for r in base["runs"]]})
+    _figures(ctx, out)
+    return out
+
+
+def _figures(ctx: PhaseContext, out: dict[str, Any]) -> None:
+    from trainkit.plots import comparison_figure, seed_points_figure
+
+    show_figure(comparison_figure({"baseline": [r["history"] for r in out["baseline"]],
+                                   f"iteration {ctx.attempt}": [r["history"] for r in out["candidate"]]}),
+                ctx.path("comparison.png"))
+    pts = {"baseline": [r["best_val_accuracy"] for r in out["baseline"]]}
+    if out["best_before"].get("label") != "baseline":
+        pts["best before"] = out["best_before"]["per_seed"]
+    pts[f"iter {ctx.attempt}"] = [r["best_val_accuracy"] for r in out["candidate"]]
+    show_figure(seed_points_figure(pts, ctx.config.target.value), ctx.path("seeds.png"))
+
+
+def sweep(ctx: PhaseContext, trials: int = 0, storage: str | None = None) -> dict[str, Any] | None:
+    """Optional Optuna study around the candidate (LR, weight decay); its best params join the
+    candidate (provenance: "optuna"). Plots of the history and importances go into the report."""
+    if trials <= 0:
+        return None
+    from trainkit.diagnostics.probes import with_overrides
+    from trainkit.sweep import run_worker, study_figures
+
+    url = storage or f"sqlite:///{ctx.path('sweep.db').resolve()}"
+    summary = run_worker(ctx.candidate, ctx.run_dir, trials, url, study_name=f"iter-{ctx.attempt}")  # type: ignore[attr-defined]
+    summary["figures"] = [p.name for p in study_figures(url, ctx.dir, f"iter-{ctx.attempt}")]
+    if summary["best_params"]:
+        prov = read_json(ctx.path("provenance.json"))
+        old = config_to_dict(ctx.candidate)  # type: ignore[attr-defined]
+        ctx.candidate = with_overrides(ctx.candidate, summary["best_params"])  # type: ignore[attr-defined]
+        prov["fields"] += [{"field": k, "old": _get(old, k), "new": v, "recommendation": "optuna", "finding": "sweep"}
+                           for k, v in summary["best_params"].items()]
+        prov["config_hash"] = config_hash(ctx.candidate)  # type: ignore[attr-defined]
+        write_json_atomic(ctx.path("provenance.json"), prov)
+        save_config(ctx.candidate, ctx.path("optimization_config.yaml"))  # type: ignore[attr-defined]
+    write_json_atomic(ctx.path("sweep.json"), summary)
+    return summary
+
+
+def _gains(ctx: PhaseContext) -> list[float]:
+    out = []
+    for i in range(1, ctx.attempt):
+        p = phase_dir(ctx.run_dir, PHASE, i) / "decision.json"
+        if p.is_file():
+            out.append(float(read_json(p)["evidence"].get("gain_points", 0.0)))
+    return out
+
+
+def decide(ctx: PhaseContext, cmp: dict[str, Any]) -> dict[str, Any]:
+    """Adopt the candidate when it beats the best so far by more than the seed spread; then A/B/C/D."""
+    from trainkit.decisions import after_optimization
+
+    cfg, vb = ctx.config, cmp["vs_best"]
+    adopted = vb["exceeds_spread"] and all(r["status"] != "nonfinite" for r in cmp["candidate"])
+    gain = vb["diff"] * 100 if adopted else 0.0
+    best_mean = vb["mean_b"] if adopted else vb["mean_a"]
+    if adopted:
+        seed0 = cmp["candidate"][0]["dir"]
+        write_json_atomic(ctx.run_dir / BEST, {"label": f"04_optimization/iter-{ctx.attempt}", "dir": seed0,
+                                               "config": ctx.rel("optimization_config.yaml"), "mean": vb["mean_b"],
+                                               "std": vb["std_b"], "per_seed": [r["best_val_accuracy"] for r in cmp["candidate"]]})
+        save_config(ctx.candidate, ctx.run_dir / CURRENT_CONFIG)  # type: ignore[attr-defined]
+    rounds = len([e for e in load_manifest(ctx.run_dir)["phases"] if e["phase"] == "03_diagnostics"])
+    option, nxt, reason = after_optimization(
+        candidate_mean=vb["mean_b"], best_mean=best_mean, baseline_mean=cmp["vs_baseline"]["mean_a"],
+        significant=adopted, target=cfg.target.value, gains=_gains(ctx) + [gain], iteration=ctx.attempt,
+        budget=cfg.budget, rounds=rounds)
+    evidence = {"adopted": adopted, "gain_points": round(gain, 3), "candidate_mean": vb["mean_b"], "best_mean": best_mean,
+                "baseline_mean": cmp["vs_baseline"]["mean_a"], "diff_ci_points": [round(c * 100, 3) for c in vb["ci"]],
+                "seed_spread_points": round(vb["spread"] * 100, 3), "iteration": ctx.attempt}
+    return write_decision(ctx, option, nxt, reason, evidence)
+
+
+def write_results(ctx: PhaseContext, cmp: dict[str, Any], decision: dict[str, Any], sweep_summary: dict[str, Any] | None = None) -> Path:
+    """optimization_results.md: the table, the figures, provenance, expected against realized gain."""
+    prov = read_json(ctx.path("provenance.json"))
+    vb, vbase = cmp["vs_best"], cmp["vs_baseline"]
+    ms = lambda m, s: f"{m:.4f} ± {s:.4f}"  # noqa: E731
+    per = lambda vals: ", ".join(f"{v:.4f}" for v in vals)  # noqa: E731
+    base_vals = [r["best_val_accuracy"] for r in cmp["baseline"]]
+    cand_vals = [r["best_val_accuracy"] for r in cmp["candidate"]]
+    L = [f"# Optimization results (iteration {ctx.attempt})", "",
+         f"Decision: **option {decision['option']}** → `{decision['next']}` — {decision['reason']}", "",
+         f"Candidate {'**adopted**' if decision['evidence']['adopted'] else '**not adopted**'}: a change is adopted only when "
+         f"its gain over the best so far exceeds the seed spread ({vb['spread'] * 100:.2f} points).", "",
+         f"| config | seeds | best val accuracy (mean ± std) | per seed |", "|---|---:|---|---|",
+         f"| baseline | {len(cmp['seeds'])} | {ms(vbase['mean_a'], vbase['std_a'])} | "
+         f"{per(base_vals)} |"]
+    if cmp["best_before"].get("label") != "baseline":
+        L.append(f"| best before ({cmp['best_before']['label']}) | {len(cmp['seeds'])} | {ms(vb['mean_a'], vb['std_a'])} | "
+                 f"{per(cmp['best_before']['per_seed'])} |")
+    L += [f"| iteration {ctx.attempt} | {len(cmp['seeds'])} | {ms(vb['mean_b'], vb['std_b'])} | "
+          f"{per(cand_vals)} |", "",
+          f"- vs baseline: {vbase['diff'] * 100:+.2f} points, {int(vbase['conf'] * 100)}% CI "
+          f"[{vbase['ci'][0] * 100:+.2f}, {vbase['ci'][1] * 100:+.2f}]",
+          f"- vs best so far: {vb['diff'] * 100:+.2f} points, CI [{vb['ci'][0] * 100:+.2f}, {vb['ci'][1] * 100:+.2f}]", "",
+          "![learning curves](comparison.png)", "", "![per-seed results](seeds.png)", "",
+          "## Changes (provenance)", "", "| field | old | new | recommendation | finding |", "|---|---|---|---|---|"]
+    L += [f"| {r['field']} | `{r['old']}` | `{r['new']}` | {r['recommendation']} | {r['finding']} |" for r in prov["fields"]]
+    L += ["", "## Expected (Phase 3) against realized gain", "", "| recommendation | expected (points) | realized alone (points) |",
+          "|---|---:|---:|"]
+    abl = {a["id"]: a for a in cmp["ablation"]}
+    L += [f"| {r['id']} | {r['expected_gain_points']:.2f} | "
+          f"{abl[r['id']]['realized_gain_points']:+.2f} |" if r["id"] in abl else
+          f"| {r['id']} | {r['expected_gain_points']:.2f} | (applied together: {vb['diff'] * 100:+.2f}) |" for r in prov["recommendations"]]
+    L += ["", f"All together: expected {sum(r['expected_gain_points'] for r in prov['recommendations']):.2f}, "
+          f"realized {vb['diff'] * 100:+.2f} points over the best so far."]
+    if sweep_summary:
+        L += ["", "## Optuna sweep", "", f"{sweep_summary['trials']} trials ({sweep_summary['states']}), best val accuracy "
+              f"{sweep_summary['best_value']} with {sweep_summary['best_params']}; storage `{sweep_summary['storage']}`", ""]
+        L += [f"![{f}]({f})" for f in sweep_summary.get("figures", [])]
+    return write_text_atomic(ctx.path("optimization_results.md"), "\n".join(L) + "\n")
+
+
+def _results(ctx: PhaseContext, cmp: dict[str, Any], decision: dict[str, Any]) -> dict[str, tuple[str, Any]]:
+    ok = [r for r in cmp["candidate"] if r["status"] in ("completed", "early_stopped")]
+    res: dict[str, tuple[str, Any]] = {}
+    res["optimized_training_completed"] = ("pass" if len(ok) == len(cmp["candidate"]) else "fail",
+                                           f"{len(ok)}/{len(cmp['candidate'])} seeds completed")
+    vb = cmp["vs_baseline"]
+    res["compared_to_baseline"] = ("pass", f"baseline {vb['mean_a']:.4f}±{vb['std_a']:.4f} vs {vb['mean_b']:.4f}±{vb['std_b']:.4f} "
+                                   f"on seeds {cmp['seeds']}; diff CI [{vb['ci'][0] * 100:+.2f}, {vb['ci'][1] * 100:+.2f}] points") \
+        if len(cmp["seeds"]) >= 2 else ("fail", "fewer than 2 seeds: no spread to compare against")
+    ev = decision["evidence"]
+    consistent = ev["adopted"] == (cmp["vs_best"]["exceeds_spread"] and len(ok) == len(cmp["candidate"]))
+    res["adoption_rule"] = ("pass" if consistent else "fail", f"gain {cmp['vs_best']['diff'] * 100:+.2f} vs spread "
+                            f"{cmp['vs_best']['spread'] * 100:.2f} points → {'adopted' if ev['adopted'] else 'kept the previous best'}")
+    res["results_document"] = ("pass", "optimization_results.md") if ctx.path("optimization_results.md").is_file() else \
+        ("fail", "optimization_results.md missing")
+    prov = read_json(ctx.path("provenance.json")) if ctx.path("provenance.json").is_file() else {"fields": []}
+    saved = ctx.path("optimization_config.yaml").is_file() and all("old" in r and "recommendation" in r for r in prov["fields"])
+    res["config_saved"] = ("pass" if saved and prov["fields"] else "fail",
+                           f"optimization_config.yaml with {len(prov['fields'])} changed field(s) traced")
+    return res
+
+
+def gate(ctx: PhaseContext, cmp: dict[str, Any], decision: dict[str, Any], approvals: Any = None,
+         auto_signoff: bool = False, waivers: dict[str, str] | None = None) -> dict[str, Any]:
+    arts = [ctx.rel(n) for n in ("optimization_config.yaml", "provenance.json", "comparison.json", "optimization_results.md",
+                                  "decision.json") if ctx.path(n).is_file()]
+    return finish_gate(ctx, "optimization_complete", _results(ctx, cmp, decision), arts, approvals, auto_signoff, waivers, decision)
