@@ -47,6 +47,17 @@ def _parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="phase history, gate state, and the next step of a run")
     st.add_argument("run")
 
+    w = sub.add_parser("sweep", help="Optuna study over LR and weight decay, filled by local worker processes")
+    w.add_argument("run", help="run folder (the study lives in RUN/04_optimization/sweep.db by default)")
+    w.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
+    w.add_argument("--trials", type=int, default=8, help="trials in total across the workers (default 8)")
+    w.add_argument("--storage", default=None, help="Optuna database URL (e.g. postgresql://...; hosts can join one study)")
+    w.add_argument("--study", default="trainkit", help="study name (default trainkit)")
+    w.add_argument("--config", default=None, help="config to sweep (default: the run's current config)")
+
+    rp = sub.add_parser("report", help="re-export every executed notebook's report.html and the run's index.html")
+    rp.add_argument("run")
+
     t = sub.add_parser("train", help="train a config into a folder (no gates), optionally resuming")
     t.add_argument("config")
     t.add_argument("--run-dir", required=True, help="output folder (metrics.jsonl, checkpoints/)")
@@ -102,6 +113,25 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from trainkit.sweep import launch_workers
+
+    if args.workers < 1 or args.trials < 1:
+        raise ConfigError([("--workers/--trials", "must be at least 1")], "command line")
+    s = launch_workers(args.run, args.workers, args.trials, args.storage, args.study, args.config)
+    print(f"trainkit: study {s['study']} has {s['trials']} trials {s['states']}; best val accuracy {s['best_value']} "
+          f"with {s['best_params']} ({s['storage']})")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from trainkit.pipeline import export_reports
+
+    paths = export_reports(Path(args.run))
+    print(f"trainkit: wrote {len(paths)} report(s); open {Path(args.run) / 'index.html'}")
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from trainkit.config import load_config
     from trainkit.data import load_data
@@ -130,6 +160,10 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_signoff(args)
         if args.command == "status":
             return _cmd_status(args)
+        if args.command == "sweep":
+            return _cmd_sweep(args)
+        if args.command == "report":
+            return _cmd_report(args)
         return _cmd_train(args)
     except ConfigError as exc:
         print(f"trainkit: {exc}", file=sys.stderr)
