@@ -107,6 +107,17 @@ class BudgetConfig(_Section):
     gpu_util_warn: float = Field(60.0, ge=0, le=100, description="post_baseline: GPU utilisation below this warns (percent)")
 
 
+class FinalConfig(_Section):
+    epochs: int = Field(100, ge=1, description="Phase 5 final training: maximum epochs (count)")
+    patience: Optional[int] = Field(10, ge=1, description="Phase 5 final training: early-stopping patience (epochs)")
+    per_class_floor: float = Field(0.5, ge=0, le=1, description="production gate: lowest acceptable per-class recall on test (fraction 0-1)")
+    noise_std: float = Field(0.1, ge=0, description="robustness smoke test: Gaussian noise added to normalized inputs (standard deviations)")
+    robustness_tolerance: float = Field(0.05, ge=0, le=1, description="robustness smoke test: largest acceptable accuracy drop (fraction 0-1)")
+    latency_budget_ms: Optional[float] = Field(None, gt=0, description="production gate: p95 latency at batch 1 of the ONNX model must be under this (milliseconds); None = no budget")
+    parity_atol: float = Field(1e-4, gt=0, description="export parity: largest acceptable max-abs difference of logits (fp32)")
+    bootstrap: int = Field(1000, ge=100, description="bootstrap resamples for the test-accuracy confidence interval (count)")
+
+
 class TrainkitConfig(_Section):
     """The whole training_config.yaml."""
 
@@ -117,6 +128,7 @@ class TrainkitConfig(_Section):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     target: TargetConfig = Field(default_factory=TargetConfig)
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    final: FinalConfig = Field(default_factory=FinalConfig)
 
 
 def _model_at(loc: tuple) -> type[BaseModel] | None:

@@ -138,7 +138,7 @@ def _resume_point(run_dir: Path) -> tuple[str | None, str | None, int | None]:
         if last["phase"] == "05_finalization" or nxt in ("deploy", None):
             return None, "the run already finished", None
         return nxt, f"{last['phase']} passed its gate", None
-    if state is None and last["phase"] in _ATTEMPTED:  # died before its gate: continue that attempt in place
+    if state is None and (last["phase"] in _ATTEMPTED or last["phase"] == PHASES[-1]):  # died before its gate: continue in place
         return last["phase"], f"{last['phase']} attempt {last['attempt']} did not finish; continuing it", last["attempt"]
     return last["phase"], f"{last['phase']} ended {state or last['status']}; running it again", None
 

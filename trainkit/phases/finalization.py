@@ -1,0 +1,496 @@
+"""Phase 5 (Finalization): final training, the one-time test evaluation, export with parity and
+latency, deployment guide and model card, the 24-check production_ready gate, deploy or blocked."""
+
+from __future__ import annotations
+
+import html
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from trainkit._io import append_jsonl, read_json, read_jsonl, sha256_file, write_json_atomic, write_text_atomic
+from trainkit.config import config_hash, load_config, save_config
+from trainkit.data import TEST_ACCESS_LOG
+from trainkit.errors import CheckpointError, GateError, QuarantineError, RunError
+from trainkit.phases.common import PhaseContext, begin, finish_gate, load_run_config, show_figure, show_html, write_decision
+from trainkit.run import PHASES, latest_attempt_dir, load_manifest, phase_dir
+
+__all__ = ["start", "final_train", "evaluate_test", "export_models", "write_docs", "reproduce", "decide", "gate",
+           "expected_calibration_error"]
+
+PHASE = "05_finalization"
+TEST_RECORD = "test_evaluation.json"
+
+
+def start(run_dir: str | Path, interactive: bool = True) -> PhaseContext:
+    """Open ``05_finalization`` when the previous phase's decision routed here and its gate passed."""
+    run_dir = Path(run_dir)
+    entries = [e for e in load_manifest(run_dir)["phases"] if e["phase"] != PHASE]
+    if not entries:
+        raise RunError(f"{run_dir}: nothing ran before Phase 5; run Phases 1-2 first")
+    prev = latest_attempt_dir(run_dir, entries[-1]["phase"])
+    decision = read_json(prev / "decision.json") if (prev / "decision.json").is_file() else {}
+    if decision.get("next") != PHASE:
+        raise RunError(f"{prev}: its decision was {decision.get('option')} → {decision.get('next')}, not Phase 5")
+    if read_json(prev / "gate.json").get("state") != "passed":
+        raise RunError(f"{prev}: its gate has not passed; sign it off first")
+    ctx = begin(run_dir, PHASE, 1, interactive)
+    cfg = load_run_config(run_dir)
+    f = cfg.final
+    from trainkit.diagnostics.probes import with_overrides
+
+    ctx.config = with_overrides(cfg, {"training.epochs": max(cfg.training.epochs, f.epochs), "training.patience": f.patience})
+    save_config(ctx.config, ctx.path("final_config.yaml"))
+    write_json_atomic(ctx.path("final_config.sha256.json"), {"config_hash": config_hash(ctx.config),
+                                                             "file_sha256": sha256_file(ctx.path("final_config.yaml"))})
+    show_html(f"<p>Finalization from <code>{prev.relative_to(run_dir)}</code> ({html.escape(decision['reason'])}): "
+              f"{ctx.config.training.epochs} epochs, patience {ctx.config.training.patience}.</p>")
+    return ctx
+
+
+def final_train(ctx: PhaseContext, resume: bool = False) -> dict[str, Any]:
+    """Train the final model (checkpoints/best.pt is what is exported and deployed)."""
+    from trainkit.data import load_data
+    from trainkit.plots import curves_figure
+    from trainkit.train import fit
+
+    bundle = load_data(ctx.config, ctx.run_dir, PHASE)
+    r = fit(ctx.config, bundle, ctx.dir, resume=resume)
+    if r.history:
+        show_figure(curves_figure(r.history, "final training"), ctx.path("curves.png"))
+    return r.to_dict()
+
+
+def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> tuple[float, list[dict[str, float]]]:
+    """ECE over equal-width confidence bins, and the per-bin (confidence, accuracy, count) rows."""
+    conf, pred = probs.max(1), probs.argmax(1)
+    edges = np.linspace(0, 1, bins + 1)
+    ece, rows = 0.0, []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        m = (conf > lo) & (conf <= hi)
+        if m.any():
+            acc, c = float((pred[m] == y[m]).mean()), float(conf[m].mean())
+            ece += m.mean() * abs(acc - c)
+            rows.append({"lo": float(lo), "hi": float(hi), "confidence": c, "accuracy": acc, "count": int(m.sum())})
+    return float(ece), rows
+
+
+def _load_final(ctx: PhaseContext, bundle: Any) -> torch.nn.Module:
+    from trainkit.checkpoints import load_checkpoint
+    from trainkit.models import build_model
+
+    model = build_model(ctx.config.model.name, bundle.input_shape, bundle.num_classes, ctx.config.model.kwargs)
+    model.load_state_dict(load_checkpoint(ctx.path("checkpoints/best.pt"))["model"])
+    return model.eval()
+
+
+def _predict(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
+    with torch.no_grad():
+        return torch.softmax(model(x).float(), 1).numpy()
+
+
+def _boot(correct: np.ndarray, n: int, seed: int) -> list[float]:
+    rng = np.random.default_rng(seed)
+    means = correct[rng.integers(0, len(correct), (n, len(correct)))].mean(1)
+    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
+
+
+def evaluate_test(ctx: PhaseContext, force: bool = False) -> dict[str, Any]:
+    """The one test evaluation of the final model. A second one is refused (QuarantineError) unless
+    ``force``, and then recorded as forced; a rerun of this phase on the same model reuses the record."""
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    from trainkit.data import load_data
+
+    rec_path = ctx.path(TEST_RECORD)
+    model_sha = sha256_file(ctx.path("checkpoints/best.pt"))
+    if rec_path.is_file():
+        old = read_json(rec_path)
+        if old["model_sha256"] == model_sha and not force:
+            show_html("<p>Test evaluation already done on this model: showing the record (no new read).</p>")
+            return old
+        if not force:
+            raise QuarantineError(f"the test split was already evaluated on {time_str(old['time'])} (model "
+                                  f"{old['model_sha256'][:12]}); a second evaluation is refused. Pass force=True to "
+                                  "re-evaluate; it is recorded and check test_evaluated_once will fail unless waived")
+    bundle = load_data(ctx.config, ctx.run_dir, PHASE)
+    model = _load_final(ctx, bundle)
+    xv, yv = bundle.arrays("val")
+    xt, yt = bundle.arrays("test", reason="forced re-evaluation" if force else "final test evaluation")
+    pt, pv = _predict(model, xt), _predict(model, xv)
+    yt_, yv_ = yt.numpy(), yv.numpy()
+    correct_t, correct_v = (pt.argmax(1) == yt_).astype(float), (pv.argmax(1) == yv_).astype(float)
+    f = ctx.config.final
+    p, r, f1, s = precision_recall_fscore_support(yt_, pt.argmax(1), labels=list(range(bundle.num_classes)), zero_division=0)
+    ece, bins = expected_calibration_error(pt, yt_)
+    g = torch.Generator().manual_seed(ctx.config.training.seed)
+    noisy = _predict(model, xt + f.noise_std * torch.randn(xt.shape, generator=g))
+    rec = {"time": __import__("time").time(), "model_sha256": model_sha, "forced": force, "n": int(len(yt_)),
+           "accuracy": float(correct_t.mean()), "accuracy_ci": _boot(correct_t, f.bootstrap, 0),
+           "val_accuracy": float(correct_v.mean()), "val_accuracy_ci": _boot(correct_v, f.bootstrap, 1),
+           "per_class": [{"class": bundle.source.class_names[k], "precision": float(p[k]), "recall": float(r[k]),
+                          "f1": float(f1[k]), "support": int(s[k])} for k in range(bundle.num_classes)],
+           "confusion": confusion_matrix(yt_, pt.argmax(1), labels=list(range(bundle.num_classes))).tolist(),
+           "ece": ece, "reliability": bins, "noise_std": f.noise_std,
+           "noisy_accuracy": float((noisy.argmax(1) == yt_).mean())}
+    rec["robustness_drop"] = rec["accuracy"] - rec["noisy_accuracy"]
+    write_json_atomic(rec_path, rec)
+    _test_figures(ctx, rec, bundle.source.class_names)
+    _write_test_md(ctx, rec)
+    return rec
+
+
+def time_str(t: float) -> str:
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
+def _test_figures(ctx: PhaseContext, rec: dict[str, Any], names: list[str]) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    ax.imshow(np.asarray(rec["confusion"]), cmap="Blues")
+    ax.set_xticks(range(len(names)), names)
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"test confusion matrix (acc {rec['accuracy']:.3f})")
+    show_figure(fig, ctx.path("confusion.png"))
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.plot([0, 1], [0, 1], "k--", lw=1)
+    ax.plot([b["confidence"] for b in rec["reliability"]], [b["accuracy"] for b in rec["reliability"]], "o-")
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"reliability (ECE {rec['ece']:.3f})")
+    show_figure(fig, ctx.path("reliability.png"))
+
+
+def _write_test_md(ctx: PhaseContext, rec: dict[str, Any]) -> None:
+    lo, hi = rec["accuracy_ci"]
+    L = ["# Test results", "", f"Evaluated once on {rec['n']} quarantined test samples ({time_str(rec['time'])})"
+         + (" — **forced re-evaluation**" if rec["forced"] else "") + ".", "",
+         f"- test accuracy **{rec['accuracy']:.4f}** (95% bootstrap CI [{lo:.4f}, {hi:.4f}])",
+         f"- val accuracy {rec['val_accuracy']:.4f} (CI [{rec['val_accuracy_ci'][0]:.4f}, {rec['val_accuracy_ci'][1]:.4f}])",
+         f"- expected calibration error {rec['ece']:.4f} (15 bins)",
+         f"- robustness: accuracy {rec['noisy_accuracy']:.4f} with Gaussian noise σ={rec['noise_std']} on normalized inputs "
+         f"(drop {rec['robustness_drop'] * 100:.2f} points)", "",
+         "| class | precision | recall | F1 | support |", "|---|---:|---:|---:|---:|"]
+    L += [f"| {c['class']} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | {c['support']} |" for c in rec["per_class"]]
+    L += ["", "![confusion matrix](confusion.png)", "", "![reliability diagram](reliability.png)"]
+    write_text_atomic(ctx.path("test_results.md"), "\n".join(L) + "\n")
+
+
+def export_models(ctx: PhaseContext) -> dict[str, Any]:
+    """model.onnx and model.ts, parity in a fresh process on held-out (val) inputs, latency table."""
+    from trainkit.data import load_data
+    from trainkit.export import ExportError, check_parity, export_onnx, export_torchscript, measure_latency
+
+    bundle = load_data(ctx.config, ctx.run_dir, PHASE)
+    model = _load_final(ctx, bundle)
+    out: dict[str, Any] = {"input_shape": list(bundle.input_shape)}
+    for name, fn in (("onnx", export_onnx), ("torchscript", export_torchscript)):
+        try:
+            fn(model, bundle.input_shape, ctx.path("model.onnx" if name == "onnx" else "model.ts"))
+            out[f"{name}_exported"] = True
+        except (ExportError, RuntimeError) as exc:
+            out[f"{name}_exported"], out[f"{name}_error"] = False, str(exc)[:500]
+    xv, _ = bundle.arrays("val")
+    x = xv[:256]
+    with torch.no_grad():
+        ref = model(x).numpy()
+    if out["onnx_exported"] and out["torchscript_exported"]:
+        out["parity"] = check_parity(ctx.dir, x.numpy(), ref, atol=ctx.config.final.parity_atol)
+        out["latency"] = measure_latency(model, ctx.path("model.onnx"), ctx.path("model.ts"), bundle.input_shape)
+        out["onnx_sha256"], out["torchscript_sha256"] = sha256_file(ctx.path("model.onnx")), sha256_file(ctx.path("model.ts"))
+        rows = "".join(f"<tr><td>{r['runtime']}</td><td>{r['batch']}</td><td>{r['p50_ms']:.3f}</td><td>{r['p95_ms']:.3f}</td></tr>"
+                       for r in out["latency"])
+        show_html(f"<p>Parity (max abs diff): ONNX {out['parity']['onnx'].get('max_abs_diff')}, TorchScript "
+                  f"{out['parity']['torchscript'].get('max_abs_diff')}</p><table><tr><th>runtime</th><th>batch</th>"
+                  f"<th>p50 ms</th><th>p95 ms</th></tr>{rows}</table>")
+    write_json_atomic(ctx.path("export.json"), out)
+    return out
+
+
+_GUIDE = '''# Deployment guide
+
+The model classifies inputs of shape `{shape}` (float32, batch first) into {k} classes:
+`{names}`. Inputs must be normalized with the training statistics: `x = (raw - mean) / std` with
+mean `{mean}` and std `{std}` ({how}). Outputs are logits; apply softmax for probabilities.
+
+Artifacts in this folder: `model.onnx` (sha256 `{onnx_sha}`), `model.ts` (sha256 `{ts_sha}`),
+`checkpoints/best.pt` (the trainkit checkpoint, loaded with `weights_only=True`).
+
+## ONNX Runtime
+
+```python
+import numpy as np
+import onnxruntime as ort
+
+sess = ort.InferenceSession("model.onnx", providers=["CPUExecutionProvider"])
+mean, std = np.array({mean}, dtype=np.float32), np.array({std}, dtype=np.float32)
+raw = np.random.default_rng(0).random((3, {shape_csv})).astype(np.float32)
+x = ((raw - mean.reshape({bshape})) / std.reshape({bshape})).astype(np.float32)
+logits = sess.run(None, {{"input": x}})[0]
+assert logits.shape == (3, {k}), logits.shape
+print("onnx predictions:", logits.argmax(1))
+```
+
+## TorchScript
+
+```python
+import torch
+
+model = torch.jit.load("model.ts").eval()
+mean, std = torch.tensor({mean}), torch.tensor({std})
+raw = torch.rand(3, {shape_csv})
+x = (raw - mean.reshape({bshape})) / std.reshape({bshape})
+with torch.no_grad():
+    logits = model(x)
+assert logits.shape == (3, {k})
+print("torchscript predictions:", logits.argmax(1).tolist())
+```
+
+## Batch size
+
+Both artifacts accept any batch size (the ONNX batch axis is dynamic); the latency table in
+`export.json` gives p50/p95 at batch 1 and 64.
+'''
+
+
+def _snippets(text: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", text, re.S)
+
+
+def run_snippets(folder: Path, text: str) -> list[dict[str, Any]]:
+    """Execute every python block of a guide, as written, in a fresh interpreter in ``folder``."""
+    out = []
+    for i, code in enumerate(_snippets(text)):
+        r = subprocess.run([sys.executable, "-c", code], cwd=folder, capture_output=True, text=True, timeout=300)
+        out.append({"snippet": i, "ok": r.returncode == 0, "stdout": r.stdout[-500:], "stderr": r.stderr[-800:]})
+    return out
+
+
+def write_docs(ctx: PhaseContext, test: dict[str, Any], exp: dict[str, Any]) -> dict[str, Any]:
+    """deployment_guide.md (its snippets executed and recorded in snippets.json) and model_card.md."""
+    splits = read_json(ctx.run_dir / "01_planning" / "splits.json")
+    shape = splits["input_shape"]
+    mean, std = splits["normalization"]["mean"], splits["normalization"]["std"]
+    per_channel = len(shape) == 3 and len(mean) == shape[0]
+    bshape = (1, -1, 1, 1) if per_channel else (1, -1) if len(shape) == 1 else (1,) * (len(shape) + 1)
+    if not per_channel and len(mean) == 1:
+        bshape = tuple([1] * (len(shape) + 1))
+    guide = _GUIDE.format(shape=tuple(shape), k=len(splits["class_names"]), names=splits["class_names"], mean=mean, std=std,
+                          how="per channel" if per_channel else "one scalar over all features", onnx_sha=exp.get("onnx_sha256"),
+                          ts_sha=exp.get("torchscript_sha256"), shape_csv=", ".join(str(s) for s in shape), bshape=bshape)
+    write_text_atomic(ctx.path("deployment_guide.md"), guide)
+    snippets = run_snippets(ctx.dir, guide)
+    write_json_atomic(ctx.path("snippets.json"), snippets)
+    env = read_json(ctx.run_dir / "01_planning" / "environment.json")
+    pcs = "\n".join(f"| {c['class']} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | {c['support']} |"
+                    for c in test["per_class"])
+    worst = min(test["per_class"], key=lambda c: c["recall"])
+    card = f"""# Model card
+
+## Intended use
+Classifying inputs like the training data ({splits['source']}; shape {tuple(shape)}) into the classes
+{splits['class_names']}. Out of scope: inputs from another distribution (other sensors, resolutions, preprocessing),
+classes not listed, and any decision where an error is costly without a person reviewing it.
+
+## Model
+`{ctx.config.model.name}` {ctx.config.model.kwargs}; optimizer {ctx.config.optimizer.name} lr {ctx.config.optimizer.lr:g};
+{ctx.config.training.epochs} epochs max (patience {ctx.config.training.patience}); config hash `{config_hash(ctx.config)[:16]}`.
+
+## Data
+Splits (stratified, seed {splits['seed']}): {splits['sizes']}; fingerprints in `01_planning/splits.json`.
+The test split was quarantined until this phase and evaluated once.
+
+## Metrics (test)
+Accuracy {test['accuracy']:.4f} (95% CI [{test['accuracy_ci'][0]:.4f}, {test['accuracy_ci'][1]:.4f}]); val {test['val_accuracy']:.4f};
+ECE {test['ece']:.4f}; accuracy under noise σ={test['noise_std']}: {test['noisy_accuracy']:.4f}.
+
+| class | precision | recall | F1 | support |
+|---|---:|---:|---:|---:|
+{pcs}
+
+## Limitations
+Weakest class: {worst['class']} (recall {worst['recall']:.3f}). The test set has {test['n']} samples: the interval above is
+the honest uncertainty. Robustness was smoke-tested with Gaussian noise only.
+
+## Environment
+Python {env.get('python')}, torch {env.get('packages', {}).get('torch')}, platform {env.get('platform')}; see
+`01_planning/environment.json`.
+"""
+    write_text_atomic(ctx.path("model_card.md"), card)
+    return {"snippets": snippets}
+
+
+class _Enough(Exception):
+    pass
+
+
+def reproduce(ctx: PhaseContext, epochs: int = 2) -> dict[str, Any]:
+    """Re-run the first epochs of the final training and compare the logged metrics exactly."""
+    from trainkit.data import load_data
+    from trainkit.train import fit
+
+    logged = [r for r in read_jsonl(ctx.path("metrics.jsonl")) if "train_loss" in r][:epochs]
+    seen: list[dict[str, Any]] = []
+
+    def stop(rec: dict[str, Any]) -> None:
+        seen.append(rec)
+        if len(seen) >= min(epochs, len(logged)):
+            raise _Enough
+    try:
+        fit(ctx.config, load_data(ctx.config, ctx.run_dir, PHASE), None, progress=False, on_epoch=stop)
+    except _Enough:
+        pass
+    keys = ("train_loss", "val_loss", "train_accuracy", "val_accuracy")
+    same = len(seen) == len(logged) > 0 and all(a[k] == b[k] for a, b in zip(logged, seen) for k in keys)
+    out = {"epochs": len(seen), "identical": bool(same), "logged": [{k: r[k] for k in keys} for r in logged],
+           "rerun": [{k: r[k] for k in keys} for r in seen]}
+    write_json_atomic(ctx.path("reproduce.json"), out)
+    return out
+
+
+def decide(ctx: PhaseContext, record: dict[str, Any]) -> dict[str, Any]:
+    """deploy when production_ready passed and is signed; blocked otherwise (what is missing, how to finish)."""
+    from trainkit.gates import gate_state
+
+    state = gate_state(record)
+    if state == "passed":
+        return write_decision(ctx, "-", "deploy", "production_ready passed and signed", {"gate": state})
+    missing = [f"{c['id']} ({c['status']}): {c['evidence']}" for c in record["checks"]
+               if c["mandatory"] and c["status"] not in ("pass", "na", "waived", "warn")]
+    how = (f"sign off with `trainkit signoff {ctx.run_dir} --phase 5 --by NAME --check stakeholder_approval` "
+           f"then `trainkit run --resume --name {ctx.run_dir.name}`")
+    return write_decision(ctx, "-", "blocked", "missing: " + "; ".join(missing) + f". To finish: {how}",
+                          {"gate": state, "missing": missing})
+
+
+def _earlier_gates(ctx: PhaseContext) -> tuple[str, str]:
+    from trainkit.gates import verify_gate
+
+    seen, bad = 0, []
+    for e in load_manifest(ctx.run_dir)["phases"]:
+        if e["phase"] == PHASE:
+            continue
+        d = phase_dir(ctx.run_dir, e["phase"], e["attempt"])
+        rec = read_json(d / "gate.json") if (d / "gate.json").is_file() else None
+        if rec is None:
+            bad.append(f"{d.relative_to(ctx.run_dir)}: no gate record")
+            continue
+        dec = read_json(d / "decision.json") if (d / "decision.json").is_file() else {}
+        if rec["state"] == "blocked" and dec.get("option") == "C":
+            continue  # a failed baseline routed to diagnosis: its block is the record of that
+        try:
+            verify_gate(d / "gate.json", ctx.run_dir)
+            seen += 1
+        except GateError as exc:
+            bad.append(str(exc)[:300])
+    return ("fail", "; ".join(bad)) if bad else ("pass", f"{seen} earlier gate(s) signed, artifacts unchanged")
+
+
+def _results(ctx: PhaseContext, train: dict[str, Any], test: dict[str, Any], exp: dict[str, Any],
+             repro: dict[str, Any]) -> dict[str, tuple[str, Any]]:
+    from trainkit.checkpoints import load_checkpoint, verify_checkpoint
+    from trainkit.data import load_data
+
+    f, res = ctx.config.final, {}
+    log = read_jsonl(ctx.run_dir / TEST_ACCESS_LOG) if (ctx.run_dir / TEST_ACCESS_LOG).is_file() else []
+    early = [r for r in log if r.get("phase") != PHASE and r.get("allowed")]
+    refused = [r for r in log if r.get("phase") != PHASE and not r.get("allowed")]
+    res["test_never_read_before"] = ("fail", f"{len(early)} test read(s) before Phase 5: {early[:3]}") if early else \
+        ("pass", f"test_access.jsonl: no read before Phase 5 ({len(refused)} attempt(s) refused by the quarantine)")
+    bundle = load_data(ctx.config, ctx.run_dir, PHASE)
+    keys = bundle.source.sample_keys
+    test_keys = {keys[i] for i in bundle.splits["test"]}
+    overlap = sum(keys[i] in test_keys for s in ("train", "val") for i in bundle.splits[s])
+    res["test_disjoint"] = ("pass", "no train/val sample has a test sample's content") if overlap == 0 else \
+        ("fail", f"{overlap} train/val samples share content with test samples")
+    final_reads = [r for r in log if r.get("phase") == PHASE and r.get("allowed")]
+    forced = [r for r in final_reads if "forced" in str(r.get("reason"))]
+    res["test_evaluated_once"] = ("pass", "one test evaluation, on the final model") if len(final_reads) == 1 and not forced \
+        else ("fail", f"{len(final_reads)} test reads in Phase 5 ({len(forced)} forced)")
+    tgt = ctx.config.target.value
+    res["test_meets_target"] = ("pass" if test["accuracy"] >= tgt else "fail",
+                                f"test accuracy {test['accuracy']:.4f} vs target {tgt} (waive with the documented shortfall)")
+    (tl, th), (vl, vh) = test["accuracy_ci"], test["val_accuracy_ci"]
+    overlap = tl <= vh and vl <= th
+    res["val_test_agree"] = ("pass" if overlap else "fail", f"val {test['val_accuracy']:.4f} [{vl:.4f}, {vh:.4f}] and test "
+                             f"{test['accuracy']:.4f} [{tl:.4f}, {th:.4f}]: 95% bootstrap intervals "
+                             + ("overlap" if overlap else "do not overlap (val was optimistic, or the splits differ)"))
+    low = [c for c in test["per_class"] if c["recall"] < f.per_class_floor]
+    res["per_class_reported"] = ("fail", f"below the floor {f.per_class_floor}: {[c['class'] for c in low]}") if low else \
+        ("pass", f"{len(test['per_class'])} classes reported; lowest recall {min(c['recall'] for c in test['per_class']):.3f}")
+    res["calibration_measured"] = ("pass", f"ECE {test['ece']:.4f}") if math.isfinite(test.get("ece", float("nan"))) else \
+        ("fail", "ECE not measured")
+    drop = test["robustness_drop"]
+    res["robustness_smoke"] = ("pass" if drop <= f.robustness_tolerance else "fail",
+                               f"accuracy drop {drop * 100:.2f} points under σ={f.noise_std} noise (tolerance {f.robustness_tolerance * 100:.1f})")
+    res["final_training_finite"] = ("pass", f"{train['status']} after {len(train['history'])} epochs") if \
+        train["status"] in ("completed", "early_stopped") and not train.get("nonfinite") else ("fail", f"status {train['status']}")
+    try:
+        verify_checkpoint(ctx.path("checkpoints/best.pt"))
+        state = load_checkpoint(ctx.path("checkpoints/best.pt"))
+        finite = all(torch.isfinite(v).all() for v in state["model"].values() if torch.is_tensor(v) and v.is_floating_point())
+        res["weights_finite"] = ("pass", "every weight finite") if finite else ("fail", "non-finite weights in best.pt")
+        res["checkpoint_verified"] = ("pass", f"weights_only load, sha256 {sha256_file(ctx.path('checkpoints/best.pt'))[:12]}… matches")
+    except CheckpointError as exc:
+        res["weights_finite"] = ("fail", f"cannot read weights: {exc}")
+        res["checkpoint_verified"] = ("fail", str(exc)[:300])
+    frozen = read_json(ctx.path("final_config.sha256.json"))
+    same = sha256_file(ctx.path("final_config.yaml")) == frozen["file_sha256"] and \
+        config_hash(load_config(ctx.path("final_config.yaml"))) == frozen["config_hash"]
+    res["config_frozen"] = ("pass", f"final_config.yaml hash {frozen['config_hash'][:12]}…") if same else \
+        ("fail", "final_config.yaml changed after it was frozen")
+    res["reproducible"] = ("pass", f"first {repro['epochs']} epochs re-run: identical metrics") if repro["identical"] else \
+        ("fail", f"re-run differs: {repro['logged']} vs {repro['rerun']}")
+    res["environment_recorded"] = ("pass", "01_planning/environment.json") if (ctx.run_dir / "01_planning" / "environment.json").is_file() \
+        else ("fail", "environment.json missing")
+    res["earlier_gates_valid"] = _earlier_gates(ctx)
+    par = exp.get("parity", {})
+    on, ts = par.get("onnx", {}), par.get("torchscript", {})
+    res["onnx_valid"] = ("pass", "model.onnx passes onnx.checker (full check)") if exp.get("onnx_exported") else \
+        ("fail", exp.get("onnx_error", "not exported"))
+    res["onnx_parity"] = ("pass" if on.get("ok") else "fail", f"max abs diff {on.get('max_abs_diff', on.get('error'))} (≤ {f.parity_atol})")
+    res["torchscript_exported"] = ("pass", "model.ts") if exp.get("torchscript_exported") else ("fail", exp.get("torchscript_error", "not exported"))
+    res["torchscript_parity"] = ("pass" if ts.get("ok") else "fail", f"max abs diff {ts.get('max_abs_diff', ts.get('error'))} (≤ {f.parity_atol})")
+    flex = all(o.get("batch_1", [0])[0] == 1 and o.get("batch_n", [0])[0] == par.get("n") for o in (on, ts)) and bool(par)
+    res["batch_flexible"] = ("pass", f"batch 1 and {par.get('n')} accepted by both") if flex else ("fail", "a batch size was refused")
+    lat = exp.get("latency") or []
+    p95 = next((r["p95_ms"] for r in lat if r["runtime"] == "onnxruntime" and r["batch"] == 1), None)
+    if p95 is None:
+        res["latency_measured"] = ("fail", "no latency measured")
+    elif f.latency_budget_ms is not None and p95 > f.latency_budget_ms:
+        res["latency_measured"] = ("fail", f"ONNX p95 at batch 1 {p95:.3f} ms > budget {f.latency_budget_ms} ms")
+    else:
+        res["latency_measured"] = ("pass", f"ONNX p95 at batch 1 {p95:.3f} ms" + (f" ≤ budget {f.latency_budget_ms} ms" if f.latency_budget_ms else " (no budget set)"))
+    snips = read_json(ctx.path("snippets.json")) if ctx.path("snippets.json").is_file() else []
+    ok = ctx.path("deployment_guide.md").is_file() and snips and all(s["ok"] for s in snips)
+    res["deployment_guide"] = ("pass", f"deployment_guide.md; {len(snips)} snippets ran") if ok else \
+        ("fail", "deployment guide missing or a snippet failed: " + "; ".join(s["stderr"][-200:] for s in snips if not s["ok"]))
+    res["model_card"] = ("pass", "model_card.md") if ctx.path("model_card.md").is_file() else ("fail", "model_card.md missing")
+    return res
+
+
+ARTIFACTS = ("final_config.yaml", "checkpoints/best.pt", "metrics.jsonl", "test_evaluation.json", "test_results.md",
+             "model.onnx", "model.ts", "export.json", "deployment_guide.md", "model_card.md", "snippets.json", "reproduce.json")
+
+
+def gate(ctx: PhaseContext, train: dict[str, Any], test: dict[str, Any], exp: dict[str, Any], repro: dict[str, Any],
+         approvals: Any = None, waivers: dict[str, str] | None = None) -> dict[str, Any]:
+    """production_ready: 24 mandatory checks (23 automatic, the stakeholder's approval manual).
+    Never signed automatically; a block is recorded and returned (the decision says what is missing)."""
+    arts = [ctx.rel(n) for n in ARTIFACTS if ctx.path(n).is_file()]
+    return finish_gate(ctx, "production_ready", _results(ctx, train, test, exp, repro), arts, approvals, False, waivers,
+                       None, raise_on_block=False)
+
+
+assert PHASE == PHASES[-1]
