@@ -19,7 +19,8 @@ from trainkit._io import read_json, write_text_atomic
 from trainkit.errors import PipelineError, RunError
 from trainkit.run import PHASES, init_run, latest_attempt_dir, load_manifest, next_attempt_dir, phase_dir, record_phase
 
-__all__ = ["notebook_path", "execute_phase", "export_html", "run_pipeline", "PipelineOutcome"]
+__all__ = ["notebook_path", "execute_phase", "export_html", "run_pipeline", "PipelineOutcome", "export_reports",
+           "write_index"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SIGNOFF = 0, 1, 2, 3
 _ATTEMPTED = {"02_baseline", "03_diagnostics", "04_optimization"}
@@ -135,7 +136,10 @@ def _resume_point(run_dir: Path) -> tuple[str | None, str | None, int | None]:
     if state == "passed":
         decision = read_json(d / "decision.json") if (d / "decision.json").exists() else {}
         nxt = decision.get("next")
-        if last["phase"] == "05_finalization" or nxt in ("deploy", None):
+        if last["phase"] == "05_finalization":
+            _mark_deploy(run_dir, d)
+            return None, "production_ready is passed and signed: ready to deploy", None
+        if nxt in ("deploy", None):
             return None, "the run already finished", None
         return nxt, f"{last['phase']} passed its gate", None
     if state is None and (last["phase"] in _ATTEMPTED or last["phase"] == PHASES[-1]):  # died before its gate: continue in place
@@ -143,12 +147,76 @@ def _resume_point(run_dir: Path) -> tuple[str | None, str | None, int | None]:
     return last["phase"], f"{last['phase']} ended {state or last['status']}; running it again", None
 
 
+def _mark_deploy(run_dir: Path, d: Path) -> None:
+    """A production gate signed after the notebook ran: record the deploy decision."""
+    from trainkit._io import write_json_atomic
+
+    decision = read_json(d / "decision.json") if (d / "decision.json").exists() else {}
+    if decision.get("next") != "deploy":
+        write_json_atomic(d / "decision.json", {"phase": "05_finalization", "attempt": 1, "option": "-", "next": "deploy",
+                                                "reason": "production_ready passed and signed (after the notebook ran)",
+                                                "evidence": {"gate": "passed", "previous": decision.get("reason")}})
+    record_phase(run_dir, "05_finalization", 1, decision="deploy", gate="passed")
+    manifest = load_manifest(run_dir)
+    manifest["status"] = "ready_to_deploy"
+    from trainkit.run import save_manifest
+
+    save_manifest(run_dir, manifest)
+
+
+def _over_budget(run_dir: Path, phase: str, t0_run: float) -> bool:
+    """True when the run's total time exceeds budget.total_hours and ``phase`` is 03 or 04."""
+    if phase not in ("03_diagnostics", "04_optimization"):
+        return False
+    from trainkit.phases.common import load_run_config
+
+    hours = load_run_config(run_dir).budget.total_hours
+    return (time.time() - t0_run) / 3600 > hours
+
+
+def _route_over_budget(run_dir: Path, phase: str, d: Path) -> str:
+    """Rewrite the last decision to go to Phase 5 with the best so far, documenting the ceiling."""
+    from trainkit._io import write_json_atomic
+
+    decision = read_json(d / "decision.json")
+    decision.update(next="05_finalization", reason=f"total time over budget.total_hours: accept the best so far and "
+                    f"finalize (was: {decision['option']} → {decision['next']}: {decision['reason']})",
+                    budget={"over": True, "was_next": decision["next"]})
+    write_json_atomic(d / "decision.json", decision)
+    manifest = load_manifest(run_dir)
+    manifest.setdefault("notes", []).append(f"over budget after {d.relative_to(run_dir)}: finalized with the best so far "
+                                            "(the ceiling of this run)")
+    from trainkit.run import save_manifest
+
+    save_manifest(run_dir, manifest)
+    return "05_finalization"
+
+
 def run_pipeline(config_path: str | None, run_dir: Path, overrides: list[str] | None = None,
                  target: float | None = None, stop_after: int | None = None,
                  approvals: dict[str, str] | str | None = None, resume: bool = False,
                  echo: Any = print) -> PipelineOutcome:
-    """Walk the decision tree from Phase 1 (or the resume point) and return the exit outcome."""
+    """Walk the decision tree from Phase 1 (or the resume point) and return the exit outcome;
+    ``index.html`` is rewritten on every way out."""
     run_dir = Path(run_dir).resolve()
+    try:
+        outcome = _walk(config_path, run_dir, overrides, target, stop_after, approvals, resume, echo)
+    finally:
+        if (run_dir / "run.json").exists():
+            try:
+                write_index(run_dir)
+            except Exception as exc:  # the index must never hide the run's own outcome
+                print(f"trainkit: could not write index.html: {exc}", file=sys.stderr)
+    manifest = load_manifest(run_dir)
+    manifest["exit"] = {"code": outcome.code, "message": outcome.message[:500]}
+    from trainkit.run import save_manifest
+
+    save_manifest(run_dir, manifest)
+    return outcome
+
+
+def _walk(config_path: str | None, run_dir: Path, overrides: list[str] | None, target: float | None,
+          stop_after: int | None, approvals: Any, resume: bool, echo: Any) -> PipelineOutcome:
     taken: list[str] = []
     if resume:
         if not (run_dir / "run.json").exists():
@@ -156,7 +224,7 @@ def run_pipeline(config_path: str | None, run_dir: Path, overrides: list[str] | 
         phase, why, continue_attempt = _resume_point(run_dir)
         echo(f"trainkit: resuming {run_dir.name}: {why}")
         if phase is None:
-            return PipelineOutcome(EXIT_OK, f"{run_dir.name}: already finished", run_dir, taken)
+            return PipelineOutcome(EXIT_OK, f"{run_dir.name}: {why}", run_dir, taken)
     else:
         if (run_dir / "run.json").exists():
             raise RunError(f"{run_dir} already holds a run; use --resume to continue it or --name for a new one")
@@ -190,17 +258,38 @@ def run_pipeline(config_path: str | None, run_dir: Path, overrides: list[str] | 
         state = _gate_state(d)
         decision = read_json(d / "decision.json")
         if state == "blocked" and decision.get("option") != "C":
-            return PipelineOutcome(EXIT_FAILED, f"{phase}: gate blocked (read {d / 'report.html'})", run_dir, taken)
+            return PipelineOutcome(EXIT_FAILED, f"{phase}: gate blocked: {decision.get('reason', '')[:1500]} "
+                                   f"(read {d / 'report.html'})", run_dir, taken)
         if state == "awaiting_signoff":
             return PipelineOutcome(EXIT_SIGNOFF, _signoff_hint(run_dir, phase, d), run_dir, taken)
         if stop_after is not None and n >= stop_after:
             return PipelineOutcome(EXIT_OK, f"stopped after {phase} as asked (--stop-after {stop_after}); "
                                    f"next would be {decision['next']}", run_dir, taken)
         nxt = decision["next"]
+        if _over_budget(run_dir, nxt, load_manifest(run_dir)["created"]):
+            nxt = _route_over_budget(run_dir, nxt, d)
+            echo("trainkit: over the time budget: finalizing with the best so far")
         if nxt == "deploy":
+            _mark_deploy(run_dir, d)
             return PipelineOutcome(EXIT_OK, f"ready to deploy: {d}", run_dir, taken)
         if nxt == "stop":
             return PipelineOutcome(EXIT_FAILED, f"{phase} decided to stop: {decision['reason']} (read {d / 'report.html'})",
                                    run_dir, taken)
         phase = nxt
     return PipelineOutcome(EXIT_OK, "done", run_dir, taken)
+
+
+def write_index(run_dir: Path) -> Path:
+    """runs/NAME/index.html (see trainkit.reports)."""
+    from trainkit.reports import write_index as _write
+
+    return _write(run_dir)
+
+
+def export_reports(run_dir: Path) -> list[Path]:
+    """Re-export every executed phase notebook to its report.html, then index.html."""
+    out = []
+    for nb in sorted(Path(run_dir).glob("0*/**/notebook.ipynb")):
+        out.append(export_html(nb, nb.parent / "report.html"))
+    out.append(write_index(Path(run_dir)))
+    return out

@@ -37,7 +37,8 @@ def describe_run(run_dir: Path) -> str:
             nxt = f"trainkit signoff {run_dir} --phase {int(last['phase'][:2])} --by NAME"
         elif state == "blocked":
             nxt = f"fix the failing checks, then trainkit run --resume --name {run_dir.name} --runs-dir {run_dir.parent}"
-        elif last.get("decision") == "deploy":
+        elif last.get("decision") == "deploy" or manifest.get("status") == "ready_to_deploy" or (
+                last["phase"] == "05_finalization" and state == "passed"):
             nxt = "nothing: ready to deploy"
         else:
             nxt = f"trainkit run --resume --name {run_dir.name} --runs-dir {run_dir.parent}"

@@ -1,0 +1,105 @@
+"""The run's ``index.html``: the path taken as a diagram, the key metric and gate state of every
+phase, links to each report and artifact. Plain HTML + inline SVG: reads offline, no scripts."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Any
+
+from trainkit._io import read_json, write_text_atomic
+from trainkit.run import load_manifest, phase_dir
+
+__all__ = ["write_index", "phase_metric"]
+
+_COLORS = {"passed": "#1a7f37", "awaiting_signoff": "#9a6700", "blocked": "#cf222e", None: "#57606a"}
+
+
+def phase_metric(d: Path, phase: str) -> str:
+    """The number a reader wants from each phase."""
+    try:
+        if phase == "02_baseline" and (d / "train_summary.json").is_file():
+            best = read_json(d / "train_summary.json").get("best") or {}
+            return f"val acc {best.get('val_accuracy', float('nan')):.4f}"
+        if phase == "03_diagnostics" and (d / "findings.json").is_file():
+            f = read_json(d / "findings.json")
+            return f"cause: {f['primary'] or 'none'}; expected +{f['plan']['expected_gain_points']:.1f} pts"
+        if phase == "04_optimization" and (d / "decision.json").is_file():
+            ev = read_json(d / "decision.json")["evidence"]
+            return f"val acc {ev['candidate_mean']:.4f} (mean over seeds){' adopted' if ev['adopted'] else ''}"
+        if phase == "05_finalization" and (d / "test_evaluation.json").is_file():
+            t = read_json(d / "test_evaluation.json")
+            return f"test acc {t['accuracy']:.4f} [{t['accuracy_ci'][0]:.3f}, {t['accuracy_ci'][1]:.3f}]"
+        if phase == "01_planning" and (d / "splits.json").is_file():
+            return "sizes " + ", ".join(f"{k} {v}" for k, v in read_json(d / "splits.json")["sizes"].items())
+    except (KeyError, TypeError, ValueError):
+        pass
+    return ""
+
+
+def _svg(steps: list[dict[str, Any]]) -> str:
+    w, h, gap = 150, 56, 44
+    width = max(1, len(steps)) * (w + gap)
+    parts = [f'<svg class="trainkit-path" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{h + 40}" '
+             f'role="img" aria-label="path taken">']
+    for i, s in enumerate(steps):
+        x = i * (w + gap) + 4
+        color = _COLORS.get(s["gate"], "#57606a")
+        parts.append(f'<rect x="{x}" y="8" width="{w}" height="{h}" rx="8" fill="white" stroke="{color}" stroke-width="2"/>')
+        parts.append(f'<text x="{x + w / 2}" y="30" text-anchor="middle" font-size="13" font-family="sans-serif">'
+                     f'{html.escape(s["label"])}</text>')
+        parts.append(f'<text x="{x + w / 2}" y="48" text-anchor="middle" font-size="11" fill="{color}" '
+                     f'font-family="sans-serif">{html.escape(str(s["gate"] or s["status"]))}</text>')
+        if i + 1 < len(steps):
+            x2 = x + w + gap
+            parts.append(f'<line x1="{x + w}" y1="{8 + h / 2}" x2="{x2 - 6}" y2="{8 + h / 2}" stroke="#57606a" '
+                         f'stroke-width="2" marker-end="url(#arrow)"/>')
+            parts.append(f'<text x="{x + w + gap / 2}" y="{h + 30}" text-anchor="middle" font-size="11" '
+                         f'font-family="sans-serif">{html.escape(s["option"])}</text>')
+    parts.insert(1, '<defs><marker id="arrow" markerWidth="8" markerHeight="8" refX="6" refY="4" orient="auto">'
+                    '<path d="M0,0 L8,4 L0,8 z" fill="#57606a"/></marker></defs>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def write_index(run_dir: str | Path) -> Path:
+    run_dir = Path(run_dir)
+    manifest = load_manifest(run_dir)
+    steps, rows = [], []
+    for e in manifest["phases"]:
+        d = phase_dir(run_dir, e["phase"], e["attempt"])
+        gate = read_json(d / "gate.json") if (d / "gate.json").is_file() else None
+        dec = read_json(d / "decision.json") if (d / "decision.json").is_file() else {}
+        label = e["phase"] + (f" #{e['attempt']}" if d.name != e["phase"] else "")
+        state = gate["state"] if gate else None
+        steps.append({"label": label, "gate": state, "status": e.get("status"),
+                      "option": f"{dec.get('option', '')} → {str(dec.get('next', ''))[:14]}" if dec else ""})
+        links = [f'<a href="{html.escape(str(p.relative_to(run_dir)))}">{html.escape(p.name)}</a>'
+                 for p in sorted(d.iterdir()) if p.is_file() and p.suffix in (".html", ".md", ".json", ".yaml", ".png",
+                                                                                 ".onnx", ".ts", ".ipynb", ".jsonl")]
+        if (d / "checkpoints").is_dir():
+            links += [f'<a href="{html.escape(str(p.relative_to(run_dir)))}">checkpoints/{p.name}</a>'
+                      for p in sorted((d / "checkpoints").glob("*.pt"))]
+        rows.append(f"<tr><td>{html.escape(label)}</td><td>{html.escape(e.get('status') or '')}</td>"
+                    f"<td class='gate-{state}'>{html.escape(gate['gate'] if gate else '-')}: {html.escape(str(state))}</td>"
+                    f"<td>{html.escape(phase_metric(d, e['phase']))}</td>"
+                    f"<td>{html.escape((dec.get('option', '') + ' → ' + str(dec.get('next', ''))) if dec else '')}"
+                    f"<br><small>{html.escape(dec.get('reason', '')[:300])}</small></td>"
+                    f"<td>{' · '.join(links)}</td></tr>")
+    exit_ = manifest.get("exit") or {}
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in manifest.get("notes", []))
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>trainkit run {html.escape(manifest['name'])}</title>
+<style>body{{font-family:sans-serif;margin:2em;color:#1f2328}} table{{border-collapse:collapse}}
+td,th{{border:1px solid #d0d7de;padding:4px 8px;vertical-align:top;font-size:14px}} .gate-passed{{color:#1a7f37}}
+.gate-blocked{{color:#cf222e}} .gate-awaiting_signoff{{color:#9a6700}}</style></head><body>
+<h1>trainkit run: {html.escape(manifest['name'])}</h1>
+<p>Status: <b>{html.escape(str(manifest.get('status')))}</b>{' — ' + html.escape(exit_.get('message', '')[:400]) if exit_ else ''}</p>
+<h2>Path taken</h2>
+{_svg(steps)}
+{f'<h2>Notes</h2><ul>{notes}</ul>' if notes else ''}
+<h2>Phases</h2>
+<table id="phases"><tr><th>phase</th><th>status</th><th>gate</th><th>key metric</th><th>decision</th><th>reports and artifacts</th></tr>
+{''.join(rows)}</table>
+<p><small>trainkit {html.escape(str(manifest.get('trainkit_version')))} · config hash {html.escape(str(manifest.get('config_hash')))}</small></p>
+</body></html>"""
+    return write_text_atomic(run_dir / "index.html", page)
