@@ -99,6 +99,7 @@ def test_phase_report_opened_from_file_shows_the_gate_table(tmp_path):
     r = subprocess.run(["trainkit", "run", "--name", "b", "--runs-dir", str(tmp_path), "--stop-after", "1"],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+    index = tmp_path / "b" / "index.html"
     report = tmp_path / "b" / "01_planning" / "report.html"
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
@@ -109,5 +110,11 @@ def test_phase_report_opened_from_file_shows_the_gate_table(tmp_path):
         table = page.locator(".trainkit-gate table")
         assert table.count() == 1
         assert "seeds_fixed" in table.inner_text() and "PASS" in table.inner_text()
+        page.goto(index.as_uri())  # the run at a glance: the path diagram, the phase table, links that resolve
+        assert page.locator("svg.trainkit-path rect").count() == 1
+        assert "01_planning" in page.locator("svg.trainkit-path").inner_text()
+        assert "reproducibility_gate: passed" in page.locator("#phases").inner_text()
+        page.click("text=report.html")
+        assert page.locator(".trainkit-gate table").count() == 1
         browser.close()
     assert not [u for u in requests if u.startswith("http")], "the report fetched from the network"

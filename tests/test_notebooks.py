@@ -14,7 +14,8 @@ NOTEBOOKS = sorted(NB_DIR.glob("*.ipynb"))
 
 
 def test_all_phase_notebooks_present():
-    assert [p.name for p in NOTEBOOKS][:2] == ["01_planning.ipynb", "02_baseline.ipynb"]
+    assert [p.name for p in NOTEBOOKS] == ["01_planning.ipynb", "02_baseline.ipynb", "03_diagnostics.ipynb",
+                                           "04_optimization.ipynb", "05_finalization.ipynb"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)

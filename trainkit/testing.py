@@ -119,3 +119,16 @@ def duplicated_digits() -> tuple[np.ndarray, np.ndarray]:
     d = load_digits()
     x = d.images.astype(np.float32)[:, None] / 16.0
     return np.concatenate([x, x[:150]]), np.concatenate([d.target, d.target[:150]])
+
+
+def dies_once_model(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """Kills its own process (``os._exit``) on the Nth model build, once: a kernel dying mid-phase.
+    ``TRAINKIT_TEST_DIE_DIR`` holds the counter; ``TRAINKIT_TEST_DIE_AT`` is N (default 3)."""
+    import os
+
+    d = Path(os.environ["TRAINKIT_TEST_DIE_DIR"])
+    count = len(list(d.glob("build-*"))) + 1
+    (d / f"build-{count}").touch()
+    if count == int(os.environ.get("TRAINKIT_TEST_DIE_AT", "3")):
+        os._exit(17)
+    return tiny_model(input_shape, num_classes)

@@ -1,0 +1,300 @@
+"""The pipeline end to end through the real notebooks: the seed's four workflows, the demo, resume
+after a killed kernel, each notebook under the papermill CLI, and the production gate's checks."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from trainkit._io import append_jsonl, sha256_file
+from trainkit.testing import tiny_config
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = {"training.epochs": 8, "target.value": 0.5, "final.epochs": 12, "final.patience": 4}
+
+
+def _cfg(tmp_path, overrides, name="cfg.yaml"):
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(tiny_config(overrides).model_dump(mode="json")))
+    return p
+
+
+def _run(*args, env=None):
+    return subprocess.run(["trainkit", "run", *map(str, args)], capture_output=True, text=True, env=env, timeout=1200)
+
+
+def _path(run):
+    return [(e["phase"], e["attempt"]) for e in json.loads((run / "run.json").read_text())["phases"]]
+
+
+def _decision(d):
+    return json.loads((d / "decision.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def fast_run(tmp_path_factory):
+    """Fast path 1 → 2 → 5, deployed with a headless approval."""
+    tmp = tmp_path_factory.mktemp("fast")
+    r = _run(_cfg(tmp, FAST), "--name", "fast", "--runs-dir", tmp, "--approve", "stakeholder_approval=ci")
+    assert r.returncode == 0, r.stdout + r.stderr
+    return tmp / "fast"
+
+
+def test_fast_path_deploys(fast_run):
+    assert [p for p, _ in _path(fast_run)] == ["01_planning", "02_baseline", "05_finalization"]
+    d = fast_run / "05_finalization"
+    assert _decision(d)["next"] == "deploy"
+    gate = json.loads((d / "gate.json").read_text())
+    assert gate["state"] == "passed" and len(gate["checks"]) == 24
+    assert all(c["mandatory"] for c in gate["checks"])
+    for name in ("model.onnx", "model.ts", "test_results.md", "deployment_guide.md", "model_card.md", "report.html"):
+        assert (d / name).is_file(), name
+    index = (fast_run / "index.html").read_text()
+    assert "trainkit-path" in index and "05_finalization/report.html" in index and "production_ready: passed" in index
+
+
+def test_demo_walks_all_five_phases_and_waits_for_approval_then_deploys(tmp_path):
+    r = _run("--name", "demo", "--runs-dir", tmp_path)
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert "trainkit signoff" in r.stdout and "stakeholder_approval" in r.stdout
+    run = tmp_path / "demo"
+    assert [p for p, _ in _path(run)] == ["01_planning", "02_baseline", "03_diagnostics", "04_optimization", "05_finalization"]
+    opt = _decision(run / "04_optimization" / "iter-1")
+    base = json.loads((run / "04_optimization" / "iter-1" / "comparison.json").read_text())["vs_baseline"]
+    assert opt["evidence"]["adopted"] and base["diff"] > base["spread"]  # beats the baseline beyond the seed spread
+    assert "Expected (Phase 3) against realized gain" in (run / "04_optimization" / "iter-1" / "optimization_results.md").read_text()
+    prov = json.loads((run / "04_optimization" / "iter-1" / "provenance.json").read_text())
+    assert prov["fields"] and all({"field", "old", "new", "recommendation", "finding"} <= set(f) for f in prov["fields"])
+    s = subprocess.run(["trainkit", "signoff", str(run), "--phase", "5", "--by", "pat", "--check", "stakeholder_approval"],
+                       capture_output=True, text=True)
+    assert s.returncode == 0, s.stderr
+    again = _run("--resume", "--name", "demo", "--runs-dir", tmp_path)
+    assert again.returncode == 0 and "ready to deploy" in again.stdout, again.stdout + again.stderr
+    assert _decision(run / "05_finalization")["next"] == "deploy"
+
+
+def test_multiple_iterations_then_diminishing_returns(tmp_path):
+    cfg = _cfg(tmp_path, {"optimizer.name": "sgd", "training.epochs": 6, "target.value": 0.999, "final.epochs": 8,
+                          "final.patience": 3, "budget.diminishing_points": 100.0, "budget.clear_gain_points": 0.0,
+                          "budget.marginal_gain_points": 0.0})
+    r = _run(cfg, "--name", "it", "--runs-dir", tmp_path, "--stop-after", "4")
+    run = tmp_path / "it"
+    phases = [p for p, _ in _path(run)]
+    assert phases.count("04_optimization") >= 2, (phases, r.stdout, r.stderr)
+    last = _decision(sorted((run / "04_optimization").glob("iter-*"))[-1])
+    assert last["next"] == "05_finalization" and last["option"] in ("D", "C", "B"), last
+
+
+def test_failed_baseline_is_diagnosed_fixed_and_restarted(tmp_path):
+    cfg = _cfg(tmp_path, dict(FAST, **{"optimizer.name": "sgd", "optimizer.lr": 1e6, "model.kwargs": {"hidden": [64, 64, 64]}}))
+    r = _run(cfg, "--name", "nan", "--runs-dir", tmp_path, "--stop-after", "2")
+    run = tmp_path / "nan"
+    assert [p for p in _path(run)][:4] == [("01_planning", 1), ("02_baseline", 1), ("03_diagnostics", 1), ("02_baseline", 2)], \
+        r.stdout + r.stderr
+    assert _decision(run / "02_baseline" / "attempt-1")["option"] == "C"
+    assert _decision(run / "03_diagnostics" / "round-1")["next"] == "02_baseline"
+    second = _decision(run / "02_baseline" / "attempt-2")
+    assert second["option"] == "A", second
+    assert r.returncode == 0
+
+
+def test_killed_kernel_then_resume_keeps_earlier_artifacts(tmp_path):
+    env = dict(os.environ, TRAINKIT_TEST_DIE_DIR=str(tmp_path), TRAINKIT_TEST_DIE_AT="3")
+    cfg = _cfg(tmp_path, dict(FAST, **{"model.name": "trainkit.testing:dies_once_model", "model.kwargs": {}}))
+    r = _run(cfg, "--name", "k", "--runs-dir", tmp_path, "--stop-after", "2", env=env)
+    assert r.returncode == 1 and "02_baseline" in r.stderr and "--resume" in r.stderr, r.stdout + r.stderr
+    run = tmp_path / "k"
+    before = {p: sha256_file(p) for p in (run / "01_planning").rglob("*") if p.is_file()}
+    again = _run("--resume", "--name", "k", "--runs-dir", tmp_path, "--stop-after", "2", env=env)
+    assert again.returncode == 0, again.stdout + again.stderr
+    after = {p: sha256_file(p) for p in before}
+    assert before == after
+    assert _decision(run / "02_baseline" / "attempt-1")["option"] == "A"
+
+
+def test_each_notebook_runs_under_the_papermill_cli(tmp_path):
+    cfg = _cfg(tmp_path, {"training.epochs": 4, "target.value": 0.97, "final.epochs": 6, "final.patience": 3,
+                          "budget.clear_gain_points": 0.0})
+    run = tmp_path / "pm"
+    nb = ROOT / "notebooks"
+
+    def pm(name, *params):
+        args = [sys.executable, "-m", "papermill", str(nb / name), str(tmp_path / name), "-k", "python3",
+                "-p", "run_dir", str(run), "-p", "interactive", "False", *params]
+        r = subprocess.run(args, capture_output=True, text=True, timeout=900)
+        assert r.returncode == 0, name + r.stderr[-3000:]
+    pm("01_planning.ipynb", "-p", "config_path", str(cfg), "-p", "approvals", "{config_reviewed: pm}")
+    pm("02_baseline.ipynb", "-p", "auto_signoff", "True")
+    assert _decision(run / "02_baseline" / "attempt-1")["next"] == "03_diagnostics"
+    pm("03_diagnostics.ipynb", "-p", "auto_signoff", "True", "-p", "label_issues", "False")
+    assert _decision(run / "03_diagnostics" / "round-1")["next"] == "04_optimization"
+    pm("04_optimization.ipynb", "-p", "auto_signoff", "True", "-p", "seeds", "2", "-p", "ablation", "False")
+    nxt = _decision(run / "04_optimization" / "iter-1")["next"]
+    assert nxt in ("05_finalization", "04_optimization", "03_diagnostics")
+    if nxt == "05_finalization":
+        pm("05_finalization.ipynb", "-p", "approvals", "{stakeholder_approval: pm}", "-p", "waivers",
+           "{test_meets_target: tiny demo model}")
+        assert (run / "05_finalization" / "gate.json").is_file()
+
+
+# ------------------------------------------------------------------ the production gate's checks fail on bad cases
+
+def _recheck(run, mutate):
+    """Copy a finished run, apply ``mutate``, re-evaluate the production checks on the copy."""
+    from trainkit.config import load_config
+    from trainkit.phases import finalization as F
+    from trainkit.phases.common import PhaseContext
+
+    d = run / "05_finalization"
+    ctx = PhaseContext(run_dir=run, phase="05_finalization", attempt=1, dir=d,
+                       config=load_config(d / "final_config.yaml"), interactive=False)
+    train = json.loads((d / "train_summary.json").read_text())
+    test = json.loads((d / "test_evaluation.json").read_text())
+    exp = json.loads((d / "export.json").read_text())
+    repro = json.loads((d / "reproduce.json").read_text())
+    state = {"train": train, "test": test, "exp": exp, "repro": repro}
+    mutate(run, state)
+    return F._results(ctx, state["train"], state["test"], state["exp"], state["repro"])
+
+
+def _nan_weight(run, _):
+    from trainkit.checkpoints import load_checkpoint, save_checkpoint
+
+    p = run / "05_finalization" / "checkpoints" / "best.pt"
+    st = load_checkpoint(p)
+    k = next(k for k, v in st["model"].items() if v.is_floating_point())
+    st["model"][k][0] = float("nan")
+    save_checkpoint(st, p)
+
+
+def _append(path, rec):
+    append_jsonl(path, rec)
+
+
+BAD = {
+    "test_never_read_before": lambda run, s: _append(run / "test_access.jsonl", {"phase": "02_baseline", "allowed": True, "reason": "x"}),
+    "test_evaluated_once": lambda run, s: _append(run / "test_access.jsonl", {"phase": "05_finalization", "allowed": True,
+                                                                              "reason": "forced re-evaluation"}),
+    "test_meets_target": lambda run, s: s["test"].update(accuracy=0.1),
+    "val_test_agree": lambda run, s: s["test"].update(accuracy_ci=[0.1, 0.2]),
+    "per_class_reported": lambda run, s: s["test"]["per_class"][0].update(recall=0.01),
+    "calibration_measured": lambda run, s: s["test"].update(ece=float("nan")),
+    "robustness_smoke": lambda run, s: s["test"].update(robustness_drop=0.5),
+    "final_training_finite": lambda run, s: s["train"].update(status="nonfinite"),
+    "weights_finite": _nan_weight,
+    "checkpoint_verified": lambda run, s: (run / "05_finalization" / "checkpoints" / "best.pt").write_bytes(b"garbage"),
+    "config_frozen": lambda run, s: (run / "05_finalization" / "final_config.yaml").write_text(
+        (run / "05_finalization" / "final_config.yaml").read_text().replace("seed: 0", "seed: 1")),
+    "reproducible": lambda run, s: s["repro"].update(identical=False),
+    "environment_recorded": lambda run, s: (run / "01_planning" / "environment.json").unlink(),
+    "earlier_gates_valid": lambda run, s: (run / "02_baseline" / "attempt-1" / "baseline_results.md").write_text("edited"),
+    "onnx_valid": lambda run, s: s["exp"].update(onnx_exported=False, onnx_error="x"),
+    "onnx_parity": lambda run, s: s["exp"]["parity"]["onnx"].update(ok=False),
+    "torchscript_exported": lambda run, s: s["exp"].update(torchscript_exported=False),
+    "torchscript_parity": lambda run, s: s["exp"]["parity"]["torchscript"].update(ok=False),
+    "batch_flexible": lambda run, s: s["exp"]["parity"]["onnx"].update(batch_1=[2, 10]),
+    "latency_measured": lambda run, s: s["exp"].update(latency=[]),
+    "deployment_guide": lambda run, s: (run / "05_finalization" / "deployment_guide.md").unlink(),
+    "model_card": lambda run, s: (run / "05_finalization" / "model_card.md").unlink(),
+}
+
+
+def test_every_automatic_check_passes_on_the_good_run(fast_run, tmp_path):
+    run = tmp_path / "copy"
+    shutil.copytree(fast_run, run)
+    res = _recheck(run, lambda r, s: None)
+    assert len(res) == 23 and all(v[0] == "pass" for v in res.values()), res
+
+
+@pytest.mark.parametrize("check", sorted(BAD) + ["test_disjoint"])
+def test_each_production_check_fails_on_its_bad_case(check, fast_run, tmp_path):
+    run = tmp_path / "copy"
+    shutil.copytree(fast_run, run)
+    if check == "test_disjoint":  # the test split's content also in train: simulated by a splits record edit
+        from trainkit.data import load_data
+        from trainkit.config import load_config
+
+        res = _recheck_disjoint(run)
+    else:
+        res = _recheck(run, BAD[check])
+    assert res[check][0] == "fail", res[check]
+
+
+def _recheck_disjoint(run):
+    import trainkit.data as D
+
+    real = D.load_data
+
+    def leaky(cfg, *a, **k):
+        b = real(cfg, *a, **k)
+        b.splits["train"] = list(b.splits["train"]) + [b.splits["test"][0]]
+        return b
+    D.load_data = leaky
+    try:
+        return _recheck(run, lambda r, s: None)
+    finally:
+        D.load_data = real
+
+
+def test_deployment_guide_snippets_run_as_written(fast_run, tmp_path):
+    from trainkit.phases.finalization import run_snippets
+
+    d = tmp_path / "copy"
+    shutil.copytree(fast_run / "05_finalization", d)
+    guide = (d / "deployment_guide.md").read_text()
+    results = run_snippets(d, guide)
+    assert len(results) == 2 and all(r["ok"] for r in results), results
+    (d / "model.onnx").write_bytes((d / "model.onnx").read_bytes()[:-200])  # an altered file is caught
+    assert not run_snippets(d, guide)[0]["ok"]
+
+
+def test_altered_onnx_file_fails_parity(fast_run, tmp_path):
+    import numpy as np
+    from trainkit.export import check_parity
+
+    d = tmp_path / "copy"
+    shutil.copytree(fast_run / "05_finalization", d)
+    x = np.random.default_rng(0).standard_normal((8, 1, 8, 8)).astype(np.float32)
+    import onnxruntime as ort
+
+    ref = ort.InferenceSession(str(d / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    assert check_parity(d, x, ref)["onnx"]["ok"]
+    import onnx
+    from onnx import numpy_helper
+
+    m = onnx.load(str(d / "model.onnx"))
+    init = m.graph.initializer[0]
+    arr = numpy_helper.to_array(init).copy()
+    arr.flat[0] += 1.0
+    init.CopyFrom(numpy_helper.from_array(arr, init.name))
+    onnx.save(m, str(d / "model.onnx"))
+    assert not check_parity(d, x, ref)["onnx"]["ok"]
+
+
+def test_second_test_evaluation_is_refused_unless_forced(fast_run, tmp_path):
+    from trainkit.config import load_config
+    from trainkit.errors import QuarantineError
+    from trainkit.phases import finalization as F
+    from trainkit.phases.common import PhaseContext
+
+    run = tmp_path / "copy"
+    shutil.copytree(fast_run, run)
+    d = run / "05_finalization"
+    ctx = PhaseContext(run_dir=run, phase="05_finalization", attempt=1, dir=d, config=load_config(d / "final_config.yaml"),
+                       interactive=False)
+    reads = lambda: [r for r in map(json.loads, (run / "test_access.jsonl").read_text().splitlines()) if r["allowed"]]  # noqa: E731
+    n = len(reads())
+    assert F.evaluate_test(ctx)["model_sha256"]  # same model: the record is reused, no new read
+    assert len(reads()) == n
+    rec = json.loads((d / "test_evaluation.json").read_text())
+    rec["model_sha256"] = "0" * 64  # as if the model had changed since
+    (d / "test_evaluation.json").write_text(json.dumps(rec))
+    with pytest.raises(QuarantineError, match="already evaluated"):
+        F.evaluate_test(ctx)
+    forced = F.evaluate_test(ctx, force=True)
+    assert forced["forced"] and len(reads()) == n + 1 and reads()[-1]["reason"] == "forced re-evaluation"
