@@ -87,3 +87,24 @@ def test_two_optuna_workers_fill_one_sqlite_study(tmp_path):
     assert numbers == list(range(6))  # none lost, none duplicated
     assert states <= {"COMPLETE", "PRUNED"}
     assert "6 trials" in r.stdout
+
+
+def test_optimization_templates_are_valid_patches_of_the_baseline():
+    from pathlib import Path
+
+    from trainkit.config import apply_overrides, config_to_dict, load_config, validate_config_dict
+
+    base = config_to_dict(load_config(None))
+    files = sorted((Path(__file__).resolve().parents[1] / "configs" / "optimization").glob("*.yaml"))
+    assert {f.stem for f in files} >= {"regularization", "capacity", "lr_schedule", "augmentation"}
+    for f in files:
+        flat = {}
+
+        def walk(d, pre=""):
+            for k, v in d.items():
+                if isinstance(v, dict) and k != "kwargs":
+                    walk(v, pre + k + ".")
+                else:
+                    flat[pre + k] = v
+        walk(yaml.safe_load(f.read_text()))
+        validate_config_dict(apply_overrides(base, flat), str(f))
