@@ -87,12 +87,12 @@ def test_multiple_iterations_then_diminishing_returns(tmp_path):
     phases = [p for p, _ in _path(run)]
     assert phases.count("04_optimization") >= 2, (phases, r.stdout, r.stderr)
     last = _decision(sorted((run / "04_optimization").glob("iter-*"))[-1])
-    assert last["next"] == "05_finalization" and last["option"] in ("D", "C", "B"), last
+    assert last["next"] == "05_finalization" and last["option"] == "D", last
 
 
 def test_failed_baseline_is_diagnosed_fixed_and_restarted(tmp_path):
     cfg = _cfg(tmp_path, dict(FAST, **{"optimizer.name": "sgd", "optimizer.lr": 1e6, "model.kwargs": {"hidden": [64, 64, 64]}}))
-    r = _run(cfg, "--name", "nan", "--runs-dir", tmp_path, "--stop-after", "2")
+    r = _run(cfg, "--name", "nan", "--runs-dir", tmp_path, "--stop-after", "3")
     run = tmp_path / "nan"
     assert [p for p in _path(run)][:4] == [("01_planning", 1), ("02_baseline", 1), ("03_diagnostics", 1), ("02_baseline", 2)], \
         r.stdout + r.stderr
@@ -128,7 +128,7 @@ def test_each_notebook_runs_under_the_papermill_cli(tmp_path):
                 "-p", "run_dir", str(run), "-p", "interactive", "False", *params]
         r = subprocess.run(args, capture_output=True, text=True, timeout=900)
         assert r.returncode == 0, name + r.stderr[-3000:]
-    pm("01_planning.ipynb", "-p", "config_path", str(cfg), "-p", "approvals", "{config_reviewed: pm}")
+    pm("01_planning.ipynb", "-p", "config_path", str(cfg), "-y", "approvals: {config_reviewed: pm}")
     pm("02_baseline.ipynb", "-p", "auto_signoff", "True")
     assert _decision(run / "02_baseline" / "attempt-1")["next"] == "03_diagnostics"
     pm("03_diagnostics.ipynb", "-p", "auto_signoff", "True", "-p", "label_issues", "False")
@@ -137,8 +137,7 @@ def test_each_notebook_runs_under_the_papermill_cli(tmp_path):
     nxt = _decision(run / "04_optimization" / "iter-1")["next"]
     assert nxt in ("05_finalization", "04_optimization", "03_diagnostics")
     if nxt == "05_finalization":
-        pm("05_finalization.ipynb", "-p", "approvals", "{stakeholder_approval: pm}", "-p", "waivers",
-           "{test_meets_target: tiny demo model}")
+        pm("05_finalization.ipynb", "-y", "approvals: {stakeholder_approval: pm}\nwaivers: {test_meets_target: tiny model}")
         assert (run / "05_finalization" / "gate.json").is_file()
 
 

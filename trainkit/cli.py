@@ -26,7 +26,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="dotted override, e.g. --set optimizer.lr=3e-4 (repeatable)")
     r.add_argument("--target", type=float, default=None, help="target validation accuracy (0-1)")
-    r.add_argument("--stop-after", type=int, default=None, choices=range(1, 6), metavar="N", help="stop after phase N")
+    r.add_argument("--stop-after", type=int, default=None, choices=range(1, 6), metavar="N",
+                   help="run no phase numbered above N (loops below N, e.g. Phase 4 iterations, still run)")
     r.add_argument("--approve", action="append", default=[], metavar="CHECK=NAME",
                    help="approve a manual check headlessly, e.g. --approve stakeholder_approval=alice")
     r.add_argument("--approvals", default=None, help="YAML/JSON file {gate: {check: name}} of approvals")

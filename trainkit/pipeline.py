@@ -262,10 +262,11 @@ def _walk(config_path: str | None, run_dir: Path, overrides: list[str] | None, t
                                    f"(read {d / 'report.html'})", run_dir, taken)
         if state == "awaiting_signoff":
             return PipelineOutcome(EXIT_SIGNOFF, _signoff_hint(run_dir, phase, d), run_dir, taken)
-        if stop_after is not None and n >= stop_after:
-            return PipelineOutcome(EXIT_OK, f"stopped after {phase} as asked (--stop-after {stop_after}); "
-                                   f"next would be {decision['next']}", run_dir, taken)
         nxt = decision["next"]
+        if stop_after is not None and (nxt in ("deploy", "stop") and n >= stop_after or
+                                       nxt[:2].isdigit() and int(nxt[:2]) > stop_after):
+            return PipelineOutcome(EXIT_OK, f"stopped after {phase} as asked (--stop-after {stop_after}: no phase "
+                                   f"past {stop_after}); next would be {nxt}", run_dir, taken)
         if _over_budget(run_dir, nxt, load_manifest(run_dir)["created"]):
             nxt = _route_over_budget(run_dir, nxt, d)
             echo("trainkit: over the time budget: finalizing with the best so far")

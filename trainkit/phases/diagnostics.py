@@ -13,7 +13,7 @@ from trainkit.config import config_to_dict, save_config
 from trainkit.errors import RunError
 from trainkit.phases.common import CURRENT_CONFIG, PhaseContext, begin, finish_gate, load_run_config, show_figure, \
     show_html, write_decision
-from trainkit.run import latest_attempt_dir, load_manifest, next_attempt_dir
+from trainkit.run import latest_attempt_dir, load_manifest, next_attempt_dir, phase_dir
 
 __all__ = ["start", "diagnose", "show_findings", "write_report", "decide", "gate", "guide_path"]
 
@@ -33,7 +33,7 @@ def _source(run_dir: Path) -> tuple[Path, dict[str, Any], str]:
     if not entries:
         raise RunError(f"{run_dir}: Phase 3 needs Phase 2's results; run 02_baseline first")
     phase = entries[-1]["phase"]
-    d = latest_attempt_dir(run_dir, phase)
+    d = phase_dir(run_dir, phase, entries[-1]["attempt"])
     if d is None or not (d / "decision.json").is_file():
         raise RunError(f"{run_dir}: {phase} did not finish (no decision.json); run it (or --resume) first")
     decision = read_json(d / "decision.json")

@@ -34,7 +34,7 @@ def start(run_dir: str | Path, interactive: bool = True) -> PhaseContext:
     entries = [e for e in load_manifest(run_dir)["phases"] if e["phase"] != PHASE]
     if not entries:
         raise RunError(f"{run_dir}: nothing ran before Phase 5; run Phases 1-2 first")
-    prev = latest_attempt_dir(run_dir, entries[-1]["phase"])
+    prev = phase_dir(run_dir, entries[-1]["phase"], entries[-1]["attempt"])
     decision = read_json(prev / "decision.json") if (prev / "decision.json").is_file() else {}
     if decision.get("next") != PHASE:
         raise RunError(f"{prev}: its decision was {decision.get('option')} → {decision.get('next')}, not Phase 5")

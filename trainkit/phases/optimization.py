@@ -32,7 +32,7 @@ def start(run_dir: str | Path, iteration: int = 0, interactive: bool = True) -> 
     entries = [e for e in load_manifest(run_dir)["phases"] if e["phase"] in ("03_diagnostics", "04_optimization")]
     if not entries:
         raise RunError(f"{run_dir}: Phase 4 needs Phase 3's recommendations; run 03_diagnostics first")
-    prev = latest_attempt_dir(run_dir, entries[-1]["phase"])
+    prev = phase_dir(run_dir, entries[-1]["phase"], entries[-1]["attempt"])
     decision = read_json(prev / "decision.json") if prev and (prev / "decision.json").is_file() else {}
     if decision.get("next") != PHASE:
         raise RunError(f"{prev}: its decision was {decision.get('option')} → {decision.get('next')}, not Phase 4")
