@@ -112,7 +112,7 @@ def test_phase_report_opened_from_file_shows_the_gate_table(tmp_path):
         assert "seeds_fixed" in table.inner_text() and "PASS" in table.inner_text()
         page.goto(index.as_uri())  # the run at a glance: the path diagram, the phase table, links that resolve
         assert page.locator("svg.trainkit-path rect").count() == 1
-        assert "01_planning" in page.locator("svg.trainkit-path").inner_text()
+        assert "01_planning" in page.locator("svg.trainkit-path").text_content()
         assert "reproducibility_gate: passed" in page.locator("#phases").inner_text()
         page.click("text=report.html")
         assert page.locator(".trainkit-gate table").count() == 1

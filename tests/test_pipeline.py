@@ -297,3 +297,16 @@ def test_second_test_evaluation_is_refused_unless_forced(fast_run, tmp_path):
         F.evaluate_test(ctx)
     forced = F.evaluate_test(ctx, force=True)
     assert forced["forced"] and len(reads()) == n + 1 and reads()[-1]["reason"] == "forced re-evaluation"
+
+
+def test_over_the_time_budget_goes_to_phase_5_with_the_ceiling_noted(tmp_path):
+    cfg = _cfg(tmp_path, {"training.epochs": 3, "target.value": 0.99, "budget.total_hours": 1e-6})
+    r = _run(cfg, "--name", "b", "--runs-dir", tmp_path, "--stop-after", "4")
+    assert r.returncode == 0, r.stdout + r.stderr
+    run = tmp_path / "b"
+    assert [p for p, _ in _path(run)] == ["01_planning", "02_baseline"]  # Phase 3 skipped: over budget
+    assert _decision(run / "02_baseline" / "attempt-1")["next"] == "03_diagnostics"  # the signed decision is untouched
+    o = json.loads((run / "02_baseline" / "attempt-1" / "budget_override.json").read_text())
+    assert o["next"] == "05_finalization" and o["was_next"] == "03_diagnostics"
+    assert "over budget" in json.loads((run / "run.json").read_text())["notes"][0]
+    assert "over the time budget" in r.stdout

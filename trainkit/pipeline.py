@@ -136,6 +136,8 @@ def _resume_point(run_dir: Path) -> tuple[str | None, str | None, int | None]:
     if state == "passed":
         decision = read_json(d / "decision.json") if (d / "decision.json").exists() else {}
         nxt = decision.get("next")
+        if (d / "budget_override.json").exists():
+            nxt = read_json(d / "budget_override.json")["next"]
         if last["phase"] == "05_finalization":
             _mark_deploy(run_dir, d)
             return None, "production_ready is passed and signed: ready to deploy", None
@@ -175,14 +177,15 @@ def _over_budget(run_dir: Path, phase: str, t0_run: float) -> bool:
 
 
 def _route_over_budget(run_dir: Path, phase: str, d: Path) -> str:
-    """Rewrite the last decision to go to Phase 5 with the best so far, documenting the ceiling."""
+    """Route to Phase 5 with the best so far: ``budget_override.json`` beside the decision (the
+    signed decision.json stays as it was) and a note in run.json documenting the ceiling."""
     from trainkit._io import write_json_atomic
 
     decision = read_json(d / "decision.json")
-    decision.update(next="05_finalization", reason=f"total time over budget.total_hours: accept the best so far and "
-                    f"finalize (was: {decision['option']} → {decision['next']}: {decision['reason']})",
-                    budget={"over": True, "was_next": decision["next"]})
-    write_json_atomic(d / "decision.json", decision)
+    write_json_atomic(d / "budget_override.json", {
+        "next": "05_finalization", "was_next": decision["next"], "time": time.time(),
+        "reason": f"total time over budget.total_hours: accept the best so far and finalize (the decision was "
+                  f"{decision['option']} → {decision['next']}: {decision['reason']})"})
     manifest = load_manifest(run_dir)
     manifest.setdefault("notes", []).append(f"over budget after {d.relative_to(run_dir)}: finalized with the best so far "
                                             "(the ceiling of this run)")
@@ -263,13 +266,13 @@ def _walk(config_path: str | None, run_dir: Path, overrides: list[str] | None, t
         if state == "awaiting_signoff":
             return PipelineOutcome(EXIT_SIGNOFF, _signoff_hint(run_dir, phase, d), run_dir, taken)
         nxt = decision["next"]
+        if _over_budget(run_dir, nxt, load_manifest(run_dir)["created"]):
+            nxt = _route_over_budget(run_dir, nxt, d)
+            echo("trainkit: over the time budget: finalizing with the best so far")
         if stop_after is not None and (nxt in ("deploy", "stop") and n >= stop_after or
                                        nxt[:2].isdigit() and int(nxt[:2]) > stop_after):
             return PipelineOutcome(EXIT_OK, f"stopped after {phase} as asked (--stop-after {stop_after}: no phase "
                                    f"past {stop_after}); next would be {nxt}", run_dir, taken)
-        if _over_budget(run_dir, nxt, load_manifest(run_dir)["created"]):
-            nxt = _route_over_budget(run_dir, nxt, d)
-            echo("trainkit: over the time budget: finalizing with the best so far")
         if nxt == "deploy":
             _mark_deploy(run_dir, d)
             return PipelineOutcome(EXIT_OK, f"ready to deploy: {d}", run_dir, taken)

@@ -36,6 +36,8 @@ def start(run_dir: str | Path, interactive: bool = True) -> PhaseContext:
         raise RunError(f"{run_dir}: nothing ran before Phase 5; run Phases 1-2 first")
     prev = phase_dir(run_dir, entries[-1]["phase"], entries[-1]["attempt"])
     decision = read_json(prev / "decision.json") if (prev / "decision.json").is_file() else {}
+    if (prev / "budget_override.json").is_file():  # over the time budget: the pipeline routed here
+        decision = dict(decision, **read_json(prev / "budget_override.json"))
     if decision.get("next") != PHASE:
         raise RunError(f"{prev}: its decision was {decision.get('option')} → {decision.get('next')}, not Phase 5")
     if read_json(prev / "gate.json").get("state") != "passed":
