@@ -247,6 +247,15 @@ def config_to_dict(cfg: TrainkitConfig) -> dict:
     return cfg.model_dump(mode="json")
 
 
+def get_dotted(d: dict, dotted: str) -> Any:
+    """``d['a']['b']`` for ``'a.b'``; None when a part is missing."""
+    for part in dotted.split("."):
+        if not isinstance(d, dict) or part not in d:
+            return None
+        d = d[part]
+    return d
+
+
 def save_config(cfg: TrainkitConfig, path: str | Path) -> Path:
     """Write the config as YAML, atomically."""
     text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False)

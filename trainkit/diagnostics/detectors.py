@@ -180,31 +180,32 @@ def detect_underfitting(ev: dict[str, Any]) -> Finding:
                 _t("underfit_train_margin", "learning_loss_drop"))
     if not fired:
         return f
-    cfg, need = ev["config"], _gap_to_target(ev)
+    cfg = ev["config"]
+    need = max(0.0, (1 - best_val) * 100)  # headroom to a perfect score: what better fitting can win
     sug, lr = _suggested_lr(ev), cfg["optimizer"]["lr"]
     if sug and sug > 2 * lr:
         f.recommendations.append(_rec("underfitting", "lr_up", f"Raise LR {lr:g} → {sug:.3g} (LR finder)",
                                       {"optimizer.lr": float(f"{sug:.3g}")}, "the LR range test shows a much larger stable LR",
-                                      0.6 * need, 1, configured_lr=lr, suggested_lr=sug))
+                                      0.5 * need, 1, configured_lr=lr, suggested_lr=sug))
     if still_improving:
         f.recommendations.append(_rec("underfitting", "longer", f"Train longer: {cfg['training']['epochs']} → "
                                       f"{2 * cfg['training']['epochs']} epochs", {"training.epochs": 2 * cfg["training"]["epochs"]},
-                                      "val accuracy was still improving at the last epoch", 0.3 * need, 2, best_epoch=best_epoch + 1))
+                                      "val accuracy was still improving at the last epoch", 0.25 * need, 2, best_epoch=best_epoch + 1))
     kw = dict(cfg["model"]["kwargs"])
     if cfg["model"]["name"] == "mlp":
         hidden = [min(2048, 2 * w) for w in kw.get("hidden", [128])]
         f.recommendations.append(_rec("underfitting", "capacity", f"Wider MLP: hidden {hidden}",
                                       {"model.kwargs": {**kw, "hidden": hidden}}, "more capacity to fit the training set",
-                                      0.3 * need, 1, current_hidden=kw.get("hidden", [128])))
+                                      0.25 * need, 1, current_hidden=kw.get("hidden", [128])))
     elif cfg["model"]["name"] == "cnn":
         ch = [min(512, 2 * c) for c in kw.get("channels", [32, 64])]
         f.recommendations.append(_rec("underfitting", "capacity", f"Wider CNN: channels {ch}",
                                       {"model.kwargs": {**kw, "channels": ch}}, "more capacity to fit the training set",
-                                      0.3 * need, 1))
+                                      0.25 * need, 1))
     if cfg["schedule"]["name"] == "constant":
         f.recommendations.append(_rec("underfitting", "schedule", "Cosine schedule with 1 warmup epoch",
                                       {"schedule.name": "cosine", "schedule.warmup_epochs": 1.0},
-                                      "a decaying LR settles into a better minimum", 0.15 * need, 1))
+                                      "a decaying LR settles into a better minimum", 0.1 * need, 1))
     if cfg["optimizer"]["weight_decay"] > 0:
         f.recommendations.append(_rec("underfitting", "less_decay", "Remove weight decay", {"optimizer.weight_decay": 0.0},
                                       "regularisation is the wrong direction when train accuracy is low", 0.1 * need, 1))

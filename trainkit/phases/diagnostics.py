@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from trainkit._io import read_json, write_json_atomic, write_text_atomic
-from trainkit.config import config_to_dict, save_config
+from trainkit.config import config_to_dict, get_dotted, save_config
 from trainkit.errors import RunError
 from trainkit.phases.common import CURRENT_CONFIG, PhaseContext, begin, finish_gate, load_run_config, show_figure, \
     show_html, write_decision
@@ -219,18 +219,12 @@ def decide(ctx: PhaseContext, result: dict[str, Any]) -> dict[str, Any]:
         fixed = with_overrides(cfg, patch)
         old = config_to_dict(cfg)
         evidence["patch"] = patch
-        evidence["provenance"] = [dict(p, old=_get(old, p["field"]), new=_get(config_to_dict(fixed), p["field"])) for p in prov]
+        new = config_to_dict(fixed)
+        evidence["provenance"] = [dict(p, old=get_dotted(old, p["field"]), new=get_dotted(new, p["field"])) for p in prov]
         save_config(fixed, ctx.path("fixed_config.yaml"))
         save_config(fixed, ctx.run_dir / CURRENT_CONFIG)
     return write_decision(ctx, option, nxt, reason, evidence)
 
-
-def _get(d: dict[str, Any], dotted: str) -> Any:
-    for part in dotted.split("."):
-        if not isinstance(d, dict) or part not in d:
-            return None
-        d = d[part]
-    return d
 
 
 def _results(ctx: PhaseContext, result: dict[str, Any], decision: dict[str, Any]) -> dict[str, tuple[str, Any]]:

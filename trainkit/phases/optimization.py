@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from trainkit._io import read_json, write_json_atomic, write_text_atomic
-from trainkit.config import config_hash, config_to_dict, load_config, save_config
+from trainkit.config import config_hash, config_to_dict, get_dotted, load_config, save_config
 from trainkit.errors import RunError
 from trainkit.phases.common import CURRENT_CONFIG, PhaseContext, begin, finish_gate, load_run_config, show_figure, \
     show_html, write_decision
@@ -83,7 +83,7 @@ def apply(ctx: PhaseContext) -> dict[str, Any]:
     cfg = with_overrides(ctx.config, patch)
     old, new = config_to_dict(ctx.config), config_to_dict(cfg)
     by_id = {r["id"]: r for r in recs}
-    rows = [dict(p, old=_get(old, p["field"]), new=_get(new, p["field"]),
+    rows = [dict(p, old=get_dotted(old, p["field"]), new=get_dotted(new, p["field"]),
                  round=findings["round"], expected_gain_points=by_id[p["recommendation"]]["expected_gain_points"])
             for p in prov]
     save_config(cfg, ctx.path("optimization_config.yaml"))
@@ -96,13 +96,6 @@ def apply(ctx: PhaseContext) -> dict[str, Any]:
     ctx.candidate = cfg  # type: ignore[attr-defined]
     return record
 
-
-def _get(d: dict[str, Any], dotted: str) -> Any:
-    for part in dotted.split("."):
-        if not isinstance(d, dict) or part not in d:
-            return None
-        d = d[part]
-    return d
 
 
 def _train_seeds(cfg: Any, bundle: Any, out: Path | None, seeds: list[int]) -> list[dict[str, Any]]:
@@ -210,7 +203,7 @@ def sweep(ctx: PhaseContext, trials: int = 0, storage: str | None = None) -> dic
         prov = read_json(ctx.path("provenance.json"))
         old = config_to_dict(ctx.candidate)  # type: ignore[attr-defined]
         ctx.candidate = with_overrides(ctx.candidate, summary["best_params"])  # type: ignore[attr-defined]
-        prov["fields"] += [{"field": k, "old": _get(old, k), "new": v, "recommendation": "optuna", "finding": "sweep"}
+        prov["fields"] += [{"field": k, "old": get_dotted(old, k), "new": v, "recommendation": "optuna", "finding": "sweep"}
                            for k, v in summary["best_params"].items()]
         prov["config_hash"] = config_hash(ctx.candidate)  # type: ignore[attr-defined]
         write_json_atomic(ctx.path("provenance.json"), prov)
