@@ -215,9 +215,6 @@ def test_each_production_check_fails_on_its_bad_case(check, fast_run, tmp_path):
     run = tmp_path / "copy"
     shutil.copytree(fast_run, run)
     if check == "test_disjoint":  # the test split's content also in train: simulated by a splits record edit
-        from trainkit.data import load_data
-        from trainkit.config import load_config
-
         res = _recheck_disjoint(run)
     else:
         res = _recheck(run, BAD[check])

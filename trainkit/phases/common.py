@@ -13,7 +13,7 @@ from trainkit.errors import GateBlocked, RunError
 from trainkit.gates import evaluate_gate, gate_html, verify_gate
 from trainkit.run import init_run, latest_attempt_dir, phase_dir, record_phase
 
-__all__ = ["PhaseContext", "begin", "show", "show_html", "finish_gate", "write_decision", "require_gate",
+__all__ = ["PhaseContext", "begin", "show", "show_html", "finish_gate", "write_decision", "require_gate", "require_routed",
            "load_run_config", "parse_approvals"]
 
 
@@ -138,6 +138,31 @@ def require_gate(run_dir: str | Path, phase: str) -> dict[str, Any]:
     if d is None:
         raise RunError(f"{run_dir}: {phase} has not run; run it first (trainkit run, or its notebook)")
     return verify_gate(d / "gate.json", run_dir)
+
+
+def require_routed(run_dir: Path, phase: str, sources: tuple[str, ...], allow_failed: bool = False
+                   ) -> tuple[str, Path, dict[str, Any]]:
+    """The latest run of one of ``sources`` (phase, folder, decision) whose decision routed to
+    ``phase`` (a pipeline ``budget_override.json`` counts) and whose gate passed. With
+    ``allow_failed`` a blocked gate of an option-C decision (a failed baseline) is accepted too."""
+    from trainkit.run import load_manifest, phase_dir
+
+    entries = [e for e in load_manifest(run_dir)["phases"] if e["phase"] in sources]
+    if not entries:
+        raise RunError(f"{run_dir}: {phase} needs {' or '.join(sources)} first; run it (trainkit run --resume)")
+    src = entries[-1]["phase"]
+    d = phase_dir(run_dir, src, entries[-1]["attempt"])
+    if not (d / "decision.json").is_file():
+        raise RunError(f"{d}: {src} did not finish (no decision.json); run it (or trainkit run --resume) first")
+    decision = read_json(d / "decision.json")
+    if (d / "budget_override.json").is_file():  # over the time budget: the pipeline routed to Phase 5
+        decision = dict(decision, **read_json(d / "budget_override.json"))
+    if decision.get("next") != phase:
+        raise RunError(f"{d}: its decision was {decision.get('option')} → {decision.get('next')}, not {phase}")
+    gate = read_json(d / "gate.json") if (d / "gate.json").is_file() else {}
+    if gate.get("state") != "passed" and not (allow_failed and decision.get("option") == "C"):
+        raise RunError(f"{d}: gate {gate.get('gate')} is {gate.get('state')}; sign it off first")
+    return src, d, decision
 
 
 CURRENT_CONFIG = "current_config.yaml"

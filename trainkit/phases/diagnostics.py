@@ -11,9 +11,9 @@ from typing import Any
 from trainkit._io import read_json, write_json_atomic, write_text_atomic
 from trainkit.config import config_to_dict, get_dotted, save_config
 from trainkit.errors import RunError
-from trainkit.phases.common import CURRENT_CONFIG, PhaseContext, begin, finish_gate, load_run_config, show_figure, \
-    show_html, write_decision
-from trainkit.run import latest_attempt_dir, load_manifest, next_attempt_dir, phase_dir
+from trainkit.phases.common import CURRENT_CONFIG, PhaseContext, begin, finish_gate, load_run_config, require_routed, \
+    show_figure, show_html, write_decision
+from trainkit.run import load_manifest, next_attempt_dir
 
 __all__ = ["start", "diagnose", "show_findings", "write_report", "decide", "gate", "guide_path"]
 
@@ -28,20 +28,9 @@ def guide_path(name: str) -> Path:
 
 
 def _source(run_dir: Path) -> tuple[Path, dict[str, Any], str]:
-    """(folder whose training is diagnosed, its decision, its phase): the latest phase before this one."""
-    entries = [e for e in load_manifest(run_dir)["phases"] if e["phase"] in ("02_baseline", "04_optimization")]
-    if not entries:
-        raise RunError(f"{run_dir}: Phase 3 needs Phase 2's results; run 02_baseline first")
-    phase = entries[-1]["phase"]
-    d = phase_dir(run_dir, phase, entries[-1]["attempt"])
-    if d is None or not (d / "decision.json").is_file():
-        raise RunError(f"{run_dir}: {phase} did not finish (no decision.json); run it (or --resume) first")
-    decision = read_json(d / "decision.json")
-    if decision.get("next") != PHASE:
-        raise RunError(f"{d}: its decision was {decision.get('option')} → {decision.get('next')}, not Phase 3")
-    gate_rec = read_json(d / "gate.json") if (d / "gate.json").is_file() else {}
-    if gate_rec.get("state") != "passed" and decision.get("option") != "C":
-        raise RunError(f"{d}: gate {gate_rec.get('gate')} is {gate_rec.get('state')}; sign it off first")
+    """(folder whose training is diagnosed, its decision, its phase): the Phase 2 attempt (failed
+    ones included) or Phase 4 iteration that routed here; for Phase 4, the best adopted run."""
+    phase, d, decision = require_routed(run_dir, PHASE, ("02_baseline", "04_optimization"), allow_failed=True)
     if phase == "04_optimization" and (run_dir / "best.json").is_file():
         return run_dir / read_json(run_dir / "best.json")["dir"], decision, phase
     return d, decision, phase

@@ -14,12 +14,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainkit._io import append_jsonl, read_json, read_jsonl, sha256_file, write_json_atomic, write_text_atomic
+from trainkit._io import read_json, read_jsonl, sha256_file, write_json_atomic, write_text_atomic
 from trainkit.config import config_hash, load_config, save_config
 from trainkit.data import TEST_ACCESS_LOG
-from trainkit.errors import CheckpointError, GateError, QuarantineError, RunError
-from trainkit.phases.common import PhaseContext, begin, finish_gate, load_run_config, show_figure, show_html, write_decision
-from trainkit.run import PHASES, latest_attempt_dir, load_manifest, phase_dir
+from trainkit.errors import CheckpointError, GateError, QuarantineError
+from trainkit.phases.common import PhaseContext, begin, finish_gate, load_run_config, require_routed, show_figure, \
+    show_html, write_decision
+from trainkit.run import PHASES, load_manifest, phase_dir
 
 __all__ = ["start", "final_train", "evaluate_test", "export_models", "write_docs", "reproduce", "decide", "gate",
            "expected_calibration_error"]
@@ -31,17 +32,7 @@ TEST_RECORD = "test_evaluation.json"
 def start(run_dir: str | Path, interactive: bool = True) -> PhaseContext:
     """Open ``05_finalization`` when the previous phase's decision routed here and its gate passed."""
     run_dir = Path(run_dir)
-    entries = [e for e in load_manifest(run_dir)["phases"] if e["phase"] != PHASE]
-    if not entries:
-        raise RunError(f"{run_dir}: nothing ran before Phase 5; run Phases 1-2 first")
-    prev = phase_dir(run_dir, entries[-1]["phase"], entries[-1]["attempt"])
-    decision = read_json(prev / "decision.json") if (prev / "decision.json").is_file() else {}
-    if (prev / "budget_override.json").is_file():  # over the time budget: the pipeline routed here
-        decision = dict(decision, **read_json(prev / "budget_override.json"))
-    if decision.get("next") != PHASE:
-        raise RunError(f"{prev}: its decision was {decision.get('option')} → {decision.get('next')}, not Phase 5")
-    if read_json(prev / "gate.json").get("state") != "passed":
-        raise RunError(f"{prev}: its gate has not passed; sign it off first")
+    _, prev, decision = require_routed(run_dir, PHASE, tuple(p for p in PHASES if p != PHASE))
     ctx = begin(run_dir, PHASE, 1, interactive)
     cfg = load_run_config(run_dir)
     f = cfg.final
@@ -56,13 +47,21 @@ def start(run_dir: str | Path, interactive: bool = True) -> PhaseContext:
     return ctx
 
 
+def _bundle(ctx: PhaseContext) -> Any:
+    """The phase's data, loaded once (the fingerprint check and the split run once per phase)."""
+    if getattr(ctx, "bundle", None) is None:
+        from trainkit.data import load_data
+
+        ctx.bundle = load_data(ctx.config, ctx.run_dir, PHASE)  # type: ignore[attr-defined]
+    return ctx.bundle  # type: ignore[attr-defined]
+
+
 def final_train(ctx: PhaseContext, resume: bool = False) -> dict[str, Any]:
     """Train the final model (checkpoints/best.pt is what is exported and deployed)."""
-    from trainkit.data import load_data
     from trainkit.plots import curves_figure
     from trainkit.train import fit
 
-    bundle = load_data(ctx.config, ctx.run_dir, PHASE)
+    bundle = _bundle(ctx)
     r = fit(ctx.config, bundle, ctx.dir, resume=resume)
     if r.history:
         show_figure(curves_figure(r.history, "final training"), ctx.path("curves.png"))
@@ -108,7 +107,6 @@ def evaluate_test(ctx: PhaseContext, force: bool = False) -> dict[str, Any]:
     ``force``, and then recorded as forced; a rerun of this phase on the same model reuses the record."""
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-    from trainkit.data import load_data
 
     rec_path = ctx.path(TEST_RECORD)
     model_sha = sha256_file(ctx.path("checkpoints/best.pt"))
@@ -121,7 +119,7 @@ def evaluate_test(ctx: PhaseContext, force: bool = False) -> dict[str, Any]:
             raise QuarantineError(f"the test split was already evaluated on {time_str(old['time'])} (model "
                                   f"{old['model_sha256'][:12]}); a second evaluation is refused. Pass force=True to "
                                   "re-evaluate; it is recorded and check test_evaluated_once will fail unless waived")
-    bundle = load_data(ctx.config, ctx.run_dir, PHASE)
+    bundle = _bundle(ctx)
     model = _load_final(ctx, bundle)
     xv, yv = bundle.arrays("val")
     xt, yt = bundle.arrays("test", reason="forced re-evaluation" if force else "final test evaluation")
@@ -191,10 +189,9 @@ def _write_test_md(ctx: PhaseContext, rec: dict[str, Any]) -> None:
 
 def export_models(ctx: PhaseContext) -> dict[str, Any]:
     """model.onnx and model.ts, parity in a fresh process on held-out (val) inputs, latency table."""
-    from trainkit.data import load_data
     from trainkit.export import ExportError, check_parity, export_onnx, export_torchscript, measure_latency
 
-    bundle = load_data(ctx.config, ctx.run_dir, PHASE)
+    bundle = _bundle(ctx)
     model = _load_final(ctx, bundle)
     out: dict[str, Any] = {"input_shape": list(bundle.input_shape)}
     for name, fn in (("onnx", export_onnx), ("torchscript", export_torchscript)):
@@ -339,7 +336,6 @@ class _Enough(Exception):
 
 def reproduce(ctx: PhaseContext, epochs: int = 2) -> dict[str, Any]:
     """Re-run the first epochs of the final training and compare the logged metrics exactly."""
-    from trainkit.data import load_data
     from trainkit.train import fit
 
     logged = [r for r in read_jsonl(ctx.path("metrics.jsonl")) if "train_loss" in r][:epochs]
@@ -350,7 +346,7 @@ def reproduce(ctx: PhaseContext, epochs: int = 2) -> dict[str, Any]:
         if len(seen) >= min(epochs, len(logged)):
             raise _Enough
     try:
-        fit(ctx.config, load_data(ctx.config, ctx.run_dir, PHASE), None, progress=False, on_epoch=stop)
+        fit(ctx.config, _bundle(ctx), None, progress=False, on_epoch=stop)
     except _Enough:
         pass
     keys = ("train_loss", "val_loss", "train_accuracy", "val_accuracy")
@@ -402,7 +398,6 @@ def _earlier_gates(ctx: PhaseContext) -> tuple[str, str]:
 def _results(ctx: PhaseContext, train: dict[str, Any], test: dict[str, Any], exp: dict[str, Any],
              repro: dict[str, Any]) -> dict[str, tuple[str, Any]]:
     from trainkit.checkpoints import load_checkpoint, verify_checkpoint
-    from trainkit.data import load_data
 
     f, res = ctx.config.final, {}
     log = read_jsonl(ctx.run_dir / TEST_ACCESS_LOG) if (ctx.run_dir / TEST_ACCESS_LOG).is_file() else []
@@ -410,7 +405,7 @@ def _results(ctx: PhaseContext, train: dict[str, Any], test: dict[str, Any], exp
     refused = [r for r in log if r.get("phase") != PHASE and not r.get("allowed")]
     res["test_never_read_before"] = ("fail", f"{len(early)} test read(s) before Phase 5: {early[:3]}") if early else \
         ("pass", f"test_access.jsonl: no read before Phase 5 ({len(refused)} attempt(s) refused by the quarantine)")
-    bundle = load_data(ctx.config, ctx.run_dir, PHASE)
+    bundle = _bundle(ctx)
     keys = bundle.source.sample_keys
     test_keys = {keys[i] for i in bundle.splits["test"]}
     overlap = sum(keys[i] in test_keys for s in ("train", "val") for i in bundle.splits[s])

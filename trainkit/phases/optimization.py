@@ -16,8 +16,8 @@ import numpy as np
 from trainkit._io import read_json, write_json_atomic, write_text_atomic
 from trainkit.config import config_hash, config_to_dict, get_dotted, load_config, save_config
 from trainkit.errors import RunError
-from trainkit.phases.common import CURRENT_CONFIG, PhaseContext, begin, finish_gate, load_run_config, show_figure, \
-    show_html, write_decision
+from trainkit.phases.common import CURRENT_CONFIG, PhaseContext, begin, finish_gate, load_run_config, require_routed, \
+    show_figure, show_html, write_decision
 from trainkit.run import latest_attempt_dir, load_manifest, next_attempt_dir, phase_dir
 
 __all__ = ["start", "apply", "compare", "sweep", "write_results", "decide", "gate", "seed_stats"]
@@ -29,16 +29,7 @@ BEST = "best.json"
 def start(run_dir: str | Path, iteration: int = 0, interactive: bool = True) -> PhaseContext:
     """Open ``04_optimization/iter-N`` after a Phase 3 decision A or a Phase 4 decision B."""
     run_dir = Path(run_dir)
-    entries = [e for e in load_manifest(run_dir)["phases"] if e["phase"] in ("03_diagnostics", "04_optimization")]
-    if not entries:
-        raise RunError(f"{run_dir}: Phase 4 needs Phase 3's recommendations; run 03_diagnostics first")
-    prev = phase_dir(run_dir, entries[-1]["phase"], entries[-1]["attempt"])
-    decision = read_json(prev / "decision.json") if prev and (prev / "decision.json").is_file() else {}
-    if decision.get("next") != PHASE:
-        raise RunError(f"{prev}: its decision was {decision.get('option')} → {decision.get('next')}, not Phase 4")
-    gate_rec = read_json(prev / "gate.json")
-    if gate_rec.get("state") != "passed":
-        raise RunError(f"{prev}: gate {gate_rec.get('gate')} is {gate_rec.get('state')}; sign it off first")
+    require_routed(run_dir, PHASE, ("03_diagnostics", "04_optimization"))
     n = iteration or next_attempt_dir(run_dir, PHASE)[0]
     ctx = begin(run_dir, PHASE, n, interactive)
     ctx.config = load_run_config(run_dir)
@@ -258,7 +249,7 @@ def write_results(ctx: PhaseContext, cmp: dict[str, Any], decision: dict[str, An
          f"Decision: **option {decision['option']}** → `{decision['next']}` — {decision['reason']}", "",
          f"Candidate {'**adopted**' if decision['evidence']['adopted'] else '**not adopted**'}: a change is adopted only when "
          f"its gain over the best so far exceeds the seed spread ({vb['spread'] * 100:.2f} points).", "",
-         f"| config | seeds | best val accuracy (mean ± std) | per seed |", "|---|---:|---|---|",
+         "| config | seeds | best val accuracy (mean ± std) | per seed |", "|---|---:|---|---|",
          f"| baseline | {len(cmp['seeds'])} | {ms(vbase['mean_a'], vbase['std_a'])} | "
          f"{per(base_vals)} |"]
     if cmp["best_before"].get("label") != "baseline":
