@@ -13,7 +13,8 @@ from trainkit._io import write_json_atomic
 from trainkit.data import load_data
 from trainkit.diagnostics import classify_crash, combine_patches, detect_all, gather_evidence, plan_recommendations, \
     primary_cause, run_probes
-from trainkit.diagnostics.probes import lr_range_test, with_overrides
+from trainkit.config import with_overrides
+from trainkit.diagnostics.probes import lr_range_test
 from trainkit.errors import TrainkitError
 from trainkit.testing import tiny_config
 from trainkit.train import fit

@@ -247,6 +247,11 @@ def config_to_dict(cfg: TrainkitConfig) -> dict:
     return cfg.model_dump(mode="json")
 
 
+def with_overrides(cfg: TrainkitConfig, patch: dict[str, Any]) -> TrainkitConfig:
+    """A validated copy of ``cfg`` with dotted-key overrides (``{"optimizer.lr": 0.01}``) applied."""
+    return validate_config_dict(apply_overrides(config_to_dict(cfg), patch), "config patch")
+
+
 def get_dotted(d: dict, dotted: str) -> Any:
     """``d['a']['b']`` for ``'a.b'``; None when a part is missing."""
     for part in dotted.split("."):

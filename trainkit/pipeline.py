@@ -17,7 +17,8 @@ from typing import Any
 
 from trainkit._io import read_json, write_text_atomic
 from trainkit.errors import PipelineError, RunError
-from trainkit.run import PHASES, init_run, latest_attempt_dir, load_manifest, next_attempt_dir, phase_dir, record_phase
+from trainkit.run import PHASES, init_run, latest_attempt_dir, load_manifest, next_attempt_dir, phase_dir, record_phase, \
+    save_manifest
 
 __all__ = ["notebook_path", "execute_phase", "export_html", "run_pipeline", "PipelineOutcome", "export_reports",
            "write_index"]
@@ -161,8 +162,6 @@ def _mark_deploy(run_dir: Path, d: Path) -> None:
     record_phase(run_dir, "05_finalization", 1, decision="deploy", gate="passed")
     manifest = load_manifest(run_dir)
     manifest["status"] = "ready_to_deploy"
-    from trainkit.run import save_manifest
-
     save_manifest(run_dir, manifest)
 
 
@@ -189,8 +188,6 @@ def _route_over_budget(run_dir: Path, phase: str, d: Path) -> str:
     manifest = load_manifest(run_dir)
     manifest.setdefault("notes", []).append(f"over budget after {d.relative_to(run_dir)}: finalized with the best so far "
                                             "(the ceiling of this run)")
-    from trainkit.run import save_manifest
-
     save_manifest(run_dir, manifest)
     return "05_finalization"
 
@@ -212,8 +209,6 @@ def run_pipeline(config_path: str | None, run_dir: Path, overrides: list[str] | 
                 print(f"trainkit: could not write index.html: {exc}", file=sys.stderr)
     manifest = load_manifest(run_dir)
     manifest["exit"] = {"code": outcome.code, "message": outcome.message[:500]}
-    from trainkit.run import save_manifest
-
     save_manifest(run_dir, manifest)
     return outcome
 

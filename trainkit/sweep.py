@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from trainkit.config import TrainkitConfig, load_config
+from trainkit.config import TrainkitConfig, load_config, with_overrides
 from trainkit.errors import RunError
 
 __all__ = ["default_space", "default_storage", "run_worker", "launch_workers", "study_summary", "study_figures"]
@@ -46,7 +46,6 @@ def _storage(url: str) -> Any:
 def _objective(cfg: TrainkitConfig, bundle: Any, space: dict[str, tuple[str, float, float]]) -> Any:
     import optuna
 
-    from trainkit.diagnostics.probes import with_overrides
     from trainkit.train import fit
 
     def objective(trial: optuna.Trial) -> float:

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainkit.config import TrainkitConfig, validate_config_dict, apply_overrides, config_to_dict
+from trainkit.config import TrainkitConfig, with_overrides
 from trainkit.data import DataBundle
 from trainkit.models import build_model
 from trainkit.repro import seed_everything, set_deterministic
@@ -24,12 +24,7 @@ from trainkit.train import make_optimizer, resolve_device
 
 __all__ = ["sample", "init_loss_probe", "input_independent_probe", "overfit_batch_probe", "lr_range_test",
            "grad_norm_stats", "seed_variance_probe", "throughput_probe", "resource_profile", "dead_units_probe",
-           "data_probe", "label_issue_probe", "with_overrides"]
-
-
-def with_overrides(cfg: TrainkitConfig, patch: dict[str, Any]) -> TrainkitConfig:
-    """A copy of ``cfg`` with dotted-key overrides applied and validated."""
-    return validate_config_dict(apply_overrides(config_to_dict(cfg), patch), "probe config")
+           "data_probe", "label_issue_probe"]
 
 
 def sample(bundle: DataBundle, split: str, n: int, seed: int = 0, device: Any = "cpu") -> tuple[torch.Tensor, torch.Tensor]:

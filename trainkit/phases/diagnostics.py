@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from trainkit._io import read_json, write_json_atomic, write_text_atomic
-from trainkit.config import config_to_dict, get_dotted, save_config
+from trainkit.config import config_to_dict, get_dotted, save_config, with_overrides
 from trainkit.errors import RunError
 from trainkit.phases.common import CURRENT_CONFIG, PhaseContext, begin, finish_gate, load_run_config, require_routed, \
     show_figure, show_html, write_decision
@@ -187,7 +187,6 @@ def decide(ctx: PhaseContext, result: dict[str, Any]) -> dict[str, Any]:
     as the run's current config (with provenance) so Phase 2 restarts on it."""
     from trainkit.decisions import after_diagnostics
     from trainkit.diagnostics import combine_patches
-    from trainkit.diagnostics.probes import with_overrides
 
     plan, cfg = result["plan"], ctx.config
     fixes = [r for r in plan["fixes"] if r["patch"]]

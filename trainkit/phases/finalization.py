@@ -8,6 +8,7 @@ import math
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 
 from trainkit._io import read_json, read_jsonl, sha256_file, write_json_atomic, write_text_atomic
-from trainkit.config import config_hash, load_config, save_config
+from trainkit.config import config_hash, load_config, save_config, with_overrides
 from trainkit.data import TEST_ACCESS_LOG
 from trainkit.errors import CheckpointError, GateError, QuarantineError
 from trainkit.phases.common import PhaseContext, begin, finish_gate, load_run_config, require_routed, show_figure, \
@@ -36,8 +37,6 @@ def start(run_dir: str | Path, interactive: bool = True) -> PhaseContext:
     ctx = begin(run_dir, PHASE, 1, interactive)
     cfg = load_run_config(run_dir)
     f = cfg.final
-    from trainkit.diagnostics.probes import with_overrides
-
     ctx.config = with_overrides(cfg, {"training.epochs": max(cfg.training.epochs, f.epochs), "training.patience": f.patience})
     save_config(ctx.config, ctx.path("final_config.yaml"))
     write_json_atomic(ctx.path("final_config.sha256.json"), {"config_hash": config_hash(ctx.config),
@@ -107,7 +106,6 @@ def evaluate_test(ctx: PhaseContext, force: bool = False) -> dict[str, Any]:
     ``force``, and then recorded as forced; a rerun of this phase on the same model reuses the record."""
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-
     rec_path = ctx.path(TEST_RECORD)
     model_sha = sha256_file(ctx.path("checkpoints/best.pt"))
     if rec_path.is_file():
@@ -131,7 +129,7 @@ def evaluate_test(ctx: PhaseContext, force: bool = False) -> dict[str, Any]:
     ece, bins = expected_calibration_error(pt, yt_)
     g = torch.Generator().manual_seed(ctx.config.training.seed)
     noisy = _predict(model, xt + f.noise_std * torch.randn(xt.shape, generator=g))
-    rec = {"time": __import__("time").time(), "model_sha256": model_sha, "forced": force, "n": int(len(yt_)),
+    rec = {"time": time.time(), "model_sha256": model_sha, "forced": force, "n": int(len(yt_)),
            "accuracy": float(correct_t.mean()), "accuracy_ci": _boot(correct_t, f.bootstrap, 0),
            "val_accuracy": float(correct_v.mean()), "val_accuracy_ci": _boot(correct_v, f.bootstrap, 1),
            "per_class": [{"class": bundle.source.class_names[k], "precision": float(p[k]), "recall": float(r[k]),
@@ -147,8 +145,6 @@ def evaluate_test(ctx: PhaseContext, force: bool = False) -> dict[str, Any]:
 
 
 def time_str(t: float) -> str:
-    import time
-
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
 
 

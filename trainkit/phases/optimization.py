@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from trainkit._io import read_json, write_json_atomic, write_text_atomic
-from trainkit.config import config_hash, config_to_dict, get_dotted, load_config, save_config
+from trainkit.config import config_hash, config_to_dict, get_dotted, load_config, save_config, with_overrides
 from trainkit.errors import RunError
 from trainkit.phases.common import CURRENT_CONFIG, PhaseContext, begin, finish_gate, load_run_config, require_routed, \
     show_figure, show_html, write_decision
@@ -58,7 +58,6 @@ def apply(ctx: PhaseContext) -> dict[str, Any]:
     """Patch the best config with this iteration's recommendations → ``optimization_config.yaml``
     and ``provenance.json`` (field, old → new, which finding and recommendation)."""
     from trainkit.diagnostics import combine_patches
-    from trainkit.diagnostics.probes import with_overrides
 
     findings = read_json(_round_dir(ctx) / "findings.json")
     tried = _tried(ctx)
@@ -90,7 +89,6 @@ def apply(ctx: PhaseContext) -> dict[str, Any]:
 
 
 def _train_seeds(cfg: Any, bundle: Any, out: Path | None, seeds: list[int]) -> list[dict[str, Any]]:
-    from trainkit.diagnostics.probes import with_overrides
     from trainkit.train import fit
 
     rows = []
@@ -139,7 +137,6 @@ def compare(ctx: PhaseContext, seeds: int = 3, ablation: bool = True) -> dict[st
     """Train the candidate on ``seeds`` seeds (and each recommendation alone when ``ablation``);
     compare with the baseline and with the best so far on the same seeds."""
     from trainkit.data import load_data
-    from trainkit.diagnostics.probes import with_overrides
 
     seed_list = list(range(seeds))
     cand = ctx.candidate  # type: ignore[attr-defined]
@@ -184,7 +181,6 @@ def sweep(ctx: PhaseContext, trials: int = 0, storage: str | None = None) -> dic
     candidate (provenance: "optuna"). Plots of the history and importances go into the report."""
     if trials <= 0:
         return None
-    from trainkit.diagnostics.probes import with_overrides
     from trainkit.sweep import run_worker, study_figures
 
     url = storage or f"sqlite:///{ctx.path('sweep.db').resolve()}"
