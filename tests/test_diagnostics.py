@@ -107,9 +107,10 @@ def test_label_issues_found_with_precision_and_recall(diagnosed):
 def test_excluding_flagged_labels_moves_val_metrics_the_right_way(diagnosed, tmp_path):
     cfg, _, ev, findings, plan = diagnosed("data_quality")
     dq = next(f for f in findings if f.name == "data_quality")
-    (tmp_path / "exclude.json").write_text(json.dumps({"indices": dq.evidence["exclude_indices"]}))
-    rec = next(r for r in plan["selected"] if r["id"] == "exclude_bad_samples")
-    assert rec["patch"] == {"data.exclude": ev["exclude_path"]}
+    assert dq.cause == "label_issues" and dq.evidence["exclude_indices"] == []  # no leak: only the label file
+    (tmp_path / "exclude.json").write_text(json.dumps({"indices": dq.evidence["label_exclude_indices"]}))
+    rec = next(r for r in plan["selected"] if r["id"] == "exclude_mislabelled")
+    assert rec["patch"] == {"data.exclude": ev.get("label_exclude_path", "exclude_labels.json")}
     fixed = with_overrides(cfg, {"data.exclude": str(tmp_path / "exclude.json")})
     runs = {name: [fit(with_overrides(c, {"training.seed": s}), load_data(c), None, progress=False) for s in (0, 1)]
             for name, c in (("before", cfg), ("after", fixed))}
@@ -127,7 +128,8 @@ def test_leakage_is_counted_exactly_and_the_exclusion_removes_it(diagnosed, tmp_
     dq = next(f for f in findings if f.name == "data_quality")
     assert dq.evidence["leaked_train_samples"] == len(expected) > 0
     assert set(expected) <= set(dq.evidence["exclude_indices"])
-    assert plan["fixes"][0]["id"] == "exclude_bad_samples"
+    assert len(dq.evidence["exclude_indices"]) <= len(expected) + dq.evidence["duplicates_within_train"]  # copies only
+    assert plan["fixes"][0]["id"] == "exclude_leaked"
     (tmp_path / "exclude.json").write_text(json.dumps({"indices": dq.evidence["exclude_indices"]}))
     fixed = load_data(with_overrides(cfg, {"data.exclude": str(tmp_path / "exclude.json")}))
     assert not any(keys[i] in other for i in fixed.splits["train"])
@@ -170,7 +172,9 @@ def test_overfitting_recommendations_applied_improve_val_accuracy(diagnosed):
     cfg, _, _, _, plan = diagnosed("overfitting")
     assert 3 <= len(plan["selected"]) <= 5
     assert all(r["patch"] and r["effort"] in (1, 2, 3) and r["expected_gain_points"] > 0 for r in plan["selected"])
-    patch, prov = combine_patches(plan["selected"])
+    assert any(r["id"] == "model_family" for r in plan["ranked"])  # an MLP on images: a conv net is offered too
+    regs = [r for r in plan["selected"] if r["id"] != "model_family"]  # Phase 4 tries it as its own candidate
+    patch, prov = combine_patches(regs)
     assert {p["field"] for p in prov} >= {"optimizer.weight_decay", "model.kwargs"}
     assert patch["model.kwargs"]["dropout"] == 0.3
     better = with_overrides(cfg, patch)

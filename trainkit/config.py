@@ -41,6 +41,8 @@ class DataConfig(_Section):
     split_seed: int = Field(0, ge=0, description="seed of the stratified split (integer)")
     batch_size: int = Field(64, ge=1, description="samples per optimizer step per process (count)")
     workers: int = Field(0, ge=0, description="DataLoader worker processes for streamed (folder) data (count)")
+    sampler: Literal["shuffle", "balanced"] = Field("shuffle", description="shuffle = each training sample once per epoch; "
+                                                    "balanced = draw with replacement, every class equally often")
     augment: Literal["none", "flip_crop", "crop", "noise"] = Field("none", description="training-time augmentation")
     image_size: Optional[int] = Field(None, ge=4, description="resize folder images to this side (pixels); None keeps the first image's size")
     subset: Optional[int] = Field(None, ge=2, description="use only this many training samples (count); None = all")
@@ -56,8 +58,10 @@ class DataConfig(_Section):
 
 
 class ModelConfig(_Section):
-    name: str = Field("mlp", description="mlp | cnn | resnet18 | package.module:function")
+    name: str = Field("mlp", description="mlp (vectors) | cnn1d (signals C, L) | cnn | resnet18 (images C, H, W) | package.module:function")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the model builder")
+    init: Literal["default", "kaiming"] = Field("default", description="default = the builder's own init; kaiming = "
+                                                "He-normal weights and zero biases for every linear/conv layer (revives dead units)")
 
 
 class OptimizerConfig(_Section):
@@ -88,6 +92,8 @@ class TrainingConfig(_Section):
     seed: int = Field(0, ge=0, description="seed for python, numpy, torch and workers (integer)")
     deterministic: bool = Field(True, description="deterministic algorithms, cuDNN flags, CUBLAS workspace")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy label smoothing (fraction 0-1)")
+    class_weighting: Literal["none", "balanced"] = Field("none", description="balanced = cross-entropy weights N / (K * n_class) "
+                                                          "from the training split's class counts")
     nan_guard: bool = Field(True, description="stop in the step where loss or gradient becomes non-finite (one host sync per step)")
 
 

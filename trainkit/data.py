@@ -55,7 +55,10 @@ def _row_keys(x: torch.Tensor) -> list[str]:
     return [hashlib.sha256(row.tobytes()).hexdigest() for row in flat]
 
 
-def _in_memory(x: Any, y: Any, names: list[str] | None, desc: str) -> Source:
+def _in_memory(x: Any, y: Any, names: list[str] | None, desc: str, add_channel: bool = False) -> Source:
+    """Arrays as a Source. The sample shape is kept as given: ``(N, F)`` tabular, ``(N, C, L)``
+    signals, ``(N, C, H, W)`` images; only built-in sources whose files hold ``(N, H, W)`` grey
+    images ask for the channel axis (``add_channel``)."""
     x = torch.as_tensor(np.asarray(x), dtype=torch.float32)
     y = torch.as_tensor(np.asarray(y)).long().reshape(-1)
     if len(x) != len(y):
@@ -64,8 +67,11 @@ def _in_memory(x: Any, y: Any, names: list[str] | None, desc: str) -> Source:
         raise DataError(f"{desc}: no samples")
     if y.min() < 0:
         raise DataError(f"{desc}: labels must be integers 0..K-1, found {int(y.min())}")
-    if x.ndim == 3:  # N, H, W grey images
+    if add_channel and x.ndim == 3:  # N, H, W grey images
         x = x.unsqueeze(1)
+    if x.ndim == 1:
+        raise DataError(f"{desc}: x has shape {tuple(x.shape)}; expected (N, F) tabular, (N, C, L) signals or "
+                        "(N, C, H, W) images")
     k = int(y.max()) + 1
     return Source(y=y, x=x, class_names=names or [str(i) for i in range(k)],
                   input_shape=tuple(x.shape[1:]), description=desc, sample_keys=_row_keys(x))
@@ -120,7 +126,7 @@ def _torchvision(cfg: Any) -> Source:
     x = torch.cat(xs).float() / 255.0
     x = x.permute(0, 3, 1, 2) if x.ndim == 4 else x
     y = torch.cat([torch.as_tensor(np.asarray(p.targets)) for p in parts])
-    return _in_memory(x, y, list(parts[0].classes), f"{cls_name} ({root})")
+    return _in_memory(x, y, list(parts[0].classes), f"{cls_name} ({root})", add_channel=True)
 
 
 class ImageFolderData(Dataset):
@@ -262,10 +268,10 @@ class IndexBatches:
     """
 
     def __init__(self, indices: np.ndarray, batch_size: int, shuffle: bool, seed: int = 0,
-                 epoch: int = 0, rank: int = 0, world: int = 1) -> None:
+                 epoch: int = 0, rank: int = 0, world: int = 1, weights: torch.Tensor | None = None) -> None:
         self.indices = torch.as_tensor(indices, dtype=torch.long)
         self.batch_size, self.shuffle, self.seed, self.epoch = batch_size, shuffle, seed, epoch
-        self.rank, self.world = rank, world
+        self.rank, self.world, self.weights = rank, world, weights
 
     def __len__(self) -> int:
         g = self.batch_size * self.world
@@ -280,7 +286,10 @@ class IndexBatches:
         idx = self.indices
         if self.shuffle:
             g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-            idx = idx[torch.randperm(len(idx), generator=g)]
+            if self.weights is not None:  # balanced: draw with replacement by per-sample weight
+                idx = idx[torch.multinomial(self.weights, len(idx), replacement=True, generator=g)]
+            else:
+                idx = idx[torch.randperm(len(idx), generator=g)]
         gsize = self.batch_size * self.world
         for start in range(0, len(idx), gsize):
             chunk = idx[start:start + gsize]
@@ -324,6 +333,15 @@ class DataBundle:
     def input_shape(self) -> tuple[int, ...]:
         return self.source.input_shape
 
+    def split_labels(self, split: str) -> torch.Tensor:
+        """Labels of a train or val split (never the quarantined test split)."""
+        if split == "test":
+            raise QuarantineError("test labels are read only through the Phase 5 accessors")
+        return (self.labels if self.labels is not None else self.source.y)[torch.as_tensor(self.splits[split])]
+
+    def class_counts(self, split: str = "train") -> torch.Tensor:
+        return torch.bincount(self.split_labels(split), minlength=self.num_classes)
+
     def _check_split(self, split: str, reason: str) -> None:
         if split not in ("train", "val", "test"):
             raise DataError(f"unknown split {split!r}; use 'train', 'val' or 'test'")
@@ -353,10 +371,15 @@ class DataBundle:
 
     def batches(self, split: str, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0,
                 rank: int = 0, world: int = 1, device: str | torch.device = "cpu", workers: int = 0,
-                reason: str = "") -> "BatchIterable":
-        """An iterable of ``(x, y, global_n)`` batches for one epoch."""
+                reason: str = "", balanced: bool = False) -> "BatchIterable":
+        """An iterable of ``(x, y, global_n)`` batches for one epoch; ``balanced`` draws every
+        class equally often (with replacement)."""
         self._check_split(split, reason)
-        plan = IndexBatches(self.splits[split], batch_size, shuffle, seed, epoch, rank, world)
+        weights = None
+        if balanced:
+            counts = self.class_counts(split).clamp_min(1).double()
+            weights = 1.0 / counts[self.split_labels(split)]
+        plan = IndexBatches(self.splits[split], batch_size, shuffle, seed, epoch, rank, world, weights)
         return BatchIterable(self, plan, torch.device(device), workers)
 
 
@@ -411,8 +434,8 @@ def _normalization(source: Source, train_idx: np.ndarray) -> tuple[torch.Tensor,
         xt = torch.stack([ds.raw(int(i)) if hasattr(ds, "raw") else torch.as_tensor(ds[int(i)][0]).float() for i in pick])
         dims = [0] + list(range(2, xt.ndim)) if xt.ndim >= 3 else [0]
         mean, std = xt.mean(dim=dims), xt.std(dim=dims)
-    if xt.ndim == 2:  # tabular: global scalars keep constant features finite
-        mean, std = xt.mean().reshape(1), xt.std().reshape(1)
+    if xt.ndim == 2:  # tabular: per feature; a constant feature keeps scale 1 (stays finite on unseen values)
+        std = torch.where(std > 1e-6, std, torch.ones_like(std))
     return mean, std.clamp_min(1e-6)
 
 
@@ -502,11 +525,17 @@ def _exclude(train: np.ndarray, spec: str, run_dir: str | Path | None, record: d
 
 
 def augment_batch(x: torch.Tensor, kind: str) -> torch.Tensor:
-    """Training-time augmentation of an image batch (N, C, H, W) with torch's global RNG."""
+    """Training-time augmentation with torch's global RNG: images (N, C, H, W) get flips and
+    crops, signals (N, C, L) random shifts, any input Gaussian noise."""
     if kind == "none":
         return x
     if kind == "noise":  # inputs are normalized: 0.1 is a tenth of a feature's spread
         return x + 0.1 * torch.randn_like(x)
+    if x.ndim == 3:  # signals: a random shift along the time axis (crop of the zero-padded signal)
+        n, _, length = x.shape
+        pad = max(1, length // 8)
+        shift = int(torch.randint(0, 2 * pad + 1, (1,)))
+        return torch.nn.functional.pad(x, (pad, pad))[:, :, shift:shift + length]
     if x.ndim != 4:
         return x
     n, _, h, w = x.shape

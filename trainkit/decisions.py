@@ -12,9 +12,11 @@ __all__ = ["after_diagnostics", "after_optimization"]
 
 
 def after_diagnostics(*, expected_gain: float, fix: dict[str, Any] | None, needs_fix: bool, manual_fix: str | None,
-                      restarts_left: int, budget: Any) -> tuple[str, str, str]:
+                      restarts_left: int, budget: Any, strong: str | None = None, gap: float = 0.0) -> tuple[str, str, str]:
     """Phase 3: C (infrastructure / failed baseline → fix and restart Phase 2), A (gain above the
-    clear threshold, or in the marginal band → Phase 4), B (gain below the marginal threshold → Phase 5)."""
+    clear threshold, or in the marginal band → Phase 4; or a strong finding while the target is
+    missed, whatever the expected gain: a heuristic gain estimate never overrules strong evidence),
+    B (gain below the marginal threshold and no strong finding → Phase 5)."""
     if needs_fix:
         if fix is None:
             return "C", "stop", f"infrastructure issue that needs a manual fix: {manual_fix or 'see the report'}"
@@ -23,6 +25,9 @@ def after_diagnostics(*, expected_gain: float, fix: dict[str, Any] | None, needs
         return "C", "02_baseline", f"infrastructure issue: apply the fix and restart Phase 2 ({restarts_left} restart(s) left)"
     if expected_gain > budget.clear_gain_points:
         return "A", "04_optimization", f"expected gain {expected_gain:.1f} points > {budget.clear_gain_points:g}: optimize"
+    if strong and gap > 0:
+        return "A", "04_optimization", (f"strong finding {strong} with the target missed by {gap:.1f} points: optimize "
+                                        f"(expected gain {expected_gain:.1f} points)")
     if expected_gain < budget.marginal_gain_points:
         return "B", "05_finalization", (f"expected gain {expected_gain:.1f} points < {budget.marginal_gain_points:g}: "
                                         "the best config so far is near what these changes can give; finalize")

@@ -1,7 +1,10 @@
-"""Model registry (``mlp``, ``cnn``, ``resnet18``) and the user's own ``package.module:function``.
+"""Model registry (``mlp`` for vectors, ``cnn1d`` for signals ``(C, L)``, ``cnn`` and ``resnet18``
+for images ``(C, H, W)``) and the user's own ``package.module:function``.
 
 A builder takes ``input_shape`` (without the batch axis), ``num_classes`` and its own keyword
-arguments from ``model.kwargs``.
+arguments from ``model.kwargs``. ``model.init: kaiming`` re-initialises any model's linear and
+conv layers after building (He-normal weights, zero biases): the cure for units that an init
+left dead.
 """
 
 from __future__ import annotations
@@ -15,16 +18,25 @@ from torch import nn
 
 from trainkit.errors import ModelError
 
-__all__ = ["build_model", "register_model", "model_summary", "MODELS"]
+__all__ = ["build_model", "register_model", "model_summary", "reinitialize", "MODELS", "family_for"]
+
+_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"relu": nn.ReLU, "leaky_relu": lambda: nn.LeakyReLU(0.1),
+                                                    "gelu": nn.GELU}
+
+
+def _act(name: str) -> nn.Module:
+    if name not in _ACTIVATIONS:
+        raise ModelError(f"model.kwargs.activation: {name!r} unknown; valid: {', '.join(_ACTIVATIONS)}")
+    return _ACTIVATIONS[name]()
 
 
 def mlp(input_shape: tuple[int, ...], num_classes: int, hidden: tuple[int, ...] | list[int] = (128,),
-        dropout: float = 0.0) -> nn.Module:
-    """Flatten → [Linear → ReLU → Dropout] per hidden width → Linear."""
+        dropout: float = 0.0, activation: str = "relu") -> nn.Module:
+    """Flatten → [Linear → activation → Dropout] per hidden width → Linear."""
     layers: list[nn.Module] = [nn.Flatten()]
     width = math.prod(input_shape)
     for h in hidden:
-        layers += [nn.Linear(width, int(h)), nn.ReLU()]
+        layers += [nn.Linear(width, int(h)), _act(activation)]
         if dropout:
             layers.append(nn.Dropout(dropout))
         width = int(h)
@@ -33,16 +45,17 @@ def mlp(input_shape: tuple[int, ...], num_classes: int, hidden: tuple[int, ...] 
 
 
 def cnn(input_shape: tuple[int, ...], num_classes: int, channels: tuple[int, ...] | list[int] = (32, 64),
-        dropout: float = 0.0, batch_norm: bool = True) -> nn.Module:
+        dropout: float = 0.0, batch_norm: bool = True, activation: str = "relu") -> nn.Module:
     """Small conv net for 1- or 3-channel images of any small size: conv blocks, global pool, linear."""
     if len(input_shape) != 3:
-        raise ModelError(f"model cnn expects images (C, H, W); got input shape {tuple(input_shape)}; use mlp for vectors")
+        raise ModelError(f"model cnn expects images (C, H, W); got input shape {tuple(input_shape)}; "
+                         "use mlp for vectors (F,), cnn1d for signals (C, L)")
     c_in = input_shape[0]
     layers: list[nn.Module] = []
     for i, c in enumerate(channels):
         layers += [nn.Conv2d(c_in, int(c), 3, padding=1, bias=not batch_norm)]
         layers += [nn.BatchNorm2d(int(c))] if batch_norm else []
-        layers += [nn.ReLU()]
+        layers += [_act(activation)]
         if i < len(channels) - 1 and min(input_shape[1:]) >= 2 ** (i + 2):
             layers.append(nn.MaxPool2d(2))
         c_in = int(c)
@@ -51,6 +64,40 @@ def cnn(input_shape: tuple[int, ...], num_classes: int, channels: tuple[int, ...
         layers.append(nn.Dropout(dropout))
     layers.append(nn.Linear(c_in, num_classes))
     return nn.Sequential(*layers)
+
+
+def cnn1d(input_shape: tuple[int, ...], num_classes: int, channels: tuple[int, ...] | list[int] = (32, 64),
+          kernel: int = 5, dropout: float = 0.0, batch_norm: bool = True, activation: str = "relu") -> nn.Module:
+    """Small 1-D conv net for signals (C, L): conv blocks (pooling while the signal is long), global pool, linear."""
+    if len(input_shape) != 2:
+        raise ModelError(f"model cnn1d expects signals (C, L); got input shape {tuple(input_shape)}; "
+                         "use mlp for vectors (F,), cnn for images (C, H, W)")
+    c_in, length = int(input_shape[0]), int(input_shape[1])
+    layers: list[nn.Module] = []
+    for c in channels:
+        layers += [nn.Conv1d(c_in, int(c), kernel, padding=kernel // 2, bias=not batch_norm)]
+        layers += [nn.BatchNorm1d(int(c))] if batch_norm else []
+        layers += [_act(activation)]
+        if length >= 8:
+            layers.append(nn.MaxPool1d(2))
+            length //= 2
+        c_in = int(c)
+    layers += [nn.AdaptiveAvgPool1d(1), nn.Flatten()]
+    if dropout:
+        layers.append(nn.Dropout(dropout))
+    layers.append(nn.Linear(c_in, num_classes))
+    return nn.Sequential(*layers)
+
+
+def family_for(input_shape: tuple[int, ...] | list[int]) -> str | None:
+    """The built-in convolutional family that suits an input shape: cnn for images of at least
+    8 × 8, cnn1d for signals of at least 16 steps, None for vectors."""
+    shape = list(input_shape)
+    if len(shape) == 3 and min(shape[1:]) >= 8:
+        return "cnn"
+    if len(shape) == 2 and shape[1] >= 16:
+        return "cnn1d"
+    return None
 
 
 def resnet18(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
@@ -65,7 +112,20 @@ def resnet18(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     return m
 
 
-MODELS: dict[str, Callable[..., nn.Module]] = {"mlp": mlp, "cnn": cnn, "resnet18": resnet18}
+MODELS: dict[str, Callable[..., nn.Module]] = {"mlp": mlp, "cnn": cnn, "cnn1d": cnn1d, "resnet18": resnet18}
+
+
+def reinitialize(model: nn.Module, slope: float = 0.0) -> nn.Module:
+    """He-normal weights and zero biases for every linear and conv layer; norms reset to identity."""
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            nn.init.kaiming_normal_(m.weight, a=slope, nonlinearity="leaky_relu" if slope else "relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm)) and m.weight is not None:
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    return model
 
 
 def register_model(name: str, builder: Callable[..., nn.Module]) -> None:
@@ -85,8 +145,10 @@ def _resolve(name: str) -> Callable[..., nn.Module]:
     raise ModelError(f"model.name: unknown model {name!r}; valid: {', '.join(sorted(MODELS))} or 'package.module:function'")
 
 
-def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, kwargs: dict[str, Any] | None = None) -> nn.Module:
-    """Build a model; bad kwargs or a builder that fails raise ModelError naming the model."""
+def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, kwargs: dict[str, Any] | None = None,
+                init: str = "default") -> nn.Module:
+    """Build a model; bad kwargs or a builder that fails raise ModelError naming the model.
+    ``init="kaiming"`` re-initialises it (:func:`reinitialize`)."""
     builder = _resolve(name)
     kwargs = dict(kwargs or {})
     params = inspect.signature(builder).parameters
@@ -105,6 +167,8 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, kwarg
         raise ModelError(f"model {name!r} failed to build with kwargs {kwargs}: {type(exc).__name__}: {exc}") from None
     if not isinstance(model, nn.Module):
         raise ModelError(f"model {name!r} returned {type(model).__name__}; expected a torch.nn.Module")
+    if init == "kaiming":
+        reinitialize(model, 0.1 if any(isinstance(m, nn.LeakyReLU) for m in model.modules()) else 0.0)
     return model
 
 

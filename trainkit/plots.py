@@ -46,7 +46,7 @@ def class_counts_figure(counts: dict[str, Sequence[int]], class_names: Sequence[
 
 
 def sample_grid_figure(x: Any, y: Any, class_names: Sequence[str], n: int = 24) -> Any:
-    """A grid of training samples with their labels (images), or a feature heatmap (vectors)."""
+    """A grid of training samples with their labels: images, signal traces (C, L), or a feature strip (vectors)."""
     import numpy as np
 
     x = np.asarray(x[:n])
@@ -56,6 +56,11 @@ def sample_grid_figure(x: Any, y: Any, class_names: Sequence[str], n: int = 24) 
     for ax, img, lab in zip(np.ravel(axes), x, np.asarray(y[:n])):
         if img.ndim == 3:
             img = img[0] if img.shape[0] == 1 else np.clip((img.transpose(1, 2, 0) - img.min()) / (np.ptp(img) + 1e-9), 0, 1)
+        elif img.ndim == 2:  # a (C, L) signal: one line per channel
+            for ch in img[:4]:
+                ax.plot(ch, lw=0.8)
+            ax.set_title(str(class_names[int(lab)]), fontsize=8)
+            continue
         elif img.ndim == 1:
             img = img.reshape(1, -1)
         ax.imshow(img, cmap="gray" if img.ndim == 2 else None)
@@ -86,8 +91,12 @@ def lr_range_figure(probe: dict[str, Any]) -> Any:
     fig, ax = plt.subplots(figsize=(6, 3.2))
     ax.plot(probe["lrs"], probe["losses"])
     ax.set_xscale("log")
-    ax.axvline(probe["suggested_lr"], color="tab:green", ls="--", label=f"suggested {probe['suggested_lr']:.3g}")
-    ax.axvline(probe["min_loss_lr"], color="tab:red", ls=":", label=f"min loss {probe['min_loss_lr']:.3g}")
+    if probe.get("suggested_lr"):
+        ax.axvline(probe["suggested_lr"], color="tab:green", ls="--", label=f"suggested {probe['suggested_lr']:.3g}")
+        ax.axvline(probe["min_loss_lr"], color="tab:red", ls=":", label=f"min loss {probe['min_loss_lr']:.3g}")
+    else:  # a flat or noisy curve: no suggestion, and the plot says why
+        ax.text(0.02, 0.05, f"no suggestion: {str(probe.get('reason', 'inconclusive'))[:70]}", transform=ax.transAxes,
+                fontsize=8, color="tab:red")
     if probe.get("configured_lr"):
         ax.axvline(probe["configured_lr"], color="gray", ls="-.", label=f"configured {probe['configured_lr']:.3g}")
     ax.set_xlabel("learning rate")

@@ -132,3 +132,142 @@ def dies_once_model(input_shape: tuple[int, ...], num_classes: int) -> nn.Module
     if count == int(os.environ.get("TRAINKIT_TEST_DIE_AT", "3")):
         os._exit(17)
     return tiny_model(input_shape, num_classes)
+
+
+# ---------------------------------------------------------------- planted problems on data that is not digits
+
+def tabular(n: int = 1600, classes: int = 4, dim: int = 16, informative: int = 6, seed: int = 0,
+            imbalance: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Generated tabular data (x float32 [n, dim], y int64 [n]): two Gaussian clusters per class in
+    ``informative`` dimensions (not linearly separable), the rest noise, every feature on its own
+    scale (0.01–100). ``imbalance`` > 1 makes class 0 that many times as frequent as each other."""
+    rng = np.random.default_rng(seed)
+    w = np.array([imbalance] + [1.0] * (classes - 1))
+    y = rng.choice(classes, size=n, p=w / w.sum())
+    y[:classes] = np.arange(classes)
+    centers = rng.normal(0, 2.2, (classes, 2, informative))
+    x = rng.normal(0, 1, (n, dim))
+    x[:, :informative] += centers[y, rng.integers(0, 2, n)]
+    x *= 10 ** rng.uniform(-2, 2, dim)
+    return x.astype(np.float32), y.astype(np.int64)
+
+
+def signals(n: int = 1200, classes: int = 4, channels: int = 2, length: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Generated 1-D signals (x float32 [n, channels, length]): each class a burst of its own
+    frequency at a random position with random phase, in noise. Position varies, so a flattening
+    MLP struggles where a 1-D CNN does not."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % classes
+    t = np.arange(length)
+    freq = 0.05 + 0.07 * np.arange(classes)
+    x = rng.normal(0, 0.6, (n, channels, length))
+    for i in range(n):
+        c0, width = rng.integers(length // 4, 3 * length // 4), length // 4
+        env = np.exp(-0.5 * ((t - c0) / (width / 2)) ** 2)
+        for ch in range(channels):
+            x[i, ch] += env * np.sin(2 * np.pi * freq[y[i]] * t + rng.uniform(0, 2 * np.pi))
+    return x.astype(np.float32), y.astype(np.int64)
+
+
+def shapes(n: int = 1200, classes: int = 4, size: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Generated small grey images (x float32 [n, 1, size, size]): a square, a cross, a ring or a
+    bar (by class) at a random position, in noise."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % classes
+    x = rng.normal(0, 0.35, (n, 1, size, size))
+    yy, xx = np.mgrid[0:size, 0:size]
+    for i in range(n):
+        cy, cx = rng.integers(4, size - 4, 2)
+        c = y[i] % 4
+        if c == 0:
+            m = (abs(yy - cy) <= 2) & (abs(xx - cx) <= 2)
+        elif c == 1:
+            m = ((abs(yy - cy) <= 3) & (xx == cx)) | ((abs(xx - cx) <= 3) & (yy == cy))
+        elif c == 2:
+            r = np.hypot(yy - cy, xx - cx)
+            m = (r >= 1.5) & (r <= 3.0)
+        else:
+            m = (abs(yy - cy) <= 0) & (abs(xx - cx) <= 3) | (abs(yy - cy - 1) <= 0) & (abs(xx - cx) <= 3)
+        x[i, 0][m] += 1.0
+    return x.astype(np.float32), y.astype(np.int64)
+
+
+def imbalanced_tabular() -> tuple[np.ndarray, np.ndarray]:
+    """Tabular data with class 0 twenty times as frequent as each other class (data.source 'trainkit.testing:imbalanced_tabular')."""
+    return tabular(n=4000, classes=3, imbalance=20.0, seed=4)
+
+
+def leaky_shapes() -> tuple[np.ndarray, np.ndarray]:
+    """Shapes with 15% of the rows appended again: copies land across the splits (leakage)."""
+    x, y = shapes(seed=6)
+    k = int(0.15 * len(y))
+    return np.concatenate([x, x[:k]]), np.concatenate([y, y[:k]])
+
+
+class _SlowTabular(torch.utils.data.Dataset):
+    def __init__(self, delay: float) -> None:
+        self.x, self.y = tabular(n=600, seed=7)
+        self.targets = self.y.tolist()
+        self.delay = delay
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        import time
+
+        time.sleep(self.delay)
+        return torch.from_numpy(self.x[i]), int(self.y[i])
+
+
+def slow_tabular(delay: float = 0.002) -> torch.utils.data.Dataset:
+    """Streamed tabular data that sleeps per sample: input-bound training."""
+    return _SlowTabular(delay)
+
+
+def dead_relu_model(input_shape: tuple[int, ...], num_classes: int, width: int = 64) -> nn.Module:
+    """A user-style MLP whose hidden biases start at -20: every ReLU unit is dead from the first step."""
+    first = nn.Linear(int(np.prod(input_shape)), width)
+    second = nn.Linear(width, width)
+    with torch.no_grad():
+        first.bias.fill_(-20.0)
+        second.bias.fill_(-20.0)
+    return nn.Sequential(nn.Flatten(), first, nn.ReLU(), second, nn.ReLU(), nn.Linear(width, num_classes))
+
+
+def signal_conv_model(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """A user's own Conv1d model for (C, L) signals: it fails on any other input rank."""
+    c, _ = input_shape
+    return nn.Sequential(nn.Conv1d(c, 16, 5, padding=2), nn.ReLU(), nn.AdaptiveAvgPool1d(1), nn.Flatten(),
+                         nn.Linear(16, num_classes))
+
+
+# ---------------------------------------------------------------- the phase notebooks, in this process
+
+def run_phase_inprocess(phase: str, run_dir: str | Path, **params: Any) -> dict[str, Any]:
+    """Execute a phase notebook's own cells in this process: its parameters cell, then ``params``
+    (``run_dir``, ``interactive=False`` and ``auto_signoff=True`` by default), then the rest. The
+    same calls ``trainkit run`` makes through papermill, without a kernel start: for tests and
+    benchmarks. A blocked gate stops the cells (it is recorded in gate.json); the namespace is returned."""
+    import contextlib
+    import io
+    import json
+
+    from trainkit.errors import GateBlocked
+    from trainkit.pipeline import notebook_path
+
+    nb = json.loads(notebook_path(phase).read_text())
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    ns: dict[str, Any] = {}
+    for c in code:
+        if "parameters" in c.get("metadata", {}).get("tags", []):
+            exec("".join(c["source"]), ns)
+            ns.update({"run_dir": str(run_dir), "interactive": False, "auto_signoff": True, **params})
+    with contextlib.redirect_stdout(io.StringIO()):
+        for c in code:
+            if "parameters" not in c.get("metadata", {}).get("tags", []):
+                try:
+                    exec("".join(c["source"]), ns)
+                except GateBlocked:
+                    break
+    return ns

@@ -110,6 +110,13 @@ def lr_factors(cfg: TrainkitConfig, steps_per_epoch: int) -> Callable[[int], flo
 
 
 @torch.no_grad()
+def class_weights(bundle: DataBundle) -> torch.Tensor:
+    """Cross-entropy weights N / (K * n_c) from the training split's counts (0 for an absent class)."""
+    counts = bundle.class_counts("train").double()
+    w = torch.where(counts > 0, counts.sum() / (len(counts) * counts.clamp_min(1)), torch.zeros_like(counts))
+    return w.float()
+
+
 def evaluate(model: nn.Module, bundle: DataBundle, split: str, device: torch.device,
              batch_size: int = 512, amp: torch.dtype | None = None, reason: str = "") -> dict[str, float]:
     """Mean loss and accuracy of ``model`` on a split (no sharding; every rank sees all of it)."""
@@ -233,7 +240,7 @@ def _fit(cfg: TrainkitConfig, bundle: DataBundle, out_dir: str | Path | None, *,
 
     seed_everything(tr.seed)
     set_deterministic(tr.deterministic)
-    model = build_model(cfg.model.name, bundle.input_shape, bundle.num_classes, cfg.model.kwargs).to(device)
+    model = build_model(cfg.model.name, bundle.input_shape, bundle.num_classes, cfg.model.kwargs, cfg.model.init).to(device)
     if device.type == "cuda" and len(bundle.input_shape) == 3:
         model = model.to(memory_format=torch.channels_last)
     precision, amp = _precision(cfg, device)
@@ -281,6 +288,7 @@ def _fit(cfg: TrainkitConfig, bundle: DataBundle, out_dir: str | Path | None, *,
     bar = _progress((tr.epochs - start_epoch) * n_batches, "train", progress and is_main)
     status, nonfinite, train_time = "completed", None, sum(r.get("epoch_time_s", 0.0) for r in history)
     params = [p for p in model.parameters() if p.requires_grad]
+    class_weight = class_weights(bundle).to(device) if tr.class_weighting == "balanced" else None
     clip = tr.grad_clip if tr.grad_clip is not None else float("inf")
 
     for epoch in range(start_epoch, tr.epochs):
@@ -293,7 +301,8 @@ def _fit(cfg: TrainkitConfig, bundle: DataBundle, out_dir: str | Path | None, *,
         wait = 0.0
         prev_loss: torch.Tensor | None = None
         batches = bundle.batches("train", cfg.data.batch_size, shuffle=True, seed=tr.seed, epoch=epoch,
-                                 rank=rank, world=world, device=device, workers=cfg.data.workers)
+                                 rank=rank, world=world, device=device, workers=cfg.data.workers,
+                                 balanced=cfg.data.sampler == "balanced")
         sizes = batches.plan.global_sizes()  # each accumulation window averages over its real sample count
         window = [sum(sizes[j - j % tr.accumulation:j - j % tr.accumulation + tr.accumulation]) for j in range(len(sizes))]
         it = iter(batches)
@@ -308,7 +317,8 @@ def _fit(cfg: TrainkitConfig, bundle: DataBundle, out_dir: str | Path | None, *,
             try:
                 with autocast():
                     logits = net(xb)
-                batch_loss = F.cross_entropy(logits.float(), yb, reduction="sum", label_smoothing=tr.label_smoothing)
+                batch_loss = F.cross_entropy(logits.float(), yb, weight=class_weight, reduction="sum",
+                                             label_smoothing=tr.label_smoothing)
                 loss = batch_loss / (window[i] / world)
                 (scaler.scale(loss) if fp16 else loss).backward()
             except (RuntimeError, ValueError, IndexError) as exc:

@@ -72,12 +72,15 @@ def run_probes(cfg: TrainkitConfig, bundle: Any, ev: dict[str, Any], label_issue
     out["seed_variance"] = _timed("seed_variance", lambda: P.seed_variance_probe(
         cfg, bundle, epochs=min(cfg.training.epochs, 10)), echo)
     out["throughput"] = _timed("throughput", lambda: P.throughput_probe(cfg, bundle), echo)
-    out["dead_units"] = _timed("dead_units", lambda: P.dead_units_probe(cfg, bundle, _trained_model(cfg, bundle, ev)), echo)
+    trained = _trained_model(cfg, bundle, ev)
+    out["dead_units"] = _timed("dead_units", lambda: P.dead_units_probe(cfg, bundle, trained), echo)
+    out["per_class"] = _timed("per_class", lambda: P.per_class_probe(cfg, bundle, trained), echo)
     out["grad_norms"] = P.grad_norm_stats(ev.get("history") or [])
     out["resource"] = P.resource_profile(ev.get("history") or [], ev.get("device", "cpu"))
     out["data"] = _timed("data", lambda: P.data_probe(bundle), echo)
     if label_issues:
-        out["label_issues"] = _timed("label_issues", lambda: P.label_issue_probe(cfg, bundle), echo)
+        base_val = (ev.get("best") or {}).get("val_accuracy")
+        out["label_issues"] = _timed("label_issues", lambda: P.label_issue_probe(cfg, bundle, baseline_val=base_val), echo)
     return out
 
 
@@ -111,7 +114,7 @@ def _trained_model(cfg: TrainkitConfig, bundle: Any, ev: dict[str, Any]) -> Any:
     from trainkit.checkpoints import load_checkpoint
     from trainkit.models import build_model
 
-    model = build_model(cfg.model.name, bundle.input_shape, bundle.num_classes, cfg.model.kwargs)
+    model = build_model(cfg.model.name, bundle.input_shape, bundle.num_classes, cfg.model.kwargs, cfg.model.init)
     model.load_state_dict(load_checkpoint(p)["model"])
     return model
 
@@ -139,13 +142,17 @@ def _generic(ev: dict[str, Any]) -> list[Recommendation]:
 
 
 def combine_patches(recs: list[dict[str, Any]] | list[Recommendation]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Merge recommendation patches in rank order: ``model.kwargs`` dicts merge; for any other key
-    the higher-ranked recommendation wins. Returns (patch, provenance rows per field)."""
+    """Merge recommendation patches in rank order: ``model.kwargs`` dicts merge (unless one
+    recommendation changes ``model.name``: then only its kwargs count); for any other key the
+    higher-ranked recommendation wins. Returns (patch, provenance rows per field)."""
     patch: dict[str, Any] = {}
     prov: list[dict[str, Any]] = []
-    for r in recs:
-        r = r if isinstance(r, dict) else _rec_dict(r)
+    rows = [r if isinstance(r, dict) else _rec_dict(r) for r in recs]
+    family = next((r for r in rows if "model.name" in (r.get("patch") or {})), None)
+    for r in rows:
         for key, value in (r.get("patch") or {}).items():
+            if key == "model.kwargs" and family is not None and r is not family:
+                continue  # kwargs written for the old model family do not fit the new one
             if key in patch and isinstance(patch[key], dict) and isinstance(value, dict):
                 new = {k: v for k, v in value.items() if patch[key].get(k) != v}
                 patch[key] = {**value, **patch[key]}
@@ -167,37 +174,76 @@ def _rec_dict(r: Recommendation) -> dict[str, Any]:
     return d
 
 
+def _already_in(cfg: dict[str, Any], patch: dict[str, Any]) -> bool:
+    """True when every field of ``patch`` already has that value in ``cfg`` (applying it changes nothing)."""
+    from trainkit.config import get_dotted
+
+    return all(get_dotted(cfg, k) == v or (isinstance(v, dict) and isinstance(get_dotted(cfg, k), dict)
+                                            and all(get_dotted(cfg, k).get(a) == b for a, b in v.items()))
+               for k, v in patch.items())
+
+
 def plan_recommendations(findings: list[Finding], ev: dict[str, Any], lo: int = 3, hi: int = 5) -> dict[str, Any]:
     """Rank every fired finding's recommendations by expected gain / effort; select 3-5 actionable
     ones (config patches; filled up with generic moves when the detectors offer fewer); keep
-    infrastructure fixes apart; estimate the combined expected gain (capped by the headroom)."""
+    infrastructure fixes and advice (changes to the user's own code) apart.
+
+    What earlier Phase 4 iterations taught is used (``ev["tried"]``: recommendation id → realized
+    gain in points): a recommendation that did not help is dropped, one that helped has its
+    realized gain as its expected gain; a patch the config already holds is dropped. The fix of a
+    dominant bottleneck (``forced``) is always selected. The combined expected gain assumes the
+    changes overlap: headroom × (1 − Π(1 − gain_i / headroom))."""
+    tried: dict[str, float] = ev.get("tried") or {}
     by_id: dict[str, Recommendation] = {}
     for f in findings:
         if f.fired:
             for r in f.recommendations:
                 if r.id not in by_id or r.expected_gain_points > by_id[r.id].expected_gain_points:
                     by_id[r.id] = r
+    for rid, realized in tried.items():
+        if rid in by_id and by_id[rid].kind == "accuracy":
+            if realized <= 0:
+                del by_id[rid]
+            else:
+                by_id[rid].expected_gain_points = round(realized, 2)
+                by_id[rid].evidence["calibrated_from_realized"] = realized
+    cfg = ev["config"]
+    by_id = {k: r for k, r in by_id.items() if not (r.patch and _already_in(cfg, r.patch))}
     fixes = [r for r in by_id.values() if r.kind == "fix"]
-    actionable = [r for r in by_id.values() if r.kind != "fix" and r.patch]
+    advice = [r for r in by_id.values() if r.kind == "advice"]
+    actionable = [r for r in by_id.values() if r.kind not in ("fix", "advice") and r.patch]
     if sum(r.kind == "accuracy" for r in actionable) < lo:
-        have = {r.id for r in actionable} | {r.id for r in fixes}
+        have = {r.id for r in actionable} | {r.id for r in fixes} | {k for k, v in tried.items() if v <= 0}
         patched = {k for r in actionable + fixes for k in (r.patch or {})}
         for g in _generic(ev):
-            if g.id not in have and not (set(g.patch) & patched) and sum(r.kind == "accuracy" for r in actionable) < lo:
+            if g.id not in have and not (set(g.patch) & patched) and not _already_in(cfg, g.patch) \
+                    and sum(r.kind == "accuracy" for r in actionable) < lo:
                 actionable.append(g)
-    ranked = sorted(actionable, key=lambda r: (-r.score, r.effort, r.id))
+    ranked = sorted(actionable, key=lambda r: (not r.forced, -r.score, r.effort, r.id))
     selected = ranked[:hi]
-    best = (ev.get("best") or {}).get("val_accuracy") or 0.0
-    headroom = max(0.0, (1 - best) * 100)
-    total = min(headroom, sum(r.expected_gain_points for r in selected if r.kind == "accuracy"))
+    headroom = _headroom_points(ev)
+    keep = 1.0
+    for r in selected:
+        if r.kind == "accuracy" and headroom > 0:
+            keep *= max(0.0, 1 - min(r.expected_gain_points, headroom) / headroom)
+    total = headroom * (1 - keep)
     return {"ranked": [_rec_dict(r) for r in ranked], "selected": [_rec_dict(r) for r in selected],
-            "fixes": [_rec_dict(r) for r in fixes], "expected_gain_points": round(total, 2),
-            "headroom_points": round(headroom, 2)}
+            "fixes": [_rec_dict(r) for r in fixes], "advice": [_rec_dict(r) for r in advice],
+            "expected_gain_points": round(total, 2), "headroom_points": round(headroom, 2),
+            "gap_to_target_points": round(max(0.0, (ev["target"] - _best_val(ev)) * 100), 2)}
+
+
+def _best_val(ev: dict[str, Any]) -> float:
+    return (ev.get("best") or {}).get("val_accuracy") or 0.0
+
+
+def _headroom_points(ev: dict[str, Any]) -> float:
+    return max(0.0, (1 - _best_val(ev)) * 100)
 
 
 def primary_cause(findings: list[Finding]) -> Finding | None:
-    """The fired finding that explains most: infrastructure first, then by severity."""
+    """The fired finding that explains most: infrastructure first, then by evidence strength."""
     fired = [f for f in findings if f.fired]
     if not fired:
         return None
-    return sorted(fired, key=lambda f: (not f.infrastructure, -f.severity, list(DETECTORS).index(f.name)))[0]
+    return sorted(fired, key=lambda f: (not f.infrastructure, -f.strength, list(DETECTORS).index(f.name)))[0]

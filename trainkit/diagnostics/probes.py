@@ -24,7 +24,7 @@ from trainkit.train import make_optimizer, resolve_device
 
 __all__ = ["sample", "init_loss_probe", "input_independent_probe", "overfit_batch_probe", "lr_range_test",
            "grad_norm_stats", "seed_variance_probe", "throughput_probe", "resource_profile", "dead_units_probe",
-           "data_probe", "label_issue_probe"]
+           "data_probe", "label_issue_probe", "per_class_probe"]
 
 
 def sample(bundle: DataBundle, split: str, n: int, seed: int = 0, device: Any = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,7 +36,7 @@ def sample(bundle: DataBundle, split: str, n: int, seed: int = 0, device: Any = 
 def _model(cfg: TrainkitConfig, bundle: DataBundle, device: torch.device, seed: int | None = None) -> nn.Module:
     seed_everything(cfg.training.seed if seed is None else seed)
     set_deterministic(cfg.training.deterministic)
-    return build_model(cfg.model.name, bundle.input_shape, bundle.num_classes, cfg.model.kwargs).to(device)
+    return build_model(cfg.model.name, bundle.input_shape, bundle.num_classes, cfg.model.kwargs, cfg.model.init).to(device)
 
 
 def init_loss_probe(cfg: TrainkitConfig, bundle: DataBundle, n: int = 512) -> dict[str, Any]:
@@ -147,12 +147,29 @@ def lr_range_test(cfg: TrainkitConfig, bundle: DataBundle, lr_min: float = 1e-6,
         if i > 5 and smooth > diverge * best:
             break
     if not losses:
-        return {"lrs": [], "losses": [], "suggested_lr": None, "min_loss_lr": None, "ok": False,
+        return {"lrs": [], "losses": [], "suggested_lr": None, "min_loss_lr": None, "ok": False, "inconclusive": True,
                 "reason": "the loss was non-finite from the first step"}
     k = int(np.argmin(losses))
-    return {"lrs": lrs, "losses": losses, "min_loss_lr": lrs[k], "suggested_lr": lrs[k] / 10,
-            "configured_lr": cfg.optimizer.lr, "optimizer": cfg.optimizer.name, "stopped_at_lr": lrs[-1],
-            "diverged": len(lrs) < steps, "ok": True}
+    out = {"lrs": lrs, "losses": losses, "min_loss_lr": lrs[k], "suggested_lr": lrs[k] / 10,
+           "configured_lr": cfg.optimizer.lr, "optimizer": cfg.optimizer.name, "stopped_at_lr": lrs[-1],
+           "diverged": len(lrs) < steps, "ok": True, "inconclusive": False}
+    why = _lr_curve_problem(losses, k)
+    if why:  # a flat or noisy curve has no minimum worth trusting: suggest nothing rather than a guess
+        out.update(suggested_lr=None, ok=False, inconclusive=True, reason=why)
+    return out
+
+
+def _lr_curve_problem(losses: list[float], k: int, min_drop: float = 0.10) -> str | None:
+    """Why a range-test curve cannot be read (None when it can): the loss must fall by at least
+    ``min_drop`` of its starting value, and the minimum must not sit in the first tenth of the sweep."""
+    start = float(np.mean(losses[: max(3, len(losses) // 20)]))
+    drop = 1 - losses[k] / start if start > 0 else 0.0
+    if drop < min_drop:
+        return (f"flat curve: the smoothed loss fell only {drop:.1%} across the sweep (needs {min_drop:.0%}); "
+                "no LR range where this model learns (dead units, detached inputs or labels?)")
+    if k < len(losses) // 10:
+        return "noisy curve: the lowest loss comes before the LR has grown; no trustworthy minimum"
+    return None
 
 
 def grad_norm_stats(history: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -235,6 +252,27 @@ def dead_units_probe(cfg: TrainkitConfig, bundle: DataBundle, model: nn.Module |
     return {"units": int(alive.numel()), "dead": int((~alive).sum()), "dead_fraction": float((~alive).float().mean())}
 
 
+def per_class_probe(cfg: TrainkitConfig, bundle: DataBundle, model: nn.Module | None) -> dict[str, Any]:
+    """Val recall per class of the diagnosed model (the baseline's best checkpoint)."""
+    if model is None:
+        return {"recall": None}
+    device = next(model.parameters()).device
+    model.eval()
+    k = bundle.num_classes
+    hit, tot = torch.zeros(k), torch.zeros(k)
+    with torch.no_grad():
+        for xb, yb, _ in bundle.batches("val", 1024, shuffle=False, device=device):
+            pred = model(xb).argmax(1).cpu()
+            yb = yb.cpu()
+            tot += torch.bincount(yb, minlength=k).float()
+            hit += torch.bincount(yb[pred == yb], minlength=k).float()
+    rec = torch.where(tot > 0, hit / tot.clamp_min(1), torch.full_like(tot, float("nan")))
+    valid = rec[~torch.isnan(rec)]
+    return {"recall": [None if math.isnan(v) else round(float(v), 4) for v in rec],
+            "support": tot.int().tolist(), "min_recall": float(valid.min()) if len(valid) else None,
+            "mean_recall": float(valid.mean()) if len(valid) else None}
+
+
 def data_probe(bundle: DataBundle, near_threshold: float = 0.995, max_rows: int = 20000) -> dict[str, Any]:
     """Duplicates (exact, from content hashes over all splits; near, by cosine similarity between
     train and val), class balance, constant and non-finite features. Test content enters only
@@ -271,7 +309,7 @@ def data_probe(bundle: DataBundle, near_threshold: float = 0.995, max_rows: int 
 
 def _near_duplicates(bundle: DataBundle, threshold: float, max_rows: int) -> int:
     """Val samples with a train sample at cosine similarity ≥ threshold (not counting exact copies)."""
-    xs = bundle.source.x
+    xs = bundle._x if bundle._x is not None else bundle.source.x  # normalized: no feature's scale dominates the cosine
     tr = torch.as_tensor(bundle.splits["train"][:max_rows])
     va = torch.as_tensor(bundle.splits["val"][:max_rows])
     a = F.normalize(xs[tr].reshape(len(tr), -1).double(), dim=1)
@@ -285,44 +323,87 @@ def _near_duplicates(bundle: DataBundle, threshold: float, max_rows: int) -> int
 
 
 def label_issue_probe(cfg: TrainkitConfig, bundle: DataBundle, folds: int = 3, epochs: int = 15,
-                      max_rows: int = 20000) -> dict[str, Any]:
-    """Likely label errors by confident learning on out-of-fold predicted probabilities.
+                      max_rows: int = 20000, baseline_val: float | None = None, min_kappa: float = 0.5,
+                      max_shortfall: float = 0.10) -> dict[str, Any]:
+    """Likely label errors by confident learning on out-of-fold predicted probabilities, judged
+    only when the out-of-fold model can be trusted.
 
     The training split is cut into ``folds``; a model (the config's architecture, Adam 1e-3) trained
-    on the other folds predicts each held-out sample. Per class j the threshold t_j is the mean
-    predicted probability of j over samples labelled j. A sample labelled i is off-diagonal when the
-    class k with the largest p_k among those with p_k ≥ t_k is not i; the off-diagonal samples with
-    the lowest self-confidence p_i, as many as the off-diagonal count, are the flagged issues."""
+    on the other folds predicts each held-out sample and the val split. Trust: its val accuracy
+    must beat chance (the majority class) by Cohen's kappa ≥ ``min_kappa`` and fall at most
+    ``max_shortfall`` below the baseline's own val accuracy; otherwise the probe is
+    ``inconclusive`` and flags nothing (a weak model disagrees with clean labels too).
+
+    Noise rate: the model agrees with the given train labels less often than with the val labels
+    by ``excess = acc_val − acc_oof``; ``noise_rate = excess / acc_val`` with a 95% interval. Only
+    when that interval excludes 0 (train labels are measurably worse than the labels the metric is
+    judged on, so leaving rows out can raise it) are samples flagged: confident learning's
+    off-diagonal ones (per class j the threshold t_j is the mean p_j over samples labelled j; a
+    sample labelled i is off-diagonal when the most probable class among those above their
+    threshold is not i), lowest self-confidence first, at most ``noise_rate × N`` of them."""
     train = np.asarray(bundle.splits["train"])[:max_rows]
     labels = (bundle.labels if bundle.labels is not None else bundle.source.y)
     rng = np.random.default_rng(cfg.training.seed)
     order = rng.permutation(len(train))
-    probs = np.zeros((len(train), bundle.num_classes))
+    k = bundle.num_classes
+    probs = np.zeros((len(train), k))
+    val_idx = np.asarray(bundle.splits["val"])[:max_rows]
+    val_probs = np.zeros((len(val_idx), k))
     base = with_overrides(cfg, {"optimizer.name": "adam", "optimizer.lr": 1e-3, "optimizer.weight_decay": 0.0})
     for f in range(folds):
         held = order[f::folds]
         sub = _sub_bundle(bundle, train[np.setdiff1d(np.arange(len(train)), held)], train[held])
         model, _, _ = _short_train(base, sub, epochs, cfg.training.seed + f)
-        device = next(model.parameters()).device
-        parts = []
-        with torch.no_grad():
-            for xb, _, _ in sub.batches("val", 1024, shuffle=False, device=device):
-                parts.append(torch.softmax(model(xb).float(), 1).cpu())
-        probs[held] = torch.cat(parts).numpy()
+        probs[held] = _predict(model, sub, train[held])
+        val_probs += _predict(model, sub, val_idx) / folds
     given = labels[torch.as_tensor(train)].numpy()
-    k = bundle.num_classes
+    y_val = labels[torch.as_tensor(val_idx)].numpy()
+    acc_oof = float((probs.argmax(1) == given).mean())
+    acc_val = float((val_probs.argmax(1) == y_val).mean())
+    chance = float(np.bincount(y_val, minlength=k).max() / max(1, len(y_val)))
+    kappa = (acc_val - chance) / (1 - chance) if chance < 1 else 0.0
+    short = (baseline_val - acc_val) if baseline_val is not None else 0.0
+    trusted = kappa >= min_kappa and short <= max_shortfall
+    excess = acc_val - acc_oof
+    se = math.sqrt(acc_val * (1 - acc_val) / max(1, len(y_val)) + acc_oof * (1 - acc_oof) / max(1, len(given)))
+    a = max(acc_val, 1e-9)
+    rate = [max(0.0, min(1.0, v / a)) for v in (excess, excess - 1.96 * se, excess + 1.96 * se)]
     thresholds = np.array([probs[given == j, j].mean() if (given == j).any() else 1.0 for j in range(k)])
     above = probs >= thresholds[None, :]
-    masked = np.where(above, probs, -1.0)
-    conf_class = masked.argmax(1)
-    off = above.any(1) & (conf_class != given)
+    conf_class = np.where(above, probs, -1.0).argmax(1)
+    off = np.flatnonzero(above.any(1) & (conf_class != given))
     self_conf = probs[np.arange(len(train)), given]
-    n_issues = int(off.sum())
-    flagged = sorted(int(train[i]) for i in np.flatnonzero(off))
+    significant = trusted and rate[1] > 0
+    n_flag = min(len(off), int(round(rate[0] * len(train)))) if significant else 0
+    pick = off[np.argsort(self_conf[off], kind="stable")[:n_flag]]
+    flagged = sorted(int(train[i]) for i in pick)
+    if not trusted:
+        verdict = (f"inconclusive: the out-of-fold model is too weak to judge labels (val accuracy {acc_val:.3f}, "
+                   f"kappa {kappa:.2f} < {min_kappa}" + (f", baseline {baseline_val:.3f}" if baseline_val is not None else "")
+                   + ")")
+    elif not significant:
+        verdict = (f"no excess label noise: the model agrees with train labels ({acc_oof:.3f}) as well as with val "
+                   f"labels ({acc_val:.3f}) within the 95% interval")
+    else:
+        verdict = f"estimated label-noise rate {rate[0]:.1%} (95% CI {rate[1]:.1%}–{rate[2]:.1%}); {len(flagged)} flagged"
     return {"folds": folds, "epochs": epochs, "checked": int(len(train)), "flagged": flagged,
-            "flagged_fraction": n_issues / max(1, len(train)), "thresholds": thresholds.tolist(),
-            "oof_accuracy_vs_given": float((probs.argmax(1) == given).mean()),
-            "mean_self_confidence_flagged": float(self_conf[off].mean()) if n_issues else None}
+            "flagged_fraction": len(flagged) / max(1, len(train)), "inconclusive": not trusted, "trusted": trusted,
+            "significant": significant, "verdict": verdict, "noise_rate": rate[0], "noise_rate_ci": rate[1:],
+            "oof_accuracy_vs_given": acc_oof, "oof_val_accuracy": acc_val, "chance": chance, "kappa": kappa,
+            "baseline_val_accuracy": baseline_val, "confident_learning_candidates": int(len(off)),
+            "thresholds": thresholds.tolist(),
+            "mean_self_confidence_flagged": float(self_conf[pick].mean()) if len(pick) else None}
+
+
+def _predict(model: nn.Module, bundle: DataBundle, idx: np.ndarray) -> np.ndarray:
+    """Softmax probabilities of ``model`` on the samples ``idx`` of ``bundle`` (train or val rows only)."""
+    sub = _sub_bundle(bundle, np.asarray(bundle.splits["train"]), idx)
+    device = next(model.parameters()).device
+    parts = []
+    with torch.no_grad():
+        for xb, _, _ in sub.batches("val", 1024, shuffle=False, device=device):
+            parts.append(torch.softmax(model(xb).float(), 1).cpu())
+    return torch.cat(parts).numpy()
 
 
 def _sub_bundle(bundle: DataBundle, train_idx: np.ndarray, val_idx: np.ndarray) -> DataBundle:

@@ -13,7 +13,7 @@ from trainkit.config import config_to_dict, get_dotted, save_config, with_overri
 from trainkit.errors import RunError
 from trainkit.phases.common import CURRENT_CONFIG, PhaseContext, begin, finish_gate, load_run_config, require_routed, \
     show_figure, show_html, write_decision
-from trainkit.run import load_manifest, next_attempt_dir
+from trainkit.run import latest_attempt_dir, load_manifest, next_attempt_dir
 
 __all__ = ["start", "diagnose", "show_findings", "write_report", "decide", "gate", "guide_path"]
 
@@ -31,8 +31,13 @@ def _source(run_dir: Path) -> tuple[Path, dict[str, Any], str]:
     """(folder whose training is diagnosed, its decision, its phase): the Phase 2 attempt (failed
     ones included) or Phase 4 iteration that routed here; for Phase 4, the best adopted run."""
     phase, d, decision = require_routed(run_dir, PHASE, ("02_baseline", "04_optimization"), allow_failed=True)
-    if phase == "04_optimization" and (run_dir / "best.json").is_file():
-        return run_dir / read_json(run_dir / "best.json")["dir"], decision, phase
+    if phase == "04_optimization":  # diagnose the best config so far: Phase 4's adopted best, else the baseline
+        if (run_dir / "best.json").is_file():
+            return run_dir / read_json(run_dir / "best.json")["dir"], decision, phase
+        base = latest_attempt_dir(run_dir, "02_baseline")
+        if base is None:
+            raise RunError(f"{run_dir}: no Phase 2 attempt to diagnose")
+        return base, decision, phase
     return d, decision, phase
 
 
@@ -56,21 +61,28 @@ def diagnose(ctx: PhaseContext, label_issues: bool = True) -> dict[str, Any]:
     from trainkit.data import load_data
     from trainkit.diagnostics import detect_all, gather_evidence, plan_recommendations, primary_cause, run_probes
 
+    from trainkit.phases.optimization import realized_gains
+
     cfg = ctx.config
     ev = gather_evidence(ctx.source, cfg, ctx.failed_mode)
-    ev["exclude_path"] = ctx.rel("exclude.json")
+    ev["exclude_path"], ev["label_exclude_path"] = ctx.rel("exclude.json"), ctx.rel("exclude_labels.json")
+    ev["tried"] = realized_gains(ctx.run_dir, cfg)
     bundle = load_data(cfg, ctx.run_dir, PHASE)
     ev["probes"] = run_probes(cfg, bundle, ev, label_issues=label_issues)
     findings = detect_all(ev)
     plan = plan_recommendations(findings, ev)
     primary = primary_cause(findings)
-    exclude = sorted({i for f in findings if f.fired for i in f.evidence.get("exclude_indices", [])})
-    if exclude:
-        previous = _previous_exclusions(ctx)
-        write_json_atomic(ctx.path("exclude.json"), {"indices": sorted(set(exclude) | previous),
-                                                     "why": "leaked, duplicated or likely mislabelled training samples"})
+    previous = _previous_exclusions(ctx)
+    for name, key, why in (("exclude.json", "exclude_indices", "leaked or duplicated training rows"),
+                           ("exclude_labels.json", "label_exclude_indices",
+                            "leaked, duplicated and likely mislabelled training rows")):
+        rows = sorted({i for f in findings if f.fired for i in f.evidence.get(key, [])})
+        if rows:  # each file keeps what earlier rounds excluded: a patch never brings rows back
+            write_json_atomic(ctx.path(name), {"indices": sorted(set(rows) | previous), "why": why})
     result = {"round": ctx.attempt, "source": str(Path(ctx.source).relative_to(ctx.run_dir)), "failed_mode": ctx.failed_mode,
-              "primary": primary.name if primary else None, "findings": [f.to_dict() for f in findings], "plan": plan,
+              "primary": primary.name if primary else None, "cause": (primary.cause or primary.name) if primary else None,
+              "strength": round(primary.strength, 3) if primary else 0.0,
+              "findings": [f.to_dict() for f in findings], "plan": plan,
               "evidence": {k: v for k, v in ev.items() if k not in ("history", "config")}}
     write_json_atomic(ctx.path("findings.json"), result)
     return result
@@ -105,14 +117,14 @@ def _figures(ctx: PhaseContext, result: dict[str, Any]) -> list[str]:
 
 def show_findings(ctx: PhaseContext, result: dict[str, Any]) -> list[str]:
     """The findings table and the recommendations (HTML), and the probe figures."""
-    rows = "".join(f"<tr><td>{'🔴' if f['fired'] else '⚪'} {f['name']}</td><td>{f['severity']:.2f}</td>"
+    rows = "".join(f"<tr><td>{'🔴' if f['fired'] else '⚪'} {f['name']}</td><td>{f.get('strength', 0):.2f}</td>"
                    f"<td>{html.escape(f['summary'])}</td></tr>" for f in result["findings"])
     recs = "".join(f"<tr><td>{i + 1}</td><td>{html.escape(r['title'])}</td><td><code>{html.escape(str(r['patch']))}</code></td>"
                    f"<td>{r['expected_gain_points']:.1f}</td><td>{r['effort']}</td></tr>" for i, r in enumerate(result["plan"]["selected"]))
     fixes = "".join(f"<li><b>{html.escape(r['title'])}</b>: {html.escape(r['rationale'])} "
                     f"<code>{html.escape(str(r['patch']))}</code></li>" for r in result["plan"]["fixes"])
     show_html(f"<p>Primary root cause: <b>{result['primary'] or 'none found'}</b></p>"
-              f"<table><tr><th>diagnostic</th><th>severity</th><th>evidence</th></tr>{rows}</table>"
+              f"<table><tr><th>diagnostic</th><th>strength</th><th>evidence</th></tr>{rows}</table>"
               f"<p>Selected recommendations (expected gain {result['plan']['expected_gain_points']:.1f} points):</p>"
               f"<table><tr><th>#</th><th>change</th><th>patch</th><th>gain (points)</th><th>effort</th></tr>{recs}</table>"
               + (f"<p>Infrastructure fixes:</p><ul>{fixes}</ul>" if fixes else ""))
@@ -139,9 +151,12 @@ def write_report(ctx: PhaseContext, result: dict[str, Any], decision: dict[str, 
          f"Diagnosed: `{result['source']}` ({'failed baseline' if result['failed_mode'] else 'below target'}).", "",
          f"Decision: **option {decision['option']}** → `{decision['next']}` — {decision['reason']}", "",
          f"Primary root cause: **{result['primary'] or 'none found'}**" + (
-             f" ([guide](guides/{result['primary']}.md))" if result["primary"] else ""), "",
-         "## Diagnostics", "", "| diagnostic | fired | severity | evidence | guide |", "|---|---|---:|---|---|"]
-    L += [f"| {f['name']} | {'**yes**' if f['fired'] else 'no'} | {f['severity']:.2f} | {f['summary']} | "
+             f" — {result.get('cause')}, evidence strength {result.get('strength', 0):.1f} "
+             f"([guide](guides/{result['primary']}.md))" if result["primary"] else ""), "",
+         "Findings are ranked by evidence strength: the effect in units of its threshold or of twice the seed spread, "
+         "whichever is larger; infrastructure findings first.", "",
+         "## Diagnostics", "", "| diagnostic | fired | strength | evidence | guide |", "|---|---|---:|---|---|"]
+    L += [f"| {f['name']} | {'**yes**' if f['fired'] else 'no'} | {f.get('strength', 0):.2f} | {f['summary']} | "
           f"[{f['name']}.md](guides/{f['name']}.md) |" for f in result["findings"]]
     L += ["", "## Recommendations (ranked by expected gain / effort; selected ones first)", "",
           "| # | change | config patch | expected gain (points) | effort (1-3) | why | finding |", "|---:|---|---|---:|---:|---|---|"]
@@ -149,6 +164,9 @@ def write_report(ctx: PhaseContext, result: dict[str, Any], decision: dict[str, 
           f"{r['effort']} | {r['rationale']} | {r['finding']} |" for i, r in enumerate(plan["ranked"])]
     L += ["", f"Combined expected gain of the selected: **{plan['expected_gain_points']:.2f} points** "
           f"(capped by the headroom {plan['headroom_points']:.2f})."]
+    if plan.get("advice"):
+        L += ["", "## Changes to your own code (no config patch can make them)", ""]
+        L += [f"- **{r['title']}** ({r['finding']}): {r['rationale']}" for r in plan["advice"]]
     if plan["fixes"]:
         L += ["", "## Infrastructure fixes (restart Phase 2)", ""]
         L += [f"- **{r['title']}** ({r['finding']}): {r['rationale']}; patch `{r['patch']}`" for r in plan["fixes"]]
@@ -179,14 +197,16 @@ def _probe_lines(p: dict[str, Any]) -> list[str]:
             g("dead_units", "dead ReLU units: {dead_fraction:.3f} of {units}"),
             g("data", "data: imbalance {imbalance_ratio:.2f}, constant features {constant_features}, "
               "near duplicates train/val {near_duplicates_train_val}"),
-            g("label_issues", "label issues (confident learning, {folds} folds): {flagged_fraction:.3f} of {checked} flagged")]
+            g("label_issues", "label issues (confident learning, {folds} folds, out-of-fold val accuracy {oof_val_accuracy:.3f}, "
+              "kappa {kappa:.2f}): {verdict}"),
+            g("per_class", "val recall per class: {recall}")]
 
 
 def decide(ctx: PhaseContext, result: dict[str, Any]) -> dict[str, Any]:
     """A/B/C from the expected gain and the fixes; for C with a known patch, write the fixed config
     as the run's current config (with provenance) so Phase 2 restarts on it."""
     from trainkit.decisions import after_diagnostics
-    from trainkit.diagnostics import combine_patches
+    from trainkit.diagnostics import THRESHOLDS, combine_patches
 
     plan, cfg = result["plan"], ctx.config
     fixes = [r for r in plan["fixes"] if r["patch"]]
@@ -197,10 +217,15 @@ def decide(ctx: PhaseContext, result: dict[str, Any]) -> dict[str, Any]:
     attempts = len([e for e in load_manifest(ctx.run_dir)["phases"] if e["phase"] == "02_baseline"
                     and e.get("status") != "running"])
     restarts_left = cfg.budget.max_baseline_restarts - max(0, attempts - 1)
+    strong = None
+    if result["primary"] and result["strength"] >= THRESHOLDS["strong_strength"] and plan["selected"] \
+            and plan["gap_to_target_points"] > 0:
+        strong = f"{result['cause']} (strength {result['strength']:.1f})"
     option, nxt, reason = after_diagnostics(expected_gain=plan["expected_gain_points"], fix=patch or None,
                                             needs_fix=needs_fix, manual_fix=manual, restarts_left=restarts_left,
-                                            budget=cfg.budget)
-    evidence = {"primary": result["primary"], "expected_gain_points": plan["expected_gain_points"],
+                                            budget=cfg.budget, strong=strong, gap=plan["gap_to_target_points"])
+    evidence = {"primary": result["primary"], "cause": result.get("cause"), "strength": result.get("strength"),
+                "expected_gain_points": plan["expected_gain_points"],
                 "selected": [r["id"] for r in plan["selected"]], "fixes": [r["id"] for r in plan["fixes"]],
                 "marginal": "marginal" in reason}
     if option == "C" and nxt == "02_baseline":
@@ -251,7 +276,7 @@ def _results(ctx: PhaseContext, result: dict[str, Any], decision: dict[str, Any]
 def gate(ctx: PhaseContext, result: dict[str, Any], decision: dict[str, Any], approvals: Any = None,
          auto_signoff: bool = False, waivers: dict[str, str] | None = None) -> dict[str, Any]:
     arts = [ctx.rel(n) for n in ("findings.json", "diagnostic_report.md", "decision.json", "exclude.json",
-                                  "fixed_config.yaml") if ctx.path(n).is_file()]
+                                  "exclude_labels.json", "fixed_config.yaml") if ctx.path(n).is_file()]
     return finish_gate(ctx, "diagnostics_complete", _results(ctx, result, decision), arts, approvals, auto_signoff,
                        waivers, decision)
 

@@ -85,7 +85,8 @@ def _load_final(ctx: PhaseContext, bundle: Any) -> torch.nn.Module:
     from trainkit.checkpoints import load_checkpoint
     from trainkit.models import build_model
 
-    model = build_model(ctx.config.model.name, bundle.input_shape, bundle.num_classes, ctx.config.model.kwargs)
+    model = build_model(ctx.config.model.name, bundle.input_shape, bundle.num_classes, ctx.config.model.kwargs,
+                        ctx.config.model.init)
     model.load_state_dict(load_checkpoint(ctx.path("checkpoints/best.pt"))["model"])
     return model.eval()
 

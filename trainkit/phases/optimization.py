@@ -45,47 +45,82 @@ def _round_dir(ctx: PhaseContext) -> Path:
     return d
 
 
-def _tried(ctx: PhaseContext) -> set[str]:
-    out: set[str] = set()
-    for i in range(1, ctx.attempt):
-        p = phase_dir(ctx.run_dir, PHASE, i) / "provenance.json"
-        if p.is_file():
-            out |= {r["id"] for r in read_json(p)["recommendations"]}
+def realized_gains(run_dir: str | Path, base: Any | None = None) -> dict[str, float]:
+    """What Phase 4 learned so far: recommendation id → realized gain (points over the best config
+    it was tried on, seed-matched). A recommendation tried only inside a combination gets the
+    combination's gain; a later measurement replaces an earlier one. With ``base`` (a config),
+    only what was measured on that config counts: a move that lost before the LR was fixed may
+    win after it."""
+    out: dict[str, float] = {}
+    want = config_hash(base) if base is not None else None
+    for d in sorted((Path(run_dir) / PHASE).glob("iter-*"), key=lambda p: int(p.name.split("-")[-1])):
+        if not (d / "comparison.json").is_file():
+            continue
+        cmp = read_json(d / "comparison.json")
+        if want is not None and cmp.get("base_config_hash") != want:
+            continue
+        for c in sorted(cmp.get("candidates") or [], key=lambda c: -len(c["recommendations"])):  # singles last: they overwrite
+            for rid in c["recommendations"]:
+                out[rid] = float(c["gain_points"])
     return out
+
+
+def _untried(ctx: PhaseContext, cfg: Any) -> list[dict[str, Any]]:
+    """This diagnosis round's recommendations still worth trying on ``cfg``: selected ones first,
+    then the rest by rank; not those ``cfg`` already holds, nor those measured without gain on it."""
+    from trainkit.diagnostics import _already_in
+
+    plan = read_json(_round_dir(ctx) / "findings.json")["plan"]
+    have, lost = config_to_dict(cfg), {rid for rid, g in realized_gains(ctx.run_dir, cfg).items() if g <= 0}
+    out, seen = [], set()
+    for r in plan["selected"] + plan["ranked"]:
+        if r["id"] in seen or not r.get("patch") or r["id"] in lost or _already_in(have, r["patch"]):
+            continue
+        seen.add(r["id"])
+        out.append(r)
+    return out
+
+
+def _provenance(ctx: PhaseContext, base: Any, recs: list[dict[str, Any]], round_no: int) -> tuple[Any, dict[str, Any]]:
+    """(config, provenance record) of ``recs`` applied onto ``base``; the record traces every field."""
+    from trainkit.diagnostics import combine_patches
+
+    patch, prov = combine_patches(recs)
+    cfg = with_overrides(base, patch)
+    old, new = config_to_dict(base), config_to_dict(cfg)
+    by_id = {r["id"]: r for r in recs}
+    rows = [dict(p, old=get_dotted(old, p["field"]), new=get_dotted(new, p["field"]),
+                 round=round_no, expected_gain_points=by_id[p["recommendation"]]["expected_gain_points"]) for p in prov]
+    return cfg, {"base_config_hash": config_hash(base), "config_hash": config_hash(cfg), "patch": patch, "fields": rows,
+                 "recommendations": recs}
 
 
 def apply(ctx: PhaseContext) -> dict[str, Any]:
     """Patch the best config with this iteration's recommendations → ``optimization_config.yaml``
-    and ``provenance.json`` (field, old → new, which finding and recommendation)."""
-    from trainkit.diagnostics import combine_patches
-
+    and ``provenance.json`` (field, old → new, which finding and recommendation). The comparison
+    then tries each recommendation alone and all together and keeps the winner (see compare)."""
     findings = read_json(_round_dir(ctx) / "findings.json")
-    tried = _tried(ctx)
-    recs = [r for r in findings["plan"]["selected"] if r["id"] not in tried]
-    if not recs:  # later iterations: the next-ranked untried ones
-        recs = [r for r in findings["plan"]["ranked"] if r["id"] not in tried and r["patch"]][:3]
+    selected = {r["id"] for r in findings["plan"]["selected"]}
+    untried = _untried(ctx, ctx.config)
+    recs = [r for r in untried if r["id"] in selected] or untried[:3]  # later iterations: the next-ranked ones
     if not recs:
         e = ctx.config.training.epochs
         recs = [{"id": f"longer_{ctx.attempt}", "title": f"Train longer: {e} → {int(e * 1.5)} epochs",
                  "patch": {"training.epochs": int(e * 1.5)}, "finding": "iteration", "expected_gain_points": 0.5,
                  "effort": 2, "rationale": "every recommendation is tried; more steps at the best settings"}]
-    patch, prov = combine_patches(recs)
-    cfg = with_overrides(ctx.config, patch)
-    old, new = config_to_dict(ctx.config), config_to_dict(cfg)
-    by_id = {r["id"]: r for r in recs}
-    rows = [dict(p, old=get_dotted(old, p["field"]), new=get_dotted(new, p["field"]),
-                 round=findings["round"], expected_gain_points=by_id[p["recommendation"]]["expected_gain_points"])
-            for p in prov]
+    cfg, record = _provenance(ctx, ctx.config, recs, findings["round"])
     save_config(cfg, ctx.path("optimization_config.yaml"))
-    record = {"base_config_hash": config_hash(ctx.config), "config_hash": config_hash(cfg), "patch": patch,
-              "fields": rows, "recommendations": recs}
     write_json_atomic(ctx.path("provenance.json"), record)
-    show_html("<table><tr><th>field</th><th>old</th><th>new</th><th>recommendation</th><th>finding</th></tr>" + "".join(
-        f"<tr><td>{r['field']}</td><td>{html.escape(str(r['old']))}</td><td>{html.escape(str(r['new']))}</td>"
-        f"<td>{r['recommendation']}</td><td>{r['finding']}</td></tr>" for r in rows) + "</table>")
+    _show_provenance(record)
     ctx.candidate = cfg  # type: ignore[attr-defined]
+    ctx.recs, ctx.round_no = recs, findings["round"]  # type: ignore[attr-defined]
     return record
 
+
+def _show_provenance(record: dict[str, Any]) -> None:
+    show_html("<table><tr><th>field</th><th>old</th><th>new</th><th>recommendation</th><th>finding</th></tr>" + "".join(
+        f"<tr><td>{r['field']}</td><td>{html.escape(str(r['old']))}</td><td>{html.escape(str(r['new']))}</td>"
+        f"<td>{r['recommendation']}</td><td>{r['finding']}</td></tr>" for r in record["fields"]) + "</table>")
 
 
 def _train_seeds(cfg: Any, bundle: Any, out: Path | None, seeds: list[int]) -> list[dict[str, Any]]:
@@ -119,48 +154,101 @@ def seed_stats(a: list[float], b: list[float], conf: float = 0.95) -> dict[str, 
             "ci": [diff - half, diff + half], "conf": conf, "spread": spread, "exceeds_spread": bool(diff > spread)}
 
 
-def _baseline_runs(ctx: PhaseContext, bundle: Any, seeds: list[int]) -> dict[str, Any]:
-    """The baseline config on the same seeds, trained once per run and cached by config hash."""
+def _baseline_runs(ctx: PhaseContext, seeds: list[int]) -> dict[str, Any]:
+    """The baseline config on its own data (its own ``data.exclude``, not the candidate's) and the
+    same seeds, trained once per run and cached by config hash. On CPU the first seed reproduces
+    Phase 2's run exactly (same config, same seed, deterministic)."""
+    from trainkit.data import load_data
+
     cache = ctx.run_dir / PHASE / "baseline_seeds.json"
     base_dir = latest_attempt_dir(ctx.run_dir, "02_baseline")
     base_cfg = load_config(base_dir / "training_config.yaml")
     key = f"{config_hash(base_cfg)}:{seeds}"
     if cache.is_file() and read_json(cache).get("key") == key:
         return read_json(cache)
-    rows = _train_seeds(base_cfg, bundle, None, seeds)
+    rows = _train_seeds(base_cfg, load_data(base_cfg, ctx.run_dir, PHASE), None, seeds)
     rec = {"key": key, "config": str((base_dir / "training_config.yaml").relative_to(ctx.run_dir)), "runs": rows}
     write_json_atomic(cache, rec)
     return rec
 
 
+def _seed_list(ctx: PhaseContext, seeds: int) -> list[int]:
+    """``seeds`` seeds starting at the baseline's own seed (so seed one is Phase 2's run)."""
+    base_dir = latest_attempt_dir(ctx.run_dir, "02_baseline")
+    s0 = load_config(base_dir / "training_config.yaml").training.seed if base_dir is not None else ctx.config.training.seed
+    return [s0 + i for i in range(max(1, seeds))]
+
+
+def _candidates(ctx: PhaseContext, ablation: bool) -> list[dict[str, Any]]:
+    """Each recommendation alone (with ``ablation``) and all of them together."""
+    recs = ctx.recs  # type: ignore[attr-defined]
+    out = [{"id": "all", "recommendations": [r["id"] for r in recs], "config": ctx.candidate}]  # type: ignore[attr-defined]
+    if ablation and len(recs) > 1:
+        out += [{"id": r["id"], "recommendations": [r["id"]], "config": with_overrides(ctx.config, r["patch"])} for r in recs]
+    return out
+
+
 def compare(ctx: PhaseContext, seeds: int = 3, ablation: bool = True) -> dict[str, Any]:
-    """Train the candidate on ``seeds`` seeds (and each recommendation alone when ``ablation``);
-    compare with the baseline and with the best so far on the same seeds."""
+    """Successive halving over candidates (each recommendation alone with ``ablation``, and all
+    together): every candidate trains on the first seed; the better half (at most two) trains on
+    the rest; the one with the best mean is this iteration's candidate. It is compared with the
+    baseline (its own config and data) and with the best so far, seed for seed."""
     from trainkit.data import load_data
 
-    seed_list = list(range(seeds))
-    cand = ctx.candidate  # type: ignore[attr-defined]
-    bundle = load_data(cand, ctx.run_dir, PHASE)
-    base = _baseline_runs(ctx, bundle, seed_list)
-    runs = _train_seeds(cand, bundle, ctx.path("runs"), seed_list)
+    seed_list = _seed_list(ctx, seeds)
+    base = _baseline_runs(ctx, seed_list)
     best_file = ctx.run_dir / BEST
     best = read_json(best_file) if best_file.is_file() else {"label": "baseline", "per_seed": [r["best_val_accuracy"] for r in base["runs"]]}
+    cands = _candidates(ctx, ablation)
+    for c in cands:
+        c["bundle"] = load_data(c["config"], ctx.run_dir, PHASE)
+        c["runs"] = _train_seeds(c["config"], c["bundle"], ctx.path(f"runs/{c['id']}") if len(cands) > 1 else ctx.path("runs"),
+                                 seed_list[:1] if len(cands) > 1 else seed_list)
+    ranked = sorted(cands, key=lambda c: (-_score(c), c["id"] != "all"))
+    survivors = ranked[:min(2, max(1, (len(cands) + 1) // 2))] if len(cands) > 1 else ranked
+    for c in survivors:
+        if len(c["runs"]) < len(seed_list):
+            c["runs"] += _train_seeds(c["config"], c["bundle"], ctx.path(f"runs/{c['id']}"), seed_list[len(c["runs"]):])
+    winner = max(survivors, key=lambda c: (_score(c), c["id"] == "all"))
+    summary = []
+    for c in cands:
+        n = len(c["runs"])
+        vals = [r["best_val_accuracy"] for r in c["runs"]]
+        summary.append({"id": c["id"], "recommendations": c["recommendations"], "seeds": seed_list[:n], "per_seed": vals,
+                        "mean": float(np.mean(vals)), "gain_points": float(np.mean(vals) - np.mean(best["per_seed"][:n])) * 100,
+                        "survived": c in survivors, "winner": c is winner, "fits": n})
+    _adopt_winner(ctx, winner)
+    runs = winner["runs"]
     vals = [r["best_val_accuracy"] for r in runs]
-    out = {"seeds": seed_list, "candidate": runs, "baseline": base["runs"], "best_before": best,
-           "vs_baseline": seed_stats([r["best_val_accuracy"] for r in base["runs"]], vals),
-           "vs_best": seed_stats(best["per_seed"], vals), "ablation": []}
-    prov = read_json(ctx.path("provenance.json"))
-    if ablation and len(prov["recommendations"]) > 1:
-        for r in prov["recommendations"]:
-            rows = _train_seeds(with_overrides(ctx.config, r["patch"]), bundle, None, seed_list)
-            realized = (np.mean([x["best_val_accuracy"] for x in rows]) - np.mean(best["per_seed"])) * 100
-            out["ablation"].append({"id": r["id"], "expected_gain_points": r["expected_gain_points"],
-                                    "realized_gain_points": float(realized)})
+    out = {"seeds": seed_list, "candidate": runs, "baseline": base["runs"], "best_before": best, "winner": winner["id"],
+           "candidates": summary, "vs_baseline": seed_stats([r["best_val_accuracy"] for r in base["runs"]], vals),
+           "vs_best": seed_stats(best["per_seed"], vals),
+           "ablation": [{"id": c["id"], "expected_gain_points": next(r["expected_gain_points"] for r in ctx.recs  # type: ignore[attr-defined]
+                                                                     if r["id"] == c["id"]),
+                         "realized_gain_points": c["gain_points"], "seeds": len(c["seeds"])} for c in summary if c["id"] != "all"],
+           "fits": sum(c["fits"] for c in summary), "base_config_hash": config_hash(ctx.config)}
     write_json_atomic(ctx.path("comparison.json"), {k: v for k, v in out.items() if k not in ("candidate", "baseline")} |
                       {"candidate": [{k: v for k, v in r.items() if k != "history"} for r in runs],
                        "baseline": [{k: v for k, v in r.items() if k != "history"} for r in base["runs"]]})
     _figures(ctx, out)
     return out
+
+
+def _score(c: dict[str, Any]) -> float:
+    vals = [r["best_val_accuracy"] for r in c["runs"] if r["status"] != "nonfinite"]
+    return float(np.mean(vals)) if len(vals) == len(c["runs"]) and vals else -1.0
+
+
+def _adopt_winner(ctx: PhaseContext, winner: dict[str, Any]) -> None:
+    """Make the winning candidate this iteration's config: optimization_config.yaml and provenance.json."""
+    if winner["id"] == "all":
+        return
+    recs = [r for r in ctx.recs if r["id"] in winner["recommendations"]]  # type: ignore[attr-defined]
+    cfg, record = _provenance(ctx, ctx.config, recs, ctx.round_no)  # type: ignore[attr-defined]
+    record["tried"] = [r["id"] for r in ctx.recs]  # type: ignore[attr-defined]
+    save_config(cfg, ctx.path("optimization_config.yaml"))
+    write_json_atomic(ctx.path("provenance.json"), record)
+    ctx.candidate = cfg  # type: ignore[attr-defined]
 
 
 def _figures(ctx: PhaseContext, out: dict[str, Any]) -> None:
@@ -227,6 +315,10 @@ def decide(ctx: PhaseContext, cmp: dict[str, Any]) -> dict[str, Any]:
         candidate_mean=vb["mean_b"], best_mean=best_mean, baseline_mean=cmp["vs_baseline"]["mean_a"],
         significant=adopted, target=cfg.target.value, gains=_gains(ctx) + [gain], iteration=ctx.attempt,
         budget=cfg.budget, rounds=rounds)
+    if option == "B" and nxt == PHASE and rounds < cfg.budget.max_optimization_iterations \
+            and not _untried(ctx, ctx.candidate if adopted else ctx.config):  # type: ignore[attr-defined]
+        nxt = "03_diagnostics"
+        reason += "; this round's recommendations are used up: re-diagnose the new best config"
     evidence = {"adopted": adopted, "gain_points": round(gain, 3), "candidate_mean": vb["mean_b"], "best_mean": best_mean,
                 "baseline_mean": cmp["vs_baseline"]["mean_a"], "diff_ci_points": [round(c * 100, 3) for c in vb["ci"]],
                 "seed_spread_points": round(vb["spread"] * 100, 3), "iteration": ctx.attempt}
@@ -259,13 +351,19 @@ def write_results(ctx: PhaseContext, cmp: dict[str, Any], decision: dict[str, An
           "![learning curves](comparison.png)", "", "![per-seed results](seeds.png)", "",
           "## Changes (provenance)", "", "| field | old | new | recommendation | finding |", "|---|---|---|---|---|"]
     L += [f"| {r['field']} | `{r['old']}` | `{r['new']}` | {r['recommendation']} | {r['finding']} |" for r in prov["fields"]]
+    L += ["", "## Candidates (successive halving)", "",
+          f"Every candidate trained on seed {cmp['seeds'][0]}; the better half (at most two) on all {len(cmp['seeds'])} seeds; "
+          f"winner **{cmp.get('winner', 'all')}**. {cmp.get('fits', '?')} candidate fits in all.", "",
+          "| candidate | recommendations | seeds | mean val accuracy | gain over best so far (points) | |",
+          "|---|---|---:|---:|---:|---|"]
+    L += [f"| {c['id']} | {', '.join(c['recommendations'])} | {len(c['seeds'])} | {c['mean']:.4f} | {c['gain_points']:+.2f} | "
+          f"{'winner' if c['winner'] else ('survived' if c['survived'] else 'stopped after one seed')} |"
+          for c in cmp.get("candidates", [])]
     L += ["", "## Expected (Phase 3) against realized gain", "", "| recommendation | expected (points) | realized alone (points) |",
           "|---|---:|---:|"]
-    abl = {a["id"]: a for a in cmp["ablation"]}
-    L += [f"| {r['id']} | {r['expected_gain_points']:.2f} | "
-          f"{abl[r['id']]['realized_gain_points']:+.2f} |" if r["id"] in abl else
-          f"| {r['id']} | {r['expected_gain_points']:.2f} | (applied together: {vb['diff'] * 100:+.2f}) |" for r in prov["recommendations"]]
-    L += ["", f"All together: expected {sum(r['expected_gain_points'] for r in prov['recommendations']):.2f}, "
+    L += [f"| {a['id']} | {a['expected_gain_points']:.2f} | {a['realized_gain_points']:+.2f} ({a.get('seeds', '?')} seed(s)) |"
+          for a in cmp["ablation"]]
+    L += ["", f"Adopted candidate: expected {sum(r['expected_gain_points'] for r in prov['recommendations']):.2f}, "
           f"realized {vb['diff'] * 100:+.2f} points over the best so far."]
     if sweep_summary:
         L += ["", "## Optuna sweep", "", f"{sweep_summary['trials']} trials ({sweep_summary['states']}), best val accuracy "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +85,16 @@ def check_determinism(ctx: PhaseContext, bundle: Any) -> dict[str, Any]:
     """Two short same-seed trainings; bitwise-identical losses on CPU → determinism.json."""
     from trainkit.repro import determinism_probe
 
-    result = determinism_probe(ctx.config, bundle)
+    from trainkit.errors import TrainingError
+
+    try:
+        result = determinism_probe(ctx.config, bundle)
+    except TrainingError as exc:  # the model cannot train at all: Phase 2 records the crash, Phase 3 diagnoses it
+        result = {"passed": None, "error": str(exc)[:1000], "device": ctx.config.training.device, "epochs": 0}
+        write_json_atomic(ctx.path("determinism.json"), result)
+        show_html(f"<p>Determinism probe could not train the model: {html.escape(str(exc)[:400])}. Phase 2 records "
+                  "the crash and Phase 3 classifies it with a fix.</p>")
+        return result
     write_json_atomic(ctx.path("determinism.json"), result)
     verdict = "identical (bitwise)" if result["identical"] else f"max |diff| {result['max_abs_diff']:.3g}"
     show_html(f"<p>Determinism probe on {result['device']}: {result['epochs']} epochs twice → {verdict}</p>")
@@ -116,6 +127,10 @@ def _results(ctx: PhaseContext, bundle: Any) -> dict[str, tuple[str, Any]]:
     except QuarantineError:
         r["test_quarantined"] = ("pass", "reading the test split in Phase 1 raised QuarantineError; access logged")
     det_r = read_json(det_path) if det_path.exists() else {}
+    if det_r.get("error"):
+        r["determinism_verified"] = ("na", f"the model could not train, so determinism cannot be measured: "
+                                     f"{det_r['error'][:300]} (Phase 2 records the crash; Phase 3 diagnoses it)")
+        return r
     r["determinism_verified"] = ("pass", f"{det_r['epochs']} epochs twice on {det_r['device']}: "
                                  + ("bitwise identical" if det_r["identical"] else f"max diff {det_r['max_abs_diff']:.2g}"
                                     f" ≤ {det_r['tolerance']}")) if det_r.get("passed") \

@@ -1,0 +1,278 @@
+"""The decision engine on data that is not digits: one test per defect of issue #10.
+
+1 label probe on a weak model is inconclusive and silences nothing; the leak fix drops only copies
+2 Phase 4's baseline is the true baseline (its own data; seed one reproduces Phase 2 exactly)
+3 a Phase 4 iteration that adopts nothing → Phase 3 round 2 diagnoses the best config so far
+4 a strong finding with the target close is optimized, not finalized
+5 dead units: the LR finder refuses a flat curve; the fix re-initialises and the model learns
+6 a dominant input bottleneck gets its fix selected
+7 imbalance: class weighting / balanced sampler patches with per-class recall
+8 model family: an MLP on images or signals is offered a conv net; a user's model gets advice
+9 a custom (N, C, L) source keeps its shape; cnn1d and a user's Conv1d model train on it
+"""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from trainkit._io import read_json
+from trainkit.config import BudgetConfig, config_to_dict, with_overrides
+from trainkit.data import load_data
+from trainkit.decisions import after_diagnostics
+from trainkit.diagnostics import detect_all, plan_recommendations, primary_cause
+from trainkit.diagnostics.probes import label_issue_probe, lr_range_test
+from trainkit.testing import run_phase_inprocess, tiny_config
+from trainkit.train import fit
+
+T = "trainkit.testing:"
+
+
+def _ev(cfg, history, best_val, target, probes=None, shape=(16,), **kw):
+    best = max(history, key=lambda r: r["val_accuracy"])
+    ev = {"status": "completed", "history": history, "best": dict(best, val_accuracy=best_val), "init_loss": 2.0,
+          "nonfinite": None, "crash": None, "target": target, "config": config_to_dict(cfg), "device": "cpu",
+          "failed_mode": False, "input_shape": list(shape), "num_classes": 4, "val_size": 200,
+          "probes": probes or {"seed_variance": {"seeds": [0, 1, 2], "val_accuracy": [0.5, 0.5, 0.5], "std": 0.005,
+                                                  "range": 0.01, "epochs": 5}}}
+    ev.update(kw)
+    return ev
+
+
+def _hist(train_acc, val_acc, epochs=10):
+    return [{"epoch": e, "train_loss": 1.0 - 0.09 * e, "val_loss": 1.0 - 0.05 * e, "train_accuracy": train_acc,
+             "val_accuracy": val_acc, "lr": 1e-3} for e in range(epochs)]
+
+
+# ----------------------------------------------------------------------------- 1
+
+def test_label_probe_on_a_weak_model_is_inconclusive_and_silences_nothing():
+    cfg = tiny_config({"data.source": T + "shapes", "model.kwargs": {"hidden": [4]}})
+    bundle = load_data(cfg)
+    li = label_issue_probe(cfg, bundle, epochs=1, baseline_val=0.9)  # clean labels, a weak out-of-fold model
+    assert li["inconclusive"] and li["flagged"] == [] and li["flagged_fraction"] == 0.0, li["verdict"]
+    assert li["confident_learning_candidates"] > 0.05 * li["checked"]  # what the old probe would have flagged
+    assert "inconclusive" in li["verdict"]
+    ev = _ev(cfg, _hist(0.55, 0.52), 0.52, 0.9, shape=(1, 16, 16),
+             probes={"label_issues": li, "data": {"class_counts_train": [200] * 4, "leaked_train_indices": [3, 5],
+                                                  "duplicate_train_indices": [], "imbalance_ratio": 1.0}})
+    findings = {f.name: f for f in detect_all(ev)}
+    assert findings["underfitting"].fired  # not switched off by an unreliable probe
+    dq = findings["data_quality"]
+    assert dq.evidence["exclude_indices"] == [3, 5]  # the leak fix drops only the copies
+    assert "label_issues" not in dq.evidence["problems"]
+    assert not any(r.id == "exclude_mislabelled" for r in dq.recommendations)
+
+
+def test_label_probe_on_a_strong_model_estimates_the_noise_rate():
+    cfg = tiny_config({"data.source": T + "tabular", "data.label_noise": 0.25, "model.kwargs": {"hidden": [128]}})
+    bundle = load_data(cfg)
+    li = label_issue_probe(cfg, bundle, epochs=15, baseline_val=0.95)
+    assert li["trusted"] and li["significant"]
+    lo, hi = li["noise_rate_ci"]
+    assert lo <= 0.25 <= hi + 0.05 and lo > 0.1, li["verdict"]
+    flipped = set(bundle.info["label_noise_flipped"])
+    tp = len(set(li["flagged"]) & flipped)
+    assert tp / len(li["flagged"]) >= 0.85 and tp / len(flipped) >= 0.5
+
+
+# ----------------------------------------------------------------------------- 2, 3: Phase 4 through the notebooks
+
+@pytest.fixture(scope="module")
+def noisy_run(tmp_path_factory):
+    """Phases 1-3 on noisy tabular labels (a data patch is among the selected recommendations)."""
+    import yaml
+
+    root = tmp_path_factory.mktemp("p4")
+    cfg = tiny_config({"data.source": T + "tabular", "data.label_noise": 0.3, "model.kwargs": {"hidden": [128, 128]},
+                       "training.epochs": 12, "target.value": 0.995})
+    path = root / "cfg.yaml"
+    path.write_text(yaml.safe_dump(config_to_dict(cfg)))
+    run = root / "run"
+    run_phase_inprocess("01_planning", run, config_path=str(path))
+    run_phase_inprocess("02_baseline", run, attempt=1)
+    run_phase_inprocess("03_diagnostics", run, attempt=1)
+    return run
+
+
+def test_phase4_baseline_is_phase2s_baseline_on_its_own_data(noisy_run):
+    findings = read_json(noisy_run / "03_diagnostics/round-1/findings.json")
+    assert findings["cause"] == "label_issues", findings["cause"]
+    assert any(r["id"] == "exclude_mislabelled" for r in findings["plan"]["selected"])
+    run_phase_inprocess("04_optimization", noisy_run, attempt=1, seeds=2)
+    cmp = read_json(noisy_run / "04_optimization/iter-1/comparison.json")
+    phase2 = read_json(noisy_run / "02_baseline/attempt-1/train_summary.json")
+    assert cmp["seeds"][0] == tiny_config().training.seed
+    assert cmp["baseline"][0]["best_val_accuracy"] == phase2["best"]["val_accuracy"]  # exactly, on CPU
+    assert cmp["baseline"][0]["best_epoch"] == phase2["best"]["epoch"]
+    excl = [c for c in cmp["candidates"] if c["recommendations"] == ["exclude_mislabelled"]]
+    assert excl and excl[0]["gain_points"] != 0.0  # measured against the baseline's data, not against itself
+    assert cmp["fits"] < 3 * len(cmp["candidates"])  # losing candidates stopped after one seed
+
+
+def test_iteration_that_adopts_nothing_rediagnoses_the_best_so_far(noisy_run, monkeypatch):
+    from trainkit.phases import optimization
+
+    first = read_json(noisy_run / "04_optimization/iter-1/decision.json")
+    assert first["next"] in ("03_diagnostics", "04_optimization"), first["reason"]  # target 0.995 is out of reach
+    rounds = 1
+    if first["next"] == "03_diagnostics":  # iteration 1 used up its round's recommendations: re-diagnosed first
+        run_phase_inprocess("03_diagnostics", noisy_run, attempt=2)
+        rounds = 2
+    real = optimization._train_seeds
+
+    def worse(cfg, bundle, out, seeds):  # every candidate loses: nothing can be adopted
+        rows = real(cfg, bundle, out, seeds)
+        return [dict(r, best_val_accuracy=0.01) for r in rows] if out is not None else rows
+
+    monkeypatch.setattr(optimization, "_train_seeds", worse)
+    run_phase_inprocess("04_optimization", noisy_run, attempt=2, seeds=2)
+    monkeypatch.undo()
+    dec = read_json(noisy_run / "04_optimization/iter-2/decision.json")
+    assert not dec["evidence"]["adopted"] and (dec["option"], dec["next"]) == ("C", "03_diagnostics"), dec["reason"]
+    run_phase_inprocess("03_diagnostics", noisy_run, attempt=rounds + 1)
+    d = noisy_run / f"03_diagnostics/round-{rounds + 1}"
+    gate = read_json(d / "gate.json")
+    assert gate["state"] == "passed", [c for c in gate["checks"] if c["status"] == "fail"]
+    findings = read_json(d / "findings.json")
+    best = read_json(noisy_run / "best.json")["dir"] if (noisy_run / "best.json").is_file() else "02_baseline/attempt-1"
+    assert findings["source"] == best  # the best config so far, with its evidence
+    assert findings["evidence"]["best"] is not None
+
+
+# ----------------------------------------------------------------------------- 4
+
+def test_strong_finding_with_the_target_close_is_optimized():
+    cfg = tiny_config({"model.kwargs": {"hidden": [512]}})
+    ev = _ev(cfg, _hist(0.99, 0.30), 0.30, 0.338)  # a 69-point gap, the target 3.8 points away
+    findings = detect_all(ev)
+    primary = primary_cause(findings)
+    assert primary.name == "overfitting" and primary.strength >= 2
+    plan = plan_recommendations(findings, ev)
+    assert plan["expected_gain_points"] > 5  # gains scale with the gap, not with the distance to the target
+    option, nxt, _ = after_diagnostics(expected_gain=2.0, fix=None, needs_fix=False, manual_fix=None, restarts_left=2,
+                                       budget=BudgetConfig(), strong="overfitting (strength 13.8)", gap=3.8)
+    assert (option, nxt) == ("A", "04_optimization")
+
+
+# ----------------------------------------------------------------------------- 5
+
+def test_dead_units_lr_finder_refuses_and_the_fix_revives_them(tmp_path):
+    from trainkit.diagnostics import gather_evidence, run_probes
+
+    cfg = tiny_config({"data.source": T + "tabular", "model.name": T + "dead_relu_model", "model.kwargs": {},
+                       "training.epochs": 4})
+    bundle = load_data(cfg)
+    lr = lr_range_test(cfg, bundle)
+    assert lr["suggested_lr"] is None and lr["inconclusive"] and "flat" in lr["reason"]
+    fit(cfg, bundle, tmp_path, progress=False)
+    ev = gather_evidence(tmp_path, cfg, failed_mode=True)
+    ev["probes"] = run_probes(cfg, bundle, ev, label_issues=False, echo=lambda _: None)
+    findings = detect_all(ev)
+    stall = next(f for f in findings if f.name == "convergence_stall")
+    assert stall.fired and stall.cause == "dead_units"
+    (rec,) = stall.recommendations
+    assert rec.patch["model.init"] == "kaiming" and rec.patch.get("optimizer.lr", cfg.optimizer.lr) >= cfg.optimizer.lr
+    fixed = with_overrides(cfg, rec.patch)
+    assert fit(fixed, bundle, None, progress=False).best["val_accuracy"] > 0.8
+
+
+# ----------------------------------------------------------------------------- 6
+
+def test_dominant_input_bottleneck_gets_its_fix_selected():
+    cfg = tiny_config({"data.source": T + "slow_tabular", "model.kwargs": {"hidden": [8]}, "optimizer.weight_decay": 0.01})
+    ev = _ev(cfg, _hist(0.70, 0.68), 0.68, 0.95,
+             probes={"resource": {"device": "cpu", "data_wait_fraction": 0.8},
+                     "lr_range": {"suggested_lr": 0.01},
+                     "seed_variance": {"seeds": [0, 1, 2], "val_accuracy": [0.68] * 3, "std": 0.002, "range": 0.004, "epochs": 3}})
+    findings = detect_all(ev)
+    plan = plan_recommendations(findings, ev)
+    assert len([r for r in plan["ranked"] if r["kind"] == "accuracy"]) >= 4  # plenty of competition
+    assert plan["selected"][0]["id"] == "workers" and plan["selected"][0]["forced"]
+
+
+# ----------------------------------------------------------------------------- 7
+
+def test_imbalance_offers_class_weighting_and_a_balanced_sampler_that_lift_the_rare_classes(tmp_path):
+    from trainkit.diagnostics import gather_evidence, run_probes
+
+    cfg = tiny_config({"data.source": T + "imbalanced_tabular", "model.kwargs": {"hidden": [8]}, "training.epochs": 10,
+                       "target.value": 0.999})
+    bundle = load_data(cfg)
+    fit(cfg, bundle, tmp_path, progress=False)
+    ev = gather_evidence(tmp_path, cfg)
+    ev["probes"] = run_probes(cfg, bundle, ev, label_issues=False, echo=lambda _: None)
+    dq = next(f for f in detect_all(ev) if f.name == "data_quality")
+    assert dq.fired and "imbalance" in dq.evidence["problems"] and dq.evidence["imbalance_ratio"] >= 15
+    recall = dq.evidence["val_recall_per_class"]
+    assert len(recall) == 3 and dq.evidence["min_class_recall"] == pytest.approx(min(recall), abs=1e-4)
+    patches = {r.id: r.patch for r in dq.recommendations}
+    assert patches["class_weighting"] == {"training.class_weighting": "balanced"}
+    assert patches["balanced_sampler"] == {"data.sampler": "balanced"}
+
+    def min_recall(c):
+        from trainkit.diagnostics.probes import per_class_probe
+        from trainkit.models import build_model
+
+        r = fit(c, bundle, tmp_path / c.training.class_weighting / c.data.sampler, progress=False)
+        from trainkit.checkpoints import load_checkpoint
+
+        m = build_model(c.model.name, bundle.input_shape, bundle.num_classes, c.model.kwargs)
+        m.load_state_dict(load_checkpoint(r.paths["best"])["model"])
+        return per_class_probe(c, bundle, m)["min_recall"]
+
+    before = min_recall(cfg)
+    assert min_recall(with_overrides(cfg, patches["class_weighting"])) > before
+    assert min_recall(with_overrides(cfg, patches["balanced_sampler"])) > before
+
+
+# ----------------------------------------------------------------------------- 8
+
+@pytest.mark.parametrize("shape,family", [((1, 8, 8), "cnn"), ((2, 64), "cnn1d")])
+def test_mlp_on_images_or_signals_is_offered_a_conv_net(shape, family):
+    cfg = tiny_config({"model.kwargs": {"hidden": [64]}, "optimizer.name": "sgd", "optimizer.lr": 1e-3})
+    ev = _ev(cfg, _hist(0.80, 0.78), 0.78, 0.95, shape=shape)
+    plan = plan_recommendations(detect_all(ev), ev)
+    rec = next(r for r in plan["ranked"] if r["id"] == "model_family")
+    assert rec["patch"]["model.name"] == family and rec in plan["selected"]
+    mine = _ev(with_overrides(cfg, {"model.name": T + "tiny_model", "model.kwargs": {}}), _hist(0.80, 0.78), 0.78, 0.95,
+               shape=shape)
+    advice = plan_recommendations(detect_all(mine), mine)["advice"]
+    assert any(a["id"] == "model_family_advice" and a["patch"] is None for a in advice)
+
+
+def test_demo_conv_candidate_beats_the_mlp_on_digits():
+    base = tiny_config({"training.epochs": 15, "optimizer.name": "sgd", "optimizer.lr": 0.05})
+    conv = with_overrides(base, {"model.name": "cnn", "model.kwargs": {"channels": [32, 64]}})
+    bundle = load_data(base)
+    accs = {n: fit(c, bundle, None, progress=False).best["val_accuracy"] for n, c in (("mlp", base), ("cnn", conv))}
+    assert accs["cnn"] > accs["mlp"] and accs["cnn"] >= 0.97, accs
+
+
+# ----------------------------------------------------------------------------- 9
+
+def test_custom_signal_source_keeps_its_shape_and_conv1d_models_train():
+    for model in ("cnn1d", T + "signal_conv_model"):
+        cfg = tiny_config({"data.source": T + "signals", "model.name": model, "model.kwargs": {}, "training.epochs": 6})
+        bundle = load_data(cfg)
+        assert bundle.input_shape == (2, 64)
+        r = fit(cfg, bundle, None, progress=False)
+        assert r.status == "completed" and r.best["val_accuracy"] > 0.6, (model, r.best["val_accuracy"])
+    tab = load_data(tiny_config({"data.source": T + "tabular"}))
+    assert tab.input_shape == (16,)
+    x = tab._x[tab.splits["train"]]
+    assert np.allclose(x.mean(0), 0, atol=1e-4) and np.allclose(x.std(0), 1, atol=0.05)  # per-feature scaling
+
+
+def test_augment_shifts_signals_and_keeps_their_shape():
+    import torch
+
+    from trainkit.data import augment_batch
+
+    x = torch.arange(2 * 3 * 32, dtype=torch.float32).reshape(2, 3, 32)
+    torch.manual_seed(1)
+    shifted = [augment_batch(x, "crop") for _ in range(5)]
+    assert all(s.shape == x.shape for s in shifted) and any(not torch.equal(s, x) for s in shifted)
+    assert not math.isnan(float(shifted[0].sum()))
+    assert json.dumps(list(x.shape)) == "[2, 3, 32]"
