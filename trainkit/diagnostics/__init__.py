@@ -70,7 +70,7 @@ def run_probes(cfg: TrainkitConfig, bundle: Any, ev: dict[str, Any], label_issue
     out["input_independent"] = _timed("input_independent", lambda: P.input_independent_probe(cfg, bundle), echo)
     out["overfit_batch"] = _timed("overfit_batch", lambda: P.overfit_batch_probe(cfg, bundle), echo)
     out["seed_variance"] = _timed("seed_variance", lambda: P.seed_variance_probe(
-        cfg, bundle, epochs=min(cfg.training.epochs, 10)), echo)
+        cfg, bundle, epochs=min(cfg.training.epochs, 10), baseline=ev.get("best")), echo)
     out["throughput"] = _timed("throughput", lambda: P.throughput_probe(cfg, bundle), echo)
     trained = _trained_model(cfg, bundle, ev)
     out["dead_units"] = _timed("dead_units", lambda: P.dead_units_probe(cfg, bundle, trained), echo)
@@ -135,10 +135,36 @@ def _generic(ev: dict[str, Any]) -> list[Recommendation]:
                                    {"schedule.name": "cosine", "schedule.warmup_epochs": 1.0},
                                    "decaying the LR usually settles into a better minimum", round(0.1 * need, 2), 1, {},
                                    "accuracy", "generic"))
-    recs.append(Recommendation("longer", f"Train longer: {cfg['training']['epochs']} → {int(cfg['training']['epochs'] * 1.5)} epochs",
-                               {"training.epochs": int(cfg["training"]["epochs"] * 1.5)},
-                               "more steps at the same settings", round(0.05 * need, 2), 2, {}, "accuracy", "generic"))
+    recs.append(_longer(ev, need))
+    if lr > 0:  # a local LR search: the one knob that matters most, a factor of 3 either way
+        for rid, f, why in (("lr_x3", 3.0, "a larger step may reach a better region"),
+                            ("lr_div3", 1 / 3, "a smaller step may settle into a sharper minimum")):
+            recs.append(Recommendation(rid, f"LR {lr:g} → {lr * f:.3g}", {"optimizer.lr": float(f"{lr * f:.3g}")}, why,
+                                       round(0.05 * need, 2), 1, {}, "accuracy", "generic"))
     return recs
+
+
+def _longer(ev: dict[str, Any], need: float) -> Recommendation:
+    """Train longer (twice the epochs, twice the patience). Its expected gain is the recent rate of
+    val-accuracy improvement when the run was still improving as it stopped (val loss at or near
+    its minimum in the last epochs), else a token amount."""
+    cfg, h = ev["config"], ev.get("history") or []
+    epochs, patience = cfg["training"]["epochs"], cfg["training"]["patience"]
+    patch: dict[str, Any] = {"training.epochs": 2 * epochs}
+    if patience is not None:
+        patch["training.patience"] = max(10, 2 * patience)
+    i_min = min(range(len(h)), key=lambda i: h[i]["val_loss"]) if h else 0
+    improving = len(h) >= 4 and i_min >= len(h) - 2
+    k = len(h) // 2  # over the second half of the run: the best accuracy reached against where the half began
+    rate = 100 * (max(r["val_accuracy"] for r in h[-k:]) - h[-k - 1]["val_accuracy"]) / k if improving and k > 0 else 0.0
+    headroom = max(0.0, (1 - ((ev.get("best") or {}).get("val_accuracy") or 0.0)) * 100)
+    gain = min(0.5 * headroom, 0.25 * max(0.0, rate) * len(h)) if improving else 0.05 * need
+    why = (f"val loss was still falling when training stopped (+{rate:.1f} points of val accuracy per epoch lately)"
+           if improving else "more steps at the same settings")
+    return Recommendation("longer", f"Train longer: {epochs} → {2 * epochs} epochs" + (
+        f", patience {patience} → {patch['training.patience']}" if "training.patience" in patch else ""), patch, why,
+        round(gain, 2), 1 if improving else 2, {"still_improving": improving, "recent_rate_points_per_epoch": round(rate, 2)},
+        "accuracy", "generic")
 
 
 def combine_patches(recs: list[dict[str, Any]] | list[Recommendation]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -242,8 +268,10 @@ def _headroom_points(ev: dict[str, Any]) -> float:
 
 
 def primary_cause(findings: list[Finding]) -> Finding | None:
-    """The fired finding that explains most: infrastructure first, then by evidence strength."""
+    """The fired finding that explains most: infrastructure first, then a dominant bottleneck (a
+    finding whose fix is forced: everything else waits on it), then by evidence strength."""
     fired = [f for f in findings if f.fired]
     if not fired:
         return None
-    return sorted(fired, key=lambda f: (not f.infrastructure, -f.strength, list(DETECTORS).index(f.name)))[0]
+    return sorted(fired, key=lambda f: (not f.infrastructure, not any(r.forced for r in f.recommendations), -f.strength,
+                                        list(DETECTORS).index(f.name)))[0]

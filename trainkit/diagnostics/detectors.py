@@ -125,7 +125,8 @@ def _seed_probe_converged(ev: dict[str, Any]) -> bool:
     best_epoch = (ev.get("best") or {}).get("epoch")
     h = ev.get("history") or []
     climbing = len(h) >= 2 and h[-1]["val_accuracy"] - max(r["val_accuracy"] for r in h[:-1]) > 0.01
-    return bool(sv) and best_epoch is not None and int(sv.get("epochs") or 0) >= int(best_epoch) + 1 and not climbing
+    long_enough = bool(sv.get("full_runs")) or int(sv.get("epochs") or 0) >= int(best_epoch or 0) + 1
+    return bool(sv) and best_epoch is not None and long_enough and not climbing
 
 
 def _noise_points(ev: dict[str, Any]) -> float:
@@ -256,10 +257,17 @@ def detect_underfitting(ev: dict[str, Any]) -> Finding:
     train_adj = min(1.0, train_acc / (1 - noise)) if noise < 1 else train_acc
     gap = (h[-1]["train_accuracy"] - h[-1]["val_accuracy"]) * 100
     ceiling = min(ev["target"] + THRESHOLDS["underfit_train_margin"], 0.995)  # a model at ~100% on train fits it
-    fired = best_val < ev["target"] and train_adj < ceiling and gap < THRESHOLDS["overfit_gap_points"]
+    shortfall = (ceiling - train_adj) * 100
+    fired = best_val < ev["target"] and gap < THRESHOLDS["overfit_gap_points"] and \
+        shortfall >= max(100 * THRESHOLDS["underfit_train_margin"], _noise_points(ev))  # short by more than the noise
+    sug0, lr0 = _suggested_lr(ev), ev["config"]["optimizer"]["lr"]
+    spread = 100 * float((ev["probes"].get("seed_variance") or {}).get("range") or 0.0)
+    if fired and sug0 and lr0 > 3 * sug0 and spread > 2 * THRESHOLDS["min_noise_points"]:
+        return _quiet("underfitting", f"train accuracy {train_acc:.3f} is low, but the LR {lr0:g} is {lr0 / sug0:.0f}× the range "
+                      f"test's suggestion and seeds spread {spread:.1f} points: unstable training, not too little capacity "
+                      "(see high_variance)", best_train_accuracy=train_acc, configured_lr=lr0, suggested_lr=sug0)
     best_epoch = ev["best"]["epoch"]
     still_improving = best_epoch >= len(h) - 2
-    shortfall = (ceiling - train_adj) * 100
     evd = {"best_val_accuracy": best_val, "best_train_accuracy": train_acc, "train_accuracy_noise_adjusted": round(train_adj, 4),
            "label_noise_rate": noise, "target": ev["target"], "train_ceiling": round(ceiling, 4),
            "still_improving_at_end": still_improving, "epochs_run": len(h), "noise_points": _noise_points(ev)}
@@ -597,6 +605,13 @@ def detect_high_variance(ev: dict[str, Any]) -> Finding:
         bs = cfg["data"]["batch_size"]
         f.recommendations.append(_rec("high_variance", "bigger_batch", f"Batch size {bs} → {2 * bs}", {"data.batch_size": 2 * bs},
                                       "larger batches average out gradient noise", 0.2 * spread, 1))
+        kw = dict(cfg["model"]["kwargs"])
+        if cfg["model"]["name"] == "mlp":  # wider nets have fewer poor minima for a seed to land in
+            hidden = [min(2048, max(4 * w, 32)) for w in kw.get("hidden", [128])]
+            f.recommendations.append(_rec("high_variance", "capacity", f"Wider MLP: hidden {hidden}",
+                                          {"model.kwargs": {**kw, "hidden": hidden}},
+                                          "seeds land in different minima; an over-parameterised net has fewer poor ones",
+                                          0.5 * spread, 1))
     return f
 
 

@@ -182,17 +182,34 @@ def grad_norm_stats(history: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "p90_last": rows[-1]["grad_norm_p90"], "ratio_last_first": p50[-1] / p50[0] if p50[0] else None}
 
 
-def seed_variance_probe(cfg: TrainkitConfig, bundle: DataBundle, seeds: Sequence[int] = (0, 1, 2),
-                        epochs: int | None = None) -> dict[str, Any]:
-    """Short trainings on several seeds: the spread of val accuracy is the noise floor of any comparison."""
-    epochs = epochs or min(cfg.training.epochs, 5)
+def seed_variance_probe(cfg: TrainkitConfig, bundle: DataBundle, seeds: Sequence[int] | None = None,
+                        epochs: int | None = None, baseline: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The baseline's recipe on several seeds: the spread of best val accuracy is the noise floor of
+    any comparison. With ``baseline`` (the diagnosed run's best epoch record) its own seed is not
+    trained again: its result is the first value, and the other seeds run the full config (same
+    epochs and early stopping), so the spread is that of whole runs. Without it, short runs of
+    ``epochs`` (default min(epochs, 5)) on every seed."""
+    from trainkit.train import fit
+
+    s0 = cfg.training.seed
+    seeds = list(seeds) if seeds is not None else [s0, s0 + 1, s0 + 2]
     accs = []
-    for s in seeds:
-        _, _, acc = _short_train(with_overrides(cfg, {"training.seed": int(s)}), bundle, epochs, int(s))
-        accs.append(acc)
+    if baseline is not None:
+        for s in seeds:
+            if s == s0:
+                accs.append(float(baseline["val_accuracy"]))
+            else:
+                r = fit(with_overrides(cfg, {"training.seed": int(s)}), bundle, None, progress=False)
+                accs.append(float((r.best or {}).get("val_accuracy", 0.0)))
+        epochs = cfg.training.epochs
+    else:
+        epochs = epochs or min(cfg.training.epochs, 5)
+        for s in seeds:
+            _, _, acc = _short_train(with_overrides(cfg, {"training.seed": int(s)}), bundle, epochs, int(s))
+            accs.append(acc)
     a = np.asarray(accs)
-    return {"seeds": list(seeds), "epochs": epochs, "val_accuracy": accs, "mean": float(a.mean()),
-            "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0, "range": float(a.max() - a.min())}
+    return {"seeds": list(seeds), "epochs": epochs, "full_runs": baseline is not None, "val_accuracy": accs,
+            "mean": float(a.mean()), "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0, "range": float(a.max() - a.min())}
 
 
 def throughput_probe(cfg: TrainkitConfig, bundle: DataBundle, sizes: Sequence[int] = (32, 64, 128, 256),

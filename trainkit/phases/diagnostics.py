@@ -263,6 +263,11 @@ def _results(ctx: PhaseContext, result: dict[str, Any], decision: dict[str, Any]
         res["recommendations"] = ("pass", f"infrastructure fix: {decision['reason']}")
     elif 3 <= n <= 5 and all("expected_gain_points" in r and "effort" in r for r in plan["selected"]):
         res["recommendations"] = ("pass", f"{n} selected, expected gain {plan['expected_gain_points']:.1f} points")
+    elif 1 <= n < 3 and len(plan["ranked"]) == n:  # earlier rounds measured the rest without gain: all that is left
+        res["recommendations"] = ("warn", f"only {n} untried move(s) left after earlier rounds; expected gain "
+                                  f"{plan['expected_gain_points']:.1f} points")
+    elif n == 0 and decision["option"] == "B":
+        res["recommendations"] = ("warn", "no untried move left: finalize with the best so far")
     else:
         res["recommendations"] = ("fail", f"{n} selected; need 3-5 with expected gain and effort")
     present = all(ctx.path(p).is_file() for p in ("diagnostic_report.md", "findings.json"))

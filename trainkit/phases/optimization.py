@@ -70,12 +70,16 @@ def _untried(ctx: PhaseContext, cfg: Any) -> list[dict[str, Any]]:
     then the rest by rank; not those ``cfg`` already holds, nor those measured without gain on it."""
     from trainkit.diagnostics import _already_in
 
-    plan = read_json(_round_dir(ctx) / "findings.json")["plan"]
+    rd = _round_dir(ctx)
+    plan = read_json(rd / "findings.json")["plan"]
     have, lost = config_to_dict(cfg), {rid for rid, g in realized_gains(ctx.run_dir, cfg).items() if g <= 0}
+    diagnosed = load_config(rd / "training_config.yaml").model.name if (rd / "training_config.yaml").is_file() else None
     out, seen = [], set()
     for r in plan["selected"] + plan["ranked"]:
         if r["id"] in seen or not r.get("patch") or r["id"] in lost or _already_in(have, r["patch"]):
             continue
+        if "model.kwargs" in r["patch"] and "model.name" not in r["patch"] and diagnosed and diagnosed != cfg.model.name:
+            continue  # kwargs written for the model that was diagnosed, not for the family adopted since
         seen.add(r["id"])
         out.append(r)
     return out
@@ -209,6 +213,10 @@ def compare(ctx: PhaseContext, seeds: int = 3, ablation: bool = True) -> dict[st
     for c in survivors:
         if len(c["runs"]) < len(seed_list):
             c["runs"] += _train_seeds(c["config"], c["bundle"], ctx.path(f"runs/{c['id']}"), seed_list[len(c["runs"]):])
+    combo = _survivor_combination(ctx, survivors, best, seed_list)
+    if combo is not None:
+        cands.append(combo)
+        survivors.append(combo)
     winner = max(survivors, key=lambda c: (_score(c), c["id"] == "all"))
     summary = []
     for c in cands:
@@ -216,7 +224,7 @@ def compare(ctx: PhaseContext, seeds: int = 3, ablation: bool = True) -> dict[st
         vals = [r["best_val_accuracy"] for r in c["runs"]]
         summary.append({"id": c["id"], "recommendations": c["recommendations"], "seeds": seed_list[:n], "per_seed": vals,
                         "mean": float(np.mean(vals)), "gain_points": float(np.mean(vals) - np.mean(best["per_seed"][:n])) * 100,
-                        "survived": c in survivors, "winner": c is winner, "fits": n})
+                        "survived": any(c is x for x in survivors), "winner": c is winner, "fits": n})
     _adopt_winner(ctx, winner)
     runs = winner["runs"]
     vals = [r["best_val_accuracy"] for r in runs]
@@ -225,13 +233,33 @@ def compare(ctx: PhaseContext, seeds: int = 3, ablation: bool = True) -> dict[st
            "vs_best": seed_stats(best["per_seed"], vals),
            "ablation": [{"id": c["id"], "expected_gain_points": next(r["expected_gain_points"] for r in ctx.recs  # type: ignore[attr-defined]
                                                                      if r["id"] == c["id"]),
-                         "realized_gain_points": c["gain_points"], "seeds": len(c["seeds"])} for c in summary if c["id"] != "all"],
+                         "realized_gain_points": c["gain_points"], "seeds": len(c["seeds"])} for c in summary
+                        if c["id"] != "all" and len(c["recommendations"]) == 1],
            "fits": sum(c["fits"] for c in summary), "base_config_hash": config_hash(ctx.config)}
     write_json_atomic(ctx.path("comparison.json"), {k: v for k, v in out.items() if k not in ("candidate", "baseline")} |
                       {"candidate": [{k: v for k, v in r.items() if k != "history"} for r in runs],
                        "baseline": [{k: v for k, v in r.items() if k != "history"} for r in base["runs"]]})
     _figures(ctx, out)
     return out
+
+
+def _survivor_combination(ctx: PhaseContext, survivors: list[dict[str, Any]], best: dict[str, Any],
+                          seed_list: list[int]) -> dict[str, Any] | None:
+    """When two single recommendations both beat the best so far on every seed they share, try
+    them together (what this iteration learned, used at once); None otherwise."""
+    from trainkit.data import load_data
+
+    singles = [c for c in survivors if c["id"] != "all" and len(c["recommendations"]) == 1 and _score(c) > np.mean(best["per_seed"])]
+    if len(singles) < 2:
+        return None
+    ids = [c["recommendations"][0] for c in singles[:2]]
+    recs = [r for r in ctx.recs if r["id"] in ids]  # type: ignore[attr-defined]
+    from trainkit.diagnostics import combine_patches
+
+    cfg = with_overrides(ctx.config, combine_patches(recs)[0])
+    c = {"id": "+".join(ids), "recommendations": ids, "config": cfg, "bundle": load_data(cfg, ctx.run_dir, PHASE)}
+    c["runs"] = _train_seeds(cfg, c["bundle"], ctx.path(f"runs/{c['id']}"), seed_list)
+    return c
 
 
 def _score(c: dict[str, Any]) -> float:
@@ -241,7 +269,7 @@ def _score(c: dict[str, Any]) -> float:
 
 def _adopt_winner(ctx: PhaseContext, winner: dict[str, Any]) -> None:
     """Make the winning candidate this iteration's config: optimization_config.yaml and provenance.json."""
-    if winner["id"] == "all":
+    if winner["id"] == "all" or len(winner["recommendations"]) == len(ctx.recs):  # type: ignore[attr-defined]
         return
     recs = [r for r in ctx.recs if r["id"] in winner["recommendations"]]  # type: ignore[attr-defined]
     cfg, record = _provenance(ctx, ctx.config, recs, ctx.round_no)  # type: ignore[attr-defined]
