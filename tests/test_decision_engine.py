@@ -108,6 +108,9 @@ def test_phase4_baseline_is_phase2s_baseline_on_its_own_data(noisy_run):
     assert cmp["seeds"][0] == tiny_config().training.seed
     assert cmp["baseline"][0]["best_val_accuracy"] == phase2["best"]["val_accuracy"]  # exactly, on CPU
     assert cmp["baseline"][0]["best_epoch"] == phase2["best"]["epoch"]
+    rerun = read_json(noisy_run / "04_optimization/baseline_seeds.json")["runs"][0]["history"]
+    keys = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
+    assert [[r[k] for k in keys] for r in rerun] == [[r[k] for k in keys] for r in phase2["history"]]
     excl = [c for c in cmp["candidates"] if c["recommendations"] == ["exclude_mislabelled"]]
     assert excl and excl[0]["gain_points"] != 0.0  # measured against the baseline's data, not against itself
     assert cmp["fits"] < 3 * len(cmp["candidates"])  # losing candidates stopped after one seed
@@ -255,7 +258,8 @@ def test_demo_conv_candidate_beats_the_mlp_on_digits():
 
 def test_custom_signal_source_keeps_its_shape_and_conv1d_models_train():
     for model in ("cnn1d", T + "signal_conv_model"):
-        cfg = tiny_config({"data.source": T + "signals", "model.name": model, "model.kwargs": {}, "training.epochs": 6})
+        cfg = tiny_config({"data.source": T + "signals", "model.name": model, "model.kwargs": {}, "training.epochs": 15,
+                           "optimizer.lr": 0.01})
         bundle = load_data(cfg)
         assert bundle.input_shape == (2, 64)
         r = fit(cfg, bundle, None, progress=False)
