@@ -52,6 +52,9 @@ def test_fast_path_deploys(fast_run):
     gate = json.loads((d / "gate.json").read_text())
     assert gate["state"] == "passed" and len(gate["checks"]) == 24
     assert all(c["mandatory"] for c in gate["checks"])
+    assert "test_access.jsonl" in gate["signoff"]["artifacts"]  # a test read after sign-off invalidates the gate
+    chain = json.loads((fast_run / "run.json").read_text())["gate_records"]
+    assert list(chain)[-1] == "05_finalization/gate.json" and gate["chain_previous"]["record"] in chain
     for name in ("model.onnx", "model.ts", "test_results.md", "deployment_guide.md", "model_card.md", "report.html"):
         assert (d / name).is_file(), name
     index = (fast_run / "index.html").read_text()

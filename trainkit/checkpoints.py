@@ -18,7 +18,7 @@ import torch
 from trainkit._io import sha256_bytes, sha256_file, write_bytes_atomic, write_text_atomic
 from trainkit.errors import CheckpointError
 
-__all__ = ["save_checkpoint", "load_checkpoint", "verify_checkpoint", "FORMAT"]
+__all__ = ["save_checkpoint", "load_checkpoint", "verify_checkpoint", "remove_stale_temps", "FORMAT"]
 
 FORMAT = "trainkit-checkpoint/1"
 
@@ -40,9 +40,32 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> str:
     torch.save(state, buf)
     data = buf.getvalue()
     digest = sha256_bytes(data)
+    side = _sidecar(path)
+    previous = _digests(side)[:1] if path.is_file() else []
+    # crash-consistent pair: the sidecar names the new digest (and the old one) before the data is
+    # renamed into place, so a kill at any point leaves a file whose digest the sidecar lists
+    write_text_atomic(side, "".join(f"{d}  {path.name}\n" for d in [digest, *previous]))
     write_bytes_atomic(path, data)
-    write_text_atomic(_sidecar(path), f"{digest}  {path.name}\n")
+    write_text_atomic(side, f"{digest}  {path.name}\n")
     return digest
+
+
+def _digests(side: Path) -> list[str]:
+    """The sha256 digests a sidecar lists (the current one first)."""
+    try:
+        return [line.split()[0] for line in side.read_text().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError):
+        return []
+
+
+def remove_stale_temps(folder: str | Path) -> list[Path]:
+    """Delete temp files an interrupted atomic write left in ``folder`` (``.NAME.*.tmp``)."""
+    gone = []
+    for p in Path(folder).glob(".*.tmp"):
+        if p.is_file():
+            p.unlink()
+            gone.append(p)
+    return gone
 
 
 def verify_checkpoint(path: str | Path) -> str:
@@ -53,11 +76,11 @@ def verify_checkpoint(path: str | Path) -> str:
     side = _sidecar(path)
     if not side.is_file():
         raise CheckpointError(f"{path}: no {side.name} beside it, so it was not written by trainkit; refusing to load it")
-    expected = side.read_text().split()[0] if side.read_text().strip() else ""
+    expected = _digests(side)
     actual = sha256_file(path)
-    if actual != expected:
-        raise CheckpointError(f"{path}: sha256 {actual[:12]}… does not match {side.name} ({expected[:12]}…); "
-                              "the file is truncated or was altered; restore it or retrain")
+    if actual not in expected:
+        raise CheckpointError(f"{path}: sha256 {actual[:12]}… does not match {side.name} "
+                              f"({(expected or [''])[0][:12]}…); the file is truncated or was altered; restore it or retrain")
     return actual
 
 

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from trainkit.errors import ConfigError, GateError, RunError, TrainkitError
+from trainkit.errors import ConfigError, DataError, GateError, QuarantineError, RunError, TrainkitError
 
 __all__ = ["main"]
 
@@ -76,18 +76,31 @@ def _approvals(args: argparse.Namespace) -> dict[str, str] | str:
         out[k.strip()] = v.strip()
     if args.approvals and out:
         raise ConfigError([("--approvals", "use either --approve or --approvals, not both")], "command line")
-    return args.approvals or out
+    if args.approvals:
+        from trainkit.gates import check_approvals
+
+        return check_approvals(args.approvals)
+    return out
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from trainkit.config import load_config
     from trainkit.pipeline import run_pipeline
+    from trainkit.run import check_run_name
 
+    if args.resume and (args.config or args.overrides or args.target is not None):
+        raise ConfigError([("--resume", "a resumed run keeps the config it was started with (its config.yaml); CONFIG, "
+                                        "--set and --target cannot change it. Start a new run with --name instead")],
+                          "command line")
+    approvals = _approvals(args)  # exit 2 before anything is written, like a bad config
     if not args.resume:
-        load_config(args.config, args.overrides, args.target)  # exit 2 before anything is written
-    name = args.name or ("demo" if args.config is None else time.strftime("run-%Y%m%d-%H%M%S"))
+        from trainkit.data import check_source
+
+        check_source(load_config(args.config, args.overrides, args.target).data)
+    name = check_run_name(args.name if args.name is not None else
+                          ("demo" if args.config is None else time.strftime("run-%Y%m%d-%H%M%S")))
     outcome = run_pipeline(args.config, Path(args.runs_dir) / name, args.overrides, args.target, args.stop_after,
-                           _approvals(args), args.resume, echo=lambda m: print(m, flush=True))
+                           approvals, args.resume, echo=lambda m: print(m, flush=True))
     print(("trainkit: " if outcome.code == 0 else f"trainkit: exit {outcome.code}: ") + outcome.message,
           file=sys.stdout if outcome.code in (0, 3) else sys.stderr)
     print(f"trainkit: path taken: {' → '.join(outcome.path)}; run folder: {outcome.run_dir}")
@@ -154,8 +167,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "config":
             from trainkit.config import load_config
 
-            load_config(args.file, args.overrides)
-            print(f"trainkit: {args.file} is valid")
+            from trainkit.data import check_source
+
+            check_source(load_config(args.file, args.overrides).data)
+            print(f"trainkit: {args.file} is valid and its data source is readable")
             return 0
         if args.command == "signoff":
             return _cmd_signoff(args)
@@ -166,7 +181,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "report":
             return _cmd_report(args)
         return _cmd_train(args)
-    except ConfigError as exc:
+    except (ConfigError, DataError) as exc:
+        if isinstance(exc, QuarantineError):
+            print(f"trainkit: {exc}", file=sys.stderr)
+            return 1
         print(f"trainkit: {exc}", file=sys.stderr)
         return 2
     except (RunError, GateError) as exc:

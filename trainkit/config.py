@@ -30,7 +30,7 @@ __all__ = [
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DataConfig(_Section):
@@ -180,6 +180,60 @@ def validate_config_dict(raw: Any, source: str = "config") -> TrainkitConfig:
         raise ConfigError(_problems_from(err), source) from None
 
 
+MAX_YAML_BYTES = 1 << 20     # a config or approvals file larger than 1 MiB is refused
+MAX_YAML_VALUES = 100_000    # ... and so is one whose aliases expand to more values than this
+
+
+def load_yaml_file(path: str | Path, what: str) -> Any:
+    """Read a small YAML file safely: a regular UTF-8 text file under 1 MiB whose aliases do not
+    expand past ``MAX_YAML_VALUES`` values (an alias bomb otherwise hangs whatever walks it).
+    Every problem is a ConfigError naming the file."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError([(what, f"{path} is a directory; pass a YAML file")], str(path))
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError([(what, f"cannot read {path}: {exc.strerror or exc}")], str(path)) from None
+    if len(data) > MAX_YAML_BYTES:
+        raise ConfigError([(what, f"{path} is {len(data)} bytes; a {what} file must be under {MAX_YAML_BYTES} bytes")], str(path))
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError([(what, f"{path} is not UTF-8 text (a binary or UTF-16 file?); save it as UTF-8 YAML")],
+                          str(path)) from None
+    if "\x00" in text:
+        raise ConfigError([(what, f"{path} contains NUL bytes: not a text file")], str(path))
+    return safe_yaml(text, str(path), what)
+
+
+def safe_yaml(text: str, source: str, what: str = "(yaml)") -> Any:
+    """``yaml.safe_load`` with the alias-expansion bound; ConfigError on bad YAML."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([(what, f"not valid YAML: {exc}")], source) from None
+    if _expanded_size(value, MAX_YAML_VALUES) > MAX_YAML_VALUES:
+        raise ConfigError([(what, f"its aliases expand to more than {MAX_YAML_VALUES} values (a YAML alias bomb?); "
+                                  "write the values out")], source)
+    return value
+
+
+def _expanded_size(value: Any, budget: int) -> int:
+    """How many values ``value`` holds once shared (aliased) parts are counted each time they are
+    referenced; stops counting past ``budget``."""
+    count, stack = 0, [value]
+    while stack and count <= budget:
+        v = stack.pop()
+        count += 1
+        if isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, (list, tuple)):
+            stack.extend(v)
+    return count
+
+
 def parse_override(item: str) -> tuple[str, Any]:
     """Split ``"optimizer.lr=3e-4"`` into a dotted key and a YAML-parsed value."""
     if "=" not in item:
@@ -187,8 +241,10 @@ def parse_override(item: str) -> tuple[str, Any]:
     key, _, text = item.partition("=")
     key = key.strip()
     try:
-        value = yaml.safe_load(text) if text.strip() else ""
-    except yaml.YAMLError:
+        value = safe_yaml(text, "--set", key) if text.strip() else ""
+    except ConfigError as exc:
+        if "alias" in str(exc):
+            raise
         value = text
     return key, value
 
@@ -236,10 +292,7 @@ def load_config(
     path = Path(path) if path else template_path()
     if not path.exists():
         raise ConfigError([("config", f"file not found: {path}; pass an existing training_config.yaml")], str(path))
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError([("(yaml)", f"not valid YAML: {exc}")], str(path)) from None
+    raw = load_yaml_file(path, "config")
     if raw is not None and not isinstance(raw, dict):
         raise ConfigError([("(top level)", "expected a mapping of sections (data:, model:, ...)")], str(path))
     raw = apply_overrides(raw or {}, overrides)

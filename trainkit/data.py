@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -23,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from trainkit._io import append_jsonl, read_json, write_json_atomic
 from trainkit.errors import DataError, QuarantineError
 
-__all__ = ["Source", "DataBundle", "load_source", "stratified_split", "load_data", "IndexBatches",
+__all__ = ["Source", "DataBundle", "load_source", "check_source", "check_labels", "stratified_split", "load_data", "IndexBatches",
            "FINAL_PHASE", "TEST_ACCESS_LOG"]
 
 FINAL_PHASE = "05_finalization"
@@ -59,14 +60,18 @@ def _in_memory(x: Any, y: Any, names: list[str] | None, desc: str, add_channel: 
     """Arrays as a Source. The sample shape is kept as given: ``(N, F)`` tabular, ``(N, C, L)``
     signals, ``(N, C, H, W)`` images; only built-in sources whose files hold ``(N, H, W)`` grey
     images ask for the channel axis (``add_channel``)."""
-    x = torch.as_tensor(np.asarray(x), dtype=torch.float32)
-    y = torch.as_tensor(np.asarray(y)).long().reshape(-1)
+    y = check_labels(y, desc, names)
+    try:
+        x = torch.as_tensor(np.asarray(x, dtype=np.float32))
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{desc}: x must be numeric ({type(exc).__name__}: {str(exc)[:160]})") from None
     if len(x) != len(y):
         raise DataError(f"{desc}: x has {len(x)} samples but y has {len(y)}; they must match")
-    if len(y) == 0:
-        raise DataError(f"{desc}: no samples")
-    if y.min() < 0:
-        raise DataError(f"{desc}: labels must be integers 0..K-1, found {int(y.min())}")
+    bad = ~torch.isfinite(x.reshape(len(x), -1)).all(1) if x.numel() else torch.zeros(0, dtype=torch.bool)
+    if bool(bad.any()):
+        rows = torch.nonzero(bad).flatten()[:5].tolist()
+        raise DataError(f"{desc}: {int(bad.sum())} sample(s) have NaN or Inf features (first rows {rows}); "
+                        "impute or drop them before training")
     if add_channel and x.ndim == 3:  # N, H, W grey images
         x = x.unsqueeze(1)
     if x.ndim == 1:
@@ -75,6 +80,39 @@ def _in_memory(x: Any, y: Any, names: list[str] | None, desc: str, add_channel: 
     k = int(y.max()) + 1
     return Source(y=y, x=x, class_names=names or [str(i) for i in range(k)],
                   input_shape=tuple(x.shape[1:]), description=desc, sample_keys=_row_keys(x))
+
+
+def check_labels(y: Any, desc: str, names: list[str] | None = None) -> torch.Tensor:
+    """Labels as a 1-D long tensor, or a DataError that says what is wrong: not integers (strings,
+    fractional floats), negative, fewer than 2 classes, or a class in 0..K-1 with no sample (a
+    stray label 1000 would otherwise make a 1001-class model)."""
+    arr = np.asarray(y).reshape(-1)
+    if arr.size == 0:
+        raise DataError(f"{desc}: no samples")
+    if arr.dtype.kind in "USO":
+        raise DataError(f"{desc}: labels must be integers 0..K-1, found {arr.dtype.kind == 'O' and 'objects' or 'strings'} "
+                        f"such as {arr[:3].tolist()}; map each class to an integer (class names can go in 'class_names')")
+    if arr.dtype.kind == "b":
+        arr = arr.astype(np.int64)
+    if arr.dtype.kind == "f":
+        if not np.isfinite(arr).all() or not np.all(arr == np.round(arr)):
+            raise DataError(f"{desc}: labels must be integers 0..K-1, found fractional or non-finite values such as "
+                            f"{arr[(arr != np.round(arr)) | ~np.isfinite(arr)][:3].tolist()}")
+    elif arr.dtype.kind not in "iu":
+        raise DataError(f"{desc}: labels must be integers 0..K-1, found dtype {arr.dtype}")
+    lab = arr.astype(np.int64)
+    if lab.min() < 0:
+        raise DataError(f"{desc}: labels must be integers 0..K-1, found {int(lab.min())}")
+    k = max(int(lab.max()) + 1, len(names or []))
+    present = np.bincount(lab, minlength=k)
+    if (present > 0).sum() < 2:
+        raise DataError(f"{desc}: every sample has label {int(lab[0])}; a classifier needs at least 2 classes")
+    empty = np.flatnonzero(present == 0)
+    if len(empty):
+        shown = ", ".join(str(int(e)) for e in empty[:5]) + (" …" if len(empty) > 5 else "")
+        raise DataError(f"{desc}: labels must be 0..K-1 with every class present; {len(empty)} of 0..{k - 1} have no "
+                        f"sample ({shown}; largest label {int(lab.max())}); renumber the classes")
+    return torch.as_tensor(lab)
 
 
 def _digits(_: Any) -> Source:
@@ -98,9 +136,10 @@ def _npz(cfg: Any) -> Source:
                 raise DataError(f"{path}: missing array(s) {missing}; found {z.files}; save with np.savez(path, x=..., y=...)")
             x, y = z["x"], z["y"]
             names = [str(n) for n in z["class_names"]] if "class_names" in z.files else None
-    except (ValueError, OSError) as exc:
-        raise DataError(f"{path}: not a readable .npz file without pickles ({exc})") from None
-    return _in_memory(x, y, names, f"npz {path.name}")
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+        raise DataError(f"{path}: not a readable .npz file without pickles ({type(exc).__name__}: {str(exc)[:200]}); "
+                        "save it with np.savez(path, x=..., y=...)") from None
+    return _in_memory(x, y, names, f"npz {path}")
 
 
 _TV = {"mnist": ("MNIST", "MNIST/raw/train-images-idx3-ubyte (and the other 3 idx files)"),
@@ -167,6 +206,10 @@ def _image_folder(cfg: Any) -> Source:
         raise DataError(f"{root}: found {len(classes)} class folder(s); need at least 2 sub-folders, one per class")
     paths, labels, bad, keys = [], [], [], []
     size = mode = None
+    empty = [n for n in classes if not any(p.suffix.lower() in _IMAGE_EXT and p.is_file() for p in (root / n).rglob("*"))]
+    if empty:
+        raise DataError(f"{root}: class folder(s) {empty} hold no images ({sorted(_IMAGE_EXT)}); add images or remove "
+                        "the folder (an empty class cannot be learned or evaluated)")
     for label, name in enumerate(classes):
         for p in sorted((root / name).rglob("*")):
             if p.suffix.lower() not in _IMAGE_EXT or not p.is_file():
@@ -206,16 +249,36 @@ def _custom(cfg: Any) -> Source:
         return _in_memory(out[0], out[1], None, f"custom {spec}")
     if isinstance(out, Dataset):
         ys = getattr(out, "targets", None)
-        ys = [int(out[i][1]) for i in range(len(out))] if ys is None else ys
+        ys = [out[i][1] for i in range(len(out))] if ys is None else ys
+        ys = check_labels([int(v) if torch.is_tensor(v) and v.numel() == 1 else v for v in ys], f"custom {spec}")
         first = out[0][0]
         keys = [hashlib.sha256(torch.as_tensor(out[i][0]).float().numpy().tobytes()).hexdigest() for i in range(len(out))]
-        return Source(y=torch.as_tensor(np.asarray(ys)).long(), dataset=out, class_names=[str(i) for i in range(int(max(ys)) + 1)],
+        return Source(y=ys, dataset=out, class_names=[str(i) for i in range(int(ys.max()) + 1)],
                       input_shape=tuple(torch.as_tensor(first).shape), description=f"custom {spec}", sample_keys=keys)
     raise DataError(f"data.source={spec!r} returned {type(out).__name__}; expected a torch Dataset or a pair (x, y)")
 
 
 _SOURCES = {"digits": _digits, "npz": _npz, "image_folder": _image_folder,
             "mnist": _torchvision, "fashion_mnist": _torchvision, "cifar10": _torchvision}
+
+
+def check_source(cfg: Any) -> None:
+    """Check that the configured data can be read, before a run folder is made: an image folder's
+    layout (class folders, none empty; images are decoded in Phase 1), any other source by loading
+    it. Raises DataError naming the field or file."""
+    if cfg.source == "image_folder":
+        root = Path(cfg.root or "")
+        if not cfg.root or not root.is_dir():
+            raise DataError(f"data.root: image folder not found: {root!s}; expected one sub-folder per class")
+        classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if len(classes) < 2:
+            raise DataError(f"{root}: found {len(classes)} class folder(s); need at least 2 sub-folders, one per class")
+        empty = [c.name for c in classes if not any(q.suffix.lower() in _IMAGE_EXT and q.is_file() for q in c.rglob("*"))]
+        if empty:
+            raise DataError(f"{root}: class folder(s) {empty} hold no images ({sorted(_IMAGE_EXT)}); add images or remove "
+                            "the folder (an empty class cannot be learned or evaluated)")
+        return
+    load_source(cfg)
 
 
 def load_source(cfg: Any) -> Source:
@@ -408,7 +471,7 @@ class BatchIterable:
         loader = DataLoader(b.source.dataset, batch_sampler=_BatchSampler(self.plan), num_workers=self.workers,
                             pin_memory=self.device.type == "cuda", worker_init_fn=seed_worker,
                             persistent_workers=False)
-        own_norm = isinstance(b.source.dataset, ImageFolderData)
+        own_norm = isinstance(b.source.dataset, ImageFolderData) or getattr(b.source.dataset, "own_normalization", False)
         mean, std = b.mean.to(self.device), b.std.to(self.device)
         for (x, _), (mine, n) in zip(loader, self.plan):
             x = x.to(self.device, non_blocking=True).float()
@@ -495,13 +558,76 @@ def load_data(cfg: Any, run_dir: str | Path | None = None, phase: str | None = N
                                 "restore the data or start a new run")
     if dcfg.exclude:
         splits["train"] = _exclude(splits["train"], dcfg.exclude, run_dir, record)
+    phase = effective_phase(run_dir, phase)
+    if isinstance(source.dataset, ImageFolderData):
+        source.dataset.mean, source.dataset.std = mean, std
+    if phase != FINAL_PHASE:  # before Phase 5 the test rows are not in any object handed out
+        _seal_test_rows(source, splits["test"])
+        if labels is not None:
+            labels[torch.as_tensor(splits["test"])] = -1
     bundle = DataBundle(source=source, splits=splits, mean=mean, std=std, phase=phase,
                         run_dir=Path(run_dir) if run_dir else None, labels=labels, info=record)
     if source.x is not None:
         bundle._x = normalize(source.x, mean, std)
-    elif isinstance(source.dataset, ImageFolderData):
-        source.dataset.mean, source.dataset.std = mean, std
+        if phase != FINAL_PHASE and len(splits["test"]):
+            bundle._x[torch.as_tensor(splits["test"])] = 0.0
     return bundle
+
+
+def effective_phase(run_dir: str | Path | None, requested: str | None) -> str | None:
+    """The phase whose rules apply to a data load: the one the run's own manifest says is running
+    (not whatever a caller passes); without a run folder, never the final phase (a test read must
+    be logged in a run)."""
+    if run_dir is None:
+        return None if requested == FINAL_PHASE else requested
+    path = Path(run_dir) / "run.json"
+    if not path.is_file():
+        return None if requested == FINAL_PHASE else requested
+    running = [e["phase"] for e in read_json(path).get("phases", []) if e.get("status") == "running"]
+    if requested == FINAL_PHASE and (not running or running[-1] != FINAL_PHASE):
+        return running[-1] if running else None
+    return requested
+
+
+def _seal_test_rows(source: Source, test_idx: np.ndarray) -> None:
+    """Overwrite the test rows' samples (zeros) and labels (-1) in memory, and wrap a streamed
+    dataset so that reading a test index raises QuarantineError. Fingerprints and content hashes
+    were computed before this, from the real rows."""
+    idx = torch.as_tensor(np.asarray(test_idx, dtype=np.int64))
+    if len(idx) == 0:
+        return
+    if source.x is not None:
+        source.x = source.x.clone()
+        source.x[idx] = 0.0
+    source.y = source.y.clone()
+    source.y[idx] = -1
+    if source.dataset is not None:
+        source.dataset = SealedDataset(source.dataset, set(int(i) for i in test_idx))
+
+
+class SealedDataset(Dataset):
+    """A streamed dataset whose test indices cannot be read before Phase 5."""
+
+    def __init__(self, inner: Dataset, sealed: set[int]) -> None:
+        self._inner, self._sealed = inner, frozenset(sealed)
+        self.mean, self.std = getattr(inner, "mean", None), getattr(inner, "std", None)
+        self.own_normalization = isinstance(inner, ImageFolderData)
+
+    def __len__(self) -> int:
+        return len(self._inner)  # type: ignore[arg-type]
+
+    def _check(self, i: int) -> None:
+        if int(i) in self._sealed:
+            raise QuarantineError(f"sample {int(i)} belongs to the quarantined test split; it can be read only in "
+                                  f"Phase 5 ({FINAL_PHASE})")
+
+    def __getitem__(self, i: int) -> Any:
+        self._check(i)
+        return self._inner[i]
+
+    def raw(self, i: int) -> torch.Tensor:
+        self._check(i)
+        return self._inner.raw(i)  # type: ignore[attr-defined]
 
 
 def _exclude(train: np.ndarray, spec: str, run_dir: str | Path | None, record: dict[str, Any]) -> np.ndarray:

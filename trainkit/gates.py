@@ -174,7 +174,7 @@ def evaluate_gate(name: str, run_dir: str | Path, phase_dir: str | Path, results
               "checks": checks, "artifacts": _hash_artifacts(run_dir, rels), "signoff": None}
     record["state"] = gate_state(record)
     path = phase_dir / "gate.json"
-    write_json_atomic(path, record)
+    _write_record(run_dir, path, record)
     if record["state"] == "blocked":
         raise GateBlocked(name, _failures(record), str(path))
     if approvals:
@@ -212,8 +212,50 @@ def sign_off(gate_path: str | Path, by: str, checks: Iterable[str] = (), run_dir
     record["signoff"] = {"by": by.strip(), "at": time.time(), "automatic": automatic, "checks": list(checks),
                          "artifacts": _hash_artifacts(run_dir, record["artifacts"].keys())}
     record["state"] = gate_state(record)
-    write_json_atomic(gate_path, record)
+    _write_record(run_dir, gate_path, record)
     return record
+
+
+CHAIN = "gate_records"  # run.json: {gate record path: sha256 of its bytes}, in the order they were first written
+
+
+def _write_record(run_dir: Path, path: Path, record: dict[str, Any]) -> None:
+    """Write a gate record and chain it: the record carries the sha256 of the gate record written
+    before it (``chain_previous``, fixed when it is first written) and run.json carries the sha256
+    of every record. Editing any record (an artifact's hash in it, say) then disagrees with
+    run.json, and editing run.json too disagrees with the next record's ``chain_previous``."""
+    run_dir, path = Path(run_dir).resolve(), Path(path).resolve()
+    manifest_path = run_dir / "run.json"
+    manifest = read_json(manifest_path) if manifest_path.is_file() else None
+    try:
+        rel = str(path.relative_to(run_dir))
+    except ValueError:
+        rel = str(path)
+    chain: dict[str, str] = dict((manifest or {}).get(CHAIN) or {})
+    if "chain_previous" not in record:
+        earlier = [(k, v) for k, v in chain.items() if k != rel]
+        record["chain_previous"] = {"record": earlier[-1][0], "sha256": earlier[-1][1]} if earlier else None
+    write_json_atomic(path, record)
+    if manifest is not None:
+        chain.pop(rel, None)
+        chain[rel] = sha256_file(path)
+        manifest[CHAIN] = chain
+        write_json_atomic(manifest_path, manifest)
+
+
+def _verify_chain(run_dir: Path, gate_path: Path, record: dict[str, Any]) -> None:
+    manifest_path = run_dir / "run.json"
+    chain = (read_json(manifest_path).get(CHAIN) or {}) if manifest_path.is_file() else {}
+    try:
+        rel = str(gate_path.relative_to(run_dir))
+    except ValueError:
+        return
+    if rel in chain and sha256_file(gate_path) != chain[rel]:
+        raise GateError(f"gate record {rel} was edited after it was written (its sha256 no longer matches run.json); "
+                        "re-run the phase and sign again")
+    prev = record.get("chain_previous")
+    if prev and (run_dir / prev["record"]).is_file() and sha256_file(run_dir / prev["record"]) != prev["sha256"]:
+        raise GateError(f"gate record {prev['record']} changed after {rel} was chained to it; the records were edited")
 
 
 def _run_dir_of(gate_path: Path, record: dict[str, Any]) -> Path:
@@ -233,6 +275,7 @@ def verify_gate(gate_path: str | Path, run_dir: str | Path | None = None) -> dic
             f"sign it off: trainkit signoff RUN --phase {record['phase'][:2].lstrip('0')} --by NAME"
         raise GateError(f"gate {record['gate']!r} ({gate_path}) is {state}; {how}")
     run_dir = Path(run_dir) if run_dir else _run_dir_of(gate_path, record)
+    _verify_chain(Path(run_dir).resolve(), gate_path.resolve(), record)
     now = _hash_artifacts(run_dir, record["signoff"]["artifacts"].keys())
     changed = [k for k, v in record["signoff"]["artifacts"].items() if now.get(k) != v]
     if changed:
@@ -264,3 +307,30 @@ def gate_html(record: dict[str, Any]) -> str:
             f"<p>{sign}</p><table border='1' cellpadding='4' style='border-collapse:collapse'>"
             "<thead><tr><th>check</th><th>what</th><th>kind</th><th>weight</th><th>status</th><th>evidence</th></tr></thead>"
             f"<tbody>{''.join(rows)}</tbody></table></div>")
+
+
+def check_approvals(path: str | Path) -> dict[str, Any]:
+    """Read and validate an approvals file up front: a YAML/JSON mapping ``{gate: {check: name}}``
+    or ``{check: name}`` whose names are non-empty strings. ConfigError (exit 2) names the file and
+    the problem."""
+    from trainkit.config import load_yaml_file
+    from trainkit.errors import ConfigError
+
+    p = Path(path)
+    if not p.is_file() and not p.is_dir():
+        raise ConfigError([("--approvals", f"file not found: {p}")], str(p))
+    raw = load_yaml_file(p, "--approvals")
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError([("--approvals", f"expected a mapping {{gate: {{check: name}}}} or {{check: name}}, "
+                                           f"got {type(raw).__name__}")], str(p))
+    problems = []
+    for k, v in raw.items():
+        items = v.items() if isinstance(v, dict) else [(k, v)]
+        for check, name in items:
+            if not isinstance(name, str) or not name.strip():
+                problems.append((f"{k}" if not isinstance(v, dict) else f"{k}.{check}",
+                                 f"expected an approver's name (a string), got {name!r}"))
+    if problems:
+        raise ConfigError(problems, str(p))
+    return raw
+

@@ -7,18 +7,20 @@ everything else passes through the run folder. The next phase comes from the pha
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shutil
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from trainkit._io import read_json, write_text_atomic
-from trainkit.errors import PipelineError, RunError
+from trainkit.errors import ConfigError, PipelineError, RunError
 from trainkit.run import PHASES, init_run, latest_attempt_dir, load_manifest, next_attempt_dir, phase_dir, record_phase, \
-    save_manifest
+    resume_command, save_manifest, signoff_command
 
 __all__ = ["notebook_path", "execute_phase", "export_html", "run_pipeline", "PipelineOutcome", "export_reports",
            "write_index"]
@@ -87,7 +89,7 @@ def execute_phase(phase: str, run_dir: Path, params: dict[str, Any], attempt: in
         _safe_export(out_nb, out_dir / "report.html")
         record_phase(run_dir, phase, attempt, status="failed", ended=time.time())
         raise PipelineError(f"{phase} did not finish: {type(exc).__name__}: {_first_line(str(exc))}; "
-                            f"fix it and continue with `trainkit run --resume --name {run_dir.name}`") from None
+                            f"fix it and continue with `{resume_command(run_dir)}`") from None
     _safe_export(out_nb, out_dir / "report.html")
     return out_dir
 
@@ -117,11 +119,10 @@ def _gate_state(d: Path) -> str | None:
 def _signoff_hint(run_dir: Path, phase: str, d: Path) -> str:
     record = read_json(d / "gate.json")
     manual = [c["id"] for c in record["checks"] if c["kind"] == "manual" and c["mandatory"] and c["status"] != "pass"]
-    checks = "".join(f" --check {m}" for m in manual)
     n = int(phase[:2])
     return (f"{phase} is waiting for a sign-off of gate '{record['gate']}'. Finish it with:\n"
-            f"  trainkit signoff {run_dir} --phase {n} --by NAME{checks}\n"
-            f"then: trainkit run --resume --name {run_dir.name} --runs-dir {run_dir.parent}\n"
+            f"  {signoff_command(run_dir, n, manual)}\n"
+            f"then: {resume_command(run_dir)}\n"
             f"(or open {d / 'notebook.ipynb'} in JupyterLab and use the Sign-off widget; "
             f"or rerun with --approve {manual[0] if manual else 'signoff'}=NAME)")
 
@@ -199,8 +200,15 @@ def run_pipeline(config_path: str | None, run_dir: Path, overrides: list[str] | 
     """Walk the decision tree from Phase 1 (or the resume point) and return the exit outcome;
     ``index.html`` is rewritten on every way out."""
     run_dir = Path(run_dir).resolve()
+    created = not run_dir.exists()
     try:
-        outcome = _walk(config_path, run_dir, overrides, target, stop_after, approvals, resume, echo)
+        with run_lock(run_dir):
+            try:
+                outcome = _walk(config_path, run_dir, overrides, target, stop_after, approvals, resume, echo)
+            except ConfigError:
+                if created and not (run_dir / "run.json").exists():
+                    shutil.rmtree(run_dir, ignore_errors=True)  # refused before it started: the name stays free
+                raise
     finally:
         if (run_dir / "run.json").exists():
             try:
@@ -211,6 +219,38 @@ def run_pipeline(config_path: str | None, run_dir: Path, overrides: list[str] | 
     manifest["exit"] = {"code": outcome.code, "message": outcome.message[:500]}
     save_manifest(run_dir, manifest)
     return outcome
+
+
+RUN_CONFIG = "config.yaml"
+
+
+def _run_config(run_dir: Path) -> Path:
+    """The config a run was started with (``config.yaml`` in the run folder; a run from before it
+    existed falls back to the config Phase 1 froze). RunError when neither is there."""
+    for p in (run_dir / RUN_CONFIG, run_dir / "01_planning" / "training_config.yaml"):
+        if p.is_file():
+            return p.resolve()
+    raise RunError(f"{run_dir}: the config this run was started with is missing ({RUN_CONFIG}); "
+                   "start a new run with trainkit run CONFIG --name NEW")
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """An exclusive lock on a run folder for as long as a run works in it: a second ``trainkit run``
+    on the same name is refused at once (RunError) instead of racing the first."""
+    import fcntl
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fh = open(run_dir / ".trainkit.lock", "a+")
+    try:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise RunError(f"{run_dir} is in use by another trainkit run (locked); wait for it to finish, or use "
+                           "--name for a new run") from None
+        yield
+    finally:
+        fh.close()
 
 
 def _walk(config_path: str | None, run_dir: Path, overrides: list[str] | None, target: float | None,
@@ -226,7 +266,11 @@ def _walk(config_path: str | None, run_dir: Path, overrides: list[str] | None, t
     else:
         if (run_dir / "run.json").exists():
             raise RunError(f"{run_dir} already holds a run; use --resume to continue it or --name for a new one")
+        from trainkit.config import load_config, save_config
+
+        cfg = load_config(config_path, overrides, target)  # a bad config is refused before anything is written
         init_run(run_dir, run_dir.name)
+        save_config(cfg, run_dir / RUN_CONFIG)  # what --resume starts Phase 1 from, never a default
         phase, continue_attempt = PHASES[0], None
     common = {"approvals": approvals or {}, "interactive": False}
     t0 = time.time()
@@ -237,8 +281,7 @@ def _walk(config_path: str | None, run_dir: Path, overrides: list[str] | None, t
         if continue_attempt is not None:
             attempt, params["resume"], continue_attempt = continue_attempt, True, None
         if phase == PHASES[0]:
-            params.update(config_path=str(Path(config_path).resolve()) if config_path else "",
-                          overrides=list(overrides or []), target=target)
+            params.update(config_path=str(_run_config(run_dir)), overrides=[], target=None)
         echo(f"trainkit: [{len(taken) + 1}] {phase}{f' (attempt {attempt})' if phase in _ATTEMPTED else ''} "
              f"… {time.time() - t0:.0f}s elapsed")
         taken.append(phase)

@@ -12,7 +12,7 @@ from trainkit._io import read_json, write_json_atomic
 from trainkit.errors import RunError
 
 __all__ = ["PHASES", "phase_name", "init_run", "load_manifest", "record_phase", "phase_dir", "next_attempt_dir",
-           "latest_attempt_dir"]
+           "latest_attempt_dir", "resume_command", "signoff_command", "check_run_name"]
 
 PHASES = ["01_planning", "02_baseline", "03_diagnostics", "04_optimization", "05_finalization"]
 _SUB = {"02_baseline": "attempt", "03_diagnostics": "round", "04_optimization": "iter"}
@@ -100,3 +100,33 @@ def next_attempt_dir(run_dir: str | Path, phase: str) -> tuple[int, Path]:
     found = _attempts(run_dir, phase)
     n = (found[-1] + 1) if found else 1
     return n, phase_dir(run_dir, phase, n)
+
+
+def resume_command(run_dir: str | Path) -> str:
+    """The exact ``trainkit run --resume`` command for a run folder, quoted for a POSIX shell."""
+    import shlex
+
+    run_dir = Path(run_dir)
+    return f"trainkit run --resume --name {shlex.quote(run_dir.name)} --runs-dir {shlex.quote(str(run_dir.parent))}"
+
+
+def signoff_command(run_dir: str | Path, phase_number: int, checks: list[str]) -> str:
+    """The exact ``trainkit signoff`` command for a gate, with its pending manual checks, quoted."""
+    import shlex
+
+    return (f"trainkit signoff {shlex.quote(str(run_dir))} --phase {phase_number} --by NAME"
+            + "".join(f" --check {shlex.quote(c)}" for c in checks))
+
+
+def check_run_name(name: str) -> str:
+    """A run name is one plain folder name inside the runs folder: no separators, not '.', '..' or
+    empty, no control characters. Raises ConfigError (exit 2) naming the problem."""
+    from trainkit.errors import ConfigError
+
+    bad = (not name or name in (".", "..") or "/" in name or "\\" in name or name.startswith("~")
+           or any(ord(ch) < 32 for ch in name) or Path(name).is_absolute())
+    if bad:
+        raise ConfigError([("--name", f"{name!r} is not a plain folder name; use letters, digits, '-', '_' or '.' "
+                                      "(no '/', not '.' or '..'): the run must stay inside --runs-dir")], "command line")
+    return name
+

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from trainkit._io import read_json
-from trainkit.run import latest_attempt_dir, load_manifest
+from trainkit.run import latest_attempt_dir, load_manifest, resume_command, signoff_command
 
 
 def describe_run(run_dir: Path) -> str:
@@ -20,12 +20,12 @@ def describe_run(run_dir: Path) -> str:
         lines.append(f"  {e['phase']} #{e['attempt']}: {e['status']}, gate {e.get('gate', '-')}, "
                      f"next {e.get('decision') or '-'} ({took}, started {time.strftime('%H:%M:%S', time.localtime(e['started']))})")
     if not manifest["phases"]:
-        return "\n".join(lines + ["  nothing ran yet; next: trainkit run --resume --name " + run_dir.name])
+        return "\n".join(lines + ["  nothing ran yet; next: " + resume_command(run_dir)])
     last = manifest["phases"][-1]
     d = latest_attempt_dir(run_dir, last["phase"])
     gate_path = d / "gate.json" if d else None
     if gate_path is None or not gate_path.exists():
-        nxt = f"trainkit run --resume --name {run_dir.name} --runs-dir {run_dir.parent}  (re-runs {last['phase']})"
+        nxt = f"{resume_command(run_dir)}  (re-runs {last['phase']})"
     else:
         record = read_json(gate_path)
         state = gate_state(record)
@@ -34,13 +34,14 @@ def describe_run(run_dir: Path) -> str:
             if c["status"] not in ("pass", "na"):
                 lines.append(f"    - {c['id']}: {c['status']} ({c['evidence']})")
         if state == "awaiting_signoff":
-            nxt = f"trainkit signoff {run_dir} --phase {int(last['phase'][:2])} --by NAME"
+            manual = [c["id"] for c in record["checks"] if c["kind"] == "manual" and c["mandatory"] and c["status"] != "pass"]
+            nxt = signoff_command(run_dir, int(last["phase"][:2]), manual)
         elif state == "blocked":
-            nxt = f"fix the failing checks, then trainkit run --resume --name {run_dir.name} --runs-dir {run_dir.parent}"
+            nxt = f"fix the failing checks, then {resume_command(run_dir)}"
         elif last.get("decision") == "deploy" or manifest.get("status") == "ready_to_deploy" or (
                 last["phase"] == "05_finalization" and state == "passed"):
             nxt = "nothing: ready to deploy"
         else:
-            nxt = f"trainkit run --resume --name {run_dir.name} --runs-dir {run_dir.parent}"
+            nxt = resume_command(run_dir)
     lines.append(f"next: {nxt}")
     return "\n".join(lines)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainkit._io import append_jsonl, write_json_atomic, write_text_atomic
-from trainkit.checkpoints import load_checkpoint, save_checkpoint
+from trainkit.checkpoints import load_checkpoint, remove_stale_temps, save_checkpoint
 from trainkit.config import TrainkitConfig, config_to_dict
 from trainkit.data import DataBundle, augment_batch
 from trainkit.errors import CheckpointError, TrainingError
@@ -256,6 +256,8 @@ def _fit(cfg: TrainkitConfig, bundle: DataBundle, out_dir: str | Path | None, *,
     start_epoch, step, best, bad_epochs, resumed_from = 0, 0, None, 0, None
     init_loss = float("nan")
     last_path = ckpt_dir / "last.pt" if ckpt_dir is not None else None
+    if resume and ckpt_dir is not None and is_main:
+        remove_stale_temps(ckpt_dir)  # an interrupted write's leftovers
     if resume and last_path is not None and last_path.exists():
         state = load_checkpoint(last_path, map_location=device)
         try:

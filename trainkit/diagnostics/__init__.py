@@ -102,7 +102,8 @@ def _in_memory_view(bundle: Any, max_rows: int = 50000) -> Any:
     x = torch.zeros((len(bundle.source.y), *first.shape))
     for i in idx:
         x[int(i)] = torch.as_tensor(ds[int(i)][0]).float()
-    view._x = x if isinstance(ds, ImageFolderData) else normalize(x, bundle.mean, bundle.std)
+    own = isinstance(ds, ImageFolderData) or getattr(ds, "own_normalization", False)
+    view._x = x if own else normalize(x, bundle.mean, bundle.std)
     return view
 
 

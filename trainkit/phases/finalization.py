@@ -483,6 +483,8 @@ def gate(ctx: PhaseContext, train: dict[str, Any], test: dict[str, Any], exp: di
     """production_ready: 24 mandatory checks (23 automatic, the stakeholder's approval manual).
     Never signed automatically; a block is recorded and returned (the decision says what is missing)."""
     arts = [ctx.rel(n) for n in ARTIFACTS if ctx.path(n).is_file()]
+    if (ctx.run_dir / TEST_ACCESS_LOG).is_file():  # a test read after sign-off invalidates the gate
+        arts.append(TEST_ACCESS_LOG)
     return finish_gate(ctx, "production_ready", _results(ctx, train, test, exp, repro), arts, approvals, False, waivers,
                        None, raise_on_block=False)
 
