@@ -281,9 +281,12 @@ def test_second_test_evaluation_is_refused_unless_forced(fast_run, tmp_path):
     from trainkit.phases import finalization as F
     from trainkit.phases.common import PhaseContext
 
+    from trainkit.run import record_phase
+
     run = tmp_path / "copy"
     shutil.copytree(fast_run, run)
     d = run / "05_finalization"
+    record_phase(run, "05_finalization", 1, status="running")  # as inside notebook 05: the run says Phase 5 runs
     ctx = PhaseContext(run_dir=run, phase="05_finalization", attempt=1, dir=d, config=load_config(d / "final_config.yaml"),
                        interactive=False)
     reads = lambda: [r for r in map(json.loads, (run / "test_access.jsonl").read_text().splitlines()) if r["allowed"]]  # noqa: E731

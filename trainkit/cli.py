@@ -6,6 +6,7 @@ Exit codes: 0 ready (or done), 1 failed, 2 bad usage or bad config, 3 waiting fo
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -156,7 +157,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
     best = result.best or {}
     print(f"trainkit: {result.status}; best val accuracy {best.get('val_accuracy', float('nan')):.4f} "
           f"at epoch {best.get('epoch', '-')}; {args.run_dir}")
-    return 0 if result.status != "nonfinite" else 1
+    code = 0 if result.status != "nonfinite" else 1
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # a torchrun worker whose work is done and written (atomically, fsynced; the process group is already
+        # torn down): skip the interpreter's teardown, where gloo's background threads abort about one run in six
+        # ("terminate called without an active exception", then SIGABRT/SIGSEGV after both ranks printed "completed")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:

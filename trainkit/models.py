@@ -59,11 +59,7 @@ def cnn(input_shape: tuple[int, ...], num_classes: int, channels: tuple[int, ...
         if i < len(channels) - 1 and min(input_shape[1:]) >= 2 ** (i + 2):
             layers.append(nn.MaxPool2d(2))
         c_in = int(c)
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
-    if dropout:
-        layers.append(nn.Dropout(dropout))
-    layers.append(nn.Linear(c_in, num_classes))
-    return nn.Sequential(*layers)
+    return _pooled_head(layers, nn.AdaptiveAvgPool2d(1), c_in, dropout, num_classes)
 
 
 def cnn1d(input_shape: tuple[int, ...], num_classes: int, channels: tuple[int, ...] | list[int] = (32, 64),
@@ -82,10 +78,12 @@ def cnn1d(input_shape: tuple[int, ...], num_classes: int, channels: tuple[int, .
             layers.append(nn.MaxPool1d(2))
             length //= 2
         c_in = int(c)
-    layers += [nn.AdaptiveAvgPool1d(1), nn.Flatten()]
-    if dropout:
-        layers.append(nn.Dropout(dropout))
-    layers.append(nn.Linear(c_in, num_classes))
+    return _pooled_head(layers, nn.AdaptiveAvgPool1d(1), c_in, dropout, num_classes)
+
+
+def _pooled_head(layers: list[nn.Module], pool: nn.Module, width: int, dropout: float, num_classes: int) -> nn.Module:
+    """Conv blocks → global pool → flatten → (dropout) → linear classifier."""
+    layers += [pool, nn.Flatten()] + ([nn.Dropout(dropout)] if dropout else []) + [nn.Linear(width, num_classes)]
     return nn.Sequential(*layers)
 
 

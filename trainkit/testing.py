@@ -91,8 +91,10 @@ class SlowNet(nn.Module):
 
 
 class _SlowDataset(torch.utils.data.Dataset):
-    def __init__(self, delay: float) -> None:
-        self.x, self.y = blobs(400, 3, 16, seed=5)
+    """Arrays served one sample at a time with a sleep per sample."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, delay: float) -> None:
+        self.x, self.y = x, y
         self.targets = self.y.tolist()
         self.delay = delay
 
@@ -109,7 +111,7 @@ class _SlowDataset(torch.utils.data.Dataset):
 def slow_dataset(delay: float = 0.0015) -> torch.utils.data.Dataset:
     """A streamed dataset that sleeps per sample: data loading dominates the step (data.source
     'trainkit.testing:slow_dataset')."""
-    return _SlowDataset(delay)
+    return _SlowDataset(*blobs(400, 3, 16, seed=5), delay)
 
 
 def duplicated_digits() -> tuple[np.ndarray, np.ndarray]:
@@ -204,25 +206,9 @@ def leaky_shapes() -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([x, x[:k]]), np.concatenate([y, y[:k]])
 
 
-class _SlowTabular(torch.utils.data.Dataset):
-    def __init__(self, delay: float) -> None:
-        self.x, self.y = tabular(n=600, seed=7)
-        self.targets = self.y.tolist()
-        self.delay = delay
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        import time
-
-        time.sleep(self.delay)
-        return torch.from_numpy(self.x[i]), int(self.y[i])
-
-
 def slow_tabular(delay: float = 0.002) -> torch.utils.data.Dataset:
     """Streamed tabular data that sleeps per sample: input-bound training."""
-    return _SlowTabular(delay)
+    return _SlowDataset(*tabular(n=600, seed=7), delay)
 
 
 def dead_relu_model(input_shape: tuple[int, ...], num_classes: int, width: int = 64) -> nn.Module:

@@ -20,7 +20,7 @@ from trainkit.config import TrainkitConfig, config_to_dict
 from trainkit.diagnostics.detectors import DETECTORS, THRESHOLDS, Finding, Recommendation, classify_crash, detect_all
 
 __all__ = ["gather_evidence", "run_probes", "detect_all", "plan_recommendations", "combine_patches", "DETECTORS",
-           "THRESHOLDS", "Finding", "Recommendation", "classify_crash", "primary_cause"]
+           "THRESHOLDS", "Finding", "Recommendation", "classify_crash", "primary_cause", "patch_already_in"]
 
 
 def gather_evidence(source_dir: str | Path, cfg: TrainkitConfig, failed_mode: bool = False) -> dict[str, Any]:
@@ -201,7 +201,7 @@ def _rec_dict(r: Recommendation) -> dict[str, Any]:
     return d
 
 
-def _already_in(cfg: dict[str, Any], patch: dict[str, Any]) -> bool:
+def patch_already_in(cfg: dict[str, Any], patch: dict[str, Any]) -> bool:
     """True when every field of ``patch`` already has that value in ``cfg`` (applying it changes nothing)."""
     from trainkit.config import get_dotted
 
@@ -235,7 +235,7 @@ def plan_recommendations(findings: list[Finding], ev: dict[str, Any], lo: int = 
                 by_id[rid].expected_gain_points = round(realized, 2)
                 by_id[rid].evidence["calibrated_from_realized"] = realized
     cfg = ev["config"]
-    by_id = {k: r for k, r in by_id.items() if not (r.patch and _already_in(cfg, r.patch))}
+    by_id = {k: r for k, r in by_id.items() if not (r.patch and patch_already_in(cfg, r.patch))}
     fixes = [r for r in by_id.values() if r.kind == "fix"]
     advice = [r for r in by_id.values() if r.kind == "advice"]
     actionable = [r for r in by_id.values() if r.kind not in ("fix", "advice") and r.patch]
@@ -243,7 +243,7 @@ def plan_recommendations(findings: list[Finding], ev: dict[str, Any], lo: int = 
         have = {r.id for r in actionable} | {r.id for r in fixes} | {k for k, v in tried.items() if v <= 0}
         patched = {k for r in actionable + fixes for k in (r.patch or {})}
         for g in _generic(ev):
-            if g.id not in have and not (set(g.patch) & patched) and not _already_in(cfg, g.patch) \
+            if g.id not in have and not (set(g.patch) & patched) and not patch_already_in(cfg, g.patch) \
                     and sum(r.kind == "accuracy" for r in actionable) < lo:
                 actionable.append(g)
     ranked = sorted(actionable, key=lambda r: (not r.forced, -r.score, r.effort, r.id))

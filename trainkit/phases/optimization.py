@@ -68,7 +68,7 @@ def realized_gains(run_dir: str | Path, base: Any | None = None) -> dict[str, fl
 def _untried(ctx: PhaseContext, cfg: Any) -> list[dict[str, Any]]:
     """This diagnosis round's recommendations still worth trying on ``cfg``: selected ones first,
     then the rest by rank; not those ``cfg`` already holds, nor those measured without gain on it."""
-    from trainkit.diagnostics import _already_in
+    from trainkit.diagnostics import patch_already_in
 
     rd = _round_dir(ctx)
     plan = read_json(rd / "findings.json")["plan"]
@@ -76,7 +76,7 @@ def _untried(ctx: PhaseContext, cfg: Any) -> list[dict[str, Any]]:
     diagnosed = load_config(rd / "training_config.yaml").model.name if (rd / "training_config.yaml").is_file() else None
     out, seen = [], set()
     for r in plan["selected"] + plan["ranked"]:
-        if r["id"] in seen or not r.get("patch") or r["id"] in lost or _already_in(have, r["patch"]):
+        if r["id"] in seen or not r.get("patch") or r["id"] in lost or patch_already_in(have, r["patch"]):
             continue
         if "model.kwargs" in r["patch"] and "model.name" not in r["patch"] and diagnosed and diagnosed != cfg.model.name:
             continue  # kwargs written for the model that was diagnosed, not for the family adopted since
