@@ -1,5 +1,6 @@
 """Phase 4: decisions A-D and the limits, the seed statistics, Optuna workers sharing one study."""
 
+import json
 import sqlite3
 import subprocess
 
@@ -84,7 +85,12 @@ def test_two_optuna_workers_fill_one_sqlite_study(tmp_path):
     with sqlite3.connect(db) as con:
         numbers = sorted(n for (n,) in con.execute("select number from trials"))
         states = {s for (s,) in con.execute("select state from trials")}
+        threads = [json.loads(v) for (k, v) in con.execute("select key, value_json from trial_user_attributes")
+                   if k == "torch_threads"]
     assert numbers == list(range(6))  # none lost, none duplicated
+    from trainkit.sweep import worker_threads
+
+    assert len(threads) == 6 and set(threads) == {worker_threads(2)}  # two workers share the cores: no oversubscription
     assert states <= {"COMPLETE", "PRUNED"}
     assert "6 trials" in r.stdout
 

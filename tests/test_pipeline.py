@@ -59,6 +59,12 @@ def test_fast_path_deploys(fast_run):
         assert (d / name).is_file(), name
     index = (fast_run / "index.html").read_text()
     assert "trainkit-path" in index and "05_finalization/report.html" in index and "production_ready: passed" in index
+    manifest = json.loads((fast_run / "run.json").read_text())  # each phase's compute, in seconds and baseline units
+    costs = {e["phase"]: e["cost"] for e in manifest["phases"]}
+    assert costs["02_baseline"]["baseline_units"] >= 1.0 and costs["05_finalization"]["baseline_units"] > 0
+    assert costs["01_planning"]["baseline_units"] is None  # no baseline yet: no unit, not a guess
+    assert manifest["cost"]["wall_s"] == pytest.approx(sum(c["wall_s"] for c in costs.values()), abs=0.05)
+    assert "× baseline" in index and "Compute of this phase" in (d / "report.html").read_text()
 
 
 def test_demo_walks_all_five_phases_and_waits_for_approval_then_deploys(tmp_path):

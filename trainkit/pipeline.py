@@ -20,7 +20,7 @@ from typing import Any, Iterator
 from trainkit._io import read_json, write_text_atomic
 from trainkit.errors import ConfigError, PipelineError, RunError
 from trainkit.run import PHASES, init_run, latest_attempt_dir, load_manifest, next_attempt_dir, phase_dir, record_phase, \
-    resume_command, save_manifest, signoff_command
+    resume_command, run_cost, save_manifest, signoff_command
 
 __all__ = ["notebook_path", "execute_phase", "export_html", "run_pipeline", "PipelineOutcome", "export_reports",
            "write_index"]
@@ -217,6 +217,7 @@ def run_pipeline(config_path: str | None, run_dir: Path, overrides: list[str] | 
                 print(f"trainkit: could not write index.html: {exc}", file=sys.stderr)
     manifest = load_manifest(run_dir)
     manifest["exit"] = {"code": outcome.code, "message": outcome.message[:500]}
+    manifest["cost"] = run_cost(manifest)
     save_manifest(run_dir, manifest)
     return outcome
 
@@ -298,6 +299,12 @@ def _walk(config_path: str | None, run_dir: Path, overrides: list[str] | None, t
             return PipelineOutcome(EXIT_FAILED, str(exc), run_dir, taken)
         state = _gate_state(d)
         decision = read_json(d / "decision.json")
+        cost = next((e.get("cost") for e in reversed(load_manifest(run_dir)["phases"])
+                     if e["phase"] == phase and e["attempt"] == attempt), None) or {}
+        if cost:
+            units = f", {cost['baseline_units']:.2f}× baseline" if cost.get("baseline_units") is not None else ""
+            echo(f"trainkit:     {phase}: {cost['wall_s']:.1f} s{units}; gate {state}; "
+                 f"{decision.get('option', '')} → {decision.get('next')}: {str(decision.get('reason', ''))[:160]}")
         if state == "blocked" and decision.get("option") != "C":
             return PipelineOutcome(EXIT_FAILED, f"{phase}: gate blocked: {decision.get('reason', '')[:1500]} "
                                    f"(read {d / 'report.html'})", run_dir, taken)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from trainkit._io import read_json, write_text_atomic
-from trainkit.run import load_manifest, phase_dir
+from trainkit.run import load_manifest, phase_dir, run_cost
 
 __all__ = ["write_index", "phase_metric"]
 
@@ -62,6 +62,13 @@ def _svg(steps: list[dict[str, Any]]) -> str:
     return "".join(parts)
 
 
+def _cost_cell(cost: dict[str, Any] | None) -> str:
+    if not cost:
+        return "-"
+    units = cost.get("baseline_units")
+    return f"{cost['wall_s']:.1f} s" + (f"<br><small>{units:.2f} × baseline</small>" if units is not None else "")
+
+
 def write_index(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     manifest = load_manifest(run_dir)
@@ -82,7 +89,7 @@ def write_index(run_dir: str | Path) -> Path:
                       for p in sorted((d / "checkpoints").glob("*.pt"))]
         rows.append(f"<tr><td>{html.escape(label)}</td><td>{html.escape(e.get('status') or '')}</td>"
                     f"<td class='gate-{state}'>{html.escape(gate['gate'] if gate else '-')}: {html.escape(str(state))}</td>"
-                    f"<td>{html.escape(phase_metric(d, e['phase']))}</td>"
+                    f"<td>{html.escape(phase_metric(d, e['phase']))}</td><td>{_cost_cell(e.get('cost'))}</td>"
                     f"<td>{html.escape((dec.get('option', '') + ' → ' + str(dec.get('next', ''))) if dec else '')}"
                     f"<br><small>{html.escape(dec.get('reason', '')[:300])}</small></td>"
                     f"<td>{' · '.join(links)}</td></tr>")
@@ -98,8 +105,8 @@ td,th{{border:1px solid #d0d7de;padding:4px 8px;vertical-align:top;font-size:14p
 {_svg(steps)}
 {f'<h2>Notes</h2><ul>{notes}</ul>' if notes else ''}
 <h2>Phases</h2>
-<table id="phases"><tr><th>phase</th><th>status</th><th>gate</th><th>key metric</th><th>decision</th><th>reports and artifacts</th></tr>
-{''.join(rows)}</table>
+<table id="phases"><tr><th>phase</th><th>status</th><th>gate</th><th>key metric</th><th>compute</th><th>decision</th><th>reports and artifacts</th></tr>
+{''.join(rows)}<tr><td>total</td><td></td><td></td><td></td><td>{_cost_cell(run_cost(manifest))}</td><td></td><td></td></tr></table>
 <p><small>trainkit {html.escape(str(manifest.get('trainkit_version')))} · config hash {html.escape(str(manifest.get('config_hash')))}</small></p>
 </body></html>"""
     return write_text_atomic(run_dir / "index.html", page)

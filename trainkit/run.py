@@ -12,7 +12,8 @@ from trainkit._io import read_json, write_json_atomic
 from trainkit.errors import RunError
 
 __all__ = ["PHASES", "phase_name", "init_run", "load_manifest", "record_phase", "phase_dir", "next_attempt_dir",
-           "latest_attempt_dir", "resume_command", "signoff_command", "check_run_name"]
+           "latest_attempt_dir", "resume_command", "signoff_command", "check_run_name", "baseline_seconds", "phase_cost",
+           "run_cost"]
 
 PHASES = ["01_planning", "02_baseline", "03_diagnostics", "04_optimization", "05_finalization"]
 _SUB = {"02_baseline": "attempt", "03_diagnostics": "round", "04_optimization": "iter"}
@@ -129,4 +130,28 @@ def check_run_name(name: str) -> str:
         raise ConfigError([("--name", f"{name!r} is not a plain folder name; use letters, digits, '-', '_' or '.' "
                                       "(no '/', not '.' or '..'): the run must stay inside --runs-dir")], "command line")
     return name
+
+
+def baseline_seconds(run_dir: str | Path) -> float | None:
+    """The unit of compute cost: the wall time of the first Phase 2 baseline's training (seconds)."""
+    p = Path(run_dir) / "02_baseline" / "attempt-1" / "train_summary.json"
+    if not p.is_file():
+        return None
+    t = read_json(p).get("wall_time_s")
+    return float(t) if t else None
+
+
+def phase_cost(run_dir: str | Path, started: float, ended: float) -> dict[str, Any]:
+    """A phase's compute: wall seconds and, once the baseline has trained, baseline units."""
+    unit = baseline_seconds(run_dir)
+    wall = max(0.0, ended - started)
+    return {"wall_s": round(wall, 2), "baseline_units": round(wall / unit, 2) if unit else None,
+            "baseline_s": round(unit, 2) if unit else None}
+
+
+def run_cost(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The run's total compute from its phase entries (wall seconds, baseline units)."""
+    costs = [e["cost"] for e in manifest.get("phases", []) if e.get("cost")]
+    units = [c["baseline_units"] for c in costs if c.get("baseline_units") is not None]
+    return {"wall_s": round(sum(c["wall_s"] for c in costs), 2), "baseline_units": round(sum(units), 2) if units else None}
 

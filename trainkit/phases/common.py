@@ -107,7 +107,7 @@ def finish_gate(ctx: PhaseContext, gate: str, results: dict[str, tuple[str, Any]
         record = read_json(ctx.dir / "gate.json")
         show_html(gate_html(record))
         record_phase(ctx.run_dir, ctx.phase, ctx.attempt, status="blocked", ended=time.time(),
-                     gate=record["state"], decision=(decision or {}).get("next"))
+                     gate=record["state"], decision=(decision or {}).get("next"), cost=_show_cost(ctx))
         if raise_on_block:
             raise
         return record
@@ -117,8 +117,19 @@ def finish_gate(ctx: PhaseContext, gate: str, results: dict[str, tuple[str, Any]
 
         show(GateWidget(ctx.dir / "gate.json", ctx.run_dir))
     record_phase(ctx.run_dir, ctx.phase, ctx.attempt, status="completed", ended=time.time(),
-                 gate=record["state"], decision=(decision or {}).get("next"))
+                 gate=record["state"], decision=(decision or {}).get("next"), cost=_show_cost(ctx))
     return record
+
+
+def _show_cost(ctx: PhaseContext) -> dict[str, Any]:
+    """This phase's compute (wall time and baseline units), shown in its report and returned for run.json."""
+    from trainkit.run import phase_cost
+
+    cost = phase_cost(ctx.run_dir, ctx.started, time.time())
+    units = f", {cost['baseline_units']:.2f} baseline units (baseline training {cost['baseline_s']:.1f} s)" \
+        if cost["baseline_units"] is not None else " (baseline units once Phase 2 has trained)"
+    show_html(f"<p>Compute of this phase: {cost['wall_s']:.1f} s wall{units}.</p>")
+    return cost
 
 
 def write_decision(ctx: PhaseContext, option: str, next_phase: str, reason: str, evidence: dict[str, Any]) -> dict[str, Any]:
