@@ -281,3 +281,15 @@ def test_augment_shifts_signals_and_keeps_their_shape():
     assert all(s.shape == x.shape for s in shifted) and any(not torch.equal(s, x) for s in shifted)
     assert not math.isnan(float(shifted[0].sum()))
     assert json.dumps(list(x.shape)) == "[2, 3, 32]"
+
+
+def test_compute_plan_shares_and_fit():
+    from trainkit.plan import SHARES, compute_plan
+
+    cfg = tiny_config({"budget.total_hours": 1.0})
+    plan = compute_plan(cfg, baseline_s=60.0, measured={})
+    assert abs(sum(SHARES.values()) - 1.0) < 1e-9
+    assert plan["phases"]["04_optimization"]["share_s"] == pytest.approx(0.45 * 3600)
+    assert plan["estimated_total_s"] == pytest.approx(60.0 * plan["planned_units_total"], rel=1e-3)
+    assert plan["fits"] == (plan["estimated_total_s"] <= 3600)
+    assert not compute_plan(cfg, baseline_s=600.0, measured={})["fits"]  # 10-minute baselines: the path does not fit 1 h

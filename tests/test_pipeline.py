@@ -65,6 +65,13 @@ def test_fast_path_deploys(fast_run):
     assert costs["01_planning"]["baseline_units"] is None  # no baseline yet: no unit, not a guess
     assert manifest["cost"]["wall_s"] == pytest.approx(sum(c["wall_s"] for c in costs.values()), abs=0.05)
     assert "× baseline" in index and "Compute of this phase" in (d / "report.html").read_text()
+    plan = json.loads((fast_run / "01_planning" / "budget_plan.json").read_text())  # Phase 1's compute plan
+    actual = json.loads((fast_run / "02_baseline/attempt-1/train_summary.json").read_text())["wall_time_s"]
+    assert 0.2 * actual <= plan["baseline_estimate_s"] <= 5 * actual, (plan["baseline_estimate_s"], actual)
+    assert set(plan["phases"]) == {"02_baseline", "03_diagnostics", "04_optimization", "05_finalization"} and plan["fits"]
+    p1 = json.loads((fast_run / "01_planning" / "gate.json").read_text())
+    assert next(c for c in p1["checks"] if c["id"] == "compute_plan")["status"] == "pass"
+    assert "Compute plan" in index and "planned" in index
 
 
 def test_demo_walks_all_five_phases_and_waits_for_approval_then_deploys(tmp_path):

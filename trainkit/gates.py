@@ -62,6 +62,7 @@ GATES: dict[str, GateSpec] = {g.name: g for g in [
         _c("splits_fingerprinted", "Splits stratified and fingerprinted (splits.json)"),
         _c("test_quarantined", "Test split quarantined until Phase 5"),
         _c("determinism_verified", "Two same-seed trainings agree (bitwise on CPU)"),
+        _c("compute_plan", "Compute plan fits budget.total_hours (budget_plan.json)", mandatory=False),
         _c("config_reviewed", "A person reviewed the config (data, model, target, budget)", "manual", False),
     )),
     GateSpec("post_baseline", "02_baseline", "Phase 2 → 3 or 5: post-baseline", (

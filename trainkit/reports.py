@@ -69,6 +69,26 @@ def _cost_cell(cost: dict[str, Any] | None) -> str:
     return f"{cost['wall_s']:.1f} s" + (f"<br><small>{units:.2f} × baseline</small>" if units is not None else "")
 
 
+def _plan_table(run_dir: Path, manifest: dict[str, Any]) -> str:
+    """Phase 1's compute plan against what each phase actually took (all its attempts together)."""
+    p = run_dir / "01_planning" / "budget_plan.json"
+    if not p.is_file():
+        return ""
+    plan = read_json(p)
+    rows = []
+    for phase, v in plan["phases"].items():
+        costs = [e["cost"] for e in manifest["phases"] if e["phase"] == phase and e.get("cost")]
+        wall = sum(c["wall_s"] for c in costs)
+        units = [c["baseline_units"] for c in costs if c.get("baseline_units") is not None]
+        actual = (f"{wall:.1f} s" + (f" ({sum(units):.2f} × baseline)" if units else "")) if costs else "-"
+        rows.append(f"<tr><td>{html.escape(phase)}</td><td>{v['share_s'] / 3600:.2f} h</td><td>{v['planned_units']:g} × "
+                    f"baseline ≈ {v['estimated_s']:.1f} s</td><td>{actual}</td></tr>")
+    return (f"<h2>Compute plan</h2><p>Baseline estimated at {plan['baseline_estimate_s']:.1f} s in Phase 1; budget "
+            f"{plan['budget_hours']:g} h; the single-optimization path plans {plan['planned_units_total']:g} baseline units "
+            f"({'fits' if plan['fits'] else 'does not fit'}).</p><table id='plan'><tr><th>phase</th><th>share</th>"
+            f"<th>planned</th><th>actual</th></tr>{''.join(rows)}</table>")
+
+
 def write_index(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     manifest = load_manifest(run_dir)
@@ -107,6 +127,7 @@ td,th{{border:1px solid #d0d7de;padding:4px 8px;vertical-align:top;font-size:14p
 <h2>Phases</h2>
 <table id="phases"><tr><th>phase</th><th>status</th><th>gate</th><th>key metric</th><th>compute</th><th>decision</th><th>reports and artifacts</th></tr>
 {''.join(rows)}<tr><td>total</td><td></td><td></td><td></td><td>{_cost_cell(run_cost(manifest))}</td><td></td><td></td></tr></table>
+{_plan_table(run_dir, manifest)}
 <p><small>trainkit {html.escape(str(manifest.get('trainkit_version')))} · config hash {html.escape(str(manifest.get('config_hash')))}</small></p>
 </body></html>"""
     return write_text_atomic(run_dir / "index.html", page)

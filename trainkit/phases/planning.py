@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import time
 
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from trainkit.run import init_run
 __all__ = ["start", "write_environment", "write_splits", "show_data_overview", "check_determinism", "gate"]
 
 PHASE = "01_planning"
-ARTIFACTS = ["training_config.yaml", "environment.json", "splits.json", "determinism.json"]
+ARTIFACTS = ["training_config.yaml", "environment.json", "splits.json", "determinism.json"]  # + budget_plan.json when measured
 
 
 def start(run_dir: str | Path, config_path: str = "", overrides: list[str] | None = None,
@@ -87,6 +88,7 @@ def check_determinism(ctx: PhaseContext, bundle: Any) -> dict[str, Any]:
 
     from trainkit.errors import TrainingError
 
+    t0 = time.perf_counter()
     try:
         result = determinism_probe(ctx.config, bundle)
     except TrainingError as exc:  # the model cannot train at all: Phase 2 records the crash, Phase 3 diagnoses it
@@ -98,7 +100,31 @@ def check_determinism(ctx: PhaseContext, bundle: Any) -> dict[str, Any]:
     write_json_atomic(ctx.path("determinism.json"), result)
     verdict = "identical (bitwise)" if result["identical"] else f"max |diff| {result['max_abs_diff']:.3g}"
     show_html(f"<p>Determinism probe on {result['device']}: {result['epochs']} epochs twice → {verdict}</p>")
+    write_budget_plan(ctx, bundle, time.perf_counter() - t0, 2 * result["epochs"] * result["train_samples"])
     return result
+
+
+def write_budget_plan(ctx: PhaseContext, bundle: Any, seconds: float, sample_epochs: int) -> dict[str, Any]:
+    """budget_plan.json: the baseline's training time extrapolated from the timed determinism probe
+    (seconds per training sample per epoch, validation included), each phase's share of
+    ``budget.total_hours``, its planned fits in baseline units and their estimated time."""
+    from trainkit.plan import compute_plan
+
+    cfg = ctx.config
+    per = seconds / max(1, sample_epochs)
+    baseline_s = per * len(bundle.splits["train"]) * cfg.training.epochs
+    plan = compute_plan(cfg, baseline_s, {"probe_seconds": round(seconds, 3), "sample_epochs": sample_epochs,
+                                          "seconds_per_sample_epoch": per, "train_samples": int(len(bundle.splits["train"])),
+                                          "epochs": cfg.training.epochs})
+    write_json_atomic(ctx.path("budget_plan.json"), plan)
+    rows = "".join(f"<tr><td>{k}</td><td>{v['share']:.0%} = {v['share_s'] / 3600:.2f} h</td><td>{v['planned_units']:g}</td>"
+                   f"<td>{v['estimated_s']:.1f} s</td><td>{html.escape(v['fits'])}</td></tr>" for k, v in plan["phases"].items())
+    show_html(f"<p>Compute plan: baseline ≈ {baseline_s:.1f} s (extrapolated from the timed probe); the single-optimization "
+              f"path plans {plan['planned_units_total']:g} baseline units ≈ {plan['estimated_total_s'] / 3600:.2f} h of the "
+              f"{cfg.budget.total_hours:g} h budget ({'fits' if plan['fits'] else 'does NOT fit'}).</p>"
+              "<table><tr><th>phase</th><th>share of the budget</th><th>planned (× baseline)</th><th>estimated</th>"
+              f"<th>fits</th></tr>{rows}</table>")
+    return plan
 
 
 def _results(ctx: PhaseContext, bundle: Any) -> dict[str, tuple[str, Any]]:
@@ -126,6 +152,15 @@ def _results(ctx: PhaseContext, bundle: Any) -> dict[str, tuple[str, Any]]:
         r["test_quarantined"] = ("fail", "the test split was readable in Phase 1")
     except QuarantineError:
         r["test_quarantined"] = ("pass", "reading the test split in Phase 1 raised QuarantineError; access logged")
+    plan_path = ctx.path("budget_plan.json")
+    if plan_path.is_file():
+        plan = read_json(plan_path)
+        r["compute_plan"] = ("pass" if plan["fits"] else "warn",
+                             f"baseline ≈ {plan['baseline_estimate_s']:.1f} s; path ≈ {plan['planned_units_total']:g} baseline "
+                             f"units ≈ {plan['estimated_total_s'] / 3600:.2f} h of {plan['budget_hours']:g} h"
+                             + ("" if plan["fits"] else ": raise budget.total_hours or shorten the baseline"))
+    else:
+        r["compute_plan"] = ("na", "no plan: the model could not train, so its time cannot be measured")
     det_r = read_json(det_path) if det_path.exists() else {}
     if det_r.get("error"):
         r["determinism_verified"] = ("na", f"the model could not train, so determinism cannot be measured: "
@@ -142,5 +177,6 @@ def gate(ctx: PhaseContext, bundle: Any, approvals: Any = None, auto_signoff: bo
          waivers: dict[str, str] | None = None) -> dict[str, Any]:
     """Evaluate the reproducibility gate (records gate.json, then raises GateBlocked if blocked)."""
     decision = write_decision(ctx, "-", "02_baseline", "Phase 1 always proceeds to the baseline", {})
-    return finish_gate(ctx, "reproducibility_gate", _results(ctx, bundle), [f"{PHASE}/{a}" for a in ARTIFACTS],
+    arts = [f"{PHASE}/{a}" for a in ARTIFACTS] + ([f"{PHASE}/budget_plan.json"] if ctx.path("budget_plan.json").is_file() else [])
+    return finish_gate(ctx, "reproducibility_gate", _results(ctx, bundle), arts,
                        approvals, auto_signoff, waivers, decision)
