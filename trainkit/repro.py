@@ -180,4 +180,8 @@ def determinism_probe(cfg: Any, bundle: Any, epochs: int = 2, max_train: int = 5
     return {"identical": seq[0] == seq[1], "within_tolerance": max_diff <= tolerance, "max_abs_diff": max_diff,
             "tolerance": tolerance, "device": runs[0].device, "epochs": epochs, "train_samples": int(min(max_train, len(original))),
             "losses_a": seq[0], "losses_b": seq[1],
-            "passed": (seq[0] == seq[1]) if not on_gpu else max_diff <= tolerance}
+            "passed": (seq[0] == seq[1]) if not on_gpu else max_diff <= tolerance,
+            # the runs' timing (the first pays the process's cold start): Phase 1's compute plan extrapolates from it
+            "timing": {"wall_s": runs[1].wall_time_s, "epochs_s": runs[1].train_time_s, "epochs": epochs,
+                       "cold_wall_s": runs[0].wall_time_s,
+                       "train_samples": int(min(max_train, len(original))), "val_samples": int(len(bundle.splits["val"]))}}

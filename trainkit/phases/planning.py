@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import html
-import time
 
 from pathlib import Path
 from typing import Any
@@ -88,7 +87,6 @@ def check_determinism(ctx: PhaseContext, bundle: Any) -> dict[str, Any]:
 
     from trainkit.errors import TrainingError
 
-    t0 = time.perf_counter()
     try:
         result = determinism_probe(ctx.config, bundle)
     except TrainingError as exc:  # the model cannot train at all: Phase 2 records the crash, Phase 3 diagnoses it
@@ -100,22 +98,27 @@ def check_determinism(ctx: PhaseContext, bundle: Any) -> dict[str, Any]:
     write_json_atomic(ctx.path("determinism.json"), result)
     verdict = "identical (bitwise)" if result["identical"] else f"max |diff| {result['max_abs_diff']:.3g}"
     show_html(f"<p>Determinism probe on {result['device']}: {result['epochs']} epochs twice → {verdict}</p>")
-    write_budget_plan(ctx, bundle, time.perf_counter() - t0, 2 * result["epochs"] * result["train_samples"])
+    write_budget_plan(ctx, bundle, result["timing"])
     return result
 
 
-def write_budget_plan(ctx: PhaseContext, bundle: Any, seconds: float, sample_epochs: int) -> dict[str, Any]:
-    """budget_plan.json: the baseline's training time extrapolated from the timed determinism probe
-    (seconds per training sample per epoch, validation included), each phase's share of
+def write_budget_plan(ctx: PhaseContext, bundle: Any, timing: dict[str, Any]) -> dict[str, Any]:
+    """budget_plan.json: the baseline's time extrapolated from the determinism probe (the first
+    run's cost outside its epochs, i.e. the process's cold start and setup, plus the warm run's
+    epoch time scaled from the probe's train+val samples to the full split's, plus a measured
+    checkpoint write per epoch, times the configured epochs), each phase's share of
     ``budget.total_hours``, its planned fits in baseline units and their estimated time."""
     from trainkit.plan import compute_plan
 
     cfg = ctx.config
-    per = seconds / max(1, sample_epochs)
-    baseline_s = per * len(bundle.splits["train"]) * cfg.training.epochs
-    plan = compute_plan(cfg, baseline_s, {"probe_seconds": round(seconds, 3), "sample_epochs": sample_epochs,
-                                          "seconds_per_sample_epoch": per, "train_samples": int(len(bundle.splits["train"])),
-                                          "epochs": cfg.training.epochs})
+    n_train, n_val = len(bundle.splits["train"]), timing["val_samples"]
+    fixed = max(0.0, timing.get("cold_wall_s", timing["wall_s"]) - timing["epochs_s"])  # cold start + setup, paid once
+    epoch = timing["epochs_s"] / max(1, timing["epochs"]) * (n_train + n_val) / max(1, timing["train_samples"] + n_val)
+    save = _checkpoint_seconds(ctx, bundle)  # fit writes last.pt (and best.pt when val improves) every epoch
+    baseline_s = fixed + (epoch + 2 * save) * cfg.training.epochs
+    plan = compute_plan(cfg, baseline_s, dict(timing, fixed_s=round(fixed, 4), epoch_s=round(epoch, 4),
+                                              checkpoint_s=round(save, 4), full_train_samples=int(n_train),
+                                              epochs_planned=cfg.training.epochs))
     write_json_atomic(ctx.path("budget_plan.json"), plan)
     rows = "".join(f"<tr><td>{k}</td><td>{v['share']:.0%} = {v['share_s'] / 3600:.2f} h</td><td>{v['planned_units']:g}</td>"
                    f"<td>{v['estimated_s']:.1f} s</td><td>{html.escape(v['fits'])}</td></tr>" for k, v in plan["phases"].items())
@@ -125,6 +128,29 @@ def write_budget_plan(ctx: PhaseContext, bundle: Any, seconds: float, sample_epo
               "<table><tr><th>phase</th><th>share of the budget</th><th>planned (× baseline)</th><th>estimated</th>"
               f"<th>fits</th></tr>{rows}</table>")
     return plan
+
+
+def _checkpoint_seconds(ctx: PhaseContext, bundle: Any) -> float:
+    """Seconds one atomic, fsynced checkpoint of this model (weights, optimizer state) takes here."""
+    import time
+
+    from trainkit.checkpoints import save_checkpoint
+    from trainkit.models import build_model
+    from trainkit.train import make_optimizer
+
+    cfg = ctx.config
+    model = build_model(cfg.model.name, bundle.input_shape, bundle.num_classes, cfg.model.kwargs, cfg.model.init)
+    opt = make_optimizer(cfg, model.parameters())
+    state = {"model": model.state_dict(), "optimizer": opt.state_dict(),
+             "moments": [p.detach().clone() for p in model.parameters()]}  # stands in for Adam/momentum buffers
+    path = ctx.path(".checkpoint_probe.pt")
+    try:
+        t0 = time.perf_counter()
+        save_checkpoint(state, path)
+        return time.perf_counter() - t0
+    finally:
+        for p in (path, path.with_name(path.name + ".sha256")):
+            p.unlink(missing_ok=True)
 
 
 def _results(ctx: PhaseContext, bundle: Any) -> dict[str, tuple[str, Any]]:
