@@ -120,7 +120,8 @@ def test_failed_baseline_is_diagnosed_fixed_and_restarted(tmp_path):
 
 
 def test_killed_kernel_then_resume_keeps_earlier_artifacts(tmp_path):
-    env = dict(os.environ, TRAINKIT_TEST_DIE_DIR=str(tmp_path), TRAINKIT_TEST_DIE_AT="3")
+    # Phase 1 builds the model 3 times (two determinism runs, one checkpoint-timing probe): build 4 is Phase 2's
+    env = dict(os.environ, TRAINKIT_TEST_DIE_DIR=str(tmp_path), TRAINKIT_TEST_DIE_AT="4")
     cfg = _cfg(tmp_path, dict(FAST, **{"model.name": "trainkit.testing:dies_once_model", "model.kwargs": {}}))
     r = _run(cfg, "--name", "k", "--runs-dir", tmp_path, "--stop-after", "2", env=env)
     assert r.returncode == 1 and "02_baseline" in r.stderr and "--resume" in r.stderr, r.stdout + r.stderr
