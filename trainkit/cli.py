@@ -190,12 +190,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "report":
             return _cmd_report(args)
         return _cmd_train(args)
-    except (ConfigError, DataError) as exc:
-        if isinstance(exc, QuarantineError):
-            print(f"trainkit: {exc}", file=sys.stderr)
-            return 1
+    except (ConfigError, DataError) as exc:  # bad config or data: exit 2; a quarantine refusal is a failure (1)
         print(f"trainkit: {exc}", file=sys.stderr)
-        return 2
+        return 1 if isinstance(exc, QuarantineError) else 2
     except (RunError, GateError) as exc:
         print(f"trainkit: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, RunError) else 1

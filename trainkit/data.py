@@ -171,6 +171,8 @@ def _torchvision(cfg: Any) -> Source:
 class ImageFolderData(Dataset):
     """Streams images from disk; resize, convert to 1 or 3 channels, scale to [0, 1], normalize."""
 
+    own_normalization = True  # its samples come normalized (BatchIterable must not normalize them again)
+
     def __init__(self, paths: list[Path], labels: list[int], size: tuple[int, int], mode: str) -> None:
         self.paths, self.labels, self.size, self.mode = paths, labels, size, mode
         self.mean: torch.Tensor | None = None
@@ -195,21 +197,28 @@ class ImageFolderData(Dataset):
         return x, self.labels[i]
 
 
-def _image_folder(cfg: Any) -> Source:
-    from PIL import Image
-
+def _class_folders(cfg: Any) -> tuple[Path, list[str]]:
+    """(root, class folder names) of an image folder, checked without decoding anything: the root
+    exists, holds at least 2 class folders, and none of them is empty."""
     root = Path(cfg.root or "")
     if not cfg.root or not root.is_dir():
         raise DataError(f"data.root: image folder not found: {root!s}; expected one sub-folder per class")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if len(classes) < 2:
         raise DataError(f"{root}: found {len(classes)} class folder(s); need at least 2 sub-folders, one per class")
-    paths, labels, bad, keys = [], [], [], []
-    size = mode = None
     empty = [n for n in classes if not any(p.suffix.lower() in _IMAGE_EXT and p.is_file() for p in (root / n).rglob("*"))]
     if empty:
         raise DataError(f"{root}: class folder(s) {empty} hold no images ({sorted(_IMAGE_EXT)}); add images or remove "
                         "the folder (an empty class cannot be learned or evaluated)")
+    return root, classes
+
+
+def _image_folder(cfg: Any) -> Source:
+    from PIL import Image
+
+    root, classes = _class_folders(cfg)
+    paths, labels, bad, keys = [], [], [], []
+    size = mode = None
     for label, name in enumerate(classes):
         for p in sorted((root / name).rglob("*")):
             if p.suffix.lower() not in _IMAGE_EXT or not p.is_file():
@@ -267,16 +276,7 @@ def check_source(cfg: Any) -> None:
     layout (class folders, none empty; images are decoded in Phase 1), any other source by loading
     it. Raises DataError naming the field or file."""
     if cfg.source == "image_folder":
-        root = Path(cfg.root or "")
-        if not cfg.root or not root.is_dir():
-            raise DataError(f"data.root: image folder not found: {root!s}; expected one sub-folder per class")
-        classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-        if len(classes) < 2:
-            raise DataError(f"{root}: found {len(classes)} class folder(s); need at least 2 sub-folders, one per class")
-        empty = [c.name for c in classes if not any(q.suffix.lower() in _IMAGE_EXT and q.is_file() for q in c.rglob("*"))]
-        if empty:
-            raise DataError(f"{root}: class folder(s) {empty} hold no images ({sorted(_IMAGE_EXT)}); add images or remove "
-                            "the folder (an empty class cannot be learned or evaluated)")
+        _class_folders(cfg)
         return
     load_source(cfg)
 
@@ -471,7 +471,7 @@ class BatchIterable:
         loader = DataLoader(b.source.dataset, batch_sampler=_BatchSampler(self.plan), num_workers=self.workers,
                             pin_memory=self.device.type == "cuda", worker_init_fn=seed_worker,
                             persistent_workers=False)
-        own_norm = isinstance(b.source.dataset, ImageFolderData) or getattr(b.source.dataset, "own_normalization", False)
+        own_norm = getattr(b.source.dataset, "own_normalization", False)
         mean, std = b.mean.to(self.device), b.std.to(self.device)
         for (x, _), (mine, n) in zip(loader, self.plan):
             x = x.to(self.device, non_blocking=True).float()
@@ -578,10 +578,8 @@ def effective_phase(run_dir: str | Path | None, requested: str | None) -> str | 
     """The phase whose rules apply to a data load: the one the run's own manifest says is running
     (not whatever a caller passes); without a run folder, never the final phase (a test read must
     be logged in a run)."""
-    if run_dir is None:
-        return None if requested == FINAL_PHASE else requested
-    path = Path(run_dir) / "run.json"
-    if not path.is_file():
+    path = Path(run_dir) / "run.json" if run_dir is not None else None
+    if path is None or not path.is_file():
         return None if requested == FINAL_PHASE else requested
     running = [e["phase"] for e in read_json(path).get("phases", []) if e.get("status") == "running"]
     if requested == FINAL_PHASE and (not running or running[-1] != FINAL_PHASE):
@@ -611,7 +609,7 @@ class SealedDataset(Dataset):
     def __init__(self, inner: Dataset, sealed: set[int]) -> None:
         self._inner, self._sealed = inner, frozenset(sealed)
         self.mean, self.std = getattr(inner, "mean", None), getattr(inner, "std", None)
-        self.own_normalization = isinstance(inner, ImageFolderData)
+        self.own_normalization = getattr(inner, "own_normalization", False)
 
     def __len__(self) -> int:
         return len(self._inner)  # type: ignore[arg-type]

@@ -92,7 +92,7 @@ def _in_memory_view(bundle: Any, max_rows: int = 50000) -> Any:
     import numpy as np
     import torch
 
-    from trainkit.data import ImageFolderData, normalize
+    from trainkit.data import normalize
 
     ds = bundle.source.dataset
     view = copy.copy(bundle)
@@ -102,8 +102,7 @@ def _in_memory_view(bundle: Any, max_rows: int = 50000) -> Any:
     x = torch.zeros((len(bundle.source.y), *first.shape))
     for i in idx:
         x[int(i)] = torch.as_tensor(ds[int(i)][0]).float()
-    own = isinstance(ds, ImageFolderData) or getattr(ds, "own_normalization", False)
-    view._x = x if own else normalize(x, bundle.mean, bundle.std)
+    view._x = x if getattr(ds, "own_normalization", False) else normalize(x, bundle.mean, bundle.std)
     return view
 
 

@@ -159,6 +159,22 @@ def _learned(ev: dict[str, Any]) -> bool:
         h[-1]["train_loss"] < init * (1 - THRESHOLDS["learning_loss_drop"])
 
 
+def _dropout_rec(finding: str, cfg: dict[str, Any], why: str, gain: float) -> list[Recommendation]:
+    """Dropout 0.3 for a built-in model that has less (a user's model cannot be patched this way)."""
+    kw = dict(cfg["model"]["kwargs"])
+    if cfg["model"]["name"] not in ("mlp", "cnn", "cnn1d") or float(kw.get("dropout", 0.0)) >= 0.3:
+        return []
+    return [_rec(finding, "dropout", "Dropout 0.3", {"model.kwargs": {**kw, "dropout": 0.3}}, why, gain, 1,
+                 current_dropout=kw.get("dropout", 0.0))]
+
+
+def _smoothing_rec(finding: str, cfg: dict[str, Any], why: str, gain: float) -> list[Recommendation]:
+    """Label smoothing 0.1 when the config has none."""
+    if cfg["training"]["label_smoothing"] != 0:
+        return []
+    return [_rec(finding, "label_smoothing", "Label smoothing 0.1", {"training.label_smoothing": 0.1}, why, gain, 1)]
+
+
 def _family_recs(finding: str, ev: dict[str, Any], gain: float) -> list[Recommendation]:
     """Model-family moves: a built-in MLP on images or signals → the matching conv net; a user's own
     model → advice saying what to change (no patch can rewrite their code)."""
@@ -224,11 +240,8 @@ def detect_overfitting(ev: dict[str, Any]) -> Finding:
                                       {"optimizer.name": "adamw", "optimizer.weight_decay": 0.05},
                                       "decoupled weight decay regularises without fighting Adam's scaling", 0.15 * room, 1,
                                       gap_points=gap))
-    kw = dict(cfg["model"]["kwargs"])
-    if cfg["model"]["name"] in ("mlp", "cnn", "cnn1d") and float(kw.get("dropout", 0.0)) < 0.3:
-        f.recommendations.append(_rec("overfitting", "dropout", "Dropout 0.3", {"model.kwargs": {**kw, "dropout": 0.3}},
-                                      "dropout stops co-adapted features that memorise the training set", 0.25 * room, 1,
-                                      current_dropout=kw.get("dropout", 0.0)))
+    f.recommendations += _dropout_rec("overfitting", cfg, "dropout stops co-adapted features that memorise the training set",
+                                      0.25 * room)
     if cfg["data"]["augment"] == "none":
         shape = ev.get("input_shape") or []
         big_image = _is_image(ev) and min(shape[1:]) >= 16
@@ -239,10 +252,7 @@ def detect_overfitting(ev: dict[str, Any]) -> Finding:
                                       "more effective training data at no labelling cost" + (
                                           "" if big_image or signal else " (small inputs: Gaussian noise; crops would cut too much)"),
                                       (0.3 if big_image or signal else 0.1) * room, 1, input_shape=shape))
-    if cfg["training"]["label_smoothing"] == 0:
-        f.recommendations.append(_rec("overfitting", "label_smoothing", "Label smoothing 0.1",
-                                      {"training.label_smoothing": 0.1}, "softer targets discourage over-confident fits",
-                                      0.1 * room, 1))
+    f.recommendations += _smoothing_rec("overfitting", cfg, "softer targets discourage over-confident fits", 0.1 * room)
     f.recommendations += _family_recs("overfitting", ev, 0.3 * room)
     return f
 
@@ -461,15 +471,10 @@ def detect_data_quality(ev: dict[str, Any]) -> Finding:
                                       "do; the rows it is surest about go", min(need, 100 * noise) * 0.5, 1,
                                       noise_rate=noise, noise_rate_ci=ci, flagged=len(flagged)))
         cfg = ev["config"]
-        if cfg["training"]["label_smoothing"] == 0:
-            f.recommendations.append(_rec("data_quality", "label_smoothing", "Label smoothing 0.1",
-                                          {"training.label_smoothing": 0.1}, "soft targets limit how far wrong labels pull",
-                                          min(need, 100 * noise) * 0.2, 1))
-        kw = dict(cfg["model"]["kwargs"])
-        if cfg["model"]["name"] in ("mlp", "cnn", "cnn1d") and float(kw.get("dropout", 0.0)) < 0.3:
-            f.recommendations.append(_rec("data_quality", "dropout", "Dropout 0.3", {"model.kwargs": {**kw, "dropout": 0.3}},
-                                          "a regularised model memorises the wrong labels that exclusion misses",
-                                          min(need, 100 * noise) * 0.2, 1))
+        f.recommendations += _smoothing_rec("data_quality", cfg, "soft targets limit how far wrong labels pull",
+                                            min(need, 100 * noise) * 0.2)
+        f.recommendations += _dropout_rec("data_quality", cfg, "a regularised model memorises the wrong labels that "
+                                          "exclusion misses", min(need, 100 * noise) * 0.2)
     if problems["imbalance"]:
         hurt = (mean_rec - min_rec) * 100 if minority_hurt else 0.0
         f.recommendations.append(_rec("data_quality", "class_weighting", "Class-weighted loss (balanced)",

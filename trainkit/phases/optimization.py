@@ -245,7 +245,7 @@ def compare(ctx: PhaseContext, seeds: int = 3, ablation: bool = True) -> dict[st
 
 def _survivor_combination(ctx: PhaseContext, survivors: list[dict[str, Any]], best: dict[str, Any],
                           seed_list: list[int]) -> dict[str, Any] | None:
-    """When two single recommendations both beat the best so far on every seed they share, try
+    """When two surviving single recommendations each have a mean above the best so far's, try
     them together (what this iteration learned, used at once); None otherwise."""
     from trainkit.data import load_data
 
@@ -254,9 +254,7 @@ def _survivor_combination(ctx: PhaseContext, survivors: list[dict[str, Any]], be
         return None
     ids = [c["recommendations"][0] for c in singles[:2]]
     recs = [r for r in ctx.recs if r["id"] in ids]  # type: ignore[attr-defined]
-    from trainkit.diagnostics import combine_patches
-
-    cfg = with_overrides(ctx.config, combine_patches(recs)[0])
+    cfg, _ = _provenance(ctx, ctx.config, recs, ctx.round_no)  # type: ignore[attr-defined]
     c = {"id": "+".join(ids), "recommendations": ids, "config": cfg, "bundle": load_data(cfg, ctx.run_dir, PHASE)}
     c["runs"] = _train_seeds(cfg, c["bundle"], ctx.path(f"runs/{c['id']}"), seed_list)
     return c
