@@ -94,7 +94,11 @@ class TrainingConfig(_Section):
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy label smoothing (fraction 0-1)")
     class_weighting: Literal["none", "balanced"] = Field("none", description="balanced = cross-entropy weights N / (K * n_class) "
                                                           "from the training split's class counts")
-    nan_guard: bool = Field(True, description="stop in the step where loss or gradient becomes non-finite (one host sync per step)")
+    nan_guard: bool = Field(True, description="stop where loss or gradient becomes non-finite (the step that went bad is reported)")
+    guard_every: int = Field(16, ge=1, le=10000, description="on CUDA, steps between the NaN/Inf guard's host reads (count); "
+                             "the CPU checks every step")
+    compile: bool = Field(False, description="torch.compile the model for training (needs a C++ compiler on the CPU; the "
+                          "first epoch pays the compile time)")
 
 
 class TargetConfig(_Section):

@@ -78,6 +78,33 @@ def execute_phase(phase: str, run_dir: Path, params: dict[str, Any], attempt: in
     if phase in _ATTEMPTED:
         params["attempt"] = attempt
     os.environ.setdefault("TRAINKIT_PROGRESS", "text")
+    from trainkit.budget import CLOCK_ENV, active_seconds
+
+    t0 = time.time()
+    os.environ[CLOCK_ENV] = repr(t0 - active_seconds(load_manifest(run_dir)))  # the kernel's budget clock
+    try:
+        _execute(pm, phase, out_nb, params, out_dir, run_dir, attempt)
+    finally:
+        os.environ.pop(CLOCK_ENV, None)
+        _count_active(run_dir, phase, attempt, time.time() - t0)
+    return out_dir
+
+
+def _count_active(run_dir: Path, phase: str, attempt: int, wall: float) -> None:
+    """Add a phase's pipeline wall time (kernel start and report export included) to the run's
+    active seconds, the clock its time budget runs on."""
+    from trainkit.budget import active_seconds
+
+    manifest = load_manifest(run_dir)
+    manifest["active_s"] = round(active_seconds(manifest) + wall, 3)
+    for e in manifest["phases"]:
+        if e["phase"] == phase and e["attempt"] == attempt:
+            e["pipeline_wall_s"] = round(e.get("pipeline_wall_s", 0.0) + wall, 3)
+    save_manifest(run_dir, manifest)
+
+
+def _execute(pm: Any, phase: str, out_nb: Path, params: dict[str, Any], out_dir: Path, run_dir: Path,
+             attempt: int) -> None:
     try:
         pm.execute_notebook(str(notebook_path(phase)), str(out_nb), parameters=params, kernel_name="python3",
                             progress_bar=False, log_output=False, report_mode=False)
@@ -91,7 +118,6 @@ def execute_phase(phase: str, run_dir: Path, params: dict[str, Any], attempt: in
         raise PipelineError(f"{phase} did not finish: {type(exc).__name__}: {_first_line(str(exc))}; "
                             f"fix it and continue with `{resume_command(run_dir)}`") from None
     _safe_export(out_nb, out_dir / "report.html")
-    return out_dir
 
 
 def _first_line(text: str) -> str:
@@ -166,17 +192,19 @@ def _mark_deploy(run_dir: Path, d: Path) -> None:
     save_manifest(run_dir, manifest)
 
 
-def _over_budget(run_dir: Path, phase: str, t0_run: float) -> bool:
-    """True when the run's total time exceeds budget.total_hours and ``phase`` is 03 or 04."""
+def _over_budget(run_dir: Path, phase: str) -> bool:
+    """True when ``phase`` is 03 or 04 and the run's active time has reached that phase's deadline
+    (its cumulative share of budget.total_hours; see trainkit.budget): it could start no fit."""
     if phase not in ("03_diagnostics", "04_optimization"):
         return False
+    from trainkit.budget import CUMULATIVE, active_seconds
     from trainkit.phases.common import load_run_config
 
-    hours = load_run_config(run_dir).budget.total_hours
-    return (time.time() - t0_run) / 3600 > hours
+    total_s = load_run_config(run_dir).budget.total_hours * 3600
+    return active_seconds(load_manifest(run_dir)) >= CUMULATIVE[phase] * total_s
 
 
-def _route_over_budget(run_dir: Path, phase: str, d: Path) -> str:
+def _route_over_budget(run_dir: Path, phase: str, d: Path) -> str:  # phase: where the decision wanted to go
     """Route to Phase 5 with the best so far: ``budget_override.json`` beside the decision (the
     signed decision.json stays as it was) and a note in run.json documenting the ceiling."""
     from trainkit._io import write_json_atomic
@@ -184,11 +212,11 @@ def _route_over_budget(run_dir: Path, phase: str, d: Path) -> str:
     decision = read_json(d / "decision.json")
     write_json_atomic(d / "budget_override.json", {
         "next": "05_finalization", "was_next": decision["next"], "time": time.time(),
-        "reason": f"total time over budget.total_hours: accept the best so far and finalize (the decision was "
+        "reason": f"the run's time for {phase} (its share of budget.total_hours) is used up: accept the best so far and finalize (the decision was "
                   f"{decision['option']} → {decision['next']}: {decision['reason']})"})
     manifest = load_manifest(run_dir)
-    manifest.setdefault("notes", []).append(f"over budget after {d.relative_to(run_dir)}: finalized with the best so far "
-                                            "(the ceiling of this run)")
+    manifest.setdefault("notes", []).append(f"budget cut after {d.relative_to(run_dir)}: {phase} skipped (its share of "
+                                            "budget.total_hours was used up); finalized with the best so far")
     save_manifest(run_dir, manifest)
     return "05_finalization"
 
@@ -311,7 +339,7 @@ def _walk(config_path: str | None, run_dir: Path, overrides: list[str] | None, t
         if state == "awaiting_signoff":
             return PipelineOutcome(EXIT_SIGNOFF, _signoff_hint(run_dir, phase, d), run_dir, taken)
         nxt = decision["next"]
-        if _over_budget(run_dir, nxt, load_manifest(run_dir)["created"]):
+        if _over_budget(run_dir, nxt):
             nxt = _route_over_budget(run_dir, nxt, d)
             echo("trainkit: over the time budget: finalizing with the best so far")
         if stop_after is not None and (nxt in ("deploy", "stop") and n >= stop_after or

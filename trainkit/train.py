@@ -36,7 +36,7 @@ __all__ = ["fit", "FitResult", "evaluate", "lr_factors", "resolve_device", "make
 class FitResult:
     """What a training run produced; also written as ``train_summary.json``."""
 
-    status: str  # completed | early_stopped | nonfinite
+    status: str  # completed | early_stopped | time_budget | nonfinite
     history: list[dict[str, Any]]
     best: dict[str, Any] | None
     init_loss: float
@@ -176,6 +176,21 @@ def _first_nonfinite_param(model: nn.Module) -> str | None:
     return None
 
 
+def _guard(pending: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]], model: nn.Module, epoch: int,
+           history: list[dict[str, Any]], init_loss: float, last_finite: torch.Tensor | None) -> dict[str, Any] | None:
+    """Check the steps in ``pending`` (step, finite flag, loss, grad norm) with one host read; the
+    non-finite record of the first bad one, or None when all were finite."""
+    flags = torch.stack([f for _, f, _, _ in pending]).cpu()
+    if bool(flags.all()):
+        return None
+    k = int((~flags).nonzero()[0])
+    step, _, loss, gnorm = pending[k]
+    before = pending[k - 1][2] if k > 0 else last_finite
+    return {"epoch": epoch, "step": step, "batch_loss": float(loss), "grad_norm": float(gnorm),
+            "parameter": _first_nonfinite_param(model), "detected_after_steps": len(pending) - 1 - k,
+            "last_finite_loss": float(before) if before is not None else (history[-1]["train_loss"] if history else init_loss)}
+
+
 def _quantiles(norms: list[torch.Tensor]) -> dict[str, float]:
     if not norms:
         return {}
@@ -203,8 +218,15 @@ def _progress(total: int, desc: str, enabled: bool) -> Any:
 # ------------------------------------------------------------------ the loop
 
 def fit(cfg: TrainkitConfig, bundle: DataBundle, out_dir: str | Path | None = None, *, resume: bool = False,
-        progress: bool = True, on_epoch: Callable[[dict[str, Any]], None] | None = None) -> FitResult:
+        progress: bool = True, on_epoch: Callable[[dict[str, Any]], None] | None = None,
+        deadline: float | None = None, max_epochs: int | None = None) -> FitResult:
     """Train ``cfg``'s model on ``bundle``; write metrics.jsonl and checkpoints/{best,last}.pt to ``out_dir``.
+
+    ``deadline`` (a ``time.time()`` value, from the phase's time budget): no epoch starts that would
+    end past it (judged from the last epoch's time), and an epoch running past it stops; the first
+    epoch always completes. The status is then ``time_budget``. ``max_epochs`` stops after that many
+    epochs with the same status (the LR schedule still spans ``training.epochs``: the run is the
+    first part of a whole one, e.g. to mirror a baseline the budget cut short).
 
     Under torchrun (``WORLD_SIZE`` > 1) the process group is created here and torn down again on the way out
     (a gloo group left to the interpreter's exit aborts the process with "terminate called ...")."""
@@ -214,7 +236,8 @@ def fit(cfg: TrainkitConfig, bundle: DataBundle, out_dir: str | Path | None = No
 
         created = not dist.is_initialized()
     try:
-        return _fit(cfg, bundle, out_dir, resume=resume, progress=progress, on_epoch=on_epoch)
+        return _fit(cfg, bundle, out_dir, resume=resume, progress=progress, on_epoch=on_epoch, deadline=deadline,
+                    max_epochs=max_epochs)
     finally:
         if created:
             import torch.distributed as dist
@@ -227,7 +250,8 @@ def fit(cfg: TrainkitConfig, bundle: DataBundle, out_dir: str | Path | None = No
 
 
 def _fit(cfg: TrainkitConfig, bundle: DataBundle, out_dir: str | Path | None, *, resume: bool, progress: bool,
-         on_epoch: Callable[[dict[str, Any]], None] | None) -> FitResult:
+         on_epoch: Callable[[dict[str, Any]], None] | None, deadline: float | None = None,
+         max_epochs: int | None = None) -> FitResult:
     t_start = time.perf_counter()
     tr = cfg.training
     rank, world, ddp_device = _dist_setup(tr.device)
@@ -286,14 +310,24 @@ def _fit(cfg: TrainkitConfig, bundle: DataBundle, out_dir: str | Path | None, *,
     net: nn.Module = model
     if world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if tr.compile:  # evaluation and checkpoints use the plain module (no _orig_mod. prefixes in state dicts)
+        net = torch.compile(net)
     monitor = GpuMonitor(device.index or 0).start() if device.type == "cuda" else None
     bar = _progress((tr.epochs - start_epoch) * n_batches, "train", progress and is_main)
     status, nonfinite, train_time = "completed", None, sum(r.get("epoch_time_s", 0.0) for r in history)
     params = [p for p in model.parameters() if p.requires_grad]
     class_weight = class_weights(bundle).to(device) if tr.class_weighting == "balanced" else None
     clip = tr.grad_clip if tr.grad_clip is not None else float("inf")
+    # the NaN/Inf guard reads a device value: on CUDA once per guard_every steps (no per-step host sync),
+    # on the CPU every step (there is no device to wait for)
+    guard_every = 1 if device.type == "cpu" else max(1, tr.guard_every)
+    last_finite: torch.Tensor | None = None
 
     for epoch in range(start_epoch, tr.epochs):
+        if (deadline is not None and history and time.time() + history[-1]["epoch_time_s"] > deadline) or \
+                (max_epochs is not None and epoch >= max_epochs):
+            status = "time_budget"
+            break
         t_epoch = time.perf_counter()
         net.train()
         loss_sum = torch.zeros((), device=device)
@@ -301,7 +335,7 @@ def _fit(cfg: TrainkitConfig, bundle: DataBundle, out_dir: str | Path | None, *,
         seen = 0
         norms: list[torch.Tensor] = []
         wait = 0.0
-        prev_loss: torch.Tensor | None = None
+        pending: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]] = []  # steps not yet checked for NaN/Inf
         batches = bundle.batches("train", cfg.data.batch_size, shuffle=True, seed=tr.seed, epoch=epoch,
                                  rank=rank, world=world, device=device, workers=cfg.data.workers,
                                  balanced=cfg.data.sampler == "balanced")
@@ -323,10 +357,13 @@ def _fit(cfg: TrainkitConfig, bundle: DataBundle, out_dir: str | Path | None, *,
                                              label_smoothing=tr.label_smoothing)
                 loss = batch_loss / (window[i] / world)
                 (scaler.scale(loss) if fp16 else loss).backward()
-            except (RuntimeError, ValueError, IndexError) as exc:
+            except Exception as exc:
+                if not isinstance(exc, (RuntimeError, ValueError, IndexError)) and not tr.compile:
+                    raise
+                hint = " (training.compile is on: set it to false if torch.compile cannot build here)" if tr.compile else ""
                 raise TrainingError(f"training step failed at epoch {epoch} step {step} on a batch of shape "
                                     f"{tuple(xb.shape)} (model {cfg.model.name!r}, {bundle.num_classes} classes): "
-                                    f"{type(exc).__name__}: {exc}") from exc
+                                    f"{type(exc).__name__}: {str(exc)[:1500]}{hint}") from exc
             loss_sum += batch_loss.detach()
             correct += (logits.argmax(1) == yb).sum()
             seen += len(yb)  # a python int: no tensor op per step
@@ -334,13 +371,14 @@ def _fit(cfg: TrainkitConfig, bundle: DataBundle, out_dir: str | Path | None, *,
                 if fp16:
                     scaler.unscale_(optimizer)
                 gnorm = grad_norm(params, clip)
-                if tr.nan_guard and not bool(torch.isfinite(gnorm + batch_loss)):
-                    nonfinite = {"epoch": epoch, "step": step, "batch_loss": float(batch_loss.detach() / len(yb)),
-                                 "grad_norm": float(gnorm), "parameter": _first_nonfinite_param(model),
-                                 "last_finite_loss": float(prev_loss) if prev_loss is not None else (
-                                     history[-1]["train_loss"] if history else init_loss)}
-                    optimizer.zero_grad(set_to_none=True)
-                    break
+                if tr.nan_guard:
+                    pending.append((step, torch.isfinite(gnorm + batch_loss), batch_loss.detach() / len(yb), gnorm.detach()))
+                    if len(pending) >= guard_every or i + 1 == len(batches):
+                        nonfinite = _guard(pending, model, epoch, history, init_loss, last_finite)
+                        if nonfinite is not None:
+                            optimizer.zero_grad(set_to_none=True)
+                            break
+                        last_finite, pending = pending[-1][2], []
                 if fp16:
                     scaler.step(optimizer)
                     scaler.update()
@@ -350,9 +388,13 @@ def _fit(cfg: TrainkitConfig, bundle: DataBundle, out_dir: str | Path | None, *,
                 scheduler.step()
                 step += 1
                 norms.append(gnorm.detach())
-                prev_loss = batch_loss.detach() / len(yb)
             if bar is not None:
                 bar.update(1)
+            if deadline is not None and history and i % 8 == 7 and time.time() > deadline:
+                status = "time_budget"  # past the deadline mid-epoch: this epoch is not counted
+                break
+        if status == "time_budget":
+            break
         if nonfinite is not None:
             status = "nonfinite"
             if is_main and out is not None:

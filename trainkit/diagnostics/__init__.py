@@ -54,39 +54,101 @@ def _timed(name: str, fn: Callable[[], dict[str, Any]], echo: Callable[[str], No
 
 
 def run_probes(cfg: TrainkitConfig, bundle: Any, ev: dict[str, Any], label_issues: bool = True,
-               echo: Callable[[str], None] = print) -> dict[str, Any]:
+               echo: Callable[[str], None] = print, clock: Any = None) -> dict[str, Any]:
     """Every probe, each timed and isolated; results keyed by probe name. Fills in the evidence
-    fields that need the data (class count, input shape, val size, loss at init when missing)."""
+    fields that need the data (class count, input shape, val size, loss at init when missing).
+
+    With ``clock`` (the phase's trainkit.budget.PhaseClock) a probe starts only when its estimated
+    time (from the baseline's epoch time) fits before the phase's deadline; a cut probe reads
+    ``{"error": "skipped: ...", "skipped": True}`` (inconclusive, like a probe that could not run),
+    and its fits stop at the deadline. The label probe reads a subsample sized to about half a
+    baseline's compute (at least ``LABEL_PROBE_MIN_ROWS`` rows)."""
     from trainkit.diagnostics import probes as P
 
     ev.update(num_classes=bundle.num_classes, input_shape=list(bundle.input_shape), val_size=len(bundle.splits["val"]))
     out: dict[str, Any] = {}
-    if bundle._x is None:  # streamed data: read train and val once, probe in memory
+    full = bundle
+    if bundle._x is None:  # streamed data: read a bounded sample of train and val once, probe in memory
         bundle = _in_memory_view(bundle)
-    out["init_loss"] = _timed("init_loss", lambda: P.init_loss_probe(cfg, bundle), echo)
+        out["sample"] = dict(bundle.sampled, memory_limit_bytes=PROBE_MEMORY_BYTES)
+    whole = getattr(bundle, "sampled", None) is None or (bundle.sampled["train"] == bundle.sampled["of_train"]
+                                                         and bundle.sampled["val"] == bundle.sampled["of_val"])
+    cost = _ProbeCost(cfg, bundle, ev)
+    deadline = clock.deadline if clock is not None else None
+
+    def gated(name: str, est: float, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        if clock is not None and not clock.allows(est, f"probe {name}"):
+            echo(f"  probe {name}: skipped (time budget)")
+            return {"error": f"skipped: needs ~{est:.1f} s, the phase's time share is used up", "skipped": True}
+        return _timed(name, fn, echo)
+
+    out["init_loss"] = gated("init_loss", cost.steps(2), lambda: P.init_loss_probe(cfg, bundle))
     if ev.get("init_loss") is None and "init_loss" in out["init_loss"]:
         ev["init_loss"] = out["init_loss"]["init_loss"]
-    out["lr_range"] = _timed("lr_range", lambda: P.lr_range_test(cfg, bundle), echo)
-    out["input_independent"] = _timed("input_independent", lambda: P.input_independent_probe(cfg, bundle), echo)
-    out["overfit_batch"] = _timed("overfit_batch", lambda: P.overfit_batch_probe(cfg, bundle), echo)
-    out["seed_variance"] = _timed("seed_variance", lambda: P.seed_variance_probe(
-        cfg, bundle, epochs=min(cfg.training.epochs, 10), baseline=ev.get("best")), echo)
-    out["throughput"] = _timed("throughput", lambda: P.throughput_probe(cfg, bundle), echo)
+    out["lr_range"] = gated("lr_range", cost.steps(100), lambda: P.lr_range_test(cfg, bundle))
+    out["input_independent"] = gated("input_independent", cost.epochs(2 * min(cfg.training.epochs, 5), 0.5),
+                                     lambda: P.input_independent_probe(cfg, bundle))
+    out["overfit_batch"] = gated("overfit_batch", cost.steps(100), lambda: P.overfit_batch_probe(cfg, bundle))
+    out["seed_variance"] = gated("seed_variance", cost.baseline_s * (1 if ev.get("best") else 0.5), lambda: P.seed_variance_probe(
+        cfg, bundle if whole else full, epochs=min(cfg.training.epochs, 10), deadline=deadline,
+        baseline=dict(ev["best"], cut_at_epochs=len(ev.get("history") or []) if ev.get("status") == "time_budget" else None)
+        if ev.get("best") else None,
+        allows=(lambda s, what: clock.allows(s, what)) if clock is not None else None, cost_s=cost.baseline_s))
+    out["throughput"] = gated("throughput", cost.steps(40), lambda: P.throughput_probe(cfg, bundle))
     trained = _trained_model(cfg, bundle, ev)
     out["dead_units"] = _timed("dead_units", lambda: P.dead_units_probe(cfg, bundle, trained), echo)
     out["per_class"] = _timed("per_class", lambda: P.per_class_probe(cfg, bundle, trained), echo)
     out["grad_norms"] = P.grad_norm_stats(ev.get("history") or [])
     out["resource"] = P.resource_profile(ev.get("history") or [], ev.get("device", "cpu"))
-    out["data"] = _timed("data", lambda: P.data_probe(bundle), echo)
+    out["data"] = _timed("data", lambda: P.data_probe(full), echo)
     if label_issues:
         base_val = (ev.get("best") or {}).get("val_accuracy")
-        out["label_issues"] = _timed("label_issues", lambda: P.label_issue_probe(cfg, bundle, baseline_val=base_val), echo)
+        rows, folds, epochs = cost.label_rows(), 3, 15
+        est = cost.epochs(folds * epochs * 2 / 3, min(1.0, rows / max(1, len(bundle.splits["train"]))))
+        out["label_issues"] = gated("label_issues", est, lambda: P.label_issue_probe(
+            cfg, bundle, folds=folds, epochs=epochs, max_rows=rows, baseline_val=base_val, deadline=deadline))
+        gi = getattr(bundle, "global_index", None)
+        if gi is not None and out["label_issues"].get("flagged"):  # the sample's row numbers → the data's indices
+            out["label_issues"]["flagged"] = sorted(int(gi[i]) for i in out["label_issues"]["flagged"])
     return out
 
 
-def _in_memory_view(bundle: Any, max_rows: int = 50000) -> Any:
-    """A copy of a streamed bundle whose train and val samples sit in one tensor (test rows stay
-    zero: never read). Probes then run at in-memory speed instead of re-reading files."""
+LABEL_PROBE_MIN_ROWS = 4000
+
+
+class _ProbeCost:
+    """Time estimates for the probes from the diagnosed run's own epoch time."""
+
+    def __init__(self, cfg: TrainkitConfig, bundle: Any, ev: dict[str, Any]) -> None:
+        hist = [h for h in ev.get("history") or [] if h.get("epoch_time_s")]
+        self.epoch_s = sum(h["epoch_time_s"] for h in hist) / len(hist) if hist else 0.0
+        self.baseline_s = self.epoch_s * cfg.training.epochs if hist else 0.0
+        n = max(1, len(bundle.splits["train"]))
+        self.steps_per_epoch = max(1, -(-n // cfg.data.batch_size))
+        self.n, self.base_epochs = n, cfg.training.epochs
+
+    def steps(self, k: int) -> float:
+        return self.epoch_s * k / self.steps_per_epoch
+
+    def epochs(self, k: float, fraction: float = 1.0) -> float:
+        return self.epoch_s * k * fraction
+
+    def label_rows(self) -> int:
+        """Rows for the label probe: about half a baseline's sample-passes (3 folds × 15 epochs on
+        2/3 of the rows = 30 passes per row), at least LABEL_PROBE_MIN_ROWS, at most 20,000."""
+        fit = int(0.5 * self.n * self.base_epochs / 30)
+        return int(min(20000, self.n, max(LABEL_PROBE_MIN_ROWS, fit)))
+
+
+PROBE_MEMORY_BYTES = 1 << 30  # the in-memory sample of streamed data holds at most 1 GiB of float32 samples
+PROBE_MAX_ROWS = 50000
+
+
+def _in_memory_view(bundle: Any, max_bytes: int = PROBE_MEMORY_BYTES, max_rows: int = PROBE_MAX_ROWS) -> Any:
+    """A compact copy of a streamed bundle: a seeded random sample of its train and val rows (in
+    their proportions; at most ``max_rows`` and ``max_bytes`` of float32 samples, so a folder of a
+    million photos is never read whole) in one tensor. Its rows are numbered 0..n-1;
+    ``view.global_index`` maps them back to the data's own indices. Test rows are not read."""
     import copy
 
     import numpy as np
@@ -95,14 +157,29 @@ def _in_memory_view(bundle: Any, max_rows: int = 50000) -> Any:
     from trainkit.data import normalize
 
     ds = bundle.source.dataset
+    tr, va = np.asarray(bundle.splits["train"]), np.asarray(bundle.splits["val"])
+    first = torch.as_tensor(ds[int(tr[0])][0]).float()
+    cap = int(max(2, min(max_rows, max_bytes // max(1, first.numel() * 4))))
+    rng = np.random.default_rng(int(bundle.info.get("seed", 0)) + 11)
+    if len(tr) + len(va) > cap:
+        n_tr = max(1, cap * len(tr) // (len(tr) + len(va)))
+        tr, va = (np.sort(rng.choice(a, size=min(len(a), n), replace=False)) for a, n in ((tr, n_tr), (va, max(1, cap - n_tr))))
+    idx = np.concatenate([tr, va])
+    x = torch.empty((len(idx), *first.shape))
+    for j, i in enumerate(idx):
+        x[j] = torch.as_tensor(ds[int(i)][0]).float()
+    labels = bundle.labels if bundle.labels is not None else bundle.source.y
+    src = copy.copy(bundle.source)
+    src.y = labels[torch.as_tensor(idx)].clone()
+    src.sample_keys = [bundle.source.sample_keys[int(i)] for i in idx] if bundle.source.sample_keys else []
+    src.dataset = None
     view = copy.copy(bundle)
-    idx = np.concatenate([bundle.splits["train"][:max_rows], bundle.splits["val"][:max_rows]])
-    view.splits = {"train": bundle.splits["train"][:max_rows], "val": bundle.splits["val"][:max_rows]}
-    first = torch.as_tensor(ds[int(idx[0])][0]).float()
-    x = torch.zeros((len(bundle.source.y), *first.shape))
-    for i in idx:
-        x[int(i)] = torch.as_tensor(ds[int(i)][0]).float()
+    view.source, view.labels = src, None
+    view.splits = {"train": np.arange(len(tr)), "val": np.arange(len(tr), len(idx))}
     view._x = x if getattr(ds, "own_normalization", False) else normalize(x, bundle.mean, bundle.std)
+    view.global_index = idx
+    view.sampled = {"train": int(len(tr)), "val": int(len(va)), "of_train": int(len(bundle.splits["train"])),
+                    "of_val": int(len(bundle.splits["val"])), "bytes": int(x.numel() * 4)}
     return view
 
 

@@ -583,8 +583,8 @@ def detect_crashes(ev: dict[str, Any]) -> Finding:
 
 def detect_high_variance(ev: dict[str, Any]) -> Finding:
     sv = ev["probes"].get("seed_variance") or {}
-    if not sv or not ev.get("best"):
-        return _quiet("high_variance", "no seed-variance measurement")
+    if not sv or "error" in sv or not ev.get("best"):
+        return _quiet("high_variance", "no seed-variance measurement" + (f" ({sv['error']})" if "error" in sv else ""))
     if not _seed_probe_converged(ev):
         return _quiet("high_variance", f"not judged: the baseline was still climbing, or the seed probe's {sv.get('epochs')} "
                       f"epochs are fewer than the {ev['best']['epoch'] + 1} it needed: the spread measures convergence speed",

@@ -51,12 +51,15 @@ def init_loss_probe(cfg: TrainkitConfig, bundle: DataBundle, n: int = 512) -> di
 
 
 def _short_train(cfg: TrainkitConfig, bundle: DataBundle, epochs: int, seed: int, zero_inputs: bool = False,
-                 max_steps: int | None = None) -> tuple[nn.Module, float, float]:
-    """Train briefly with the config's optimizer; returns (model, val loss, val accuracy)."""
+                 max_steps: int | None = None, deadline: float | None = None) -> tuple[nn.Module, float, float]:
+    """Train briefly with the config's optimizer (at most ``max_steps`` steps, and not past
+    ``deadline``, a time.time() value); returns (model, val loss, val accuracy)."""
+    import time
+
     device = resolve_device(cfg.training.device)
     model = _model(cfg, bundle, device, seed)
     opt = make_optimizer(cfg, model.parameters())
-    steps = 0
+    steps, done = 0, False
     for epoch in range(epochs):
         for xb, yb, _ in bundle.batches("train", cfg.data.batch_size, shuffle=True, seed=seed, epoch=epoch, device=device):
             xb = torch.zeros_like(xb) if zero_inputs else xb
@@ -65,8 +68,11 @@ def _short_train(cfg: TrainkitConfig, bundle: DataBundle, epochs: int, seed: int
             loss.backward()
             opt.step()
             steps += 1
-            if max_steps and steps >= max_steps:
+            if (max_steps and steps >= max_steps) or (deadline is not None and time.time() > deadline):
+                done = True
                 break
+        if done:
+            break
     model.eval()
     xv, yv = sample(bundle, "val", 4096, device=device)
     with torch.no_grad():
@@ -183,33 +189,56 @@ def grad_norm_stats(history: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def seed_variance_probe(cfg: TrainkitConfig, bundle: DataBundle, seeds: Sequence[int] | None = None,
-                        epochs: int | None = None, baseline: dict[str, Any] | None = None) -> dict[str, Any]:
+                        epochs: int | None = None, baseline: dict[str, Any] | None = None, deadline: float | None = None,
+                        allows: Any = None, cost_s: float = 0.0) -> dict[str, Any]:
     """The baseline's recipe on several seeds: the spread of best val accuracy is the noise floor of
     any comparison. With ``baseline`` (the diagnosed run's best epoch record) its own seed is not
     trained again: its result is the first value, and the other seeds run the full config (same
     epochs and early stopping), so the spread is that of whole runs. Without it, short runs of
-    ``epochs`` (default min(epochs, 5)) on every seed."""
+    ``epochs`` (default min(epochs, 5)) on every seed.
+
+    Budget: ``allows(seconds, what)`` is asked before each full run (estimated at ``cost_s``); a
+    seed it refuses is not trained; runs stop at ``deadline`` (a run cut short is left out: its
+    accuracy is not that of a whole run). Each full run's record (``runs``) lets Phase 4 reuse it
+    as a baseline seed instead of training it again."""
+    from trainkit.config import config_hash
     from trainkit.train import fit
 
     s0 = cfg.training.seed
     seeds = list(seeds) if seeds is not None else [s0, s0 + 1, s0 + 2]
-    accs = []
+    accs, runs, used = [], [], []
+    cut_at = None
+    if baseline is not None and baseline.get("cut_at_epochs"):  # the budget cut the baseline: mirror its length
+        cut_at = int(baseline["cut_at_epochs"])
     if baseline is not None:
         for s in seeds:
             if s == s0:
                 accs.append(float(baseline["val_accuracy"]))
-            else:
-                r = fit(with_overrides(cfg, {"training.seed": int(s)}), bundle, None, progress=False)
-                accs.append(float((r.best or {}).get("val_accuracy", 0.0)))
-        epochs = cfg.training.epochs
+                used.append(s)
+                continue
+            if allows is not None and not allows(cost_s, f"seed-variance run on seed {s}"):
+                continue
+            r = fit(with_overrides(cfg, {"training.seed": int(s)}), bundle, None, progress=False, deadline=deadline,
+                    max_epochs=cut_at)
+            if r.status == "time_budget" and (cut_at is None or len(r.history) < cut_at):
+                continue
+            accs.append(float((r.best or {}).get("val_accuracy", 0.0)))
+            used.append(s)
+            runs.append({"seed": int(s), "status": r.status, "best_val_accuracy": accs[-1],
+                         "best_epoch": (r.best or {}).get("epoch"), "train_time_s": r.train_time_s, "history": r.history})
+        seeds = used
+        epochs = cut_at or cfg.training.epochs
+        if len(accs) < 2:
+            return {"error": "skipped: no second full run fitted in the time budget", "skipped": True, "seeds": used}
     else:
         epochs = epochs or min(cfg.training.epochs, 5)
         for s in seeds:
             _, _, acc = _short_train(with_overrides(cfg, {"training.seed": int(s)}), bundle, epochs, int(s))
             accs.append(acc)
     a = np.asarray(accs)
-    return {"seeds": list(seeds), "epochs": epochs, "full_runs": baseline is not None, "val_accuracy": accs,
-            "mean": float(a.mean()), "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0, "range": float(a.max() - a.min())}
+    return {"seeds": list(seeds), "epochs": epochs, "full_runs": baseline is not None and cut_at is None, "val_accuracy": accs,
+            "mean": float(a.mean()), "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0, "range": float(a.max() - a.min()),
+            "runs": runs, "config_hash": config_hash(cfg)}
 
 
 def throughput_probe(cfg: TrainkitConfig, bundle: DataBundle, sizes: Sequence[int] = (32, 64, 128, 256),
@@ -341,7 +370,7 @@ def _near_duplicates(bundle: DataBundle, threshold: float, max_rows: int) -> int
 
 def label_issue_probe(cfg: TrainkitConfig, bundle: DataBundle, folds: int = 3, epochs: int = 15,
                       max_rows: int = 20000, baseline_val: float | None = None, min_kappa: float = 0.5,
-                      max_shortfall: float = 0.10) -> dict[str, Any]:
+                      max_shortfall: float = 0.10, deadline: float | None = None) -> dict[str, Any]:
     """Likely label errors by confident learning on out-of-fold predicted probabilities, judged
     only when the out-of-fold model can be trusted.
 
@@ -357,20 +386,23 @@ def label_issue_probe(cfg: TrainkitConfig, bundle: DataBundle, folds: int = 3, e
     judged on, so leaving rows out can raise it) are samples flagged: confident learning's
     off-diagonal ones (per class j the threshold t_j is the mean p_j over samples labelled j; a
     sample labelled i is off-diagonal when the most probable class among those above their
-    threshold is not i), lowest self-confidence first, at most ``noise_rate × N`` of them."""
-    train = np.asarray(bundle.splits["train"])[:max_rows]
-    labels = (bundle.labels if bundle.labels is not None else bundle.source.y)
+    threshold is not i), lowest self-confidence first, at most ``noise_rate × N`` of them.
+
+    At most ``max_rows`` train rows (a seeded random subsample: folders list their classes in
+    order) and val rows are read; the fold models stop at ``deadline``."""
     rng = np.random.default_rng(cfg.training.seed)
+    train = _subsample(np.asarray(bundle.splits["train"]), max_rows, rng)
+    labels = (bundle.labels if bundle.labels is not None else bundle.source.y)
     order = rng.permutation(len(train))
     k = bundle.num_classes
     probs = np.zeros((len(train), k))
-    val_idx = np.asarray(bundle.splits["val"])[:max_rows]
+    val_idx = _subsample(np.asarray(bundle.splits["val"]), max_rows, rng)
     val_probs = np.zeros((len(val_idx), k))
     base = with_overrides(cfg, {"optimizer.name": "adam", "optimizer.lr": 1e-3, "optimizer.weight_decay": 0.0})
     for f in range(folds):
         held = order[f::folds]
         sub = _sub_bundle(bundle, train[np.setdiff1d(np.arange(len(train)), held)], train[held])
-        model, _, _ = _short_train(base, sub, epochs, cfg.training.seed + f)
+        model, _, _ = _short_train(base, sub, epochs, cfg.training.seed + f, deadline=deadline)
         probs[held] = _predict(model, sub, train[held])
         val_probs += _predict(model, sub, val_idx) / folds
     given = labels[torch.as_tensor(train)].numpy()
@@ -410,6 +442,11 @@ def label_issue_probe(cfg: TrainkitConfig, bundle: DataBundle, folds: int = 3, e
             "baseline_val_accuracy": baseline_val, "confident_learning_candidates": int(len(off)),
             "thresholds": thresholds.tolist(),
             "mean_self_confidence_flagged": float(self_conf[pick].mean()) if len(pick) else None}
+
+
+def _subsample(idx: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """At most ``n`` of ``idx``, drawn at random (sorted); all of them when there are no more."""
+    return idx if len(idx) <= n else np.sort(rng.choice(idx, size=n, replace=False))
 
 
 def _predict(model: nn.Module, bundle: DataBundle, idx: np.ndarray) -> np.ndarray:

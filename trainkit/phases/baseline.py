@@ -11,8 +11,8 @@ from typing import Any
 from trainkit._io import write_json_atomic, write_text_atomic
 from trainkit.config import save_config
 from trainkit.errors import CheckpointError
-from trainkit.phases.common import PhaseContext, begin, finish_gate, load_run_config, require_gate, show_figure, \
-    show_html, write_decision
+from trainkit.phases.common import PhaseContext, begin, clock, finish_gate, load_run_config, require_gate, \
+    show_figure, show_html, write_decision
 from trainkit.run import next_attempt_dir
 
 __all__ = ["start", "train", "write_results", "decide", "gate"]
@@ -52,7 +52,10 @@ def train(ctx: PhaseContext, resume: bool = False, live: bool | None = None) -> 
             from trainkit.widgets import LiveCurves
 
             hook = LiveCurves()
-        result = fit(ctx.config, bundle, ctx.dir, resume=resume, on_epoch=hook)
+        result = fit(ctx.config, bundle, ctx.dir, resume=resume, on_epoch=hook, deadline=clock(ctx).deadline)
+        if result.status == "time_budget":
+            clock(ctx).cut(f"baseline epochs {len(result.history) + 1}-{ctx.config.training.epochs}",
+                           f"stopped after {len(result.history)} epoch(s): the next would end past Phase 2's share")
         outcome.update(status=result.status, result=result.to_dict())
     except Exception as exc:  # a failed baseline is evidence for Phase 3, not a notebook crash
         cause = exc.__cause__ or exc
@@ -151,7 +154,7 @@ def _results(ctx: PhaseContext, outcome: dict[str, Any]) -> dict[str, tuple[str,
     hist = r.get("history") or []
     res: dict[str, tuple[str, Any]] = {}
     res["training_completed"] = ("pass", f"{r['status']} after {len(hist)} epoch(s)") if outcome["status"] in \
-        ("completed", "early_stopped") else ("fail", outcome["status"] + (f": {outcome['error']['message'][:300]}" if outcome.get("error") else ""))
+        ("completed", "early_stopped", "time_budget") else ("fail", outcome["status"] + (f": {outcome['error']['message'][:300]}" if outcome.get("error") else ""))
     finite = hist and all(math.isfinite(h["train_loss"]) and math.isfinite(h["val_loss"]) for h in hist) and not r.get("nonfinite")
     res["losses_finite"] = ("pass", "every epoch's train and val loss finite") if finite else \
         ("fail", f"non-finite: {r.get('nonfinite')}" if r.get("nonfinite") else "no finite epoch recorded")

@@ -14,7 +14,7 @@ from trainkit.gates import evaluate_gate, gate_html, gate_state, verify_gate
 from trainkit.run import init_run, latest_attempt_dir, phase_dir, record_phase
 
 __all__ = ["PhaseContext", "begin", "show", "show_html", "finish_gate", "write_decision", "require_gate", "require_routed",
-           "load_run_config", "parse_approvals"]
+           "load_run_config", "parse_approvals", "clock", "show_budget"]
 
 
 @dataclass
@@ -44,6 +44,22 @@ def begin(run_dir: str | Path, phase: str, attempt: int = 1, interactive: bool =
     d.mkdir(parents=True, exist_ok=True)
     record_phase(run_dir, phase, attempt, status="running", started=time.time(), ended=None)
     return PhaseContext(run_dir=run_dir, phase=phase, attempt=attempt, dir=d, interactive=interactive)
+
+
+def clock(ctx: PhaseContext) -> Any:
+    """The phase's time budget (trainkit.budget.PhaseClock), made once per phase from its config."""
+    if getattr(ctx, "_clock", None) is None:
+        from trainkit.budget import PhaseClock
+
+        ctx._clock = PhaseClock(ctx.run_dir, ctx.phase, ctx.config.budget.total_hours, ctx.dir, ctx.started)  # type: ignore[attr-defined]
+    return ctx._clock  # type: ignore[attr-defined]
+
+
+def show_budget(ctx: PhaseContext) -> None:
+    """The phase's budget paragraph (what was cut, if anything) in its report; budget.json on disk."""
+    c = clock(ctx)
+    c.save()
+    show_html(c.html())
 
 
 def show(obj: Any) -> None:
@@ -125,6 +141,8 @@ def _show_cost(ctx: PhaseContext) -> dict[str, Any]:
     """This phase's compute (wall time and baseline units), shown in its report and returned for run.json."""
     from trainkit.run import phase_cost
 
+    if ctx.config is not None:
+        show_budget(ctx)
     cost = phase_cost(ctx.run_dir, ctx.started, time.time())
     units = f", {cost['baseline_units']:.2f} baseline units (baseline training {cost['baseline_s']:.1f} s)" \
         if cost["baseline_units"] is not None else " (baseline units once Phase 2 has trained)"

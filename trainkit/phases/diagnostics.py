@@ -11,7 +11,7 @@ from typing import Any
 from trainkit._io import read_json, write_json_atomic, write_text_atomic
 from trainkit.config import config_to_dict, get_dotted, save_config, with_overrides
 from trainkit.errors import RunError
-from trainkit.phases.common import CURRENT_CONFIG, PhaseContext, begin, finish_gate, load_run_config, require_routed, \
+from trainkit.phases.common import CURRENT_CONFIG, PhaseContext, begin, clock, finish_gate, load_run_config, require_routed, \
     show_figure, show_html, write_decision
 from trainkit.run import latest_attempt_dir, load_manifest, next_attempt_dir
 
@@ -68,7 +68,7 @@ def diagnose(ctx: PhaseContext, label_issues: bool = True) -> dict[str, Any]:
     ev["exclude_path"], ev["label_exclude_path"] = ctx.rel("exclude.json"), ctx.rel("exclude_labels.json")
     ev["tried"] = realized_gains(ctx.run_dir, cfg)
     bundle = load_data(cfg, ctx.run_dir, PHASE)
-    ev["probes"] = run_probes(cfg, bundle, ev, label_issues=label_issues)
+    ev["probes"] = run_probes(cfg, bundle, ev, label_issues=label_issues, clock=clock(ctx))
     findings = detect_all(ev)
     plan = plan_recommendations(findings, ev)
     primary = primary_cause(findings)
@@ -257,6 +257,8 @@ def _results(ctx: PhaseContext, result: dict[str, Any], decision: dict[str, Any]
         res["root_cause"] = ("pass", f"{result['primary']}")
     else:
         res["root_cause"] = ("warn", "no detector fired: the setup looks near-optimal") if decision["option"] == "B" else \
+            ("warn", f"no detector fired; optimizing the generic moves (expected gain {plan['expected_gain_points']:.1f} "
+                     "points): read the probes before trusting the gain") if decision["option"] == "A" and plan["selected"] else \
             ("fail", "no detector fired, yet the decision is not to finalize")
     n = len(plan["selected"])
     if decision["option"] == "C":

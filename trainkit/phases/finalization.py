@@ -19,9 +19,9 @@ from trainkit._io import read_json, read_jsonl, sha256_file, write_json_atomic, 
 from trainkit.config import config_hash, load_config, save_config, with_overrides
 from trainkit.data import TEST_ACCESS_LOG
 from trainkit.errors import CheckpointError, GateError, QuarantineError
-from trainkit.phases.common import PhaseContext, begin, finish_gate, load_run_config, require_routed, show_figure, \
-    show_html, write_decision
-from trainkit.run import PHASES, load_manifest, phase_dir
+from trainkit.phases.common import PhaseContext, begin, clock, finish_gate, load_run_config, require_routed, \
+    show_figure, show_html, write_decision
+from trainkit.run import PHASES, latest_attempt_dir, load_manifest, phase_dir
 
 __all__ = ["start", "final_train", "evaluate_test", "export_models", "write_docs", "reproduce", "decide", "gate",
            "expected_calibration_error"]
@@ -38,12 +38,64 @@ def start(run_dir: str | Path, interactive: bool = True) -> PhaseContext:
     cfg = load_run_config(run_dir)
     f = cfg.final
     ctx.config = with_overrides(cfg, {"training.epochs": max(cfg.training.epochs, f.epochs), "training.patience": f.patience})
+    ctx.reused = None  # type: ignore[attr-defined]
+    _fit_in_budget(ctx, cfg)
     save_config(ctx.config, ctx.path("final_config.yaml"))
     write_json_atomic(ctx.path("final_config.sha256.json"), {"config_hash": config_hash(ctx.config),
                                                              "file_sha256": sha256_file(ctx.path("final_config.yaml"))})
-    show_html(f"<p>Finalization from <code>{prev.relative_to(run_dir)}</code> ({html.escape(decision['reason'])}): "
-              f"{ctx.config.training.epochs} epochs, patience {ctx.config.training.patience}.</p>")
+    what = (f"the final model is the best so far, <code>{html.escape(ctx.reused)}</code> (no time for a final training)"  # type: ignore[attr-defined]
+            if ctx.reused else f"{ctx.config.training.epochs} epochs, patience {ctx.config.training.patience}")  # type: ignore[attr-defined]
+    show_html(f"<p>Finalization from <code>{prev.relative_to(run_dir)}</code> ({html.escape(decision['reason'])}): {what}.</p>")
     return ctx
+
+
+REPRO_EPOCHS = 2
+
+
+def _best_so_far(run_dir: Path) -> tuple[Path, Path] | None:
+    """(training folder, its config) of the best model so far: Phase 4's adopted best, else the
+    latest baseline attempt with a best checkpoint."""
+    if (run_dir / "best.json").is_file():
+        b = read_json(run_dir / "best.json")
+        return run_dir / b["dir"], run_dir / b["config"]
+    d = latest_attempt_dir(run_dir, "02_baseline")
+    if d is not None and (d / "checkpoints" / "best.pt").is_file() and (d / "train_summary.json").is_file():
+        return d, d / "training_config.yaml"
+    return None
+
+
+def _fit_in_budget(ctx: PhaseContext, cfg: Any) -> None:
+    """Bound the final training by the time left (Phase 5's deadline less its tail reserve): all
+    of it when it fits; fewer epochs when at least the recipe's own epochs fit; otherwise the best
+    model so far becomes the final model (copied with its config, metrics and checkpoints, so the
+    test, export and reproduction run on exactly it). Each cut is recorded."""
+    src = _best_so_far(ctx.run_dir)
+    if src is None:
+        return
+    hist = read_json(src[0] / "train_summary.json").get("history") or [] if (src[0] / "train_summary.json").is_file() else []
+    times = [h["epoch_time_s"] for h in hist if h.get("epoch_time_s")]
+    if not times:
+        return
+    epoch_s, c = sum(times) / len(times), clock(ctx)
+    planned = ctx.config.training.epochs
+    fits = int(c.left() // epoch_s) - REPRO_EPOCHS
+    if fits >= planned:
+        return
+    if fits >= cfg.training.epochs:
+        c.cut(f"final training epochs {fits + 1}-{planned}", f"{fits} epochs of ~{epoch_s:.2f} s fit in the time left")
+        ctx.config = with_overrides(ctx.config, {"training.epochs": fits})
+        return
+    from trainkit.checkpoints import load_checkpoint, save_checkpoint
+
+    c.cut(f"final training ({planned} epochs of ~{epoch_s:.2f} s)",
+          f"{max(0.0, c.left()):.1f} s left; the final model is the best so far, {src[0].relative_to(ctx.run_dir)}")
+    ctx.config = load_config(src[1])
+    for name in ("best.pt", "last.pt"):
+        if (src[0] / "checkpoints" / name).is_file():
+            save_checkpoint(load_checkpoint(src[0] / "checkpoints" / name), ctx.path(f"checkpoints/{name}"))
+    for name in ("metrics.jsonl", "train_summary.json"):
+        write_text_atomic(ctx.path(name), (src[0] / name).read_text())
+    ctx.reused = str(src[0].relative_to(ctx.run_dir))  # type: ignore[attr-defined]
 
 
 def _bundle(ctx: PhaseContext) -> Any:
@@ -60,8 +112,17 @@ def final_train(ctx: PhaseContext, resume: bool = False) -> dict[str, Any]:
     from trainkit.plots import curves_figure
     from trainkit.train import fit
 
+    if getattr(ctx, "reused", None):  # the time budget left no room: the best model so far is the final one
+        out = read_json(ctx.path("train_summary.json"))
+        out["reused_from"] = ctx.reused  # type: ignore[attr-defined]
+        if out.get("history"):
+            show_figure(curves_figure(out["history"], f"final model = best so far ({ctx.reused})"), ctx.path("curves.png"))  # type: ignore[attr-defined]
+        return out
     bundle = _bundle(ctx)
-    r = fit(ctx.config, bundle, ctx.dir, resume=resume)
+    r = fit(ctx.config, bundle, ctx.dir, resume=resume, deadline=clock(ctx).deadline)
+    if r.status == "time_budget":
+        clock(ctx).cut(f"final training epochs {len(r.history) + 1}-{ctx.config.training.epochs}",
+                       "stopped at Phase 5's deadline")
     if r.history:
         show_figure(curves_figure(r.history, "final training"), ctx.path("curves.png"))
     return r.to_dict()
@@ -97,6 +158,14 @@ def _predict(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
 
 
 def _boot(correct: np.ndarray, n: int, seed: int) -> list[float]:
+    """95% percentile-bootstrap interval of the accuracy. At 0% or 100% every resample is identical
+    and the bootstrap collapses to a point; there the Wilson score interval is used instead (100%
+    of 180 val samples is [0.979, 1], not [1, 1])."""
+    k, m = float(correct.sum()), len(correct)
+    if m and k in (0.0, float(m)):
+        z, p = 1.96, k / m
+        centre, half = (p + z * z / (2 * m)) / (1 + z * z / m), z * math.sqrt(p * (1 - p) / m + z * z / (4 * m * m)) / (1 + z * z / m)
+        return [max(0.0, centre - half), min(1.0, centre + half)]
     rng = np.random.default_rng(seed)
     means = correct[rng.integers(0, len(correct), (n, len(correct)))].mean(1)
     return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
@@ -331,7 +400,7 @@ class _Enough(Exception):
     pass
 
 
-def reproduce(ctx: PhaseContext, epochs: int = 2) -> dict[str, Any]:
+def reproduce(ctx: PhaseContext, epochs: int = REPRO_EPOCHS) -> dict[str, Any]:
     """Re-run the first epochs of the final training and compare the logged metrics exactly."""
     from trainkit.train import fit
 
@@ -429,7 +498,7 @@ def _results(ctx: PhaseContext, train: dict[str, Any], test: dict[str, Any], exp
     res["robustness_smoke"] = ("pass" if drop <= f.robustness_tolerance else "fail",
                                f"accuracy drop {drop * 100:.2f} points under σ={f.noise_std} noise (tolerance {f.robustness_tolerance * 100:.1f})")
     res["final_training_finite"] = ("pass", f"{train['status']} after {len(train['history'])} epochs") if \
-        train["status"] in ("completed", "early_stopped") and not train.get("nonfinite") else ("fail", f"status {train['status']}")
+        train["status"] in ("completed", "early_stopped", "time_budget") and not train.get("nonfinite") else ("fail", f"status {train['status']}")
     try:
         verify_checkpoint(ctx.path("checkpoints/best.pt"))
         state = load_checkpoint(ctx.path("checkpoints/best.pt"))

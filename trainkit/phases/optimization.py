@@ -16,8 +16,8 @@ import numpy as np
 from trainkit._io import read_json, write_json_atomic, write_text_atomic
 from trainkit.config import config_hash, config_to_dict, get_dotted, load_config, save_config, with_overrides
 from trainkit.errors import RunError
-from trainkit.phases.common import CURRENT_CONFIG, PhaseContext, begin, finish_gate, load_run_config, require_routed, \
-    show_figure, show_html, write_decision
+from trainkit.phases.common import CURRENT_CONFIG, PhaseContext, begin, clock, finish_gate, load_run_config, \
+    require_routed, show_figure, show_html, write_decision
 from trainkit.run import latest_attempt_dir, load_manifest, next_attempt_dir, phase_dir
 
 __all__ = ["start", "apply", "compare", "sweep", "write_results", "decide", "gate", "seed_stats"]
@@ -127,21 +127,40 @@ def _show_provenance(record: dict[str, Any]) -> None:
         f"<td>{r['recommendation']}</td><td>{r['finding']}</td></tr>" for r in record["fields"]) + "</table>")
 
 
-def _train_seeds(cfg: Any, bundle: Any, out: Path | None, seeds: list[int]) -> list[dict[str, Any]]:
+def _fit_estimate(ctx: PhaseContext, cfg: Any) -> float:
+    """Seconds one fit of ``cfg`` should take: the baseline's training time scaled by epochs."""
+    from trainkit.run import baseline_seconds
+
+    unit = baseline_seconds(ctx.run_dir) or 0.0
+    base_dir = latest_attempt_dir(ctx.run_dir, "02_baseline")
+    base_epochs = load_config(base_dir / "training_config.yaml").training.epochs if base_dir is not None else cfg.training.epochs
+    return unit * cfg.training.epochs / max(1, base_epochs)
+
+
+def _train_seeds(cfg: Any, bundle: Any, out: Path | None, seeds: list[int], ctx: PhaseContext | None = None,
+                 what: str = "", always_first: bool = False) -> list[dict[str, Any]]:
+    """One fit per seed. With ``ctx`` each fit starts only when the phase's time budget allows it
+    (``always_first``: the first one starts regardless, so the iteration has a result) and stops
+    at the phase's deadline."""
     from trainkit.train import fit
 
     rows = []
+    c = clock(ctx) if ctx is not None else None
+    est = _fit_estimate(ctx, cfg) if ctx is not None else 0.0
     for s in seeds:
+        if c is not None and not (always_first and not rows) and not c.allows(est, f"{what or 'fit'} on seed {s}"):
+            break
         d = out / f"seed-{s}" if out is not None else None
-        r = fit(with_overrides(cfg, {"training.seed": s}), bundle, d, progress=False)
+        r = fit(with_overrides(cfg, {"training.seed": s}), bundle, d, progress=False, deadline=c.deadline if c else None)
         rows.append({"seed": s, "status": r.status, "best_val_accuracy": (r.best or {}).get("val_accuracy", float("nan")),
                      "best_epoch": (r.best or {}).get("epoch"), "train_time_s": r.train_time_s, "history": r.history,
                      "dir": str(d.relative_to(bundle.run_dir)) if d is not None and bundle.run_dir else None})
     return rows
 
 
-def seed_stats(a: list[float], b: list[float], conf: float = 0.95) -> dict[str, Any]:
-    """Mean ± std of each, the difference b − a with a Welch t confidence interval."""
+def seed_stats(a: list[float], b: list[float], conf: float = 0.95, floor: float = 0.0) -> dict[str, Any]:
+    """Mean ± std of each, the difference b − a with a Welch t confidence interval. ``floor``: a
+    seed spread measured elsewhere (Phase 3), used when either side has a single seed."""
     from scipy import stats
 
     a_, b_ = np.asarray(a, float), np.asarray(b, float)
@@ -153,15 +172,16 @@ def seed_stats(a: list[float], b: list[float], conf: float = 0.95) -> dict[str, 
         half = float(stats.t.ppf(0.5 + conf / 2, df) * se)
     else:
         half = 0.0
-    spread = float(max(sa, sb))
+    spread = float(max(sa, sb, floor if min(len(a_), len(b_)) < 2 else 0.0))
     return {"mean_a": float(a_.mean()), "std_a": float(sa), "mean_b": float(b_.mean()), "std_b": float(sb), "diff": diff,
             "ci": [diff - half, diff + half], "conf": conf, "spread": spread, "exceeds_spread": bool(diff > spread)}
 
 
 def _baseline_runs(ctx: PhaseContext, seeds: list[int]) -> dict[str, Any]:
     """The baseline config on its own data (its own ``data.exclude``, not the candidate's) and the
-    same seeds, trained once per run and cached by config hash. On CPU the first seed reproduces
-    Phase 2's run exactly (same config, same seed, deterministic)."""
+    same seeds, cached by config hash. No fit is run twice: Phase 2's run is the first seed and
+    Phase 3's seed-variance runs (same config, whole runs) are the next ones; only seeds still
+    missing are trained, when the time budget allows."""
     from trainkit.data import load_data
 
     cache = ctx.run_dir / PHASE / "baseline_seeds.json"
@@ -170,10 +190,41 @@ def _baseline_runs(ctx: PhaseContext, seeds: list[int]) -> dict[str, Any]:
     key = f"{config_hash(base_cfg)}:{seeds}"
     if cache.is_file() and read_json(cache).get("key") == key:
         return read_json(cache)
-    rows = _train_seeds(base_cfg, load_data(base_cfg, ctx.run_dir, PHASE), None, seeds)
-    rec = {"key": key, "config": str((base_dir / "training_config.yaml").relative_to(ctx.run_dir)), "runs": rows}
+    known = _known_baseline_runs(ctx.run_dir, base_dir, base_cfg)
+    rows = [known[s] for s in seeds if s in known]
+    missing = [s for s in seeds if s not in known]
+    if missing:
+        rows += _train_seeds(base_cfg, load_data(base_cfg, ctx.run_dir, PHASE), None, missing, ctx, "baseline re-run",
+                             always_first=not rows)
+    rows.sort(key=lambda r: seeds.index(r["seed"]))
+    rec = {"key": key, "config": str((base_dir / "training_config.yaml").relative_to(ctx.run_dir)), "runs": rows,
+           "reused": {str(r["seed"]): r["reused"] for r in rows if r.get("reused")}}
     write_json_atomic(cache, rec)
     return rec
+
+
+def _known_baseline_runs(run_dir: Path, base_dir: Path, base_cfg: Any) -> dict[int, dict[str, Any]]:
+    """Whole runs of the baseline config already trained: Phase 2's own, and Phase 3's seed-variance
+    runs of that same config (by config hash). Seed → row."""
+    out: dict[int, dict[str, Any]] = {}
+    summary = base_dir / "train_summary.json"
+    if summary.is_file():
+        r = read_json(summary)
+        if r.get("best") and r.get("status") in ("completed", "early_stopped", "time_budget"):  # the baseline as it ran
+            out[base_cfg.training.seed] = {"seed": base_cfg.training.seed, "status": r["status"],
+                                           "best_val_accuracy": r["best"]["val_accuracy"], "best_epoch": r["best"]["epoch"],
+                                           "train_time_s": r.get("train_time_s"), "history": r.get("history") or [],
+                                           "dir": str(base_dir.relative_to(run_dir)), "reused": str(base_dir.relative_to(run_dir))}
+    want = config_hash(base_cfg)
+    for rd in sorted((run_dir / "03_diagnostics").glob("round-*")):
+        f = rd / "findings.json"
+        sv = read_json(f).get("evidence", {}).get("probes", {}).get("seed_variance", {}) if f.is_file() else {}
+        if sv.get("config_hash") != want:
+            continue
+        for r in sv.get("runs") or []:  # whole runs, or runs mirroring a baseline the budget cut (same length)
+            if r.get("status") in ("completed", "early_stopped", "time_budget"):
+                out.setdefault(int(r["seed"]), dict(r, dir=None, reused=f"{rd.relative_to(run_dir)} seed-variance probe"))
+    return out
 
 
 def _seed_list(ctx: PhaseContext, seeds: int) -> list[int]:
@@ -204,20 +255,34 @@ def compare(ctx: PhaseContext, seeds: int = 3, ablation: bool = True) -> dict[st
     best_file = ctx.run_dir / BEST
     best = read_json(best_file) if best_file.is_file() else {"label": "baseline", "per_seed": [r["best_val_accuracy"] for r in base["runs"]]}
     cands = _candidates(ctx, ablation)
+    if len(cands) > 1:  # ablation only as far as the budget allows the first rungs and the survivors' seeds
+        est = _fit_estimate(ctx, ctx.candidate)  # type: ignore[attr-defined]
+        need = est * (len(cands) + 2 * (len(seed_list) - 1))
+        if not clock(ctx).allows(need, "", record=False):
+            keep = max(0, int(clock(ctx).left() // max(est, 1e-9)) - 1 - 2 * (len(seed_list) - 1))
+            dropped = [c["id"] for c in cands[1 + keep:]]
+            clock(ctx).cut(f"ablation of {', '.join(dropped)} (each recommendation alone)",
+                           f"needs ~{need:.1f} s for every candidate and the survivors' seeds, "
+                           f"{max(0.0, clock(ctx).left()):.1f} s left; {keep} single(s) kept")
+            cands = cands[:1 + keep]
     for c in cands:
         c["bundle"] = load_data(c["config"], ctx.run_dir, PHASE)
         c["runs"] = _train_seeds(c["config"], c["bundle"], ctx.path(f"runs/{c['id']}") if len(cands) > 1 else ctx.path("runs"),
-                                 seed_list[:1] if len(cands) > 1 else seed_list)
+                                 seed_list[:1] if len(cands) > 1 else seed_list, ctx, f"candidate {c['id']}",
+                                 always_first=c is cands[0])
+    cands = [c for c in cands if c["runs"]]
     ranked = sorted(cands, key=lambda c: (-_score(c), c["id"] != "all"))
     survivors = ranked[:min(2, max(1, (len(cands) + 1) // 2))] if len(cands) > 1 else ranked
-    for c in survivors:
+    for c in survivors if len(cands) > 1 else []:  # a lone candidate already trained (or was cut on) every seed
         if len(c["runs"]) < len(seed_list):
-            c["runs"] += _train_seeds(c["config"], c["bundle"], ctx.path(f"runs/{c['id']}"), seed_list[len(c["runs"]):])
+            c["runs"] += _train_seeds(c["config"], c["bundle"], ctx.path(f"runs/{c['id']}"), seed_list[len(c["runs"]):],
+                                      ctx, f"survivor {c['id']}")
     combo = _survivor_combination(ctx, survivors, best, seed_list)
     if combo is not None:
         cands.append(combo)
         survivors.append(combo)
     winner = max(survivors, key=lambda c: (_score(c), c["id"] == "all"))
+    floor = _phase3_seed_std(ctx)
     summary = []
     for c in cands:
         n = len(c["runs"])
@@ -229,8 +294,8 @@ def compare(ctx: PhaseContext, seeds: int = 3, ablation: bool = True) -> dict[st
     runs = winner["runs"]
     vals = [r["best_val_accuracy"] for r in runs]
     out = {"seeds": seed_list, "candidate": runs, "baseline": base["runs"], "best_before": best, "winner": winner["id"],
-           "candidates": summary, "vs_baseline": seed_stats([r["best_val_accuracy"] for r in base["runs"]], vals),
-           "vs_best": seed_stats(best["per_seed"], vals),
+           "candidates": summary, "vs_baseline": seed_stats([r["best_val_accuracy"] for r in base["runs"]], vals, floor=floor),
+           "vs_best": seed_stats(best["per_seed"], vals, floor=floor), "seed_std_floor": floor,
            "ablation": [{"id": c["id"], "expected_gain_points": next(r["expected_gain_points"] for r in ctx.recs  # type: ignore[attr-defined]
                                                                      if r["id"] == c["id"]),
                          "realized_gain_points": c["gain_points"], "seeds": len(c["seeds"])} for c in summary
@@ -255,9 +320,18 @@ def _survivor_combination(ctx: PhaseContext, survivors: list[dict[str, Any]], be
     ids = [c["recommendations"][0] for c in singles[:2]]
     recs = [r for r in ctx.recs if r["id"] in ids]  # type: ignore[attr-defined]
     cfg, _ = _provenance(ctx, ctx.config, recs, ctx.round_no)  # type: ignore[attr-defined]
+    if not clock(ctx).allows(_fit_estimate(ctx, cfg) * len(seed_list), f"combination {'+'.join(ids)}"):
+        return None
     c = {"id": "+".join(ids), "recommendations": ids, "config": cfg, "bundle": load_data(cfg, ctx.run_dir, PHASE)}
-    c["runs"] = _train_seeds(cfg, c["bundle"], ctx.path(f"runs/{c['id']}"), seed_list)
-    return c
+    c["runs"] = _train_seeds(cfg, c["bundle"], ctx.path(f"runs/{c['id']}"), seed_list, ctx, f"combination {c['id']}")
+    return c if c["runs"] else None
+
+
+def _phase3_seed_std(ctx: PhaseContext) -> float:
+    """The seed standard deviation Phase 3 measured (val accuracy), 0 when it did not."""
+    f = _round_dir(ctx) / "findings.json"
+    sv = read_json(f).get("evidence", {}).get("probes", {}).get("seed_variance", {}) if f.is_file() else {}
+    return float(sv.get("std") or 0.0) if "error" not in sv else 0.0
 
 
 def _score(c: dict[str, Any]) -> float:
@@ -399,14 +473,16 @@ def write_results(ctx: PhaseContext, cmp: dict[str, Any], decision: dict[str, An
 
 
 def _results(ctx: PhaseContext, cmp: dict[str, Any], decision: dict[str, Any]) -> dict[str, tuple[str, Any]]:
-    ok = [r for r in cmp["candidate"] if r["status"] in ("completed", "early_stopped")]
+    ok = [r for r in cmp["candidate"] if r["status"] in ("completed", "early_stopped", "time_budget")]
     res: dict[str, tuple[str, Any]] = {}
     res["optimized_training_completed"] = ("pass" if len(ok) == len(cmp["candidate"]) else "fail",
                                            f"{len(ok)}/{len(cmp['candidate'])} seeds completed")
     vb = cmp["vs_baseline"]
     res["compared_to_baseline"] = ("pass", f"baseline {vb['mean_a']:.4f}±{vb['std_a']:.4f} vs {vb['mean_b']:.4f}±{vb['std_b']:.4f} "
                                    f"on seeds {cmp['seeds']}; diff CI [{vb['ci'][0] * 100:+.2f}, {vb['ci'][1] * 100:+.2f}] points") \
-        if len(cmp["seeds"]) >= 2 else ("fail", "fewer than 2 seeds: no spread to compare against")
+        if len(cmp["candidate"]) >= 2 else ("warn", f"{len(cmp['candidate'])} seed(s) fitted in the time budget: compared "
+                                             f"against Phase 3's seed spread ({cmp.get('seed_std_floor', 0) * 100:.2f} points std)") \
+        if cmp.get("seed_std_floor") else ("fail", "fewer than 2 seeds and no Phase 3 seed spread: nothing to compare against")
     ev = decision["evidence"]
     consistent = ev["adopted"] == (cmp["vs_best"]["exceeds_spread"] and len(ok) == len(cmp["candidate"]))
     res["adoption_rule"] = ("pass" if consistent else "fail", f"gain {cmp['vs_best']['diff'] * 100:+.2f} vs spread "

@@ -1,0 +1,139 @@
+"""The run's time budget, enforced inside each phase.
+
+``budget.total_hours`` is split into the seed's phase shares (``trainkit.plan.SHARES``). Each phase
+may work until its *deadline*: the run's clock start plus the cumulative share of the phases up to
+and including it (time a phase leaves unused carries over to the next; a phase that overran eats
+into the next one's). No deadline is later than the end of the budget less a tail reserve for what
+follows Phase 5's training (test evaluation, export, reproduction, reports, a kernel's start): at
+least 10 s, 3% of the budget on long ones, plus the per-phase overhead measured so far.
+
+The run's clock counts active time only: the seconds the pipeline spent in earlier phases (kernel
+start and report export included; ``run.json["active_s"]``) plus this phase's own, so a run resumed
+the next morning is not over budget for the night in between.
+
+A phase asks ``clock.allows(seconds, what)`` before starting a fit or probe; when it does not fit,
+nothing starts and the cut is recorded (``budget.json`` in the phase folder, a note in ``run.json``,
+shown in the report). Each fit also gets ``clock.deadline`` so that it stops between epochs (or
+mid-epoch, past the deadline) instead of overrunning.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from trainkit._io import read_json, write_json_atomic
+
+__all__ = ["PhaseClock", "CUMULATIVE", "CLOCK_ENV", "active_seconds"]
+
+CLOCK_ENV = "TRAINKIT_CLOCK_START"  # set by the pipeline: time.time() minus the run's active seconds so far
+
+# cumulative share of budget.total_hours at which each phase must be done (02 includes Phase 1)
+CUMULATIVE: dict[str, float] = {"01_planning": 0.25, "02_baseline": 0.25, "03_diagnostics": 0.40,
+                                "04_optimization": 0.85, "05_finalization": 1.0}
+TAIL_MIN_S = 10.0  # what follows Phase 5's training: test, export, docs, reproduction, reports (small models)
+TAIL_SHARE = 0.03  # ... and on long budgets, 3% of the total
+
+
+def active_seconds(manifest: dict[str, Any]) -> float:
+    """Seconds the run has been working: the pipeline's wall time per finished phase, else the
+    phase's own cost (a notebook run by hand)."""
+    total = manifest.get("active_s")
+    if total is not None:
+        return float(total)
+    return float(sum((e.get("cost") or {}).get("wall_s", 0.0) for e in manifest.get("phases", [])
+                     if e.get("status") != "running"))
+
+
+def _overhead(manifest: dict[str, Any]) -> float:
+    """Seconds a phase costs outside its own code (kernel start, report export): measured as the
+    pipeline's wall time less the phase's own, the largest seen; 0 for notebooks run by hand."""
+    gaps = [e["pipeline_wall_s"] - (e.get("cost") or {}).get("wall_s", 0.0) for e in manifest.get("phases", [])
+            if e.get("pipeline_wall_s") is not None]
+    return max(gaps) if gaps else 0.0
+
+
+class PhaseClock:
+    """A phase's time budget: ``deadline`` (absolute ``time.time()``), ``left()``, ``allows()`` and the
+    record of what was cut."""
+
+    def __init__(self, run_dir: str | Path, phase: str, total_hours: float, phase_dir: str | Path | None = None,
+                 started: float | None = None) -> None:
+        from trainkit.run import load_manifest
+
+        self.run_dir, self.phase = Path(run_dir), phase
+        self.dir = Path(phase_dir) if phase_dir is not None else None
+        self.total_s = float(total_hours) * 3600
+        manifest = load_manifest(self.run_dir) if (self.run_dir / "run.json").is_file() else {"phases": []}
+        env = os.environ.get(CLOCK_ENV)
+        now = time.time()
+        if env:
+            self.start = float(env)
+        else:  # a notebook run by hand: earlier phases' time, then this phase's since it began
+            self.start = (started if started is not None else now) - active_seconds(manifest)
+        self.overhead_s = _overhead(manifest)
+        # every phase leaves Phase 5 its tail: the work after its training and a kernel's start
+        self.tail_s = max(TAIL_MIN_S, TAIL_SHARE * self.total_s) + self.overhead_s
+        end = self.start + self.total_s - self.tail_s
+        self.deadline = min(self.start + CUMULATIVE.get(phase, 1.0) * self.total_s, end)
+        self.cuts: list[dict[str, Any]] = []
+        self.created = now
+
+    # ---------------------------------------------------------------- queries
+    def elapsed(self) -> float:
+        """Active seconds of the run so far."""
+        return time.time() - self.start
+
+    def left(self) -> float:
+        """Seconds until this phase's deadline (negative when past it)."""
+        return self.deadline - time.time()
+
+    def allows(self, seconds: float, what: str, record: bool = True) -> bool:
+        """True when work estimated at ``seconds`` ends before the deadline; otherwise the cut is
+        recorded (``what`` names it) and False."""
+        left = self.left()
+        if seconds <= left:
+            return True
+        if record:
+            self.cut(what, f"needs ~{seconds:.1f} s, {max(0.0, left):.1f} s left of this phase's share")
+        return False
+
+    def cut(self, what: str, why: str) -> None:
+        self.cuts.append({"what": what, "why": why, "at_s": round(self.elapsed(), 2)})
+        self.save()
+
+    # ---------------------------------------------------------------- records
+    def to_dict(self) -> dict[str, Any]:
+        return {"phase": self.phase, "budget_s": round(self.total_s, 1),
+                "deadline_s": round(self.deadline - self.start, 2), "tail_reserve_s": round(self.tail_s, 2),
+                "phase_overhead_s": round(self.overhead_s, 2), "elapsed_s": round(self.elapsed(), 2),
+                "cuts": self.cuts}
+
+    def save(self) -> None:
+        """budget.json in the phase folder; each new cut also becomes a note in run.json."""
+        if self.dir is None:
+            return
+        path = self.dir / "budget.json"
+        old = read_json(path) if path.is_file() else {}
+        write_json_atomic(path, self.to_dict())
+        known = len(old.get("cuts", [])) if old.get("phase") == self.phase else 0
+        new = self.cuts[known:]
+        if new and (self.run_dir / "run.json").is_file():
+            from trainkit.run import load_manifest, save_manifest
+
+            manifest = load_manifest(self.run_dir)
+            rel = self.dir.relative_to(self.run_dir) if self.dir.is_relative_to(self.run_dir) else self.dir
+            manifest.setdefault("notes", []).extend(f"budget cut in {rel}: {c['what']} ({c['why']})" for c in new)
+            save_manifest(self.run_dir, manifest)
+
+    def html(self) -> str:
+        """A short paragraph for the phase's report."""
+        head = (f"Time budget: {self.total_s / 3600:g} h in all; this phase may work until {self.deadline - self.start:.1f} s "
+                f"of the run's active time (now {self.elapsed():.1f} s).")
+        if not self.cuts:
+            return f"<p>{html.escape(head)} Nothing was cut.</p>"
+        items = "".join(f"<li>{html.escape(c['what'])}: {html.escape(c['why'])}</li>" for c in self.cuts)
+        return f"<p>{html.escape(head)} <b>Cut to stay inside the budget:</b></p><ul>{items}</ul>"
