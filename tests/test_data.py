@@ -84,6 +84,56 @@ def test_image_folder_reports_corrupt_file_by_path(tmp_path):
     assert "broken_0.png" in str(e.value) and "1 unreadable" in str(e.value)
 
 
+def test_image_folder_is_scanned_once_then_verified_by_stat(tmp_path, monkeypatch):
+    """Phase 1 writes the manifest (path, size, mtime, sha256); later loads read only what changed."""
+    import os
+
+    import trainkit.data as D
+    from trainkit.run import init_run
+
+    root = make_image_folder(tmp_path / "imgs", classes=3, per_class=20, size=12)
+    run = tmp_path / "run"
+    init_run(run)
+    cfg = tiny_config({"data.source": "image_folder", "data.root": str(root)})
+    read: list[str] = []
+    inspect = D._inspect_image
+    monkeypatch.setattr(D, "_inspect_image", lambda p: read.append(p.name) or inspect(p))
+    first = load_data(cfg, run, "01_planning", write_splits=True)
+    manifest = json.loads((run / D.IMAGE_MANIFEST).read_text())
+    assert len(read) == 60 and len(manifest["files"]) == 60
+    assert {"path", "label", "size", "mtime_ns", "sha256", "w", "h", "mode"} <= set(manifest["files"][0])
+    read.clear()
+    again = load_data(cfg, run, "02_baseline")  # stat only: nothing is opened
+    assert read == [] and again.info["fingerprints"] == first.info["fingerprints"]
+    victim = root / "class_1" / "img_3.png"
+    data = bytearray(victim.read_bytes())
+    data[-20] ^= 0xFF  # a changed byte inside the PNG: another image (or a broken one)
+    victim.write_bytes(bytes(data))
+    os.utime(victim, ns=(victim.stat().st_atime_ns, victim.stat().st_mtime_ns + 10**9))
+    with pytest.raises(DataError, match="unreadable|data changed since Phase 1"):
+        load_data(cfg, run, "02_baseline")
+    assert read == ["img_3.png"]  # only the changed file was read again
+
+
+def test_image_folder_reports_every_corrupt_file_at_once(tmp_path):
+    root = make_image_folder(tmp_path / "imgs", per_class=5, corrupt=3)
+    with pytest.raises(DataError) as e:
+        load_data(tiny_config({"data.source": "image_folder", "data.root": str(root)}))
+    assert "3 unreadable" in str(e.value) and all(f"broken_{j}.png" in str(e.value) for j in range(3))
+
+
+def test_streamed_loader_workers_persist_across_epochs(tmp_path):
+    root = make_image_folder(tmp_path / "imgs", classes=2, per_class=10, size=8)
+    b = load_data(tiny_config({"data.source": "image_folder", "data.root": str(root)}))
+    first = [y.tolist() for _, y, _ in b.batches("train", 4, shuffle=True, seed=1, epoch=0, workers=1)]
+    loaders = dict(b._loaders)
+    second = [y.tolist() for _, y, _ in b.batches("train", 4, shuffle=True, seed=1, epoch=1, workers=1)]
+    assert b._loaders == loaders and len(loaders) == 1  # the same DataLoader (and worker) served both epochs
+    (loader, _), = loaders.values()
+    assert loader.persistent_workers and loader.num_workers == 1
+    assert sorted(sum(first, [])) == sorted(sum(second, [])) and first != second  # each epoch its own order
+
+
 def test_image_folder_streams_through_dataloader(tmp_path):
     root = make_image_folder(tmp_path / "imgs", classes=3, per_class=10, size=12, mode="RGB")
     b = load_data(tiny_config({"data.source": "image_folder", "data.root": str(root), "data.image_size": 8}))
@@ -142,3 +192,20 @@ def test_label_noise_and_subset(run_dir):
     flipped = b.info["label_noise_flipped"]
     assert len(flipped) == round(0.15 * 200)
     assert all(b.labels[i] != b.source.y[i] for i in flipped)
+
+
+def test_phase3_sample_of_streamed_data_is_bounded_random_and_maps_back(tmp_path):
+    from trainkit.diagnostics import _in_memory_view
+
+    root = make_image_folder(tmp_path / "imgs", classes=3, per_class=40, size=8)
+    b = load_data(tiny_config({"data.source": "image_folder", "data.root": str(root)}))
+    per_sample = 8 * 8 * 4
+    view = _in_memory_view(b, max_bytes=30 * per_sample)
+    n = len(view.splits["train"]) + len(view.splits["val"])
+    assert n <= 30 and view._x.shape[0] == n and view.sampled["bytes"] <= 30 * per_sample
+    assert set(view.global_index[: len(view.splits["train"])]) <= set(b.splits["train"].tolist())
+    assert set(view.global_index[len(view.splits["train"]):]) <= set(b.splits["val"].tolist())
+    assert len(set(view.split_labels("train").tolist())) == 3  # a random sample, not the first class's files
+    for j in (0, len(view.splits["train"]) - 1):  # row j of the sample is the data's row global_index[j]
+        x, y = b.source.dataset[int(view.global_index[j])]
+        assert torch.allclose(view._x[j], x) and int(view.split_labels("train")[j]) == y

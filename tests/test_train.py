@@ -181,3 +181,20 @@ def test_ddp_two_processes_match_one_process(tmp_path):
         assert y["val_loss"] == pytest.approx(x["val_loss"], rel=1e-4)
     summary = json.loads((tmp_path / "two" / "train_summary.json").read_text())
     assert summary["world_size"] == 2
+
+
+def test_training_compile_trains_the_same_model():
+    """training.compile wraps the model in torch.compile (inductor builds CPU kernels with g++):
+    the same run, compiled, ends at the same metrics within float tolerance."""
+    from trainkit.config import with_overrides
+    from trainkit.data import load_data
+    from trainkit.testing import tiny_config
+    from trainkit.train import fit
+
+    cfg = tiny_config({"training.epochs": 2})
+    bundle = load_data(cfg)
+    eager = fit(cfg, bundle, None, progress=False)
+    compiled = fit(with_overrides(cfg, {"training.compile": True}), bundle, None, progress=False)
+    assert compiled.status == "completed"
+    for a, b in zip(eager.history, compiled.history):
+        assert abs(a["val_loss"] - b["val_loss"]) < 1e-3 and abs(a["train_loss"] - b["train_loss"]) < 1e-3

@@ -213,37 +213,98 @@ def _class_folders(cfg: Any) -> tuple[Path, list[str]]:
     return root, classes
 
 
-def _image_folder(cfg: Any) -> Source:
+IMAGE_MANIFEST = "01_planning/data_manifest.json"
+
+
+def _inspect_image(p: Path) -> dict[str, Any]:
+    """One file's manifest entry: size, mtime, sha256 of its bytes, and its header (width, height,
+    mode), read without decoding the pixels; ``error`` when PIL cannot open or verify it."""
     from PIL import Image
 
-    root, classes = _class_folders(cfg)
-    paths, labels, bad, keys = [], [], [], []
-    size = mode = None
+    st = p.stat()
+    data = p.read_bytes()
+    out: dict[str, Any] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": hashlib.sha256(data).hexdigest()}
+    try:
+        import io
+
+        with Image.open(io.BytesIO(data)) as im:
+            out.update(w=im.width, h=im.height, mode=im.mode)
+            im.verify()  # structure and checksums, no decode
+    except Exception as exc:  # PIL raises many types for corrupt files
+        out["error"] = type(exc).__name__
+    return out
+
+
+def scan_image_folder(root: Path, classes: list[str], previous: dict[str, Any] | None = None,
+                      progress: bool = True) -> dict[str, Any]:
+    """The folder's manifest: every image (relative path, label, size, mtime, sha256, header).
+    Files are hashed in parallel threads with a progress bar; with ``previous`` (an earlier
+    manifest) a file whose size and mtime are unchanged keeps its entry: only what changed is read."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    old = {e["path"]: e for e in (previous or {}).get("files", [])}
+    listed: list[tuple[str, int, Path]] = []
     for label, name in enumerate(classes):
         for p in sorted((root / name).rglob("*")):
-            if p.suffix.lower() not in _IMAGE_EXT or not p.is_file():
+            if p.suffix.lower() in _IMAGE_EXT and p.is_file():
+                listed.append((p.relative_to(root).as_posix(), label, p))
+    entries: list[dict[str, Any] | None] = [None] * len(listed)
+    todo = []
+    for i, (rel, label, p) in enumerate(listed):
+        e = old.get(rel)
+        if e is not None:
+            st = p.stat()
+            if e["size"] == st.st_size and e["mtime_ns"] == st.st_mtime_ns:
+                entries[i] = dict(e, label=label)
                 continue
-            try:
-                with Image.open(p) as im:
-                    im.load()
-                    if size is None:
-                        size = (cfg.image_size, cfg.image_size) if cfg.image_size else (im.height, im.width)
-                        mode = "L" if im.mode in ("L", "1", "I", "I;16") else "RGB"
-            except Exception as exc:  # PIL raises many types for corrupt files
-                bad.append(f"{p} ({type(exc).__name__})")
-                continue
-            paths.append(p)
-            labels.append(label)
-            keys.append(hashlib.sha256(p.read_bytes()).hexdigest())
+        todo.append(i)
+    bar = None
+    if progress and len(todo) > 200:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(todo), desc=f"scanning {root.name}", mininterval=1.0, unit="img")
+    import os
+
+    with ThreadPoolExecutor(max_workers=max(2, min(16, 2 * (os.cpu_count() or 1)))) as pool:
+        for i, info in zip(todo, pool.map(lambda i: _inspect_image(listed[i][2]), todo)):
+            entries[i] = {"path": listed[i][0], "label": listed[i][1], **info}
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
+    return {"root": str(root), "classes": classes, "files": entries, "rehashed": len(todo)}
+
+
+def _image_folder(cfg: Any, manifest: Path | None = None, write: bool = False) -> Source:
+    """An image folder as a streamed Source. Listing uses the manifest: Phase 1 scans the folder into
+    ``01_planning/data_manifest.json`` (``write``); later loads only ``stat`` the files against it and
+    read what changed. Unreadable files are reported once, all together, before any training."""
+    root, classes = _class_folders(cfg)
+    previous = read_json(manifest) if manifest is not None and manifest.is_file() and not write else None
+    if previous is not None and previous.get("classes") != classes:
+        previous = None
+    scan = scan_image_folder(root, classes, previous, progress=write or previous is None)
+    files = scan["files"]
+    bad = [f"{root / f['path']} ({f['error']})" for f in files if f.get("error")]
     if bad:
-        raise DataError(f"{root}: {len(bad)} unreadable image(s), found before training: " + "; ".join(bad)
+        if manifest is not None and write:
+            manifest.parent.mkdir(parents=True, exist_ok=True)
+            (manifest.parent / "unreadable_images.txt").write_text("\n".join(bad) + "\n")
+        more = f" … and {len(bad) - 20} more (all listed in {manifest.parent / 'unreadable_images.txt'})" \
+            if len(bad) > 20 and manifest is not None and write else ""
+        raise DataError(f"{root}: {len(bad)} unreadable image(s), found before training: " + "; ".join(bad[:20]) + more
                         + ". Remove or replace them, then run again.")
-    if not paths:
+    if not files:
         raise DataError(f"{root}: no images with extensions {sorted(_IMAGE_EXT)}")
-    ds = ImageFolderData(paths, labels, size, mode)
-    return Source(y=torch.tensor(labels), dataset=ds, class_names=classes,
+    first = files[0]
+    size = (cfg.image_size, cfg.image_size) if cfg.image_size else (first["h"], first["w"])
+    mode = "L" if first["mode"] in ("L", "1", "I", "I;16") else "RGB"
+    if manifest is not None and write:
+        write_json_atomic(manifest, scan)
+    ds = ImageFolderData([root / f["path"] for f in files], [f["label"] for f in files], size, mode)
+    return Source(y=torch.tensor([f["label"] for f in files]), dataset=ds, class_names=classes,
                   input_shape=(1 if mode == "L" else 3, *size), description=f"image folder {root}",
-                  sample_keys=keys)
+                  sample_keys=[f["sha256"] for f in files])
 
 
 def _custom(cfg: Any) -> Source:
@@ -281,8 +342,11 @@ def check_source(cfg: Any) -> None:
     load_source(cfg)
 
 
-def load_source(cfg: Any) -> Source:
-    """Load ``cfg`` (a DataConfig) into a :class:`Source`; raises DataError naming the field."""
+def load_source(cfg: Any, manifest: Path | None = None, write_manifest: bool = False) -> Source:
+    """Load ``cfg`` (a DataConfig) into a :class:`Source`; raises DataError naming the field. An
+    image folder is listed through ``manifest`` (see _image_folder)."""
+    if cfg.source == "image_folder":
+        return _image_folder(cfg, manifest, write_manifest)
     if cfg.source in _SOURCES:
         return _SOURCES[cfg.source](cfg)
     if ":" in cfg.source:
@@ -455,6 +519,24 @@ class BatchIterable:
     def __len__(self) -> int:
         return len(self.plan)
 
+    def _loader(self) -> DataLoader:
+        """The bundle's DataLoader for this kind of pass (training or evaluation), made once: with
+        workers they persist across epochs (no process start per epoch); each epoch hands the
+        loader's batch sampler its own plan (the sampler runs in this process)."""
+        from trainkit.repro import seed_worker
+
+        b = self.bundle
+        key = (id(b.source.dataset), self.workers, self.device.type, self.plan.shuffle)
+        cache = b.__dict__.setdefault("_loaders", {})
+        if key not in cache:
+            sampler = _BatchSampler(self.plan)
+            cache[key] = (DataLoader(b.source.dataset, batch_sampler=sampler, num_workers=self.workers,
+                                     pin_memory=self.device.type == "cuda", worker_init_fn=seed_worker,
+                                     persistent_workers=self.workers > 0), sampler)
+        loader, sampler = cache[key]
+        sampler.batches = self.plan
+        return loader
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
         b = self.bundle
         labels = (b.labels if b.labels is not None else b.source.y).to(self.device)
@@ -466,11 +548,7 @@ class BatchIterable:
                 mine = mine if on_cpu else mine.to(self.device, non_blocking=True)
                 yield x_all[mine], labels[mine], n
             return
-        from trainkit.repro import seed_worker
-
-        loader = DataLoader(b.source.dataset, batch_sampler=_BatchSampler(self.plan), num_workers=self.workers,
-                            pin_memory=self.device.type == "cuda", worker_init_fn=seed_worker,
-                            persistent_workers=False)
+        loader = self._loader()
         own_norm = getattr(b.source.dataset, "own_normalization", False)
         mean, std = b.mean.to(self.device), b.std.to(self.device)
         for (x, _), (mine, n) in zip(loader, self.plan):
@@ -527,7 +605,7 @@ def load_data(cfg: Any, run_dir: str | Path | None = None, phase: str | None = N
     checked and a change in the data since Phase 1 raises DataError.
     """
     dcfg = getattr(cfg, "data", cfg)
-    source = load_source(dcfg)
+    source = load_source(dcfg, Path(run_dir) / IMAGE_MANIFEST if run_dir is not None else None, write_splits)
     splits = stratified_split(source.y.numpy(), dcfg.val_fraction, dcfg.test_fraction, dcfg.split_seed)
     if any(len(v) == 0 for v in splits.values()):
         raise DataError(f"data: a split is empty with {len(source.y)} samples; add data or change val/test fractions")
