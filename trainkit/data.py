@@ -29,6 +29,7 @@ __all__ = ["Source", "DataBundle", "load_source", "check_source", "check_labels"
 
 FINAL_PHASE = "05_finalization"
 TEST_ACCESS_LOG = "test_access.jsonl"
+DATA_LOADS = "data_loads.jsonl"  # one line per load_data in a run: phase, seconds, whether it was Phase 1's scan
 _IMAGE_EXT = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
@@ -604,6 +605,7 @@ def load_data(cfg: Any, run_dir: str | Path | None = None, phase: str | None = N
     record is written to ``run_dir/01_planning/splits.json``; otherwise an existing record is
     checked and a change in the data since Phase 1 raises DataError.
     """
+    t_load = time.perf_counter()
     dcfg = getattr(cfg, "data", cfg)
     source = load_source(dcfg, Path(run_dir) / IMAGE_MANIFEST if run_dir is not None else None, write_splits)
     splits = stratified_split(source.y.numpy(), dcfg.val_fraction, dcfg.test_fraction, dcfg.split_seed)
@@ -643,6 +645,9 @@ def load_data(cfg: Any, run_dir: str | Path | None = None, phase: str | None = N
         _seal_test_rows(source, splits["test"])
         if labels is not None:
             labels[torch.as_tensor(splits["test"])] = -1
+    if run_dir is not None and (Path(run_dir) / "run.json").is_file():  # what each phase's load cost (benchmarks read it)
+        append_jsonl(Path(run_dir) / DATA_LOADS, {"time": time.time(), "phase": phase, "seconds": round(time.perf_counter() - t_load, 4),
+                                                  "scan": bool(write_splits), "source": dcfg.source})
     bundle = DataBundle(source=source, splits=splits, mean=mean, std=std, phase=phase,
                         run_dir=Path(run_dir) if run_dir else None, labels=labels, info=record)
     if source.x is not None:

@@ -144,10 +144,21 @@ def _show_cost(ctx: PhaseContext) -> dict[str, Any]:
     if ctx.config is not None:
         show_budget(ctx)
     cost = phase_cost(ctx.run_dir, ctx.started, time.time())
+    cost["peak_rss_mib"] = peak_rss_mib()
     units = f", {cost['baseline_units']:.2f} baseline units (baseline training {cost['baseline_s']:.1f} s)" \
         if cost["baseline_units"] is not None else " (baseline units once Phase 2 has trained)"
-    show_html(f"<p>Compute of this phase: {cost['wall_s']:.1f} s wall{units}.</p>")
+    show_html(f"<p>Compute of this phase: {cost['wall_s']:.1f} s wall{units}; peak memory of this process "
+              f"{cost['peak_rss_mib']:.0f} MiB.</p>")
     return cost
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory (MiB; the phase kernel's, when called in a notebook)."""
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(rss / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
 
 
 def write_decision(ctx: PhaseContext, option: str, next_phase: str, reason: str, evidence: dict[str, Any]) -> dict[str, Any]:
