@@ -123,8 +123,8 @@ def test_iteration_that_adopts_nothing_rediagnoses_the_best_so_far(noisy_run, mo
     shutil.copytree(noisy_run.parent / "pristine", run)
     real = optimization._train_seeds
 
-    def worse(cfg, bundle, out, seeds):  # every candidate loses: nothing can be adopted
-        rows = real(cfg, bundle, out, seeds)
+    def worse(cfg, bundle, out, seeds, *args, **kwargs):  # every candidate loses: nothing can be adopted
+        rows = real(cfg, bundle, out, seeds, *args, **kwargs)
         return [dict(r, best_val_accuracy=0.01) for r in rows] if out is not None else rows
 
     monkeypatch.setattr(optimization, "_train_seeds", worse)

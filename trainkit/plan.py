@@ -18,14 +18,17 @@ SHARES: dict[str, float] = {"02_baseline": 2.5 / 10, "03_diagnostics": 1.5 / 10,
 
 
 def planned_units(cfg: Any, seeds: int = 3, candidates: int = 6) -> dict[str, dict[str, Any]]:
-    """Baseline units each phase plans on the single-optimization path (1 → 2 → 3 → 4 → 5), with the fits."""
+    """Baseline units each phase plans on the single-optimization path (1 → 2 → 3 → 4 → 5), with the
+    fits, before the time budget cuts anything (``trainkit.budget`` then holds each phase to its share)."""
     final = cfg.final.epochs / max(1, cfg.training.epochs)
     return {
         "02_baseline": {"units": 1.0, "fits": "the baseline"},
-        "03_diagnostics": {"units": 2.5, "fits": "2 more seeds of the baseline (seed spread) + probes (~0.5)"},
-        "04_optimization": {"units": float(candidates + 2 * (seeds - 1) + seeds + seeds),
+        "03_diagnostics": {"units": 2.5, "fits": "2 more seeds of the baseline (seed spread; Phase 4 reuses them) + "
+                                                 "probes (~0.5, the label probe on a subsample)"},
+        "04_optimization": {"units": float(candidates + 2 * (seeds - 1) + seeds),
                             "fits": f"{candidates} candidates × 1 seed, 2 survivors × {seeds - 1} more seeds, a "
-                                    f"{seeds}-seed combination, {seeds} baseline seeds (one iteration)"},
+                                    f"{seeds}-seed combination (one iteration; the baseline's seeds are Phase 2's and "
+                                    "Phase 3's runs)"},
         "05_finalization": {"units": round(final, 2), "fits": f"final training ({cfg.final.epochs} epochs max vs the "
                                                               f"baseline's {cfg.training.epochs})"},
     }
@@ -45,4 +48,5 @@ def compute_plan(cfg: Any, baseline_s: float, measured: dict[str, Any]) -> dict[
     return {"budget_hours": cfg.budget.total_hours, "baseline_estimate_s": round(baseline_s, 3), "measured": measured,
             "phases": phases, "planned_units_total": round(sum(p["planned_units"] for p in phases.values()), 2),
             "estimated_total_s": round(est_total, 1), "fits": est_total <= total_s,
-            "note": "upper bounds in baseline units (early stopping cuts them); shares are the seed's phase budgets"}
+            "note": "upper bounds in baseline units before the time budget; each phase is then held to its share "
+                    "(cumulative: unused time carries over) and what does not fit is cut and recorded"}

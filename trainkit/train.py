@@ -324,8 +324,10 @@ def _fit(cfg: TrainkitConfig, bundle: DataBundle, out_dir: str | Path | None, *,
     last_finite: torch.Tensor | None = None
 
     for epoch in range(start_epoch, tr.epochs):
-        if (deadline is not None and history and time.time() + history[-1]["epoch_time_s"] > deadline) or \
-                (max_epochs is not None and epoch >= max_epochs):
+        late = deadline is not None and bool(history) and time.time() + history[-1]["epoch_time_s"] > deadline
+        if world > 1 and deadline is not None:  # every rank stops at the same epoch, or DDP would hang
+            late = bool(_all_sum(torch.tensor(float(late), device=device), world) > 0)
+        if late or (max_epochs is not None and epoch >= max_epochs):
             status = "time_budget"
             break
         t_epoch = time.perf_counter()
@@ -390,7 +392,7 @@ def _fit(cfg: TrainkitConfig, bundle: DataBundle, out_dir: str | Path | None, *,
                 norms.append(gnorm.detach())
             if bar is not None:
                 bar.update(1)
-            if deadline is not None and history and i % 8 == 7 and time.time() > deadline:
+            if deadline is not None and world == 1 and history and i % 8 == 7 and time.time() > deadline:
                 status = "time_budget"  # past the deadline mid-epoch: this epoch is not counted
                 break
         if status == "time_budget":
