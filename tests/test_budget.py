@@ -108,3 +108,20 @@ def test_a_tiny_budget_ends_the_run_inside_it_through_phase_5_with_the_best_mode
         assert src is None or summary["best"] == src["best"]
     assert "Cut to stay inside the budget" in (fin / "report.html").read_text() or \
         any("Cut to stay inside the budget" in p.read_text() for p in run.glob("0*/**/report.html"))
+
+
+def test_phase4_prunes_a_seed_that_cannot_beat_the_best_so_far(digits):
+    from trainkit.phases.optimization import _pruner
+
+    cfg, bundle = digits
+    cfg = with_overrides(cfg, {"training.epochs": 6})
+    reference = [{"val_accuracy": v} for v in (0.5, 0.7, 0.8, 0.85, 0.9, 0.9)]
+    hook = _pruner(cfg, reference, margin=0.03)
+    assert hook({"epoch": 0, "val_accuracy": 0.1}) is False  # before half time nothing is judged
+    assert hook({"epoch": 1, "val_accuracy": 0.2}) is False
+    assert hook({"epoch": 2, "val_accuracy": 0.78}) is False  # within the margin of the reference's 0.8
+    assert hook({"epoch": 3, "val_accuracy": 0.6}) is True  # best so far 0.78 < 0.85 - 0.03
+    assert _pruner(cfg, None, 0.03) is None
+    losing = fit(cfg, bundle, None, progress=False, on_epoch=_pruner(cfg, [{"val_accuracy": 1.0}] * 6, 0.03))
+    assert losing.status == "pruned" and len(losing.history) == 3  # stopped at half time, its best kept
+    assert losing.best is not None

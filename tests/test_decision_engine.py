@@ -108,7 +108,14 @@ def test_phase4_baseline_is_phase2s_baseline_on_its_own_data(noisy_run):
     assert cmp["seeds"][0] == tiny_config().training.seed
     assert cmp["baseline"][0]["best_val_accuracy"] == phase2["best"]["val_accuracy"]  # exactly, on CPU
     assert cmp["baseline"][0]["best_epoch"] == phase2["best"]["epoch"]
-    rerun = read_json(noisy_run / "04_optimization/baseline_seeds.json")["runs"][0]["history"]
+    seeds = read_json(noisy_run / "04_optimization/baseline_seeds.json")
+    assert seeds["reused"][str(cmp["seeds"][0])] == "02_baseline/attempt-1"  # no fit is trained twice
+    from trainkit.config import load_config
+    from trainkit.data import load_data
+    from trainkit.train import fit
+
+    base_cfg = load_config(noisy_run / "02_baseline/attempt-1/training_config.yaml")  # what reuse relies on:
+    rerun = fit(base_cfg, load_data(base_cfg, noisy_run, "04_optimization"), None, progress=False).history  # CPU reproduces it
     keys = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
     assert [[r[k] for k in keys] for r in rerun] == [[r[k] for k in keys] for r in phase2["history"]]
     excl = [c for c in cmp["candidates"] if c["recommendations"] == ["exclude_mislabelled"]]

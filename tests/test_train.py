@@ -198,3 +198,28 @@ def test_training_compile_trains_the_same_model():
     assert compiled.status == "completed"
     for a, b in zip(eager.history, compiled.history):
         assert abs(a["val_loss"] - b["val_loss"]) < 1e-3 and abs(a["train_loss"] - b["train_loss"]) < 1e-3
+
+
+def test_evaluate_builds_no_autograd_graph():
+    """evaluate() runs under no_grad: summing the loss of every val batch must not keep each
+    batch's activations alive (that held 1.4 GB on 2,000 images of 32 × 32)."""
+    import torch
+
+    from trainkit.data import load_data
+    from trainkit.testing import tiny_config
+    from trainkit.train import evaluate
+
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(64, 10)
+
+        def forward(self, x):
+            seen.append(torch.is_grad_enabled())
+            return self.lin(x.flatten(1))
+
+    bundle = load_data(tiny_config())
+    out = evaluate(Spy(), bundle, "val", torch.device("cpu"), batch_size=64)
+    assert seen and not any(seen) and 0.0 <= out["accuracy"] <= 1.0

@@ -10,12 +10,22 @@ from pathlib import Path
 from typing import Any
 
 
+def _umask() -> int:
+    """The process umask (read by setting and restoring it; there is no plain getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temp file in the same folder, fsync, then rename."""
+    """Write ``data`` to ``path`` through a temp file in the same folder, fsync, then rename. The
+    file gets the mode an ordinary ``open()`` would give it (0666 less the umask), not mkstemp's 0600:
+    reports, plots and checkpoints are for colleagues and web servers to read too."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -75,3 +85,22 @@ def sha256_file(path: str | os.PathLike) -> str:
 def sha256_bytes(data: bytes) -> str:
     """Hex sha256 of bytes."""
     return hashlib.sha256(data).hexdigest()
+
+
+def progress_bar(total: int, desc: str, enabled: bool = True, unit: str = "it") -> Any:
+    """A tqdm bar, or None. ``TRAINKIT_PROGRESS``: ``auto`` (a notebook widget in Jupyter, a console
+    bar elsewhere), ``text`` (plain lines on stdout every 5 s: headless runs, whose console streams
+    them and whose reports keep them as text rather than red stderr blocks) or ``off``."""
+    mode = os.environ.get("TRAINKIT_PROGRESS", "auto")
+    if not enabled or mode == "off":
+        return None
+    if mode == "text":
+        import sys
+
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc=desc, mininterval=5.0, ascii=True, dynamic_ncols=False, ncols=100, unit=unit,
+                    file=sys.stdout)
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, mininterval=0.5, unit=unit)

@@ -45,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--phase", required=True, help="phase number 1-5")
     s.add_argument("--by", required=True, help="approver's name")
     s.add_argument("--check", action="append", default=[], help="manual check id to tick (repeatable)")
+    s.add_argument("--waive", action="append", default=[], metavar='CHECK="REASON"',
+                   help="waive a failing automatic check with its documented reason (repeatable; recorded in the "
+                        "gate and, for Phase 5, the model card)")
 
     st = sub.add_parser("status", help="phase history, gate state, and the next step of a run")
     st.add_argument("run")
@@ -116,8 +119,22 @@ def _cmd_signoff(args: argparse.Namespace) -> int:
     d = latest_attempt_dir(args.run, phase)
     if d is None:
         raise RunError(f"{args.run}: {phase} has not run yet; nothing to sign")
-    record = sign_off(d / "gate.json", args.by, args.check, run_dir=args.run)
-    print(f"trainkit: gate {record['gate']} of {phase} signed off by {record['signoff']['by']} ({record['state']})")
+    waivers = {}
+    for w in args.waive:
+        cid, eq, reason = w.partition("=")
+        if not eq or not cid.strip() or not reason.strip():
+            raise ConfigError([("--waive", f"{w!r}: expected CHECK=\"REASON\", e.g. --waive test_meets_target=\"0.80 is "
+                                           "enough for the pilot\"")], "command line")
+        waivers[cid.strip()] = reason.strip()
+    record = sign_off(d / "gate.json", args.by, args.check, run_dir=args.run, waivers=waivers)
+    print(f"trainkit: gate {record['gate']} of {phase} signed off by {record['signoff']['by']} ({record['state']})"
+          + (f"; waived: {', '.join(waivers)}" if waivers else ""))
+    from trainkit.pipeline import refresh_reports
+    from trainkit.run import resume_command
+
+    refresh_reports(Path(args.run), [d])
+    if phase == "05_finalization":
+        print(f"trainkit: next: {resume_command(Path(args.run))}  (records the deploy decision)")
     return 0
 
 

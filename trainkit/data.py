@@ -174,7 +174,7 @@ class ImageFolderData(Dataset):
 
     own_normalization = True  # its samples come normalized (BatchIterable must not normalize them again)
 
-    def __init__(self, paths: list[Path], labels: list[int], size: tuple[int, int], mode: str) -> None:
+    def __init__(self, paths: list[str], labels: list[int], size: tuple[int, int], mode: str) -> None:
         self.paths, self.labels, self.size, self.mode = paths, labels, size, mode
         self.mean: torch.Tensor | None = None
         self.std: torch.Tensor | None = None
@@ -236,6 +236,18 @@ def _inspect_image(p: Path) -> dict[str, Any]:
     return out
 
 
+def _image_entries(folder: str, rel: str) -> Iterator[tuple[str, Any]]:
+    """(relative path, scandir entry) of every image file under ``folder``, recursively."""
+    import os
+
+    with os.scandir(folder) as it:
+        for e in it:
+            if e.is_dir():
+                yield from _image_entries(e.path, f"{rel}/{e.name}")
+            elif os.path.splitext(e.name)[1].lower() in _IMAGE_EXT and e.is_file():
+                yield f"{rel}/{e.name}", e
+
+
 def scan_image_folder(root: Path, classes: list[str], previous: dict[str, Any] | None = None,
                       progress: bool = True) -> dict[str, Any]:
     """The folder's manifest: every image (relative path, label, size, mtime, sha256, header).
@@ -243,31 +255,31 @@ def scan_image_folder(root: Path, classes: list[str], previous: dict[str, Any] |
     manifest) a file whose size and mtime are unchanged keeps its entry: only what changed is read."""
     from concurrent.futures import ThreadPoolExecutor
 
-    old = {e["path"]: e for e in (previous or {}).get("files", [])}
-    listed: list[tuple[str, int, Path]] = []
-    for label, name in enumerate(classes):
-        for p in sorted((root / name).rglob("*")):
-            if p.suffix.lower() in _IMAGE_EXT and p.is_file():
-                listed.append((p.relative_to(root).as_posix(), label, p))
-    entries: list[dict[str, Any] | None] = [None] * len(listed)
-    todo = []
-    for i, (rel, label, p) in enumerate(listed):
-        e = old.get(rel)
-        if e is not None:
-            st = p.stat()
-            if e["size"] == st.st_size and e["mtime_ns"] == st.st_mtime_ns:
-                entries[i] = dict(e, label=label)
-                continue
-        todo.append(i)
-    bar = None
-    if progress and len(todo) > 200:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(todo), desc=f"scanning {root.name}", mininterval=1.0, unit="img")
     import os
 
+    old = {e["path"]: e for e in (previous or {}).get("files", [])}
+    listed: list[tuple[str, int, str]] = []
+    stats: list[os.stat_result] = []
+    for label, name in enumerate(classes):
+        # sorted as paths compare (part by part: "/" sorts before every other character)
+        found = sorted(_image_entries(os.path.join(str(root), name), name), key=lambda t: t[0].replace("/", "\x00"))
+        for rel, entry in found:  # plain strings and scandir entries: pathlib costs more than the stat itself
+            listed.append((rel, label, entry.path))
+            stats.append(entry.stat())
+    entries: list[dict[str, Any] | None] = [None] * len(listed)
+    todo = []
+    for i, (rel, label, _) in enumerate(listed):
+        e = old.get(rel)
+        if e is not None and e["size"] == stats[i].st_size and e["mtime_ns"] == stats[i].st_mtime_ns:
+            entries[i] = dict(e, label=label)
+            continue
+        todo.append(i)
+    from trainkit._io import progress_bar
+
+    bar = progress_bar(len(todo), f"scanning {root.name}", progress and len(todo) > 200, unit="img")
+
     with ThreadPoolExecutor(max_workers=max(2, min(16, 2 * (os.cpu_count() or 1)))) as pool:
-        for i, info in zip(todo, pool.map(lambda i: _inspect_image(listed[i][2]), todo)):
+        for i, info in zip(todo, pool.map(lambda i: _inspect_image(Path(listed[i][2])), todo)):
             entries[i] = {"path": listed[i][0], "label": listed[i][1], **info}
             if bar is not None:
                 bar.update(1)
@@ -302,7 +314,7 @@ def _image_folder(cfg: Any, manifest: Path | None = None, write: bool = False) -
     mode = "L" if first["mode"] in ("L", "1", "I", "I;16") else "RGB"
     if manifest is not None and write:
         write_json_atomic(manifest, scan)
-    ds = ImageFolderData([root / f["path"] for f in files], [f["label"] for f in files], size, mode)
+    ds = ImageFolderData([f"{root}/{f['path']}" for f in files], [f["label"] for f in files], size, mode)
     return Source(y=torch.tensor([f["label"] for f in files]), dataset=ds, class_names=classes,
                   input_shape=(1 if mode == "L" else 3, *size), description=f"image folder {root}",
                   sample_keys=[f["sha256"] for f in files])

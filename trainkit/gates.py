@@ -188,9 +188,13 @@ def evaluate_gate(name: str, run_dir: str | Path, phase_dir: str | Path, results
 
 
 def sign_off(gate_path: str | Path, by: str, checks: Iterable[str] = (), run_dir: str | Path | None = None,
-             automatic: bool = False) -> dict[str, Any]:
+             automatic: bool = False, waivers: dict[str, str] | None = None) -> dict[str, Any]:
     """Tick the manual ``checks`` and sign the gate as ``by``; refused while a mandatory automatic check
-    fails or a mandatory manual check is unticked. Records the sha256 of every covered artifact."""
+    fails or a mandatory manual check is unticked. Records the sha256 of every covered artifact.
+
+    ``waivers`` ({check: reason}) waive failing automatic checks first, each with its documented
+    reason and the approver's name (``record["waivers"]``; a production gate also records them in
+    the model card)."""
     gate_path = Path(gate_path)
     if not gate_path.is_file():
         raise GateError(f"no gate record at {gate_path}; run the phase first")
@@ -198,6 +202,8 @@ def sign_off(gate_path: str | Path, by: str, checks: Iterable[str] = (), run_dir
     run_dir = Path(run_dir) if run_dir else _run_dir_of(gate_path, record)
     if not by or not by.strip():
         raise GateError("sign-off needs the approver's name (--by NAME or the name field)")
+    if waivers:
+        _waive(record, by.strip(), waivers, run_dir)
     if gate_state(record) == "blocked":
         raise GateError(f"gate {record['gate']!r} is blocked, cannot be signed: " + "; ".join(_failures(record)))
     for cid in checks:
@@ -215,6 +221,34 @@ def sign_off(gate_path: str | Path, by: str, checks: Iterable[str] = (), run_dir
     record["state"] = gate_state(record)
     _write_record(run_dir, gate_path, record)
     return record
+
+
+def _waive(record: dict[str, Any], by: str, waivers: dict[str, str], run_dir: Path) -> None:
+    """Waive failing automatic checks of ``record`` in place, each with a reason; refused (GateError,
+    nothing changed) for an unknown check, one that does not fail, or an empty reason."""
+    for cid, reason in waivers.items():
+        entry = next((c for c in record["checks"] if c["id"] == cid), None)
+        if entry is None or entry["kind"] != "automatic":
+            valid = [c["id"] for c in record["checks"] if c["kind"] == "automatic" and c["status"] == "fail"]
+            raise GateError(f"--waive {cid}: not an automatic check of gate {record['gate']!r}; failing checks: {valid}")
+        if entry["status"] != "fail":
+            raise GateError(f"--waive {cid}: the check is {entry['status']}, not failing; nothing to waive")
+        if not str(reason or "").strip():
+            raise GateError(f"--waive {cid}=REASON: a waiver needs its reason (what was accepted and why)")
+    for cid, reason in waivers.items():
+        entry = next(c for c in record["checks"] if c["id"] == cid)
+        entry["status"], entry["evidence"] = "waived", f"waived by {by}: {reason.strip()} (was: {entry['evidence']})"
+        record.setdefault("waivers", []).append({"check": cid, "reason": reason.strip(), "by": by, "at": time.time()})
+    card = "05_finalization/model_card.md"
+    if record["gate"] == "production_ready" and card in record["artifacts"] and (run_dir / card).is_file():
+        from trainkit._io import write_text_atomic
+
+        text = (run_dir / card).read_text()
+        lines = [f"- `{w['check']}` waived by {w['by']} on {time.strftime('%Y-%m-%d %H:%M', time.localtime(w['at']))}: "
+                 f"{w['reason']}" for w in record["waivers"]]
+        text = text.split("\n## Waivers\n")[0].rstrip("\n") + "\n\n## Waivers\n\n" + "\n".join(lines) + "\n"
+        write_text_atomic(run_dir / card, text)
+        record["artifacts"][card] = sha256_file(run_dir / card)  # written by trainkit, under this sign-off
 
 
 CHAIN = "gate_records"  # run.json: {gate record path: sha256 of its bytes}, in the order they were first written

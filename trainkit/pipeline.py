@@ -55,7 +55,9 @@ def export_html(nb_path: str | Path, html_path: str | Path) -> Path:
     """Export an executed notebook to a self-contained HTML file that reads offline.
 
     Widget state is dropped (its renderer would come from a CDN; every gate also renders as a
-    plain HTML table), images are embedded, and no script is loaded from the network."""
+    plain HTML table), images are embedded, and no script is loaded from the network. A banner at
+    the top states the phase's gate and decision as they are now (a sign-off, waiver or resume
+    after the notebook ran changes them; the cells below show the state when it ran)."""
     import nbformat
     from nbconvert import HTMLExporter
 
@@ -64,7 +66,54 @@ def export_html(nb_path: str | Path, html_path: str | Path) -> Path:
     exporter = HTMLExporter(template_name="lab", embed_images=True)
     body, _ = exporter.from_notebook_node(nb)
     body = _CDN_MODULE.sub("", _EXTERNAL_SCRIPT.sub("", body))
+    banner = _state_banner(Path(nb_path).parent)
+    if banner:
+        body = re.sub(r"(<body[^>]*>)", lambda m: m.group(1) + banner, body, count=1)
     return write_text_atomic(html_path, body)
+
+
+def _state_banner(d: Path) -> str:
+    """The phase's current gate state, sign-off, waivers and decision, as an HTML block."""
+    import html as _h
+
+    if not (d / "gate.json").is_file():
+        return ""
+    record = read_json(d / "gate.json")
+    from trainkit.gates import gate_state
+
+    state = gate_state(record)
+    color = {"passed": "#1a7f37", "blocked": "#cf222e", "awaiting_signoff": "#9a6700"}.get(state, "#57606a")
+    sig = record.get("signoff") or {}
+    parts = [f"Gate <b>{_h.escape(record['gate'])}</b>: <b style='color:{color}' id='gate-state'>{_h.escape(state)}</b>"]
+    if sig:
+        parts.append(f"signed by {_h.escape(str(sig.get('by')))} on "
+                     f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(sig.get('at', 0)))}")
+    pending = [c["id"] for c in record["checks"] if c["mandatory"] and c["status"] in ("fail", "pending")]
+    if pending and state != "passed":
+        parts.append("missing: " + ", ".join(_h.escape(p) for p in pending))
+    for w in record.get("waivers") or []:
+        parts.append(f"waived {_h.escape(w['check'])} ({_h.escape(w['reason'])}, by {_h.escape(w['by'])})")
+    dec = read_json(d / "decision.json") if (d / "decision.json").is_file() else None
+    if dec:
+        parts.append(f"decision {_h.escape(str(dec.get('option', '')))} → <b>{_h.escape(str(dec.get('next')))}</b>: "
+                     f"{_h.escape(str(dec.get('reason', ''))[:400])}")
+    return (f"<div id='trainkit-state' style='font-family:sans-serif;border:2px solid {color};padding:8px 12px;"
+            f"margin:8px'>Current state ({time.strftime('%Y-%m-%d %H:%M:%S')}): " + "; ".join(parts) + "</div>")
+
+
+def refresh_reports(run_dir: Path, dirs: list[Path] | None = None) -> list[Path]:
+    """Re-export the reports of ``dirs`` (default: every phase folder) and index.html, after a state
+    change (sign-off, waiver, resume, exit) so that no report shows a state that is no longer true."""
+    run_dir = Path(run_dir)
+    out = []
+    targets = dirs if dirs is not None else sorted({p.parent for p in run_dir.glob("0*/**/notebook.ipynb")})
+    for d in targets:
+        if (Path(d) / "notebook.ipynb").is_file():
+            _safe_export(Path(d) / "notebook.ipynb", Path(d) / "report.html")
+            out.append(Path(d) / "report.html")
+    if (run_dir / "run.json").is_file():
+        out.append(write_index(run_dir))
+    return out
 
 
 def execute_phase(phase: str, run_dir: Path, params: dict[str, Any], attempt: int = 1) -> Path:
@@ -106,8 +155,12 @@ def _count_active(run_dir: Path, phase: str, attempt: int, wall: float) -> None:
 def _execute(pm: Any, phase: str, out_nb: Path, params: dict[str, Any], out_dir: Path, run_dir: Path,
              attempt: int) -> None:
     try:
+        stream = os.environ.get("TRAINKIT_PROGRESS", "text") != "off"  # the phase's own progress lines, live
         pm.execute_notebook(str(notebook_path(phase)), str(out_nb), parameters=params, kernel_name="python3",
-                            progress_bar=False, log_output=False, report_mode=False)
+                            progress_bar=False, log_output=False, report_mode=False,
+                            stdout_file=_Indented(sys.stdout) if stream else None,
+                            stderr_file=_Indented(sys.stderr) if stream else None,
+                            extra_arguments=["--IPKernelApp.log_level=ERROR"])  # no kernel transport warnings
     except pm.PapermillExecutionError as exc:
         _safe_export(out_nb, out_dir / "report.html")
         raise PipelineError(f"{phase} failed: {exc.ename}: {_first_line(exc.evalue)} "
@@ -118,6 +171,26 @@ def _execute(pm: Any, phase: str, out_nb: Path, params: dict[str, Any], out_dir:
         raise PipelineError(f"{phase} did not finish: {type(exc).__name__}: {_first_line(str(exc))}; "
                             f"fix it and continue with `{resume_command(run_dir)}`") from None
     _safe_export(out_nb, out_dir / "report.html")
+
+
+class _Indented:
+    """A console stream that indents what a phase's kernel prints (its progress), line by line."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream, self.fresh = stream, True
+
+    def write(self, text: str) -> int:
+        for part in re.split(r"(\n|\r)", text):
+            if not part:
+                continue
+            if self.fresh and part not in ("\n", "\r"):
+                self.stream.write("    ")
+            self.stream.write(part)
+            self.fresh = part in ("\n", "\r")
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
 
 
 def _first_line(text: str) -> str:
@@ -149,8 +222,9 @@ def _signoff_hint(run_dir: Path, phase: str, d: Path) -> str:
     return (f"{phase} is waiting for a sign-off of gate '{record['gate']}'. Finish it with:\n"
             f"  {signoff_command(run_dir, n, manual)}\n"
             f"then: {resume_command(run_dir)}\n"
-            f"(or open {d / 'notebook.ipynb'} in JupyterLab and use the Sign-off widget; "
-            f"or rerun with --approve {manual[0] if manual else 'signoff'}=NAME)")
+            f"(or in JupyterLab, in any notebook: from trainkit.widgets import GateWidget; "
+            f"GateWidget({str(d / 'gate.json')!r}, {str(run_dir)!r})"
+            f"; or rerun with --approve {manual[0] if manual else 'signoff'}=NAME)")
 
 
 def _resume_point(run_dir: Path) -> tuple[str | None, str | None, int | None]:
@@ -172,6 +246,10 @@ def _resume_point(run_dir: Path) -> tuple[str | None, str | None, int | None]:
         if nxt in ("deploy", None):
             return None, "the run already finished", None
         return nxt, f"{last['phase']} passed its gate", None
+    decision = read_json(d / "decision.json") if d and (d / "decision.json").is_file() else {}
+    if state == "blocked" and decision.get("option") == "C" and str(decision.get("next", ""))[:2].isdigit():
+        # a failed baseline's gate is blocked by design and its decision routes to the diagnosis: follow it
+        return decision["next"], f"{last['phase']} failed and its recorded decision is C → {decision['next']}", None
     if state is None and (last["phase"] in _ATTEMPTED or last["phase"] == PHASES[-1]):  # died before its gate: continue in place
         return last["phase"], f"{last['phase']} attempt {last['attempt']} did not finish; continuing it", last["attempt"]
     return last["phase"], f"{last['phase']} ended {state or last['status']}; running it again", None
@@ -190,6 +268,7 @@ def _mark_deploy(run_dir: Path, d: Path) -> None:
     manifest = load_manifest(run_dir)
     manifest["status"] = "ready_to_deploy"
     save_manifest(run_dir, manifest)
+    refresh_reports(run_dir, [d])
 
 
 def _over_budget(run_dir: Path, phase: str) -> bool:
@@ -229,6 +308,7 @@ def run_pipeline(config_path: str | None, run_dir: Path, overrides: list[str] | 
     ``index.html`` is rewritten on every way out."""
     run_dir = Path(run_dir).resolve()
     created = not run_dir.exists()
+    outcome: PipelineOutcome | None = None
     try:
         with run_lock(run_dir):
             try:
@@ -239,15 +319,30 @@ def run_pipeline(config_path: str | None, run_dir: Path, overrides: list[str] | 
                 raise
     finally:
         if (run_dir / "run.json").exists():
+            _record_exit(run_dir, outcome)
             try:
                 write_index(run_dir)
             except Exception as exc:  # the index must never hide the run's own outcome
                 print(f"trainkit: could not write index.html: {exc}", file=sys.stderr)
-    manifest = load_manifest(run_dir)
-    manifest["exit"] = {"code": outcome.code, "message": outcome.message[:500]}
-    manifest["cost"] = run_cost(manifest)
-    save_manifest(run_dir, manifest)
     return outcome
+
+
+def _record_exit(run_dir: Path, outcome: PipelineOutcome | None) -> None:
+    """The run's state after this invocation, before index.html is written: exit code and message,
+    total cost, and a status that is never left at "running" (failed, awaiting_signoff, stopped,
+    ready_to_deploy), and no phase entry left "running" either."""
+    manifest = load_manifest(run_dir)
+    code = outcome.code if outcome is not None else EXIT_FAILED
+    message = outcome.message if outcome is not None else "interrupted (see the console for the error)"
+    manifest["exit"] = {"code": code, "message": message[:500]}
+    manifest["cost"] = run_cost(manifest)
+    if manifest.get("status") != "ready_to_deploy":
+        manifest["status"] = {EXIT_OK: "stopped" if "stopped after" in message else "finished", EXIT_SIGNOFF: "awaiting_signoff",
+                              EXIT_USAGE: "refused"}.get(code, "failed")
+    for e in manifest["phases"]:
+        if e.get("status") == "running":
+            e["status"], e["ended"] = "failed", e.get("ended") or time.time()
+    save_manifest(run_dir, manifest)
 
 
 RUN_CONFIG = "config.yaml"
@@ -311,7 +406,7 @@ def _walk(config_path: str | None, run_dir: Path, overrides: list[str] | None, t
             attempt, params["resume"], continue_attempt = continue_attempt, True, None
         if phase == PHASES[0]:
             params.update(config_path=str(_run_config(run_dir)), overrides=[], target=None)
-        echo(f"trainkit: [{len(taken) + 1}] {phase}{f' (attempt {attempt})' if phase in _ATTEMPTED else ''} "
+        echo(f"trainkit: [{len(taken) + 1}] {phase}{f' ({phase_dir(run_dir, phase, attempt).name})' if phase in _ATTEMPTED else ''} "
              f"… {time.time() - t0:.0f}s elapsed")
         taken.append(phase)
         try:
@@ -330,8 +425,11 @@ def _walk(config_path: str | None, run_dir: Path, overrides: list[str] | None, t
         cost = next((e.get("cost") for e in reversed(load_manifest(run_dir)["phases"])
                      if e["phase"] == phase and e["attempt"] == attempt), None) or {}
         if cost:
+            from trainkit.reports import phase_metric
+
             units = f", {cost['baseline_units']:.2f}× baseline" if cost.get("baseline_units") is not None else ""
-            echo(f"trainkit:     {phase}: {cost['wall_s']:.1f} s{units}; gate {state}; "
+            metric = phase_metric(d, phase)
+            echo(f"trainkit:     {phase}: {metric + '; ' if metric else ''}{cost['wall_s']:.1f} s{units}; gate {state}; "
                  f"{decision.get('option', '')} → {decision.get('next')}: {str(decision.get('reason', ''))[:160]}")
         if state == "blocked" and decision.get("option") != "C":
             return PipelineOutcome(EXIT_FAILED, f"{phase}: gate blocked: {decision.get('reason', '')[:1500]} "
@@ -344,8 +442,11 @@ def _walk(config_path: str | None, run_dir: Path, overrides: list[str] | None, t
             echo("trainkit: over the time budget: finalizing with the best so far")
         if stop_after is not None and (nxt in ("deploy", "stop") and n >= stop_after or
                                        nxt[:2].isdigit() and int(nxt[:2]) > stop_after):
+            failed = "FAILED: " if decision.get("option") == "C" else ""
             return PipelineOutcome(EXIT_OK, f"stopped after {phase} as asked (--stop-after {stop_after}: no phase "
-                                   f"past {stop_after}); next would be {nxt}", run_dir, taken)
+                                   f"past {stop_after}). {failed}{phase} decided {decision.get('option', '-')} → {nxt}: "
+                                   f"{str(decision.get('reason', ''))[:300]}. Continue with: {resume_command(run_dir)}",
+                                   run_dir, taken)
         if nxt == "deploy":
             _mark_deploy(run_dir, d)
             return PipelineOutcome(EXIT_OK, f"ready to deploy: {d}", run_dir, taken)
@@ -364,9 +465,5 @@ def write_index(run_dir: Path) -> Path:
 
 
 def export_reports(run_dir: Path) -> list[Path]:
-    """Re-export every executed phase notebook to its report.html, then index.html."""
-    out = []
-    for nb in sorted(Path(run_dir).glob("0*/**/notebook.ipynb")):
-        out.append(export_html(nb, nb.parent / "report.html"))
-    out.append(write_index(Path(run_dir)))
-    return out
+    """Re-export every executed phase notebook to its report.html (with its current state), then index.html."""
+    return refresh_reports(Path(run_dir))

@@ -89,6 +89,28 @@ def _plan_table(run_dir: Path, manifest: dict[str, Any]) -> str:
             f"<th>planned</th><th>actual</th></tr>{''.join(rows)}</table>")
 
 
+def _arrow_label(dec: dict[str, Any]) -> str:
+    """A decision short enough for the path diagram's arrows: 'A → Phase 4', 'B → deploy'."""
+    nxt = str(dec.get("next", ""))
+    short = f"Phase {int(nxt[:2])}" if nxt[:2].isdigit() else nxt
+    return f"{dec.get('option', '')} → {short}".strip()
+
+
+def _key_curves(run_dir: Path, manifest: dict[str, Any]) -> str:
+    """The learning curves of the baseline and of the final training, inline on the index."""
+    import base64
+
+    figs = []
+    for e in manifest["phases"]:
+        if e["phase"] in ("02_baseline", "05_finalization"):
+            p = phase_dir(run_dir, e["phase"], e["attempt"]) / "curves.png"
+            if p.is_file():
+                figs.append(f"<figure style='display:inline-block;margin:0 1em 0 0'><img style='max-width:460px' "
+                            f"src='data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}'/>"
+                            f"<figcaption>{html.escape(e['phase'])} #{e['attempt']}</figcaption></figure>")
+    return f"<h2>Learning curves</h2>{''.join(figs[-3:])}" if figs else ""
+
+
 def write_index(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     manifest = load_manifest(run_dir)
@@ -100,7 +122,7 @@ def write_index(run_dir: str | Path) -> Path:
         label = e["phase"] + (f" #{e['attempt']}" if d.name != e["phase"] else "")
         state = gate["state"] if gate else None
         steps.append({"label": label, "gate": state, "status": e.get("status"),
-                      "option": f"{dec.get('option', '')} → {str(dec.get('next', ''))[:14]}" if dec else ""})
+                      "option": _arrow_label(dec) if dec else ""})
         links = [f'<a href="{html.escape(str(p.relative_to(run_dir)))}">{html.escape(p.name)}</a>'
                  for p in sorted(d.iterdir()) if p.is_file() and p.suffix in (".html", ".md", ".json", ".yaml", ".png",
                                                                                  ".onnx", ".ts", ".ipynb", ".jsonl")]
@@ -127,6 +149,7 @@ td,th{{border:1px solid #d0d7de;padding:4px 8px;vertical-align:top;font-size:14p
 <h2>Phases</h2>
 <table id="phases"><tr><th>phase</th><th>status</th><th>gate</th><th>key metric</th><th>compute</th><th>decision</th><th>reports and artifacts</th></tr>
 {''.join(rows)}<tr><td>total</td><td></td><td></td><td></td><td>{_cost_cell(run_cost(manifest))}</td><td></td><td></td></tr></table>
+{_key_curves(run_dir, manifest)}
 {_plan_table(run_dir, manifest)}
 <p><small>trainkit {html.escape(str(manifest.get('trainkit_version')))} · config hash {html.escape(str(manifest.get('config_hash')))}</small></p>
 </body></html>"""

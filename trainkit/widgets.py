@@ -69,6 +69,13 @@ class GateWidget:
             return
         self.message.value = f"<span style='color:#1a7f37'>Signed off by {record['signoff']['by']}.</span>"
         self._render(record)
+        try:  # the state changed: reports of this phase (when it ran headless) and the run's index follow
+            from trainkit.pipeline import refresh_reports
+
+            if self.run_dir is not None:
+                refresh_reports(self.run_dir, [Path(self.gate_path).parent])
+        except Exception as exc:  # a report must never undo a sign-off
+            self.message.value += f" <small>(index.html not rewritten: {exc})</small>"
 
     def _ipython_display_(self) -> None:
         from IPython.display import display

@@ -127,11 +127,12 @@ def finish_gate(ctx: PhaseContext, gate: str, results: dict[str, tuple[str, Any]
         if raise_on_block:
             raise
         return record
-    show_html(gate_html(record))
-    if ctx.interactive and record["state"] != "passed":
+    if ctx.interactive and record["state"] != "passed":  # the widget shows the checks itself (one table, live)
         from trainkit.widgets import GateWidget
 
         show(GateWidget(ctx.dir / "gate.json", ctx.run_dir))
+    else:
+        show_html(gate_html(record))
     record_phase(ctx.run_dir, ctx.phase, ctx.attempt, status="completed", ended=time.time(),
                  gate=record["state"], decision=(decision or {}).get("next"), cost=_show_cost(ctx))
     return record
@@ -166,6 +167,10 @@ def write_decision(ctx: PhaseContext, option: str, next_phase: str, reason: str,
     decision = {"phase": ctx.phase, "attempt": ctx.attempt, "option": option, "next": next_phase,
                 "reason": reason, "evidence": evidence}
     write_json_atomic(ctx.path("decision.json"), decision)
+    import html as _h
+
+    show_html(f"<p id='decision'><b>Decision: option {_h.escape(option)} → {_h.escape(str(next_phase))}</b>: "
+              f"{_h.escape(reason)}</p>")
     return decision
 
 

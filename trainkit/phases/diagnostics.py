@@ -117,7 +117,7 @@ def _figures(ctx: PhaseContext, result: dict[str, Any]) -> list[str]:
 
 def show_findings(ctx: PhaseContext, result: dict[str, Any]) -> list[str]:
     """The findings table and the recommendations (HTML), and the probe figures."""
-    rows = "".join(f"<tr><td>{'🔴' if f['fired'] else '⚪'} {f['name']}</td><td>{f.get('strength', 0):.2f}</td>"
+    rows = "".join(f"<tr><td><span style='color:{'#cf222e' if f['fired'] else '#8c959f'}'>{'●' if f['fired'] else '○'}</span> {f['name']}</td><td>{f.get('strength', 0):.2f}</td>"
                    f"<td>{html.escape(f['summary'])}</td></tr>" for f in result["findings"])
     recs = "".join(f"<tr><td>{i + 1}</td><td>{html.escape(r['title'])}</td><td><code>{html.escape(str(r['patch']))}</code></td>"
                    f"<td>{r['expected_gain_points']:.1f}</td><td>{r['effort']}</td></tr>" for i, r in enumerate(result["plan"]["selected"]))

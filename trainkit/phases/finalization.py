@@ -221,8 +221,15 @@ def time_str(t: float) -> str:
 def _test_figures(ctx: PhaseContext, rec: dict[str, Any], names: list[str]) -> None:
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(4.5, 4))
-    ax.imshow(np.asarray(rec["confusion"]), cmap="Blues")
+    cm = np.asarray(rec["confusion"])
+    k = len(names)
+    fig, ax = plt.subplots(figsize=(max(4.5, 0.45 * k + 2), max(4.0, 0.45 * k + 1.5)))
+    ax.imshow(cm, cmap="Blues")
+    if k <= 30:  # the counts themselves, dark on light cells and light on dark ones
+        for i in range(k):
+            for j in range(k):
+                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8 if k > 12 else 10,
+                        color="white" if cm[i, j] > 0.5 * cm.max() else "black")
     ax.set_xticks(range(len(names)), names)
     ax.set_yticks(range(len(names)), names)
     ax.set_xlabel("predicted")

@@ -137,11 +137,37 @@ def _fit_estimate(ctx: PhaseContext, cfg: Any) -> float:
     return unit * cfg.training.epochs / max(1, base_epochs)
 
 
+SINGLE_SEED_FLOOR = 0.01  # a single-seed comparison without Phase 3's spread must win by more than 1 point
+PRUNE_MARGIN = 0.03  # a seed trailing the best so far by more than this (or 4 seed std) at half time cannot win
+
+
+def _pruner(cfg: Any, reference: list[dict[str, Any]] | None, margin: float) -> Any:
+    """An on_epoch hook that stops a run which, from half its epochs on, trails the best-so-far
+    run on the same seed at the same epoch (its best val accuracy up to there) by more than
+    ``margin``; None without a reference."""
+    if not reference:
+        return None
+    half = max(1, (cfg.training.epochs + 1) // 2)
+    best = [0.0]
+
+    def hook(rec: dict[str, Any]) -> bool:
+        best[0] = max(best[0], rec["val_accuracy"])
+        e = rec["epoch"]
+        if e + 1 < half:
+            return False
+        ref = max(h["val_accuracy"] for h in reference[: e + 1])
+        return best[0] < ref - margin
+    return hook
+
+
 def _train_seeds(cfg: Any, bundle: Any, out: Path | None, seeds: list[int], ctx: PhaseContext | None = None,
-                 what: str = "", always_first: bool = False) -> list[dict[str, Any]]:
+                 what: str = "", always_first: bool = False,
+                 reference: dict[int, list[dict[str, Any]]] | None = None) -> list[dict[str, Any]]:
     """One fit per seed. With ``ctx`` each fit starts only when the phase's time budget allows it
     (``always_first``: the first one starts regardless, so the iteration has a result) and stops
-    at the phase's deadline."""
+    at the phase's deadline. With ``reference`` (seed → the best-so-far run's history on that
+    seed) a seed that cannot beat it is stopped at half time (status ``pruned``; its best so far
+    counts, so it lowers the candidate's mean as it should)."""
     from trainkit.train import fit
 
     rows = []
@@ -151,7 +177,11 @@ def _train_seeds(cfg: Any, bundle: Any, out: Path | None, seeds: list[int], ctx:
         if c is not None and not (always_first and not rows) and not c.allows(est, f"{what or 'fit'} on seed {s}"):
             break
         d = out / f"seed-{s}" if out is not None else None
-        r = fit(with_overrides(cfg, {"training.seed": s}), bundle, d, progress=False, deadline=c.deadline if c else None)
+        hook = _pruner(cfg, (reference or {}).get(s), max(PRUNE_MARGIN, 4 * _phase3_seed_std(ctx)) if ctx else PRUNE_MARGIN)
+        r = fit(with_overrides(cfg, {"training.seed": s}), bundle, d, progress=False, deadline=c.deadline if c else None,
+                on_epoch=hook)
+        print(f"  {what or 'fit'} seed {s}: {r.status} after {len(r.history)} epoch(s), best val accuracy "
+              f"{(r.best or {}).get('val_accuracy', float('nan')):.4f} ({r.wall_time_s:.1f} s)", flush=True)
         rows.append({"seed": s, "status": r.status, "best_val_accuracy": (r.best or {}).get("val_accuracy", float("nan")),
                      "best_epoch": (r.best or {}).get("epoch"), "train_time_s": r.train_time_s, "history": r.history,
                      "dir": str(d.relative_to(bundle.run_dir)) if d is not None and bundle.run_dir else None})
@@ -177,30 +207,34 @@ def seed_stats(a: list[float], b: list[float], conf: float = 0.95, floor: float 
             "ci": [diff - half, diff + half], "conf": conf, "spread": spread, "exceeds_spread": bool(diff > spread)}
 
 
-def _baseline_runs(ctx: PhaseContext, seeds: list[int]) -> dict[str, Any]:
-    """The baseline config on its own data (its own ``data.exclude``, not the candidate's) and the
-    same seeds, cached by config hash. No fit is run twice: Phase 2's run is the first seed and
-    Phase 3's seed-variance runs (same config, whole runs) are the next ones; only seeds still
-    missing are trained, when the time budget allows."""
+def _baseline_rows(ctx: PhaseContext, seeds: list[int], train: bool) -> list[dict[str, Any]]:
+    """The baseline config's runs (its own data and ``data.exclude``, not the candidate's) on
+    ``seeds``, in order, cached by config hash in ``04_optimization/baseline_seeds.json``. No fit is
+    run twice: Phase 2's run is the first seed and Phase 3's seed-variance runs (same config) the
+    next ones. With ``train`` a seed still missing is trained when the time budget allows (Phase 4
+    asks for each seed just before a candidate trains on it, so the pairs stay matched)."""
     from trainkit.data import load_data
 
     cache = ctx.run_dir / PHASE / "baseline_seeds.json"
     base_dir = latest_attempt_dir(ctx.run_dir, "02_baseline")
     base_cfg = load_config(base_dir / "training_config.yaml")
-    key = f"{config_hash(base_cfg)}:{seeds}"
-    if cache.is_file() and read_json(cache).get("key") == key:
-        return read_json(cache)
-    known = _known_baseline_runs(ctx.run_dir, base_dir, base_cfg)
-    rows = [known[s] for s in seeds if s in known]
-    missing = [s for s in seeds if s not in known]
-    if missing:
-        rows += _train_seeds(base_cfg, load_data(base_cfg, ctx.run_dir, PHASE), None, missing, ctx, "baseline re-run",
-                             always_first=not rows)
-    rows.sort(key=lambda r: seeds.index(r["seed"]))
-    rec = {"key": key, "config": str((base_dir / "training_config.yaml").relative_to(ctx.run_dir)), "runs": rows,
-           "reused": {str(r["seed"]): r["reused"] for r in rows if r.get("reused")}}
+    h = config_hash(base_cfg)
+    rec = read_json(cache) if cache.is_file() else {}
+    if rec.get("config_hash") != h or not isinstance(rec.get("runs"), dict):
+        rec = {"config_hash": h, "config": str((base_dir / "training_config.yaml").relative_to(ctx.run_dir)), "runs": {},
+               "reused": {}}
+    for seed, row in _known_baseline_runs(ctx.run_dir, base_dir, base_cfg).items():
+        if str(seed) not in rec["runs"]:
+            rec["runs"][str(seed)] = row
+            rec["reused"][str(seed)] = row["reused"]
+    missing = [s for s in seeds if str(s) not in rec["runs"]]
+    if train and missing:
+        have = any(str(s) in rec["runs"] for s in seeds)
+        for row in _train_seeds(base_cfg, load_data(base_cfg, ctx.run_dir, PHASE), None, missing, ctx, "baseline re-run",
+                                always_first=not have):
+            rec["runs"][str(row["seed"])] = row
     write_json_atomic(cache, rec)
-    return rec
+    return [rec["runs"][str(s)] for s in seeds if str(s) in rec["runs"]]
 
 
 def _known_baseline_runs(run_dir: Path, base_dir: Path, base_cfg: Any) -> dict[int, dict[str, Any]]:
@@ -251,9 +285,9 @@ def compare(ctx: PhaseContext, seeds: int = 3, ablation: bool = True) -> dict[st
     from trainkit.data import load_data
 
     seed_list = _seed_list(ctx, seeds)
-    base = _baseline_runs(ctx, seed_list)
+    base_rows = _baseline_rows(ctx, seed_list[:1], train=True)  # Phase 2's run: nothing to train
     best_file = ctx.run_dir / BEST
-    best = read_json(best_file) if best_file.is_file() else {"label": "baseline", "per_seed": [r["best_val_accuracy"] for r in base["runs"]]}
+    best = read_json(best_file) if best_file.is_file() else {"label": "baseline", "per_seed": [r["best_val_accuracy"] for r in base_rows]}
     cands = _candidates(ctx, ablation)
     if len(cands) > 1:  # ablation only as far as the budget allows the first rungs and the survivors' seeds
         est = _fit_estimate(ctx, ctx.candidate)  # type: ignore[attr-defined]
@@ -265,24 +299,31 @@ def compare(ctx: PhaseContext, seeds: int = 3, ablation: bool = True) -> dict[st
                            f"needs ~{need:.1f} s for every candidate and the survivors' seeds, "
                            f"{max(0.0, clock(ctx).left()):.1f} s left; {keep} single(s) kept")
             cands = cands[:1 + keep]
-    for c in cands:
+    for c in cands:  # rung 0: every candidate on the first seed (Phase 2's seed: its pair is already there)
         c["bundle"] = load_data(c["config"], ctx.run_dir, PHASE)
         c["runs"] = _train_seeds(c["config"], c["bundle"], ctx.path(f"runs/{c['id']}") if len(cands) > 1 else ctx.path("runs"),
-                                 seed_list[:1] if len(cands) > 1 else seed_list, ctx, f"candidate {c['id']}",
-                                 always_first=c is cands[0])
+                                 seed_list[:1], ctx, f"candidate {c['id']}", always_first=c is cands[0])
+    lone = len(cands) == 1
     cands = [c for c in cands if c["runs"]]
     ranked = sorted(cands, key=lambda c: (-_score(c), c["id"] != "all"))
     survivors = ranked[:min(2, max(1, (len(cands) + 1) // 2))] if len(cands) > 1 else ranked
-    for c in survivors if len(cands) > 1 else []:  # a lone candidate already trained (or was cut on) every seed
-        if len(c["runs"]) < len(seed_list):
-            c["runs"] += _train_seeds(c["config"], c["bundle"], ctx.path(f"runs/{c['id']}"), seed_list[len(c["runs"]):],
-                                      ctx, f"survivor {c['id']}")
-    combo = _survivor_combination(ctx, survivors, best, seed_list)
+    for i, s in enumerate(seed_list[1:], start=1):  # rung 1: the survivors' other seeds, each after its baseline pair
+        base_rows = _baseline_rows(ctx, seed_list[:i + 1], train=True)
+        if best.get("label") == "baseline":
+            best = dict(best, per_seed=[r["best_val_accuracy"] for r in base_rows])
+        ref = {r["seed"]: r["history"] for r in base_rows if r.get("history")} if best.get("label") == "baseline" else None
+        for c in survivors:
+            if len(c["runs"]) == i:
+                c["runs"] += _train_seeds(c["config"], c["bundle"], ctx.path("runs") if lone else ctx.path(f"runs/{c['id']}"),
+                                          [s], ctx, f"{'candidate' if lone else 'survivor'} {c['id']}", reference=ref)
+    base = {"runs": base_rows}
+    ref = {r["seed"]: r["history"] for r in base_rows if r.get("history")} if best.get("label") == "baseline" else None
+    combo = _survivor_combination(ctx, survivors, best, seed_list, ref)
     if combo is not None:
         cands.append(combo)
         survivors.append(combo)
     winner = max(survivors, key=lambda c: (_score(c), c["id"] == "all"))
-    floor = _phase3_seed_std(ctx)
+    floor = _phase3_seed_std(ctx) or SINGLE_SEED_FLOOR  # used only where a side has a single seed
     summary = []
     for c in cands:
         n = len(c["runs"])
@@ -309,7 +350,7 @@ def compare(ctx: PhaseContext, seeds: int = 3, ablation: bool = True) -> dict[st
 
 
 def _survivor_combination(ctx: PhaseContext, survivors: list[dict[str, Any]], best: dict[str, Any],
-                          seed_list: list[int]) -> dict[str, Any] | None:
+                          seed_list: list[int], reference: dict[int, list[dict[str, Any]]] | None = None) -> dict[str, Any] | None:
     """When two surviving single recommendations each have a mean above the best so far's, try
     them together (what this iteration learned, used at once); None otherwise."""
     from trainkit.data import load_data
@@ -323,7 +364,8 @@ def _survivor_combination(ctx: PhaseContext, survivors: list[dict[str, Any]], be
     if not clock(ctx).allows(_fit_estimate(ctx, cfg) * len(seed_list), f"combination {'+'.join(ids)}"):
         return None
     c = {"id": "+".join(ids), "recommendations": ids, "config": cfg, "bundle": load_data(cfg, ctx.run_dir, PHASE)}
-    c["runs"] = _train_seeds(cfg, c["bundle"], ctx.path(f"runs/{c['id']}"), seed_list, ctx, f"combination {c['id']}")
+    c["runs"] = _train_seeds(cfg, c["bundle"], ctx.path(f"runs/{c['id']}"), seed_list, ctx, f"combination {c['id']}",
+                             reference=reference)
     return c if c["runs"] else None
 
 
@@ -473,16 +515,17 @@ def write_results(ctx: PhaseContext, cmp: dict[str, Any], decision: dict[str, An
 
 
 def _results(ctx: PhaseContext, cmp: dict[str, Any], decision: dict[str, Any]) -> dict[str, tuple[str, Any]]:
-    ok = [r for r in cmp["candidate"] if r["status"] in ("completed", "early_stopped", "time_budget")]
+    ok = [r for r in cmp["candidate"] if r["status"] in ("completed", "early_stopped", "time_budget", "pruned")]
     res: dict[str, tuple[str, Any]] = {}
     res["optimized_training_completed"] = ("pass" if len(ok) == len(cmp["candidate"]) else "fail",
                                            f"{len(ok)}/{len(cmp['candidate'])} seeds completed")
     vb = cmp["vs_baseline"]
     res["compared_to_baseline"] = ("pass", f"baseline {vb['mean_a']:.4f}±{vb['std_a']:.4f} vs {vb['mean_b']:.4f}±{vb['std_b']:.4f} "
                                    f"on seeds {cmp['seeds']}; diff CI [{vb['ci'][0] * 100:+.2f}, {vb['ci'][1] * 100:+.2f}] points") \
-        if len(cmp["candidate"]) >= 2 else ("warn", f"{len(cmp['candidate'])} seed(s) fitted in the time budget: compared "
-                                             f"against Phase 3's seed spread ({cmp.get('seed_std_floor', 0) * 100:.2f} points std)") \
-        if cmp.get("seed_std_floor") else ("fail", "fewer than 2 seeds and no Phase 3 seed spread: nothing to compare against")
+        if len(cmp["candidate"]) >= 2 and len(cmp["baseline"]) >= 2 else \
+        ("warn", f"{len(cmp['candidate'])} candidate and {len(cmp['baseline'])} baseline seed(s) fitted in the time budget: "
+                 f"the gain must exceed {cmp.get('seed_std_floor', SINGLE_SEED_FLOOR) * 100:.2f} points (Phase 3's seed std, "
+                 "else 1 point) to be adopted")
     ev = decision["evidence"]
     consistent = ev["adopted"] == (cmp["vs_best"]["exceeds_spread"] and len(ok) == len(cmp["candidate"]))
     res["adoption_rule"] = ("pass" if consistent else "fail", f"gain {cmp['vs_best']['diff'] * 100:+.2f} vs spread "
