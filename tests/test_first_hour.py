@@ -107,3 +107,30 @@ def test_written_files_respect_the_umask(tmp_path, mask, mode):
         os.umask(old)
     for p in ("a.json", "best.pt", "best.pt.sha256"):
         assert (tmp_path / p).stat().st_mode & 0o777 == mode, p
+
+
+def test_a_signed_phase_1_is_not_redone_silently(tmp_path):
+    from trainkit.errors import RunError
+    from trainkit.testing import run_phase_inprocess
+
+    run = tmp_path / "r"
+    cfg = _cfg(tmp_path, FAST)
+    run_phase_inprocess("01_planning", run, config_path=str(cfg))
+    gate = (run / "01_planning" / "gate.json").read_text()
+    with pytest.raises(RunError, match="redo = True"):  # a second "Run All"
+        run_phase_inprocess("01_planning", run, config_path=str(cfg))
+    assert (run / "01_planning" / "gate.json").read_text() == gate  # the signed gate is untouched
+    run_phase_inprocess("01_planning", run, config_path=str(cfg), redo=True)  # on purpose: allowed
+
+
+def test_notebooks_run_from_the_notebooks_folder_write_into_the_projects_runs(tmp_path, monkeypatch):
+    from trainkit.phases.common import run_path
+
+    (tmp_path / "pyproject.toml").write_text("[project]\nname='x'\n")
+    (tmp_path / "trainkit").mkdir()
+    (tmp_path / "notebooks").mkdir()
+    monkeypatch.chdir(tmp_path / "notebooks")
+    assert run_path("runs/notebook") == tmp_path / "runs" / "notebook"
+    assert run_path(tmp_path / "elsewhere") == tmp_path / "elsewhere"  # absolute paths are kept
+    monkeypatch.chdir(tmp_path)
+    assert run_path("runs/notebook") == tmp_path.joinpath("runs", "notebook").relative_to(tmp_path)

@@ -141,10 +141,6 @@ def measure_latency(model: nn.Module, onnx_path: str | Path, ts_path: str | Path
     return rows
 
 
-if __name__ == "__main__":
-    _parity_main(*sys.argv[1:5])
-
-
 def _jit_load(path: Path) -> Any:
     """torch.jit.load without its deprecation warning in every report (TorchScript is one of the
     two export formats the workflow asks for; the warning is about torch's roadmap, not this file)."""
@@ -154,3 +150,7 @@ def _jit_load(path: Path) -> Any:
         warnings.filterwarnings("ignore", message=".*jit.*deprecated.*")
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         return torch.jit.load(str(path))
+
+
+if __name__ == "__main__":
+    _parity_main(*sys.argv[1:5])

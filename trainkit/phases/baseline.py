@@ -11,7 +11,7 @@ from typing import Any
 from trainkit._io import write_json_atomic, write_text_atomic
 from trainkit.config import save_config
 from trainkit.errors import CheckpointError
-from trainkit.phases.common import PhaseContext, begin, clock, finish_gate, load_run_config, require_gate, \
+from trainkit.phases.common import run_path, PhaseContext, begin, clock, finish_gate, load_run_config, require_gate, \
     show_figure, show_html, write_decision
 from trainkit.run import next_attempt_dir
 
@@ -22,6 +22,7 @@ PHASE = "02_baseline"
 
 def start(run_dir: str | Path, attempt: int = 0, interactive: bool = True) -> PhaseContext:
     """Check Phase 1's gate, open ``02_baseline/attempt-N`` and load the config in force."""
+    run_dir = run_path(run_dir)
     require_gate(run_dir, "01_planning")
     n = attempt or next_attempt_dir(run_dir, PHASE)[0]
     ctx = begin(run_dir, PHASE, n, interactive)

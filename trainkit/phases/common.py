@@ -14,7 +14,7 @@ from trainkit.gates import evaluate_gate, gate_html, gate_state, verify_gate
 from trainkit.run import init_run, latest_attempt_dir, phase_dir, record_phase
 
 __all__ = ["PhaseContext", "begin", "show", "show_html", "finish_gate", "write_decision", "require_gate", "require_routed",
-           "load_run_config", "parse_approvals", "clock", "show_budget"]
+           "load_run_config", "parse_approvals", "clock", "show_budget", "run_path"]
 
 
 @dataclass
@@ -44,6 +44,19 @@ def begin(run_dir: str | Path, phase: str, attempt: int = 1, interactive: bool =
     d.mkdir(parents=True, exist_ok=True)
     record_phase(run_dir, phase, attempt, status="running", started=time.time(), ended=None)
     return PhaseContext(run_dir=run_dir, phase=phase, attempt=attempt, dir=d, interactive=interactive)
+
+
+def run_path(run_dir: str | Path) -> Path:
+    """A notebook's ``run_dir``. A relative one is taken from the project folder when the notebook
+    runs inside a checkout's ``notebooks/`` (JupyterLab's working directory), so the default
+    ``runs/notebook`` lands in the project's ``runs/`` like ``trainkit run``'s, not in
+    ``notebooks/runs/``."""
+    p = Path(run_dir)
+    cwd = Path.cwd()
+    if not p.is_absolute() and cwd.name == "notebooks" and (cwd.parent / "pyproject.toml").is_file() \
+            and (cwd.parent / "trainkit").is_dir():
+        return cwd.parent / p
+    return p
 
 
 def clock(ctx: PhaseContext) -> Any:

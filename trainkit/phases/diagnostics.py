@@ -11,7 +11,7 @@ from typing import Any
 from trainkit._io import read_json, write_json_atomic, write_text_atomic
 from trainkit.config import config_to_dict, get_dotted, save_config, with_overrides
 from trainkit.errors import RunError
-from trainkit.phases.common import CURRENT_CONFIG, PhaseContext, begin, clock, finish_gate, load_run_config, require_routed, \
+from trainkit.phases.common import run_path, CURRENT_CONFIG, PhaseContext, begin, clock, finish_gate, load_run_config, require_routed, \
     show_figure, show_html, write_decision
 from trainkit.run import latest_attempt_dir, load_manifest, next_attempt_dir
 
@@ -43,7 +43,7 @@ def _source(run_dir: Path) -> tuple[Path, dict[str, Any], str]:
 
 def start(run_dir: str | Path, round: int = 0, interactive: bool = True) -> PhaseContext:  # noqa: A002
     """Open ``03_diagnostics/round-N`` for the latest baseline (or Phase 4 result) routed here."""
-    run_dir = Path(run_dir)
+    run_dir = run_path(run_dir)
     source, decision, phase = _source(run_dir)
     n = round or next_attempt_dir(run_dir, PHASE)[0]
     ctx = begin(run_dir, PHASE, n, interactive)

@@ -19,7 +19,7 @@ from trainkit._io import read_json, read_jsonl, sha256_file, write_json_atomic, 
 from trainkit.config import config_hash, load_config, save_config, with_overrides
 from trainkit.data import TEST_ACCESS_LOG
 from trainkit.errors import CheckpointError, GateError, QuarantineError
-from trainkit.phases.common import PhaseContext, begin, clock, finish_gate, load_run_config, require_routed, \
+from trainkit.phases.common import run_path, PhaseContext, begin, clock, finish_gate, load_run_config, require_routed, \
     show_figure, show_html, write_decision
 from trainkit.run import PHASES, latest_attempt_dir, load_manifest, phase_dir
 
@@ -32,7 +32,7 @@ TEST_RECORD = "test_evaluation.json"
 
 def start(run_dir: str | Path, interactive: bool = True) -> PhaseContext:
     """Open ``05_finalization`` when the previous phase's decision routed here and its gate passed."""
-    run_dir = Path(run_dir)
+    run_dir = run_path(run_dir)
     _, prev, decision = require_routed(run_dir, PHASE, tuple(p for p in PHASES if p != PHASE))
     ctx = begin(run_dir, PHASE, 1, interactive)
     cfg = load_run_config(run_dir)

@@ -16,7 +16,7 @@ import numpy as np
 from trainkit._io import read_json, write_json_atomic, write_text_atomic
 from trainkit.config import config_hash, config_to_dict, get_dotted, load_config, save_config, with_overrides
 from trainkit.errors import RunError
-from trainkit.phases.common import CURRENT_CONFIG, PhaseContext, begin, clock, finish_gate, load_run_config, \
+from trainkit.phases.common import run_path, CURRENT_CONFIG, PhaseContext, begin, clock, finish_gate, load_run_config, \
     require_routed, show_figure, show_html, write_decision
 from trainkit.run import latest_attempt_dir, load_manifest, next_attempt_dir, phase_dir
 
@@ -28,7 +28,7 @@ BEST = "best.json"
 
 def start(run_dir: str | Path, iteration: int = 0, interactive: bool = True) -> PhaseContext:
     """Open ``04_optimization/iter-N`` after a Phase 3 decision A or a Phase 4 decision B."""
-    run_dir = Path(run_dir)
+    run_dir = run_path(run_dir)
     require_routed(run_dir, PHASE, ("03_diagnostics", "04_optimization"))
     n = iteration or next_attempt_dir(run_dir, PHASE)[0]
     ctx = begin(run_dir, PHASE, n, interactive)

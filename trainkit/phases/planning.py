@@ -12,7 +12,7 @@ import torch
 from trainkit._io import read_json, write_json_atomic
 from trainkit.config import config_hash, load_config, save_config
 from trainkit.errors import ConfigError, QuarantineError
-from trainkit.phases.common import PhaseContext, begin, finish_gate, show_figure, show_html, write_decision
+from trainkit.phases.common import run_path, PhaseContext, begin, finish_gate, show_figure, show_html, write_decision
 from trainkit.run import init_run
 
 __all__ = ["start", "write_environment", "write_splits", "show_data_overview", "check_determinism", "gate"]
@@ -22,10 +22,14 @@ ARTIFACTS = ["training_config.yaml", "environment.json", "splits.json", "determi
 
 
 def start(run_dir: str | Path, config_path: str = "", overrides: list[str] | None = None,
-          target: float | None = None, interactive: bool = True) -> PhaseContext:
+          target: float | None = None, interactive: bool = True, redo: bool = False) -> PhaseContext:
     """Validate the config (with overrides and target) and freeze it as training_config.yaml.
 
-    An invalid config is recorded in gate.json (config_valid fails) before ConfigError → GateBlocked."""
+    An invalid config is recorded in gate.json (config_valid fails) before ConfigError → GateBlocked.
+    A Phase 1 whose gate is already signed is not redone silently (a second "Run All" would reset
+    it): RunError unless ``redo``."""
+    run_dir = run_path(run_dir)
+    _refuse_silent_redo(run_dir, redo)
     ctx = begin(run_dir, PHASE, 1, interactive)
     try:
         ctx.config = load_config(config_path or None, overrides, target)
@@ -41,6 +45,22 @@ def start(run_dir: str | Path, config_path: str = "", overrides: list[str] | Non
     show_html(f"<p>Config valid → <code>{ctx.rel('training_config.yaml')}</code> "
               f"(sha256 {config_hash(ctx.config)[:12]}…); target val {ctx.config.target.metric} ≥ {ctx.config.target.value}</p>")
     return ctx
+
+
+def _refuse_silent_redo(run_dir: Path, redo: bool) -> None:
+    gate = run_dir / PHASE / "gate.json"
+    if redo or not gate.is_file():
+        return
+    from trainkit._io import read_json
+    from trainkit.errors import RunError
+    from trainkit.gates import gate_state
+
+    record = read_json(gate)
+    if gate_state(record) == "passed":
+        by = (record.get("signoff") or {}).get("by", "?")
+        raise RunError(f"{run_dir}: Phase 1 already passed and was signed by {by}; running it again would reset that "
+                       "gate (and the basis of every later phase). Continue with the next notebook, start a new run "
+                       "(another run_dir), or set redo = True to redo Phase 1 on purpose.")
 
 
 def write_environment(ctx: PhaseContext) -> dict[str, Any]:
