@@ -65,7 +65,8 @@ def test_a_missed_check_is_finished_from_the_cli_with_a_documented_waiver(blocke
     again = subprocess.run(resume, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "ready to deploy" in again.stdout, again.stdout + again.stderr
     index = (run / "index.html").read_text()
-    assert "ready_to_deploy" in index and "awaiting" not in index.split("<h2>Phases</h2>")[0]
+    head = index.split("<body>")[1].split("<h2>Phases</h2>")[0]  # status line, path diagram, notes
+    assert "ready_to_deploy" in head and "awaiting" not in head
     m = json.loads((run / "run.json").read_text())
     assert m["status"] == "ready_to_deploy" and m["exit"]["code"] == 0
 
@@ -134,3 +135,31 @@ def test_notebooks_run_from_the_notebooks_folder_write_into_the_projects_runs(tm
     assert run_path(tmp_path / "elsewhere") == tmp_path / "elsewhere"  # absolute paths are kept
     monkeypatch.chdir(tmp_path)
     assert run_path("runs/notebook") == tmp_path.joinpath("runs", "notebook").relative_to(tmp_path)
+
+
+def test_the_readmes_own_data_configs_validate_as_written(tmp_path):
+    """The YAML blocks of README's "Your own data", with the data they describe made here."""
+    import re
+    from pathlib import Path
+
+    import numpy as np
+
+    from trainkit.testing import blobs, make_image_folder
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("## Your own data")[1].split("\n## ")[0]
+    blocks = re.findall(r"in `(\w+\.yaml)`[^`]*?```yaml\n(.*?)```", section, re.S)
+    assert [name for name, _ in blocks] == ["mine_npz.yaml", "mine_images.yaml", "mine_code.yaml"]
+    (tmp_path / "data").mkdir()
+    x, y = blobs(200, 3, 8)
+    np.savez(tmp_path / "data" / "mine.npz", x=x, y=y)
+    make_image_folder(tmp_path / "data" / "photos", classes=2, per_class=6)
+    for name, text in blocks:
+        (tmp_path / name).write_text(text)
+        r = subprocess.run(["trainkit", "config", "validate", name], cwd=tmp_path, capture_output=True, text=True)
+        assert r.returncode == 0 and "readable" in r.stdout, (name, r.stdout, r.stderr)
+    missing = subprocess.run(["trainkit", "config", "validate", "mine_npz.yaml"], cwd=tmp_path / "data",
+                             capture_output=True, text=True)  # from elsewhere data/mine.npz is not there
+    assert missing.returncode == 2 and "data.root" in missing.stderr
+    shell = re.findall(r"```bash\n(.*?)```", section, re.S)[0]
+    assert "trainkit config validate mine_images.yaml" in shell and "trainkit run mine_images.yaml --name photos" in shell
