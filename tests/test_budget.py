@@ -125,3 +125,19 @@ def test_phase4_prunes_a_seed_that_cannot_beat_the_best_so_far(digits):
     losing = fit(cfg, bundle, None, progress=False, on_epoch=_pruner(cfg, [{"val_accuracy": 1.0}] * 6, 0.03))
     assert losing.status == "pruned" and len(losing.history) == 3  # stopped at half time, its best kept
     assert losing.best is not None
+
+
+def test_seed_variance_runs_only_the_epochs_that_fit_and_is_not_reused_as_baseline_seeds(digits):
+    from trainkit.diagnostics.probes import seed_variance_probe
+
+    cfg, bundle = digits
+    cfg = with_overrides(cfg, {"training.epochs": 8})
+    base = fit(cfg, bundle, None, progress=False)
+    per_epoch = 1.0  # pretend: 8 s per whole run, 6 s left → 2 × k epochs ≤ half of it: k = 1
+    sv = seed_variance_probe(cfg, bundle, baseline=base.best, history=base.history, cost_s=8 * per_epoch,
+                             time_left=lambda: 6.0)
+    assert sv["short"] and sv["epochs"] == 1 and not sv["full_runs"] and sv["runs"] == []
+    assert sv["val_accuracy"][0] == base.history[0]["val_accuracy"]  # the baseline at the same epoch, not its best
+    full = seed_variance_probe(cfg, bundle, seeds=[0, 1], baseline=base.best, history=base.history, cost_s=8 * per_epoch,
+                               time_left=lambda: 1000.0)
+    assert full["full_runs"] and not full["short"] and len(full["runs"]) == 1 and full["val_accuracy"][0] == base.best["val_accuracy"]

@@ -634,7 +634,12 @@ def load_data(cfg: Any, run_dir: str | Path | None = None, phase: str | None = N
         flip = rng.choice(tr, size=int(round(len(tr) * dcfg.label_noise)), replace=False)
         k = len(source.class_names)
         labels[torch.as_tensor(flip)] = (labels[torch.as_tensor(flip)] + torch.as_tensor(rng.integers(1, k, len(flip)))) % k
-    mean, std = _normalization(source, splits["train"])
+    split_file = Path(run_dir) / "01_planning" / "splits.json" if run_dir is not None else None
+    if split_file is not None and split_file.is_file() and not write_splits and source.x is None:
+        norm = read_json(split_file)["normalization"]  # streamed data: Phase 1's statistics (fingerprints checked below)
+        mean, std = torch.tensor(norm["mean"]), torch.tensor(norm["std"])
+    else:
+        mean, std = _normalization(source, splits["train"])
     record = _splits_record(source, splits, dcfg, mean, std)
     if labels is not None:
         record["label_noise_flipped"] = sorted(int(i) for i in np.flatnonzero((labels != source.y).numpy()))

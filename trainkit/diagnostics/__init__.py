@@ -89,11 +89,14 @@ def run_probes(cfg: TrainkitConfig, bundle: Any, ev: dict[str, Any], label_issue
     out["input_independent"] = gated("input_independent", cost.epochs(2 * min(cfg.training.epochs, 5), 0.5),
                                      lambda: P.input_independent_probe(cfg, bundle))
     out["overfit_batch"] = gated("overfit_batch", cost.steps(100), lambda: P.overfit_batch_probe(cfg, bundle))
-    out["seed_variance"] = gated("seed_variance", cost.baseline_s * (1 if ev.get("best") else 0.5), lambda: P.seed_variance_probe(
+    cut = ev.get("status") == "time_budget"  # the budget cut the baseline: seed runs mirror its length
+    run_s = cost.epoch_s * (len(ev.get("history") or []) if cut else cfg.training.epochs)
+    out["seed_variance"] = gated("seed_variance", cost.epochs(2) if ev.get("best") else cost.baseline_s * 0.5,
+                                 lambda: P.seed_variance_probe(
         cfg, bundle if whole else full, epochs=min(cfg.training.epochs, 10), deadline=deadline,
-        baseline=dict(ev["best"], cut_at_epochs=len(ev.get("history") or []) if ev.get("status") == "time_budget" else None)
-        if ev.get("best") else None,
-        allows=(lambda s, what: clock.allows(s, what)) if clock is not None else None, cost_s=cost.baseline_s))
+        baseline=dict(ev["best"], cut_at_epochs=len(ev.get("history") or []) if cut else None) if ev.get("best") else None,
+        allows=(lambda s, what: clock.allows(s, what)) if clock is not None else None, cost_s=run_s,
+        history=ev.get("history"), time_left=clock.left if clock is not None else None))
     out["throughput"] = gated("throughput", cost.steps(40), lambda: P.throughput_probe(cfg, bundle))
     trained = _trained_model(cfg, bundle, ev)
     out["dead_units"] = _timed("dead_units", lambda: P.dead_units_probe(cfg, bundle, trained), echo)
@@ -104,7 +107,13 @@ def run_probes(cfg: TrainkitConfig, bundle: Any, ev: dict[str, Any], label_issue
     if label_issues:
         base_val = (ev.get("best") or {}).get("val_accuracy")
         rows, folds, epochs = cost.label_rows(), 3, 15
-        est = cost.epochs(folds * epochs * 2 / 3, min(1.0, rows / max(1, len(bundle.splits["train"]))))
+        per_row = cost.epochs(folds * epochs * 2 / 3, 1 / max(1, len(bundle.splits["train"])))
+        if clock is not None and per_row > 0 and rows * per_row > 0.9 * clock.left():  # a smaller sample that fits
+            fit = int(0.9 * clock.left() / per_row)
+            if fit >= LABEL_PROBE_FLOOR_ROWS:
+                clock.cut(f"label probe rows {fit + 1}-{rows}", f"{fit} rows fit in the time left")
+                rows = fit
+        est = rows * per_row
         out["label_issues"] = gated("label_issues", est, lambda: P.label_issue_probe(
             cfg, bundle, folds=folds, epochs=epochs, max_rows=rows, baseline_val=base_val, deadline=deadline))
         gi = getattr(bundle, "global_index", None)
@@ -113,7 +122,8 @@ def run_probes(cfg: TrainkitConfig, bundle: Any, ev: dict[str, Any], label_issue
     return out
 
 
-LABEL_PROBE_MIN_ROWS = 4000
+LABEL_PROBE_MIN_ROWS = 4000  # the label probe's sample when the time allows (or all rows, when fewer)
+LABEL_PROBE_FLOOR_ROWS = 1000  # fewer rows than this and the probe is cut instead (its models would be too weak)
 
 
 class _ProbeCost:

@@ -190,17 +190,20 @@ def grad_norm_stats(history: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 def seed_variance_probe(cfg: TrainkitConfig, bundle: DataBundle, seeds: Sequence[int] | None = None,
                         epochs: int | None = None, baseline: dict[str, Any] | None = None, deadline: float | None = None,
-                        allows: Any = None, cost_s: float = 0.0) -> dict[str, Any]:
+                        allows: Any = None, cost_s: float = 0.0, history: Sequence[dict[str, Any]] | None = None,
+                        time_left: Any = None) -> dict[str, Any]:
     """The baseline's recipe on several seeds: the spread of best val accuracy is the noise floor of
     any comparison. With ``baseline`` (the diagnosed run's best epoch record) its own seed is not
     trained again: its result is the first value, and the other seeds run the full config (same
     epochs and early stopping), so the spread is that of whole runs. Without it, short runs of
     ``epochs`` (default min(epochs, 5)) on every seed.
 
-    Budget: ``allows(seconds, what)`` is asked before each full run (estimated at ``cost_s``); a
-    seed it refuses is not trained; runs stop at ``deadline`` (a run cut short is left out: its
-    accuracy is not that of a whole run). Each full run's record (``runs``) lets Phase 4 reuse it
-    as a baseline seed instead of training it again."""
+    Budget: ``cost_s`` is one whole run. When ``time_left()`` cannot pay for two of them, the other
+    seeds run only the first k epochs that fit (the same schedule, cut: ``short``), and the
+    baseline's value is its best val accuracy up to epoch k (from ``history``); the spread is then
+    that of the first k epochs. ``allows(seconds, what)`` is asked before each run; runs stop at
+    ``deadline`` (a run cut before its length is left out). Runs as long as the baseline's
+    (``mirrors_baseline``) are recorded (``runs``) so Phase 4 reuses them as baseline seeds."""
     from trainkit.config import config_hash
     from trainkit.train import fit
 
@@ -210,10 +213,20 @@ def seed_variance_probe(cfg: TrainkitConfig, bundle: DataBundle, seeds: Sequence
     cut_at = None
     if baseline is not None and baseline.get("cut_at_epochs"):  # the budget cut the baseline: mirror its length
         cut_at = int(baseline["cut_at_epochs"])
+    short = False
+    if baseline is not None and time_left is not None and history:
+        length = cut_at or cfg.training.epochs
+        epoch_s = cost_s / max(1, length)
+        others = len([s for s in seeds if s != s0])
+        if epoch_s > 0 and time_left() < others * cost_s:  # half the time left: the label probe comes after
+            k = int(0.5 * time_left() / (others * epoch_s))
+            if k < 1:
+                return {"error": "skipped: not one epoch per seed fits in the time budget", "skipped": True}
+            cut_at, short, cost_s = min(k, length), True, epoch_s * min(k, length)
     if baseline is not None:
         for s in seeds:
             if s == s0:
-                accs.append(float(baseline["val_accuracy"]))
+                accs.append(float(max(h["val_accuracy"] for h in history[:cut_at]) if short else baseline["val_accuracy"]))
                 used.append(s)
                 continue
             if allows is not None and not allows(cost_s, f"seed-variance run on seed {s}"):
@@ -229,16 +242,17 @@ def seed_variance_probe(cfg: TrainkitConfig, bundle: DataBundle, seeds: Sequence
         seeds = used
         epochs = cut_at or cfg.training.epochs
         if len(accs) < 2:
-            return {"error": "skipped: no second full run fitted in the time budget", "skipped": True, "seeds": used}
+            return {"error": "skipped: no second run fitted in the time budget", "skipped": True, "seeds": used}
     else:
         epochs = epochs or min(cfg.training.epochs, 5)
         for s in seeds:
             _, _, acc = _short_train(with_overrides(cfg, {"training.seed": int(s)}), bundle, epochs, int(s))
             accs.append(acc)
     a = np.asarray(accs)
-    return {"seeds": list(seeds), "epochs": epochs, "full_runs": baseline is not None and cut_at is None, "val_accuracy": accs,
+    return {"seeds": list(seeds), "epochs": epochs, "full_runs": baseline is not None and cut_at is None, "short": short,
+            "mirrors_baseline": baseline is not None and not short, "val_accuracy": accs,
             "mean": float(a.mean()), "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0, "range": float(a.max() - a.min()),
-            "runs": runs, "config_hash": config_hash(cfg)}
+            "runs": runs if baseline is not None and not short else [], "config_hash": config_hash(cfg)}
 
 
 def throughput_probe(cfg: TrainkitConfig, bundle: DataBundle, sizes: Sequence[int] = (32, 64, 128, 256),

@@ -253,8 +253,8 @@ def _known_baseline_runs(run_dir: Path, base_dir: Path, base_cfg: Any) -> dict[i
     for rd in sorted((run_dir / "03_diagnostics").glob("round-*")):
         f = rd / "findings.json"
         sv = read_json(f).get("evidence", {}).get("probes", {}).get("seed_variance", {}) if f.is_file() else {}
-        if sv.get("config_hash") != want:
-            continue
+        if sv.get("config_hash") != want or not (sv.get("full_runs") or sv.get("mirrors_baseline")):
+            continue  # short seed runs (the budget allowed only their first epochs) are not baseline runs
         for r in sv.get("runs") or []:  # whole runs, or runs mirroring a baseline the budget cut (same length)
             if r.get("status") in ("completed", "early_stopped", "time_budget"):
                 out.setdefault(int(r["seed"]), dict(r, dir=None, reused=f"{rd.relative_to(run_dir)} seed-variance probe"))
@@ -309,16 +309,16 @@ def compare(ctx: PhaseContext, seeds: int = 3, ablation: bool = True) -> dict[st
     survivors = ranked[:min(2, max(1, (len(cands) + 1) // 2))] if len(cands) > 1 else ranked
     for i, s in enumerate(seed_list[1:], start=1):  # rung 1: the survivors' other seeds, each after its baseline pair
         base_rows = _baseline_rows(ctx, seed_list[:i + 1], train=True)
+        if len(base_rows) <= i:  # the budget cut the baseline's run on this seed: no pair to compare, stop here
+            break
         if best.get("label") == "baseline":
             best = dict(best, per_seed=[r["best_val_accuracy"] for r in base_rows])
-        ref = {r["seed"]: r["history"] for r in base_rows if r.get("history")} if best.get("label") == "baseline" else None
         for c in survivors:
             if len(c["runs"]) == i:
                 c["runs"] += _train_seeds(c["config"], c["bundle"], ctx.path("runs") if lone else ctx.path(f"runs/{c['id']}"),
-                                          [s], ctx, f"{'candidate' if lone else 'survivor'} {c['id']}", reference=ref)
-    base = {"runs": base_rows}
-    ref = {r["seed"]: r["history"] for r in base_rows if r.get("history")} if best.get("label") == "baseline" else None
-    combo = _survivor_combination(ctx, survivors, best, seed_list, ref)
+                                          [s], ctx, f"{'candidate' if lone else 'survivor'} {c['id']}",
+                                          reference=_reference(best, base_rows))
+    combo = _survivor_combination(ctx, survivors, best, seed_list, _reference(best, base_rows))
     if combo is not None:
         cands.append(combo)
         survivors.append(combo)
@@ -334,8 +334,8 @@ def compare(ctx: PhaseContext, seeds: int = 3, ablation: bool = True) -> dict[st
     _adopt_winner(ctx, winner)
     runs = winner["runs"]
     vals = [r["best_val_accuracy"] for r in runs]
-    out = {"seeds": seed_list, "candidate": runs, "baseline": base["runs"], "best_before": best, "winner": winner["id"],
-           "candidates": summary, "vs_baseline": seed_stats([r["best_val_accuracy"] for r in base["runs"]], vals, floor=floor),
+    out = {"seeds": seed_list, "candidate": runs, "baseline": base_rows, "best_before": best, "winner": winner["id"],
+           "candidates": summary, "vs_baseline": seed_stats([r["best_val_accuracy"] for r in base_rows], vals, floor=floor),
            "vs_best": seed_stats(best["per_seed"], vals, floor=floor), "seed_std_floor": floor,
            "ablation": [{"id": c["id"], "expected_gain_points": next(r["expected_gain_points"] for r in ctx.recs  # type: ignore[attr-defined]
                                                                      if r["id"] == c["id"]),
@@ -344,7 +344,7 @@ def compare(ctx: PhaseContext, seeds: int = 3, ablation: bool = True) -> dict[st
            "fits": sum(c["fits"] for c in summary), "base_config_hash": config_hash(ctx.config)}
     write_json_atomic(ctx.path("comparison.json"), {k: v for k, v in out.items() if k not in ("candidate", "baseline")} |
                       {"candidate": [{k: v for k, v in r.items() if k != "history"} for r in runs],
-                       "baseline": [{k: v for k, v in r.items() if k != "history"} for r in base["runs"]]})
+                       "baseline": [{k: v for k, v in r.items() if k != "history"} for r in base_rows]})
     _figures(ctx, out)
     return out
 
@@ -367,6 +367,13 @@ def _survivor_combination(ctx: PhaseContext, survivors: list[dict[str, Any]], be
     c["runs"] = _train_seeds(cfg, c["bundle"], ctx.path(f"runs/{c['id']}"), seed_list, ctx, f"combination {c['id']}",
                              reference=reference)
     return c if c["runs"] else None
+
+
+def _reference(best: dict[str, Any], base_rows: list[dict[str, Any]]) -> dict[int, list[dict[str, Any]]] | None:
+    """Seed → the best-so-far run's history, for pruning: the baseline's runs while it is the best."""
+    if best.get("label") != "baseline":
+        return None
+    return {r["seed"]: r["history"] for r in base_rows if r.get("history")}
 
 
 def _phase3_seed_std(ctx: PhaseContext) -> float:
