@@ -45,6 +45,8 @@ def test_a_missed_check_is_finished_from_the_cli_with_a_documented_waiver(blocke
     assert r.returncode == 1 and "per_class_reported" in r.stderr, r.stdout + r.stderr
     fin = run / "05_finalization"
     assert "blocked" in (fin / "report.html").read_text()
+    status = _cli("status", run)  # the next step it prints includes the waiver, with the run's name quoted
+    assert "--waive per_class_reported=REASON" in status.stdout and "'" in status.stdout, status.stdout
     bad = _cli("signoff", run, "--phase", "5", "--by", "Ana", "--waive", "per_class_reported")  # no reason
     assert bad.returncode == 2 and "--waive" in bad.stderr
     wrong = _cli("signoff", run, "--phase", "5", "--by", "Ana", "--check", "stakeholder_approval",
@@ -148,7 +150,7 @@ def test_the_readmes_own_data_configs_validate_as_written(tmp_path):
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     section = readme.split("## Your own data")[1].split("\n## ")[0]
-    blocks = re.findall(r"in `(\w+\.yaml)`[^`]*?```yaml\n(.*?)```", section, re.S)
+    blocks = re.findall(r"in\s+`(\w+\.yaml)`.*?```yaml\n(.*?)```", section, re.S)
     assert [name for name, _ in blocks] == ["mine_npz.yaml", "mine_images.yaml", "mine_code.yaml"]
     (tmp_path / "data").mkdir()
     x, y = blobs(200, 3, 8)
@@ -158,8 +160,52 @@ def test_the_readmes_own_data_configs_validate_as_written(tmp_path):
         (tmp_path / name).write_text(text)
         r = subprocess.run(["trainkit", "config", "validate", name], cwd=tmp_path, capture_output=True, text=True)
         assert r.returncode == 0 and "readable" in r.stdout, (name, r.stdout, r.stderr)
-    missing = subprocess.run(["trainkit", "config", "validate", "mine_npz.yaml"], cwd=tmp_path / "data",
+    missing = subprocess.run(["trainkit", "config", "validate", "../mine_npz.yaml"], cwd=tmp_path / "data",
                              capture_output=True, text=True)  # from elsewhere data/mine.npz is not there
     assert missing.returncode == 2 and "data.root" in missing.stderr
     shell = re.findall(r"```bash\n(.*?)```", section, re.S)[0]
     assert "trainkit config validate mine_images.yaml" in shell and "trainkit run mine_images.yaml --name photos" in shell
+
+
+def test_plot_legends_cover_no_bar():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from trainkit.plots import class_counts_figure, seed_variance_figure
+
+    figs = [class_counts_figure({"train": [50, 52, 49], "val": [10, 11, 10], "test": [10, 10, 11]}, ["a", "b", "c"]),
+            seed_variance_figure({"seeds": [0, 1, 2], "val_accuracy": [0.91, 0.93, 0.92], "mean": 0.92, "std": 0.01, "epochs": 5})]
+    for fig in figs:
+        fig.canvas.draw()
+        ax = fig.axes[0]
+        legend = ax.get_legend().get_window_extent()
+        bars = [p.get_window_extent() for p in ax.patches]
+        assert bars and not any(legend.overlaps(b) for b in bars)
+
+
+def test_confusion_matrix_shows_its_counts(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from trainkit.phases import finalization as F
+    from trainkit.phases.common import PhaseContext
+
+    ctx = PhaseContext(run_dir=tmp_path, phase="05_finalization", attempt=1, dir=tmp_path, interactive=False)
+    rec = {"confusion": [[7, 1], [2, 9]], "accuracy": 0.84, "ece": 0.05,
+           "reliability": [{"confidence": 0.8, "accuracy": 0.8, "count": 5}]}
+    shown = []
+    import matplotlib.pyplot as plt
+
+    orig = plt.subplots
+
+    def spy(*a, **k):
+        fig, ax = orig(*a, **k)
+        shown.append(ax)
+        return fig, ax
+    plt.subplots = spy
+    try:
+        F._test_figures(ctx, rec, ["cat", "dog"])
+    finally:
+        plt.subplots = orig
+    texts = {t.get_text() for t in shown[0].texts}
+    assert {"7", "1", "2", "9"} <= texts and (tmp_path / "confusion.png").is_file()

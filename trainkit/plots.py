@@ -41,7 +41,8 @@ def class_counts_figure(counts: dict[str, Sequence[int]], class_names: Sequence[
     ax.set_xticks([j + 0.4 - width / 2 for j in range(n)], [str(c) for c in class_names], rotation=45 if n > 12 else 0)
     ax.set_ylabel("samples")
     ax.set_title("class counts per split")
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)  # beside the bars, never on one
+    fig.tight_layout()
     return fig
 
 
@@ -116,7 +117,8 @@ def seed_variance_figure(probe: dict[str, Any]) -> Any:
     ax.set_xlabel("seed")
     ax.set_ylabel("val accuracy")
     ax.set_title(f"seed variance ({probe['epochs']} epochs)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    fig.tight_layout()
     return fig
 
 

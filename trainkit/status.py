@@ -37,7 +37,13 @@ def describe_run(run_dir: Path) -> str:
             manual = [c["id"] for c in record["checks"] if c["kind"] == "manual" and c["mandatory"] and c["status"] != "pass"]
             nxt = signoff_command(run_dir, int(last["phase"][:2]), manual)
         elif state == "blocked":
-            nxt = f"fix the failing checks, then {resume_command(run_dir)}"
+            import shlex
+
+            failing = [c["id"] for c in record["checks"] if c["mandatory"] and c["status"] == "fail"]
+            manual = [c["id"] for c in record["checks"] if c["kind"] == "manual" and c["mandatory"] and c["status"] != "pass"]
+            waive = "".join(f" --waive {shlex.quote(c + '=REASON')}" for c in failing)
+            nxt = (f"fix what the failing checks say and run {resume_command(run_dir)}; or, if you accept them, "
+                   f"{signoff_command(run_dir, int(last['phase'][:2]), manual)}{waive}")
         elif last.get("decision") == "deploy" or manifest.get("status") == "ready_to_deploy" or (
                 last["phase"] == "05_finalization" and state == "passed"):
             nxt = "nothing: ready to deploy"
