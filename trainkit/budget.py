@@ -31,9 +31,20 @@ __all__ = ["PhaseClock", "CUMULATIVE", "CLOCK_ENV", "active_seconds"]
 
 CLOCK_ENV = "TRAINKIT_CLOCK_START"  # set by the pipeline: time.time() minus the run's active seconds so far
 
-# cumulative share of budget.total_hours at which each phase must be done (02 includes Phase 1)
-CUMULATIVE: dict[str, float] = {"01_planning": 0.25, "02_baseline": 0.25, "03_diagnostics": 0.40,
-                                "04_optimization": 0.85, "05_finalization": 1.0}
+
+def _cumulative() -> dict[str, float]:
+    """Share of budget.total_hours by which each phase must be done: the seed's shares
+    (trainkit.plan.SHARES) summed in phase order; Phase 1 counts against Phase 2's share."""
+    from trainkit.plan import SHARES
+
+    out, acc = {}, 0.0
+    for phase in ("02_baseline", "03_diagnostics", "04_optimization", "05_finalization"):
+        acc += SHARES[phase]
+        out[phase] = round(acc, 6)
+    return {"01_planning": out["02_baseline"], **out}
+
+
+CUMULATIVE: dict[str, float] = _cumulative()
 TAIL_MIN_S = 10.0  # what follows Phase 5's training: test, export, docs, reproduction, reports (small models)
 TAIL_SHARE = 0.03  # ... and on long budgets, 3% of the total
 

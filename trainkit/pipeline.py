@@ -273,14 +273,13 @@ def _mark_deploy(run_dir: Path, d: Path) -> None:
 
 def _over_budget(run_dir: Path, phase: str) -> bool:
     """True when ``phase`` is 03 or 04 and the run's active time has reached that phase's deadline
-    (its cumulative share of budget.total_hours; see trainkit.budget): it could start no fit."""
+    (trainkit.budget.PhaseClock, the same one the phase would run on): it could start no fit."""
     if phase not in ("03_diagnostics", "04_optimization"):
         return False
-    from trainkit.budget import CUMULATIVE, active_seconds
+    from trainkit.budget import PhaseClock
     from trainkit.phases.common import load_run_config
 
-    total_s = load_run_config(run_dir).budget.total_hours * 3600
-    return active_seconds(load_manifest(run_dir)) >= CUMULATIVE[phase] * total_s
+    return PhaseClock(run_dir, phase, load_run_config(run_dir).budget.total_hours).left() <= 0
 
 
 def _route_over_budget(run_dir: Path, phase: str, d: Path) -> str:  # phase: where the decision wanted to go
