@@ -209,3 +209,18 @@ def test_confusion_matrix_shows_its_counts(tmp_path):
         plt.subplots = orig
     texts = {t.get_text() for t in shown[0].texts}
     assert {"7", "1", "2", "9"} <= texts and (tmp_path / "confusion.png").is_file()
+
+
+def test_a_phase_run_by_hand_that_raises_is_marked_failed_not_running(tmp_path):
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance()
+    run = tmp_path / "r"
+    try:
+        shell.run_cell(f"from trainkit.phases.common import begin\nctx = begin({str(run)!r}, '02_baseline', 1, False)")
+        assert json.loads((run / "run.json").read_text())["phases"][0]["status"] == "running"
+        shell.run_cell("raise ValueError('the test split may be read once')")
+        entry = json.loads((run / "run.json").read_text())["phases"][0]
+        assert entry["status"] == "failed" and "read once" in entry["error"] and entry["ended"]
+    finally:
+        InteractiveShell.clear_instance()

@@ -43,7 +43,36 @@ def begin(run_dir: str | Path, phase: str, attempt: int = 1, interactive: bool =
     d = phase_dir(run_dir, phase, attempt)
     d.mkdir(parents=True, exist_ok=True)
     record_phase(run_dir, phase, attempt, status="running", started=time.time(), ended=None)
+    _mark_failed_on_error(run_dir, phase, attempt)
     return PhaseContext(run_dir=run_dir, phase=phase, attempt=attempt, dir=d, interactive=interactive)
+
+
+def _mark_failed_on_error(run_dir: Path, phase: str, attempt: int) -> None:
+    """In a notebook (IPython), a cell that raises while this phase is still "running" marks its
+    run.json entry failed, with the error: a phase run by hand never stays "running" for good."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    ip = get_ipython()
+    if ip is None:
+        return
+
+    def after(result: Any) -> None:
+        err = getattr(result, "error_in_exec", None) or getattr(result, "error_before_exec", None)
+        if err is None:
+            return
+        try:
+            from trainkit.run import load_manifest
+
+            entry = next((e for e in load_manifest(run_dir)["phases"] if e["phase"] == phase and e["attempt"] == attempt), None)
+            if entry is not None and entry.get("status") == "running":
+                record_phase(run_dir, phase, attempt, status="failed", ended=time.time(),
+                             error=f"{type(err).__name__}: {str(err)[:300]}")
+        except Exception:  # bookkeeping must never mask the user's own error
+            pass
+
+    ip.events.register("post_run_cell", after)
 
 
 def run_path(run_dir: str | Path) -> Path:
