@@ -65,6 +65,8 @@ def test_phase_clock_shares_carry_over_and_cuts_become_notes(tmp_path, monkeypat
     c = PhaseClock(run, "03_diagnostics", 1.0, d, started=now)
     assert abs(c.elapsed() - 100.0) < 1.0  # the run's active time, not the wall clock since run.json was made
     assert abs((c.deadline - c.start) - 0.40 * 3600) < 1e-6  # cumulative: Phase 3 ends at 40% of the budget
+    two = PhaseClock(run, "02_baseline", 1.0, None, started=now)  # the baseline may run into Phase 3's share
+    assert two.deadline == pytest.approx(c.deadline)
     assert c.allows(60.0, "a probe") and not c.allows(10_000.0, "probe label_issues")
     five = PhaseClock(run, "05_finalization", 1.0, None, started=now)
     assert five.deadline - five.start == pytest.approx(3600 - five.tail_s) and five.tail_s >= 10.0

@@ -34,14 +34,16 @@ CLOCK_ENV = "TRAINKIT_CLOCK_START"  # set by the pipeline: time.time() minus the
 
 def _cumulative() -> dict[str, float]:
     """Share of budget.total_hours by which each phase must be done: the seed's shares
-    (trainkit.plan.SHARES) summed in phase order; Phase 1 counts against Phase 2's share."""
+    (trainkit.plan.SHARES) summed in phase order. The baseline is the unit everything else is
+    measured in, so it is not cut at its own share: Phases 1 and 2 may run into Phase 3's (which
+    then gets what is left)."""
     from trainkit.plan import SHARES
 
     out, acc = {}, 0.0
     for phase in ("02_baseline", "03_diagnostics", "04_optimization", "05_finalization"):
         acc += SHARES[phase]
         out[phase] = round(acc, 6)
-    return {"01_planning": out["02_baseline"], **out}
+    return {**out, "01_planning": out["03_diagnostics"], "02_baseline": out["03_diagnostics"]}
 
 
 CUMULATIVE: dict[str, float] = _cumulative()
