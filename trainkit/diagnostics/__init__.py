@@ -80,7 +80,10 @@ def run_probes(cfg: TrainkitConfig, bundle: Any, ev: dict[str, Any], label_issue
         if clock is not None and not clock.allows(est, f"probe {name}"):
             echo(f"  probe {name}: skipped (time budget)")
             return {"error": f"skipped: needs ~{est:.1f} s, the phase's time share is used up", "skipped": True}
-        return _timed(name, fn, echo)
+        res = _timed(name, fn, echo)
+        if clock is not None and res.get("skipped"):  # the probe itself found that nothing fits: recorded as a cut
+            clock.cut(f"probe {name}", res["error"])
+        return res
 
     out["init_loss"] = gated("init_loss", cost.steps(2), lambda: P.init_loss_probe(cfg, bundle))
     if ev.get("init_loss") is None and "init_loss" in out["init_loss"]:
