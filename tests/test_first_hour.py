@@ -135,8 +135,32 @@ def test_notebooks_run_from_the_notebooks_folder_write_into_the_projects_runs(tm
     monkeypatch.chdir(tmp_path / "notebooks")
     assert run_path("runs/notebook") == tmp_path / "runs" / "notebook"
     assert run_path(tmp_path / "elsewhere") == tmp_path / "elsewhere"  # absolute paths are kept
-    monkeypatch.chdir(tmp_path)
+    (tmp_path / "work" / "deeper").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "work" / "deeper")  # any folder below the checkout
+    assert run_path("runs/notebook") == tmp_path / "runs" / "notebook"
+    monkeypatch.chdir(tmp_path)  # the project folder itself: relative stays relative
     assert run_path("runs/notebook") == tmp_path.joinpath("runs", "notebook").relative_to(tmp_path)
+
+
+def test_trainkit_notebooks_makes_working_copies_and_keeps_edited_ones(tmp_path):
+    r = _cli("notebooks", tmp_path / "work")
+    copies = sorted(p.name for p in (tmp_path / "work").glob("*.ipynb"))
+    assert r.returncode == 0 and len(copies) == 5 and copies[0] == "01_planning.ipynb", r.stdout + r.stderr
+    assert f"jupyter lab {tmp_path / 'work'}" in r.stdout
+    (tmp_path / "work" / "02_baseline.ipynb").write_text("{}")  # a user's edits survive a second call
+    again = _cli("notebooks", tmp_path / "work")
+    assert (tmp_path / "work" / "02_baseline.ipynb").read_text() == "{}" and "kept" in again.stdout
+
+
+def test_templates_carry_the_kernel_metadata_jupyterlab_writes():
+    """JupyterLab marks a notebook dirty (and autosaves it) when its kernelspec or language_info
+    differ from what the kernel reports; the templates carry them, all but the Python version."""
+    from pathlib import Path
+
+    for p in sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb")):
+        meta = json.loads(p.read_text())["metadata"]
+        assert meta["kernelspec"] == {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
+        assert meta["language_info"]["pygments_lexer"] == "ipython3" and meta["language_info"]["file_extension"] == ".py"
 
 
 def test_the_readmes_own_data_configs_validate_as_written(tmp_path):

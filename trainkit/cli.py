@@ -60,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--study", default="trainkit", help="study name (default trainkit)")
     w.add_argument("--config", default=None, help="config to sweep (default: the run's current config)")
 
+    nbk = sub.add_parser("notebooks", help="copy the five phase notebooks into a working folder to open in JupyterLab")
+    nbk.add_argument("folder", nargs="?", default="work", help="where the copies go (default: work/, git-ignored)")
+
     rp = sub.add_parser("report", help="re-export every executed notebook's report.html and the run's index.html")
     rp.add_argument("run")
 
@@ -156,6 +159,26 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_notebooks(args: argparse.Namespace) -> int:
+    """Working copies of the phase notebooks: JupyterLab writes kernel metadata and outputs into
+    what it opens; the templates trainkit run executes stay untouched."""
+    import shutil
+
+    from trainkit.pipeline import notebook_path
+    from trainkit.run import PHASES
+
+    folder = Path(args.folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for phase in PHASES:
+        dest = folder / f"{phase}.ipynb"
+        if dest.exists():
+            print(f"trainkit: kept {dest} (already there; delete it for a fresh copy)")
+            continue
+        shutil.copyfile(notebook_path(phase), dest)
+    print(f"trainkit: the phase notebooks are in {folder}/; open them with: jupyter lab {folder}")
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from trainkit.pipeline import export_reports
 
@@ -206,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_sweep(args)
         if args.command == "report":
             return _cmd_report(args)
+        if args.command == "notebooks":
+            return _cmd_notebooks(args)
         return _cmd_train(args)
     except (ConfigError, DataError) as exc:  # bad config or data: exit 2; a quarantine refusal is a failure (1)
         print(f"trainkit: {exc}", file=sys.stderr)

@@ -77,15 +77,14 @@ def _mark_failed_on_error(run_dir: Path, phase: str, attempt: int) -> None:
 
 def run_path(run_dir: str | Path) -> Path:
     """A notebook's ``run_dir``. A relative one is taken from the project folder when the notebook
-    runs inside a checkout's ``notebooks/`` (JupyterLab's working directory), so the default
-    ``runs/notebook`` lands in the project's ``runs/`` like ``trainkit run``'s, not in
-    ``notebooks/runs/``."""
+    runs in a folder below a trainkit checkout (JupyterLab's working directory: ``notebooks/``, or
+    the working copies ``trainkit notebooks`` makes), so the default ``runs/notebook`` lands in the
+    project's ``runs/`` like ``trainkit run``'s, not in ``notebooks/runs/``."""
     p = Path(run_dir)
-    cwd = Path.cwd()
-    if not p.is_absolute() and cwd.name == "notebooks" and (cwd.parent / "pyproject.toml").is_file() \
-            and (cwd.parent / "trainkit").is_dir():
-        return cwd.parent / p
-    return p
+    if p.is_absolute():
+        return p
+    root = next((d for d in Path.cwd().parents if (d / "pyproject.toml").is_file() and (d / "trainkit").is_dir()), None)
+    return root / p if root is not None else p
 
 
 def clock(ctx: PhaseContext) -> Any:
