@@ -167,3 +167,27 @@ def test_own_data_walkthrough_to_a_signed_off_model_with_a_waiver(tmp_path):
         browser.close()
     assert not [u for u in requests if u.startswith("http")], "a report fetched from the network"
     assert "## Waivers" in (run / "05_finalization" / "model_card.md").read_text()
+
+
+def test_opening_a_template_in_jupyterlab_asks_nothing_and_changes_at_most_the_python_version(lab):
+    from playwright.sync_api import sync_playwright
+
+    url, token, root = lab
+    before = json.loads((root / "01_planning.ipynb").read_text())
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page()
+        page.goto(f"{url}/lab/tree/01_planning.ipynb?token={token}", timeout=60_000)
+        page.wait_for_function("""() => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;
+            const k = w && w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel;
+            return k && k.connectionStatus === 'connected' && k.status === 'idle'; }""", timeout=120_000)
+        time.sleep(2)
+        assert page.locator(".jp-Dialog").count() == 0  # no "Select Kernel"
+        page.evaluate("window.jupyterapp.commands.execute('docmanager:save')")
+        time.sleep(2)
+        browser.close()
+    after = json.loads((root / "01_planning.ipynb").read_text())
+    assert after["cells"] == before["cells"] and after["metadata"]["kernelspec"] == before["metadata"]["kernelspec"]
+    info = dict(after["metadata"]["language_info"])
+    info.pop("version", None)
+    assert info == before["metadata"]["language_info"]
