@@ -71,6 +71,7 @@ def test_jupyterlab_runs_notebook_01_and_signs_the_gate_in_the_widget(lab):
         page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
         approver = page.locator(".trainkit-approver input")
         approver.wait_for(state="visible", timeout=240_000)
+        assert page.locator(".trainkit-gate table").count() == 1  # the widget's own table, no static twin beside it
         page.locator(".trainkit-check-config_reviewed input").check()
         approver.fill("Browser Tester")
         approver.press("Tab")

@@ -82,6 +82,17 @@ def test_the_console_streams_progress_and_prints_each_phases_result_without_kern
     assert "(attempt-1)" in r.stdout and "gate passed; A → 05_finalization" in r.stdout
 
 
+def test_reports_state_their_decision_without_stderr_blocks_or_warnings(blocked_run):
+    run, _ = blocked_run
+    base = (run / "02_baseline" / "attempt-1" / "report.html").read_text()
+    assert "Decision: option A → 05_finalization" in base  # the decision and its reason, not a file path
+    assert "application/vnd.jupyter.stderr" not in base  # progress went to stdout: no red blocks
+    final = (run / "05_finalization" / "report.html").read_text()
+    assert "deprecated" not in final and "Warning" not in final
+    index = (run / "index.html").read_text()
+    assert "A → Phase 5" in index and "Learning curves" in index and "data:image/png;base64," in index
+
+
 def test_a_failed_exit_is_recorded_before_the_index_is_written(blocked_run):
     run, _ = blocked_run
     m = json.loads((run / "run.json").read_text())
@@ -248,3 +259,19 @@ def test_a_phase_run_by_hand_that_raises_is_marked_failed_not_running(tmp_path):
         assert entry["status"] == "failed" and "read once" in entry["error"] and entry["ended"]
     finally:
         InteractiveShell.clear_instance()
+
+
+def test_the_findings_table_marks_with_text_not_emoji(monkeypatch, tmp_path):
+    from trainkit.phases import diagnostics as D
+    from trainkit.phases.common import PhaseContext
+
+    shown = []
+    monkeypatch.setattr(D, "show_html", shown.append)
+    monkeypatch.setattr(D, "_figures", lambda ctx, result: [])
+    result = {"primary": "overfitting", "findings": [{"name": "overfitting", "fired": True, "strength": 2.0, "summary": "gap"},
+                                                     {"name": "nan_loss", "fired": False, "summary": "finite"}],
+              "plan": {"selected": [], "fixes": [], "expected_gain_points": 0.0}}
+    D.show_findings(PhaseContext(run_dir=tmp_path, phase="03_diagnostics", attempt=1, dir=tmp_path), result)
+    page = "".join(shown)
+    assert "●" in page and "○" in page
+    assert not [ch for ch in page if ord(ch) > 0xFFFF or 0x2600 <= ord(ch) <= 0x27BF]  # no emoji code points

@@ -115,9 +115,14 @@ def _figures(ctx: PhaseContext, result: dict[str, Any]) -> list[str]:
     return names
 
 
+def _dot(fired: bool) -> str:
+    """A fired/quiet marker in text, not emoji (an emoji renders as a blank box without its font)."""
+    return f"<span style='color:{'#cf222e' if fired else '#8c959f'}'>{'●' if fired else '○'}</span>"
+
+
 def show_findings(ctx: PhaseContext, result: dict[str, Any]) -> list[str]:
     """The findings table and the recommendations (HTML), and the probe figures."""
-    rows = "".join(f"<tr><td><span style='color:{'#cf222e' if f['fired'] else '#8c959f'}'>{'●' if f['fired'] else '○'}</span> {f['name']}</td><td>{f.get('strength', 0):.2f}</td>"
+    rows = "".join(f"<tr><td>{_dot(f['fired'])} {f['name']}</td><td>{f.get('strength', 0):.2f}</td>"
                    f"<td>{html.escape(f['summary'])}</td></tr>" for f in result["findings"])
     recs = "".join(f"<tr><td>{i + 1}</td><td>{html.escape(r['title'])}</td><td><code>{html.escape(str(r['patch']))}</code></td>"
                    f"<td>{r['expected_gain_points']:.1f}</td><td>{r['effort']}</td></tr>" for i, r in enumerate(result["plan"]["selected"]))
