@@ -86,7 +86,7 @@ def test_reports_state_their_decision_without_stderr_blocks_or_warnings(blocked_
     run, _ = blocked_run
     base = (run / "02_baseline" / "attempt-1" / "report.html").read_text()
     assert "Decision: option A → 05_finalization" in base  # the decision and its reason, not a file path
-    assert "application/vnd.jupyter.stderr" not in base  # progress went to stdout: no red blocks
+    assert 'data-mime-type="application/vnd.jupyter.stderr"' not in base  # progress went to stdout: no red blocks
     final = (run / "05_finalization" / "report.html").read_text()
     assert "deprecated" not in final and "Warning" not in final
     index = (run / "index.html").read_text()
