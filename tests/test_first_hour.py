@@ -7,18 +7,14 @@ import shlex
 import subprocess
 
 import pytest
-import yaml
 
 from trainkit._io import write_json_atomic
-from trainkit.testing import tiny_config
+from trainkit.testing import tiny_config_file
 
 FAST = {"training.epochs": 8, "target.value": 0.5, "final.epochs": 12, "final.patience": 4}
 
 
-def _cfg(tmp_path, overrides, name="cfg.yaml"):
-    p = tmp_path / name
-    p.write_text(yaml.safe_dump(tiny_config(overrides).model_dump(mode="json")))
-    return p
+_cfg = tiny_config_file
 
 
 def _cli(*args, env=None):

@@ -9,19 +9,15 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from trainkit._io import append_jsonl, sha256_file
-from trainkit.testing import tiny_config
+from trainkit.testing import tiny_config_file
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = {"training.epochs": 8, "target.value": 0.5, "final.epochs": 12, "final.patience": 4}
 
 
-def _cfg(tmp_path, overrides, name="cfg.yaml"):
-    p = tmp_path / name
-    p.write_text(yaml.safe_dump(tiny_config(overrides).model_dump(mode="json")))
-    return p
+_cfg = tiny_config_file
 
 
 def _run(*args, env=None):

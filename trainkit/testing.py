@@ -11,7 +11,7 @@ from torch import nn
 
 from trainkit.config import TrainkitConfig, apply_overrides, validate_config_dict
 
-__all__ = ["tiny_config", "make_npz", "make_image_folder", "blobs", "tiny_model"]
+__all__ = ["tiny_config", "tiny_config_file", "make_npz", "make_image_folder", "blobs", "tiny_model"]
 
 
 def tiny_config(overrides: dict[str, Any] | None = None) -> TrainkitConfig:
@@ -21,6 +21,15 @@ def tiny_config(overrides: dict[str, Any] | None = None) -> TrainkitConfig:
             "training": {"epochs": 3, "patience": None, "seed": 0},
             "target": {"value": 0.9}}
     return validate_config_dict(apply_overrides(base, overrides or {}), "tiny_config")
+
+
+def tiny_config_file(folder: str | Path, overrides: dict[str, Any] | None = None, name: str = "cfg.yaml") -> Path:
+    """:func:`tiny_config` with ``overrides`` written as ``folder/name`` (YAML), for ``trainkit run``."""
+    import yaml
+
+    p = Path(folder) / name
+    p.write_text(yaml.safe_dump(tiny_config(overrides).model_dump(mode="json")))
+    return p
 
 
 def blobs(n: int = 300, classes: int = 3, dim: int = 8, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
