@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from trainkit._io import read_json, write_json_atomic
+from trainkit._io import write_json_atomic
 
 __all__ = ["PhaseClock", "CUMULATIVE", "CLOCK_ENV", "active_seconds"]
 
@@ -93,7 +93,6 @@ class PhaseClock:
         end = self.start + self.total_s - self.tail_s
         self.deadline = min(self.start + CUMULATIVE.get(phase, 1.0) * self.total_s, end)
         self.cuts: list[dict[str, Any]] = []
-        self.created = now
 
     # ---------------------------------------------------------------- queries
     def elapsed(self) -> float:
@@ -115,8 +114,17 @@ class PhaseClock:
         return False
 
     def cut(self, what: str, why: str) -> None:
-        self.cuts.append({"what": what, "why": why, "at_s": round(self.elapsed(), 2)})
+        """Record a cut: in budget.json and as a note in run.json."""
+        c = {"what": what, "why": why, "at_s": round(self.elapsed(), 2)}
+        self.cuts.append(c)
         self.save()
+        if self.dir is not None and (self.run_dir / "run.json").is_file():
+            from trainkit.run import load_manifest, save_manifest
+
+            manifest = load_manifest(self.run_dir)
+            rel = self.dir.relative_to(self.run_dir) if self.dir.is_relative_to(self.run_dir) else self.dir
+            manifest.setdefault("notes", []).append(f"budget cut in {rel}: {what} ({why})")
+            save_manifest(self.run_dir, manifest)
 
     # ---------------------------------------------------------------- records
     def to_dict(self) -> dict[str, Any]:
@@ -126,21 +134,9 @@ class PhaseClock:
                 "cuts": self.cuts}
 
     def save(self) -> None:
-        """budget.json in the phase folder; each new cut also becomes a note in run.json."""
-        if self.dir is None:
-            return
-        path = self.dir / "budget.json"
-        old = read_json(path) if path.is_file() else {}
-        write_json_atomic(path, self.to_dict())
-        known = len(old.get("cuts", [])) if old.get("phase") == self.phase else 0
-        new = self.cuts[known:]
-        if new and (self.run_dir / "run.json").is_file():
-            from trainkit.run import load_manifest, save_manifest
-
-            manifest = load_manifest(self.run_dir)
-            rel = self.dir.relative_to(self.run_dir) if self.dir.is_relative_to(self.run_dir) else self.dir
-            manifest.setdefault("notes", []).extend(f"budget cut in {rel}: {c['what']} ({c['why']})" for c in new)
-            save_manifest(self.run_dir, manifest)
+        """budget.json in the phase folder."""
+        if self.dir is not None:
+            write_json_atomic(self.dir / "budget.json", self.to_dict())
 
     def html(self) -> str:
         """A short paragraph for the phase's report."""
