@@ -1,4 +1,4 @@
-"""``trainkit run | status | signoff | report | train | config validate``.
+"""``trainkit run | status | signoff | track | report | train | sweep | notebooks | config validate``.
 
 Exit codes: 0 ready (or done), 1 failed, 2 bad usage or bad config, 3 waiting for a sign-off.
 """
@@ -62,6 +62,12 @@ def _parser() -> argparse.ArgumentParser:
 
     nbk = sub.add_parser("notebooks", help="copy the five phase notebooks into a working folder to open in JupyterLab")
     nbk.add_argument("folder", nargs="?", default="work", help="where the copies go (default: work/, git-ignored)")
+
+    tk = sub.add_parser("track", help="push a run folder to MLflow (needs pip install 'trainkit[mlflow]'); safe to repeat")
+    tk.add_argument("run", help="run folder (runs/NAME)")
+    tk.add_argument("--uri", default=None, help="MLflow tracking URI (default: the run's tracking.uri, else runs/mlflow.db "
+                                               "beside the run)")
+    tk.add_argument("--experiment", default=None, help="experiment name (default: the run's tracking.experiment)")
 
     rp = sub.add_parser("report", help="re-export every executed notebook's report.html and the run's index.html")
     rp.add_argument("run")
@@ -136,6 +142,9 @@ def _cmd_signoff(args: argparse.Namespace) -> int:
     from trainkit.run import resume_command
 
     refresh_reports(Path(args.run), [d])
+    from trainkit.tracking import push_quietly
+
+    push_quietly(args.run)  # tracking on: the sign-off (and, for Phase 5, the registered model version) in MLflow
     if phase == "05_finalization":
         print(f"trainkit: next: {resume_command(Path(args.run))}  (records the deploy decision)")
     return 0
@@ -176,6 +185,28 @@ def _cmd_notebooks(args: argparse.Namespace) -> int:
             continue
         shutil.copyfile(notebook_path(phase), dest)
     print(f"trainkit: the phase notebooks are in {folder}/; open them with: jupyter lab {folder}")
+    return 0
+
+
+def _cmd_track(args: argparse.Namespace) -> int:
+    from trainkit.run import load_manifest
+    from trainkit.tracking import push_run, require_mlflow, target_for, ui_hint
+
+    require_mlflow("trainkit track")
+    load_manifest(args.run)  # RunError (exit 2) for a folder that is not a run
+    target = target_for(args.run, uri=args.uri, experiment=args.experiment, force=True)
+    try:
+        sent = push_run(args.run, target)
+    except TrainkitError:
+        raise
+    except Exception as exc:  # MLflow's own errors, named and with the next step
+        from trainkit.errors import TrackingError
+
+        raise TrackingError(f"pushing {args.run} to {target.key} failed: {type(exc).__name__}: {str(exc)[:400]}; fix the "
+                            "server or the URI and run trainkit track again (what was sent is remembered)") from None
+    version = f"; model version {sent['model_version']} of {target.registered_model!r}" if sent.get("model_version") else ""
+    print(f"trainkit: pushed {args.run} to {target.key}, experiment {target.experiment!r}: {sent['runs_created']} new "
+          f"run(s), {sent['metric_points']} metric point(s), {sent['artifacts']} artifact(s){version}; {ui_hint(target)}")
     return 0
 
 
@@ -229,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_sweep(args)
         if args.command == "report":
             return _cmd_report(args)
+        if args.command == "track":
+            return _cmd_track(args)
         if args.command == "notebooks":
             return _cmd_notebooks(args)
         return _cmd_train(args)

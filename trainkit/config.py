@@ -128,6 +128,21 @@ class FinalConfig(_Section):
     bootstrap: int = Field(1000, ge=100, description="bootstrap resamples for the test-accuracy confidence interval (count)")
 
 
+class TrackingConfig(_Section):
+    mlflow: Optional[bool] = Field(None, description="true = log the run to MLflow (needs pip install 'trainkit[mlflow]'); "
+                                   "None = on when uri is set; false = off")
+    uri: Optional[str] = Field(None, description="MLflow tracking URI: http://host:5000, sqlite:///path.db, postgresql://..., "
+                               "file:///path/mlruns; None = the local store mlflow.db in the runs folder")
+    experiment: str = Field("trainkit", min_length=1, description="MLflow experiment the run is logged to (name)")
+    registered_model: Optional[str] = Field(None, description="model registry name of the signed final model; None = the "
+                                            "experiment name")
+    live_interval_s: float = Field(30.0, ge=1, description="while a phase trains, seconds between pushes of its metrics (seconds)")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.mlflow) or (self.mlflow is None and bool(self.uri))
+
+
 class TrainkitConfig(_Section):
     """The whole training_config.yaml."""
 
@@ -139,6 +154,7 @@ class TrainkitConfig(_Section):
     target: TargetConfig = Field(default_factory=TargetConfig)
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     final: FinalConfig = Field(default_factory=FinalConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
 
 def _model_at(loc: tuple) -> type[BaseModel] | None:
@@ -330,7 +346,12 @@ def save_config(cfg: TrainkitConfig, path: str | Path) -> Path:
     return write_text_atomic(path, text)
 
 
+NOT_HASHED = ("tracking",)  # where a run is logged does not change what it trains
+
+
 def config_hash(cfg: TrainkitConfig) -> str:
-    """sha256 of the canonical JSON of a config (key order does not matter)."""
-    canon = json.dumps(config_to_dict(cfg), sort_keys=True, separators=(",", ":"))
+    """sha256 of the canonical JSON of a config (key order does not matter), without the sections
+    that do not change training (``tracking``): the same recipe has the same hash, tracked or not."""
+    d = {k: v for k, v in config_to_dict(cfg).items() if k not in NOT_HASHED}
+    canon = json.dumps(d, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canon.encode()).hexdigest()

@@ -12,7 +12,8 @@ The tree::
     ├── GateError                 a gate record is missing, tampered with, or a sign-off is refused
     │   └── GateBlocked           a gate has failing mandatory checks (recorded in gate.json first)
     ├── RunError                  the run folder or its manifest is missing or inconsistent
-    └── PipelineError             a phase notebook failed under papermill
+    ├── PipelineError             a phase notebook failed under papermill
+    └── TrackingError             MLflow tracking is unreachable or refused a record (trainkit track)
 
 Every message says what was expected and what to do next.
 """
@@ -31,6 +32,7 @@ __all__ = [
     "GateBlocked",
     "RunError",
     "PipelineError",
+    "TrackingError",
 ]
 
 
@@ -97,3 +99,8 @@ class RunError(TrainkitError):
 
 class PipelineError(TrainkitError):
     """Raised when a phase notebook fails under papermill; names the phase and the report."""
+
+
+class TrackingError(TrainkitError):
+    """Raised when MLflow tracking cannot be reached or refuses a record (``trainkit track``); during
+    ``trainkit run`` it is one warning instead, and the run goes on."""

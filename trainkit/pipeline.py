@@ -308,22 +308,64 @@ def run_pipeline(config_path: str | None, run_dir: Path, overrides: list[str] | 
     run_dir = Path(run_dir).resolve()
     created = not run_dir.exists()
     outcome: PipelineOutcome | None = None
+    trackers: list[Any] = []  # the MLflow pusher, once the run's config says tracking is on
+    from trainkit.tracking import PIPELINE_ENV
+
+    previous_env = os.environ.get(PIPELINE_ENV)
+    os.environ[PIPELINE_ENV] = "1"  # the kernels leave pushing to this process
     try:
         with run_lock(run_dir):
             try:
-                outcome = _walk(config_path, run_dir, overrides, target, stop_after, approvals, resume, echo)
+                outcome = _walk(config_path, run_dir, overrides, target, stop_after, approvals, resume, echo, trackers)
             except ConfigError:
                 if created and not (run_dir / "run.json").exists():
                     shutil.rmtree(run_dir, ignore_errors=True)  # refused before it started: the name stays free
                 raise
     finally:
+        _restore_env(PIPELINE_ENV, previous_env)
         if (run_dir / "run.json").exists():
             _record_exit(run_dir, outcome)
             try:
                 write_index(run_dir)
             except Exception as exc:  # the index must never hide the run's own outcome
                 print(f"trainkit: could not write index.html: {exc}", file=sys.stderr)
+        for tracker in trackers:
+            _close_tracking(tracker, echo)
     return outcome
+
+
+def _restore_env(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+
+
+def _start_tracking(run_dir: Path, cfg: Any, trackers: list[Any], echo: Any) -> None:
+    """Start pushing the run to MLflow when its config's ``tracking`` section says so (a missing
+    mlflow on resume is one warning: the config cannot change on resume)."""
+    from trainkit.tracking import LiveTracker, require_mlflow, target_for
+
+    target = target_for(run_dir, cfg)
+    if target is None:
+        return
+    try:
+        require_mlflow()
+    except ConfigError as exc:
+        print(f"trainkit: warning: {exc}; this run goes on untracked", file=sys.stderr)
+        return
+    trackers.append(LiveTracker(run_dir, target).start())
+    echo(f"trainkit: tracking in MLflow at {target.key} (experiment {target.experiment!r})")
+
+
+def _close_tracking(tracker: Any, echo: Any) -> None:
+    from trainkit.tracking import ui_hint
+
+    sent = tracker.close()
+    if sent:
+        version = f"; model version {sent['model_version']} registered" if sent.get("model_version") else ""
+        echo(f"trainkit: MLflow: run {tracker.run_dir.name} in experiment {tracker.target.experiment!r}{version}; "
+             f"{ui_hint(tracker.target)}")
 
 
 def _record_exit(run_dir: Path, outcome: PipelineOutcome | None) -> None:
@@ -377,13 +419,16 @@ def run_lock(run_dir: Path) -> Iterator[None]:
 
 
 def _walk(config_path: str | None, run_dir: Path, overrides: list[str] | None, target: float | None,
-          stop_after: int | None, approvals: Any, resume: bool, echo: Any) -> PipelineOutcome:
+          stop_after: int | None, approvals: Any, resume: bool, echo: Any, trackers: list[Any]) -> PipelineOutcome:
     taken: list[str] = []
     if resume:
         if not (run_dir / "run.json").exists():
             raise RunError(f"{run_dir}: nothing to resume (no run.json); start it without --resume")
         phase, why, continue_attempt = _resume_point(run_dir)
         echo(f"trainkit: resuming {run_dir.name}: {why}")
+        from trainkit.config import load_config
+
+        _start_tracking(run_dir, load_config(_run_config(run_dir)), trackers, echo)
         if phase is None:
             return PipelineOutcome(EXIT_OK, f"{run_dir.name}: {why}", run_dir, taken)
     else:
@@ -392,8 +437,13 @@ def _walk(config_path: str | None, run_dir: Path, overrides: list[str] | None, t
         from trainkit.config import load_config, save_config
 
         cfg = load_config(config_path, overrides, target)  # a bad config is refused before anything is written
+        if cfg.tracking.enabled:
+            from trainkit.tracking import require_mlflow
+
+            require_mlflow()  # asked for and not installed: exit 2 before the run starts
         init_run(run_dir, run_dir.name)
         save_config(cfg, run_dir / RUN_CONFIG)  # what --resume starts Phase 1 from, never a default
+        _start_tracking(run_dir, cfg, trackers, echo)
         phase, continue_attempt = PHASES[0], None
     common = {"approvals": approvals or {}, "interactive": False}
     t0 = time.time()
@@ -411,6 +461,7 @@ def _walk(config_path: str | None, run_dir: Path, overrides: list[str] | None, t
         try:
             d = execute_phase(phase, run_dir, params, attempt)
         except PipelineError as exc:
+            _kick(trackers)
             d = phase_dir(run_dir, phase, attempt)
             state = _gate_state(d)
             if state == "blocked":
@@ -419,6 +470,7 @@ def _walk(config_path: str | None, run_dir: Path, overrides: list[str] | None, t
                 return PipelineOutcome(EXIT_FAILED, f"{phase}: gate '{record['gate']}' blocked: " + "; ".join(failed)
                                        + f" (read {d / 'report.html'})", run_dir, taken)
             return PipelineOutcome(EXIT_FAILED, str(exc), run_dir, taken)
+        _kick(trackers)  # push this phase while the next one starts
         state = _gate_state(d)
         decision = read_json(d / "decision.json")
         cost = next((e.get("cost") for e in reversed(load_manifest(run_dir)["phases"])
@@ -454,6 +506,11 @@ def _walk(config_path: str | None, run_dir: Path, overrides: list[str] | None, t
                                    run_dir, taken)
         phase = nxt
     return PipelineOutcome(EXIT_OK, "done", run_dir, taken)
+
+
+def _kick(trackers: list[Any]) -> None:
+    for t in trackers:
+        t.kick()
 
 
 def write_index(run_dir: Path) -> Path:

@@ -55,14 +55,20 @@ def _objective(cfg: TrainkitConfig, bundle: Any, space: dict[str, tuple[str, flo
             patch[key] = trial.suggest_float(key, lo, hi, log=kind == "log")
         tcfg = with_overrides(cfg, patch)
 
+        history: list[dict[str, Any]] = []
+
         def on_epoch(rec: dict[str, Any]) -> None:
+            history.append({k: v for k, v in rec.items() if isinstance(v, (int, float)) and math.isfinite(v)})
             trial.report(rec["val_accuracy"], rec["epoch"])
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {rec['epoch'] + 1}: val {rec['val_accuracy']:.4f}")
         import torch
 
         trial.set_user_attr("torch_threads", torch.get_num_threads())
-        r = fit(tcfg, bundle, None, progress=False, on_epoch=on_epoch)
+        try:
+            r = fit(tcfg, bundle, None, progress=False, on_epoch=on_epoch)
+        finally:  # every epoch's metrics, for the trial's run in a tracker
+            trial.set_user_attr("history", history)
         if r.best is None or not math.isfinite(r.best["val_accuracy"]):
             raise optuna.TrialPruned("no finite epoch")
         return r.best["val_accuracy"]
@@ -110,6 +116,12 @@ def launch_workers(run_dir: str | Path, workers: int, trials: int, storage: str 
     codes = [p.wait() for p in procs]
     if any(codes):
         raise RunError(f"sweep worker(s) failed with exit codes {codes}; see their output above")
+    if url == default_storage(run_dir):  # the study lives in the run folder: so does the config it swept
+        from trainkit._io import write_text_atomic
+        from trainkit.tracking import push_quietly
+
+        write_text_atomic(run_dir / "04_optimization" / "sweep_config.yaml", Path(cfg_path).read_text())
+        push_quietly(run_dir)  # tracking on: one run per trial, nested under the run's parent in MLflow
     return study_summary(url, study_name)
 
 

@@ -23,7 +23,7 @@ from torch import nn
 
 from trainkit._io import append_jsonl, write_json_atomic, write_text_atomic
 from trainkit.checkpoints import load_checkpoint, remove_stale_temps, save_checkpoint
-from trainkit.config import TrainkitConfig, config_to_dict
+from trainkit.config import TrainkitConfig, config_to_dict, save_config
 from trainkit.data import DataBundle, augment_batch
 from trainkit.errors import CheckpointError, TrainingError
 from trainkit.models import build_model
@@ -256,6 +256,8 @@ def _fit(cfg: TrainkitConfig, bundle: DataBundle, out_dir: str | Path | None, *,
     ckpt_dir = out / "checkpoints" if out is not None else None
     if is_main and out is not None:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
+        if not (out / "training_config.yaml").exists():  # the recipe beside its metrics (a tracker's params)
+            save_config(cfg, out / "training_config.yaml")
 
     seed_everything(tr.seed)
     set_deterministic(tr.deterministic)

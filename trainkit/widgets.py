@@ -76,6 +76,10 @@ class GateWidget:
                 refresh_reports(self.run_dir, [Path(self.gate_path).parent])
         except Exception as exc:  # a report must never undo a sign-off
             self.message.value += f" <small>(index.html not rewritten: {exc})</small>"
+        if self.run_dir is not None:  # tracking on: the sign-off (a registered model version for Phase 5) in MLflow
+            from trainkit.tracking import push_quietly
+
+            push_quietly(self.run_dir, warn=lambda m: setattr(self.message, "value", self.message.value + f" <small>({m})</small>"))
 
     def _ipython_display_(self) -> None:
         from IPython.display import display

@@ -165,6 +165,7 @@ def finish_gate(ctx: PhaseContext, gate: str, results: dict[str, tuple[str, Any]
         show_html(gate_html(record))
         record_phase(ctx.run_dir, ctx.phase, ctx.attempt, status="blocked", ended=time.time(),
                      gate=record["state"], decision=(decision or {}).get("next"), cost=_show_cost(ctx))
+        _push(ctx)
         if raise_on_block:
             raise
         return record
@@ -176,7 +177,17 @@ def finish_gate(ctx: PhaseContext, gate: str, results: dict[str, tuple[str, Any]
         show_html(gate_html(record))
     record_phase(ctx.run_dir, ctx.phase, ctx.attempt, status="completed", ended=time.time(),
                  gate=record["state"], decision=(decision or {}).get("next"), cost=_show_cost(ctx))
+    _push(ctx)
     return record
+
+
+def _push(ctx: PhaseContext) -> None:
+    """A phase run by hand with tracking on: its records to MLflow now (``trainkit run`` pushes from
+    its own process instead); a failure is one warning."""
+    if ctx.config is not None and ctx.config.tracking.enabled:
+        from trainkit.tracking import push_quietly
+
+        push_quietly(ctx.run_dir, ctx.config)
 
 
 def _show_cost(ctx: PhaseContext) -> dict[str, Any]:
