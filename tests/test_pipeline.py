@@ -71,7 +71,11 @@ def test_fast_path_deploys(fast_run):
 
 
 def test_demo_walks_all_five_phases_and_waits_for_approval_then_deploys(tmp_path):
-    r = _run("--name", "demo", "--runs-dir", tmp_path)
+    poison = tmp_path / "no-mlflow" / "mlflow"  # the demo stays free of MLflow: importing it anywhere fails the demo
+    poison.mkdir(parents=True)
+    (poison / "__init__.py").write_text("raise ImportError('the demo imported mlflow')\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(poison.parent), os.environ.get("PYTHONPATH")])))
+    r = _run("--name", "demo", "--runs-dir", tmp_path, env=env)
     assert r.returncode == 3, r.stdout + r.stderr
     assert "trainkit signoff" in r.stdout and "stakeholder_approval" in r.stdout
     run = tmp_path / "demo"

@@ -51,8 +51,9 @@ class Pusher:
     # -- experiment and runs -------------------------------------------------------------------
     def _experiment(self) -> str:
         exp = self.client.get_experiment_by_name(self.target.experiment)
-        if exp is None:
-            return self.client.create_experiment(self.target.experiment, artifact_location=self.target.artifact_root)
+        if exp is None:  # a model-training experiment: MLflow's UI opens it on its runs table
+            return self.client.create_experiment(self.target.experiment, artifact_location=self.target.artifact_root,
+                                                 tags={"mlflow.experimentKind": "custom_model_development"})
         if exp.lifecycle_stage == "deleted":
             self.client.restore_experiment(exp.experiment_id)
         return exp.experiment_id

@@ -46,6 +46,7 @@ def log_onnx_model(uri: str, run_id: str, onnx_path: Path, input_shape: list[int
     with global_uri(uri), mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
         info = Model.log(artifact_path=None, name="model", flavor=mlflow.onnx, onnx_model=onnx.load(str(onnx_path)),
                          run_id=run_id, signature=infer_signature(x, y), input_example=x,
+                         step=-1,  # MLflow re-logs the run's metrics of this step onto the model: no epoch has -1
                          pip_requirements=[f"onnxruntime>={ort.__version__.split('+')[0]}"])
     if before.status == "RUNNING":  # leaving the block ended the run: its status is the phase's, put it back
         client.update_run(run_id, status="RUNNING")
