@@ -178,6 +178,8 @@ def test_the_demo_tracked_on_a_server_then_signed_registers_a_model_version(demo
     assert parent.info.status == "FINISHED" and parent.data.tags["trainkit.status"] == "ready_to_deploy"
     assert len(client.search_model_versions("name = 'demo'")) == 1  # the same signed record: no second version
     assert len(_runs(client, "demo", run)) == len(by_key)  # the resume reused every run
+    index = (run / "index.html").read_text()
+    assert f"{server}/#/experiments/{by_key['(run)'].info.experiment_id}/runs/{by_key['(run)'].info.run_id}" in index
 
 
 @pytest.mark.browser
@@ -251,9 +253,19 @@ def test_server_down_is_one_warning_then_trainkit_track_fills_the_server(tmp_pat
     assert v.tags["trainkit.gate_sha256"] == sha256_file(runs / "offline" / "05_finalization" / "gate.json")
 
 
-def test_trainkit_track_on_a_folder_that_is_not_a_run_is_a_clear_error(tmp_path):
+def test_trainkit_track_refuses_clearly_what_it_cannot_push(tmp_path):
+    from trainkit.run import init_run
+
     r = _trainkit("track", tmp_path, "--uri", (tmp_path / "mlruns").as_uri())
     assert r.returncode == 2 and "not a trainkit run folder" in r.stderr, r.stderr
+    run = tmp_path / "runs" / "r"
+    init_run(run, "r")
+    bare = _trainkit("track", run, "--uri", "some/folder")  # would land relative to wherever it runs
+    assert bare.returncode == 2 and "needs a scheme" in bare.stderr and "file:///" in bare.stderr, bare.stderr
+    (run / "tracking.json").write_text("[1, 2")
+    broken = _trainkit("track", run, "--uri", (tmp_path / "mlruns").as_uri())
+    assert broken.returncode == 1 and "tracking.json" in broken.stderr and "Traceback" not in broken.stderr, broken.stderr
+    assert (run / "tracking.json").read_text() == "[1, 2"  # left as it was, for the user to look at
 
 
 def test_live_pushes_send_the_metrics_of_a_fit_while_it_trains(tmp_path):
@@ -338,3 +350,45 @@ def test_the_default_install_and_an_untracked_run_never_import_mlflow():
             "assert 'mlflow' not in sys.modules, 'mlflow imported'\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
+
+
+def test_a_phase_run_by_hand_pushes_at_its_gate_and_the_widget_sign_off_follows(tmp_path):
+    """In a notebook (no pipeline process), finishing the gate pushes the phase; signing it in the
+    gate widget pushes the signer."""
+    from trainkit.testing import run_phase_inprocess
+    from trainkit.widgets import GateWidget
+
+    store = (tmp_path / "mlruns").as_uri()
+    cfg = tiny_config_file(tmp_path, {"tracking.uri": store, "tracking.experiment": "by-hand"})
+    run = tmp_path / "runs" / "hand"
+    run_phase_inprocess("01_planning", run, config_path=str(cfg), auto_signoff=False)
+    client = _client(store)
+    p1 = _runs(client, "by-hand", run)["01_planning"]
+    assert p1.data.tags["trainkit.gate_state"] == "awaiting_signoff" and "trainkit.signed_by" not in p1.data.tags
+    assert "config_hash" in p1.data.params
+    w = GateWidget(run / "01_planning" / "gate.json", run)
+    for box in w.boxes.values():
+        box.value = True
+    w.approver.value = "carol"
+    w.button.click()
+    assert "Signed off by carol" in w.message.value and "warning" not in w.message.value
+    p1 = client.get_run(p1.info.run_id)
+    assert p1.data.tags["trainkit.gate_state"] == "passed" and p1.data.tags["trainkit.signed_by"] == "carol"
+    # a sweep in the run folder: one nested run per trial, with its parameters and every epoch
+    s = subprocess.run(["trainkit", "sweep", str(run), "--trials", "2", "--workers", "1"], capture_output=True, text=True,
+                       timeout=600)
+    assert s.returncode == 0 and "warning" not in s.stderr.lower(), s.stdout + s.stderr
+    import optuna
+
+    study = optuna.load_study(study_name="trainkit", storage=f"sqlite:///{run / '04_optimization' / 'sweep.db'}")
+    by_key = _runs(client, "by-hand", run)
+    sweep = by_key["sweep/trainkit"]
+    assert sweep.data.tags["mlflow.parentRunId"] == by_key["(run)"].info.run_id
+    assert sweep.data.params["config_hash"] == config_hash(load_config(run / "04_optimization" / "sweep_config.yaml"))
+    for t in study.trials:
+        tr = by_key[f"sweep/trainkit/trial-{t.number}"]
+        assert tr.data.tags["mlflow.parentRunId"] == sweep.info.run_id and tr.data.tags["trainkit.trial_state"] == t.state.name
+        assert {k: float(v) for k, v in tr.data.params.items()} == pytest.approx(t.params)
+        history = sorted(client.get_metric_history(tr.info.run_id, "val_accuracy"), key=lambda h: h.step)
+        assert [(h.step, h.value) for h in history] == [(row["epoch"], row["val_accuracy"]) for row in t.user_attrs["history"]]
+        assert len(history) >= 1

@@ -194,6 +194,10 @@ def _cmd_track(args: argparse.Namespace) -> int:
 
     require_mlflow("trainkit track")
     load_manifest(args.run)  # RunError (exit 2) for a folder that is not a run
+    if args.uri is not None:
+        from trainkit.config import validate_config_dict
+
+        validate_config_dict({"tracking": {"uri": args.uri}}, "--uri")  # ConfigError (exit 2) for a URI without a scheme
     target = target_for(args.run, uri=args.uri, experiment=args.experiment, force=True)
     try:
         sent = push_run(args.run, target)

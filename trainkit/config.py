@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -141,6 +142,14 @@ class TrackingConfig(_Section):
     @property
     def enabled(self) -> bool:
         return bool(self.mlflow) or (self.mlflow is None and bool(self.uri))
+
+    @model_validator(mode="after")
+    def _uri_has_a_scheme(self) -> "TrackingConfig":
+        if self.uri is not None and not re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://|^databricks", self.uri.strip()):
+            raise ValueError(f"tracking.uri {self.uri!r} needs a scheme: http://host:5000, sqlite:///path/mlflow.db, "
+                             "postgresql://…, or file:///absolute/path/mlruns (a bare path would be read relative to "
+                             "wherever trainkit runs)")
+        return self
 
 
 class TrainkitConfig(_Section):

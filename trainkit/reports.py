@@ -145,7 +145,7 @@ td,th{{border:1px solid #d0d7de;padding:4px 8px;vertical-align:top;font-size:14p
 <p>Status: <b>{html.escape(str(manifest.get('status')))}</b>{' — ' + html.escape(exit_.get('message', '')[:400]) if exit_ else ''}</p>
 <h2>Path taken</h2>
 {_svg(steps)}
-{f'<h2>Notes</h2><ul>{notes}</ul>' if notes else ''}
+{_tracking_html(run_dir)}{f'<h2>Notes</h2><ul>{notes}</ul>' if notes else ''}
 <h2>Phases</h2>
 <table id="phases"><tr><th>phase</th><th>status</th><th>gate</th><th>key metric</th><th>compute</th><th>decision</th><th>reports and artifacts</th></tr>
 {''.join(rows)}<tr><td>total</td><td></td><td></td><td></td><td>{_cost_cell(run_cost(manifest))}</td><td></td><td></td></tr></table>
@@ -154,3 +154,24 @@ td,th{{border:1px solid #d0d7de;padding:4px 8px;vertical-align:top;font-size:14p
 <p><small>trainkit {html.escape(str(manifest.get('trainkit_version')))} · config hash {html.escape(str(manifest.get('config_hash')))}</small></p>
 </body></html>"""
     return write_text_atomic(run_dir / "index.html", page)
+
+
+def _tracking_html(run_dir: Path) -> str:
+    """Where the run is tracked in MLflow (from ``tracking.json``), linked for a server."""
+    p = Path(run_dir) / "tracking.json"
+    if not p.is_file():
+        return ""
+    try:
+        states = read_json(p)
+    except ValueError:
+        return ""
+    items = []
+    for uri, st in states.items():
+        rid, eid = (st.get("runs") or {}).get(""), st.get("experiment_id")
+        if not rid:
+            continue
+        where = html.escape(uri)
+        if uri.startswith(("http://", "https://")) and "***" not in uri:
+            where = f'<a href="{html.escape(uri.rstrip("/"))}/#/experiments/{html.escape(str(eid))}/runs/{html.escape(rid)}">{where}</a>'
+        items.append(f"<li id='mlflow'>MLflow: {where}, experiment {html.escape(str(eid))}, run <code>{html.escape(rid)}</code></li>")
+    return f"<ul>{''.join(items)}</ul>" if items else ""

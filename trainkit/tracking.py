@@ -207,7 +207,7 @@ def push_run(run_dir: str | Path, target: Target, metrics_only: bool = False) ->
     try:
         with _locked(run_dir):
             state_path = run_dir / STATE_FILE
-            states = read_json(state_path) if state_path.is_file() else {}
+            states = _read_state(state_path)
             state = states.setdefault(target.key, {})
             pusher = Pusher(run_dir, target, state)
             try:
@@ -218,6 +218,19 @@ def push_run(run_dir: str | Path, target: Target, metrics_only: bool = False) ->
             return pusher.sent
     finally:
         logging.getLogger("mlflow").setLevel(level)
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        states = read_json(path)
+    except ValueError:
+        states = None
+    if not isinstance(states, dict):
+        raise TrackingError(f"{path} is not trainkit's tracking record (not a JSON object); move it away to push the run "
+                            "again from the start (MLflow then gets new runs for it)")
+    return states
 
 
 def numeric_items(row: dict[str, Any]) -> Iterator[tuple[str, float]]:
@@ -293,6 +306,10 @@ class LiveTracker:
         self._wake.set()
 
     def _loop(self) -> None:
+        try:  # Linux: this thread yields the cores to the phase kernels; its pushes are never urgent
+            os.setpriority(os.PRIO_PROCESS, threading_native_id(), 15)
+        except (AttributeError, OSError):
+            pass
         while self.failed is None:
             kicked = self._wake.wait(self.target.live_interval_s)
             self._wake.clear()
@@ -315,6 +332,12 @@ class LiveTracker:
                            f"push the run later with: trainkit track {self.run_dir}")
             self.warn(self.failed)
         return None if self.failed else self.sent
+
+
+def threading_native_id() -> int:
+    import threading
+
+    return threading.get_native_id()
 
 
 def ui_hint(target: Target) -> str:
