@@ -149,7 +149,7 @@ def test_the_demo_tracked_on_a_server_then_signed_registers_a_model_version(demo
     import numpy as np
     import onnxruntime as ort
 
-    model_uri = json.loads((run / "tracking.json").read_text())[server]["model"]["model_uri"]
+    model_uri = json.loads((run / "tracking.json").read_text())[server]["demo"]["model"]["model_uri"]
     shape = json.loads((run / "05_finalization" / "export.json").read_text())["input_shape"]
     mlflow.set_tracking_uri(server)
     try:
@@ -178,6 +178,8 @@ def test_the_demo_tracked_on_a_server_then_signed_registers_a_model_version(demo
     assert parent.info.status == "FINISHED" and parent.data.tags["trainkit.status"] == "ready_to_deploy"
     assert len(client.search_model_versions("name = 'demo'")) == 1  # the same signed record: no second version
     assert len(_runs(client, "demo", run)) == len(by_key)  # the resume reused every run
+    status = _trainkit("status", run)
+    assert f"MLflow: {server}, run {by_key['(run)'].info.run_id}, model version 1 of 'demo'" in status.stdout, status.stdout
     index = (run / "index.html").read_text()
     assert f"{server}/#/experiments/{by_key['(run)'].info.experiment_id}/runs/{by_key['(run)'].info.run_id}" in index
 

@@ -361,7 +361,7 @@ def _start_tracking(run_dir: Path, cfg: Any, trackers: list[Any], echo: Any) -> 
 def _close_tracking(tracker: Any, echo: Any) -> None:
     from trainkit.tracking import ui_hint
 
-    sent = tracker.close()
+    sent = tracker.close(say=echo)
     if sent:
         version = f"; model version {sent['model_version']} registered" if sent.get("model_version") else ""
         echo(f"trainkit: MLflow: run {tracker.run_dir.name} in experiment {tracker.target.experiment!r}{version}; "

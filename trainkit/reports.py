@@ -166,12 +166,20 @@ def _tracking_html(run_dir: Path) -> str:
     except ValueError:
         return ""
     items = []
-    for uri, st in states.items():
+    for uri, st in tracked_runs(states):
         rid, eid = (st.get("runs") or {}).get(""), st.get("experiment_id")
-        if not rid:
-            continue
         where = html.escape(uri)
         if uri.startswith(("http://", "https://")) and "***" not in uri:
             where = f'<a href="{html.escape(uri.rstrip("/"))}/#/experiments/{html.escape(str(eid))}/runs/{html.escape(rid)}">{where}</a>'
         items.append(f"<li id='mlflow'>MLflow: {where}, experiment {html.escape(str(eid))}, run <code>{html.escape(rid)}</code></li>")
     return f"<ul>{''.join(items)}</ul>" if items else ""
+
+
+def tracked_runs(states: Any) -> list[tuple[str, dict[str, Any]]]:
+    """(URI, state) of every MLflow parent run in a ``tracking.json`` ({uri: {experiment: state}})."""
+    out = []
+    for uri, by_exp in (states.items() if isinstance(states, dict) else ()):
+        for st in (by_exp.values() if isinstance(by_exp, dict) else ()):
+            if isinstance(st, dict) and (st.get("runs") or {}).get(""):
+                out.append((uri, st))
+    return out

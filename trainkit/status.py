@@ -49,5 +49,23 @@ def describe_run(run_dir: Path) -> str:
             nxt = "nothing: ready to deploy"
         else:
             nxt = resume_command(run_dir)
+    lines += _tracking_lines(run_dir)
     lines.append(f"next: {nxt}")
     return "\n".join(lines)
+
+
+def _tracking_lines(run_dir: Path) -> list[str]:
+    """Where the run is in MLflow (``tracking.json``): URI, parent run, registered version."""
+    p = Path(run_dir) / "tracking.json"
+    try:
+        states = read_json(p) if p.is_file() else {}
+    except ValueError:
+        return [f"  MLflow: {p} is unreadable"]
+    from trainkit.reports import tracked_runs
+
+    out = []
+    for uri, st in tracked_runs(states):
+        reg = st.get("registered") or {}
+        version = f", model version {reg['version']} of {reg['name']!r}" if reg.get("version") else ""
+        out.append(f"  MLflow: {uri}, run {st['runs']['']}{version}")
+    return out

@@ -17,7 +17,7 @@ model is logged as an MLflow model with its signature and an input example (``mo
 ``model.ts`` as plain files too); once ``production_ready`` is signed and verifies, a model version
 is registered whose tags carry the gate record's sha256 and its waivers.
 
-Pushing is idempotent: ``tracking.json`` in the run folder remembers, per tracking URI, which
+Pushing is idempotent: ``tracking.json`` in the run folder remembers, per tracking URI and experiment, which
 MLflow run holds each record and what was already sent. So one function serves the pipeline
 (after each phase, and every ``live_interval_s`` while one trains), notebooks run by hand (at each
 gate), sign-offs, and ``trainkit track RUN`` for old runs or after the server was down.
@@ -208,7 +208,7 @@ def push_run(run_dir: str | Path, target: Target, metrics_only: bool = False) ->
         with _locked(run_dir):
             state_path = run_dir / STATE_FILE
             states = _read_state(state_path)
-            state = states.setdefault(target.key, {})
+            state = states.setdefault(target.key, {}).setdefault(target.experiment, {})
             pusher = Pusher(run_dir, target, state)
             try:
                 pusher.push(metrics_only=metrics_only)
@@ -227,7 +227,8 @@ def _read_state(path: Path) -> dict[str, Any]:
         states = read_json(path)
     except ValueError:
         states = None
-    if not isinstance(states, dict):
+    if not isinstance(states, dict) or not all(isinstance(v, dict) and all(isinstance(x, dict) for x in v.values())
+                                               for v in states.values()):
         raise TrackingError(f"{path} is not trainkit's tracking record (not a JSON object); move it away to push the run "
                             "again from the start (MLflow then gets new runs for it)")
     return states
@@ -322,11 +323,16 @@ class LiveTracker:
             if stopping:
                 return
 
-    def close(self, timeout: float = 300.0) -> dict[str, Any] | None:
-        """The last push (the run's final state, reports, the model); what was sent, or None."""
+    def close(self, timeout: float = 300.0, say: Any = None) -> dict[str, Any] | None:
+        """The last push (the run's final state, reports, the model); what was sent, or None. A push
+        that takes more than a few seconds says so (``say``) and is given up after ``timeout``."""
         self._stop = True
         self._wake.set()
-        self._thread.join(timeout)
+        self._thread.join(min(5.0, timeout))
+        if self._thread.is_alive() and say is not None:
+            say(f"trainkit: finishing the push to MLflow at {self.target.key} (at most {timeout:.0f} s; what is left "
+                f"can be pushed later with trainkit track {self.run_dir})")
+        self._thread.join(max(0.0, timeout - 5.0))
         if self._thread.is_alive() and self.failed is None:
             self.failed = (f"trainkit: warning: MLflow tracking at {self.target.key} did not finish within {timeout:.0f} s; "
                            f"push the run later with: trainkit track {self.run_dir}")
