@@ -24,6 +24,16 @@ SHORT_OF_TARGET = {"training.epochs": 6, "target.value": 0.999, "final.epochs": 
                    "budget.clear_gain_points": 100.0, "budget.marginal_gain_points": 100.0}
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    """Every command runs in an empty working folder, which must stay empty (no stray mlruns/, mlflow.db)."""
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    yield
+    assert not list(work.iterdir()), "MLflow files left in the working folder"
+
+
 def _free_port():
     import socket
 
@@ -41,6 +51,15 @@ def _client(uri):
 
     os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def _versions(uri, name):
+    """The registered versions of ``name``. MLflow's registry looks logged models up through its
+    global tracking URI (a file store's would create mlflow.db in the working folder): point it at ``uri``."""
+    from trainkit._mlflow import global_uri
+
+    with global_uri(uri):
+        return _client(uri).search_model_versions(f"name = '{name}'")
 
 
 @pytest.fixture(scope="module")
@@ -76,9 +95,11 @@ def server(tmp_path_factory):
 def demo_run(server, tmp_path_factory):
     """The built-in demo, tracked live on the server; it stops at the production gate (exit 3)."""
     tmp = tmp_path_factory.mktemp("tracked")
+    (tmp / "cwd").mkdir()
     r = subprocess.run(["trainkit", "run", "--name", "demo", "--runs-dir", str(tmp), "--set", f"tracking.uri={server}",
-                        "--set", "tracking.experiment=demo"], capture_output=True, text=True, timeout=1200, cwd=tmp)
+                        "--set", "tracking.experiment=demo"], capture_output=True, text=True, timeout=1200, cwd=tmp / "cwd")
     assert r.returncode == 3, r.stdout + r.stderr
+    assert not list((tmp / "cwd").iterdir())  # nothing of MLflow's in the working folder
     assert "warning" not in r.stderr.lower(), r.stderr
     return tmp / "demo", r
 
@@ -158,16 +179,16 @@ def test_the_demo_tracked_on_a_server_then_signed_registers_a_model_version(demo
         x = np.random.default_rng(0).normal(size=(3, *shape)).astype(np.float32)
         served = mlflow.pyfunc.load_model(model_uri).predict(x)
     finally:
-        mlflow.set_tracking_uri("")
+        mlflow.set_tracking_uri(None)
     sess = ort.InferenceSession(str(run / "05_finalization" / "model.onnx"), providers=["CPUExecutionProvider"])
     expected = sess.run(None, {sess.get_inputs()[0].name: x})[0]
     served = next(iter(served.values())) if isinstance(served, dict) else np.asarray(served)
     assert np.allclose(served, expected, atol=1e-5)
-    assert not client.search_model_versions("name = 'demo'")  # nothing registered before the sign-off
+    assert not _versions(server, "demo")  # nothing registered before the sign-off
 
     s = _trainkit("signoff", run, "--phase", "5", "--by", "pat", "--check", "stakeholder_approval")
     assert s.returncode == 0 and "warning" not in s.stderr.lower(), s.stdout + s.stderr
-    versions = client.search_model_versions("name = 'demo'")
+    versions = _versions(server, "demo")
     assert len(versions) == 1
     v = versions[0]
     assert v.tags["trainkit.gate_sha256"] == sha256_file(run / "05_finalization" / "gate.json")
@@ -176,7 +197,7 @@ def test_the_demo_tracked_on_a_server_then_signed_registers_a_model_version(demo
     assert again.returncode == 0, again.stdout + again.stderr
     parent = client.get_run(by_key["(run)"].info.run_id)
     assert parent.info.status == "FINISHED" and parent.data.tags["trainkit.status"] == "ready_to_deploy"
-    assert len(client.search_model_versions("name = 'demo'")) == 1  # the same signed record: no second version
+    assert len(_versions(server, "demo")) == 1  # the same signed record: no second version
     assert len(_runs(client, "demo", run)) == len(by_key)  # the resume reused every run
     status = _trainkit("status", run)
     assert f"MLflow: {server}, run {by_key['(run)'].info.run_id}, model version 1 of 'demo'" in status.stdout, status.stdout
@@ -213,16 +234,15 @@ def test_local_store_then_a_waiver_on_the_version_then_the_file_store(tmp_path):
     registered version; ``trainkit track --uri file:...`` mirrors the same run into a file store."""
     runs = tmp_path / "runs"
     r = _trainkit("run", tiny_config_file(tmp_path, SHORT_OF_TARGET), "--name", "short", "--runs-dir", runs,
-                  "--set", "tracking.mlflow=true", cwd=tmp_path)
+                  "--set", "tracking.mlflow=true")
     assert r.returncode == 1 and "test_meets_target" in r.stderr, r.stdout + r.stderr
     assert (runs / "mlflow.db").is_file() and (runs / "mlartifacts").is_dir()
-    assert not {"mlruns", "mlflow.db", "mlartifacts"} & {p.name for p in tmp_path.iterdir()}  # nothing in the working folder
     local = f"sqlite:///{runs / 'mlflow.db'}"
     assert_mirrors(_client(local), "trainkit", runs / "short")
     s = _trainkit("signoff", runs / "short", "--phase", "5", "--by", "pat", "--check", "stakeholder_approval",
                   "--waive", "test_meets_target=0.97 is enough for the pilot")
     assert s.returncode == 0, s.stdout + s.stderr
-    (v,) = _client(local).search_model_versions("name = 'trainkit'")
+    (v,) = _versions(local, "trainkit")
     assert v.tags["trainkit.waived"] == "test_meets_target"
     assert v.tags["trainkit.waiver.test_meets_target"] == "0.97 is enough for the pilot (by pat)"
     assert "Waived test_meets_target" in v.description
@@ -231,7 +251,7 @@ def test_local_store_then_a_waiver_on_the_version_then_the_file_store(tmp_path):
     t = _trainkit("track", runs / "short", "--uri", store, "--experiment", "archive")
     assert t.returncode == 0 and "model version 1" in t.stdout, t.stdout + t.stderr
     by_key, _ = assert_mirrors(_client(store), "archive", runs / "short")
-    (fv,) = _client(store).search_model_versions("name = 'archive'")
+    (fv,) = _versions(store, "archive")
     assert fv.tags["trainkit.gate_sha256"] == sha256_file(runs / "short" / "05_finalization" / "gate.json")
     again = _trainkit("track", runs / "short", "--uri", store, "--experiment", "archive")
     assert again.returncode == 0 and "0 new run(s), 0 metric point(s), 0 artifact(s)" in again.stdout, again.stdout
@@ -251,7 +271,7 @@ def test_server_down_is_one_warning_then_trainkit_track_fills_the_server(tmp_pat
     client = _client(server)
     by_key, _ = assert_mirrors(client, "later", runs / "offline")
     assert set(by_key) >= {"(run)", "01_planning", "02_baseline/attempt-1", "05_finalization"}
-    (v,) = client.search_model_versions("name = 'later'")
+    (v,) = _versions(server, "later")
     assert v.tags["trainkit.gate_sha256"] == sha256_file(runs / "offline" / "05_finalization" / "gate.json")
 
 

@@ -6,11 +6,14 @@ state dict (``tracking.json``, per URI) the MLflow run of each record and what i
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
+import mlflow
 import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
@@ -23,6 +26,20 @@ _STATUS = {"completed": "FINISHED", "failed": "FAILED", "blocked": "FAILED", "ru
 _RUN_STATUS = {"running": "RUNNING", "failed": "FAILED", "refused": "FAILED"}  # else FINISHED
 _FIT_STATUS = {"nonfinite": "FAILED", "pruned": "KILLED"}  # else FINISHED
 _CONFIGS = ("training_config.yaml", "final_config.yaml", "optimization_config.yaml")
+
+
+@contextlib.contextmanager
+def global_uri(uri: str) -> Iterator[None]:
+    """MLflow's global tracking URI set to ``uri`` for the block, then the caller's own put back.
+    Parts of MLflow read the global URI whatever the client says (model logging, the registry's
+    lookup of a logged model); left at its default they would create ``mlflow.db`` or ``mlruns/``
+    in the working folder."""
+    previous = os.environ.get("MLFLOW_TRACKING_URI")  # set_tracking_uri keeps it in step with the global
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)  # None: back to MLflow's default (and the variable unset)
 
 
 def _ms(t: float | None) -> int | None:

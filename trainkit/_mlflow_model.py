@@ -1,4 +1,6 @@
-"""Phase 5's model in MLflow: the ONNX file as an MLflow model, and registered versions.
+"""Phase 5's model in MLflow: the ONNX file as an MLflow model, and registered versions. Called
+inside :func:`trainkit.tracking.push_run`, which points MLflow's global tracking URI at the target
+(model logging and the registry's lookup of a logged model read it).
 
 The ONNX flavour, not the PyTorch one: the ONNX file is what Phase 5 checked for parity with the
 trained weights and what the deployment guide serves; it loads with onnxruntime alone (no
@@ -8,25 +10,12 @@ user's model.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import mlflow
 import numpy as np
-
-
-@contextlib.contextmanager
-def global_uri(uri: str) -> Iterator[None]:
-    """MLflow's global tracking URI set to ``uri`` for the block (model logging and the registry's
-    lookup of a logged model read it), then the caller's own put back."""
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(previous)
 
 
 def log_onnx_model(uri: str, run_id: str, onnx_path: Path, input_shape: list[int]) -> dict[str, Any]:
@@ -42,8 +31,8 @@ def log_onnx_model(uri: str, run_id: str, onnx_path: Path, input_shape: list[int
     y = sess.run(None, {sess.get_inputs()[0].name: x})[0]
     client = mlflow.MlflowClient(tracking_uri=uri)
     before = client.get_run(run_id).info
-    # Model.log files the model under the global URI and the active run's experiment: make both ours
-    with global_uri(uri), mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
+    # Model.log files the model under the global URI (push_run sets it) and the active run's experiment
+    with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
         info = Model.log(artifact_path=None, name="model", flavor=mlflow.onnx, onnx_model=onnx.load(str(onnx_path)),
                          run_id=run_id, signature=infer_signature(x, y), input_example=x,
                          step=-1,  # MLflow re-logs the run's metrics of this step onto the model: no epoch has -1
@@ -75,7 +64,6 @@ def register_version(client: Any, name: str, model: dict[str, Any], record: dict
     lines = [f"Signed off by {sig['by']} on {tags['trainkit.signed_at']} (gate {record['gate']}, record sha256 "
              f"{gate_sha256[:16]}…), run {run_dir.name}."]
     lines += [f"Waived {w['check']}: {w['reason']} (by {w['by']})" for w in waivers]
-    with global_uri(client.tracking_uri):  # the registry looks the logged model up through the global URI
-        mv = client.create_model_version(name, source=model["model_uri"], run_id=run_id, tags=tags,
-                                         description="\n\n".join(lines), model_id=model.get("model_id"))
+    mv = client.create_model_version(name, source=model["model_uri"], run_id=run_id, tags=tags,
+                                     description="\n\n".join(lines), model_id=model.get("model_id"))
     return {"name": name, "version": str(mv.version), "gate_sha256": gate_sha256}

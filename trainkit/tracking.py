@@ -200,12 +200,12 @@ def push_run(run_dir: str | Path, target: Target, metrics_only: bool = False) ->
     _prepare_env(target)
     import logging
 
-    from trainkit._mlflow import Pusher
+    from trainkit._mlflow import Pusher, global_uri
 
     level = logging.getLogger("mlflow").level
     logging.getLogger("mlflow").setLevel(logging.ERROR)  # one warning of ours, not MLflow's chatter
     try:
-        with _locked(run_dir):
+        with _locked(run_dir), global_uri(target.uri):
             state_path = run_dir / STATE_FILE
             states = _read_state(state_path)
             state = states.setdefault(target.key, {}).setdefault(target.experiment, {})
