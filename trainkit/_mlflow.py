@@ -129,7 +129,7 @@ class Pusher:
         if len(inner) >= 2 and inner[-1].startswith("seed-"):
             tags.update({"trainkit.candidate": inner[-2], "trainkit.seed": inner[-1][5:]})
         rid = self.ensure(key, f"{phase_dir(self.run_dir, entry['phase'], entry['attempt']).name} {name}", phase_rid,
-                          (fd / "metrics.jsonl").stat().st_mtime, tags)
+                          _started(fd), tags)
         self._metrics(rid, key, fd / "metrics.jsonl")
         if metrics_only:
             return
@@ -363,6 +363,12 @@ def read_rows_bytes(data: bytes) -> list[dict[str, Any]]:
             except ValueError:
                 continue
     return out
+
+
+def _started(fd: Path) -> float:
+    """When a fit started: fit() writes its training_config.yaml first."""
+    first = fd / "training_config.yaml"
+    return (first if first.is_file() else fd / "metrics.jsonl").stat().st_mtime
 
 
 def _ts(dt: Any) -> float | None:
