@@ -20,7 +20,12 @@ from mlflow.entities import Metric, Param, RunTag
 
 from trainkit._io import read_json, sha256_bytes, sha256_file
 from trainkit.run import load_manifest, phase_dir
-from trainkit.tracking import _ARTIFACTS, _MAX_ARTIFACT, _RUN_FILES, _SUBS, Target, flatten, numeric_items, read_rows
+from trainkit.tracking import Target, complete_lines, flatten, numeric_items, parse_rows
+
+_ARTIFACTS = {".html", ".md", ".png", ".json", ".yaml", ".ipynb", ".txt"}
+_RUN_FILES = ("index.html", "run.json", "config.yaml", "current_config.yaml")
+_MAX_ARTIFACT = 50 << 20  # larger files (never a report or a figure) stay in the run folder only
+_SUBS = {"02_baseline": "attempt", "03_diagnostics": "round", "04_optimization": "iteration"}
 
 _STATUS = {"completed": "FINISHED", "failed": "FAILED", "blocked": "FAILED", "running": "RUNNING"}
 _RUN_STATUS = {"running": "RUNNING", "failed": "FAILED", "refused": "FAILED"}  # else FINISHED
@@ -151,12 +156,12 @@ class Pusher:
         fit drops rows after its checkpoint) is sent again from its start."""
         if not path.is_file():
             return
-        rows, data = read_rows(path)
+        data = complete_lines(path)
         done = self.state["metrics"].get(key, {"bytes": 0, "sha": sha256_bytes(b"")})
         start = done["bytes"] if done["bytes"] <= len(data) and sha256_bytes(data[:done["bytes"]]) == done["sha"] else 0
         if start == len(data):
             return
-        new = rows if start == 0 else read_rows_bytes(data[start:])
+        new = parse_rows(data[start:])
         now = int(time.time() * 1000)
         points = [Metric(k, v, now, int(row["epoch"])) for row in new if "epoch" in row for k, v in numeric_items(row)]
         for chunk in _chunks(points, 1000):
@@ -352,17 +357,6 @@ class Pusher:
         self.state["registered"] = register_version(self.client, self.target.registered_model, model, record, digest,
                                                     self.state["runs"]["05_finalization"], self.run_dir, manifest)
         self.sent["model_version"] = self.state["registered"]["version"]
-
-
-def read_rows_bytes(data: bytes) -> list[dict[str, Any]]:
-    out = []
-    for line in data.splitlines():
-        if line.strip():
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                continue
-    return out
 
 
 def _started(fd: Path) -> float:

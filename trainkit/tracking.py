@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import math
 import os
 import re
 import time
@@ -38,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from trainkit._io import read_json, sha256_bytes, sha256_file, write_json_atomic
+from trainkit._io import read_json, write_json_atomic
 from trainkit.errors import ConfigError, TrackingError
 
 __all__ = ["Target", "target_for", "require_mlflow", "push_run", "push_quietly", "under_pipeline", "redact",
@@ -46,10 +45,6 @@ __all__ = ["Target", "target_for", "require_mlflow", "push_run", "push_quietly",
 
 STATE_FILE = "tracking.json"
 PIPELINE_ENV = "TRAINKIT_PIPELINE"  # set by `trainkit run` for its kernels: the pipeline pushes, they do not
-_ARTIFACTS = {".html", ".md", ".png", ".json", ".yaml", ".ipynb", ".txt"}
-_RUN_FILES = ("index.html", "run.json", "config.yaml", "current_config.yaml")
-_MAX_ARTIFACT = 50 << 20  # larger files (never a report or a figure) stay in the run folder only
-_SUBS = {"02_baseline": "attempt", "03_diagnostics": "round", "04_optimization": "iteration"}
 
 
 @dataclass(frozen=True)
@@ -236,26 +231,26 @@ def _read_state(path: Path) -> dict[str, Any]:
 
 def numeric_items(row: dict[str, Any]) -> Iterator[tuple[str, float]]:
     """The numeric fields of a metrics.jsonl row (booleans as 0/1)."""
-    for k, v in row.items():
-        if isinstance(v, bool):
-            yield k, float(v)
-        elif isinstance(v, (int, float)):
-            yield k, float(v)
+    return ((k, float(v)) for k, v in row.items() if isinstance(v, (bool, int, float)))
 
 
-def read_rows(path: Path) -> tuple[list[dict[str, Any]], bytes]:
-    """The complete lines of a metrics.jsonl being written (a line without its newline is not yet
-    there) and the bytes they span."""
+def complete_lines(path: Path) -> bytes:
+    """The bytes of a metrics.jsonl being written up to its last newline (a line without its
+    newline is not there yet)."""
     data = path.read_bytes()
-    end = data.rfind(b"\n") + 1
+    return data[:data.rfind(b"\n") + 1]
+
+
+def parse_rows(data: bytes) -> list[dict[str, Any]]:
+    """The JSON rows of JSON-lines bytes (a line that does not parse is skipped)."""
     rows = []
-    for line in data[:end].splitlines():
+    for line in data.splitlines():
         if line.strip():
             try:
                 rows.append(json.loads(line))
             except ValueError:
                 continue
-    return rows, data[:end]
+    return rows
 
 
 def flatten(d: Any, prefix: str = "") -> dict[str, str]:
@@ -269,18 +264,6 @@ def flatten(d: Any, prefix: str = "") -> dict[str, str]:
             else:
                 out[key] = json.dumps(v) if isinstance(v, (list, tuple, dict)) else str(v)
     return out
-
-
-def finite_or_none(v: float) -> float | None:
-    return v if math.isfinite(v) else None
-
-
-def file_digest(path: Path) -> str:
-    return sha256_file(path)
-
-
-def text_digest(text: str) -> str:
-    return sha256_bytes(text.encode())
 
 
 class LiveTracker:
@@ -316,7 +299,8 @@ class LiveTracker:
             self._wake.clear()
             stopping = self._stop
             try:
-                self.sent = push_run(self.run_dir, self.target, metrics_only=not kicked)
+                sent = push_run(self.run_dir, self.target, metrics_only=not kicked)
+                self.sent = dict(sent, model_version=sent.get("model_version") or self.sent.get("model_version"))
             except Exception as exc:  # tracking never fails a run: one warning, then untracked
                 self.failed = failure_message(self.run_dir, self.target, exc)
                 self.warn(self.failed)
