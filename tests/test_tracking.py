@@ -259,10 +259,14 @@ def test_local_store_then_a_waiver_on_the_version_then_the_file_store(tmp_path):
 
 
 def test_server_down_is_one_warning_then_trainkit_track_fills_the_server(tmp_path, server):
+    """On tabular data (an .npz of generated blobs, not digits)."""
+    from trainkit.testing import make_npz
+
     runs = tmp_path / "runs"
     dead = f"http://127.0.0.1:{_free_port()}"
-    r = _trainkit("run", tiny_config_file(tmp_path, FAST), "--name", "offline", "--runs-dir", runs, "--set",
-                  f"tracking.uri={dead}", "--approve", "stakeholder_approval=ci")
+    cfg = tiny_config_file(tmp_path, {**FAST, "data.source": "npz", "data.root": str(make_npz(tmp_path / "t.npz", n=400))})
+    r = _trainkit("run", cfg, "--name", "offline", "--runs-dir", runs, "--set", f"tracking.uri={dead}",
+                  "--approve", "stakeholder_approval=ci")
     assert r.returncode == 0 and "ready to deploy" in r.stdout, r.stdout + r.stderr
     assert r.stderr.count("warning: MLflow tracking") == 1, r.stderr
     assert f"trainkit track {runs / 'offline'}" in r.stderr and dead in r.stderr
@@ -380,8 +384,15 @@ def test_a_phase_run_by_hand_pushes_at_its_gate_and_the_widget_sign_off_follows(
     from trainkit.testing import run_phase_inprocess
     from trainkit.widgets import GateWidget
 
+    import numpy as np
+
+    from trainkit.testing import signals
+
+    x, y = signals(n=300, classes=3, length=32)  # 1-D signals (N, C, L), not digits
+    np.savez(tmp_path / "signals.npz", x=x, y=y)
     store = (tmp_path / "mlruns").as_uri()
-    cfg = tiny_config_file(tmp_path, {"tracking.uri": store, "tracking.experiment": "by-hand"})
+    cfg = tiny_config_file(tmp_path, {"tracking.uri": store, "tracking.experiment": "by-hand", "data.source": "npz",
+                                      "data.root": str(tmp_path / "signals.npz")})
     run = tmp_path / "runs" / "hand"
     run_phase_inprocess("01_planning", run, config_path=str(cfg), auto_signoff=False)
     client = _client(store)
