@@ -306,7 +306,6 @@ class LiveTracker:
                 self.warn(self.failed)
             if stopping:
                 return
-            _prewarm()
 
     def close(self, timeout: float = 300.0, say: Any = None) -> dict[str, Any] | None:
         """The last push (the run's final state, reports, the model); what was sent, or None. A push
@@ -323,17 +322,6 @@ class LiveTracker:
                            f"push the run later with: trainkit track {self.run_dir}")
             self.warn(self.failed)
         return None if self.failed else self.sent
-
-
-def _prewarm() -> None:
-    """Import what logging Phase 5's model needs while the phases run, not in the push at exit."""
-    import importlib
-
-    try:
-        for name in ("onnx", "onnxruntime", "mlflow.onnx", "mlflow.models", "trainkit._mlflow_model"):
-            importlib.import_module(name)
-    except Exception:  # the push that needs them reports any problem
-        pass
 
 
 def threading_native_id() -> int:
