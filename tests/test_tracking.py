@@ -16,6 +16,7 @@ from trainkit._io import sha256_file
 from trainkit.config import config_hash, load_config
 from trainkit.run import phase_dir
 from trainkit.testing import tiny_config_file
+from test_browser import _free_port  # noqa: E402 (the tests folder is on sys.path)
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = {"training.epochs": 8, "target.value": 0.5, "final.epochs": 12, "final.patience": 4}
@@ -32,14 +33,6 @@ def _in_tmp(tmp_path, monkeypatch):
     monkeypatch.chdir(work)
     yield
     assert not list(work.iterdir()), "MLflow files left in the working folder"
-
-
-def _free_port():
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _trainkit(*args, cwd=None):

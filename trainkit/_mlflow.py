@@ -289,14 +289,15 @@ class Pusher:
             srid = self.ensure(skey, f"sweep {name}", parent, _ts(summary.datetime_start), {"trainkit.level": "sweep"})
             self._params(srid, skey, self.run_dir / "04_optimization" / "sweep_config.yaml")
             study = optuna.load_study(study_name=name, storage=storage)
-            for t in study.get_trials(deepcopy=False):
+            trials = study.get_trials(deepcopy=False)
+            for t in trials:
                 if t.state.name in ("RUNNING", "WAITING"):
                     continue
                 tkey = f"{skey}/trial-{t.number}"
                 if self.state["trials"].get(tkey) == t.state.name:
                     continue
                 self._trial(t, tkey, srid)
-            done = [t.value for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+            done = [t.value for t in trials if t.state.name == "COMPLETE"]
             self._summary(srid, skey, {"best_val_accuracy": max(done) if done else None, "trials": len(done)})
             self._status(srid, skey, "FINISHED", None)
 
