@@ -64,7 +64,7 @@ CASES = [
     Case("underfit_tabular", "tabular", "underfitting",
          _cfg(T + "tabular", kwargs={"hidden": [2]}, target=0.95, optimizer__name="sgd", optimizer__lr=0.003), True),
     Case("label_noise_tabular", "tabular", "data_quality/label_issues",
-         _cfg(T + "tabular", kwargs={"hidden": [256, 256]}, target=0.97, data__label_noise=0.3, training__epochs=30,
+         _cfg(T + "planted_noise", kwargs={"hidden": [256, 256]}, target=0.97, data__root="tabular:0.3", training__epochs=30,
               training__patience=None), True),
     Case("leakage_images", "images", "data_quality/leakage", _cfg(T + "leaky_shapes", "cnn", target=0.999)),
     Case("input_bound_tabular", "tabular", "resource_inefficiency",
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         named_ok += ok
         drops += r["adopted_drops"]
         li = ((r["findings"] or {}).get("evidence", {}).get("probes", {}).get("label_issues") or {})
-        if not c.config["data"].get("label_noise"):  # every case whose labels are clean, weak models included
+        if not c.config["data"]["source"].endswith("planted_noise"):  # every case whose labels are clean, weak models included
             flagged += len(li.get("flagged", []))
             checked += li.get("checked", 0)
         tgt = "-"

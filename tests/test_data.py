@@ -4,13 +4,16 @@ import numpy as np
 import pytest
 import torch
 
-from trainkit.data import FINAL_PHASE, TEST_ACCESS_LOG, load_data, stratified_split
+from trainkit.data import load_data, stratified_split
 from trainkit.errors import DataError, QuarantineError
-from trainkit.testing import make_image_folder, make_npz, tiny_config
+from trainkit.run import TEST_ACCESS_LOG, Phase, load_run_data
+from trainkit.testing import make_image_folder, make_npz, noisy, tiny_config
+
+FINAL_PHASE = Phase.FINALIZATION.value
 
 
 def test_digits_splits_stratified_disjoint_and_reproducible(run_dir):
-    b1 = load_data(tiny_config(), run_dir, "01_planning", write_splits=True)
+    b1 = load_run_data(tiny_config(), run_dir, "01_planning", write_splits=True)
     b2 = load_data(tiny_config())
     sets = {k: set(v.tolist()) for k, v in b1.splits.items()}
     assert not (sets["train"] & sets["val"]) and not (sets["train"] & sets["test"]) and not (sets["val"] & sets["test"])
@@ -37,7 +40,7 @@ def test_stratified_split_keeps_every_class_in_every_split():
 
 
 def test_quarantine_raises_names_phase_and_logs(run_dir):
-    b = load_data(tiny_config(), run_dir, "02_baseline")
+    b = load_run_data(tiny_config(), run_dir, "02_baseline")
     with pytest.raises(QuarantineError, match="02_baseline"):
         b.arrays("test", reason="peek")
     with pytest.raises(QuarantineError):
@@ -45,7 +48,7 @@ def test_quarantine_raises_names_phase_and_logs(run_dir):
     from trainkit.run import record_phase
 
     record_phase(run_dir, FINAL_PHASE, 1, status="running")  # the run itself says Phase 5 is running
-    final = load_data(tiny_config(), run_dir, FINAL_PHASE)
+    final = load_run_data(tiny_config(), run_dir, FINAL_PHASE)
     x, y = final.arrays("test", reason="final evaluation")
     assert len(x) == len(final.splits["test"])
     log = [json.loads(line) for line in (run_dir / TEST_ACCESS_LOG).read_text().splitlines()]
@@ -56,12 +59,12 @@ def test_quarantine_raises_names_phase_and_logs(run_dir):
 def test_data_change_since_phase1_is_refused(run_dir, tmp_path):
     npz = make_npz(tmp_path / "d.npz")
     cfg = tiny_config({"data.source": "npz", "data.root": str(npz)})
-    load_data(cfg, run_dir, "01_planning", write_splits=True)
+    load_run_data(cfg, run_dir, "01_planning", write_splits=True)
     x = np.load(npz)["x"]
     x[0] += 1
     np.savez(npz, x=x, y=np.load(npz)["y"])
     with pytest.raises(DataError, match="changed since Phase 1"):
-        load_data(cfg, run_dir, "02_baseline")
+        load_run_data(cfg, run_dir, "02_baseline")
 
 
 def test_npz_source_and_errors(tmp_path):
@@ -88,8 +91,8 @@ def test_image_folder_is_scanned_once_then_verified_by_stat(tmp_path, monkeypatc
     """Phase 1 writes the manifest (path, size, mtime, sha256); later loads read only what changed."""
     import os
 
-    import trainkit.data as D
-    from trainkit.run import init_run
+    import trainkit.data.images as D
+    from trainkit.run import RunFolder, init_run
 
     root = make_image_folder(tmp_path / "imgs", classes=3, per_class=20, size=12)
     run = tmp_path / "run"
@@ -98,12 +101,12 @@ def test_image_folder_is_scanned_once_then_verified_by_stat(tmp_path, monkeypatc
     read: list[str] = []
     inspect = D._inspect_image
     monkeypatch.setattr(D, "_inspect_image", lambda p: read.append(p.name) or inspect(p))
-    first = load_data(cfg, run, "01_planning", write_splits=True)
-    manifest = json.loads((run / D.IMAGE_MANIFEST).read_text())
+    first = load_run_data(cfg, run, "01_planning", write_splits=True)
+    manifest = json.loads(RunFolder(run).data_store().manifest.read_text())
     assert len(read) == 60 and len(manifest["files"]) == 60
     assert {"path", "label", "size", "mtime_ns", "sha256", "w", "h", "mode"} <= set(manifest["files"][0])
     read.clear()
-    again = load_data(cfg, run, "02_baseline")  # stat only: nothing is opened
+    again = load_run_data(cfg, run, "02_baseline")  # stat only: nothing is opened
     assert read == [] and again.info["fingerprints"] == first.info["fingerprints"]
     victim = root / "class_1" / "img_3.png"
     data = bytearray(victim.read_bytes())
@@ -111,7 +114,7 @@ def test_image_folder_is_scanned_once_then_verified_by_stat(tmp_path, monkeypatc
     victim.write_bytes(bytes(data))
     os.utime(victim, ns=(victim.stat().st_atime_ns, victim.stat().st_mtime_ns + 10**9))
     with pytest.raises(DataError, match="unreadable|data changed since Phase 1"):
-        load_data(cfg, run, "02_baseline")
+        load_run_data(cfg, run, "02_baseline")
     assert read == ["img_3.png"]  # only the changed file was read again
 
 
@@ -187,7 +190,7 @@ def test_torchvision_source_reads_local_files(tmp_path):
 
 
 def test_label_noise_and_subset(run_dir):
-    b = load_data(tiny_config({"data.label_noise": 0.15, "data.subset": 200}))
+    b = load_data(tiny_config({**noisy("digits", 0.15), "data.subset": 200}))
     assert len(b.splits["train"]) == 200
     flipped = b.info["label_noise_flipped"]
     assert len(flipped) == round(0.15 * 200)

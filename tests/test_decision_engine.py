@@ -21,10 +21,11 @@ import pytest
 from trainkit._io import read_json
 from trainkit.config import BudgetConfig, config_to_dict, with_overrides
 from trainkit.data import load_data
+from trainkit.run import load_run_data
 from trainkit.decisions import after_diagnostics
 from trainkit.diagnostics import detect_all, plan_recommendations, primary_cause
 from trainkit.diagnostics.probes import label_issue_probe, lr_range_test
-from trainkit.testing import run_phase_inprocess, tiny_config
+from trainkit.testing import noisy, run_phase_inprocess, tiny_config
 from trainkit.train import fit
 
 T = "trainkit.testing:"
@@ -67,7 +68,7 @@ def test_label_probe_on_a_weak_model_is_inconclusive_and_silences_nothing():
 
 
 def test_label_probe_on_a_strong_model_estimates_the_noise_rate():
-    cfg = tiny_config({"data.source": T + "tabular", "data.label_noise": 0.25, "model.kwargs": {"hidden": [128]}})
+    cfg = tiny_config({**noisy("tabular", 0.25), "model.kwargs": {"hidden": [128]}})
     bundle = load_data(cfg)
     li = label_issue_probe(cfg, bundle, epochs=15, baseline_val=0.95)
     assert li["trusted"] and li["significant"]
@@ -86,7 +87,7 @@ def noisy_run(tmp_path_factory):
     import yaml
 
     root = tmp_path_factory.mktemp("p4")
-    cfg = tiny_config({"data.source": T + "tabular", "data.label_noise": 0.3, "model.kwargs": {"hidden": [128, 128]},
+    cfg = tiny_config({**noisy("tabular", 0.3), "model.kwargs": {"hidden": [128, 128]},
                        "training.epochs": 12, "target.value": 0.995})
     path = root / "cfg.yaml"
     path.write_text(yaml.safe_dump(config_to_dict(cfg)))
@@ -111,11 +112,11 @@ def test_phase4_baseline_is_phase2s_baseline_on_its_own_data(noisy_run):
     seeds = read_json(noisy_run / "04_optimization/baseline_seeds.json")
     assert seeds["reused"][str(cmp["seeds"][0])] == "02_baseline/attempt-1"  # no fit is trained twice
     from trainkit.config import load_config
-    from trainkit.data import load_data
+    from trainkit.run import load_run_data
     from trainkit.train import fit
 
     base_cfg = load_config(noisy_run / "02_baseline/attempt-1/training_config.yaml")  # what reuse relies on:
-    rerun = fit(base_cfg, load_data(base_cfg, noisy_run, "04_optimization"), None, progress=False).history  # CPU reproduces it
+    rerun = fit(base_cfg, load_run_data(base_cfg, noisy_run, "04_optimization"), None, progress=False).history  # CPU reproduces it
     keys = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
     assert [[r[k] for k in keys] for r in rerun] == [[r[k] for k in keys] for r in phase2["history"]]
     excl = [c for c in cmp["candidates"] if c["recommendations"] == ["exclude_mislabelled"]]

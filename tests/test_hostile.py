@@ -15,7 +15,8 @@ import yaml
 
 from trainkit._io import read_json, write_json_atomic
 from trainkit.config import config_to_dict
-from trainkit.data import TEST_ACCESS_LOG, load_data
+from trainkit.data import load_data
+from trainkit.run import TEST_ACCESS_LOG, load_run_data
 from trainkit.errors import QuarantineError, RunError
 from trainkit.testing import blobs, make_image_folder, run_phase_inprocess, tiny_config
 
@@ -107,7 +108,7 @@ def test_forged_signoff_by_rehashing_is_caught_by_the_chain(routed_run, tmp_path
 
 def test_test_rows_are_not_reachable_before_phase5(routed_run):
     cfg = tiny_config({"data.source": T + "tabular"})
-    bundle = load_data(cfg, routed_run, "02_baseline")
+    bundle = load_run_data(cfg, routed_run, "02_baseline")
     test = torch.as_tensor(bundle.splits["test"])
     assert len(test) and float(bundle._x[test].abs().sum()) == 0.0 and float(bundle.source.x[test].abs().sum()) == 0.0
     assert bool((bundle.source.y[test] == -1).all())
@@ -117,7 +118,7 @@ def test_test_rows_are_not_reachable_before_phase5(routed_run):
 
 def test_streamed_test_rows_refuse_to_load():
     cfg = tiny_config({"data.source": T + "torch_dataset"})
-    bundle = load_data(cfg, None, "03_diagnostics")
+    bundle = load_run_data(cfg, None, "03_diagnostics")
     with pytest.raises(QuarantineError):
         bundle.source.dataset[int(bundle.splits["test"][0])]
     assert bundle.source.dataset[int(bundle.splits["train"][0])][0].shape == (6,)
@@ -129,13 +130,13 @@ def test_the_phase_comes_from_the_run_not_from_the_caller(routed_run, tmp_path):
     run = _copy(routed_run, tmp_path)
     record_phase(run, "03_diagnostics", 1, status="running")
     cfg = tiny_config({"data.source": T + "tabular"})
-    bundle = load_data(cfg, run, "05_finalization")  # a caller claiming to be Phase 5
+    bundle = load_run_data(cfg, run, "05_finalization")  # a caller claiming to be Phase 5
     with pytest.raises(QuarantineError):
         bundle.arrays("test")
     log = [json.loads(line) for line in (run / TEST_ACCESS_LOG).read_text().splitlines()]
     assert log[-1]["phase"] == "03_diagnostics" and not log[-1]["allowed"]
     with pytest.raises(QuarantineError):  # no run to log in: no test read at all
-        load_data(cfg, None, "05_finalization").arrays("test")
+        load_run_data(cfg, None, "05_finalization").arrays("test")
 
 
 # ----------------------------------------------------------------------------- 4, 11, 12: names, locks, hints

@@ -5,7 +5,8 @@ import numpy as np
 import torch
 
 from trainkit.data import load_data
-from trainkit.repro import capture_environment, determinism_probe, restore_rng_state, rng_state, seed_everything
+from trainkit.diagnostics.probes import determinism_probe
+from trainkit.repro import capture_environment, restore_rng_state, rng_state, seed_everything
 from trainkit.testing import tiny_config
 
 
@@ -19,7 +20,7 @@ def test_rng_state_roundtrip():
 
 def test_environment_capture_without_gpu_degrades_cleanly():
     env = capture_environment()
-    json.dumps(env, default=str)
+    assert json.loads(json.dumps(env)) == env  # plain JSON as captured: environment.json holds exactly this
     assert env["torch"] == torch.__version__ and env["python"]
     assert "git" in env and "packages" in env and env["packages"]["torch"]
     assert env["gpu"]["cuda_available"] == torch.cuda.is_available()

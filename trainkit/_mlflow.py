@@ -20,7 +20,7 @@ from mlflow.entities import Metric, Param, RunTag
 
 from trainkit._io import read_json, sha256_bytes, sha256_file
 from trainkit.run import load_manifest, phase_dir
-from trainkit.tracking import Target, complete_lines, flatten, numeric_items, parse_rows
+from trainkit._track_rows import Target, complete_lines, flatten, numeric_items, parse_rows
 
 _ARTIFACTS = {".html", ".md", ".png", ".json", ".yaml", ".ipynb", ".txt"}
 _RUN_FILES = ("index.html", "run.json", "config.yaml", "current_config.yaml")

@@ -121,8 +121,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_signoff(args: argparse.Namespace) -> int:
-    from trainkit.gates import sign_off
-    from trainkit.run import latest_attempt_dir, phase_name
+    from trainkit.run import GATE, latest_attempt_dir, phase_name
 
     phase = phase_name(args.phase)
     d = latest_attempt_dir(args.run, phase)
@@ -135,16 +134,12 @@ def _cmd_signoff(args: argparse.Namespace) -> int:
             raise ConfigError([("--waive", f"{w!r}: expected CHECK=\"REASON\", e.g. --waive test_meets_target=\"0.80 is "
                                            "enough for the pilot\"")], "command line")
         waivers[cid.strip()] = reason.strip()
-    record = sign_off(d / "gate.json", args.by, args.check, run_dir=args.run, waivers=waivers)
-    print(f"trainkit: gate {record['gate']} of {phase} signed off by {record['signoff']['by']} ({record['state']})"
-          + (f"; waived: {', '.join(waivers)}" if waivers else ""))
-    from trainkit.pipeline import refresh_reports
+    from trainkit.reports import publish_signoff
     from trainkit.run import resume_command
 
-    refresh_reports(Path(args.run), [d])
-    from trainkit.tracking import push_quietly
-
-    push_quietly(args.run)  # tracking on: the sign-off (and, for Phase 5, the registered model version) in MLflow
+    record = publish_signoff(d / GATE, args.by, args.check, Path(args.run), waivers=waivers)
+    print(f"trainkit: gate {record['gate']} of {phase} signed off by {record['signoff']['by']} ({record['state']})"
+          + (f"; waived: {', '.join(waivers)}" if waivers else ""))
     if phase == "05_finalization":
         print(f"trainkit: next: {resume_command(Path(args.run))}  (records the deploy decision)")
     return 0

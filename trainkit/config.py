@@ -47,7 +47,6 @@ class DataConfig(_Section):
     augment: Literal["none", "flip_crop", "crop", "noise"] = Field("none", description="training-time augmentation")
     image_size: Optional[int] = Field(None, ge=4, description="resize folder images to this side (pixels); None keeps the first image's size")
     subset: Optional[int] = Field(None, ge=2, description="use only this many training samples (count); None = all")
-    label_noise: float = Field(0.0, ge=0, lt=1, description="fraction of training labels flipped on purpose, for experiments (fraction 0-1)")
     exclude: Optional[str] = Field(None, description="JSON file {\"indices\": [...]} of source sample indices left out of training "
                                    "(path; relative paths resolve against the run folder); Phase 3 writes one for label issues and leaks")
 

@@ -319,8 +319,15 @@ def verify_gate(gate_path: str | Path, run_dir: str | Path | None = None) -> dic
     return record
 
 
-_COLORS = {"pass": "#1a7f37", "fail": "#cf222e", "warn": "#9a6700", "na": "#57606a", "waived": "#8250df",
-           "pending": "#0969da"}
+# the one palette of gate colours: a check's status and a gate's state (widgets, reports, index.html)
+GREEN, RED, AMBER, GREY = "#1a7f37", "#cf222e", "#9a6700", "#57606a"
+CHECK_COLORS = {"pass": GREEN, "fail": RED, "warn": AMBER, "na": GREY, "waived": "#8250df", "pending": "#0969da"}
+STATE_COLORS = {"passed": GREEN, "blocked": RED, "awaiting_signoff": AMBER}
+
+
+def state_color(state: str | None) -> str:
+    """The colour of a gate state (grey for none or an unknown one)."""
+    return STATE_COLORS.get(state or "", GREY)
 
 
 def gate_html(record: dict[str, Any]) -> str:
@@ -328,7 +335,7 @@ def gate_html(record: dict[str, Any]) -> str:
     state = record.get("state") or gate_state(record)
     rows = []
     for c in record["checks"]:
-        col = _COLORS.get(c["status"], "#000")
+        col = CHECK_COLORS.get(c["status"], "#000")
         ev = c["evidence"] if isinstance(c["evidence"], str) else str(c["evidence"])
         rows.append(
             f"<tr><td><code>{html.escape(c['id'])}</code></td><td>{html.escape(c['title'])}</td>"

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from trainkit._io import read_json, write_text_atomic
+from trainkit._io import read_json
+from trainkit.reports import export_html, export_reports, refresh_reports, safe_export, write_index
 from trainkit.errors import ConfigError, PipelineError, RunError
 from trainkit.run import PHASES, init_run, latest_attempt_dir, load_manifest, next_attempt_dir, phase_dir, record_phase, \
     resume_command, run_cost, save_manifest, signoff_command
@@ -45,75 +46,6 @@ def notebook_path(phase: str) -> Path:
         if p.is_file():
             return p
     raise PipelineError(f"notebook for {phase} not found in the installed trainkit ({here}/notebooks)")
-
-
-_EXTERNAL_SCRIPT = re.compile(r"<script[^>]*\bsrc=[\"']https?://[^>]*>\s*</script>", re.I)
-_CDN_MODULE = re.compile(r"<script type=\"module\">(?:(?!</script>).)*https?://(?:(?!</script>).)*</script>", re.S)
-
-
-def export_html(nb_path: str | Path, html_path: str | Path) -> Path:
-    """Export an executed notebook to a self-contained HTML file that reads offline.
-
-    Widget state is dropped (its renderer would come from a CDN; every gate also renders as a
-    plain HTML table), images are embedded, and no script is loaded from the network. A banner at
-    the top states the phase's gate and decision as they are now (a sign-off, waiver or resume
-    after the notebook ran changes them; the cells below show the state when it ran)."""
-    import nbformat
-    from nbconvert import HTMLExporter
-
-    nb = nbformat.read(str(nb_path), as_version=4)
-    nb.metadata.pop("widgets", None)
-    exporter = HTMLExporter(template_name="lab", embed_images=True)
-    body, _ = exporter.from_notebook_node(nb)
-    body = _CDN_MODULE.sub("", _EXTERNAL_SCRIPT.sub("", body))
-    banner = _state_banner(Path(nb_path).parent)
-    if banner:
-        body = re.sub(r"(<body[^>]*>)", lambda m: m.group(1) + banner, body, count=1)
-    return write_text_atomic(html_path, body)
-
-
-def _state_banner(d: Path) -> str:
-    """The phase's current gate state, sign-off, waivers and decision, as an HTML block."""
-    import html as _h
-
-    if not (d / "gate.json").is_file():
-        return ""
-    record = read_json(d / "gate.json")
-    from trainkit.gates import gate_state
-
-    state = gate_state(record)
-    color = {"passed": "#1a7f37", "blocked": "#cf222e", "awaiting_signoff": "#9a6700"}.get(state, "#57606a")
-    sig = record.get("signoff") or {}
-    parts = [f"Gate <b>{_h.escape(record['gate'])}</b>: <b style='color:{color}' id='gate-state'>{_h.escape(state)}</b>"]
-    if sig:
-        parts.append(f"signed by {_h.escape(str(sig.get('by')))} on "
-                     f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(sig.get('at', 0)))}")
-    pending = [c["id"] for c in record["checks"] if c["mandatory"] and c["status"] in ("fail", "pending")]
-    if pending and state != "passed":
-        parts.append("missing: " + ", ".join(_h.escape(p) for p in pending))
-    for w in record.get("waivers") or []:
-        parts.append(f"waived {_h.escape(w['check'])} ({_h.escape(w['reason'])}, by {_h.escape(w['by'])})")
-    dec = read_json(d / "decision.json") if (d / "decision.json").is_file() else None
-    if dec:
-        parts.append(f"decision {_h.escape(str(dec.get('option', '')))} → <b>{_h.escape(str(dec.get('next')))}</b>: "
-                     f"{_h.escape(str(dec.get('reason', ''))[:400])}")
-    return (f"<div id='trainkit-state' style='font-family:sans-serif;border:2px solid {color};padding:8px 12px;"
-            f"margin:8px'>Current state ({time.strftime('%Y-%m-%d %H:%M:%S')}): " + "; ".join(parts) + "</div>")
-
-
-def refresh_reports(run_dir: Path, dirs: list[Path] | None = None) -> list[Path]:
-    """Re-export the reports of ``dirs`` (default: every phase folder) and index.html, after a state
-    change (sign-off, waiver, resume, exit) so that no report shows a state that is no longer true."""
-    run_dir = Path(run_dir)
-    out = []
-    targets = dirs if dirs is not None else sorted({p.parent for p in run_dir.glob("0*/**/notebook.ipynb")})
-    for d in targets:
-        if (Path(d) / "notebook.ipynb").is_file():
-            _safe_export(Path(d) / "notebook.ipynb", Path(d) / "report.html")
-            out.append(Path(d) / "report.html")
-    if (run_dir / "run.json").is_file():
-        out.append(write_index(run_dir))
-    return out
 
 
 def execute_phase(phase: str, run_dir: Path, params: dict[str, Any], attempt: int = 1) -> Path:
@@ -162,15 +94,15 @@ def _execute(pm: Any, phase: str, out_nb: Path, params: dict[str, Any], out_dir:
                             stderr_file=_Indented(sys.stderr) if stream else None,
                             extra_arguments=["--IPKernelApp.log_level=ERROR"])  # no kernel transport warnings
     except pm.PapermillExecutionError as exc:
-        _safe_export(out_nb, out_dir / "report.html")
+        safe_export(out_nb, out_dir / "report.html")
         raise PipelineError(f"{phase} failed: {exc.ename}: {_first_line(exc.evalue)} "
                             f"(read {out_dir / 'report.html'})") from None
     except Exception as exc:  # kernel death, missing kernel, ...
-        _safe_export(out_nb, out_dir / "report.html")
+        safe_export(out_nb, out_dir / "report.html")
         record_phase(run_dir, phase, attempt, status="failed", ended=time.time())
         raise PipelineError(f"{phase} did not finish: {type(exc).__name__}: {_first_line(str(exc))}; "
                             f"fix it and continue with `{resume_command(run_dir)}`") from None
-    _safe_export(out_nb, out_dir / "report.html")
+    safe_export(out_nb, out_dir / "report.html")
 
 
 class _Indented:
@@ -196,14 +128,6 @@ class _Indented:
 def _first_line(text: str) -> str:
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(text))
     return text.strip().splitlines()[0][:400] if text.strip() else ""
-
-
-def _safe_export(nb: Path, html: Path) -> None:
-    if nb.exists():
-        try:
-            export_html(nb, html)
-        except Exception as exc:  # a report must never hide the phase's own outcome
-            print(f"trainkit: could not export {html}: {exc}", file=sys.stderr)
 
 
 def _gate_state(d: Path) -> str | None:
@@ -511,15 +435,3 @@ def _walk(config_path: str | None, run_dir: Path, overrides: list[str] | None, t
 def _kick(trackers: list[Any]) -> None:
     for t in trackers:
         t.kick()
-
-
-def write_index(run_dir: Path) -> Path:
-    """runs/NAME/index.html (see trainkit.reports)."""
-    from trainkit.reports import write_index as _write
-
-    return _write(run_dir)
-
-
-def export_reports(run_dir: Path) -> list[Path]:
-    """Re-export every executed phase notebook to its report.html (with its current state), then index.html."""
-    return refresh_reports(Path(run_dir))

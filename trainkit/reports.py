@@ -4,15 +4,19 @@ phase, links to each report and artifact. Plain HTML + inline SVG: reads offline
 from __future__ import annotations
 
 import html
+import re
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from trainkit._io import read_json, write_text_atomic
-from trainkit.run import load_manifest, phase_dir, run_cost
+from trainkit.gates import AMBER, GREEN, RED, state_color
+from trainkit.run import RunFolder, load_manifest, phase_dir, run_cost
 
-__all__ = ["write_index", "phase_metric"]
+__all__ = ["write_index", "phase_metric", "export_html", "refresh_reports", "export_reports", "safe_export",
+           "publish_signoff"]
 
-_COLORS = {"passed": "#1a7f37", "awaiting_signoff": "#9a6700", "blocked": "#cf222e", None: "#57606a"}
 
 
 def phase_metric(d: Path, phase: str) -> str:
@@ -44,7 +48,7 @@ def _svg(steps: list[dict[str, Any]]) -> str:
              f'role="img" aria-label="path taken">']
     for i, s in enumerate(steps):
         x = i * (w + gap) + 4
-        color = _COLORS.get(s["gate"], "#57606a")
+        color = state_color(s["gate"])
         parts.append(f'<rect x="{x}" y="8" width="{w}" height="{h}" rx="8" fill="white" stroke="{color}" stroke-width="2"/>')
         parts.append(f'<text x="{x + w / 2}" y="30" text-anchor="middle" font-size="13" font-family="sans-serif">'
                      f'{html.escape(s["label"])}</text>')
@@ -139,8 +143,8 @@ def write_index(run_dir: str | Path) -> Path:
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in manifest.get("notes", []))
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>trainkit run {html.escape(manifest['name'])}</title>
 <style>body{{font-family:sans-serif;margin:2em;color:#1f2328}} table{{border-collapse:collapse}}
-td,th{{border:1px solid #d0d7de;padding:4px 8px;vertical-align:top;font-size:14px}} .gate-passed{{color:#1a7f37}}
-.gate-blocked{{color:#cf222e}} .gate-awaiting_signoff{{color:#9a6700}}</style></head><body>
+td,th{{border:1px solid #d0d7de;padding:4px 8px;vertical-align:top;font-size:14px}} .gate-passed{{color:{GREEN}}}
+.gate-blocked{{color:{RED}}} .gate-awaiting_signoff{{color:{AMBER}}}</style></head><body>
 <h1>trainkit run: {html.escape(manifest['name'])}</h1>
 <p>Status: <b>{html.escape(str(manifest.get('status')))}</b>{' — ' + html.escape(exit_.get('message', '')[:400]) if exit_ else ''}</p>
 <h2>Path taken</h2>
@@ -183,3 +187,107 @@ def tracked_runs(states: Any) -> list[tuple[str, dict[str, Any]]]:
             if isinstance(st, dict) and (st.get("runs") or {}).get(""):
                 out.append((uri, st))
     return out
+
+
+# ------------------------------------------------------------------ phase reports (HTML) and their refresh
+
+_EXTERNAL_SCRIPT = re.compile(r"<script[^>]*\bsrc=[\"']https?://[^>]*>\s*</script>", re.I)
+_CDN_MODULE = re.compile(r"<script type=\"module\">(?:(?!</script>).)*https?://(?:(?!</script>).)*</script>", re.S)
+
+
+def export_html(nb_path: str | Path, html_path: str | Path) -> Path:
+    """Export an executed notebook to a self-contained HTML file that reads offline.
+
+    Widget state is dropped (its renderer would come from a CDN; every gate also renders as a
+    plain HTML table), images are embedded, and no script is loaded from the network. A banner at
+    the top states the phase's gate and decision as they are now (a sign-off, waiver or resume
+    after the notebook ran changes them; the cells below show the state when it ran)."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    nb = nbformat.read(str(nb_path), as_version=4)
+    nb.metadata.pop("widgets", None)
+    exporter = HTMLExporter(template_name="lab", embed_images=True)
+    body, _ = exporter.from_notebook_node(nb)
+    body = _CDN_MODULE.sub("", _EXTERNAL_SCRIPT.sub("", body))
+    banner = _state_banner(Path(nb_path).parent)
+    if banner:
+        body = re.sub(r"(<body[^>]*>)", lambda m: m.group(1) + banner, body, count=1)
+    return write_text_atomic(html_path, body)
+
+
+def _state_banner(d: Path) -> str:
+    """The phase's current gate state, sign-off, waivers and decision, as an HTML block."""
+    from trainkit.gates import gate_state, state_color
+
+    record = RunFolder(d).gate(d)
+    if record is None:
+        return ""
+    state = gate_state(record)
+    color = state_color(state)
+    sig = record.get("signoff") or {}
+    parts = [f"Gate <b>{html.escape(record['gate'])}</b>: <b style='color:{color}' id='gate-state'>{html.escape(state)}</b>"]
+    if sig:
+        parts.append(f"signed by {html.escape(str(sig.get('by')))} on "
+                     f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(sig.get('at', 0)))}")
+    pending = [c["id"] for c in record["checks"] if c["mandatory"] and c["status"] in ("fail", "pending")]
+    if pending and state != "passed":
+        parts.append("missing: " + ", ".join(html.escape(p) for p in pending))
+    for w in record.get("waivers") or []:
+        parts.append(f"waived {html.escape(w['check'])} ({html.escape(w['reason'])}, by {html.escape(w['by'])})")
+    dec = RunFolder(d).decision(d)
+    if dec:
+        parts.append(f"decision {html.escape(str(dec.get('option', '')))} → <b>{html.escape(str(dec.get('next')))}</b>: "
+                     f"{html.escape(str(dec.get('reason', ''))[:400])}")
+    return (f"<div id='trainkit-state' style='font-family:sans-serif;border:2px solid {color};padding:8px 12px;"
+            f"margin:8px'>Current state ({time.strftime('%Y-%m-%d %H:%M:%S')}): " + "; ".join(parts) + "</div>")
+
+
+def refresh_reports(run_dir: Path, dirs: list[Path] | None = None) -> list[Path]:
+    """Re-export the reports of ``dirs`` (default: every phase folder) and index.html, after a state
+    change (sign-off, waiver, resume, exit) so that no report shows a state that is no longer true."""
+    run_dir = Path(run_dir)
+    out = []
+    targets = dirs if dirs is not None else sorted({p.parent for p in run_dir.glob("0*/**/notebook.ipynb")})
+    for d in targets:
+        if (Path(d) / "notebook.ipynb").is_file():
+            safe_export(Path(d) / "notebook.ipynb", Path(d) / "report.html")
+            out.append(Path(d) / "report.html")
+    if (run_dir / "run.json").is_file():
+        out.append(write_index(run_dir))
+    return out
+
+
+def safe_export(nb: Path, html: Path) -> None:
+    if nb.exists():
+        try:
+            export_html(nb, html)
+        except Exception as exc:  # a report must never hide the phase's own outcome
+            print(f"trainkit: could not export {html}: {exc}", file=sys.stderr)
+
+
+def export_reports(run_dir: str | Path) -> list[Path]:
+    """Re-export every executed phase notebook to its report.html (with its current state), then index.html."""
+    return refresh_reports(Path(run_dir))
+
+
+def publish_signoff(gate_path: str | Path, by: str, checks: list[str], run_dir: str | Path | None,
+                    waivers: dict[str, str] | None = None, warn: Any = None) -> dict[str, Any]:
+    """Sign a gate off, then let everything that shows its state follow: the phase's report and
+    index.html are rewritten, and (tracking on) MLflow gets the new state. Returns the gate record;
+    a report or push that fails is reported through ``warn`` and never undoes the sign-off."""
+    from trainkit.gates import sign_off
+
+    record = sign_off(gate_path, by=by, checks=checks, run_dir=run_dir, waivers=waivers)
+    if run_dir is None:
+        return record
+    try:
+        refresh_reports(Path(run_dir), [Path(gate_path).parent])
+    except Exception as exc:  # a report must never undo a sign-off
+        if warn is None:
+            raise
+        warn(f"index.html not rewritten: {exc}")
+    from trainkit.tracking import push_quietly
+
+    push_quietly(run_dir, warn=warn)  # the sign-off (a registered model version for Phase 5) in MLflow
+    return record

@@ -1,7 +1,14 @@
-"""The run folder: ``run.json`` (manifest and phase history), phase folders, artifact hashes."""
+"""The run folder as a type: :class:`RunFolder` answers every question about ``runs/NAME/``.
+
+Phase names (:class:`Phase`, one sub-folder map), the file names (constants below), the start
+config and the config in force, typed reads of decision, gate, budget and splits (absent is None),
+the data layer's store and quarantine policy, ``run.json`` (manifest and phase history) and the
+compute cost in baseline units. No other module spells out a run folder's layout.
+"""
 
 from __future__ import annotations
 
+import enum
 import os
 import re
 import time
@@ -11,16 +18,262 @@ from typing import Any
 from trainkit._io import read_json, write_json_atomic
 from trainkit.errors import RunError
 
-__all__ = ["PHASES", "phase_name", "init_run", "load_manifest", "record_phase", "phase_dir", "next_attempt_dir",
-           "latest_attempt_dir", "resume_command", "signoff_command", "check_run_name", "baseline_seconds", "phase_cost",
-           "run_cost"]
+__all__ = ["Phase", "PHASES", "RunFolder", "phase_name", "init_run", "load_manifest", "record_phase", "phase_dir",
+           "next_attempt_dir", "latest_attempt_dir", "resume_command", "signoff_command", "check_run_name",
+           "baseline_seconds", "phase_cost", "run_cost", "RUN_JSON", "RUN_CONFIG", "CURRENT_CONFIG", "TRAINING_CONFIG",
+           "GATE", "DECISION", "BUDGET", "SPLITS", "DATA_MANIFEST", "TEST_ACCESS_LOG", "DATA_LOADS", "TRAIN_SUMMARY",
+           "METRICS", "FINDINGS", "COMPARISON", "TRACKING", "INDEX", "REPORT", "NOTEBOOK"]
 
-PHASES = ["01_planning", "02_baseline", "03_diagnostics", "04_optimization", "05_finalization"]
+
+class Phase(str, enum.Enum):
+    """The five phases, as their folder names; ``sub`` names a repeated phase's folders."""
+
+    PLANNING = "01_planning"
+    BASELINE = "02_baseline"
+    DIAGNOSTICS = "03_diagnostics"
+    OPTIMIZATION = "04_optimization"
+    FINALIZATION = "05_finalization"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def number(self) -> int:
+        return int(self.value[:2])
+
+    @property
+    def sub(self) -> str | None:
+        """``attempt`` / ``round`` / ``iter`` for a phase that repeats, None otherwise."""
+        return _SUB.get(self.value)
+
+    @property
+    def title(self) -> str:
+        return self.value[3:].capitalize()
+
+
+PHASES = [p.value for p in Phase]
 _SUB = {"02_baseline": "attempt", "03_diagnostics": "round", "04_optimization": "iter"}
+# what each repeated phase's number is called in words (reports, tracking tags)
+SUB_WORD = {"02_baseline": "attempt", "03_diagnostics": "round", "04_optimization": "iteration"}
+
+RUN_JSON = "run.json"                    # manifest: config hash, phase history, status
+RUN_CONFIG = "config.yaml"               # the config the run was started with (resume uses it)
+CURRENT_CONFIG = "current_config.yaml"   # the config in force once a later phase adopted a fix
+TRAINING_CONFIG = "training_config.yaml"  # a phase's (or a fit's) config
+GATE = "gate.json"
+DECISION = "decision.json"
+BUDGET = "budget.json"
+SPLITS = "splits.json"
+DATA_MANIFEST = "data_manifest.json"
+TEST_ACCESS_LOG = "test_access.jsonl"
+DATA_LOADS = "data_loads.jsonl"          # one line per data load in a run: phase, seconds, whether it scanned
+TRAIN_SUMMARY = "train_summary.json"
+METRICS = "metrics.jsonl"
+FINDINGS = "findings.json"
+COMPARISON = "comparison.json"
+TRACKING = "tracking.json"
+INDEX = "index.html"
+REPORT = "report.html"
+NOTEBOOK = "notebook.ipynb"
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    return read_json(path) if path.is_file() else None
+
+
+class RunFolder:
+    """One run folder, ``runs/NAME/``. Cheap to make; every read goes to disk."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    # ------------------------------------------------------------ paths
+    def phase_dir(self, phase: str, n: int = 1) -> Path:
+        """``01_planning`` or ``02_baseline/attempt-N`` (``round-N``, ``iter-N``)."""
+        phase = phase_name(phase)
+        base = self.path / phase
+        return base / f"{_SUB[phase]}-{n}" if phase in _SUB else base
+
+    def attempts(self, phase: str) -> list[int]:
+        """The numbers of a repeated phase's folders that exist, in order."""
+        phase = phase_name(phase)
+        base = self.path / phase
+        if phase not in _SUB or not base.is_dir():
+            return []
+        pat = re.compile(rf"^{_SUB[phase]}-(\d+)$")
+        return sorted(int(m.group(1)) for d in os.listdir(base) if (m := pat.match(d)))
+
+    def latest(self, phase: str) -> Path | None:
+        """The newest folder of a phase, or None."""
+        phase = phase_name(phase)
+        if phase not in _SUB:
+            d = self.path / phase
+            return d if d.is_dir() else None
+        found = self.attempts(phase)
+        return self.phase_dir(phase, found[-1]) if found else None
+
+    def next_attempt(self, phase: str) -> tuple[int, Path]:
+        found = self.attempts(phase)
+        n = (found[-1] + 1) if found else 1
+        return n, self.phase_dir(phase, n)
+
+    def phase_dirs(self) -> list[tuple[str, int, Path]]:
+        """Every phase folder there is, in order: (phase, number, folder)."""
+        out: list[tuple[str, int, Path]] = []
+        for phase in PHASES:
+            if phase in _SUB:
+                out += [(phase, n, self.phase_dir(phase, n)) for n in self.attempts(phase)]
+            elif (self.path / phase).is_dir():
+                out.append((phase, 1, self.path / phase))
+        return out
+
+    def locate(self, folder: Path) -> tuple[str, int] | None:
+        """(phase, number) of a phase folder inside this run, or None."""
+        try:
+            parts = Path(folder).resolve().relative_to(self.path.resolve()).parts
+        except ValueError:
+            return None
+        if not parts or parts[0] not in PHASES:
+            return None
+        if parts[0] not in _SUB:
+            return parts[0], 1
+        m = re.match(rf"^{_SUB[parts[0]]}-(\d+)$", parts[1]) if len(parts) > 1 else None
+        return (parts[0], int(m.group(1))) if m else None
+
+    @property
+    def planning(self) -> Path:
+        return self.path / Phase.PLANNING.value
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / RUN_JSON
+
+    @property
+    def is_run(self) -> bool:
+        return self.manifest_path.is_file()
+
+    # ------------------------------------------------------------ configs
+    def start_config_path(self) -> Path:
+        """The config the run was started with (``config.yaml``; a run from before it existed falls
+        back to the config Phase 1 froze). RunError when neither is there."""
+        for p in (self.path / RUN_CONFIG, self.planning / TRAINING_CONFIG):
+            if p.is_file():
+                return p.resolve()
+        raise RunError(f"{self.path}: the config this run was started with is missing ({RUN_CONFIG}); "
+                       "start a new run with trainkit run CONFIG --name NEW")
+
+    def config_in_force_path(self) -> Path:
+        """``current_config.yaml`` (written when a later phase adopts a fix or a better config), or
+        else the one Phase 1 froze. RunError when Phase 1 has not run."""
+        cur = self.path / CURRENT_CONFIG
+        if cur.is_file():
+            return cur
+        p = self.planning / TRAINING_CONFIG
+        if not p.is_file():
+            raise RunError(f"{p} not found; run Phase 1 (01_planning) first")
+        return p
+
+    def config_in_force(self) -> Any:
+        from trainkit.config import load_config
+
+        return load_config(self.config_in_force_path())
+
+    def tracking_config_path(self) -> Path | None:
+        """Where the run's ``tracking`` section is read from: the start config, else Phase 1's."""
+        for p in (self.path / RUN_CONFIG, self.planning / TRAINING_CONFIG):
+            if p.is_file():
+                return p
+        return None
+
+    # ------------------------------------------------------------ typed reads (absent = None)
+    def manifest(self) -> dict[str, Any] | None:
+        return _read(self.manifest_path)
+
+    def decision(self, folder: Path | None) -> dict[str, Any] | None:
+        return _read(folder / DECISION) if folder is not None else None
+
+    def gate(self, folder: Path | None) -> dict[str, Any] | None:
+        return _read(folder / GATE) if folder is not None else None
+
+    def budget(self, folder: Path | None) -> dict[str, Any] | None:
+        return _read(folder / BUDGET) if folder is not None else None
+
+    def train_summary(self, folder: Path | None) -> dict[str, Any] | None:
+        return _read(folder / TRAIN_SUMMARY) if folder is not None else None
+
+    def findings(self, folder: Path | None) -> dict[str, Any] | None:
+        return _read(folder / FINDINGS) if folder is not None else None
+
+    def splits(self) -> dict[str, Any] | None:
+        return _read(self.planning / SPLITS)
+
+    def latest_decision(self, phase: str) -> dict[str, Any] | None:
+        return self.decision(self.latest(phase))
+
+    # ------------------------------------------------------------ the data layer's view
+    def data_store(self) -> Any:
+        """Where the data layer keeps this run's records (:class:`trainkit.data.DataStore`)."""
+        from trainkit.data import DataStore
+
+        return DataStore(root=self.path, splits=self.planning / SPLITS, manifest=self.planning / DATA_MANIFEST,
+                         loads=self.path / DATA_LOADS if self.is_run else None)
+
+    def reading_phase(self, requested: str | None) -> str | None:
+        """The phase whose rules apply to a data load: the one the run's own manifest says is
+        running (not whatever a caller passes); without a manifest, never the final phase (a test
+        read must be logged in a run)."""
+        final = Phase.FINALIZATION.value
+        manifest = self.manifest()
+        if manifest is None:
+            return None if requested == final else requested
+        running = [e["phase"] for e in manifest.get("phases", []) if e.get("status") == "running"]
+        if requested == final and (not running or running[-1] != final):
+            return running[-1] if running else None
+        return requested
+
+    def quarantine(self, phase: str | None) -> Any:
+        """The test split's policy for a load by ``phase`` (:class:`trainkit.data.Quarantine`): open
+        only in Phase 5 while the run says Phase 5 is running; every attempt is logged."""
+        from trainkit.data import Quarantine
+
+        who = self.reading_phase(phase)
+        return Quarantine(open=who == Phase.FINALIZATION.value, who=who,
+                          opens=f"Phase 5 ({Phase.FINALIZATION.value})", log=self.path / TEST_ACCESS_LOG)
+
+    def load_data(self, cfg: Any, phase: str | None, write_splits: bool = False) -> Any:
+        """:func:`trainkit.data.load_data` with this run's store and ``phase``'s quarantine."""
+        from trainkit.data import load_data
+
+        return load_data(cfg, self.data_store(), self.quarantine(phase), write_splits=write_splits)
+
+    # ------------------------------------------------------------ cost
+    def baseline_seconds(self) -> float | None:
+        """The unit of compute cost: the wall time of the first Phase 2 baseline's training (seconds)."""
+        summary = self.train_summary(self.phase_dir(Phase.BASELINE.value, 1))
+        t = (summary or {}).get("wall_time_s")
+        return float(t) if t else None
+
+
+def load_run_data(cfg: Any, run_dir: str | Path | None, phase: str | None = None, write_splits: bool = False) -> Any:
+    """Load data for a phase of the run in ``run_dir`` (or, with None, outside any run)."""
+    if run_dir is None:
+        from trainkit.data import Quarantine, load_data
+
+        final = Phase.FINALIZATION.value
+        return load_data(cfg, None, Quarantine(who=None if phase == final else phase, opens=f"Phase 5 ({final})"))
+    return RunFolder(run_dir).load_data(cfg, phase, write_splits)
 
 
 def phase_name(n: int | str) -> str:
     """``2`` or ``"02_baseline"`` → ``"02_baseline"``; a clear error otherwise."""
+    if isinstance(n, Phase):
+        return n.value
     if isinstance(n, str) and n in PHASES:
         return n
     try:
@@ -35,7 +288,7 @@ def init_run(run_dir: str | Path, name: str | None = None, config_hash: str | No
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / "run.json"
+    path = run_dir / RUN_JSON
     if path.exists():
         manifest = read_json(path)
     else:
@@ -48,14 +301,14 @@ def init_run(run_dir: str | Path, name: str | None = None, config_hash: str | No
 
 
 def load_manifest(run_dir: str | Path) -> dict[str, Any]:
-    path = Path(run_dir) / "run.json"
+    path = Path(run_dir) / RUN_JSON
     if not path.is_file():
         raise RunError(f"{run_dir}: no run.json; not a trainkit run folder (start one with `trainkit run`)")
     return read_json(path)
 
 
 def save_manifest(run_dir: str | Path, manifest: dict[str, Any]) -> None:
-    write_json_atomic(Path(run_dir) / "run.json", manifest)
+    write_json_atomic(Path(run_dir) / RUN_JSON, manifest)
 
 
 def record_phase(run_dir: str | Path, phase: str, attempt: int, **fields: Any) -> dict[str, Any]:
@@ -75,32 +328,17 @@ def record_phase(run_dir: str | Path, phase: str, attempt: int, **fields: Any) -
 
 def phase_dir(run_dir: str | Path, phase: str, attempt: int = 1) -> Path:
     """``runs/NAME/01_planning`` or ``runs/NAME/02_baseline/attempt-N`` (round-N, iter-N)."""
-    base = Path(run_dir) / phase
-    return base / f"{_SUB[phase]}-{attempt}" if phase in _SUB else base
-
-
-def _attempts(run_dir: str | Path, phase: str) -> list[int]:
-    base = Path(run_dir) / phase
-    if phase not in _SUB or not base.is_dir():
-        return []
-    pat = re.compile(rf"^{_SUB[phase]}-(\d+)$")
-    return sorted(int(m.group(1)) for d in os.listdir(base) if (m := pat.match(d)))
+    return RunFolder(run_dir).phase_dir(phase, attempt)
 
 
 def latest_attempt_dir(run_dir: str | Path, phase: str) -> Path | None:
     """The highest-numbered attempt folder of a phase, or None."""
-    found = _attempts(run_dir, phase)
-    if phase not in _SUB:
-        d = Path(run_dir) / phase
-        return d if d.is_dir() else None
-    return phase_dir(run_dir, phase, found[-1]) if found else None
+    return RunFolder(run_dir).latest(phase)
 
 
 def next_attempt_dir(run_dir: str | Path, phase: str) -> tuple[int, Path]:
     """(N, folder) for the next attempt of a phase."""
-    found = _attempts(run_dir, phase)
-    n = (found[-1] + 1) if found else 1
-    return n, phase_dir(run_dir, phase, n)
+    return RunFolder(run_dir).next_attempt(phase)
 
 
 def resume_command(run_dir: str | Path) -> str:
@@ -134,11 +372,7 @@ def check_run_name(name: str) -> str:
 
 def baseline_seconds(run_dir: str | Path) -> float | None:
     """The unit of compute cost: the wall time of the first Phase 2 baseline's training (seconds)."""
-    p = Path(run_dir) / "02_baseline" / "attempt-1" / "train_summary.json"
-    if not p.is_file():
-        return None
-    t = read_json(p).get("wall_time_s")
-    return float(t) if t else None
+    return RunFolder(run_dir).baseline_seconds()
 
 
 def phase_cost(run_dir: str | Path, started: float, ended: float) -> dict[str, Any]:

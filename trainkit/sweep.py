@@ -80,14 +80,14 @@ def run_worker(cfg: TrainkitConfig, run_dir: str | Path, trials: int, storage: s
     """Join (or create) the study and run ``trials`` trials in this process."""
     import optuna
 
-    from trainkit.data import load_data
+    from trainkit.run import load_run_data
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     url = storage or default_storage(run_dir)
     study = optuna.create_study(study_name=study_name, storage=_storage(url), direction="maximize", load_if_exists=True,
                                 sampler=optuna.samplers.TPESampler(seed=seed),
                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1))
-    bundle = load_data(cfg, run_dir, "04_optimization")
+    bundle = load_run_data(cfg, run_dir, "04_optimization")
     study.optimize(_objective(cfg, bundle, default_space(cfg)), n_trials=trials, catch=())
     return study_summary(url, study_name)
 

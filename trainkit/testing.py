@@ -11,7 +11,8 @@ from torch import nn
 
 from trainkit.config import TrainkitConfig, apply_overrides, validate_config_dict
 
-__all__ = ["tiny_config", "tiny_config_file", "make_npz", "make_image_folder", "blobs", "tiny_model"]
+__all__ = ["tiny_config", "tiny_config_file", "make_npz", "make_image_folder", "blobs", "tiny_model", "planted_noise",
+           "noisy", "tabular", "signals", "shapes", "run_phase_inprocess"]
 
 
 def tiny_config(overrides: dict[str, Any] | None = None) -> TrainkitConfig:
@@ -266,3 +267,31 @@ def run_phase_inprocess(phase: str, run_dir: str | Path, **params: Any) -> dict[
                 except GateBlocked:
                     break
     return ns
+
+
+def planted_noise(spec: str) -> Any:
+    """A planted problem: wrong training labels. ``data: {source: "trainkit.testing:planted_noise",
+    root: "MAKER:RATE"}``: MAKER is ``digits`` or an ``(x, y)`` maker of this module (``tabular``,
+    ``signals``, ``shapes``, ...), RATE the fraction of the train split whose labels are flipped to
+    another class (seeded by ``data.split_seed``; val and test keep their true labels). The bundle
+    lists the flipped rows in ``info["label_noise_flipped"]``."""
+    from trainkit.data import in_memory_source, load_source
+    from trainkit.config import DataConfig
+
+    maker, _, rate = str(spec).partition(":")
+    try:
+        noise = float(rate)
+    except ValueError:
+        raise ValueError(f"planted_noise: data.root {spec!r} must be 'MAKER:RATE', e.g. 'tabular:0.3'") from None
+    if maker == "digits":
+        source = load_source(DataConfig(source="digits"))
+    else:
+        x, y = globals()[maker]()
+        source = in_memory_source(x, y, None, f"planted {maker}")
+    source.train_label_noise = noise
+    return source
+
+
+def noisy(maker: str, rate: float) -> dict[str, Any]:
+    """The ``data`` overrides of :func:`planted_noise` (for :func:`tiny_config` and benchmarks)."""
+    return {"data.source": "trainkit.testing:planted_noise", "data.root": f"{maker}:{rate}"}

@@ -27,17 +27,15 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import re
 import time
-import urllib.parse
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 from trainkit._io import read_json, write_json_atomic
+from trainkit._track_rows import Target, redact
 from trainkit.errors import ConfigError, TrackingError
 
 __all__ = ["Target", "target_for", "require_mlflow", "push_run", "push_quietly", "under_pipeline", "redact",
@@ -45,31 +43,6 @@ __all__ = ["Target", "target_for", "require_mlflow", "push_run", "push_quietly",
 
 STATE_FILE = "tracking.json"
 PIPELINE_ENV = "TRAINKIT_PIPELINE"  # set by `trainkit run` for its kernels: the pipeline pushes, they do not
-
-
-@dataclass(frozen=True)
-class Target:
-    """Where a run is pushed: the tracking URI, the experiment, the registry name."""
-
-    uri: str
-    experiment: str = "trainkit"
-    registered_model: str = "trainkit"
-    artifact_root: str | None = None  # a local database store keeps artifacts beside it
-    live_interval_s: float = 30.0
-
-    @property
-    def key(self) -> str:
-        return redact(self.uri)
-
-
-def redact(uri: str) -> str:
-    """``uri`` without a password (``http://user:***@host``): what run folders and messages show."""
-    parts = urllib.parse.urlsplit(uri)
-    if parts.password is None:
-        return uri
-    host = parts.hostname or ""
-    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 def under_pipeline() -> bool:
@@ -100,13 +73,14 @@ def target_for(run_dir: str | Path, cfg: Any = None, uri: str | None = None, exp
 
 def _run_tracking(run_dir: Path) -> Any:
     from trainkit.config import TrackingConfig, load_config
+    from trainkit.run import RunFolder
 
-    for p in (run_dir / "config.yaml", run_dir / "01_planning" / "training_config.yaml"):
-        if p.is_file():
-            try:
-                return load_config(p).tracking
-            except ConfigError:
-                break
+    p = RunFolder(run_dir).tracking_config_path()
+    if p is not None:
+        try:
+            return load_config(p).tracking
+        except ConfigError:
+            pass
     return TrackingConfig()
 
 
@@ -227,43 +201,6 @@ def _read_state(path: Path) -> dict[str, Any]:
         raise TrackingError(f"{path} is not trainkit's tracking record (a JSON object {{uri: {{experiment: record}}}}); "
                             "move it away to push the run again from the start (MLflow then gets new runs for it)")
     return states
-
-
-def numeric_items(row: dict[str, Any]) -> Iterator[tuple[str, float]]:
-    """The numeric fields of a metrics.jsonl row (booleans as 0/1)."""
-    return ((k, float(v)) for k, v in row.items() if isinstance(v, (bool, int, float)))
-
-
-def complete_lines(path: Path) -> bytes:
-    """The bytes of a metrics.jsonl being written up to its last newline (a line without its
-    newline is not there yet)."""
-    data = path.read_bytes()
-    return data[:data.rfind(b"\n") + 1]
-
-
-def parse_rows(data: bytes) -> list[dict[str, Any]]:
-    """The JSON rows of JSON-lines bytes (a line that does not parse is skipped)."""
-    rows = []
-    for line in data.splitlines():
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                continue
-    return rows
-
-
-def flatten(d: Any, prefix: str = "") -> dict[str, str]:
-    """``{"optimizer": {"lr": 0.001}}`` → ``{"optimizer.lr": "0.001"}`` (lists as JSON)."""
-    out: dict[str, str] = {}
-    if isinstance(d, dict):
-        for k, v in d.items():
-            key = f"{prefix}.{k}" if prefix else str(k)
-            if isinstance(v, dict) and v:
-                out.update(flatten(v, key))
-            else:
-                out[key] = json.dumps(v) if isinstance(v, (list, tuple, dict)) else str(v)
-    return out
 
 
 class LiveTracker:

@@ -12,7 +12,7 @@ import ipywidgets as W
 
 from trainkit._io import read_json
 from trainkit.errors import GateError
-from trainkit.gates import gate_html, gate_state, sign_off
+from trainkit.gates import GREEN, RED, gate_html, gate_state
 
 __all__ = ["GateWidget", "LiveCurves"]
 
@@ -62,24 +62,17 @@ class GateWidget:
 
     def _on_click(self, _: Any = None) -> None:
         ticked = [cid for cid, box in self.boxes.items() if box.value]
+        from trainkit.reports import publish_signoff
+
+        notes: list[str] = []
         try:
-            record = sign_off(self.gate_path, by=self.approver.value, checks=ticked, run_dir=self.run_dir)
+            record = publish_signoff(self.gate_path, self.approver.value, ticked, self.run_dir, warn=notes.append)
         except GateError as exc:
-            self.message.value = f"<span style='color:#cf222e'>Not signed: {exc}</span>"
+            self.message.value = f"<span style='color:{RED}'>Not signed: {exc}</span>"
             return
-        self.message.value = f"<span style='color:#1a7f37'>Signed off by {record['signoff']['by']}.</span>"
+        self.message.value = (f"<span style='color:{GREEN}'>Signed off by {record['signoff']['by']}.</span>"
+                              + "".join(f" <small>({m})</small>" for m in notes))
         self._render(record)
-        try:  # the state changed: reports of this phase (when it ran headless) and the run's index follow
-            from trainkit.pipeline import refresh_reports
-
-            if self.run_dir is not None:
-                refresh_reports(self.run_dir, [Path(self.gate_path).parent])
-        except Exception as exc:  # a report must never undo a sign-off
-            self.message.value += f" <small>(index.html not rewritten: {exc})</small>"
-        if self.run_dir is not None:  # tracking on: the sign-off (a registered model version for Phase 5) in MLflow
-            from trainkit.tracking import push_quietly
-
-            push_quietly(self.run_dir, warn=lambda m: setattr(self.message, "value", self.message.value + f" <small>({m})</small>"))
 
     def _ipython_display_(self) -> None:
         from IPython.display import display

@@ -20,11 +20,11 @@ from trainkit.config import TrainkitConfig, with_overrides
 from trainkit.data import DataBundle
 from trainkit.models import build_model
 from trainkit.repro import seed_everything, set_deterministic
-from trainkit.train import make_optimizer, resolve_device
+from trainkit.train import fit, make_optimizer, resolve_device
 
 __all__ = ["sample", "init_loss_probe", "input_independent_probe", "overfit_batch_probe", "lr_range_test",
            "grad_norm_stats", "seed_variance_probe", "throughput_probe", "resource_profile", "dead_units_probe",
-           "data_probe", "label_issue_probe", "per_class_probe"]
+           "data_probe", "label_issue_probe", "per_class_probe", "determinism_probe"]
 
 
 def sample(bundle: DataBundle, split: str, n: int, seed: int = 0, device: Any = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
@@ -481,3 +481,32 @@ def _sub_bundle(bundle: DataBundle, train_idx: np.ndarray, val_idx: np.ndarray) 
     sub = copy.copy(bundle)
     sub.splits = {"train": np.sort(train_idx), "val": np.asarray(val_idx)}
     return sub
+
+
+def determinism_probe(cfg: Any, bundle: Any, epochs: int = 2, max_train: int = 512) -> dict[str, Any]:
+    """Train twice from the same seed for ``epochs`` on at most ``max_train`` samples; compare losses.
+
+    On CPU the two loss sequences must be bitwise identical; on GPU within ``tolerance``.
+    """
+    probe_cfg = cfg.model_copy(deep=True)
+    probe_cfg.training.epochs = epochs
+    probe_cfg.training.patience = None
+    original = bundle.splits["train"]
+    bundle.splits["train"] = original[:max_train]
+    try:
+        runs = [fit(probe_cfg, bundle, None, progress=False) for _ in range(2)]
+    finally:
+        bundle.splits["train"] = original
+    keys = ("train_loss", "val_loss", "val_accuracy")
+    seq = [[r[k] for r in run.history for k in keys] for run in runs]
+    on_gpu = runs[0].device.startswith("cuda")
+    tolerance = 1e-5 if on_gpu else 0.0
+    max_diff = max((abs(a - b) for a, b in zip(*seq)), default=0.0)
+    return {"identical": seq[0] == seq[1], "within_tolerance": max_diff <= tolerance, "max_abs_diff": max_diff,
+            "tolerance": tolerance, "device": runs[0].device, "epochs": epochs, "train_samples": int(min(max_train, len(original))),
+            "losses_a": seq[0], "losses_b": seq[1],
+            "passed": (seq[0] == seq[1]) if not on_gpu else max_diff <= tolerance,
+            # the runs' timing (the first pays the process's cold start): Phase 1's compute plan extrapolates from it
+            "timing": {"wall_s": runs[1].wall_time_s, "epochs_s": runs[1].train_time_s, "epochs": epochs,
+                       "cold_wall_s": runs[0].wall_time_s,
+                       "train_samples": int(min(max_train, len(original))), "val_samples": int(len(bundle.splits["val"]))}}

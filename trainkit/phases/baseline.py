@@ -11,6 +11,7 @@ from typing import Any
 from trainkit._io import write_json_atomic, write_text_atomic
 from trainkit.config import save_config
 from trainkit.errors import CheckpointError
+from trainkit.gates import RED
 from trainkit.phases.common import run_path, PhaseContext, begin, clock, finish_gate, load_run_config, require_gate, \
     show_figure, show_html, write_decision
 from trainkit.run import next_attempt_dir
@@ -39,13 +40,13 @@ def train(ctx: PhaseContext, resume: bool = False, live: bool | None = None) -> 
     non-finite loss is recorded, not raised. The live plot is on when the notebook is interactive
     (headless runs draw the curves once, in write_results)."""
     live = ctx.interactive if live is None else live
-    from trainkit.data import load_data
+    from trainkit.run import load_run_data
     from trainkit.train import fit
 
     t0 = time.perf_counter()
     outcome: dict[str, Any] = {"status": "crashed", "result": None, "error": None}
     try:
-        bundle = load_data(ctx.config, ctx.run_dir, PHASE)
+        bundle = load_run_data(ctx.config, ctx.run_dir, PHASE)
         outcome["chance"] = float(max(bundle.info["class_counts"]["val"]) / max(1, bundle.info["sizes"]["val"]))
         outcome["num_classes"] = bundle.num_classes
         hook = None
@@ -63,7 +64,7 @@ def train(ctx: PhaseContext, resume: bool = False, live: bool | None = None) -> 
         outcome["error"] = {"type": type(exc).__name__, "cause_type": type(cause).__name__, "message": str(exc),
                             "traceback": traceback.format_exc()[-4000:]}
         write_json_atomic(ctx.path("crash.json"), outcome["error"])
-        show_html(f"<p style='color:#cf222e'><b>Baseline crashed</b>: {type(exc).__name__}: {exc}</p>")
+        show_html(f"<p style='color:{RED}'><b>Baseline crashed</b>: {type(exc).__name__}: {exc}</p>")
     outcome["wall_time_s"] = time.perf_counter() - t0
     write_json_atomic(ctx.path("outcome.json"), {k: v for k, v in outcome.items() if k != "result"})
     return outcome

@@ -11,6 +11,7 @@ from typing import Any
 from trainkit._io import read_json, write_json_atomic, write_text_atomic
 from trainkit.config import config_to_dict, get_dotted, save_config, with_overrides
 from trainkit.errors import RunError
+from trainkit.gates import RED
 from trainkit.phases.common import run_path, CURRENT_CONFIG, PhaseContext, begin, clock, finish_gate, load_run_config, require_routed, \
     show_figure, show_html, write_decision
 from trainkit.run import latest_attempt_dir, load_manifest, next_attempt_dir
@@ -58,7 +59,7 @@ def start(run_dir: str | Path, round: int = 0, interactive: bool = True) -> Phas
 def diagnose(ctx: PhaseContext, label_issues: bool = True) -> dict[str, Any]:
     """Evidence + probes + detectors + ranked recommendations → findings.json (and exclude.json
     when samples should be left out of training)."""
-    from trainkit.data import load_data
+    from trainkit.run import load_run_data
     from trainkit.diagnostics import detect_all, gather_evidence, plan_recommendations, primary_cause, run_probes
 
     from trainkit.phases.optimization import realized_gains
@@ -67,7 +68,7 @@ def diagnose(ctx: PhaseContext, label_issues: bool = True) -> dict[str, Any]:
     ev = gather_evidence(ctx.source, cfg, ctx.failed_mode)
     ev["exclude_path"], ev["label_exclude_path"] = ctx.rel("exclude.json"), ctx.rel("exclude_labels.json")
     ev["tried"] = realized_gains(ctx.run_dir, cfg)
-    bundle = load_data(cfg, ctx.run_dir, PHASE)
+    bundle = load_run_data(cfg, ctx.run_dir, PHASE)
     ev["probes"] = run_probes(cfg, bundle, ev, label_issues=label_issues, clock=clock(ctx))
     findings = detect_all(ev)
     plan = plan_recommendations(findings, ev)
@@ -117,7 +118,7 @@ def _figures(ctx: PhaseContext, result: dict[str, Any]) -> list[str]:
 
 def _dot(fired: bool) -> str:
     """A fired/quiet marker in text, not emoji (an emoji renders as a blank box without its font)."""
-    return f"<span style='color:{'#cf222e' if fired else '#8c959f'}'>{'●' if fired else '○'}</span>"
+    return f"<span style='color:{RED if fired else '#8c959f'}'>{'●' if fired else '○'}</span>"
 
 
 def show_findings(ctx: PhaseContext, result: dict[str, Any]) -> list[str]:

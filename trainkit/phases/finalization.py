@@ -17,7 +17,7 @@ import torch
 
 from trainkit._io import read_json, read_jsonl, sha256_file, write_json_atomic, write_text_atomic
 from trainkit.config import config_hash, load_config, save_config, with_overrides
-from trainkit.data import TEST_ACCESS_LOG
+from trainkit.run import TEST_ACCESS_LOG
 from trainkit.errors import CheckpointError, GateError, QuarantineError
 from trainkit.phases.common import run_path, PhaseContext, begin, clock, finish_gate, load_run_config, require_routed, \
     show_figure, show_html, write_decision
@@ -101,9 +101,9 @@ def _fit_in_budget(ctx: PhaseContext, cfg: Any) -> None:
 def _bundle(ctx: PhaseContext) -> Any:
     """The phase's data, loaded once (the fingerprint check and the split run once per phase)."""
     if getattr(ctx, "bundle", None) is None:
-        from trainkit.data import load_data
+        from trainkit.run import load_run_data
 
-        ctx.bundle = load_data(ctx.config, ctx.run_dir, PHASE)  # type: ignore[attr-defined]
+        ctx.bundle = load_run_data(ctx.config, ctx.run_dir, PHASE)  # type: ignore[attr-defined]
     return ctx.bundle  # type: ignore[attr-defined]
 
 

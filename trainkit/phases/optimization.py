@@ -213,7 +213,7 @@ def _baseline_rows(ctx: PhaseContext, seeds: list[int], train: bool) -> list[dic
     run twice: Phase 2's run is the first seed and Phase 3's seed-variance runs (same config) the
     next ones. With ``train`` a seed still missing is trained when the time budget allows (Phase 4
     asks for each seed just before a candidate trains on it, so the pairs stay matched)."""
-    from trainkit.data import load_data
+    from trainkit.run import load_run_data
 
     cache = ctx.run_dir / PHASE / "baseline_seeds.json"
     base_dir = latest_attempt_dir(ctx.run_dir, "02_baseline")
@@ -230,7 +230,7 @@ def _baseline_rows(ctx: PhaseContext, seeds: list[int], train: bool) -> list[dic
     missing = [s for s in seeds if str(s) not in rec["runs"]]
     if train and missing:
         have = any(str(s) in rec["runs"] for s in seeds)
-        for row in _train_seeds(base_cfg, load_data(base_cfg, ctx.run_dir, PHASE), None, missing, ctx, "baseline re-run",
+        for row in _train_seeds(base_cfg, load_run_data(base_cfg, ctx.run_dir, PHASE), None, missing, ctx, "baseline re-run",
                                 always_first=not have):
             rec["runs"][str(row["seed"])] = row
     write_json_atomic(cache, rec)
@@ -282,7 +282,7 @@ def compare(ctx: PhaseContext, seeds: int = 3, ablation: bool = True) -> dict[st
     together): every candidate trains on the first seed; the better half (at most two) trains on
     the rest; the one with the best mean is this iteration's candidate. It is compared with the
     baseline (its own config and data) and with the best so far, seed for seed."""
-    from trainkit.data import load_data
+    from trainkit.run import load_run_data
 
     seed_list = _seed_list(ctx, seeds)
     base_rows = _baseline_rows(ctx, seed_list[:1], train=True)  # Phase 2's run: nothing to train
@@ -300,7 +300,7 @@ def compare(ctx: PhaseContext, seeds: int = 3, ablation: bool = True) -> dict[st
                            f"{max(0.0, clock(ctx).left()):.1f} s left; {keep} single(s) kept")
             cands = cands[:1 + keep]
     for c in cands:  # rung 0: every candidate on the first seed (Phase 2's seed: its pair is already there)
-        c["bundle"] = load_data(c["config"], ctx.run_dir, PHASE)
+        c["bundle"] = load_run_data(c["config"], ctx.run_dir, PHASE)
         c["runs"] = _train_seeds(c["config"], c["bundle"], ctx.path(f"runs/{c['id']}") if len(cands) > 1 else ctx.path("runs"),
                                  seed_list[:1], ctx, f"candidate {c['id']}", always_first=c is cands[0])
     lone = len(cands) == 1
@@ -353,7 +353,7 @@ def _survivor_combination(ctx: PhaseContext, survivors: list[dict[str, Any]], be
                           seed_list: list[int], reference: dict[int, list[dict[str, Any]]] | None = None) -> dict[str, Any] | None:
     """When two surviving single recommendations each have a mean above the best so far's, try
     them together (what this iteration learned, used at once); None otherwise."""
-    from trainkit.data import load_data
+    from trainkit.run import load_run_data
 
     singles = [c for c in survivors if c["id"] != "all" and len(c["recommendations"]) == 1 and _score(c) > np.mean(best["per_seed"])]
     if len(singles) < 2:
@@ -363,7 +363,7 @@ def _survivor_combination(ctx: PhaseContext, survivors: list[dict[str, Any]], be
     cfg, _ = _provenance(ctx, ctx.config, recs, ctx.round_no)  # type: ignore[attr-defined]
     if not clock(ctx).allows(_fit_estimate(ctx, cfg) * len(seed_list), f"combination {'+'.join(ids)}"):
         return None
-    c = {"id": "+".join(ids), "recommendations": ids, "config": cfg, "bundle": load_data(cfg, ctx.run_dir, PHASE)}
+    c = {"id": "+".join(ids), "recommendations": ids, "config": cfg, "bundle": load_run_data(cfg, ctx.run_dir, PHASE)}
     c["runs"] = _train_seeds(cfg, c["bundle"], ctx.path(f"runs/{c['id']}"), seed_list, ctx, f"combination {c['id']}",
                              reference=reference)
     return c if c["runs"] else None

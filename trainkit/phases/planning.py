@@ -81,9 +81,9 @@ def write_environment(ctx: PhaseContext) -> dict[str, Any]:
 
 def write_splits(ctx: PhaseContext) -> Any:
     """Load the data, write splits.json (indices, fingerprints, duplicates); return the bundle."""
-    from trainkit.data import load_data
+    from trainkit.run import load_run_data
 
-    bundle = load_data(ctx.config, ctx.run_dir, PHASE, write_splits=True)
+    bundle = load_run_data(ctx.config, ctx.run_dir, PHASE, write_splits=True)
     info = bundle.info
     show_html(f"<p>{info['source']}: sizes {info['sizes']}, input {tuple(info['input_shape'])}, "
               f"{len(info['class_names'])} classes; exact duplicates across splits: {info['duplicates']['across_splits']}</p>")
@@ -103,7 +103,7 @@ def show_data_overview(ctx: PhaseContext, bundle: Any) -> None:
 
 def check_determinism(ctx: PhaseContext, bundle: Any) -> dict[str, Any]:
     """Two short same-seed trainings; bitwise-identical losses on CPU → determinism.json."""
-    from trainkit.repro import determinism_probe
+    from trainkit.diagnostics.probes import determinism_probe
 
     from trainkit.errors import TrainingError
 
