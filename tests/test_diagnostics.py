@@ -16,14 +16,14 @@ from trainkit.diagnostics import classify_crash, combine_patches, detect_all, ga
 from trainkit.config import with_overrides
 from trainkit.diagnostics.probes import lr_range_test
 from trainkit.errors import TrainkitError
-from trainkit.testing import tiny_config
+from trainkit.testing import noisy, tiny_config
 from trainkit.train import fit
 
 CASES = {
     "overfitting": {"data.subset": 60, "model.kwargs": {"hidden": [512, 512]}, "training.epochs": 40, "target.value": 0.95},
     "convergence_stall": {"optimizer.lr": 0.0, "training.epochs": 3},
     "nan_loss": {"optimizer.name": "sgd", "optimizer.lr": 1e6, "model.kwargs": {"hidden": [64, 64, 64]}},
-    "data_quality": {"data.label_noise": 0.15, "training.epochs": 30, "model.kwargs": {"hidden": [128]},
+    "data_quality": {**noisy("digits", 0.15), "training.epochs": 30, "model.kwargs": {"hidden": [128]},
                      "target.value": 0.99},
     "leakage": {"data.source": "trainkit.testing:duplicated_digits", "training.epochs": 15},
     "resource_inefficiency": {"data.source": "trainkit.testing:slow_dataset", "training.epochs": 2, "target.value": 0.5},
