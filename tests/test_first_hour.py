@@ -248,7 +248,7 @@ def test_a_phase_run_by_hand_that_raises_is_marked_failed_not_running(tmp_path):
     shell = InteractiveShell.instance()
     run = tmp_path / "r"
     try:
-        shell.run_cell(f"from trainkit.phases.common import begin\nctx = begin({str(run)!r}, '02_baseline', 1, False)")
+        shell.run_cell(f"from trainkit.phases.common import PhaseContext, begin\nctx = begin(PhaseContext, {str(run)!r}, '02_baseline', 1, False)")
         assert json.loads((run / "run.json").read_text())["phases"][0]["status"] == "running"
         shell.run_cell("raise ValueError('the test split may be read once')")
         entry = json.loads((run / "run.json").read_text())["phases"][0]

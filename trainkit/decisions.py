@@ -1,14 +1,65 @@
-"""The decision tree of DESIGN.md after Phases 3 and 4, as pure functions of numbers.
+"""The whole decision tree of DESIGN.md, as pure functions of numbers.
 
-Each returns ``(option, next_phase, reason)``; the phase modules add the evidence and write
-``decision.json``. Thresholds come from the config's ``budget`` section.
+After Phase 2 (:func:`after_baseline`), 3 (:func:`after_diagnostics`), 4 (:func:`after_optimization`)
+and 5 (:func:`after_finalization`), and the budget's routing (:func:`route_over_budget`). Each
+returns ``(option, next, reason)``; the phase modules gather the numbers, add the evidence and
+write ``decision.json``; the pipeline follows ``next``. Thresholds come from the config's
+``budget`` section.
 """
 
 from __future__ import annotations
 
 from typing import Any, Sequence
 
-__all__ = ["after_diagnostics", "after_optimization"]
+__all__ = ["learned", "after_baseline", "after_diagnostics", "after_optimization", "after_finalization",
+           "route_over_budget"]
+
+Decision = tuple[str, str, str]
+
+
+def learned(init_loss: float, history: Sequence[dict[str, Any]], chance: float) -> tuple[bool, str]:
+    """Whether a baseline learned: its final train loss below 99% of the loss at init and its best
+    val accuracy more than 2 points above chance; and the numbers that say so."""
+    if not history:
+        return False, "no completed epoch"
+    final = history[-1]["train_loss"]
+    best = max(h["val_accuracy"] for h in history)
+    ok = final < init_loss * 0.99 and best > chance + 0.02
+    return ok, f"train loss {init_loss:.3f} at init → {final:.3f}; best val accuracy {best:.3f} vs chance {chance:.3f}"
+
+
+def after_baseline(*, status: str, learned: bool, best: float | None, target: float, attempt: int,
+                   max_restarts: int) -> Decision:
+    """Phase 2: C (crashed, non-finite, or no learning → Phase 3 in failed mode, then a restart;
+    stop once the restarts are used up), A (val ≥ target → Phase 5), B (below → Phase 3)."""
+    if status in ("crashed", "nonfinite") or not learned:
+        failure = {"crashed": "training crashed", "nonfinite": "non-finite loss or gradient"}.get(status, "no learning")
+        restarts_left = max_restarts - (attempt - 1)
+        if restarts_left <= 0:
+            return "C", "stop", f"baseline failed ({failure}) and the {max_restarts} restarts are used up"
+        return "C", "03_diagnostics", (f"baseline failed: {failure}; diagnose, fix, restart Phase 2 "
+                                       f"({restarts_left} restart(s) left)")
+    assert best is not None
+    if best >= target:
+        return "A", "05_finalization", f"val accuracy {best:.4f} >= target {target}"
+    return "B", "03_diagnostics", f"val accuracy {best:.4f} < target {target}"
+
+
+def after_finalization(*, gate: str, missing: Sequence[str], how: str) -> Decision:
+    """Phase 5: deploy when production_ready passed and is signed; blocked otherwise (what is
+    missing, and how to finish)."""
+    if gate == "passed":
+        return "-", "deploy", "production_ready passed and signed"
+    return "-", "blocked", "missing: " + "; ".join(missing) + f". To finish: {how}"
+
+
+def route_over_budget(next_phase: str, seconds_left: float) -> str | None:
+    """Any phase: the run's time for ``next_phase`` (its cumulative share of ``budget.total_hours``)
+    is used up → accept the best so far and go to Phase 5 (the ceiling is documented). Only the
+    optional phases (3 and 4) are skipped so; None when the decision stands."""
+    if next_phase in ("03_diagnostics", "04_optimization") and seconds_left <= 0:
+        return "05_finalization"
+    return None
 
 
 def after_diagnostics(*, expected_gain: float, fix: dict[str, Any] | None, needs_fix: bool, manual_fix: str | None,

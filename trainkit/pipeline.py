@@ -13,15 +13,14 @@ import re
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from trainkit._io import read_json
 from trainkit.reports import export_html, export_reports, refresh_reports, safe_export, write_index
 from trainkit.errors import ConfigError, PipelineError, RunError
-from trainkit.run import PHASES, init_run, latest_attempt_dir, load_manifest, next_attempt_dir, phase_dir, record_phase, \
-    resume_command, run_cost, save_manifest, signoff_command
+from trainkit.run import BUDGET_OVERRIDE, DECISION, GATE, PHASES, REPORT, RUN_CONFIG, RUN_JSON, Phase, RunFolder, init_run, latest_attempt_dir, load_manifest, \
+    next_attempt_dir, phase_dir, record_phase, resume_command, run_cost, save_manifest, signoff_command
 
 __all__ = ["notebook_path", "execute_phase", "export_html", "run_pipeline", "PipelineOutcome", "export_reports",
            "write_index"]
@@ -131,23 +130,23 @@ def _first_line(text: str) -> str:
 
 
 def _gate_state(d: Path) -> str | None:
-    p = d / "gate.json"
-    if not p.is_file():
+    record = RunFolder(d).gate(d)
+    if record is None:
         return None
     from trainkit.gates import gate_state
 
-    return gate_state(read_json(p))
+    return gate_state(record)
 
 
 def _signoff_hint(run_dir: Path, phase: str, d: Path) -> str:
-    record = read_json(d / "gate.json")
+    record = RunFolder(run_dir).gate(d) or {}
     manual = [c["id"] for c in record["checks"] if c["kind"] == "manual" and c["mandatory"] and c["status"] != "pass"]
     n = int(phase[:2])
     return (f"{phase} is waiting for a sign-off of gate '{record['gate']}'. Finish it with:\n"
             f"  {signoff_command(run_dir, n, manual)}\n"
             f"then: {resume_command(run_dir)}\n"
             f"(or in JupyterLab, in any notebook: from trainkit.widgets import GateWidget; "
-            f"GateWidget({str(d / 'gate.json')!r}, {str(run_dir)!r})"
+            f"GateWidget({str(d / GATE)!r}, {str(run_dir)!r})"
             f"; or rerun with --approve {manual[0] if manual else 'signoff'}=NAME)")
 
 
@@ -159,18 +158,16 @@ def _resume_point(run_dir: Path) -> tuple[str | None, str | None, int | None]:
     last = manifest["phases"][-1]
     d = latest_attempt_dir(run_dir, last["phase"])
     state = _gate_state(d) if d else None
+    run = RunFolder(run_dir)
     if state == "passed":
-        decision = read_json(d / "decision.json") if (d / "decision.json").exists() else {}
-        nxt = decision.get("next")
-        if (d / "budget_override.json").exists():
-            nxt = read_json(d / "budget_override.json")["next"]
-        if last["phase"] == "05_finalization":
+        nxt = (run.routed_decision(d) or {}).get("next")
+        if last["phase"] == Phase.FINALIZATION.value:
             _mark_deploy(run_dir, d)
             return None, "production_ready is passed and signed: ready to deploy", None
         if nxt in ("deploy", None):
             return None, "the run already finished", None
         return nxt, f"{last['phase']} passed its gate", None
-    decision = read_json(d / "decision.json") if d and (d / "decision.json").is_file() else {}
+    decision = run.decision(d) or {}
     if state == "blocked" and decision.get("option") == "C" and str(decision.get("next", ""))[:2].isdigit():
         # a failed baseline's gate is blocked by design and its decision routes to the diagnosis: follow it
         return decision["next"], f"{last['phase']} failed and its recorded decision is C → {decision['next']}", None
@@ -183,12 +180,12 @@ def _mark_deploy(run_dir: Path, d: Path) -> None:
     """A production gate signed after the notebook ran: record the deploy decision."""
     from trainkit._io import write_json_atomic
 
-    decision = read_json(d / "decision.json") if (d / "decision.json").exists() else {}
+    decision = RunFolder(run_dir).decision(d) or {}
     if decision.get("next") != "deploy":
-        write_json_atomic(d / "decision.json", {"phase": "05_finalization", "attempt": 1, "option": "-", "next": "deploy",
+        write_json_atomic(d / DECISION, {"phase": Phase.FINALIZATION.value, "attempt": 1, "option": "-", "next": "deploy",
                                                 "reason": "production_ready passed and signed (after the notebook ran)",
                                                 "evidence": {"gate": "passed", "previous": decision.get("reason")}})
-    record_phase(run_dir, "05_finalization", 1, decision="deploy", gate="passed")
+    record_phase(run_dir, Phase.FINALIZATION.value, 1, decision="deploy", gate="passed")
     manifest = load_manifest(run_dir)
     manifest["status"] = "ready_to_deploy"
     save_manifest(run_dir, manifest)
@@ -196,14 +193,16 @@ def _mark_deploy(run_dir: Path, d: Path) -> None:
 
 
 def _over_budget(run_dir: Path, phase: str) -> bool:
-    """True when ``phase`` is 03 or 04 and the run's active time has reached that phase's deadline
-    (trainkit.budget.PhaseClock, the same one the phase would run on): it could start no fit."""
-    if phase not in ("03_diagnostics", "04_optimization"):
-        return False
-    from trainkit.budget import PhaseClock
-    from trainkit.phases.common import load_run_config
+    """True when :func:`trainkit.decisions.route_over_budget` skips ``phase``: the run's active time
+    has reached its deadline (trainkit.budget.PhaseClock, the same one the phase would run on)."""
+    from trainkit.decisions import route_over_budget
 
-    return PhaseClock(run_dir, phase, load_run_config(run_dir).budget.total_hours).left() <= 0
+    if route_over_budget(phase, 0.0) is None:
+        return False  # never skipped: no need to read the clock
+    from trainkit.budget import PhaseClock
+
+    left = PhaseClock(run_dir, phase, RunFolder(run_dir).config_in_force().budget.total_hours).left()
+    return route_over_budget(phase, left) is not None
 
 
 def _route_over_budget(run_dir: Path, phase: str, d: Path) -> str:  # phase: where the decision wanted to go
@@ -211,8 +210,8 @@ def _route_over_budget(run_dir: Path, phase: str, d: Path) -> str:  # phase: whe
     signed decision.json stays as it was) and a note in run.json documenting the ceiling."""
     from trainkit._io import write_json_atomic
 
-    decision = read_json(d / "decision.json")
-    write_json_atomic(d / "budget_override.json", {
+    decision = RunFolder(run_dir).decision(d) or {}
+    write_json_atomic(d / BUDGET_OVERRIDE, {
         "next": "05_finalization", "was_next": decision["next"], "time": time.time(),
         "reason": f"the run's time for {phase} (its share of budget.total_hours) is used up: accept the best so far and finalize (the decision was "
                   f"{decision['option']} → {decision['next']}: {decision['reason']})"})
@@ -240,15 +239,18 @@ def run_pipeline(config_path: str | None, run_dir: Path, overrides: list[str] | 
     try:
         with run_lock(run_dir):
             try:
-                outcome = _walk(config_path, run_dir, overrides, target, stop_after, approvals, resume, echo, trackers)
+                walk = _Walk(RunFolder(run_dir), stop_after, approvals, echo, trackers)
+                outcome = _walk(walk, config_path, overrides, target, resume)
             except ConfigError:
-                if created and not (run_dir / "run.json").exists():
+                if created and not (run_dir / RUN_JSON).exists():
                     shutil.rmtree(run_dir, ignore_errors=True)  # refused before it started: the name stays free
                 raise
     finally:
         _restore_env(PIPELINE_ENV, previous_env)
-        if (run_dir / "run.json").exists():
+        if (run_dir / RUN_JSON).exists():
             _record_exit(run_dir, outcome)
+            if outcome is not None:  # the run's whole path, resumed or not (this invocation's phases are a part)
+                outcome.path = RunFolder(run_dir).path_taken()
             try:
                 write_index(run_dir)
             except Exception as exc:  # the index must never hide the run's own outcome
@@ -310,19 +312,6 @@ def _record_exit(run_dir: Path, outcome: PipelineOutcome | None) -> None:
     save_manifest(run_dir, manifest)
 
 
-RUN_CONFIG = "config.yaml"
-
-
-def _run_config(run_dir: Path) -> Path:
-    """The config a run was started with (``config.yaml`` in the run folder; a run from before it
-    existed falls back to the config Phase 1 froze). RunError when neither is there."""
-    for p in (run_dir / RUN_CONFIG, run_dir / "01_planning" / "training_config.yaml"):
-        if p.is_file():
-            return p.resolve()
-    raise RunError(f"{run_dir}: the config this run was started with is missing ({RUN_CONFIG}); "
-                   "start a new run with trainkit run CONFIG --name NEW")
-
-
 @contextlib.contextmanager
 def run_lock(run_dir: Path) -> Iterator[None]:
     """An exclusive lock on a run folder for as long as a run works in it: a second ``trainkit run``
@@ -342,94 +331,143 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         fh.close()
 
 
-def _walk(config_path: str | None, run_dir: Path, overrides: list[str] | None, target: float | None,
-          stop_after: int | None, approvals: Any, resume: bool, echo: Any, trackers: list[Any]) -> PipelineOutcome:
-    taken: list[str] = []
-    if resume:
-        if not (run_dir / "run.json").exists():
-            raise RunError(f"{run_dir}: nothing to resume (no run.json); start it without --resume")
-        phase, why, continue_attempt = _resume_point(run_dir)
-        echo(f"trainkit: resuming {run_dir.name}: {why}")
-        from trainkit.config import load_config
+@dataclass
+class _Walk:
+    """One invocation's walk of the decision tree: what it was asked, and the phases it ran."""
 
-        _start_tracking(run_dir, load_config(_run_config(run_dir)), trackers, echo)
-        if phase is None:
-            return PipelineOutcome(EXIT_OK, f"{run_dir.name}: {why}", run_dir, taken)
-    else:
-        if (run_dir / "run.json").exists():
-            raise RunError(f"{run_dir} already holds a run; use --resume to continue it or --name for a new one")
-        from trainkit.config import load_config, save_config
+    run: RunFolder
+    stop_after: int | None
+    approvals: Any
+    echo: Any
+    trackers: list[Any]
+    taken: list[str] = field(default_factory=list)
+    t0: float = field(default_factory=time.time)
 
-        cfg = load_config(config_path, overrides, target)  # a bad config is refused before anything is written
-        if cfg.tracking.enabled:
-            from trainkit.tracking import require_mlflow
+    def outcome(self, code: int, message: str) -> PipelineOutcome:
+        return PipelineOutcome(code, message, self.run.path, self.taken)
 
-            require_mlflow()  # asked for and not installed: exit 2 before the run starts
-        init_run(run_dir, run_dir.name)
-        save_config(cfg, run_dir / RUN_CONFIG)  # what --resume starts Phase 1 from, never a default
-        _start_tracking(run_dir, cfg, trackers, echo)
-        phase, continue_attempt = PHASES[0], None
-    common = {"approvals": approvals or {}, "interactive": False}
-    t0 = time.time()
+
+def _walk(w: _Walk, config_path: str | None, overrides: list[str] | None, target: float | None,
+          resume: bool) -> PipelineOutcome:
+    """From Phase 1 (or the resume point), each phase in its folder, then where its decision routes."""
+    phase, continue_attempt, done = _resume_walk(w) if resume else _start_walk(w, config_path, overrides, target)
+    if done is not None:
+        return done
     while phase is not None:
-        n = int(phase[:2])
-        attempt = next_attempt_dir(run_dir, phase)[0] if phase in _ATTEMPTED else 1
-        params = dict(common, auto_signoff=phase != "05_finalization")
+        attempt = next_attempt_dir(w.run.path, phase)[0] if phase in _ATTEMPTED else 1
         if continue_attempt is not None:
-            attempt, params["resume"], continue_attempt = continue_attempt, True, None
-        if phase == PHASES[0]:
-            params.update(config_path=str(_run_config(run_dir)), overrides=[], target=None)
-        echo(f"trainkit: [{len(taken) + 1}] {phase}{f' ({phase_dir(run_dir, phase, attempt).name})' if phase in _ATTEMPTED else ''} "
-             f"… {time.time() - t0:.0f}s elapsed")
-        taken.append(phase)
-        try:
-            d = execute_phase(phase, run_dir, params, attempt)
-        except PipelineError as exc:
-            _kick(trackers)
-            d = phase_dir(run_dir, phase, attempt)
-            state = _gate_state(d)
-            if state == "blocked":
-                record = read_json(d / "gate.json")
-                failed = [f"{c['id']}: {c['evidence']}" for c in record["checks"] if c["status"] == "fail" and c["mandatory"]]
-                return PipelineOutcome(EXIT_FAILED, f"{phase}: gate '{record['gate']}' blocked: " + "; ".join(failed)
-                                       + f" (read {d / 'report.html'})", run_dir, taken)
-            return PipelineOutcome(EXIT_FAILED, str(exc), run_dir, taken)
-        _kick(trackers)  # push this phase while the next one starts
-        state = _gate_state(d)
-        decision = read_json(d / "decision.json")
-        cost = next((e.get("cost") for e in reversed(load_manifest(run_dir)["phases"])
-                     if e["phase"] == phase and e["attempt"] == attempt), None) or {}
-        if cost:
-            from trainkit.reports import phase_metric
+            attempt = continue_attempt
+        d, failed = _run_phase(w, phase, attempt, resume_in_place=continue_attempt is not None)
+        continue_attempt = None
+        if failed is not None:
+            return failed
+        phase, done = _follow(w, phase, attempt, d)
+        if done is not None:
+            return done
+    return w.outcome(EXIT_OK, "done")
 
-            units = f", {cost['baseline_units']:.2f}× baseline" if cost.get("baseline_units") is not None else ""
-            metric = phase_metric(d, phase)
-            echo(f"trainkit:     {phase}: {metric + '; ' if metric else ''}{cost['wall_s']:.1f} s{units}; gate {state}; "
-                 f"{decision.get('option', '')} → {decision.get('next')}: {str(decision.get('reason', ''))[:160]}")
-        if state == "blocked" and decision.get("option") != "C":
-            return PipelineOutcome(EXIT_FAILED, f"{phase}: gate blocked: {decision.get('reason', '')[:1500]} "
-                                   f"(read {d / 'report.html'})", run_dir, taken)
-        if state == "awaiting_signoff":
-            return PipelineOutcome(EXIT_SIGNOFF, _signoff_hint(run_dir, phase, d), run_dir, taken)
-        nxt = decision["next"]
-        if _over_budget(run_dir, nxt):
-            nxt = _route_over_budget(run_dir, nxt, d)
-            echo("trainkit: over the time budget: finalizing with the best so far")
-        if stop_after is not None and (nxt in ("deploy", "stop") and n >= stop_after or
-                                       nxt[:2].isdigit() and int(nxt[:2]) > stop_after):
-            failed = "FAILED: " if decision.get("option") == "C" else ""
-            return PipelineOutcome(EXIT_OK, f"stopped after {phase} as asked (--stop-after {stop_after}: no phase "
-                                   f"past {stop_after}). {failed}{phase} decided {decision.get('option', '-')} → {nxt}: "
-                                   f"{str(decision.get('reason', ''))[:300]}. Continue with: {resume_command(run_dir)}",
-                                   run_dir, taken)
-        if nxt == "deploy":
-            _mark_deploy(run_dir, d)
-            return PipelineOutcome(EXIT_OK, f"ready to deploy: {d}", run_dir, taken)
-        if nxt == "stop":
-            return PipelineOutcome(EXIT_FAILED, f"{phase} decided to stop: {decision['reason']} (read {d / 'report.html'})",
-                                   run_dir, taken)
-        phase = nxt
-    return PipelineOutcome(EXIT_OK, "done", run_dir, taken)
+
+def _resume_walk(w: _Walk) -> tuple[str | None, int | None, PipelineOutcome | None]:
+    run_dir = w.run.path
+    if not w.run.is_run:
+        raise RunError(f"{run_dir}: nothing to resume (no run.json); start it without --resume")
+    phase, why, continue_attempt = _resume_point(run_dir)
+    w.echo(f"trainkit: resuming {run_dir.name}: {why}")
+    from trainkit.config import load_config
+
+    _start_tracking(run_dir, load_config(w.run.start_config_path()), w.trackers, w.echo)
+    if phase is None:
+        return None, None, w.outcome(EXIT_OK, f"{run_dir.name}: {why}")
+    return phase, continue_attempt, None
+
+
+def _start_walk(w: _Walk, config_path: str | None, overrides: list[str] | None,
+                target: float | None) -> tuple[str, None, None]:
+    run_dir = w.run.path
+    if w.run.is_run:
+        raise RunError(f"{run_dir} already holds a run; use --resume to continue it or --name for a new one")
+    from trainkit.config import load_config, save_config
+
+    cfg = load_config(config_path, overrides, target)  # a bad config is refused before anything is written
+    if cfg.tracking.enabled:
+        from trainkit.tracking import require_mlflow
+
+        require_mlflow()  # asked for and not installed: exit 2 before the run starts
+    init_run(run_dir, run_dir.name)
+    save_config(cfg, run_dir / RUN_CONFIG)  # what --resume starts Phase 1 from, never a default
+    _start_tracking(run_dir, cfg, w.trackers, w.echo)
+    return PHASES[0], None, None
+
+
+def _run_phase(w: _Walk, phase: str, attempt: int, resume_in_place: bool) -> tuple[Path, PipelineOutcome | None]:
+    """Execute one phase notebook; (its folder, the failed outcome or None)."""
+    run_dir = w.run.path
+    params = {"approvals": w.approvals or {}, "interactive": False, "auto_signoff": phase != Phase.FINALIZATION.value}
+    if resume_in_place:
+        params["resume"] = True
+    if phase == PHASES[0]:
+        params.update(config_path=str(w.run.start_config_path()), overrides=[], target=None)
+    d = w.run.phase_dir(phase, attempt)
+    w.echo(f"trainkit: [{len(w.taken) + 1}] {phase}{f' ({d.name})' if phase in _ATTEMPTED else ''} "
+           f"… {time.time() - w.t0:.0f}s elapsed")
+    w.taken.append(phase)
+    try:
+        execute_phase(phase, run_dir, params, attempt)
+    except PipelineError as exc:
+        _kick(w.trackers)
+        record = w.run.gate(d)
+        if record is not None and _gate_state(d) == "blocked":
+            failed = [f"{c['id']}: {c['evidence']}" for c in record["checks"] if c["status"] == "fail" and c["mandatory"]]
+            return d, w.outcome(EXIT_FAILED, f"{phase}: gate '{record['gate']}' blocked: " + "; ".join(failed)
+                                + f" (read {d / REPORT})")
+        return d, w.outcome(EXIT_FAILED, str(exc))
+    _kick(w.trackers)  # push this phase while the next one starts
+    return d, None
+
+
+def _follow(w: _Walk, phase: str, attempt: int, d: Path) -> tuple[str | None, PipelineOutcome | None]:
+    """Where a finished phase's gate and decision send the run: (next phase, or the way out)."""
+    run_dir = w.run.path
+    state = _gate_state(d)
+    decision = w.run.decision(d) or {}
+    _echo_phase(w, phase, attempt, d, state, decision)
+    if state == "blocked" and decision.get("option") != "C":
+        return None, w.outcome(EXIT_FAILED, f"{phase}: gate blocked: {decision.get('reason', '')[:1500]} "
+                               f"(read {d / REPORT})")
+    if state == "awaiting_signoff":
+        return None, w.outcome(EXIT_SIGNOFF, _signoff_hint(run_dir, phase, d))
+    nxt = decision["next"]
+    if _over_budget(run_dir, nxt):
+        nxt = _route_over_budget(run_dir, nxt, d)
+        w.echo("trainkit: over the time budget: finalizing with the best so far")
+    n = int(phase[:2])
+    if w.stop_after is not None and (nxt in ("deploy", "stop") and n >= w.stop_after or
+                                     nxt[:2].isdigit() and int(nxt[:2]) > w.stop_after):
+        failed = "FAILED: " if decision.get("option") == "C" else ""
+        return None, w.outcome(EXIT_OK, f"stopped after {phase} as asked (--stop-after {w.stop_after}: no phase "
+                               f"past {w.stop_after}). {failed}{phase} decided {decision.get('option', '-')} → {nxt}: "
+                               f"{str(decision.get('reason', ''))[:300]}. Continue with: {resume_command(run_dir)}")
+    if nxt == "deploy":
+        _mark_deploy(run_dir, d)
+        return None, w.outcome(EXIT_OK, f"ready to deploy: {d}")
+    if nxt == "stop":
+        return None, w.outcome(EXIT_FAILED, f"{phase} decided to stop: {decision['reason']} (read {d / REPORT})")
+    return nxt, None
+
+
+def _echo_phase(w: _Walk, phase: str, attempt: int, d: Path, state: str | None, decision: dict[str, Any]) -> None:
+    """The phase's one console line: its key metric, cost, gate and decision."""
+    manifest = w.run.manifest() or {}
+    cost = next((e.get("cost") for e in reversed(manifest.get("phases", []))
+                 if e["phase"] == phase and e["attempt"] == attempt), None) or {}
+    if not cost:
+        return
+    from trainkit.reports import phase_metric
+
+    units = f", {cost['baseline_units']:.2f}× baseline" if cost.get("baseline_units") is not None else ""
+    metric = phase_metric(d, phase)
+    w.echo(f"trainkit:     {phase}: {metric + '; ' if metric else ''}{cost['wall_s']:.1f} s{units}; gate {state}; "
+           f"{decision.get('option', '')} → {decision.get('next')}: {str(decision.get('reason', ''))[:160]}")
 
 
 def _kick(trackers: list[Any]) -> None:

@@ -21,7 +21,7 @@ from trainkit.errors import RunError
 __all__ = ["Phase", "PHASES", "RunFolder", "phase_name", "init_run", "load_manifest", "record_phase", "phase_dir",
            "next_attempt_dir", "latest_attempt_dir", "resume_command", "signoff_command", "check_run_name",
            "baseline_seconds", "phase_cost", "run_cost", "RUN_JSON", "RUN_CONFIG", "CURRENT_CONFIG", "TRAINING_CONFIG",
-           "GATE", "DECISION", "BUDGET", "SPLITS", "DATA_MANIFEST", "TEST_ACCESS_LOG", "DATA_LOADS", "TRAIN_SUMMARY",
+           "GATE", "DECISION", "BUDGET", "BUDGET_OVERRIDE", "SPLITS", "DATA_MANIFEST", "TEST_ACCESS_LOG", "DATA_LOADS", "TRAIN_SUMMARY",
            "METRICS", "FINDINGS", "COMPARISON", "TRACKING", "INDEX", "REPORT", "NOTEBOOK"]
 
 
@@ -63,6 +63,7 @@ TRAINING_CONFIG = "training_config.yaml"  # a phase's (or a fit's) config
 GATE = "gate.json"
 DECISION = "decision.json"
 BUDGET = "budget.json"
+BUDGET_OVERRIDE = "budget_override.json"  # the pipeline's over-budget route beside a signed decision
 SPLITS = "splits.json"
 DATA_MANIFEST = "data_manifest.json"
 TEST_ACCESS_LOG = "test_access.jsonl"
@@ -215,6 +216,19 @@ class RunFolder:
 
     def latest_decision(self, phase: str) -> dict[str, Any] | None:
         return self.decision(self.latest(phase))
+
+    def routed_decision(self, folder: Path | None) -> dict[str, Any] | None:
+        """A phase's decision as the run follows it: an over-budget route (``budget_override.json``,
+        written by the pipeline beside the signed decision) replaces its ``next``."""
+        decision = self.decision(folder)
+        override = _read(folder / BUDGET_OVERRIDE) if folder is not None else None
+        if decision is not None and override is not None:
+            decision = dict(decision, **override)
+        return decision
+
+    def path_taken(self) -> list[str]:
+        """The phases the run went through, in order (every invocation's, a resume's included)."""
+        return [e["phase"] for e in (self.manifest() or {}).get("phases", [])]
 
     # ------------------------------------------------------------ the data layer's view
     def data_store(self) -> Any:

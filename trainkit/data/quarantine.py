@@ -66,13 +66,14 @@ def seal_test_rows(source: Source, test_idx: np.ndarray, policy: Quarantine) -> 
 class SealedDataset(Dataset):
     """A streamed dataset whose test indices cannot be read while the quarantine is closed."""
 
-    def __init__(self, inner: Dataset, sealed: set[int], policy: Quarantine | None = None) -> None:
+    def __init__(self, inner: Any, sealed: set[int], policy: Quarantine | None = None) -> None:
+        self._inner: Any
         self._inner, self._sealed, self._policy = inner, frozenset(sealed), policy or Quarantine()
         self.mean, self.std = getattr(inner, "mean", None), getattr(inner, "std", None)
         self.own_normalization = getattr(inner, "own_normalization", False)
 
     def __len__(self) -> int:
-        return len(self._inner)  # type: ignore[arg-type]
+        return len(self._inner)
 
     def _check(self, i: int) -> None:
         if int(i) in self._sealed:
@@ -84,4 +85,4 @@ class SealedDataset(Dataset):
 
     def raw(self, i: int) -> torch.Tensor:
         self._check(i)
-        return self._inner.raw(i)  # type: ignore[attr-defined]
+        return self._inner.raw(i)

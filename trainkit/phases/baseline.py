@@ -10,6 +10,7 @@ from typing import Any
 
 from trainkit._io import write_json_atomic, write_text_atomic
 from trainkit.config import save_config
+from trainkit.decisions import after_baseline, learned
 from trainkit.errors import CheckpointError
 from trainkit.gates import RED
 from trainkit.phases.common import run_path, PhaseContext, begin, clock, finish_gate, load_run_config, require_gate, \
@@ -26,7 +27,7 @@ def start(run_dir: str | Path, attempt: int = 0, interactive: bool = True) -> Ph
     run_dir = run_path(run_dir)
     require_gate(run_dir, "01_planning")
     n = attempt or next_attempt_dir(run_dir, PHASE)[0]
-    ctx = begin(run_dir, PHASE, n, interactive)
+    ctx = begin(PhaseContext, run_dir, PHASE, n, interactive)
     ctx.config = load_run_config(run_dir)
     save_config(ctx.config, ctx.path("training_config.yaml"))
     show_html(f"<p>Baseline attempt {n}: {ctx.config.model.name}, {ctx.config.optimizer.name} lr "
@@ -70,38 +71,21 @@ def train(ctx: PhaseContext, resume: bool = False, live: bool | None = None) -> 
     return outcome
 
 
-def _learning(outcome: dict[str, Any]) -> tuple[bool, str]:
-    r = outcome.get("result") or {}
-    hist = r.get("history") or []
-    if not hist:
-        return False, "no completed epoch"
-    init, final = r["init_loss"], hist[-1]["train_loss"]
-    best = max(h["val_accuracy"] for h in hist)
-    chance = outcome.get("chance", 0.0)
-    ok = final < init * 0.99 and best > chance + 0.02
-    return ok, (f"train loss {init:.3f} at init → {final:.3f}; best val accuracy {best:.3f} vs chance {chance:.3f}")
-
-
 def decide(ctx: PhaseContext, outcome: dict[str, Any]) -> dict[str, Any]:
-    """Option A (val ≥ target → Phase 5), B (below → Phase 3), C (failed → Phase 3 failed mode)."""
+    """Option A (val ≥ target → Phase 5), B (below → Phase 3), C (failed → Phase 3 failed mode):
+    :func:`trainkit.decisions.after_baseline`."""
     cfg = ctx.config
-    learned, why = _learning(outcome) if outcome["status"] != "crashed" else (False, "crashed")
     r = outcome.get("result") or {}
+    if outcome["status"] == "crashed":
+        ok, why = False, "crashed"
+    else:
+        ok, why = learned(r.get("init_loss", float("nan")), r.get("history") or [], outcome.get("chance", 0.0))
     best = (r.get("best") or {}).get("val_accuracy")
     evidence = {"status": outcome["status"], "best_val_accuracy": best, "target": cfg.target.value, "learning": why,
                 "nonfinite": r.get("nonfinite"), "error": (outcome.get("error") or {}).get("message")}
-    if outcome["status"] in ("crashed", "nonfinite") or not learned:
-        failure = {"crashed": "training crashed", "nonfinite": "non-finite loss or gradient"}.get(outcome["status"],
-                                                                                                 "no learning")
-        restarts_left = cfg.budget.max_baseline_restarts - (ctx.attempt - 1)
-        if restarts_left <= 0:
-            return write_decision(ctx, "C", "stop", f"baseline failed ({failure}) and the {cfg.budget.max_baseline_restarts} "
-                                  "restarts are used up", evidence)
-        return write_decision(ctx, "C", "03_diagnostics", f"baseline failed: {failure}; diagnose, fix, restart Phase 2 "
-                              f"({restarts_left} restart(s) left)", evidence)
-    if best >= cfg.target.value:
-        return write_decision(ctx, "A", "05_finalization", f"val accuracy {best:.4f} >= target {cfg.target.value}", evidence)
-    return write_decision(ctx, "B", "03_diagnostics", f"val accuracy {best:.4f} < target {cfg.target.value}", evidence)
+    option, nxt, reason = after_baseline(status=outcome["status"], learned=ok, best=best, target=cfg.target.value,
+                                         attempt=ctx.attempt, max_restarts=cfg.budget.max_baseline_restarts)
+    return write_decision(ctx, option, nxt, reason, evidence)
 
 
 def _resource_lines(r: dict[str, Any]) -> list[str]:
@@ -160,8 +144,8 @@ def _results(ctx: PhaseContext, outcome: dict[str, Any]) -> dict[str, tuple[str,
     finite = hist and all(math.isfinite(h["train_loss"]) and math.isfinite(h["val_loss"]) for h in hist) and not r.get("nonfinite")
     res["losses_finite"] = ("pass", "every epoch's train and val loss finite") if finite else \
         ("fail", f"non-finite: {r.get('nonfinite')}" if r.get("nonfinite") else "no finite epoch recorded")
-    learned, why = _learning(outcome) if hist else (False, "no completed epoch")
-    res["learning_happened"] = ("pass" if learned else "fail", why)
+    ok, why = learned(r["init_loss"], hist, outcome.get("chance", 0.0)) if hist else (False, "no completed epoch")
+    res["learning_happened"] = ("pass" if ok else "fail", why)
     utils = [h["gpu_util_mean"] for h in hist if "gpu_util_mean" in h]
     if not r.get("device", "cpu").startswith("cuda"):
         res["gpu_utilisation"] = ("na", f"CPU run ({r.get('device', 'cpu')}): no GPU to utilise")

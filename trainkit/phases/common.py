@@ -5,21 +5,27 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from trainkit._io import read_json, write_json_atomic
 from trainkit.config import TrainkitConfig, load_config
 from trainkit.errors import GateBlocked, GateError, RunError
 from trainkit.gates import evaluate_gate, gate_html, gate_state, verify_gate
-from trainkit.run import init_run, latest_attempt_dir, phase_dir, record_phase
+from trainkit.run import RunFolder, init_run, latest_attempt_dir, phase_dir, record_phase
 
-__all__ = ["PhaseContext", "begin", "show", "show_html", "finish_gate", "write_decision", "require_gate", "require_routed",
+if TYPE_CHECKING:
+    from trainkit.budget import PhaseClock
+    from trainkit.data import DataBundle
+
+__all__ = ["PhaseContext", "DiagnosticsContext", "OptimizationContext", "FinalizationContext", "begin", "show", "show_html", "finish_gate", "write_decision", "require_gate", "require_routed",
            "load_run_config", "parse_approvals", "clock", "show_budget", "run_path"]
 
 
 @dataclass
 class PhaseContext:
-    """Where a phase writes, which attempt it is, and the config it runs."""
+    """Where a phase writes, which attempt it is, the config it runs and its time budget. Each
+    phase that carries more from one notebook cell to the next has its own subclass with typed
+    fields (:class:`DiagnosticsContext`, :class:`OptimizationContext`, :class:`FinalizationContext`)."""
 
     run_dir: Path
     phase: str
@@ -28,6 +34,7 @@ class PhaseContext:
     config: TrainkitConfig | None = None
     interactive: bool = True
     started: float = field(default_factory=time.time)
+    budget_clock: PhaseClock | None = None  # made on first use by clock(ctx)
 
     def path(self, name: str) -> Path:
         return self.dir / name
@@ -35,16 +42,48 @@ class PhaseContext:
     def rel(self, name: str) -> str:
         return str((self.dir / name).relative_to(self.run_dir))
 
+    @property
+    def run(self) -> RunFolder:
+        return RunFolder(self.run_dir)
 
-def begin(run_dir: str | Path, phase: str, attempt: int = 1, interactive: bool = True) -> PhaseContext:
-    """Create the phase folder, record the phase as started in run.json."""
+
+@dataclass
+class DiagnosticsContext(PhaseContext):
+    """Phase 3: which run it diagnoses, and whether that run failed (Phase 2's option C)."""
+
+    source: str = ""
+    failed_mode: bool = False
+
+
+@dataclass
+class OptimizationContext(PhaseContext):
+    """Phase 4: the recommendations it tries, the Phase 3 round they came from, the candidate config."""
+
+    recs: list[dict[str, Any]] = field(default_factory=list)
+    round_no: int = 0
+    candidate: TrainkitConfig | None = None
+
+
+@dataclass
+class FinalizationContext(PhaseContext):
+    """Phase 5: the data bundle (loaded once) and, when no final training fit, the fit it reuses."""
+
+    bundle: DataBundle | None = None
+    reused: str | None = None
+
+
+Ctx = TypeVar("Ctx", bound=PhaseContext)
+
+
+def begin(kind: type[Ctx], run_dir: str | Path, phase: str, attempt: int = 1, interactive: bool = True) -> Ctx:
+    """Create the phase folder, record the phase as started in run.json; a ``kind`` context."""
     run_dir = Path(run_dir)
     init_run(run_dir)
     d = phase_dir(run_dir, phase, attempt)
     d.mkdir(parents=True, exist_ok=True)
     record_phase(run_dir, phase, attempt, status="running", started=time.time(), ended=None)
     _mark_failed_on_error(run_dir, phase, attempt)
-    return PhaseContext(run_dir=run_dir, phase=phase, attempt=attempt, dir=d, interactive=interactive)
+    return kind(run_dir=run_dir, phase=phase, attempt=attempt, dir=d, interactive=interactive)
 
 
 def _mark_failed_on_error(run_dir: Path, phase: str, attempt: int) -> None:
@@ -89,11 +128,12 @@ def run_path(run_dir: str | Path) -> Path:
 
 def clock(ctx: PhaseContext) -> Any:
     """The phase's time budget (trainkit.budget.PhaseClock), made once per phase from its config."""
-    if getattr(ctx, "_clock", None) is None:
+    if ctx.budget_clock is None:
         from trainkit.budget import PhaseClock
 
-        ctx._clock = PhaseClock(ctx.run_dir, ctx.phase, ctx.config.budget.total_hours, ctx.dir, ctx.started)  # type: ignore[attr-defined]
-    return ctx._clock  # type: ignore[attr-defined]
+        assert ctx.config is not None, "clock(ctx) needs the phase's config"
+        ctx.budget_clock = PhaseClock(ctx.run_dir, ctx.phase, ctx.config.budget.total_hours, ctx.dir, ctx.started)
+    return ctx.budget_clock
 
 
 def show_budget(ctx: PhaseContext) -> None:

@@ -12,7 +12,7 @@ from trainkit._io import read_json, write_json_atomic, write_text_atomic
 from trainkit.config import config_to_dict, get_dotted, save_config, with_overrides
 from trainkit.errors import RunError
 from trainkit.gates import RED
-from trainkit.phases.common import run_path, CURRENT_CONFIG, PhaseContext, begin, clock, finish_gate, load_run_config, require_routed, \
+from trainkit.phases.common import run_path, CURRENT_CONFIG, DiagnosticsContext, begin, clock, finish_gate, load_run_config, require_routed, \
     show_figure, show_html, write_decision
 from trainkit.run import latest_attempt_dir, load_manifest, next_attempt_dir
 
@@ -42,21 +42,21 @@ def _source(run_dir: Path) -> tuple[Path, dict[str, Any], str]:
     return d, decision, phase
 
 
-def start(run_dir: str | Path, round: int = 0, interactive: bool = True) -> PhaseContext:  # noqa: A002
+def start(run_dir: str | Path, round: int = 0, interactive: bool = True) -> DiagnosticsContext:  # noqa: A002
     """Open ``03_diagnostics/round-N`` for the latest baseline (or Phase 4 result) routed here."""
     run_dir = run_path(run_dir)
     source, decision, phase = _source(run_dir)
     n = round or next_attempt_dir(run_dir, PHASE)[0]
-    ctx = begin(run_dir, PHASE, n, interactive)
+    ctx = begin(DiagnosticsContext, run_dir, PHASE, n, interactive)
     ctx.config = load_run_config(run_dir)
     save_config(ctx.config, ctx.path("training_config.yaml"))
-    ctx.source, ctx.failed_mode = source, phase == "02_baseline" and decision["option"] == "C"  # type: ignore[attr-defined]
+    ctx.source, ctx.failed_mode = source, phase == "02_baseline" and decision["option"] == "C"
     show_html(f"<p>Diagnosis round {n} of <code>{source.relative_to(run_dir)}</code> ({'failed baseline' if ctx.failed_mode else 'below target'}): "
               f"{html.escape(decision['reason'])}</p>")
     return ctx
 
 
-def diagnose(ctx: PhaseContext, label_issues: bool = True) -> dict[str, Any]:
+def diagnose(ctx: DiagnosticsContext, label_issues: bool = True) -> dict[str, Any]:
     """Evidence + probes + detectors + ranked recommendations → findings.json (and exclude.json
     when samples should be left out of training)."""
     from trainkit.run import load_run_data
@@ -89,7 +89,7 @@ def diagnose(ctx: PhaseContext, label_issues: bool = True) -> dict[str, Any]:
     return result
 
 
-def _previous_exclusions(ctx: PhaseContext) -> set[int]:
+def _previous_exclusions(ctx: DiagnosticsContext) -> set[int]:
     spec = ctx.config.data.exclude
     if not spec:
         return set()
@@ -97,7 +97,7 @@ def _previous_exclusions(ctx: PhaseContext) -> set[int]:
     return {int(i) for i in read_json(p)["indices"]} if p.is_file() else set()
 
 
-def _figures(ctx: PhaseContext, result: dict[str, Any]) -> list[str]:
+def _figures(ctx: DiagnosticsContext, result: dict[str, Any]) -> list[str]:
     from trainkit.plots import curves_figure, lr_range_figure, seed_variance_figure, throughput_figure
 
     probes, names = result["evidence"]["probes"], []
@@ -121,7 +121,7 @@ def _dot(fired: bool) -> str:
     return f"<span style='color:{RED if fired else '#8c959f'}'>{'●' if fired else '○'}</span>"
 
 
-def show_findings(ctx: PhaseContext, result: dict[str, Any]) -> list[str]:
+def show_findings(ctx: DiagnosticsContext, result: dict[str, Any]) -> list[str]:
     """The findings table and the recommendations (HTML), and the probe figures."""
     rows = "".join(f"<tr><td>{_dot(f['fired'])} {f['name']}</td><td>{f.get('strength', 0):.2f}</td>"
                    f"<td>{html.escape(f['summary'])}</td></tr>" for f in result["findings"])
@@ -137,7 +137,7 @@ def show_findings(ctx: PhaseContext, result: dict[str, Any]) -> list[str]:
     return _figures(ctx, result)
 
 
-def _copy_guides(ctx: PhaseContext, names: list[str]) -> list[str]:
+def _copy_guides(ctx: DiagnosticsContext, names: list[str]) -> list[str]:
     out = []
     for n in names:
         dest = ctx.path(f"guides/{n}.md")
@@ -147,7 +147,7 @@ def _copy_guides(ctx: PhaseContext, names: list[str]) -> list[str]:
     return out
 
 
-def write_report(ctx: PhaseContext, result: dict[str, Any], decision: dict[str, Any], figures: list[str]) -> Path:
+def write_report(ctx: DiagnosticsContext, result: dict[str, Any], decision: dict[str, Any], figures: list[str]) -> Path:
     """diagnostic_report.md: decision, primary cause, every diagnostic with its evidence and guide,
     the ranked recommendations with their patches, fixes, probe numbers and figures."""
     plan, probes = result["plan"], result["evidence"]["probes"]
@@ -208,7 +208,7 @@ def _probe_lines(p: dict[str, Any]) -> list[str]:
             g("per_class", "val recall per class: {recall}")]
 
 
-def decide(ctx: PhaseContext, result: dict[str, Any]) -> dict[str, Any]:
+def decide(ctx: DiagnosticsContext, result: dict[str, Any]) -> dict[str, Any]:
     """A/B/C from the expected gain and the fixes; for C with a known patch, write the fixed config
     as the run's current config (with provenance) so Phase 2 restarts on it."""
     from trainkit.decisions import after_diagnostics
@@ -246,7 +246,7 @@ def decide(ctx: PhaseContext, result: dict[str, Any]) -> dict[str, Any]:
 
 
 
-def _results(ctx: PhaseContext, result: dict[str, Any], decision: dict[str, Any]) -> dict[str, tuple[str, Any]]:
+def _results(ctx: DiagnosticsContext, result: dict[str, Any], decision: dict[str, Any]) -> dict[str, tuple[str, Any]]:
     ev, plan = result["evidence"], result["plan"]
     probes = ev["probes"]
     res: dict[str, tuple[str, Any]] = {}
@@ -286,7 +286,7 @@ def _results(ctx: PhaseContext, result: dict[str, Any], decision: dict[str, Any]
     return res
 
 
-def gate(ctx: PhaseContext, result: dict[str, Any], decision: dict[str, Any], approvals: Any = None,
+def gate(ctx: DiagnosticsContext, result: dict[str, Any], decision: dict[str, Any], approvals: Any = None,
          auto_signoff: bool = False, waivers: dict[str, str] | None = None) -> dict[str, Any]:
     arts = [ctx.rel(n) for n in ("findings.json", "diagnostic_report.md", "decision.json", "exclude.json",
                                   "exclude_labels.json", "fixed_config.yaml") if ctx.path(n).is_file()]

@@ -19,7 +19,7 @@ from trainkit._io import read_json, read_jsonl, sha256_file, write_json_atomic, 
 from trainkit.config import config_hash, load_config, save_config, with_overrides
 from trainkit.run import TEST_ACCESS_LOG
 from trainkit.errors import CheckpointError, GateError, QuarantineError
-from trainkit.phases.common import run_path, PhaseContext, begin, clock, finish_gate, load_run_config, require_routed, \
+from trainkit.phases.common import run_path, FinalizationContext, begin, clock, finish_gate, load_run_config, require_routed, \
     show_figure, show_html, write_decision
 from trainkit.run import PHASES, latest_attempt_dir, load_manifest, phase_dir
 
@@ -30,21 +30,21 @@ PHASE = "05_finalization"
 TEST_RECORD = "test_evaluation.json"
 
 
-def start(run_dir: str | Path, interactive: bool = True) -> PhaseContext:
+def start(run_dir: str | Path, interactive: bool = True) -> FinalizationContext:
     """Open ``05_finalization`` when the previous phase's decision routed here and its gate passed."""
     run_dir = run_path(run_dir)
     _, prev, decision = require_routed(run_dir, PHASE, tuple(p for p in PHASES if p != PHASE))
-    ctx = begin(run_dir, PHASE, 1, interactive)
+    ctx = begin(FinalizationContext, run_dir, PHASE, 1, interactive)
     cfg = load_run_config(run_dir)
     f = cfg.final
     ctx.config = with_overrides(cfg, {"training.epochs": max(cfg.training.epochs, f.epochs), "training.patience": f.patience})
-    ctx.reused = None  # type: ignore[attr-defined]
+    ctx.reused = None
     _fit_in_budget(ctx, cfg)
     save_config(ctx.config, ctx.path("final_config.yaml"))
     write_json_atomic(ctx.path("final_config.sha256.json"), {"config_hash": config_hash(ctx.config),
                                                              "file_sha256": sha256_file(ctx.path("final_config.yaml"))})
-    what = (f"the final model is the best so far, <code>{html.escape(ctx.reused)}</code> (no time for a final training)"  # type: ignore[attr-defined]
-            if ctx.reused else f"{ctx.config.training.epochs} epochs, patience {ctx.config.training.patience}")  # type: ignore[attr-defined]
+    what = (f"the final model is the best so far, <code>{html.escape(ctx.reused)}</code> (no time for a final training)"
+            if ctx.reused else f"{ctx.config.training.epochs} epochs, patience {ctx.config.training.patience}")
     show_html(f"<p>Finalization from <code>{prev.relative_to(run_dir)}</code> ({html.escape(decision['reason'])}): {what}.</p>")
     return ctx
 
@@ -64,7 +64,7 @@ def _best_so_far(run_dir: Path) -> tuple[Path, Path] | None:
     return None
 
 
-def _fit_in_budget(ctx: PhaseContext, cfg: Any) -> None:
+def _fit_in_budget(ctx: FinalizationContext, cfg: Any) -> None:
     """Bound the final training by the time left (Phase 5's deadline less its tail reserve): all
     of it when it fits; fewer epochs when at least the recipe's own epochs fit; otherwise the best
     model so far becomes the final model (copied with its config, metrics and checkpoints, so the
@@ -95,28 +95,28 @@ def _fit_in_budget(ctx: PhaseContext, cfg: Any) -> None:
             save_checkpoint(load_checkpoint(src[0] / "checkpoints" / name), ctx.path(f"checkpoints/{name}"))
     for name in ("metrics.jsonl", "train_summary.json"):
         write_text_atomic(ctx.path(name), (src[0] / name).read_text())
-    ctx.reused = str(src[0].relative_to(ctx.run_dir))  # type: ignore[attr-defined]
+    ctx.reused = str(src[0].relative_to(ctx.run_dir))
 
 
-def _bundle(ctx: PhaseContext) -> Any:
+def _bundle(ctx: FinalizationContext) -> Any:
     """The phase's data, loaded once (the fingerprint check and the split run once per phase)."""
     if getattr(ctx, "bundle", None) is None:
         from trainkit.run import load_run_data
 
-        ctx.bundle = load_run_data(ctx.config, ctx.run_dir, PHASE)  # type: ignore[attr-defined]
-    return ctx.bundle  # type: ignore[attr-defined]
+        ctx.bundle = load_run_data(ctx.config, ctx.run_dir, PHASE)
+    return ctx.bundle
 
 
-def final_train(ctx: PhaseContext, resume: bool = False) -> dict[str, Any]:
+def final_train(ctx: FinalizationContext, resume: bool = False) -> dict[str, Any]:
     """Train the final model (checkpoints/best.pt is what is exported and deployed)."""
     from trainkit.plots import curves_figure
     from trainkit.train import fit
 
     if getattr(ctx, "reused", None):  # the time budget left no room: the best model so far is the final one
         out = read_json(ctx.path("train_summary.json"))
-        out["reused_from"] = ctx.reused  # type: ignore[attr-defined]
+        out["reused_from"] = ctx.reused
         if out.get("history"):
-            show_figure(curves_figure(out["history"], f"final model = best so far ({ctx.reused})"), ctx.path("curves.png"))  # type: ignore[attr-defined]
+            show_figure(curves_figure(out["history"], f"final model = best so far ({ctx.reused})"), ctx.path("curves.png"))
         return out
     bundle = _bundle(ctx)
     r = fit(ctx.config, bundle, ctx.dir, resume=resume, deadline=clock(ctx).deadline)
@@ -142,7 +142,7 @@ def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = 15)
     return float(ece), rows
 
 
-def _load_final(ctx: PhaseContext, bundle: Any) -> torch.nn.Module:
+def _load_final(ctx: FinalizationContext, bundle: Any) -> torch.nn.Module:
     from trainkit.checkpoints import load_checkpoint
     from trainkit.models import build_model
 
@@ -171,7 +171,7 @@ def _boot(correct: np.ndarray, n: int, seed: int) -> list[float]:
     return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
 
 
-def evaluate_test(ctx: PhaseContext, force: bool = False) -> dict[str, Any]:
+def evaluate_test(ctx: FinalizationContext, force: bool = False) -> dict[str, Any]:
     """The one test evaluation of the final model. A second one is refused (QuarantineError) unless
     ``force``, and then recorded as forced; a rerun of this phase on the same model reuses the record."""
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
@@ -218,7 +218,7 @@ def time_str(t: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
 
 
-def _test_figures(ctx: PhaseContext, rec: dict[str, Any], names: list[str]) -> None:
+def _test_figures(ctx: FinalizationContext, rec: dict[str, Any], names: list[str]) -> None:
     import matplotlib.pyplot as plt
 
     cm = np.asarray(rec["confusion"])
@@ -245,7 +245,7 @@ def _test_figures(ctx: PhaseContext, rec: dict[str, Any], names: list[str]) -> N
     show_figure(fig, ctx.path("reliability.png"))
 
 
-def _write_test_md(ctx: PhaseContext, rec: dict[str, Any]) -> None:
+def _write_test_md(ctx: FinalizationContext, rec: dict[str, Any]) -> None:
     lo, hi = rec["accuracy_ci"]
     L = ["# Test results", "", f"Evaluated once on {rec['n']} quarantined test samples ({time_str(rec['time'])})"
          + (" — **forced re-evaluation**" if rec["forced"] else "") + ".", "",
@@ -260,7 +260,7 @@ def _write_test_md(ctx: PhaseContext, rec: dict[str, Any]) -> None:
     write_text_atomic(ctx.path("test_results.md"), "\n".join(L) + "\n")
 
 
-def export_models(ctx: PhaseContext) -> dict[str, Any]:
+def export_models(ctx: FinalizationContext) -> dict[str, Any]:
     """model.onnx and model.ts, parity in a fresh process on held-out (val) inputs, latency table."""
     from trainkit.export import ExportError, check_parity, export_onnx, export_torchscript, measure_latency
 
@@ -349,7 +349,7 @@ def run_snippets(folder: Path, text: str) -> list[dict[str, Any]]:
     return out
 
 
-def write_docs(ctx: PhaseContext, test: dict[str, Any], exp: dict[str, Any]) -> dict[str, Any]:
+def write_docs(ctx: FinalizationContext, test: dict[str, Any], exp: dict[str, Any]) -> dict[str, Any]:
     """deployment_guide.md (its snippets executed and recorded in snippets.json) and model_card.md."""
     splits = read_json(ctx.run_dir / "01_planning" / "splits.json")
     shape = splits["input_shape"]
@@ -403,25 +403,18 @@ Python {env.get('python')}, torch {env.get('packages', {}).get('torch')}, platfo
     return {"snippets": snippets}
 
 
-class _Enough(Exception):
-    pass
-
-
-def reproduce(ctx: PhaseContext, epochs: int = REPRO_EPOCHS) -> dict[str, Any]:
+def reproduce(ctx: FinalizationContext, epochs: int = REPRO_EPOCHS) -> dict[str, Any]:
     """Re-run the first epochs of the final training and compare the logged metrics exactly."""
     from trainkit.train import fit
 
     logged = [r for r in read_jsonl(ctx.path("metrics.jsonl")) if "train_loss" in r][:epochs]
     seen: list[dict[str, Any]] = []
 
-    def stop(rec: dict[str, Any]) -> None:
+    def stop(rec: dict[str, Any]) -> bool:  # True ends the rerun once it has as many epochs as were compared
         seen.append(rec)
-        if len(seen) >= min(epochs, len(logged)):
-            raise _Enough
-    try:
-        fit(ctx.config, _bundle(ctx), None, progress=False, on_epoch=stop)
-    except _Enough:
-        pass
+        return len(seen) >= min(epochs, len(logged))
+
+    fit(ctx.config, _bundle(ctx), None, progress=False, on_epoch=stop)
     keys = ("train_loss", "val_loss", "train_accuracy", "val_accuracy")
     same = len(seen) == len(logged) > 0 and all(a[k] == b[k] for a, b in zip(logged, seen) for k in keys)
     out = {"epochs": len(seen), "identical": bool(same), "logged": [{k: r[k] for k in keys} for r in logged],
@@ -430,22 +423,22 @@ def reproduce(ctx: PhaseContext, epochs: int = REPRO_EPOCHS) -> dict[str, Any]:
     return out
 
 
-def decide(ctx: PhaseContext, record: dict[str, Any]) -> dict[str, Any]:
-    """deploy when production_ready passed and is signed; blocked otherwise (what is missing, how to finish)."""
+def decide(ctx: FinalizationContext, record: dict[str, Any]) -> dict[str, Any]:
+    """deploy when production_ready passed and is signed; blocked otherwise (what is missing, how to
+    finish): :func:`trainkit.decisions.after_finalization`."""
+    from trainkit.decisions import after_finalization
     from trainkit.gates import gate_state
 
     state = gate_state(record)
-    if state == "passed":
-        return write_decision(ctx, "-", "deploy", "production_ready passed and signed", {"gate": state})
     missing = [f"{c['id']} ({c['status']}): {c['evidence']}" for c in record["checks"]
                if c["mandatory"] and c["status"] not in ("pass", "na", "waived", "warn")]
     how = (f"sign off with `trainkit signoff {ctx.run_dir} --phase 5 --by NAME --check stakeholder_approval` "
            f"then `trainkit run --resume --name {ctx.run_dir.name}`")
-    return write_decision(ctx, "-", "blocked", "missing: " + "; ".join(missing) + f". To finish: {how}",
-                          {"gate": state, "missing": missing})
+    option, nxt, reason = after_finalization(gate=state, missing=missing, how=how)
+    return write_decision(ctx, option, nxt, reason, {"gate": state} if nxt == "deploy" else {"gate": state, "missing": missing})
 
 
-def _earlier_gates(ctx: PhaseContext) -> tuple[str, str]:
+def _earlier_gates(ctx: FinalizationContext) -> tuple[str, str]:
     from trainkit.gates import verify_gate
 
     seen, bad = 0, []
@@ -468,7 +461,7 @@ def _earlier_gates(ctx: PhaseContext) -> tuple[str, str]:
     return ("fail", "; ".join(bad)) if bad else ("pass", f"{seen} earlier gate(s) signed, artifacts unchanged")
 
 
-def _results(ctx: PhaseContext, train: dict[str, Any], test: dict[str, Any], exp: dict[str, Any],
+def _results(ctx: FinalizationContext, train: dict[str, Any], test: dict[str, Any], exp: dict[str, Any],
              repro: dict[str, Any]) -> dict[str, tuple[str, Any]]:
     from trainkit.checkpoints import load_checkpoint, verify_checkpoint
 
@@ -554,7 +547,7 @@ ARTIFACTS = ("final_config.yaml", "checkpoints/best.pt", "metrics.jsonl", "test_
              "model.onnx", "model.ts", "export.json", "deployment_guide.md", "model_card.md", "snippets.json", "reproduce.json")
 
 
-def gate(ctx: PhaseContext, train: dict[str, Any], test: dict[str, Any], exp: dict[str, Any], repro: dict[str, Any],
+def gate(ctx: FinalizationContext, train: dict[str, Any], test: dict[str, Any], exp: dict[str, Any], repro: dict[str, Any],
          approvals: Any = None, waivers: dict[str, str] | None = None) -> dict[str, Any]:
     """production_ready: 24 mandatory checks (23 automatic, the stakeholder's approval manual).
     Never signed automatically; a block is recorded and returned (the decision says what is missing)."""

@@ -16,7 +16,7 @@ import numpy as np
 from trainkit._io import read_json, write_json_atomic, write_text_atomic
 from trainkit.config import config_hash, config_to_dict, get_dotted, load_config, save_config, with_overrides
 from trainkit.errors import RunError
-from trainkit.phases.common import run_path, CURRENT_CONFIG, PhaseContext, begin, clock, finish_gate, load_run_config, \
+from trainkit.phases.common import run_path, CURRENT_CONFIG, OptimizationContext, begin, clock, finish_gate, load_run_config, \
     require_routed, show_figure, show_html, write_decision
 from trainkit.run import latest_attempt_dir, load_manifest, next_attempt_dir, phase_dir
 
@@ -26,19 +26,19 @@ PHASE = "04_optimization"
 BEST = "best.json"
 
 
-def start(run_dir: str | Path, iteration: int = 0, interactive: bool = True) -> PhaseContext:
+def start(run_dir: str | Path, iteration: int = 0, interactive: bool = True) -> OptimizationContext:
     """Open ``04_optimization/iter-N`` after a Phase 3 decision A or a Phase 4 decision B."""
     run_dir = run_path(run_dir)
     require_routed(run_dir, PHASE, ("03_diagnostics", "04_optimization"))
     n = iteration or next_attempt_dir(run_dir, PHASE)[0]
-    ctx = begin(run_dir, PHASE, n, interactive)
+    ctx = begin(OptimizationContext, run_dir, PHASE, n, interactive)
     ctx.config = load_run_config(run_dir)
     show_html(f"<p>Optimization iteration {n}: starting from the best config so far "
               f"({'Phase 4 best' if (run_dir / BEST).is_file() else 'the baseline'}).</p>")
     return ctx
 
 
-def _round_dir(ctx: PhaseContext) -> Path:
+def _round_dir(ctx: OptimizationContext) -> Path:
     d = latest_attempt_dir(ctx.run_dir, "03_diagnostics")
     if d is None:
         raise RunError(f"{ctx.run_dir}: no Phase 3 round found")
@@ -65,7 +65,7 @@ def realized_gains(run_dir: str | Path, base: Any | None = None) -> dict[str, fl
     return out
 
 
-def _untried(ctx: PhaseContext, cfg: Any) -> list[dict[str, Any]]:
+def _untried(ctx: OptimizationContext, cfg: Any) -> list[dict[str, Any]]:
     """This diagnosis round's recommendations still worth trying on ``cfg``: selected ones first,
     then the rest by rank; not those ``cfg`` already holds, nor those measured without gain on it."""
     from trainkit.diagnostics import patch_already_in
@@ -85,7 +85,7 @@ def _untried(ctx: PhaseContext, cfg: Any) -> list[dict[str, Any]]:
     return out
 
 
-def _provenance(ctx: PhaseContext, base: Any, recs: list[dict[str, Any]], round_no: int) -> tuple[Any, dict[str, Any]]:
+def _provenance(ctx: OptimizationContext, base: Any, recs: list[dict[str, Any]], round_no: int) -> tuple[Any, dict[str, Any]]:
     """(config, provenance record) of ``recs`` applied onto ``base``; the record traces every field."""
     from trainkit.diagnostics import combine_patches
 
@@ -99,7 +99,7 @@ def _provenance(ctx: PhaseContext, base: Any, recs: list[dict[str, Any]], round_
                  "recommendations": recs}
 
 
-def apply(ctx: PhaseContext) -> dict[str, Any]:
+def apply(ctx: OptimizationContext) -> dict[str, Any]:
     """Patch the best config with this iteration's recommendations → ``optimization_config.yaml``
     and ``provenance.json`` (field, old → new, which finding and recommendation). The comparison
     then tries each recommendation alone and all together and keeps the winner (see compare)."""
@@ -116,8 +116,8 @@ def apply(ctx: PhaseContext) -> dict[str, Any]:
     save_config(cfg, ctx.path("optimization_config.yaml"))
     write_json_atomic(ctx.path("provenance.json"), record)
     _show_provenance(record)
-    ctx.candidate = cfg  # type: ignore[attr-defined]
-    ctx.recs, ctx.round_no = recs, findings["round"]  # type: ignore[attr-defined]
+    ctx.candidate = cfg
+    ctx.recs, ctx.round_no = recs, findings["round"]
     return record
 
 
@@ -127,7 +127,7 @@ def _show_provenance(record: dict[str, Any]) -> None:
         f"<td>{r['recommendation']}</td><td>{r['finding']}</td></tr>" for r in record["fields"]) + "</table>")
 
 
-def _fit_estimate(ctx: PhaseContext, cfg: Any) -> float:
+def _fit_estimate(ctx: OptimizationContext, cfg: Any) -> float:
     """Seconds one fit of ``cfg`` should take: the baseline's training time scaled by epochs."""
     from trainkit.run import baseline_seconds
 
@@ -160,7 +160,7 @@ def _pruner(cfg: Any, reference: list[dict[str, Any]] | None, margin: float) -> 
     return hook
 
 
-def _train_seeds(cfg: Any, bundle: Any, out: Path | None, seeds: list[int], ctx: PhaseContext | None = None,
+def _train_seeds(cfg: Any, bundle: Any, out: Path | None, seeds: list[int], ctx: OptimizationContext | None = None,
                  what: str = "", always_first: bool = False,
                  reference: dict[int, list[dict[str, Any]]] | None = None) -> list[dict[str, Any]]:
     """One fit per seed. With ``ctx`` each fit starts only when the phase's time budget allows it
@@ -184,7 +184,7 @@ def _train_seeds(cfg: Any, bundle: Any, out: Path | None, seeds: list[int], ctx:
               f"{(r.best or {}).get('val_accuracy', float('nan')):.4f} ({r.wall_time_s:.1f} s)", flush=True)
         rows.append({"seed": s, "status": r.status, "best_val_accuracy": (r.best or {}).get("val_accuracy", float("nan")),
                      "best_epoch": (r.best or {}).get("epoch"), "train_time_s": r.train_time_s, "history": r.history,
-                     "dir": str(d.relative_to(bundle.run_dir)) if d is not None and bundle.run_dir else None})
+                     "dir": str(d.relative_to(bundle.store.root)) if d is not None and bundle.store else None})
     return rows
 
 
@@ -207,7 +207,7 @@ def seed_stats(a: list[float], b: list[float], conf: float = 0.95, floor: float 
             "ci": [diff - half, diff + half], "conf": conf, "spread": spread, "exceeds_spread": bool(diff > spread)}
 
 
-def _baseline_rows(ctx: PhaseContext, seeds: list[int], train: bool) -> list[dict[str, Any]]:
+def _baseline_rows(ctx: OptimizationContext, seeds: list[int], train: bool) -> list[dict[str, Any]]:
     """The baseline config's runs (its own data and ``data.exclude``, not the candidate's) on
     ``seeds``, in order, cached by config hash in ``04_optimization/baseline_seeds.json``. No fit is
     run twice: Phase 2's run is the first seed and Phase 3's seed-variance runs (same config) the
@@ -261,23 +261,23 @@ def _known_baseline_runs(run_dir: Path, base_dir: Path, base_cfg: Any) -> dict[i
     return out
 
 
-def _seed_list(ctx: PhaseContext, seeds: int) -> list[int]:
+def _seed_list(ctx: OptimizationContext, seeds: int) -> list[int]:
     """``seeds`` seeds starting at the baseline's own seed (so seed one is Phase 2's run)."""
     base_dir = latest_attempt_dir(ctx.run_dir, "02_baseline")
     s0 = load_config(base_dir / "training_config.yaml").training.seed if base_dir is not None else ctx.config.training.seed
     return [s0 + i for i in range(max(1, seeds))]
 
 
-def _candidates(ctx: PhaseContext, ablation: bool) -> list[dict[str, Any]]:
+def _candidates(ctx: OptimizationContext, ablation: bool) -> list[dict[str, Any]]:
     """Each recommendation alone (with ``ablation``) and all of them together."""
-    recs = ctx.recs  # type: ignore[attr-defined]
-    out = [{"id": "all", "recommendations": [r["id"] for r in recs], "config": ctx.candidate}]  # type: ignore[attr-defined]
+    recs = ctx.recs
+    out = [{"id": "all", "recommendations": [r["id"] for r in recs], "config": ctx.candidate}]
     if ablation and len(recs) > 1:
         out += [{"id": r["id"], "recommendations": [r["id"]], "config": with_overrides(ctx.config, r["patch"])} for r in recs]
     return out
 
 
-def compare(ctx: PhaseContext, seeds: int = 3, ablation: bool = True) -> dict[str, Any]:
+def compare(ctx: OptimizationContext, seeds: int = 3, ablation: bool = True) -> dict[str, Any]:
     """Successive halving over candidates (each recommendation alone with ``ablation``, and all
     together): every candidate trains on the first seed; the better half (at most two) trains on
     the rest; the one with the best mean is this iteration's candidate. It is compared with the
@@ -290,7 +290,7 @@ def compare(ctx: PhaseContext, seeds: int = 3, ablation: bool = True) -> dict[st
     best = read_json(best_file) if best_file.is_file() else {"label": "baseline", "per_seed": [r["best_val_accuracy"] for r in base_rows]}
     cands = _candidates(ctx, ablation)
     if len(cands) > 1:  # ablation only as far as the budget allows the first rungs and the survivors' seeds
-        est = _fit_estimate(ctx, ctx.candidate)  # type: ignore[attr-defined]
+        est = _fit_estimate(ctx, ctx.candidate)
         need = est * (len(cands) + 2 * (len(seed_list) - 1))
         if not clock(ctx).allows(need, "", record=False):
             keep = max(0, int(clock(ctx).left() // max(est, 1e-9)) - 1 - 2 * (len(seed_list) - 1))
@@ -337,7 +337,7 @@ def compare(ctx: PhaseContext, seeds: int = 3, ablation: bool = True) -> dict[st
     out = {"seeds": seed_list, "candidate": runs, "baseline": base_rows, "best_before": best, "winner": winner["id"],
            "candidates": summary, "vs_baseline": seed_stats([r["best_val_accuracy"] for r in base_rows], vals, floor=floor),
            "vs_best": seed_stats(best["per_seed"], vals, floor=floor), "seed_std_floor": floor,
-           "ablation": [{"id": c["id"], "expected_gain_points": next(r["expected_gain_points"] for r in ctx.recs  # type: ignore[attr-defined]
+           "ablation": [{"id": c["id"], "expected_gain_points": next(r["expected_gain_points"] for r in ctx.recs
                                                                      if r["id"] == c["id"]),
                          "realized_gain_points": c["gain_points"], "seeds": len(c["seeds"])} for c in summary
                         if c["id"] != "all" and len(c["recommendations"]) == 1],
@@ -349,7 +349,7 @@ def compare(ctx: PhaseContext, seeds: int = 3, ablation: bool = True) -> dict[st
     return out
 
 
-def _survivor_combination(ctx: PhaseContext, survivors: list[dict[str, Any]], best: dict[str, Any],
+def _survivor_combination(ctx: OptimizationContext, survivors: list[dict[str, Any]], best: dict[str, Any],
                           seed_list: list[int], reference: dict[int, list[dict[str, Any]]] | None = None) -> dict[str, Any] | None:
     """When two surviving single recommendations each have a mean above the best so far's, try
     them together (what this iteration learned, used at once); None otherwise."""
@@ -359,8 +359,8 @@ def _survivor_combination(ctx: PhaseContext, survivors: list[dict[str, Any]], be
     if len(singles) < 2:
         return None
     ids = [c["recommendations"][0] for c in singles[:2]]
-    recs = [r for r in ctx.recs if r["id"] in ids]  # type: ignore[attr-defined]
-    cfg, _ = _provenance(ctx, ctx.config, recs, ctx.round_no)  # type: ignore[attr-defined]
+    recs = [r for r in ctx.recs if r["id"] in ids]
+    cfg, _ = _provenance(ctx, ctx.config, recs, ctx.round_no)
     if not clock(ctx).allows(_fit_estimate(ctx, cfg) * len(seed_list), f"combination {'+'.join(ids)}"):
         return None
     c = {"id": "+".join(ids), "recommendations": ids, "config": cfg, "bundle": load_run_data(cfg, ctx.run_dir, PHASE)}
@@ -376,7 +376,7 @@ def _reference(best: dict[str, Any], base_rows: list[dict[str, Any]]) -> dict[in
     return {r["seed"]: r["history"] for r in base_rows if r.get("history")}
 
 
-def _phase3_seed_std(ctx: PhaseContext) -> float:
+def _phase3_seed_std(ctx: OptimizationContext) -> float:
     """The seed standard deviation Phase 3 measured (val accuracy), 0 when it did not."""
     f = _round_dir(ctx) / "findings.json"
     sv = read_json(f).get("evidence", {}).get("probes", {}).get("seed_variance", {}) if f.is_file() else {}
@@ -388,19 +388,19 @@ def _score(c: dict[str, Any]) -> float:
     return float(np.mean(vals)) if len(vals) == len(c["runs"]) and vals else -1.0
 
 
-def _adopt_winner(ctx: PhaseContext, winner: dict[str, Any]) -> None:
+def _adopt_winner(ctx: OptimizationContext, winner: dict[str, Any]) -> None:
     """Make the winning candidate this iteration's config: optimization_config.yaml and provenance.json."""
-    if winner["id"] == "all" or len(winner["recommendations"]) == len(ctx.recs):  # type: ignore[attr-defined]
+    if winner["id"] == "all" or len(winner["recommendations"]) == len(ctx.recs):
         return
-    recs = [r for r in ctx.recs if r["id"] in winner["recommendations"]]  # type: ignore[attr-defined]
-    cfg, record = _provenance(ctx, ctx.config, recs, ctx.round_no)  # type: ignore[attr-defined]
-    record["tried"] = [r["id"] for r in ctx.recs]  # type: ignore[attr-defined]
+    recs = [r for r in ctx.recs if r["id"] in winner["recommendations"]]
+    cfg, record = _provenance(ctx, ctx.config, recs, ctx.round_no)
+    record["tried"] = [r["id"] for r in ctx.recs]
     save_config(cfg, ctx.path("optimization_config.yaml"))
     write_json_atomic(ctx.path("provenance.json"), record)
-    ctx.candidate = cfg  # type: ignore[attr-defined]
+    ctx.candidate = cfg
 
 
-def _figures(ctx: PhaseContext, out: dict[str, Any]) -> None:
+def _figures(ctx: OptimizationContext, out: dict[str, Any]) -> None:
     from trainkit.plots import comparison_figure, seed_points_figure
 
     show_figure(comparison_figure({"baseline": [r["history"] for r in out["baseline"]],
@@ -413,7 +413,7 @@ def _figures(ctx: PhaseContext, out: dict[str, Any]) -> None:
     show_figure(seed_points_figure(pts, ctx.config.target.value), ctx.path("seeds.png"))
 
 
-def sweep(ctx: PhaseContext, trials: int = 0, storage: str | None = None) -> dict[str, Any] | None:
+def sweep(ctx: OptimizationContext, trials: int = 0, storage: str | None = None) -> dict[str, Any] | None:
     """Optional Optuna study around the candidate (LR, weight decay); its best params join the
     candidate (provenance: "optuna"). Plots of the history and importances go into the report."""
     if trials <= 0:
@@ -421,22 +421,22 @@ def sweep(ctx: PhaseContext, trials: int = 0, storage: str | None = None) -> dic
     from trainkit.sweep import run_worker, study_figures
 
     url = storage or f"sqlite:///{ctx.path('sweep.db').resolve()}"
-    summary = run_worker(ctx.candidate, ctx.run_dir, trials, url, study_name=f"iter-{ctx.attempt}")  # type: ignore[attr-defined]
+    summary = run_worker(ctx.candidate, ctx.run_dir, trials, url, study_name=f"iter-{ctx.attempt}")
     summary["figures"] = [p.name for p in study_figures(url, ctx.dir, f"iter-{ctx.attempt}")]
     if summary["best_params"]:
         prov = read_json(ctx.path("provenance.json"))
-        old = config_to_dict(ctx.candidate)  # type: ignore[attr-defined]
-        ctx.candidate = with_overrides(ctx.candidate, summary["best_params"])  # type: ignore[attr-defined]
+        old = config_to_dict(ctx.candidate)
+        ctx.candidate = with_overrides(ctx.candidate, summary["best_params"])
         prov["fields"] += [{"field": k, "old": get_dotted(old, k), "new": v, "recommendation": "optuna", "finding": "sweep"}
                            for k, v in summary["best_params"].items()]
-        prov["config_hash"] = config_hash(ctx.candidate)  # type: ignore[attr-defined]
+        prov["config_hash"] = config_hash(ctx.candidate)
         write_json_atomic(ctx.path("provenance.json"), prov)
-        save_config(ctx.candidate, ctx.path("optimization_config.yaml"))  # type: ignore[attr-defined]
+        save_config(ctx.candidate, ctx.path("optimization_config.yaml"))
     write_json_atomic(ctx.path("sweep.json"), summary)
     return summary
 
 
-def _gains(ctx: PhaseContext) -> list[float]:
+def _gains(ctx: OptimizationContext) -> list[float]:
     out = []
     for i in range(1, ctx.attempt):
         p = phase_dir(ctx.run_dir, PHASE, i) / "decision.json"
@@ -445,7 +445,7 @@ def _gains(ctx: PhaseContext) -> list[float]:
     return out
 
 
-def decide(ctx: PhaseContext, cmp: dict[str, Any]) -> dict[str, Any]:
+def decide(ctx: OptimizationContext, cmp: dict[str, Any]) -> dict[str, Any]:
     """Adopt the candidate when it beats the best so far by more than the seed spread; then A/B/C/D."""
     from trainkit.decisions import after_optimization
 
@@ -458,14 +458,14 @@ def decide(ctx: PhaseContext, cmp: dict[str, Any]) -> dict[str, Any]:
         write_json_atomic(ctx.run_dir / BEST, {"label": f"04_optimization/iter-{ctx.attempt}", "dir": seed0,
                                                "config": ctx.rel("optimization_config.yaml"), "mean": vb["mean_b"],
                                                "std": vb["std_b"], "per_seed": [r["best_val_accuracy"] for r in cmp["candidate"]]})
-        save_config(ctx.candidate, ctx.run_dir / CURRENT_CONFIG)  # type: ignore[attr-defined]
+        save_config(ctx.candidate, ctx.run_dir / CURRENT_CONFIG)
     rounds = len([e for e in load_manifest(ctx.run_dir)["phases"] if e["phase"] == "03_diagnostics"])
     option, nxt, reason = after_optimization(
         candidate_mean=vb["mean_b"], best_mean=best_mean, baseline_mean=cmp["vs_baseline"]["mean_a"],
         significant=adopted, target=cfg.target.value, gains=_gains(ctx) + [gain], iteration=ctx.attempt,
         budget=cfg.budget, rounds=rounds)
     if option == "B" and nxt == PHASE and rounds < cfg.budget.max_optimization_iterations \
-            and not _untried(ctx, ctx.candidate if adopted else ctx.config):  # type: ignore[attr-defined]
+            and not _untried(ctx, ctx.candidate if adopted else ctx.config):
         nxt = "03_diagnostics"
         reason += "; this round's recommendations are used up: re-diagnose the new best config"
     evidence = {"adopted": adopted, "gain_points": round(gain, 3), "candidate_mean": vb["mean_b"], "best_mean": best_mean,
@@ -474,7 +474,7 @@ def decide(ctx: PhaseContext, cmp: dict[str, Any]) -> dict[str, Any]:
     return write_decision(ctx, option, nxt, reason, evidence)
 
 
-def write_results(ctx: PhaseContext, cmp: dict[str, Any], decision: dict[str, Any], sweep_summary: dict[str, Any] | None = None) -> Path:
+def write_results(ctx: OptimizationContext, cmp: dict[str, Any], decision: dict[str, Any], sweep_summary: dict[str, Any] | None = None) -> Path:
     """optimization_results.md: the table, the figures, provenance, expected against realized gain."""
     prov = read_json(ctx.path("provenance.json"))
     vb, vbase = cmp["vs_best"], cmp["vs_baseline"]
@@ -521,7 +521,7 @@ def write_results(ctx: PhaseContext, cmp: dict[str, Any], decision: dict[str, An
     return write_text_atomic(ctx.path("optimization_results.md"), "\n".join(L) + "\n")
 
 
-def _results(ctx: PhaseContext, cmp: dict[str, Any], decision: dict[str, Any]) -> dict[str, tuple[str, Any]]:
+def _results(ctx: OptimizationContext, cmp: dict[str, Any], decision: dict[str, Any]) -> dict[str, tuple[str, Any]]:
     ok = [r for r in cmp["candidate"] if r["status"] in ("completed", "early_stopped", "time_budget", "pruned")]
     res: dict[str, tuple[str, Any]] = {}
     res["optimized_training_completed"] = ("pass" if len(ok) == len(cmp["candidate"]) else "fail",
@@ -546,7 +546,7 @@ def _results(ctx: PhaseContext, cmp: dict[str, Any], decision: dict[str, Any]) -
     return res
 
 
-def gate(ctx: PhaseContext, cmp: dict[str, Any], decision: dict[str, Any], approvals: Any = None,
+def gate(ctx: OptimizationContext, cmp: dict[str, Any], decision: dict[str, Any], approvals: Any = None,
          auto_signoff: bool = False, waivers: dict[str, str] | None = None) -> dict[str, Any]:
     arts = [ctx.rel(n) for n in ("optimization_config.yaml", "provenance.json", "comparison.json", "optimization_results.md",
                                   "decision.json") if ctx.path(n).is_file()]

@@ -30,7 +30,7 @@ def start(run_dir: str | Path, config_path: str = "", overrides: list[str] | Non
     it): RunError unless ``redo``."""
     run_dir = run_path(run_dir)
     _refuse_silent_redo(run_dir, redo)
-    ctx = begin(run_dir, PHASE, 1, interactive)
+    ctx = begin(PhaseContext, run_dir, PHASE, 1, interactive)
     try:
         ctx.config = load_config(config_path or None, overrides, target)
     except ConfigError as exc:
