@@ -54,6 +54,7 @@ def lab(tmp_path):
         proc.kill()
 
 
+@pytest.mark.slow
 def test_jupyterlab_runs_notebook_01_and_signs_the_gate_in_the_widget(lab):
     from playwright.sync_api import sync_playwright
 
@@ -94,6 +95,7 @@ def test_jupyterlab_runs_notebook_01_and_signs_the_gate_in_the_widget(lab):
     assert all(c["status"] == "pass" for c in record["checks"] if c["kind"] == "automatic")
 
 
+@pytest.mark.slow
 def test_phase_report_opened_from_file_shows_the_gate_table(tmp_path):
     from playwright.sync_api import sync_playwright
 
@@ -121,6 +123,7 @@ def test_phase_report_opened_from_file_shows_the_gate_table(tmp_path):
     assert not [u for u in requests if u.startswith("http")], "the report fetched from the network"
 
 
+@pytest.mark.slow
 def test_own_data_walkthrough_to_a_signed_off_model_with_a_waiver(tmp_path):
     """README "Your own data" as written, on a generated image folder whose classes overlap (the
     target is out of reach): run, waive the missed target with a reason, resume, and read the final
@@ -170,6 +173,7 @@ def test_own_data_walkthrough_to_a_signed_off_model_with_a_waiver(tmp_path):
     assert "## Waivers" in (run / "05_finalization" / "model_card.md").read_text()
 
 
+@pytest.mark.slow
 def test_opening_a_template_in_jupyterlab_asks_nothing_and_changes_at_most_the_python_version(lab):
     from playwright.sync_api import sync_playwright
 

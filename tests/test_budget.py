@@ -23,6 +23,7 @@ def digits():
     return cfg, load_data(cfg)
 
 
+@pytest.mark.slow
 def test_fit_stops_at_its_deadline_after_at_least_one_epoch(digits):
     cfg, bundle = digits
     t0 = time.time()
@@ -32,6 +33,7 @@ def test_fit_stops_at_its_deadline_after_at_least_one_epoch(digits):
     assert past.status == "time_budget" and len(past.history) == 1 and past.best is not None
 
 
+@pytest.mark.slow
 def test_max_epochs_is_the_first_part_of_the_whole_run(digits):
     cfg, bundle = digits
     cfg = with_overrides(cfg, {"training.epochs": 6})
@@ -75,6 +77,7 @@ def test_phase_clock_shares_carry_over_and_cuts_become_notes(tmp_path, monkeypat
     assert notes == [f"budget cut in 03_diagnostics/round-1: probe label_issues ({c.cuts[0]['why']})"]
 
 
+@pytest.mark.slow
 def test_a_tiny_budget_ends_the_run_inside_it_through_phase_5_with_the_best_model_so_far(tmp_path):
     """Unconstrained, this run takes about 85 s on 2 cores (baseline, probes, six Phase 4
     candidates with seeds, 120 final epochs); with a 60 s budget the phases cut what does not fit."""
@@ -112,6 +115,7 @@ def test_a_tiny_budget_ends_the_run_inside_it_through_phase_5_with_the_best_mode
         any("Cut to stay inside the budget" in p.read_text() for p in run.glob("0*/**/report.html"))
 
 
+@pytest.mark.slow
 def test_phase4_prunes_a_seed_that_cannot_beat_the_best_so_far(digits):
     from trainkit.phases.optimization import _pruner
 
@@ -129,6 +133,7 @@ def test_phase4_prunes_a_seed_that_cannot_beat_the_best_so_far(digits):
     assert losing.best is not None
 
 
+@pytest.mark.slow
 def test_seed_variance_runs_only_the_epochs_that_fit_and_is_not_reused_as_baseline_seeds(digits):
     from trainkit.diagnostics.probes import seed_variance_probe
 

@@ -74,6 +74,7 @@ def test_missing_file_and_non_mapping(tmp_path):
         load_config(p)
 
 
+@pytest.mark.slow
 def test_cli_config_validate_exit_codes(tmp_path):
     good = subprocess.run([sys.executable, "-m", "trainkit.cli", "config", "validate", str(template_path())],
                           capture_output=True, text=True)

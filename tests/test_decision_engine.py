@@ -49,6 +49,7 @@ def _hist(train_acc, val_acc, epochs=10):
 
 # ----------------------------------------------------------------------------- 1
 
+@pytest.mark.slow
 def test_label_probe_on_a_weak_model_is_inconclusive_and_silences_nothing():
     cfg = tiny_config({"data.source": T + "shapes", "model.kwargs": {"hidden": [4]}})
     bundle = load_data(cfg)
@@ -67,6 +68,7 @@ def test_label_probe_on_a_weak_model_is_inconclusive_and_silences_nothing():
     assert not any(r.id == "exclude_mislabelled" for r in dq.recommendations)
 
 
+@pytest.mark.slow
 def test_label_probe_on_a_strong_model_estimates_the_noise_rate():
     cfg = tiny_config({**noisy("tabular", 0.25), "model.kwargs": {"hidden": [128]}})
     bundle = load_data(cfg)
@@ -99,6 +101,7 @@ def noisy_run(tmp_path_factory):
     return run
 
 
+@pytest.mark.slow
 def test_phase4_baseline_is_phase2s_baseline_on_its_own_data(noisy_run):
     findings = read_json(noisy_run / "03_diagnostics/round-1/findings.json")
     assert findings["cause"] == "label_issues", findings["cause"]
@@ -124,6 +127,7 @@ def test_phase4_baseline_is_phase2s_baseline_on_its_own_data(noisy_run):
     assert cmp["fits"] < 3 * len(cmp["candidates"])  # losing candidates stopped after one seed
 
 
+@pytest.mark.slow
 def test_iteration_that_adopts_nothing_rediagnoses_the_best_so_far(noisy_run, monkeypatch, tmp_path):
     from trainkit.phases import optimization
 
@@ -170,6 +174,7 @@ def test_strong_finding_with_the_target_close_is_optimized():
 
 # ----------------------------------------------------------------------------- 5
 
+@pytest.mark.slow
 def test_dead_units_lr_finder_refuses_and_the_fix_revives_them(tmp_path):
     from trainkit.diagnostics import gather_evidence, run_probes
 
@@ -206,6 +211,7 @@ def test_dominant_input_bottleneck_gets_its_fix_selected():
 
 # ----------------------------------------------------------------------------- 7
 
+@pytest.mark.slow
 def test_imbalance_offers_class_weighting_and_a_balanced_sampler_that_lift_the_rare_classes(tmp_path):
     from trainkit.diagnostics import gather_evidence, run_probes
 
@@ -254,6 +260,7 @@ def test_mlp_on_images_or_signals_is_offered_a_conv_net(shape, family):
     assert any(a["id"] == "model_family_advice" and a["patch"] is None for a in advice)
 
 
+@pytest.mark.slow
 def test_demo_conv_candidate_beats_the_mlp_on_digits():
     base = tiny_config({"training.epochs": 15, "optimizer.name": "sgd", "optimizer.lr": 0.05})
     conv = with_overrides(base, {"model.name": "cnn", "model.kwargs": {"channels": [32, 64]}})
@@ -264,6 +271,7 @@ def test_demo_conv_candidate_beats_the_mlp_on_digits():
 
 # ----------------------------------------------------------------------------- 9
 
+@pytest.mark.slow
 def test_custom_signal_source_keeps_its_shape_and_conv1d_models_train():
     for model in ("cnn1d", T + "signal_conv_model"):
         cfg = tiny_config({"data.source": T + "signals", "model.name": model, "model.kwargs": {}, "training.epochs": 15,
@@ -287,8 +295,10 @@ def test_augment_shifts_signals_and_keeps_their_shape():
     torch.manual_seed(1)
     shifted = [augment_batch(x, "crop") for _ in range(5)]
     assert all(s.shape == x.shape for s in shifted) and any(not torch.equal(s, x) for s in shifted)
-    assert not math.isnan(float(shifted[0].sum()))
-    assert json.dumps(list(x.shape)) == "[2, 3, 32]"
+    pad = 32 // 8
+    for s in shifted:  # each is x moved by at most pad steps along time, zeros filling what came in
+        padded = torch.nn.functional.pad(x, (pad, pad))
+        assert any(torch.equal(s, padded[:, :, k:k + 32]) for k in range(2 * pad + 1))
 
 
 def test_compute_plan_shares_and_fit():

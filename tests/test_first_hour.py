@@ -1,6 +1,7 @@
 """A new user's first hour: no stuck states, hints that work when pasted, reports that follow the
 state, readable files, and a console that says what is happening."""
 
+import html
 import json
 import os
 import shlex
@@ -36,6 +37,7 @@ def blocked_run(tmp_path_factory):
     return tmp / "my run", r
 
 
+@pytest.mark.slow
 def test_a_missed_check_is_finished_from_the_cli_with_a_documented_waiver(blocked_run):
     run, r = blocked_run
     assert r.returncode == 1 and "per_class_reported" in r.stderr, r.stdout + r.stderr
@@ -69,6 +71,7 @@ def test_a_missed_check_is_finished_from_the_cli_with_a_documented_waiver(blocke
     assert m["status"] == "ready_to_deploy" and m["exit"]["code"] == 0
 
 
+@pytest.mark.slow
 def test_the_console_streams_progress_and_prints_each_phases_result_without_kernel_warnings(blocked_run):
     _, r = blocked_run
     out = r.stdout + r.stderr
@@ -78,6 +81,7 @@ def test_the_console_streams_progress_and_prints_each_phases_result_without_kern
     assert "(attempt-1)" in r.stdout and "gate passed; A → 05_finalization" in r.stdout
 
 
+@pytest.mark.slow
 def test_reports_state_their_decision_without_stderr_blocks_or_warnings(blocked_run):
     run, _ = blocked_run
     base = (run / "02_baseline" / "attempt-1" / "report.html").read_text()
@@ -89,12 +93,17 @@ def test_reports_state_their_decision_without_stderr_blocks_or_warnings(blocked_
     assert "A → Phase 5" in index and "Learning curves" in index and "data:image/png;base64," in index
 
 
+@pytest.mark.slow
 def test_a_failed_exit_is_recorded_before_the_index_is_written(blocked_run):
     run, _ = blocked_run
     m = json.loads((run / "run.json").read_text())
-    assert m["status"] != "running" and all(e["status"] != "running" for e in m["phases"])
+    assert m["status"] == "failed" and all(e["status"] != "running" for e in m["phases"])
+    index = (run / "index.html").read_text()
+    # written after the exit was recorded: the index shows the final status and the exit message, not "running"
+    assert "Status: <b>failed</b>" in index and html.escape(m["exit"]["message"][:80]) in index
 
 
+@pytest.mark.slow
 def test_resume_after_stop_after_2_follows_a_failed_baselines_decision(tmp_path):
     cfg = _cfg(tmp_path, dict(FAST, **{"optimizer.name": "sgd", "optimizer.lr": 1e6, "model.kwargs": {"hidden": [64, 64, 64]}}))
     r = _cli("run", cfg, "--name", "nan", "--runs-dir", tmp_path, "--stop-after", "2")
@@ -119,6 +128,7 @@ def test_written_files_respect_the_umask(tmp_path, mask, mode):
         assert (tmp_path / p).stat().st_mode & 0o777 == mode, p
 
 
+@pytest.mark.slow
 def test_a_signed_phase_1_is_not_redone_silently(tmp_path):
     from trainkit.errors import RunError
     from trainkit.testing import run_phase_inprocess
@@ -149,6 +159,7 @@ def test_notebooks_run_from_the_notebooks_folder_write_into_the_projects_runs(tm
     assert run_path("runs/notebook") == tmp_path.joinpath("runs", "notebook").relative_to(tmp_path)
 
 
+@pytest.mark.slow
 def test_trainkit_notebooks_makes_working_copies_and_keeps_edited_ones(tmp_path):
     r = _cli("notebooks", tmp_path / "work")
     copies = sorted(p.name for p in (tmp_path / "work").glob("*.ipynb"))
@@ -170,6 +181,7 @@ def test_templates_carry_the_kernel_metadata_jupyterlab_writes():
         assert meta["language_info"]["pygments_lexer"] == "ipython3" and meta["language_info"]["file_extension"] == ".py"
 
 
+@pytest.mark.slow
 def test_the_readmes_own_data_configs_validate_as_written(tmp_path):
     """The YAML blocks of README's "Your own data", with the data they describe made here."""
     import re

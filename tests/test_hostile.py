@@ -55,6 +55,7 @@ def _copy(run: Path, tmp_path: Path) -> Path:
 
 # ----------------------------------------------------------------------------- 1, 7: gates that really block
 
+@pytest.mark.slow
 def test_phase3_refuses_a_baseline_artifact_appended_after_signoff(routed_run, tmp_path):
     run = _copy(routed_run, tmp_path)
     with open(run / "02_baseline/attempt-1/metrics.jsonl", "a") as fh:
@@ -64,6 +65,7 @@ def test_phase3_refuses_a_baseline_artifact_appended_after_signoff(routed_run, t
     assert not (run / "03_diagnostics/round-1/findings.json").exists()
 
 
+@pytest.mark.slow
 def test_phase3_refuses_a_failed_mandatory_check_behind_a_cached_passed_state(routed_run, tmp_path):
     run = _copy(routed_run, tmp_path)
     gate_path = run / "02_baseline/attempt-1/gate.json"
@@ -75,6 +77,7 @@ def test_phase3_refuses_a_failed_mandatory_check_behind_a_cached_passed_state(ro
         run_phase_inprocess("03_diagnostics", run, attempt=1)
 
 
+@pytest.mark.slow
 def test_forged_signoff_by_rehashing_is_caught_by_the_chain(routed_run, tmp_path):
     from trainkit._io import sha256_file
     from trainkit.errors import GateError
@@ -106,6 +109,7 @@ def test_forged_signoff_by_rehashing_is_caught_by_the_chain(routed_run, tmp_path
 
 # ----------------------------------------------------------------------------- 3: the quarantine
 
+@pytest.mark.slow
 def test_test_rows_are_not_reachable_before_phase5(routed_run):
     cfg = tiny_config({"data.source": T + "tabular"})
     bundle = load_run_data(cfg, routed_run, "02_baseline")
@@ -124,6 +128,7 @@ def test_streamed_test_rows_refuse_to_load():
     assert bundle.source.dataset[int(bundle.splits["train"][0])][0].shape == (6,)
 
 
+@pytest.mark.slow
 def test_the_phase_comes_from_the_run_not_from_the_caller(routed_run, tmp_path):
     from trainkit.run import record_phase
 
@@ -141,6 +146,7 @@ def test_the_phase_comes_from_the_run_not_from_the_caller(routed_run, tmp_path):
 
 # ----------------------------------------------------------------------------- 4, 11, 12: names, locks, hints
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["../escape", "..", ".", "/tmp/abs-run", "a/b", ""])
 def test_run_names_cannot_escape_the_runs_folder(name, tmp_path):
     runs = tmp_path / "runs"
@@ -151,6 +157,7 @@ def test_run_names_cannot_escape_the_runs_folder(name, tmp_path):
     assert not list(tmp_path.rglob("run.json"))
 
 
+@pytest.mark.slow
 def test_a_second_run_on_a_locked_name_is_refused(tmp_path):
     from trainkit.pipeline import run_lock
 
@@ -161,6 +168,7 @@ def test_a_second_run_on_a_locked_name_is_refused(tmp_path):
     assert not (runs / "busy" / "run.json").exists()
 
 
+@pytest.mark.slow
 def test_printed_commands_survive_copy_paste_with_spaces(tmp_path):
     from trainkit.run import init_run, record_phase
     from trainkit.status import describe_run
@@ -176,6 +184,7 @@ def test_printed_commands_survive_copy_paste_with_spaces(tmp_path):
 
 # ----------------------------------------------------------------------------- 5: kill between checkpoint and sidecar
 
+@pytest.mark.slow
 def test_kill_between_checkpoint_and_sidecar_leaves_a_resumable_pair(tmp_path, monkeypatch):
     import trainkit.checkpoints as ck
     from trainkit.train import fit
@@ -210,6 +219,7 @@ def _bomb(levels: int = 9) -> str:
     return "model:\n  name: mlp\n  kwargs:\n" + "".join(f"    {line}\n" for line in lines)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["bomb", "binary", "utf16", "directory", "lr_inf", "decay_inf", "betas_nan"])
 def test_bad_config_files_exit_2_naming_the_problem(kind, tmp_path):
     p = tmp_path / "cfg.yaml"
@@ -232,6 +242,7 @@ def test_bad_config_files_exit_2_naming_the_problem(kind, tmp_path):
     assert r.returncode == 2 and not (tmp_path / "runs" / "x").exists(), r.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["missing", "malformed", "list", "huge", "bomb", "not_a_name"])
 def test_bad_approvals_files_exit_2_before_phase1(kind, tmp_path):
     p = tmp_path / "approvals.yaml"
@@ -274,6 +285,7 @@ def _npz(path: Path, kind: str) -> Path:
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind,says", [("nan", "NaN or Inf"), ("inf", "NaN or Inf"), ("label_1000", "every class present"),
                                        ("float_labels", "fractional"), ("single_class", "at least 2 classes"),
                                        ("string_labels", "strings"), ("corrupt_zip", "not a readable .npz")])
@@ -287,6 +299,7 @@ def test_bad_data_is_a_clear_error_with_exit_2_and_no_run_left(kind, says, tmp_p
     assert not (tmp_path / "runs" / "bad").exists()
 
 
+@pytest.mark.slow
 def test_an_empty_class_folder_is_named(tmp_path):
     root = make_image_folder(tmp_path / "imgs")
     (root / "class_9").mkdir()
@@ -297,6 +310,7 @@ def test_an_empty_class_folder_is_named(tmp_path):
 
 # ----------------------------------------------------------------------------- 2: resume keeps the user's config
 
+@pytest.mark.slow
 def test_resume_after_a_phase1_failure_keeps_the_users_config(tmp_path):
     root = make_image_folder(tmp_path / "imgs", per_class=20, corrupt=1)  # Phase 1 decodes every image: it fails
     cfg = _yaml(tmp_path / "mine.yaml", tiny_config({"data.source": "image_folder", "data.root": str(root),

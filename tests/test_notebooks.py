@@ -39,6 +39,7 @@ def _gate(path):
     return json.loads(Path(path).read_text())
 
 
+@pytest.mark.slow
 def test_papermill_runs_notebook_01_without_the_cli(tmp_path):
     out = tmp_path / "out.ipynb"
     run = tmp_path / "run"
@@ -65,6 +66,7 @@ def test_papermill_runs_notebook_01_without_the_cli(tmp_path):
                                                            text=True).stdout
 
 
+@pytest.mark.slow
 def test_cli_stop_after_1_writes_phase_1_and_a_readable_report(tmp_path):
     r = subprocess.run(["trainkit", "run", str(NB_DIR.parent / "configs" / "baseline_template.yaml"), "--name", "demo",
                         "--runs-dir", str(tmp_path), "--stop-after", "1"], capture_output=True, text=True)
@@ -80,6 +82,7 @@ def test_cli_stop_after_1_writes_phase_1_and_a_readable_report(tmp_path):
     assert run["phases"][0]["phase"] == "01_planning" and run["phases"][0]["status"] == "completed"
 
 
+@pytest.mark.slow
 def test_cli_invalid_config_exits_2_and_writes_nothing(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("optimizer:\n  lr: fast\n")
@@ -89,6 +92,7 @@ def test_cli_invalid_config_exits_2_and_writes_nothing(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_invalid_override_in_notebook_blocks_the_gate_with_evidence(tmp_path):
     out = tmp_path / "out.ipynb"
     run = tmp_path / "run"

@@ -75,6 +75,7 @@ def test_seed_stats_difference_and_interval():
     assert not noisy["exceeds_spread"] and noisy["ci"][0] < 0
 
 
+@pytest.mark.slow
 def test_two_optuna_workers_fill_one_sqlite_study(tmp_path):
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump(tiny_config({"training.epochs": 3}).model_dump(mode="json")))

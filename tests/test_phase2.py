@@ -3,6 +3,8 @@
 import json
 import subprocess
 import sys
+
+import pytest
 from pathlib import Path
 
 import yaml
@@ -18,6 +20,7 @@ def _cfg(tmp_path, overrides):
     return p
 
 
+@pytest.mark.slow
 def test_stop_after_2_on_the_template_with_adam_reaches_097_with_all_files(tmp_path):
     r = subprocess.run(["trainkit", "run", str(ROOT / "configs" / "baseline_template.yaml"), "--name", "demo",
                         "--runs-dir", str(tmp_path), "--stop-after", "2", "--set", "optimizer.name=adam",
@@ -41,6 +44,7 @@ def test_stop_after_2_on_the_template_with_adam_reaches_097_with_all_files(tmp_p
     assert "post_baseline" in (d / "report.html").read_text()
 
 
+@pytest.mark.slow
 def test_absurd_lr_records_option_c_with_the_step_and_does_not_crash(tmp_path):
     cfg = _cfg(tmp_path, {"optimizer.name": "sgd", "optimizer.lr": 1e6, "model.kwargs": {"hidden": [64, 64, 64]}})
     r = subprocess.run(["trainkit", "run", str(cfg), "--name", "nan", "--runs-dir", str(tmp_path), "--stop-after", "2"],
@@ -57,6 +61,7 @@ def test_absurd_lr_records_option_c_with_the_step_and_does_not_crash(tmp_path):
     assert "Non-finite" in (d / "baseline_results.md").read_text()
 
 
+@pytest.mark.slow
 def test_phase2_refuses_to_start_when_phase1_was_tampered_with(tmp_path):
     run = tmp_path / "demo"
     r = subprocess.run(["trainkit", "run", "--name", "demo", "--runs-dir", str(tmp_path), "--stop-after", "1"],
@@ -77,6 +82,7 @@ def _hashes(folder):
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir() if p.is_file()}
 
 
+@pytest.mark.slow
 def test_run_killed_mid_baseline_resumes_in_place_without_rewriting_phase1(tmp_path):
     import os
     import signal

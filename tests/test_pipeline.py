@@ -41,6 +41,7 @@ def fast_run(tmp_path_factory):
     return tmp / "fast"
 
 
+@pytest.mark.slow
 def test_fast_path_deploys(fast_run):
     assert [p for p, _ in _path(fast_run)] == ["01_planning", "02_baseline", "05_finalization"]
     d = fast_run / "05_finalization"
@@ -70,6 +71,7 @@ def test_fast_path_deploys(fast_run):
     assert "Compute plan" in index and "planned" in index
 
 
+@pytest.mark.slow
 def test_demo_walks_all_five_phases_and_waits_for_approval_then_deploys(tmp_path):
     poison = tmp_path / "no-mlflow" / "mlflow"  # the demo stays free of MLflow: importing it anywhere fails the demo
     poison.mkdir(parents=True)
@@ -94,6 +96,7 @@ def test_demo_walks_all_five_phases_and_waits_for_approval_then_deploys(tmp_path
     assert _decision(run / "05_finalization")["next"] == "deploy"
 
 
+@pytest.mark.slow
 def test_multiple_iterations_then_diminishing_returns(tmp_path):
     cfg = _cfg(tmp_path, {"optimizer.name": "sgd", "training.epochs": 6, "target.value": 0.999, "final.epochs": 8,
                           "final.patience": 3, "budget.diminishing_points": 100.0, "budget.clear_gain_points": 0.0,
@@ -106,6 +109,7 @@ def test_multiple_iterations_then_diminishing_returns(tmp_path):
     assert last["next"] == "05_finalization" and last["option"] == "D", last
 
 
+@pytest.mark.slow
 def test_failed_baseline_is_diagnosed_fixed_and_restarted(tmp_path):
     cfg = _cfg(tmp_path, dict(FAST, **{"optimizer.name": "sgd", "optimizer.lr": 1e6, "model.kwargs": {"hidden": [64, 64, 64]}}))
     r = _run(cfg, "--name", "nan", "--runs-dir", tmp_path, "--stop-after", "3")
@@ -119,6 +123,7 @@ def test_failed_baseline_is_diagnosed_fixed_and_restarted(tmp_path):
     assert r.returncode == 0
 
 
+@pytest.mark.slow
 def test_killed_kernel_then_resume_keeps_earlier_artifacts(tmp_path):
     # Phase 1 builds the model 3 times (two determinism runs, one checkpoint-timing probe): build 4 is Phase 2's
     env = dict(os.environ, TRAINKIT_TEST_DIE_DIR=str(tmp_path), TRAINKIT_TEST_DIE_AT="4")
@@ -134,6 +139,7 @@ def test_killed_kernel_then_resume_keeps_earlier_artifacts(tmp_path):
     assert _decision(run / "02_baseline" / "attempt-1")["option"] == "A"
 
 
+@pytest.mark.slow
 def test_each_notebook_runs_under_the_papermill_cli(tmp_path):
     cfg = _cfg(tmp_path, {"training.epochs": 4, "target.value": 0.97, "final.epochs": 6, "final.patience": 3,
                           "budget.clear_gain_points": 0.0})
@@ -220,6 +226,7 @@ BAD = {
 }
 
 
+@pytest.mark.slow
 def test_every_automatic_check_passes_on_the_good_run(fast_run, tmp_path):
     run = tmp_path / "copy"
     shutil.copytree(fast_run, run)
@@ -227,6 +234,7 @@ def test_every_automatic_check_passes_on_the_good_run(fast_run, tmp_path):
     assert len(res) == 23 and all(v[0] == "pass" for v in res.values()), res
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("check", sorted(BAD) + ["test_disjoint"])
 def test_each_production_check_fails_on_its_bad_case(check, fast_run, tmp_path):
     run = tmp_path / "copy"
@@ -254,6 +262,7 @@ def _recheck_disjoint(run):
         D.load_data = real
 
 
+@pytest.mark.slow
 def test_deployment_guide_snippets_run_as_written(fast_run, tmp_path):
     from trainkit.phases.finalization import run_snippets
 
@@ -266,6 +275,7 @@ def test_deployment_guide_snippets_run_as_written(fast_run, tmp_path):
     assert not run_snippets(d, guide)[0]["ok"]
 
 
+@pytest.mark.slow
 def test_altered_onnx_file_fails_parity(fast_run, tmp_path):
     import numpy as np
     from trainkit.export import check_parity
@@ -289,6 +299,7 @@ def test_altered_onnx_file_fails_parity(fast_run, tmp_path):
     assert not check_parity(d, x, ref)["onnx"]["ok"]
 
 
+@pytest.mark.slow
 def test_second_test_evaluation_is_refused_unless_forced(fast_run, tmp_path):
     from trainkit.config import load_config
     from trainkit.errors import QuarantineError
@@ -316,6 +327,7 @@ def test_second_test_evaluation_is_refused_unless_forced(fast_run, tmp_path):
     assert forced["forced"] and len(reads()) == n + 1 and reads()[-1]["reason"] == "forced re-evaluation"
 
 
+@pytest.mark.slow
 def test_over_the_time_budget_goes_to_phase_5_with_the_ceiling_noted(tmp_path):
     cfg = _cfg(tmp_path, {"training.epochs": 3, "target.value": 0.99, "budget.total_hours": 1e-6})
     r = _run(cfg, "--name", "b", "--runs-dir", tmp_path, "--stop-after", "4")

@@ -2,6 +2,7 @@ import json
 import random
 
 import numpy as np
+import pytest
 import torch
 
 from trainkit.data import load_data
@@ -28,6 +29,7 @@ def test_environment_capture_without_gpu_degrades_cleanly():
         assert env["gpu"]["devices"] == []
 
 
+@pytest.mark.slow
 def test_determinism_probe_bitwise_on_cpu():
     cfg = tiny_config()
     r = determinism_probe(cfg, load_data(cfg), epochs=2)
@@ -35,6 +37,7 @@ def test_determinism_probe_bitwise_on_cpu():
     assert len(r["losses_a"]) == 6
 
 
+@pytest.mark.slow
 def test_determinism_probe_detects_a_difference(monkeypatch):
     """A nondeterministic model (dropout reseeded from the clock) must fail the probe."""
     import time

@@ -146,6 +146,7 @@ def assert_mirrors(client, experiment, run):
     return by_key, fits
 
 
+@pytest.mark.slow
 def test_the_demo_tracked_on_a_server_then_signed_registers_a_model_version(demo_run, server):
     run, first = demo_run
     client = _client(server)
@@ -198,6 +199,7 @@ def test_the_demo_tracked_on_a_server_then_signed_registers_a_model_version(demo
     assert f"{server}/#/experiments/{by_key['(run)'].info.experiment_id}/runs/{by_key['(run)'].info.run_id}" in index
 
 
+@pytest.mark.slow
 @pytest.mark.browser
 def test_mlflow_ui_lists_the_demo_run_and_its_phases(demo_run, server):
     from playwright.sync_api import sync_playwright
@@ -222,6 +224,7 @@ def test_mlflow_ui_lists_the_demo_run_and_its_phases(demo_run, server):
     assert all(name in shown for name in phases), (phases, shown)
 
 
+@pytest.mark.slow
 def test_local_store_then_a_waiver_on_the_version_then_the_file_store(tmp_path):
     """``--set tracking.mlflow=true``: the store is runs/mlflow.db; a waived check shows on the
     registered version; ``trainkit track --uri file:...`` mirrors the same run into a file store."""
@@ -251,6 +254,7 @@ def test_local_store_then_a_waiver_on_the_version_then_the_file_store(tmp_path):
     assert len(_runs(_client(store), "archive", runs / "short")) == len(by_key)
 
 
+@pytest.mark.slow
 def test_server_down_is_one_warning_then_trainkit_track_fills_the_server(tmp_path, server):
     """On tabular data (an .npz of generated blobs, not digits)."""
     from trainkit.testing import make_npz
@@ -272,6 +276,7 @@ def test_server_down_is_one_warning_then_trainkit_track_fills_the_server(tmp_pat
     assert v.tags["trainkit.gate_sha256"] == sha256_file(runs / "offline" / "05_finalization" / "gate.json")
 
 
+@pytest.mark.slow
 def test_trainkit_track_refuses_clearly_what_it_cannot_push(tmp_path):
     from trainkit.run import init_run
 
@@ -321,6 +326,7 @@ def test_live_pushes_send_the_metrics_of_a_fit_while_it_trains(tmp_path):
     assert sorted(history()) == [(0, 0.5), (1, 0.6), (2, 0.7)]  # the last push sent nothing twice
 
 
+@pytest.mark.slow
 def test_tracking_section_and_the_config_hash():
     from trainkit.errors import ConfigError
     from trainkit.testing import tiny_config
@@ -347,6 +353,7 @@ def test_redact_hides_a_password_in_the_uri():
     assert redact("sqlite:///runs/mlflow.db") == "sqlite:///runs/mlflow.db"
 
 
+@pytest.mark.slow
 def test_tracking_asked_for_without_mlflow_installed_is_exit_2_before_the_run_starts(tmp_path):
     code = ("import sys; sys.modules['mlflow'] = None\n"  # as if trainkit[mlflow] were not installed
             "from trainkit.cli import main\n"
@@ -358,19 +365,28 @@ def test_tracking_asked_for_without_mlflow_installed_is_exit_2_before_the_run_st
     assert not (tmp_path / "runs" / "x").exists()
 
 
-def test_the_default_install_and_an_untracked_run_never_import_mlflow():
+@pytest.mark.slow
+def test_the_default_install_and_an_untracked_run_never_import_mlflow(tmp_path):
     import tomllib
 
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert not any("mlflow" in dep for dep in meta["dependencies"])
     assert any(dep.startswith("mlflow") for dep in meta["optional-dependencies"]["mlflow"])
     code = ("import sys, trainkit, trainkit.cli, trainkit.pipeline, trainkit.tracking, trainkit.widgets, trainkit.sweep\n"
-            "import trainkit.phases.planning, trainkit.phases.baseline, trainkit.phases.finalization\n"
-            "assert 'mlflow' not in sys.modules, 'mlflow imported'\n")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+            "from trainkit.testing import run_phase_inprocess, tiny_config_file\n"
+            "run = sys.argv[1]\n"
+            "run_phase_inprocess('01_planning', run, config_path=str(tiny_config_file(sys.argv[2])))\n"
+            "run_phase_inprocess('02_baseline', run, attempt=1)  # trains, evaluates its gate, pushes nothing\n"
+            "import json, pathlib\n"
+            "assert json.loads((pathlib.Path(run) / '02_baseline/attempt-1/gate.json').read_text())['gate']\n"
+            "assert 'mlflow' not in sys.modules, sorted(m for m in sys.modules if 'mlflow' in m)\n")
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run"), str(tmp_path)], capture_output=True, text=True,
+                       timeout=300, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
+    assert not (tmp_path / "run" / "tracking.json").exists()  # nothing was pushed anywhere
 
 
+@pytest.mark.slow
 def test_a_phase_run_by_hand_pushes_at_its_gate_and_the_widget_sign_off_follows(tmp_path):
     """In a notebook (no pipeline process), finishing the gate pushes the phase; signing it in the
     gate widget pushes the signer."""

@@ -17,6 +17,7 @@ from trainkit.testing import tiny_config
 ABSURD = {"optimizer.name": "sgd", "optimizer.lr": 1e6, "model.kwargs": {"hidden": [64, 64, 64]}}
 
 
+@pytest.mark.slow
 def test_fit_learns_and_writes_metrics_and_checkpoints(tmp_path):
     cfg = tiny_config({"training.epochs": 4})
     r = fit(cfg, load_data(cfg), tmp_path, progress=False)
@@ -34,6 +35,7 @@ def test_fit_learns_and_writes_metrics_and_checkpoints(tmp_path):
     assert {"model", "optimizer", "scheduler", "scaler", "epoch", "step", "rng", "config", "trainkit_version"} <= set(best)
 
 
+@pytest.mark.slow
 def test_same_seed_same_metrics_on_cpu():
     cfg = tiny_config()
     a = fit(cfg, load_data(cfg), None, progress=False)
@@ -42,6 +44,7 @@ def test_same_seed_same_metrics_on_cpu():
     assert key(a.history) == key(b.history)
 
 
+@pytest.mark.slow
 def test_nan_guard_stops_in_the_step_and_names_the_parameter():
     cfg = tiny_config(ABSURD)
     r = fit(cfg, load_data(cfg), None, progress=False)
@@ -52,12 +55,14 @@ def test_nan_guard_stops_in_the_step_and_names_the_parameter():
     assert not math.isfinite(nf["batch_loss"]) or not math.isfinite(nf["grad_norm"])
 
 
+@pytest.mark.slow
 def test_early_stopping_with_patience():
     cfg = tiny_config({"optimizer.lr": 0.0, "training.epochs": 10, "training.patience": 2})
     r = fit(cfg, load_data(cfg), None, progress=False)
     assert r.status == "early_stopped" and len(r.history) == 3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["constant", "step", "cosine", "one_cycle"])
 def test_schedule_lr_curves(name):
     cfg = tiny_config({"schedule.name": name, "schedule.warmup_epochs": 1 if name != "one_cycle" else 0,
@@ -81,6 +86,7 @@ def test_schedule_lr_curves(name):
     assert r.history[0]["lr"] == pytest.approx(cfg.optimizer.lr * lr_factors(cfg, steps)(steps))
 
 
+@pytest.mark.slow
 def test_accumulation_matches_a_bigger_batch():
     base = {"training.epochs": 2, "data.batch_size": 64}
     cfg1 = tiny_config(base)
@@ -90,6 +96,7 @@ def test_accumulation_matches_a_bigger_batch():
     assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_crash_is_a_clear_training_error():
     from trainkit.errors import TrainingError
 
@@ -111,6 +118,7 @@ def _metrics(d):
     return [{k: r[k] for k in keys} for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())]
 
 
+@pytest.mark.slow
 def test_kill_9_mid_epoch_then_resume_gives_identical_metrics(tmp_path):
     over = {"model.name": "trainkit.testing:SlowNet", "model.kwargs": {"delay": 0.01}, "training.epochs": 5,
             "data.batch_size": 32}
@@ -140,6 +148,7 @@ def test_kill_9_mid_epoch_then_resume_gives_identical_metrics(tmp_path):
     assert summary["resumed_from_epoch"] is not None
 
 
+@pytest.mark.slow
 def test_resume_with_a_different_model_is_refused(tmp_path):
     from trainkit.errors import CheckpointError
 
@@ -158,6 +167,7 @@ def _free_port():
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_match_one_process(tmp_path):
     env = dict(os.environ, TRAINKIT_PROGRESS="off", OMP_NUM_THREADS="1")
     one = _write_cfg(tmp_path, {"training.epochs": 2, "data.batch_size": 64, "training.device": "cpu"})
@@ -183,6 +193,7 @@ def test_ddp_two_processes_match_one_process(tmp_path):
     assert summary["world_size"] == 2
 
 
+@pytest.mark.slow
 def test_training_compile_trains_the_same_model():
     """training.compile wraps the model in torch.compile (inductor builds CPU kernels with g++):
     the same run, compiled, ends at the same metrics within float tolerance."""

@@ -11,10 +11,15 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-__all__ = ["learned", "after_baseline", "after_diagnostics", "after_optimization", "after_finalization",
+__all__ = ["after_planning", "learned", "after_baseline", "after_diagnostics", "after_optimization", "after_finalization",
            "route_over_budget"]
 
 Decision = tuple[str, str, str]
+
+
+def after_planning() -> Decision:
+    """Phase 1: once its gate passes, always the baseline."""
+    return "-", "02_baseline", "Phase 1 always proceeds to the baseline"
 
 
 def learned(init_loss: float, history: Sequence[dict[str, Any]], chance: float) -> tuple[bool, str]:

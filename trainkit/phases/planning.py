@@ -222,7 +222,9 @@ def _results(ctx: PhaseContext, bundle: Any) -> dict[str, tuple[str, Any]]:
 def gate(ctx: PhaseContext, bundle: Any, approvals: Any = None, auto_signoff: bool = False,
          waivers: dict[str, str] | None = None) -> dict[str, Any]:
     """Evaluate the reproducibility gate (records gate.json, then raises GateBlocked if blocked)."""
-    decision = write_decision(ctx, "-", "02_baseline", "Phase 1 always proceeds to the baseline", {})
+    from trainkit.decisions import after_planning
+
+    decision = write_decision(ctx, *after_planning(), {})
     arts = [f"{PHASE}/{a}" for a in ARTIFACTS] + ([f"{PHASE}/budget_plan.json"] if ctx.path("budget_plan.json").is_file() else [])
     return finish_gate(ctx, "reproducibility_gate", _results(ctx, bundle), arts,
                        approvals, auto_signoff, waivers, decision)

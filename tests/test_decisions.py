@@ -1,0 +1,94 @@
+"""Every row of the seed's decision table (DESIGN.md), through the pure functions of
+``trainkit.decisions``, with the template's default thresholds."""
+
+from __future__ import annotations
+
+import pytest
+
+from trainkit import decisions as D
+from trainkit.config import BudgetConfig
+
+B = BudgetConfig()  # defaults: clear 5, marginal 3, diminishing 2, 3 iterations, 2 restarts
+
+
+def _p2(**kw):
+    args = {"status": "completed", "learned": True, "best": 0.90, "target": 0.95, "attempt": 1, "max_restarts": 2}
+    return D.after_baseline(**{**args, **kw})
+
+
+def _p3(**kw):
+    args = {"expected_gain": 8.0, "fix": None, "needs_fix": False, "manual_fix": None, "restarts_left": 2, "budget": B}
+    return D.after_diagnostics(**{**args, **kw})
+
+
+def _p4(**kw):
+    args = {"candidate_mean": 0.93, "best_mean": 0.93, "baseline_mean": 0.90, "significant": True, "target": 0.95,
+            "gains": [3.0], "iteration": 1, "budget": B}
+    return D.after_optimization(**{**args, **kw})
+
+
+# (row of the table, call, expected option, expected next)
+ROWS = [
+    ("Phase 1: gate passed → Phase 2", lambda: D.after_planning(), "-", "02_baseline"),
+    ("Phase 2 A: val ≥ target → Phase 5", lambda: _p2(best=0.96), "A", "05_finalization"),
+    ("Phase 2 A: val exactly at target", lambda: _p2(best=0.95), "A", "05_finalization"),
+    ("Phase 2 B: val < target → Phase 3", lambda: _p2(best=0.90), "B", "03_diagnostics"),
+    ("Phase 2 C: crashed → Phase 3 failed mode", lambda: _p2(status="crashed", learned=False, best=None), "C", "03_diagnostics"),
+    ("Phase 2 C: NaN/Inf loss", lambda: _p2(status="nonfinite", best=0.5), "C", "03_diagnostics"),
+    ("Phase 2 C: no learning", lambda: _p2(learned=False, best=0.1), "C", "03_diagnostics"),
+    ("Phase 2 C: at most 2 restarts, then stop", lambda: _p2(learned=False, best=0.1, attempt=3), "C", "stop"),
+    ("Phase 2 C: the second restart is still allowed", lambda: _p2(learned=False, best=0.1, attempt=2), "C", "03_diagnostics"),
+    ("Phase 3 A: expected gain > 5 points → Phase 4", lambda: _p3(expected_gain=8.0), "A", "04_optimization"),
+    ("Phase 3 A marginal: gain between 3 and 5", lambda: _p3(expected_gain=4.0), "A", "04_optimization"),
+    ("Phase 3 A: a strong finding with the target missed", lambda: _p3(expected_gain=1.0, strong="overfitting", gap=4.0),
+     "A", "04_optimization"),
+    ("Phase 3 B: expected gain < 3 points → Phase 5", lambda: _p3(expected_gain=1.0), "B", "05_finalization"),
+    ("Phase 3 C: infrastructure issue with a fix → restart Phase 2",
+     lambda: _p3(needs_fix=True, fix={"optimizer.lr": 1e-3}), "C", "02_baseline"),
+    ("Phase 3 C: a fix but no restarts left", lambda: _p3(needs_fix=True, fix={"optimizer.lr": 1e-3}, restarts_left=0),
+     "C", "stop"),
+    ("Phase 3 C: a manual fix only", lambda: _p3(needs_fix=True, manual_fix="repair the files"), "C", "stop"),
+    ("Phase 4 A: val ≥ target → Phase 5", lambda: _p4(candidate_mean=0.96, best_mean=0.96), "A", "05_finalization"),
+    ("Phase 4 B: improved, still < target → iterate", lambda: _p4(), "B", "04_optimization"),
+    ("Phase 4 B: at most 3 iterations", lambda: _p4(iteration=3, gains=[3.0, 3.0, 3.0]), "B", "05_finalization"),
+    ("Phase 4 C: no improvement over the baseline → Phase 3",
+     lambda: _p4(candidate_mean=0.89, best_mean=0.90, significant=False, gains=[0.0]), "C", "03_diagnostics"),
+    ("Phase 4 C: no improvement after the last diagnosis round",
+     lambda: _p4(candidate_mean=0.89, best_mean=0.90, significant=False, gains=[0.0], rounds=3), "C", "05_finalization"),
+    ("Phase 4 D: two iterations in a row gained < 2 points",
+     lambda: _p4(best_mean=0.92, iteration=2, gains=[1.0, 1.5]), "D", "05_finalization"),
+    ("Phase 5: production gate passed and signed → deploy",
+     lambda: D.after_finalization(gate="passed", missing=[], how="-"), "-", "deploy"),
+    ("Phase 5: gate not passed → blocked, says what is missing",
+     lambda: D.after_finalization(gate="awaiting_signoff", missing=["stakeholder_approval (pending)"], how="sign"),
+     "-", "blocked"),
+]
+
+
+@pytest.mark.parametrize("row,call,option,nxt", ROWS, ids=[r[0] for r in ROWS])
+def test_every_row_of_the_decision_table(row, call, option, nxt):
+    got_option, got_next, reason = call()
+    assert (got_option, got_next) == (option, nxt), reason
+    assert reason
+
+
+def test_the_blocked_production_decision_names_what_is_missing_and_how_to_finish():
+    _, _, reason = D.after_finalization(gate="blocked", missing=["test_meets_target (fail)"], how="trainkit signoff ...")
+    assert "test_meets_target" in reason and "trainkit signoff" in reason
+
+
+@pytest.mark.parametrize("phase,left,routed", [("03_diagnostics", 0.0, "05_finalization"),
+                                               ("04_optimization", -5.0, "05_finalization"),
+                                               ("04_optimization", 30.0, None),
+                                               ("05_finalization", -5.0, None),  # Phase 5 is never skipped
+                                               ("02_baseline", -5.0, None)])
+def test_any_phase_over_the_budget_accepts_the_best_and_finalizes(phase, left, routed):
+    assert D.route_over_budget(phase, left) == routed
+
+
+def test_learning_needs_the_loss_to_fall_and_val_to_beat_chance():
+    hist = [{"train_loss": 1.0, "val_accuracy": 0.5}, {"train_loss": 0.5, "val_accuracy": 0.8}]
+    assert D.learned(2.3, hist, 0.1)[0]
+    assert not D.learned(2.3, [{"train_loss": 2.29, "val_accuracy": 0.8}], 0.1)[0]  # the loss did not fall
+    assert not D.learned(2.3, hist, 0.79)[0]  # val no better than the majority share
+    assert D.learned(2.3, [], 0.1) == (False, "no completed epoch")

@@ -1,0 +1,138 @@
+"""The shape of the package, as DESIGN.md states it: imports flow one way (no cycle, imports inside
+functions included), no module over 600 lines, ``_fit`` at most 60 lines and every other function
+at most 80, no ``type: ignore``, and the data layer knows no phase names."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent / "trainkit"
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for p in ROOT.rglob("*.py"):
+        parts = p.relative_to(ROOT.parent).with_suffix("").parts
+        out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = p
+    return out
+
+
+MODULES = _modules()
+
+
+def _targets(node: ast.AST, module: str, is_package: bool) -> list[str]:
+    """The trainkit modules an import statement reaches (``from a import b`` reaches ``a.b`` when it
+    is a module, else ``a``)."""
+    if isinstance(node, ast.Import):
+        names = [a.name for a in node.names]
+    else:
+        assert isinstance(node, ast.ImportFrom)
+        if node.level:
+            base = module.split(".") if is_package else module.split(".")[:-1]
+            base = base[: len(base) - (node.level - 1)]
+            src = ".".join(base + ([node.module] if node.module else []))
+        else:
+            src = node.module or ""
+        names = [f"{src}.{a.name}" if f"{src}.{a.name}" in MODULES else src for a in node.names]
+    out = []
+    for n in names:
+        while n and n not in MODULES and "." in n:
+            n = n.rsplit(".", 1)[0]
+        if n in MODULES and n != module:
+            out.append(n)
+    return out
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Every module's imports of other trainkit modules, at any depth of the file (functions too).
+    The package's own ``__init__`` is left out as a target: importing ``trainkit.x`` runs it first
+    by Python's rules, and its lazy attributes (``trainkit.fit``) are what it re-exports."""
+    graph: dict[str, set[str]] = {}
+    for name, path in MODULES.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        deps: set[str] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                deps.update(t for t in _targets(node, name, path.name == "__init__.py") if t != "trainkit")
+        graph[name] = deps
+    return graph
+
+
+def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1 or v in graph[v]:
+                found.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_the_cycle_finder_finds_a_cycle_through_a_function_level_import():
+    assert find_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert find_cycles({"a": {"b"}, "b": set()}) == []
+    tree = ast.parse("def f():\n    from trainkit.train import fit\n")
+    node = next(n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom))
+    assert _targets(node, "trainkit.repro", False) == ["trainkit.train"]
+
+
+def test_no_import_cycles_in_the_package():
+    assert find_cycles(import_graph()) == []
+
+
+def _functions(path: Path) -> list[tuple[str, int]]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return [(n.name, n.end_lineno - n.lineno + 1) for n in ast.walk(tree)
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno is not None]
+
+
+def test_modules_and_functions_stay_readable():
+    long_modules = {m: n for m, p in MODULES.items() if (n := len(p.read_text(encoding="utf-8").splitlines())) > 600}
+    assert long_modules == {}
+    limits = {("trainkit.train", "_fit"): 60}
+    too_long = [(m, f, n) for m, p in MODULES.items() for f, n in _functions(p) if n > limits.get((m, f), 80)]
+    assert too_long == []
+    assert any(f == "_fit" for f, _ in _functions(MODULES["trainkit.train"]))
+
+
+def test_no_type_ignore_in_the_package():
+    hits = [f"{p.relative_to(ROOT.parent)}:{i}" for p in MODULES.values()
+            for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if "type: ignore" in line]
+    assert hits == []
+
+
+@pytest.mark.parametrize("name", sorted(m for m in MODULES if m.startswith("trainkit.data")))
+def test_the_data_layer_knows_no_phase_names(name):
+    text = MODULES[name].read_text(encoding="utf-8")
+    for phase in ("01_planning", "02_baseline", "03_diagnostics", "04_optimization", "05_finalization", "run.json"):
+        assert phase not in text, f"{name} spells {phase}"
+    reaches = {d for d in import_graph()[name] if d == "trainkit.run" or d.startswith(("trainkit.phases", "trainkit.pipeline"))}
+    assert reaches == set(), f"{name} imports {reaches}"
