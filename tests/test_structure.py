@@ -136,3 +136,12 @@ def test_the_data_layer_knows_no_phase_names(name):
         assert phase not in text, f"{name} spells {phase}"
     reaches = {d for d in import_graph()[name] if d == "trainkit.run" or d.startswith(("trainkit.phases", "trainkit.pipeline"))}
     assert reaches == set(), f"{name} imports {reaches}"
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_every_name_in_all_exists(name):
+    import importlib
+
+    module = importlib.import_module(name)
+    missing = [n for n in getattr(module, "__all__", []) if not hasattr(module, n)]
+    assert missing == [], f"{name}.__all__ names what it does not define: {missing}"

@@ -19,18 +19,18 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
 from trainkit._io import read_json, sha256_bytes, sha256_file
-from trainkit.run import load_manifest, phase_dir
+from trainkit.run import (SUB_WORD, CURRENT_CONFIG, DECISION, GATE, INDEX, METRICS, Phase, RUN_CONFIG, RUN_JSON, RunFolder, TRAINING_CONFIG,
+    TRAIN_SUMMARY, load_manifest, phase_dir)
 from trainkit._track_rows import Target, complete_lines, flatten, numeric_items, parse_rows
 
 _ARTIFACTS = {".html", ".md", ".png", ".json", ".yaml", ".ipynb", ".txt"}
-_RUN_FILES = ("index.html", "run.json", "config.yaml", "current_config.yaml")
+_RUN_FILES = (INDEX, RUN_JSON, RUN_CONFIG, CURRENT_CONFIG)
 _MAX_ARTIFACT = 50 << 20  # larger files (never a report or a figure) stay in the run folder only
-_SUBS = {"02_baseline": "attempt", "03_diagnostics": "round", "04_optimization": "iteration"}
 
 _STATUS = {"completed": "FINISHED", "failed": "FAILED", "blocked": "FAILED", "running": "RUNNING"}
 _RUN_STATUS = {"running": "RUNNING", "failed": "FAILED", "refused": "FAILED"}  # else FINISHED
 _FIT_STATUS = {"nonfinite": "FAILED", "pruned": "KILLED"}  # else FINISHED
-_CONFIGS = ("training_config.yaml", "final_config.yaml", "optimization_config.yaml")
+_CONFIGS = (TRAINING_CONFIG, "final_config.yaml", "optimization_config.yaml")
 
 
 @contextlib.contextmanager
@@ -113,8 +113,8 @@ class Pusher:
             seen.add(key)
             rid = self.ensure(key, key, parent, entry.get("started"),
                               {"trainkit.level": "phase", "trainkit.phase": entry["phase"]})
-            self._metrics(rid, key, d / "metrics.jsonl")
-            for m in sorted(d.rglob("metrics.jsonl")):
+            self._metrics(rid, key, d / METRICS)
+            for m in sorted(d.rglob(METRICS)):
                 if m.parent != d:
                     self._fit(m.parent, rid, entry, metrics_only)
             if not metrics_only:
@@ -135,18 +135,18 @@ class Pusher:
             tags.update({"trainkit.candidate": inner[-2], "trainkit.seed": inner[-1][5:]})
         rid = self.ensure(key, f"{phase_dir(self.run_dir, entry['phase'], entry['attempt']).name} {name}", phase_rid,
                           _started(fd), tags)
-        self._metrics(rid, key, fd / "metrics.jsonl")
+        self._metrics(rid, key, fd / METRICS)
         if metrics_only:
             return
-        self._params(rid, key, fd / "training_config.yaml")
-        summary = read_json(fd / "train_summary.json") if (fd / "train_summary.json").is_file() else None
+        self._params(rid, key, fd / TRAINING_CONFIG)
+        summary = RunFolder(self.run_dir).train_summary(fd)
         if summary is not None:
             best = summary.get("best") or {}
             self._tags(rid, key, {"trainkit.fit_status": str(summary.get("status")),
                                   "trainkit.best_val_accuracy": str(best.get("val_accuracy")),
                                   "trainkit.best_epoch": str(best.get("epoch"))})
             self._status(rid, key, _FIT_STATUS.get(summary.get("status"), "FINISHED"),
-                         (fd / "train_summary.json").stat().st_mtime)
+                         (fd / TRAIN_SUMMARY).stat().st_mtime)
         elif entry.get("status") != "running":
             self._status(rid, key, "FAILED", None)  # its phase ended, the fit never did
 
@@ -217,28 +217,28 @@ class Pusher:
     # -- phases and the run -----------------------------------------------------------------------
     def _phase(self, rid: str, key: str, d: Path, entry: dict[str, Any]) -> None:
         phase, attempt = entry["phase"], entry["attempt"]
-        config = next((d / c for c in _CONFIGS if (d / c).is_file()), self.run_dir / "config.yaml")
+        config = next((d / c for c in _CONFIGS if (d / c).is_file()), self.run_dir / RUN_CONFIG)
         self._params(rid, key, config)
         tags = {"trainkit.phase": phase, "trainkit.attempt": str(attempt), "trainkit.status": entry.get("status")}
-        if phase in _SUBS:
-            tags[f"trainkit.{_SUBS[phase]}"] = str(attempt)
+        if phase in SUB_WORD:
+            tags[f"trainkit.{SUB_WORD[phase]}"] = str(attempt)
         note = [f"**{key}**: {entry.get('status')}"]
-        if (d / "decision.json").is_file():
-            dec = read_json(d / "decision.json")
+        if (d / DECISION).is_file():
+            dec = read_json(d / DECISION)
             tags.update({"trainkit.decision": str(dec.get("option")), "trainkit.next": str(dec.get("next")),
                          "trainkit.reason": str(dec.get("reason"))})
             note.append(f"**Decision {dec.get('option')} → {dec.get('next')}**: {dec.get('reason')}")
         if (d / "budget_override.json").is_file():
             over = read_json(d / "budget_override.json")
             tags.update({"trainkit.next": str(over.get("next")), "trainkit.budget_override": str(over.get("reason"))})
-        tags.update(_gate_tags(d / "gate.json", note))
+        tags.update(_gate_tags(d / GATE, note))
         tags["mlflow.note.content"] = "\n\n".join(note)
         self._tags(rid, key, tags)
         cost = entry.get("cost") or {}
         self._summary(rid, key, {"phase_wall_s": cost.get("wall_s"), "phase_baseline_units": cost.get("baseline_units"),
                                  **_phase_numbers(d)})
-        files = [(p, None) for p in sorted(d.iterdir()) if p.suffix in _ARTIFACTS and p.name != "metrics.jsonl"]
-        if phase == "05_finalization":
+        files = [(p, None) for p in sorted(d.iterdir()) if p.suffix in _ARTIFACTS and p.name != METRICS]
+        if phase == Phase.FINALIZATION.value:
             files += [(d / n, "export") for n in ("model.onnx", "model.ts")]
         self._artifacts(rid, files)
         status = "FINISHED" if tags.get("trainkit.gate_state") == "passed" else _STATUS.get(entry.get("status"), "FINISHED")
@@ -255,7 +255,7 @@ class Pusher:
         self.state["tags"][key + "#summary"] = digest
 
     def _parent(self, rid: str, manifest: dict[str, Any]) -> None:
-        self._params(rid, "", self.run_dir / "config.yaml")
+        self._params(rid, "", self.run_dir / RUN_CONFIG)
         exit_ = manifest.get("exit") or {}
         from trainkit import __version__
 
@@ -276,7 +276,7 @@ class Pusher:
 
     # -- sweeps, the model and the registry -----------------------------------------------------
     def _sweeps(self, parent: str) -> None:
-        db = self.run_dir / "04_optimization" / "sweep.db"
+        db = self.run_dir / Phase.OPTIMIZATION.value / "sweep.db"
         if not db.is_file():
             return
         import optuna
@@ -287,7 +287,7 @@ class Pusher:
             name = summary.study_name
             skey = f"sweep/{name}"
             srid = self.ensure(skey, f"sweep {name}", parent, _ts(summary.datetime_start), {"trainkit.level": "sweep"})
-            self._params(srid, skey, self.run_dir / "04_optimization" / "sweep_config.yaml")
+            self._params(srid, skey, self.run_dir / Phase.OPTIMIZATION.value / "sweep_config.yaml")
             study = optuna.load_study(study_name=name, storage=storage)
             trials = study.get_trials(deepcopy=False)
             for t in trials:
@@ -323,9 +323,9 @@ class Pusher:
 
     def _model(self) -> None:
         """Phase 5's ONNX model as an MLflow model (signature, input example), once per file."""
-        d = self.run_dir / "05_finalization"
+        d = self.run_dir / Phase.FINALIZATION.value
         onnx_path, export = d / "model.onnx", d / "export.json"
-        rid = self.state["runs"].get("05_finalization")
+        rid = self.state["runs"].get(Phase.FINALIZATION.value)
         if rid is None or not onnx_path.is_file() or not export.is_file():
             return
         digest = sha256_file(onnx_path)
@@ -340,7 +340,7 @@ class Pusher:
     def _register(self, manifest: dict[str, Any]) -> None:
         """A model version once the production gate is signed and verifies, tagged with the gate
         record's sha256 (and its waivers); one version per signed record."""
-        gate = self.run_dir / "05_finalization" / "gate.json"
+        gate = self.run_dir / Phase.FINALIZATION.value / GATE
         model = self.state["model"]
         if not gate.is_file() or not model.get("model_id"):
             return
@@ -356,14 +356,14 @@ class Pusher:
         from trainkit._mlflow_model import register_version
 
         self.state["registered"] = register_version(self.client, self.target.registered_model, model, record, digest,
-                                                    self.state["runs"]["05_finalization"], self.run_dir, manifest)
+                                                    self.state["runs"][Phase.FINALIZATION.value], self.run_dir, manifest)
         self.sent["model_version"] = self.state["registered"]["version"]
 
 
 def _started(fd: Path) -> float:
     """When a fit started: fit() writes its training_config.yaml first."""
-    first = fd / "training_config.yaml"
-    return (first if first.is_file() else fd / "metrics.jsonl").stat().st_mtime
+    first = fd / TRAINING_CONFIG
+    return (first if first.is_file() else fd / METRICS).stat().st_mtime
 
 
 def _ts(dt: Any) -> float | None:
@@ -403,8 +403,8 @@ def _gate_tags(path: Path, note: list[str]) -> dict[str, str]:
 
 def _phase_numbers(d: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    if (d / "train_summary.json").is_file():
-        best = read_json(d / "train_summary.json").get("best") or {}
+    if (d / TRAIN_SUMMARY).is_file():
+        best = read_json(d / TRAIN_SUMMARY).get("best") or {}
         out["best_val_accuracy"] = best.get("val_accuracy")
     if (d / "test_evaluation.json").is_file():
         ev = read_json(d / "test_evaluation.json")

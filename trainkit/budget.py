@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from trainkit._io import write_json_atomic
+from trainkit.run import BUDGET, Phase, RUN_JSON
 
 __all__ = ["PhaseClock", "CUMULATIVE", "CLOCK_ENV", "active_seconds"]
 
@@ -40,10 +41,10 @@ def _cumulative() -> dict[str, float]:
     from trainkit.plan import SHARES
 
     out, acc = {}, 0.0
-    for phase in ("02_baseline", "03_diagnostics", "04_optimization", "05_finalization"):
+    for phase in (Phase.BASELINE.value, Phase.DIAGNOSTICS.value, Phase.OPTIMIZATION.value, Phase.FINALIZATION.value):
         acc += SHARES[phase]
         out[phase] = round(acc, 6)
-    return {**out, "01_planning": out["03_diagnostics"], "02_baseline": out["03_diagnostics"]}
+    return {**out, Phase.PLANNING.value: out[Phase.DIAGNOSTICS.value], Phase.BASELINE.value: out[Phase.DIAGNOSTICS.value]}
 
 
 CUMULATIVE: dict[str, float] = _cumulative()
@@ -80,7 +81,7 @@ class PhaseClock:
         self.run_dir, self.phase = Path(run_dir), phase
         self.dir = Path(phase_dir) if phase_dir is not None else None
         self.total_s = float(total_hours) * 3600
-        manifest = load_manifest(self.run_dir) if (self.run_dir / "run.json").is_file() else {"phases": []}
+        manifest = load_manifest(self.run_dir) if (self.run_dir / RUN_JSON).is_file() else {"phases": []}
         env = os.environ.get(CLOCK_ENV)
         now = time.time()
         if env:
@@ -118,7 +119,7 @@ class PhaseClock:
         c = {"what": what, "why": why, "at_s": round(self.elapsed(), 2)}
         self.cuts.append(c)
         self.save()
-        if self.dir is not None and (self.run_dir / "run.json").is_file():
+        if self.dir is not None and (self.run_dir / RUN_JSON).is_file():
             from trainkit.run import load_manifest, save_manifest
 
             manifest = load_manifest(self.run_dir)
@@ -136,7 +137,7 @@ class PhaseClock:
     def save(self) -> None:
         """budget.json in the phase folder."""
         if self.dir is not None:
-            write_json_atomic(self.dir / "budget.json", self.to_dict())
+            write_json_atomic(self.dir / BUDGET, self.to_dict())
 
     def html(self) -> str:
         """A short paragraph for the phase's report."""

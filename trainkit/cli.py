@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from trainkit.errors import ConfigError, DataError, GateError, QuarantineError, RunError, TrainkitError
+from trainkit.run import Phase
 
 __all__ = ["main"]
 
@@ -140,7 +141,7 @@ def _cmd_signoff(args: argparse.Namespace) -> int:
     record = publish_signoff(d / GATE, args.by, args.check, Path(args.run), waivers=waivers)
     print(f"trainkit: gate {record['gate']} of {phase} signed off by {record['signoff']['by']} ({record['state']})"
           + (f"; waived: {', '.join(waivers)}" if waivers else ""))
-    if phase == "05_finalization":
+    if phase == Phase.FINALIZATION.value:
         print(f"trainkit: next: {resume_command(Path(args.run))}  (records the deploy decision)")
     return 0
 

@@ -9,6 +9,8 @@ write ``decision.json``; the pipeline follows ``next``. Thresholds come from the
 
 from __future__ import annotations
 
+from trainkit.run import Phase
+
 from typing import Any, Sequence
 
 __all__ = ["after_planning", "learned", "after_baseline", "after_diagnostics", "after_optimization", "after_finalization",
@@ -19,7 +21,7 @@ Decision = tuple[str, str, str]
 
 def after_planning() -> Decision:
     """Phase 1: once its gate passes, always the baseline."""
-    return "-", "02_baseline", "Phase 1 always proceeds to the baseline"
+    return "-", Phase.BASELINE.value, "Phase 1 always proceeds to the baseline"
 
 
 def learned(init_loss: float, history: Sequence[dict[str, Any]], chance: float) -> tuple[bool, str]:
@@ -42,12 +44,12 @@ def after_baseline(*, status: str, learned: bool, best: float | None, target: fl
         restarts_left = max_restarts - (attempt - 1)
         if restarts_left <= 0:
             return "C", "stop", f"baseline failed ({failure}) and the {max_restarts} restarts are used up"
-        return "C", "03_diagnostics", (f"baseline failed: {failure}; diagnose, fix, restart Phase 2 "
+        return "C", Phase.DIAGNOSTICS.value, (f"baseline failed: {failure}; diagnose, fix, restart Phase 2 "
                                        f"({restarts_left} restart(s) left)")
     assert best is not None
     if best >= target:
-        return "A", "05_finalization", f"val accuracy {best:.4f} >= target {target}"
-    return "B", "03_diagnostics", f"val accuracy {best:.4f} < target {target}"
+        return "A", Phase.FINALIZATION.value, f"val accuracy {best:.4f} >= target {target}"
+    return "B", Phase.DIAGNOSTICS.value, f"val accuracy {best:.4f} < target {target}"
 
 
 def after_finalization(*, gate: str, missing: Sequence[str], how: str) -> Decision:
@@ -62,8 +64,8 @@ def route_over_budget(next_phase: str, seconds_left: float) -> str | None:
     """Any phase: the run's time for ``next_phase`` (its cumulative share of ``budget.total_hours``)
     is used up → accept the best so far and go to Phase 5 (the ceiling is documented). Only the
     optional phases (3 and 4) are skipped so; None when the decision stands."""
-    if next_phase in ("03_diagnostics", "04_optimization") and seconds_left <= 0:
-        return "05_finalization"
+    if next_phase in (Phase.DIAGNOSTICS.value, Phase.OPTIMIZATION.value) and seconds_left <= 0:
+        return Phase.FINALIZATION.value
     return None
 
 
@@ -78,16 +80,16 @@ def after_diagnostics(*, expected_gain: float, fix: dict[str, Any] | None, needs
             return "C", "stop", f"infrastructure issue that needs a manual fix: {manual_fix or 'see the report'}"
         if restarts_left <= 0:
             return "C", "stop", "a fix is known but the Phase 2 restarts are used up (budget.max_baseline_restarts)"
-        return "C", "02_baseline", f"infrastructure issue: apply the fix and restart Phase 2 ({restarts_left} restart(s) left)"
+        return "C", Phase.BASELINE.value, f"infrastructure issue: apply the fix and restart Phase 2 ({restarts_left} restart(s) left)"
     if expected_gain > budget.clear_gain_points:
-        return "A", "04_optimization", f"expected gain {expected_gain:.1f} points > {budget.clear_gain_points:g}: optimize"
+        return "A", Phase.OPTIMIZATION.value, f"expected gain {expected_gain:.1f} points > {budget.clear_gain_points:g}: optimize"
     if strong and gap > 0:
-        return "A", "04_optimization", (f"strong finding {strong} with the target missed by {gap:.1f} points: optimize "
+        return "A", Phase.OPTIMIZATION.value, (f"strong finding {strong} with the target missed by {gap:.1f} points: optimize "
                                         f"(expected gain {expected_gain:.1f} points)")
     if expected_gain < budget.marginal_gain_points:
-        return "B", "05_finalization", (f"expected gain {expected_gain:.1f} points < {budget.marginal_gain_points:g}: "
+        return "B", Phase.FINALIZATION.value, (f"expected gain {expected_gain:.1f} points < {budget.marginal_gain_points:g}: "
                                         "the best config so far is near what these changes can give; finalize")
-    return "A", "04_optimization", (f"marginal: expected gain {expected_gain:.1f} points is between "
+    return "A", Phase.OPTIMIZATION.value, (f"marginal: expected gain {expected_gain:.1f} points is between "
                                     f"{budget.marginal_gain_points:g} and {budget.clear_gain_points:g}; optimize, marked marginal")
 
 
@@ -105,17 +107,17 @@ def after_optimization(*, candidate_mean: float, best_mean: float, baseline_mean
     than the seed spread."""
     d = budget.diminishing_points
     if best_mean >= target:
-        return "A", "05_finalization", f"best mean val accuracy {best_mean:.4f} ≥ target {target}"
+        return "A", Phase.FINALIZATION.value, f"best mean val accuracy {best_mean:.4f} ≥ target {target}"
     if best_mean <= baseline_mean or (not significant and iteration == 1):
         if rounds >= budget.max_optimization_iterations:
-            return "C", "05_finalization", (f"no improvement over the baseline ({candidate_mean:.4f} vs {baseline_mean:.4f}) and "
+            return "C", Phase.FINALIZATION.value, (f"no improvement over the baseline ({candidate_mean:.4f} vs {baseline_mean:.4f}) and "
                                             f"{rounds} diagnosis rounds used: finalize with the best so far")
-        return "C", "03_diagnostics", (f"no improvement over the baseline ({candidate_mean:.4f} vs {baseline_mean:.4f}, "
+        return "C", Phase.DIAGNOSTICS.value, (f"no improvement over the baseline ({candidate_mean:.4f} vs {baseline_mean:.4f}, "
                                        "not beyond the seed spread): re-diagnose")
     if len(gains) >= 2 and all(g < d for g in gains[-2:]):
-        return "D", "05_finalization", (f"diminishing returns: the last two iterations gained "
+        return "D", Phase.FINALIZATION.value, (f"diminishing returns: the last two iterations gained "
                                         f"{gains[-2]:.2f} and {gains[-1]:.2f} points (< {d:g}); finalize with the best")
     if iteration >= budget.max_optimization_iterations:
-        return "B", "05_finalization", (f"improved to {best_mean:.4f} but short of {target}; the iteration limit "
+        return "B", Phase.FINALIZATION.value, (f"improved to {best_mean:.4f} but short of {target}; the iteration limit "
                                         f"({budget.max_optimization_iterations}) is reached: finalize with the best")
-    return "B", "04_optimization", f"improved to {best_mean:.4f}, still < target {target}: iterate"
+    return "B", Phase.OPTIMIZATION.value, f"improved to {best_mean:.4f}, still < target {target}: iterate"

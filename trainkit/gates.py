@@ -19,6 +19,7 @@ from typing import Any, Iterable
 
 from trainkit._io import read_json, sha256_file, write_json_atomic
 from trainkit.errors import GateBlocked, GateError
+from trainkit.run import GATE, Phase, RUN_JSON
 
 __all__ = ["CheckSpec", "GateSpec", "GATES", "evaluate_gate", "sign_off", "verify_gate", "gate_html",
            "gate_state", "AUTO_SIGNER"]
@@ -54,7 +55,7 @@ def _check(cid: str, title: str, kind: str = "automatic", mandatory: bool = True
 
 
 GATES: dict[str, GateSpec] = {g.name: g for g in [
-    GateSpec("reproducibility_gate", "01_planning", "Phase 1 → 2: reproducibility", (
+    GateSpec("reproducibility_gate", Phase.PLANNING.value, "Phase 1 → 2: reproducibility", (
         _check("seeds_fixed", "Seeds fixed for python, NumPy, torch and workers"),
         _check("deterministic_mode", "Deterministic mode on (or waived with a reason)"),
         _check("environment_documented", "Environment documented (environment.json)"),
@@ -65,7 +66,7 @@ GATES: dict[str, GateSpec] = {g.name: g for g in [
         _check("compute_plan", "Compute plan fits budget.total_hours (budget_plan.json)", mandatory=False),
         _check("config_reviewed", "A person reviewed the config (data, model, target, budget)", "manual", False),
     )),
-    GateSpec("post_baseline", "02_baseline", "Phase 2 → 3 or 5: post-baseline", (
+    GateSpec("post_baseline", Phase.BASELINE.value, "Phase 2 → 3 or 5: post-baseline", (
         _check("training_completed", "Training completed (no crash)"),
         _check("losses_finite", "Losses finite throughout"),
         _check("learning_happened", "Learning happened (train loss below init, val metric above chance)"),
@@ -75,7 +76,7 @@ GATES: dict[str, GateSpec] = {g.name: g for g in [
         _check("results_document", "baseline_results.md present"),
         _check("curves_reviewed", "A person looked at the learning curves", "manual", False),
     )),
-    GateSpec("diagnostics_complete", "03_diagnostics", "Phase 3 → 4, 5 or 2: diagnostics complete", (
+    GateSpec("diagnostics_complete", Phase.DIAGNOSTICS.value, "Phase 3 → 4, 5 or 2: diagnostics complete", (
         _check("evidence_loaded", "The diagnosed run's evidence was loaded (metrics, or the crash record)"),
         _check("probes_ran", "Probes ran and returned numbers"),
         _check("pipeline_sane", "Overfit-one-batch and input-independent probes pass", mandatory=False),
@@ -85,7 +86,7 @@ GATES: dict[str, GateSpec] = {g.name: g for g in [
         _check("guides_linked", "A guide for every fired diagnostic, linked from the report"),
         _check("recommendations_reviewed", "A person read the recommendations", "manual", False),
     )),
-    GateSpec("optimization_complete", "04_optimization", "Phase 4 → 5, 4 or 3: optimization complete", (
+    GateSpec("optimization_complete", Phase.OPTIMIZATION.value, "Phase 4 → 5, 4 or 3: optimization complete", (
         _check("optimized_training_completed", "Optimized training completed on every seed"),
         _check("compared_to_baseline", "Compared to the baseline on the same seeds (mean ± std, CI of the difference)"),
         _check("adoption_rule", "Adopted only when the gain exceeds the seed spread"),
@@ -93,7 +94,7 @@ GATES: dict[str, GateSpec] = {g.name: g for g in [
         _check("config_saved", "optimization_config.yaml saved with provenance for every changed field"),
         _check("results_reviewed", "A person reviewed the comparison", "manual", False),
     )),
-    GateSpec("production_ready", "05_finalization", "Phase 5 → deploy: production ready (24 mandatory checks)", (
+    GateSpec("production_ready", Phase.FINALIZATION.value, "Phase 5 → deploy: production ready (24 mandatory checks)", (
         _check("test_never_read_before", "1. Test split never read before Phase 5"),
         _check("test_disjoint", "2. Test split disjoint from train/val by content"),
         _check("test_evaluated_once", "3. Test evaluated once, on the final model"),
@@ -169,7 +170,7 @@ def evaluate_gate(name: str, run_dir: str | Path, phase_dir: str | Path, results
               "phase_dir": str(phase_dir.relative_to(run_dir)) if phase_dir.is_relative_to(run_dir) else str(phase_dir),
               "checks": checks, "artifacts": _hash_artifacts(run_dir, rels), "signoff": None}
     record["state"] = gate_state(record)
-    path = phase_dir / "gate.json"
+    path = phase_dir / GATE
     _write_record(run_dir, path, record)
     if record["state"] == "blocked":
         raise GateBlocked(name, _failures(record), str(path))
@@ -255,7 +256,7 @@ def _write_record(run_dir: Path, path: Path, record: dict[str, Any]) -> None:
     of every record. Editing any record (an artifact's hash in it, say) then disagrees with
     run.json, and editing run.json too disagrees with the next record's ``chain_previous``."""
     run_dir, path = Path(run_dir).resolve(), Path(path).resolve()
-    manifest_path = run_dir / "run.json"
+    manifest_path = run_dir / RUN_JSON
     manifest = read_json(manifest_path) if manifest_path.is_file() else None
     try:
         rel = str(path.relative_to(run_dir))
@@ -274,7 +275,7 @@ def _write_record(run_dir: Path, path: Path, record: dict[str, Any]) -> None:
 
 
 def _verify_chain(run_dir: Path, gate_path: Path, record: dict[str, Any]) -> None:
-    manifest_path = run_dir / "run.json"
+    manifest_path = run_dir / RUN_JSON
     chain = (read_json(manifest_path).get(CHAIN) or {}) if manifest_path.is_file() else {}
     try:
         rel = str(gate_path.relative_to(run_dir))

@@ -19,14 +19,15 @@ from typing import Any, Iterator
 
 from trainkit.reports import export_html, export_reports, refresh_reports, safe_export, write_index
 from trainkit.errors import ConfigError, PipelineError, RunError
-from trainkit.run import BUDGET_OVERRIDE, DECISION, GATE, PHASES, REPORT, RUN_CONFIG, RUN_JSON, Phase, RunFolder, init_run, latest_attempt_dir, load_manifest, \
-    next_attempt_dir, phase_dir, record_phase, resume_command, run_cost, save_manifest, signoff_command
+from trainkit.run import (BUDGET_OVERRIDE, DECISION, GATE, NOTEBOOK, PHASES, REPORT, RUN_CONFIG, RUN_JSON, Phase, RunFolder,
+                          init_run, latest_attempt_dir, load_manifest, next_attempt_dir, phase_dir, record_phase,
+                          resume_command, run_cost, save_manifest, signoff_command)
 
 __all__ = ["notebook_path", "execute_phase", "export_html", "run_pipeline", "PipelineOutcome", "export_reports",
            "write_index"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SIGNOFF = 0, 1, 2, 3
-_ATTEMPTED = {"02_baseline", "03_diagnostics", "04_optimization"}
+_ATTEMPTED = {p.value for p in Phase if p.sub}  # the phases that repeat, each in its numbered folder
 
 
 @dataclass
@@ -53,7 +54,7 @@ def execute_phase(phase: str, run_dir: Path, params: dict[str, Any], attempt: in
 
     out_dir = phase_dir(run_dir, phase, attempt)
     out_dir.mkdir(parents=True, exist_ok=True)
-    out_nb = out_dir / "notebook.ipynb"
+    out_nb = out_dir / NOTEBOOK
     params = {"run_dir": str(run_dir), **params}
     if phase in _ATTEMPTED:
         params["attempt"] = attempt
@@ -93,15 +94,15 @@ def _execute(pm: Any, phase: str, out_nb: Path, params: dict[str, Any], out_dir:
                             stderr_file=_Indented(sys.stderr) if stream else None,
                             extra_arguments=["--IPKernelApp.log_level=ERROR"])  # no kernel transport warnings
     except pm.PapermillExecutionError as exc:
-        safe_export(out_nb, out_dir / "report.html")
+        safe_export(out_nb, out_dir / REPORT)
         raise PipelineError(f"{phase} failed: {exc.ename}: {_first_line(exc.evalue)} "
                             f"(read {out_dir / 'report.html'})") from None
     except Exception as exc:  # kernel death, missing kernel, ...
-        safe_export(out_nb, out_dir / "report.html")
+        safe_export(out_nb, out_dir / REPORT)
         record_phase(run_dir, phase, attempt, status="failed", ended=time.time())
         raise PipelineError(f"{phase} did not finish: {type(exc).__name__}: {_first_line(str(exc))}; "
                             f"fix it and continue with `{resume_command(run_dir)}`") from None
-    safe_export(out_nb, out_dir / "report.html")
+    safe_export(out_nb, out_dir / REPORT)
 
 
 class _Indented:
@@ -212,14 +213,14 @@ def _route_over_budget(run_dir: Path, phase: str, d: Path) -> str:  # phase: whe
 
     decision = RunFolder(run_dir).decision(d) or {}
     write_json_atomic(d / BUDGET_OVERRIDE, {
-        "next": "05_finalization", "was_next": decision["next"], "time": time.time(),
+        "next": Phase.FINALIZATION.value, "was_next": decision["next"], "time": time.time(),
         "reason": f"the run's time for {phase} (its share of budget.total_hours) is used up: accept the best so far and finalize (the decision was "
                   f"{decision['option']} → {decision['next']}: {decision['reason']})"})
     manifest = load_manifest(run_dir)
     manifest.setdefault("notes", []).append(f"budget cut after {d.relative_to(run_dir)}: {phase} skipped (its share of "
                                             "budget.total_hours was used up); finalized with the best so far")
     save_manifest(run_dir, manifest)
-    return "05_finalization"
+    return Phase.FINALIZATION.value
 
 
 def run_pipeline(config_path: str | None, run_dir: Path, overrides: list[str] | None = None,

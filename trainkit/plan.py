@@ -9,12 +9,14 @@ unit = one baseline training), as upper bounds: early stopping cuts them.
 
 from __future__ import annotations
 
+from trainkit.run import Phase
+
 from typing import Any
 
 __all__ = ["SHARES", "planned_units", "compute_plan"]
 
-SHARES: dict[str, float] = {"02_baseline": 2.5 / 10, "03_diagnostics": 1.5 / 10, "04_optimization": 4.5 / 10,
-                            "05_finalization": 1.5 / 10}
+SHARES: dict[str, float] = {Phase.BASELINE.value: 2.5 / 10, Phase.DIAGNOSTICS.value: 1.5 / 10, Phase.OPTIMIZATION.value: 4.5 / 10,
+                            Phase.FINALIZATION.value: 1.5 / 10}
 
 
 def planned_units(cfg: Any, seeds: int = 3, candidates: int = 6) -> dict[str, dict[str, Any]]:
@@ -22,14 +24,14 @@ def planned_units(cfg: Any, seeds: int = 3, candidates: int = 6) -> dict[str, di
     fits, before the time budget cuts anything (``trainkit.budget`` then holds each phase to its share)."""
     final = cfg.final.epochs / max(1, cfg.training.epochs)
     return {
-        "02_baseline": {"units": 1.0, "fits": "the baseline"},
-        "03_diagnostics": {"units": 2.5, "fits": "2 more seeds of the baseline (seed spread; Phase 4 reuses them) + "
+        Phase.BASELINE.value: {"units": 1.0, "fits": "the baseline"},
+        Phase.DIAGNOSTICS.value: {"units": 2.5, "fits": "2 more seeds of the baseline (seed spread; Phase 4 reuses them) + "
                                                  "probes (~0.5, the label probe on a subsample)"},
-        "04_optimization": {"units": float(candidates + 2 * (seeds - 1) + seeds),
+        Phase.OPTIMIZATION.value: {"units": float(candidates + 2 * (seeds - 1) + seeds),
                             "fits": f"{candidates} candidates × 1 seed, 2 survivors × {seeds - 1} more seeds, a "
                                     f"{seeds}-seed combination (one iteration; the baseline's seeds are Phase 2's and "
                                     "Phase 3's runs)"},
-        "05_finalization": {"units": round(final, 2), "fits": f"final training ({cfg.final.epochs} epochs max vs the "
+        Phase.FINALIZATION.value: {"units": round(final, 2), "fits": f"final training ({cfg.final.epochs} epochs max vs the "
                                                               f"baseline's {cfg.training.epochs})"},
     }
 

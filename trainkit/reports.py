@@ -12,7 +12,8 @@ from typing import Any
 
 from trainkit._io import read_json, write_text_atomic
 from trainkit.gates import AMBER, GREEN, RED, state_color
-from trainkit.run import RunFolder, load_manifest, phase_dir, run_cost
+from trainkit.run import (DECISION, FINDINGS, GATE, INDEX, NOTEBOOK, Phase, REPORT, RUN_JSON, RunFolder, SPLITS, TRAIN_SUMMARY,
+    load_manifest, phase_dir, run_cost)
 
 __all__ = ["write_index", "phase_metric", "export_html", "refresh_reports", "export_reports", "safe_export",
            "publish_signoff"]
@@ -22,20 +23,20 @@ __all__ = ["write_index", "phase_metric", "export_html", "refresh_reports", "exp
 def phase_metric(d: Path, phase: str) -> str:
     """The number a reader wants from each phase."""
     try:
-        if phase == "02_baseline" and (d / "train_summary.json").is_file():
-            best = read_json(d / "train_summary.json").get("best") or {}
+        if phase == Phase.BASELINE.value and (d / TRAIN_SUMMARY).is_file():
+            best = read_json(d / TRAIN_SUMMARY).get("best") or {}
             return f"val acc {best.get('val_accuracy', float('nan')):.4f}"
-        if phase == "03_diagnostics" and (d / "findings.json").is_file():
-            f = read_json(d / "findings.json")
+        if phase == Phase.DIAGNOSTICS.value and (d / FINDINGS).is_file():
+            f = read_json(d / FINDINGS)
             return f"cause: {f['primary'] or 'none'}; expected +{f['plan']['expected_gain_points']:.1f} pts"
-        if phase == "04_optimization" and (d / "decision.json").is_file():
-            ev = read_json(d / "decision.json")["evidence"]
+        if phase == Phase.OPTIMIZATION.value and (d / DECISION).is_file():
+            ev = read_json(d / DECISION)["evidence"]
             return f"val acc {ev['candidate_mean']:.4f} (mean over seeds){' adopted' if ev['adopted'] else ''}"
-        if phase == "05_finalization" and (d / "test_evaluation.json").is_file():
+        if phase == Phase.FINALIZATION.value and (d / "test_evaluation.json").is_file():
             t = read_json(d / "test_evaluation.json")
             return f"test acc {t['accuracy']:.4f} [{t['accuracy_ci'][0]:.3f}, {t['accuracy_ci'][1]:.3f}]"
-        if phase == "01_planning" and (d / "splits.json").is_file():
-            return "sizes " + ", ".join(f"{k} {v}" for k, v in read_json(d / "splits.json")["sizes"].items())
+        if phase == Phase.PLANNING.value and (d / SPLITS).is_file():
+            return "sizes " + ", ".join(f"{k} {v}" for k, v in read_json(d / SPLITS)["sizes"].items())
     except (KeyError, TypeError, ValueError):
         pass
     return ""
@@ -75,7 +76,7 @@ def _cost_cell(cost: dict[str, Any] | None) -> str:
 
 def _plan_table(run_dir: Path, manifest: dict[str, Any]) -> str:
     """Phase 1's compute plan against what each phase actually took (all its attempts together)."""
-    p = run_dir / "01_planning" / "budget_plan.json"
+    p = run_dir / Phase.PLANNING.value / "budget_plan.json"
     if not p.is_file():
         return ""
     plan = read_json(p)
@@ -106,7 +107,7 @@ def _key_curves(run_dir: Path, manifest: dict[str, Any]) -> str:
 
     figs = []
     for e in manifest["phases"]:
-        if e["phase"] in ("02_baseline", "05_finalization"):
+        if e["phase"] in (Phase.BASELINE.value, Phase.FINALIZATION.value):
             p = phase_dir(run_dir, e["phase"], e["attempt"]) / "curves.png"
             if p.is_file():
                 figs.append(f"<figure style='display:inline-block;margin:0 1em 0 0'><img style='max-width:460px' "
@@ -121,8 +122,8 @@ def write_index(run_dir: str | Path) -> Path:
     steps, rows = [], []
     for e in manifest["phases"]:
         d = phase_dir(run_dir, e["phase"], e["attempt"])
-        gate = read_json(d / "gate.json") if (d / "gate.json").is_file() else None
-        dec = read_json(d / "decision.json") if (d / "decision.json").is_file() else {}
+        gate = RunFolder(run_dir).gate(d)
+        dec = RunFolder(run_dir).decision(d) or {}
         label = e["phase"] + (f" #{e['attempt']}" if d.name != e["phase"] else "")
         state = gate["state"] if gate else None
         steps.append({"label": label, "gate": state, "status": e.get("status"),
@@ -157,7 +158,7 @@ td,th{{border:1px solid #d0d7de;padding:4px 8px;vertical-align:top;font-size:14p
 {_plan_table(run_dir, manifest)}
 <p><small>trainkit {html.escape(str(manifest.get('trainkit_version')))} · config hash {html.escape(str(manifest.get('config_hash')))}</small></p>
 </body></html>"""
-    return write_text_atomic(run_dir / "index.html", page)
+    return write_text_atomic(run_dir / INDEX, page)
 
 
 def _tracking_html(run_dir: Path) -> str:
@@ -250,10 +251,10 @@ def refresh_reports(run_dir: Path, dirs: list[Path] | None = None) -> list[Path]
     out = []
     targets = dirs if dirs is not None else sorted({p.parent for p in run_dir.glob("0*/**/notebook.ipynb")})
     for d in targets:
-        if (Path(d) / "notebook.ipynb").is_file():
-            safe_export(Path(d) / "notebook.ipynb", Path(d) / "report.html")
-            out.append(Path(d) / "report.html")
-    if (run_dir / "run.json").is_file():
+        if (Path(d) / NOTEBOOK).is_file():
+            safe_export(Path(d) / NOTEBOOK, Path(d) / REPORT)
+            out.append(Path(d) / REPORT)
+    if (run_dir / RUN_JSON).is_file():
         out.append(write_index(run_dir))
     return out
 

@@ -22,7 +22,7 @@ __all__ = ["Phase", "PHASES", "RunFolder", "phase_name", "init_run", "load_manif
            "next_attempt_dir", "latest_attempt_dir", "resume_command", "signoff_command", "check_run_name",
            "baseline_seconds", "phase_cost", "run_cost", "RUN_JSON", "RUN_CONFIG", "CURRENT_CONFIG", "TRAINING_CONFIG",
            "GATE", "DECISION", "BUDGET", "BUDGET_OVERRIDE", "SPLITS", "DATA_MANIFEST", "TEST_ACCESS_LOG", "DATA_LOADS", "TRAIN_SUMMARY",
-           "METRICS", "FINDINGS", "COMPARISON", "TRACKING", "INDEX", "REPORT", "NOTEBOOK"]
+           "METRICS", "FINDINGS", "COMPARISON", "TRACKING", "INDEX", "REPORT", "NOTEBOOK", "SUB_WORD", "load_run_data"]
 
 
 class Phase(str, enum.Enum):

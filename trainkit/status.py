@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from trainkit._io import read_json
-from trainkit.run import latest_attempt_dir, load_manifest, resume_command, signoff_command
+from trainkit.run import GATE, Phase, latest_attempt_dir, load_manifest, resume_command, signoff_command
 
 
 def describe_run(run_dir: Path) -> str:
@@ -23,7 +23,7 @@ def describe_run(run_dir: Path) -> str:
         return "\n".join(lines + ["  nothing ran yet; next: " + resume_command(run_dir)])
     last = manifest["phases"][-1]
     d = latest_attempt_dir(run_dir, last["phase"])
-    gate_path = d / "gate.json" if d else None
+    gate_path = d / GATE if d else None
     if gate_path is None or not gate_path.exists():
         nxt = f"{resume_command(run_dir)}  (re-runs {last['phase']})"
     else:
@@ -45,7 +45,7 @@ def describe_run(run_dir: Path) -> str:
             nxt = (f"fix what the failing checks say and run {resume_command(run_dir)}; or, if you accept them, "
                    f"{signoff_command(run_dir, int(last['phase'][:2]), manual)}{waive}")
         elif last.get("decision") == "deploy" or manifest.get("status") == "ready_to_deploy" or (
-                last["phase"] == "05_finalization" and state == "passed"):
+                last["phase"] == Phase.FINALIZATION.value and state == "passed"):
             nxt = "nothing: ready to deploy"
         else:
             nxt = resume_command(run_dir)

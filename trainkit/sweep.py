@@ -18,6 +18,7 @@ from typing import Any
 
 from trainkit.config import TrainkitConfig, load_config, with_overrides
 from trainkit.errors import RunError
+from trainkit.run import CURRENT_CONFIG, Phase, TRAINING_CONFIG
 
 __all__ = ["default_space", "default_storage", "run_worker", "launch_workers", "study_summary", "study_figures"]
 
@@ -31,7 +32,7 @@ def default_space(cfg: TrainkitConfig) -> dict[str, tuple[str, float, float]]:
 
 
 def default_storage(run_dir: str | Path) -> str:
-    p = Path(run_dir).resolve() / "04_optimization" / "sweep.db"
+    p = Path(run_dir).resolve() / Phase.OPTIMIZATION.value / "sweep.db"
     p.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{p}"
 
@@ -87,7 +88,7 @@ def run_worker(cfg: TrainkitConfig, run_dir: str | Path, trials: int, storage: s
     study = optuna.create_study(study_name=study_name, storage=_storage(url), direction="maximize", load_if_exists=True,
                                 sampler=optuna.samplers.TPESampler(seed=seed),
                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1))
-    bundle = load_run_data(cfg, run_dir, "04_optimization")
+    bundle = load_run_data(cfg, run_dir, Phase.OPTIMIZATION.value)
     study.optimize(_objective(cfg, bundle, default_space(cfg)), n_trials=trials, catch=())
     return study_summary(url, study_name)
 
@@ -98,9 +99,9 @@ def launch_workers(run_dir: str | Path, workers: int, trials: int, storage: str 
     from trainkit.phases.common import load_run_config
 
     run_dir = Path(run_dir).resolve()
-    cfg_path = config or str(run_dir / "current_config.yaml")
+    cfg_path = config or str(run_dir / CURRENT_CONFIG)
     if config is None and not Path(cfg_path).is_file():
-        cfg_path = str(run_dir / "01_planning" / "training_config.yaml")
+        cfg_path = str(run_dir / Phase.PLANNING.value / TRAINING_CONFIG)
     load_run_config(run_dir) if config is None else load_config(config)  # fail early on a bad config
     url = storage or default_storage(run_dir)
     import optuna
@@ -120,7 +121,7 @@ def launch_workers(run_dir: str | Path, workers: int, trials: int, storage: str 
         from trainkit._io import write_text_atomic
         from trainkit.tracking import push_quietly
 
-        write_text_atomic(run_dir / "04_optimization" / "sweep_config.yaml", Path(cfg_path).read_text())
+        write_text_atomic(run_dir / Phase.OPTIMIZATION.value / "sweep_config.yaml", Path(cfg_path).read_text())
         push_quietly(run_dir)  # tracking on: one run per trial, nested under the run's parent in MLflow
     return study_summary(url, study_name)
 

@@ -30,6 +30,7 @@ from trainkit.errors import CheckpointError, TrainingError
 from trainkit.models import build_model
 from trainkit.monitor import GpuMonitor
 from trainkit.repro import restore_rng_state, rng_state, seed_everything, set_deterministic
+from trainkit.run import METRICS, TRAINING_CONFIG, TRAIN_SUMMARY
 
 __all__ = ["fit", "FitResult", "evaluate", "lr_factors", "resolve_device", "make_optimizer"]
 
@@ -314,7 +315,7 @@ def _fit(cfg: TrainkitConfig, bundle: DataBundle, out_dir: str | Path | None, *,
         if pr.nonfinite is not None:
             pr.status = "nonfinite"
             if lp.is_main and lp.out is not None:
-                append_jsonl(lp.out / "metrics.jsonl", {"event": "nonfinite", **pr.nonfinite})
+                append_jsonl(lp.out / METRICS, {"event": "nonfinite", **pr.nonfinite})
             break
         stop = _end_epoch(lp, pr, ep, epoch, on_epoch)
         if stop is not None:
@@ -331,8 +332,8 @@ def _setup(cfg: TrainkitConfig, bundle: DataBundle, out_dir: str | Path | None) 
     out = Path(out_dir) if out_dir is not None else None
     if rank == 0 and out is not None:
         (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-        if not (out / "training_config.yaml").exists():  # the recipe beside its metrics (a tracker's params)
-            save_config(cfg, out / "training_config.yaml")
+        if not (out / TRAINING_CONFIG).exists():  # the recipe beside its metrics (a tracker's params)
+            save_config(cfg, out / TRAINING_CONFIG)
     seed_everything(tr.seed)
     set_deterministic(tr.deterministic)
     model = build_model(cfg.model.name, bundle.input_shape, bundle.num_classes, cfg.model.kwargs, cfg.model.init).to(device)
@@ -363,7 +364,7 @@ def _resume(lp: _Loop, resume: bool) -> _Progress:
     if resume and last_path is not None and last_path.exists():
         _restore(lp, pr, load_checkpoint(last_path, map_location=lp.device), last_path)
     elif lp.is_main and lp.out is not None:
-        write_text_atomic(lp.out / "metrics.jsonl", "")
+        write_text_atomic(lp.out / METRICS, "")
     if math.isnan(pr.init_loss):
         try:
             pr.init_loss = evaluate(lp.model, lp.bundle, "val", lp.device, amp=lp.amp)["loss"]
@@ -394,7 +395,7 @@ def _restore(lp: _Loop, pr: _Progress, state: dict[str, Any], path: Path) -> Non
     pr.start_epoch, pr.resumed_from = int(state["epoch"]) + 1, int(state["epoch"])
     pr.best, pr.bad_epochs, pr.init_loss = state["best"], int(state["bad_epochs"]), float(state["init_loss"])
     if lp.is_main and lp.out is not None:  # drop any line written after that checkpoint (a kill mid-epoch)
-        write_text_atomic(lp.out / "metrics.jsonl",
+        write_text_atomic(lp.out / METRICS,
                           "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in pr.history))
 
 
@@ -537,7 +538,7 @@ def _end_epoch(lp: _Loop, pr: _Progress, ep: _Epoch, epoch: int,
     if improved:
         pr.best = dict(record)
     if lp.is_main and lp.out is not None:
-        append_jsonl(lp.out / "metrics.jsonl", record)
+        append_jsonl(lp.out / METRICS, record)
         _save(lp, pr, epoch, improved)
     stop = on_epoch(record) if on_epoch is not None and lp.is_main else None
     if lp.bar is not None:
@@ -577,5 +578,5 @@ def _finish(lp: _Loop, pr: _Progress, t_start: float) -> FitResult:
                        resumed_from_epoch=pr.resumed_from,
                        paths={"best": str(ckpt / "best.pt"), "last": str(ckpt / "last.pt")} if ckpt else {})
     if lp.is_main and lp.out is not None:
-        write_json_atomic(lp.out / "train_summary.json", result.to_dict())
+        write_json_atomic(lp.out / TRAIN_SUMMARY, result.to_dict())
     return result

@@ -18,6 +18,7 @@ from typing import Any, Callable
 from trainkit._io import read_json, read_jsonl
 from trainkit.config import TrainkitConfig, config_to_dict
 from trainkit.diagnostics.detectors import DETECTORS, THRESHOLDS, Finding, Recommendation, classify_crash, detect_all
+from trainkit.run import METRICS, TRAIN_SUMMARY, RunFolder
 
 __all__ = ["gather_evidence", "run_probes", "detect_all", "plan_recommendations", "combine_patches", "DETECTORS",
            "THRESHOLDS", "Finding", "Recommendation", "classify_crash", "primary_cause", "patch_already_in"]
@@ -27,11 +28,11 @@ def gather_evidence(source_dir: str | Path, cfg: TrainkitConfig, failed_mode: bo
     """The evidence of one training folder (a Phase 2 attempt or a Phase 4 run): history, status,
     best epoch, loss at init, the non-finite record, the crash record."""
     d = Path(source_dir)
-    summary = read_json(d / "train_summary.json") if (d / "train_summary.json").is_file() else {}
+    summary = RunFolder(d).train_summary(d) or {}
     if summary:
         history = summary.get("history") or []
     else:  # crashed or killed: whatever epochs were logged
-        rows = read_jsonl(d / "metrics.jsonl") if (d / "metrics.jsonl").is_file() else []
+        rows = read_jsonl(d / METRICS) if (d / METRICS).is_file() else []
         history = [r for r in rows if "train_loss" in r and "val_loss" in r]
     crash = read_json(d / "crash.json") if (d / "crash.json").is_file() else None
     status = "crashed" if crash and not summary else summary.get("status", "crashed" if crash else "unknown")

@@ -15,21 +15,21 @@ from trainkit.errors import CheckpointError
 from trainkit.gates import RED
 from trainkit.phases.common import run_path, PhaseContext, begin, clock, finish_gate, load_run_config, require_gate, \
     show_figure, show_html, write_decision
-from trainkit.run import next_attempt_dir
+from trainkit.run import DECISION, METRICS, Phase, TRAINING_CONFIG, next_attempt_dir
 
 __all__ = ["start", "train", "write_results", "decide", "gate"]
 
-PHASE = "02_baseline"
+PHASE = Phase.BASELINE.value
 
 
 def start(run_dir: str | Path, attempt: int = 0, interactive: bool = True) -> PhaseContext:
     """Check Phase 1's gate, open ``02_baseline/attempt-N`` and load the config in force."""
     run_dir = run_path(run_dir)
-    require_gate(run_dir, "01_planning")
+    require_gate(run_dir, Phase.PLANNING.value)
     n = attempt or next_attempt_dir(run_dir, PHASE)[0]
     ctx = begin(PhaseContext, run_dir, PHASE, n, interactive)
     ctx.config = load_run_config(run_dir)
-    save_config(ctx.config, ctx.path("training_config.yaml"))
+    save_config(ctx.config, ctx.path(TRAINING_CONFIG))
     show_html(f"<p>Baseline attempt {n}: {ctx.config.model.name}, {ctx.config.optimizer.name} lr "
               f"{ctx.config.optimizer.lr:g}, {ctx.config.training.epochs} epochs, target val accuracy ≥ "
               f"{ctx.config.target.value}</p>")
@@ -172,7 +172,7 @@ def gate(ctx: PhaseContext, outcome: dict[str, Any], decision: dict[str, Any], a
          auto_signoff: bool = False, waivers: dict[str, str] | None = None) -> dict[str, Any]:
     """Evaluate post_baseline. A failed baseline (option C) records its block and routes to Phase 3
     instead of raising, so the notebook completes and the diagnosis has its evidence."""
-    arts = [ctx.rel(n) for n in ("training_config.yaml", "metrics.jsonl", "baseline_results.md", "decision.json",
+    arts = [ctx.rel(n) for n in (TRAINING_CONFIG, METRICS, "baseline_results.md", DECISION,
                                   "checkpoints/best.pt") if ctx.path(n).is_file()]
     return finish_gate(ctx, "post_baseline", _results(ctx, outcome), arts, approvals, auto_signoff, waivers,
                        decision, raise_on_block=decision["option"] != "C")

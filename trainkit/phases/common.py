@@ -11,14 +11,16 @@ from trainkit._io import read_json, write_json_atomic
 from trainkit.config import TrainkitConfig, load_config
 from trainkit.errors import GateBlocked, GateError, RunError
 from trainkit.gates import evaluate_gate, gate_html, gate_state, verify_gate
-from trainkit.run import RunFolder, init_run, latest_attempt_dir, phase_dir, record_phase
+from trainkit.run import (CURRENT_CONFIG, DECISION, GATE, Phase, RunFolder, TRAINING_CONFIG, init_run, latest_attempt_dir,
+    phase_dir, record_phase)
 
 if TYPE_CHECKING:
     from trainkit.budget import PhaseClock
     from trainkit.data import DataBundle
 
-__all__ = ["PhaseContext", "DiagnosticsContext", "OptimizationContext", "FinalizationContext", "begin", "show", "show_html", "finish_gate", "write_decision", "require_gate", "require_routed",
-           "load_run_config", "parse_approvals", "clock", "show_budget", "run_path"]
+__all__ = ["PhaseContext", "DiagnosticsContext", "OptimizationContext", "FinalizationContext", "begin", "show", "show_html",
+           "finish_gate", "write_decision", "require_gate", "require_routed", "load_run_config", "parse_approvals", "clock",
+           "show_budget", "run_path", "CURRENT_CONFIG"]
 
 
 @dataclass
@@ -201,7 +203,7 @@ def finish_gate(ctx: PhaseContext, gate: str, results: dict[str, tuple[str, Any]
         record = evaluate_gate(gate, ctx.run_dir, ctx.dir, results, artifacts,
                                approvals=parse_approvals(approvals, gate), auto_signoff=auto_signoff, waivers=waivers)
     except GateBlocked:
-        record = read_json(ctx.dir / "gate.json")
+        record = read_json(ctx.dir / GATE)
         show_html(gate_html(record))
         record_phase(ctx.run_dir, ctx.phase, ctx.attempt, status="blocked", ended=time.time(),
                      gate=record["state"], decision=(decision or {}).get("next"), cost=_show_cost(ctx))
@@ -212,7 +214,7 @@ def finish_gate(ctx: PhaseContext, gate: str, results: dict[str, tuple[str, Any]
     if ctx.interactive and record["state"] != "passed":  # the widget shows the checks itself (one table, live)
         from trainkit.widgets import GateWidget
 
-        show(GateWidget(ctx.dir / "gate.json", ctx.run_dir))
+        show(GateWidget(ctx.dir / GATE, ctx.run_dir))
     else:
         show_html(gate_html(record))
     record_phase(ctx.run_dir, ctx.phase, ctx.attempt, status="completed", ended=time.time(),
@@ -258,7 +260,7 @@ def write_decision(ctx: PhaseContext, option: str, next_phase: str, reason: str,
     """Write decision.json: {phase, option, next, reason, evidence}."""
     decision = {"phase": ctx.phase, "attempt": ctx.attempt, "option": option, "next": next_phase,
                 "reason": reason, "evidence": evidence}
-    write_json_atomic(ctx.path("decision.json"), decision)
+    write_json_atomic(ctx.path(DECISION), decision)
     import html as _h
 
     show_html(f"<p id='decision'><b>Decision: option {_h.escape(option)} → {_h.escape(str(next_phase))}</b>: "
@@ -271,7 +273,7 @@ def require_gate(run_dir: str | Path, phase: str) -> dict[str, Any]:
     d = latest_attempt_dir(run_dir, phase)
     if d is None:
         raise RunError(f"{run_dir}: {phase} has not run; run it first (trainkit run, or its notebook)")
-    return verify_gate(d / "gate.json", run_dir)
+    return verify_gate(d / GATE, run_dir)
 
 
 def require_routed(run_dir: Path, phase: str, sources: tuple[str, ...], allow_failed: bool = False
@@ -286,33 +288,24 @@ def require_routed(run_dir: Path, phase: str, sources: tuple[str, ...], allow_fa
         raise RunError(f"{run_dir}: {phase} needs {' or '.join(sources)} first; run it (trainkit run --resume)")
     src = entries[-1]["phase"]
     d = phase_dir(run_dir, src, entries[-1]["attempt"])
-    if not (d / "decision.json").is_file():
+    decision = RunFolder(run_dir).routed_decision(d)  # over the time budget: the pipeline's route to Phase 5 counts
+    if decision is None:
         raise RunError(f"{d}: {src} did not finish (no decision.json); run it (or trainkit run --resume) first")
-    decision = read_json(d / "decision.json")
-    if (d / "budget_override.json").is_file():  # over the time budget: the pipeline routed to Phase 5
-        decision = dict(decision, **read_json(d / "budget_override.json"))
     if decision.get("next") != phase:
         raise RunError(f"{d}: its decision was {decision.get('option')} → {decision.get('next')}, not {phase}")
-    if allow_failed and decision.get("option") == "C" and (d / "gate.json").is_file() \
-            and gate_state(read_json(d / "gate.json")) != "passed":
+    record = RunFolder(run_dir).gate(d)
+    if allow_failed and decision.get("option") == "C" and record is not None and gate_state(record) != "passed":
         return src, d, decision  # a failed baseline routes to diagnosis with its gate blocked, by design
     try:  # recomputed from its checks and the artifacts' hashes: a cached "passed" proves nothing
-        verify_gate(d / "gate.json", run_dir)
+        verify_gate(d / GATE, run_dir)
     except GateError as exc:
         raise RunError(f"{phase} refuses to start: {exc}") from None
     return src, d, decision
 
 
-CURRENT_CONFIG = "current_config.yaml"
 
 
 def load_run_config(run_dir: str | Path) -> TrainkitConfig:
     """The config in force: ``current_config.yaml`` (written when a later phase adopts a fix or a
     better config) or else the one Phase 1 froze (``01_planning/training_config.yaml``)."""
-    cur = Path(run_dir) / CURRENT_CONFIG
-    if cur.is_file():
-        return load_config(cur)
-    p = Path(run_dir) / "01_planning" / "training_config.yaml"
-    if not p.is_file():
-        raise RunError(f"{p} not found; run Phase 1 (01_planning) first")
-    return load_config(p)
+    return RunFolder(run_dir).config_in_force()

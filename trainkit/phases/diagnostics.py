@@ -14,11 +14,12 @@ from trainkit.errors import RunError
 from trainkit.gates import RED
 from trainkit.phases.common import run_path, CURRENT_CONFIG, DiagnosticsContext, begin, clock, finish_gate, load_run_config, require_routed, \
     show_figure, show_html, write_decision
-from trainkit.run import latest_attempt_dir, load_manifest, next_attempt_dir
+from trainkit.run import (DECISION, FINDINGS, Phase, TRAINING_CONFIG, TRAIN_SUMMARY, latest_attempt_dir, load_manifest,
+    next_attempt_dir)
 
 __all__ = ["start", "diagnose", "show_findings", "write_report", "decide", "gate", "guide_path"]
 
-PHASE = "03_diagnostics"
+PHASE = Phase.DIAGNOSTICS.value
 def guide_path(name: str) -> Path:
     """docs/diagnostics/<name>.md: the installed package's copy, else the repository's."""
     here = Path(__file__).resolve().parent.parent
@@ -31,11 +32,11 @@ def guide_path(name: str) -> Path:
 def _source(run_dir: Path) -> tuple[Path, dict[str, Any], str]:
     """(folder whose training is diagnosed, its decision, its phase): the Phase 2 attempt (failed
     ones included) or Phase 4 iteration that routed here; for Phase 4, the best adopted run."""
-    phase, d, decision = require_routed(run_dir, PHASE, ("02_baseline", "04_optimization"), allow_failed=True)
-    if phase == "04_optimization":  # diagnose the best config so far: Phase 4's adopted best, else the baseline
+    phase, d, decision = require_routed(run_dir, PHASE, (Phase.BASELINE.value, Phase.OPTIMIZATION.value), allow_failed=True)
+    if phase == Phase.OPTIMIZATION.value:  # diagnose the best config so far: Phase 4's adopted best, else the baseline
         if (run_dir / "best.json").is_file():
             return run_dir / read_json(run_dir / "best.json")["dir"], decision, phase
-        base = latest_attempt_dir(run_dir, "02_baseline")
+        base = latest_attempt_dir(run_dir, Phase.BASELINE.value)
         if base is None:
             raise RunError(f"{run_dir}: no Phase 2 attempt to diagnose")
         return base, decision, phase
@@ -49,8 +50,8 @@ def start(run_dir: str | Path, round: int = 0, interactive: bool = True) -> Diag
     n = round or next_attempt_dir(run_dir, PHASE)[0]
     ctx = begin(DiagnosticsContext, run_dir, PHASE, n, interactive)
     ctx.config = load_run_config(run_dir)
-    save_config(ctx.config, ctx.path("training_config.yaml"))
-    ctx.source, ctx.failed_mode = source, phase == "02_baseline" and decision["option"] == "C"
+    save_config(ctx.config, ctx.path(TRAINING_CONFIG))
+    ctx.source, ctx.failed_mode = source, phase == Phase.BASELINE.value and decision["option"] == "C"
     show_html(f"<p>Diagnosis round {n} of <code>{source.relative_to(run_dir)}</code> ({'failed baseline' if ctx.failed_mode else 'below target'}): "
               f"{html.escape(decision['reason'])}</p>")
     return ctx
@@ -85,7 +86,7 @@ def diagnose(ctx: DiagnosticsContext, label_issues: bool = True) -> dict[str, An
               "strength": round(primary.strength, 3) if primary else 0.0,
               "findings": [f.to_dict() for f in findings], "plan": plan,
               "evidence": {k: v for k, v in ev.items() if k not in ("history", "config")}}
-    write_json_atomic(ctx.path("findings.json"), result)
+    write_json_atomic(ctx.path(FINDINGS), result)
     return result
 
 
@@ -101,8 +102,7 @@ def _figures(ctx: DiagnosticsContext, result: dict[str, Any]) -> list[str]:
     from trainkit.plots import curves_figure, lr_range_figure, seed_variance_figure, throughput_figure
 
     probes, names = result["evidence"]["probes"], []
-    hist = (read_json(Path(ctx.run_dir) / result["source"] / "train_summary.json").get("history")
-            if (Path(ctx.run_dir) / result["source"] / "train_summary.json").is_file() else None)
+    hist = (ctx.run.train_summary(Path(ctx.run_dir) / result["source"]) or {}).get("history")
     figs = [("curves.png", lambda: curves_figure(hist, "diagnosed run: learning curves") if hist else None),
             ("lr_range.png", lambda: lr_range_figure(probes["lr_range"]) if probes.get("lr_range", {}).get("lrs") else None),
             ("seed_variance.png", lambda: seed_variance_figure(probes["seed_variance"])
@@ -220,7 +220,7 @@ def decide(ctx: DiagnosticsContext, result: dict[str, Any]) -> dict[str, Any]:
     fix_recs = fixes or (plan["selected"] if result["failed_mode"] else [])
     patch, prov = combine_patches(fix_recs) if fix_recs else ({}, [])
     manual = "; ".join(r["rationale"] for r in plan["fixes"] if not r["patch"]) or None
-    attempts = len([e for e in load_manifest(ctx.run_dir)["phases"] if e["phase"] == "02_baseline"
+    attempts = len([e for e in load_manifest(ctx.run_dir)["phases"] if e["phase"] == Phase.BASELINE.value
                     and e.get("status") != "running"])
     restarts_left = cfg.budget.max_baseline_restarts - max(0, attempts - 1)
     strong = None
@@ -234,7 +234,7 @@ def decide(ctx: DiagnosticsContext, result: dict[str, Any]) -> dict[str, Any]:
                 "expected_gain_points": plan["expected_gain_points"],
                 "selected": [r["id"] for r in plan["selected"]], "fixes": [r["id"] for r in plan["fixes"]],
                 "marginal": "marginal" in reason}
-    if option == "C" and nxt == "02_baseline":
+    if option == "C" and nxt == Phase.BASELINE.value:
         fixed = with_overrides(cfg, patch)
         old = config_to_dict(cfg)
         evidence["patch"] = patch
@@ -278,7 +278,7 @@ def _results(ctx: DiagnosticsContext, result: dict[str, Any], decision: dict[str
         res["recommendations"] = ("warn", "no untried move left: finalize with the best so far")
     else:
         res["recommendations"] = ("fail", f"{n} selected; need 3-5 with expected gain and effort")
-    present = all(ctx.path(p).is_file() for p in ("diagnostic_report.md", "findings.json"))
+    present = all(ctx.path(p).is_file() for p in ("diagnostic_report.md", FINDINGS))
     res["report_present"] = ("pass" if present else "fail", "diagnostic_report.md, findings.json" if present else "missing")
     fired = [f["name"] for f in result["findings"] if f["fired"]]
     missing = [n for n in fired if not ctx.path(f"guides/{n}.md").is_file()]
@@ -288,7 +288,7 @@ def _results(ctx: DiagnosticsContext, result: dict[str, Any], decision: dict[str
 
 def gate(ctx: DiagnosticsContext, result: dict[str, Any], decision: dict[str, Any], approvals: Any = None,
          auto_signoff: bool = False, waivers: dict[str, str] | None = None) -> dict[str, Any]:
-    arts = [ctx.rel(n) for n in ("findings.json", "diagnostic_report.md", "decision.json", "exclude.json",
+    arts = [ctx.rel(n) for n in (FINDINGS, "diagnostic_report.md", DECISION, "exclude.json",
                                   "exclude_labels.json", "fixed_config.yaml") if ctx.path(n).is_file()]
     return finish_gate(ctx, "diagnostics_complete", _results(ctx, result, decision), arts, approvals, auto_signoff,
                        waivers, decision)

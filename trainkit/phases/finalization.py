@@ -17,7 +17,7 @@ import torch
 
 from trainkit._io import read_json, read_jsonl, sha256_file, write_json_atomic, write_text_atomic
 from trainkit.config import config_hash, load_config, save_config, with_overrides
-from trainkit.run import TEST_ACCESS_LOG
+from trainkit.run import DECISION, GATE, METRICS, Phase, SPLITS, TEST_ACCESS_LOG, TRAINING_CONFIG, TRAIN_SUMMARY
 from trainkit.errors import CheckpointError, GateError, QuarantineError
 from trainkit.phases.common import run_path, FinalizationContext, begin, clock, finish_gate, load_run_config, require_routed, \
     show_figure, show_html, write_decision
@@ -26,7 +26,7 @@ from trainkit.run import PHASES, latest_attempt_dir, load_manifest, phase_dir
 __all__ = ["start", "final_train", "evaluate_test", "export_models", "write_docs", "reproduce", "decide", "gate",
            "expected_calibration_error"]
 
-PHASE = "05_finalization"
+PHASE = Phase.FINALIZATION.value
 TEST_RECORD = "test_evaluation.json"
 
 
@@ -58,9 +58,9 @@ def _best_so_far(run_dir: Path) -> tuple[Path, Path] | None:
     if (run_dir / "best.json").is_file():
         b = read_json(run_dir / "best.json")
         return run_dir / b["dir"], run_dir / b["config"]
-    d = latest_attempt_dir(run_dir, "02_baseline")
-    if d is not None and (d / "checkpoints" / "best.pt").is_file() and (d / "train_summary.json").is_file():
-        return d, d / "training_config.yaml"
+    d = latest_attempt_dir(run_dir, Phase.BASELINE.value)
+    if d is not None and (d / "checkpoints" / "best.pt").is_file() and (d / TRAIN_SUMMARY).is_file():
+        return d, d / TRAINING_CONFIG
     return None
 
 
@@ -72,7 +72,7 @@ def _fit_in_budget(ctx: FinalizationContext, cfg: Any) -> None:
     src = _best_so_far(ctx.run_dir)
     if src is None:
         return
-    hist = read_json(src[0] / "train_summary.json").get("history") or [] if (src[0] / "train_summary.json").is_file() else []
+    hist = read_json(src[0] / TRAIN_SUMMARY).get("history") or [] if (src[0] / TRAIN_SUMMARY).is_file() else []
     times = [h["epoch_time_s"] for h in hist if h.get("epoch_time_s")]
     if not times:
         return
@@ -93,7 +93,7 @@ def _fit_in_budget(ctx: FinalizationContext, cfg: Any) -> None:
     for name in ("best.pt", "last.pt"):
         if (src[0] / "checkpoints" / name).is_file():
             save_checkpoint(load_checkpoint(src[0] / "checkpoints" / name), ctx.path(f"checkpoints/{name}"))
-    for name in ("metrics.jsonl", "train_summary.json"):
+    for name in (METRICS, TRAIN_SUMMARY):
         write_text_atomic(ctx.path(name), (src[0] / name).read_text())
     ctx.reused = str(src[0].relative_to(ctx.run_dir))
 
@@ -113,7 +113,7 @@ def final_train(ctx: FinalizationContext, resume: bool = False) -> dict[str, Any
     from trainkit.train import fit
 
     if getattr(ctx, "reused", None):  # the time budget left no room: the best model so far is the final one
-        out = read_json(ctx.path("train_summary.json"))
+        out = read_json(ctx.path(TRAIN_SUMMARY))
         out["reused_from"] = ctx.reused
         if out.get("history"):
             show_figure(curves_figure(out["history"], f"final model = best so far ({ctx.reused})"), ctx.path("curves.png"))
@@ -351,7 +351,7 @@ def run_snippets(folder: Path, text: str) -> list[dict[str, Any]]:
 
 def write_docs(ctx: FinalizationContext, test: dict[str, Any], exp: dict[str, Any]) -> dict[str, Any]:
     """deployment_guide.md (its snippets executed and recorded in snippets.json) and model_card.md."""
-    splits = read_json(ctx.run_dir / "01_planning" / "splits.json")
+    splits = read_json(ctx.run_dir / Phase.PLANNING.value / SPLITS)
     shape = splits["input_shape"]
     mean, std = splits["normalization"]["mean"], splits["normalization"]["std"]
     per_channel = len(shape) == 3 and len(mean) == shape[0]
@@ -364,7 +364,7 @@ def write_docs(ctx: FinalizationContext, test: dict[str, Any], exp: dict[str, An
     write_text_atomic(ctx.path("deployment_guide.md"), guide)
     snippets = run_snippets(ctx.dir, guide)
     write_json_atomic(ctx.path("snippets.json"), snippets)
-    env = read_json(ctx.run_dir / "01_planning" / "environment.json")
+    env = read_json(ctx.run_dir / Phase.PLANNING.value / "environment.json")
     pcs = "\n".join(f"| {c['class']} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | {c['support']} |"
                     for c in test["per_class"])
     worst = min(test["per_class"], key=lambda c: c["recall"])
@@ -407,7 +407,7 @@ def reproduce(ctx: FinalizationContext, epochs: int = REPRO_EPOCHS) -> dict[str,
     """Re-run the first epochs of the final training and compare the logged metrics exactly."""
     from trainkit.train import fit
 
-    logged = [r for r in read_jsonl(ctx.path("metrics.jsonl")) if "train_loss" in r][:epochs]
+    logged = [r for r in read_jsonl(ctx.path(METRICS)) if "train_loss" in r][:epochs]
     seen: list[dict[str, Any]] = []
 
     def stop(rec: dict[str, Any]) -> bool:  # True ends the rerun once it has as many epochs as were compared
@@ -446,15 +446,15 @@ def _earlier_gates(ctx: FinalizationContext) -> tuple[str, str]:
         if e["phase"] == PHASE:
             continue
         d = phase_dir(ctx.run_dir, e["phase"], e["attempt"])
-        rec = read_json(d / "gate.json") if (d / "gate.json").is_file() else None
+        rec = ctx.run.gate(d)
         if rec is None:
             bad.append(f"{d.relative_to(ctx.run_dir)}: no gate record")
             continue
-        dec = read_json(d / "decision.json") if (d / "decision.json").is_file() else {}
+        dec = ctx.run.decision(d) or {}
         if rec["state"] == "blocked" and dec.get("option") == "C":
             continue  # a failed baseline routed to diagnosis: its block is the record of that
         try:
-            verify_gate(d / "gate.json", ctx.run_dir)
+            verify_gate(d / GATE, ctx.run_dir)
             seen += 1
         except GateError as exc:
             bad.append(str(exc)[:300])
@@ -515,7 +515,7 @@ def _results(ctx: FinalizationContext, train: dict[str, Any], test: dict[str, An
         ("fail", "final_config.yaml changed after it was frozen")
     res["reproducible"] = ("pass", f"first {repro['epochs']} epochs re-run: identical metrics") if repro["identical"] else \
         ("fail", f"re-run differs: {repro['logged']} vs {repro['rerun']}")
-    res["environment_recorded"] = ("pass", "01_planning/environment.json") if (ctx.run_dir / "01_planning" / "environment.json").is_file() \
+    res["environment_recorded"] = ("pass", "01_planning/environment.json") if (ctx.run_dir / Phase.PLANNING.value / "environment.json").is_file() \
         else ("fail", "environment.json missing")
     res["earlier_gates_valid"] = _earlier_gates(ctx)
     par = exp.get("parity", {})
@@ -543,7 +543,7 @@ def _results(ctx: FinalizationContext, train: dict[str, Any], test: dict[str, An
     return res
 
 
-ARTIFACTS = ("final_config.yaml", "checkpoints/best.pt", "metrics.jsonl", "test_evaluation.json", "test_results.md",
+ARTIFACTS = ("final_config.yaml", "checkpoints/best.pt", METRICS, "test_evaluation.json", "test_results.md",
              "model.onnx", "model.ts", "export.json", "deployment_guide.md", "model_card.md", "snippets.json", "reproduce.json")
 
 

@@ -18,18 +18,19 @@ from trainkit.config import config_hash, config_to_dict, get_dotted, load_config
 from trainkit.errors import RunError
 from trainkit.phases.common import run_path, CURRENT_CONFIG, OptimizationContext, begin, clock, finish_gate, load_run_config, \
     require_routed, show_figure, show_html, write_decision
-from trainkit.run import latest_attempt_dir, load_manifest, next_attempt_dir, phase_dir
+from trainkit.run import (COMPARISON, DECISION, FINDINGS, TRAIN_SUMMARY, TRAINING_CONFIG, Phase, RunFolder, latest_attempt_dir,
+                          load_manifest, next_attempt_dir, phase_dir)
 
 __all__ = ["start", "apply", "compare", "sweep", "write_results", "decide", "gate", "seed_stats"]
 
-PHASE = "04_optimization"
+PHASE = Phase.OPTIMIZATION.value
 BEST = "best.json"
 
 
 def start(run_dir: str | Path, iteration: int = 0, interactive: bool = True) -> OptimizationContext:
     """Open ``04_optimization/iter-N`` after a Phase 3 decision A or a Phase 4 decision B."""
     run_dir = run_path(run_dir)
-    require_routed(run_dir, PHASE, ("03_diagnostics", "04_optimization"))
+    require_routed(run_dir, PHASE, (Phase.DIAGNOSTICS.value, Phase.OPTIMIZATION.value))
     n = iteration or next_attempt_dir(run_dir, PHASE)[0]
     ctx = begin(OptimizationContext, run_dir, PHASE, n, interactive)
     ctx.config = load_run_config(run_dir)
@@ -39,7 +40,7 @@ def start(run_dir: str | Path, iteration: int = 0, interactive: bool = True) -> 
 
 
 def _round_dir(ctx: OptimizationContext) -> Path:
-    d = latest_attempt_dir(ctx.run_dir, "03_diagnostics")
+    d = latest_attempt_dir(ctx.run_dir, Phase.DIAGNOSTICS.value)
     if d is None:
         raise RunError(f"{ctx.run_dir}: no Phase 3 round found")
     return d
@@ -54,9 +55,9 @@ def realized_gains(run_dir: str | Path, base: Any | None = None) -> dict[str, fl
     out: dict[str, float] = {}
     want = config_hash(base) if base is not None else None
     for d in sorted((Path(run_dir) / PHASE).glob("iter-*"), key=lambda p: int(p.name.split("-")[-1])):
-        if not (d / "comparison.json").is_file():
+        if not (d / COMPARISON).is_file():
             continue
-        cmp = read_json(d / "comparison.json")
+        cmp = read_json(d / COMPARISON)
         if want is not None and cmp.get("base_config_hash") != want:
             continue
         for c in sorted(cmp.get("candidates") or [], key=lambda c: -len(c["recommendations"])):  # singles last: they overwrite
@@ -71,9 +72,9 @@ def _untried(ctx: OptimizationContext, cfg: Any) -> list[dict[str, Any]]:
     from trainkit.diagnostics import patch_already_in
 
     rd = _round_dir(ctx)
-    plan = read_json(rd / "findings.json")["plan"]
+    plan = read_json(rd / FINDINGS)["plan"]
     have, lost = config_to_dict(cfg), {rid for rid, g in realized_gains(ctx.run_dir, cfg).items() if g <= 0}
-    diagnosed = load_config(rd / "training_config.yaml").model.name if (rd / "training_config.yaml").is_file() else None
+    diagnosed = load_config(rd / TRAINING_CONFIG).model.name if (rd / TRAINING_CONFIG).is_file() else None
     out, seen = [], set()
     for r in plan["selected"] + plan["ranked"]:
         if r["id"] in seen or not r.get("patch") or r["id"] in lost or patch_already_in(have, r["patch"]):
@@ -103,7 +104,7 @@ def apply(ctx: OptimizationContext) -> dict[str, Any]:
     """Patch the best config with this iteration's recommendations → ``optimization_config.yaml``
     and ``provenance.json`` (field, old → new, which finding and recommendation). The comparison
     then tries each recommendation alone and all together and keeps the winner (see compare)."""
-    findings = read_json(_round_dir(ctx) / "findings.json")
+    findings = read_json(_round_dir(ctx) / FINDINGS)
     selected = {r["id"] for r in findings["plan"]["selected"]}
     untried = _untried(ctx, ctx.config)
     recs = [r for r in untried if r["id"] in selected] or untried[:3]  # later iterations: the next-ranked ones
@@ -132,8 +133,8 @@ def _fit_estimate(ctx: OptimizationContext, cfg: Any) -> float:
     from trainkit.run import baseline_seconds
 
     unit = baseline_seconds(ctx.run_dir) or 0.0
-    base_dir = latest_attempt_dir(ctx.run_dir, "02_baseline")
-    base_epochs = load_config(base_dir / "training_config.yaml").training.epochs if base_dir is not None else cfg.training.epochs
+    base_dir = latest_attempt_dir(ctx.run_dir, Phase.BASELINE.value)
+    base_epochs = load_config(base_dir / TRAINING_CONFIG).training.epochs if base_dir is not None else cfg.training.epochs
     return unit * cfg.training.epochs / max(1, base_epochs)
 
 
@@ -216,12 +217,12 @@ def _baseline_rows(ctx: OptimizationContext, seeds: list[int], train: bool) -> l
     from trainkit.run import load_run_data
 
     cache = ctx.run_dir / PHASE / "baseline_seeds.json"
-    base_dir = latest_attempt_dir(ctx.run_dir, "02_baseline")
-    base_cfg = load_config(base_dir / "training_config.yaml")
+    base_dir = latest_attempt_dir(ctx.run_dir, Phase.BASELINE.value)
+    base_cfg = load_config(base_dir / TRAINING_CONFIG)
     h = config_hash(base_cfg)
     rec = read_json(cache) if cache.is_file() else {}
     if rec.get("config_hash") != h or not isinstance(rec.get("runs"), dict):
-        rec = {"config_hash": h, "config": str((base_dir / "training_config.yaml").relative_to(ctx.run_dir)), "runs": {},
+        rec = {"config_hash": h, "config": str((base_dir / TRAINING_CONFIG).relative_to(ctx.run_dir)), "runs": {},
                "reused": {}}
     for seed, row in _known_baseline_runs(ctx.run_dir, base_dir, base_cfg).items():
         if str(seed) not in rec["runs"]:
@@ -241,7 +242,7 @@ def _known_baseline_runs(run_dir: Path, base_dir: Path, base_cfg: Any) -> dict[i
     """Whole runs of the baseline config already trained: Phase 2's own, and Phase 3's seed-variance
     runs of that same config (by config hash). Seed → row."""
     out: dict[int, dict[str, Any]] = {}
-    summary = base_dir / "train_summary.json"
+    summary = base_dir / TRAIN_SUMMARY
     if summary.is_file():
         r = read_json(summary)
         if r.get("best") and r.get("status") in ("completed", "early_stopped", "time_budget"):  # the baseline as it ran
@@ -250,9 +251,8 @@ def _known_baseline_runs(run_dir: Path, base_dir: Path, base_cfg: Any) -> dict[i
                                            "train_time_s": r.get("train_time_s"), "history": r.get("history") or [],
                                            "dir": str(base_dir.relative_to(run_dir)), "reused": str(base_dir.relative_to(run_dir))}
     want = config_hash(base_cfg)
-    for rd in sorted((run_dir / "03_diagnostics").glob("round-*")):
-        f = rd / "findings.json"
-        sv = read_json(f).get("evidence", {}).get("probes", {}).get("seed_variance", {}) if f.is_file() else {}
+    for rd in sorted((run_dir / Phase.DIAGNOSTICS.value).glob("round-*")):
+        sv = (RunFolder(run_dir).findings(rd) or {}).get("evidence", {}).get("probes", {}).get("seed_variance", {})
         if sv.get("config_hash") != want or not (sv.get("full_runs") or sv.get("mirrors_baseline")):
             continue  # short seed runs (the budget allowed only their first epochs) are not baseline runs
         for r in sv.get("runs") or []:  # whole runs, or runs mirroring a baseline the budget cut (same length)
@@ -263,8 +263,8 @@ def _known_baseline_runs(run_dir: Path, base_dir: Path, base_cfg: Any) -> dict[i
 
 def _seed_list(ctx: OptimizationContext, seeds: int) -> list[int]:
     """``seeds`` seeds starting at the baseline's own seed (so seed one is Phase 2's run)."""
-    base_dir = latest_attempt_dir(ctx.run_dir, "02_baseline")
-    s0 = load_config(base_dir / "training_config.yaml").training.seed if base_dir is not None else ctx.config.training.seed
+    base_dir = latest_attempt_dir(ctx.run_dir, Phase.BASELINE.value)
+    s0 = load_config(base_dir / TRAINING_CONFIG).training.seed if base_dir is not None else ctx.config.training.seed
     return [s0 + i for i in range(max(1, seeds))]
 
 
@@ -342,7 +342,7 @@ def compare(ctx: OptimizationContext, seeds: int = 3, ablation: bool = True) -> 
                          "realized_gain_points": c["gain_points"], "seeds": len(c["seeds"])} for c in summary
                         if c["id"] != "all" and len(c["recommendations"]) == 1],
            "fits": sum(c["fits"] for c in summary), "base_config_hash": config_hash(ctx.config)}
-    write_json_atomic(ctx.path("comparison.json"), {k: v for k, v in out.items() if k not in ("candidate", "baseline")} |
+    write_json_atomic(ctx.path(COMPARISON), {k: v for k, v in out.items() if k not in ("candidate", "baseline")} |
                       {"candidate": [{k: v for k, v in r.items() if k != "history"} for r in runs],
                        "baseline": [{k: v for k, v in r.items() if k != "history"} for r in base_rows]})
     _figures(ctx, out)
@@ -378,8 +378,7 @@ def _reference(best: dict[str, Any], base_rows: list[dict[str, Any]]) -> dict[in
 
 def _phase3_seed_std(ctx: OptimizationContext) -> float:
     """The seed standard deviation Phase 3 measured (val accuracy), 0 when it did not."""
-    f = _round_dir(ctx) / "findings.json"
-    sv = read_json(f).get("evidence", {}).get("probes", {}).get("seed_variance", {}) if f.is_file() else {}
+    sv = (ctx.run.findings(_round_dir(ctx)) or {}).get("evidence", {}).get("probes", {}).get("seed_variance", {})
     return float(sv.get("std") or 0.0) if "error" not in sv else 0.0
 
 
@@ -439,7 +438,7 @@ def sweep(ctx: OptimizationContext, trials: int = 0, storage: str | None = None)
 def _gains(ctx: OptimizationContext) -> list[float]:
     out = []
     for i in range(1, ctx.attempt):
-        p = phase_dir(ctx.run_dir, PHASE, i) / "decision.json"
+        p = phase_dir(ctx.run_dir, PHASE, i) / DECISION
         if p.is_file():
             out.append(float(read_json(p)["evidence"].get("gain_points", 0.0)))
     return out
@@ -459,14 +458,14 @@ def decide(ctx: OptimizationContext, cmp: dict[str, Any]) -> dict[str, Any]:
                                                "config": ctx.rel("optimization_config.yaml"), "mean": vb["mean_b"],
                                                "std": vb["std_b"], "per_seed": [r["best_val_accuracy"] for r in cmp["candidate"]]})
         save_config(ctx.candidate, ctx.run_dir / CURRENT_CONFIG)
-    rounds = len([e for e in load_manifest(ctx.run_dir)["phases"] if e["phase"] == "03_diagnostics"])
+    rounds = len([e for e in load_manifest(ctx.run_dir)["phases"] if e["phase"] == Phase.DIAGNOSTICS.value])
     option, nxt, reason = after_optimization(
         candidate_mean=vb["mean_b"], best_mean=best_mean, baseline_mean=cmp["vs_baseline"]["mean_a"],
         significant=adopted, target=cfg.target.value, gains=_gains(ctx) + [gain], iteration=ctx.attempt,
         budget=cfg.budget, rounds=rounds)
     if option == "B" and nxt == PHASE and rounds < cfg.budget.max_optimization_iterations \
             and not _untried(ctx, ctx.candidate if adopted else ctx.config):
-        nxt = "03_diagnostics"
+        nxt = Phase.DIAGNOSTICS.value
         reason += "; this round's recommendations are used up: re-diagnose the new best config"
     evidence = {"adopted": adopted, "gain_points": round(gain, 3), "candidate_mean": vb["mean_b"], "best_mean": best_mean,
                 "baseline_mean": cmp["vs_baseline"]["mean_a"], "diff_ci_points": [round(c * 100, 3) for c in vb["ci"]],
@@ -548,6 +547,6 @@ def _results(ctx: OptimizationContext, cmp: dict[str, Any], decision: dict[str, 
 
 def gate(ctx: OptimizationContext, cmp: dict[str, Any], decision: dict[str, Any], approvals: Any = None,
          auto_signoff: bool = False, waivers: dict[str, str] | None = None) -> dict[str, Any]:
-    arts = [ctx.rel(n) for n in ("optimization_config.yaml", "provenance.json", "comparison.json", "optimization_results.md",
-                                  "decision.json") if ctx.path(n).is_file()]
+    arts = [ctx.rel(n) for n in ("optimization_config.yaml", "provenance.json", COMPARISON, "optimization_results.md",
+                                  DECISION) if ctx.path(n).is_file()]
     return finish_gate(ctx, "optimization_complete", _results(ctx, cmp, decision), arts, approvals, auto_signoff, waivers, decision)

@@ -13,12 +13,12 @@ from trainkit._io import read_json, write_json_atomic
 from trainkit.config import config_hash, load_config, save_config
 from trainkit.errors import ConfigError, QuarantineError
 from trainkit.phases.common import run_path, PhaseContext, begin, finish_gate, show_figure, show_html, write_decision
-from trainkit.run import init_run
+from trainkit.run import GATE, Phase, SPLITS, TRAINING_CONFIG, init_run
 
 __all__ = ["start", "write_environment", "write_splits", "show_data_overview", "check_determinism", "gate"]
 
-PHASE = "01_planning"
-ARTIFACTS = ["training_config.yaml", "environment.json", "splits.json", "determinism.json"]  # + budget_plan.json when measured
+PHASE = Phase.PLANNING.value
+ARTIFACTS = [TRAINING_CONFIG, "environment.json", SPLITS, "determinism.json"]  # + budget_plan.json when measured
 
 
 def start(run_dir: str | Path, config_path: str = "", overrides: list[str] | None = None,
@@ -40,7 +40,7 @@ def start(run_dir: str | Path, config_path: str = "", overrides: list[str] | Non
                     "test_quarantined", "determinism_verified")}
         results["config_valid"] = ("fail", f"{exc.source}: {problems}")
         finish_gate(ctx, "reproducibility_gate", results, [])
-    save_config(ctx.config, ctx.path("training_config.yaml"))
+    save_config(ctx.config, ctx.path(TRAINING_CONFIG))
     init_run(ctx.run_dir, config_hash=config_hash(ctx.config))
     show_html(f"<p>Config valid → <code>{ctx.rel('training_config.yaml')}</code> "
               f"(sha256 {config_hash(ctx.config)[:12]}…); target val {ctx.config.target.metric} ≥ {ctx.config.target.value}</p>")
@@ -48,7 +48,7 @@ def start(run_dir: str | Path, config_path: str = "", overrides: list[str] | Non
 
 
 def _refuse_silent_redo(run_dir: Path, redo: bool) -> None:
-    gate = run_dir / PHASE / "gate.json"
+    gate = run_dir / PHASE / GATE
     if redo or not gate.is_file():
         return
     from trainkit._io import read_json
@@ -175,7 +175,7 @@ def _checkpoint_seconds(ctx: PhaseContext, bundle: Any) -> float:
 
 def _results(ctx: PhaseContext, bundle: Any) -> dict[str, tuple[str, Any]]:
     cfg, r = ctx.config, {}
-    env_path, splits_path, det_path = (ctx.path(n) for n in ("environment.json", "splits.json", "determinism.json"))
+    env_path, splits_path, det_path = (ctx.path(n) for n in ("environment.json", SPLITS, "determinism.json"))
     env = read_json(env_path) if env_path.exists() else {}
     seeding = env.get("seeding", {})
     r["seeds_fixed"] = ("pass", f"seed {cfg.training.seed} applied (torch initial seed {seeding.get('torch_initial_seed')}), "
