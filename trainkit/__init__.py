@@ -31,6 +31,7 @@ __all__ = [
     "save_config",
     "load_data",
     "fit",
+    "from_dataframe",
     "TrainkitError",
     "ConfigError",
     "DataError",
@@ -50,6 +51,10 @@ def __getattr__(name: str):  # lazy: torch-heavy entry points load on first use
         from trainkit.data import load_data
 
         return load_data
+    if name == "from_dataframe":
+        from trainkit.data.tables import from_dataframe
+
+        return from_dataframe
     if name == "fit":
         from trainkit.train import fit
 

@@ -47,6 +47,12 @@ class DataConfig(_Section):
     augment: Literal["none", "flip_crop", "crop", "noise"] = Field("none", description="training-time augmentation")
     image_size: Optional[int] = Field(None, ge=4, description="resize folder images to this side (pixels); None keeps the first image's size")
     subset: Optional[int] = Field(None, ge=2, description="use only this many training samples (count); None = all")
+    label: Optional[str] = Field(None, description="csv / parquet: the column to predict (strings or integers; its values are the class names)")
+    features: Optional[list[str]] = Field(None, description="csv / parquet: the columns to use (default: all but the label and data.drop); "
+                                          "naming an ID or free-text column here puts it back")
+    drop: list[str] = Field(default_factory=list, description="csv / parquet: columns left out (IDs, leaky columns, ...)")
+    categorical: Optional[list[str]] = Field(None, description="csv / parquet: columns encoded as categories whatever their inferred kind")
+    drop_unlabelled: bool = Field(False, description="csv / parquet: leave out rows whose label is missing (default: a clear error)")
     exclude: Optional[str] = Field(None, description="JSON file {\"indices\": [...]} of source sample indices left out of training "
                                    "(path; relative paths resolve against the run folder); Phase 3 writes one for label issues and leaks")
 

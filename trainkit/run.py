@@ -21,7 +21,7 @@ from trainkit.errors import RunError
 __all__ = ["Phase", "PHASES", "RunFolder", "phase_name", "init_run", "load_manifest", "record_phase", "phase_dir",
            "next_attempt_dir", "latest_attempt_dir", "resume_command", "signoff_command", "check_run_name",
            "baseline_seconds", "phase_cost", "run_cost", "RUN_JSON", "RUN_CONFIG", "CURRENT_CONFIG", "TRAINING_CONFIG",
-           "GATE", "DECISION", "BUDGET", "BUDGET_OVERRIDE", "SPLITS", "DATA_MANIFEST", "TEST_ACCESS_LOG", "DATA_LOADS", "TRAIN_SUMMARY",
+           "GATE", "DECISION", "BUDGET", "BUDGET_OVERRIDE", "SPLITS", "PREPROCESS", "DATA_MANIFEST", "TEST_ACCESS_LOG", "DATA_LOADS", "TRAIN_SUMMARY",
            "METRICS", "FINDINGS", "COMPARISON", "TRACKING", "INDEX", "REPORT", "NOTEBOOK", "SUB_WORD", "load_run_data"]
 
 
@@ -65,6 +65,7 @@ DECISION = "decision.json"
 BUDGET = "budget.json"
 BUDGET_OVERRIDE = "budget_override.json"  # the pipeline's over-budget route beside a signed decision
 SPLITS = "splits.json"
+PREPROCESS = "preprocess.json"          # a table's preprocessing, fitted on the train split in Phase 1
 DATA_MANIFEST = "data_manifest.json"
 TEST_ACCESS_LOG = "test_access.jsonl"
 DATA_LOADS = "data_loads.jsonl"          # one line per data load in a run: phase, seconds, whether it scanned
@@ -236,7 +237,7 @@ class RunFolder:
         from trainkit.data import DataStore
 
         return DataStore(root=self.path, splits=self.planning / SPLITS, manifest=self.planning / DATA_MANIFEST,
-                         loads=self.path / DATA_LOADS if self.is_run else None)
+                         loads=self.path / DATA_LOADS if self.is_run else None, preprocess=self.planning / PREPROCESS)
 
     def reading_phase(self, requested: str | None) -> str | None:
         """The phase whose rules apply to a data load: the one the run's own manifest says is

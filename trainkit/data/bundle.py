@@ -16,6 +16,7 @@ from trainkit.data.batches import BatchIterable, IndexBatches
 from trainkit.data.images import ImageFolderData, class_folders, load_image_folder
 from trainkit.data.quarantine import Quarantine, seal_test_rows
 from trainkit.data.sources import SOURCES, Source, custom_source
+from trainkit.data.tables import TABLE_SOURCES, load_table, row_keys
 from trainkit.data.splits import fit_normalization, normalize, split_record, stratified_split
 from trainkit.errors import DataError, QuarantineError
 
@@ -35,6 +36,7 @@ class DataStore:
     splits: Path
     manifest: Path
     loads: Path | None = None
+    preprocess: Path | None = None  # a table's fitted preprocessing (written with the split record, used after)
 
 
 @dataclass
@@ -113,7 +115,12 @@ def check_source(cfg: Any) -> None:
     if cfg.source == "image_folder":
         class_folders(cfg)
         return
-    load_source(cfg)
+    source = load_source(cfg)
+    if source.table is not None:  # a table: the rows must split and encode too (a class with one row, say)
+        splits = stratified_split(source.y.numpy(), cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
+        if any(len(v) == 0 for v in splits.values()):
+            raise DataError(f"data: a split is empty with {len(source.y)} rows; add rows or change val/test fractions")
+        source.table.fit(splits["train"])
 
 
 def load_source(cfg: Any, manifest: Path | None = None, write_manifest: bool = False) -> Source:
@@ -121,12 +128,37 @@ def load_source(cfg: Any, manifest: Path | None = None, write_manifest: bool = F
     image folder is listed through ``manifest`` (see :func:`~trainkit.data.images.load_image_folder`)."""
     if cfg.source == "image_folder":
         return load_image_folder(cfg, manifest, write_manifest)
+    if cfg.source in TABLE_SOURCES:
+        return _table_source(cfg)
     if cfg.source in SOURCES:
         return SOURCES[cfg.source](cfg)
     if ":" in cfg.source:
         return custom_source(cfg)
-    valid = ", ".join([*SOURCES, "image_folder"])
+    valid = ", ".join([*SOURCES, "image_folder", *TABLE_SOURCES])
     raise DataError(f"data.source: unknown source {cfg.source!r}; valid: {valid} or 'package.module:function'")
+
+
+def _table_source(cfg: Any) -> Source:
+    """A table as a Source: labels and raw rows now; x once the preprocessing is fitted on the train
+    split (:func:`_encode_table`). Content keys hash each row's raw feature values."""
+    table, y = load_table(cfg)
+    return Source(y=torch.as_tensor(y), class_names=table.classes, input_shape=(0,),
+                  description=f"{cfg.source} {cfg.root} (label {cfg.label!r}, {len(table.kinds)} columns)",
+                  sample_keys=row_keys(table.frame, list(table.kinds)), table=table)
+
+
+def _encode_table(source: Source, train: np.ndarray, store: DataStore | None, write: bool) -> None:
+    """Fit the table's preprocessing on the train rows (the first load, which saves it) or apply the
+    saved one (every later load: the model always sees the transform it was trained with)."""
+    saved = store.preprocess if store is not None else None
+    if saved is not None and saved.is_file() and not write:
+        x = source.table.use(read_json(saved))
+    else:
+        x = source.table.fit(train)
+        if saved is not None and write:
+            write_json_atomic(saved, source.table.preprocess.to_dict())
+    source.x = torch.as_tensor(x)
+    source.input_shape = (int(x.shape[1]),)
 
 
 def load_data(cfg: Any, store: DataStore | None = None, quarantine: Quarantine | None = None, *,
@@ -149,6 +181,8 @@ def load_data(cfg: Any, store: DataStore | None = None, quarantine: Quarantine |
     if dcfg.subset:
         rng = np.random.default_rng(dcfg.split_seed + 1)
         splits["train"] = np.sort(rng.permutation(splits["train"])[: dcfg.subset])
+    if source.table is not None:
+        _encode_table(source, splits["train"], store, write_splits)
     labels = _planted_noise(source, splits["train"], dcfg.split_seed)
     if store is not None and store.splits.is_file() and not write_splits and source.x is None:
         norm = read_json(store.splits)["normalization"]  # streamed data: the first load's statistics (fingerprints checked below)

@@ -36,6 +36,7 @@ class Source:
     dataset: Dataset | None = None
     sample_keys: list[str] = field(default_factory=list)
     train_label_noise: float = 0.0  # planted: the fraction of training labels flipped (set only by trainkit.testing)
+    table: Any = None  # a table read raw (trainkit.data.tables.TableData): x is made once its preprocessing is fitted
 
     @property
     def in_memory(self) -> bool:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import html
 
+import numpy as np
+
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,7 @@ from trainkit._io import read_json, write_json_atomic
 from trainkit.config import config_hash, load_config, save_config
 from trainkit.errors import ConfigError, QuarantineError
 from trainkit.phases.common import run_path, PhaseContext, begin, finish_gate, show_figure, show_html, write_decision
-from trainkit.run import GATE, Phase, SPLITS, TRAINING_CONFIG, init_run
+from trainkit.run import GATE, PREPROCESS, SPLITS, TRAINING_CONFIG, Phase, init_run
 
 __all__ = ["start", "write_environment", "write_splits", "show_data_overview", "check_determinism", "gate"]
 
@@ -97,8 +99,37 @@ def show_data_overview(ctx: PhaseContext, bundle: Any) -> None:
     info = bundle.info
     counts = {k: v for k, v in info["class_counts"].items() if k != "test"}
     show_figure(class_counts_figure(counts, info["class_names"]), ctx.path("class_counts.png"))
+    table = bundle.source.table
+    if table is not None:  # a table: its columns, not a grid of samples
+        _show_columns(ctx, table, bundle)
+        return
     x, y = bundle.arrays("train")
     show_figure(sample_grid_figure(x.numpy(), y.numpy(), info["class_names"]), ctx.path("samples.png"))
+
+
+def _show_columns(ctx: PhaseContext, table: Any, bundle: Any) -> None:
+    """Per column: the inferred kind (or why it is left out), share missing, cardinality and how
+    well it alone predicts the label (on the train rows); then the label's class balance. Saved as
+    columns.json; a column that alone predicts the label almost perfectly is named a possible leak."""
+    train = bundle.splits["train"]
+    y = bundle.split_labels("train").numpy()
+    rows = table.overview_of(train, y)
+    write_json_atomic(ctx.path("columns.json"), {"columns": rows, "features": table.preprocess.features,
+                                                 "excluded": table.excluded})
+    cells = "".join(f"<tr><td><code>{html.escape(r['column'])}</code></td><td>{html.escape(r['kind'])}</td>"
+                    f"<td>{r['missing']:.1%}</td><td>{r['distinct']}</td><td>{_share(r['label_accuracy'])}</td>"
+                    f"<td>{html.escape(r['note'])}</td></tr>" for r in rows)
+    counts = np.bincount(y, minlength=len(bundle.source.class_names))
+    balance = ", ".join(f"{html.escape(n)} {c} ({c / max(1, counts.sum()):.1%})" for n, c in zip(bundle.source.class_names, counts))
+    show_html(f"<h4>Columns of {html.escape(table.path)}</h4><table><tr><th>column</th><th>kind</th><th>missing</th>"
+              f"<th>distinct</th><th>label from this column alone</th><th>note</th></tr>{cells}</table>"
+              f"<p>{len(table.preprocess.features)} model inputs. Label <code>{html.escape(table.label)}</code> "
+              f"(train): {balance}. Override a kind with <code>data.categorical</code>, leave a column out with "
+              f"<code>data.drop</code>, put an excluded one back with <code>data.features</code>.</p>")
+
+
+def _share(v: float | None) -> str:
+    return "" if v is None else f"{v:.3f}"
 
 
 def check_determinism(ctx: PhaseContext, bundle: Any) -> dict[str, Any]:
@@ -225,6 +256,7 @@ def gate(ctx: PhaseContext, bundle: Any, approvals: Any = None, auto_signoff: bo
     from trainkit.decisions import after_planning
 
     decision = write_decision(ctx, *after_planning(), {})
-    arts = [f"{PHASE}/{a}" for a in ARTIFACTS] + ([f"{PHASE}/budget_plan.json"] if ctx.path("budget_plan.json").is_file() else [])
+    optional = ["budget_plan.json", PREPROCESS]  # the compute plan; a table's preprocessing (covered by the hashes)
+    arts = [f"{PHASE}/{a}" for a in ARTIFACTS] + [f"{PHASE}/{a}" for a in optional if ctx.path(a).is_file()]
     return finish_gate(ctx, "reproducibility_gate", _results(ctx, bundle), arts,
                        approvals, auto_signoff, waivers, decision)

@@ -1,0 +1,411 @@
+"""Tables: a CSV or Parquet file (or a DataFrame written to one) read raw, its columns' kinds
+inferred, and a preprocessing fitted on the train split only that turns rows into a float vector.
+
+Kinds: ``numeric`` and ``boolean`` (median-imputed, a missing indicator where train had gaps,
+standardized), ``categorical`` (strings and pandas categories: a vocabulary of the most frequent
+train values, one-hot, plus an ``(other)`` bucket for values outside it, unseen ones included,
+and a ``(missing)`` bucket), ``datetime`` (expanded to year, month, day of week, and hour when
+any row has one, then numeric), and the excluded ``id`` (unique per row) and ``text`` (long
+free text). ``data.features`` puts an excluded column back; ``data.categorical`` overrides the
+inferred kind. The fitted preprocessing is a plain JSON document (:meth:`Preprocess.to_dict`)
+that predicts from raw rows with numpy alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trainkit.errors import DataError
+
+__all__ = ["TableData", "Preprocess", "read_table", "load_table", "infer_kinds", "from_dataframe", "PREPROCESS_VERSION",
+           "TABLE_SOURCES"]
+
+PREPROCESS_VERSION = 1
+TABLE_SOURCES = ("csv", "parquet")
+MAX_CATEGORIES = 32  # one-hot columns per categorical at most; rarer values share the (other) bucket
+TEXT_MIN_LENGTH = 40  # a string column whose values average this many characters and are mostly distinct is free text
+OTHER, MISSING = "(other)", "(missing)"
+
+
+def read_table(path: str | Path, source: str) -> Any:
+    """The file as a pandas DataFrame; DataError naming the file and what to do when it is not a
+    readable CSV / Parquet table or holds no rows."""
+    import pandas as pd
+
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"data.root: table file not found: {p}; expected a .csv or .parquet file")
+    if p.stat().st_size == 0:
+        raise DataError(f"{p}: the file is empty; expected a header row and at least one data row")
+    try:
+        if source == "parquet":
+            df = pd.read_parquet(p)
+        else:
+            df = pd.read_csv(p, low_memory=False)
+    except Exception as exc:  # pandas and pyarrow raise many types for a file that is not what it claims
+        other = "parquet" if source == "csv" else "csv"
+        raise DataError(f"{p}: not a readable {source.upper()} table ({type(exc).__name__}: {str(exc)[:200]}); "
+                        f"check the file, or set data.source: {other} if it is one") from None
+    if len(df.columns) == 0 or len(df) == 0:
+        raise DataError(f"{p}: no data rows (columns: {list(map(str, df.columns))[:20]}); add rows to the table")
+    df.columns = [str(c) for c in df.columns]
+    return df
+
+
+def _is_string_like(s: Any) -> bool:
+    import pandas as pd
+
+    return bool(pd.api.types.is_string_dtype(s) or pd.api.types.is_object_dtype(s)
+                or isinstance(s.dtype, pd.CategoricalDtype))
+
+
+def _mixed(s: Any) -> str | None:
+    """A string column most of whose values are numbers but some are not: the first offender."""
+    import pandas as pd
+
+    vals = s.dropna()
+    if len(vals) == 0 or isinstance(s.dtype, pd.CategoricalDtype):
+        return None
+    num = pd.to_numeric(vals.astype(str).str.strip(), errors="coerce")
+    share = float(num.notna().mean())
+    if 0.5 <= share < 1.0:
+        return str(vals[num.isna()].iloc[0])
+    return None
+
+
+def _datetime_like(s: Any) -> bool:
+    import warnings
+
+    import pandas as pd
+
+    if pd.api.types.is_datetime64_any_dtype(s):
+        return True
+    vals = s.dropna().astype(str)
+    if len(vals) == 0 or not vals.str.contains(r"\d{1,4}[-/.:]\d{1,2}", regex=True).mean() > 0.95:
+        return False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        parsed = pd.to_datetime(vals.head(500), errors="coerce", format="mixed")
+    return bool(parsed.notna().mean() > 0.95)
+
+
+def infer_kinds(df: Any, label: str, cfg: Any) -> tuple[dict[str, str], list[dict[str, str]]]:
+    """Each feature column's kind, and the excluded columns with why. ``cfg`` is the data section
+    (``features``, ``drop``, ``categorical``). Raises DataError for a column with no value or one
+    that mixes numbers and text."""
+    import pandas as pd
+
+    wanted = list(cfg.features) if cfg.features else [c for c in df.columns if c != label and c not in cfg.drop]
+    unknown = [c for c in [*wanted, *cfg.drop, *(cfg.categorical or [])] if c not in df.columns]
+    if unknown:
+        raise DataError(f"data.features/drop/categorical name column(s) {unknown} that the table does not have; "
+                        f"its columns: {list(df.columns)}")
+    forced = set(cfg.categorical or [])
+    explicit = set(cfg.features or [])
+    kinds: dict[str, str] = {}
+    excluded: list[dict[str, str]] = [{"column": c, "why": "data.drop"} for c in cfg.drop]
+    n = len(df)
+    for c in wanted:
+        if c == label:
+            continue
+        s = df[c]
+        if s.notna().sum() == 0:
+            raise DataError(f"column {c!r}: every value is missing; drop it (data.drop: [{c!r}])")
+        if c in forced:
+            kinds[c] = "categorical"
+            continue
+        if pd.api.types.is_bool_dtype(s):
+            kinds[c] = "boolean"
+        elif pd.api.types.is_numeric_dtype(s):
+            integral = pd.api.types.is_integer_dtype(s) or bool((s.dropna() == s.dropna().round()).all())
+            kinds[c] = "id" if integral and s.nunique() == n and n > 20 and _runs_like_an_id(s) else "numeric"
+        elif _is_string_like(s):
+            bad = _mixed(s)
+            if bad is not None:
+                raise DataError(f"column {c!r} mixes numbers and text (e.g. {bad!r}); clean the column, or declare "
+                                f"it categorical (data.categorical: [{c!r}])")
+            kinds[c] = _string_kind(s, n)
+        elif pd.api.types.is_datetime64_any_dtype(s):
+            kinds[c] = "datetime"
+        else:
+            raise DataError(f"column {c!r} has values of type {s.dtype} that a table source cannot encode; "
+                            f"drop it (data.drop: [{c!r}])")
+        if kinds[c] in ("id", "text") and c not in explicit:
+            why = ("unique per row: an ID, which no model should learn from" if kinds[c] == "id"
+                   else "free text (long, mostly distinct strings): not encoded")
+            excluded.append({"column": c, "why": f"{why}; put it back with data.features"})
+            del kinds[c]
+        elif kinds[c] in ("id", "text"):
+            kinds[c] = "categorical" if kinds[c] == "text" or _is_string_like(s) else "numeric"
+    if not kinds:
+        raise DataError(f"no feature column left (excluded: {excluded}); list the columns to use in data.features")
+    return kinds, excluded
+
+
+def _runs_like_an_id(s: Any) -> bool:
+    """Integers unique per row that form (nearly) a run: 1..N, 1000..1000+N; a measured integer
+    quantity unique per row by chance rarely does."""
+    v = np.sort(s.dropna().to_numpy(dtype=np.float64))
+    return len(v) > 1 and (v[-1] - v[0]) <= 1.5 * len(v)
+
+
+def _string_kind(s: Any, n: int) -> str:
+    vals = s.dropna().astype(str)
+    distinct = vals.nunique()
+    if _datetime_like(s):
+        return "datetime"
+    if float(vals.str.len().mean()) >= TEXT_MIN_LENGTH and distinct > 0.5 * len(vals):
+        return "text"
+    if distinct == n and n > 20:
+        return "id"
+    return "categorical"
+
+
+def _labels(df: Any, label: str, drop_unlabelled: bool, where: str) -> tuple[Any, np.ndarray, list[str]]:
+    """(rows kept, integer labels, class names). Class names are the label values as text, sorted
+    (numbers numerically)."""
+    import pandas as pd
+
+    if label not in df.columns:
+        raise DataError(f"data.label: no column {label!r} in {where}; its columns are {list(df.columns)}")
+    y = df[label]
+    gaps = int(y.isna().sum())
+    if gaps:
+        if not drop_unlabelled:
+            raise DataError(f"data.label: {gaps} row(s) of {where} have no {label!r} value; fill them, or set "
+                            "data.drop_unlabelled: true to leave those rows out")
+        df = df[y.notna()].reset_index(drop=True)
+        y = df[label]
+    if pd.api.types.is_numeric_dtype(y) or pd.api.types.is_bool_dtype(y):
+        values = sorted(y.unique().tolist())
+    else:
+        y = y.astype(str)
+        values = sorted(y.unique().tolist())
+    if len(values) < 2:
+        raise DataError(f"data.label: every row of {where} has {label} = {values[0]!r}; a classifier needs at least 2 classes")
+    index = {v: i for i, v in enumerate(values)}
+    codes = np.array([index[v] for v in y.tolist()], dtype=np.int64)
+    names = [_name(v) for v in values]
+    return df, codes, names
+
+
+def _name(v: Any) -> str:
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v)
+
+
+# ------------------------------------------------------------------ preprocessing
+
+@dataclass
+class Preprocess:
+    """The fitted preprocessing: per column its kind and what was learned on the train split."""
+
+    label: str
+    classes: list[str]
+    columns: list[dict[str, Any]]
+    excluded: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def features(self) -> list[str]:
+        """The names of the model's input features, in order."""
+        return [f for c in self.columns for f in c["outputs"]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": PREPROCESS_VERSION, "label": self.label, "classes": self.classes, "columns": self.columns,
+                "features": self.features, "excluded": self.excluded}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Preprocess":
+        if d.get("version") != PREPROCESS_VERSION:
+            raise DataError(f"preprocess.json version {d.get('version')!r}; this trainkit reads version {PREPROCESS_VERSION}")
+        return cls(label=d["label"], classes=list(d["classes"]), columns=list(d["columns"]), excluded=list(d["excluded"]))
+
+    def transform(self, df: Any) -> np.ndarray:
+        """Raw rows → float32 features. A missing column is a DataError naming it; unseen categories
+        go to (other), gaps are imputed."""
+        missing = [c["name"] for c in self.columns if c["name"] not in df.columns]
+        if missing:
+            raise DataError(f"the rows lack column(s) {missing} that the model was trained on; add them "
+                            f"(the training columns: {[c['name'] for c in self.columns]})")
+        parts = [_apply(c, df[c["name"]]) for c in self.columns]
+        return np.concatenate(parts, axis=1).astype(np.float32) if parts else np.zeros((len(df), 0), np.float32)
+
+
+def _datetime_parts(s: Any) -> dict[str, np.ndarray]:
+    import warnings
+
+    import pandas as pd
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t = pd.to_datetime(s, errors="coerce", format="mixed") if not pd.api.types.is_datetime64_any_dtype(s) else s
+    return {"year": t.dt.year.to_numpy(dtype=np.float64), "month": t.dt.month.to_numpy(dtype=np.float64),
+            "dayofweek": t.dt.day_of_week.to_numpy(dtype=np.float64), "hour": t.dt.hour.to_numpy(dtype=np.float64)}
+
+
+def _numeric_values(s: Any) -> np.ndarray:
+    import pandas as pd
+
+    return pd.to_numeric(s.astype("float64") if pd.api.types.is_bool_dtype(s) else s, errors="coerce").to_numpy(dtype=np.float64)
+
+
+def _fit_numeric(name: str, v: np.ndarray, out_name: str | None = None) -> dict[str, Any]:
+    ok = np.isfinite(v)
+    median = float(np.median(v[ok])) if ok.any() else 0.0
+    filled = np.where(ok, v, median)
+    mean, std = float(filled.mean()), float(filled.std())
+    base = out_name or name
+    indicator = bool((~ok).any())
+    return {"median": median, "mean": mean, "std": std if std > 1e-12 else 1.0, "indicator": indicator,
+            "outputs": [base] + ([f"{base} (missing)"] if indicator else [])}
+
+
+def _fit_column(name: str, kind: str, s: Any) -> dict[str, Any]:
+    """What one column learns from the train rows ``s``."""
+    if kind in ("numeric", "boolean"):
+        return {"name": name, "kind": kind, **_fit_numeric(name, _numeric_values(s))}
+    if kind == "datetime":
+        parts = _datetime_parts(s)
+        keep = ["year", "month", "dayofweek"] + (["hour"] if np.nanmax(np.nan_to_num(parts["hour"])) > 0 else [])
+        fitted = [{"part": p, **_fit_numeric(name, parts[p], f"{name}.{p}")} for p in keep]  # a list: order is the layout
+        return {"name": name, "kind": kind, "parts": fitted, "outputs": [o for f in fitted for o in f["outputs"]]}
+    vals = s.dropna().astype(str)
+    counts = vals.value_counts()
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    vocab = [v for v, k in ranked if k >= 2][:MAX_CATEGORIES] or [v for v, _ in ranked][:MAX_CATEGORIES]
+    return {"name": name, "kind": "categorical", "vocabulary": vocab, "train_distinct": int(len(counts)),
+            "outputs": [f"{name}={v}" for v in vocab] + [f"{name} {OTHER}", f"{name} {MISSING}"]}
+
+
+def _apply_numeric(p: dict[str, Any], v: np.ndarray) -> list[np.ndarray]:
+    ok = np.isfinite(v)
+    cols = [(np.where(ok, v, p["median"]) - p["mean"]) / p["std"]]
+    if p["indicator"]:
+        cols.append((~ok).astype(np.float64))
+    return cols
+
+
+def _apply(c: dict[str, Any], s: Any) -> np.ndarray:
+    if c["kind"] in ("numeric", "boolean"):
+        return np.stack(_apply_numeric(c, _numeric_values(s)), axis=1)
+    if c["kind"] == "datetime":
+        parts = _datetime_parts(s)
+        return np.stack([col for f in c["parts"] for col in _apply_numeric(f, parts[f["part"]])], axis=1)
+    vocab = {v: i for i, v in enumerate(c["vocabulary"])}
+    k = len(vocab)
+    out = np.zeros((len(s), k + 2), dtype=np.float64)
+    isna = s.isna().to_numpy()
+    text = s.astype(str).to_numpy()
+    for r in range(len(s)):
+        out[r, k + 1 if isna[r] else vocab.get(text[r], k)] = 1.0
+    return out
+
+
+def fit_preprocess(df: Any, kinds: dict[str, str], train: np.ndarray, label: str, classes: list[str],
+                   excluded: list[dict[str, str]]) -> Preprocess:
+    """Fit every column on the train rows only."""
+    rows = df.iloc[np.asarray(train, dtype=np.int64)]
+    return Preprocess(label=label, classes=classes, excluded=excluded,
+                      columns=[_fit_column(c, k, rows[c]) for c, k in kinds.items()])
+
+
+# ------------------------------------------------------------------ the source
+
+@dataclass
+class TableData:
+    """A table read raw: the rows, the inferred kinds and what was excluded. ``preprocess`` is
+    set once :meth:`fit` (train rows only) or :meth:`use` (a saved one) ran."""
+
+    frame: Any
+    kinds: dict[str, str]
+    excluded: list[dict[str, str]]
+    label: str
+    classes: list[str]
+    path: str
+    preprocess: Preprocess | None = None
+
+    def fit(self, train: np.ndarray) -> np.ndarray:
+        self.preprocess = fit_preprocess(self.frame, self.kinds, train, self.label, self.classes, self.excluded)
+        return self.preprocess.transform(self.frame)
+
+    def use(self, saved: dict[str, Any]) -> np.ndarray:
+        self.preprocess = Preprocess.from_dict(saved)
+        return self.preprocess.transform(self.frame)
+
+    def overview_of(self, rows: np.ndarray, y: np.ndarray) -> list[dict[str, Any]]:
+        """Per column, on ``rows`` (the train split) with their labels ``y``: kind, share missing,
+        cardinality, and its relation to the label (how well the column alone predicts it)."""
+        frame = self.frame.iloc[np.asarray(rows, dtype=np.int64)]
+        out = []
+        for c in frame.columns:
+            if c == self.label:
+                continue
+            s = frame[c]
+            why = next((e["why"] for e in self.excluded if e["column"] == c), "")
+            out.append({"column": c, "kind": self.kinds.get(c, "excluded"), "note": why,
+                        "missing": round(float(s.isna().mean()), 4), "distinct": int(s.nunique()),
+                        "label_accuracy": round(_one_column_accuracy(s, y), 4) if c in self.kinds else None})
+        return out
+
+
+def _one_column_accuracy(s: Any, y: np.ndarray) -> float:
+    """How well the column alone predicts the label: each value (or decile bin of a number) votes
+    its majority class; the share of rows that vote right (in-sample: an upper bound, the point is
+    to flag a column that gives the label away)."""
+    import pandas as pd
+
+    if pd.api.types.is_numeric_dtype(s) and s.nunique() > 20:
+        key = pd.qcut(s.rank(method="first"), 10, labels=False).astype("float64").fillna(-1)
+    else:
+        key = s.astype(str).where(s.notna(), "(missing)")
+    t = pd.DataFrame({"k": np.asarray(key), "y": y})
+    return float(t.groupby("k")["y"].agg(lambda v: v.value_counts().iloc[0]).sum() / max(1, len(t)))
+
+
+def row_keys(df: Any, columns: list[str]) -> list[str]:
+    """A content hash per row of the raw values of ``columns`` (the whole record a model sees)."""
+    values = df[columns].to_numpy(dtype=object)
+    return [hashlib.sha256("\x1f".join(map(str, row)).encode()).hexdigest() for row in values]
+
+
+def load_table(cfg: Any) -> tuple[TableData, np.ndarray]:
+    """Read ``cfg.root`` (``data.source: csv | parquet``), check the label, infer the kinds."""
+    if not cfg.label:
+        raise DataError(f"data.label: the {cfg.source} source needs data.label, the column to predict")
+    if not cfg.root:
+        raise DataError(f"data.root: the {cfg.source} source needs data.root set to the table file")
+    df = read_table(cfg.root, cfg.source)
+    df, y, names = _labels(df, cfg.label, cfg.drop_unlabelled, str(cfg.root))
+    kinds, excluded = infer_kinds(df, cfg.label, cfg)
+    return TableData(frame=df, kinds=kinds, excluded=excluded, label=cfg.label, classes=names, path=str(cfg.root)), y
+
+
+def from_dataframe(df: Any, label: str, path: str | Path, **data: Any) -> dict[str, Any]:
+    """Write a pandas DataFrame to ``path`` (``.parquet``, or ``.csv``) and return the ``data:``
+    section that reads it (``source``, ``root``, ``label``, and any other ``data`` fields given).
+    Under papermill each phase runs in its own kernel, so a table must live in a file."""
+    p = Path(path)
+    if label not in df.columns:
+        raise DataError(f"from_dataframe: no column {label!r}; the frame's columns are {list(map(str, df.columns))}")
+    source = "csv" if p.suffix.lower() == ".csv" else "parquet"
+    if source == "parquet" and p.suffix.lower() not in (".parquet", ".pq"):
+        raise DataError(f"from_dataframe: path {str(p)!r} should end in .parquet or .csv")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.tmp")
+    try:
+        if source == "csv":
+            df.to_csv(tmp, index=False)
+        else:
+            df.to_parquet(tmp, index=False)
+    except Exception as exc:  # pyarrow refuses e.g. a column of mixed Python types
+        tmp.unlink(missing_ok=True)
+        raise DataError(f"from_dataframe: cannot write {p} ({type(exc).__name__}: {str(exc)[:200]}); give each column "
+                        "one type (df[col] = df[col].astype(str) for a mixed one), or write a .csv") from None
+    tmp.replace(p)
+    return {"source": source, "root": str(p), "label": label, **data}
