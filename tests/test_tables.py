@@ -52,7 +52,7 @@ def test_kinds_are_inferred_and_ids_and_free_text_excluded_with_a_reason(churn_c
     t = b.source.table
     assert t.kinds == {"age": "numeric", "plan": "categorical", "paperless": "boolean", "signup": "datetime"}
     why = {e["column"]: e["why"] for e in t.excluded}
-    assert "unique per row" in why["customer_id"] and "free text" in why["comment"]
+    assert "identifier" in why["customer_id"] and "free text" in why["comment"]
     assert all("data.features" in w for w in why.values())  # each note says how to put it back
     assert b.source.class_names == ["no", "yes"]
     feats = t.preprocess.features
@@ -190,3 +190,129 @@ def test_config_validate_checks_the_table(tmp_path):
     cfg.write_text(yaml.safe_dump(_cfg(p).model_dump(mode="json")))
     r = subprocess.run([sys.executable, "-m", "trainkit.cli", "config", "validate", str(cfg)], capture_output=True, text=True)
     assert r.returncode == 2 and "at least 2 classes" in r.stderr, r.stdout + r.stderr
+
+
+@pytest.fixture(scope="module")
+def table_run(tmp_path_factory):
+    """Phases 1 and 2 on the churn table (the baseline's best checkpoint is the model to predict with)."""
+    import yaml
+
+    from trainkit.testing import run_phase_inprocess
+
+    root = tmp_path_factory.mktemp("table_run")
+    churn_frame(600).to_csv(root / "churn.csv", index=False)
+    cfg = _cfg(root / "churn.csv")
+    cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update={"epochs": 15}),
+                                 "optimizer": cfg.optimizer.model_copy(update={"name": "adam", "lr": 3e-3})})
+    (root / "cfg.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    run = root / "run"
+    run_phase_inprocess("01_planning", run, config_path=str(root / "cfg.yaml"))
+    run_phase_inprocess("02_baseline", run, attempt=1)
+    return root, run, cfg
+
+
+@pytest.mark.slow
+def test_predict_from_raw_rows_matches_the_model_on_the_same_rows(table_run):
+    import torch
+
+    from trainkit.checkpoints import load_checkpoint
+    from trainkit.models import build_model
+
+    root, run, cfg = table_run
+    bundle = load_run_data(cfg, run, "02_baseline")
+    val = bundle.splits["val"]
+    raw = pd.read_csv(root / "churn.csv").iloc[val].drop(columns=["churn"]).assign(unused="x")  # extra column: ignored
+    raw.to_csv(root / "new.csv", index=False)
+    r = subprocess.run([sys.executable, "-m", "trainkit.cli", "predict", str(run), str(root / "new.csv"), "-o",
+                        str(root / "pred.csv")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and f"{len(val)} prediction(s)" in r.stdout, r.stdout + r.stderr
+    pred = pd.read_csv(root / "pred.csv")
+    assert list(pred.columns) == ["row", "prediction", "p(no)", "p(yes)"]
+    state = load_checkpoint(run / "02_baseline/attempt-1/checkpoints/best.pt")
+    model = build_model(cfg.model.name, bundle.input_shape, 2, cfg.model.kwargs, cfg.model.init)
+    model.load_state_dict(state["model"])
+    x, _ = bundle.arrays("val")
+    with torch.no_grad():
+        expected = torch.softmax(model.eval()(x), 1).numpy()
+    assert np.allclose(pred[["p(no)", "p(yes)"]].to_numpy(), expected, atol=1e-5)
+    assert pred["prediction"].tolist() == [["no", "yes"][i] for i in expected.argmax(1)]
+    raw.drop(columns=["plan"]).to_csv(root / "missing.csv", index=False)
+    bad = subprocess.run([sys.executable, "-m", "trainkit.cli", "predict", str(run), str(root / "missing.csv")],
+                         capture_output=True, text=True, timeout=300, cwd=root)
+    assert bad.returncode == 2 and "'plan'" in bad.stderr, bad.stdout + bad.stderr
+
+
+@pytest.mark.slow
+def test_phase1_shows_the_columns_and_the_class_balance(table_run):
+    _, run, _ = table_run
+    cols = json.loads((run / "01_planning" / "columns.json").read_text())
+    by = {c["column"]: c for c in cols["columns"]}
+    assert by["plan"]["kind"] == "categorical" and 0 < by["age"]["missing"] < 0.2 and by["customer_id"]["kind"] == "excluded"
+    assert by["plan"]["label_accuracy"] > by["paperless"]["label_accuracy"]  # plan drives churn in this table
+    gate = json.loads((run / "01_planning" / "gate.json").read_text())
+    assert "01_planning/preprocess.json" in gate["artifacts"]
+
+
+def _probe(b):
+    from trainkit.diagnostics.probes import data_probe
+
+    return data_probe(b)
+
+
+def test_equal_records_of_a_few_discrete_columns_are_chance_not_leaks(tmp_path):
+    """Two passengers of the same age, sex and class are two people: reported, never a leak."""
+    rng = np.random.default_rng(1)
+    n = 900
+    df = pd.DataFrame({"age": rng.integers(1, 80, n), "sex": rng.choice(["f", "m"], n), "pclass": rng.integers(1, 4, n)})
+    df["survived"] = np.where((df.sex == "f") | (df.age < 12), "yes", "no")
+    df.to_csv(tmp_path / "t.csv", index=False)
+    b = load_data(tiny_config({"data.source": "csv", "data.root": str(tmp_path / "t.csv"), "data.label": "survived"}))
+    assert b.source.duplicates_by_chance
+    d = _probe(b)
+    assert d["leaked_train_indices"] == [] and d["duplicate_train_indices"] == []
+    assert d["shared_records_by_chance"]["train_rows_shared_across_splits"] > 0
+
+
+def test_copied_records_of_a_continuous_table_are_leaks_and_a_shared_id_is_named(tmp_path):
+    from trainkit.data.tables import id_overlap
+
+    rng = np.random.default_rng(2)
+    n = 800
+    df = pd.DataFrame({"patient": [f"P{i:04d}" for i in rng.integers(0, 700, n)], "x1": rng.normal(size=n),
+                       "x2": rng.normal(size=n)})  # a patient may have several rows
+    df["y"] = np.where(df.x1 + df.x2 > 0, "pos", "neg")
+    df = pd.concat([df, df.iloc[:80]], ignore_index=True)  # 80 rows copied
+    df.to_csv(tmp_path / "t.csv", index=False)
+    b = load_data(tiny_config({"data.source": "csv", "data.root": str(tmp_path / "t.csv"), "data.label": "y"}))
+    assert not b.source.duplicates_by_chance
+    assert b.source.table.kinds == {"x1": "numeric", "x2": "numeric"}  # patient: an identifier, left out
+    assert len(_probe(b)["leaked_train_indices"]) > 0
+    assert id_overlap(b.source.table, b.splits)["patient"] > 0  # the same patient on both sides of the split
+
+
+@pytest.mark.slow
+def test_the_readmes_own_table_walkthrough_as_written(tmp_path):
+    """README "Your own table": the config and the three commands, on a generated churn table."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Your own table")[1].split("\n## ")[0]
+    (tmp_path / "churn.yaml").write_text(re.search(r"```yaml\n(.*?)```", section, re.S).group(1))
+    commands = [line.split("#")[0].strip() for line in re.search(r"```bash\n(.*?)```", section, re.S).group(1).splitlines()]
+    (tmp_path / "data").mkdir()
+    df = churn_frame(600)
+    df.to_csv(tmp_path / "data" / "churn.csv", index=False)
+    df.drop(columns=["churn"]).head(25).to_csv(tmp_path / "data" / "new_customers.csv", index=False)
+    results = [subprocess.run(shlex.split(c), cwd=tmp_path, capture_output=True, text=True, timeout=1800) for c in commands]
+    validate, run, pred = results
+    assert validate.returncode == 0, validate.stdout + validate.stderr
+    assert run.returncode in (0, 3), run.stdout[-3000:] + run.stderr[-3000:]  # ready, or waiting for the stakeholder
+    assert pred.returncode == 0 and "the final model" in pred.stderr, pred.stdout + pred.stderr
+    out = pd.read_csv(tmp_path / "predictions.csv")
+    assert len(out) == 25 and set(out["prediction"]) <= {"no", "yes"}
+    assert np.allclose(out[["p(no)", "p(yes)"]].sum(1), 1.0, atol=1e-5)
+    gate = json.loads((tmp_path / "runs" / "churn" / "05_finalization" / "gate.json").read_text())
+    status = {c["id"]: c["status"] for c in gate["checks"]}
+    assert status["test_disjoint"] == "pass" and status["test_meets_target"] == "pass", gate["checks"]

@@ -1,4 +1,4 @@
-"""``trainkit run | status | signoff | track | report | train | sweep | notebooks | config validate``.
+"""``trainkit run | status | signoff | track | report | predict | train | sweep | notebooks | config validate``.
 
 Exit codes: 0 ready (or done), 1 failed, 2 bad usage or bad config, 3 waiting for a sign-off.
 """
@@ -10,6 +10,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from trainkit.errors import ConfigError, DataError, GateError, QuarantineError, RunError, TrainkitError
 from trainkit.run import Phase
@@ -72,6 +73,7 @@ def _parser() -> argparse.ArgumentParser:
 
     rp = sub.add_parser("report", help="re-export every executed notebook's report.html and the run's index.html")
     rp.add_argument("run")
+    _add_predict(sub)
 
     t = sub.add_parser("train", help="train a config into a folder (no gates), optionally resuming")
     t.add_argument("config")
@@ -210,6 +212,23 @@ def _cmd_track(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_predict(sub: Any) -> None:
+    pr = sub.add_parser("predict", help="predict new raw inputs with a run's model (a table, an .npz or an image folder)")
+    pr.add_argument("run", help="run folder (runs/NAME)")
+    pr.add_argument("input", help="a CSV/Parquet with the training columns, an .npz with array x, or an image folder")
+    pr.add_argument("-o", "--output", default="predictions.csv", help="where the predictions go (default predictions.csv)")
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from trainkit.predict import predict, write_predictions
+
+    result = predict(args.run, args.input, say=lambda m: print(m, file=sys.stderr))
+    path = write_predictions(result, args.output)
+    counts = {c: result["predicted"].count(c) for c in result["classes"]}
+    print(f"trainkit: {len(result['predicted'])} prediction(s) → {path} ({', '.join(f'{k} {v}' for k, v in counts.items())})")
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from trainkit.pipeline import export_reports
 
@@ -260,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_sweep(args)
         if args.command == "report":
             return _cmd_report(args)
+        if args.command == "predict":
+            return _cmd_predict(args)
         if args.command == "track":
             return _cmd_track(args)
         if args.command == "notebooks":

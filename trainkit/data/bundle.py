@@ -16,7 +16,7 @@ from trainkit.data.batches import BatchIterable, IndexBatches
 from trainkit.data.images import ImageFolderData, class_folders, load_image_folder
 from trainkit.data.quarantine import Quarantine, seal_test_rows
 from trainkit.data.sources import SOURCES, Source, custom_source
-from trainkit.data.tables import TABLE_SOURCES, load_table, row_keys
+from trainkit.data.tables import TABLE_SOURCES, load_table, records_repeat_by_chance, row_keys
 from trainkit.data.splits import fit_normalization, normalize, split_record, stratified_split
 from trainkit.errors import DataError, QuarantineError
 
@@ -144,7 +144,8 @@ def _table_source(cfg: Any) -> Source:
     table, y = load_table(cfg)
     return Source(y=torch.as_tensor(y), class_names=table.classes, input_shape=(0,),
                   description=f"{cfg.source} {cfg.root} (label {cfg.label!r}, {len(table.kinds)} columns)",
-                  sample_keys=row_keys(table.frame, list(table.kinds)), table=table)
+                  sample_keys=row_keys(table.frame, list(table.kinds)), table=table,
+                  duplicates_by_chance=records_repeat_by_chance(table.frame, list(table.kinds)))
 
 
 def _encode_table(source: Source, train: np.ndarray, store: DataStore | None, write: bool) -> None:

@@ -37,6 +37,9 @@ class Source:
     sample_keys: list[str] = field(default_factory=list)
     train_label_noise: float = 0.0  # planted: the fraction of training labels flipped (set only by trainkit.testing)
     table: Any = None  # a table read raw (trainkit.data.tables.TableData): x is made once its preprocessing is fitted
+    # identical samples are expected by chance (a table of a few discrete columns: two passengers of the same age, sex
+    # and class are two people): a shared record across splits is then reported, not taken for a leak
+    duplicates_by_chance: bool = False
 
     @property
     def in_memory(self) -> bool:

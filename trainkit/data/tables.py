@@ -22,7 +22,8 @@ import numpy as np
 
 from trainkit.errors import DataError
 
-__all__ = ["TableData", "Preprocess", "read_table", "load_table", "infer_kinds", "from_dataframe", "PREPROCESS_VERSION",
+__all__ = ["TableData", "Preprocess", "read_table", "load_table", "infer_kinds", "from_dataframe", "records_repeat_by_chance", "id_overlap",
+           "PREPROCESS_VERSION",
            "TABLE_SOURCES"]
 
 PREPROCESS_VERSION = 1
@@ -108,7 +109,7 @@ def infer_kinds(df: Any, label: str, cfg: Any) -> tuple[dict[str, str], list[dic
     forced = set(cfg.categorical or [])
     explicit = set(cfg.features or [])
     kinds: dict[str, str] = {}
-    excluded: list[dict[str, str]] = [{"column": c, "why": "data.drop"} for c in cfg.drop]
+    excluded: list[dict[str, str]] = [{"column": c, "kind": "dropped", "why": "data.drop"} for c in cfg.drop]
     n = len(df)
     for c in wanted:
         if c == label:
@@ -123,7 +124,7 @@ def infer_kinds(df: Any, label: str, cfg: Any) -> tuple[dict[str, str], list[dic
             kinds[c] = "boolean"
         elif pd.api.types.is_numeric_dtype(s):
             integral = pd.api.types.is_integer_dtype(s) or bool((s.dropna() == s.dropna().round()).all())
-            kinds[c] = "id" if integral and s.nunique() == n and n > 20 and _runs_like_an_id(s) else "numeric"
+            kinds[c] = "id" if integral and s.nunique() > 0.5 * n and n > 20 and _runs_like_an_id(s) else "numeric"
         elif _is_string_like(s):
             bad = _mixed(s)
             if bad is not None:
@@ -136,9 +137,9 @@ def infer_kinds(df: Any, label: str, cfg: Any) -> tuple[dict[str, str], list[dic
             raise DataError(f"column {c!r} has values of type {s.dtype} that a table source cannot encode; "
                             f"drop it (data.drop: [{c!r}])")
         if kinds[c] in ("id", "text") and c not in explicit:
-            why = ("unique per row: an ID, which no model should learn from" if kinds[c] == "id"
+            why = ("an identifier (distinct for most rows), which no model should learn from" if kinds[c] == "id"
                    else "free text (long, mostly distinct strings): not encoded")
-            excluded.append({"column": c, "why": f"{why}; put it back with data.features"})
+            excluded.append({"column": c, "kind": kinds[c], "why": f"{why}; put it back with data.features"})
             del kinds[c]
         elif kinds[c] in ("id", "text"):
             kinds[c] = "categorical" if kinds[c] == "text" or _is_string_like(s) else "numeric"
@@ -148,10 +149,10 @@ def infer_kinds(df: Any, label: str, cfg: Any) -> tuple[dict[str, str], list[dic
 
 
 def _runs_like_an_id(s: Any) -> bool:
-    """Integers unique per row that form (nearly) a run: 1..N, 1000..1000+N; a measured integer
-    quantity unique per row by chance rarely does."""
-    v = np.sort(s.dropna().to_numpy(dtype=np.float64))
-    return len(v) > 1 and (v[-1] - v[0]) <= 1.5 * len(v)
+    """Integers, distinct for most rows, that span (nearly) a run: 1..N, 1000..1000+N; a measured
+    integer quantity rarely does."""
+    v = np.unique(s.dropna().to_numpy(dtype=np.float64))
+    return len(v) > 1 and (v[-1] - v[0]) <= 1.5 * len(s)
 
 
 def _string_kind(s: Any, n: int) -> str:
@@ -161,7 +162,7 @@ def _string_kind(s: Any, n: int) -> str:
         return "datetime"
     if float(vals.str.len().mean()) >= TEXT_MIN_LENGTH and distinct > 0.5 * len(vals):
         return "text"
-    if distinct == n and n > 20:
+    if distinct > 0.5 * n and n > 20 and float(vals.str.len().mean()) < TEXT_MIN_LENGTH:
         return "id"
     return "categorical"
 
@@ -366,6 +367,34 @@ def _one_column_accuracy(s: Any, y: np.ndarray) -> float:
         key = s.astype(str).where(s.notna(), "(missing)")
     t = pd.DataFrame({"k": np.asarray(key), "y": y})
     return float(t.groupby("k")["y"].agg(lambda v: v.value_counts().iloc[0]).sum() / max(1, len(t)))
+
+
+def records_repeat_by_chance(df: Any, columns: list[str], factor: float = 20.0) -> bool:
+    """True when the table's possible records (the product of the columns' distinct values, a gap
+    counting as one) are fewer than ``factor`` times its rows: identical records then happen by
+    chance (a few discrete columns), and a record shared across splits proves no leak. A table with
+    a continuous column has far more possible records than rows, and a shared record is a copy."""
+    space = 1.0
+    for c in columns:
+        space *= max(1, int(df[c].nunique(dropna=False)))
+        if space >= factor * len(df):
+            return False
+    return True
+
+
+def id_overlap(table: "TableData", splits: dict[str, Any]) -> dict[str, int]:
+    """Per excluded ID column: how many test rows' IDs appear in train or val (the same entity, say a
+    customer with several rows, on both sides)."""
+    out = {}
+    for e in table.excluded:
+        c = e["column"]
+        if c not in table.frame.columns or e.get("kind") != "id":
+            continue
+        col = table.frame[c].astype(str).to_numpy()
+        test = set(col[np.asarray(splits["test"], dtype=np.int64)])
+        seen = set(col[np.asarray(splits["train"], dtype=np.int64)]) | set(col[np.asarray(splits["val"], dtype=np.int64)])
+        out[c] = len(test & seen)
+    return out
 
 
 def row_keys(df: Any, columns: list[str]) -> list[str]:

@@ -347,13 +347,16 @@ def data_probe(bundle: DataBundle, near_threshold: float = 0.995, max_rows: int 
             for i in idx:
                 key_split.setdefault(keys[i], set()).add(name)
         leaked = [int(i) for i in bundle.splits["train"] if len(key_split.get(keys[i], ())) > 1]
-        out["leaked_train_indices"] = leaked
         seen: dict[str, int] = {}
         within = []
         for i in bundle.splits["train"]:
             if keys[i] in seen:
                 within.append(int(i))
             seen.setdefault(keys[i], int(i))
+        if bundle.source.duplicates_by_chance:  # a few discrete columns: equal records are different rows, not copies
+            out["shared_records_by_chance"] = {"train_rows_shared_across_splits": len(leaked), "within_train": len(within)}
+            leaked, within = [], []
+        out["leaked_train_indices"] = leaked
         out["duplicate_train_indices"] = within
     counts = np.bincount(y[bundle.splits["train"]], minlength=bundle.num_classes)
     out["class_counts_train"] = counts.tolist()
@@ -363,7 +366,8 @@ def data_probe(bundle: DataBundle, near_threshold: float = 0.995, max_rows: int 
         out["features"] = int(xt.shape[1])
         out["non_finite_values"] = int((~torch.isfinite(xt)).sum())
         out["constant_features"] = int((xt.std(0) == 0).sum())
-        out["near_duplicates_train_val"] = _near_duplicates(bundle, near_threshold, max_rows)
+        out["near_duplicates_train_val"] = 0 if bundle.source.duplicates_by_chance else \
+            _near_duplicates(bundle, near_threshold, max_rows)
     return out
 
 

@@ -1,0 +1,124 @@
+"""``trainkit predict RUN INPUT``: predictions from new raw inputs with a run's model.
+
+A table (CSV or Parquet with the training columns; extra columns are ignored, a missing one is a
+clear error, unseen categories go to ``(other)``, gaps are imputed) goes through the run's
+``01_planning/preprocess.json``; an ``.npz`` (array ``x``) or an image folder goes through the
+source's own reading. Then the training normalization, the model, a softmax. Each row gets its
+predicted class name and one probability per class.
+
+The model is Phase 5's (``05_finalization/checkpoints/best.pt``) when the run has one, else the
+best baseline so far (said so on the console); the checkpoint is loaded with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trainkit.errors import DataError, RunError
+from trainkit.run import PREPROCESS, Phase, RunFolder
+
+__all__ = ["predict", "write_predictions", "model_checkpoint"]
+
+
+def model_checkpoint(run: RunFolder) -> tuple[Path, str]:
+    """(checkpoint, which model it is): Phase 5's final model, else the latest baseline's best."""
+    final = run.phase_dir(Phase.FINALIZATION.value) / "checkpoints" / "best.pt"
+    if final.is_file():
+        return final, "the final model (05_finalization)"
+    d = run.latest(Phase.BASELINE.value)
+    if d is not None and (d / "checkpoints" / "best.pt").is_file():
+        return d / "checkpoints" / "best.pt", f"the baseline's best ({d.relative_to(run.path)}; the run has no final model yet)"
+    raise RunError(f"{run.path}: no trained model (no 05_finalization or 02_baseline checkpoint); run the pipeline first")
+
+
+def _inputs(run: RunFolder, source: str, path: Path, shape: tuple[int, ...]) -> tuple[np.ndarray, dict[str, list[Any]]]:
+    """The raw input as model features (before normalization), and the columns that identify each row."""
+    if source in ("csv", "parquet"):
+        from trainkit.data.tables import Preprocess, read_table
+
+        saved = run.planning / PREPROCESS
+        if not saved.is_file():
+            raise RunError(f"{saved}: missing; this run's table preprocessing was never saved (rerun Phase 1)")
+        from trainkit._io import read_json
+
+        kind = "parquet" if path.suffix.lower() in (".parquet", ".pq") else "csv"
+        frame = read_table(path, kind)
+        return Preprocess.from_dict(read_json(saved)).transform(frame), {"row": list(range(len(frame)))}
+    if path.is_dir():
+        return _images(path, shape)
+    if path.suffix.lower() == ".npz":
+        with np.load(path, allow_pickle=False) as z:
+            if "x" not in z.files:
+                raise DataError(f"{path}: no array 'x' (found {z.files}); save the inputs with np.savez(path, x=...)")
+            x = np.asarray(z["x"], dtype=np.float32)
+        if tuple(x.shape[1:]) != tuple(shape):
+            raise DataError(f"{path}: x has samples of shape {tuple(x.shape[1:])}; the model takes {tuple(shape)}")
+        return x, {"row": list(range(len(x)))}
+    raise DataError(f"{path}: expected a .csv / .parquet table (a table run), an .npz with array 'x', or an image folder")
+
+
+def _images(folder: Path, shape: tuple[int, ...]) -> tuple[np.ndarray, dict[str, list[Any]]]:
+    from PIL import Image
+
+    from trainkit.data.images import IMAGE_EXT
+
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXT and p.is_file())
+    if not files:
+        raise DataError(f"{folder}: no images ({sorted(IMAGE_EXT)})")
+    c, h, w = shape
+    out = np.zeros((len(files), c, h, w), dtype=np.float32)
+    for i, p in enumerate(files):
+        with Image.open(p) as im:
+            arr = np.asarray(im.convert("L" if c == 1 else "RGB").resize((w, h)), dtype=np.float32) / 255.0
+        out[i] = arr[None] if c == 1 else arr.transpose(2, 0, 1)
+    return out, {"file": [str(p.relative_to(folder)) for p in files]}
+
+
+def predict(run_dir: str | Path, input_path: str | Path, say: Any = None) -> dict[str, Any]:
+    """Predict every row (file) of ``input_path`` with the run's model: ``{"ids": {...}, "classes":
+    [...], "probabilities": (N, K) array, "predicted": [class names], "model": which one}``."""
+    import torch
+
+    from trainkit.checkpoints import load_checkpoint
+    from trainkit.config import validate_config_dict
+    from trainkit.models import build_model
+
+    run = RunFolder(run_dir)
+    if not run.is_run:
+        raise RunError(f"{run.path}: not a trainkit run folder (no run.json)")
+    ckpt, which = model_checkpoint(run)
+    if say is not None:
+        say(f"trainkit: predicting with {which}")
+    state = load_checkpoint(ckpt)
+    cfg = validate_config_dict(state["config"], str(ckpt))
+    shape = tuple(state["input_shape"])
+    x, ids = _inputs(run, cfg.data.source, Path(input_path), shape)
+    mean, std = (torch.tensor(state["normalization"][k]) for k in ("mean", "std"))
+    xt = torch.as_tensor(x)
+    if xt.ndim > 2:
+        view = (1, -1) + (1,) * (xt.ndim - 2)
+        mean, std = mean.view(view), std.view(view)
+    model = build_model(cfg.model.name, shape, len(state["class_names"]), cfg.model.kwargs, cfg.model.init)
+    model.load_state_dict(state["model"])
+    model.eval()
+    with torch.no_grad():
+        probs = torch.softmax(model((xt - mean) / std).float(), dim=1).numpy()
+    names = list(state["class_names"])
+    return {"ids": ids, "classes": names, "probabilities": probs, "predicted": [names[i] for i in probs.argmax(1)],
+            "model": which}
+
+
+def write_predictions(result: dict[str, Any], out: str | Path) -> Path:
+    """The predictions as a CSV: the row (or file), ``prediction``, then ``p(CLASS)`` per class."""
+    import pandas as pd
+
+    from trainkit._io import write_text_atomic
+
+    frame = pd.DataFrame(result["ids"])
+    frame["prediction"] = result["predicted"]
+    for j, name in enumerate(result["classes"]):
+        frame[f"p({name})"] = result["probabilities"][:, j]
+    return write_text_atomic(out, frame.to_csv(index=False))
