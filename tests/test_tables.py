@@ -312,7 +312,23 @@ def test_the_readmes_own_table_walkthrough_as_written(tmp_path):
     assert pred.returncode == 0 and "the final model" in pred.stderr, pred.stdout + pred.stderr
     out = pd.read_csv(tmp_path / "predictions.csv")
     assert len(out) == 25 and set(out["prediction"]) <= {"no", "yes"}
-    assert np.allclose(out[["p(no)", "p(yes)"]].sum(1), 1.0, atol=1e-5)
+    assert np.allclose(out[["p(no)", "p(yes)"]].sum(axis=1), 1.0, atol=1e-5)
     gate = json.loads((tmp_path / "runs" / "churn" / "05_finalization" / "gate.json").read_text())
     status = {c["id"]: c["status"] for c in gate["checks"]}
     assert status["test_disjoint"] == "pass" and status["test_meets_target"] == "pass", gate["checks"]
+
+
+def test_the_reference_models_are_fitted_on_the_same_rows_and_scored_on_val(churn_csv):
+    from trainkit.diagnostics.probes import reference_probe
+    from trainkit.plots import reference_figure
+
+    b = load_data(_cfg(churn_csv))
+    ref = reference_probe(b, network_val=0.80)
+    assert set(ref["models"]) == {"logistic_regression", "boosted_trees"} and ref["rows"] == len(b.splits["train"])
+    trees = ref["models"]["boosted_trees"]["val_accuracy"]
+    assert trees > 0.9  # the rule (plan, age) is a pair of splits for trees
+    assert ref["best_val_accuracy"] == max(m["val_accuracy"] for m in ref["models"].values())
+    assert ref["gap_points"] == pytest.approx(100 * (ref["best_val_accuracy"] - 0.80), abs=0.01)
+    assert len(reference_figure(ref).axes[0].patches) == 3
+    small = reference_probe(b, None, max_rows=100)
+    assert small["rows"] == 100 and small["gap_points"] is None

@@ -10,7 +10,8 @@ from typing import Any, Sequence
 import matplotlib.pyplot as plt
 
 __all__ = ["class_counts_figure", "sample_grid_figure", "curves_figure", "save_figure", "figure_png_html",
-           "lr_range_figure", "seed_variance_figure", "throughput_figure", "comparison_figure", "seed_points_figure"]
+           "lr_range_figure", "seed_variance_figure", "throughput_figure", "comparison_figure", "seed_points_figure",
+           "reference_figure"]
 
 
 def save_figure(fig: Any, path: str | Path) -> Path:
@@ -131,6 +132,23 @@ def throughput_figure(probe: dict[str, Any]) -> Any:
     ax.set_ylabel("train samples/s")
     ax.set_title(f"throughput (configured batch {probe['configured_batch_size']})")
     ax.grid(alpha=0.3)
+    return fig
+
+
+def reference_figure(probe: dict[str, Any]) -> Any:
+    """The network's val accuracy beside the reference models' (horizontal bars, values at the ends)."""
+    names = {"logistic_regression": "logistic regression", "boosted_trees": "boosted trees"}
+    bars = [(names.get(k, k), v["val_accuracy"], "tab:gray") for k, v in probe["models"].items()]
+    if probe.get("network_val_accuracy") is not None:
+        bars.append(("the network", probe["network_val_accuracy"], "tab:blue"))
+    fig, ax = plt.subplots(figsize=(5, 0.5 + 0.45 * len(bars)))
+    ax.barh([b[0] for b in bars], [b[1] for b in bars], color=[b[2] for b in bars])
+    for i, b in enumerate(bars):
+        ax.text(b[1], i, f" {b[1]:.3f}", va="center", fontsize=8)
+    ax.set_xlim(0, 1.1)
+    ax.set_xlabel("val accuracy")
+    ax.set_title("a simpler model is not better: same rows, same split")
+    ax.invert_yaxis()
     return fig
 
 

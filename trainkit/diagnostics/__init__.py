@@ -108,6 +108,7 @@ def run_probes(cfg: TrainkitConfig, bundle: Any, ev: dict[str, Any], label_issue
     out["grad_norms"] = P.grad_norm_stats(ev.get("history") or [])
     out["resource"] = P.resource_profile(ev.get("history") or [], ev.get("device", "cpu"))
     out["data"] = _timed("data", lambda: P.data_probe(full), echo)
+    out["reference"] = gated("reference", cost.steps(50), lambda: P.reference_probe(bundle, (ev.get("best") or {}).get("val_accuracy")))
     if label_issues:
         base_val = (ev.get("best") or {}).get("val_accuracy")
         rows, folds, epochs = cost.label_rows(), 3, 15

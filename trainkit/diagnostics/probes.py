@@ -24,7 +24,8 @@ from trainkit.train import fit, make_optimizer, resolve_device
 
 __all__ = ["sample", "init_loss_probe", "input_independent_probe", "overfit_batch_probe", "lr_range_test",
            "grad_norm_stats", "seed_variance_probe", "throughput_probe", "resource_profile", "dead_units_probe",
-           "data_probe", "label_issue_probe", "per_class_probe", "determinism_probe"]
+           "data_probe", "label_issue_probe", "per_class_probe", "determinism_probe",
+           "reference_probe"]
 
 
 def sample(bundle: DataBundle, split: str, n: int, seed: int = 0, device: Any = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
@@ -514,3 +515,39 @@ def determinism_probe(cfg: Any, bundle: Any, epochs: int = 2, max_train: int = 5
             "timing": {"wall_s": runs[1].wall_time_s, "epochs_s": runs[1].train_time_s, "epochs": epochs,
                        "cold_wall_s": runs[0].wall_time_s,
                        "train_samples": int(min(max_train, len(original))), "val_samples": int(len(bundle.splits["val"]))}}
+
+
+def reference_probe(bundle: DataBundle, network_val: float | None, max_rows: int = 20000, seed: int = 0) -> dict[str, Any]:
+    """"A simpler model is not better": the models a data scientist would otherwise pick, fitted
+    on the same preprocessed train rows (a seeded sample beyond ``max_rows``) and scored on val: a
+    logistic regression, and for tables (``(N, F)`` inputs) scikit-learn's gradient-boosted trees.
+    For images and signals the logistic regression on the flattened inputs is the floor."""
+    import warnings
+
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = bundle.arrays("train")
+    xv, yv = bundle.arrays("val")
+    tabular = x.ndim == 2
+    rows = max_rows if tabular else min(max_rows, 5000)
+    if len(x) > rows:
+        pick = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:rows]
+        x, y = x[pick], y[pick]
+    xa, ya = x.reshape(len(x), -1).numpy(), y.numpy()
+    xb, yb = xv.reshape(len(xv), -1).numpy(), yv.numpy()
+    models: dict[str, Any] = {"logistic_regression": LogisticRegression(max_iter=1000)}
+    if tabular:
+        models["boosted_trees"] = HistGradientBoostingClassifier(random_state=seed)
+    out: dict[str, Any] = {"rows": int(len(xa)), "of_rows": int(len(bundle.splits["train"])), "models": {}}
+    for name, model in models.items():
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # convergence warnings: the score says how well it did
+            model.fit(xa, ya)
+        out["models"][name] = {"val_accuracy": float((model.predict(xb) == yb).mean()),
+                               "seconds": round(time.perf_counter() - t0, 3)}
+    best = max(out["models"], key=lambda k: out["models"][k]["val_accuracy"])
+    out.update(best=best, best_val_accuracy=out["models"][best]["val_accuracy"], network_val_accuracy=network_val,
+               gap_points=None if network_val is None else round(100 * (out["models"][best]["val_accuracy"] - network_val), 2))
+    return out

@@ -99,7 +99,7 @@ def _previous_exclusions(ctx: DiagnosticsContext) -> set[int]:
 
 
 def _figures(ctx: DiagnosticsContext, result: dict[str, Any]) -> list[str]:
-    from trainkit.plots import curves_figure, lr_range_figure, seed_variance_figure, throughput_figure
+    from trainkit.plots import curves_figure, lr_range_figure, reference_figure, seed_variance_figure, throughput_figure
 
     probes, names = result["evidence"]["probes"], []
     hist = (ctx.run.train_summary(Path(ctx.run_dir) / result["source"]) or {}).get("history")
@@ -107,7 +107,8 @@ def _figures(ctx: DiagnosticsContext, result: dict[str, Any]) -> list[str]:
             ("lr_range.png", lambda: lr_range_figure(probes["lr_range"]) if probes.get("lr_range", {}).get("lrs") else None),
             ("seed_variance.png", lambda: seed_variance_figure(probes["seed_variance"])
              if "val_accuracy" in probes.get("seed_variance", {}) else None),
-            ("throughput.png", lambda: throughput_figure(probes["throughput"]) if "points" in probes.get("throughput", {}) else None)]
+            ("throughput.png", lambda: throughput_figure(probes["throughput"]) if "points" in probes.get("throughput", {}) else None),
+            ("reference.png", lambda: reference_figure(probes["reference"]) if "models" in probes.get("reference", {}) else None)]
     for name, make in figs:
         fig = make()
         if fig is not None:
@@ -176,10 +177,33 @@ def write_report(ctx: DiagnosticsContext, result: dict[str, Any], decision: dict
     if plan["fixes"]:
         L += ["", "## Infrastructure fixes (restart Phase 2)", ""]
         L += [f"- **{r['title']}** ({r['finding']}): {r['rationale']}; patch `{r['patch']}`" for r in plan["fixes"]]
+    L += _reference_lines(probes.get("reference") or {})
     L += ["", "## Probes", ""] + _probe_lines(probes) + [""] + [f"![{n}]({n})" for n in figures]
     L += ["", "## Thresholds", "", "Every detector's thresholds are in `findings.json` and explained in its guide."]
     L += ["", f"Fired: {', '.join(fired) or 'none'}. Guides copied here: {', '.join(guides)}."]
     return write_text_atomic(ctx.path("diagnostic_report.md"), "\n".join(L) + "\n")
+
+
+def _reference_lines(ref: dict[str, Any]) -> list[str]:
+    """The "a simpler model is not better" comparison: the network against the models a data
+    scientist would otherwise pick, on the same rows, scored on val."""
+    if "models" not in ref:
+        return ["", "## Reference models", "", f"Not run: {ref.get('error', 'no result')}."]
+    names = {"logistic_regression": "logistic regression", "boosted_trees": "gradient-boosted trees"}
+    net = ref.get("network_val_accuracy")
+    L = ["", "## Reference models (a simpler model is not better)", "",
+         f"Fitted on the same preprocessed train rows ({ref['rows']} of {ref['of_rows']}), scored on val:", "",
+         "| model | val accuracy |", "|---|---:|"]
+    L += [f"| {names.get(k, k)} | {v['val_accuracy']:.4f} |" for k, v in ref["models"].items()]
+    L += [f"| **the network** | {net:.4f} |" if net is not None else "| the network | - |"]
+    gap = ref.get("gap_points")
+    if gap is not None and gap > 0:
+        L += ["", f"The {names.get(ref['best'], ref['best'])} beats the network by **{gap:.1f} points** on val: that is "
+              "headroom the network has not reached (more capacity, dropout or normalization, AdamW with a schedule, "
+              "longer training, or embeddings for wide categoricals)."]
+    elif gap is not None:
+        L += ["", f"The network is at or above the best reference ({-gap:.1f} points ahead)."]
+    return L
 
 
 def _probe_lines(p: dict[str, Any]) -> list[str]:
