@@ -332,3 +332,40 @@ def test_the_reference_models_are_fitted_on_the_same_rows_and_scored_on_val(chur
     assert len(reference_figure(ref).axes[0].patches) == 3
     small = reference_probe(b, None, max_rows=100)
     assert small["rows"] == 100 and small["gap_points"] is None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["npz", "image_folder"])
+def test_predict_takes_an_npz_or_an_image_folder_for_those_runs(tmp_path, kind):
+    """The other sources: predictions on the data's own files equal the model on the rows the run
+    evaluates (same reading, same normalization)."""
+    import torch
+    import yaml
+
+    from trainkit.checkpoints import load_checkpoint
+    from trainkit.models import build_model
+    from trainkit.predict import predict
+    from trainkit.testing import make_image_folder, make_npz, run_phase_inprocess
+
+    if kind == "npz":
+        source = make_npz(tmp_path / "d.npz", n=300)
+        data = {"data.source": "npz", "data.root": str(source)}
+    else:
+        source = make_image_folder(tmp_path / "imgs", per_class=30)
+        data = {"data.source": "image_folder", "data.root": str(source)}
+    cfg = tiny_config({**data, "training.epochs": 5})
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    run = tmp_path / "run"
+    run_phase_inprocess("01_planning", run, config_path=str(tmp_path / "cfg.yaml"))
+    run_phase_inprocess("02_baseline", run, attempt=1)
+    result = predict(run, source)
+    bundle = load_run_data(cfg, run, "02_baseline")
+    state = load_checkpoint(run / "02_baseline/attempt-1/checkpoints/best.pt")
+    model = build_model(cfg.model.name, bundle.input_shape, bundle.num_classes, cfg.model.kwargs, cfg.model.init)
+    model.load_state_dict(state["model"])
+    x, _ = bundle.arrays("val")
+    with torch.no_grad():
+        expected = torch.softmax(model.eval()(x), 1).numpy()
+    assert np.allclose(result["probabilities"][bundle.splits["val"]], expected, atol=1e-5)
+    if kind == "image_folder":
+        assert result["ids"]["file"][0] == "class_0/img_0.png" and len(result["ids"]["file"]) == 90
