@@ -251,6 +251,7 @@ def test_phase1_shows_the_columns_and_the_class_balance(table_run):
     assert by["plan"]["label_accuracy"] > by["paperless"]["label_accuracy"]  # plan drives churn in this table
     gate = json.loads((run / "01_planning" / "gate.json").read_text())
     assert "01_planning/preprocess.json" in gate["artifacts"]
+    assert {c["id"]: c["status"] for c in gate["checks"]}["no_leaky_column"] == "pass"
 
 
 def _probe(b):
@@ -369,3 +370,17 @@ def test_predict_takes_an_npz_or_an_image_folder_for_those_runs(tmp_path, kind):
     assert np.allclose(result["probabilities"][bundle.splits["val"]], expected, atol=1e-5)
     if kind == "image_folder":
         assert result["ids"]["file"][0] == "class_0/img_0.png" and len(result["ids"]["file"]) == 90
+
+
+def test_a_column_that_gives_the_label_away_is_named_a_possible_leak(churn_csv):
+    df = pd.read_csv(churn_csv)
+    rng = np.random.default_rng(3)
+    df["refund_issued"] = np.where(df["churn"] == "yes", "Y", "N")  # recorded after the customer left
+    df["noise"] = rng.normal(size=len(df))
+    df.to_csv(churn_csv, index=False)
+    b = load_data(_cfg(churn_csv))
+    rows = {r["column"]: r for r in b.source.table.overview_of(b.splits["train"], b.split_labels("train").numpy(),
+                                                               b.splits["val"], b.split_labels("val").numpy())}
+    assert rows["refund_issued"]["possible_leak"] and rows["refund_issued"]["label_accuracy"] == 1.0
+    assert not rows["noise"]["possible_leak"] and not rows["plan"]["possible_leak"]
+    assert rows["noise"]["label_accuracy"] < 0.85

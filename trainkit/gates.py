@@ -64,6 +64,7 @@ GATES: dict[str, GateSpec] = {g.name: g for g in [
         _check("test_quarantined", "Test split quarantined until Phase 5"),
         _check("determinism_verified", "Two same-seed trainings agree (bitwise on CPU)"),
         _check("compute_plan", "Compute plan fits budget.total_hours (budget_plan.json)", mandatory=False),
+        _check("no_leaky_column", "No table column alone predicts the label almost perfectly (columns.json)", mandatory=False),
         _check("config_reviewed", "A person reviewed the config (data, model, target, budget)", "manual", False),
     )),
     GateSpec("post_baseline", Phase.BASELINE.value, "Phase 2 → 3 or 5: post-baseline", (

@@ -339,34 +339,43 @@ class TableData:
         self.preprocess = Preprocess.from_dict(saved)
         return self.preprocess.transform(self.frame)
 
-    def overview_of(self, rows: np.ndarray, y: np.ndarray) -> list[dict[str, Any]]:
-        """Per column, on ``rows`` (the train split) with their labels ``y``: kind, share missing,
-        cardinality, and its relation to the label (how well the column alone predicts it)."""
-        frame = self.frame.iloc[np.asarray(rows, dtype=np.int64)]
+    def overview_of(self, train: np.ndarray, y: np.ndarray, val: np.ndarray, y_val: np.ndarray) -> list[dict[str, Any]]:
+        """Per column (kind, share missing and distinct values on the train rows) and its relation
+        to the label: the val accuracy of predicting the label from this column alone (each value,
+        or decile of a number, votes the majority class it had on train). ``possible_leak`` marks a
+        column that alone gets val almost right where the majority class does not."""
+        tr = self.frame.iloc[np.asarray(train, dtype=np.int64)]
+        va = self.frame.iloc[np.asarray(val, dtype=np.int64)]
+        majority = float(np.bincount(y_val).max() / max(1, len(y_val)))
         out = []
-        for c in frame.columns:
+        for c in tr.columns:
             if c == self.label:
                 continue
-            s = frame[c]
             why = next((e["why"] for e in self.excluded if e["column"] == c), "")
+            acc = round(one_column_accuracy(tr[c], y, va[c], y_val), 4) if c in self.kinds else None
             out.append({"column": c, "kind": self.kinds.get(c, "excluded"), "note": why,
-                        "missing": round(float(s.isna().mean()), 4), "distinct": int(s.nunique()),
-                        "label_accuracy": round(_one_column_accuracy(s, y), 4) if c in self.kinds else None})
+                        "missing": round(float(tr[c].isna().mean()), 4), "distinct": int(tr[c].nunique()),
+                        "label_accuracy": acc,
+                        "possible_leak": bool(acc is not None and acc >= 0.99 and majority < 0.95)})
         return out
 
 
-def _one_column_accuracy(s: Any, y: np.ndarray) -> float:
-    """How well the column alone predicts the label: each value (or decile bin of a number) votes
-    its majority class; the share of rows that vote right (in-sample: an upper bound, the point is
-    to flag a column that gives the label away)."""
+def one_column_accuracy(s: Any, y: np.ndarray, s_val: Any, y_val: np.ndarray) -> float:
+    """How well one column alone predicts the label, out of sample: each value (a decile bin of a
+    number with many values) gets the majority class it had on train; scored on val (an unseen
+    value gets the overall majority class)."""
     import pandas as pd
 
-    if pd.api.types.is_numeric_dtype(s) and s.nunique() > 20:
-        key = pd.qcut(s.rank(method="first"), 10, labels=False).astype("float64").fillna(-1)
+    if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s) and s.nunique() > 20:
+        edges = np.unique(np.nanquantile(s.to_numpy(dtype=np.float64), np.linspace(0, 1, 11)))
+        keys = [pd.Series(np.where(v.notna().to_numpy(), np.digitize(v.to_numpy(dtype=np.float64), edges[1:-1]), -1))
+                for v in (s, s_val)]
     else:
-        key = s.astype(str).where(s.notna(), "(missing)")
-    t = pd.DataFrame({"k": np.asarray(key), "y": y})
-    return float(t.groupby("k")["y"].agg(lambda v: v.value_counts().iloc[0]).sum() / max(1, len(t)))
+        keys = [v.astype(str).where(v.notna(), MISSING).reset_index(drop=True) for v in (s, s_val)]
+    votes = pd.DataFrame({"k": keys[0].to_numpy(), "y": y}).groupby("k")["y"].agg(lambda v: v.value_counts().index[0])
+    fallback = int(np.bincount(y).argmax())
+    guess = keys[1].map(votes).fillna(fallback).to_numpy(dtype=np.int64)
+    return float((guess == y_val).mean()) if len(y_val) else float("nan")
 
 
 def records_repeat_by_chance(df: Any, columns: list[str], factor: float = 20.0) -> bool:

@@ -14,6 +14,7 @@ import torch
 from trainkit._io import read_json, write_json_atomic
 from trainkit.config import config_hash, load_config, save_config
 from trainkit.errors import ConfigError, QuarantineError
+from trainkit.gates import RED
 from trainkit.phases.common import run_path, PhaseContext, begin, finish_gate, show_figure, show_html, write_decision
 from trainkit.run import GATE, PREPROCESS, SPLITS, TRAINING_CONFIG, Phase, init_run
 
@@ -113,7 +114,7 @@ def _show_columns(ctx: PhaseContext, table: Any, bundle: Any) -> None:
     columns.json; a column that alone predicts the label almost perfectly is named a possible leak."""
     train = bundle.splits["train"]
     y = bundle.split_labels("train").numpy()
-    rows = table.overview_of(train, y)
+    rows = table.overview_of(train, y, bundle.splits["val"], bundle.split_labels("val").numpy())
     write_json_atomic(ctx.path("columns.json"), {"columns": rows, "features": table.preprocess.features,
                                                  "excluded": table.excluded})
     cells = "".join(f"<tr><td><code>{html.escape(r['column'])}</code></td><td>{html.escape(r['kind'])}</td>"
@@ -121,11 +122,28 @@ def _show_columns(ctx: PhaseContext, table: Any, bundle: Any) -> None:
                     f"<td>{html.escape(r['note'])}</td></tr>" for r in rows)
     counts = np.bincount(y, minlength=len(bundle.source.class_names))
     balance = ", ".join(f"{html.escape(n)} {c} ({c / max(1, counts.sum()):.1%})" for n, c in zip(bundle.source.class_names, counts))
-    show_html(f"<h4>Columns of {html.escape(table.path)}</h4><table><tr><th>column</th><th>kind</th><th>missing</th>"
-              f"<th>distinct</th><th>label from this column alone</th><th>note</th></tr>{cells}</table>"
+    leaks = [r["column"] for r in rows if r["possible_leak"]]
+    warn = (f"<p style='color:{RED}'><b>Possible target leak</b>: {', '.join(html.escape(c) for c in leaks)} alone "
+            "predicts the label almost perfectly on val. A column recorded after the outcome (or derived from it) makes "
+            "a model that cannot work in production: drop it (data.drop) and start a new run.</p>") if leaks else ""
+    show_html(warn + f"<h4>Columns of {html.escape(table.path)}</h4><table><tr><th>column</th><th>kind</th><th>missing</th>"
+              f"<th>distinct</th><th>val accuracy of this column alone</th><th>note</th></tr>{cells}</table>"
               f"<p>{len(table.preprocess.features)} model inputs. Label <code>{html.escape(table.label)}</code> "
               f"(train): {balance}. Override a kind with <code>data.categorical</code>, leave a column out with "
               f"<code>data.drop</code>, put an excluded one back with <code>data.features</code>.</p>")
+
+
+def _leak_check(ctx: PhaseContext) -> tuple[str, str]:
+    """Advisory: no single table column predicts the label almost perfectly (columns.json)."""
+    p = ctx.path("columns.json")
+    if not p.is_file():
+        return "na", "not a table: no columns to judge"
+    leaks = [c for c in read_json(p)["columns"] if c.get("possible_leak")]
+    if leaks:
+        return "warn", ("possible target leak: " + ", ".join(f"{c['column']} alone gets val {c['label_accuracy']:.3f}"
+                                                             for c in leaks)
+                        + "; drop it (data.drop) unless it is known at prediction time")
+    return "pass", "no column alone predicts the label almost perfectly on val"
 
 
 def _share(v: float | None) -> str:
@@ -219,6 +237,7 @@ def _results(ctx: PhaseContext, bundle: Any) -> dict[str, tuple[str, Any]]:
     r["environment_documented"] = ("pass", f"environment.json: python {env.get('python')}, torch {env.get('torch')}") \
         if env.get("python") and env.get("torch") else ("fail", "environment.json missing or incomplete")
     r["config_valid"] = ("pass", f"training_config.yaml sha256 {config_hash(cfg)[:12]}…")
+    r["no_leaky_column"] = _leak_check(ctx)
     splits = read_json(splits_path) if splits_path.exists() else {}
     fp = splits.get("fingerprints", {})
     r["splits_fingerprinted"] = ("pass", f"sizes {splits['sizes']}, exact duplicates across splits "
