@@ -90,5 +90,15 @@ def test_learning_needs_the_loss_to_fall_and_val_to_beat_chance():
     hist = [{"train_loss": 1.0, "val_accuracy": 0.5}, {"train_loss": 0.5, "val_accuracy": 0.8}]
     assert D.learned(2.3, hist, 0.1)[0]
     assert not D.learned(2.3, [{"train_loss": 2.29, "val_accuracy": 0.8}], 0.1)[0]  # the loss did not fall
-    assert not D.learned(2.3, hist, 0.79)[0]  # val no better than the majority share
+    assert not D.learned(2.3, hist, 0.80)[0]  # val no better than the majority share
     assert D.learned(2.3, [], 0.1) == (False, "no completed epoch")
+
+
+def test_a_model_that_learned_imbalanced_classes_has_learned():
+    """12% positives: the loss fell from 0.754 to 0.255 and val beats the 0.880 majority share."""
+    hist = [{"train_loss": 0.40, "val_accuracy": 0.880}, {"train_loss": 0.255, "val_accuracy": 0.899}]
+    assert D.learned(0.754, hist, 0.880)[0]
+    prior_only = [{"train_loss": 0.36, "val_accuracy": 0.880}]  # learned the class prior: exactly the majority share
+    assert not D.learned(0.754, prior_only, 0.880)[0]
+    stalled = [{"train_loss": 0.75, "val_accuracy": 0.885}]  # val a hair above, the loss never fell
+    assert not D.learned(0.754, stalled, 0.880)[0]

@@ -25,13 +25,17 @@ def after_planning() -> Decision:
 
 
 def learned(init_loss: float, history: Sequence[dict[str, Any]], chance: float) -> tuple[bool, str]:
-    """Whether a baseline learned: its final train loss below 99% of the loss at init and its best
-    val accuracy more than 2 points above chance; and the numbers that say so."""
+    """Whether a baseline learned, judged by its loss and its val metric together: the final train
+    loss fell well (≥ 10%) below the loss at init and the best val accuracy beats the majority
+    share (``chance``), or the loss fell at all (≥ 1%) and val is more than 2 points above it. On
+    imbalanced classes a model that learned sits only a little above the majority share (91% val on
+    9% positives): the first rule calls that learning (diagnose, optimize), not a failed baseline.
+    Learning only the class prior cannot pass: it scores the majority share exactly."""
     if not history:
         return False, "no completed epoch"
     final = history[-1]["train_loss"]
     best = max(h["val_accuracy"] for h in history)
-    ok = final < init_loss * 0.99 and best > chance + 0.02
+    ok = (final < init_loss * 0.90 and best > chance) or (final < init_loss * 0.99 and best > chance + 0.02)
     return ok, f"train loss {init_loss:.3f} at init → {final:.3f}; best val accuracy {best:.3f} vs chance {chance:.3f}"
 
 
