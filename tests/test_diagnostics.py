@@ -66,11 +66,12 @@ def test_planted_condition_fires_its_detector_and_the_others_stay_quiet(case, di
     _, _, _, findings, _ = diagnosed(case)
     fired = {f.name for f in findings if f.fired}
     assert fired == EXPECTED[case], {f.name: f.summary for f in findings}
-    for f in findings:  # every finding carries its evidence and, when fired, its thresholds or fix
-        assert f.summary and f.evidence, f.name
-        assert json.loads(json.dumps(f.to_dict()))["evidence"] == f.to_dict()["evidence"]  # findings.json holds it as is
+    for f in findings:  # every finding carries its summary and, when fired, its evidence and its thresholds or fix
+        assert f.summary, f.name
+        json.dumps(f.to_dict())  # plain JSON types only (a tensor in the evidence would reach findings.json as a string)
         if f.fired:
-            assert f.thresholds or any(r.patch or r.kind == "advice" for r in f.recommendations), f.name
+            assert f.evidence, f.name
+            assert f.thresholds or any(r.patch or r.kind in ("advice", "fix") for r in f.recommendations), f.name
 
 
 @pytest.mark.slow
