@@ -11,8 +11,6 @@
 9 a custom (N, C, L) source keeps its shape; cnn1d and a user's Conv1d model train on it
 """
 
-import json
-import math
 import shutil
 
 import numpy as np
@@ -21,7 +19,6 @@ import pytest
 from trainkit._io import read_json
 from trainkit.config import BudgetConfig, config_to_dict, with_overrides
 from trainkit.data import load_data
-from trainkit.run import load_run_data
 from trainkit.decisions import after_diagnostics
 from trainkit.diagnostics import detect_all, plan_recommendations, primary_cause
 from trainkit.diagnostics.probes import label_issue_probe, lr_range_test

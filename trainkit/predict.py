@@ -84,6 +84,7 @@ def predict(run_dir: str | Path, input_path: str | Path, say: Any = None) -> dic
 
     from trainkit.checkpoints import load_checkpoint
     from trainkit.config import validate_config_dict
+    from trainkit.data import normalize
     from trainkit.models import build_model
 
     run = RunFolder(run_dir)
@@ -97,15 +98,11 @@ def predict(run_dir: str | Path, input_path: str | Path, say: Any = None) -> dic
     shape = tuple(state["input_shape"])
     x, ids = _inputs(run, cfg.data.source, Path(input_path), shape)
     mean, std = (torch.tensor(state["normalization"][k]) for k in ("mean", "std"))
-    xt = torch.as_tensor(x)
-    if xt.ndim > 2:
-        view = (1, -1) + (1,) * (xt.ndim - 2)
-        mean, std = mean.view(view), std.view(view)
     model = build_model(cfg.model.name, shape, len(state["class_names"]), cfg.model.kwargs, cfg.model.init)
     model.load_state_dict(state["model"])
     model.eval()
     with torch.no_grad():
-        probs = torch.softmax(model((xt - mean) / std).float(), dim=1).numpy()
+        probs = torch.softmax(model(normalize(torch.as_tensor(x), mean, std)).float(), dim=1).numpy()
     names = list(state["class_names"])
     return {"ids": ids, "classes": names, "probabilities": probs, "predicted": [names[i] for i in probs.argmax(1)],
             "model": which}

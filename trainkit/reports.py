@@ -12,7 +12,7 @@ from typing import Any
 
 from trainkit._io import read_json, write_text_atomic
 from trainkit.gates import AMBER, GREEN, RED, state_color
-from trainkit.run import (DECISION, FINDINGS, GATE, INDEX, NOTEBOOK, Phase, REPORT, RUN_JSON, RunFolder, SPLITS, TRAIN_SUMMARY,
+from trainkit.run import (DECISION, FINDINGS, INDEX, NOTEBOOK, Phase, REPORT, RUN_JSON, RunFolder, TRAIN_SUMMARY,
     load_manifest, phase_dir, run_cost)
 
 __all__ = ["write_index", "phase_metric", "export_html", "refresh_reports", "export_reports", "safe_export",
@@ -35,8 +35,9 @@ def phase_metric(d: Path, phase: str) -> str:
         if phase == Phase.FINALIZATION.value and (d / "test_evaluation.json").is_file():
             t = read_json(d / "test_evaluation.json")
             return f"test acc {t['accuracy']:.4f} [{t['accuracy_ci'][0]:.3f}, {t['accuracy_ci'][1]:.3f}]"
-        if phase == Phase.PLANNING.value and (d / SPLITS).is_file():
-            return "sizes " + ", ".join(f"{k} {v}" for k, v in read_json(d / SPLITS)["sizes"].items())
+        splits = RunFolder(d.parent).splits() if phase == Phase.PLANNING.value else None
+        if splits is not None:
+            return "sizes " + ", ".join(f"{k} {v}" for k, v in splits["sizes"].items())
     except (KeyError, TypeError, ValueError):
         pass
     return ""

@@ -125,29 +125,6 @@ class RunFolder:
         n = (found[-1] + 1) if found else 1
         return n, self.phase_dir(phase, n)
 
-    def phase_dirs(self) -> list[tuple[str, int, Path]]:
-        """Every phase folder there is, in order: (phase, number, folder)."""
-        out: list[tuple[str, int, Path]] = []
-        for phase in PHASES:
-            if phase in _SUB:
-                out += [(phase, n, self.phase_dir(phase, n)) for n in self.attempts(phase)]
-            elif (self.path / phase).is_dir():
-                out.append((phase, 1, self.path / phase))
-        return out
-
-    def locate(self, folder: Path) -> tuple[str, int] | None:
-        """(phase, number) of a phase folder inside this run, or None."""
-        try:
-            parts = Path(folder).resolve().relative_to(self.path.resolve()).parts
-        except ValueError:
-            return None
-        if not parts or parts[0] not in PHASES:
-            return None
-        if parts[0] not in _SUB:
-            return parts[0], 1
-        m = re.match(rf"^{_SUB[parts[0]]}-(\d+)$", parts[1]) if len(parts) > 1 else None
-        return (parts[0], int(m.group(1))) if m else None
-
     @property
     def planning(self) -> Path:
         return self.path / Phase.PLANNING.value
@@ -214,9 +191,6 @@ class RunFolder:
 
     def splits(self) -> dict[str, Any] | None:
         return _read(self.planning / SPLITS)
-
-    def latest_decision(self, phase: str) -> dict[str, Any] | None:
-        return self.decision(self.latest(phase))
 
     def routed_decision(self, folder: Path | None) -> dict[str, Any] | None:
         """A phase's decision as the run follows it: an over-budget route (``budget_override.json``,

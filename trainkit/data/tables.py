@@ -182,11 +182,9 @@ def _labels(df: Any, label: str, drop_unlabelled: bool, where: str) -> tuple[Any
                             "data.drop_unlabelled: true to leave those rows out")
         df = df[y.notna()].reset_index(drop=True)
         y = df[label]
-    if pd.api.types.is_numeric_dtype(y) or pd.api.types.is_bool_dtype(y):
-        values = sorted(y.unique().tolist())
-    else:
-        y = y.astype(str)
-        values = sorted(y.unique().tolist())
+    if not (pd.api.types.is_numeric_dtype(y) or pd.api.types.is_bool_dtype(y)):
+        y = y.astype(str)  # numbers sort numerically, anything else as text
+    values = sorted(y.unique().tolist())
     if len(values) < 2:
         raise DataError(f"data.label: every row of {where} has {label} = {values[0]!r}; a classifier needs at least 2 classes")
     index = {v: i for i, v in enumerate(values)}

@@ -18,7 +18,7 @@ from typing import Any, Callable
 from trainkit._io import read_json, read_jsonl
 from trainkit.config import TrainkitConfig, config_to_dict
 from trainkit.diagnostics.detectors import DETECTORS, THRESHOLDS, Finding, Recommendation, classify_crash, detect_all
-from trainkit.run import METRICS, TRAIN_SUMMARY, RunFolder
+from trainkit.run import METRICS, RunFolder
 
 __all__ = ["gather_evidence", "run_probes", "detect_all", "plan_recommendations", "combine_patches", "DETECTORS",
            "THRESHOLDS", "Finding", "Recommendation", "classify_crash", "primary_cause", "patch_already_in"]

@@ -8,11 +8,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from trainkit._io import read_json, write_json_atomic
-from trainkit.config import TrainkitConfig, load_config
+from trainkit.config import TrainkitConfig
 from trainkit.errors import GateBlocked, GateError, RunError
 from trainkit.gates import evaluate_gate, gate_html, gate_state, verify_gate
-from trainkit.run import (CURRENT_CONFIG, DECISION, GATE, Phase, RunFolder, TRAINING_CONFIG, init_run, latest_attempt_dir,
-    phase_dir, record_phase)
+from trainkit.run import CURRENT_CONFIG, DECISION, GATE, RunFolder, init_run, latest_attempt_dir, phase_dir, record_phase
 
 if TYPE_CHECKING:
     from trainkit.budget import PhaseClock

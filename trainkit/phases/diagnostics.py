@@ -14,7 +14,7 @@ from trainkit.errors import RunError
 from trainkit.gates import RED
 from trainkit.phases.common import run_path, CURRENT_CONFIG, DiagnosticsContext, begin, clock, finish_gate, load_run_config, require_routed, \
     show_figure, show_html, write_decision
-from trainkit.run import (DECISION, FINDINGS, Phase, TRAINING_CONFIG, TRAIN_SUMMARY, latest_attempt_dir, load_manifest,
+from trainkit.run import (DECISION, FINDINGS, Phase, TRAINING_CONFIG, latest_attempt_dir, load_manifest,
     next_attempt_dir)
 
 __all__ = ["start", "diagnose", "show_findings", "write_report", "decide", "gate", "guide_path"]

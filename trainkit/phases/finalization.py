@@ -17,7 +17,7 @@ import torch
 
 from trainkit._io import read_json, read_jsonl, sha256_file, write_json_atomic, write_text_atomic
 from trainkit.config import config_hash, load_config, save_config, with_overrides
-from trainkit.run import DECISION, GATE, METRICS, Phase, SPLITS, TEST_ACCESS_LOG, TRAINING_CONFIG, TRAIN_SUMMARY
+from trainkit.run import GATE, METRICS, TEST_ACCESS_LOG, TRAIN_SUMMARY, TRAINING_CONFIG, Phase
 from trainkit.errors import CheckpointError, GateError, QuarantineError
 from trainkit.phases.common import run_path, FinalizationContext, begin, clock, finish_gate, load_run_config, require_routed, \
     show_figure, show_html, write_decision
@@ -351,7 +351,7 @@ def run_snippets(folder: Path, text: str) -> list[dict[str, Any]]:
 
 def write_docs(ctx: FinalizationContext, test: dict[str, Any], exp: dict[str, Any]) -> dict[str, Any]:
     """deployment_guide.md (its snippets executed and recorded in snippets.json) and model_card.md."""
-    splits = read_json(ctx.run_dir / Phase.PLANNING.value / SPLITS)
+    splits = ctx.run.splits()
     shape = splits["input_shape"]
     mean, std = splits["normalization"]["mean"], splits["normalization"]["std"]
     per_channel = len(shape) == 3 and len(mean) == shape[0]
