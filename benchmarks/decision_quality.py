@@ -11,7 +11,8 @@ val accuracy, and how many rows the label probe flagged over every case whose la
 
     python3 benchmarks/decision_quality.py [--only NAME ...] [--keep DIR]
 
-Last line: ``named first: X/Y; reached target within 2 iterations: A/B; clean flagged: P%``.
+Last line: ``named first: X/Y; reached target within 2 iterations: A/B; clean flagged: P%; recovered failed
+baselines: R/F; repeated candidate sets: N``.
 """
 
 from __future__ import annotations
@@ -84,6 +85,24 @@ CASES = [
 ]
 
 
+# Failed baselines (the seed's Workflow 4): an absurd LR under SGD or Adam, on data and seeds unlike the
+# cases above. Recoverable: the model and data are sound, so a fixed restart must learn within the restarts.
+RECOVERY = [Case(f"failed_{opt}_lr{lr:g}_{data}", data, "recovered",
+                 _cfg(src, model, kwargs=kw, target=0.999, optimizer__name=opt, optimizer__lr=lr,
+                      training__epochs=12, training__seed=seed), True)
+            for opt, lr, data, src, model, kw, seed in (
+                ("sgd", 10.0, "signals", T + "signals", "cnn1d", {}, 3),
+                ("sgd", 1e3, "signals", T + "signals", "cnn1d", {}, 4),
+                ("sgd", 1e4, "tabular", T + "tabular", "mlp", {"hidden": [32, 32]}, 5),
+                ("sgd", 1e-6, "tabular", T + "tabular", "mlp", {"hidden": [32, 32]}, 6),
+                ("sgd", 1e-7, "signals", T + "signals", "cnn1d", {}, 7),
+                ("adam", 10.0, "tabular", T + "tabular", "mlp", {"hidden": [48]}, 8),
+                ("adam", 1e3, "images", T + "shapes", "cnn", {}, 9),
+                ("adam", 1e4, "signals", T + "signals", "cnn1d", {}, 10),
+                ("adam", 1e-6, "images", T + "shapes", "cnn", {}, 11),
+                ("adam", 1e-7, "tabular", T + "tabular", "mlp", {"hidden": [48]}, 12))]
+
+
 # ----------------------------------------------------------------------------- the workflow, in process
 
 def run_phase(phase: str, run_dir: Path, **params: Any) -> None:
@@ -151,6 +170,57 @@ def walk(case: Case, work: Path, max_iters: int = 2, until: int = 4) -> dict[str
     return out
 
 
+def repeated_sets(work: Path) -> int:
+    """Phase 4 iterations, over every run in ``work``, whose candidate config had already been
+    measured in an earlier iteration of the same run."""
+    from trainkit._io import read_json
+
+    n = 0
+    for run in (p for p in work.iterdir() if (p / "run.json").is_file()):
+        seen: list[Any] = []
+        for d in sorted((run / "04_optimization").glob("iter-*"), key=lambda p: int(p.name.split("-")[1])):
+            f = d / "candidate_config.yaml"
+            if not f.is_file():
+                continue
+            cand = yaml.safe_load(f.read_text())
+            cand.get("training", {}).pop("seed", None)
+            n += cand in seen
+            seen.append(cand)
+    return n
+
+
+def walk_recovery(case: Case, work: Path) -> dict[str, Any]:
+    """Phase 1, then Phase 2 ⇄ Phase 3 as ``trainkit run`` follows them, until a baseline learns
+    (option A or B), the run stops, or three baseline attempts (two restarts) are used."""
+    from trainkit._io import read_json
+    from trainkit.run import next_attempt_dir
+
+    run_dir = work / case.name
+    cfg_path = work / f"{case.name}.yaml"
+    cfg_path.write_text(yaml.safe_dump(case.config))
+    out: dict[str, Any] = {"path": [], "recovered": False, "fixes": []}
+    t0 = time.time()
+    run_phase("01_planning", run_dir, config_path=str(cfg_path))
+    phase = "02_baseline"
+    while phase in ("02_baseline", "03_diagnostics") and len(out["path"]) < 8:
+        run_phase(phase, run_dir, attempt=next_attempt_dir(run_dir, phase)[0],
+                  **({"label_issues": False} if phase == "03_diagnostics" else {}))
+        d = _latest(run_dir, phase)
+        if d is None or not (d / "decision.json").is_file():
+            out["path"].append(f"{phase[:2]}:failed")
+            break
+        dec = read_json(d / "decision.json")
+        out["path"].append(f"{phase[:2]}{dec.get('option', '')}")
+        if phase == "02_baseline" and dec["option"] in ("A", "B"):
+            out["recovered"] = len(out["path"]) > 1
+            break
+        if phase == "03_diagnostics":
+            out["fixes"] += (dec.get("evidence") or {}).get("fix_ids") or []
+        phase = dec["next"]
+    out["seconds"] = round(time.time() - t0, 1)
+    return out
+
+
 def _named(findings: dict[str, Any] | None) -> str:
     if not findings:
         return "(no diagnosis)"
@@ -168,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", nargs="*", help="case names to run")
     ap.add_argument("--keep", help="folder to keep the runs in (default: a temporary folder)")
+    ap.add_argument("--no-recovery", action="store_true", help="skip the failed-baseline recovery cases")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     cases = [c for c in CASES if not args.only or c.name in args.only]
@@ -193,10 +264,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{c.name:26} {c.data:8} {c.planted:30} {named:34} {'✔' if ok else '✘':3} {' '.join(r['path'])[:28]:28} "
               f"{tgt:8} {r['seconds']:6.1f}", flush=True)
         rows.append({"case": c.name, "named": named, "ok": ok, **{k: v for k, v in r.items() if k != "findings"}})
+    rec_ok, rec = 0, [c for c in RECOVERY if not args.no_recovery and (not args.only or c.name in args.only)]
+    for c in rec:
+        r = walk_recovery(c, work)
+        rec_ok += r["recovered"]
+        print(f"{c.name:26} {c.data:8} {'failed baseline':30} {','.join(r['fixes'])[:34]:34} "
+              f"{'✔' if r['recovered'] else '✘':3} {' '.join(r['path'])[:28]:28} {'-':8} {r['seconds']:6.1f}", flush=True)
+        rows.append({"case": c.name, **r})
     (work / "decision_quality.json").write_text(json.dumps(rows, indent=1))
     print(f"adopted changes that lowered seed-matched val accuracy: {drops}; runs in {work}")
     pct = 100 * flagged / checked if checked else 0.0
-    print(f"named first: {named_ok}/{len(cases)}; reached target within 2 iterations: {fix_ok}/{fix_n}; clean flagged: {pct:.1f}%")
+    print(f"named first: {named_ok}/{len(cases)}; reached target within 2 iterations: {fix_ok}/{fix_n}; clean flagged: {pct:.1f}%"
+          f"; recovered failed baselines: {rec_ok}/{len(rec)}; repeated candidate sets: {repeated_sets(work)}")
     return 0
 
 

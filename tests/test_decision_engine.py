@@ -152,6 +152,7 @@ def test_iteration_that_adopts_nothing_rediagnoses_the_best_so_far(noisy_run, mo
     lost = findings["evidence"]["tried"]
     assert lost and all(v < 0 for v in lost.values())
     assert not {r["id"] for r in findings["plan"]["selected"]} & set(lost)  # what lost on this config is not proposed again
+    assert not {r["id"] for r in findings["plan"]["ranked"] if r["kind"] == "accuracy"} & set(lost)
 
 
 # ----------------------------------------------------------------------------- 4

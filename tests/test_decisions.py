@@ -36,6 +36,8 @@ ROWS = [
     ("Phase 2 C: crashed → Phase 3 failed mode", lambda: _p2(status="crashed", learned=False, best=None), "C", "03_diagnostics"),
     ("Phase 2 C: NaN/Inf loss", lambda: _p2(status="nonfinite", best=0.5), "C", "03_diagnostics"),
     ("Phase 2 C: no learning", lambda: _p2(learned=False, best=0.1), "C", "03_diagnostics"),
+    ("Phase 2 B: cut by the budget before it showed learning is inconclusive, not failed",
+     lambda: _p2(status="time_budget", learned=False, best=0.12, epochs=1), "B", "03_diagnostics"),
     ("Phase 2 C: at most 2 restarts, then stop", lambda: _p2(learned=False, best=0.1, attempt=3), "C", "stop"),
     ("Phase 2 C: the second restart is still allowed", lambda: _p2(learned=False, best=0.1, attempt=2), "C", "03_diagnostics"),
     ("Phase 3 A: expected gain > 5 points → Phase 4", lambda: _p3(expected_gain=8.0), "A", "04_optimization"),

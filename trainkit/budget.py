@@ -52,6 +52,38 @@ TAIL_MIN_S = 10.0  # what follows Phase 5's training: test, export, docs, reprod
 TAIL_SHARE = 0.03  # ... and on long budgets, 3% of the total
 
 
+TAIL_PLANNING_FACTOR = 2.0  # Phase 5's work after training (test, export, reproduction, reports) ≈ 2× Phase 1's checks
+REPLANNED = (Phase.DIAGNOSTICS.value, Phase.OPTIMIZATION.value, Phase.FINALIZATION.value)
+
+
+def _share() -> dict[str, float]:
+    from trainkit.plan import SHARES
+
+    return dict(SHARES)
+
+
+SHARE = _share()
+
+
+def _planning_s(manifest: dict[str, Any]) -> float:
+    """Phase 1's own seconds (imports, data checks, two tiny fits, plots), measured on this machine."""
+    return max([(e.get("cost") or {}).get("wall_s", 0.0) for e in manifest.get("phases", [])
+                if e.get("phase") == Phase.PLANNING.value and e.get("status") != "running"] or [0.0])
+
+
+def _baseline_end(manifest: dict[str, Any]) -> float | None:
+    """Active seconds of the run when its first Phase 2 attempt ended (None before it has): the
+    point from which the remaining phases are re-planned in measured baseline units."""
+    acc = 0.0
+    for e in manifest.get("phases", []):
+        if e.get("status") == "running":
+            return None
+        acc += float(e.get("pipeline_wall_s") or (e.get("cost") or {}).get("wall_s", 0.0))
+        if e.get("phase") == Phase.BASELINE.value:
+            return acc
+    return None
+
+
 def active_seconds(manifest: dict[str, Any]) -> float:
     """Seconds the run has been working: the pipeline's wall time per finished phase, else the
     phase's own cost (a notebook run by hand)."""
@@ -90,9 +122,17 @@ class PhaseClock:
             self.start = (started if started is not None else now) - active_seconds(manifest)
         self.overhead_s = _overhead(manifest)
         # every phase leaves Phase 5 its tail: the work after its training and a kernel's start
-        self.tail_s = max(TAIL_MIN_S, TAIL_SHARE * self.total_s) + self.overhead_s
+        self.tail_s = max(TAIL_MIN_S, TAIL_SHARE * self.total_s, TAIL_PLANNING_FACTOR * _planning_s(manifest)) + self.overhead_s
         end = self.start + self.total_s - self.tail_s
+        self.end = end
         self.deadline = min(self.start + CUMULATIVE.get(phase, 1.0) * self.total_s, end)
+        self.replanned = None
+        base_end = _baseline_end(manifest)
+        if phase in REPLANNED and base_end is not None:  # re-plan what is left after the baseline, in the seed's proportions
+            left = max(0.0, self.total_s - self.tail_s - base_end)
+            share = sum(SHARE[p] for p in REPLANNED[: REPLANNED.index(phase) + 1]) / sum(SHARE[p] for p in REPLANNED)
+            self.replanned = {"baseline_ended_s": round(base_end, 2), "left_s": round(left, 2), "share_of_left": round(share, 4)}
+            self.deadline = min(max(self.deadline, self.start + base_end + share * left), end)
         self.cuts: list[dict[str, Any]] = []
 
     # ---------------------------------------------------------------- queries
@@ -103,6 +143,10 @@ class PhaseClock:
     def left(self) -> float:
         """Seconds until this phase's deadline (negative when past it)."""
         return self.deadline - time.time()
+
+    def left_to_end(self) -> float:
+        """Seconds until the budget's end less Phase 5's tail (what any phase may still use)."""
+        return self.end - time.time()
 
     def allows(self, seconds: float, what: str, record: bool = True) -> bool:
         """True when work estimated at ``seconds`` ends before the deadline; otherwise the cut is
@@ -129,7 +173,7 @@ class PhaseClock:
 
     # ---------------------------------------------------------------- records
     def to_dict(self) -> dict[str, Any]:
-        return {"phase": self.phase, "budget_s": round(self.total_s, 1),
+        return {"phase": self.phase, "budget_s": round(self.total_s, 1), "replanned": self.replanned,
                 "deadline_s": round(self.deadline - self.start, 2), "tail_reserve_s": round(self.tail_s, 2),
                 "phase_overhead_s": round(self.overhead_s, 2), "elapsed_s": round(self.elapsed(), 2),
                 "cuts": self.cuts}

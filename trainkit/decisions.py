@@ -40,9 +40,18 @@ def learned(init_loss: float, history: Sequence[dict[str, Any]], chance: float) 
 
 
 def after_baseline(*, status: str, learned: bool, best: float | None, target: float, attempt: int,
-                   max_restarts: int) -> Decision:
+                   max_restarts: int, epochs: int | None = None) -> Decision:
     """Phase 2: C (crashed, non-finite, or no learning → Phase 3 in failed mode, then a restart;
-    stop once the restarts are used up), A (val ≥ target → Phase 5), B (below → Phase 3)."""
+    stop once the restarts are used up), A (val ≥ target → Phase 5), B (below → Phase 3).
+
+    A baseline the budget stopped (``status == "time_budget"``) before it showed learning is
+    inconclusive, not failed: a few epochs cannot tell a slow start from no learning, and spending a
+    restart on a guess would be loud. It goes to Phase 3 as B (diagnose what there is), the safe
+    standard route; the budget's routing may then send it on to Phase 5 with the best so far."""
+    if status == "time_budget" and not learned and best is not None:
+        ran = f"after {epochs} epoch(s)" if epochs is not None else "early"
+        return "B", Phase.DIAGNOSTICS.value, (f"inconclusive: the budget stopped the baseline {ran}, before it could show "
+                                              f"learning (val accuracy {best:.4f}); diagnose, not restart")
     if status in ("crashed", "nonfinite") or not learned:
         failure = {"crashed": "training crashed", "nonfinite": "non-finite loss or gradient"}.get(status, "no learning")
         restarts_left = max_restarts - (attempt - 1)

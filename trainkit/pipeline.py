@@ -193,17 +193,30 @@ def _mark_deploy(run_dir: Path, d: Path) -> None:
     refresh_reports(run_dir, [d])
 
 
+CHEAP_PROBE_UNITS = 0.1  # loss at init, zeroed inputs, data checks, LR range test, one-batch overfit: < 0.1 baseline
+
+
 def _over_budget(run_dir: Path, phase: str) -> bool:
     """True when :func:`trainkit.decisions.route_over_budget` skips ``phase``: the run's active time
-    has reached its deadline (trainkit.budget.PhaseClock, the same one the phase would run on)."""
+    has reached its deadline (trainkit.budget.PhaseClock, the same one the phase would run on), or
+    would within the phase's measured overhead."""
     from trainkit.decisions import route_over_budget
 
     if route_over_budget(phase, 0.0) is None:
         return False  # never skipped: no need to read the clock
     from trainkit.budget import PhaseClock
 
-    left = PhaseClock(run_dir, phase, RunFolder(run_dir).config_in_force().budget.total_hours).left()
-    return route_over_budget(phase, left) is not None
+    from trainkit.run import baseline_seconds
+
+    clock = PhaseClock(run_dir, phase, RunFolder(run_dir).config_in_force().budget.total_hours)
+    # a phase whose time left is less than what a phase costs outside its own work (a kernel's start,
+    # the report's export, measured in this run) could do nothing in it. Phase 3's cheap, decisive
+    # probes run at any budget: it is skipped only when they no longer fit before the budget's end.
+    if phase == Phase.DIAGNOSTICS.value:
+        left = clock.left_to_end() - CHEAP_PROBE_UNITS * (baseline_seconds(run_dir) or 0.0)
+    else:
+        left = clock.left()
+    return route_over_budget(phase, left - clock.overhead_s) is not None
 
 
 def _route_over_budget(run_dir: Path, phase: str, d: Path) -> str:  # phase: where the decision wanted to go

@@ -18,6 +18,7 @@ from typing import Any, Callable
 from trainkit._io import read_json, read_jsonl
 from trainkit.config import TrainkitConfig, config_to_dict
 from trainkit.diagnostics.detectors import DETECTORS, THRESHOLDS, Finding, Recommendation, classify_crash, detect_all
+from trainkit.diagnostics.findings import STANDARD_LR, patch_already_in
 from trainkit.run import METRICS, RunFolder
 
 __all__ = ["gather_evidence", "run_probes", "detect_all", "plan_recommendations", "combine_patches", "DETECTORS",
@@ -59,7 +60,9 @@ def run_probes(cfg: TrainkitConfig, bundle: Any, ev: dict[str, Any], label_issue
     """Every probe, each timed and isolated; results keyed by probe name. Fills in the evidence
     fields that need the data (class count, input shape, val size, loss at init when missing).
 
-    With ``clock`` (the phase's trainkit.budget.PhaseClock) a probe starts only when its estimated
+    The cheap, decisive probes (:data:`CHEAP_PROBES`: loss at init, zeroed inputs, the LR range
+    test, overfitting one batch; the data checks) run at any budget: each is bounded in steps. With
+    ``clock`` (the phase's trainkit.budget.PhaseClock) any other probe starts only when its estimated
     time (from the baseline's epoch time) fits before the phase's deadline; a cut probe reads
     ``{"error": "skipped: ...", "skipped": True}`` (inconclusive, like a probe that could not run),
     and its fits stop at the deadline. The label probe reads a subsample sized to about half a
@@ -78,6 +81,8 @@ def run_probes(cfg: TrainkitConfig, bundle: Any, ev: dict[str, Any], label_issue
     deadline = clock.deadline if clock is not None else None
 
     def gated(name: str, est: float, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        if name in CHEAP_PROBES:  # cheap and decisive: run at any budget (bounded in steps, not by the clock)
+            return _timed(name, fn, echo)
         if clock is not None and not clock.allows(est, f"probe {name}"):
             echo(f"  probe {name}: skipped (time budget)")
             return {"error": f"skipped: needs ~{est:.1f} s, the phase's time share is used up", "skipped": True}
@@ -90,8 +95,10 @@ def run_probes(cfg: TrainkitConfig, bundle: Any, ev: dict[str, Any], label_issue
     if ev.get("init_loss") is None and "init_loss" in out["init_loss"]:
         ev["init_loss"] = out["init_loss"]["init_loss"]
     out["lr_range"] = gated("lr_range", cost.steps(100), lambda: P.lr_range_test(cfg, bundle))
-    out["input_independent"] = gated("input_independent", cost.epochs(2 * min(cfg.training.epochs, 5), 0.5),
-                                     lambda: P.input_independent_probe(cfg, bundle))
+    # two epochs, but each of its two fits at most a 20th of a baseline (and 500 steps; at least 60)
+    cheap_steps = min(2 * cost.steps_per_epoch, max(60, min(500, cost.steps_per_epoch * cfg.training.epochs // 20)))
+    out["input_independent"] = gated("input_independent", cost.steps(2 * cheap_steps),
+                                     lambda: P.input_independent_probe(cfg, bundle, max_steps=cheap_steps))
     out["overfit_batch"] = gated("overfit_batch", cost.steps(100), lambda: P.overfit_batch_probe(cfg, bundle))
     cut = ev.get("status") == "time_budget"  # the budget cut the baseline: seed runs mirror its length
     run_s = cost.epoch_s * (len(ev.get("history") or []) if cut else cfg.training.epochs)
@@ -127,6 +134,7 @@ def run_probes(cfg: TrainkitConfig, bundle: Any, ev: dict[str, Any], label_issue
     return out
 
 
+CHEAP_PROBES = ("init_loss", "lr_range", "input_independent", "overfit_batch")  # each well under a tenth of a baseline
 LABEL_PROBE_MIN_ROWS = 4000  # the label probe's sample when the time allows (or all rows, when fewer)
 LABEL_PROBE_FLOOR_ROWS = 1000  # fewer rows than this and the probe is cut instead (its models would be too weak)
 
@@ -228,7 +236,8 @@ def _generic(ev: dict[str, Any]) -> list[Recommendation]:
                                    "decaying the LR usually settles into a better minimum", round(0.1 * need, 2), 1, {},
                                    "accuracy", "generic"))
     recs.append(_longer(ev, need))
-    if lr > 0:  # a local LR search: the one knob that matters most, a factor of 3 either way
+    std = STANDARD_LR[cfg["optimizer"]["name"]]
+    if std / 30 <= lr <= std * 30:  # a local LR search around a plausible LR, a factor of 3 either way (never of an absurd one)
         for rid, f, why in (("lr_x3", 3.0, "a larger step may reach a better region"),
                             ("lr_div3", 1 / 3, "a smaller step may settle into a sharper minimum")):
             recs.append(Recommendation(rid, f"LR {lr:g} → {lr * f:.3g}", {"optimizer.lr": float(f"{lr * f:.3g}")}, why,
@@ -292,23 +301,15 @@ def _rec_dict(r: Recommendation) -> dict[str, Any]:
     return d
 
 
-def patch_already_in(cfg: dict[str, Any], patch: dict[str, Any]) -> bool:
-    """True when every field of ``patch`` already has that value in ``cfg`` (applying it changes nothing)."""
-    from trainkit.config import get_dotted
-
-    return all(get_dotted(cfg, k) == v or (isinstance(v, dict) and isinstance(get_dotted(cfg, k), dict)
-                                            and all(get_dotted(cfg, k).get(a) == b for a, b in v.items()))
-               for k, v in patch.items())
-
-
 def plan_recommendations(findings: list[Finding], ev: dict[str, Any], lo: int = 3, hi: int = 5) -> dict[str, Any]:
     """Rank every fired finding's recommendations by expected gain / effort; select 3-5 actionable
     ones (config patches; filled up with generic moves when the detectors offer fewer); keep
     infrastructure fixes and advice (changes to the user's own code) apart.
 
     What earlier Phase 4 iterations taught is used (``ev["tried"]``: recommendation id → realized
-    gain in points): a recommendation that did not help is dropped, one that helped has its
-    realized gain as its expected gain; a patch the config already holds is dropped. The fix of a
+    gain in points, measured on this config): every one of them is dropped, a near-tie as much as a
+    loss (had it won beyond the seed spread, it would have been adopted and the config would differ),
+    so no iteration repeats a measured candidate set; a patch the config already holds is dropped. The fix of a
     dominant bottleneck (``forced``) is always selected. The combined expected gain assumes the
     changes overlap: headroom × (1 − Π(1 − gain_i / headroom))."""
     tried: dict[str, float] = ev.get("tried") or {}
@@ -318,20 +319,16 @@ def plan_recommendations(findings: list[Finding], ev: dict[str, Any], lo: int = 
             for r in f.recommendations:
                 if r.id not in by_id or r.expected_gain_points > by_id[r.id].expected_gain_points:
                     by_id[r.id] = r
-    for rid, realized in tried.items():
+    for rid in tried:  # measured on this very config and not adopted: a loss or a near-tie; never proposed again
         if rid in by_id and by_id[rid].kind == "accuracy":
-            if realized <= 0:
-                del by_id[rid]
-            else:
-                by_id[rid].expected_gain_points = round(realized, 2)
-                by_id[rid].evidence["calibrated_from_realized"] = realized
+            del by_id[rid]
     cfg = ev["config"]
     by_id = {k: r for k, r in by_id.items() if not (r.patch and patch_already_in(cfg, r.patch))}
     fixes = [r for r in by_id.values() if r.kind == "fix"]
     advice = [r for r in by_id.values() if r.kind == "advice"]
     actionable = [r for r in by_id.values() if r.kind not in ("fix", "advice") and r.patch]
     if sum(r.kind == "accuracy" for r in actionable) < lo:
-        have = {r.id for r in actionable} | {r.id for r in fixes} | {k for k, v in tried.items() if v <= 0}
+        have = {r.id for r in actionable} | {r.id for r in fixes} | set(tried)
         patched = {k for r in actionable + fixes for k in (r.patch or {})}
         for g in _generic(ev):
             if g.id not in have and not (set(g.patch) & patched) and not patch_already_in(cfg, g.patch) \

@@ -15,7 +15,7 @@ import re
 from typing import Any, Callable
 
 from trainkit.diagnostics.data_quality import detect_data_quality
-from trainkit.diagnostics.findings import (INFRA_STRENGTH, THRESHOLDS, Finding, Recommendation, _dropout_rec, _family_recs,
+from trainkit.diagnostics.findings import (INFRA_STRENGTH, STANDARD_LR, THRESHOLDS, Finding, Recommendation, _dropout_rec, _family_recs,
                                            _gap_to_target, _headroom, _is_image, _label_noise, _learned, _noise_points,
                                            _quiet, _recommend, _seed_probe_converged, _smoothing_rec, _suggested_lr,
                                            _thresholds)
@@ -161,7 +161,8 @@ def detect_nan_loss(evidence: dict[str, Any]) -> Finding:
     nf = nf or {}
     cfg = evidence["config"]
     sug, lr = _suggested_lr(evidence), cfg["optimizer"]["lr"]
-    new_lr = min(sug, lr / 10) if sug else lr / 10
+    std = STANDARD_LR[cfg["optimizer"]["name"]]  # absolute values, never a fixed fraction of an absurd LR
+    new_lr = sug if sug and sug < lr else std if std < lr else lr / 10
     f = Finding("nan_loss", True, 1.0, f"non-finite at epoch {nf.get('epoch', bad_epoch)} step {nf.get('step')}; first "
                 f"bad gradient in {nf.get('parameter')!r}; last finite loss {nf.get('last_finite_loss')}",
                 {"nonfinite": nf, "first_bad_epoch": bad_epoch, "configured_lr": lr, "suggested_lr": sug}, {},
@@ -222,6 +223,13 @@ def detect_convergence_stall(evidence: dict[str, Any]) -> Finding:
                                       {"optimizer.lr": float(f"{sug:.3g}")},
                                       "the loss did not move: the LR is far from the range where this model learns",
                                       gain, 1, kind, configured_lr=lr, suggested_lr=sug))
+    else:  # the finder cannot tell: the optimizer's standard starting point, the safe choice
+        std = STANDARD_LR[cfg["optimizer"]["name"]]
+        if not (std / THRESHOLDS["lr_far_factor"] < lr < std * THRESHOLDS["lr_far_factor"]):
+            f.recommendations.append(_recommend("convergence_stall", "lr_standard", f"LR {lr:g} → {std:g} (standard start)",
+                                          {"optimizer.lr": std}, "the loss did not move and the LR range test is "
+                                          f"inconclusive: {cfg['optimizer']['name']}'s usual starting LR", gain, 1, kind,
+                                          configured_lr=lr, standard_lr=std))
     return f
 
 

@@ -9,7 +9,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["Finding", "Recommendation", "THRESHOLDS", "INFRA_STRENGTH"]
+__all__ = ["Finding", "Recommendation", "THRESHOLDS", "INFRA_STRENGTH", "STANDARD_LR", "patch_already_in"]
 
 
 THRESHOLDS: dict[str, float] = {
@@ -201,3 +201,15 @@ def _family_recs(finding: str, evidence: dict[str, Any], gain: float) -> list[Re
                      f"inputs are {what} {list(shape)}; if {name} flattens them, a Conv{2 if fam == 'cnn' else 1}d "
                      "stack with pooling usually fits and generalises better", gain, 3, "advice")]
     return []
+
+
+STANDARD_LR = {"adam": 1e-3, "adamw": 1e-3, "sgd": 0.05}  # the usual starting points (SGD: with momentum 0.9)
+
+
+def patch_already_in(cfg: dict[str, Any], patch: dict[str, Any]) -> bool:
+    """True when every field of ``patch`` already has that value in ``cfg`` (applying it changes nothing)."""
+    from trainkit.config import get_dotted
+
+    return all(get_dotted(cfg, k) == v or (isinstance(v, dict) and isinstance(get_dotted(cfg, k), dict)
+                                            and all(get_dotted(cfg, k).get(a) == b for a, b in v.items()))
+               for k, v in patch.items())

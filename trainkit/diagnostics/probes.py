@@ -81,11 +81,13 @@ def _short_train(cfg: TrainkitConfig, bundle: DataBundle, epochs: int, seed: int
         return model, float(F.cross_entropy(out, yv)), float((out.argmax(1) == yv).float().mean())
 
 
-def input_independent_probe(cfg: TrainkitConfig, bundle: DataBundle, epochs: int = 2) -> dict[str, Any]:
-    """Train on zeroed inputs and on real inputs for a few epochs: the real model must score better,
-    else the model is not using its inputs (broken data pipeline, labels detached from samples)."""
-    _, zl, za = _short_train(cfg, bundle, epochs, cfg.training.seed, zero_inputs=True)
-    _, rl, ra = _short_train(cfg, bundle, epochs, cfg.training.seed)
+def input_independent_probe(cfg: TrainkitConfig, bundle: DataBundle, epochs: int = 2,
+                            max_steps: int | None = None) -> dict[str, Any]:
+    """Train on zeroed inputs and on real inputs for a few epochs (at most ``max_steps`` steps
+    each): the real model must score better, else the model is not using its inputs (broken data
+    pipeline, labels detached from samples)."""
+    _, zl, za = _short_train(cfg, bundle, epochs, cfg.training.seed, zero_inputs=True, max_steps=max_steps)
+    _, rl, ra = _short_train(cfg, bundle, epochs, cfg.training.seed, max_steps=max_steps)
     ok = math.isfinite(rl) and (ra > za + 0.01 or rl < zl * 0.95)
     return {"zero_input_val_loss": zl, "zero_input_val_accuracy": za, "real_val_loss": rl, "real_val_accuracy": ra,
             "epochs": epochs, "ok": bool(ok)}
@@ -117,16 +119,31 @@ def overfit_batch_probe(cfg: TrainkitConfig, bundle: DataBundle, n: int = 32, st
 
 
 def lr_range_test(cfg: TrainkitConfig, bundle: DataBundle, lr_min: float = 1e-6, lr_max: float = 10.0,
-                  steps: int = 100, beta: float = 0.9, diverge: float = 4.0) -> dict[str, Any]:
-    """Exponential LR sweep with the config's optimizer: smoothed loss per LR, stop on divergence.
+                  steps: int = 100, beta: float = 0.9, diverge: float = 4.0, longer: int = 300) -> dict[str, Any]:
+    """Exponential LR sweep with the config's optimizer from a fresh initialization: smoothed loss
+    per LR, stop on divergence.
 
     Suggestion: the LR of the lowest smoothed loss divided by 10 (the usual "min / 10" rule: the
-    minimum sits at the edge of instability; a tenth of it trains fast and stays stable)."""
+    minimum sits at the edge of instability; a tenth of it trains fast and stays stable). The curve
+    is read by its shape against its own noise (:func:`_lr_curve_problem`); when a ``steps`` sweep
+    is flat, it sweeps again over ``longer`` steps (more batches, a slower ramp) before it says
+    "inconclusive"."""
+    out = _lr_sweep(cfg, bundle, lr_min, lr_max, steps, beta, diverge)
+    if out.get("flat") and longer > steps:
+        again = _lr_sweep(cfg, bundle, lr_min, lr_max, longer, beta, diverge)
+        again["first_sweep"] = {"steps": steps, "reason": out.get("reason")}
+        out = again
+    out.pop("flat", None)
+    return out
+
+
+def _lr_sweep(cfg: TrainkitConfig, bundle: DataBundle, lr_min: float, lr_max: float, steps: int, beta: float,
+              diverge: float) -> dict[str, Any]:
     device = resolve_device(cfg.training.device)
     model = _model(cfg, bundle, device)
     opt = make_optimizer(with_overrides(cfg, {"optimizer.lr": lr_min}), model.parameters())
     factor = (lr_max / lr_min) ** (1 / max(1, steps - 1))
-    lrs, losses, avg, best = [], [], 0.0, math.inf
+    lrs, losses, raws, avg, best = [], [], [], 0.0, math.inf
     it, epoch = iter(()), 0
     for i in range(steps):
         try:
@@ -150,33 +167,53 @@ def lr_range_test(cfg: TrainkitConfig, bundle: DataBundle, lr_min: float = 1e-6,
         smooth = avg / (1 - beta ** (i + 1))
         lrs.append(lr)
         losses.append(smooth)
+        raws.append(raw)
         best = min(best, smooth)
         if i > 5 and smooth > diverge * best:
             break
     if not losses:
         return {"lrs": [], "losses": [], "suggested_lr": None, "min_loss_lr": None, "ok": False, "inconclusive": True,
-                "reason": "the loss was non-finite from the first step"}
+                "reason": "the loss was non-finite from the first step", "steps": steps}
     k = int(np.argmin(losses))
+    diverged = len(lrs) < steps
     out = {"lrs": lrs, "losses": losses, "min_loss_lr": lrs[k], "suggested_lr": lrs[k] / 10,
            "configured_lr": cfg.optimizer.lr, "optimizer": cfg.optimizer.name, "stopped_at_lr": lrs[-1],
-           "diverged": len(lrs) < steps, "ok": True, "inconclusive": False}
-    why = _lr_curve_problem(losses, k)
+           "diverged": diverged, "ok": True, "inconclusive": False, "steps": steps}
+    why, stats = _lr_curve_problem(losses, raws, k, diverged)
+    out["shape"] = stats
     if why:  # a flat or noisy curve has no minimum worth trusting: suggest nothing rather than a guess
-        out.update(suggested_lr=None, ok=False, inconclusive=True, reason=why)
+        out.update(suggested_lr=None, ok=False, inconclusive=True, reason=why, flat=why.startswith("flat"))
     return out
 
 
-def _lr_curve_problem(losses: list[float], k: int, min_drop: float = 0.10) -> str | None:
-    """Why a range-test curve cannot be read (None when it can): the loss must fall by at least
-    ``min_drop`` of its starting value, and the minimum must not sit in the first tenth of the sweep."""
-    start = float(np.mean(losses[: max(3, len(losses) // 20)]))
-    drop = 1 - losses[k] / start if start > 0 else 0.0
-    if drop < min_drop:
-        return (f"flat curve: the smoothed loss fell only {drop:.1%} across the sweep (needs {min_drop:.0%}); "
-                "no LR range where this model learns (dead units, detached inputs or labels?)")
-    if k < len(losses) // 10:
-        return "noisy curve: the lowest loss comes before the LR has grown; no trustworthy minimum"
-    return None
+LR_CURVE_Z = 4.0  # the fall to the minimum must exceed this many standard errors of the curve's own noise
+LR_CURVE_MIN_FALL = 0.01  # ... and 1% of the starting loss (a noiseless curve makes any wiggle "significant")
+
+
+def _lr_curve_problem(losses: list[float], raws: list[float], k: int, diverged: bool) -> tuple[str | None, dict[str, Any]]:
+    """Why a range-test curve cannot be read (None when it can), judged by its shape against its
+    own noise, not a fixed fall: the step-to-step noise of the raw losses (a robust estimate from
+    successive differences) gives the standard error of the starting level (the first tenth of the
+    sweep) and of the smoothed minimum; the fall from start to minimum must exceed
+    ``LR_CURVE_Z`` of those errors (and ``LR_CURVE_MIN_FALL``). A curve that fell and then
+    diverged has a clear minimum; one whose minimum sits in the first tenth of the sweep has none."""
+    n = len(losses)
+    n0 = max(3, n // 10)
+    start = float(np.mean(raws[:n0]))
+    diffs = np.diff(np.asarray(raws, dtype=float))
+    sigma = float(1.4826 * np.median(np.abs(diffs - np.median(diffs))) / math.sqrt(2)) if len(diffs) >= 3 else 0.0
+    se = sigma * math.sqrt(1 / n0 + 0.1 / 1.9)  # the EMA's variance is σ²(1 − β)/(1 + β) at β = 0.9
+    fall = start - losses[k]
+    stats = {"start_loss": round(start, 5), "min_loss": round(losses[k], 5), "fall": round(fall, 5),
+             "noise_sd": round(sigma, 5), "fall_in_se": round(fall / se, 2) if se > 0 else None, "diverged_after_min": diverged}
+    need = max(LR_CURVE_Z * se, LR_CURVE_MIN_FALL * abs(start))
+    if fall < need:
+        return (f"flat curve: the smoothed loss fell {fall:.4g} ({fall / start if start else 0.0:.1%}) across the sweep, within "
+                f"{LR_CURVE_Z:g} standard errors of its own noise (needs {need:.4g}); no LR range where this model learns "
+                "(dead units, detached inputs or labels?)"), stats
+    if k < n // 10:
+        return "noisy curve: the lowest loss comes before the LR has grown; no trustworthy minimum", stats
+    return None, stats
 
 
 def grad_norm_stats(history: Sequence[dict[str, Any]]) -> dict[str, Any]:

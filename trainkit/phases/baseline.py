@@ -84,7 +84,8 @@ def decide(ctx: PhaseContext, outcome: dict[str, Any]) -> dict[str, Any]:
     evidence = {"status": outcome["status"], "best_val_accuracy": best, "target": cfg.target.value, "learning": why,
                 "nonfinite": r.get("nonfinite"), "error": (outcome.get("error") or {}).get("message")}
     option, nxt, reason = after_baseline(status=outcome["status"], learned=ok, best=best, target=cfg.target.value,
-                                         attempt=ctx.attempt, max_restarts=cfg.budget.max_baseline_restarts)
+                                         attempt=ctx.attempt, max_restarts=cfg.budget.max_baseline_restarts,
+                                         epochs=len(r.get("history") or []))
     return write_decision(ctx, option, nxt, reason, evidence)
 
 
@@ -145,7 +146,10 @@ def _results(ctx: PhaseContext, outcome: dict[str, Any]) -> dict[str, tuple[str,
     res["losses_finite"] = ("pass", "every epoch's train and val loss finite") if finite else \
         ("fail", f"non-finite: {r.get('nonfinite')}" if r.get("nonfinite") else "no finite epoch recorded")
     ok, why = learned(r["init_loss"], hist, outcome.get("chance", 0.0)) if hist else (False, "no completed epoch")
-    res["learning_happened"] = ("pass" if ok else "fail", why)
+    if not ok and outcome["status"] == "time_budget" and hist:  # too few epochs to tell: the decision says so (B)
+        res["learning_happened"] = ("warn", f"inconclusive: the budget stopped training after {len(hist)} epoch(s); {why}")
+    else:
+        res["learning_happened"] = ("pass" if ok else "fail", why)
     utils = [h["gpu_util_mean"] for h in hist if "gpu_util_mean" in h]
     if not r.get("device", "cpu").startswith("cuda"):
         res["gpu_utilisation"] = ("na", f"CPU run ({r.get('device', 'cpu')}): no GPU to utilise")

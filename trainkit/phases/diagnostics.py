@@ -81,7 +81,13 @@ def diagnose(ctx: DiagnosticsContext, label_issues: bool = True) -> dict[str, An
         rows = sorted({i for f in findings if f.fired for i in f.evidence.get(key, [])})
         if rows:  # each file keeps what earlier rounds excluded: a patch never brings rows back
             write_json_atomic(ctx.path(name), {"indices": sorted(set(rows) | previous), "why": why})
+    recovery = None
+    if ctx.failed_mode and ev["status"] != "crashed" and _restarts_left(ctx) > 0:  # a crash needs its own fix (code, memory)
+        from trainkit.diagnostics.recovery import choose_fix, failed_history
+
+        recovery = choose_fix(cfg, bundle, plan, ev, failed_history(ctx.run_dir), clock=clock(ctx))
     result = {"round": ctx.attempt, "source": str(Path(ctx.source).relative_to(ctx.run_dir)), "failed_mode": ctx.failed_mode,
+              "recovery": recovery,
               "primary": primary.name if primary else None, "cause": (primary.cause or primary.name) if primary else None,
               "strength": round(primary.strength, 3) if primary else 0.0,
               "findings": [f.to_dict() for f in findings], "plan": plan,
@@ -177,11 +183,34 @@ def write_report(ctx: DiagnosticsContext, result: dict[str, Any], decision: dict
     if plan["fixes"]:
         L += ["", "## Infrastructure fixes (restart Phase 2)", ""]
         L += [f"- **{r['title']}** ({r['finding']}): {r['rationale']}; patch `{r['patch']}`" for r in plan["fixes"]]
+    L += _recovery_lines(result.get("recovery"))
     L += _reference_lines(probes.get("reference") or {})
     L += ["", "## Probes", ""] + _probe_lines(probes) + [""] + [f"![{n}]({n})" for n in figures]
     L += ["", "## Thresholds", "", "Every detector's thresholds are in `findings.json` and explained in its guide."]
     L += ["", f"Fired: {', '.join(fired) or 'none'}. Guides copied here: {', '.join(guides)}."]
     return write_text_atomic(ctx.path("diagnostic_report.md"), "\n".join(L) + "\n")
+
+
+def _recovery_lines(rec: dict[str, Any] | None) -> list[str]:
+    """The failed baseline's candidate fixes and their trial fits (fresh init, a few hundred steps)."""
+    if rec is None:
+        return []
+    L = ["", "## Recovery: each candidate fix tried before a restart is spent on it", "",
+         f"Rule: a candidate must learn in a {rec['steps']}-step trial fit from a fresh initialization (the baseline's "
+         "learning rule); moves of a kind that already failed in this run and LRs within 2× of a failed attempt's are "
+         f"not candidates (failed LRs: {rec['history'].get('failed_lrs') or 'none'}; failed fixes: "
+         f"{rec['history'].get('failed_kinds') or 'none'}).", "",
+         "| fix | patch | steps | loss at init → end | val accuracy | learns |", "|---|---|---:|---|---:|---|"]
+    for t in rec["trials"]:
+        end = t.get("final_train_loss")
+        L.append(f"| {t['id']} | `{t['patch']}` | {t.get('steps', 0)} | {t.get('init_loss', float('nan')):.4g} → "
+                 f"{'—' if end is None else f'{end:.4g}'} | {t.get('val_accuracy', float('nan')):.4f} | "
+                 f"{'**yes**' if t['learned'] else 'no'}: {html.escape(t['why'])} |")
+    if rec.get("skipped"):
+        L += ["", f"Not tried (time budget): {', '.join(rec['skipped'])}."]
+    L += ["", f"Chosen: **{rec['chosen']['id']}**." if rec["chosen"] else "", "" if rec["chosen"] else
+          "No candidate learned: no restart is spent on a guess."]
+    return L
 
 
 def _reference_lines(ref: dict[str, Any]) -> list[str]:
@@ -232,6 +261,12 @@ def _probe_lines(p: dict[str, Any]) -> list[str]:
             g("per_class", "val recall per class: {recall}")]
 
 
+def _restarts_left(ctx: DiagnosticsContext) -> int:
+    attempts = len([e for e in load_manifest(ctx.run_dir)["phases"] if e["phase"] == Phase.BASELINE.value
+                    and e.get("status") != "running"])
+    return ctx.config.budget.max_baseline_restarts - max(0, attempts - 1)
+
+
 def decide(ctx: DiagnosticsContext, result: dict[str, Any]) -> dict[str, Any]:
     """A/B/C from the expected gain and the fixes; for C with a known patch, write the fixed config
     as the run's current config (with provenance) so Phase 2 restarts on it."""
@@ -242,11 +277,16 @@ def decide(ctx: DiagnosticsContext, result: dict[str, Any]) -> dict[str, Any]:
     fixes = [r for r in plan["fixes"] if r["patch"]]
     needs_fix = bool(plan["fixes"]) or result["failed_mode"]
     fix_recs = fixes or (plan["selected"] if result["failed_mode"] else [])
-    patch, prov = combine_patches(fix_recs) if fix_recs else ({}, [])
     manual = "; ".join(r["rationale"] for r in plan["fixes"] if not r["patch"]) or None
-    attempts = len([e for e in load_manifest(ctx.run_dir)["phases"] if e["phase"] == Phase.BASELINE.value
-                    and e.get("status") != "running"])
-    restarts_left = cfg.budget.max_baseline_restarts - max(0, attempts - 1)
+    recovery = result.get("recovery")
+    if recovery is not None:  # a failed baseline: only a fix whose trial fit learned is worth a restart
+        fix_recs = [recovery["chosen"]] if recovery["chosen"] else []
+        if not fix_recs:
+            tried = ", ".join(f"{t['id']} ({t['why']})" for t in recovery["trials"]) or "none fitted in the time left"
+            manual = (f"no candidate fix learned in a {recovery['steps']}-step trial fit (tried: {tried}); "
+                      "check the data and the model by hand")
+    patch, prov = combine_patches(fix_recs) if fix_recs else ({}, [])
+    restarts_left = _restarts_left(ctx)
     strong = None
     if result["primary"] and result["strength"] >= THRESHOLDS["strong_strength"] and plan["selected"] \
             and plan["gap_to_target_points"] > 0:
@@ -257,6 +297,7 @@ def decide(ctx: DiagnosticsContext, result: dict[str, Any]) -> dict[str, Any]:
     evidence = {"primary": result["primary"], "cause": result.get("cause"), "strength": result.get("strength"),
                 "expected_gain_points": plan["expected_gain_points"],
                 "selected": [r["id"] for r in plan["selected"]], "fixes": [r["id"] for r in plan["fixes"]],
+                "fix_ids": [r["id"] for r in fix_recs],
                 "marginal": "marginal" in reason}
     if option == "C" and nxt == Phase.BASELINE.value:
         fixed = with_overrides(cfg, patch)

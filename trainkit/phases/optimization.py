@@ -68,12 +68,13 @@ def realized_gains(run_dir: str | Path, base: Any | None = None) -> dict[str, fl
 
 def _untried(ctx: OptimizationContext, cfg: Any) -> list[dict[str, Any]]:
     """This diagnosis round's recommendations still worth trying on ``cfg``: selected ones first,
-    then the rest by rank; not those ``cfg`` already holds, nor those measured without gain on it."""
+    then the rest by rank; not those ``cfg`` already holds, nor those measured on it (a near-tie
+    is measured too: what beat ``cfg`` beyond the seed spread was adopted, so ``cfg`` would differ)."""
     from trainkit.diagnostics import patch_already_in
 
     rd = _round_dir(ctx)
     plan = read_json(rd / FINDINGS)["plan"]
-    have, lost = config_to_dict(cfg), {rid for rid, g in realized_gains(ctx.run_dir, cfg).items() if g <= 0}
+    have, lost = config_to_dict(cfg), set(realized_gains(ctx.run_dir, cfg))  # measured on cfg: a loss or a near-tie
     diagnosed = load_config(rd / TRAINING_CONFIG).model.name if (rd / TRAINING_CONFIG).is_file() else None
     out, seen = [], set()
     for r in plan["selected"] + plan["ranked"]:
