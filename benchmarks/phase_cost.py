@@ -13,7 +13,12 @@ kernel, each phase's ``load_data`` time against Phase 1's scan of the folder, wh
 and the last line ``single-optimization path: X.X× baseline compute`` (goals: ≤ 5×; later loads
 ≤ 10% of the scan; the Phase 3 kernel under 2 GB).
 
-    python3 benchmarks/phase_cost.py [--images 20000] [--epochs 12] [--budget-units 4.8] [--keep DIR]
+    python3 benchmarks/phase_cost.py [--images 20000] [--epochs 12] [--budget-units 4.8] [--slow-baseline X] [--keep DIR]
+
+``--slow-baseline X`` (X > 1): from Phase 2 on, training really takes X times what Phase 1
+estimated (trainkit.testing.sleepy_cnn sleeps per training batch once the run is past Phase 1, as on
+a machine that got busy); the run then prints whether Phase 3 still ran its cheap probes and
+Phase 4 at least one single move.
 """
 
 from __future__ import annotations
@@ -63,13 +68,15 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--budget-units", type=float, default=4.8)
     ap.add_argument("--keep", default=None, help="folder for the images and runs (kept; the images are reused)")
+    ap.add_argument("--slow-baseline", type=float, default=0.0,
+                    help="X > 1: training after Phase 1 really takes X times Phase 1's estimate (a sleep per training batch)")
     a = ap.parse_args()
     base = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix="tk-phase-cost-"))
     env = dict(os.environ, TRAINKIT_PROGRESS="off")
     made = make_folder(base / "images", a.images)
     print(f"data: {a.images} PNGs at 32x32 in {base / 'images'}" + (f" (written in {made:.1f} s)" if made else " (reused)"))
     cfg = {"data": {"source": "image_folder", "root": str(base / "images"), "batch_size": 128, "workers": 1},
-           "model": {"name": "cnn", "kwargs": {"channels": [32, 64]}},
+           "model": {"name": "trainkit.testing:sleepy_cnn" if a.slow_baseline > 1 else "cnn", "kwargs": {"channels": [32, 64]}},
            "optimizer": {"name": "sgd", "lr": 0.003, "momentum": 0.0},
            "training": {"epochs": a.epochs, "patience": None, "seed": 0},
            "final": {"epochs": a.epochs, "patience": 3},
@@ -88,9 +95,23 @@ def main() -> None:
     else:
         extra = []
     name = f"cost-{stamp}"
-    code, out, wall = run([str(cfg_path), "--name", name, "--runs-dir", str(runs), *extra,
-                           "--approve", "stakeholder_approval=benchmark"], env)
     rd = runs / name
+    if a.slow_baseline > 1:  # Phase 1 at full speed; then every training batch sleeps (X − 1) × its estimated share
+        env["TRAINKIT_SLOW_FILE"] = str(base / f"slow-{stamp}.txt")
+        code, out, wall1 = run([str(cfg_path), "--name", name, "--runs-dir", str(runs), *extra, "--stop-after", "1"], env)
+        plan = json.loads((rd / "01_planning" / "budget_plan.json").read_text())
+        sizes = json.loads((rd / "01_planning" / "splits.json").read_text())["sizes"]
+        batches = a.epochs * -(-sizes["train"] // cfg["data"]["batch_size"])
+        delay = (a.slow_baseline - 1) * plan["baseline_estimate_s"] / batches
+        Path(env["TRAINKIT_SLOW_FILE"]).write_text(f"{delay:.6f}")
+        print(f"slow baseline: {a.slow_baseline:g}× Phase 1's estimate of {plan['baseline_estimate_s']:.1f} s "
+              f"({delay * 1000:.1f} ms more per training batch from Phase 2 on)")
+        code, out, wall = run(["--resume", "--name", name, "--runs-dir", str(runs),
+                               "--approve", "stakeholder_approval=benchmark"], env)
+        wall += wall1
+    else:
+        code, out, wall = run([str(cfg_path), "--name", name, "--runs-dir", str(runs), *extra,
+                               "--approve", "stakeholder_approval=benchmark"], env)
     manifest = json.loads((rd / "run.json").read_text())
     print(f"trainkit run exit {code} in {wall:.1f} s; path: {' → '.join(e['phase'] for e in manifest['phases'])}")
     loads = [json.loads(line) for line in (rd / "data_loads.jsonl").read_text().splitlines()]
@@ -116,9 +137,28 @@ def main() -> None:
     single = [e["phase"] for e in manifest["phases"]] == PATH
     if not single:
         print("note: this run did not take exactly the single-optimization path; the figure below is its whole path")
+    if a.slow_baseline > 1:
+        _information_first(rd)
     print(f"single-optimization path: {total / unit:.1f}× baseline compute")
     if code not in (0,):
         print(out[-3000:], file=sys.stderr)
+
+
+def _information_first(rd: Path) -> None:
+    """Under a slow baseline: did Phase 3 run its cheap probes, and Phase 4 at least one single move?"""
+    cheap = ("init_loss", "lr_range", "input_independent", "overfit_batch", "data")
+    for d in sorted((rd / "03_diagnostics").glob("round-*")):
+        probes = json.loads((d / "findings.json").read_text())["evidence"]["probes"]
+        ran = [p for p in cheap if p in probes and not probes[p].get("skipped")]
+        print(f"{d.relative_to(rd)}: cheap probes run {len(ran)}/{len(cheap)}; cut: "
+              f"{[p for p, v in probes.items() if isinstance(v, dict) and v.get('skipped')] or 'none'}")
+    for d in sorted((rd / "04_optimization").glob("iter-*")):
+        cmp = json.loads((d / "comparison.json").read_text()) if (d / "comparison.json").is_file() else {}
+        singles = [c["id"] for c in cmp.get("candidates", []) if len(c["recommendations"]) == 1]
+        print(f"{d.relative_to(rd)}: single moves measured: {singles or 'none'}; combination measured: "
+              f"{any(c['id'] == 'all' for c in cmp.get('candidates', []))}")
+    if not (rd / "03_diagnostics").is_dir():
+        print("03_diagnostics: skipped")
 
 
 if __name__ == "__main__":

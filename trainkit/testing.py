@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -236,6 +237,40 @@ def signal_conv_model(input_shape: tuple[int, ...], num_classes: int) -> nn.Modu
     c, _ = input_shape
     return nn.Sequential(nn.Conv1d(c, 16, 5, padding=2), nn.ReLU(), nn.AdaptiveAvgPool1d(1), nn.Flatten(),
                          nn.Linear(16, num_classes))
+
+
+SLOW_FILE_ENV = "TRAINKIT_SLOW_FILE"
+
+
+class _Sleepy(nn.Module):
+    """trainkit's CNN that sleeps, per training batch, the seconds written in the file that
+    ``TRAINKIT_SLOW_FILE`` names, once that file exists (read at most once a second)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self._checked, self._delay = 0.0, 0.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import time
+
+        if self.training:
+            now = time.time()
+            if now - self._checked > 1.0:
+                self._checked = now
+                f = os.environ.get(SLOW_FILE_ENV)
+                self._delay = float(Path(f).read_text()) if f and Path(f).is_file() else 0.0
+            if self._delay:
+                time.sleep(self._delay)
+        return self.net(x)
+
+
+def sleepy_cnn(input_shape: tuple[int, ...], num_classes: int, channels: list[int] | None = None) -> nn.Module:
+    """A CNN whose training slows down on cue (benchmarks/phase_cost.py --slow-baseline: the baseline
+    really takes longer than Phase 1 estimated, as on a machine that got busy)."""
+    from trainkit.models import build_model
+
+    return _Sleepy(build_model("cnn", input_shape, num_classes, {"channels": channels or [32, 64]}))
 
 
 # ---------------------------------------------------------------- the phase notebooks, in this process

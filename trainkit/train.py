@@ -204,6 +204,7 @@ class _Loop:
     guard_every: int
     n_batches: int
     scheduled: bool = True
+    select_last: bool = False
     bar: Any = None
     monitor: GpuMonitor | None = None
 
@@ -261,8 +262,11 @@ BAR_INTERVAL_S = 0.25  # the progress bar is updated a few times a second, not e
 
 def fit(cfg: TrainkitConfig, bundle: DataBundle, out_dir: str | Path | None = None, *, resume: bool = False,
         progress: bool = True, on_epoch: Callable[[dict[str, Any]], Any] | None = None,
-        deadline: float | None = None, max_epochs: int | None = None) -> FitResult:
+        deadline: float | None = None, max_epochs: int | None = None, select: str = "best") -> FitResult:
     """Train ``cfg``'s model on ``bundle``; write metrics.jsonl and checkpoints/{best,last}.pt to ``out_dir``.
+
+    ``select="last"``: the best checkpoint is the last epoch's (a refit on train+val for a fixed
+    epoch count, whose val rows are training rows: their accuracy selects nothing).
 
     ``deadline`` (a ``time.time()`` value, from the phase's time budget): no epoch starts that would
     end past it (judged from the last epoch's time), and an epoch running past it stops; the first
@@ -279,7 +283,7 @@ def fit(cfg: TrainkitConfig, bundle: DataBundle, out_dir: str | Path | None = No
         created = not dist.is_initialized()
     try:
         return _fit(cfg, bundle, out_dir, resume=resume, progress=progress, on_epoch=on_epoch, deadline=deadline,
-                    max_epochs=max_epochs)
+                    max_epochs=max_epochs, select=select)
     finally:
         if created:
             import torch.distributed as dist
@@ -293,10 +297,11 @@ def fit(cfg: TrainkitConfig, bundle: DataBundle, out_dir: str | Path | None = No
 
 def _fit(cfg: TrainkitConfig, bundle: DataBundle, out_dir: str | Path | None, *, resume: bool, progress: bool,
          on_epoch: Callable[[dict[str, Any]], Any] | None, deadline: float | None = None,
-         max_epochs: int | None = None) -> FitResult:
+         max_epochs: int | None = None, select: str = "best") -> FitResult:
     """Set up, resume, then the two loops: epochs, and the steps of one epoch."""
     t_start = time.perf_counter()
     lp = _setup(cfg, bundle, out_dir)
+    lp.select_last = select == "last"
     pr = _resume(lp, resume)
     lp.bar = progress_bar((cfg.training.epochs - pr.start_epoch) * lp.n_batches, "train", progress and lp.is_main)
     tr = cfg.training
@@ -540,7 +545,7 @@ def _end_epoch(lp: _Loop, pr: _Progress, ep: _Epoch, epoch: int,
               **_quantiles(ep.norms), "epoch_time_s": epoch_time, "samples_per_s": float(totals[2]) / epoch_time,
               "data_wait_fraction": ep.wait / epoch_time, **(lp.monitor.epoch_stats() if lp.monitor else {})}
     pr.history.append(record)
-    improved = pr.best is None or record["val_accuracy"] > pr.best["val_accuracy"]
+    improved = pr.best is None or record["val_accuracy"] > pr.best["val_accuracy"] or lp.select_last
     if pr.best is None or record["val_accuracy"] > pr.best["val_accuracy"] + tr.min_delta:
         pr.bad_epochs = 0
     else:

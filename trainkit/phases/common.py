@@ -63,6 +63,7 @@ class OptimizationContext(PhaseContext):
     recs: list[dict[str, Any]] = field(default_factory=list)
     round_no: int = 0
     candidate: TrainkitConfig | None = None
+    folds: dict[str, Any] | None = None  # small data: the k-fold plan the comparisons use (trainkit.folds)
 
 
 @dataclass
@@ -71,6 +72,7 @@ class FinalizationContext(PhaseContext):
 
     bundle: DataBundle | None = None
     reused: str | None = None
+    refit: dict[str, Any] | None = None  # small data: train+val for the folds' epoch count (trainkit.folds)
 
 
 Ctx = TypeVar("Ctx", bound=PhaseContext)

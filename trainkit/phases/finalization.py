@@ -39,12 +39,15 @@ def start(run_dir: str | Path, interactive: bool = True) -> FinalizationContext:
     f = cfg.final
     ctx.config = with_overrides(cfg, {"training.epochs": max(cfg.training.epochs, f.epochs), "training.patience": f.patience})
     ctx.reused = None
+    _refit_plan(ctx)
     _fit_in_budget(ctx, cfg)
     save_config(ctx.config, ctx.path("final_config.yaml"))
     write_json_atomic(ctx.path("final_config.sha256.json"), {"config_hash": config_hash(ctx.config),
                                                              "file_sha256": sha256_file(ctx.path("final_config.yaml"))})
     what = (f"the final model is the best so far, <code>{html.escape(ctx.reused)}</code> (no time for a final training)"
             if ctx.reused else f"{ctx.config.training.epochs} epochs, patience {ctx.config.training.patience}")
+    if ctx.refit and not ctx.reused:
+        what += f"; small data: {html.escape(ctx.refit['summary'])}"
     show_html(f"<p>Finalization from <code>{prev.relative_to(run_dir)}</code> ({html.escape(decision['reason'])}): {what}.</p>")
     return ctx
 
@@ -62,6 +65,18 @@ def _best_so_far(run_dir: Path) -> tuple[Path, Path] | None:
     if d is not None and (d / "checkpoints" / "best.pt").is_file() and (d / TRAIN_SUMMARY).is_file():
         return d, d / TRAINING_CONFIG
     return None
+
+
+def _refit_plan(ctx: FinalizationContext) -> None:
+    """Small data: train+val for the folds' epoch count (:func:`trainkit.folds.plan_refit`)."""
+    from trainkit.folds import plan_refit, refit_view
+
+    ref = plan_refit(ctx.run_dir, ctx.run.splits(), ctx.config, lambda: _bundle(ctx), clock(ctx).allows)
+    if ref is not None:
+        ctx.config = with_overrides(ctx.config, {"training.epochs": ref["epochs"], "training.patience": None})
+        ctx.refit = ref
+        write_json_atomic(ctx.path("refit.json"), ref)
+        ctx.bundle = refit_view(_bundle(ctx))
 
 
 def _fit_in_budget(ctx: FinalizationContext, cfg: Any) -> None:
@@ -119,7 +134,7 @@ def final_train(ctx: FinalizationContext, resume: bool = False) -> dict[str, Any
             show_figure(curves_figure(out["history"], f"final model = best so far ({ctx.reused})"), ctx.path("curves.png"))
         return out
     bundle = _bundle(ctx)
-    r = fit(ctx.config, bundle, ctx.dir, resume=resume, deadline=clock(ctx).deadline)
+    r = fit(ctx.config, bundle, ctx.dir, resume=resume, deadline=clock(ctx).deadline, select="last" if ctx.refit else "best")
     if r.status == "time_budget":
         clock(ctx).cut(f"final training epochs {len(r.history) + 1}-{ctx.config.training.epochs}",
                        "stopped at Phase 5's deadline")
@@ -252,6 +267,7 @@ def _write_test_md(ctx: FinalizationContext, rec: dict[str, Any]) -> None:
          f"- test accuracy **{rec['accuracy']:.4f}** (95% bootstrap CI [{lo:.4f}, {hi:.4f}])",
          f"- val accuracy {rec['val_accuracy']:.4f} (CI [{rec['val_accuracy_ci'][0]:.4f}, {rec['val_accuracy_ci'][1]:.4f}])",
          f"- expected calibration error {rec['ece']:.4f} (15 bins)",
+         *([f"- small data: {ctx.refit['summary']}"] if ctx.refit and not ctx.reused else []),
          f"- robustness: accuracy {rec['noisy_accuracy']:.4f} with Gaussian noise σ={rec['noise_std']} on normalized inputs "
          f"(drop {rec['robustness_drop'] * 100:.2f} points)", "",
          "| class | precision | recall | F1 | support |", "|---|---:|---:|---:|---:|"]

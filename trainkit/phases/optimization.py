@@ -175,14 +175,20 @@ def _train_seeds(cfg: Any, bundle: Any, out: Path | None, seeds: list[int], ctx:
     rows = []
     c = clock(ctx) if ctx is not None else None
     est = _fit_estimate(ctx, cfg) if ctx is not None else 0.0
+    folds = ctx.folds if ctx is not None else None
     for s in seeds:
         if c is not None and not (always_first and not rows) and not c.allows(est, f"{what or 'fit'} on seed {s}"):
             break
         d = out / f"seed-{s}" if out is not None else None
         hook = _pruner(cfg, (reference or {}).get(s), max(PRUNE_MARGIN, 4 * _phase3_seed_std(ctx)) if ctx else PRUNE_MARGIN)
-        r = fit(with_overrides(cfg, {"training.seed": s}), bundle, d, progress=False, deadline=c.deadline if c else None,
+        data = bundle
+        if folds is not None:  # small data: run i trains on fold i of train+val (seed i), fold for fold with the others
+            from trainkit.folds import fold_view
+
+            data = fold_view(bundle, s - folds["s0"], folds["k"], seed=folds["s0"])
+        r = fit(with_overrides(cfg, {"training.seed": s}), data, d, progress=False, deadline=c.deadline if c else None,
                 on_epoch=hook)
-        print(f"  {what or 'fit'} seed {s}: {r.status} after {len(r.history)} epoch(s), best val accuracy "
+        print(f"  {what or 'fit'} {'fold' if folds else 'seed'} {s}: {r.status} after {len(r.history)} epoch(s), best val accuracy "
               f"{(r.best or {}).get('val_accuracy', float('nan')):.4f} ({r.wall_time_s:.1f} s)", flush=True)
         rows.append({"seed": s, "status": r.status, "best_val_accuracy": (r.best or {}).get("val_accuracy", float("nan")),
                      "best_epoch": (r.best or {}).get("epoch"), "train_time_s": r.train_time_s, "history": r.history,
@@ -221,11 +227,14 @@ def _baseline_rows(ctx: OptimizationContext, seeds: list[int], train: bool) -> l
     base_dir = latest_attempt_dir(ctx.run_dir, Phase.BASELINE.value)
     base_cfg = load_config(base_dir / TRAINING_CONFIG)
     h = config_hash(base_cfg)
+    if ctx.folds is not None:  # fold runs are not the runs Phase 2 and 3 made on the one split
+        h = f"{h}:folds-{ctx.folds['k']}"
     rec = read_json(cache) if cache.is_file() else {}
     if rec.get("config_hash") != h or not isinstance(rec.get("runs"), dict):
         rec = {"config_hash": h, "config": str((base_dir / TRAINING_CONFIG).relative_to(ctx.run_dir)), "runs": {},
                "reused": {}}
-    for seed, row in _known_baseline_runs(ctx.run_dir, base_dir, base_cfg).items():
+    known = _known_baseline_runs(ctx.run_dir, base_dir, base_cfg) if ctx.folds is None else {}
+    for seed, row in known.items():
         if str(seed) not in rec["runs"]:
             rec["runs"][str(seed)] = row
             rec["reused"][str(seed)] = row["reused"]
@@ -270,12 +279,15 @@ def _seed_list(ctx: OptimizationContext, seeds: int) -> list[int]:
 
 
 def _candidates(ctx: OptimizationContext, ablation: bool) -> list[dict[str, Any]]:
-    """Each recommendation alone (with ``ablation``) and all of them together."""
+    """Each recommendation alone (with ``ablation``), strongest first, then all of them together:
+    information first, so a budget that fits only one fit measures one single move, never an
+    untested combination."""
     recs = ctx.recs
-    out = [{"id": "all", "recommendations": [r["id"] for r in recs], "config": ctx.candidate}]
+    whole = {"id": "all", "recommendations": [r["id"] for r in recs], "config": ctx.candidate}
     if ablation and len(recs) > 1:
-        out += [{"id": r["id"], "recommendations": [r["id"]], "config": with_overrides(ctx.config, r["patch"])} for r in recs]
-    return out
+        return [{"id": r["id"], "recommendations": [r["id"]], "config": with_overrides(ctx.config, r["patch"])}
+                for r in recs] + [whole]
+    return [whole]
 
 
 def compare(ctx: OptimizationContext, seeds: int = 3, ablation: bool = True) -> dict[str, Any]:
@@ -285,8 +297,13 @@ def compare(ctx: OptimizationContext, seeds: int = 3, ablation: bool = True) -> 
     baseline (its own config and data) and with the best so far, seed for seed."""
     from trainkit.run import load_run_data
 
-    seed_list = _seed_list(ctx, seeds)
-    base_rows = _baseline_rows(ctx, seed_list[:1], train=True)  # Phase 2's run: nothing to train
+    from trainkit.folds import SMALL_VAL_ROWS, plan_for
+
+    val_rows = ((ctx.run.splits() or {}).get("sizes") or {}).get("val", SMALL_VAL_ROWS)
+    plan = plan_for(load_run_data(ctx.config, ctx.run_dir, PHASE)) if val_rows < SMALL_VAL_ROWS else None
+    seed_list = _seed_list(ctx, plan["k"] if plan else seeds)
+    ctx.folds = dict(plan, s0=seed_list[0]) if plan else None
+    base_rows = _baseline_rows(ctx, seed_list[:1], train=True)  # Phase 2's run: nothing to train (folds: fold 1)
     best_file = ctx.run_dir / BEST
     best = read_json(best_file) if best_file.is_file() else {"label": "baseline", "per_seed": [r["best_val_accuracy"] for r in base_rows]}
     cands = _candidates(ctx, ablation)
@@ -296,9 +313,9 @@ def compare(ctx: OptimizationContext, seeds: int = 3, ablation: bool = True) -> 
         if not clock(ctx).allows(need, "", record=False):
             keep = max(0, int(clock(ctx).left() // max(est, 1e-9)) - 1 - 2 * (len(seed_list) - 1))
             dropped = [c["id"] for c in cands[1 + keep:]]
-            clock(ctx).cut(f"ablation of {', '.join(dropped)} (each recommendation alone)",
+            clock(ctx).cut(f"candidates {', '.join(dropped)} (singles first, the combination last)",
                            f"needs ~{need:.1f} s for every candidate and the survivors' seeds, "
-                           f"{max(0.0, clock(ctx).left()):.1f} s left; {keep} single(s) kept")
+                           f"{max(0.0, clock(ctx).left()):.1f} s left; {1 + keep} candidate(s) kept")
             cands = cands[:1 + keep]
     for c in cands:  # rung 0: every candidate on the first seed (Phase 2's seed: its pair is already there)
         c["bundle"] = load_run_data(c["config"], ctx.run_dir, PHASE)
@@ -342,7 +359,7 @@ def compare(ctx: OptimizationContext, seeds: int = 3, ablation: bool = True) -> 
                                                                      if r["id"] == c["id"]),
                          "realized_gain_points": c["gain_points"], "seeds": len(c["seeds"])} for c in summary
                         if c["id"] != "all" and len(c["recommendations"]) == 1],
-           "fits": sum(c["fits"] for c in summary), "base_config_hash": config_hash(ctx.config)}
+           "fits": sum(c["fits"] for c in summary), "base_config_hash": config_hash(ctx.config), "folds": ctx.folds}
     write_json_atomic(ctx.path(COMPARISON), {k: v for k, v in out.items() if k not in ("candidate", "baseline")} |
                       {"candidate": [{k: v for k, v in r.items() if k != "history"} for r in runs],
                        "baseline": [{k: v for k, v in r.items() if k != "history"} for r in base_rows]})
@@ -486,6 +503,9 @@ def write_results(ctx: OptimizationContext, cmp: dict[str, Any], decision: dict[
          f"Decision: **option {decision['option']}** → `{decision['next']}` — {decision['reason']}", "",
          f"Candidate {'**adopted**' if decision['evidence']['adopted'] else '**not adopted**'}: a change is adopted only when "
          f"its gain over the best so far exceeds the seed spread ({vb['spread'] * 100:.2f} points).", "",
+         *([f"Small data ({cmp['folds']['val_rows']} val rows; one row is {cmp['folds']['one_row_points']:g} points): "
+            f"{cmp['folds']['rule']}. Here k = {cmp['folds']['k']}: run *i* (seed *i*) is fold *i*, compared fold for "
+            "fold.", ""] if cmp.get("folds") else []),
          "| config | seeds | best val accuracy (mean ± std) | per seed |", "|---|---:|---|---|",
          f"| baseline | {len(cmp['seeds'])} | {ms(vbase['mean_a'], vbase['std_a'])} | "
          f"{per(base_vals)} |"]

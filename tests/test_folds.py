@@ -1,0 +1,86 @@
+"""Small data (#21): k-fold views over train+val, the epoch count the folds choose, and Phase 5's
+refit on train+val when the val split is small."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from trainkit.data import load_data
+from trainkit.folds import SMALL_VAL_ROWS, chosen_epochs, fold_view, plan_for, refit_view
+from trainkit.testing import run_phase_inprocess, tiny_config
+from trainkit.train import fit
+
+
+def _small_table(tmp_path, n=180, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 4))
+    y = np.where(x[:, 0] + 0.5 * x[:, 1] > 0, "yes", "no")
+    df = pd.DataFrame({"a": x[:, 0], "b": x[:, 1], "c": x[:, 2], "colour": rng.choice(["red", "blue"], n), "label": y})
+    p = tmp_path / "small.csv"
+    df.to_csv(p, index=False)
+    return {"data.source": "csv", "data.root": str(p), "data.label": "label", "data.batch_size": 32}
+
+
+def test_folds_are_stratified_disjoint_and_cover_train_plus_val(tmp_path):
+    cfg = tiny_config(_small_table(tmp_path))
+    bundle = load_data(cfg)
+    plan = plan_for(bundle)
+    assert plan is not None and plan["k"] == 5 and plan["val_rows"] < SMALL_VAL_ROWS and "never the test rows" in plan["rule"]
+    pool = set(bundle.splits["train"]) | set(bundle.splits["val"])
+    vals = []
+    for i in range(plan["k"]):
+        v = fold_view(bundle, i, plan["k"])
+        tr, va = set(v.splits["train"]), set(v.splits["val"])
+        assert not tr & va and tr | va == pool
+        assert not (tr | va) & set(bundle.splits["test"])  # the test rows never enter a fold
+        np.testing.assert_array_equal(v.splits["test"], bundle.splits["test"])
+        share = float(v.split_labels("val").float().mean())
+        assert abs(share - float(bundle.split_labels("train").float().mean())) < 0.12  # stratified
+        vals.append(va)
+    assert set().union(*vals) == pool and sum(len(v) for v in vals) == len(pool)  # each row is val exactly once
+    assert set(refit_view(bundle).splits["train"]) == pool
+
+
+def test_a_large_val_split_uses_no_folds():
+    assert plan_for(load_data(tiny_config())) is None  # digits: 269 val rows
+
+
+def test_the_folds_choose_the_epoch_of_lowest_val_loss():
+    rows = [{"history": [{"val_loss": v} for v in losses]} for losses in ([3, 2, 1, 2], [3, 1, 2, 2], [3, 2, 1.5, 1])]
+    assert chosen_epochs(rows) == 3
+    assert chosen_epochs([{"best_epoch": 4}, {"best_epoch": 6}, {"best_epoch": 1}]) == 5
+    assert chosen_epochs([]) is None
+
+
+def test_select_last_keeps_the_last_epoch():
+    cfg = tiny_config({"training.epochs": 3})
+    r = fit(cfg, load_data(cfg), None, progress=False, select="last")
+    assert r.best["epoch"] == 2
+
+
+@pytest.mark.slow
+def test_phase5_refits_a_small_table_on_train_plus_val_for_the_folds_epochs(tmp_path):
+    data = _small_table(tmp_path)
+    cfg = tiny_config({**data, "training.epochs": 6, "training.patience": None, "target.value": 0.5,
+                       "model.kwargs": {"hidden": [16]}, "final.epochs": 8})
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    run = tmp_path / "run"
+    run_phase_inprocess("01_planning", run, config_path=str(path))
+    run_phase_inprocess("02_baseline", run, attempt=1)
+    assert json.loads((run / "02_baseline/attempt-1/decision.json").read_text())["next"] == "05_finalization"
+    run_phase_inprocess("05_finalization", run, approvals={"stakeholder_approval": "tester"})
+    fin = run / "05_finalization"
+    ref = json.loads((fin / "refit.json").read_text())
+    assert ref["k"] == 5 and ref["folds_used"] == 5 and ref["source"] == "folds run in Phase 5"
+    assert ref["epochs"] == chosen_epochs(ref["fold_runs"]) and 1 <= ref["epochs"] <= 8  # the final config's epochs
+    summary = json.loads((fin / "train_summary.json").read_text())
+    assert len(summary["history"]) == ref["epochs"] and summary["best"]["epoch"] == ref["epochs"] - 1  # the last epoch
+    sizes = json.loads((run / "01_planning/splits.json").read_text())["sizes"]
+    assert ref["rows"] == sizes["train"] + sizes["val"]
+    assert "small data: trained on train+val" in (fin / "test_results.md").read_text()

@@ -1,0 +1,158 @@
+"""Small data: k-fold cross-validation over train+val instead of one small val split.
+
+When the val split has fewer than :data:`SMALL_VAL_ROWS` rows, one row moves val accuracy by more
+than a third of a point and the seed spread is larger than most gains worth judging. Phase 4 then
+compares candidates fold for fold (fold *i* of train+val, stratified, with seed *i*), never on the
+test rows, and Phase 5 trains the final model on train+val for the epoch count the folds chose
+(the median over folds of the epoch with the lowest val loss). The test split stays quarantined throughout.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Sequence
+
+import numpy as np
+
+__all__ = ["SMALL_VAL_ROWS", "MAX_FOLDS", "plan_for", "fold_view", "refit_view", "chosen_epochs", "RULE"]
+
+SMALL_VAL_ROWS = 200  # one row moves val accuracy by half a point or more; 2 standard errors at 90% exceed 4 points
+MAX_FOLDS = 5
+RULE = (f"val split under {SMALL_VAL_ROWS} rows: comparisons use stratified k-fold cross-validation over train+val "
+        f"(k = {MAX_FOLDS}, fewer when a class has fewer rows), never the test rows; the final model trains on train+val "
+        "for the median of the folds' best epochs")
+
+
+def plan_for(bundle: Any) -> dict[str, Any] | None:
+    """The fold plan when the val split is small (None otherwise): k, the rows, the rule."""
+    n_val = len(bundle.splits["val"])
+    if n_val >= SMALL_VAL_ROWS:
+        return None
+    idx = _pool(bundle)
+    counts = np.bincount(_labels(bundle, idx), minlength=bundle.num_classes)
+    k = int(min(MAX_FOLDS, max(2, counts[counts > 0].min() if (counts > 0).any() else 2)))
+    return {"k": k, "val_rows": int(n_val), "rows": int(len(idx)), "one_row_points": round(100 / max(1, n_val), 2),
+            "rule": RULE}
+
+
+def _pool(bundle: Any) -> np.ndarray:
+    return np.concatenate([np.asarray(bundle.splits["train"]), np.asarray(bundle.splits["val"])])
+
+
+def _labels(bundle: Any, idx: np.ndarray) -> np.ndarray:
+    import torch
+
+    y = bundle.labels if bundle.labels is not None else bundle.source.y
+    return y[torch.as_tensor(idx)].numpy()
+
+
+def fold_view(bundle: Any, i: int, k: int, seed: int = 0) -> Any:
+    """The same data with fold ``i`` of ``k`` (stratified over train+val) as val and the rest as train;
+    the test split is untouched (and still quarantined)."""
+    from sklearn.model_selection import StratifiedKFold
+
+    idx = _pool(bundle)
+    y = _labels(bundle, idx)
+    tr, va = list(StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(idx, y))[i % k]
+    view = copy.copy(bundle)
+    view.splits = dict(bundle.splits, train=np.sort(idx[tr]), val=np.sort(idx[va]))
+    return view
+
+
+def refit_view(bundle: Any) -> Any:
+    """Train on train+val (val is still evaluated each epoch, as a monitor of rows it trains on)."""
+    view = copy.copy(bundle)
+    view.splits = dict(bundle.splits, train=np.sort(_pool(bundle)))
+    return view
+
+
+def chosen_epochs(rows: Sequence[dict[str, Any]]) -> int | None:
+    """The epoch count the folds chose: the median over folds of the epoch (1-based) with the
+    lowest val loss (a small val split's accuracy plateaus early and would pick the first epoch
+    that reached it), else of the best epoch."""
+    best = []
+    for r in rows:
+        h = [e for e in r.get("history") or [] if np.isfinite(e.get("val_loss", np.nan))]
+        if h:
+            best.append(min(range(len(h)), key=lambda i: h[i]["val_loss"]) + 1)
+        elif r.get("best_epoch") is not None:
+            best.append(int(r["best_epoch"]) + 1)
+    return int(np.median(best)) if best else None
+
+
+def known_fold_runs(run_dir: Any) -> tuple[list[dict[str, Any]], str] | None:
+    """The fold runs Phase 4 made of the config being finalized: the adopted best's (``best.json``),
+    else the baseline's; None when Phase 4 ran no folds."""
+    from pathlib import Path
+
+    from trainkit._io import read_json
+
+    run_dir = Path(run_dir)
+    if (run_dir / "best.json").is_file():
+        label = read_json(run_dir / "best.json")["label"]
+        cmp_path = run_dir / label / "comparison.json"
+        if cmp_path.is_file():
+            cmp = read_json(cmp_path)
+            if cmp.get("folds"):
+                return [_with_history(run_dir, r) for r in cmp["candidate"]], label
+        return None
+    cache = run_dir / "04_optimization" / "baseline_seeds.json"
+    if cache.is_file():
+        rec = read_json(cache)
+        if ":folds-" in str(rec.get("config_hash")) and rec.get("runs"):
+            return [_with_history(run_dir, rec["runs"][k]) for k in sorted(rec["runs"], key=int)], \
+                "the baseline's fold runs (Phase 4)"
+    return None
+
+
+def _with_history(run_dir: Any, row: dict[str, Any]) -> dict[str, Any]:
+    """A fold run's row with its per-epoch val losses (from its train_summary.json when it was saved)."""
+    from trainkit._io import read_json
+
+    if row.get("history") or not row.get("dir"):
+        return row
+    p = run_dir / row["dir"] / "train_summary.json"
+    hist = (read_json(p).get("history") or []) if p.is_file() else []
+    return dict(row, history=[{"epoch": h["epoch"], "val_loss": h["val_loss"]} for h in hist])
+
+
+def run_folds(cfg: Any, bundle: Any, plan: dict[str, Any], allows: Any = None) -> list[dict[str, Any]]:
+    """Fit ``cfg`` on each fold (seed s0 + i on fold i), while ``allows(seconds, what)`` lets the next start."""
+    import time
+
+    from trainkit.config import with_overrides
+    from trainkit.train import fit
+
+    rows: list[dict[str, Any]] = []
+    s0, each = cfg.training.seed, 0.0
+    for i in range(plan["k"]):
+        if allows is not None and rows and not allows(each, f"fold {i + 1} of {plan['k']} (epochs for the refit)"):
+            break
+        t0 = time.perf_counter()
+        r = fit(with_overrides(cfg, {"training.seed": s0 + i}), fold_view(bundle, i, plan["k"], seed=s0), None, progress=False)
+        each = time.perf_counter() - t0
+        rows.append({"seed": s0 + i, "status": r.status, "best_val_accuracy": (r.best or {}).get("val_accuracy"),
+                     "best_epoch": (r.best or {}).get("epoch"),
+                     "history": [{"epoch": h["epoch"], "val_loss": h["val_loss"]} for h in r.history]})
+    return rows
+
+
+def plan_refit(run_dir: Any, splits: dict[str, Any] | None, cfg: Any, bundle: Any, allows: Any = None) -> dict[str, Any] | None:
+    """Phase 5 on small data: the refit record (k, the epoch count, where the fold runs came from,
+    a one-line summary for the reports), or None when the val split is not small. ``bundle`` is a
+    callable that loads the data (only called when the val split is small)."""
+    if ((splits or {}).get("sizes") or {}).get("val", SMALL_VAL_ROWS) >= SMALL_VAL_ROWS:
+        return None
+    data = bundle()
+    plan = plan_for(data)
+    if plan is None:
+        return None
+    known = known_fold_runs(run_dir)
+    rows, source = known if known else (run_folds(cfg, data, plan, allows), "folds run in Phase 5")
+    epochs = chosen_epochs(rows)
+    if epochs is None:
+        return None
+    return dict(plan, folds_used=len(rows), epochs=epochs, source=source, fold_runs=rows, summary=(
+        f"trained on train+val ({plan['rows']} rows) for {epochs} epochs, the median lowest-val-loss epoch of {len(rows)} folds "
+        f"({source}); its val rows are training rows, so the val accuracy below estimates nothing: the folds' and the "
+        "test's do"))
