@@ -317,6 +317,35 @@ def test_the_readmes_own_table_walkthrough_as_written(tmp_path):
     gate = json.loads((tmp_path / "runs" / "churn" / "05_finalization" / "gate.json").read_text())
     status = {c["id"]: c["status"] for c in gate["checks"]}
     assert status["test_disjoint"] == "pass" and status["test_meets_target"] == "pass", gate["checks"]
+    assert status["raw_rows_predict"] == "pass", gate["checks"]  # raw test rows through `trainkit predict`, as evaluated
+
+
+@pytest.mark.slow
+def test_the_production_check_sends_raw_test_rows_through_predict_and_fails_on_a_mismatch(table_run):
+    import torch
+
+    from trainkit.checkpoints import load_checkpoint
+    from trainkit.models import build_model
+    from trainkit.predict import raw_rows_parity
+
+    root, run, cfg = table_run
+    bundle = load_run_data(cfg, run, "02_baseline")
+    state = load_checkpoint(run / "02_baseline/attempt-1/checkpoints/best.pt")  # the model predict uses (no final yet)
+    model = build_model(cfg.model.name, bundle.input_shape, 2, cfg.model.kwargs, cfg.model.init)
+    model.load_state_dict(state["model"])
+    t = bundle.source.table  # what an evaluation would record: the model on the test rows, encoded in memory
+    x = torch.as_tensor(t.preprocess.transform(t.frame.iloc[bundle.splits["test"]]))
+    with torch.no_grad():  # (bundle._x hides the test rows while the quarantine is closed, as in Phase 2)
+        expected = model.eval()((x - bundle.mean) / bundle.std).argmax(1).tolist()
+    status, why = raw_rows_parity(run, bundle, expected)
+    assert status == "pass" and f"{len(expected)} raw test rows" in why, why
+    flipped = list(expected)
+    flipped[3] = 1 - flipped[3]
+    status, why = raw_rows_parity(run, bundle, flipped)
+    assert status == "fail" and "1 of" in why, why
+    assert raw_rows_parity(run, bundle, None)[0] == "fail"
+    digits = load_data(tiny_config())
+    assert raw_rows_parity(run, digits, expected)[0] == "na"
 
 
 def test_the_reference_models_are_fitted_on_the_same_rows_and_scored_on_val(churn_csv):

@@ -95,7 +95,7 @@ GATES: dict[str, GateSpec] = {g.name: g for g in [
         _check("config_saved", "optimization_config.yaml saved with provenance for every changed field"),
         _check("results_reviewed", "A person reviewed the comparison", "manual", False),
     )),
-    GateSpec("production_ready", Phase.FINALIZATION.value, "Phase 5 → deploy: production ready (24 mandatory checks)", (
+    GateSpec("production_ready", Phase.FINALIZATION.value, "Phase 5 → deploy: production ready (25 mandatory checks)", (
         _check("test_never_read_before", "1. Test split never read before Phase 5"),
         _check("test_disjoint", "2. Test split disjoint from train/val by content"),
         _check("test_evaluated_once", "3. Test evaluated once, on the final model"),
@@ -119,7 +119,8 @@ GATES: dict[str, GateSpec] = {g.name: g for g in [
         _check("latency_measured", "21. Latency measured (and within budget when one is set)"),
         _check("deployment_guide", "22. Deployment guide written and its snippets ran"),
         _check("model_card", "23. Model card written"),
-        _check("stakeholder_approval", "24. Stakeholder approval", "manual", True),
+        _check("raw_rows_predict", "24. Raw test rows predicted through `trainkit predict` as evaluated (tables)"),
+        _check("stakeholder_approval", "25. Stakeholder approval", "manual", True),
     )),
 ]}
 

@@ -119,3 +119,34 @@ def write_predictions(result: dict[str, Any], out: str | Path) -> Path:
     for j, name in enumerate(result["classes"]):
         frame[f"p({name})"] = result["probabilities"][:, j]
     return write_text_atomic(out, frame.to_csv(index=False))
+
+
+RAW_PARITY_ROWS = 500  # test rows the production gate sends through the deployment path
+
+
+def raw_rows_parity(run_dir: str | Path, bundle: Any, expected: list[int] | None) -> tuple[str, str]:
+    """Production check for a table run: the raw test rows (as the user's file has them, up to
+    :data:`RAW_PARITY_ROWS`), written to a CSV and sent through :func:`predict` (preprocess.json,
+    the normalization, the final checkpoint), must get exactly the classes the test evaluation
+    gave them. No label is read: only the evaluation's recorded predictions are compared."""
+    import tempfile
+
+    table = getattr(bundle.source, "table", None)
+    if table is None:
+        return "na", f"not a table run ({type(bundle.source).__name__}): inputs arrive as arrays, not raw rows"
+    if expected is None:
+        return "fail", "the test evaluation recorded no predictions to compare with"
+    test = np.asarray(bundle.splits["test"])
+    take = np.linspace(0, len(test) - 1, min(len(test), RAW_PARITY_ROWS)).astype(int) if len(test) else test
+    rows = table.frame.iloc[test[take]].drop(columns=[table.label])
+    with tempfile.TemporaryDirectory(prefix="trainkit-raw-") as tmp:
+        path = Path(tmp) / "raw_test_rows.csv"
+        rows.to_csv(path, index=False)
+        got = predict(run_dir, path)
+    names = got["classes"]
+    want = [names[expected[i]] for i in take]
+    bad = [i for i, (a, b) in enumerate(zip(got["predicted"], want)) if a != b]
+    if bad:
+        return "fail", (f"{len(bad)} of {len(want)} raw test rows predicted differently through `trainkit predict` than in "
+                        f"the evaluation (first: row {int(test[take][bad[0]])}: {got['predicted'][bad[0]]!r} vs {want[bad[0]]!r})")
+    return "pass", f"{len(want)} raw test rows (CSV, no label column) through `trainkit predict`: every class as evaluated"

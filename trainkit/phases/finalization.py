@@ -1,5 +1,5 @@
 """Phase 5 (Finalization): final training, the one-time test evaluation, export with parity and
-latency, deployment guide and model card, the 24-check production_ready gate, deploy or blocked."""
+latency, deployment guide and model card, the 25-check production_ready gate, deploy or blocked."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from trainkit.run import GATE, METRICS, TEST_ACCESS_LOG, TRAIN_SUMMARY, TRAINING
 from trainkit.errors import CheckpointError, GateError, QuarantineError
 from trainkit.phases.common import run_path, FinalizationContext, begin, clock, finish_gate, load_run_config, require_routed, \
     show_figure, show_html, write_decision
+from trainkit.metrics import bootstrap_interval as _boot, expected_calibration_error
 from trainkit.run import PHASES, latest_attempt_dir, load_manifest, phase_dir
 
 __all__ = ["start", "final_train", "evaluate_test", "export_models", "write_docs", "reproduce", "decide", "gate",
@@ -143,20 +144,6 @@ def final_train(ctx: FinalizationContext, resume: bool = False) -> dict[str, Any
     return r.to_dict()
 
 
-def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> tuple[float, list[dict[str, float]]]:
-    """ECE over equal-width confidence bins, and the per-bin (confidence, accuracy, count) rows."""
-    conf, pred = probs.max(1), probs.argmax(1)
-    edges = np.linspace(0, 1, bins + 1)
-    ece, rows = 0.0, []
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        m = (conf > lo) & (conf <= hi)
-        if m.any():
-            acc, c = float((pred[m] == y[m]).mean()), float(conf[m].mean())
-            ece += m.mean() * abs(acc - c)
-            rows.append({"lo": float(lo), "hi": float(hi), "confidence": c, "accuracy": acc, "count": int(m.sum())})
-    return float(ece), rows
-
-
 def _load_final(ctx: FinalizationContext, bundle: Any) -> torch.nn.Module:
     from trainkit.checkpoints import load_checkpoint
     from trainkit.models import build_model
@@ -170,20 +157,6 @@ def _load_final(ctx: FinalizationContext, bundle: Any) -> torch.nn.Module:
 def _predict(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
     with torch.no_grad():
         return torch.softmax(model(x).float(), 1).numpy()
-
-
-def _boot(correct: np.ndarray, n: int, seed: int) -> list[float]:
-    """95% percentile-bootstrap interval of the accuracy. At 0% or 100% every resample is identical
-    and the bootstrap collapses to a point; there the Wilson score interval is used instead (100%
-    of 180 val samples is [0.979, 1], not [1, 1])."""
-    k, m = float(correct.sum()), len(correct)
-    if m and k in (0.0, float(m)):
-        z, p = 1.96, k / m
-        centre, half = (p + z * z / (2 * m)) / (1 + z * z / m), z * math.sqrt(p * (1 - p) / m + z * z / (4 * m * m)) / (1 + z * z / m)
-        return [max(0.0, centre - half), min(1.0, centre + half)]
-    rng = np.random.default_rng(seed)
-    means = correct[rng.integers(0, len(correct), (n, len(correct)))].mean(1)
-    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
 
 
 def evaluate_test(ctx: FinalizationContext, force: bool = False) -> dict[str, Any]:
@@ -221,7 +194,7 @@ def evaluate_test(ctx: FinalizationContext, force: bool = False) -> dict[str, An
                           "f1": float(f1[k]), "support": int(s[k])} for k in range(bundle.num_classes)],
            "confusion": confusion_matrix(yt_, pt.argmax(1), labels=list(range(bundle.num_classes))).tolist(),
            "ece": ece, "reliability": bins, "noise_std": f.noise_std,
-           "noisy_accuracy": float((noisy.argmax(1) == yt_).mean())}
+           "noisy_accuracy": float((noisy.argmax(1) == yt_).mean()), "predicted": pt.argmax(1).tolist()}
     rec["robustness_drop"] = rec["accuracy"] - rec["noisy_accuracy"]
     write_json_atomic(rec_path, rec)
     _test_figures(ctx, rec, bundle.source.class_names)
@@ -552,6 +525,9 @@ def _results(ctx: FinalizationContext, train: dict[str, Any], test: dict[str, An
     res["environment_recorded"] = ("pass", "01_planning/environment.json") if (ctx.run_dir / Phase.PLANNING.value / "environment.json").is_file() \
         else ("fail", "environment.json missing")
     res["earlier_gates_valid"] = _earlier_gates(ctx)
+    from trainkit.predict import raw_rows_parity
+
+    res["raw_rows_predict"] = raw_rows_parity(ctx.run_dir, bundle, test.get("predicted"))
     par = exp.get("parity", {})
     on, ts = par.get("onnx", {}), par.get("torchscript", {})
     res["onnx_valid"] = ("pass", "model.onnx passes onnx.checker (full check)") if exp.get("onnx_exported") else \
@@ -583,7 +559,7 @@ ARTIFACTS = ("final_config.yaml", "checkpoints/best.pt", METRICS, "test_evaluati
 
 def gate(ctx: FinalizationContext, train: dict[str, Any], test: dict[str, Any], exp: dict[str, Any], repro: dict[str, Any],
          approvals: Any = None, waivers: dict[str, str] | None = None) -> dict[str, Any]:
-    """production_ready: 24 mandatory checks (23 automatic, the stakeholder's approval manual).
+    """production_ready: 25 mandatory checks (24 automatic, the stakeholder's approval manual).
     Never signed automatically; a block is recorded and returned (the decision says what is missing)."""
     arts = [ctx.rel(n) for n in ARTIFACTS if ctx.path(n).is_file()]
     if (ctx.run_dir / TEST_ACCESS_LOG).is_file():  # a test read after sign-off invalidates the gate
