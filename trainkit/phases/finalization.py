@@ -469,17 +469,14 @@ def _disjoint(bundle: Any, overlap: int) -> tuple[str, str]:
     return "fail", f"{overlap} train/val samples share content with test samples"
 
 
-def _results(ctx: FinalizationContext, train: dict[str, Any], test: dict[str, Any], exp: dict[str, Any],
-             repro: dict[str, Any]) -> dict[str, tuple[str, Any]]:
-    from trainkit.checkpoints import load_checkpoint, verify_checkpoint
-
-    f, res = ctx.config.final, {}
+def _quarantine_checks(ctx: FinalizationContext, bundle: Any) -> dict[str, tuple[str, Any]]:
+    """Checks 1-3: the test split never read before Phase 5, disjoint by content, read once."""
+    res: dict[str, tuple[str, Any]] = {}
     log = read_jsonl(ctx.run_dir / TEST_ACCESS_LOG) if (ctx.run_dir / TEST_ACCESS_LOG).is_file() else []
     early = [r for r in log if r.get("phase") != PHASE and r.get("allowed")]
     refused = [r for r in log if r.get("phase") != PHASE and not r.get("allowed")]
     res["test_never_read_before"] = ("fail", f"{len(early)} test read(s) before Phase 5: {early[:3]}") if early else \
         ("pass", f"test_access.jsonl: no read before Phase 5 ({len(refused)} attempt(s) refused by the quarantine)")
-    bundle = _bundle(ctx)
     keys = bundle.source.sample_keys
     test_keys = {keys[i] for i in bundle.splits["test"]}
     overlap = sum(keys[i] in test_keys for s in ("train", "val") for i in bundle.splits[s])
@@ -488,6 +485,15 @@ def _results(ctx: FinalizationContext, train: dict[str, Any], test: dict[str, An
     forced = [r for r in final_reads if "forced" in str(r.get("reason"))]
     res["test_evaluated_once"] = ("pass", "one test evaluation, on the final model") if len(final_reads) == 1 and not forced \
         else ("fail", f"{len(final_reads)} test reads in Phase 5 ({len(forced)} forced)")
+    return res
+
+
+def _results(ctx: FinalizationContext, train: dict[str, Any], test: dict[str, Any], exp: dict[str, Any],
+             repro: dict[str, Any]) -> dict[str, tuple[str, Any]]:
+    from trainkit.checkpoints import load_checkpoint, verify_checkpoint
+
+    f, bundle = ctx.config.final, _bundle(ctx)
+    res = _quarantine_checks(ctx, bundle)
     tgt = ctx.config.target.value
     res["test_meets_target"] = ("pass" if test["accuracy"] >= tgt else "fail",
                                 f"test accuracy {test['accuracy']:.4f} vs target {tgt} (waive with the documented shortfall)")
