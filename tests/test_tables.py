@@ -413,3 +413,33 @@ def test_a_column_that_gives_the_label_away_is_named_a_possible_leak(churn_csv):
     assert rows["refund_issued"]["possible_leak"] and rows["refund_issued"]["label_accuracy"] == 1.0
     assert not rows["noise"]["possible_leak"] and not rows["plan"]["possible_leak"]
     assert rows["noise"]["label_accuracy"] < 0.85
+
+
+def test_table_problems_are_named_by_column_and_a_clean_table_has_none(tmp_path, churn_csv):
+    from trainkit.config import config_to_dict
+    from trainkit.diagnostics.data_quality import detect_data_quality
+
+    rng = np.random.default_rng(0)
+    n = 800
+    df = pd.DataFrame({"x1": rng.normal(size=n), "x2": rng.normal(size=n), "region": rng.choice(list("abcdefghij"), n)})
+    df["y"] = np.where(df.x1 + 0.3 * rng.normal(size=n) > 0, "pos", "neg")
+    df["status"] = np.where(df.y == "pos", "closed", "open")  # known only after the outcome: a leak
+    df["const"] = "same"
+    df.loc[df.index % 7 == 0, "region"] = [f"new{i}" for i in range(len(df.loc[df.index % 7 == 0]))]
+    df.to_csv(tmp_path / "t.csv", index=False)
+
+    def judged(path, label):
+        cfg = tiny_config({"data.source": "csv", "data.root": str(path), "data.label": label})
+        b = load_data(cfg)
+        ev = {"probes": {"data": _probe(b)}, "config": config_to_dict(cfg), "val_size": len(b.splits["val"]),
+              "target": 0.99, "best": {"val_accuracy": 0.9}}
+        return _probe(b)["table"], detect_data_quality(ev)
+
+    table, f = judged(tmp_path / "t.csv", "y")
+    assert table["leaky_columns"] == ["status"] and table["constant_columns"] == ["const"]
+    assert set(table["unseen_categories"]) == {"region"} and table["unseen_categories"]["region"]["fraction"] > 0.05
+    assert {"leaky_column", "unseen_categories"} <= set(f.evidence["problems"]) and f.evidence["leaky_columns"] == ["status"]
+    advice = {r.id: r for r in f.recommendations}
+    assert advice["drop_leaky_columns"].kind == "advice" and "data.drop: ['status']" in advice["drop_leaky_columns"].rationale
+    clean_table, clean = judged(churn_csv, "churn")
+    assert clean_table["leaky_columns"] == [] and not {"leaky_column", "unseen_categories"} & set(clean.evidence["problems"])

@@ -358,6 +358,28 @@ class TableData:
         return out
 
 
+    def checks(self, train: np.ndarray, y: np.ndarray, val: np.ndarray, y_val: np.ndarray) -> dict[str, Any]:
+        """Table problems by column name, on the train and val rows only (the test rows are never
+        read): columns that alone give the label away (``possible_leak``), columns constant on the
+        train rows, and per categorical column the val rows whose category train never had."""
+        rows = self.overview_of(train, y, val, y_val)
+        tr = self.frame.iloc[np.asarray(train, dtype=np.int64)]
+        va = self.frame.iloc[np.asarray(val, dtype=np.int64)]
+        unseen = {}
+        for c, kind in self.kinds.items():
+            if kind == "categorical":
+                seen = set(tr[c].dropna().astype(str))
+                v = va[c].dropna().astype(str)
+                k = int((~v.isin(seen)).sum())
+                if k:
+                    unseen[c] = {"val_rows": k, "fraction": round(k / max(1, len(va)), 4),
+                                 "examples": sorted(set(v[~v.isin(seen)]))[:5]}
+        return {"leaky_columns": [r["column"] for r in rows if r["possible_leak"]],
+                "one_column_accuracy": {r["column"]: r["label_accuracy"] for r in rows if r["label_accuracy"] is not None},
+                "constant_columns": [c for c in self.kinds if tr[c].nunique(dropna=True) <= 1],
+                "unseen_categories": unseen}
+
+
 def one_column_accuracy(s: Any, y: np.ndarray, s_val: Any, y_val: np.ndarray) -> float:
     """How well one column alone predicts the label, out of sample: each value (a decile bin of a
     number with many values) gets the majority class it had on train; scored on val (an unseen

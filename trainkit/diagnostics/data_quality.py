@@ -32,6 +32,8 @@ def detect_data_quality(evidence: dict[str, Any]) -> Finding:
               "mean_class_recall": n["mean_rec"], "constant_features": d.get("constant_features"), "features": n["feats"],
               "non_finite_values": d.get("non_finite_values"), "near_duplicate_val_fraction": round(n["near_frac"], 4),
               "phase1_duplicates": d.get("duplicates"), "exclude_indices": leak_rows,
+              "leaky_columns": n["leaky_cols"], "constant_columns": (d.get("table") or {}).get("constant_columns"),
+              "unseen_categories": (d.get("table") or {}).get("unseen_categories"),
               "label_exclude_indices": sorted(set(n["flagged"]) | set(leak_rows)) if problems["label_issues"] else []}
     infra = problems["leakage"] or problems["non_finite"]
     f = Finding("data_quality", bool(found), 1.0 if infra else min(1.0, 4 * n["noise"]),
@@ -54,6 +56,9 @@ def _numbers(evidence: dict[str, Any], d: dict[str, Any], label_probe: dict[str,
             "per_class": min(d.get("class_counts_train") or [0]), "noise": _label_noise(evidence),
             "recall": recall, "min_rec": min_rec, "mean_rec": mean_rec, "ratio": d.get("imbalance_ratio", 1.0),
             "ci": label_probe.get("noise_rate_ci") or [0.0, 0.0],
+            "leaky_cols": list((d.get("table") or {}).get("leaky_columns") or []),
+            "unseen_frac": max([u["fraction"] for u in ((d.get("table") or {}).get("unseen_categories") or {}).values()]
+                               or [0.0]),
             "minority_hurt": min_rec is not None and mean_rec is not None
             and min_rec < THRESHOLDS["minority_recall_ratio"] * mean_rec}
 
@@ -68,6 +73,8 @@ def _problems(n: dict[str, Any], d: dict[str, Any]) -> dict[str, bool]:
         "near_duplicates": n["near_frac"] >= THRESHOLDS["near_duplicate_fraction"],
         "constant_features": n["feats"] > 0
         and d.get("constant_features", 0) / n["feats"] >= THRESHOLDS["constant_feature_fraction"],
+        "leaky_column": bool(n["leaky_cols"]),
+        "unseen_categories": n["unseen_frac"] >= THRESHOLDS["unseen_category_fraction"],
     }
 
 
@@ -78,7 +85,9 @@ def _strengths(n: dict[str, Any]) -> dict[str, float]:
             "label_issues": n["noise"] / max(t["label_noise_rate"], (ci[1] - ci[0]) / 2 if len(ci) == 2 else 0.0),
             "imbalance": (n["ratio"] / t["imbalance_ratio"]) * (1.0 if n["minority_hurt"] else t["imbalance_unhurt_weight"]),
             "near_duplicates": n["near_frac"] / t["near_duplicate_fraction"] * t["near_duplicate_weight"],
-            "constant_features": t["constant_feature_strength"]}
+            "constant_features": t["constant_feature_strength"],
+            "leaky_column": t["leaky_column_strength"],  # a person must say whether it is known before the outcome
+            "unseen_categories": n["unseen_frac"] / t["unseen_category_fraction"] * t["constant_feature_strength"]}
 
 
 def _moves(evidence: dict[str, Any], n: dict[str, Any], problems: dict[str, bool], leak_rows: list[int],
@@ -106,6 +115,18 @@ def _moves(evidence: dict[str, Any], n: dict[str, Any], problems: dict[str, bool
                             "exclusion misses", need * 0.2)
     if problems["imbalance"]:
         out += _imbalance_moves(n)
+    if problems["leaky_column"]:
+        cols = n["leaky_cols"]
+        out.append(_recommend("data_quality", "drop_leaky_columns", f"Check column(s) {cols}: alone they give the label away",
+                              None, f"each of {cols} alone predicts val almost perfectly (Phase 1's one-column test); if it "
+                              f"is recorded after the outcome it leaks, and val cannot show it: set data.drop: {cols}",
+                              0.0, 1, "advice", columns=cols))
+    if problems["unseen_categories"]:
+        u = (d.get("table") or {}).get("unseen_categories") or {}
+        out.append(_recommend("data_quality", "unseen_categories", f"Categories only val has: {sorted(u)}", None,
+                              "val rows whose category train never had are encoded as (other): the model knows "
+                              "nothing about them; more training rows of those categories, or coarser categories, help",
+                              0.0, 2, "advice", columns=sorted(u)))
     if problems["non_finite"]:
         out.append(_recommend("data_quality", "fix_non_finite", "Replace or drop non-finite feature values at the "
                               "source", None, f"{d['non_finite_values']} NaN/Inf values reach the model", 0.0, 2, "fix"))

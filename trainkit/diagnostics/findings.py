@@ -28,6 +28,8 @@ THRESHOLDS: dict[str, float] = {
     "imbalance_ratio": 3.0,           # largest / smallest training class count
     "min_per_class": 30,              # label-issue and imbalance verdicts need ≥ 30 training samples per class
     "constant_feature_fraction": 0.5, # ≥ 50% of features constant over train
+    "unseen_category_fraction": 0.05, # tables: ≥ 5% of val rows carry a category train never had
+    "leaky_column_strength": 1.0,     # tables: a column that alone gets val ≥ 99% right (a person judges it)
     "data_wait_fraction": 0.20,       # time blocked on the next batch / epoch time
     "dominant_data_wait": 0.50,       # above this the input pipeline is the bottleneck: its fix is always selected
     "gpu_util_percent": 60.0,         # mean GPU utilisation during training

@@ -406,6 +406,10 @@ def data_probe(bundle: DataBundle, near_threshold: float = 0.995, max_rows: int 
         out["constant_features"] = int((xt.std(0) == 0).sum())
         out["near_duplicates_train_val"] = 0 if bundle.source.duplicates_by_chance else \
             _near_duplicates(bundle, near_threshold, max_rows)
+    table = getattr(bundle.source, "table", None)
+    if table is not None:  # by column name, on train and val only
+        tr, va = np.asarray(bundle.splits["train"]), np.asarray(bundle.splits["val"])
+        out["table"] = table.checks(tr, y[tr], va, y[va])
     return out
 
 
