@@ -184,6 +184,11 @@ def write_report(ctx: DiagnosticsContext, result: dict[str, Any], decision: dict
         L += ["", "## Infrastructure fixes (restart Phase 2)", ""]
         L += [f"- **{r['title']}** ({r['finding']}): {r['rationale']}; patch `{r['patch']}`" for r in plan["fixes"]]
     L += _recovery_lines(result.get("recovery"))
+    from trainkit.folds import RULE, SMALL_VAL_ROWS
+
+    if result["evidence"].get("val_size", SMALL_VAL_ROWS) < SMALL_VAL_ROWS:
+        L += ["", "## Small data", "", f"The val split has {result['evidence']['val_size']} rows: the probes above read it "
+              f"as it is, and Phase 4 does not: {RULE}."]
     L += _reference_lines(probes.get("reference") or {})
     L += ["", "## Probes", ""] + _probe_lines(probes) + [""] + [f"![{n}]({n})" for n in figures]
     L += ["", "## Thresholds", "", "Every detector's thresholds are in `findings.json` and explained in its guide."]
@@ -294,6 +299,9 @@ def decide(ctx: DiagnosticsContext, result: dict[str, Any]) -> dict[str, Any]:
     option, nxt, reason = after_diagnostics(expected_gain=plan["expected_gain_points"], fix=patch or None,
                                             needs_fix=needs_fix, manual_fix=manual, restarts_left=restarts_left,
                                             budget=cfg.budget, strong=strong, gap=plan["gap_to_target_points"])
+    measured = sorted(result["evidence"].get("tried") or {})
+    if option == "B" and measured and not any(r["kind"] == "accuracy" for r in plan["selected"]):
+        reason += f"; every move proposed for this config is measured already ({', '.join(measured)}: a loss or a near-tie)"
     evidence = {"primary": result["primary"], "cause": result.get("cause"), "strength": result.get("strength"),
                 "expected_gain_points": plan["expected_gain_points"],
                 "selected": [r["id"] for r in plan["selected"]], "fixes": [r["id"] for r in plan["fixes"]],
