@@ -86,11 +86,15 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def demo_run(server, tmp_path_factory):
-    """The built-in demo, tracked live on the server; it stops at the production gate (exit 3)."""
+    """The built-in demo, shortened (8 baseline epochs, one optimization round, 30 final epochs: the
+    same path, 1 → 5, at half the cost), tracked live on the server; it stops at the production gate
+    (exit 3)."""
     tmp = tmp_path_factory.mktemp("tracked")
     (tmp / "cwd").mkdir()
+    short = ["--set", "training.epochs=8", "--set", "budget.max_optimization_iterations=1", "--set", "final.epochs=30"]
     r = subprocess.run(["trainkit", "run", "--name", "demo", "--runs-dir", str(tmp), "--set", f"tracking.uri={server}",
-                        "--set", "tracking.experiment=demo"], capture_output=True, text=True, timeout=1200, cwd=tmp / "cwd")
+                        "--set", "tracking.experiment=demo", *short], capture_output=True, text=True, timeout=1200,
+                       cwd=tmp / "cwd")
     assert r.returncode == 3, r.stdout + r.stderr
     assert not list((tmp / "cwd").iterdir())  # nothing of MLflow's in the working folder
     assert "warning" not in r.stderr.lower(), r.stderr

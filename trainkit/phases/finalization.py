@@ -135,7 +135,7 @@ def final_train(ctx: FinalizationContext, resume: bool = False) -> dict[str, Any
             show_figure(curves_figure(out["history"], f"final model = best so far ({ctx.reused})"), ctx.path("curves.png"))
         return out
     bundle = _bundle(ctx)
-    r = fit(ctx.config, bundle, ctx.dir, resume=resume, deadline=clock(ctx).deadline, select="last" if ctx.refit else "best")
+    r = fit(ctx.config, bundle, ctx.dir, resume=resume, deadline=clock(ctx).deadline, select="last" if getattr(ctx, "refit", None) else "best")
     if r.status == "time_budget":
         clock(ctx).cut(f"final training epochs {len(r.history) + 1}-{ctx.config.training.epochs}",
                        "stopped at Phase 5's deadline")
@@ -240,7 +240,8 @@ def _write_test_md(ctx: FinalizationContext, rec: dict[str, Any]) -> None:
          f"- test accuracy **{rec['accuracy']:.4f}** (95% bootstrap CI [{lo:.4f}, {hi:.4f}])",
          f"- val accuracy {rec['val_accuracy']:.4f} (CI [{rec['val_accuracy_ci'][0]:.4f}, {rec['val_accuracy_ci'][1]:.4f}])",
          f"- expected calibration error {rec['ece']:.4f} (15 bins)",
-         *([f"- small data: {ctx.refit['summary']}"] if ctx.refit and not ctx.reused else []),
+         *([f"- small data: {refit['summary']}"] if (refit := getattr(ctx, "refit", None)) and not getattr(ctx, "reused", None)
+           else []),
          f"- robustness: accuracy {rec['noisy_accuracy']:.4f} with Gaussian noise σ={rec['noise_std']} on normalized inputs "
          f"(drop {rec['robustness_drop'] * 100:.2f} points)", "",
          "| class | precision | recall | F1 | support |", "|---|---:|---:|---:|---:|"]
