@@ -1,7 +1,7 @@
 """Small data: k-fold cross-validation over train+val instead of one small val split.
 
-When the val split has fewer than :data:`SMALL_VAL_ROWS` rows, one row moves val accuracy by more
-than a third of a point and the seed spread is larger than most gains worth judging. Phase 4 then
+When the val split has fewer than :data:`SMALL_VAL_ROWS` rows, one row moves val accuracy by half
+a point or more and the seed spread is larger than most gains worth judging. Phase 4 then
 compares candidates fold for fold (fold *i* of train+val, stratified, with seed *i*), never on the
 test rows, and Phase 5 trains the final model on train+val for the epoch count the folds chose
 (the median over folds of the epoch with the lowest val loss). The test split stays quarantined throughout.
@@ -14,13 +14,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["SMALL_VAL_ROWS", "MAX_FOLDS", "plan_for", "fold_view", "refit_view", "chosen_epochs", "RULE"]
+__all__ = ["SMALL_VAL_ROWS", "MAX_FOLDS", "plan_for", "plan_if_small", "fold_view", "refit_view", "chosen_epochs", "RULE",
+           "known_fold_runs", "run_folds", "plan_refit"]
 
 SMALL_VAL_ROWS = 200  # one row moves val accuracy by half a point or more; 2 standard errors at 90% exceed 4 points
 MAX_FOLDS = 5
 RULE = (f"val split under {SMALL_VAL_ROWS} rows: comparisons use stratified k-fold cross-validation over train+val "
         f"(k = {MAX_FOLDS}, fewer when a class has fewer rows), never the test rows; the final model trains on train+val "
-        "for the median of the folds' best epochs")
+        "for the median over folds of the epoch with the lowest val loss")
 
 
 def plan_for(bundle: Any) -> dict[str, Any] | None:
@@ -33,6 +34,15 @@ def plan_for(bundle: Any) -> dict[str, Any] | None:
     k = int(min(MAX_FOLDS, max(2, counts[counts > 0].min() if (counts > 0).any() else 2)))
     return {"k": k, "val_rows": int(n_val), "rows": int(len(idx)), "one_row_points": round(100 / max(1, n_val), 2),
             "rule": RULE}
+
+
+def plan_if_small(splits: dict[str, Any] | None, load: Any) -> tuple[dict[str, Any] | None, Any]:
+    """(fold plan, the data) from Phase 1's split record, loading the data (``load()``) only when
+    the record says the val split is small; (None, None) otherwise."""
+    if ((splits or {}).get("sizes") or {}).get("val", SMALL_VAL_ROWS) >= SMALL_VAL_ROWS:
+        return None, None
+    data = load()
+    return plan_for(data), data
 
 
 def _pool(bundle: Any) -> np.ndarray:
@@ -86,17 +96,18 @@ def known_fold_runs(run_dir: Any) -> tuple[list[dict[str, Any]], str] | None:
     from pathlib import Path
 
     from trainkit._io import read_json
+    from trainkit.run import COMPARISON, Phase
 
     run_dir = Path(run_dir)
     if (run_dir / "best.json").is_file():
         label = read_json(run_dir / "best.json")["label"]
-        cmp_path = run_dir / label / "comparison.json"
+        cmp_path = run_dir / label / COMPARISON
         if cmp_path.is_file():
             cmp = read_json(cmp_path)
             if cmp.get("folds"):
                 return [_with_history(run_dir, r) for r in cmp["candidate"]], label
         return None
-    cache = run_dir / "04_optimization" / "baseline_seeds.json"
+    cache = run_dir / Phase.OPTIMIZATION.value / "baseline_seeds.json"
     if cache.is_file():
         rec = read_json(cache)
         if ":folds-" in str(rec.get("config_hash")) and rec.get("runs"):
@@ -108,10 +119,11 @@ def known_fold_runs(run_dir: Any) -> tuple[list[dict[str, Any]], str] | None:
 def _with_history(run_dir: Any, row: dict[str, Any]) -> dict[str, Any]:
     """A fold run's row with its per-epoch val losses (from its train_summary.json when it was saved)."""
     from trainkit._io import read_json
+    from trainkit.run import TRAIN_SUMMARY
 
     if row.get("history") or not row.get("dir"):
         return row
-    p = run_dir / row["dir"] / "train_summary.json"
+    p = run_dir / row["dir"] / TRAIN_SUMMARY
     hist = (read_json(p).get("history") or []) if p.is_file() else []
     return dict(row, history=[{"epoch": h["epoch"], "val_loss": h["val_loss"]} for h in hist])
 
@@ -141,10 +153,7 @@ def plan_refit(run_dir: Any, splits: dict[str, Any] | None, cfg: Any, bundle: An
     """Phase 5 on small data: the refit record (k, the epoch count, where the fold runs came from,
     a one-line summary for the reports), or None when the val split is not small. ``bundle`` is a
     callable that loads the data (only called when the val split is small)."""
-    if ((splits or {}).get("sizes") or {}).get("val", SMALL_VAL_ROWS) >= SMALL_VAL_ROWS:
-        return None
-    data = bundle()
-    plan = plan_for(data)
+    plan, data = plan_if_small(splits, bundle)
     if plan is None:
         return None
     known = known_fold_runs(run_dir)

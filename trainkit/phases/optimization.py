@@ -297,10 +297,9 @@ def compare(ctx: OptimizationContext, seeds: int = 3, ablation: bool = True) -> 
     baseline (its own config and data) and with the best so far, seed for seed."""
     from trainkit.run import load_run_data
 
-    from trainkit.folds import SMALL_VAL_ROWS, plan_for
+    from trainkit.folds import plan_if_small
 
-    val_rows = ((ctx.run.splits() or {}).get("sizes") or {}).get("val", SMALL_VAL_ROWS)
-    plan = plan_for(load_run_data(ctx.config, ctx.run_dir, PHASE)) if val_rows < SMALL_VAL_ROWS else None
+    plan, _ = plan_if_small(ctx.run.splits(), lambda: load_run_data(ctx.config, ctx.run_dir, PHASE))
     seed_list = _seed_list(ctx, plan["k"] if plan else seeds)
     ctx.folds = dict(plan, s0=seed_list[0]) if plan else None
     base_rows = _baseline_rows(ctx, seed_list[:1], train=True)  # Phase 2's run: nothing to train (folds: fold 1)
