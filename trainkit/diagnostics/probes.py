@@ -18,26 +18,13 @@ from torch import nn
 
 from trainkit.config import TrainkitConfig, with_overrides
 from trainkit.data import DataBundle
-from trainkit.models import build_model
-from trainkit.repro import seed_everything, set_deterministic
+from trainkit.diagnostics._fits import _model, _short_train, sample
 from trainkit.train import fit, make_optimizer, resolve_device
 
 __all__ = ["sample", "init_loss_probe", "input_independent_probe", "overfit_batch_probe", "lr_range_test",
            "grad_norm_stats", "seed_variance_probe", "throughput_probe", "resource_profile", "dead_units_probe",
            "data_probe", "label_issue_probe", "per_class_probe", "determinism_probe",
            "reference_probe"]
-
-
-def sample(bundle: DataBundle, split: str, n: int, seed: int = 0, device: Any = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """Up to ``n`` random samples of a split (train or val) as tensors."""
-    x, y, _ = next(iter(bundle.batches(split, n, shuffle=True, seed=seed, device=device)))
-    return x, y
-
-
-def _model(cfg: TrainkitConfig, bundle: DataBundle, device: torch.device, seed: int | None = None) -> nn.Module:
-    seed_everything(cfg.training.seed if seed is None else seed)
-    set_deterministic(cfg.training.deterministic)
-    return build_model(cfg.model.name, bundle.input_shape, bundle.num_classes, cfg.model.kwargs, cfg.model.init).to(device)
 
 
 def init_loss_probe(cfg: TrainkitConfig, bundle: DataBundle, n: int = 512) -> dict[str, Any]:
@@ -49,36 +36,6 @@ def init_loss_probe(cfg: TrainkitConfig, bundle: DataBundle, n: int = 512) -> di
         loss = float(F.cross_entropy(model(x).float(), y))
     ln_k = math.log(bundle.num_classes)
     return {"init_loss": loss, "ln_k": ln_k, "ratio": loss / ln_k, "ok": bool(math.isfinite(loss) and loss < 2 * ln_k)}
-
-
-def _short_train(cfg: TrainkitConfig, bundle: DataBundle, epochs: int, seed: int, zero_inputs: bool = False,
-                 max_steps: int | None = None, deadline: float | None = None) -> tuple[nn.Module, float, float]:
-    """Train briefly with the config's optimizer (at most ``max_steps`` steps, and not past
-    ``deadline``, a time.time() value); returns (model, val loss, val accuracy)."""
-    import time
-
-    device = resolve_device(cfg.training.device)
-    model = _model(cfg, bundle, device, seed)
-    opt = make_optimizer(cfg, model.parameters())
-    steps, done = 0, False
-    for epoch in range(epochs):
-        for xb, yb, _ in bundle.batches("train", cfg.data.batch_size, shuffle=True, seed=seed, epoch=epoch, device=device):
-            xb = torch.zeros_like(xb) if zero_inputs else xb
-            loss = F.cross_entropy(model(xb).float(), yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            steps += 1
-            if (max_steps and steps >= max_steps) or (deadline is not None and time.time() > deadline):
-                done = True
-                break
-        if done:
-            break
-    model.eval()
-    xv, yv = sample(bundle, "val", 4096, device=device)
-    with torch.no_grad():
-        out = model(torch.zeros_like(xv) if zero_inputs else xv).float()
-        return model, float(F.cross_entropy(out, yv)), float((out.argmax(1) == yv).float().mean())
 
 
 def input_independent_probe(cfg: TrainkitConfig, bundle: DataBundle, epochs: int = 2,

@@ -112,8 +112,7 @@ def trial_fit(cfg: TrainkitConfig, bundle: Any, steps: int, chance: float, deadl
     ``chance``."""
     from trainkit.decisions import learned
     from trainkit.devices import resolve_device
-    from trainkit.diagnostics.probes import _model, sample
-    from trainkit.train import make_optimizer
+    from trainkit.diagnostics._fits import _model, _train_steps, sample
 
     device = resolve_device(cfg.training.device)
     model = _model(cfg, bundle, device)
@@ -122,25 +121,11 @@ def trial_fit(cfg: TrainkitConfig, bundle: Any, steps: int, chance: float, deadl
     with torch.no_grad():
         init = float(F.cross_entropy(model.eval()(xt).float(), yt))
     model.train()
-    opt = make_optimizer(cfg, model.parameters())
-    clip = cfg.training.grad_clip
     losses: list[float] = []
-    epoch, t0 = 0, time.perf_counter()
-    while len(losses) < steps:
-        for xb, yb, _ in bundle.batches("train", cfg.data.batch_size, shuffle=True, seed=cfg.training.seed + 11, epoch=epoch,
-                                        device=device):
-            loss = F.cross_entropy(model(xb).float(), yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-            opt.step()
-            losses.append(float(loss.detach()))
-            if not math.isfinite(losses[-1]) or len(losses) >= steps or (deadline is not None and time.time() > deadline):
-                break
-        epoch += 1
-        if not losses or not math.isfinite(losses[-1]) or (deadline is not None and time.time() > deadline):
-            break
+    t0 = time.perf_counter()
+    # epochs are not the bound: ``steps`` is (an epoch has at least one step unless train is empty)
+    _train_steps(model, cfg, bundle, steps, cfg.training.seed + 11, device, max_steps=steps, deadline=deadline,
+                 clip=cfg.training.grad_clip, losses=losses)
     out: dict[str, Any] = {"steps": len(losses), "init_loss": round(init, 5), "seconds": round(time.perf_counter() - t0, 2)}
     if not losses or not all(math.isfinite(v) for v in losses):
         return {**out, "learned": False, "why": f"non-finite loss at step {len(losses)}"}
