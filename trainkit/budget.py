@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from trainkit._io import write_json_atomic
+from trainkit.plan import SHARES
 from trainkit.run import BUDGET, Phase, RUN_JSON
 
 __all__ = ["PhaseClock", "CUMULATIVE", "CLOCK_ENV", "active_seconds"]
@@ -38,8 +39,6 @@ def _cumulative() -> dict[str, float]:
     (trainkit.plan.SHARES) summed in phase order. The baseline is the unit everything else is
     measured in, so it is not cut at its own share: Phases 1 and 2 may run into Phase 3's (which
     then gets what is left)."""
-    from trainkit.plan import SHARES
-
     out, acc = {}, 0.0
     for phase in (Phase.BASELINE.value, Phase.DIAGNOSTICS.value, Phase.OPTIMIZATION.value, Phase.FINALIZATION.value):
         acc += SHARES[phase]
@@ -50,19 +49,8 @@ def _cumulative() -> dict[str, float]:
 CUMULATIVE: dict[str, float] = _cumulative()
 TAIL_MIN_S = 10.0  # what follows Phase 5's training: test, export, docs, reproduction, reports (small models)
 TAIL_SHARE = 0.03  # ... and on long budgets, 3% of the total
-
-
 TAIL_PLANNING_FACTOR = 2.0  # Phase 5's work after training (test, export, reproduction, reports) ≈ 2× Phase 1's checks
 REPLANNED = (Phase.DIAGNOSTICS.value, Phase.OPTIMIZATION.value, Phase.FINALIZATION.value)
-
-
-def _share() -> dict[str, float]:
-    from trainkit.plan import SHARES
-
-    return dict(SHARES)
-
-
-SHARE = _share()
 
 
 def _planning_s(manifest: dict[str, Any]) -> float:
@@ -130,7 +118,7 @@ class PhaseClock:
         base_end = _baseline_end(manifest)
         if phase in REPLANNED and base_end is not None:  # re-plan what is left after the baseline, in the seed's proportions
             left = max(0.0, self.total_s - self.tail_s - base_end)
-            share = sum(SHARE[p] for p in REPLANNED[: REPLANNED.index(phase) + 1]) / sum(SHARE[p] for p in REPLANNED)
+            share = sum(SHARES[p] for p in REPLANNED[: REPLANNED.index(phase) + 1]) / sum(SHARES[p] for p in REPLANNED)
             self.replanned = {"baseline_ended_s": round(base_end, 2), "left_s": round(left, 2), "share_of_left": round(share, 4)}
             self.deadline = min(max(self.deadline, self.start + base_end + share * left), end)
         self.cuts: list[dict[str, Any]] = []

@@ -32,8 +32,8 @@ def detect_data_quality(evidence: dict[str, Any]) -> Finding:
               "mean_class_recall": n["mean_rec"], "constant_features": d.get("constant_features"), "features": n["feats"],
               "non_finite_values": d.get("non_finite_values"), "near_duplicate_val_fraction": round(n["near_frac"], 4),
               "phase1_duplicates": d.get("duplicates"), "exclude_indices": leak_rows,
-              "leaky_columns": n["leaky_cols"], "constant_columns": (d.get("table") or {}).get("constant_columns"),
-              "unseen_categories": (d.get("table") or {}).get("unseen_categories"),
+              "leaky_columns": n["leaky_cols"], "constant_columns": n["table"].get("constant_columns"),
+              "unseen_categories": n["unseen"],
               "label_exclude_indices": sorted(set(n["flagged"]) | set(leak_rows)) if problems["label_issues"] else []}
     infra = problems["leakage"] or problems["non_finite"]
     f = Finding("data_quality", bool(found), 1.0 if infra else min(1.0, 4 * n["noise"]),
@@ -50,15 +50,16 @@ def _numbers(evidence: dict[str, Any], d: dict[str, Any], label_probe: dict[str,
     """What the data and label probes measured, in the units the problems are judged in."""
     recall = evidence["probes"].get("per_class") or {}
     min_rec, mean_rec = recall.get("min_recall"), recall.get("mean_recall")
+    table = d.get("table") or {}  # a table's checks by column name (none for arrays and images)
+    unseen = table.get("unseen_categories") or {}
     return {"leaked": d.get("leaked_train_indices", []), "dups": d.get("duplicate_train_indices", []),
             "flagged": label_probe.get("flagged", []), "feats": d.get("features") or 0,
             "near_frac": d.get("near_duplicates_train_val", 0) / max(1, evidence.get("val_size", 1)),
             "per_class": min(d.get("class_counts_train") or [0]), "noise": _label_noise(evidence),
             "recall": recall, "min_rec": min_rec, "mean_rec": mean_rec, "ratio": d.get("imbalance_ratio", 1.0),
             "ci": label_probe.get("noise_rate_ci") or [0.0, 0.0],
-            "leaky_cols": list((d.get("table") or {}).get("leaky_columns") or []),
-            "unseen_frac": max([u["fraction"] for u in ((d.get("table") or {}).get("unseen_categories") or {}).values()]
-                               or [0.0]),
+            "table": table, "leaky_cols": list(table.get("leaky_columns") or []), "unseen": unseen,
+            "unseen_frac": max([u["fraction"] for u in unseen.values()] or [0.0]),
             "minority_hurt": min_rec is not None and mean_rec is not None
             and min_rec < THRESHOLDS["minority_recall_ratio"] * mean_rec}
 
@@ -122,7 +123,7 @@ def _moves(evidence: dict[str, Any], n: dict[str, Any], problems: dict[str, bool
                               f"is recorded after the outcome it leaks, and val cannot show it: set data.drop: {cols}",
                               0.0, 1, "advice", columns=cols))
     if problems["unseen_categories"]:
-        u = (d.get("table") or {}).get("unseen_categories") or {}
+        u = n["unseen"]
         out.append(_recommend("data_quality", "unseen_categories", f"Categories only val has: {sorted(u)}", None,
                               "val rows whose category train never had are encoded as (other): the model knows "
                               "nothing about them; more training rows of those categories, or coarser categories, help",
