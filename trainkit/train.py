@@ -276,6 +276,8 @@ def fit(cfg: TrainkitConfig, bundle: DataBundle, out_dir: str | Path | None = No
 
     Under torchrun (``WORLD_SIZE`` > 1) the process group is created here and torn down again on the way out
     (a gloo group left to the interpreter's exit aborts the process with "terminate called ...")."""
+    if select not in ("best", "last"):
+        raise ValueError(f"fit(select={select!r}): expected 'best' (the best val epoch) or 'last' (a refit's last epoch)")
     created = False
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         import torch.distributed as dist
