@@ -212,10 +212,12 @@ def _over_budget(run_dir: Path, phase: str) -> bool:
     # a phase whose time left is less than what a phase costs outside its own work (a kernel's start,
     # the report's export, measured in this run) could do nothing in it. Phase 3's cheap, decisive
     # probes run at any budget: it is skipped only when they no longer fit before the budget's end.
+    # Phase 4 always trains one candidate (its first fit starts whatever the clock says): it is skipped
+    # when that one fit, about a baseline, no longer fits before its deadline.
     if phase == Phase.DIAGNOSTICS.value:
         left = clock.left_to_end() - CHEAP_PROBE_UNITS * (baseline_seconds(run_dir) or 0.0)
     else:
-        left = clock.left()
+        left = clock.left() - (baseline_seconds(run_dir) or 0.0)
     return route_over_budget(phase, left - clock.overhead_s) is not None
 
 
