@@ -203,7 +203,8 @@ def table_run(tmp_path_factory):
     churn_frame(600).to_csv(root / "churn.csv", index=False)
     cfg = _cfg(root / "churn.csv")
     cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update={"epochs": 15}),
-                                 "optimizer": cfg.optimizer.model_copy(update={"name": "adam", "lr": 3e-3})})
+                                 "optimizer": cfg.optimizer.model_copy(update={"name": "adam", "lr": 3e-3}),
+                                 "target": cfg.target.model_copy(update={"metric": "macro_f1"})})
     (root / "cfg.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     run = root / "run"
     run_phase_inprocess("01_planning", run, config_path=str(root / "cfg.yaml"))
@@ -252,6 +253,32 @@ def test_phase1_shows_the_columns_and_the_class_balance(table_run):
     gate = json.loads((run / "01_planning" / "gate.json").read_text())
     assert "01_planning/preprocess.json" in gate["artifacts"]
     assert {c["id"]: c["status"] for c in gate["checks"]}["no_leaky_column"] == "pass"
+
+
+@pytest.mark.slow
+def test_the_baseline_is_selected_and_decided_on_the_target_metric(table_run):
+    from trainkit.metrics import score
+
+    _, run, cfg = table_run
+    att = run / "02_baseline" / "attempt-1"
+    rows = [json.loads(line) for line in (att / "metrics.jsonl").read_text().splitlines()]
+    decision = json.loads((att / "decision.json").read_text())
+    ev = decision["evidence"]
+    assert ev["metric"] == "macro_f1" and ev["best_val_score"] == max(r["val_score"] for r in rows)
+    assert "macro F1" in decision["reason"] and f"{ev['best_val_score']:.4f}" in decision["reason"]
+    # the val_score is macro F1 of the model on val, not accuracy: recompute it from the best checkpoint
+    import torch
+
+    from trainkit.checkpoints import load_checkpoint
+    from trainkit.models import build_model
+
+    bundle = load_run_data(cfg, run, "02_baseline")
+    model = build_model(cfg.model.name, bundle.input_shape, 2, cfg.model.kwargs, cfg.model.init)
+    model.load_state_dict(load_checkpoint(att / "checkpoints" / "best.pt")["model"])
+    x, y = bundle.arrays("val")
+    with torch.no_grad():
+        probs = torch.softmax(model.eval()(x), 1).numpy()
+    assert score("macro_f1", y.numpy(), probs) == pytest.approx(ev["best_val_score"], abs=1e-6)
 
 
 def _probe(b):

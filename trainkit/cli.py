@@ -112,7 +112,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if not args.resume:
         from trainkit.data import check_source
 
-        check_source(load_config(args.config, args.overrides, args.target).data)
+        check_source(load_config(args.config, args.overrides, args.target))
     name = check_run_name(args.name if args.name is not None else
                           ("demo" if args.config is None else time.strftime("run-%Y%m%d-%H%M%S")))
     outcome = run_pipeline(args.config, Path(args.runs_dir) / name, args.overrides, args.target, args.stop_after,
@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
 
             from trainkit.data import check_source
 
-            check_source(load_config(args.file, args.overrides).data)
+            check_source(load_config(args.file, args.overrides))
             print(f"trainkit: {args.file} is valid and its data source is readable")
             return 0
         if args.command == "signoff":

@@ -108,7 +108,10 @@ class TrainingConfig(_Section):
 
 
 class TargetConfig(_Section):
-    metric: Literal["accuracy"] = Field("accuracy", description="validation metric the decisions compare")
+    metric: Literal["accuracy", "balanced_accuracy", "macro_f1", "roc_auc"] = Field(
+        "accuracy", description="validation metric every decision compares (early stopping, Phase 2 A/B, Phase 4 adoption, "
+        "the production gate's target, the test interval); accuracy is always reported beside it. roc_auc is for two "
+        "classes only")
     value: float = Field(0.95, ge=0, le=1, description="target value of the validation metric (fraction 0-1)")
 
 

@@ -9,9 +9,10 @@ write ``decision.json``; the pipeline follows ``next``. Thresholds come from the
 
 from __future__ import annotations
 
-from trainkit.run import Phase
-
 from typing import Any, Sequence
+
+from trainkit.metrics import LABELS, row_score
+from trainkit.run import Phase
 
 __all__ = ["after_planning", "learned", "after_baseline", "after_diagnostics", "after_optimization", "after_finalization",
            "route_over_budget"]
@@ -24,34 +25,38 @@ def after_planning() -> Decision:
     return "-", Phase.BASELINE.value, "Phase 1 always proceeds to the baseline"
 
 
-def learned(init_loss: float, history: Sequence[dict[str, Any]], chance: float) -> tuple[bool, str]:
+def learned(init_loss: float, history: Sequence[dict[str, Any]], chance: float,
+            metric: str = "accuracy") -> tuple[bool, str]:
     """Whether a baseline learned, judged by its loss and its val metric together: the final train
-    loss fell well (≥ 10%) below the loss at init and the best val accuracy beats the majority
-    share (``chance``), or the loss fell at all (≥ 1%) and val is more than 2 points above it. On
+    loss fell well (≥ 10%) below the loss at init and the best val metric (``val_score``, the
+    target metric) beats what the majority predictor scores (``chance``,
+    :func:`trainkit.metrics.chance_score`), or the loss fell at all (≥ 1%) and val is more than 2 points above it. On
     imbalanced classes a model that learned sits only a little above the majority share (91% val on
     9% positives): the first rule calls that learning (diagnose, optimize), not a failed baseline.
     Learning only the class prior cannot pass: it scores the majority share exactly."""
     if not history:
         return False, "no completed epoch"
     final = history[-1]["train_loss"]
-    best = max(h["val_accuracy"] for h in history)
+    best = max(row_score(h) for h in history)
     ok = (final < init_loss * 0.90 and best > chance) or (final < init_loss * 0.99 and best > chance + 0.02)
-    return ok, f"train loss {init_loss:.3f} at init → {final:.3f}; best val accuracy {best:.3f} vs chance {chance:.3f}"
+    return ok, f"train loss {init_loss:.3f} at init → {final:.3f}; best val {LABELS.get(metric, metric)} {best:.3f} vs chance {chance:.3f}"
 
 
 def after_baseline(*, status: str, learned: bool, best: float | None, target: float, attempt: int,
-                   max_restarts: int, epochs: int | None = None) -> Decision:
+                   max_restarts: int, epochs: int | None = None, metric: str = "accuracy") -> Decision:
     """Phase 2: C (crashed, non-finite, or no learning → Phase 3 in failed mode, then a restart;
     stop once the restarts are used up), A (val ≥ target → Phase 5), B (below → Phase 3).
 
     A baseline the budget stopped (``status == "time_budget"``) before it showed learning is
     inconclusive, not failed: a few epochs cannot tell a slow start from no learning, and spending a
     restart on a guess would be loud. It goes to Phase 3 as B (diagnose what there is), the safe
-    standard route; the budget's routing may then send it on to Phase 5 with the best so far."""
+    standard route; the budget's routing may then send it on to Phase 5 with the best so far.
+    ``best`` is the best val value of the target metric (``metric``)."""
+    name = LABELS.get(metric, metric)
     if status == "time_budget" and not learned and best is not None:
         ran = f"after {epochs} epoch(s)" if epochs is not None else "early"
         return "B", Phase.DIAGNOSTICS.value, (f"inconclusive: the budget stopped the baseline {ran}, before it could show "
-                                              f"learning (val accuracy {best:.4f}); diagnose, not restart")
+                                              f"learning (val {name} {best:.4f}); diagnose, not restart")
     if status in ("crashed", "nonfinite") or not learned:
         failure = {"crashed": "training crashed", "nonfinite": "non-finite loss or gradient"}.get(status, "no learning")
         restarts_left = max_restarts - (attempt - 1)
@@ -61,8 +66,8 @@ def after_baseline(*, status: str, learned: bool, best: float | None, target: fl
                                        f"({restarts_left} restart(s) left)")
     assert best is not None
     if best >= target:
-        return "A", Phase.FINALIZATION.value, f"val accuracy {best:.4f} >= target {target}"
-    return "B", Phase.DIAGNOSTICS.value, f"val accuracy {best:.4f} < target {target}"
+        return "A", Phase.FINALIZATION.value, f"val {name} {best:.4f} >= target {target}"
+    return "B", Phase.DIAGNOSTICS.value, f"val {name} {best:.4f} < target {target}"
 
 
 def after_finalization(*, gate: str, missing: Sequence[str], how: str) -> Decision:

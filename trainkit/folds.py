@@ -133,6 +133,7 @@ def run_folds(cfg: Any, bundle: Any, plan: dict[str, Any], allows: Any = None) -
     import time
 
     from trainkit.config import with_overrides
+    from trainkit.metrics import row_score
     from trainkit.train import fit
 
     rows: list[dict[str, Any]] = []
@@ -144,6 +145,7 @@ def run_folds(cfg: Any, bundle: Any, plan: dict[str, Any], allows: Any = None) -
         r = fit(with_overrides(cfg, {"training.seed": s0 + i}), fold_view(bundle, i, plan["k"], seed=s0), None, progress=False)
         each = time.perf_counter() - t0
         rows.append({"seed": s0 + i, "status": r.status, "best_val_accuracy": (r.best or {}).get("val_accuracy"),
+                     "best_val_score": row_score(r.best) if r.best else None,
                      "best_epoch": (r.best or {}).get("epoch"),
                      "history": [{"epoch": h["epoch"], "val_loss": h["val_loss"]} for h in r.history]})
     return rows

@@ -136,17 +136,19 @@ def throughput_figure(probe: dict[str, Any]) -> Any:
 
 
 def reference_figure(probe: dict[str, Any]) -> Any:
-    """The network's val accuracy beside the reference models' (horizontal bars, values at the ends)."""
+    """The network's val target metric beside the reference models' (horizontal bars, values at the ends)."""
     names = {"logistic_regression": "logistic regression", "boosted_trees": "boosted trees"}
-    bars = [(names.get(k, k), v["val_accuracy"], "tab:gray") for k, v in probe["models"].items()]
-    if probe.get("network_val_accuracy") is not None:
-        bars.append(("the network", probe["network_val_accuracy"], "tab:blue"))
+    metric = probe.get("metric", "accuracy")
+    bars = [(names.get(k, k), v.get("val_score", v["val_accuracy"]), "tab:gray") for k, v in probe["models"].items()]
+    net = probe.get("network_val_score", probe.get("network_val_accuracy"))
+    if net is not None:
+        bars.append(("the network", net, "tab:blue"))
     fig, ax = plt.subplots(figsize=(5, 0.5 + 0.45 * len(bars)))
     ax.barh([b[0] for b in bars], [b[1] for b in bars], color=[b[2] for b in bars])
     for i, b in enumerate(bars):
         ax.text(b[1], i, f" {b[1]:.3f}", va="center", fontsize=8)
     ax.set_xlim(0, 1.1)
-    ax.set_xlabel("val accuracy")
+    ax.set_xlabel("val " + metric.replace("_", " "))
     ax.set_title("a simpler model is not better: same rows, same split")
     ax.invert_yaxis()
     return fig

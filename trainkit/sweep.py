@@ -18,6 +18,7 @@ from typing import Any
 
 from trainkit.config import TrainkitConfig, load_config, with_overrides
 from trainkit.errors import RunError
+from trainkit.metrics import row_score
 from trainkit.run import CURRENT_CONFIG, Phase, TRAINING_CONFIG
 
 __all__ = ["default_space", "default_storage", "run_worker", "launch_workers", "study_summary", "study_figures"]
@@ -60,9 +61,9 @@ def _objective(cfg: TrainkitConfig, bundle: Any, space: dict[str, tuple[str, flo
 
         def on_epoch(rec: dict[str, Any]) -> None:
             history.append({k: v for k, v in rec.items() if isinstance(v, (int, float)) and math.isfinite(v)})
-            trial.report(rec["val_accuracy"], rec["epoch"])
+            trial.report(row_score(rec), rec["epoch"])
             if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at epoch {rec['epoch'] + 1}: val {rec['val_accuracy']:.4f}")
+                raise optuna.TrialPruned(f"pruned at epoch {rec['epoch'] + 1}: val {row_score(rec):.4f}")
         import torch
 
         trial.set_user_attr("torch_threads", torch.get_num_threads())
@@ -70,9 +71,9 @@ def _objective(cfg: TrainkitConfig, bundle: Any, space: dict[str, tuple[str, flo
             r = fit(tcfg, bundle, None, progress=False, on_epoch=on_epoch)
         finally:  # every epoch's metrics, for the trial's run in a tracker
             trial.set_user_attr("history", history)
-        if r.best is None or not math.isfinite(r.best["val_accuracy"]):
+        if r.best is None or not math.isfinite(row_score(r.best)):
             raise optuna.TrialPruned("no finite epoch")
-        return r.best["val_accuracy"]
+        return row_score(r.best)
     return objective
 
 

@@ -29,6 +29,7 @@ from trainkit.devices import all_sum, dist_setup, precision_for, resolve_device
 from trainkit.errors import CheckpointError, TrainingError
 from trainkit.models import build_model
 from trainkit.monitor import GpuMonitor
+from trainkit.metrics import row_score, score
 from trainkit.repro import restore_rng_state, rng_state, seed_everything, set_deterministic
 from trainkit.run import METRICS, TRAINING_CONFIG, TRAIN_SUMMARY
 
@@ -55,8 +56,6 @@ class FitResult:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-
-# ------------------------------------------------------------------ helpers
 
 def make_optimizer(cfg: TrainkitConfig, params: Any) -> torch.optim.Optimizer:
     o = cfg.optimizer
@@ -99,13 +98,16 @@ def class_weights(bundle: DataBundle) -> torch.Tensor:
 
 @torch.no_grad()  # no graph: without it every val batch's activations stayed alive until the sum (1.4 GB on 2,000 images)
 def evaluate(model: nn.Module, bundle: DataBundle, split: str, device: torch.device,
-             batch_size: int = 512, amp: torch.dtype | None = None, reason: str = "") -> dict[str, float]:
-    """Mean loss and accuracy of ``model`` on a split (no sharding; every rank sees all of it)."""
+             batch_size: int = 512, amp: torch.dtype | None = None, reason: str = "",
+             metric: str = "accuracy") -> dict[str, float]:
+    """Mean loss, accuracy and ``metric`` (``score``; :mod:`trainkit.metrics`) of ``model`` on a split
+    (no sharding: every rank sees all of it). Only a metric other than accuracy keeps the probabilities."""
     was = model.training
     model.eval()
     loss = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     n = 0
+    keep: list[tuple[torch.Tensor, torch.Tensor]] = []
     for xb, yb, _ in bundle.batches(split, batch_size, shuffle=False, device=device, reason=reason):
         if amp is not None:
             with torch.autocast(device.type, dtype=amp):
@@ -115,9 +117,11 @@ def evaluate(model: nn.Module, bundle: DataBundle, split: str, device: torch.dev
         loss += F.cross_entropy(out.float(), yb, reduction="sum")
         correct += (out.argmax(1) == yb).sum()
         n += len(yb)
+        keep += [(out.float().softmax(1), yb)] if metric != "accuracy" else []
     model.train(was)
     mean_loss, accuracy = torch.stack([loss / max(n, 1), correct.float() / max(n, 1)]).tolist()  # one host read
-    return {"loss": mean_loss, "accuracy": accuracy}
+    return {"loss": mean_loss, "accuracy": accuracy, "score": accuracy if not keep else
+            score(metric, torch.cat([y for _, y in keep]).cpu().numpy(), torch.cat([p for p, _ in keep]).cpu().numpy())}
 
 
 def grad_norm(params: list[torch.Tensor], clip: float) -> torch.Tensor:
@@ -178,8 +182,6 @@ def _quantiles(norms: list[torch.Tensor]) -> dict[str, float]:
 
     return {"grad_norm_p50": q(0.5), "grad_norm_p90": q(0.9), "grad_norm_max": vals[-1]}
 
-
-# ------------------------------------------------------------------ the loop's state
 
 @dataclass
 class _Loop:
@@ -257,8 +259,6 @@ class _Epoch:
 GRAD_STATS_EVERY = 4
 BAR_INTERVAL_S = 0.25  # the progress bar is updated a few times a second, not every step
 
-
-# ------------------------------------------------------------------ the loop
 
 def fit(cfg: TrainkitConfig, bundle: DataBundle, out_dir: str | Path | None = None, *, resume: bool = False,
         progress: bool = True, on_epoch: Callable[[dict[str, Any]], Any] | None = None,
@@ -538,17 +538,17 @@ def _end_epoch(lp: _Loop, pr: _Progress, ep: _Epoch, epoch: int,
     tr = lp.cfg.training
     totals = all_sum(torch.stack([ep.loss_sum.float(), ep.correct.float(),
                                    torch.tensor(float(ep.seen), device=lp.device)]), lp.world)
-    val = evaluate(lp.model, lp.bundle, "val", lp.device, amp=lp.amp)
+    val = evaluate(lp.model, lp.bundle, "val", lp.device, amp=lp.amp, metric=lp.cfg.target.metric)
     epoch_time = time.perf_counter() - ep.t0
     pr.train_time += epoch_time
     record = {"epoch": epoch, "step": pr.step, "train_loss": float(totals[0] / totals[2]),
               "train_accuracy": float(totals[1] / totals[2]), "val_loss": val["loss"],
-              "val_accuracy": val["accuracy"], "lr": lp.optimizer.param_groups[0]["lr"],
+              "val_accuracy": val["accuracy"], "val_score": val["score"], "lr": lp.optimizer.param_groups[0]["lr"],
               **_quantiles(ep.norms), "epoch_time_s": epoch_time, "samples_per_s": float(totals[2]) / epoch_time,
               "data_wait_fraction": ep.wait / epoch_time, **(lp.monitor.epoch_stats() if lp.monitor else {})}
     pr.history.append(record)
-    improved = pr.best is None or record["val_accuracy"] > pr.best["val_accuracy"] or lp.select_last
-    if pr.best is None or record["val_accuracy"] > pr.best["val_accuracy"] + tr.min_delta:
+    improved = pr.best is None or record["val_score"] > row_score(pr.best) or lp.select_last
+    if pr.best is None or record["val_score"] > row_score(pr.best) + tr.min_delta:
         pr.bad_epochs = 0
     else:
         pr.bad_epochs += 1
@@ -559,7 +559,8 @@ def _end_epoch(lp: _Loop, pr: _Progress, ep: _Epoch, epoch: int,
         _save(lp, pr, epoch, improved)
     stop = on_epoch(record) if on_epoch is not None and lp.is_main else None
     if lp.bar is not None:
-        lp.bar.set_postfix_str(f"epoch {epoch + 1}/{tr.epochs} val_acc {record['val_accuracy']:.3f}", refresh=False)
+        lp.bar.set_postfix_str(f"epoch {epoch + 1}/{tr.epochs} val_acc {record['val_accuracy']:.3f}"
+                                 + ("" if lp.cfg.target.metric == "accuracy" else f" {lp.cfg.target.metric} {record['val_score']:.3f}"), refresh=False)
     if tr.patience is not None and pr.bad_epochs >= tr.patience:
         return "early_stopped"
     if stop is True and lp.world == 1:  # the hook returned True: this run cannot win (Phase 4 prunes it)

@@ -19,6 +19,7 @@ from trainkit.data.sources import SOURCES, Source, custom_source
 from trainkit.data.tables import TABLE_SOURCES, load_table, records_repeat_by_chance, row_keys
 from trainkit.data.splits import fit_normalization, normalize, split_record, stratified_split
 from trainkit.errors import DataError, QuarantineError
+from trainkit.metrics import check_metric
 
 __all__ = ["DataBundle", "DataStore", "load_data", "load_source", "check_source"]
 
@@ -111,11 +112,17 @@ class DataBundle:
 def check_source(cfg: Any) -> None:
     """Check that the configured data can be read, before a run folder is made: an image folder's
     layout (class folders, none empty; images are decoded in Phase 1), any other source by loading
-    it. Raises DataError naming the field or file."""
+    it. ``cfg`` is a whole TrainkitConfig (then the target metric must suit the classes too) or its
+    ``data`` section. Raises DataError (or ConfigError) naming the field or file."""
+    target, cfg = getattr(cfg, "target", None), getattr(cfg, "data", cfg)
     if cfg.source == "image_folder":
-        class_folders(cfg)
+        classes = len(class_folders(cfg)[1])
+        if target is not None:
+            check_metric(target.metric, classes)
         return
     source = load_source(cfg)
+    if target is not None:
+        check_metric(target.metric, len(source.class_names))
     if source.table is not None:  # a table: the rows must split and encode too (a class with one row, say)
         splits = stratified_split(source.y.numpy(), cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
         if any(len(v) == 0 for v in splits.values()):
@@ -176,6 +183,8 @@ def load_data(cfg: Any, store: DataStore | None = None, quarantine: Quarantine |
     dcfg = getattr(cfg, "data", cfg)
     policy = quarantine or Quarantine()
     source = load_source(dcfg, store.manifest if store is not None else None, write_splits)
+    if getattr(cfg, "target", None) is not None:
+        check_metric(cfg.target.metric, len(source.class_names))
     splits = stratified_split(source.y.numpy(), dcfg.val_fraction, dcfg.test_fraction, dcfg.split_seed)
     if any(len(v) == 0 for v in splits.values()):
         raise DataError(f"data: a split is empty with {len(source.y)} samples; add data or change val/test fractions")

@@ -18,7 +18,8 @@ from typing import Any, Callable
 from trainkit._io import read_json, read_jsonl
 from trainkit.config import TrainkitConfig, config_to_dict
 from trainkit.diagnostics.detectors import DETECTORS, THRESHOLDS, Finding, Recommendation, classify_crash, detect_all
-from trainkit.diagnostics.findings import STANDARD_LR, patch_already_in
+from trainkit.diagnostics.findings import STANDARD_LR, best_score, patch_already_in
+from trainkit.metrics import row_score
 from trainkit.run import METRICS, RunFolder
 
 __all__ = ["gather_evidence", "run_probes", "detect_all", "plan_recommendations", "combine_patches", "DETECTORS",
@@ -115,7 +116,8 @@ def run_probes(cfg: TrainkitConfig, bundle: Any, ev: dict[str, Any], label_issue
     out["grad_norms"] = P.grad_norm_stats(ev.get("history") or [])
     out["resource"] = P.resource_profile(ev.get("history") or [], ev.get("device", "cpu"))
     out["data"] = _timed("data", lambda: P.data_probe(full), echo)
-    out["reference"] = gated("reference", cost.steps(50), lambda: P.reference_probe(bundle, (ev.get("best") or {}).get("val_accuracy")))
+    out["reference"] = gated("reference", cost.steps(50), lambda: P.reference_probe(bundle, best_score(ev) if ev.get("best") else None,
+                                                                                    cfg.target.metric))
     if label_issues:
         base_val = (ev.get("best") or {}).get("val_accuracy")
         rows, folds, epochs = cost.label_rows(), 3, 15
@@ -222,7 +224,7 @@ def _trained_model(cfg: TrainkitConfig, bundle: Any, ev: dict[str, Any]) -> Any:
 def _generic(ev: dict[str, Any]) -> list[Recommendation]:
     """Low-gain, always-applicable moves used to fill the selection up to three."""
     cfg = ev["config"]
-    need = max(0.0, (ev["target"] - ((ev.get("best") or {}).get("val_accuracy") or 0.0)) * 100)
+    need = max(0.0, (ev["target"] - best_score(ev)) * 100)
     sug = (ev["probes"].get("lr_range") or {}).get("suggested_lr")
     lr = cfg["optimizer"]["lr"]
     recs = []
@@ -257,8 +259,8 @@ def _longer(ev: dict[str, Any], need: float) -> Recommendation:
     i_min = min(range(len(h)), key=lambda i: h[i]["val_loss"]) if h else 0
     improving = len(h) >= 4 and i_min >= len(h) - 2
     k = len(h) // 2  # over the second half of the run: the best accuracy reached against where the half began
-    rate = 100 * (max(r["val_accuracy"] for r in h[-k:]) - h[-k - 1]["val_accuracy"]) / k if improving and k > 0 else 0.0
-    headroom = max(0.0, (1 - ((ev.get("best") or {}).get("val_accuracy") or 0.0)) * 100)
+    rate = 100 * (max(row_score(r) for r in h[-k:]) - row_score(h[-k - 1])) / k if improving and k > 0 else 0.0
+    headroom = max(0.0, (1 - best_score(ev)) * 100)
     gain = min(0.5 * headroom, 0.25 * max(0.0, rate) * len(h)) if improving else 0.05 * need
     why = (f"val loss was still falling when training stopped (+{rate:.1f} points of val accuracy per epoch lately)"
            if improving else "more steps at the same settings")
@@ -349,7 +351,7 @@ def plan_recommendations(findings: list[Finding], ev: dict[str, Any], lo: int = 
 
 
 def _best_val(ev: dict[str, Any]) -> float:
-    return (ev.get("best") or {}).get("val_accuracy") or 0.0
+    return best_score(ev)
 
 
 def _headroom_points(ev: dict[str, Any]) -> float:

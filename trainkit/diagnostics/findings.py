@@ -9,6 +9,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from trainkit.metrics import row_score
+
 __all__ = ["Finding", "Recommendation", "THRESHOLDS", "INFRA_STRENGTH", "STANDARD_LR", "patch_already_in"]
 
 
@@ -110,14 +112,19 @@ def _recommend(finding: str, rid: str, title: str, patch: dict[str, Any] | None,
     return Recommendation(rid, title, patch, why, round(max(0.0, gain), 2), effort, numbers, kind, finding)
 
 
+def best_score(evidence: dict[str, Any]) -> float:
+    """The diagnosed run's best val value of the target metric (``val_score``), 0 without one."""
+    best = evidence.get("best")
+    return row_score(best) if best else 0.0
+
+
 def _gap_to_target(evidence: dict[str, Any]) -> float:
-    best = (evidence.get("best") or {}).get("val_accuracy", 0.0)
-    return max(0.0, (evidence["target"] - best) * 100)
+    return max(0.0, (evidence["target"] - best_score(evidence)) * 100)
 
 
 def _headroom(evidence: dict[str, Any]) -> float:
-    """Points between the best val accuracy and a perfect score: what any change can win at most."""
-    return max(0.0, (1 - ((evidence.get("best") or {}).get("val_accuracy") or 0.0)) * 100)
+    """Points between the best val target metric and a perfect score: what any change can win at most."""
+    return max(0.0, (1 - best_score(evidence)) * 100)
 
 
 def _seed_probe_converged(evidence: dict[str, Any]) -> bool:
@@ -126,7 +133,7 @@ def _seed_probe_converged(evidence: dict[str, Any]) -> bool:
     sv = evidence["probes"].get("seed_variance") or {}
     best_epoch = (evidence.get("best") or {}).get("epoch")
     h = evidence.get("history") or []
-    climbing = len(h) >= 2 and h[-1]["val_accuracy"] - max(r["val_accuracy"] for r in h[:-1]) > 0.01
+    climbing = len(h) >= 2 and row_score(h[-1]) - max(row_score(r) for r in h[:-1]) > 0.01
     long_enough = bool(sv.get("full_runs")) or int(sv.get("epochs") or 0) >= int(best_epoch or 0) + 1
     return bool(sv) and best_epoch is not None and long_enough and not climbing
 

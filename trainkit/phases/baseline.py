@@ -13,6 +13,7 @@ from trainkit.config import save_config
 from trainkit.decisions import after_baseline, learned
 from trainkit.errors import CheckpointError
 from trainkit.gates import RED
+from trainkit.metrics import LABELS, chance_score, row_score
 from trainkit.phases.common import run_path, PhaseContext, begin, clock, finish_gate, load_run_config, require_gate, \
     show_figure, show_html, write_decision
 from trainkit.run import DECISION, METRICS, Phase, TRAINING_CONFIG, next_attempt_dir
@@ -31,7 +32,7 @@ def start(run_dir: str | Path, attempt: int = 0, interactive: bool = True) -> Ph
     ctx.config = load_run_config(run_dir)
     save_config(ctx.config, ctx.path(TRAINING_CONFIG))
     show_html(f"<p>Baseline attempt {n}: {ctx.config.model.name}, {ctx.config.optimizer.name} lr "
-              f"{ctx.config.optimizer.lr:g}, {ctx.config.training.epochs} epochs, target val accuracy ≥ "
+              f"{ctx.config.optimizer.lr:g}, {ctx.config.training.epochs} epochs, target val {LABELS[ctx.config.target.metric]} ≥ "
               f"{ctx.config.target.value}</p>")
     return ctx
 
@@ -48,7 +49,7 @@ def train(ctx: PhaseContext, resume: bool = False, live: bool | None = None) -> 
     outcome: dict[str, Any] = {"status": "crashed", "result": None, "error": None}
     try:
         bundle = load_run_data(ctx.config, ctx.run_dir, PHASE)
-        outcome["chance"] = float(max(bundle.info["class_counts"]["val"]) / max(1, bundle.info["sizes"]["val"]))
+        outcome["chance"] = chance_score(ctx.config.target.metric, bundle.info["class_counts"]["val"])
         outcome["num_classes"] = bundle.num_classes
         hook = None
         if live:
@@ -79,13 +80,15 @@ def decide(ctx: PhaseContext, outcome: dict[str, Any]) -> dict[str, Any]:
     if outcome["status"] == "crashed":
         ok, why = False, "crashed"
     else:
-        ok, why = learned(r.get("init_loss", float("nan")), r.get("history") or [], outcome.get("chance", 0.0))
-    best = (r.get("best") or {}).get("val_accuracy")
-    evidence = {"status": outcome["status"], "best_val_accuracy": best, "target": cfg.target.value, "learning": why,
+        ok, why = learned(r.get("init_loss", float("nan")), r.get("history") or [], outcome.get("chance", 0.0),
+                          cfg.target.metric)
+    best = row_score(r["best"]) if r.get("best") else None
+    evidence = {"status": outcome["status"], "best_val_accuracy": (r.get("best") or {}).get("val_accuracy"),
+                "metric": cfg.target.metric, "best_val_score": best, "target": cfg.target.value, "learning": why,
                 "nonfinite": r.get("nonfinite"), "error": (outcome.get("error") or {}).get("message")}
     option, nxt, reason = after_baseline(status=outcome["status"], learned=ok, best=best, target=cfg.target.value,
                                          attempt=ctx.attempt, max_restarts=cfg.budget.max_baseline_restarts,
-                                         epochs=len(r.get("history") or []))
+                                         epochs=len(r.get("history") or []), metric=cfg.target.metric)
     return write_decision(ctx, option, nxt, reason, evidence)
 
 
@@ -121,7 +124,9 @@ def write_results(ctx: PhaseContext, outcome: dict[str, Any], decision: dict[str
         lines += [f"| {h['epoch'] + 1} | {h['train_loss']:.4f} | {h['train_accuracy']:.4f} | {h['val_loss']:.4f} | "
                   f"{h['val_accuracy']:.4f} | {h['lr']:.2e} | {h.get('grad_norm_p50', float('nan')):.3f} |" for h in hist]
         best = r["best"]
-        lines += ["", f"Best: val accuracy **{best['val_accuracy']:.4f}** at epoch {best['epoch'] + 1} "
+        metric = ctx.config.target.metric
+        shown = "" if metric == "accuracy" else f"val {LABELS[metric]} **{row_score(best):.4f}** (the target metric), "
+        lines += ["", f"Best: {shown}val accuracy **{best['val_accuracy']:.4f}** at epoch {best['epoch'] + 1} "
                   f"(checkpoint `checkpoints/best.pt`); status {r['status']}."]
     if r.get("nonfinite"):
         nf = r["nonfinite"]
@@ -145,7 +150,8 @@ def _results(ctx: PhaseContext, outcome: dict[str, Any]) -> dict[str, tuple[str,
     finite = hist and all(math.isfinite(h["train_loss"]) and math.isfinite(h["val_loss"]) for h in hist) and not r.get("nonfinite")
     res["losses_finite"] = ("pass", "every epoch's train and val loss finite") if finite else \
         ("fail", f"non-finite: {r.get('nonfinite')}" if r.get("nonfinite") else "no finite epoch recorded")
-    ok, why = learned(r["init_loss"], hist, outcome.get("chance", 0.0)) if hist else (False, "no completed epoch")
+    ok, why = learned(r["init_loss"], hist, outcome.get("chance", 0.0), ctx.config.target.metric) if hist else \
+        (False, "no completed epoch")
     if not ok and outcome["status"] == "time_budget" and hist:  # too few epochs to tell: the decision says so (B)
         res["learning_happened"] = ("warn", f"inconclusive: the budget stopped training after {len(hist)} epoch(s); {why}")
     else:

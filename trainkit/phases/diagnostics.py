@@ -12,6 +12,7 @@ from trainkit._io import read_json, write_json_atomic, write_text_atomic
 from trainkit.config import config_to_dict, get_dotted, save_config, with_overrides
 from trainkit.errors import RunError
 from trainkit.gates import RED
+from trainkit.metrics import LABELS
 from trainkit.phases.common import run_path, CURRENT_CONFIG, DiagnosticsContext, begin, clock, finish_gate, load_run_config, require_routed, \
     show_figure, show_html, write_decision
 from trainkit.run import (DECISION, FINDINGS, Phase, TRAINING_CONFIG, latest_attempt_dir, load_manifest,
@@ -224,12 +225,19 @@ def _reference_lines(ref: dict[str, Any]) -> list[str]:
     if "models" not in ref:
         return ["", "## Reference models", "", f"Not run: {ref.get('error', 'no result')}."]
     names = {"logistic_regression": "logistic regression", "boosted_trees": "gradient-boosted trees"}
-    net = ref.get("network_val_accuracy")
+    metric = ref.get("metric", "accuracy")
+    net = ref.get("network_val_score", ref.get("network_val_accuracy"))
     L = ["", "## Reference models (a simpler model is not better)", "",
-         f"Fitted on the same preprocessed train rows ({ref['rows']} of {ref['of_rows']}), scored on val:", "",
-         "| model | val accuracy |", "|---|---:|"]
-    L += [f"| {names.get(k, k)} | {v['val_accuracy']:.4f} |" for k, v in ref["models"].items()]
-    L += [f"| **the network** | {net:.4f} |" if net is not None else "| the network | - |"]
+         f"Fitted on the same preprocessed train rows ({ref['rows']} of {ref['of_rows']}), scored on val:", ""]
+    if metric == "accuracy":
+        L += ["| model | val accuracy |", "|---|---:|"]
+        L += [f"| {names.get(k, k)} | {v['val_accuracy']:.4f} |" for k, v in ref["models"].items()]
+        L += [f"| **the network** | {net:.4f} |" if net is not None else "| the network | - |"]
+    else:
+        L += [f"| model | val {LABELS[metric]} | val accuracy |", "|---|---:|---:|"]
+        L += [f"| {names.get(k, k)} | {v.get('val_score', v['val_accuracy']):.4f} | {v['val_accuracy']:.4f} |"
+              for k, v in ref["models"].items()]
+        L += [f"| **the network** | {net:.4f} | |" if net is not None else "| the network | - | |"]
     gap = ref.get("gap_points")
     if gap is not None and gap > 0:
         L += ["", f"The {names.get(ref['best'], ref['best'])} beats the network by **{gap:.1f} points** on val: that is "

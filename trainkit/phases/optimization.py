@@ -16,6 +16,7 @@ import numpy as np
 from trainkit._io import read_json, write_json_atomic, write_text_atomic
 from trainkit.config import config_hash, config_to_dict, get_dotted, load_config, save_config, with_overrides
 from trainkit.errors import RunError
+from trainkit.metrics import LABELS, row_score
 from trainkit.phases.common import run_path, CURRENT_CONFIG, OptimizationContext, begin, clock, finish_gate, load_run_config, \
     require_routed, show_figure, show_html, write_decision
 from trainkit.run import (COMPARISON, DECISION, FINDINGS, TRAIN_SUMMARY, TRAINING_CONFIG, Phase, RunFolder, latest_attempt_dir,
@@ -145,7 +146,7 @@ PRUNE_MARGIN = 0.03  # a seed trailing the best so far by more than this (or 4 s
 
 def _pruner(cfg: Any, reference: list[dict[str, Any]] | None, margin: float) -> Any:
     """An on_epoch hook that stops a run which, from half its epochs on, trails the best-so-far
-    run on the same seed at the same epoch (its best val accuracy up to there) by more than
+    run on the same seed at the same epoch (its best val target metric up to there) by more than
     ``margin``; None without a reference."""
     if not reference:
         return None
@@ -153,11 +154,11 @@ def _pruner(cfg: Any, reference: list[dict[str, Any]] | None, margin: float) -> 
     best = [0.0]
 
     def hook(rec: dict[str, Any]) -> bool:
-        best[0] = max(best[0], rec["val_accuracy"])
+        best[0] = max(best[0], row_score(rec))
         e = rec["epoch"]
         if e + 1 < half:
             return False
-        ref = max(h["val_accuracy"] for h in reference[: e + 1])
+        ref = max(row_score(h) for h in reference[: e + 1])
         return best[0] < ref - margin
     return hook
 
@@ -188,9 +189,11 @@ def _train_seeds(cfg: Any, bundle: Any, out: Path | None, seeds: list[int], ctx:
             data = fold_view(bundle, s - folds["s0"], folds["k"], seed=folds["s0"])
         r = fit(with_overrides(cfg, {"training.seed": s}), data, d, progress=False, deadline=c.deadline if c else None,
                 on_epoch=hook)
-        print(f"  {what or 'fit'} {'fold' if folds else 'seed'} {s}: {r.status} after {len(r.history)} epoch(s), best val accuracy "
-              f"{(r.best or {}).get('val_accuracy', float('nan')):.4f} ({r.wall_time_s:.1f} s)", flush=True)
+        best_score = row_score(r.best) if r.best else float("nan")
+        print(f"  {what or 'fit'} {'fold' if folds else 'seed'} {s}: {r.status} after {len(r.history)} epoch(s), best val "
+              f"{LABELS[cfg.target.metric]} {best_score:.4f} ({r.wall_time_s:.1f} s)", flush=True)
         rows.append({"seed": s, "status": r.status, "best_val_accuracy": (r.best or {}).get("val_accuracy", float("nan")),
+                     "best_val_score": best_score,
                      "best_epoch": (r.best or {}).get("epoch"), "train_time_s": r.train_time_s, "history": r.history,
                      "dir": str(d.relative_to(bundle.store.root)) if d is not None and bundle.store else None})
     return rows
@@ -257,7 +260,8 @@ def _known_baseline_runs(run_dir: Path, base_dir: Path, base_cfg: Any) -> dict[i
         r = read_json(summary)
         if r.get("best") and r.get("status") in ("completed", "early_stopped", "time_budget"):  # the baseline as it ran
             out[base_cfg.training.seed] = {"seed": base_cfg.training.seed, "status": r["status"],
-                                           "best_val_accuracy": r["best"]["val_accuracy"], "best_epoch": r["best"]["epoch"],
+                                           "best_val_accuracy": r["best"]["val_accuracy"],
+                                           "best_val_score": row_score(r["best"]), "best_epoch": r["best"]["epoch"],
                                            "train_time_s": r.get("train_time_s"), "history": r.get("history") or [],
                                            "dir": str(base_dir.relative_to(run_dir)), "reused": str(base_dir.relative_to(run_dir))}
     want = config_hash(base_cfg)
@@ -304,7 +308,7 @@ def compare(ctx: OptimizationContext, seeds: int = 3, ablation: bool = True) -> 
     ctx.folds = dict(plan, s0=seed_list[0]) if plan else None
     base_rows = _baseline_rows(ctx, seed_list[:1], train=True)  # Phase 2's run: nothing to train (folds: fold 1)
     best_file = ctx.run_dir / BEST
-    best = read_json(best_file) if best_file.is_file() else {"label": "baseline", "per_seed": [r["best_val_accuracy"] for r in base_rows]}
+    best = read_json(best_file) if best_file.is_file() else {"label": "baseline", "per_seed": [r["best_val_score"] for r in base_rows]}
     cands = _candidates(ctx, ablation)
     if len(cands) > 1:  # ablation only as far as the budget allows the first rungs and the survivors' seeds
         est = _fit_estimate(ctx, ctx.candidate)
@@ -329,7 +333,7 @@ def compare(ctx: OptimizationContext, seeds: int = 3, ablation: bool = True) -> 
         if len(base_rows) <= i:  # the budget cut the baseline's run on this seed: no pair to compare, stop here
             break
         if best.get("label") == "baseline":
-            best = dict(best, per_seed=[r["best_val_accuracy"] for r in base_rows])
+            best = dict(best, per_seed=[r["best_val_score"] for r in base_rows])
         for c in survivors:
             if len(c["runs"]) == i:
                 c["runs"] += _train_seeds(c["config"], c["bundle"], ctx.path("runs") if lone else ctx.path(f"runs/{c['id']}"),
@@ -344,15 +348,15 @@ def compare(ctx: OptimizationContext, seeds: int = 3, ablation: bool = True) -> 
     summary = []
     for c in cands:
         n = len(c["runs"])
-        vals = [r["best_val_accuracy"] for r in c["runs"]]
+        vals = [r["best_val_score"] for r in c["runs"]]
         summary.append({"id": c["id"], "recommendations": c["recommendations"], "seeds": seed_list[:n], "per_seed": vals,
                         "mean": float(np.mean(vals)), "gain_points": float(np.mean(vals) - np.mean(best["per_seed"][:n])) * 100,
                         "survived": any(c is x for x in survivors), "winner": c is winner, "fits": n})
     _adopt_winner(ctx, winner)
     runs = winner["runs"]
-    vals = [r["best_val_accuracy"] for r in runs]
+    vals = [r["best_val_score"] for r in runs]
     out = {"seeds": seed_list, "candidate": runs, "baseline": base_rows, "best_before": best, "winner": winner["id"],
-           "candidates": summary, "vs_baseline": seed_stats([r["best_val_accuracy"] for r in base_rows], vals, floor=floor),
+           "candidates": summary, "vs_baseline": seed_stats([r["best_val_score"] for r in base_rows], vals, floor=floor),
            "vs_best": seed_stats(best["per_seed"], vals, floor=floor), "seed_std_floor": floor,
            "ablation": [{"id": c["id"], "expected_gain_points": next(r["expected_gain_points"] for r in ctx.recs
                                                                      if r["id"] == c["id"]),
@@ -394,13 +398,13 @@ def _reference(best: dict[str, Any], base_rows: list[dict[str, Any]]) -> dict[in
 
 
 def _phase3_seed_std(ctx: OptimizationContext) -> float:
-    """The seed standard deviation Phase 3 measured (val accuracy), 0 when it did not."""
+    """The seed standard deviation Phase 3 measured (of the val target metric), 0 when it did not."""
     sv = (ctx.run.findings(_round_dir(ctx)) or {}).get("evidence", {}).get("probes", {}).get("seed_variance", {})
     return float(sv.get("std") or 0.0) if "error" not in sv else 0.0
 
 
 def _score(c: dict[str, Any]) -> float:
-    vals = [r["best_val_accuracy"] for r in c["runs"] if r["status"] != "nonfinite"]
+    vals = [r["best_val_score"] for r in c["runs"] if r["status"] != "nonfinite"]
     return float(np.mean(vals)) if len(vals) == len(c["runs"]) and vals else -1.0
 
 
@@ -422,10 +426,10 @@ def _figures(ctx: OptimizationContext, out: dict[str, Any]) -> None:
     show_figure(comparison_figure({"baseline": [r["history"] for r in out["baseline"]],
                                    f"iteration {ctx.attempt}": [r["history"] for r in out["candidate"]]}),
                 ctx.path("comparison.png"))
-    pts = {"baseline": [r["best_val_accuracy"] for r in out["baseline"]]}
+    pts = {"baseline": [r["best_val_score"] for r in out["baseline"]]}
     if out["best_before"].get("label") != "baseline":
         pts["best before"] = out["best_before"]["per_seed"]
-    pts[f"iter {ctx.attempt}"] = [r["best_val_accuracy"] for r in out["candidate"]]
+    pts[f"iter {ctx.attempt}"] = [r["best_val_score"] for r in out["candidate"]]
     show_figure(seed_points_figure(pts, ctx.config.target.value), ctx.path("seeds.png"))
 
 
@@ -473,7 +477,7 @@ def decide(ctx: OptimizationContext, cmp: dict[str, Any]) -> dict[str, Any]:
         seed0 = cmp["candidate"][0]["dir"]
         write_json_atomic(ctx.run_dir / BEST, {"label": f"04_optimization/iter-{ctx.attempt}", "dir": seed0,
                                                "config": ctx.rel("optimization_config.yaml"), "mean": vb["mean_b"],
-                                               "std": vb["std_b"], "per_seed": [r["best_val_accuracy"] for r in cmp["candidate"]]})
+                                               "std": vb["std_b"], "per_seed": [r["best_val_score"] for r in cmp["candidate"]]})
         save_config(ctx.candidate, ctx.run_dir / CURRENT_CONFIG)
     rounds = len([e for e in load_manifest(ctx.run_dir)["phases"] if e["phase"] == Phase.DIAGNOSTICS.value])
     option, nxt, reason = after_optimization(
@@ -496,8 +500,9 @@ def write_results(ctx: OptimizationContext, cmp: dict[str, Any], decision: dict[
     vb, vbase = cmp["vs_best"], cmp["vs_baseline"]
     ms = lambda m, s: f"{m:.4f} ± {s:.4f}"  # noqa: E731
     per = lambda vals: ", ".join(f"{v:.4f}" for v in vals)  # noqa: E731
-    base_vals = [r["best_val_accuracy"] for r in cmp["baseline"]]
-    cand_vals = [r["best_val_accuracy"] for r in cmp["candidate"]]
+    name = LABELS[ctx.config.target.metric]
+    base_vals = [r["best_val_score"] for r in cmp["baseline"]]
+    cand_vals = [r["best_val_score"] for r in cmp["candidate"]]
     L = [f"# Optimization results (iteration {ctx.attempt})", "",
          f"Decision: **option {decision['option']}** → `{decision['next']}` — {decision['reason']}", "",
          f"Candidate {'**adopted**' if decision['evidence']['adopted'] else '**not adopted**'}: a change is adopted only when "
@@ -505,7 +510,7 @@ def write_results(ctx: OptimizationContext, cmp: dict[str, Any], decision: dict[
          *([f"Small data ({cmp['folds']['val_rows']} val rows; one row is {cmp['folds']['one_row_points']:g} points): "
             f"{cmp['folds']['rule']}. Here k = {cmp['folds']['k']}: run *i* (seed *i*) is fold *i*, compared fold for "
             "fold.", ""] if cmp.get("folds") else []),
-         "| config | seeds | best val accuracy (mean ± std) | per seed |", "|---|---:|---|---|",
+         f"| config | seeds | best val {name} (mean ± std) | per seed |", "|---|---:|---|---|",
          f"| baseline | {len(cmp['seeds'])} | {ms(vbase['mean_a'], vbase['std_a'])} | "
          f"{per(base_vals)} |"]
     if cmp["best_before"].get("label") != "baseline":
@@ -522,7 +527,7 @@ def write_results(ctx: OptimizationContext, cmp: dict[str, Any], decision: dict[
     L += ["", "## Candidates (successive halving)", "",
           f"Every candidate trained on seed {cmp['seeds'][0]}; the better half (at most two) on all {len(cmp['seeds'])} seeds; "
           f"winner **{cmp.get('winner', 'all')}**. {cmp.get('fits', '?')} candidate fits in all.", "",
-          "| candidate | recommendations | seeds | mean val accuracy | gain over best so far (points) | |",
+          f"| candidate | recommendations | seeds | mean val {name} | gain over best so far (points) | |",
           "|---|---|---:|---:|---:|---|"]
     L += [f"| {c['id']} | {', '.join(c['recommendations'])} | {len(c['seeds'])} | {c['mean']:.4f} | {c['gain_points']:+.2f} | "
           f"{'winner' if c['winner'] else ('survived' if c['survived'] else 'stopped after one seed')} |"
@@ -534,7 +539,7 @@ def write_results(ctx: OptimizationContext, cmp: dict[str, Any], decision: dict[
     L += ["", f"Adopted candidate: expected {sum(r['expected_gain_points'] for r in prov['recommendations']):.2f}, "
           f"realized {vb['diff'] * 100:+.2f} points over the best so far."]
     if sweep_summary:
-        L += ["", "## Optuna sweep", "", f"{sweep_summary['trials']} trials ({sweep_summary['states']}), best val accuracy "
+        L += ["", "## Optuna sweep", "", f"{sweep_summary['trials']} trials ({sweep_summary['states']}), best val {name} "
               f"{sweep_summary['best_value']} with {sweep_summary['best_params']}; storage `{sweep_summary['storage']}`", ""]
         L += [f"![{f}]({f})" for f in sweep_summary.get("figures", [])]
     return write_text_atomic(ctx.path("optimization_results.md"), "\n".join(L) + "\n")

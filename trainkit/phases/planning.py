@@ -15,6 +15,7 @@ from trainkit._io import read_json, write_json_atomic
 from trainkit.config import config_hash, load_config, save_config
 from trainkit.errors import ConfigError, QuarantineError
 from trainkit.gates import RED
+from trainkit.metrics import advice
 from trainkit.phases.common import run_path, PhaseContext, begin, finish_gate, show_figure, show_html, write_decision
 from trainkit.run import GATE, PREPROCESS, SPLITS, TRAINING_CONFIG, Phase, init_run
 
@@ -100,6 +101,9 @@ def show_data_overview(ctx: PhaseContext, bundle: Any) -> None:
     info = bundle.info
     counts = {k: v for k, v in info["class_counts"].items() if k != "test"}
     show_figure(class_counts_figure(counts, info["class_names"]), ctx.path("class_counts.png"))
+    tip = advice(ctx.config.target.metric, info["class_counts"]["train"])
+    if tip:
+        show_html(f"<p style='color:{RED}'><b>Metric advice</b>: {html.escape(tip)}.</p>")
     table = bundle.source.table
     if table is not None:  # a table: its columns, not a grid of samples
         _show_columns(ctx, table, bundle)
@@ -236,7 +240,9 @@ def _results(ctx: PhaseContext, bundle: Any) -> dict[str, tuple[str, Any]]:
         else ("fail", "training.deterministic is false; set it true or waive with a reason")
     r["environment_documented"] = ("pass", f"environment.json: python {env.get('python')}, torch {env.get('torch')}") \
         if env.get("python") and env.get("torch") else ("fail", "environment.json missing or incomplete")
-    r["config_valid"] = ("pass", f"training_config.yaml sha256 {config_hash(cfg)[:12]}…")
+    tip = advice(cfg.target.metric, bundle.info["class_counts"]["train"])
+    r["config_valid"] = ("pass", f"training_config.yaml sha256 {config_hash(cfg)[:12]}…; target val "
+                         f"{cfg.target.metric} ≥ {cfg.target.value}" + (f". Advice: {tip}" if tip else ""))
     r["no_leaky_column"] = _leak_check(ctx)
     splits = read_json(splits_path) if splits_path.exists() else {}
     fp = splits.get("fingerprints", {})

@@ -1,0 +1,133 @@
+"""target.metric: the scores, what the majority predictor scores, the intervals, the refusals, and
+the metric driving the fit's selection and Phase 2's decision."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from trainkit.metrics import advice, bootstrap_interval, chance_score, check_metric, metric_interval, row_score, score
+
+
+def _probs(y, k, seed):
+    rng = np.random.default_rng(seed)
+    p = rng.random((len(y), k))
+    p[np.arange(len(y)), y] += rng.random(len(y))  # informative but imperfect
+    return p / p.sum(1, keepdims=True)
+
+
+@pytest.mark.parametrize("k", [2, 3, 6])
+def test_scores_match_scikit_learn(k):
+    from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
+
+    y = np.random.default_rng(k).integers(0, k, 400)
+    p = _probs(y, k, k)
+    pred = p.argmax(1)
+    assert score("accuracy", y, p) == pytest.approx((pred == y).mean())
+    assert score("balanced_accuracy", y, p) == pytest.approx(balanced_accuracy_score(y, pred))
+    assert score("macro_f1", y, p) == pytest.approx(f1_score(y, pred, average="macro"))
+    if k == 2:
+        assert score("roc_auc", y, p) == pytest.approx(roc_auc_score(y, p[:, 1]))
+        tied = np.round(p, 1)  # ties count half, as in sklearn
+        assert score("roc_auc", y, tied) == pytest.approx(roc_auc_score(y, tied[:, 1]))
+    else:
+        with pytest.raises(ValueError, match="two classes"):
+            score("roc_auc", y, p)
+
+
+@pytest.mark.parametrize("metric", ["accuracy", "balanced_accuracy", "macro_f1", "roc_auc"])
+@pytest.mark.parametrize("counts", [[86, 14], [50, 50], [70, 20, 10]])
+def test_chance_is_what_predicting_the_majority_everywhere_scores(metric, counts):
+    if metric == "roc_auc" and len(counts) != 2:
+        return
+    y = np.repeat(np.arange(len(counts)), counts)
+    p = np.zeros((len(y), len(counts)))
+    p[:, int(np.argmax(counts))] = 1.0
+    assert chance_score(metric, counts) == pytest.approx(score(metric, y, p))
+
+
+def test_an_imbalanced_majority_predictor_looks_good_only_to_accuracy():
+    y = np.array([0] * 86 + [1] * 14)
+    p = np.tile([0.9, 0.1], (100, 1))
+    assert score("accuracy", y, p) == pytest.approx(0.86)
+    assert score("balanced_accuracy", y, p) == pytest.approx(0.5)
+    assert score("roc_auc", y, p) == pytest.approx(0.5)
+    assert "roc_auc or balanced_accuracy" in advice("accuracy", [86, 14])
+    assert "balanced_accuracy or macro_f1" in advice("accuracy", [80, 10, 10])
+    assert advice("accuracy", [60, 40]) is None and advice("macro_f1", [90, 10]) is None
+
+
+def test_intervals_hold_the_point_and_accuracy_is_unchanged():
+    y = np.random.default_rng(1).integers(0, 3, 200)
+    p = _probs(y, 3, 1)
+    for m in ("balanced_accuracy", "macro_f1"):
+        lo, hi = metric_interval(m, y, p, 300, 0)
+        assert lo <= score(m, y, p) <= hi and hi - lo < 0.3
+    correct = (p.argmax(1) == y).astype(float)
+    assert metric_interval("accuracy", y, p, 300, 0) == bootstrap_interval(correct, 300, 0)
+
+
+def test_row_score_reads_the_metric_and_falls_back_to_accuracy_for_old_records():
+    assert row_score({"val_accuracy": 0.9, "val_score": 0.6}) == 0.6
+    assert row_score({"val_accuracy": 0.9}) == 0.9
+
+
+def test_the_config_accepts_the_four_metrics_and_names_a_wrong_one():
+    from trainkit.config import validate_config_dict
+    from trainkit.errors import ConfigError
+
+    for m in ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc"):
+        assert validate_config_dict({"target": {"metric": m}}).target.metric == m
+    with pytest.raises(ConfigError, match="target.metric"):
+        validate_config_dict({"target": {"metric": "f1"}})
+
+
+def test_roc_auc_of_three_classes_is_refused_before_a_run_folder_exists(tmp_path, capsys):
+    import yaml
+
+    from trainkit.cli import main
+
+    check_metric("roc_auc", 2)
+    with pytest.raises(Exception, match="roc_auc is for two classes only; this data has 3"):
+        check_metric("roc_auc", 3)
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({"data": {"source": "trainkit.testing:tabular"}, "target": {"metric": "roc_auc"}}))
+    assert main(["config", "validate", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "target.metric" in err and "4 classes" in err and "balanced_accuracy" in err
+    runs = tmp_path / "runs"
+    assert main(["run", str(cfg), "--runs-dir", str(runs), "--name", "r"]) == 2
+    assert not (runs / "r").exists()
+
+
+def test_the_fit_selects_and_stops_on_the_target_metric():
+    from trainkit.data import load_data
+    from trainkit.testing import tiny_config
+    from trainkit.train import fit
+
+    cfg = tiny_config({"data.source": "trainkit.testing:imbalanced_tabular", "target.metric": "balanced_accuracy",
+                       "training.epochs": 6, "training.patience": None, "model.kwargs": {"hidden": [8]},
+                       "optimizer.lr": 3e-3})
+    b = load_data(cfg)
+    r = fit(cfg, b, None, progress=False)
+    scores = [h["val_score"] for h in r.history]
+    assert all(h["val_score"] != h["val_accuracy"] for h in r.history)  # balanced accuracy, not accuracy
+    assert r.best["val_score"] == max(scores) and r.best["epoch"] == scores.index(max(scores))
+
+
+def test_phase2_decides_on_the_target_metric():
+    from trainkit.decisions import after_baseline, learned
+
+    # an imbalanced val: accuracy 0.88 at a majority share of 0.86 would be A at target 0.87
+    option, _, reason = after_baseline(status="completed", learned=True, best=0.88, target=0.87, attempt=1,
+                                       max_restarts=2)
+    assert option == "A" and "val accuracy" in reason
+    # the same run judged by balanced accuracy (0.61) is B, and says which metric it read
+    option, _, reason = after_baseline(status="completed", learned=True, best=0.61, target=0.87, attempt=1,
+                                       max_restarts=2, metric="balanced_accuracy")
+    assert option == "B" and "balanced accuracy 0.6100" in reason
+    hist = [{"train_loss": 0.5, "val_accuracy": 0.86, "val_score": 0.5}]
+    ok, why = learned(0.7, hist, chance_score("balanced_accuracy", [86, 14]), "balanced_accuracy")
+    assert not ok and "balanced accuracy 0.500" in why  # the majority predictor has not learned
+    hist[0]["val_score"] = 0.7
+    assert learned(0.7, hist, 0.5, "balanced_accuracy")[0]
