@@ -31,12 +31,12 @@ def _act(name: str) -> nn.Module:
 
 
 def mlp(input_shape: tuple[int, ...], num_classes: int, hidden: tuple[int, ...] | list[int] = (128,),
-        dropout: float = 0.0, activation: str = "relu") -> nn.Module:
-    """Flatten → [Linear → activation → Dropout] per hidden width → Linear."""
+        dropout: float = 0.0, activation: str = "relu", batch_norm: bool = False) -> nn.Module:
+    """Flatten → [Linear → (BatchNorm) → activation → Dropout] per hidden width → Linear."""
     layers: list[nn.Module] = [nn.Flatten()]
     width = math.prod(input_shape)
     for h in hidden:
-        layers += [nn.Linear(width, int(h)), _act(activation)]
+        layers += [nn.Linear(width, int(h))] + ([nn.BatchNorm1d(int(h))] if batch_norm else []) + [_act(activation)]
         if dropout:
             layers.append(nn.Dropout(dropout))
         width = int(h)

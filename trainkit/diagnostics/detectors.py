@@ -15,6 +15,7 @@ import re
 from typing import Any, Callable
 
 from trainkit.diagnostics.data_quality import detect_data_quality
+from trainkit.diagnostics.reference import detect_reference_gap
 from trainkit.diagnostics.findings import (INFRA_STRENGTH, STANDARD_LR, THRESHOLDS, Finding, Recommendation, _dropout_rec, _family_recs,
                                            _gap_to_target, _headroom, _is_image, _label_noise, _learned, _noise_points,
                                            _quiet, _recommend, _seed_probe_converged, _smoothing_rec, _suggested_lr,
@@ -366,6 +367,7 @@ DETECTORS: dict[str, Callable[[dict[str, Any]], Finding]] = {
     "overfitting": detect_overfitting, "underfitting": detect_underfitting, "nan_loss": detect_nan_loss,
     "convergence_stall": detect_convergence_stall, "data_quality": detect_data_quality,
     "resource_inefficiency": detect_resource_inefficiency, "crashes": detect_crashes, "high_variance": detect_high_variance,
+    "reference_gap": detect_reference_gap,
 }
 
 

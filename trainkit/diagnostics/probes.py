@@ -542,7 +542,8 @@ def reference_probe(bundle: DataBundle, network_val: float | None, metric: str =
     models: dict[str, Any] = {"logistic_regression": LogisticRegression(max_iter=1000)}
     if tabular:
         models["boosted_trees"] = HistGradientBoostingClassifier(random_state=seed)
-    out: dict[str, Any] = {"rows": int(len(xa)), "of_rows": int(len(bundle.splits["train"])), "metric": metric, "models": {}}
+    out: dict[str, Any] = {"rows": int(len(xa)), "of_rows": int(len(bundle.splits["train"])), "val_rows": int(len(yb)),
+                           "metric": metric, "models": {}}
     for name, model in models.items():
         t0 = time.perf_counter()
         with warnings.catch_warnings():

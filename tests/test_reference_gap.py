@@ -1,0 +1,91 @@
+"""The reference gap ("a simpler model is not better") as a finding: beyond the noise it fires with
+moves whose expected gains are shares of the gap; within the noise it is inconclusive; it never
+outranks a cause; and the probe scores the references with the target metric."""
+
+from __future__ import annotations
+
+import pytest
+
+from trainkit.config import config_to_dict
+from trainkit.diagnostics import detect_all, plan_recommendations, primary_cause
+from trainkit.diagnostics.reference import detect_reference_gap, sampling_points
+from trainkit.testing import tiny_config
+
+
+def _ev(net, trees, val_rows, model="mlp", kwargs=None, optimizer="adam", seed_std=0.004, history=None, target=0.99,
+        **probes):
+    cfg = tiny_config({"data.source": "trainkit.testing:tabular", "model.name": model, "model.kwargs": kwargs or {"hidden": [16]},
+                       "optimizer.name": optimizer, "training.epochs": 10})
+    h = history or [{"epoch": e, "train_loss": 1.0 - 0.08 * e, "val_loss": 1.0 - 0.05 * e, "train_accuracy": net,
+                     "val_accuracy": net, "val_score": net, "lr": 1e-3} for e in range(10)]
+    ref = {"rows": 800, "of_rows": 800, "val_rows": val_rows, "metric": "accuracy", "best": "boosted_trees",
+           "models": {"logistic_regression": {"val_accuracy": 0.7, "val_score": 0.7},
+                      "boosted_trees": {"val_accuracy": trees, "val_score": trees}}}
+    return {"status": "completed", "history": h, "best": dict(h[-1]), "init_loss": 2.0, "nonfinite": None, "crash": None,
+            "target": target, "config": config_to_dict(cfg), "device": "cpu", "failed_mode": False, "input_shape": [16],
+            "num_classes": 4, "probes": {"reference": ref, "seed_variance": {
+                "seeds": [0, 1, 2], "val_accuracy": [net] * 3, "std": seed_std, "range": 2 * seed_std, "epochs": 10,
+                "full_runs": True}, **probes}}
+
+
+def test_a_gap_beyond_the_noise_is_a_finding_with_moves_sized_by_the_gap():
+    f = detect_reference_gap(_ev(0.85, 0.95, 1000))
+    assert f.fired and f.evidence["gap_points"] == pytest.approx(10.0)
+    assert f.evidence["noise_points"] == pytest.approx(max(sampling_points(0.95, 1000), 1.0), abs=0.01)
+    ids = {r.id: r for r in f.recommendations}
+    assert {"ref_capacity", "ref_batch_norm", "ref_dropout", "ref_adamw_cosine", "ref_longer"} <= set(ids)
+    assert ids["ref_capacity"].patch == {"model.kwargs": {"hidden": [32, 32]}}
+    assert ids["ref_capacity"].expected_gain_points == pytest.approx(4.0)  # 40% of the 10-point gap
+    assert ids["ref_adamw_cosine"].patch["schedule.name"] == "cosine" and "optimizer.lr" not in ids["ref_adamw_cosine"].patch
+    assert "10.0 points of headroom" in f.summary
+
+
+def test_from_sgd_the_move_to_adamw_sets_the_standard_lr():
+    f = detect_reference_gap(_ev(0.85, 0.95, 1000, optimizer="sgd"))
+    patch = {r.id: r for r in f.recommendations}["ref_adamw_cosine"].patch
+    assert patch["optimizer.lr"] == 1e-3 and patch["optimizer.name"] == "adamw"
+
+
+def test_a_gap_within_the_luck_of_a_small_val_split_is_inconclusive():
+    f = detect_reference_gap(_ev(0.89, 0.95, 36))  # 36 val rows: two standard errors are 7.3 points, the gap 6
+    assert not f.fired and "inconclusive" in f.summary and f.recommendations == []
+    assert sampling_points(0.95, 36) > 7
+    assert detect_reference_gap(_ev(0.89, 0.95, 1000)).fired  # the same gap on 1,000 val rows is beyond the noise
+    f = detect_reference_gap(_ev(0.85, 0.95, 1000, seed_std=0.06))  # seeds spread 12 points: within the noise
+    assert not f.fired and f.evidence["seed_noise_points"] == pytest.approx(12.0)
+
+
+def test_a_network_at_or_above_the_reference_is_quiet():
+    f = detect_reference_gap(_ev(0.96, 0.95, 1000))
+    assert not f.fired and "at or above" in f.summary
+    assert not detect_reference_gap(_ev(0.85, 0.95, 1000, reference={"error": "skipped"})).fired
+
+
+def test_the_gap_never_outranks_a_cause_but_is_named_when_it_is_alone():
+    ev = _ev(0.85, 0.95, 1000, target=0.85)  # the target is met: nothing is underfit, yet the trees do better
+    alone = primary_cause(detect_all(ev))
+    assert alone is not None and alone.name == "reference_gap"
+    # the same gap on a model that is far from fitting its train rows: underfitting is the cause
+    ev = _ev(0.60, 0.95, 1000, kwargs={"hidden": [2]})
+    fired = [f.name for f in detect_all(ev) if f.fired]
+    assert "reference_gap" in fired and "underfitting" in fired
+    assert primary_cause(detect_all(ev)).name == "underfitting"
+    plan = plan_recommendations(detect_all(ev), ev)
+    assert plan["selected"], plan
+
+
+def test_the_probe_scores_the_references_with_the_target_metric(tmp_path):
+    import numpy as np
+
+    from trainkit.data import load_data
+    from trainkit.diagnostics.probes import reference_probe
+    from trainkit.metrics import score
+
+    b = load_data(tiny_config({"data.source": "trainkit.testing:imbalanced_tabular"}))
+    ref = reference_probe(b, 0.5, metric="balanced_accuracy")
+    assert ref["metric"] == "balanced_accuracy" and ref["val_rows"] == len(b.splits["val"])
+    for m in ref["models"].values():
+        assert m["val_score"] != m["val_accuracy"]  # 20:1 classes: balanced accuracy is not accuracy
+    top = max(m["val_score"] for m in ref["models"].values())
+    assert ref["best_val_score"] == top and ref["gap_points"] == pytest.approx(100 * (top - 0.5), abs=0.01)
+    assert np.isfinite(score("balanced_accuracy", np.array([0, 1]), np.eye(2)))

@@ -1,0 +1,97 @@
+"""The reference detector, "a simpler model is not better": when the models a data scientist would
+otherwise pick (a logistic regression, and for tables gradient-boosted trees, fitted by
+:func:`trainkit.diagnostics.probes.reference_probe` on the same train rows) beat the network on val
+by more than the noise, the network has headroom it has not reached. The gap, in points of the
+target metric, is what the moves that close it can win: their expected gains are shares of it."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import Any
+
+from trainkit.diagnostics.findings import (STANDARD_LR, THRESHOLDS, Finding, Recommendation, _dropout_rec, _learned,
+                                           _noise_points, _quiet, _recommend, _seed_probe_converged, best_score)
+
+__all__ = ["detect_reference_gap", "sampling_points"]
+
+NAMES = {"logistic_regression": "logistic regression", "boosted_trees": "gradient-boosted trees"}
+
+
+def sampling_points(p: float, n: int) -> float:
+    """Two binomial standard errors (points) of a score near ``p`` on ``n`` val rows: below this a
+    difference between two models on the same rows is not told from the luck of the split."""
+    if n <= 0:
+        return math.inf
+    q = min(max(p, 0.02), 0.98)
+    return 200 * math.sqrt(q * (1 - q) / n)
+
+
+def detect_reference_gap(evidence: dict[str, Any]) -> Finding:
+    ref = evidence["probes"].get("reference") or {}
+    if "models" not in ref:
+        return _quiet("reference_gap", f"not judged: the reference models did not run ({ref.get('error', 'no result')})")
+    if not evidence.get("best") or not _learned(evidence):
+        return _quiet("reference_gap", "not judged: the network has not learned (see nan_loss / convergence_stall)")
+    net = best_score(evidence)
+    top_name = ref["best"]
+    top = float(ref["models"][top_name].get("val_score", ref["models"][top_name]["val_accuracy"]))
+    gap = 100 * (top - net)
+    seeds = _noise_points(evidence) if _seed_probe_converged(evidence) else THRESHOLDS["min_noise_points"]
+    luck = sampling_points(max(top, net), int(ref.get("val_rows") or 0))
+    noise = max(seeds, luck)
+    numbers = {"reference": top_name, "reference_val_score": round(top, 4), "network_val_score": round(net, 4),
+               "gap_points": round(gap, 2), "noise_points": round(noise, 2), "seed_noise_points": round(seeds, 2),
+               "sampling_points": round(luck, 2), "val_rows": ref.get("val_rows"), "metric": ref.get("metric", "accuracy")}
+    if gap <= noise:
+        why = (f"the network ({net:.3f}) is at or above the best reference ({NAMES.get(top_name, top_name)} {top:.3f})"
+               if gap <= 0 else f"the {NAMES.get(top_name, top_name)} is {gap:.1f} points ahead, within the noise "
+               f"({noise:.1f} points: seeds {seeds:.1f}, {ref.get('val_rows')} val rows {luck:.1f}): inconclusive")
+        return Finding("reference_gap", False, 0.0, why, numbers, {"min_noise_points": THRESHOLDS["min_noise_points"]})
+    f = Finding("reference_gap", True, min(1.0, gap / 20),
+                f"the {NAMES.get(top_name, top_name)} scores {top:.3f} on val against the network's {net:.3f}: {gap:.1f} "
+                f"points of headroom on the same rows, beyond the noise ({noise:.1f} points)", numbers,
+                {"min_noise_points": THRESHOLDS["min_noise_points"]}, strength=0.0)
+    # strength 0: the gap is a symptom, not a cause; it is named first only when no cause fired
+    f.recommendations = _moves(evidence, gap)
+    return f
+
+
+def _moves(evidence: dict[str, Any], gap: float) -> list[Recommendation]:
+    """The moves that close a gap to a simpler model, each expected to win a share of it."""
+    cfg, h = evidence["config"], evidence.get("history") or []
+    name, kw = cfg["model"]["name"], dict(cfg["model"]["kwargs"])
+    out: list[Recommendation] = []
+    if name == "mlp":
+        hidden = [min(1024, 2 * int(w)) for w in kw.get("hidden", [128])] or [128]
+        if len(hidden) < 2:
+            hidden = hidden + [hidden[-1]]
+        out.append(_recommend("reference_gap", "ref_capacity", f"Wider MLP: hidden {hidden}", {"model.kwargs": {**kw, "hidden": hidden}},
+                              "the reference fits structure (interactions, thresholds) a small network cannot hold",
+                              0.4 * gap, 1, current_hidden=kw.get("hidden", [128])))
+        if not kw.get("batch_norm"):
+            out.append(_recommend("reference_gap", "ref_batch_norm", "Batch normalization in the MLP",
+                                  {"model.kwargs": {**kw, "batch_norm": True}},
+                                  "normalized hidden layers train faster and more evenly on mixed-scale table inputs",
+                                  0.2 * gap, 1))
+    out += [replace(r, id="ref_dropout") for r in _dropout_rec(
+        "reference_gap", cfg, "regularization lets a wider network reach the reference without memorizing", 0.15 * gap)]
+    opt, sched = cfg["optimizer"]["name"], cfg["schedule"]["name"]
+    if opt != "adamw" or sched != "cosine":
+        patch: dict[str, Any] = {"optimizer.name": "adamw", "schedule.name": "cosine",
+                                 "optimizer.weight_decay": max(0.01, float(cfg["optimizer"].get("weight_decay") or 0.0))}
+        if opt == "sgd":
+            patch["optimizer.lr"] = STANDARD_LR["adamw"]
+        out.append(_recommend("reference_gap", "ref_adamw_cosine", "AdamW (weight decay 0.01) with a cosine schedule", patch,
+                              "the standard recipe for tables: decoupled weight decay, and a decaying LR that settles "
+                              "in a minimum", 0.3 * gap, 1))
+    epochs = cfg["training"]["epochs"]
+    best_epoch = (evidence.get("best") or {}).get("epoch", 0)
+    late = bool(h) and best_epoch >= len(h) - 3
+    longer = {"training.epochs": 2 * epochs}
+    if cfg["training"].get("patience") is not None:
+        longer["training.patience"] = max(10, 2 * int(cfg["training"]["patience"]))
+    out.append(_recommend("reference_gap", "ref_longer", f"Train longer: {epochs} → {2 * epochs} epochs", longer,
+                          "the best epoch was near the end" if late else "more steps at the same settings",
+                          (0.25 if late else 0.1) * gap, 2, best_epoch=best_epoch + 1))
+    return out
