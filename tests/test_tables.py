@@ -345,6 +345,20 @@ def test_the_readmes_own_table_walkthrough_as_written(tmp_path):
     status = {c["id"]: c["status"] for c in gate["checks"]}
     assert status["test_disjoint"] == "pass" and status["test_meets_target"] == "pass", gate["checks"]
     assert status["raw_rows_predict"] == "pass", gate["checks"]  # raw test rows through `trainkit predict`, as evaluated
+    # the deployment guide predicts from raw rows with onnxruntime, numpy and preprocess.json alone
+    final = tmp_path / "runs" / "churn" / "05_finalization"
+    assert status["deployment_guide"] == "pass", gate["checks"]
+    guide = (final / "deployment_guide.md").read_text()
+    code = re.findall(r"```python\n(.*?)```", guide.split("## From raw rows")[1], re.S)[0]
+    blocked = "import sys\nfor m in ('trainkit', 'pandas', 'torch'):\n    sys.modules[m] = None\n"  # importing them fails
+    ran = subprocess.run([sys.executable, "-c", blocked + code], cwd=final, capture_output=True, text=True, timeout=300)
+    assert ran.returncode == 0 and "raw-row predictions: [" in ran.stdout, ran.stdout + ran.stderr
+    pre = json.loads((final / "preprocess.json").read_text())
+    num = next(c for c in pre["columns"] if c["kind"] == "numeric")
+    num["mean"] += 3 * num["std"]  # a preprocessing that drifted from the model's: the snippet must say so
+    (final / "preprocess.json").write_text(json.dumps(pre))
+    ran = subprocess.run([sys.executable, "-c", blocked + code], cwd=final, capture_output=True, text=True, timeout=300)
+    assert ran.returncode != 0 and "differ from trainkit's" in ran.stderr, ran.stdout + ran.stderr
 
 
 @pytest.mark.slow

@@ -357,6 +357,11 @@ def write_docs(ctx: FinalizationContext, test: dict[str, Any], exp: dict[str, An
     guide = _GUIDE.format(shape=tuple(shape), k=len(splits["class_names"]), names=splits["class_names"], mean=mean, std=std,
                           how="per channel" if per_channel else "one scalar over all features", onnx_sha=exp.get("onnx_sha256"),
                           ts_sha=exp.get("torchscript_sha256"), shape_csv=", ".join(str(s) for s in shape), bshape=bshape)
+    bundle = _bundle(ctx)
+    if bundle.source.table is not None:  # a table: the guide predicts from raw rows too
+        from trainkit.phases.raw_rows import raw_rows_section
+
+        guide += raw_rows_section(ctx.dir, ctx.run_dir / Phase.PLANNING.value, bundle, _load_final(ctx, bundle))
     write_text_atomic(ctx.path("deployment_guide.md"), guide)
     snippets = run_snippets(ctx.dir, guide)
     write_json_atomic(ctx.path("snippets.json"), snippets)
