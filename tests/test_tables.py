@@ -315,7 +315,26 @@ def test_copied_records_of_a_continuous_table_are_leaks_and_a_shared_id_is_named
     assert not b.source.duplicates_by_chance
     assert b.source.table.kinds == {"x1": "numeric", "x2": "numeric"}  # patient: an identifier, left out
     assert len(_probe(b)["leaked_train_indices"]) > 0
+    assert id_overlap(b.source.table, b.splits)["patient"] == 0  # while the quarantine is closed no test ID is there
+    from trainkit.data import Quarantine
+
+    b = load_data(tiny_config({"data.source": "csv", "data.root": str(tmp_path / "t.csv"), "data.label": "y"}),
+                  quarantine=Quarantine(open=True, who="05_finalization"))  # as Phase 5 loads it
     assert id_overlap(b.source.table, b.splits)["patient"] > 0  # the same patient on both sides of the split
+
+
+def test_a_closed_quarantine_blanks_the_test_rows_of_the_raw_table(churn_csv):
+    from trainkit.data import Quarantine
+
+    closed = load_data(_cfg(churn_csv))
+    frame, test, val = closed.source.table.frame, closed.splits["test"], closed.splits["val"]
+    assert frame.iloc[test].isna().all().all()  # values and the label: nothing of a test row is in memory
+    assert frame.iloc[val].notna().any(axis=1).all() and frame.iloc[val]["churn"].notna().all()
+    raw = pd.read_csv(churn_csv)
+    assert frame.iloc[val]["plan"].fillna("-").tolist() == raw.iloc[val]["plan"].fillna("-").tolist()
+    opened = load_data(_cfg(churn_csv), quarantine=Quarantine(open=True, who="05_finalization"))
+    assert opened.source.table.frame.iloc[test]["churn"].tolist() == raw.iloc[test]["churn"].tolist()
+    assert np.array_equal(closed.arrays("train")[0].numpy(), opened.arrays("train")[0].numpy())  # same encoding
 
 
 @pytest.mark.slow

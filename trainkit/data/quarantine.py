@@ -48,8 +48,8 @@ class Quarantine:
 
 
 def seal_test_rows(source: Source, test_idx: np.ndarray, policy: Quarantine) -> None:
-    """Overwrite the test rows' samples (zeros) and labels (-1) in memory, and wrap a streamed
-    dataset so that reading a test index raises QuarantineError. Fingerprints and content hashes
+    """Overwrite the test rows' samples (zeros), labels (-1) and, for a table, raw values (blank) in
+    memory, and wrap a streamed dataset so that reading a test index raises QuarantineError. Fingerprints and content hashes
     were computed before this, from the real rows."""
     idx = torch.as_tensor(np.asarray(test_idx, dtype=np.int64))
     if len(idx) == 0:
@@ -61,6 +61,10 @@ def seal_test_rows(source: Source, test_idx: np.ndarray, policy: Quarantine) -> 
     source.y[idx] = -1
     if source.dataset is not None:
         source.dataset = SealedDataset(source.dataset, set(int(i) for i in test_idx), policy)
+    if source.table is not None:  # a table's raw rows too: every value of a test row (its label included) is blanked
+        frame = source.table.frame.astype(object)  # a copy; object columns take a blank of any kind
+        frame.iloc[idx.numpy()] = None
+        source.table.frame = frame
 
 
 class SealedDataset(Dataset):
