@@ -25,16 +25,22 @@ def phase_metric(d: Path, phase: str) -> str:
     try:
         if phase == Phase.BASELINE.value and (d / TRAIN_SUMMARY).is_file():
             best = read_json(d / TRAIN_SUMMARY).get("best") or {}
-            return f"val acc {best.get('val_accuracy', float('nan')):.4f}"
+            metric = (read_json(d / DECISION).get("evidence") or {}).get("metric", "accuracy") if (d / DECISION).is_file() \
+                else "accuracy"
+            extra = "" if metric == "accuracy" or best.get("val_score") is None else f"; {metric} {best['val_score']:.4f}"
+            return f"val acc {best.get('val_accuracy', float('nan')):.4f}{extra}"
         if phase == Phase.DIAGNOSTICS.value and (d / FINDINGS).is_file():
             f = read_json(d / FINDINGS)
             return f"cause: {f['primary'] or 'none'}; expected +{f['plan']['expected_gain_points']:.1f} pts"
         if phase == Phase.OPTIMIZATION.value and (d / DECISION).is_file():
             ev = read_json(d / DECISION)["evidence"]
-            return f"val acc {ev['candidate_mean']:.4f} (mean over seeds){' adopted' if ev['adopted'] else ''}"
+            name = "val acc" if ev.get("metric", "accuracy") == "accuracy" else f"val {ev['metric']}"
+            return f"{name} {ev['candidate_mean']:.4f} (mean over seeds){' adopted' if ev['adopted'] else ''}"
         if phase == Phase.FINALIZATION.value and (d / "test_evaluation.json").is_file():
             t = read_json(d / "test_evaluation.json")
-            return f"test acc {t['accuracy']:.4f} [{t['accuracy_ci'][0]:.3f}, {t['accuracy_ci'][1]:.3f}]"
+            extra = "" if t.get("metric", "accuracy") == "accuracy" else \
+                f"; {t['metric']} {t['score']:.4f} [{t['score_ci'][0]:.3f}, {t['score_ci'][1]:.3f}]"
+            return f"test acc {t['accuracy']:.4f} [{t['accuracy_ci'][0]:.3f}, {t['accuracy_ci'][1]:.3f}]{extra}"
         splits = RunFolder(d.parent).splits() if phase == Phase.PLANNING.value else None
         if splits is not None:
             return "sizes " + ", ".join(f"{k} {v}" for k, v in splits["sizes"].items())

@@ -488,7 +488,8 @@ def decide(ctx: OptimizationContext, cmp: dict[str, Any]) -> dict[str, Any]:
             and not _untried(ctx, ctx.candidate if adopted else ctx.config):
         nxt = Phase.DIAGNOSTICS.value
         reason += "; this round's recommendations are used up: re-diagnose the new best config"
-    evidence = {"adopted": adopted, "gain_points": round(gain, 3), "candidate_mean": vb["mean_b"], "best_mean": best_mean,
+    evidence = {"metric": ctx.config.target.metric,
+                "adopted": adopted, "gain_points": round(gain, 3), "candidate_mean": vb["mean_b"], "best_mean": best_mean,
                 "baseline_mean": cmp["vs_baseline"]["mean_a"], "diff_ci_points": [round(c * 100, 3) for c in vb["ci"]],
                 "seed_spread_points": round(vb["spread"] * 100, 3), "iteration": ctx.attempt}
     return write_decision(ctx, option, nxt, reason, evidence)
