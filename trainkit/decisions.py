@@ -9,6 +9,7 @@ write ``decision.json``; the pipeline follows ``next``. Thresholds come from the
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 from trainkit.metrics import LABELS, row_score
@@ -18,6 +19,7 @@ __all__ = ["after_planning", "learned", "after_baseline", "after_diagnostics", "
            "route_over_budget"]
 
 Decision = tuple[str, str, str]
+PRIOR_LOSS_MARGIN = 0.05  # a val loss 5% below the class prior's is learning beyond the prior
 
 
 def after_planning() -> Decision:
@@ -26,20 +28,31 @@ def after_planning() -> Decision:
 
 
 def learned(init_loss: float, history: Sequence[dict[str, Any]], chance: float,
-            metric: str = "accuracy") -> tuple[bool, str]:
+            metric: str = "accuracy", prior: float | None = None) -> tuple[bool, str]:
     """Whether a baseline learned, judged by its loss and its val metric together: the final train
     loss fell well (≥ 10%) below the loss at init and the best val metric (``val_score``, the
     target metric) beats what the majority predictor scores (``chance``,
-    :func:`trainkit.metrics.chance_score`), or the loss fell at all (≥ 1%) and val is more than 2 points above it. On
-    imbalanced classes a model that learned sits only a little above the majority share (91% val on
-    9% positives): the first rule calls that learning (diagnose, optimize), not a failed baseline.
-    Learning only the class prior cannot pass: it scores the majority share exactly."""
+    :func:`trainkit.metrics.chance_score`), or the loss fell at all (≥ 1%) and val is more than 2
+    points above it, or the loss fell at all and the best val loss is at least
+    ``PRIOR_LOSS_MARGIN`` below ``prior`` (the val loss of predicting the train class frequencies,
+    :func:`trainkit.metrics.prior_loss`). On imbalanced classes a model that learned sits only a
+    little above the majority share, or not above it at all (6% positives: accuracy cannot beat
+    0.94 before the model is very good), while its val loss already beats the prior's: each rule
+    calls that learning (diagnose, optimize), not a failed baseline. Learning only the class prior
+    cannot pass: it scores the majority share and the prior's loss exactly."""
     if not history:
         return False, "no completed epoch"
     final = history[-1]["train_loss"]
     best = max(row_score(h) for h in history)
-    ok = (final < init_loss * 0.90 and best > chance) or (final < init_loss * 0.99 and best > chance + 0.02)
-    return ok, f"train loss {init_loss:.3f} at init → {final:.3f}; best val {LABELS.get(metric, metric)} {best:.3f} vs chance {chance:.3f}"
+    losses = [h["val_loss"] for h in history if h.get("val_loss") is not None and math.isfinite(h["val_loss"])]
+    fell = final < init_loss * 0.99
+    ok = (final < init_loss * 0.90 and best > chance) or (fell and best > chance + 0.02)
+    why = f"train loss {init_loss:.3f} at init → {final:.3f}; best val {LABELS.get(metric, metric)} {best:.3f} vs chance {chance:.3f}"
+    if prior is not None and math.isfinite(prior) and losses:
+        beats_prior = fell and min(losses) <= prior * (1 - PRIOR_LOSS_MARGIN)
+        ok = ok or beats_prior
+        why += f"; best val loss {min(losses):.3f} vs the class prior's {prior:.3f}"
+    return ok, why
 
 
 def after_baseline(*, status: str, learned: bool, best: float | None, target: float, attempt: int,

@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-__all__ = ["METRICS", "LABELS", "check_metric", "advice", "score", "chance_score", "row_score", "bootstrap_interval", "metric_interval",
+__all__ = ["METRICS", "LABELS", "check_metric", "advice", "score", "chance_score", "prior_loss", "row_score", "bootstrap_interval", "metric_interval",
            "expected_calibration_error"]
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc")
@@ -100,6 +100,18 @@ def chance_score(metric: str, counts: list[int] | np.ndarray) -> float:
     if metric == "roc_auc":
         return 0.5
     raise ValueError(f"unknown metric {metric!r}; expected one of {', '.join(METRICS)}")
+
+
+def prior_loss(train_counts: list[int] | np.ndarray, val_counts: list[int] | np.ndarray) -> float:
+    """The val cross-entropy of the best constant predictor: the train class frequencies (smoothed
+    by one row per class) for every val row. A model whose val loss is well below it has learned
+    something beyond the class prior, whatever its accuracy (on 6% positives accuracy cannot
+    beat the majority share, the loss can)."""
+    tr = np.asarray(train_counts, dtype=np.float64) + 1.0
+    va = np.asarray(val_counts, dtype=np.float64)
+    if va.sum() <= 0:
+        return float("nan")
+    return float(-(va / va.sum() * np.log(tr / tr.sum())).sum())
 
 
 def row_score(row: dict) -> float:

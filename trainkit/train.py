@@ -547,11 +547,10 @@ def _end_epoch(lp: _Loop, pr: _Progress, ep: _Epoch, epoch: int,
               **_quantiles(ep.norms), "epoch_time_s": epoch_time, "samples_per_s": float(totals[2]) / epoch_time,
               "data_wait_fraction": ep.wait / epoch_time, **(lp.monitor.epoch_stats() if lp.monitor else {})}
     pr.history.append(record)
-    improved = pr.best is None or record["val_score"] > row_score(pr.best) or lp.select_last
-    if pr.best is None or record["val_score"] > row_score(pr.best) + tr.min_delta:
-        pr.bad_epochs = 0
-    else:
-        pr.bad_epochs += 1
+    # a tie on the metric (a discrete one, stuck at the majority share on rare positives) is broken by the val loss
+    tie = pr.best is not None and record["val_score"] == row_score(pr.best) and record["val_loss"] < pr.best["val_loss"]
+    improved = pr.best is None or record["val_score"] > row_score(pr.best) or tie or lp.select_last
+    pr.bad_epochs = 0 if pr.best is None or record["val_score"] > row_score(pr.best) + tr.min_delta or tie else pr.bad_epochs + 1
     if improved:
         pr.best = dict(record)
     if lp.is_main and lp.out is not None:

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from trainkit.config import TrainkitConfig, with_overrides
 from trainkit.diagnostics.findings import STANDARD_LR, patch_already_in
+from trainkit.metrics import prior_loss
 
 __all__ = ["STANDARD_LR", "standard_start", "candidate_fixes", "trial_fit", "choose_fix", "failed_history",
            "TRIAL_MAX_STEPS", "TRIAL_MIN_STEPS"]
@@ -105,11 +106,12 @@ def candidate_fixes(plan: dict[str, Any], ev: dict[str, Any], history: dict[str,
     return out
 
 
-def trial_fit(cfg: TrainkitConfig, bundle: Any, steps: int, chance: float, deadline: float | None = None) -> dict[str, Any]:
+def trial_fit(cfg: TrainkitConfig, bundle: Any, steps: int, chance: float, deadline: float | None = None,
+              prior: float | None = None) -> dict[str, Any]:
     """Train ``steps`` optimizer steps from a fresh initialization with the config's optimizer,
     clipping and model; judge learning as the baseline is judged: the loss on a fixed sample of
-    train rows (eval mode) after the trial against the same at init, and the val accuracy against
-    ``chance``."""
+    train rows (eval mode) after the trial against the same at init, the val accuracy against
+    ``chance`` and the val loss against the class prior's (``prior``)."""
     from trainkit.decisions import learned
     from trainkit.devices import resolve_device
     from trainkit.diagnostics._fits import _model, _train_steps, sample
@@ -132,11 +134,13 @@ def trial_fit(cfg: TrainkitConfig, bundle: Any, steps: int, chance: float, deadl
     model.eval()
     with torch.no_grad():
         end = float(F.cross_entropy(model(xt).float(), yt))
-        val = float((model(xv).float().argmax(1) == yv).float().mean())
+        logits = model(xv).float()
+        val, val_loss = float((logits.argmax(1) == yv).float().mean()), float(F.cross_entropy(logits, yv))
     if not math.isfinite(end):
         return {**out, "learned": False, "why": "non-finite loss on the train rows after the trial"}
-    ok, why = learned(init, [{"train_loss": end, "val_accuracy": val}], chance)
-    return {**out, "final_train_loss": round(end, 5), "val_accuracy": round(val, 4), "learned": bool(ok), "why": why}
+    ok, why = learned(init, [{"train_loss": end, "val_accuracy": val, "val_loss": val_loss}], chance, prior=prior)
+    return {**out, "final_train_loss": round(end, 5), "val_accuracy": round(val, 4), "val_loss": round(val_loss, 5),
+            "learned": bool(ok), "why": why}
 
 
 def choose_fix(cfg: TrainkitConfig, bundle: Any, plan: dict[str, Any], ev: dict[str, Any], history: dict[str, Any],
@@ -151,6 +155,7 @@ def choose_fix(cfg: TrainkitConfig, bundle: Any, plan: dict[str, Any], ev: dict[
     step_s = (sum(h["epoch_time_s"] for h in hist) / len(hist) / spe) if hist else 0.0
     counts = bundle.info["class_counts"]["val"]
     chance = float(max(counts) / max(1, sum(counts)))
+    prior = prior_loss(bundle.info["class_counts"]["train"], counts)
     trials, chosen, skipped = [], None, []
     for rec in cands[:MAX_TRIALS]:
         if clock is not None and not clock.allows(steps * step_s * 1.5 + 1.0, f"trial fit of fix {rec['id']}"):
@@ -162,7 +167,8 @@ def choose_fix(cfg: TrainkitConfig, bundle: Any, plan: dict[str, Any], ev: dict[
             trials.append({"id": rec["id"], "patch": rec["patch"], "learned": False, "why": f"invalid patch: {exc}"})
             continue
         try:
-            r = trial_fit(trial_cfg, bundle, steps, chance, deadline=clock.deadline if clock is not None else None)
+            r = trial_fit(trial_cfg, bundle, steps, chance, deadline=clock.deadline if clock is not None else None,
+                          prior=prior)
         except Exception as exc:  # a fix that breaks training is not a fix: the next one is tried
             r = {"learned": False, "why": f"{type(exc).__name__}: {str(exc)[:200]}", "steps": 0}
         trials.append({"id": rec["id"], "title": rec.get("title"), "patch": rec["patch"], **r})

@@ -13,7 +13,7 @@ from trainkit.config import save_config
 from trainkit.decisions import after_baseline, learned
 from trainkit.errors import CheckpointError
 from trainkit.gates import RED
-from trainkit.metrics import LABELS, chance_score, row_score
+from trainkit.metrics import LABELS, chance_score, prior_loss, row_score
 from trainkit.phases.common import run_path, PhaseContext, begin, clock, finish_gate, load_run_config, require_gate, \
     show_figure, show_html, write_decision
 from trainkit.run import DECISION, METRICS, Phase, TRAINING_CONFIG, next_attempt_dir
@@ -50,6 +50,7 @@ def train(ctx: PhaseContext, resume: bool = False, live: bool | None = None) -> 
     try:
         bundle = load_run_data(ctx.config, ctx.run_dir, PHASE)
         outcome["chance"] = chance_score(ctx.config.target.metric, bundle.info["class_counts"]["val"])
+        outcome["prior_loss"] = prior_loss(bundle.info["class_counts"]["train"], bundle.info["class_counts"]["val"])
         outcome["num_classes"] = bundle.num_classes
         hook = None
         if live:
@@ -81,7 +82,7 @@ def decide(ctx: PhaseContext, outcome: dict[str, Any]) -> dict[str, Any]:
         ok, why = False, "crashed"
     else:
         ok, why = learned(r.get("init_loss", float("nan")), r.get("history") or [], outcome.get("chance", 0.0),
-                          cfg.target.metric)
+                          cfg.target.metric, outcome.get("prior_loss"))
     best = row_score(r["best"]) if r.get("best") else None
     evidence = {"status": outcome["status"], "best_val_accuracy": (r.get("best") or {}).get("val_accuracy"),
                 "metric": cfg.target.metric, "best_val_score": best, "target": cfg.target.value, "learning": why,
@@ -150,7 +151,8 @@ def _results(ctx: PhaseContext, outcome: dict[str, Any]) -> dict[str, tuple[str,
     finite = hist and all(math.isfinite(h["train_loss"]) and math.isfinite(h["val_loss"]) for h in hist) and not r.get("nonfinite")
     res["losses_finite"] = ("pass", "every epoch's train and val loss finite") if finite else \
         ("fail", f"non-finite: {r.get('nonfinite')}" if r.get("nonfinite") else "no finite epoch recorded")
-    ok, why = learned(r["init_loss"], hist, outcome.get("chance", 0.0), ctx.config.target.metric) if hist else \
+    ok, why = learned(r["init_loss"], hist, outcome.get("chance", 0.0), ctx.config.target.metric,
+                      outcome.get("prior_loss")) if hist else \
         (False, "no completed epoch")
     if not ok and outcome["status"] == "time_budget" and hist:  # too few epochs to tell: the decision says so (B)
         res["learning_happened"] = ("warn", f"inconclusive: the budget stopped training after {len(hist)} epoch(s); {why}")
