@@ -131,3 +131,34 @@ def test_phase2_decides_on_the_target_metric():
     assert not ok and "balanced accuracy 0.500" in why  # the majority predictor has not learned
     hist[0]["val_score"] = 0.7
     assert learned(0.7, hist, 0.5, "balanced_accuracy")[0]
+
+
+def test_a_tie_on_the_metric_is_broken_by_the_val_loss_so_training_goes_on():
+    """20:1:1 classes at a small SGD LR: val accuracy sits at the majority share for epochs while the
+    val loss falls. Before, patience 2 stopped this fit at epoch 3 with epoch 1 as its best."""
+    from trainkit.data import load_data
+    from trainkit.testing import tiny_config
+    from trainkit.train import fit
+
+    cfg = tiny_config({"data.source": "trainkit.testing:imbalanced_tabular", "training.epochs": 6, "training.patience": 2,
+                       "model.kwargs": {"hidden": [8]}, "optimizer.name": "sgd", "optimizer.lr": 1e-3})
+    r = fit(cfg, load_data(cfg), None, progress=False)
+    accs, losses = [h["val_accuracy"] for h in r.history], [h["val_loss"] for h in r.history]
+    assert len(set(accs)) == 1 and losses == sorted(losses, reverse=True)  # the planted situation
+    assert r.status == "completed" and len(r.history) == 6
+    assert r.best["epoch"] == 5  # the same accuracy at the lowest val loss
+
+
+def test_a_model_that_beats_the_class_prior_has_learned_even_at_the_majority_share():
+    from trainkit.decisions import learned
+    from trainkit.metrics import prior_loss
+
+    prior = prior_loss([1970, 130], [422, 28])  # 6% positives
+    assert prior == pytest.approx(0.233, abs=0.002)
+    chance = 422 / 450
+    beyond = [{"train_loss": 0.19, "val_loss": 0.19, "val_accuracy": chance}]
+    only_prior = [{"train_loss": 0.237, "val_loss": 0.239, "val_accuracy": chance}]
+    assert learned(0.504, beyond, chance, prior=prior)[0]
+    ok, why = learned(0.504, only_prior, chance, prior=prior)
+    assert not ok and "class prior's 0.233" in why  # the loss fell to the prior and no further: nothing learned
+    assert not learned(0.504, beyond, chance)[0]  # without the prior the accuracy rule alone cannot tell
