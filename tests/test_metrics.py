@@ -162,3 +162,26 @@ def test_a_model_that_beats_the_class_prior_has_learned_even_at_the_majority_sha
     ok, why = learned(0.504, only_prior, chance, prior=prior)
     assert not ok and "class prior's 0.233" in why  # the loss fell to the prior and no further: nothing learned
     assert not learned(0.504, beyond, chance)[0]  # without the prior the accuracy rule alone cannot tell
+
+
+def test_learning_the_class_prior_and_no_clear_more_is_inconclusive_and_diagnosed_not_restarted():
+    from trainkit.decisions import after_baseline, learning_verdict
+    from trainkit.metrics import prior_loss
+
+    prior = prior_loss([1970, 130], [422, 28])
+    chance = 422 / 450
+    # the churn table's conservative baseline: loss 0.503 → 0.220, val loss 0.230 against the prior's 0.233
+    hist = [{"train_loss": 0.22, "val_loss": 0.230, "val_accuracy": chance}]
+    state, why = learning_verdict(0.503, hist, chance, prior=prior)
+    assert state == "inconclusive" and "class prior learned" in why
+    option, nxt, reason = after_baseline(status="completed", learned=False, best=chance, target=0.93, attempt=1,
+                                         max_restarts=2, inconclusive=why)
+    assert (option, nxt) == ("B", "03_diagnostics") and reason.startswith("inconclusive learning")
+    # a loss that did not fall, or a val loss worse than the constant predictor's, is a failure
+    assert learning_verdict(0.503, [{"train_loss": 0.50, "val_loss": 0.5, "val_accuracy": chance}], chance, prior=prior)[0] == "failed"
+    assert learning_verdict(0.503, [{"train_loss": 0.2, "val_loss": 0.30, "val_accuracy": chance}], chance, prior=prior)[0] == "failed"
+    option, _, _ = after_baseline(status="completed", learned=False, best=chance, target=0.93, attempt=1, max_restarts=2)
+    assert option == "C"
+    # a crash or a non-finite loss stays a failure whatever else is said
+    assert after_baseline(status="nonfinite", learned=False, best=chance, target=0.93, attempt=1, max_restarts=2,
+                          inconclusive=why)[0] == "C"

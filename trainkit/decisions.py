@@ -15,7 +15,7 @@ from typing import Any, Sequence
 from trainkit.metrics import LABELS, row_score
 from trainkit.run import Phase
 
-__all__ = ["after_planning", "learned", "after_baseline", "after_diagnostics", "after_optimization", "after_finalization",
+__all__ = ["after_planning", "learned", "learning_verdict", "after_baseline", "after_diagnostics", "after_optimization", "after_finalization",
            "route_over_budget"]
 
 Decision = tuple[str, str, str]
@@ -29,34 +29,49 @@ def after_planning() -> Decision:
 
 def learned(init_loss: float, history: Sequence[dict[str, Any]], chance: float,
             metric: str = "accuracy", prior: float | None = None) -> tuple[bool, str]:
-    """Whether a baseline learned, judged by its loss and its val metric together: the final train
-    loss fell well (≥ 10%) below the loss at init and the best val metric (``val_score``, the
-    target metric) beats what the majority predictor scores (``chance``,
-    :func:`trainkit.metrics.chance_score`), or the loss fell at all (≥ 1%) and val is more than 2
-    points above it, or the loss fell at all and the best val loss is at least
+    """Whether a baseline learned (:func:`learning_verdict` says ``"learned"``), and why."""
+    state, why = learning_verdict(init_loss, history, chance, metric, prior)
+    return state == "learned", why
+
+
+def learning_verdict(init_loss: float, history: Sequence[dict[str, Any]], chance: float,
+                     metric: str = "accuracy", prior: float | None = None) -> tuple[str, str]:
+    """``"learned"``, ``"inconclusive"`` or ``"failed"``, judged by the loss and the val metric
+    together. Learned: the final train loss fell well (≥ 10%) below the loss at init and the best
+    val metric (``val_score``, the target metric) beats what the majority predictor scores
+    (``chance``, :func:`trainkit.metrics.chance_score`); or the loss fell at all (≥ 1%) and val is
+    more than 2 points above it; or the loss fell at all and the best val loss is at least
     ``PRIOR_LOSS_MARGIN`` below ``prior`` (the val loss of predicting the train class frequencies,
     :func:`trainkit.metrics.prior_loss`). On imbalanced classes a model that learned sits only a
     little above the majority share, or not above it at all (6% positives: accuracy cannot beat
-    0.94 before the model is very good), while its val loss already beats the prior's: each rule
-    calls that learning (diagnose, optimize), not a failed baseline. Learning only the class prior
-    cannot pass: it scores the majority share and the prior's loss exactly."""
+    0.94 before the model is very good), while its val loss already beats the prior's.
+
+    Inconclusive: the train loss fell well and the best val loss is at or below the prior's, but
+    not by the margin: the model has learned the class prior and perhaps a little more, which a
+    weak signal or a slow start cannot tell apart from nothing. That is not a failed baseline (the
+    safe route is to diagnose and optimize, not to spend a restart on a guess). Failed: anything
+    else (the loss did not fall, or val is no better than a constant)."""
     if not history:
-        return False, "no completed epoch"
+        return "failed", "no completed epoch"
     final = history[-1]["train_loss"]
     best = max(row_score(h) for h in history)
     losses = [h["val_loss"] for h in history if h.get("val_loss") is not None and math.isfinite(h["val_loss"])]
     fell = final < init_loss * 0.99
     ok = (final < init_loss * 0.90 and best > chance) or (fell and best > chance + 0.02)
     why = f"train loss {init_loss:.3f} at init → {final:.3f}; best val {LABELS.get(metric, metric)} {best:.3f} vs chance {chance:.3f}"
-    if prior is not None and math.isfinite(prior) and losses:
-        beats_prior = fell and min(losses) <= prior * (1 - PRIOR_LOSS_MARGIN)
-        ok = ok or beats_prior
-        why += f"; best val loss {min(losses):.3f} vs the class prior's {prior:.3f}"
-    return ok, why
+    if prior is None or not math.isfinite(prior) or not losses:
+        return ("learned" if ok else "failed"), why
+    why += f"; best val loss {min(losses):.3f} vs the class prior's {prior:.3f}"
+    if ok or (fell and min(losses) <= prior * (1 - PRIOR_LOSS_MARGIN)):
+        return "learned", why
+    if final < init_loss * 0.90 and min(losses) <= prior:
+        return "inconclusive", why + " (the class prior learned, little beyond it yet)"
+    return "failed", why
 
 
 def after_baseline(*, status: str, learned: bool, best: float | None, target: float, attempt: int,
-                   max_restarts: int, epochs: int | None = None, metric: str = "accuracy") -> Decision:
+                   max_restarts: int, epochs: int | None = None, metric: str = "accuracy",
+                   inconclusive: str | None = None) -> Decision:
     """Phase 2: C (crashed, non-finite, or no learning → Phase 3 in failed mode, then a restart;
     stop once the restarts are used up), A (val ≥ target → Phase 5), B (below → Phase 3).
 
@@ -64,12 +79,17 @@ def after_baseline(*, status: str, learned: bool, best: float | None, target: fl
     inconclusive, not failed: a few epochs cannot tell a slow start from no learning, and spending a
     restart on a guess would be loud. It goes to Phase 3 as B (diagnose what there is), the safe
     standard route; the budget's routing may then send it on to Phase 5 with the best so far.
-    ``best`` is the best val value of the target metric (``metric``)."""
+    ``best`` is the best val value of the target metric (``metric``). ``inconclusive`` (the
+    learning verdict's reason, :func:`learning_verdict`) makes a baseline that did not clearly
+    learn a B too: it learned the class prior, and a restart would be spent on a guess."""
     name = LABELS.get(metric, metric)
     if status == "time_budget" and not learned and best is not None:
         ran = f"after {epochs} epoch(s)" if epochs is not None else "early"
         return "B", Phase.DIAGNOSTICS.value, (f"inconclusive: the budget stopped the baseline {ran}, before it could show "
                                               f"learning (val {name} {best:.4f}); diagnose, not restart")
+    if inconclusive and status not in ("crashed", "nonfinite") and not learned and best is not None:
+        return "B", Phase.DIAGNOSTICS.value, (f"inconclusive learning (val {name} {best:.4f}): {inconclusive}; "
+                                              "diagnose, not restart")
     if status in ("crashed", "nonfinite") or not learned:
         failure = {"crashed": "training crashed", "nonfinite": "non-finite loss or gradient"}.get(status, "no learning")
         restarts_left = max_restarts - (attempt - 1)

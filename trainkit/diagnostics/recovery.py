@@ -112,7 +112,7 @@ def trial_fit(cfg: TrainkitConfig, bundle: Any, steps: int, chance: float, deadl
     clipping and model; judge learning as the baseline is judged: the loss on a fixed sample of
     train rows (eval mode) after the trial against the same at init, the val accuracy against
     ``chance`` and the val loss against the class prior's (``prior``)."""
-    from trainkit.decisions import learned
+    from trainkit.decisions import learning_verdict
     from trainkit.devices import resolve_device
     from trainkit.diagnostics._fits import _model, _train_steps, sample
 
@@ -138,9 +138,9 @@ def trial_fit(cfg: TrainkitConfig, bundle: Any, steps: int, chance: float, deadl
         val, val_loss = float((logits.argmax(1) == yv).float().mean()), float(F.cross_entropy(logits, yv))
     if not math.isfinite(end):
         return {**out, "learned": False, "why": "non-finite loss on the train rows after the trial"}
-    ok, why = learned(init, [{"train_loss": end, "val_accuracy": val, "val_loss": val_loss}], chance, prior=prior)
+    state, why = learning_verdict(init, [{"train_loss": end, "val_accuracy": val, "val_loss": val_loss}], chance, prior=prior)
     return {**out, "final_train_loss": round(end, 5), "val_accuracy": round(val, 4), "val_loss": round(val_loss, 5),
-            "learned": bool(ok), "why": why}
+            "learned": state == "learned", "state": state, "why": why}
 
 
 def choose_fix(cfg: TrainkitConfig, bundle: Any, plan: dict[str, Any], ev: dict[str, Any], history: dict[str, Any],
@@ -177,5 +177,10 @@ def choose_fix(cfg: TrainkitConfig, bundle: Any, plan: dict[str, Any], ev: dict[
         if r["learned"]:
             chosen = rec
             break
+    if chosen is None:  # none clearly learned: the first that learned the class prior is the safe standard choice
+        soft = next((t for t in trials if t.get("state") == "inconclusive"), None)
+        if soft is not None:
+            chosen = next(c for c in cands if c["id"] == soft["id"])
+            soft["chosen_as"] = "inconclusive: no candidate clearly learned in the trial; this one learned the class prior"
     return {"chosen": chosen, "trials": trials, "steps": steps, "skipped": skipped,
             "candidates": [c["id"] for c in cands], "history": history}

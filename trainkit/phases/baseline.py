@@ -10,7 +10,7 @@ from typing import Any
 
 from trainkit._io import write_json_atomic, write_text_atomic
 from trainkit.config import save_config
-from trainkit.decisions import after_baseline, learned
+from trainkit.decisions import after_baseline, learning_verdict
 from trainkit.errors import CheckpointError
 from trainkit.gates import RED
 from trainkit.metrics import LABELS, chance_score, prior_loss, row_score
@@ -78,18 +78,21 @@ def decide(ctx: PhaseContext, outcome: dict[str, Any]) -> dict[str, Any]:
     :func:`trainkit.decisions.after_baseline`."""
     cfg = ctx.config
     r = outcome.get("result") or {}
+    state = "failed"
     if outcome["status"] == "crashed":
         ok, why = False, "crashed"
     else:
-        ok, why = learned(r.get("init_loss", float("nan")), r.get("history") or [], outcome.get("chance", 0.0),
-                          cfg.target.metric, outcome.get("prior_loss"))
+        state, why = learning_verdict(r.get("init_loss", float("nan")), r.get("history") or [], outcome.get("chance", 0.0),
+                                      cfg.target.metric, outcome.get("prior_loss"))
+        ok = state == "learned"
     best = row_score(r["best"]) if r.get("best") else None
     evidence = {"status": outcome["status"], "best_val_accuracy": (r.get("best") or {}).get("val_accuracy"),
                 "metric": cfg.target.metric, "best_val_score": best, "target": cfg.target.value, "learning": why,
                 "nonfinite": r.get("nonfinite"), "error": (outcome.get("error") or {}).get("message")}
     option, nxt, reason = after_baseline(status=outcome["status"], learned=ok, best=best, target=cfg.target.value,
                                          attempt=ctx.attempt, max_restarts=cfg.budget.max_baseline_restarts,
-                                         epochs=len(r.get("history") or []), metric=cfg.target.metric)
+                                         epochs=len(r.get("history") or []), metric=cfg.target.metric,
+                                         inconclusive=why if state == "inconclusive" else None)
     return write_decision(ctx, option, nxt, reason, evidence)
 
 
@@ -151,11 +154,13 @@ def _results(ctx: PhaseContext, outcome: dict[str, Any]) -> dict[str, tuple[str,
     finite = hist and all(math.isfinite(h["train_loss"]) and math.isfinite(h["val_loss"]) for h in hist) and not r.get("nonfinite")
     res["losses_finite"] = ("pass", "every epoch's train and val loss finite") if finite else \
         ("fail", f"non-finite: {r.get('nonfinite')}" if r.get("nonfinite") else "no finite epoch recorded")
-    ok, why = learned(r["init_loss"], hist, outcome.get("chance", 0.0), ctx.config.target.metric,
-                      outcome.get("prior_loss")) if hist else \
-        (False, "no completed epoch")
+    state, why = learning_verdict(r["init_loss"], hist, outcome.get("chance", 0.0), ctx.config.target.metric,
+                                  outcome.get("prior_loss")) if hist else ("failed", "no completed epoch")
+    ok = state == "learned"
     if not ok and outcome["status"] == "time_budget" and hist:  # too few epochs to tell: the decision says so (B)
         res["learning_happened"] = ("warn", f"inconclusive: the budget stopped training after {len(hist)} epoch(s); {why}")
+    elif state == "inconclusive":  # the class prior learned, not clearly more: B, as the decision says
+        res["learning_happened"] = ("warn", f"inconclusive: {why}")
     else:
         res["learning_happened"] = ("pass" if ok else "fail", why)
     utils = [h["gpu_util_mean"] for h in hist if "gpu_util_mean" in h]
