@@ -372,11 +372,18 @@ DETECTORS: dict[str, Callable[[dict[str, Any]], Finding]] = {
 
 
 def detect_all(evidence: dict[str, Any]) -> list[Finding]:
-    """Run every detector; a detector that trips over missing evidence reports itself as not run."""
+    """Run every detector; a detector that trips over missing evidence reports itself as not run.
+    The reference gap is a residual: when a cause fired, the gap is that cause's symptom, so it is
+    kept as evidence (its numbers, its summary) but does not fire or add moves of its own."""
     out = []
     for name, fn in DETECTORS.items():
         try:
             out.append(fn(evidence))
         except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
             out.append(_quiet(name, f"could not evaluate: {type(exc).__name__}: {exc}"))
+    causes = [f.name for f in out if f.fired and f.name != "reference_gap"]
+    for i, f in enumerate(out):
+        if f.name == "reference_gap" and f.fired and causes:
+            out[i] = Finding(f.name, False, 0.0, f"{f.summary}; explained by {', '.join(causes)}, which comes first",
+                             f.evidence, f.thresholds)
     return out

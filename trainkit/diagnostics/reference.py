@@ -11,7 +11,8 @@ from dataclasses import replace
 from typing import Any
 
 from trainkit.diagnostics.findings import (STANDARD_LR, THRESHOLDS, Finding, Recommendation, _dropout_rec, _learned,
-                                           _noise_points, _quiet, _recommend, _seed_probe_converged, best_score)
+                                           _gap_to_target, _noise_points, _quiet, _recommend, _seed_probe_converged,
+                                           best_score)
 
 __all__ = ["detect_reference_gap", "sampling_points"]
 
@@ -43,6 +44,9 @@ def detect_reference_gap(evidence: dict[str, Any]) -> Finding:
     numbers = {"reference": top_name, "reference_val_score": round(top, 4), "network_val_score": round(net, 4),
                "gap_points": round(gap, 2), "noise_points": round(noise, 2), "seed_noise_points": round(seeds, 2),
                "sampling_points": round(luck, 2), "val_rows": ref.get("val_rows"), "metric": ref.get("metric", "accuracy")}
+    if gap > noise and _gap_to_target(evidence) <= 0:
+        return Finding("reference_gap", False, 0.0, f"the {NAMES.get(top_name, top_name)} is {gap:.1f} points ahead, but the "
+                       "target is met: headroom, not a shortfall", numbers, {"min_noise_points": THRESHOLDS["min_noise_points"]})
     if gap <= noise:
         why = (f"the network ({net:.3f}) is at or above the best reference ({NAMES.get(top_name, top_name)} {top:.3f})"
                if gap <= 0 else f"the {NAMES.get(top_name, top_name)} is {gap:.1f} points ahead, within the noise "
