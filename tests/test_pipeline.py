@@ -247,6 +247,21 @@ def test_each_production_check_fails_on_its_bad_case(check, fast_run, tmp_path):
     assert res[check][0] == "fail", res[check]
 
 
+@pytest.mark.slow
+def test_the_target_checks_read_the_target_metric_not_accuracy(fast_run, tmp_path):
+    """A run whose target metric is macro F1: the production gate judges the target and the val/test
+    agreement on macro F1's own values and intervals, whatever accuracy says."""
+    run = tmp_path / "copy"
+    shutil.copytree(fast_run, run)
+    low = dict(metric="macro_f1", score=0.10, score_ci=[0.05, 0.15], val_score=0.90, val_score_ci=[0.85, 0.95])
+    res = _recheck(run, lambda r, s: s["test"].update(low))
+    assert res["test_meets_target"][0] == "fail" and "test macro F1 0.1000" in res["test_meets_target"][1]
+    assert res["val_test_agree"][0] == "fail" and "val macro F1 0.9000" in res["val_test_agree"][1]
+    high = dict(low, score=0.99, score_ci=[0.9, 1.0])
+    res = _recheck(tmp_path / "copy", lambda r, s: s["test"].update(high))
+    assert res["test_meets_target"][0] == "pass" and res["val_test_agree"][0] == "pass"
+
+
 def _recheck_disjoint(run):
     import trainkit.data as D
 

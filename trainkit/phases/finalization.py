@@ -509,11 +509,12 @@ def _results(ctx: FinalizationContext, train: dict[str, Any], test: dict[str, An
 
     f, bundle = ctx.config.final, _bundle(ctx)
     res = _quarantine_checks(ctx, bundle)
-    tgt, name = ctx.config.target.value, LABELS[test.get("metric", "accuracy")]
-    t_s, v_s = test.get("score", test["accuracy"]), test.get("val_score", test["val_accuracy"])
+    metric = test.get("metric", "accuracy")
+    tgt, name, acc = ctx.config.target.value, LABELS[metric], metric == "accuracy"  # accuracy: its own fields
+    t_s, v_s = (test["accuracy"], test["val_accuracy"]) if acc else (test["score"], test["val_score"])
     res["test_meets_target"] = ("pass" if t_s >= tgt else "fail",
                                 f"test {name} {t_s:.4f} vs target {tgt} (waive with the documented shortfall)")
-    (tl, th), (vl, vh) = test.get("score_ci", test["accuracy_ci"]), test.get("val_score_ci", test["val_accuracy_ci"])
+    (tl, th), (vl, vh) = (test["accuracy_ci"], test["val_accuracy_ci"]) if acc else (test["score_ci"], test["val_score_ci"])
     overlap = tl <= vh and vl <= th
     res["val_test_agree"] = ("pass" if overlap else "fail", f"val {name} {v_s:.4f} [{vl:.4f}, {vh:.4f}] and test "
                              f"{t_s:.4f} [{tl:.4f}, {th:.4f}]: 95% bootstrap intervals "
