@@ -134,7 +134,7 @@ def test_iteration_that_adopts_nothing_rediagnoses_the_best_so_far(noisy_run, mo
 
     def worse(cfg, bundle, out, seeds, *args, **kwargs):  # every candidate loses: nothing can be adopted
         rows = real(cfg, bundle, out, seeds, *args, **kwargs)
-        return [dict(r, best_val_accuracy=0.01) for r in rows] if out is not None else rows
+        return [dict(r, best_val_accuracy=0.01, best_val_score=0.01) for r in rows] if out is not None else rows
 
     monkeypatch.setattr(optimization, "_train_seeds", worse)
     run_phase_inprocess("04_optimization", run, attempt=1, seeds=2)
