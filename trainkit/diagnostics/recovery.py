@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from trainkit.config import TrainkitConfig, with_overrides
 from trainkit.diagnostics.findings import STANDARD_LR, patch_already_in
-from trainkit.metrics import prior_loss
+from trainkit.metrics import chance_score, prior_loss
 
 __all__ = ["STANDARD_LR", "standard_start", "candidate_fixes", "trial_fit", "choose_fix", "failed_history",
            "TRIAL_MAX_STEPS", "TRIAL_MIN_STEPS"]
@@ -154,7 +154,7 @@ def choose_fix(cfg: TrainkitConfig, bundle: Any, plan: dict[str, Any], ev: dict[
     steps = int(min(TRIAL_MAX_STEPS, max(TRIAL_MIN_STEPS, total // 8)))
     step_s = (sum(h["epoch_time_s"] for h in hist) / len(hist) / spe) if hist else 0.0
     counts = bundle.info["class_counts"]["val"]
-    chance = float(max(counts) / max(1, sum(counts)))
+    chance = chance_score("accuracy", counts)  # the trial is judged on accuracy, like the baseline's first rule
     prior = prior_loss(bundle.info["class_counts"]["train"], counts)
     trials, chosen, skipped = [], None, []
     for rec in cands[:MAX_TRIALS]:
