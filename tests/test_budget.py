@@ -77,6 +77,45 @@ def test_phase_clock_shares_carry_over_and_cuts_become_notes(tmp_path, monkeypat
     assert notes == [f"budget cut in 03_diagnostics/round-1: probe label_issues ({c.cuts[0]['why']})"]
 
 
+def test_the_run_clock_counts_each_phase_once_and_the_pipelines_own_work_between_them(tmp_path, monkeypatch):
+    """A phase's kernel records its own cost (as the notebooks do); the pipeline adds its wall time
+    once (not on top of the phase's own), and its work between phases is on the clock too."""
+    import papermill  # noqa: F401  (imported before the clock starts: execute_phase imports it)
+
+    import trainkit.pipeline as pipeline
+    from trainkit.run import load_manifest
+
+    run = tmp_path / "r"
+    init_run(run, "r")
+
+    def kernel(pm, phase, out_nb, params, out_dir, run_dir, attempt):  # stands in for papermill's kernel
+        record_phase(run_dir, phase, attempt, status="completed", ended=time.time(), cost={"wall_s": 0.3})
+        time.sleep(0.3)
+
+    monkeypatch.setattr(pipeline, "_execute", kernel)
+    origin = time.time()
+    pipeline.execute_phase("01_planning", run, {}, 1, clock_start=origin)
+    first = load_manifest(run)["active_s"]
+    assert 0.3 <= first < 0.6  # once, not 0.3 of the phase's cost plus 0.3 of the pipeline's wall
+    time.sleep(0.4)  # the pipeline's own work (decisions, reports) before the next phase
+    pipeline._count_gap(run, time.time() - origin)
+    pipeline.execute_phase("02_baseline", run, {}, 1, clock_start=origin)
+    m = load_manifest(run)
+    assert 1.0 <= m["active_s"] < 1.5 and 0.4 <= m["pipeline_gap_s"] < 0.7
+    assert m["phases"][-1]["active_end_s"] == m["active_s"]
+    # a notebook run by hand then resumed: the clock goes on from run.json's active seconds
+    pipeline.execute_phase("03_diagnostics", run, {}, 1)
+    assert 1.3 <= load_manifest(run)["active_s"] < 1.9
+    clock = PhaseClock(run, "05_finalization", 1.0)
+    assert clock.overhead_s >= m["pipeline_gap_s"]  # the work after Phase 5 is in its tail reserve
+
+
+def test_the_run_clock_starts_when_the_trainkit_process_did():
+    out = subprocess.run(["python3", "-c", "import time; time.sleep(0.6); from trainkit.budget import process_start; "
+                          "print(time.time() - process_start())"], capture_output=True, text=True, check=True)
+    assert 0.6 <= float(out.stdout) < 5.0  # the interpreter's start and imports before trainkit count
+
+
 @pytest.mark.slow
 def test_a_tiny_budget_ends_the_run_inside_it_through_phase_5_with_the_best_model_so_far(tmp_path):
     """Unconstrained, this run takes several minutes on 2 cores (a 200-epoch baseline, probes, six
@@ -95,7 +134,9 @@ def test_a_tiny_budget_ends_the_run_inside_it_through_phase_5_with_the_best_mode
     wall = time.time() - t0
     run = tmp_path / "tiny"
     assert wall <= 1.05 * budget_s, (wall, r.stdout[-3000:])
-    phases = [e["phase"] for e in json.loads((run / "run.json").read_text())["phases"]]
+    manifest = json.loads((run / "run.json").read_text())
+    assert manifest["active_s"] >= wall - 3.0, (manifest["active_s"], wall)  # the clock saw the whole invocation
+    phases = [e["phase"] for e in manifest["phases"]]
     assert phases[-1] == "05_finalization", (phases, r.stdout[-3000:], r.stderr[-2000:])
     fin = run / "05_finalization"
     gate = json.loads((fin / "gate.json").read_text())

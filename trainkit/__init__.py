@@ -9,6 +9,10 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+import time as _time
+
+IMPORTED = _time.time()  # when this process first imported trainkit (the run clock's start where /proc is missing)
+
 from trainkit.config import TrainkitConfig, load_config, save_config
 from trainkit.errors import (
     CheckpointError,

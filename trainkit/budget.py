@@ -29,7 +29,7 @@ from trainkit._io import write_json_atomic
 from trainkit.plan import SHARES
 from trainkit.run import BUDGET, Phase, RUN_JSON
 
-__all__ = ["PhaseClock", "CUMULATIVE", "CLOCK_ENV", "active_seconds"]
+__all__ = ["PhaseClock", "CUMULATIVE", "CLOCK_ENV", "active_seconds", "process_start"]
 
 CLOCK_ENV = "TRAINKIT_CLOCK_START"  # set by the pipeline: time.time() minus the run's active seconds so far
 
@@ -53,6 +53,23 @@ TAIL_PLANNING_FACTOR = 2.0  # Phase 5's work after training (test, export, repro
 REPLANNED = (Phase.DIAGNOSTICS.value, Phase.OPTIMIZATION.value, Phase.FINALIZATION.value)
 
 
+def process_start() -> float:
+    """When this process started (``time.time()`` scale): from /proc on Linux, so that ``trainkit
+    run``'s own start (imports, the config and data checks before run.json exists) is on the run's
+    clock; elsewhere, when trainkit was first imported."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime"))
+        started = boot + ticks / os.sysconf("SC_CLK_TCK")
+        if started <= time.time():
+            return started
+    except (OSError, ValueError, IndexError, StopIteration):
+        pass
+    import trainkit
+
+    return trainkit.IMPORTED
+
+
 def _planning_s(manifest: dict[str, Any]) -> float:
     """Phase 1's own seconds (imports, data checks, two tiny fits, plots), measured on this machine."""
     return max([(e.get("cost") or {}).get("wall_s", 0.0) for e in manifest.get("phases", [])
@@ -68,7 +85,7 @@ def _baseline_end(manifest: dict[str, Any]) -> float | None:
             return None
         acc += float(e.get("pipeline_wall_s") or (e.get("cost") or {}).get("wall_s", 0.0))
         if e.get("phase") == Phase.BASELINE.value:
-            return acc
+            return float(e["active_end_s"]) if e.get("active_end_s") is not None else acc
     return None
 
 
@@ -83,11 +100,13 @@ def active_seconds(manifest: dict[str, Any]) -> float:
 
 
 def _overhead(manifest: dict[str, Any]) -> float:
-    """Seconds a phase costs outside its own code (kernel start, report export): measured as the
-    pipeline's wall time less the phase's own, the largest seen; 0 for notebooks run by hand."""
+    """Seconds a phase costs outside its own code: its kernel's start and report export (the
+    pipeline's wall time less the phase's own, the largest seen) plus the pipeline's own work
+    between two phases (decisions, reports, index.html: ``run.json["pipeline_gap_s"]``, the largest
+    seen), which also follows Phase 5; 0 for notebooks run by hand."""
     gaps = [e["pipeline_wall_s"] - (e.get("cost") or {}).get("wall_s", 0.0) for e in manifest.get("phases", [])
             if e.get("pipeline_wall_s") is not None]
-    return max(gaps) if gaps else 0.0
+    return (max(gaps) if gaps else 0.0) + float(manifest.get("pipeline_gap_s") or 0.0)
 
 
 class PhaseClock:

@@ -100,6 +100,7 @@ def _approvals(args: argparse.Namespace) -> dict[str, str] | str:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from trainkit.budget import process_start
     from trainkit.config import load_config
     from trainkit.pipeline import run_pipeline
     from trainkit.run import check_run_name
@@ -116,7 +117,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     name = check_run_name(args.name if args.name is not None else
                           ("demo" if args.config is None else time.strftime("run-%Y%m%d-%H%M%S")))
     outcome = run_pipeline(args.config, Path(args.runs_dir) / name, args.overrides, args.target, args.stop_after,
-                           approvals, args.resume, echo=lambda m: print(m, flush=True))
+                           approvals, args.resume, echo=lambda m: print(m, flush=True), started=process_start())
     print(("trainkit: " if outcome.code == 0 else f"trainkit: exit {outcome.code}: ") + outcome.message,
           file=sys.stdout if outcome.code in (0, 3) else sys.stderr)
     print(f"trainkit: path taken: {' → '.join(outcome.path)}; run folder: {outcome.run_dir}")

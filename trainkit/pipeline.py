@@ -48,8 +48,12 @@ def notebook_path(phase: str) -> Path:
     raise PipelineError(f"notebook for {phase} not found in the installed trainkit ({here}/notebooks)")
 
 
-def execute_phase(phase: str, run_dir: Path, params: dict[str, Any], attempt: int = 1) -> Path:
-    """Run a phase notebook into its folder (notebook.ipynb + report.html); PipelineError on failure."""
+def execute_phase(phase: str, run_dir: Path, params: dict[str, Any], attempt: int = 1,
+                  clock_start: float | None = None) -> Path:
+    """Run a phase notebook into its folder (notebook.ipynb + report.html); PipelineError on failure.
+    ``clock_start``: the run clock's origin (``time.time()`` less the run's active seconds), which
+    ``trainkit run`` keeps for the whole invocation so that its own work between phases counts;
+    without it the clock resumes from ``run.json["active_s"]`` now."""
     import papermill as pm
 
     out_dir = phase_dir(run_dir, phase, attempt)
@@ -62,25 +66,40 @@ def execute_phase(phase: str, run_dir: Path, params: dict[str, Any], attempt: in
     from trainkit.budget import CLOCK_ENV, active_seconds
 
     t0 = time.time()
-    os.environ[CLOCK_ENV] = repr(t0 - active_seconds(load_manifest(run_dir)))  # the kernel's budget clock
+    origin = clock_start if clock_start is not None else t0 - active_seconds(load_manifest(run_dir))
+    os.environ[CLOCK_ENV] = repr(origin)  # the kernel's budget clock
     try:
         _execute(pm, phase, out_nb, params, out_dir, run_dir, attempt)
     finally:
         os.environ.pop(CLOCK_ENV, None)
-        _count_active(run_dir, phase, attempt, time.time() - t0)
+        _count_active(run_dir, phase, attempt, time.time() - t0, time.time() - origin)
     return out_dir
 
 
-def _count_active(run_dir: Path, phase: str, attempt: int, wall: float) -> None:
-    """Add a phase's pipeline wall time (kernel start and report export included) to the run's
-    active seconds, the clock its time budget runs on."""
-    from trainkit.budget import active_seconds
-
+def _count_active(run_dir: Path, phase: str, attempt: int, wall: float, active: float) -> None:
+    """Record a phase's pipeline wall time (kernel start and report export included) and the run's
+    active seconds at its end (the clock its time budget runs on)."""
     manifest = load_manifest(run_dir)
-    manifest["active_s"] = round(active_seconds(manifest) + wall, 3)
+    manifest["active_s"] = round(active, 3)
     for e in manifest["phases"]:
         if e["phase"] == phase and e["attempt"] == attempt:
             e["pipeline_wall_s"] = round(e.get("pipeline_wall_s", 0.0) + wall, 3)
+            e["active_end_s"] = round(active, 3)
+    save_manifest(run_dir, manifest)
+
+
+def _count_gap(run_dir: Path, active: float, between: bool = True) -> None:
+    """The pipeline's own seconds since the last phase ended (decisions, reports, tracking), or
+    since the invocation started: the run's active seconds move to ``active``. A gap ``between``
+    two phases (or after the last) is work that also follows Phase 5, so the largest is kept
+    (``run.json["pipeline_gap_s"]``) for Phase 5's tail reserve; an invocation's start is not."""
+    manifest = load_manifest(run_dir)
+    gap = active - float(manifest.get("active_s") or 0.0)
+    if gap <= 0:
+        return
+    manifest["active_s"] = round(active, 3)
+    if between:
+        manifest["pipeline_gap_s"] = round(max(gap, float(manifest.get("pipeline_gap_s") or 0.0)), 3)
     save_manifest(run_dir, manifest)
 
 
@@ -241,12 +260,15 @@ def _route_over_budget(run_dir: Path, phase: str, d: Path) -> str:  # phase: whe
 def run_pipeline(config_path: str | None, run_dir: Path, overrides: list[str] | None = None,
                  target: float | None = None, stop_after: int | None = None,
                  approvals: dict[str, str] | str | None = None, resume: bool = False,
-                 echo: Any = print) -> PipelineOutcome:
+                 echo: Any = print, started: float | None = None) -> PipelineOutcome:
     """Walk the decision tree from Phase 1 (or the resume point) and return the exit outcome;
-    ``index.html`` is rewritten on every way out."""
+    ``index.html`` is rewritten on every way out. ``started``: when this invocation began (the CLI
+    passes its process's start), else now; all of its time is on the run's budget clock."""
     run_dir = Path(run_dir).resolve()
+    started = time.time() if started is None else started
     created = not run_dir.exists()
     outcome: PipelineOutcome | None = None
+    walk: _Walk | None = None
     trackers: list[Any] = []  # the MLflow pusher, once the run's config says tracking is on
     from trainkit.tracking import PIPELINE_ENV
 
@@ -255,7 +277,7 @@ def run_pipeline(config_path: str | None, run_dir: Path, overrides: list[str] | 
     try:
         with run_lock(run_dir):
             try:
-                walk = _Walk(RunFolder(run_dir), stop_after, approvals, echo, trackers)
+                walk = _Walk(RunFolder(run_dir), stop_after, approvals, echo, trackers, t0=started)
                 outcome = _walk(walk, config_path, overrides, target, resume)
             except ConfigError:
                 if created and not (run_dir / RUN_JSON).exists():
@@ -273,6 +295,8 @@ def run_pipeline(config_path: str | None, run_dir: Path, overrides: list[str] | 
                 print(f"trainkit: could not write index.html: {exc}", file=sys.stderr)
         for tracker in trackers:
             _close_tracking(tracker, echo)
+        if walk is not None and walk.origin is not None and (run_dir / RUN_JSON).exists():
+            _count_gap(run_dir, time.time() - walk.origin)  # the work after the last phase
     return outcome
 
 
@@ -358,6 +382,7 @@ class _Walk:
     trackers: list[Any]
     taken: list[str] = field(default_factory=list)
     t0: float = field(default_factory=time.time)
+    origin: float | None = None  # the run clock's origin: t0 less the run's active seconds before this invocation
 
     def outcome(self, code: int, message: str) -> PipelineOutcome:
         return PipelineOutcome(code, message, self.run.path, self.taken)
@@ -369,6 +394,9 @@ def _walk(w: _Walk, config_path: str | None, overrides: list[str] | None, target
     phase, continue_attempt, done = _resume_walk(w) if resume else _start_walk(w, config_path, overrides, target)
     if done is not None:
         return done
+    from trainkit.budget import active_seconds
+
+    w.origin = w.t0 - (active_seconds(load_manifest(w.run.path)) if resume else 0.0)
     while phase is not None:
         attempt = next_attempt_dir(w.run.path, phase)[0] if phase in _ATTEMPTED else 1
         if continue_attempt is not None:
@@ -428,7 +456,8 @@ def _run_phase(w: _Walk, phase: str, attempt: int, resume_in_place: bool) -> tup
            f"… {time.time() - w.t0:.0f}s elapsed")
     w.taken.append(phase)
     try:
-        execute_phase(phase, run_dir, params, attempt)
+        _count_gap(run_dir, time.time() - w.origin, between=len(w.taken) > 1)
+        execute_phase(phase, run_dir, params, attempt, clock_start=w.origin)
     except PipelineError as exc:
         _kick(w.trackers)
         record = w.run.gate(d)
