@@ -135,7 +135,7 @@ def test_a_tiny_budget_ends_the_run_inside_it_through_phase_5_with_the_best_mode
     run = tmp_path / "tiny"
     assert wall <= 1.05 * budget_s, (wall, r.stdout[-3000:])
     manifest = json.loads((run / "run.json").read_text())
-    assert manifest["active_s"] >= wall - 3.0, (manifest["active_s"], wall)  # the clock saw the whole invocation
+    assert manifest["active_s"] >= wall - 5.0, (manifest["active_s"], wall)  # the clock saw the whole invocation
     phases = [e["phase"] for e in manifest["phases"]]
     assert phases[-1] == "05_finalization", (phases, r.stdout[-3000:], r.stderr[-2000:])
     fin = run / "05_finalization"
