@@ -7,8 +7,9 @@ into the next one's). No deadline is later than the end of the budget less a tai
 follows Phase 5's training (test evaluation, export, reproduction, reports, a kernel's start): at
 least 10 s, 3% of the budget on long ones, plus the per-phase overhead measured so far.
 
-The run's clock counts active time only: the seconds the pipeline spent in earlier phases (kernel
-start and report export included; ``run.json["active_s"]``) plus this phase's own, so a run resumed
+The run's clock counts active time only: every second of each ``trainkit run`` invocation from its
+process's start (the config and data checks before run.json, the phases with their kernel starts
+and report exports, the pipeline's work between them; ``run.json["active_s"]``), so a run resumed
 the next morning is not over budget for the night in between.
 
 A phase asks ``clock.allows(seconds, what)`` before starting a fit or probe; when it does not fit,
