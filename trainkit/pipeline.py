@@ -72,7 +72,8 @@ def execute_phase(phase: str, run_dir: Path, params: dict[str, Any], attempt: in
         _execute(pm, phase, out_nb, params, out_dir, run_dir, attempt)
     finally:
         os.environ.pop(CLOCK_ENV, None)
-        _count_active(run_dir, phase, attempt, time.time() - t0, time.time() - origin)
+        end = time.time()
+        _count_active(run_dir, phase, attempt, end - t0, end - origin)
     return out_dir
 
 
@@ -93,8 +94,10 @@ def _count_gap(run_dir: Path, active: float, between: bool = True) -> None:
     since the invocation started: the run's active seconds move to ``active``. A gap ``between``
     two phases (or after the last) is work that also follows Phase 5, so the largest is kept
     (``run.json["pipeline_gap_s"]``) for Phase 5's tail reserve; an invocation's start is not."""
+    from trainkit.budget import active_seconds
+
     manifest = load_manifest(run_dir)
-    gap = active - float(manifest.get("active_s") or 0.0)
+    gap = active - active_seconds(manifest)
     if gap <= 0:
         return
     manifest["active_s"] = round(active, 3)
