@@ -118,12 +118,14 @@ def test_the_run_clock_starts_when_the_trainkit_process_did():
 
 @pytest.mark.slow
 def test_a_tiny_budget_ends_the_run_inside_it_through_phase_5_with_the_best_model_so_far(tmp_path):
-    """Unconstrained, this run takes several minutes on 2 cores (a 200-epoch baseline, probes, six
-    Phase 4 candidates with seeds, the final training); with a 120 s budget the phases cut what does
-    not fit. The fixed costs (three kernels' starts, imports, exports: ~60 s on a busy CI machine)
-    are what a smaller budget could not hold."""
+    """Unconstrained, this run takes over ten minutes on 2 cores (a 2000-epoch baseline of ~0.05 s an
+    epoch, probes, six Phase 4 candidates with seeds, the final training), so even a machine several
+    times faster must cut: the baseline alone outlasts its share. (With 200 epochs a fast machine fit
+    the whole run in 78 s and nothing was cut.) With a 120 s budget the phases cut what does not
+    fit. The fixed costs (kernels' starts, imports, exports: ~60 s on a busy CI machine) are what a
+    smaller budget could not hold."""
     budget_s = 120.0
-    cfg = tiny_config({"model.kwargs": {"hidden": [512, 512]}, "training.epochs": 200, "optimizer.name": "sgd",
+    cfg = tiny_config({"model.kwargs": {"hidden": [512, 512]}, "training.epochs": 2000, "optimizer.name": "sgd",
                        "optimizer.lr": 0.003, "optimizer.momentum": 0.0, "target.value": 0.97,
                        "budget.total_hours": budget_s / 3600})
     p = tmp_path / "cfg.yaml"
@@ -143,8 +145,10 @@ def test_a_tiny_budget_ends_the_run_inside_it_through_phase_5_with_the_best_mode
     status = {c["id"]: c["status"] for c in gate["checks"]}
     for check in ("final_training_finite", "weights_finite", "checkpoint_verified", "reproducible", "onnx_parity"):
         assert status.get(check) == "pass", (check, status)
-    # the gate may miss only the target itself (a budget this small may leave the baseline's accuracy)
-    assert r.returncode == 0 or {k for k, v in status.items() if v == "fail"} <= {"test_meets_target"}, r.stdout[-2000:]
+    # the gate may miss only the model's quality: the target and the per-class floor (on a starved
+    # machine a budget this small leaves a baseline of a few epochs); the integrity checks above pass
+    quality = {"test_meets_target", "per_class_reported"}
+    assert r.returncode == 0 or {k for k, v in status.items() if v == "fail"} <= quality, r.stdout[-2000:]
     notes = json.loads((run / "run.json").read_text())["notes"]
     assert any(n.startswith("budget cut") for n in notes), notes
     cuts = [c for f in run.glob("**/budget.json") for c in json.loads(f.read_text())["cuts"]]
