@@ -146,6 +146,11 @@ BAD = {
     "mixed types": (lambda df: df.assign(age=df["age"].astype(object).where(df.index != 7, "unknown")), {},
                     "'age' mixes numbers and text.*'unknown'"),
     "unknown feature": (lambda df: df, {"features": ["age", "nope"]}, "'nope'"),
+    "continuous label": (lambda df: df.assign(churn=np.linspace(0, 1, len(df)) ** 2), {}, "continuous quantity.*qcut"),
+    "an ID as the label": (lambda df: df.assign(churn=[f"c{i * 2 // 3}" for i in range(len(df))]), {},
+                           "400 distinct values in 600 rows.*single row"),
+    "classes too small to split": (lambda df: df.assign(churn=[f"c{i // 2}" for i in range(len(df))]), {},
+                                   "300 classes.*2 rows a class.*none in"),
 }
 
 
@@ -156,6 +161,67 @@ def test_bad_tables_are_clear_errors(tmp_path, case):
     change(churn_frame(600)).to_csv(p, index=False)
     with pytest.raises(DataError, match=message):
         load_data(_cfg(p, **over))
+
+
+def _export_frame() -> pd.DataFrame:
+    df = churn_frame(300).drop(columns=["comment", "customer_id"])
+    df["spend"] = np.random.default_rng(1).normal(50, 20, len(df)).round(2)
+    df["plan"] = df["plan"].replace({"max": "médium"})  # a character outside ASCII
+    return df
+
+
+def _features(path) -> tuple[np.ndarray, list[str], list[str]]:
+    b = load_data(_cfg(path))
+    x, _ = b.arrays("train")
+    return x.numpy(), b.source.table.preprocess.features, b.source.table.read_notes
+
+
+@pytest.mark.parametrize("fmt", ["semicolons, decimal commas, Windows-1252", "tabs", "spaces after commas"])
+def test_csv_exports_as_spreadsheets_and_databases_write_them_read_as_the_same_table(tmp_path, fmt):
+    df = _export_frame()
+    df.to_csv(tmp_path / "plain.csv", index=False)
+    p = tmp_path / "export.csv"
+    if fmt.startswith("semicolons"):
+        df.to_csv(p, index=False, sep=";", decimal=",", encoding="cp1252")
+        want = ["columns separated by ';'", "read as cp1252 (the file is not valid UTF-8)", "decimal commas (1,5 = 1.5)"]
+    elif fmt == "tabs":
+        df.to_csv(p, index=False, sep="\t")
+        want = ["columns separated by a tab"]
+    else:
+        p.write_text((tmp_path / "plain.csv").read_text().replace(",", ", "))
+        want = []
+    x, names, notes = _features(p)
+    x0, names0, notes0 = _features(tmp_path / "plain.csv")
+    assert notes0 == [] and notes == want
+    assert names == names0 and "plan=médium" in names  # the same columns, categories and encoding
+    np.testing.assert_allclose(x, x0, rtol=1e-6, atol=1e-6)
+
+
+def test_placeholders_for_a_gap_in_a_numeric_column_are_gaps_and_said_so(tmp_path):
+    df = _export_frame()
+    df.to_csv(tmp_path / "plain.csv", index=False)
+    marked = df.astype({"age": object})
+    marked.loc[marked["age"].isna(), "age"] = ["?", " - "] * int(marked["age"].isna().sum() // 2) + \
+        ["?"] * int(marked["age"].isna().sum() % 2)
+    marked.to_csv(tmp_path / "marked.csv", index=False)
+    b = load_data(_cfg(tmp_path / "marked.csv"))
+    table = b.source.table
+    assert table.kinds["age"] == "numeric" and "'?'" in table.notes["age"] and "read as missing" in table.notes["age"]
+    x0, names0, _ = _features(tmp_path / "plain.csv")
+    np.testing.assert_allclose(b.arrays("train")[0].numpy(), x0, rtol=1e-6, atol=1e-6)
+    assert table.preprocess.transform(pd.DataFrame(marked.head(3))).shape == (3, len(names0))  # new rows: the same
+    # a word is not a placeholder: still the clear error
+    marked.loc[5, "age"] = "about forty"
+    marked.to_csv(tmp_path / "word.csv", index=False)
+    with pytest.raises(DataError, match="'age' mixes numbers and text.*'about forty'"):
+        load_data(_cfg(tmp_path / "word.csv"))
+
+
+def test_a_file_without_a_header_row_is_named_as_such(tmp_path):
+    p = tmp_path / "headless.csv"
+    churn_frame(100)[["age"]].fillna(1).assign(b=2.5, churn=1).to_csv(p, index=False, header=False)
+    with pytest.raises(DataError, match="no column 'churn'.*no header row"):
+        load_data(_cfg(p))
 
 
 def test_label_gaps_are_dropped_only_when_asked(tmp_path):

@@ -125,8 +125,7 @@ def check_source(cfg: Any) -> None:
         check_metric(target.metric, len(source.class_names))
     if source.table is not None:  # a table: the rows must split and encode too (a class with one row, say)
         splits = stratified_split(source.y.numpy(), cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
-        if any(len(v) == 0 for v in splits.values()):
-            raise DataError(f"data: a split is empty with {len(source.y)} rows; add rows or change val/test fractions")
+        check_splits(splits, len(source.y), len(source.class_names))
         source.table.fit(splits["train"])
 
 
@@ -169,6 +168,18 @@ def _encode_table(source: Source, train: np.ndarray, store: DataStore | None, wr
     source.input_shape = (int(x.shape[1]),)
 
 
+def check_splits(splits: dict[str, np.ndarray], n: int, classes: int) -> None:
+    """DataError when a split came out empty, saying why (each class is split in proportion, so
+    classes of a few rows put none in val or test)."""
+    empty = [k for k, v in splits.items() if len(v) == 0]
+    if not empty:
+        return
+    why = (f" in {classes} classes (~{n / classes:.0f} rows a class; each class is split in proportion, so none in "
+           f"{'/'.join(empty)})") if n / max(1, classes) < 10 else f" (none in {'/'.join(empty)})"
+    raise DataError(f"data: a split is empty with {n} samples{why}; add data, merge rare classes, or change "
+                    "data.val_fraction / data.test_fraction")
+
+
 def load_data(cfg: Any, store: DataStore | None = None, quarantine: Quarantine | None = None, *,
               write_splits: bool = False) -> DataBundle:
     """Load the configured data, split it, and check it against the split record in ``store``.
@@ -186,8 +197,7 @@ def load_data(cfg: Any, store: DataStore | None = None, quarantine: Quarantine |
     if getattr(cfg, "target", None) is not None:
         check_metric(cfg.target.metric, len(source.class_names))
     splits = stratified_split(source.y.numpy(), dcfg.val_fraction, dcfg.test_fraction, dcfg.split_seed)
-    if any(len(v) == 0 for v in splits.values()):
-        raise DataError(f"data: a split is empty with {len(source.y)} samples; add data or change val/test fractions")
+    check_splits(splits, len(source.y), len(source.class_names))
     if dcfg.subset:
         rng = np.random.default_rng(dcfg.split_seed + 1)
         splits["train"] = np.sort(rng.permutation(splits["train"])[: dcfg.subset])

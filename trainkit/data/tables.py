@@ -43,11 +43,14 @@ def read_table(path: str | Path, source: str) -> Any:
         raise DataError(f"data.root: table file not found: {p}; expected a .csv or .parquet file")
     if p.stat().st_size == 0:
         raise DataError(f"{p}: the file is empty; expected a header row and at least one data row")
+    notes: list[str] = []
     try:
         if source == "parquet":
             df = pd.read_parquet(p)
         else:
-            df = pd.read_csv(p, low_memory=False)
+            df = _read_csv(p, notes)
+    except DataError:
+        raise
     except Exception as exc:  # pandas and pyarrow raise many types for a file that is not what it claims
         other = "parquet" if source == "csv" else "csv"
         raise DataError(f"{p}: not a readable {source.upper()} table ({type(exc).__name__}: {str(exc)[:200]}); "
@@ -55,7 +58,80 @@ def read_table(path: str | Path, source: str) -> Any:
     if len(df.columns) == 0 or len(df) == 0:
         raise DataError(f"{p}: no data rows (columns: {list(map(str, df.columns))[:20]}); add rows to the table")
     df.columns = [str(c) for c in df.columns]
+    df.attrs["trainkit_read"] = notes
     return df
+
+
+ENCODINGS = ("utf-8", "cp1252", "latin-1")  # latin-1 decodes any byte: the last resort
+
+
+def _read_csv(p: Path, notes: list[str]) -> Any:
+    """A CSV as written by Excel, R, pandas or a database export: the delimiter (``,`` unless the
+    first lines split consistently only on ``;``, a tab or ``|``), the encoding (UTF-8, else
+    Windows-1252, else Latin-1) and spaces after a delimiter. What was not the default goes in
+    ``notes``."""
+    import pandas as pd
+
+    sep = _delimiter(p)
+    if sep != ",":
+        notes.append(f"columns separated by {'a tab' if sep == chr(9) else repr(sep)}")
+    for i, enc in enumerate(ENCODINGS):
+        try:
+            df = pd.read_csv(p, sep=sep, low_memory=False, skipinitialspace=True, encoding=enc)
+        except UnicodeDecodeError:
+            continue
+        if i:
+            notes.append(f"read as {enc} (the file is not valid UTF-8)")
+        if sep != "," and _decimal_commas(df):
+            df = pd.read_csv(p, sep=sep, low_memory=False, skipinitialspace=True, encoding=enc, decimal=",")
+            notes.append("decimal commas (1,5 = 1.5)")
+        return df
+    raise DataError(f"{p}: cannot decode the file as text")  # unreachable: latin-1 decodes any byte
+
+
+def _decimal_commas(df: Any) -> bool:
+    """True when some text column holds only numbers written with a decimal comma (``-1,25``),
+    as a ``;``-separated export from a European locale has them."""
+    import pandas as pd
+
+    for c in df.columns:
+        if _is_string_like(df[c]) and not isinstance(df[c].dtype, pd.CategoricalDtype):
+            v = df[c].dropna().astype(str).str.strip()
+            if len(v) and v.str.fullmatch(r"-?\d+(,\d+)?").all() and v.str.contains(",", regex=False).any():
+                return True
+    return False
+
+
+def _delimiter(p: Path) -> str:
+    """``,``, or the one other delimiter on which the file's first lines (quotes respected) all
+    split into the same number (> 1) of fields where ``,`` does not."""
+    import csv
+    import io
+
+    with p.open("rb") as f:
+        raw = f.read(1 << 16)
+    text = raw.decode("utf-8", errors="replace")
+    lines = text.splitlines()
+    if len(raw) == 1 << 16 and len(lines) > 1:
+        lines = lines[:-1]  # the sample may end inside a line
+    lines = [ln for ln in lines[:50] if ln.strip()]
+    if not lines:
+        return ","
+
+    def widths(sep: str) -> list[int]:
+        try:
+            return [len(r) for r in csv.reader(io.StringIO("\n".join(lines)), delimiter=sep)]
+        except csv.Error:
+            return []
+
+    def consistent(w: list[int]) -> bool:
+        return len(w) > 0 and w[0] > 1 and all(x == w[0] for x in w)
+
+    comma = widths(",")
+    if consistent(comma) or (comma and comma[0] > 1):
+        return ","
+    found = [sep for sep in (";", "\t", "|") if consistent(widths(sep))]
+    return found[0] if len(found) == 1 else ","
 
 
 def _is_string_like(s: Any) -> bool:
@@ -95,10 +171,29 @@ def _datetime_like(s: Any) -> bool:
     return bool(parsed.notna().mean() > 0.95)
 
 
-def infer_kinds(df: Any, label: str, cfg: Any) -> tuple[dict[str, str], list[dict[str, str]]]:
+GAP_MARKERS = frozenset({"?", "-", "--", ".", "*", "n.a.", "#n/a", "#na"})  # placeholders for "no value" in exports
+
+
+def _gap_markers(s: Any) -> dict[str, int] | None:
+    """A text column of numbers whose only other values are placeholders such as ``?`` or ``-``
+    (as UCI tables and spreadsheets write a gap): {placeholder: rows}; None otherwise."""
+    import pandas as pd
+
+    if isinstance(s.dtype, pd.CategoricalDtype):
+        return None
+    vals = s.dropna().astype(str).str.strip()
+    num = pd.to_numeric(vals, errors="coerce")
+    odd = vals[num.isna()]
+    if num.notna().sum() == 0 or len(odd) == 0 or not set(odd.str.lower()) <= GAP_MARKERS:
+        return None
+    return {str(k): int(v) for k, v in odd.value_counts().items()}
+
+
+def infer_kinds(df: Any, label: str, cfg: Any, notes: dict[str, str] | None = None) -> tuple[dict[str, str], list[dict[str, str]]]:
     """Each feature column's kind, and the excluded columns with why. ``cfg`` is the data section
     (``features``, ``drop``, ``categorical``). Raises DataError for a column with no value or one
-    that mixes numbers and text."""
+    that mixes numbers and text. ``notes`` receives, per column, what was read unlike its text
+    (placeholders read as gaps)."""
     import pandas as pd
 
     wanted = list(cfg.features) if cfg.features else [c for c in df.columns if c != label and c not in cfg.drop]
@@ -125,6 +220,10 @@ def infer_kinds(df: Any, label: str, cfg: Any) -> tuple[dict[str, str], list[dic
         elif pd.api.types.is_numeric_dtype(s):
             integral = pd.api.types.is_integer_dtype(s) or bool((s.dropna() == s.dropna().round()).all())
             kinds[c] = "id" if integral and s.nunique() > 0.5 * n and n > 20 and _runs_like_an_id(s) else "numeric"
+        elif _is_string_like(s) and (markers := _gap_markers(s)):
+            kinds[c] = "numeric"
+            if notes is not None:
+                notes[c] = "numbers; " + ", ".join(f"{k!r} ({v} rows)" for k, v in markers.items()) + " read as missing"
         elif _is_string_like(s):
             bad = _mixed(s)
             if bad is not None:
@@ -173,7 +272,10 @@ def _labels(df: Any, label: str, drop_unlabelled: bool, where: str) -> tuple[Any
     import pandas as pd
 
     if label not in df.columns:
-        raise DataError(f"data.label: no column {label!r} in {where}; its columns are {list(df.columns)}")
+        headless = len(df.columns) > 1 and sum(map(_number, df.columns)) >= 0.5 * len(df.columns)
+        hint = ("; its first row holds numbers, so the file seems to have no header row: add one that names the "
+                "columns") if headless else ""
+        raise DataError(f"data.label: no column {label!r} in {where}; its columns are {list(df.columns)[:50]}{hint}")
     y = df[label]
     gaps = int(y.isna().sum())
     if gaps:
@@ -187,10 +289,26 @@ def _labels(df: Any, label: str, drop_unlabelled: bool, where: str) -> tuple[Any
     values = sorted(y.unique().tolist())
     if len(values) < 2:
         raise DataError(f"data.label: every row of {where} has {label} = {values[0]!r}; a classifier needs at least 2 classes")
+    fractional = pd.api.types.is_float_dtype(y) and not bool((y == y.round()).all())
+    if fractional and len(values) > 20:
+        raise DataError(f"data.label: {label!r} holds {len(values)} distinct fractional numbers (e.g. {values[len(values) // 2]!r}): "
+                        "a continuous quantity, and trainkit trains classifiers; bin it into classes first "
+                        "(e.g. pandas.qcut), or choose the column to classify")
+    if len(values) > 0.5 * len(y) and len(y) > 20:
+        raise DataError(f"data.label: {label!r} has {len(values)} distinct values in {len(y)} rows, so most classes would "
+                        "have a single row (an ID or a continuous quantity?); choose the column to classify")
     index = {v: i for i, v in enumerate(values)}
     codes = np.array([index[v] for v in y.tolist()], dtype=np.int64)
     names = [_name(v) for v in values]
     return df, codes, names
+
+
+def _number(text: Any) -> bool:
+    try:
+        float(str(text))
+        return True
+    except ValueError:
+        return False
 
 
 def _name(v: Any) -> str:
@@ -251,7 +369,11 @@ def _datetime_parts(s: Any) -> dict[str, np.ndarray]:
 def _numeric_values(s: Any) -> np.ndarray:
     import pandas as pd
 
-    return pd.to_numeric(s.astype("float64") if pd.api.types.is_bool_dtype(s) else s, errors="coerce").to_numpy(dtype=np.float64)
+    if pd.api.types.is_bool_dtype(s):
+        s = s.astype("float64")
+    elif s.dtype == object or pd.api.types.is_string_dtype(s):
+        s = s.astype(str).str.strip()  # " 12" is 12; a placeholder ("?") becomes a gap
+    return pd.to_numeric(s, errors="coerce").to_numpy(dtype=np.float64)
 
 
 def _fit_numeric(name: str, v: np.ndarray, out_name: str | None = None) -> dict[str, Any]:
@@ -328,6 +450,8 @@ class TableData:
     classes: list[str]
     path: str
     preprocess: Preprocess | None = None
+    notes: dict[str, str] = field(default_factory=dict)  # per column: what was read unlike its text
+    read_notes: list[str] = field(default_factory=list)  # the file's format where it was not the default
 
     def fit(self, train: np.ndarray) -> np.ndarray:
         self.preprocess = fit_preprocess(self.frame, self.kinds, train, self.label, self.classes, self.excluded)
@@ -349,7 +473,7 @@ class TableData:
         for c in tr.columns:
             if c == self.label:
                 continue
-            why = next((e["why"] for e in self.excluded if e["column"] == c), "")
+            why = next((e["why"] for e in self.excluded if e["column"] == c), self.notes.get(c, ""))
             acc = round(one_column_accuracy(tr[c], y, va[c], y_val), 4) if c in self.kinds else None
             out.append({"column": c, "kind": self.kinds.get(c, "excluded"), "note": why,
                         "missing": round(float(tr[c].isna().mean()), 4), "distinct": int(tr[c].nunique()),
@@ -439,9 +563,12 @@ def load_table(cfg: Any) -> tuple[TableData, np.ndarray]:
     if not cfg.root:
         raise DataError(f"data.root: the {cfg.source} source needs data.root set to the table file")
     df = read_table(cfg.root, cfg.source)
+    read_notes = list(df.attrs.get("trainkit_read", []))
     df, y, names = _labels(df, cfg.label, cfg.drop_unlabelled, str(cfg.root))
-    kinds, excluded = infer_kinds(df, cfg.label, cfg)
-    return TableData(frame=df, kinds=kinds, excluded=excluded, label=cfg.label, classes=names, path=str(cfg.root)), y
+    notes: dict[str, str] = {}
+    kinds, excluded = infer_kinds(df, cfg.label, cfg, notes)
+    return TableData(frame=df, kinds=kinds, excluded=excluded, label=cfg.label, classes=names, path=str(cfg.root),
+                     notes=notes, read_notes=read_notes), y
 
 
 def from_dataframe(df: Any, label: str, path: str | Path, **data: Any) -> dict[str, Any]:

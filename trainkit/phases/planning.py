@@ -120,7 +120,7 @@ def _show_columns(ctx: PhaseContext, table: Any, bundle: Any) -> None:
     y = bundle.split_labels("train").numpy()
     rows = table.overview_of(train, y, bundle.splits["val"], bundle.split_labels("val").numpy())
     write_json_atomic(ctx.path("columns.json"), {"columns": rows, "features": table.preprocess.features,
-                                                 "excluded": table.excluded})
+                                                 "excluded": table.excluded, "read": table.read_notes})
     cells = "".join(f"<tr><td><code>{html.escape(r['column'])}</code></td><td>{html.escape(r['kind'])}</td>"
                     f"<td>{r['missing']:.1%}</td><td>{r['distinct']}</td><td>{_share(r['label_accuracy'])}</td>"
                     f"<td>{html.escape(r['note'])}</td></tr>" for r in rows)
@@ -130,7 +130,8 @@ def _show_columns(ctx: PhaseContext, table: Any, bundle: Any) -> None:
     warn = (f"<p style='color:{RED}'><b>Possible target leak</b>: {', '.join(html.escape(c) for c in leaks)} alone "
             "predicts the label almost perfectly on val. A column recorded after the outcome (or derived from it) makes "
             "a model that cannot work in production: drop it (data.drop) and start a new run.</p>") if leaks else ""
-    show_html(warn + f"<h4>Columns of {html.escape(table.path)}</h4><table><tr><th>column</th><th>kind</th><th>missing</th>"
+    read = (f"<p>Read as: {html.escape('; '.join(table.read_notes))}.</p>") if table.read_notes else ""
+    show_html(warn + f"<h4>Columns of {html.escape(table.path)}</h4>{read}<table><tr><th>column</th><th>kind</th><th>missing</th>"
               f"<th>distinct</th><th>val accuracy of this column alone</th><th>note</th></tr>{cells}</table>"
               f"<p>{len(table.preprocess.features)} model inputs. Label <code>{html.escape(table.label)}</code> "
               f"(train): {balance}. Override a kind with <code>data.categorical</code>, leave a column out with "
