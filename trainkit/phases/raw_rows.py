@@ -98,7 +98,7 @@ def encode(row):
 
 
 with open("{rows}", newline="") as f:
-    rows = list(csv.DictReader(f))
+    rows = list(csv.DictReader(f, skipinitialspace=True))  # as trainkit reads a CSV
 x = ((np.array([encode(r) for r in rows]) - mean) / std).astype(np.float32)
 sess = ort.InferenceSession("model.onnx", providers=["CPUExecutionProvider"])
 logits = sess.run(None, {{"input": x}})[0]
