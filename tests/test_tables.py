@@ -94,6 +94,17 @@ def test_unseen_categories_go_to_other_gaps_are_imputed_and_a_missing_column_is_
         pre.transform(rows.drop(columns=["plan"]))
 
 
+def test_a_numeric_category_matches_however_the_new_rows_write_it(tmp_path):
+    df = churn_frame(300)
+    df["store"] = np.where(np.arange(300) % 3 == 0, 7, 12).astype(float)
+    df.loc[::10, "store"] = np.nan  # gaps: pandas reads the column as floats, "7.0"
+    df.to_csv(tmp_path / "t.csv", index=False)
+    pre = load_data(_cfg(tmp_path / "t.csv", categorical=["store"])).source.table.preprocess
+    rows = df.head(4).assign(store=pd.array([7, 12, 7, 99], dtype="Int64"))  # new rows without gaps: "7"
+    x, names = pre.transform(rows), pre.features
+    assert [x[i, names.index(f)] for i, f in enumerate(["store=7.0", "store=12.0", "store=7.0", f"store {OTHER}"])] == [1.0] * 4
+
+
 def test_the_run_saves_the_preprocessing_and_later_phases_use_it(churn_csv, tmp_path):
     run = tmp_path / "run"
     init_run(run)

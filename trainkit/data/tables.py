@@ -424,8 +424,23 @@ def _apply(c: dict[str, Any], s: Any) -> np.ndarray:
     isna = s.isna().to_numpy()
     text = s.astype(str).to_numpy()
     for r in range(len(s)):
-        out[r, k + 1 if isna[r] else vocab.get(text[r], k)] = 1.0
+        out[r, k + 1 if isna[r] else _category_index(vocab, text[r], k)] = 1.0
     return out
+
+
+def _category_index(vocab: dict[str, int], text: str, other: int) -> int:
+    """The vocabulary entry of ``text``; a number matches however it was written (a column with
+    gaps reads 7 as "7.0", the same column without them as "7"); anything else is ``other``."""
+    if text in vocab:
+        return vocab[text]
+    try:
+        f = float(text)
+    except ValueError:
+        return other
+    for key in (str(f), str(int(f)) if f.is_integer() else None):
+        if key is not None and key in vocab:
+            return vocab[key]
+    return other
 
 
 def fit_preprocess(df: Any, kinds: dict[str, str], train: np.ndarray, label: str, classes: list[str],
