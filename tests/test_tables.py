@@ -228,6 +228,28 @@ def test_placeholders_for_a_gap_in_a_numeric_column_are_gaps_and_said_so(tmp_pat
         load_data(_cfg(tmp_path / "word.csv"))
 
 
+def test_parquet_column_types_of_databases_and_pandas_are_encoded(tmp_path):
+    """Decimal (a database's NUMERIC), nullable Int64 and boolean with gaps, a time zone, a category with gaps."""
+    import decimal
+
+    n, rng = 200, np.random.default_rng(0)
+    df = pd.DataFrame({
+        "count": pd.array([None if i % 9 == 0 else int(v) for i, v in enumerate(rng.integers(0, 50, n))], dtype="Int64"),
+        "flag": pd.array([None if i % 7 == 0 else bool(v) for i, v in enumerate(rng.random(n) < .5)], dtype="boolean"),
+        "amount": [decimal.Decimal(str(round(v, 2))) for v in rng.normal(10, 3, n)],
+        "at": pd.date_range("2024-01-01", periods=n, freq="h", tz="Europe/Paris"),
+        "colour": pd.Categorical(rng.choice(["red", "blue", None], n)),
+        "churn": rng.choice(["yes", "no"], n)})
+    df.to_parquet(tmp_path / "t.parquet")
+    b = load_data(_cfg(tmp_path / "t.parquet"))
+    table = b.source.table
+    assert table.kinds == {"count": "numeric", "flag": "boolean", "amount": "numeric", "at": "datetime", "colour": "categorical"}
+    x = table.preprocess.transform(df.head(20))
+    assert np.isfinite(x).all() and x.shape[1] == len(table.preprocess.features)
+    assert np.allclose(x[:, table.preprocess.features.index("amount")] * table.preprocess.columns[2]["std"]
+                       + table.preprocess.columns[2]["mean"], df["amount"].head(20).astype(float))
+
+
 def test_a_file_without_a_header_row_is_named_as_such(tmp_path):
     p = tmp_path / "headless.csv"
     churn_frame(100)[["age"]].fillna(1).assign(b=2.5, churn=1).to_csv(p, index=False, header=False)

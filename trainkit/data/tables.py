@@ -189,6 +189,13 @@ def _gap_markers(s: Any) -> dict[str, int] | None:
     return {str(k): int(v) for k, v in odd.value_counts().items()}
 
 
+def _all_numbers(s: Any) -> bool:
+    import numbers
+
+    vals = s.dropna()
+    return len(vals) > 0 and all(isinstance(v, numbers.Number) and not isinstance(v, (bool, np.bool_)) for v in vals)
+
+
 def infer_kinds(df: Any, label: str, cfg: Any, notes: dict[str, str] | None = None) -> tuple[dict[str, str], list[dict[str, str]]]:
     """Each feature column's kind, and the excluded columns with why. ``cfg`` is the data section
     (``features``, ``drop``, ``categorical``). Raises DataError for a column with no value or one
@@ -220,6 +227,8 @@ def infer_kinds(df: Any, label: str, cfg: Any, notes: dict[str, str] | None = No
         elif pd.api.types.is_numeric_dtype(s):
             integral = pd.api.types.is_integer_dtype(s) or bool((s.dropna() == s.dropna().round()).all())
             kinds[c] = "id" if integral and s.nunique() > 0.5 * n and n > 20 and _runs_like_an_id(s) else "numeric"
+        elif s.dtype == object and _all_numbers(s):  # Decimal (a database's NUMERIC), Python ints and floats
+            kinds[c] = "numeric"
         elif _is_string_like(s) and (markers := _gap_markers(s)):
             kinds[c] = "numeric"
             if notes is not None:
