@@ -151,6 +151,7 @@ def test_integer_labels_keep_their_values_as_class_names(tmp_path):
 
 BAD = {
     "missing label column": (lambda df: df.drop(columns=["churn"]), {}, "no column 'churn'.*columns are"),
+    "label column spelt otherwise": (lambda df: df.rename(columns={"churn": "Churn "}), {}, "did you mean 'Churn '"),
     "one class": (lambda df: df.assign(churn="no"), {}, "at least 2 classes"),
     "label gaps": (lambda df: df.assign(churn=df["churn"].where(df.index % 50 != 0)), {}, r"12 row\(s\).*drop_unlabelled"),
     "all missing column": (lambda df: df.assign(empty=np.nan), {}, "'empty': every value is missing"),

@@ -284,6 +284,11 @@ def _labels(df: Any, label: str, drop_unlabelled: bool, where: str) -> tuple[Any
         headless = len(df.columns) > 1 and sum(map(_number, df.columns)) >= 0.5 * len(df.columns)
         hint = ("; its first row holds numbers, so the file seems to have no header row: add one that names the "
                 "columns") if headless else ""
+        import difflib
+
+        near = difflib.get_close_matches(label, list(map(str, df.columns)), n=1, cutoff=0.6)
+        near = [c for c in map(str, df.columns) if c.strip().lower() == label.strip().lower()] or near
+        hint = f"; did you mean {near[0]!r}?" + hint if near else hint
         raise DataError(f"data.label: no column {label!r} in {where}; its columns are {list(df.columns)[:50]}{hint}")
     y = df[label]
     gaps = int(y.isna().sum())

@@ -52,8 +52,9 @@ def number(text):
 
 
 def numeric(p, v):
-    out = [((p["median"] if np.isnan(v) else v) - p["mean"]) / p["std"]]
-    return out + ([float(np.isnan(v))] if p["indicator"] else [])
+    gap = not np.isfinite(v)  # a gap, or inf: imputed as trainkit does
+    out = [((p["median"] if gap else v) - p["mean"]) / p["std"]]
+    return out + ([float(gap)] if p["indicator"] else [])
 
 
 def date_parts(text):
