@@ -188,7 +188,7 @@ def _features(path) -> tuple[np.ndarray, list[str], list[str]]:
     return x.numpy(), b.source.table.preprocess.features, b.source.table.read_notes
 
 
-@pytest.mark.parametrize("fmt", ["semicolons, decimal commas, Windows-1252", "tabs", "spaces after commas"])
+@pytest.mark.parametrize("fmt", ["semicolons, decimal commas, Windows-1252", "gzip, semicolons", "tabs", "spaces after commas"])
 def test_csv_exports_as_spreadsheets_and_databases_write_them_read_as_the_same_table(tmp_path, fmt):
     df = _export_frame()
     df.to_csv(tmp_path / "plain.csv", index=False)
@@ -196,6 +196,10 @@ def test_csv_exports_as_spreadsheets_and_databases_write_them_read_as_the_same_t
     if fmt.startswith("semicolons"):
         df.to_csv(p, index=False, sep=";", decimal=",", encoding="cp1252")
         want = ["columns separated by ';'", "read as cp1252 (the file is not valid UTF-8)", "decimal commas (1,5 = 1.5)"]
+    elif fmt == "gzip, semicolons":
+        p = tmp_path / "export.csv.gz"
+        df.to_csv(p, index=False, sep=";")
+        want = ["columns separated by ';'"]
     elif fmt == "tabs":
         df.to_csv(p, index=False, sep="\t")
         want = ["columns separated by a tab"]
@@ -278,6 +282,10 @@ def test_files_that_are_not_tables(tmp_path):
         load_data(tiny_config({"data.source": "csv", "data.root": str(fake)}))
     with pytest.raises(DataError, match="not found"):
         load_data(_cfg(tmp_path / "none.csv"))
+    for name, head in (("book.xlsx", b"PK\x03\x04rest"), ("old.csv", b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1rest")):
+        (tmp_path / name).write_bytes(head)
+        with pytest.raises(DataError, match="an Excel workbook.*save the sheet as CSV.*read_excel"):
+            load_data(_cfg(tmp_path / name))
 
 
 @pytest.mark.slow

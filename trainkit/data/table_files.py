@@ -21,6 +21,7 @@ def read_table(path: str | Path, source: str) -> Any:
         raise DataError(f"data.root: table file not found: {p}; expected a .csv or .parquet file")
     if p.stat().st_size == 0:
         raise DataError(f"{p}: the file is empty; expected a header row and at least one data row")
+    _refuse_workbook(p)
     notes: list[str] = []
     try:
         if source == "parquet":
@@ -41,6 +42,18 @@ def read_table(path: str | Path, source: str) -> Any:
 
 
 ENCODINGS = ("utf-8", "cp1252", "latin-1")  # latin-1 decodes any byte: the last resort
+_OPENERS = {".gz": "gzip", ".bz2": "bz2", ".xz": "lzma"}  # compressed CSVs pandas reads by their suffix
+
+
+def _refuse_workbook(p: Path) -> None:
+    """An Excel workbook (by its suffix, or an .xls's / .xlsx's first bytes) is no CSV or Parquet:
+    say how to make it one."""
+    with p.open("rb") as f:
+        magic = f.read(8)
+    xlsx = magic[:4] == b"PK\x03\x04" and p.suffix.lower() in (".xlsx", ".xlsm", ".csv", ".parquet", "")
+    if p.suffix.lower() in (".xlsx", ".xlsm", ".xls") or xlsx or magic == b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1":
+        raise DataError(f"{p}: an Excel workbook, not a CSV or Parquet table; save the sheet as CSV, or in a notebook "
+                        f"trainkit.from_dataframe(pandas.read_excel({str(p)!r}), label=..., path='data/table.parquet')")
 
 
 def _read_csv(p: Path, notes: list[str]) -> Any:
@@ -86,7 +99,8 @@ def _delimiter(p: Path) -> str:
     import csv
     import io
 
-    with p.open("rb") as f:
+    opener = _OPENERS.get(p.suffix.lower())
+    with (__import__(opener).open(p, "rb") if opener else p.open("rb")) as f:
         raw = f.read(1 << 16)
     text = raw.decode("utf-8", errors="replace")
     lines = text.splitlines()
