@@ -62,9 +62,25 @@ def seal_test_rows(source: Source, test_idx: np.ndarray, policy: Quarantine) -> 
     if source.dataset is not None:
         source.dataset = SealedDataset(source.dataset, set(int(i) for i in test_idx), policy)
     if source.table is not None:  # a table's raw rows too: every value of a test row (its label included) is blanked
-        frame = source.table.frame.astype(object)  # a copy; object columns take a blank of any kind
-        frame.iloc[idx.numpy()] = None
-        source.table.frame = frame
+        source.table.frame = blank_rows(source.table.frame, idx.numpy())
+
+
+def blank_rows(frame: Any, rows: np.ndarray) -> Any:
+    """A copy of ``frame`` whose ``rows`` (positions) hold a gap in every column, each column keeping
+    its kind: numbers stay numbers (integers become floats, or stay nullable integers), booleans
+    become nullable booleans, text, categories and dates keep their type. (Turning the frame into
+    objects made every number a distinct value to the table checks.)"""
+    import pandas as pd
+
+    keep = np.ones(len(frame), dtype=bool)
+    keep[np.asarray(rows, dtype=np.int64)] = False
+    out = {}
+    for c in frame.columns:
+        s = frame[c]
+        if pd.api.types.is_bool_dtype(s) and not isinstance(s.dtype, pd.BooleanDtype):
+            s = s.astype("boolean")
+        out[c] = s.where(keep)
+    return pd.DataFrame(out, index=frame.index)
 
 
 class SealedDataset(Dataset):

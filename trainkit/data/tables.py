@@ -287,6 +287,8 @@ def _numeric_values(s: Any) -> np.ndarray:
         s = s.astype("float64")
     elif s.dtype == object or pd.api.types.is_string_dtype(s):
         s = s.astype(str).str.strip()  # " 12" is 12; a placeholder ("?") becomes a gap
+        low = s.str.lower()
+        s = s.mask(low == "true", "1").mask(low == "false", "0")  # booleans written out, as the guide's snippet reads them
     return pd.to_numeric(s, errors="coerce").to_numpy(dtype=np.float64)
 
 
@@ -434,15 +436,24 @@ class TableData:
 
 
 def one_column_accuracy(s: Any, y: np.ndarray, s_val: Any, y_val: np.ndarray) -> float:
-    """How well one column alone predicts the label, out of sample: each value (a decile bin of a
-    number with many values) gets the majority class it had on train; scored on val (an unseen
-    value gets the overall majority class)."""
+    """How well one column alone predicts the label, out of sample: each value gets the majority
+    class it had on train (a number with many values: a decision tree of at most 12 leaves on it,
+    so a column that one threshold separates scores what it gives away, where decile bins would
+    straddle the threshold); scored on val (an unseen value gets the overall majority class)."""
     import pandas as pd
 
     if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s) and s.nunique() > 20:
-        edges = np.unique(np.nanquantile(s.to_numpy(dtype=np.float64), np.linspace(0, 1, 11)))
-        keys = [pd.Series(np.where(v.notna().to_numpy(), np.digitize(v.to_numpy(dtype=np.float64), edges[1:-1]), -1))
-                for v in (s, s_val)]
+        from sklearn.tree import DecisionTreeClassifier
+
+        def cols(v: Any) -> np.ndarray:
+            x = v.to_numpy(dtype=np.float64, na_value=np.nan)
+            gap = ~np.isfinite(x)
+            return np.stack([np.where(gap, 0.0, x), gap.astype(np.float64)], axis=1)
+
+        if not len(y_val):
+            return float("nan")
+        tree = DecisionTreeClassifier(max_leaf_nodes=12, min_samples_leaf=max(1, len(y) // 200), random_state=0)
+        return float((tree.fit(cols(s), y).predict(cols(s_val)) == y_val).mean())
     else:
         keys = [v.astype(str).where(v.notna(), MISSING).reset_index(drop=True) for v in (s, s_val)]
     votes = pd.DataFrame({"k": keys[0].to_numpy(), "y": y}).groupby("k")["y"].agg(lambda v: v.value_counts().index[0])
