@@ -3,6 +3,9 @@ a Parquet file, read into a pandas DataFrame; a file that is not a table is a Da
 
 from __future__ import annotations
 
+import bz2
+import gzip
+import lzma
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +45,7 @@ def read_table(path: str | Path, source: str) -> Any:
 
 
 ENCODINGS = ("utf-8", "cp1252", "latin-1")  # latin-1 decodes any byte: the last resort
-_OPENERS = {".gz": "gzip", ".bz2": "bz2", ".xz": "lzma"}  # compressed CSVs pandas reads by their suffix
+_OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}  # compressed CSVs pandas reads by their suffix
 
 
 def _refuse_workbook(p: Path) -> None:
@@ -100,7 +103,7 @@ def _delimiter(p: Path) -> str:
     import io
 
     opener = _OPENERS.get(p.suffix.lower())
-    with (__import__(opener).open(p, "rb") if opener else p.open("rb")) as f:
+    with (opener(p, "rb") if opener else p.open("rb")) as f:
         raw = f.read(1 << 16)
     text = raw.decode("utf-8", errors="replace")
     lines = text.splitlines()
