@@ -123,7 +123,7 @@ def _delimiter(p: Path) -> str:
         return len(w) > 0 and w[0] > 1 and all(x == w[0] for x in w)
 
     comma = widths(",")
-    if consistent(comma) or (comma and comma[0] > 1):
+    if comma and comma[0] > 1:  # the header splits on commas
         return ","
     found = [sep for sep in (";", "\t", "|") if consistent(widths(sep))]
     return found[0] if len(found) == 1 else ","

@@ -41,20 +41,6 @@ def _is_string_like(s: Any) -> bool:
                 or isinstance(s.dtype, pd.CategoricalDtype))
 
 
-def _mixed(s: Any) -> str | None:
-    """A string column most of whose values are numbers but some are not: the first offender."""
-    import pandas as pd
-
-    vals = s.dropna()
-    if len(vals) == 0 or isinstance(s.dtype, pd.CategoricalDtype):
-        return None
-    num = pd.to_numeric(vals.astype(str).str.strip(), errors="coerce")
-    share = float(num.notna().mean())
-    if 0.5 <= share < 1.0:
-        return str(vals[num.isna()].iloc[0])
-    return None
-
-
 def _datetime_like(s: Any) -> bool:
     import warnings
 
@@ -74,19 +60,24 @@ def _datetime_like(s: Any) -> bool:
 GAP_MARKERS = frozenset({"?", "-", "--", ".", "*", "n.a.", "#n/a", "#na"})  # placeholders for "no value" in exports
 
 
-def _gap_markers(s: Any) -> dict[str, int] | None:
-    """A text column of numbers whose only other values are placeholders such as ``?`` or ``-``
-    (as UCI tables and spreadsheets write a gap): {placeholder: rows}; None otherwise."""
+def _numbers_in_text(s: Any) -> tuple[str | None, Any]:
+    """What the numbers in a text column say, from one parse of its values:
+    ``("gaps", {placeholder: rows})`` for numbers whose only other values are placeholders such as
+    ``?`` or ``-`` (as UCI tables and spreadsheets write a gap); ``("mixed", first offender)`` for
+    a column most of whose values are numbers but some are text; ``(None, None)`` otherwise."""
     import pandas as pd
 
-    if isinstance(s.dtype, pd.CategoricalDtype):
-        return None
-    vals = s.dropna().astype(str).str.strip()
-    num = pd.to_numeric(vals, errors="coerce")
-    odd = vals[num.isna()]
-    if num.notna().sum() == 0 or len(odd) == 0 or not set(odd.str.lower()) <= GAP_MARKERS:
-        return None
-    return {str(k): int(v) for k, v in odd.value_counts().items()}
+    vals = s.dropna()
+    if len(vals) == 0 or isinstance(s.dtype, pd.CategoricalDtype):
+        return None, None
+    text = vals.astype(str).str.strip()
+    num = pd.to_numeric(text, errors="coerce")
+    odd = text[num.isna()]
+    if num.notna().any() and len(odd) and set(odd.str.lower()) <= GAP_MARKERS:
+        return "gaps", {str(k): int(v) for k, v in odd.value_counts().items()}
+    if 0.5 <= float(num.notna().mean()) < 1.0:
+        return "mixed", str(vals[num.isna()].iloc[0])
+    return None, None
 
 
 def _all_numbers(s: Any) -> bool:
@@ -129,16 +120,14 @@ def infer_kinds(df: Any, label: str, cfg: Any, notes: dict[str, str] | None = No
             kinds[c] = "id" if integral and s.nunique() > 0.5 * n and n > 20 and _runs_like_an_id(s) else "numeric"
         elif s.dtype == object and _all_numbers(s):  # Decimal (a database's NUMERIC), Python ints and floats
             kinds[c] = "numeric"
-        elif _is_string_like(s) and (markers := _gap_markers(s)):
-            kinds[c] = "numeric"
-            if notes is not None:
-                notes[c] = "numbers; " + ", ".join(f"{k!r} ({v} rows)" for k, v in markers.items()) + " read as missing"
         elif _is_string_like(s):
-            bad = _mixed(s)
-            if bad is not None:
-                raise DataError(f"column {c!r} mixes numbers and text (e.g. {bad!r}); clean the column, or declare "
+            verdict, what = _numbers_in_text(s)
+            if verdict == "mixed":
+                raise DataError(f"column {c!r} mixes numbers and text (e.g. {what!r}); clean the column, or declare "
                                 f"it categorical (data.categorical: [{c!r}])")
-            kinds[c] = _string_kind(s, n)
+            kinds[c] = "numeric" if verdict == "gaps" else _string_kind(s, n)
+            if verdict == "gaps" and notes is not None:
+                notes[c] = "numbers; " + ", ".join(f"{k!r} ({v} rows)" for k, v in what.items()) + " read as missing"
         elif pd.api.types.is_datetime64_any_dtype(s):
             kinds[c] = "datetime"
         else:
@@ -454,8 +443,7 @@ def one_column_accuracy(s: Any, y: np.ndarray, s_val: Any, y_val: np.ndarray) ->
             return float("nan")
         tree = DecisionTreeClassifier(max_leaf_nodes=12, min_samples_leaf=max(1, len(y) // 200), random_state=0)
         return float((tree.fit(cols(s), y).predict(cols(s_val)) == y_val).mean())
-    else:
-        keys = [v.astype(str).where(v.notna(), MISSING).reset_index(drop=True) for v in (s, s_val)]
+    keys = [v.astype(str).where(v.notna(), MISSING).reset_index(drop=True) for v in (s, s_val)]
     votes = pd.DataFrame({"k": keys[0].to_numpy(), "y": y}).groupby("k")["y"].agg(lambda v: v.value_counts().index[0])
     fallback = int(np.bincount(y).argmax())
     guess = keys[1].map(votes).fillna(fallback).to_numpy(dtype=np.int64)
