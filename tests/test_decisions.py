@@ -104,3 +104,31 @@ def test_a_model_that_learned_imbalanced_classes_has_learned():
     assert not D.learned(0.754, prior_only, 0.880)[0]
     stalled = [{"train_loss": 0.75, "val_accuracy": 0.885}]  # val a hair above, the loss never fell
     assert not D.learned(0.754, stalled, 0.880)[0]
+
+
+def test_nothing_moves_a_re_diagnosis_proposing_the_families_just_measured_goes_to_phase_5():
+    b = BudgetConfig()
+    common = dict(expected_gain=9.0, fix=None, needs_fix=False, manual_fix=None, restarts_left=2, budget=b,
+                  strong="underfitting (strength 3.0)", gap=4.0)
+    option, nxt, reason = D.after_diagnostics(**common, stale=(["optimization"], ["architecture", "optimization"]))
+    assert (option, nxt) == ("B", "05_finalization")
+    assert "nothing moves" in reason and "optimization" in reason and "best so far" in reason
+    # a new family is worth an iteration; so is any round after an iteration that adopted something (stale None)
+    assert D.after_diagnostics(**common, stale=(["architecture", "sampling"], ["architecture"]))[:2] == ("A", "04_optimization")
+    assert D.after_diagnostics(**common, stale=None)[:2] == ("A", "04_optimization")
+    assert D.after_diagnostics(**common, stale=([], ["architecture"]))[:2] == ("A", "04_optimization")
+    # an infrastructure fix is never skipped for it
+    fixed = dict(common, needs_fix=True, fix={"optimizer.lr": 0.001})
+    assert D.after_diagnostics(**fixed, stale=(["optimization"], ["optimization"]))[:2] == ("C", "02_baseline")
+
+
+def test_a_moves_family_is_what_its_patch_changes():
+    from trainkit.diagnostics import move_family
+
+    assert move_family({"model.name": "tabm", "model.kwargs": {}}) == "architecture"
+    assert move_family({"model.kwargs": {"hidden": [64, 64]}}) == "architecture"
+    assert move_family({"optimizer.lr": 0.003}) == move_family({"schedule.name": "cosine"}) == "optimization"
+    assert move_family({"training.epochs": 40, "training.patience": 10}) == "length"
+    assert move_family({"training.class_weighting": "balanced"}) == move_family({"data.sampler": "balanced"}) == "sampling"
+    assert move_family({"optimizer.weight_decay": 0.01}) == "regularization"
+    assert move_family({"data.exclude": "exclude.json"}) == "data"

@@ -95,3 +95,59 @@ def test_the_probe_scores_the_references_with_the_target_metric(tmp_path):
     top = max(m["val_score"] for m in ref["models"].values())
     assert ref["best_val_score"] == top and ref["gap_points"] == pytest.approx(100 * (top - 0.5), abs=0.01)
     assert np.isfinite(score("balanced_accuracy", np.array([0, 1]), np.eye(2)))
+
+
+def _imbalanced_ev(metric="accuracy", ref_rare_recall=0.80, net_recall=(0.98, 0.40), target=0.92):
+    """A 6:1 table where the trees lead by 5 points on val; the network misses the rare class."""
+    ev = _ev(0.90, 0.95, 1000, target=target, train=0.93 if target < 0.95 else 0.905)
+    ev["config"]["target"]["metric"] = metric
+    ev["probes"]["reference"]["models"]["boosted_trees"]["val_recall"] = [0.99, ref_rare_recall]
+    ev["probes"]["per_class"] = {"recall": list(net_recall), "min_recall": min(net_recall),
+                                 "mean_recall": sum(net_recall) / 2}
+    ev["probes"]["data"] = {"class_counts_train": [3000, 500], "imbalance_ratio": 6.0, "features": 16,
+                            "constant_features": 0, "non_finite_values": 0, "leaked_train_indices": [],
+                            "duplicate_train_indices": []}
+    ev["num_classes"], ev["val_size"] = 2, 1000
+    return ev
+
+
+def test_a_cause_the_reference_shares_does_not_explain_its_lead_the_model_family_does():
+    ev = _imbalanced_ev()
+    findings = detect_all(ev)
+    by = {f.name: f for f in findings}
+    assert by["data_quality"].fired and "imbalance" in by["data_quality"].evidence["problems"]
+    assert by["data_quality"].evidence["shared_with_reference"] and by["data_quality"].strength == 0.0
+    assert "does not explain the gap" in by["data_quality"].summary
+    primary = primary_cause(findings)
+    assert primary.name == "reference_gap" and primary.cause == "model_family"
+    plan = plan_recommendations(findings, ev)
+    ids = [r["id"] for r in plan["ranked"]]
+    assert ids[0] == "ref_tabm" and plan["selected"][0]["patch"] == {"model.name": "tabm", "model.kwargs": {}}
+    # accuracy does not reward trading majority hits for rare ones, and the trees recall the rare class (0.80):
+    assert "class_weighting" not in ids and "balanced_sampler" not in ids
+    # a target the network's train fit is far from: underfitting (capacity) is named, and its first move is TabM
+    ev = _imbalanced_ev(target=0.97)
+    findings = detect_all(ev)
+    by = {f.name: f for f in findings}
+    assert by["underfitting"].fired and by["data_quality"].strength == 0.0 and not by["reference_gap"].fired
+    assert primary_cause(findings).name == "underfitting"
+    assert plan_recommendations(findings, ev)["selected"][0]["patch"]["model.name"] == "tabm"
+
+
+def test_imbalance_moves_come_when_the_metric_rewards_them_or_the_reference_fails_the_same_classes():
+    ids = lambda ev: {r["id"] for r in plan_recommendations(detect_all(ev), ev)["ranked"]}  # noqa: E731
+    assert {"class_weighting", "balanced_sampler"} <= ids(_imbalanced_ev(metric="balanced_accuracy"))
+    assert {"class_weighting", "balanced_sampler"} <= ids(_imbalanced_ev(metric="macro_f1"))
+    assert {"class_weighting", "balanced_sampler"} <= ids(_imbalanced_ev(ref_rare_recall=0.30))  # the trees fail it too
+    assert not {"class_weighting", "balanced_sampler"} & ids(_imbalanced_ev())
+
+
+def test_tabm_itself_behind_the_reference_gets_embedding_width_and_depth_moves():
+    f = detect_reference_gap(_ev(0.85, 0.95, 1000, model="tabm", kwargs={"embeddings": "none"}))
+    ids = [r.id for r in f.recommendations]
+    assert ids[:3] == ["ref_embeddings", "ref_width", "ref_depth"]
+    patches = {r.id: r.patch for r in f.recommendations}
+    assert patches["ref_width"] == {"model.kwargs": {"embeddings": "none", "d_block": 512}}
+    assert patches["ref_depth"]["model.kwargs"]["n_blocks"] == 3
+    f = detect_reference_gap(_ev(0.85, 0.95, 1000, model="tabm", kwargs={}))
+    assert [r.id for r in f.recommendations][0] == "ref_bins" and "ref_tabm" not in [r.id for r in f.recommendations]

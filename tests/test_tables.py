@@ -615,3 +615,47 @@ def test_table_problems_are_named_by_column_and_a_clean_table_has_none(tmp_path,
     assert advice["drop_leaky_columns"].kind == "advice" and "data.drop: ['status']" in advice["drop_leaky_columns"].rationale
     clean_table, clean = judged(churn_csv, "churn")
     assert clean_table["leaky_columns"] == [] and not {"leaky_column", "unseen_categories"} & set(clean.evidence["problems"])
+
+
+def test_a_numeric_measurement_is_never_an_id_and_an_integer_run_is():
+    from trainkit.data.tables import _numeric_id
+
+    rng = np.random.default_rng(0)
+    n = 1470
+    daily_rate = pd.Series(rng.integers(102, 1500, n))  # HR attrition's DailyRate: 886 values over 1,470 rows
+    assert daily_rate.nunique() > 0.5 * n and not _numeric_id(daily_rate, n)
+    assert not _numeric_id(pd.Series(rng.normal(70, 20, n).round(1)), n)  # a float with repeats
+    assert not _numeric_id(pd.Series(np.r_[np.arange(n - 40), np.arange(40)] + 0.0), n)  # float-typed, values repeat
+    assert _numeric_id(pd.Series(np.arange(n) + 1000), n)  # an employee number
+    assert _numeric_id(pd.Series(rng.permutation(n) + 1.0), n)  # one per row, float-typed (a column with gaps read so)
+
+
+def test_one_chance_duplicate_is_reported_and_a_copied_table_still_blocks():
+    from trainkit.data.tables import shared_records_verdict
+
+    rng = np.random.default_rng(1)
+    n = 1461
+    df = pd.DataFrame({"precipitation": rng.exponential(2, n).round(1), "temp_max": rng.normal(16, 7, n).round(1),
+                       "temp_min": rng.normal(8, 5, n).round(1), "wind": rng.gamma(3, 1, n).round(1)})
+    ok, why = shared_records_verdict(df, list(df.columns), 1, 219, 1242)  # Seattle weather: 1 of 219 test rows
+    assert ok and "1 of 219 records" in why and "not a leak" in why and "predict" in why
+    ok, why = shared_records_verdict(df, list(df.columns), 40, 219, 1242)  # rows exported twice, then split
+    assert not ok and "a leak" in why
+    assert shared_records_verdict(df, list(df.columns), 0, 219, 1242)[0]
+
+
+def test_the_production_gate_reports_a_chance_duplicate_instead_of_blocking(tmp_path):
+    from trainkit.data import Quarantine
+    from trainkit.phases.finalization import _disjoint
+
+    rng = np.random.default_rng(3)
+    n = 1500
+    df = pd.DataFrame({"a": rng.normal(size=n).round(2), "b": rng.normal(size=n).round(2)})
+    df["y"] = np.where(df.a > 0, "up", "down")
+    df.to_csv(tmp_path / "t.csv", index=False)
+    cfg = tiny_config({"data.source": "csv", "data.root": str(tmp_path / "t.csv"), "data.label": "y"})
+    b = load_data(cfg, quarantine=Quarantine(open=True, who="05_finalization"))
+    state, why = _disjoint(b, 1)
+    assert state == "warn" and "1 of" in why and "not a leak" in why
+    state, why = _disjoint(b, 60)
+    assert state == "fail" and "a leak" in why

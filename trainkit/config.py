@@ -30,6 +30,9 @@ __all__ = [
 ]
 
 
+TABLE_SOURCES = ("csv", "parquet")  # the data sources that read a table file
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
@@ -64,7 +67,7 @@ class DataConfig(_Section):
 
 
 class ModelConfig(_Section):
-    name: str = Field("mlp", description="mlp (vectors) | cnn1d (signals C, L) | cnn | resnet18 (images C, H, W) | package.module:function")
+    name: str = Field("mlp", description="tabm (tables; the default of a csv/parquet source with no model section) | mlp (vectors) | cnn1d (signals C, L) | cnn | resnet18 (images C, H, W) | package.module:function")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the model builder")
     init: Literal["default", "kaiming"] = Field("default", description="default = the builder's own init; kaiming = "
                                                 "He-normal weights and zero biases for every linear/conv layer (revives dead units)")
@@ -172,6 +175,17 @@ class TrainkitConfig(_Section):
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     final: FinalConfig = Field(default_factory=FinalConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _a_table_gets_tabm(cls, raw: Any) -> Any:
+        """A table (``data.source`` csv or parquet) whose config has no ``model`` section gets
+        TabM, the tabular network that holds its own against boosted trees; any other source, mlp."""
+        if isinstance(raw, dict) and raw.get("model") is None and isinstance(raw.get("data"), dict) \
+                and raw["data"].get("source") in TABLE_SOURCES:
+            return {**raw, "model": {"name": "tabm"}}
+        return raw
+
 
 
 def _model_at(loc: tuple) -> type[BaseModel] | None:

@@ -121,11 +121,19 @@ def route_over_budget(next_phase: str, seconds_left: float) -> str | None:
 
 
 def after_diagnostics(*, expected_gain: float, fix: dict[str, Any] | None, needs_fix: bool, manual_fix: str | None,
-                      restarts_left: int, budget: Any, strong: str | None = None, gap: float = 0.0) -> tuple[str, str, str]:
+                      restarts_left: int, budget: Any, strong: str | None = None, gap: float = 0.0,
+                      stale: tuple[list[str], list[str]] | None = None) -> tuple[str, str, str]:
     """Phase 3: C (infrastructure / failed baseline → fix and restart Phase 2), A (gain above the
     clear threshold, or in the marginal band → Phase 4; or a strong finding while the target is
     missed, whatever the expected gain: a heuristic gain estimate never overrules strong evidence),
-    B (gain below the marginal threshold and no strong finding → Phase 5)."""
+    B (gain below the marginal threshold and no strong finding → Phase 5; and, whatever the
+    expected gain, when nothing moves: ``stale`` is (the families of the moves this round proposes,
+    those the last Phase 4 iteration measured and adopted none of), and every proposed family was
+    measured already, so another iteration would spend its time on the same kind of change)."""
+    if not needs_fix and stale is not None and stale[0] and set(stale[0]) <= set(stale[1]):
+        return "B", Phase.FINALIZATION.value, (f"nothing moves: the last optimization iteration adopted none of its "
+                                               f"{', '.join(stale[1])} moves, and this round proposes only "
+                                               f"{', '.join(stale[0])} moves again; finalize with the best so far")
     if needs_fix:
         if fix is None:
             return "C", "stop", f"infrastructure issue that needs a manual fix: {manual_fix or 'see the report'}"

@@ -1,10 +1,11 @@
-"""Model registry (``mlp`` for vectors, ``cnn1d`` for signals ``(C, L)``, ``cnn`` and ``resnet18``
-for images ``(C, H, W)``) and the user's own ``package.module:function``.
+"""Model registry (``tabm`` and ``mlp`` for vectors, ``cnn1d`` for signals ``(C, L)``, ``cnn`` and
+``resnet18`` for images ``(C, H, W)``) and the user's own ``package.module:function``.
 
 A builder takes ``input_shape`` (without the batch axis), ``num_classes`` and its own keyword
 arguments from ``model.kwargs``. ``model.init: kaiming`` re-initialises any model's linear and
 conv layers after building (He-normal weights, zero biases): the cure for units that an init
-left dead.
+left dead. A model with a ``fit_data(x)`` method (TabM's bin edges) gets a sample of the train
+rows before it trains: :func:`build_for` builds every model that trains.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from torch import nn
 
 from trainkit.errors import ModelError
 
-__all__ = ["build_model", "register_model", "model_summary", "reinitialize", "MODELS", "family_for"]
+__all__ = ["build_model", "build_for", "register_model", "model_summary", "reinitialize", "MODELS", "family_for"]
 
 _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"relu": nn.ReLU, "leaky_relu": lambda: nn.LeakyReLU(0.1),
                                                     "gelu": nn.GELU}
@@ -110,7 +111,14 @@ def resnet18(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     return m
 
 
-MODELS: dict[str, Callable[..., nn.Module]] = {"mlp": mlp, "cnn": cnn, "cnn1d": cnn1d, "resnet18": resnet18}
+def tabm(input_shape: tuple[int, ...], num_classes: int, **kwargs: Any) -> nn.Module:
+    """TabM (:mod:`trainkit.tabular`), imported when it is built."""
+    from trainkit.tabular import tabm as build
+
+    return build(input_shape, num_classes, **kwargs)
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {"tabm": tabm, "mlp": mlp, "cnn": cnn, "cnn1d": cnn1d, "resnet18": resnet18}
 
 
 def reinitialize(model: nn.Module, slope: float = 0.0) -> nn.Module:
@@ -143,13 +151,37 @@ def _resolve(name: str) -> Callable[..., nn.Module]:
     raise ModelError(f"model.name: unknown model {name!r}; valid: {', '.join(sorted(MODELS))} or 'package.module:function'")
 
 
+def _signature_of(name: str, builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """The function whose keyword arguments ``model.kwargs`` are checked against."""
+    if builder is tabm:
+        from trainkit.tabular import tabm as real
+
+        return real
+    return builder
+
+
+FIT_DATA_ROWS = 20000  # rows of train a data-aware model (TabM's bin edges) sees before it trains
+
+
+def build_for(cfg: Any, bundle: Any, device: Any = "cpu") -> nn.Module:
+    """The model of ``cfg`` for ``bundle``, on ``device``, ready to train: built, and when it has a
+    ``fit_data(x)`` method, given a seeded sample of at most ``FIT_DATA_ROWS`` train rows (the
+    inputs the model will see)."""
+    m = cfg.model
+    model = build_model(m.name, bundle.input_shape, bundle.num_classes, m.kwargs, m.init)
+    if callable(getattr(model, "fit_data", None)):
+        x, _, _ = next(iter(bundle.batches("train", FIT_DATA_ROWS, shuffle=True, seed=cfg.training.seed)))
+        model.fit_data(x)
+    return model.to(device)
+
+
 def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, kwargs: dict[str, Any] | None = None,
                 init: str = "default") -> nn.Module:
     """Build a model; bad kwargs or a builder that fails raise ModelError naming the model.
     ``init="kaiming"`` re-initialises it (:func:`reinitialize`)."""
     builder = _resolve(name)
     kwargs = dict(kwargs or {})
-    params = inspect.signature(builder).parameters
+    params = inspect.signature(_signature_of(name, builder)).parameters
     extra = {"input_shape": tuple(input_shape), "num_classes": num_classes}
     accepts_any = any(p.kind == p.VAR_KEYWORD for p in params.values())
     call = {k: v for k, v in extra.items() if k in params or accepts_any}

@@ -27,7 +27,8 @@ from trainkit.config import TrainkitConfig, config_to_dict, save_config
 from trainkit.data import DataBundle, augment_batch
 from trainkit.devices import all_sum, dist_setup, precision_for, resolve_device
 from trainkit.errors import CheckpointError, TrainingError
-from trainkit.models import build_model
+from trainkit.losses import as_logits, loss_of
+from trainkit.models import build_for
 from trainkit.monitor import GpuMonitor
 from trainkit.metrics import row_score, score
 from trainkit.repro import restore_rng_state, rng_state, seed_everything, set_deterministic
@@ -353,7 +354,7 @@ def _setup(cfg: TrainkitConfig, bundle: DataBundle, out_dir: str | Path | None) 
             save_config(cfg, out / TRAINING_CONFIG)
     seed_everything(tr.seed)
     set_deterministic(tr.deterministic)
-    model = build_model(cfg.model.name, bundle.input_shape, bundle.num_classes, cfg.model.kwargs, cfg.model.init).to(device)
+    model = build_for(cfg, bundle, device)
     if device.type == "cuda" and len(bundle.input_shape) == 3:
         model = model.to(memory_format=torch.channels_last)
     precision, amp = precision_for(cfg, device)
@@ -442,7 +443,7 @@ def _step(lp: _Loop, pr: _Progress, ep: _Epoch, epoch: int, i: int, xb: torch.Te
         xb = xb.contiguous(memory_format=torch.channels_last)
     batch_loss, logits = _forward_backward(lp, epoch, pr.step, xb, yb, ep.window[i])
     ep.loss_sum += batch_loss.detach()
-    ep.correct += (logits.argmax(1) == yb).sum()
+    ep.correct += (as_logits(logits.detach()).argmax(1) == yb).sum()
     ep.seen += len(yb)  # a python int: no tensor op per step
     _bar_tick(lp, ep)
     if not ((i + 1) % tr.accumulation == 0 or last):
@@ -478,8 +479,7 @@ def _forward_backward(lp: _Loop, epoch: int, step: int, xb: torch.Tensor, yb: to
                 logits = lp.net(xb)
         else:
             logits = lp.net(xb)
-        batch_loss = F.cross_entropy(logits.float(), yb, weight=lp.class_weight, reduction="sum",
-                                     label_smoothing=tr.label_smoothing)
+        batch_loss = loss_of(logits, yb, weight=lp.class_weight, reduction="sum", label_smoothing=tr.label_smoothing)
         loss = batch_loss / (window / lp.world)
         (lp.scaler.scale(loss) if lp.precision == "fp16" else loss).backward()
     except Exception as exc:

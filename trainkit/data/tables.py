@@ -20,15 +20,16 @@ from typing import Any
 
 import numpy as np
 
+from trainkit.config import TABLE_SOURCES
 from trainkit.data.table_files import read_table
 from trainkit.errors import DataError
 
 __all__ = ["TableData", "Preprocess", "read_table", "load_table", "infer_kinds", "from_dataframe", "records_repeat_by_chance", "id_overlap",
+           "shared_records_verdict", "chance_matches",
            "PREPROCESS_VERSION",
            "TABLE_SOURCES"]
 
 PREPROCESS_VERSION = 1
-TABLE_SOURCES = ("csv", "parquet")
 MAX_CATEGORIES = 32  # one-hot columns per categorical at most; rarer values share the (other) bucket
 TEXT_MIN_LENGTH = 40  # a string column whose values average this many characters and are mostly distinct is free text
 OTHER, MISSING = "(other)", "(missing)"
@@ -116,8 +117,7 @@ def infer_kinds(df: Any, label: str, cfg: Any, notes: dict[str, str] | None = No
         if pd.api.types.is_bool_dtype(s):
             kinds[c] = "boolean"
         elif pd.api.types.is_numeric_dtype(s):
-            integral = pd.api.types.is_integer_dtype(s) or bool((s.dropna() == s.dropna().round()).all())
-            kinds[c] = "id" if integral and s.nunique() > 0.5 * n and n > 20 and _runs_like_an_id(s) else "numeric"
+            kinds[c] = "id" if _numeric_id(s, n) else "numeric"
         elif s.dtype == object and _all_numbers(s):  # Decimal (a database's NUMERIC), Python ints and floats
             kinds[c] = "numeric"
         elif _is_string_like(s):
@@ -143,6 +143,24 @@ def infer_kinds(df: Any, label: str, cfg: Any, notes: dict[str, str] | None = No
     if not kinds:
         raise DataError(f"no feature column left (excluded: {excluded}); list the columns to use in data.features")
     return kinds, excluded
+
+
+def _numeric_id(s: Any, n: int) -> bool:
+    """A numeric column is an ID only when it holds integers, one per row (at least
+    ``ID_DISTINCT_SHARE`` of its filled rows distinct, no value repeated in a float column) that
+    span (nearly) a run; a measured quantity (a daily rate, a count, a price) repeats and is not."""
+    import pandas as pd
+
+    v = s.dropna()
+    if n <= 20 or len(v) == 0:
+        return False
+    integer_dtype = pd.api.types.is_integer_dtype(s)
+    if not (integer_dtype or bool((v == v.round()).all())):
+        return False
+    distinct = v.nunique()
+    if distinct < ID_DISTINCT_SHARE * len(v) or (not integer_dtype and distinct < len(v)):
+        return False
+    return _runs_like_an_id(s)
 
 
 def _runs_like_an_id(s: Any) -> bool:
@@ -465,7 +483,8 @@ def records_repeat_by_chance(df: Any, columns: list[str], factor: float = 20.0) 
 
 def id_overlap(table: "TableData", splits: dict[str, Any]) -> dict[str, int]:
     """Per excluded ID column: how many test rows' IDs appear in train or val (the same entity, say a
-    customer with several rows, on both sides)."""
+    customer with several rows, on both sides). A number is an ID only when it is one integer per row
+    in a run (:func:`_numeric_id`): a measurement that repeats (a daily rate) is a feature, never here."""
     out = {}
     for e in table.excluded:
         c = e["column"]
@@ -476,6 +495,43 @@ def id_overlap(table: "TableData", splits: dict[str, Any]) -> dict[str, int]:
         seen = set(col[np.asarray(splits["train"], dtype=np.int64)]) | set(col[np.asarray(splits["val"], dtype=np.int64)])
         out[c] = len(test & seen)
     return out
+
+
+ID_DISTINCT_SHARE = 0.9   # a numeric ID is distinct for at least 90% of its filled rows
+HANDFUL = 3               # this many shared records (or 3x what chance predicts) ...
+HANDFUL_SHARE = 0.01      # ... and at most 1% of the rows checked are reported, not blocked
+
+
+def chance_matches(df: Any, columns: list[str], rows: int, others: int) -> float:
+    """How many of ``rows`` records chance alone would give an equal among ``others`` records, if the
+    columns were independent: ``rows × others × Π_c Σ_v p_c(v)²`` (a gap counts as one value)."""
+    p = 1.0
+    for c in columns:
+        freq = df[c].value_counts(normalize=True, dropna=False).to_numpy(dtype=np.float64)
+        p *= float((freq ** 2).sum())
+    return rows * others * p
+
+
+def shared_records_verdict(df: Any, columns: list[str], shared: int, rows: int, others: int,
+                           by_chance: bool = False) -> tuple[bool, str]:
+    """(acceptable, why) for ``shared`` of ``rows`` records that equal one of ``others`` records in
+    another split. Acceptable when the columns are discrete enough that equal records happen by
+    chance (``by_chance``, :func:`records_repeat_by_chance`), or when they are a handful: at most
+    ``HANDFUL`` (or 3× what chance predicts) and at most ``HANDFUL_SHARE`` of ``rows``. A copied
+    table (rows exported twice, then split) shares far more."""
+    if shared == 0:
+        return True, "no shared record"
+    expected = chance_matches(df, columns, rows, others)
+    if by_chance:
+        return True, (f"{shared} of {rows} records equal a record of another split; this table's columns are discrete "
+                      f"enough that equal records happen by chance (independent columns predict {expected:.1f})")
+    limit = min(max(HANDFUL, 3 * expected), HANDFUL_SHARE * rows)
+    why = (f"{shared} of {rows} records ({100 * shared / max(1, rows):.2f}%) equal a record of another split; independent "
+           f"columns predict {expected:.2g} by chance; a handful (at most {max(HANDFUL, 3 * expected):.0f} and "
+           f"{100 * HANDFUL_SHARE:g}% of the rows) is ")
+    if shared <= limit:
+        return True, why + "reported as a chance repeat (two people with the same recorded values), not a leak"
+    return False, why + "acceptable; this many are copies, a leak"
 
 
 def row_keys(df: Any, columns: list[str]) -> list[str]:

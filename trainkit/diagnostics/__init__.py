@@ -23,7 +23,7 @@ from trainkit.metrics import row_score
 from trainkit.run import METRICS, RunFolder
 
 __all__ = ["gather_evidence", "run_probes", "detect_all", "plan_recommendations", "combine_patches", "DETECTORS",
-           "THRESHOLDS", "Finding", "Recommendation", "classify_crash", "primary_cause", "patch_already_in"]
+           "THRESHOLDS", "Finding", "Recommendation", "classify_crash", "primary_cause", "patch_already_in", "move_family"]
 
 
 def gather_evidence(source_dir: str | Path, cfg: TrainkitConfig, failed_mode: bool = False) -> dict[str, Any]:
@@ -268,6 +268,26 @@ def _longer(ev: dict[str, Any], need: float) -> Recommendation:
         f", patience {patience} → {patch['training.patience']}" if "training.patience" in patch else ""), patch, why,
         round(gain, 2), 1 if improving else 2, {"still_improving": improving, "recent_rate_points_per_epoch": round(rate, 2)},
         "accuracy", "generic")
+
+
+FAMILIES = (("model.name", "architecture"), ("model.", "architecture"), ("optimizer.", "optimization"),
+            ("schedule.", "optimization"), ("training.epochs", "length"), ("training.patience", "length"),
+            ("data.exclude", "data"), ("data.", "sampling"), ("training.class_weighting", "sampling"),
+            ("training.label_smoothing", "regularization"), ("training.grad_clip", "optimization"))
+
+
+def move_family(patch: dict[str, Any]) -> str:
+    """What a move changes, by the first field its patch sets (in :data:`FAMILIES` order):
+    architecture (``model.*``, dropout inside the model included), optimization (optimizer,
+    schedule, clipping), length (epochs, patience), sampling (the data's batches, class weights),
+    data (excluded rows), regularization (weight decay alone, label smoothing); ``other`` else."""
+    keys = sorted(patch)
+    if keys == ["optimizer.weight_decay"]:
+        return "regularization"
+    for prefix, family in FAMILIES:
+        if any(k.startswith(prefix) for k in keys):
+            return family
+    return "other"
 
 
 def combine_patches(recs: list[dict[str, Any]] | list[Recommendation]) -> tuple[dict[str, Any], list[dict[str, Any]]]:

@@ -13,7 +13,8 @@ from torch import nn
 
 from trainkit.config import TrainkitConfig
 from trainkit.data import DataBundle
-from trainkit.models import build_model
+from trainkit.losses import loss_of
+from trainkit.models import build_for
 from trainkit.repro import seed_everything, set_deterministic
 from trainkit.train import make_optimizer, resolve_device
 
@@ -29,7 +30,7 @@ def sample(bundle: DataBundle, split: str, n: int, seed: int = 0, device: Any = 
 def _model(cfg: TrainkitConfig, bundle: DataBundle, device: torch.device, seed: int | None = None) -> nn.Module:
     seed_everything(cfg.training.seed if seed is None else seed)
     set_deterministic(cfg.training.deterministic)
-    return build_model(cfg.model.name, bundle.input_shape, bundle.num_classes, cfg.model.kwargs, cfg.model.init).to(device)
+    return build_for(cfg, bundle, device)
 
 
 def _train_steps(model: nn.Module, cfg: TrainkitConfig, bundle: DataBundle, epochs: int, seed: int,
@@ -45,7 +46,7 @@ def _train_steps(model: nn.Module, cfg: TrainkitConfig, bundle: DataBundle, epoc
     for epoch in range(epochs):
         for xb, yb, _ in bundle.batches("train", cfg.data.batch_size, shuffle=True, seed=seed, epoch=epoch, device=device):
             xb = torch.zeros_like(xb) if zero_inputs else xb
-            loss = F.cross_entropy(model(xb).float(), yb)
+            loss = loss_of(model(xb), yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if clip:

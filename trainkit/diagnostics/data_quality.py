@@ -114,7 +114,7 @@ def _moves(evidence: dict[str, Any], n: dict[str, Any], problems: dict[str, bool
         out += _smoothing_rec("data_quality", cfg, "soft targets limit how far wrong labels pull", need * 0.2)
         out += _dropout_rec("data_quality", cfg, "a regularised model memorises the wrong labels that "
                             "exclusion misses", need * 0.2)
-    if problems["imbalance"]:
+    if problems["imbalance"] and _imbalance_moves_pay(evidence, n):
         out += _imbalance_moves(n)
     if problems["leaky_column"]:
         cols = n["leaky_cols"]
@@ -132,6 +132,38 @@ def _moves(evidence: dict[str, Any], n: dict[str, Any], problems: dict[str, bool
         out.append(_recommend("data_quality", "fix_non_finite", "Replace or drop non-finite feature values at the "
                               "source", None, f"{d['non_finite_values']} NaN/Inf values reach the model", 0.0, 2, "fix"))
     return out
+
+
+REWARDS_RARE_CLASSES = ("balanced_accuracy", "macro_f1")  # metrics that weigh every class alike
+
+
+def reference_fails_rare_classes(evidence: dict[str, Any]) -> bool | None:
+    """Whether the best reference model fails the classes the network recalls worst (its val recall
+    of the network's worst class below ``minority_recall_ratio`` × its own mean recall); None when no
+    reference recall was measured."""
+    ref = evidence["probes"].get("reference") or {}
+    net = (evidence["probes"].get("per_class") or {}).get("recall")
+    top = (ref.get("models") or {}).get(ref.get("best") or "", {}).get("val_recall")
+    if not net or not top or len(net) != len(top):
+        return None
+    pairs = [(a, b) for a, b in zip(net, top) if a is not None and b is not None]
+    if not pairs:
+        return None
+    worst = min(range(len(pairs)), key=lambda i: pairs[i][0])
+    mean = sum(b for _, b in pairs) / len(pairs)
+    return pairs[worst][1] < THRESHOLDS["minority_recall_ratio"] * mean
+
+
+def _imbalance_moves_pay(evidence: dict[str, Any], n: dict[str, Any]) -> bool:
+    """Class weighting and a balanced sampler trade majority-class hits for rare-class hits: worth
+    proposing when the target metric rewards that trade (balanced accuracy, macro F1), or when the
+    reference model, trained on the same imbalanced rows, fails the same classes too (then the
+    imbalance, not the network, is what holds them back). Without a reference measurement, a
+    minority the network recalls badly is the evidence, as before."""
+    if evidence["config"]["target"]["metric"] in REWARDS_RARE_CLASSES:
+        return True
+    fails = reference_fails_rare_classes(evidence)
+    return n["minority_hurt"] if fails is None else fails
 
 
 def _imbalance_moves(n: dict[str, Any]) -> list[Recommendation]:

@@ -371,19 +371,43 @@ DETECTORS: dict[str, Callable[[dict[str, Any]], Finding]] = {
 }
 
 
+SHARED_WITH_REFERENCE = ("imbalance", "label_issues", "near_duplicates", "constant_features", "unseen_categories",
+                         "leaky_column")  # properties of the rows: the reference models are fitted on the same ones
+
+
+def shared_with_reference(f: Finding) -> bool:
+    """A fired data finding whose every problem the reference models share (the same rows, the same
+    imbalance, the same label noise, the same features): it cannot explain why they do better."""
+    problems = f.evidence.get("problems") or []
+    return f.name == "data_quality" and f.fired and not f.infrastructure and bool(problems) \
+        and all(p in SHARED_WITH_REFERENCE for p in problems)
+
+
 def detect_all(evidence: dict[str, Any]) -> list[Finding]:
     """Run every detector; a detector that trips over missing evidence reports itself as not run.
-    The reference gap is a residual: when a cause fired, the gap is that cause's symptom, so it is
-    kept as evidence (its numbers, its summary) but does not fire or add moves of its own."""
+
+    The reference is a control. When it beats the network beyond the noise, a cause it shares (a
+    data finding about the rows both were fitted on) cannot explain the gap: the reference gap is
+    the primary finding (the model family or its capacity), and the shared finding stays as
+    evidence with no strength of its own. A cause of the network's own (under- or overfitting, a
+    stall, seed variance, infrastructure) comes first, and the gap is kept as that cause's symptom
+    (its numbers, its summary) without firing or adding moves; a shared finding has no strength
+    then either (underfitting on a table offers TabM itself, :func:`findings._family_recs`)."""
     out = []
     for name, fn in DETECTORS.items():
         try:
             out.append(fn(evidence))
         except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
             out.append(_quiet(name, f"could not evaluate: {type(exc).__name__}: {exc}"))
-    causes = [f.name for f in out if f.fired and f.name != "reference_gap"]
+    ref = next((f for f in out if f.name == "reference_gap" and f.fired), None)
+    causes = [f.name for f in out if f.fired and f.name != "reference_gap" and not (ref and shared_with_reference(f))]
     for i, f in enumerate(out):
-        if f.name == "reference_gap" and f.fired and causes:
+        if f is ref and causes:
             out[i] = Finding(f.name, False, 0.0, f"{f.summary}; explained by {', '.join(causes)}, which comes first",
                              f.evidence, f.thresholds)
+        elif ref is not None and shared_with_reference(f):
+            f.evidence = {**f.evidence, "shared_with_reference": True, "strength_before_control": round(f.strength, 3)}
+            f.summary += (f"; the {ref.evidence['reference'].replace('_', ' ')} is fitted on the same rows and is still "
+                          f"{ref.evidence['gap_points']:.1f} points ahead, so this does not explain the gap")
+            f.strength = 0.0
     return out

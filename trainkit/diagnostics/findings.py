@@ -185,12 +185,17 @@ def _smoothing_rec(finding: str, cfg: dict[str, Any], why: str, gain: float) -> 
 
 
 def _family_recs(finding: str, evidence: dict[str, Any], gain: float) -> list[Recommendation]:
-    """Model-family moves: a built-in MLP on images or signals → the matching conv net; a user's own
-    model → advice saying what to change (no patch can rewrite their code)."""
+    """Model-family moves: a built-in MLP on table rows → TabM; on images or signals → the matching
+    conv net; a user's own model → advice saying what to change (no patch can rewrite their code)."""
     from trainkit.models import family_for
 
     cfg, shape = evidence["config"], evidence.get("input_shape") or []
     fam = family_for(shape)
+    if fam is None and len(shape) == 1 and cfg["model"]["name"] == "mlp":  # table rows: the tabular family
+        return [_recommend(finding, "model_family", "TabM (an efficient ensemble of MLPs with piecewise-linear "
+                           "embeddings of the inputs)", {"model.name": "tabm", "model.kwargs": {}},
+                           "a plain MLP fits thresholds and interactions poorly; TabM's embeddings and ensemble are "
+                           "the tabular family that holds its own against boosted trees", gain, 1, input_shape=list(shape))]
     if fam is None:
         return []
     name = cfg["model"]["name"]

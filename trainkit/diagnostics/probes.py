@@ -19,6 +19,7 @@ from torch import nn
 from trainkit.config import TrainkitConfig, with_overrides
 from trainkit.data import DataBundle
 from trainkit.diagnostics._fits import _model, _short_train, sample
+from trainkit.losses import loss_of
 from trainkit.metrics import row_score, score
 from trainkit.train import fit, make_optimizer, resolve_device
 
@@ -63,7 +64,7 @@ def overfit_batch_probe(cfg: TrainkitConfig, bundle: DataBundle, n: int = 32, st
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     losses = []
     for i in range(steps):
-        loss = F.cross_entropy(model(x).float(), y)
+        loss = loss_of(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -114,7 +115,7 @@ def _lr_sweep(cfg: TrainkitConfig, bundle: DataBundle, lr_min: float, lr_max: fl
         lr = lr_min * factor ** i
         for g in opt.param_groups:
             g["lr"] = lr
-        loss = F.cross_entropy(model(xb).float(), yb)
+        loss = loss_of(model(xb), yb)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -266,7 +267,7 @@ def throughput_probe(cfg: TrainkitConfig, bundle: DataBundle, sizes: Sequence[in
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 t0 = time.perf_counter()
-            loss = F.cross_entropy(model(x).float(), y)
+            loss = loss_of(model(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -330,6 +331,24 @@ def per_class_probe(cfg: TrainkitConfig, bundle: DataBundle, model: nn.Module | 
             "mean_recall": float(valid.mean()) if len(valid) else None}
 
 
+def _chance_repeats(bundle: DataBundle, shared: int, within: int) -> tuple[bool, str]:
+    """Whether a table's train rows that equal another split's (``shared``) or another train row
+    (``within``) are chance repeats (:func:`trainkit.data.tables.shared_records_verdict`)."""
+    table = getattr(bundle.source, "table", None)
+    if bundle.source.duplicates_by_chance:
+        return True, "the columns are discrete enough that equal records happen by chance"
+    if table is None or not (shared or within):
+        return False, ""
+    from trainkit.data.tables import shared_records_verdict
+
+    n_train = len(bundle.splits["train"])
+    others = sum(len(v) for v in bundle.info["indices"].values()) - n_train
+    seen = table.frame.iloc[np.concatenate([np.asarray(bundle.splits[s], dtype=np.int64) for s in ("train", "val")])]
+    ok_shared, why = shared_records_verdict(seen, list(table.kinds), shared, n_train, others)
+    ok_within, why_within = shared_records_verdict(seen, list(table.kinds), within, n_train, n_train)
+    return ok_shared and ok_within, why if shared else why_within
+
+
 def data_probe(bundle: DataBundle, near_threshold: float = 0.995, max_rows: int = 20000) -> dict[str, Any]:
     """Duplicates (exact, from content hashes over all splits; near, by cosine similarity between
     train and val), class balance, constant and non-finite features. Test content enters only
@@ -350,8 +369,10 @@ def data_probe(bundle: DataBundle, near_threshold: float = 0.995, max_rows: int 
             if keys[i] in seen:
                 within.append(int(i))
             seen.setdefault(keys[i], int(i))
-        if bundle.source.duplicates_by_chance:  # a few discrete columns: equal records are different rows, not copies
-            out["shared_records_by_chance"] = {"train_rows_shared_across_splits": len(leaked), "within_train": len(within)}
+        chance, why = _chance_repeats(bundle, len(leaked), len(within))
+        if chance:  # equal records that are different rows (discrete columns, or a handful), not copies
+            out["shared_records_by_chance"] = {"train_rows_shared_across_splits": len(leaked), "within_train": len(within),
+                                               "why": why}
             leaked, within = [], []
         out["leaked_train_indices"] = leaked
         out["duplicate_train_indices"] = within
@@ -551,7 +572,11 @@ def reference_probe(bundle: DataBundle, network_val: float | None, metric: str =
             model.fit(xa, ya)
             probs = np.zeros((len(xb), bundle.num_classes))
             probs[:, model.classes_] = model.predict_proba(xb)  # a class absent from the train sample keeps 0
-        out["models"][name] = {"val_accuracy": float((probs.argmax(1) == yb).mean()), "val_score": score(metric, yb, probs),
+        pred = probs.argmax(1)
+        support = np.bincount(yb, minlength=bundle.num_classes)
+        hits = np.bincount(yb[pred == yb], minlength=bundle.num_classes)
+        out["models"][name] = {"val_accuracy": float((pred == yb).mean()), "val_score": score(metric, yb, probs),
+                               "val_recall": [None if n == 0 else round(float(h / n), 4) for h, n in zip(hits, support)],
                                "seconds": round(time.perf_counter() - t0, 3)}
     best = max(out["models"], key=lambda k: out["models"][k]["val_score"])
     top = out["models"][best]["val_score"]

@@ -54,9 +54,10 @@ def detect_reference_gap(evidence: dict[str, Any]) -> Finding:
         return Finding("reference_gap", False, 0.0, why, numbers, {"min_noise_points": THRESHOLDS["min_noise_points"]})
     f = Finding("reference_gap", True, min(1.0, gap / 20),
                 f"the {NAMES.get(top_name, top_name)} scores {top:.3f} on val against the network's {net:.3f}: {gap:.1f} "
-                f"points of headroom on the same rows, beyond the noise ({noise:.1f} points)", numbers,
-                {"min_noise_points": THRESHOLDS["min_noise_points"]}, strength=0.0)
-    # strength 0: the gap is a symptom, not a cause; it is named first only when no cause fired
+                f"points of headroom on the same rows, beyond the noise ({noise:.1f} points): the model family or its "
+                "capacity", numbers, {"min_noise_points": THRESHOLDS["min_noise_points"]}, strength=gap / noise,
+                cause="model_family")
+    # strength in units of the noise; a cause of the network's own still comes first (detect_all)
     f.recommendations = _moves(evidence, gap)
     return f
 
@@ -65,7 +66,7 @@ def _moves(evidence: dict[str, Any], gap: float) -> list[Recommendation]:
     """The moves that close a gap to a simpler model, each expected to win a share of it."""
     cfg, h = evidence["config"], evidence.get("history") or []
     name, kw = cfg["model"]["name"], dict(cfg["model"]["kwargs"])
-    out: list[Recommendation] = []
+    out: list[Recommendation] = _architecture_moves(name, kw, gap, evidence)
     if name == "mlp":
         hidden = [min(1024, 2 * int(w)) for w in kw.get("hidden", [128])] or [128]
         if len(hidden) < 2:
@@ -98,4 +99,39 @@ def _moves(evidence: dict[str, Any], gap: float) -> list[Recommendation]:
     out.append(_recommend("reference_gap", "ref_longer", f"Train longer: {epochs} → {2 * epochs} epochs", longer,
                           "the best epoch was near the end" if late else "more steps at the same settings",
                           (0.25 if late else 0.1) * gap, 2, best_epoch=best_epoch + 1))
+    return out
+
+
+def _architecture_moves(name: str, kw: dict[str, Any], gap: float, evidence: dict[str, Any]) -> list[Recommendation]:
+    """The first moves against a reference that wins: the tabular family (TabM, for a table whose
+    network is something else) or, for TabM itself, numeric embeddings, width and depth."""
+    shape = evidence.get("input_shape") or []
+    if name not in ("tabm",) and len(shape) == 1 and ":" not in name:
+        return [_recommend("reference_gap", "ref_tabm", "TabM (an efficient ensemble of MLPs with piecewise-linear "
+                           "embeddings of the inputs)", {"model.name": "tabm", "model.kwargs": {}},
+                           "piecewise-linear embeddings represent thresholds and the ensemble averages out a single "
+                           "network's variance: the structure boosted trees find", 0.6 * gap, 1, current=name)]
+    if name != "tabm":
+        return []
+    out = []
+    if kw.get("embeddings", "piecewise") == "none":
+        out.append(_recommend("reference_gap", "ref_embeddings", "Piecewise-linear embeddings of the inputs",
+                              {"model.kwargs": {**kw, "embeddings": "piecewise"}},
+                              "a number's threshold is a step for a tree and a bend for embeddings, not for a plain "
+                              "linear layer", 0.4 * gap, 1))
+    elif int(kw.get("n_bins", 16)) < 48:
+        bins = min(48, 2 * int(kw.get("n_bins", 16)))
+        out.append(_recommend("reference_gap", "ref_bins", f"Finer embeddings: {kw.get('n_bins', 16)} → {bins} bins",
+                              {"model.kwargs": {**kw, "n_bins": bins}},
+                              "finer bins place a threshold closer to where the trees put it", 0.25 * gap, 1))
+    width = int(kw.get("d_block", 256))
+    if width < 1024:
+        out.append(_recommend("reference_gap", "ref_width", f"Wider TabM blocks: {width} → {2 * width}",
+                              {"model.kwargs": {**kw, "d_block": 2 * width}},
+                              "more units per block hold more interactions", 0.3 * gap, 1))
+    depth = int(kw.get("n_blocks", 2))
+    if depth < 4:
+        out.append(_recommend("reference_gap", "ref_depth", f"Deeper TabM: {depth} → {depth + 1} blocks",
+                              {"model.kwargs": {**kw, "n_blocks": depth + 1}},
+                              "another block composes interactions of interactions", 0.2 * gap, 1))
     return out

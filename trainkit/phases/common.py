@@ -54,6 +54,7 @@ class DiagnosticsContext(PhaseContext):
 
     source: str = ""
     failed_mode: bool = False
+    after_idle_iteration: bool = False  # routed here by a Phase 4 iteration that adopted nothing
 
 
 @dataclass

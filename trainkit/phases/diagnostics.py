@@ -53,6 +53,7 @@ def start(run_dir: str | Path, round: int = 0, interactive: bool = True) -> Diag
     ctx.config = load_run_config(run_dir)
     save_config(ctx.config, ctx.path(TRAINING_CONFIG))
     ctx.source, ctx.failed_mode = source, phase == Phase.BASELINE.value and decision["option"] == "C"
+    ctx.after_idle_iteration = phase == Phase.OPTIMIZATION.value and (decision.get("evidence") or {}).get("adopted") is False
     show_html(f"<p>Diagnosis round {n} of <code>{source.relative_to(run_dir)}</code> ({'failed baseline' if ctx.failed_mode else 'below target'}): "
               f"{html.escape(decision['reason'])}</p>")
     return ctx
@@ -280,6 +281,26 @@ def _restarts_left(ctx: DiagnosticsContext) -> int:
     return ctx.config.budget.max_baseline_restarts - max(0, attempts - 1)
 
 
+def _stale_families(ctx: DiagnosticsContext, plan: dict[str, Any]) -> tuple[list[str], list[str]] | None:
+    """(families this round proposes, families the last Phase 4 iteration measured) when that
+    iteration adopted nothing; None otherwise. A move's family is what its patch changes
+    (:func:`trainkit.diagnostics.move_family`)."""
+    if not getattr(ctx, "after_idle_iteration", False) or ctx.attempt < 2:
+        return None
+    from trainkit.diagnostics import move_family
+    from trainkit.run import COMPARISON
+
+    it = latest_attempt_dir(ctx.run_dir, Phase.OPTIMIZATION.value)
+    earlier = ctx.run_dir / PHASE / f"round-{ctx.attempt - 1}" / FINDINGS
+    if it is None or not (it / COMPARISON).is_file() or not earlier.is_file():
+        return None
+    patches = {r["id"]: r.get("patch") or {} for r in read_json(earlier)["plan"]["ranked"]}
+    measured = {move_family(patches.get(rid) or {}) for c in read_json(it / COMPARISON).get("candidates") or []
+                for rid in c["recommendations"]}
+    proposed = {move_family(r.get("patch") or {}) for r in plan["selected"] if r["kind"] == "accuracy"}
+    return sorted(proposed), sorted(measured)
+
+
 def decide(ctx: DiagnosticsContext, result: dict[str, Any]) -> dict[str, Any]:
     """A/B/C from the expected gain and the fixes; for C with a known patch, write the fixed config
     as the run's current config (with provenance) so Phase 2 restarts on it."""
@@ -306,7 +327,8 @@ def decide(ctx: DiagnosticsContext, result: dict[str, Any]) -> dict[str, Any]:
         strong = f"{result['cause']} (strength {result['strength']:.1f})"
     option, nxt, reason = after_diagnostics(expected_gain=plan["expected_gain_points"], fix=patch or None,
                                             needs_fix=needs_fix, manual_fix=manual, restarts_left=restarts_left,
-                                            budget=cfg.budget, strong=strong, gap=plan["gap_to_target_points"])
+                                            budget=cfg.budget, strong=strong, gap=plan["gap_to_target_points"],
+                                            stale=_stale_families(ctx, plan))
     measured = sorted(result["evidence"].get("tried") or {})
     if option == "B" and measured and not any(r["kind"] == "accuracy" for r in plan["selected"]):
         reason += f"; every move proposed for this config is measured already ({', '.join(measured)}: a loss or a near-tie)"

@@ -22,6 +22,7 @@ from trainkit.errors import CheckpointError, GateError, QuarantineError
 from trainkit.phases.common import run_path, FinalizationContext, begin, clock, finish_gate, load_run_config, require_routed, \
     show_figure, show_html, write_decision
 from trainkit.metrics import LABELS, bootstrap_interval as _boot, expected_calibration_error, metric_interval, score
+from trainkit.phases.peers import floor_evidence, recall_table, reference_recall
 from trainkit.run import PHASES, latest_attempt_dir, load_manifest, phase_dir
 
 __all__ = ["start", "final_train", "evaluate_test", "export_models", "write_docs", "reproduce", "decide", "gate",
@@ -148,8 +149,8 @@ def _load_final(ctx: FinalizationContext, bundle: Any) -> torch.nn.Module:
     from trainkit.checkpoints import load_checkpoint
     from trainkit.models import build_model
 
-    model = build_model(ctx.config.model.name, bundle.input_shape, bundle.num_classes, ctx.config.model.kwargs,
-                        ctx.config.model.init)
+    m = ctx.config.model
+    model = build_model(m.name, bundle.input_shape, bundle.num_classes, m.kwargs, m.init)
     model.load_state_dict(load_checkpoint(ctx.path("checkpoints/best.pt"))["model"])
     return model.eval()
 
@@ -196,6 +197,7 @@ def evaluate_test(ctx: FinalizationContext, force: bool = False) -> dict[str, An
            "ece": ece, "reliability": bins, "noise_std": f.noise_std,
            "noisy_accuracy": float((noisy.argmax(1) == yt_).mean()), "predicted": pt.argmax(1).tolist()}
     rec["robustness_drop"] = rec["accuracy"] - rec["noisy_accuracy"]
+    rec["reference_recall"] = reference_recall(bundle, xt.numpy().reshape(len(yt_), *bundle.input_shape), yt_)
     metric = ctx.config.target.metric  # the target metric beside accuracy (the same numbers when it is accuracy)
     rec.update(metric=metric, score=score(metric, yt_, pt), score_ci=metric_interval(metric, yt_, pt, f.bootstrap, 0),
                val_score=score(metric, yv_, pv), val_score_ci=metric_interval(metric, yv_, pv, f.bootstrap, 1))
@@ -252,7 +254,7 @@ def _write_test_md(ctx: FinalizationContext, rec: dict[str, Any]) -> None:
          f"(drop {rec['robustness_drop'] * 100:.2f} points)", "",
          "| class | precision | recall | F1 | support |", "|---|---:|---:|---:|---:|"]
     L += [f"| {c['class']} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | {c['support']} |" for c in rec["per_class"]]
-    L += ["", "![confusion matrix](confusion.png)", "", "![reliability diagram](reliability.png)"]
+    L += recall_table(rec) + ["", "![confusion matrix](confusion.png)", "", "![reliability diagram](reliability.png)"]
     write_text_atomic(ctx.path("test_results.md"), "\n".join(L) + "\n")
 
 
@@ -467,18 +469,21 @@ def _earlier_gates(ctx: FinalizationContext) -> tuple[str, str]:
 
 def _disjoint(bundle: Any, overlap: int) -> tuple[str, str]:
     """No train/val sample has a test sample's content. In a table, what chance cannot explain
-    blocks (a shared ID; a shared whole record where records are otherwise unique); records that
-    repeat by chance (a few discrete columns) are reported, not blocked."""
+    blocks (a shared ID; more shared records than chance gives); records that repeat by chance (a
+    few discrete columns, or a handful: :func:`trainkit.data.tables.shared_records_verdict`) are
+    reported, not blocked."""
     table = bundle.source.table
     if table is not None:
-        from trainkit.data.tables import id_overlap
+        from trainkit.data.tables import id_overlap, shared_records_verdict
 
         ids = {c: n for c, n in id_overlap(table, bundle.splits).items() if n}
         if ids:
             return "fail", f"test rows share IDs with train/val rows: {ids} (the same entity in both)"
-        if overlap and bundle.source.duplicates_by_chance:
-            return "warn", (f"{overlap} train/val rows have the same values as a test row; this table's columns are "
-                            "discrete enough that equal records happen by chance (reported, not a leak)")
+        if overlap:
+            n = {k: len(v) for k, v in bundle.splits.items()}
+            ok, why = shared_records_verdict(table.frame, list(table.kinds), overlap, n["test"], n["train"] + n["val"],
+                                             bool(bundle.source.duplicates_by_chance))
+            return ("warn" if ok else "fail"), f"train/val and test: {why}"
     if overlap == 0:
         return "pass", "no train/val sample has a test sample's content"
     return "fail", f"{overlap} train/val samples share content with test samples"
@@ -520,7 +525,8 @@ def _results(ctx: FinalizationContext, train: dict[str, Any], test: dict[str, An
                              f"{t_s:.4f} [{tl:.4f}, {th:.4f}]: 95% bootstrap intervals "
                              + ("overlap" if overlap else "do not overlap (val was optimistic, or the splits differ)"))
     low = [c for c in test["per_class"] if c["recall"] < f.per_class_floor]
-    res["per_class_reported"] = ("fail", f"below the floor {f.per_class_floor}: {[c['class'] for c in low]}") if low else \
+    res["per_class_reported"] = ("fail", f"below the floor {f.per_class_floor}: {[c['class'] for c in low]}"
+                                 + floor_evidence(test, low)) if low else \
         ("pass", f"{len(test['per_class'])} classes reported; lowest recall {min(c['recall'] for c in test['per_class']):.3f}")
     res["calibration_measured"] = ("pass", f"ECE {test['ece']:.4f}") if math.isfinite(test.get("ece", float("nan"))) else \
         ("fail", "ECE not measured")

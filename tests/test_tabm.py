@@ -1,0 +1,126 @@
+"""TabM (``model.name: tabm``, trainkit/tabular.py): the table's default network. It builds from the
+``tabm`` and ``rtdl_num_embeddings`` packages, trains through the same fit() (each member on its own
+loss), exports to ONNX with parity, and on a tree-shaped table is within a point of boosted trees."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from trainkit.config import validate_config_dict
+from trainkit.errors import ModelError
+from trainkit.losses import as_logits, loss_of
+from trainkit.models import build_model
+from trainkit.tabular import TabMClassifier, equal_count_bins
+from trainkit.testing import tiny_config
+
+
+def test_a_table_with_no_model_section_gets_tabm_and_any_other_keeps_its_own():
+    table = {"data": {"source": "csv", "root": "t.csv", "label": "y"}}
+    assert validate_config_dict(table).model.name == "tabm"
+    assert validate_config_dict({"data": {"source": "parquet", "root": "t.parquet", "label": "y"}}).model.name == "tabm"
+    assert validate_config_dict({**table, "model": {"name": "mlp"}}).model.name == "mlp"
+    assert validate_config_dict({"data": {"source": "digits"}}).model.name == "mlp"
+    from trainkit.config import template_path
+
+    assert "tabm" in template_path().read_text()  # the template says so
+
+
+def test_tabm_trains_its_members_apart_and_predicts_their_mean():
+    torch.manual_seed(0)
+    m = build_model("tabm", (12,), 3, {"k": 4, "d_block": 32})
+    x, y = torch.randn(10, 12), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2, 0])
+    out = m.train()(x)
+    assert out.shape == (10, 4, 3)  # one set of logits per member
+    per_member = torch.stack([torch.nn.functional.cross_entropy(out[:, j], y) for j in range(4)]).mean()
+    assert loss_of(out, y).item() == pytest.approx(per_member.item(), rel=1e-5)
+    assert loss_of(out, y, reduction="sum").item() == pytest.approx(10 * per_member.item(), rel=1e-5)
+    m.eval()
+    with torch.no_grad():
+        members = m.net.output(m.net.backbone(m.net.ensemble_view(m.net.num_module(x).flatten(1))))
+        p = m(x).softmax(1)
+    assert torch.allclose(p, members.softmax(-1).mean(1), atol=1e-6)
+    assert torch.allclose(as_logits(members).softmax(1), p, atol=1e-6)
+
+
+def test_bin_edges_come_from_the_train_rows_and_every_column_gets_the_same_count():
+    x = torch.cat([torch.randn(500, 1) * 5 + 3, (torch.rand(500, 1) > 0.7).float(), torch.zeros(500, 1)], 1)
+    bins = equal_count_bins(x, 8)
+    assert [len(b) for b in bins] == [9, 9, 9]
+    assert all(bool((b.diff() > 0).all()) for b in bins)
+    assert float(bins[0][0]) == pytest.approx(float(x[:, 0].min())) and float(bins[0][-1]) == pytest.approx(float(x[:, 0].max()))
+    m = build_model("tabm", (3,), 2, {"k": 2, "d_block": 16, "n_bins": 8})
+    before = m.net.num_module.impl.weight.clone()
+    m.fit_data(x)
+    assert not torch.equal(before, m.net.num_module.impl.weight)  # the edges are buffers: checkpoints carry them
+    assert "net.num_module.impl.weight" in m.state_dict()
+
+
+def test_bad_tabm_kwargs_and_shapes_are_clear_errors():
+    with pytest.raises(ModelError, match="model.kwargs.k"):
+        build_model("tabm", (4,), 2, {"k": 0})
+    with pytest.raises(ModelError, match="embeddings"):
+        build_model("tabm", (4,), 2, {"embeddings": "fourier"})
+    with pytest.raises(ModelError, match="table rows"):
+        build_model("tabm", (1, 8, 8), 2)
+    with pytest.raises(ModelError, match="not accepted"):
+        build_model("tabm", (4,), 2, {"hidden": [8]})
+    assert isinstance(build_model("tabm", (4,), 2, {"embeddings": "periodic", "k": 2, "d_block": 8}), TabMClassifier)
+
+
+@pytest.mark.slow
+def test_tabm_fits_through_fit_and_exports_to_onnx_with_parity(tmp_path):
+    from trainkit.checkpoints import load_checkpoint
+    from trainkit.data import load_data
+    from trainkit.export import check_parity, export_onnx, export_torchscript
+    from trainkit.train import fit
+
+    cfg = tiny_config({"data.source": "trainkit.testing:tabular", "model.name": "tabm",
+                       "model.kwargs": {"k": 4, "d_block": 64}, "training.epochs": 4})
+    bundle = load_data(cfg)
+    r = fit(cfg, bundle, tmp_path / "fit", progress=False)
+    again = fit(cfg, bundle, None, progress=False)
+    assert r.status == "completed" and r.best["val_accuracy"] > 0.5
+    assert [h["val_loss"] for h in r.history] == [h["val_loss"] for h in again.history]  # same config + seed: same numbers
+    m = build_model("tabm", bundle.input_shape, bundle.num_classes, cfg.model.kwargs)
+    m.load_state_dict(load_checkpoint(r.paths["best"])["model"])
+    m.eval()
+    x, _ = bundle.arrays("val")
+    with torch.no_grad():
+        ref = m(x).numpy()
+    export_onnx(m, bundle.input_shape, tmp_path / "model.onnx")
+    export_torchscript(m, bundle.input_shape, tmp_path / "model.ts")
+    parity = check_parity(tmp_path, x.numpy(), ref)
+    assert parity["onnx"]["ok"] and parity["onnx"]["max_abs_diff"] < 1e-4, parity
+    assert parity["torchscript"]["ok"], parity
+
+
+@pytest.mark.slow
+def test_on_a_tree_shaped_table_tabm_is_within_a_point_of_boosted_trees(tmp_path):
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    from trainkit.checkpoints import load_checkpoint
+    from trainkit.data import load_data, normalize
+    from trainkit.testing import tree_table
+    from trainkit.train import fit
+
+    cfg = validate_config_dict({"data": {"source": "trainkit.testing:tree_table"}, "model": {"name": "tabm"},
+                                "training": {"epochs": 40, "patience": 8}})
+    bundle = load_data(cfg)
+    r = fit(cfg, bundle, tmp_path, progress=False)
+    x, y = tree_table()
+    idx = bundle.info["indices"]
+    fit_rows, test = np.r_[idx["train"], idx["val"]], np.asarray(idx["test"])
+    trees = HistGradientBoostingClassifier(random_state=0).fit(x[fit_rows], y[fit_rows])
+    trees_acc = float((trees.predict(x[test]) == y[test]).mean())
+    model = build_model("tabm", bundle.input_shape, 2)
+    model.load_state_dict(load_checkpoint(r.paths["best"])["model"])
+    model.eval()
+    with torch.no_grad():
+        pred = model(normalize(torch.as_tensor(x[test]), bundle.mean, bundle.std)).argmax(1).numpy()
+    tabm_acc = float((pred == y[test]).mean())
+    plain = fit(validate_config_dict({"data": {"source": "trainkit.testing:tree_table"}, "model": {"name": "mlp"},
+                                      "training": {"epochs": 40, "patience": 8}}), bundle, None, progress=False)
+    assert tabm_acc >= trees_acc - 0.01, (tabm_acc, trees_acc)
+    assert r.best["val_accuracy"] > plain.best["val_accuracy"] + 0.02  # what a plain MLP loses on such a table

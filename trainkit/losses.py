@@ -1,0 +1,44 @@
+"""The training loss of a model's output, one owner for every loop that trains (``fit()``, the
+probes' short fits, the recovery trials).
+
+A model's output is ``(B, C)`` logits, or, for an ensemble in training mode (TabM,
+:mod:`trainkit.tabular`), ``(B, k, C)``: one set of logits per member. An ensemble's members are
+trained each on its own loss (the mean over the members), not on their mean prediction (members
+that share one loss co-adapt and the ensemble gains little); :func:`as_logits` gives the
+ensemble's prediction, the log of the members' mean probabilities, which is what the model itself
+returns in eval mode (and so what is exported).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["loss_of", "as_logits"]
+
+
+def loss_of(out: torch.Tensor, y: torch.Tensor, *, reduction: str = "mean", weight: torch.Tensor | None = None,
+            label_smoothing: float = 0.0) -> torch.Tensor:
+    """Cross-entropy of ``out`` against ``y`` (``reduction`` mean or sum over the batch); an
+    ensemble's ``(B, k, C)`` output counts each sample once, as the mean of its members' losses."""
+    out = out.float()
+    if out.ndim != 3:
+        return F.cross_entropy(out, y, weight=weight, reduction=reduction, label_smoothing=label_smoothing)
+    k = out.shape[1]
+    per = F.cross_entropy(out.flatten(0, 1), y.repeat_interleave(k), weight=weight, reduction="none",
+                          label_smoothing=label_smoothing).view(-1, k).mean(1)
+    if reduction == "sum":
+        return per.sum()
+    if weight is not None:  # as F.cross_entropy's weighted mean: the sum over the samples' weights
+        return per.sum() / weight[y].sum().clamp_min(1e-12)
+    return per.mean()
+
+
+def as_logits(out: torch.Tensor) -> torch.Tensor:
+    """``(B, C)`` logits of an output: an ensemble's ``(B, k, C)`` becomes the log of its members'
+    mean probabilities (a softmax of it is that mean)."""
+    if out.ndim != 3:
+        return out
+    return torch.logsumexp(torch.log_softmax(out.float(), -1), dim=1) - math.log(out.shape[1])

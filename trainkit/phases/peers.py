@@ -1,0 +1,77 @@
+"""The reference models beside the final network at the production gate: a logistic regression and
+gradient-boosted trees (tables only), fitted on the train and val rows Phase 5's model saw and
+scored on the same test rows, class by class. When the per-class recall floor fails, the person
+signing sees whether any model does better on those classes (the floor stays)."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from typing import Any
+
+import numpy as np
+
+__all__ = ["reference_recall", "floor_evidence", "recall_table"]
+
+NAMES = {"logistic_regression": "logistic regression", "boosted_trees": "boosted trees"}
+MAX_ROWS = 20000  # the references' training rows at most (a seeded sample beyond)
+
+
+def reference_recall(bundle: Any, xt: np.ndarray, yt: np.ndarray, seed: int = 0) -> dict[str, Any]:
+    """Per-class test recall (and accuracy) of each reference, fitted on the train+val rows of a
+    table (``(N, F)`` inputs); ``{}`` for images and signals."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.linear_model import LogisticRegression
+
+    if xt.ndim != 2:
+        return {}
+    parts = [bundle.arrays(s) for s in ("train", "val")]
+    x = np.concatenate([p[0].numpy() for p in parts])
+    y = np.concatenate([p[1].numpy() for p in parts])
+    if len(x) > MAX_ROWS:
+        pick = np.random.default_rng(seed).choice(len(x), MAX_ROWS, replace=False)
+        x, y = x[pick], y[pick]
+    k = bundle.num_classes
+    support = np.bincount(yt, minlength=k)
+    out: dict[str, Any] = {}
+    for name, model in (("logistic_regression", LogisticRegression(max_iter=1000)),
+                        ("boosted_trees", HistGradientBoostingClassifier(random_state=seed))):
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pred = model.fit(x, y).predict(xt)
+        hits = np.bincount(yt[pred == yt], minlength=k)
+        out[name] = {"accuracy": float((pred == yt).mean()), "seconds": round(time.perf_counter() - t0, 2),
+                     "recall": [None if n == 0 else float(h / n) for h, n in zip(hits, support)]}
+    return out
+
+
+def floor_evidence(rec: dict[str, Any], low: list[dict[str, Any]]) -> str:
+    """What the references recall of the classes under the floor, for the gate's evidence."""
+    peers = rec.get("reference_recall") or {}
+    if not peers or not low:
+        return ""
+    names = [c["class"] for c in rec["per_class"]]
+    parts = []
+    for c in low:
+        k = names.index(c["class"])
+        best = max((p["recall"][k] or 0.0, n) for n, p in peers.items())
+        parts.append(f"{c['class']}: network {c['recall']:.3f}, best reference {best[0]:.3f} ({NAMES.get(best[1], best[1])})")
+    beaten = any(max(p["recall"][names.index(c["class"])] or 0.0 for p in peers.values()) > c["recall"] for c in low)
+    return ("; per-class test recall beside the references fitted on the same rows: " + "; ".join(parts)
+            + ("" if beaten else " (no reference does better on these classes)"))
+
+
+def recall_table(rec: dict[str, Any]) -> list[str]:
+    """Markdown rows: each class's test recall for the network and each reference."""
+    peers = rec.get("reference_recall") or {}
+    if not peers:
+        return []
+    head = " | ".join(NAMES.get(n, n) for n in peers)
+    rows = ["", "Per-class test recall beside the reference models (fitted on the same train+val rows):", "",
+            f"| class | network | {head} |", "|---|---:|" + "---:|" * len(peers)]
+    for k, c in enumerate(rec["per_class"]):
+        vals = " | ".join("—" if p["recall"][k] is None else f"{p['recall'][k]:.3f}" for p in peers.values())
+        rows.append(f"| {c['class']} | {c['recall']:.3f} | {vals} |")
+    acc = " | ".join(f"{p['accuracy']:.3f}" for p in peers.values())
+    return rows + [f"| (accuracy) | {rec['accuracy']:.3f} | {acc} |"]
