@@ -214,7 +214,7 @@ def test_imbalance_offers_class_weighting_and_a_balanced_sampler_that_lift_the_r
     from trainkit.diagnostics import gather_evidence, run_probes
 
     cfg = tiny_config({"data.source": T + "imbalanced_tabular", "model.kwargs": {"hidden": [8]}, "training.epochs": 10,
-                       "target.value": 0.999})
+                       "target.value": 0.999, "target.metric": "balanced_accuracy"})  # a metric that rewards the rare classes
     bundle = load_data(cfg)
     fit(cfg, bundle, tmp_path, progress=False)
     ev = gather_evidence(tmp_path, cfg)

@@ -98,6 +98,9 @@ def test_tabm_fits_through_fit_and_exports_to_onnx_with_parity(tmp_path):
 
 @pytest.mark.slow
 def test_on_a_tree_shaped_table_tabm_is_within_a_point_of_boosted_trees(tmp_path):
+    """Three tree-shaped tables of 4,000 rows (600 test rows each: one table's difference is about a
+    point of noise, so the claim is judged on the mean of three): TabM with its defaults, trained
+    by fit(), against boosted trees fitted on the same train+val rows, scored on the same test rows."""
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     from trainkit.checkpoints import load_checkpoint
@@ -105,22 +108,25 @@ def test_on_a_tree_shaped_table_tabm_is_within_a_point_of_boosted_trees(tmp_path
     from trainkit.testing import tree_table
     from trainkit.train import fit
 
-    cfg = validate_config_dict({"data": {"source": "trainkit.testing:tree_table"}, "model": {"name": "tabm"},
-                                "training": {"epochs": 40, "patience": 8}})
-    bundle = load_data(cfg)
-    r = fit(cfg, bundle, tmp_path, progress=False)
-    x, y = tree_table()
-    idx = bundle.info["indices"]
-    fit_rows, test = np.r_[idx["train"], idx["val"]], np.asarray(idx["test"])
-    trees = HistGradientBoostingClassifier(random_state=0).fit(x[fit_rows], y[fit_rows])
-    trees_acc = float((trees.predict(x[test]) == y[test]).mean())
-    model = build_model("tabm", bundle.input_shape, 2)
-    model.load_state_dict(load_checkpoint(r.paths["best"])["model"])
-    model.eval()
-    with torch.no_grad():
-        pred = model(normalize(torch.as_tensor(x[test]), bundle.mean, bundle.std)).argmax(1).numpy()
-    tabm_acc = float((pred == y[test]).mean())
-    plain = fit(validate_config_dict({"data": {"source": "trainkit.testing:tree_table"}, "model": {"name": "mlp"},
-                                      "training": {"epochs": 40, "patience": 8}}), bundle, None, progress=False)
-    assert tabm_acc >= trees_acc - 0.01, (tabm_acc, trees_acc)
-    assert r.best["val_accuracy"] > plain.best["val_accuracy"] + 0.02  # what a plain MLP loses on such a table
+    gaps, plain_gap = [], None
+    for seed in (0, 1, 2):
+        x, y = tree_table(seed=seed)
+        np.savez(tmp_path / f"t{seed}.npz", x=x, y=y)
+        data = {"source": "npz", "root": str(tmp_path / f"t{seed}.npz")}
+        cfg = validate_config_dict({"data": data, "model": {"name": "tabm"}, "training": {"epochs": 40, "patience": 8}})
+        bundle = load_data(cfg)
+        r = fit(cfg, bundle, tmp_path / f"fit{seed}", progress=False)
+        idx = bundle.info["indices"]
+        fit_rows, test = np.r_[idx["train"], idx["val"]], np.asarray(idx["test"])
+        trees = HistGradientBoostingClassifier(random_state=0).fit(x[fit_rows], y[fit_rows])
+        model = build_model("tabm", bundle.input_shape, 2)
+        model.load_state_dict(load_checkpoint(r.paths["best"])["model"])
+        with torch.no_grad():
+            pred = model.eval()(normalize(torch.as_tensor(x[test]), bundle.mean, bundle.std)).argmax(1).numpy()
+        gaps.append(float((trees.predict(x[test]) == y[test]).mean() - (pred == y[test]).mean()))
+        if seed == 0:  # what a plain MLP loses on such a table, on val
+            plain = fit(validate_config_dict({"data": data, "model": {"name": "mlp"}, "training": {"epochs": 40, "patience": 8}}),
+                        bundle, None, progress=False)
+            plain_gap = r.best["val_accuracy"] - plain.best["val_accuracy"]
+    assert float(np.mean(gaps)) <= 0.01, gaps
+    assert plain_gap > 0.02, plain_gap
