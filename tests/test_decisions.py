@@ -1,4 +1,4 @@
-"""Every row of the seed's decision table (DESIGN.md), through the pure functions of
+"""Every row of the seed's decision table (docs/design.md), through the pure functions of
 ``trainkit.decisions``, with the template's default thresholds."""
 
 from __future__ import annotations

@@ -151,3 +151,38 @@ def test_tabm_itself_behind_the_reference_gets_embedding_width_and_depth_moves()
     assert patches["ref_depth"]["model.kwargs"]["n_blocks"] == 3
     f = detect_reference_gap(_ev(0.85, 0.95, 1000, model="tabm", kwargs={}))
     assert [r.id for r in f.recommendations][0] == "ref_bins" and "ref_tabm" not in [r.id for r in f.recommendations]
+
+
+@pytest.mark.slow
+def test_a_churn_like_table_is_diagnosed_as_model_family_not_imbalance(tmp_path):
+    """Telecom churn's shape: ~6:1 classes, churn set by thresholds and an interaction. A small plain
+    MLP trails boosted trees on the same rows under an accuracy target; the diagnosis names the model
+    (family or capacity), never the imbalance the trees share, and its first move is architecture."""
+    import numpy as np
+
+    from trainkit.data import load_data
+    from trainkit.diagnostics import gather_evidence, run_probes
+    from trainkit.train import fit
+
+    rng = np.random.default_rng(4)
+    n = 3500
+    day, eve, calls = rng.normal(180, 54, n).clip(0), rng.normal(200, 50, n).clip(0), rng.poisson(1.5, n)
+    plan, vmail = rng.random(n) < 0.1, rng.random(n) < 0.27
+    y = (day > 264) | ((calls >= 4) & (day < 200)) | (plan & (rng.random(n) < 0.5)) | ((day + eve > 420) & ~vmail)
+    x = np.stack([day, eve, calls, plan, vmail, rng.normal(size=n)], 1).astype(np.float32)
+    np.savez(tmp_path / "churn.npz", x=x, y=y.astype(np.int64))
+    cfg = tiny_config({"data.source": "npz", "data.root": str(tmp_path / "churn.npz"), "model.kwargs": {"hidden": [16]},
+                       "training.epochs": 15, "target.value": 0.99})
+    bundle = load_data(cfg)
+    fit(cfg, bundle, tmp_path / "fit", progress=False)
+    ev = gather_evidence(tmp_path / "fit", cfg)
+    ev["probes"] = run_probes(cfg, bundle, ev, label_issues=False, echo=lambda _: None)
+    findings = detect_all(ev)
+    by = {f.name: f for f in findings}
+    assert ev["probes"]["data"]["imbalance_ratio"] >= 3  # the imbalance is there ...
+    assert by["reference_gap"].evidence["gap_points"] > by["reference_gap"].evidence["noise_points"]  # ... and the trees lead
+    primary = primary_cause(findings)
+    assert primary.name in ("reference_gap", "underfitting") and (primary.cause or primary.name) != "imbalance"
+    assert not (by["data_quality"].fired and by["data_quality"].strength > 0)
+    first = plan_recommendations(findings, ev)["selected"][0]
+    assert first["patch"].get("model.name") == "tabm", first

@@ -1,4 +1,4 @@
-"""The shape of the package, as DESIGN.md states it: imports flow one way (no cycle, imports inside
+"""The shape of the package, as docs/design.md states it: imports flow one way (no cycle, imports inside
 functions included), no module over 600 lines, ``_fit`` at most 60 lines and every other function
 at most 80, no ``type: ignore``, and the data layer knows no phase names."""
 
@@ -145,3 +145,19 @@ def test_every_name_in_all_exists(name):
     module = importlib.import_module(name)
     missing = [n for n in getattr(module, "__all__", []) if not hasattr(module, n)]
     assert missing == [], f"{name}.__all__ names what it does not define: {missing}"
+
+
+def test_every_document_the_code_and_tests_cite_exists():
+    """docs/design.md and the diagnostic guides: a citation in a module or a test names a file of this
+    repository (the design the repo carries, not one outside it)."""
+    import re
+
+    repo = ROOT.parent
+    cited: set[str] = set()
+    for p in [*ROOT.rglob("*.py"), *(repo / "tests").glob("*.py"), repo / "README.md"]:
+        cited |= set(re.findall(r"docs/[\w/.-]+\.md", p.read_text(encoding="utf-8")))
+    assert "docs/design.md" in cited
+    missing = sorted(c for c in cited if not (repo / c).is_file())
+    assert not missing, missing
+    text = " ".join(p.read_text(encoding="utf-8") for p in ROOT.rglob("*.py"))
+    assert "DESIGN.md" not in text  # the copy outside the repository is not cited

@@ -1,4 +1,4 @@
-"""The whole decision tree of DESIGN.md, as pure functions of numbers.
+"""The whole decision tree of docs/design.md, as pure functions of numbers.
 
 After Phase 2 (:func:`after_baseline`), 3 (:func:`after_diagnostics`), 4 (:func:`after_optimization`)
 and 5 (:func:`after_finalization`), and the budget's routing (:func:`route_over_budget`). Each
@@ -155,7 +155,7 @@ def after_diagnostics(*, expected_gain: float, fix: dict[str, Any] | None, needs
 def after_optimization(*, candidate_mean: float, best_mean: float, baseline_mean: float, significant: bool,
                        target: float, gains: Sequence[float], iteration: int, budget: Any,
                        rounds: int = 1) -> tuple[str, str, str]:
-    """Phase 4, in DESIGN.md's order: A target reached → Phase 5; C no improvement over the
+    """Phase 4, in docs/design.md's order: A target reached → Phase 5; C no improvement over the
     baseline → back to Phase 3 (Phase 5 once Phase 3 ran ``max_optimization_iterations`` rounds);
     D the last two iterations each gained < ``diminishing_points`` → Phase 5 with the best;
     B improved but short → next iteration, up to ``max_optimization_iterations`` (then Phase 5).
