@@ -155,7 +155,7 @@ def test_tabm_itself_behind_the_reference_gets_embedding_width_and_depth_moves()
 
 @pytest.mark.slow
 def test_a_churn_like_table_is_diagnosed_as_model_family_not_imbalance(tmp_path):
-    """Telecom churn's shape: ~6:1 classes, churn set by thresholds and an interaction. A small plain
+    """Telecom churn's shape: ~4.6:1 classes, churn set by thresholds and an interaction. A small plain
     MLP trails boosted trees on the same rows under an accuracy target; the diagnosis names the model
     (family or capacity), never the imbalance the trees share, and its first move is architecture."""
     import numpy as np
@@ -168,7 +168,7 @@ def test_a_churn_like_table_is_diagnosed_as_model_family_not_imbalance(tmp_path)
     n = 3500
     day, eve, calls = rng.normal(180, 54, n).clip(0), rng.normal(200, 50, n).clip(0), rng.poisson(1.5, n)
     plan, vmail = rng.random(n) < 0.1, rng.random(n) < 0.27
-    y = (day > 264) | ((calls >= 4) & (day < 200)) | (plan & (rng.random(n) < 0.5)) | ((day + eve > 420) & ~vmail)
+    y = (day > 270) | ((calls >= 4) & (day < 160)) | (plan & (rng.random(n) < 0.3)) | ((day + eve > 460) & ~vmail)  # 18%
     x = np.stack([day, eve, calls, plan, vmail, rng.normal(size=n)], 1).astype(np.float32)
     np.savez(tmp_path / "churn.npz", x=x, y=y.astype(np.int64))
     cfg = tiny_config({"data.source": "npz", "data.root": str(tmp_path / "churn.npz"), "model.kwargs": {"hidden": [16]},
@@ -186,3 +186,10 @@ def test_a_churn_like_table_is_diagnosed_as_model_family_not_imbalance(tmp_path)
     assert not (by["data_quality"].fired and by["data_quality"].strength > 0)
     first = plan_recommendations(findings, ev)["selected"][0]
     assert first["patch"].get("model.name") == "tabm", first
+
+
+def test_an_underfitting_tabm_is_offered_wider_blocks():
+    ev = _ev(0.60, 0.62, 1000, model="tabm", kwargs={"k": 8})
+    by = {f.name: f for f in detect_all(ev)}
+    cap = {r.id: r for r in by["underfitting"].recommendations}["capacity"]
+    assert by["underfitting"].fired and cap.patch == {"model.kwargs": {"k": 8, "d_block": 512}}

@@ -659,3 +659,21 @@ def test_the_production_gate_reports_a_chance_duplicate_instead_of_blocking(tmp_
     assert state == "warn" and "1 of" in why and "not a leak" in why
     state, why = _disjoint(b, 60)
     assert state == "fail" and "a leak" in why
+
+
+def test_a_failed_per_class_floor_shows_what_the_references_recall_of_those_classes():
+    from trainkit.phases.peers import floor_evidence, recall_table
+
+    rec = {"accuracy": 0.93, "per_class": [{"class": "sun", "recall": 0.97}, {"class": "snow", "recall": 0.20},
+                                            {"class": "fog", "recall": 0.30}],
+           "reference_recall": {"logistic_regression": {"accuracy": 0.90, "recall": [0.98, 0.0, 0.10]},
+                                "boosted_trees": {"accuracy": 0.92, "recall": [0.96, 0.15, 0.25]}}}
+    low = rec["per_class"][1:]
+    why = floor_evidence(rec, low)
+    assert "snow: network 0.200, best reference 0.150 (boosted trees)" in why
+    assert "fog: network 0.300, best reference 0.250" in why and "no reference does better" in why
+    rec["reference_recall"]["boosted_trees"]["recall"][1] = 0.60  # a model that does better on snow: no reassurance
+    assert "no reference does better" not in floor_evidence(rec, low)
+    rows = recall_table(rec)
+    assert "| snow | 0.200 | 0.000 | 0.600 |" in rows and rows[-1] == "| (accuracy) | 0.930 | 0.900 | 0.920 |"
+    assert floor_evidence({**rec, "reference_recall": {}}, low) == "" and recall_table({**rec, "reference_recall": {}}) == []

@@ -332,7 +332,10 @@ def plan_recommendations(findings: list[Finding], ev: dict[str, Any], lo: int = 
     gain in points, measured on this config): every one of them is dropped, a near-tie as much as a
     loss (had it won beyond the seed spread, it would have been adopted and the config would differ),
     so no iteration repeats a measured candidate set; a patch the config already holds is dropped. The fix of a
-    dominant bottleneck (``forced``) is always selected. The combined expected gain assumes the
+    dominant bottleneck (``forced``) is always selected. When a reference model leads beyond the
+    noise (the reference gap's ``leads``, whether it is the primary finding or a cause's symptom),
+    architecture moves (:func:`move_family`) rank first: the model family or its capacity is what
+    the reference shows to be short. The combined expected gain assumes the
     changes overlap: headroom × (1 − Π(1 − gain_i / headroom))."""
     tried: dict[str, float] = ev.get("tried") or {}
     by_id: dict[str, Recommendation] = {}
@@ -356,7 +359,9 @@ def plan_recommendations(findings: list[Finding], ev: dict[str, Any], lo: int = 
             if g.id not in have and not (set(g.patch) & patched) and not patch_already_in(cfg, g.patch) \
                     and sum(r.kind == "accuracy" for r in actionable) < lo:
                 actionable.append(g)
-    ranked = sorted(actionable, key=lambda r: (not r.forced, -r.score, r.effort, r.id))
+    leads = any(f.name == "reference_gap" and f.evidence.get("leads") for f in findings)
+    ranked = sorted(actionable, key=lambda r: (not r.forced, not (leads and move_family(r.patch or {}) == "architecture"),
+                                               -r.score, r.effort, r.id))
     selected = ranked[:hi]
     headroom = _headroom_points(ev)
     keep = 1.0

@@ -127,6 +127,11 @@ def detect_underfitting(evidence: dict[str, Any]) -> Finding:
         f.recommendations.append(_recommend("underfitting", "capacity", f"Bigger MLP: hidden {hidden}",
                                       {"model.kwargs": {**kw, "hidden": hidden}}, "more capacity to fit the training set",
                                       0.3 * need, 1, current_hidden=kw.get("hidden", [128])))
+    elif cfg["model"]["name"] == "tabm" and int(kw.get("d_block", 256)) < 1024:
+        width = int(kw.get("d_block", 256))
+        f.recommendations.append(_recommend("underfitting", "capacity", f"Wider TabM blocks: {width} → {2 * width}",
+                                      {"model.kwargs": {**kw, "d_block": 2 * width}}, "more capacity to fit the training set",
+                                      0.3 * need, 1, current_width=width))
     elif cfg["model"]["name"] in ("cnn", "cnn1d"):
         ch = [min(512, 2 * c) for c in kw.get("channels", [32, 64])]
         f.recommendations.append(_recommend("underfitting", "capacity", f"Wider {cfg['model']['name']}: channels {ch}",

@@ -384,8 +384,10 @@ def data_probe(bundle: DataBundle, near_threshold: float = 0.995, max_rows: int 
         out["features"] = int(xt.shape[1])
         out["non_finite_values"] = int((~torch.isfinite(xt)).sum())
         out["constant_features"] = int((xt.std(0) == 0).sum())
-        out["near_duplicates_train_val"] = 0 if bundle.source.duplicates_by_chance else \
-            _near_duplicates(bundle, near_threshold, max_rows)
+        # a table's records are compared whole, by their content hashes, above: rows that are merely close
+        # (the same categories, near numbers) are neighbours, different customers, not copies
+        out["near_duplicates_train_val"] = 0 if bundle.source.duplicates_by_chance or getattr(bundle.source, "table", None) \
+            is not None else _near_duplicates(bundle, near_threshold, max_rows)
     table = getattr(bundle.source, "table", None)
     if table is not None:  # by column name, on train and val only
         tr, va = np.asarray(bundle.splits["train"]), np.asarray(bundle.splits["val"])

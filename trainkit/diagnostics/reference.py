@@ -43,7 +43,8 @@ def detect_reference_gap(evidence: dict[str, Any]) -> Finding:
     noise = max(seeds, luck)
     numbers = {"reference": top_name, "reference_val_score": round(top, 4), "network_val_score": round(net, 4),
                "gap_points": round(gap, 2), "noise_points": round(noise, 2), "seed_noise_points": round(seeds, 2),
-               "sampling_points": round(luck, 2), "val_rows": ref.get("val_rows"), "metric": ref.get("metric", "accuracy")}
+               "sampling_points": round(luck, 2), "val_rows": ref.get("val_rows"), "metric": ref.get("metric", "accuracy"),
+               "leads": bool(gap > noise and _gap_to_target(evidence) > 0)}  # architecture moves first (plan_recommendations)
     if gap > noise and _gap_to_target(evidence) <= 0:
         return Finding("reference_gap", False, 0.0, f"the {NAMES.get(top_name, top_name)} is {gap:.1f} points ahead, but the "
                        "target is met: headroom, not a shortfall", numbers, {"min_noise_points": THRESHOLDS["min_noise_points"]})

@@ -322,8 +322,9 @@ def decide(ctx: DiagnosticsContext, result: dict[str, Any]) -> dict[str, Any]:
     patch, prov = combine_patches(fix_recs) if fix_recs else ({}, [])
     restarts_left = _restarts_left(ctx)
     strong = None
-    if result["primary"] and result["strength"] >= THRESHOLDS["strong_strength"] and plan["selected"] \
-            and plan["gap_to_target_points"] > 0:
+    # strong evidence overrules a low gain estimate only when Phase 4 can act on it: a move of its own is selected
+    if result["primary"] and result["strength"] >= THRESHOLDS["strong_strength"] and plan["gap_to_target_points"] > 0 \
+            and any(r.get("finding") == result["primary"] for r in plan["selected"]):
         strong = f"{result['cause']} (strength {result['strength']:.1f})"
     option, nxt, reason = after_diagnostics(expected_gain=plan["expected_gain_points"], fix=patch or None,
                                             needs_fix=needs_fix, manual_fix=manual, restarts_left=restarts_left,
