@@ -18,6 +18,7 @@ from typing import Any, Callable
 from torch import nn
 
 from trainkit.errors import ModelError
+from trainkit.tabular import tabm  # the tabm and rtdl_num_embeddings packages load when a TabM is built
 
 __all__ = ["build_model", "build_for", "register_model", "model_summary", "reinitialize", "MODELS", "family_for"]
 
@@ -111,13 +112,6 @@ def resnet18(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     return m
 
 
-def tabm(input_shape: tuple[int, ...], num_classes: int, **kwargs: Any) -> nn.Module:
-    """TabM (:mod:`trainkit.tabular`), imported when it is built."""
-    from trainkit.tabular import tabm as build
-
-    return build(input_shape, num_classes, **kwargs)
-
-
 MODELS: dict[str, Callable[..., nn.Module]] = {"tabm": tabm, "mlp": mlp, "cnn": cnn, "cnn1d": cnn1d, "resnet18": resnet18}
 
 
@@ -151,15 +145,6 @@ def _resolve(name: str) -> Callable[..., nn.Module]:
     raise ModelError(f"model.name: unknown model {name!r}; valid: {', '.join(sorted(MODELS))} or 'package.module:function'")
 
 
-def _signature_of(name: str, builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    """The function whose keyword arguments ``model.kwargs`` are checked against."""
-    if builder is tabm:
-        from trainkit.tabular import tabm as real
-
-        return real
-    return builder
-
-
 FIT_DATA_ROWS = 20000  # rows of train a data-aware model (TabM's bin edges) sees before it trains
 
 
@@ -181,7 +166,7 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, kwarg
     ``init="kaiming"`` re-initialises it (:func:`reinitialize`)."""
     builder = _resolve(name)
     kwargs = dict(kwargs or {})
-    params = inspect.signature(_signature_of(name, builder)).parameters
+    params = inspect.signature(builder).parameters
     extra = {"input_shape": tuple(input_shape), "num_classes": num_classes}
     accepts_any = any(p.kind == p.VAR_KEYWORD for p in params.values())
     call = {k: v for k, v in extra.items() if k in params or accepts_any}
