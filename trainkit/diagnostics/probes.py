@@ -19,6 +19,7 @@ from torch import nn
 from trainkit.config import TrainkitConfig, with_overrides
 from trainkit.data import DataBundle
 from trainkit.diagnostics._fits import _model, _short_train, sample
+from trainkit.diagnostics.reference import class_recall, reference_predictions
 from trainkit.losses import loss_of
 from trainkit.metrics import row_score, score
 from trainkit.train import fit, make_optimizer, resolve_device
@@ -548,11 +549,6 @@ def reference_probe(bundle: DataBundle, network_val: float | None, metric: str =
     (``(N, F)`` inputs) scikit-learn's gradient-boosted trees. For images and signals the logistic
     regression on the flattened inputs is the floor. ``network_val`` is the network's best val
     value of the same metric; ``gap_points`` is how far the best reference is above it."""
-    import warnings
-
-    from sklearn.ensemble import HistGradientBoostingClassifier
-    from sklearn.linear_model import LogisticRegression
-
     x, y = bundle.arrays("train")
     xv, yv = bundle.arrays("val")
     tabular = x.ndim == 2
@@ -562,24 +558,12 @@ def reference_probe(bundle: DataBundle, network_val: float | None, metric: str =
         x, y = x[pick], y[pick]
     xa, ya = x.reshape(len(x), -1).numpy(), y.numpy()
     xb, yb = xv.reshape(len(xv), -1).numpy(), yv.numpy()
-    models: dict[str, Any] = {"logistic_regression": LogisticRegression(max_iter=1000)}
-    if tabular:
-        models["boosted_trees"] = HistGradientBoostingClassifier(random_state=seed)
     out: dict[str, Any] = {"rows": int(len(xa)), "of_rows": int(len(bundle.splits["train"])), "val_rows": int(len(yb)),
                            "metric": metric, "models": {}}
-    for name, model in models.items():
-        t0 = time.perf_counter()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # convergence warnings: the score says how well it did
-            model.fit(xa, ya)
-            probs = np.zeros((len(xb), bundle.num_classes))
-            probs[:, model.classes_] = model.predict_proba(xb)  # a class absent from the train sample keeps 0
-        pred = probs.argmax(1)
-        support = np.bincount(yb, minlength=bundle.num_classes)
-        hits = np.bincount(yb[pred == yb], minlength=bundle.num_classes)
-        out["models"][name] = {"val_accuracy": float((pred == yb).mean()), "val_score": score(metric, yb, probs),
-                               "val_recall": [None if n == 0 else round(float(h / n), 4) for h, n in zip(hits, support)],
-                               "seconds": round(time.perf_counter() - t0, 3)}
+    for name, probs, seconds in reference_predictions(xa, ya, xb, bundle.num_classes, tabular, seed):
+        recall = class_recall(yb, probs.argmax(1), bundle.num_classes)
+        out["models"][name] = {"val_accuracy": float((probs.argmax(1) == yb).mean()), "val_score": score(metric, yb, probs),
+                               "val_recall": [None if r is None else round(r, 4) for r in recall], "seconds": seconds}
     best = max(out["models"], key=lambda k: out["models"][k]["val_score"])
     top = out["models"][best]["val_score"]
     out.update(best=best, best_val_score=top, best_val_accuracy=out["models"][best]["val_accuracy"],

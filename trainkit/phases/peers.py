@@ -5,8 +5,6 @@ signing sees whether any model does better on those classes (the floor stays).""
 
 from __future__ import annotations
 
-import time
-import warnings
 from typing import Any
 
 import numpy as np
@@ -18,10 +16,10 @@ MAX_ROWS = 20000  # the references' training rows at most (a seeded sample beyon
 
 
 def reference_recall(bundle: Any, xt: np.ndarray, yt: np.ndarray, seed: int = 0) -> dict[str, Any]:
-    """Per-class test recall (and accuracy) of each reference, fitted on the train+val rows of a
+    """Per-class test recall (and accuracy) of each reference
+    (:func:`trainkit.diagnostics.reference.reference_predictions`), fitted on the train+val rows of a
     table (``(N, F)`` inputs); ``{}`` for images and signals."""
-    from sklearn.ensemble import HistGradientBoostingClassifier
-    from sklearn.linear_model import LogisticRegression
+    from trainkit.diagnostics.reference import class_recall, reference_predictions
 
     if xt.ndim != 2:
         return {}
@@ -31,18 +29,11 @@ def reference_recall(bundle: Any, xt: np.ndarray, yt: np.ndarray, seed: int = 0)
     if len(x) > MAX_ROWS:
         pick = np.random.default_rng(seed).choice(len(x), MAX_ROWS, replace=False)
         x, y = x[pick], y[pick]
-    k = bundle.num_classes
-    support = np.bincount(yt, minlength=k)
     out: dict[str, Any] = {}
-    for name, model in (("logistic_regression", LogisticRegression(max_iter=1000)),
-                        ("boosted_trees", HistGradientBoostingClassifier(random_state=seed))):
-        t0 = time.perf_counter()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            pred = model.fit(x, y).predict(xt)
-        hits = np.bincount(yt[pred == yt], minlength=k)
-        out[name] = {"accuracy": float((pred == yt).mean()), "seconds": round(time.perf_counter() - t0, 2),
-                     "recall": [None if n == 0 else float(h / n) for h, n in zip(hits, support)]}
+    for name, probs, seconds in reference_predictions(x, y, xt, bundle.num_classes, True, seed):
+        pred = probs.argmax(1)
+        out[name] = {"accuracy": float((pred == yt).mean()), "seconds": seconds,
+                     "recall": class_recall(yt, pred, bundle.num_classes)}
     return out
 
 
