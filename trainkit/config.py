@@ -187,7 +187,6 @@ class TrainkitConfig(_Section):
         return raw
 
 
-
 def _model_at(loc: tuple) -> type[BaseModel] | None:
     """The pydantic model class that owns the field at ``loc`` (None if not a model)."""
     model: Any = TrainkitConfig

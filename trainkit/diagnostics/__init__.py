@@ -270,7 +270,7 @@ def _longer(ev: dict[str, Any], need: float) -> Recommendation:
         "accuracy", "generic")
 
 
-FAMILIES = (("model.name", "architecture"), ("model.", "architecture"), ("optimizer.", "optimization"),
+FAMILIES = (("model.", "architecture"), ("optimizer.", "optimization"),
             ("schedule.", "optimization"), ("training.epochs", "length"), ("training.patience", "length"),
             ("data.exclude", "data"), ("data.", "sampling"), ("training.class_weighting", "sampling"),
             ("training.label_smoothing", "regularization"), ("training.grad_clip", "optimization"))

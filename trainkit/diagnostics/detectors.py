@@ -15,11 +15,11 @@ import re
 from typing import Any, Callable
 
 from trainkit.diagnostics.data_quality import detect_data_quality
-from trainkit.diagnostics.reference import detect_reference_gap
+from trainkit.diagnostics.reference import NAMES, detect_reference_gap
 from trainkit.diagnostics.findings import (INFRA_STRENGTH, STANDARD_LR, THRESHOLDS, Finding, Recommendation, _dropout_rec, _family_recs,
                                            _gap_to_target, _headroom, _is_image, _label_noise, _learned, _noise_points,
                                            _quiet, _recommend, _seed_probe_converged, _smoothing_rec, _suggested_lr,
-                                           _thresholds)
+                                           _tabm_wider_rec, _thresholds)
 
 __all__ = ["Finding", "Recommendation", "THRESHOLDS", "DETECTORS", "detect_all", "classify_crash"]
 
@@ -127,11 +127,8 @@ def detect_underfitting(evidence: dict[str, Any]) -> Finding:
         f.recommendations.append(_recommend("underfitting", "capacity", f"Bigger MLP: hidden {hidden}",
                                       {"model.kwargs": {**kw, "hidden": hidden}}, "more capacity to fit the training set",
                                       0.3 * need, 1, current_hidden=kw.get("hidden", [128])))
-    elif cfg["model"]["name"] == "tabm" and int(kw.get("d_block", 256)) < 1024:
-        width = int(kw.get("d_block", 256))
-        f.recommendations.append(_recommend("underfitting", "capacity", f"Wider TabM blocks: {width} → {2 * width}",
-                                      {"model.kwargs": {**kw, "d_block": 2 * width}}, "more capacity to fit the training set",
-                                      0.3 * need, 1, current_width=width))
+    elif cfg["model"]["name"] == "tabm":
+        f.recommendations += _tabm_wider_rec("underfitting", "capacity", kw, "more capacity to fit the training set", 0.3 * need)
     elif cfg["model"]["name"] in ("cnn", "cnn1d"):
         ch = [min(512, 2 * c) for c in kw.get("channels", [32, 64])]
         f.recommendations.append(_recommend("underfitting", "capacity", f"Wider {cfg['model']['name']}: channels {ch}",
@@ -412,7 +409,8 @@ def detect_all(evidence: dict[str, Any]) -> list[Finding]:
                              f.evidence, f.thresholds)
         elif ref is not None and shared_with_reference(f):
             f.evidence = {**f.evidence, "shared_with_reference": True, "strength_before_control": round(f.strength, 3)}
-            f.summary += (f"; the {ref.evidence['reference'].replace('_', ' ')} is fitted on the same rows and is still "
+            top = ref.evidence["reference"]
+            f.summary += (f"; the {NAMES.get(top, top)} is fitted on the same rows and is still "
                           f"{ref.evidence['gap_points']:.1f} points ahead, so this does not explain the gap")
             f.strength = 0.0
     return out

@@ -184,6 +184,23 @@ def _smoothing_rec(finding: str, cfg: dict[str, Any], why: str, gain: float) -> 
     return [_recommend(finding, "label_smoothing", "Label smoothing 0.1", {"training.label_smoothing": 0.1}, why, gain, 1)]
 
 
+TABM_TITLE = "TabM (an efficient ensemble of MLPs with piecewise-linear embeddings of the inputs)"
+
+
+def _tabm_rec(finding: str, rid: str, why: str, gain: float, **numbers: Any) -> Recommendation:
+    """The move to the tabular family: TabM with its defaults."""
+    return _recommend(finding, rid, TABM_TITLE, {"model.name": "tabm", "model.kwargs": {}}, why, gain, 1, **numbers)
+
+
+def _tabm_wider_rec(finding: str, rid: str, kw: dict[str, Any], why: str, gain: float) -> list[Recommendation]:
+    """TabM's blocks twice as wide (``d_block``, up to 1024); none when they are that wide already."""
+    width = int(kw.get("d_block", 256))
+    if width >= 1024:
+        return []
+    return [_recommend(finding, rid, f"Wider TabM blocks: {width} → {2 * width}", {"model.kwargs": {**kw, "d_block": 2 * width}},
+                       why, gain, 1, current_width=width)]
+
+
 def _family_recs(finding: str, evidence: dict[str, Any], gain: float) -> list[Recommendation]:
     """Model-family moves: a built-in MLP on table rows → TabM; on images or signals → the matching
     conv net; a user's own model → advice saying what to change (no patch can rewrite their code)."""
@@ -192,10 +209,9 @@ def _family_recs(finding: str, evidence: dict[str, Any], gain: float) -> list[Re
     cfg, shape = evidence["config"], evidence.get("input_shape") or []
     fam = family_for(shape)
     if fam is None and len(shape) == 1 and cfg["model"]["name"] == "mlp":  # table rows: the tabular family
-        return [_recommend(finding, "model_family", "TabM (an efficient ensemble of MLPs with piecewise-linear "
-                           "embeddings of the inputs)", {"model.name": "tabm", "model.kwargs": {}},
-                           "a plain MLP fits thresholds and interactions poorly; TabM's embeddings and ensemble are "
-                           "the tabular family that holds its own against boosted trees", gain, 1, input_shape=list(shape))]
+        return [_tabm_rec(finding, "model_family", "a plain MLP fits thresholds and interactions poorly; TabM's embeddings "
+                          "and ensemble are the tabular family that holds its own against boosted trees", gain,
+                          input_shape=list(shape))]
     if fam is None:
         return []
     name = cfg["model"]["name"]

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from trainkit.diagnostics.findings import (STANDARD_LR, THRESHOLDS, Finding, Recommendation, _dropout_rec, _learned,
-                                           _gap_to_target, _noise_points, _quiet, _recommend, _seed_probe_converged,
+from trainkit.diagnostics.findings import (STANDARD_LR, THRESHOLDS, Finding, Recommendation, _dropout_rec, _learned, _tabm_rec,
+                                           _tabm_wider_rec, _gap_to_target, _noise_points, _quiet, _recommend, _seed_probe_converged,
                                            best_score)
 
 __all__ = ["detect_reference_gap", "sampling_points", "reference_predictions", "class_recall"]
@@ -141,11 +141,9 @@ def _architecture_moves(name: str, kw: dict[str, Any], gap: float, evidence: dic
     """The first moves against a reference that wins: the tabular family (TabM, for a table whose
     network is something else) or, for TabM itself, numeric embeddings, width and depth."""
     shape = evidence.get("input_shape") or []
-    if name not in ("tabm",) and len(shape) == 1 and ":" not in name:
-        return [_recommend("reference_gap", "ref_tabm", "TabM (an efficient ensemble of MLPs with piecewise-linear "
-                           "embeddings of the inputs)", {"model.name": "tabm", "model.kwargs": {}},
-                           "piecewise-linear embeddings represent thresholds and the ensemble averages out a single "
-                           "network's variance: the structure boosted trees find", 0.6 * gap, 1, current=name)]
+    if name != "tabm" and len(shape) == 1 and ":" not in name:
+        return [_tabm_rec("reference_gap", "ref_tabm", "piecewise-linear embeddings represent thresholds and the ensemble "
+                          "averages out a single network's variance: the structure boosted trees find", 0.6 * gap, current=name)]
     if name != "tabm":
         return []
     out = []
@@ -159,11 +157,7 @@ def _architecture_moves(name: str, kw: dict[str, Any], gap: float, evidence: dic
         out.append(_recommend("reference_gap", "ref_bins", f"Finer embeddings: {kw.get('n_bins', 16)} → {bins} bins",
                               {"model.kwargs": {**kw, "n_bins": bins}},
                               "finer bins place a threshold closer to where the trees put it", 0.25 * gap, 1))
-    width = int(kw.get("d_block", 256))
-    if width < 1024:
-        out.append(_recommend("reference_gap", "ref_width", f"Wider TabM blocks: {width} → {2 * width}",
-                              {"model.kwargs": {**kw, "d_block": 2 * width}},
-                              "more units per block hold more interactions", 0.3 * gap, 1))
+    out += _tabm_wider_rec("reference_gap", "ref_width", kw, "more units per block hold more interactions", 0.3 * gap)
     depth = int(kw.get("n_blocks", 2))
     if depth < 4:
         out.append(_recommend("reference_gap", "ref_depth", f"Deeper TabM: {depth} → {depth + 1} blocks",

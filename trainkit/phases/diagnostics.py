@@ -285,7 +285,7 @@ def _stale_families(ctx: DiagnosticsContext, plan: dict[str, Any]) -> tuple[list
     """(families this round proposes, families the last Phase 4 iteration measured) when that
     iteration adopted nothing; None otherwise. A move's family is what its patch changes
     (:func:`trainkit.diagnostics.move_family`)."""
-    if not getattr(ctx, "after_idle_iteration", False) or ctx.attempt < 2:
+    if not ctx.after_idle_iteration or ctx.attempt < 2:
         return None
     from trainkit.diagnostics import move_family
     from trainkit.run import COMPARISON

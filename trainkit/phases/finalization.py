@@ -197,7 +197,7 @@ def evaluate_test(ctx: FinalizationContext, force: bool = False) -> dict[str, An
            "ece": ece, "reliability": bins, "noise_std": f.noise_std,
            "noisy_accuracy": float((noisy.argmax(1) == yt_).mean()), "predicted": pt.argmax(1).tolist()}
     rec["robustness_drop"] = rec["accuracy"] - rec["noisy_accuracy"]
-    rec["reference_recall"] = reference_recall(bundle, xt.numpy().reshape(len(yt_), *bundle.input_shape), yt_)
+    rec["reference_recall"] = reference_recall(bundle, xt.numpy(), yt_)
     metric = ctx.config.target.metric  # the target metric beside accuracy (the same numbers when it is accuracy)
     rec.update(metric=metric, score=score(metric, yt_, pt), score_ci=metric_interval(metric, yt_, pt, f.bootstrap, 0),
                val_score=score(metric, yv_, pv), val_score_ci=metric_interval(metric, yv_, pv, f.bootstrap, 1))
