@@ -357,7 +357,7 @@ def test_phase1_shows_the_columns_and_the_class_balance(table_run):
     cols = json.loads((run / "01_planning" / "columns.json").read_text())
     by = {c["column"]: c for c in cols["columns"]}
     assert by["plan"]["kind"] == "categorical" and 0 < by["age"]["missing"] < 0.2 and by["customer_id"]["kind"] == "excluded"
-    assert by["plan"]["label_accuracy"] > by["paperless"]["label_accuracy"]  # plan drives churn in this table
+    assert by["plan"]["label_score"] > by["paperless"]["label_score"]  # plan drives churn in this table
     gate = json.loads((run / "01_planning" / "gate.json").read_text())
     assert "01_planning/preprocess.json" in gate["artifacts"]
     assert {c["id"]: c["status"] for c in gate["checks"]}["no_leaky_column"] == "pass"
@@ -581,10 +581,10 @@ def test_a_column_that_gives_the_label_away_is_named_a_possible_leak(churn_csv):
     b = load_data(_cfg(churn_csv))  # the quarantine closed, as in Phases 1-4: the test rows are blank
     rows = {r["column"]: r for r in b.source.table.overview_of(b.splits["train"], b.split_labels("train").numpy(),
                                                                b.splits["val"], b.split_labels("val").numpy())}
-    assert rows["refund_issued"]["possible_leak"] and rows["refund_issued"]["label_accuracy"] == 1.0
-    assert rows["refund_amount"]["possible_leak"] and rows["refund_amount"]["label_accuracy"] >= 0.99
+    assert rows["refund_issued"]["possible_leak"] and rows["refund_issued"]["label_score"] == 1.0
+    assert rows["refund_amount"]["possible_leak"] and rows["refund_amount"]["label_score"] >= 0.99
     assert not rows["noise"]["possible_leak"] and not rows["plan"]["possible_leak"]
-    assert rows["noise"]["label_accuracy"] < 0.85
+    assert rows["noise"]["label_score"] < 0.85
 
 
 def test_table_problems_are_named_by_column_and_a_clean_table_has_none(tmp_path, churn_csv):

@@ -101,6 +101,8 @@ class TrainingConfig(_Section):
     seed: int = Field(0, ge=0, description="seed for python, numpy, torch and workers (integer)")
     deterministic: bool = Field(True, description="deterministic algorithms, cuDNN flags, CUBLAS workspace")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy label smoothing (fraction 0-1)")
+    regression_loss: Literal["mse", "huber"] = Field("mse", description="a regression's training loss on the standardized "
+                                                     "label: mse, or huber (δ 1 standard deviation: robust to outliers)")
     class_weighting: Literal["none", "balanced"] = Field("none", description="balanced = cross-entropy weights N / (K * n_class) "
                                                           "from the training split's class counts")
     nan_guard: bool = Field(True, description="stop where loss or gradient becomes non-finite (the step that went bad is reported)")
@@ -111,11 +113,32 @@ class TrainingConfig(_Section):
 
 
 class TargetConfig(_Section):
-    metric: Literal["accuracy", "balanced_accuracy", "macro_f1", "roc_auc"] = Field(
+    metric: Literal["accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "rmse", "mae", "r2"] = Field(
         "accuracy", description="validation metric every decision compares (early stopping, Phase 2 A/B, Phase 4 adoption, "
-        "the production gate's target, the test interval); accuracy is always reported beside it. roc_auc is for two "
-        "classes only")
-    value: float = Field(0.95, ge=0, le=1, description="target value of the validation metric (fraction 0-1)")
+        "the production gate's target, the test interval); accuracy is always reported beside a class metric. roc_auc is "
+        "for two classes only. rmse | mae | r2 make the run a regression (the label is a number; rmse and mae are lower "
+        "is better, in the label's units)")
+    value: float = Field(0.95, description="target value of the validation metric (a fraction 0-1 for accuracy, "
+                         "balanced_accuracy, macro_f1, roc_auc and r2; the label's units for rmse and mae)")
+
+    @model_validator(mode="after")
+    def _value_suits_the_metric(self) -> "TargetConfig":
+        if self.metric in ("rmse", "mae"):
+            if "value" not in self.model_fields_set:
+                raise ValueError(f"target.value: a {self.metric} target needs its value, in the label's units (the error "
+                                 "to reach, e.g. value: 2.5); there is no default for an error")
+            if self.value <= 0:
+                raise ValueError(f"target.value: {self.metric} is an error (lower is better, 0 is perfect); give a "
+                                 f"positive value in the label's units, got {self.value}")
+        elif not (self.value <= 1 and (self.value >= 0 or self.metric == "r2")):
+            raise ValueError(f"target.value: {self.metric} is a fraction; give a value of at most 1 "
+                             f"({'r2 may be negative' if self.metric == 'r2' else 'between 0 and 1'}), got {self.value}")
+        return self
+
+    @property
+    def regression(self) -> bool:
+        """Whether this target makes the run a regression (rmse, mae or r2)."""
+        return self.metric in ("rmse", "mae", "r2")
 
 
 class BudgetConfig(_Section):
@@ -175,6 +198,16 @@ class TrainkitConfig(_Section):
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     final: FinalConfig = Field(default_factory=FinalConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @model_validator(mode="after")
+    def _a_regression_has_no_classes(self) -> "TrainkitConfig":
+        if self.target.regression:
+            for field, value, default in (("training.class_weighting", self.training.class_weighting, "none"),
+                                          ("data.sampler", self.data.sampler, "shuffle")):
+                if value != default:
+                    raise ValueError(f"{field}: {value!r} balances classes, and target.metric {self.target.metric} makes "
+                                     f"this run a regression (no classes); set {field}: {default}")
+        return self
 
     @model_validator(mode="before")
     @classmethod

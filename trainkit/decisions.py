@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
-from trainkit.metrics import LABELS, row_score
+from trainkit.metrics import LABELS, best_of, better, higher_is_better, is_regression, reaches, row_score
 from trainkit.run import Phase
 
 __all__ = ["after_planning", "learned", "learning_verdict", "after_baseline", "after_diagnostics", "after_optimization", "after_finalization",
@@ -35,7 +35,7 @@ def learned(init_loss: float, history: Sequence[dict[str, Any]], chance: float,
 
 
 def learning_verdict(init_loss: float, history: Sequence[dict[str, Any]], chance: float,
-                     metric: str = "accuracy", prior: float | None = None) -> tuple[str, str]:
+                     metric: str = "accuracy", prior: float | None = None, noise: float | None = None) -> tuple[str, str]:
     """``"learned"``, ``"inconclusive"`` or ``"failed"``, judged by the loss and the val metric
     together. Learned: the final train loss fell well (≥ 10%) below the loss at init and the best
     val metric (``val_score``, the target metric) beats what the majority predictor scores
@@ -50,9 +50,14 @@ def learning_verdict(init_loss: float, history: Sequence[dict[str, Any]], chance
     not by the margin: the model has learned the class prior and perhaps a little more, which a
     weak signal or a slow start cannot tell apart from nothing. That is not a failed baseline (the
     safe route is to diagnose and optimize, not to spend a restart on a guess). Failed: anything
-    else (the loss did not fall, or val is no better than a constant)."""
+    else (the loss did not fall, or val is no better than a constant).
+
+    A regression (:func:`_regression_verdict`): ``chance`` is what predicting the train mean scores
+    on val (r2: 0), ``noise`` the bootstrap spread of a val score."""
     if not history:
         return "failed", "no completed epoch"
+    if is_regression(metric):
+        return _regression_verdict(init_loss, history, chance, metric, noise or 0.0)
     final = history[-1]["train_loss"]
     best = max(row_score(h) for h in history)
     losses = [h["val_loss"] for h in history if h.get("val_loss") is not None and math.isfinite(h["val_loss"])]
@@ -66,6 +71,24 @@ def learning_verdict(init_loss: float, history: Sequence[dict[str, Any]], chance
         return "learned", why
     if final < init_loss * 0.90 and min(losses) <= prior:
         return "inconclusive", why + " (the class prior learned, little beyond it yet)"
+    return "failed", why
+
+
+def _regression_verdict(init_loss: float, history: Sequence[dict[str, Any]], chance: float, metric: str,
+                        noise: float) -> tuple[str, str]:
+    """Learned: the train loss fell and the best val metric beats predicting the train mean by more
+    than twice the noise, in the metric's direction. Inconclusive: it fell and val beats the mean,
+    within the noise. Failed: anything else."""
+    final = history[-1]["train_loss"]
+    best = best_of(metric, (row_score(h) for h in history))
+    fell = final < init_loss * 0.99
+    name = LABELS.get(metric, metric)
+    why = (f"train loss {init_loss:.3f} at init → {final:.3f}; best val {name} {best:.4g} vs {chance:.4g} for predicting "
+           f"the train mean (noise ±{noise:.2g})")
+    if fell and better(metric, best, chance, 2 * noise):
+        return "learned", why
+    if fell and better(metric, best, chance):
+        return "inconclusive", why + " (better than the mean, within the noise)"
     return "failed", why
 
 
@@ -98,9 +121,9 @@ def after_baseline(*, status: str, learned: bool, best: float | None, target: fl
         return "C", Phase.DIAGNOSTICS.value, (f"baseline failed: {failure}; diagnose, fix, restart Phase 2 "
                                        f"({restarts_left} restart(s) left)")
     assert best is not None
-    if best >= target:
-        return "A", Phase.FINALIZATION.value, f"val {name} {best:.4f} >= target {target}"
-    return "B", Phase.DIAGNOSTICS.value, f"val {name} {best:.4f} < target {target}"
+    if reaches(metric, best, target):
+        return "A", Phase.FINALIZATION.value, f"val {name} {best:.4f} {'>=' if higher_is_better(metric) else '<='} target {target}"
+    return "B", Phase.DIAGNOSTICS.value, f"val {name} {best:.4f} {'<' if higher_is_better(metric) else '>'} target {target} (not reached)"
 
 
 def after_finalization(*, gate: str, missing: Sequence[str], how: str) -> Decision:
@@ -154,7 +177,7 @@ def after_diagnostics(*, expected_gain: float, fix: dict[str, Any] | None, needs
 
 def after_optimization(*, candidate_mean: float, best_mean: float, baseline_mean: float, significant: bool,
                        target: float, gains: Sequence[float], iteration: int, budget: Any,
-                       rounds: int = 1) -> tuple[str, str, str]:
+                       rounds: int = 1, metric: str = "accuracy") -> tuple[str, str, str]:
     """Phase 4, in docs/design.md's order: A target reached → Phase 5; C no improvement over the
     baseline → back to Phase 3 (Phase 5 once Phase 3 ran ``max_optimization_iterations`` rounds);
     D the last two iterations each gained < ``diminishing_points`` → Phase 5 with the best;
@@ -163,11 +186,13 @@ def after_optimization(*, candidate_mean: float, best_mean: float, baseline_mean
     ``candidate_mean`` is this iteration's mean val metric over seeds, ``best_mean`` the best
     adopted so far (after this iteration's adoption), ``gains`` the points each iteration added to
     the best (this one last), ``significant`` whether this candidate beat the previous best by more
-    than the seed spread."""
+    than the seed spread. Every comparison is in ``metric``'s direction (an rmse improves downwards)."""
     d = budget.diminishing_points
-    if best_mean >= target:
-        return "A", Phase.FINALIZATION.value, f"best mean val accuracy {best_mean:.4f} ≥ target {target}"
-    if best_mean <= baseline_mean or (not significant and iteration == 1):
+    name = LABELS.get(metric, metric)
+    if reaches(metric, best_mean, target):
+        return "A", Phase.FINALIZATION.value, (f"best mean val {name} {best_mean:.4f} {'≥' if higher_is_better(metric) else '≤'} "
+                                               f"target {target}")
+    if not better(metric, best_mean, baseline_mean) or (not significant and iteration == 1):
         if rounds >= budget.max_optimization_iterations:
             return "C", Phase.FINALIZATION.value, (f"no improvement over the baseline ({candidate_mean:.4f} vs {baseline_mean:.4f}) and "
                                             f"{rounds} diagnosis rounds used: finalize with the best so far")
@@ -177,6 +202,6 @@ def after_optimization(*, candidate_mean: float, best_mean: float, baseline_mean
         return "D", Phase.FINALIZATION.value, (f"diminishing returns: the last two iterations gained "
                                         f"{gains[-2]:.2f} and {gains[-1]:.2f} points (< {d:g}); finalize with the best")
     if iteration >= budget.max_optimization_iterations:
-        return "B", Phase.FINALIZATION.value, (f"improved to {best_mean:.4f} but short of {target}; the iteration limit "
+        return "B", Phase.FINALIZATION.value, (f"improved to {best_mean:.4f} but short of target {target}; the iteration limit "
                                         f"({budget.max_optimization_iterations}) is reached: finalize with the best")
-    return "B", Phase.OPTIMIZATION.value, f"improved to {best_mean:.4f}, still < target {target}: iterate"
+    return "B", Phase.OPTIMIZATION.value, f"improved to {best_mean:.4f}, target {target} not reached yet: iterate"

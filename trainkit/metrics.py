@@ -1,22 +1,128 @@
 """The target metrics (``target.metric``) and their statistics: the score of predictions, what the
-majority predictor scores (chance), the bootstrap interval, and the expected calibration error."""
+majority predictor (or, for a number, the train mean) scores (chance), the bootstrap interval, and
+the expected calibration error.
+
+A metric knows its direction: accuracy, balanced accuracy, macro F1, ROC AUC and r2 are higher is
+better; rmse and mae lower is better. Every comparison a decision makes goes through
+:func:`better`, :func:`reaches`, :func:`gain_points` and :func:`oriented`, never ``>`` on the raw
+values (docs/design.md, "Metrics and direction")."""
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
-__all__ = ["METRICS", "LABELS", "check_metric", "advice", "score", "chance_score", "prior_loss", "row_score", "bootstrap_interval", "metric_interval",
+__all__ = ["METRICS", "REGRESSION", "LABELS", "is_regression", "higher_is_better", "oriented", "better", "best_of", "reaches",
+           "gain_points", "shortfall_points", "target_text", "headroom_points", "regression_scores", "constant_score", "constant_baseline", "check_metric", "advice", "score", "chance_score", "prior_loss", "row_score", "bootstrap_interval", "metric_interval",
            "expected_calibration_error"]
 
-METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc")
-LABELS = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy", "macro_f1": "macro F1", "roc_auc": "ROC AUC"}
+CLASSIFICATION = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc")
+REGRESSION = ("rmse", "mae", "r2")  # a target metric of these makes the run a regression (a number to predict)
+METRICS = CLASSIFICATION + REGRESSION
+LABELS = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy", "macro_f1": "macro F1", "roc_auc": "ROC AUC",
+          "rmse": "RMSE", "mae": "MAE", "r2": "R²"}
+LOWER_IS_BETTER = ("rmse", "mae")
+
+
+def is_regression(metric: str) -> bool:
+    """Whether ``metric`` is a regression metric (the run predicts a number)."""
+    return metric in REGRESSION
+
+
+def higher_is_better(metric: str) -> bool:
+    """The metric's direction: False for rmse and mae (an error: lower is better)."""
+    return metric not in LOWER_IS_BETTER
+
+
+def oriented(metric: str, value: float) -> float:
+    """``value`` on a higher-is-better scale (an error negated): the key to sort or max by."""
+    return float(value) if higher_is_better(metric) else -float(value)
+
+
+def better(metric: str, a: float, b: float, by: float = 0.0) -> bool:
+    """Whether ``a`` is better than ``b`` by more than ``by`` (metric units) in the metric's direction."""
+    return oriented(metric, a) > oriented(metric, b) + by
+
+
+def best_of(metric: str, values: Any) -> float:
+    """The best of ``values`` in the metric's direction (max, or min for an error)."""
+    vals = [float(v) for v in values]
+    return max(vals) if higher_is_better(metric) else min(vals)
+
+
+def reaches(metric: str, value: float, target: float) -> bool:
+    """Whether ``value`` meets ``target``: at or above it, or for an error at or below it."""
+    return oriented(metric, value) >= oriented(metric, target)
+
+
+def gain_points(metric: str, new: float, old: float) -> float:
+    """How much better ``new`` is than ``old``, in points: for a fraction-valued metric (accuracy,
+    r2, ...) 100 × the difference; for an error (rmse, mae) the percent by which it fell (an error
+    has no fixed scale: 5 points is an rmse 5% lower). Negative when ``new`` is worse."""
+    if higher_is_better(metric):
+        return 100.0 * (float(new) - float(old))
+    old = float(old)
+    return 100.0 * (old - float(new)) / max(abs(old), 1e-12)
+
+
+def shortfall_points(metric: str, best: float, target: float) -> float:
+    """How far ``best`` is from ``target`` in points (:func:`gain_points` from best to target), 0 when met."""
+    return max(0.0, gain_points(metric, target, best))
+
+
+def headroom_points(metric: str, best: float) -> float:
+    """The points a perfect model would add to ``best`` (1.0 for a fraction; an error of 0: 100)."""
+    return max(0.0, gain_points(metric, 1.0 if higher_is_better(metric) else 0.0, best))
+
+
+def target_text(metric: str, value: float) -> str:
+    """The target as a person reads it: ``accuracy ≥ 0.9``, ``rmse ≤ 2.5``."""
+    return f"{metric} {'≥' if higher_is_better(metric) else '≤'} {value:g}"
+
+
+def regression_scores(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    """rmse, mae and r2 of predictions against numbers (one unit: the label's). r2 is 1 − SSE/SST
+    about the mean of ``y`` (0 for a constant ``y``, where it is undefined)."""
+    y = np.asarray(y, dtype=np.float64).reshape(-1)
+    p = np.asarray(pred, dtype=np.float64).reshape(-1)
+    if len(y) == 0:
+        return {"rmse": float("nan"), "mae": float("nan"), "r2": float("nan")}
+    err = p - y
+    sst = float(((y - y.mean()) ** 2).sum())
+    return {"rmse": float(np.sqrt((err ** 2).mean())), "mae": float(np.abs(err).mean()),
+            "r2": float(1.0 - (err ** 2).sum() / sst) if sst > 0 else 0.0}
+
+
+def constant_baseline(metric: str, y: np.ndarray, constant: float, n: int = 200, seed: int = 0) -> tuple[float, float]:
+    """What predicting ``constant`` (the train mean) scores on ``y`` (r2: 0, by definition of a
+    constant), and the noise of a val score here: the bootstrap standard deviation of that score
+    over resamples of the rows. A regression that learned beats the first by more than the second."""
+    y = np.asarray(y, dtype=np.float64).reshape(-1)
+    if len(y) == 0:
+        return float("nan"), 0.0
+    rng = np.random.default_rng(seed)
+    vals = [constant_score(metric, y[i], constant) for i in rng.integers(0, len(y), (n, len(y)))]
+    if metric == "r2":  # the noise of an r2 near 0: the spread of the squared error's share of the variance
+        vals = [1.0 - v for v in (constant_score("rmse", y[i], constant) ** 2 / max(float(y[i].var()), 1e-12)
+                                  for i in rng.integers(0, len(y), (n, len(y))))]
+        return 0.0, float(np.std(vals))
+    return constant_score(metric, y, constant), float(np.std(vals))
+
+
+def constant_score(metric: str, y: np.ndarray, constant: float) -> float:
+    """What predicting ``constant`` (the train mean) for every row scores on numbers ``y``: the bar a
+    regression that learned must clear."""
+    return regression_scores(y, np.full(len(np.asarray(y).reshape(-1)), float(constant)))[metric]
 
 
 def check_metric(metric: str, num_classes: int) -> None:
     """Refuse a target metric the problem cannot have (ROC AUC of more than two classes), naming the
-    field, what it is for and the choices that work."""
+    field, what it is for and the choices that work. A regression (``num_classes`` 1) has its own
+    metrics, checked by the config."""
+    if num_classes == 1:
+        return
     if metric == "roc_auc" and num_classes != 2:
         from trainkit.errors import ConfigError
 
@@ -59,6 +165,8 @@ def score(metric: str, y: np.ndarray, probs: np.ndarray) -> float:
     """``metric`` of class probabilities ``probs`` (N×K) against labels ``y``. Balanced accuracy and
     macro F1 average over the classes present in ``y`` (sklearn's convention for recall; for F1 a
     class absent from both ``y`` and the predictions is left out)."""
+    if is_regression(metric):  # probs: the predicted numbers, in the label's units
+        return regression_scores(y, probs)[metric]
     y = np.asarray(y, dtype=np.int64)
     probs = np.asarray(probs, dtype=np.float64)
     if len(y) == 0:
@@ -123,7 +231,13 @@ def row_score(row: dict) -> float:
 
 def metric_interval(metric: str, y: np.ndarray, probs: np.ndarray, n: int, seed: int) -> list[float]:
     """95% percentile-bootstrap interval of ``metric`` (accuracy goes through
-    :func:`bootstrap_interval`, which handles 0% and 100%)."""
+    :func:`bootstrap_interval`, which handles 0% and 100%). For a regression ``probs`` holds the
+    predicted numbers."""
+    if is_regression(metric):
+        yf, pf = np.asarray(y, dtype=np.float64).reshape(-1), np.asarray(probs, dtype=np.float64).reshape(-1)
+        rng = np.random.default_rng(seed)
+        vals = [regression_scores(yf[i], pf[i])[metric] for i in rng.integers(0, len(yf), (n, len(yf)))]
+        return [float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))]
     y = np.asarray(y, dtype=np.int64)
     if metric == "accuracy":
         return bootstrap_interval((np.asarray(probs).argmax(1) == y).astype(np.float64), n, seed)

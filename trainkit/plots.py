@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt
 
 __all__ = ["class_counts_figure", "sample_grid_figure", "curves_figure", "save_figure", "figure_png_html",
            "lr_range_figure", "seed_variance_figure", "throughput_figure", "comparison_figure", "seed_points_figure",
-           "reference_figure"]
+           "reference_figure", "label_histogram_figure", "residual_figure"]
 
 
 def save_figure(fig: Any, path: str | Path) -> Path:
@@ -47,9 +47,55 @@ def class_counts_figure(counts: dict[str, Sequence[int]], class_names: Sequence[
     return fig
 
 
-def sample_grid_figure(x: Any, y: Any, class_names: Sequence[str], n: int = 24) -> Any:
-    """A grid of training samples with their labels: images, signal traces (C, L), or a feature strip (vectors)."""
+def label_histogram_figure(values: dict[str, Any], label: str) -> Any:
+    """A regression label's distribution per split (histograms on shared bins, in the label's units)."""
     import numpy as np
+
+    fig, ax = plt.subplots(figsize=(7, 3))
+    allv = np.concatenate([np.asarray(v, dtype=float) for v in values.values()])
+    bins = np.histogram_bin_edges(allv, bins=min(40, max(5, len(allv) // 20)))
+    for split, v in values.items():
+        ax.hist(np.asarray(v, dtype=float), bins=bins, alpha=0.55, density=True, label=f"{split} ({len(v)})")
+    ax.set_xlabel(label)
+    ax.set_ylabel("density")
+    ax.set_title(f"label {label} per split")
+    ax.legend(fontsize=8, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def residual_figure(y: Any, pred: Any, label: str, split: str, metrics: dict[str, float] | None = None) -> Any:
+    """A regression's predictions: predicted against actual (with the diagonal), and the residuals
+    (actual − predicted) against the prediction, in the label's units."""
+    import numpy as np
+
+    y, pred = np.asarray(y, dtype=float).reshape(-1), np.asarray(pred, dtype=float).reshape(-1)
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.4))
+    a1.scatter(y, pred, s=6, alpha=0.5)
+    lo, hi = float(min(y.min(), pred.min())), float(max(y.max(), pred.max()))
+    a1.plot([lo, hi], [lo, hi], color="tab:red", lw=1, label="predicted = actual")
+    a1.set_xlabel(f"actual {label}")
+    a1.set_ylabel(f"predicted {label}")
+    a1.legend(fontsize=8, frameon=False)
+    a2.scatter(pred, y - pred, s=6, alpha=0.5)
+    a2.axhline(0, color="tab:red", lw=1)
+    a2.set_xlabel(f"predicted {label}")
+    a2.set_ylabel("residual (actual − predicted)")
+    for ax in (a1, a2):
+        ax.grid(alpha=0.3)
+    shown = ", ".join(f"{k} {v:.4g}" for k, v in (metrics or {}).items())
+    fig.suptitle(f"{split} predictions" + (f" ({shown})" if shown else ""))
+    fig.tight_layout()
+    return fig
+
+
+def sample_grid_figure(x: Any, y: Any, class_names: Sequence[str] | None, n: int = 24) -> Any:
+    """A grid of training samples with their labels: images, signal traces (C, L), or a feature
+    strip (vectors). ``class_names`` None: the labels are numbers, shown as they are."""
+    import numpy as np
+
+    def name(lab: Any) -> str:
+        return f"{float(lab):.3g}" if class_names is None else str(class_names[int(lab)])
 
     x = np.asarray(x[:n])
     cols = 8
@@ -61,12 +107,12 @@ def sample_grid_figure(x: Any, y: Any, class_names: Sequence[str], n: int = 24) 
         elif img.ndim == 2:  # a (C, L) signal: one line per channel
             for ch in img[:4]:
                 ax.plot(ch, lw=0.8)
-            ax.set_title(str(class_names[int(lab)]), fontsize=8)
+            ax.set_title(name(lab), fontsize=8)
             continue
         elif img.ndim == 1:
             img = img.reshape(1, -1)
         ax.imshow(img, cmap="gray" if img.ndim == 2 else None)
-        ax.set_title(str(class_names[int(lab)]), fontsize=8)
+        ax.set_title(name(lab), fontsize=8)
     for ax in np.ravel(axes):
         ax.axis("off")
     fig.suptitle("training samples")
@@ -74,10 +120,12 @@ def sample_grid_figure(x: Any, y: Any, class_names: Sequence[str], n: int = 24) 
 
 
 def curves_figure(history: Sequence[dict[str, Any]], title: str = "learning curves") -> Any:
-    """Loss (left) and accuracy (right) per epoch, train and validation."""
+    """Loss (left) and accuracy (right) per epoch, train and validation; a regression (records
+    without an accuracy) shows its target metric (``train_score``/``val_score``) on the right."""
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.2))
     ep = [r["epoch"] + 1 for r in history]
-    for key, ax in (("loss", a1), ("accuracy", a2)):
+    right = "accuracy" if not history or history[0].get("val_accuracy") is not None else "score"
+    for key, ax in (("loss", a1), (right, a2)):
         ax.plot(ep, [r[f"train_{key}"] for r in history], "o-", ms=3, label="train")
         ax.plot(ep, [r[f"val_{key}"] for r in history], "o-", ms=3, label="val")
         ax.set_xlabel("epoch")

@@ -13,7 +13,7 @@ from torch import nn
 from trainkit.config import TrainkitConfig, apply_overrides, validate_config_dict
 
 __all__ = ["tiny_config", "tiny_config_file", "make_npz", "make_image_folder", "blobs", "tiny_model", "planted_noise",
-           "noisy", "tabular", "signals", "shapes", "run_phase_inprocess"]
+           "noisy", "tabular", "signals", "shapes", "numbers", "price_table", "run_phase_inprocess"]
 
 
 def tiny_config(overrides: dict[str, Any] | None = None) -> TrainkitConfig:
@@ -217,6 +217,34 @@ def tree_table(n: int = 4000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         | (np.isin(c, [3, 7, 11, 19, 23, 31]) & (x[:, 4] > 0))
     y = (rule ^ (rng.random(n) < 0.05)).astype(np.int64)
     return np.hstack([x, np.eye(40)[c]]).astype(np.float32), y
+
+
+def numbers(n: int = 1200, dim: int = 8, seed: int = 0, noise: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
+    """A regression problem (x, y): y a smooth nonlinear function of the first 4 of ``dim`` features
+    (a product, a sine, a threshold, a square) plus Gaussian noise of ``noise`` standard deviations,
+    in units far from 0/1 (mean 50, spread ~10): predictions must come back in the label's units."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, dim)).astype(np.float32)
+    f = x[:, 0] * x[:, 1] + np.sin(2 * x[:, 2]) + (x[:, 3] > 0.5) * 1.5 + 0.5 * x[:, 0] ** 2
+    y = 50 + 10 * (f + noise * rng.normal(size=n))
+    return x, y.astype(np.float64)
+
+
+def price_table(n: int = 1500, seed: int = 0) -> Any:
+    """A table whose label is a price (a DataFrame): numbers, a category, a flag; the price is a
+    threshold and interaction of them plus noise."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    area = rng.uniform(30, 200, n)
+    rooms = rng.integers(1, 7, n)
+    city = rng.choice(["north", "south", "east", "west"], n)
+    garden = rng.random(n) < 0.4
+    base = {"north": 3.0, "south": 2.2, "east": 1.6, "west": 2.6}
+    price = (np.array([base[c] for c in city]) * area * (1 + 0.25 * garden) + 15 * rooms
+             + 40 * (area > 120) + rng.normal(0, 20, n))
+    return pd.DataFrame({"area": area.round(1), "rooms": rooms, "city": city, "garden": garden,
+                         "price": price.round(2)})
 
 
 def imbalanced_tabular() -> tuple[np.ndarray, np.ndarray]:

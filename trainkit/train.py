@@ -30,7 +30,7 @@ from trainkit.errors import CheckpointError, TrainingError
 from trainkit.losses import as_logits, loss_of
 from trainkit.models import build_for
 from trainkit.monitor import GpuMonitor
-from trainkit.metrics import row_score, score
+from trainkit.metrics import better, regression_scores, row_score, score
 from trainkit.repro import restore_rng_state, rng_state, seed_everything, set_deterministic
 from trainkit.run import METRICS, TRAINING_CONFIG, TRAIN_SUMMARY
 
@@ -102,7 +102,11 @@ def evaluate(model: nn.Module, bundle: DataBundle, split: str, device: torch.dev
              batch_size: int = 512, amp: torch.dtype | None = None, reason: str = "",
              metric: str = "accuracy") -> dict[str, float]:
     """Mean loss, accuracy and ``metric`` (``score``; :mod:`trainkit.metrics`) of ``model`` on a split
-    (no sharding: every rank sees all of it). Only a metric other than accuracy keeps the probabilities."""
+    (no sharding: every rank sees all of it). Only a metric other than accuracy keeps the probabilities.
+    A regression (:func:`_evaluate_numbers`): the loss on the standardized label, and rmse, mae and
+    r2 in the label's units (``accuracy`` None)."""
+    if bundle.regression:
+        return _evaluate_numbers(model, bundle, split, device, batch_size, amp, reason, metric)
     was = model.training
     model.eval()
     loss = torch.zeros((), device=device)
@@ -123,6 +127,33 @@ def evaluate(model: nn.Module, bundle: DataBundle, split: str, device: torch.dev
     mean_loss, accuracy = torch.stack([loss / max(n, 1), correct.float() / max(n, 1)]).tolist()  # one host read
     return {"loss": mean_loss, "accuracy": accuracy, "score": accuracy if not keep else
             score(metric, torch.cat([y for _, y in keep]).cpu().numpy(), torch.cat([p for p, _ in keep]).cpu().numpy())}
+
+
+def predict_numbers(model: nn.Module, bundle: DataBundle, split: str, device: torch.device, batch_size: int = 512,
+                    amp: torch.dtype | None = None, reason: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+    """A regression model's standardized outputs and labels on a split (eval mode, no graph)."""
+    was = model.training
+    model.eval()
+    outs, ys = [], []
+    with torch.no_grad():
+        for xb, yb, _ in bundle.batches(split, batch_size, shuffle=False, device=device, reason=reason):
+            if amp is not None:
+                with torch.autocast(device.type, dtype=amp):
+                    out = model(xb)
+            else:
+                out = model(xb)
+            outs.append(as_logits(out).float().reshape(len(yb), -1)[:, 0])
+            ys.append(yb.float())
+    model.train(was)
+    return torch.cat(outs) if outs else torch.zeros(0), torch.cat(ys) if ys else torch.zeros(0)
+
+
+def _evaluate_numbers(model: nn.Module, bundle: DataBundle, split: str, device: torch.device, batch_size: int,
+                      amp: torch.dtype | None, reason: str, metric: str) -> dict[str, Any]:
+    z, y = predict_numbers(model, bundle, split, device, batch_size, amp, reason)
+    loss = float(F.mse_loss(z, y)) if len(y) else float("nan")
+    scores = regression_scores(bundle.to_label_units(y), bundle.to_label_units(z))
+    return {"loss": loss, "accuracy": None, "score": scores[metric if metric in scores else "rmse"], **scores}
 
 
 def grad_norm(params: list[torch.Tensor], clip: float) -> torch.Tensor:
@@ -242,7 +273,7 @@ class _Epoch:
     """One epoch's running sums (on the device: no host read per step)."""
 
     loss_sum: torch.Tensor
-    correct: torch.Tensor
+    correct: torch.Tensor  # a regression: the sums (squared error, absolute error, y, y²) on the standardized label
     window: list[int]
     t0: float = field(default_factory=time.perf_counter)
     seen: int = 0
@@ -365,7 +396,8 @@ def _setup(cfg: TrainkitConfig, bundle: DataBundle, out_dir: str | Path | None) 
     return _Loop(cfg=cfg, bundle=bundle, device=device, rank=rank, world=world, out=out, model=model, net=model,
                  optimizer=optimizer, scheduler=scheduler, scaler=torch.amp.GradScaler("cuda", enabled=precision == "fp16"),
                  precision=precision, amp=amp, params=[p for p in model.parameters() if p.requires_grad],
-                 class_weight=class_weights(bundle).to(device) if tr.class_weighting == "balanced" else None,
+                 class_weight=class_weights(bundle).to(device) if tr.class_weighting == "balanced" and not bundle.regression
+                 else None,
                  clip=tr.grad_clip if tr.grad_clip is not None else float("inf"),
                  # the NaN/Inf guard reads a device value: on CUDA once per guard_every steps (no per-step host
                  # sync), on the CPU every step (there is no device to wait for)
@@ -428,8 +460,8 @@ def _late(lp: _Loop, pr: _Progress, deadline: float | None) -> bool:
 def _start_epoch(lp: _Loop, sizes: list[int]) -> _Epoch:
     acc = lp.cfg.training.accumulation  # each accumulation window averages over its real sample count
     window = [sum(sizes[j - j % acc:j - j % acc + acc]) for j in range(len(sizes))]
-    return _Epoch(loss_sum=torch.zeros((), device=lp.device), correct=torch.zeros((), device=lp.device, dtype=torch.long),
-                  window=window)
+    correct = torch.zeros(4, device=lp.device) if lp.bundle.regression else torch.zeros((), device=lp.device, dtype=torch.long)
+    return _Epoch(loss_sum=torch.zeros((), device=lp.device), correct=correct, window=window)
 
 
 def _step(lp: _Loop, pr: _Progress, ep: _Epoch, epoch: int, i: int, xb: torch.Tensor, yb: torch.Tensor,
@@ -443,7 +475,11 @@ def _step(lp: _Loop, pr: _Progress, ep: _Epoch, epoch: int, i: int, xb: torch.Te
         xb = xb.contiguous(memory_format=torch.channels_last)
     batch_loss, logits = _forward_backward(lp, epoch, pr.step, xb, yb, ep.window[i])
     ep.loss_sum += batch_loss.detach()
-    ep.correct += (as_logits(logits.detach()).argmax(1) == yb).sum()
+    if lp.bundle.regression:
+        err = as_logits(logits.detach()).float().reshape(len(yb), -1)[:, 0] - yb
+        ep.correct += torch.stack([(err * err).sum(), err.abs().sum(), yb.sum(), (yb * yb).sum()])
+    else:
+        ep.correct += (as_logits(logits.detach()).argmax(1) == yb).sum()
     ep.seen += len(yb)  # a python int: no tensor op per step
     _bar_tick(lp, ep)
     if not ((i + 1) % tr.accumulation == 0 or last):
@@ -479,7 +515,8 @@ def _forward_backward(lp: _Loop, epoch: int, step: int, xb: torch.Tensor, yb: to
                 logits = lp.net(xb)
         else:
             logits = lp.net(xb)
-        batch_loss = loss_of(logits, yb, weight=lp.class_weight, reduction="sum", label_smoothing=tr.label_smoothing)
+        batch_loss = loss_of(logits, yb, weight=lp.class_weight, reduction="sum", label_smoothing=tr.label_smoothing,
+                             regression_loss=tr.regression_loss)
         loss = batch_loss / (window / lp.world)
         (lp.scaler.scale(loss) if lp.precision == "fp16" else loss).backward()
     except Exception as exc:
@@ -536,21 +573,25 @@ def _end_epoch(lp: _Loop, pr: _Progress, ep: _Epoch, epoch: int,
                on_epoch: Callable[[dict[str, Any]], Any] | None) -> str | None:
     """Validation, the metrics line, best/last checkpoints, early stopping; the stop status or None."""
     tr = lp.cfg.training
-    totals = all_sum(torch.stack([ep.loss_sum.float(), ep.correct.float(),
-                                   torch.tensor(float(ep.seen), device=lp.device)]), lp.world)
-    val = evaluate(lp.model, lp.bundle, "val", lp.device, amp=lp.amp, metric=lp.cfg.target.metric)
+    metric = lp.cfg.target.metric
+    totals = all_sum(torch.cat([ep.loss_sum.float().view(1), ep.correct.float().view(-1),
+                                torch.tensor([float(ep.seen)], device=lp.device)]), lp.world)
+    val = evaluate(lp.model, lp.bundle, "val", lp.device, amp=lp.amp, metric=metric)
     epoch_time = time.perf_counter() - ep.t0
     pr.train_time += epoch_time
-    record = {"epoch": epoch, "step": pr.step, "train_loss": float(totals[0] / totals[2]),
-              "train_accuracy": float(totals[1] / totals[2]), "val_loss": val["loss"],
-              "val_accuracy": val["accuracy"], "val_score": val["score"], "lr": lp.optimizer.param_groups[0]["lr"],
-              **_quantiles(ep.norms), "epoch_time_s": epoch_time, "samples_per_s": float(totals[2]) / epoch_time,
+    record = {"epoch": epoch, "step": pr.step, "train_loss": float(totals[0] / totals[-1]), **_train_scores(lp, totals),
+              "val_loss": val["loss"], "val_accuracy": val["accuracy"], "val_score": val["score"],
+              **({f"val_{k}": val[k] for k in ("rmse", "mae", "r2")} if lp.bundle.regression else {}),
+              "lr": lp.optimizer.param_groups[0]["lr"],
+              **_quantiles(ep.norms), "epoch_time_s": epoch_time, "samples_per_s": float(totals[-1]) / epoch_time,
               "data_wait_fraction": ep.wait / epoch_time, **(lp.monitor.epoch_stats() if lp.monitor else {})}
     pr.history.append(record)
     # a tie on the metric (a discrete one, stuck at the majority share on rare positives) is broken by the val loss
     tie = pr.best is not None and record["val_score"] == row_score(pr.best) and record["val_loss"] < pr.best["val_loss"]
-    improved = pr.best is None or record["val_score"] > row_score(pr.best) or tie or lp.select_last
-    pr.bad_epochs = 0 if pr.best is None or record["val_score"] > row_score(pr.best) + tr.min_delta or tie else pr.bad_epochs + 1
+    ahead = pr.best is None or better(metric, record["val_score"], row_score(pr.best))
+    improved = ahead or tie or lp.select_last
+    pr.bad_epochs = 0 if pr.best is None or better(metric, record["val_score"], row_score(pr.best), tr.min_delta) or tie \
+        else pr.bad_epochs + 1
     if improved:
         pr.best = dict(record)
     if lp.is_main and lp.out is not None:
@@ -558,13 +599,27 @@ def _end_epoch(lp: _Loop, pr: _Progress, ep: _Epoch, epoch: int,
         _save(lp, pr, epoch, improved)
     stop = on_epoch(record) if on_epoch is not None and lp.is_main else None
     if lp.bar is not None:
-        lp.bar.set_postfix_str(f"epoch {epoch + 1}/{tr.epochs} val_acc {record['val_accuracy']:.3f}"
-                                 + ("" if lp.cfg.target.metric == "accuracy" else f" {lp.cfg.target.metric} {record['val_score']:.3f}"), refresh=False)
+        shown = "" if record["val_accuracy"] is None else f" val_acc {record['val_accuracy']:.3f}"
+        lp.bar.set_postfix_str(f"epoch {epoch + 1}/{tr.epochs}{shown}"
+                               + ("" if metric == "accuracy" else f" {metric} {record['val_score']:.4g}"), refresh=False)
     if tr.patience is not None and pr.bad_epochs >= tr.patience:
         return "early_stopped"
     if stop is True and lp.world == 1:  # the hook returned True: this run cannot win (Phase 4 prunes it)
         return "pruned"
     return None
+
+
+def _train_scores(lp: _Loop, totals: torch.Tensor) -> dict[str, Any]:
+    """The epoch's training-mode scores: accuracy, or a regression's rmse, mae, r2 and target metric
+    (``train_score``) from the running sums, in the label's units (``train_accuracy`` None)."""
+    n = float(totals[-1])
+    if not lp.bundle.regression:
+        return {"train_accuracy": float(totals[1] / n)}
+    sse, sae, sy, syy = (float(v) for v in totals[1:5])
+    std = (lp.bundle.label_scale or {"std": 1.0})["std"]
+    sst = syy - sy * sy / n
+    scores = {"rmse": math.sqrt(sse / n) * std, "mae": sae / n * std, "r2": 1.0 - sse / sst if sst > 0 else 0.0}
+    return {"train_accuracy": None, "train_score": scores[lp.cfg.target.metric], **{f"train_{k}": v for k, v in scores.items()}}
 
 
 def _save(lp: _Loop, pr: _Progress, epoch: int, improved: bool) -> None:
@@ -576,7 +631,7 @@ def _save(lp: _Loop, pr: _Progress, epoch: int, improved: bool) -> None:
              "step": pr.step, "rng": rng_state(), "config": config_to_dict(lp.cfg), "metrics": pr.history,
              "best": pr.best, "bad_epochs": pr.bad_epochs, "init_loss": pr.init_loss,
              "input_shape": list(b.input_shape), "class_names": b.source.class_names,
-             "normalization": {"mean": b.mean.tolist(), "std": b.std.tolist()}}
+             "normalization": {"mean": b.mean.tolist(), "std": b.std.tolist()}, "label_scale": b.label_scale}
     assert lp.ckpt_dir is not None
     if improved:
         save_checkpoint(state, lp.ckpt_dir / "best.pt")

@@ -17,7 +17,7 @@ from trainkit.data.images import ImageFolderData, class_folders, load_image_fold
 from trainkit.data.quarantine import Quarantine, seal_test_rows
 from trainkit.data.sources import SOURCES, Source, custom_source
 from trainkit.data.tables import TABLE_SOURCES, load_table, records_repeat_by_chance, row_keys
-from trainkit.data.splits import fit_normalization, normalize, split_record, stratified_split
+from trainkit.data.splits import fit_normalization, label_scale, normalize, split_record, strata, stratified_split
 from trainkit.errors import DataError, QuarantineError
 from trainkit.metrics import check_metric
 
@@ -61,7 +61,24 @@ class DataBundle:
 
     @property
     def num_classes(self) -> int:
+        """The model's outputs: the classes, or 1 for a regression (one number)."""
         return len(self.source.class_names)
+
+    @property
+    def regression(self) -> bool:
+        """Whether the label is a number to predict (``target.metric`` rmse, mae or r2)."""
+        return self.source.regression
+
+    @property
+    def label_scale(self) -> dict[str, float] | None:
+        """A regression label's train mean and std (the model sees the label standardized by them)."""
+        return self.info.get("label_scale")
+
+    def to_label_units(self, z: Any) -> np.ndarray:
+        """A regression's standardized outputs or labels back in the label's units."""
+        s = self.label_scale or {"mean": 0.0, "std": 1.0}
+        z = z.detach().cpu().numpy() if torch.is_tensor(z) else np.asarray(z)
+        return z.astype(np.float64).reshape(len(z), -1)[:, 0] * s["std"] + s["mean"]
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -74,6 +91,8 @@ class DataBundle:
         return (self.labels if self.labels is not None else self.source.y)[torch.as_tensor(self.splits[split])]
 
     def class_counts(self, split: str = "train") -> torch.Tensor:
+        if self.regression:
+            raise DataError("class counts: this run is a regression (its label is a number), it has no classes")
         return torch.bincount(self.split_labels(split), minlength=self.num_classes)
 
     def _check_split(self, split: str, reason: str) -> None:
@@ -120,35 +139,41 @@ def check_source(cfg: Any) -> None:
         if target is not None:
             check_metric(target.metric, classes)
         return
-    source = load_source(cfg)
+    source = load_source(cfg, regression=bool(getattr(target, "regression", False)))
     if target is not None:
         check_metric(target.metric, len(source.class_names))
     if source.table is not None:  # a table: the rows must split and encode too (a class with one row, say)
-        splits = stratified_split(source.y.numpy(), cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
+        splits = stratified_split(strata(source), cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
         check_splits(splits, len(source.y), len(source.class_names))
         source.table.fit(splits["train"])
 
 
-def load_source(cfg: Any, manifest: Path | None = None, write_manifest: bool = False) -> Source:
+def load_source(cfg: Any, manifest: Path | None = None, write_manifest: bool = False, *,
+                regression: bool = False) -> Source:
     """Load ``cfg`` (a DataConfig) into a :class:`Source`; raises DataError naming the field. An
-    image folder is listed through ``manifest`` (see :func:`~trainkit.data.images.load_image_folder`)."""
+    image folder is listed through ``manifest`` (see :func:`~trainkit.data.images.load_image_folder`).
+    ``regression`` (``target.metric`` rmse, mae or r2): the label is a number to predict."""
     if cfg.source == "image_folder":
+        if regression:
+            raise DataError("data.source: an image_folder's labels are its class folders, not numbers; a regression "
+                            "(target.metric rmse | mae | r2) reads a csv / parquet table or an npz with float y")
         return load_image_folder(cfg, manifest, write_manifest)
     if cfg.source in TABLE_SOURCES:
-        return _table_source(cfg)
+        return _table_source(cfg, regression)
     if cfg.source in SOURCES:
-        return SOURCES[cfg.source](cfg)
+        return SOURCES[cfg.source](cfg, regression)
     if ":" in cfg.source:
-        return custom_source(cfg)
+        return custom_source(cfg, regression)
     valid = ", ".join([*SOURCES, "image_folder", *TABLE_SOURCES])
     raise DataError(f"data.source: unknown source {cfg.source!r}; valid: {valid} or 'package.module:function'")
 
 
-def _table_source(cfg: Any) -> Source:
+def _table_source(cfg: Any, regression: bool = False) -> Source:
     """A table as a Source: labels and raw rows now; x once the preprocessing is fitted on the train
     split (:func:`_encode_table`). Content keys hash each row's raw feature values."""
-    table, y = load_table(cfg)
-    return Source(y=torch.as_tensor(y), class_names=table.classes, input_shape=(0,),
+    table, y = load_table(cfg, regression)
+    return Source(y=torch.as_tensor(y.astype(np.float32) if regression else y), class_names=table.classes,
+                  input_shape=(0,), regression=regression,
                   description=f"{cfg.source} {cfg.root} (label {cfg.label!r}, {len(table.kinds)} columns)",
                   sample_keys=row_keys(table.frame, list(table.kinds)), table=table,
                   duplicates_by_chance=records_repeat_by_chance(table.frame, list(table.kinds)))
@@ -156,14 +181,15 @@ def _table_source(cfg: Any) -> Source:
 
 def _encode_table(source: Source, train: np.ndarray, store: DataStore | None, write: bool) -> None:
     """Fit the table's preprocessing on the train rows (the first load, which saves it) or apply the
-    saved one (every later load: the model always sees the transform it was trained with)."""
+    saved one (every later load: the model always sees the transform it was trained with). A
+    regression's label statistics are saved with it (``target``: the label's train mean and std)."""
     saved = store.preprocess if store is not None else None
     if saved is not None and saved.is_file() and not write:
         x = source.table.use(read_json(saved))
     else:
         x = source.table.fit(train)
         if saved is not None and write:
-            write_json_atomic(saved, source.table.preprocess.to_dict())
+            write_json_atomic(saved, {**source.table.preprocess.to_dict(), "target": label_scale(source, train)})
     source.x = torch.as_tensor(x)
     source.input_shape = (int(x.shape[1]),)
 
@@ -193,10 +219,11 @@ def load_data(cfg: Any, store: DataStore | None = None, quarantine: Quarantine |
     t_load = time.perf_counter()
     dcfg = getattr(cfg, "data", cfg)
     policy = quarantine or Quarantine()
-    source = load_source(dcfg, store.manifest if store is not None else None, write_splits)
+    regression = bool(getattr(getattr(cfg, "target", None), "regression", False))
+    source = load_source(dcfg, store.manifest if store is not None else None, write_splits, regression=regression)
     if getattr(cfg, "target", None) is not None:
         check_metric(cfg.target.metric, len(source.class_names))
-    splits = stratified_split(source.y.numpy(), dcfg.val_fraction, dcfg.test_fraction, dcfg.split_seed)
+    splits = stratified_split(strata(source), dcfg.val_fraction, dcfg.test_fraction, dcfg.split_seed)
     check_splits(splits, len(source.y), len(source.class_names))
     if dcfg.subset:
         rng = np.random.default_rng(dcfg.split_seed + 1)
@@ -222,6 +249,11 @@ def load_data(cfg: Any, store: DataStore | None = None, quarantine: Quarantine |
         seal_test_rows(source, splits["test"], policy)
         if labels is not None:
             labels[torch.as_tensor(splits["test"])] = -1
+    if source.regression:  # the model learns the label standardized on train (a sealed test row stays 0)
+        scale = record["label_scale"]
+        labels = ((source.y.double() - scale["mean"]) / scale["std"]).float()
+        if not policy.open:
+            labels[torch.as_tensor(splits["test"])] = 0.0
     if store is not None and store.loads is not None:  # what each load cost (benchmarks read it)
         append_jsonl(store.loads, {"time": time.time(), "phase": policy.who, "seconds": round(time.perf_counter() - t_load, 4),
                                    "scan": bool(write_splits), "source": dcfg.source})

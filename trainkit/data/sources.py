@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 
 from trainkit.errors import DataError
 
-__all__ = ["Source", "check_labels", "in_memory_source", "custom_source", "SOURCES"]
+__all__ = ["Source", "check_labels", "check_numbers", "in_memory_source", "custom_source", "SOURCES"]
 
 
 @dataclass
@@ -40,6 +40,7 @@ class Source:
     # identical samples are expected by chance (a table of a few discrete columns: two passengers of the same age, sex
     # and class are two people): a shared record across splits is then reported, not taken for a leak
     duplicates_by_chance: bool = False
+    regression: bool = False  # the label is a number (y float, in the label's units; class_names holds the label's name)
 
     @property
     def in_memory(self) -> bool:
@@ -53,11 +54,13 @@ def _row_keys(x: torch.Tensor) -> list[str]:
     return [hashlib.sha256(row.tobytes()).hexdigest() for row in flat]
 
 
-def in_memory_source(x: Any, y: Any, names: list[str] | None, desc: str, add_channel: bool = False) -> Source:
+def in_memory_source(x: Any, y: Any, names: list[str] | None, desc: str, add_channel: bool = False,
+                     regression: bool = False) -> Source:
     """Arrays as a Source. The sample shape is kept as given: ``(N, F)`` tabular, ``(N, C, L)``
     signals, ``(N, C, H, W)`` images; only built-in sources whose files hold ``(N, H, W)`` grey
-    images ask for the channel axis (``add_channel``)."""
-    y = check_labels(y, desc, names)
+    images ask for the channel axis (``add_channel``). ``regression``: ``y`` holds numbers to
+    predict (:func:`check_numbers`), not classes."""
+    y = check_numbers(y, desc) if regression else check_labels(y, desc, names)
     try:
         x = torch.as_tensor(np.asarray(x, dtype=np.float32))
     except (TypeError, ValueError) as exc:
@@ -74,9 +77,36 @@ def in_memory_source(x: Any, y: Any, names: list[str] | None, desc: str, add_cha
     if x.ndim == 1:
         raise DataError(f"{desc}: x has shape {tuple(x.shape)}; expected (N, F) tabular, (N, C, L) signals or "
                         "(N, C, H, W) images")
+    if regression:
+        return Source(y=y, x=x, class_names=["y"], input_shape=tuple(x.shape[1:]), description=desc,
+                      sample_keys=_row_keys(x), regression=True)
     k = int(y.max()) + 1
     return Source(y=y, x=x, class_names=names or [str(i) for i in range(k)],
                   input_shape=tuple(x.shape[1:]), description=desc, sample_keys=_row_keys(x))
+
+
+def check_numbers(y: Any, desc: str, what: str = "labels") -> torch.Tensor:
+    """A regression's labels as a 1-D float tensor, or a DataError that says what is wrong: not
+    numbers, NaN or Inf (which rows), or one value for every row (nothing to learn)."""
+    arr = np.asarray(y).reshape(-1)
+    if arr.size == 0:
+        raise DataError(f"{desc}: no samples")
+    if arr.dtype.kind == "b" or arr.dtype.kind not in "iuf":
+        try:
+            arr = arr.astype(np.float64)
+        except (TypeError, ValueError):
+            raise DataError(f"{desc}: a regression's {what} must be numbers, found {arr.dtype} values such as "
+                            f"{arr[:3].tolist()}; for classes set target.metric to accuracy (or another class metric)") from None
+    arr = arr.astype(np.float64)
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        rows = np.flatnonzero(bad)[:5].tolist()
+        raise DataError(f"{desc}: {int(bad.sum())} of the {what} are NaN or Inf (first rows {rows}, e.g. "
+                        f"{arr[bad][0]!r}); a regression needs a finite number for every row: fix or drop those rows")
+    if float(arr.max() - arr.min()) <= 1e-12 * max(1.0, abs(float(arr.mean()))):
+        raise DataError(f"{desc}: every one of the {what} is {arr[0]!r}; a constant is nothing to learn (a regression "
+                        "needs labels that vary)")
+    return torch.as_tensor(arr.astype(np.float32))
 
 
 def check_labels(y: Any, desc: str, names: list[str] | None = None) -> torch.Tensor:
@@ -112,15 +142,18 @@ def check_labels(y: Any, desc: str, names: list[str] | None = None) -> torch.Ten
     return torch.as_tensor(lab)
 
 
-def _digits(_: Any) -> Source:
+def _digits(_: Any, regression: bool = False) -> Source:
     from sklearn.datasets import load_digits
 
+    if regression:
+        raise DataError("data.source: digits has classes (the digit in each image), not a number to predict; "
+                        "a regression (target.metric rmse | mae | r2) reads a csv / parquet table or an npz with float y")
     d = load_digits()
     x = d.images.astype(np.float32)[:, None] / 16.0
     return in_memory_source(x, d.target, [str(c) for c in d.target_names], "digits (scikit-learn, 8x8 grey)")
 
 
-def _npz(cfg: Any) -> Source:
+def _npz(cfg: Any, regression: bool = False) -> Source:
     if not cfg.root:
         raise DataError("data.root: the npz source needs data.root set to a .npz file with arrays 'x' and 'y'")
     path = Path(cfg.root)
@@ -136,7 +169,7 @@ def _npz(cfg: Any) -> Source:
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
         raise DataError(f"{path}: not a readable .npz file without pickles ({type(exc).__name__}: {str(exc)[:200]}); "
                         "save it with np.savez(path, x=..., y=...)") from None
-    return in_memory_source(x, y, names, f"npz {path}")
+    return in_memory_source(x, y, names, f"npz {path}", regression=regression)
 
 
 _TV = {"mnist": ("MNIST", "MNIST/raw/train-images-idx3-ubyte (and the other 3 idx files)"),
@@ -144,9 +177,12 @@ _TV = {"mnist": ("MNIST", "MNIST/raw/train-images-idx3-ubyte (and the other 3 id
        "cifar10": ("CIFAR10", "cifar-10-batches-py/data_batch_1 ... test_batch")}
 
 
-def _torchvision(cfg: Any) -> Source:
+def _torchvision(cfg: Any, regression: bool = False) -> Source:
     import torchvision.datasets as tvd
 
+    if regression:
+        raise DataError(f"data.source: {cfg.source} has classes, not a number to predict; a regression (target.metric "
+                        "rmse | mae | r2) reads a csv / parquet table or an npz with float y")
     cls_name, files = _TV[cfg.source]
     root = Path(cfg.root or "data")
     cls = getattr(tvd, cls_name)
@@ -165,9 +201,9 @@ def _torchvision(cfg: Any) -> Source:
     return in_memory_source(x, y, list(parts[0].classes), f"{cls_name} ({root})", add_channel=True)
 
 
-def custom_source(cfg: Any) -> Source:
+def custom_source(cfg: Any, regression: bool = False) -> Source:
     """A user's ``package.module:function`` (called with ``data.root`` when set): a pair ``(x, y)``
-    of arrays, a torch Dataset, or a :class:`Source`."""
+    of arrays, a torch Dataset, or a :class:`Source`. ``regression``: its labels are numbers."""
     spec = cfg.source
     mod_name, _, fn_name = spec.partition(":")
     try:
@@ -176,9 +212,14 @@ def custom_source(cfg: Any) -> Source:
         raise DataError(f"data.source={spec!r}: cannot import ({exc}); expected 'package.module:function' on sys.path") from None
     out = fn(cfg.root) if cfg.root else fn()
     if isinstance(out, Source):  # a planted source of trainkit.testing, or a user's own ready Source
+        if out.regression != regression:
+            raise DataError(f"data.source={spec!r} returned a Source of {'numbers' if out.regression else 'classes'}, "
+                            f"but target.metric makes this run {'a regression' if regression else 'a classifier'}")
         return out
     if isinstance(out, tuple) and len(out) == 2:
-        return in_memory_source(out[0], out[1], None, f"custom {spec}")
+        return in_memory_source(out[0], out[1], None, f"custom {spec}", regression=regression)
+    if isinstance(out, Dataset) and regression:
+        raise DataError(f"data.source={spec!r}: a streamed Dataset is for classes; return arrays (x, y) for a regression")
     if isinstance(out, Dataset):
         ys = getattr(out, "targets", None)
         ys = [out[i][1] for i in range(len(out))] if ys is None else ys

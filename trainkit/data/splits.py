@@ -12,7 +12,7 @@ import torch
 
 from trainkit.data.sources import Source
 
-__all__ = ["stratified_split", "normalize", "fit_normalization", "split_record"]
+__all__ = ["stratified_split", "strata", "label_scale", "normalize", "fit_normalization", "split_record"]
 
 
 def stratified_split(y: np.ndarray, val_fraction: float, test_fraction: float, seed: int) -> dict[str, np.ndarray]:
@@ -30,8 +30,28 @@ def stratified_split(y: np.ndarray, val_fraction: float, test_fraction: float, s
     return {k: np.sort(np.array(v, dtype=np.int64)) for k, v in out.items()}
 
 
+def strata(source: Source, bins: int = 10) -> np.ndarray:
+    """What the split is stratified on: the classes, or for a regression the label's deciles (each
+    split then spans the label's range in the same proportions)."""
+    y = source.y.numpy()
+    if not source.regression:
+        return y
+    edges = np.unique(np.quantile(y, np.linspace(0, 1, bins + 1)[1:-1]))
+    return np.searchsorted(edges, y, side="right")
+
+
+def label_scale(source: Source, train: np.ndarray) -> dict[str, float] | None:
+    """A regression label's mean and standard deviation on the train rows (None for classes): the
+    model trains on the standardized label, and predictions are given back in the label's units."""
+    if not source.regression:
+        return None
+    y = source.y.numpy()[np.asarray(train, dtype=np.int64)].astype(np.float64)
+    std = float(y.std())
+    return {"mean": float(y.mean()), "std": std if std > 1e-12 else 1.0}
+
+
 def _fingerprint(keys: list[str], y: np.ndarray, idx: np.ndarray) -> str:
-    lines = sorted(f"{keys[i]}:{int(y[i])}" for i in idx)
+    lines = sorted(f"{keys[i]}:{y[i]:.9g}" if y.dtype.kind == "f" else f"{keys[i]}:{int(y[i])}" for i in idx)
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
@@ -73,8 +93,16 @@ def fit_normalization(source: Source, train_idx: np.ndarray) -> tuple[torch.Tens
 def split_record(source: Source, splits: dict[str, np.ndarray], cfg: Any, mean: torch.Tensor,
                    std: torch.Tensor) -> dict[str, Any]:
     y = source.y.numpy()
-    counts = {k: np.bincount(y[v], minlength=len(source.class_names)).tolist() for k, v in splits.items()}
-    return {
+    if source.regression:  # numbers: each split's count (one "class": the label), and the label's spread per split
+        counts = {k: [int(len(v))] for k, v in splits.items()}
+        extra: dict[str, Any] = {"task": "regression", "label_scale": label_scale(source, splits["train"]),
+                                 "label_summary": {k: {"mean": float(y[v].mean()), "std": float(y[v].std()),
+                                                       "min": float(y[v].min()), "max": float(y[v].max())}
+                                                   for k, v in splits.items() if len(v)}}
+    else:
+        counts = {k: np.bincount(y[v], minlength=len(source.class_names)).tolist() for k, v in splits.items()}
+        extra = {"task": "classification"}
+    return {**extra,
         "source": source.description, "seed": cfg.split_seed,
         "fractions": {"val": cfg.val_fraction, "test": cfg.test_fraction},
         "sizes": {k: int(len(v)) for k, v in splits.items()}, "class_counts": counts,

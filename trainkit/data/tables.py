@@ -182,9 +182,11 @@ def _string_kind(s: Any, n: int) -> str:
     return "categorical"
 
 
-def _labels(df: Any, label: str, drop_unlabelled: bool, where: str) -> tuple[Any, np.ndarray, list[str]]:
+def _labels(df: Any, label: str, drop_unlabelled: bool, where: str, regression: bool = False,
+            as_classes: bool = False) -> tuple[Any, np.ndarray, list[str]]:
     """(rows kept, integer labels, class names). Class names are the label values as text, sorted
-    (numbers numerically)."""
+    (numbers numerically). ``regression``: (rows kept, the numbers, [label]). ``as_classes``: the
+    label is named in ``data.categorical``, so many distinct numbers are classes all the same."""
     import pandas as pd
 
     if label not in df.columns:
@@ -205,23 +207,47 @@ def _labels(df: Any, label: str, drop_unlabelled: bool, where: str) -> tuple[Any
                             "data.drop_unlabelled: true to leave those rows out")
         df = df[y.notna()].reset_index(drop=True)
         y = df[label]
+    if regression:
+        return df, _numbers(y, label, where), [label]
     if not (pd.api.types.is_numeric_dtype(y) or pd.api.types.is_bool_dtype(y)):
         y = y.astype(str)  # numbers sort numerically, anything else as text
     values = sorted(y.unique().tolist())
     if len(values) < 2:
         raise DataError(f"data.label: every row of {where} has {label} = {values[0]!r}; a classifier needs at least 2 classes")
     fractional = pd.api.types.is_float_dtype(y) and not bool((y == y.round()).all())
-    if fractional and len(values) > 20:
+    numeric = pd.api.types.is_numeric_dtype(y) and not pd.api.types.is_bool_dtype(y)
+    both_ways = (f"to predict the number, set target.metric to rmse, mae or r2 (a regression; with target.value, e.g. "
+                 f"target: {{metric: rmse, value: ...}}); to treat its values as classes, set data.categorical: [{label}]")
+    if fractional and len(values) > 20 and not as_classes:
         raise DataError(f"data.label: {label!r} holds {len(values)} distinct fractional numbers (e.g. {values[len(values) // 2]!r}): "
-                        "a continuous quantity, and trainkit trains classifiers; bin it into classes first "
-                        "(e.g. pandas.qcut), or choose the column to classify")
+                        f"a quantity, not classes; {both_ways}")
     if len(values) > 0.5 * len(y) and len(y) > 20:
         raise DataError(f"data.label: {label!r} has {len(values)} distinct values in {len(y)} rows, so most classes would "
-                        "have a single row (an ID or a continuous quantity?); choose the column to classify")
+                        "have a single row (an ID or a continuous quantity?); "
+                        + (both_ways if numeric else "choose the column to classify"))
     index = {v: i for i, v in enumerate(values)}
     codes = np.array([index[v] for v in y.tolist()], dtype=np.int64)
     names = [_name(v) for v in values]
     return df, codes, names
+
+
+def _numbers(y: Any, label: str, where: str) -> np.ndarray:
+    """A regression label column as float64 numbers, or a DataError naming the column: text that
+    is not a number, an infinite value, or one value in every row."""
+    import pandas as pd
+
+    from trainkit.data.sources import check_numbers
+
+    if not pd.api.types.is_numeric_dtype(y) or pd.api.types.is_bool_dtype(y):
+        parsed = pd.to_numeric(y.astype(str).str.strip(), errors="coerce")
+        bad = y[parsed.isna()]
+        if len(bad):
+            raise DataError(f"data.label: {label!r} of {where} must hold numbers for a regression (target.metric rmse | "
+                            f"mae | r2); {len(bad)} row(s) do not, e.g. {bad.iloc[0]!r} (row {int(bad.index[0])}); fix "
+                            "them, or choose a class metric (accuracy, ...) to classify")
+        y = parsed
+    return check_numbers(y.to_numpy(dtype=np.float64), f"data.label: {label!r} of {where}", what="label values").numpy() \
+        .astype(np.float64)
 
 
 def _number(text: Any) -> bool:
@@ -401,24 +427,26 @@ class TableData:
 
     def overview_of(self, train: np.ndarray, y: np.ndarray, val: np.ndarray, y_val: np.ndarray) -> list[dict[str, Any]]:
         """Per column (kind, share missing and distinct values on the train rows) and its relation
-        to the label: the val accuracy of predicting the label from this column alone (each value,
-        or decile of a number, votes the majority class it had on train). ``possible_leak`` marks a
-        column that alone gets val almost right where the majority class does not."""
+        to the label (``label_score``, of ``label_metric``): the val accuracy of predicting the
+        label from this column alone (each value, or a small tree on a number, votes the majority
+        class it had on train), or for a number to predict (float ``y``) the val r2 of that
+        column's own prediction. ``possible_leak`` marks a column that alone gets val almost right
+        (accuracy ≥ 0.99 where the majority class does not; r2 ≥ 0.99)."""
         tr = self.frame.iloc[np.asarray(train, dtype=np.int64)]
         va = self.frame.iloc[np.asarray(val, dtype=np.int64)]
-        majority = float(np.bincount(y_val).max() / max(1, len(y_val)))
+        numbers = np.asarray(y).dtype.kind == "f"
+        majority = 0.0 if numbers else float(np.bincount(y_val).max() / max(1, len(y_val)))
         out = []
         for c in tr.columns:
             if c == self.label:
                 continue
             why = next((e["why"] for e in self.excluded if e["column"] == c), self.notes.get(c, ""))
-            acc = round(one_column_accuracy(tr[c], y, va[c], y_val), 4) if c in self.kinds else None
+            acc = round(one_column_score(tr[c], y, va[c], y_val), 4) if c in self.kinds else None
             out.append({"column": c, "kind": self.kinds.get(c, "excluded"), "note": why,
                         "missing": round(float(tr[c].isna().mean()), 4), "distinct": int(tr[c].nunique()),
-                        "label_accuracy": acc,
+                        "label_score": acc, "label_metric": "r2" if numbers else "accuracy",
                         "possible_leak": bool(acc is not None and acc >= 0.99 and majority < 0.95)})
         return out
-
 
     def checks(self, train: np.ndarray, y: np.ndarray, val: np.ndarray, y_val: np.ndarray) -> dict[str, Any]:
         """Table problems by column name, on the train and val rows only (the test rows are never
@@ -437,35 +465,46 @@ class TableData:
                     unseen[c] = {"val_rows": k, "fraction": round(k / max(1, len(va)), 4),
                                  "examples": sorted(set(v[~v.isin(seen)]))[:5]}
         return {"leaky_columns": [r["column"] for r in rows if r["possible_leak"]],
-                "one_column_accuracy": {r["column"]: r["label_accuracy"] for r in rows if r["label_accuracy"] is not None},
+                "one_column_score": {r["column"]: r["label_score"] for r in rows if r["label_score"] is not None},
                 "constant_columns": [c for c in self.kinds if tr[c].nunique(dropna=True) <= 1],
                 "unseen_categories": unseen}
 
 
-def one_column_accuracy(s: Any, y: np.ndarray, s_val: Any, y_val: np.ndarray) -> float:
+def one_column_score(s: Any, y: np.ndarray, s_val: Any, y_val: np.ndarray) -> float:
     """How well one column alone predicts the label, out of sample: each value gets the majority
     class it had on train (a number with many values: a decision tree of at most 12 leaves on it,
     so a column that one threshold separates scores what it gives away, where decile bins would
-    straddle the threshold); scored on val (an unseen value gets the overall majority class)."""
+    straddle the threshold); scored on val (an unseen value gets the overall majority class). For
+    a number to predict (float ``y``): the same with the train mean of each value (or leaf), scored
+    as the val r2."""
     import pandas as pd
 
+    from trainkit.metrics import regression_scores
+
+    if not len(y_val):
+        return float("nan")
+    numbers = np.asarray(y).dtype.kind == "f"
     if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s) and s.nunique() > 20:
-        from sklearn.tree import DecisionTreeClassifier
+        from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
 
         def cols(v: Any) -> np.ndarray:
             x = v.to_numpy(dtype=np.float64, na_value=np.nan)
             gap = ~np.isfinite(x)
             return np.stack([np.where(gap, 0.0, x), gap.astype(np.float64)], axis=1)
 
-        if not len(y_val):
-            return float("nan")
-        tree = DecisionTreeClassifier(max_leaf_nodes=12, min_samples_leaf=max(1, len(y) // 200), random_state=0)
-        return float((tree.fit(cols(s), y).predict(cols(s_val)) == y_val).mean())
+        tree = (DecisionTreeRegressor if numbers else DecisionTreeClassifier)(
+            max_leaf_nodes=12, min_samples_leaf=max(1, len(y) // 200), random_state=0)
+        guess = tree.fit(cols(s), y).predict(cols(s_val))
+        return regression_scores(y_val, guess)["r2"] if numbers else float((guess == y_val).mean())
     keys = [v.astype(str).where(v.notna(), MISSING).reset_index(drop=True) for v in (s, s_val)]
-    votes = pd.DataFrame({"k": keys[0].to_numpy(), "y": y}).groupby("k")["y"].agg(lambda v: v.value_counts().index[0])
+    frame = pd.DataFrame({"k": keys[0].to_numpy(), "y": y}).groupby("k")["y"]
+    if numbers:
+        guess = keys[1].map(frame.mean()).fillna(float(np.mean(y))).to_numpy(dtype=np.float64)
+        return regression_scores(y_val, guess)["r2"]
+    votes = frame.agg(lambda v: v.value_counts().index[0])
     fallback = int(np.bincount(y).argmax())
     guess = keys[1].map(votes).fillna(fallback).to_numpy(dtype=np.int64)
-    return float((guess == y_val).mean()) if len(y_val) else float("nan")
+    return float((guess == y_val).mean())
 
 
 def records_repeat_by_chance(df: Any, columns: list[str], factor: float = 20.0) -> bool:
@@ -540,15 +579,17 @@ def row_keys(df: Any, columns: list[str]) -> list[str]:
     return [hashlib.sha256("\x1f".join(map(str, row)).encode()).hexdigest() for row in values]
 
 
-def load_table(cfg: Any) -> tuple[TableData, np.ndarray]:
-    """Read ``cfg.root`` (``data.source: csv | parquet``), check the label, infer the kinds."""
+def load_table(cfg: Any, regression: bool = False) -> tuple[TableData, np.ndarray]:
+    """Read ``cfg.root`` (``data.source: csv | parquet``), check the label, infer the kinds.
+    ``regression``: the label is a number to predict."""
     if not cfg.label:
         raise DataError(f"data.label: the {cfg.source} source needs data.label, the column to predict")
     if not cfg.root:
         raise DataError(f"data.root: the {cfg.source} source needs data.root set to the table file")
     df = read_table(cfg.root, cfg.source)
     read_notes = list(df.attrs.get("trainkit_read", []))
-    df, y, names = _labels(df, cfg.label, cfg.drop_unlabelled, str(cfg.root))
+    df, y, names = _labels(df, cfg.label, cfg.drop_unlabelled, str(cfg.root), regression,
+                           as_classes=cfg.label in (cfg.categorical or []))
     notes: dict[str, str] = {}
     kinds, excluded = infer_kinds(df, cfg.label, cfg, notes)
     return TableData(frame=df, kinds=kinds, excluded=excluded, label=cfg.label, classes=names, path=str(cfg.root),

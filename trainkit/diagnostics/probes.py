@@ -526,7 +526,7 @@ def determinism_probe(cfg: Any, bundle: Any, epochs: int = 2, max_train: int = 5
         runs = [fit(probe_cfg, bundle, None, progress=False) for _ in range(2)]
     finally:
         bundle.splits["train"] = original
-    keys = ("train_loss", "val_loss", "val_accuracy")
+    keys = ("train_loss", "val_loss", "val_score")
     seq = [[r[k] for r in run.history for k in keys] for run in runs]
     on_gpu = runs[0].device.startswith("cuda")
     tolerance = 1e-5 if on_gpu else 0.0

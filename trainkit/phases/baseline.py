@@ -13,7 +13,7 @@ from trainkit.config import save_config
 from trainkit.decisions import after_baseline, learning_verdict
 from trainkit.errors import CheckpointError
 from trainkit.gates import RED
-from trainkit.metrics import LABELS, chance_score, prior_loss, row_score
+from trainkit.metrics import LABELS, chance_score, constant_baseline, prior_loss, row_score, target_text
 from trainkit.phases.common import run_path, PhaseContext, begin, clock, finish_gate, load_run_config, require_gate, \
     show_figure, show_html, write_decision
 from trainkit.run import DECISION, METRICS, Phase, TRAINING_CONFIG, next_attempt_dir
@@ -32,8 +32,8 @@ def start(run_dir: str | Path, attempt: int = 0, interactive: bool = True) -> Ph
     ctx.config = load_run_config(run_dir)
     save_config(ctx.config, ctx.path(TRAINING_CONFIG))
     show_html(f"<p>Baseline attempt {n}: {ctx.config.model.name}, {ctx.config.optimizer.name} lr "
-              f"{ctx.config.optimizer.lr:g}, {ctx.config.training.epochs} epochs, target val {LABELS[ctx.config.target.metric]} ≥ "
-              f"{ctx.config.target.value}</p>")
+              f"{ctx.config.optimizer.lr:g}, {ctx.config.training.epochs} epochs, target val "
+              f"{target_text(ctx.config.target.metric, ctx.config.target.value)}</p>")
     return ctx
 
 
@@ -49,8 +49,12 @@ def train(ctx: PhaseContext, resume: bool = False, live: bool | None = None) -> 
     outcome: dict[str, Any] = {"status": "crashed", "result": None, "error": None}
     try:
         bundle = load_run_data(ctx.config, ctx.run_dir, PHASE)
-        outcome["chance"] = chance_score(ctx.config.target.metric, bundle.info["class_counts"]["val"])
-        outcome["prior_loss"] = prior_loss(bundle.info["class_counts"]["train"], bundle.info["class_counts"]["val"])
+        if bundle.regression:  # the bar: predicting the train mean for every val row, and a val score's noise
+            outcome["chance"], outcome["chance_noise"] = constant_baseline(
+                ctx.config.target.metric, bundle.to_label_units(bundle.split_labels("val")), bundle.label_scale["mean"])
+        else:
+            outcome["chance"] = chance_score(ctx.config.target.metric, bundle.info["class_counts"]["val"])
+            outcome["prior_loss"] = prior_loss(bundle.info["class_counts"]["train"], bundle.info["class_counts"]["val"])
         outcome["num_classes"] = bundle.num_classes
         hook = None
         if live:
@@ -83,7 +87,7 @@ def decide(ctx: PhaseContext, outcome: dict[str, Any]) -> dict[str, Any]:
         ok, why = False, "crashed"
     else:
         state, why = learning_verdict(r.get("init_loss", float("nan")), r.get("history") or [], outcome.get("chance", 0.0),
-                                      cfg.target.metric, outcome.get("prior_loss"))
+                                      cfg.target.metric, outcome.get("prior_loss"), outcome.get("chance_noise"))
         ok = state == "learned"
     best = row_score(r["best"]) if r.get("best") else None
     evidence = {"status": outcome["status"], "best_val_accuracy": (r.get("best") or {}).get("val_accuracy"),
@@ -123,14 +127,13 @@ def write_results(ctx: PhaseContext, outcome: dict[str, Any], decision: dict[str
              f"Decision: **option {decision['option']}** → `{decision['next']}` — {decision['reason']}", ""]
     if hist:
         show_figure(curves_figure(hist, "baseline learning curves"), ctx.path("curves.png"))
-        lines += ["![learning curves](curves.png)", "", "| epoch | train loss | train acc | val loss | val acc | lr | grad-norm p50 |",
-                  "|---:|---:|---:|---:|---:|---:|---:|"]
-        lines += [f"| {h['epoch'] + 1} | {h['train_loss']:.4f} | {h['train_accuracy']:.4f} | {h['val_loss']:.4f} | "
-                  f"{h['val_accuracy']:.4f} | {h['lr']:.2e} | {h.get('grad_norm_p50', float('nan')):.3f} |" for h in hist]
         best = r["best"]
         metric = ctx.config.target.metric
+        lines += ["![learning curves](curves.png)", ""] + _epoch_table(hist, metric)
         shown = "" if metric == "accuracy" else f"val {LABELS[metric]} **{row_score(best):.4f}** (the target metric), "
-        lines += ["", f"Best: {shown}val accuracy **{best['val_accuracy']:.4f}** at epoch {best['epoch'] + 1} "
+        also = (f"val RMSE {best['val_rmse']:.4g}, MAE {best['val_mae']:.4g}, R² {best['val_r2']:.4f}"
+                if best.get("val_accuracy") is None else f"val accuracy **{best['val_accuracy']:.4f}**")
+        lines += ["", f"Best: {shown}{also} at epoch {best['epoch'] + 1} "
                   f"(checkpoint `checkpoints/best.pt`); status {r['status']}."]
     if r.get("nonfinite"):
         nf = r["nonfinite"]
@@ -141,6 +144,18 @@ def write_results(ctx: PhaseContext, outcome: dict[str, Any], decision: dict[str
     lines += ["", "## Resource profile", *_resource_lines(r), "",
               f"Wall time: {outcome['wall_time_s']:.2f} s (training {r.get('train_time_s', 0.0):.2f} s)"]
     return write_text_atomic(ctx.path("baseline_results.md"), "\n".join(lines) + "\n")
+
+
+def _epoch_table(hist: list[dict[str, Any]], metric: str) -> list[str]:
+    """The per-epoch metrics table: accuracy, or a regression's target metric (train and val)."""
+    if hist[0].get("val_accuracy") is not None:
+        head, cols = "train acc | val loss | val acc", lambda h: f"{h['train_accuracy']:.4f} | {h['val_loss']:.4f} | {h['val_accuracy']:.4f}"
+    else:
+        name = LABELS[metric]
+        head, cols = f"train {name} | val loss | val {name}", lambda h: f"{h['train_score']:.4g} | {h['val_loss']:.4f} | {h['val_score']:.4g}"
+    return [f"| epoch | train loss | {head} | lr | grad-norm p50 |", "|---:|---:|---:|---:|---:|---:|---:|"] + [
+        f"| {h['epoch'] + 1} | {h['train_loss']:.4f} | {cols(h)} | {h['lr']:.2e} | {h.get('grad_norm_p50', float('nan')):.3f} |"
+        for h in hist]
 
 
 def _results(ctx: PhaseContext, outcome: dict[str, Any]) -> dict[str, tuple[str, Any]]:
@@ -155,7 +170,7 @@ def _results(ctx: PhaseContext, outcome: dict[str, Any]) -> dict[str, tuple[str,
     res["losses_finite"] = ("pass", "every epoch's train and val loss finite") if finite else \
         ("fail", f"non-finite: {r.get('nonfinite')}" if r.get("nonfinite") else "no finite epoch recorded")
     state, why = learning_verdict(r["init_loss"], hist, outcome.get("chance", 0.0), ctx.config.target.metric,
-                                  outcome.get("prior_loss")) if hist else ("failed", "no completed epoch")
+                                  outcome.get("prior_loss"), outcome.get("chance_noise")) if hist else ("failed", "no completed epoch")
     ok = state == "learned"
     if not ok and outcome["status"] == "time_budget" and hist:  # too few epochs to tell: the decision says so (B)
         res["learning_happened"] = ("warn", f"inconclusive: the budget stopped training after {len(hist)} epoch(s); {why}")

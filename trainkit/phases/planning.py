@@ -15,7 +15,7 @@ from trainkit._io import read_json, write_json_atomic
 from trainkit.config import config_hash, load_config, save_config
 from trainkit.errors import ConfigError, QuarantineError
 from trainkit.gates import RED
-from trainkit.metrics import advice
+from trainkit.metrics import advice, target_text
 from trainkit.phases.common import run_path, PhaseContext, begin, finish_gate, show_figure, show_html, write_decision
 from trainkit.run import GATE, PREPROCESS, SPLITS, TRAINING_CONFIG, Phase, init_run
 
@@ -47,7 +47,7 @@ def start(run_dir: str | Path, config_path: str = "", overrides: list[str] | Non
     save_config(ctx.config, ctx.path(TRAINING_CONFIG))
     init_run(ctx.run_dir, config_hash=config_hash(ctx.config))
     show_html(f"<p>Config valid → <code>{ctx.rel('training_config.yaml')}</code> "
-              f"(sha256 {config_hash(ctx.config)[:12]}…); target val {ctx.config.target.metric} ≥ {ctx.config.target.value}</p>")
+              f"(sha256 {config_hash(ctx.config)[:12]}…); target val {target_text(ctx.config.target.metric, ctx.config.target.value)}</p>")
     return ctx
 
 
@@ -89,19 +89,26 @@ def write_splits(ctx: PhaseContext) -> Any:
 
     bundle = load_run_data(ctx.config, ctx.run_dir, PHASE, write_splits=True)
     info = bundle.info
+    what = (f"a number to predict ({html.escape(str(info['class_names'][0]))}: train mean {info['label_scale']['mean']:.4g}, "
+            f"std {info['label_scale']['std']:.4g})") if bundle.regression else f"{len(info['class_names'])} classes"
     show_html(f"<p>{info['source']}: sizes {info['sizes']}, input {tuple(info['input_shape'])}, "
-              f"{len(info['class_names'])} classes; exact duplicates across splits: {info['duplicates']['across_splits']}</p>")
+              f"{what}; exact duplicates across splits: {info['duplicates']['across_splits']}</p>")
     return bundle
 
 
 def show_data_overview(ctx: PhaseContext, bundle: Any) -> None:
-    """Class counts per split (bars) and a grid of training samples; saved as PNGs too."""
-    from trainkit.plots import class_counts_figure, sample_grid_figure
+    """Class counts per split (bars), or a regression label's histogram per split, and a grid of
+    training samples; saved as PNGs too."""
+    from trainkit.plots import class_counts_figure, label_histogram_figure, sample_grid_figure
 
     info = bundle.info
-    counts = {k: v for k, v in info["class_counts"].items() if k != "test"}
-    show_figure(class_counts_figure(counts, info["class_names"]), ctx.path("class_counts.png"))
-    tip = advice(ctx.config.target.metric, info["class_counts"]["train"])
+    if bundle.regression:
+        values = {k: bundle.to_label_units(bundle.split_labels(k)) for k in ("train", "val")}
+        show_figure(label_histogram_figure(values, info["class_names"][0]), ctx.path("label_histogram.png"))
+    else:
+        counts = {k: v for k, v in info["class_counts"].items() if k != "test"}
+        show_figure(class_counts_figure(counts, info["class_names"]), ctx.path("class_counts.png"))
+    tip = None if bundle.regression else advice(ctx.config.target.metric, info["class_counts"]["train"])
     if tip:
         show_html(f"<p style='color:{RED}'><b>Metric advice</b>: {html.escape(tip)}.</p>")
     table = bundle.source.table
@@ -109,7 +116,8 @@ def show_data_overview(ctx: PhaseContext, bundle: Any) -> None:
         _show_columns(ctx, table, bundle)
         return
     x, y = bundle.arrays("train")
-    show_figure(sample_grid_figure(x.numpy(), y.numpy(), info["class_names"]), ctx.path("samples.png"))
+    shown = (bundle.to_label_units(y), None) if bundle.regression else (y.numpy(), info["class_names"])
+    show_figure(sample_grid_figure(x.numpy(), *shown), ctx.path("samples.png"))
 
 
 def _show_columns(ctx: PhaseContext, table: Any, bundle: Any) -> None:
@@ -122,17 +130,24 @@ def _show_columns(ctx: PhaseContext, table: Any, bundle: Any) -> None:
     write_json_atomic(ctx.path("columns.json"), {"columns": rows, "features": table.preprocess.features,
                                                  "excluded": table.excluded, "read": table.read_notes})
     cells = "".join(f"<tr><td><code>{html.escape(r['column'])}</code></td><td>{html.escape(r['kind'])}</td>"
-                    f"<td>{r['missing']:.1%}</td><td>{r['distinct']}</td><td>{_share(r['label_accuracy'])}</td>"
+                    f"<td>{r['missing']:.1%}</td><td>{r['distinct']}</td><td>{_share(r['label_score'])}</td>"
                     f"<td>{html.escape(r['note'])}</td></tr>" for r in rows)
-    counts = np.bincount(y, minlength=len(bundle.source.class_names))
-    balance = ", ".join(f"{html.escape(n)} {c} ({c / max(1, counts.sum()):.1%})" for n, c in zip(bundle.source.class_names, counts))
+    if bundle.regression:
+        v = bundle.to_label_units(y)
+        balance = (f"a number: mean {v.mean():.4g}, std {v.std():.4g}, min {v.min():.4g}, median {np.median(v):.4g}, "
+                   f"max {v.max():.4g}")
+        alone = "val R² of this column alone"
+    else:
+        counts = np.bincount(y, minlength=len(bundle.source.class_names))
+        balance = ", ".join(f"{html.escape(n)} {c} ({c / max(1, counts.sum()):.1%})" for n, c in zip(bundle.source.class_names, counts))
+        alone = "val accuracy of this column alone"
     leaks = [r["column"] for r in rows if r["possible_leak"]]
     warn = (f"<p style='color:{RED}'><b>Possible target leak</b>: {', '.join(html.escape(c) for c in leaks)} alone "
             "predicts the label almost perfectly on val. A column recorded after the outcome (or derived from it) makes "
             "a model that cannot work in production: drop it (data.drop) and start a new run.</p>") if leaks else ""
     read = (f"<p>Read as: {html.escape('; '.join(table.read_notes))}.</p>") if table.read_notes else ""
     show_html(warn + f"<h4>Columns of {html.escape(table.path)}</h4>{read}<table><tr><th>column</th><th>kind</th><th>missing</th>"
-              f"<th>distinct</th><th>val accuracy of this column alone</th><th>note</th></tr>{cells}</table>"
+              f"<th>distinct</th><th>{alone}</th><th>note</th></tr>{cells}</table>"
               f"<p>{len(table.preprocess.features)} model inputs. Label <code>{html.escape(table.label)}</code> "
               f"(train): {balance}. Override a kind with <code>data.categorical</code>, leave a column out with "
               f"<code>data.drop</code>, put an excluded one back with <code>data.features</code>.</p>")
@@ -145,7 +160,8 @@ def _leak_check(ctx: PhaseContext) -> tuple[str, str]:
         return "pass", "not a table: no single column that could give the label away"
     leaks = [c for c in read_json(p)["columns"] if c.get("possible_leak")]
     if leaks:
-        return "warn", ("possible target leak: " + ", ".join(f"{c['column']} alone gets val {c['label_accuracy']:.3f}"
+        return "warn", ("possible target leak: " + ", ".join(f"{c['column']} alone gets val "
+                                                             f"{c.get('label_metric', 'accuracy')} {c['label_score']:.3f}"
                                                              for c in leaks)
                         + "; drop it (data.drop) unless it is known at prediction time")
     return "pass", "no column alone predicts the label almost perfectly on val"
@@ -241,9 +257,9 @@ def _results(ctx: PhaseContext, bundle: Any) -> dict[str, tuple[str, Any]]:
         else ("fail", "training.deterministic is false; set it true or waive with a reason")
     r["environment_documented"] = ("pass", f"environment.json: python {env.get('python')}, torch {env.get('torch')}") \
         if env.get("python") and env.get("torch") else ("fail", "environment.json missing or incomplete")
-    tip = advice(cfg.target.metric, bundle.info["class_counts"]["train"])
+    tip = None if bundle.regression else advice(cfg.target.metric, bundle.info["class_counts"]["train"])
     r["config_valid"] = ("pass", f"training_config.yaml sha256 {config_hash(cfg)[:12]}…; target val "
-                         f"{cfg.target.metric} ≥ {cfg.target.value}" + (f". Advice: {tip}" if tip else ""))
+                         f"{target_text(cfg.target.metric, cfg.target.value)}" + (f". Advice: {tip}" if tip else ""))
     r["no_leaky_column"] = _leak_check(ctx)
     splits = read_json(splits_path) if splits_path.exists() else {}
     fp = splits.get("fingerprints", {})
