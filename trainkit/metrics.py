@@ -15,14 +15,14 @@ from typing import Any
 import numpy as np
 
 __all__ = ["METRICS", "REGRESSION", "LABELS", "is_regression", "higher_is_better", "oriented", "better", "best_of", "reaches",
-           "gain_points", "shortfall_points", "target_text", "headroom_points", "regression_scores", "constant_score", "constant_baseline", "check_metric", "advice", "score", "chance_score", "prior_loss", "row_score", "bootstrap_interval", "metric_interval",
+           "gain_points", "shortfall_points", "target_text", "skill", "skill_of", "headroom_points", "regression_scores", "constant_score", "constant_baseline", "check_metric", "advice", "score", "chance_score", "prior_loss", "row_score", "bootstrap_interval", "metric_interval",
            "expected_calibration_error"]
 
 CLASSIFICATION = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc")
 REGRESSION = ("rmse", "mae", "r2")  # a target metric of these makes the run a regression (a number to predict)
 METRICS = CLASSIFICATION + REGRESSION
 LABELS = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy", "macro_f1": "macro F1", "roc_auc": "ROC AUC",
-          "rmse": "RMSE", "mae": "MAE", "r2": "R²"}
+          "rmse": "RMSE", "mae": "MAE", "r2": "R²", "skill": "skill"}
 LOWER_IS_BETTER = ("rmse", "mae")
 
 
@@ -80,6 +80,25 @@ def headroom_points(metric: str, best: float) -> float:
 def target_text(metric: str, value: float) -> str:
     """The target as a person reads it: ``accuracy ≥ 0.9``, ``rmse ≤ 2.5``."""
     return f"{metric} {'≥' if higher_is_better(metric) else '≤'} {value:g}"
+
+
+def skill(metric: str, value: float | None, scale: float) -> float | None:
+    """A regression score on a higher-is-better, fraction-like scale (a skill score): an error
+    (rmse, mae) as 1 − value / ``scale``, where ``scale`` is the error of predicting the train mean
+    (0: no better than the mean; 1: perfect); r2 and any class metric as they are. Phase 3's
+    detectors judge a regression on it, so their points are shares of the mean predictor's error."""
+    if value is None or higher_is_better(metric):
+        return value
+    return 1.0 - float(value) / max(float(scale), 1e-12)
+
+
+def skill_of(split_info: dict[str, Any], metric: str) -> Any:
+    """The function value → :func:`skill` of a run (its split record: the mean predictor's val
+    error is the scale); the identity for a class metric."""
+    base = split_info.get("mean_predictor_val") if split_info.get("task") == "regression" else None
+    if not base or higher_is_better(metric):
+        return lambda v: v
+    return lambda v: skill(metric, v, base[metric])
 
 
 def regression_scores(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:

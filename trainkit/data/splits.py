@@ -95,7 +95,13 @@ def split_record(source: Source, splits: dict[str, np.ndarray], cfg: Any, mean: 
     y = source.y.numpy()
     if source.regression:  # numbers: each split's count (one "class": the label), and the label's spread per split
         counts = {k: [int(len(v))] for k, v in splits.items()}
-        extra: dict[str, Any] = {"task": "regression", "label_scale": label_scale(source, splits["train"]),
+        from trainkit.metrics import regression_scores
+
+        scale = label_scale(source, splits["train"])
+        val = y[splits["val"]].astype(np.float64)
+        extra: dict[str, Any] = {"task": "regression", "label_scale": scale,
+                                 # what predicting the train mean scores on val: the skill scale's zero (trainkit.metrics.skill)
+                                 "mean_predictor_val": regression_scores(val, np.full(len(val), scale["mean"])) if len(val) else None,
                                  "label_summary": {k: {"mean": float(y[v].mean()), "std": float(y[v].std()),
                                                        "min": float(y[v].min()), "max": float(y[v].max())}
                                                    for k, v in splits.items() if len(v)}}

@@ -22,7 +22,7 @@ from trainkit.diagnostics.findings import STANDARD_LR, best_score, patch_already
 from trainkit.metrics import row_score
 from trainkit.run import METRICS, RunFolder
 
-__all__ = ["gather_evidence", "run_probes", "detect_all", "plan_recommendations", "combine_patches", "DETECTORS",
+__all__ = ["gather_evidence", "skill_view", "run_probes", "detect_all", "plan_recommendations", "combine_patches", "DETECTORS",
            "THRESHOLDS", "Finding", "Recommendation", "classify_crash", "primary_cause", "patch_already_in", "move_family"]
 
 
@@ -43,6 +43,49 @@ def gather_evidence(source_dir: str | Path, cfg: TrainkitConfig, failed_mode: bo
             "init_loss": init if init is None or math.isfinite(init) else None, "nonfinite": summary.get("nonfinite"),
             "crash": crash, "target": cfg.target.value, "config": config_to_dict(cfg), "device": summary.get("device", "cpu"),
             "failed_mode": failed_mode, "exclude_path": "exclude.json", "probes": {}}
+
+
+def skill_view(ev: dict[str, Any], metric: str, scale: float) -> dict[str, Any]:
+    """A regression's evidence as the detectors read it: every score of the target metric on the
+    skill scale (:func:`trainkit.metrics.skill`, higher is better, 1 perfect, 0 the train mean's
+    prediction), written into the fields a class metric fills (``train_accuracy``,
+    ``val_accuracy``, ``val_score``; the best epoch, the target, the seed-variance and reference
+    probes). So one set of detectors judges both directions; ``ev["skill"]`` says how it was made.
+    The raw rows are kept as ``raw_history``."""
+    from trainkit.metrics import skill
+
+    def row(h: dict[str, Any]) -> dict[str, Any]:
+        v = skill(metric, h.get("val_score"), scale)
+        return dict(h, train_accuracy=skill(metric, h.get("train_score"), scale), val_accuracy=v, val_score=v)
+
+    ev = dict(ev, raw_history=ev.get("history"), raw_best=ev.get("best"))
+    ev["history"] = [row(h) for h in ev.get("history") or []]
+    ev["best"] = row(ev["best"]) if ev.get("best") else None
+    ev["target"] = skill(metric, ev["target"], scale)
+    ev["skill"] = {"metric": metric, "scale": scale, "what": (f"1 − {metric} / {scale:.4g} ({metric} of predicting the train "
+                                                             "mean on val)") if metric in ("rmse", "mae") else "r2"}
+    return ev
+
+
+def skill_probes(probes: dict[str, Any], metric: str, scale: float) -> dict[str, Any]:
+    """The seed-variance and reference probes of a regression on the skill scale (:func:`skill_view`)."""
+    from trainkit.metrics import higher_is_better, skill
+
+    out = dict(probes)
+    sv = probes.get("seed_variance") or {}
+    if "mean" in sv and not higher_is_better(metric):
+        vals = [skill(metric, v, scale) for v in sv.get("val_accuracy") or []]
+        out["seed_variance"] = dict(sv, raw=sv, val_accuracy=vals, mean=skill(metric, sv["mean"], scale),
+                                    std=sv["std"] / scale, range=sv["range"] / scale)
+    ref = probes.get("reference") or {}
+    if "models" in ref:
+        models = {k: dict(m, val_score=skill(metric, m["val_score"], scale), val_accuracy=skill(metric, m["val_score"], scale))
+                  for k, m in ref["models"].items()}
+        net = skill(metric, ref.get("network_val_score"), scale)
+        top = models[ref["best"]]["val_score"]
+        out["reference"] = dict(ref, models=models, best_val_score=top, network_val_score=net, raw=ref,
+                                gap_points=None if net is None else round(100 * (top - net), 2))
+    return out
 
 
 def _timed(name: str, fn: Callable[[], dict[str, Any]], echo: Callable[[str], None]) -> dict[str, Any]:
@@ -118,7 +161,9 @@ def run_probes(cfg: TrainkitConfig, bundle: Any, ev: dict[str, Any], label_issue
     out["data"] = _timed("data", lambda: P.data_probe(full), echo)
     out["reference"] = gated("reference", cost.steps(50), lambda: P.reference_probe(bundle, best_score(ev) if ev.get("best") else None,
                                                                                     cfg.target.metric))
-    if label_issues:
+    if label_issues and bundle.regression:  # confident learning reads class probabilities
+        out["label_issues"] = {"error": "not run: a regression has no classes to mislabel", "skipped": True, "na": True}
+    elif label_issues:
         base_val = (ev.get("best") or {}).get("val_accuracy")
         rows, folds, epochs = cost.label_rows(), 3, 15
         per_row = cost.epochs(folds * epochs * 2 / 3, 1 / max(1, len(bundle.splits["train"])))

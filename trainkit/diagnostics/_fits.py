@@ -64,7 +64,8 @@ def _train_steps(model: nn.Module, cfg: TrainkitConfig, bundle: DataBundle, epoc
 def _short_train(cfg: TrainkitConfig, bundle: DataBundle, epochs: int, seed: int, zero_inputs: bool = False,
                  max_steps: int | None = None, deadline: float | None = None) -> tuple[nn.Module, float, float]:
     """Train briefly with the config's optimizer (at most ``max_steps`` steps, and not past
-    ``deadline``, a time.time() value); returns (model, val loss, val accuracy)."""
+    ``deadline``, a time.time() value); returns (model, val loss, val accuracy). A regression:
+    (model, val mse on the standardized label, the target metric in the label's units)."""
     device = resolve_device(cfg.training.device)
     model = _model(cfg, bundle, device, seed)
     _train_steps(model, cfg, bundle, epochs, seed, device, zero_inputs, max_steps, deadline)
@@ -72,4 +73,10 @@ def _short_train(cfg: TrainkitConfig, bundle: DataBundle, epochs: int, seed: int
     xv, yv = sample(bundle, "val", 4096, device=device)
     with torch.no_grad():
         out = model(torch.zeros_like(xv) if zero_inputs else xv).float()
+        if bundle.regression:
+            from trainkit.metrics import regression_scores
+
+            z = out.reshape(len(yv), -1)[:, 0]
+            scores = regression_scores(bundle.to_label_units(yv), bundle.to_label_units(z))
+            return model, float(F.mse_loss(z, yv)), scores[cfg.target.metric]
         return model, float(F.cross_entropy(out, yv)), float((out.argmax(1) == yv).float().mean())

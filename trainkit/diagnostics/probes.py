@@ -21,7 +21,7 @@ from trainkit.data import DataBundle
 from trainkit.diagnostics._fits import _model, _short_train, sample
 from trainkit.diagnostics.reference import class_recall, reference_predictions
 from trainkit.losses import loss_of
-from trainkit.metrics import row_score, score
+from trainkit.metrics import best_of, gain_points, oriented, regression_scores as score_all, row_score, score
 from trainkit.train import fit, make_optimizer, resolve_device
 
 __all__ = ["sample", "init_loss_probe", "input_independent_probe", "overfit_batch_probe", "lr_range_test",
@@ -31,13 +31,15 @@ __all__ = ["sample", "init_loss_probe", "input_independent_probe", "overfit_batc
 
 
 def init_loss_probe(cfg: TrainkitConfig, bundle: DataBundle, n: int = 512) -> dict[str, Any]:
-    """Loss of the untrained model against ln(K): a healthy init sits near ln(K)."""
+    """Loss of the untrained model against ln(K): a healthy init sits near ln(K). A regression: the
+    mean squared error on the standardized label against 1 (the label's variance: what predicting
+    its mean scores), reported in the same fields."""
     device = resolve_device(cfg.training.device)
     model = _model(cfg, bundle, device).eval()
     x, y = sample(bundle, "val", n, device=device)
     with torch.no_grad():
-        loss = float(F.cross_entropy(model(x).float(), y))
-    ln_k = math.log(bundle.num_classes)
+        loss = float(loss_of(model(x), y))
+    ln_k = 1.0 if bundle.regression else math.log(bundle.num_classes)
     return {"init_loss": loss, "ln_k": ln_k, "ratio": loss / ln_k, "ok": bool(math.isfinite(loss) and loss < 2 * ln_k)}
 
 
@@ -48,7 +50,7 @@ def input_independent_probe(cfg: TrainkitConfig, bundle: DataBundle, epochs: int
     pipeline, labels detached from samples)."""
     _, zl, za = _short_train(cfg, bundle, epochs, cfg.training.seed, zero_inputs=True, max_steps=max_steps)
     _, rl, ra = _short_train(cfg, bundle, epochs, cfg.training.seed, max_steps=max_steps)
-    ok = math.isfinite(rl) and (ra > za + 0.01 or rl < zl * 0.95)
+    ok = math.isfinite(rl) and ((ra > za + 0.01 and not bundle.regression) or rl < zl * 0.95)
     return {"zero_input_val_loss": zl, "zero_input_val_accuracy": za, "real_val_loss": rl, "real_val_accuracy": ra,
             "epochs": epochs, "ok": bool(ok)}
 
@@ -224,7 +226,8 @@ def seed_variance_probe(cfg: TrainkitConfig, bundle: DataBundle, seeds: Sequence
     if baseline is not None:
         for s in seeds:
             if s == s0:
-                accs.append(float(max(row_score(h) for h in history[:cut_at]) if short else row_score(baseline)))
+                accs.append(float(best_of(cfg.target.metric, (row_score(h) for h in history[:cut_at])) if short
+                                  else row_score(baseline)))
                 used.append(s)
                 continue
             if allows is not None and not allows(cost_s, f"seed-variance run on seed {s}"):
@@ -312,6 +315,12 @@ def dead_units_probe(cfg: TrainkitConfig, bundle: DataBundle, model: nn.Module |
 
 
 def per_class_probe(cfg: TrainkitConfig, bundle: DataBundle, model: nn.Module | None) -> dict[str, Any]:
+    if bundle.regression:
+        return {"na": "a regression has no classes"}
+    return _per_class(cfg, bundle, model)
+
+
+def _per_class(cfg: TrainkitConfig, bundle: DataBundle, model: nn.Module | None) -> dict[str, Any]:
     """Val recall per class of the diagnosed model (the baseline's best checkpoint)."""
     if model is None:
         return {"recall": None}
@@ -377,9 +386,10 @@ def data_probe(bundle: DataBundle, near_threshold: float = 0.995, max_rows: int 
             leaked, within = [], []
         out["leaked_train_indices"] = leaked
         out["duplicate_train_indices"] = within
-    counts = np.bincount(y[bundle.splits["train"]], minlength=bundle.num_classes)
-    out["class_counts_train"] = counts.tolist()
-    out["imbalance_ratio"] = float(counts.max() / max(1, counts.min()))
+    if not bundle.regression:  # a number to predict has no classes to balance
+        counts = np.bincount(y[bundle.splits["train"]], minlength=bundle.num_classes)
+        out["class_counts_train"] = counts.tolist()
+        out["imbalance_ratio"] = float(counts.max() / max(1, counts.min()))
     if bundle.source.x is not None:
         xt = bundle.source.x[torch.as_tensor(bundle.splits["train"][:max_rows])].reshape(len(bundle.splits["train"][:max_rows]), -1)
         out["features"] = int(xt.shape[1])
@@ -392,7 +402,8 @@ def data_probe(bundle: DataBundle, near_threshold: float = 0.995, max_rows: int 
     table = getattr(bundle.source, "table", None)
     if table is not None:  # by column name, on train and val only
         tr, va = np.asarray(bundle.splits["train"]), np.asarray(bundle.splits["val"])
-        out["table"] = table.checks(tr, y[tr], va, y[va])
+        yy = y.astype(np.float64) if bundle.regression else y
+        out["table"] = table.checks(tr, yy[tr], va, yy[va])
     return out
 
 
@@ -560,13 +571,22 @@ def reference_probe(bundle: DataBundle, network_val: float | None, metric: str =
     xb, yb = xv.reshape(len(xv), -1).numpy(), yv.numpy()
     out: dict[str, Any] = {"rows": int(len(xa)), "of_rows": int(len(bundle.splits["train"])), "val_rows": int(len(yb)),
                            "metric": metric, "models": {}}
-    for name, probs, seconds in reference_predictions(xa, ya, xb, bundle.num_classes, tabular, seed):
-        recall = class_recall(yb, probs.argmax(1), bundle.num_classes)
-        out["models"][name] = {"val_accuracy": float((probs.argmax(1) == yb).mean()), "val_score": score(metric, yb, probs),
-                               "val_recall": [None if r is None else round(r, 4) for r in recall], "seconds": seconds}
-    best = max(out["models"], key=lambda k: out["models"][k]["val_score"])
+    if bundle.regression:  # Ridge and boosted trees on the standardized label, scored in the label's units
+        from trainkit.diagnostics.reference import reference_regressions
+
+        truth = bundle.to_label_units(yb)
+        for name, pred, seconds in reference_regressions(xa, ya, xb, tabular, seed):
+            scores = score_all(truth, bundle.to_label_units(pred))
+            out["models"][name] = {"val_accuracy": None, "val_score": scores[metric], **{f"val_{k}": v for k, v in scores.items()},
+                                   "seconds": seconds}
+    else:
+        for name, probs, seconds in reference_predictions(xa, ya, xb, bundle.num_classes, tabular, seed):
+            recall = class_recall(yb, probs.argmax(1), bundle.num_classes)
+            out["models"][name] = {"val_accuracy": float((probs.argmax(1) == yb).mean()), "val_score": score(metric, yb, probs),
+                                   "val_recall": [None if r is None else round(r, 4) for r in recall], "seconds": seconds}
+    best = max(out["models"], key=lambda k: oriented(metric, out["models"][k]["val_score"]))
     top = out["models"][best]["val_score"]
     out.update(best=best, best_val_score=top, best_val_accuracy=out["models"][best]["val_accuracy"],
                network_val_score=network_val, network_val_accuracy=network_val if metric == "accuracy" else None,
-               gap_points=None if network_val is None else round(100 * (top - network_val), 2))
+               gap_points=None if network_val is None else round(gain_points(metric, top, network_val), 2))
     return out

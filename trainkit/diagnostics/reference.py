@@ -18,7 +18,28 @@ from trainkit.diagnostics.findings import (STANDARD_LR, THRESHOLDS, Finding, Rec
                                            _tabm_wider_rec, _gap_to_target, _noise_points, _quiet, _recommend, _seed_probe_converged,
                                            best_score)
 
-__all__ = ["detect_reference_gap", "sampling_points", "reference_predictions", "class_recall"]
+__all__ = ["detect_reference_gap", "sampling_points", "reference_predictions", "reference_regressions", "class_recall"]
+
+
+def reference_regressions(x: np.ndarray, y: np.ndarray, xq: np.ndarray, tabular: bool,
+                          seed: int = 0) -> list[tuple[str, np.ndarray, float]]:
+    """A regression's reference models, fitted on ``(x, y)`` (y standardized): ridge regression,
+    and for tables gradient-boosted trees. Per model: (name, predictions of ``xq``, seconds)."""
+    from sklearn.ensemble import HistGradientBoostingRegressor
+    from sklearn.linear_model import Ridge
+
+    models: dict[str, Any] = {"ridge": Ridge(alpha=1.0)}
+    if tabular:
+        models["boosted_trees"] = HistGradientBoostingRegressor(random_state=seed)
+    out = []
+    for name, model in models.items():
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model.fit(x, y)
+            pred = np.asarray(model.predict(xq), dtype=np.float64)
+        out.append((name, pred, round(time.perf_counter() - t0, 3)))
+    return out
 
 def reference_predictions(x: np.ndarray, y: np.ndarray, xq: np.ndarray, k: int, tabular: bool,
                           seed: int = 0) -> list[tuple[str, np.ndarray, float]]:
@@ -50,7 +71,7 @@ def class_recall(y: np.ndarray, pred: np.ndarray, k: int) -> list[float | None]:
     return [None if n == 0 else float(h / n) for h, n in zip(hits, support)]
 
 
-NAMES = {"logistic_regression": "logistic regression", "boosted_trees": "gradient-boosted trees"}
+NAMES = {"logistic_regression": "logistic regression", "boosted_trees": "gradient-boosted trees", "ridge": "ridge regression"}
 
 
 def sampling_points(p: float, n: int) -> float:

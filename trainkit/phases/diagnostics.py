@@ -73,6 +73,13 @@ def diagnose(ctx: DiagnosticsContext, label_issues: bool = True) -> dict[str, An
     ev["tried"] = realized_gains(ctx.run_dir, cfg)
     bundle = load_run_data(cfg, ctx.run_dir, PHASE)
     ev["probes"] = run_probes(cfg, bundle, ev, label_issues=label_issues, clock=clock(ctx))
+    if bundle.regression:  # the detectors judge a regression on the skill scale (1 perfect, 0 the train mean)
+        from trainkit.diagnostics import skill_probes, skill_view
+
+        scale = bundle.info["mean_predictor_val"][cfg.target.metric]  # the skill scale's zero (Phase 4 uses the same)
+        ev = skill_view(ev, cfg.target.metric, scale)
+        ev["probes"] = skill_probes(ev["probes"], cfg.target.metric, scale)
+        ev["residuals"] = _residuals(ctx, cfg, bundle, ev)
     findings = detect_all(ev)
     plan = plan_recommendations(findings, ev)
     primary = primary_cause(findings)
@@ -93,9 +100,34 @@ def diagnose(ctx: DiagnosticsContext, label_issues: bool = True) -> dict[str, An
               "primary": primary.name if primary else None, "cause": (primary.cause or primary.name) if primary else None,
               "strength": round(primary.strength, 3) if primary else 0.0,
               "findings": [f.to_dict() for f in findings], "plan": plan,
-              "evidence": {k: v for k, v in ev.items() if k not in ("history", "config")}}
+              "evidence": {k: v for k, v in ev.items() if k not in ("history", "config", "raw_history")}}
     write_json_atomic(ctx.path(FINDINGS), result)
     return result
+
+
+def _residuals(ctx: DiagnosticsContext, cfg: Any, bundle: Any, ev: dict[str, Any]) -> dict[str, Any] | None:
+    """A regression's diagnosed model on val: predicted against actual and the residuals against the
+    prediction (residuals.png), in the label's units; the residuals' summary for the report."""
+    import numpy as np
+
+    from trainkit.diagnostics import _trained_model
+    from trainkit.metrics import regression_scores
+    from trainkit.plots import residual_figure
+    import torch
+
+    from trainkit.train import predict_numbers
+
+    model = _trained_model(cfg, bundle, ev)
+    if model is None:
+        return None
+    z, y = predict_numbers(model, bundle, "val", torch.device("cpu"))
+    truth, pred = bundle.to_label_units(y), bundle.to_label_units(z)
+    scores = regression_scores(truth, pred)
+    label = bundle.source.class_names[0]
+    show_figure(residual_figure(truth, pred, label, "val (diagnosed model)", scores), ctx.path("residuals.png"))
+    r = truth - pred
+    return {"figure": "residuals.png", **scores, "residual_mean": float(r.mean()),
+            "residual_p05": float(np.percentile(r, 5)), "residual_p95": float(np.percentile(r, 95))}
 
 
 def _previous_exclusions(ctx: DiagnosticsContext) -> set[int]:
@@ -122,6 +154,8 @@ def _figures(ctx: DiagnosticsContext, result: dict[str, Any]) -> list[str]:
         if fig is not None:
             show_figure(fig, ctx.path(name))
             names.append(name)
+    if (result["evidence"].get("residuals") or {}).get("figure"):  # drawn by diagnose (it needs the model)
+        names.append(result["evidence"]["residuals"]["figure"])
     return names
 
 
@@ -169,7 +203,7 @@ def write_report(ctx: DiagnosticsContext, result: dict[str, Any], decision: dict
              f" — {result.get('cause')}, evidence strength {result.get('strength', 0):.1f} "
              f"([guide](guides/{result['primary']}.md))" if result["primary"] else ""), "",
          "Findings are ranked by evidence strength: the effect in units of its threshold or of twice the seed spread, "
-         "whichever is larger; infrastructure findings first.", "",
+         "whichever is larger; infrastructure findings first.", "", *_skill_lines(result["evidence"].get("skill")),
          "## Diagnostics", "", "| diagnostic | fired | strength | evidence | guide |", "|---|---|---:|---|---|"]
     L += [f"| {f['name']} | {'**yes**' if f['fired'] else 'no'} | {f.get('strength', 0):.2f} | {f['summary']} | "
           f"[{f['name']}.md](guides/{f['name']}.md) |" for f in result["findings"]]
@@ -220,12 +254,36 @@ def _recovery_lines(rec: dict[str, Any] | None) -> list[str]:
     return L
 
 
+def _skill_lines(skill: dict[str, Any] | None) -> list[str]:
+    """How a regression is judged here: on the skill scale, which the fields named accuracy hold."""
+    if not skill:
+        return []
+    return [f"**A number to predict**: the detectors read the target metric {skill['metric']} on a skill scale, "
+            f"{skill['what']}: 1 is perfect, 0 no better than predicting the train mean, higher is better. The findings' "
+            "train / val \"accuracy\" and the points below are on that scale (a point: 1% of the train mean's error); "
+            "the reference table gives the metric itself.", ""]
+
+
 def _reference_lines(ref: dict[str, Any]) -> list[str]:
     """The "a simpler model is not better" comparison: the network against the models a data
-    scientist would otherwise pick, on the same rows, scored on val."""
+    scientist would otherwise pick, on the same rows, scored on val (a regression: its metric in
+    the label's units, the skill beside it)."""
     if "models" not in ref:
         return ["", "## Reference models", "", f"Not run: {ref.get('error', 'no result')}."]
-    names = {"logistic_regression": "logistic regression", "boosted_trees": "gradient-boosted trees"}
+    names = {"logistic_regression": "logistic regression", "boosted_trees": "gradient-boosted trees", "ridge": "ridge regression"}
+    if "raw" in ref:  # a regression: the metric in the label's units, and its skill
+        metric, raw = ref.get("metric", "rmse"), ref["raw"]
+        L = ["", "## Reference models (a simpler model is not better)", "",
+             f"Fitted on the same preprocessed train rows ({ref['rows']} of {ref['of_rows']}), scored on val:", "",
+             f"| model | val {LABELS[metric]} | val R² | skill |", "|---|---:|---:|---:|"]
+        L += [f"| {names.get(k, k)} | {v['val_score']:.4g} | {v['val_r2']:.4f} | {ref['models'][k]['val_score']:.4f} |"
+              for k, v in raw["models"].items()]
+        if raw.get("network_val_score") is not None:
+            L += [f"| **the network** | {raw['network_val_score']:.4g} | | {ref['network_val_score']:.4f} |"]
+        gap = ref.get("gap_points")
+        if gap is not None:
+            L += ["", f"The best reference is {gap:+.1f} skill points {'ahead of' if gap > 0 else 'from'} the network."]
+        return L
     metric = ref.get("metric", "accuracy")
     net = ref.get("network_val_score", ref.get("network_val_accuracy"))
     L = ["", "## Reference models (a simpler model is not better)", "",
@@ -259,8 +317,8 @@ def _probe_lines(p: dict[str, Any]) -> list[str]:
         except (KeyError, ValueError, TypeError):
             return f"- {name}: {str({k: v for k, v in d.items() if not isinstance(v, list)})[:300]}"
     return [g("init_loss", "loss at init {init_loss:.3f} vs ln(K) {ln_k:.3f} (ratio {ratio:.2f})"),
-            g("input_independent", "zeroed inputs: val acc {zero_input_val_accuracy:.3f} vs real inputs {real_val_accuracy:.3f} "
-              "after {epochs} epochs (ok: {ok})"),
+            g("input_independent", "zeroed inputs: val loss {zero_input_val_loss:.3f} (score {zero_input_val_accuracy:.4g}) vs real "
+              "inputs {real_val_loss:.3f} ({real_val_accuracy:.4g}) after {epochs} epochs (ok: {ok})"),
             g("overfit_batch", "overfit one batch of {batch}: loss {final_loss:.4f} after {steps} steps (ok: {ok})"),
             g("lr_range", "LR range test ({optimizer}): min loss at {min_loss_lr:.3g}, suggested {suggested_lr:.3g}, "
               "configured {configured_lr:g}"),

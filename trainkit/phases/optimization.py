@@ -16,7 +16,7 @@ import numpy as np
 from trainkit._io import read_json, write_json_atomic, write_text_atomic
 from trainkit.config import config_hash, config_to_dict, get_dotted, load_config, save_config, with_overrides
 from trainkit.errors import RunError
-from trainkit.metrics import LABELS, row_score
+from trainkit.metrics import LABELS, row_score, skill_of
 from trainkit.phases.common import run_path, CURRENT_CONFIG, OptimizationContext, begin, clock, finish_gate, load_run_config, \
     require_routed, show_figure, show_html, write_decision
 from trainkit.run import (COMPARISON, DECISION, FINDINGS, TRAIN_SUMMARY, TRAINING_CONFIG, Phase, RunFolder, latest_attempt_dir,
@@ -144,21 +144,36 @@ SINGLE_SEED_FLOOR = 0.01  # a single-seed comparison without Phase 3's spread mu
 PRUNE_MARGIN = 0.03  # a seed trailing the best so far by more than this (or 4 seed std) at half time cannot win
 
 
-def _pruner(cfg: Any, reference: list[dict[str, Any]] | None, margin: float) -> Any:
+def _judge(run_dir: Path, cfg: Any) -> Any:
+    """What Phase 4 compares, higher is better: the target metric's value, or a regression's skill
+    (:func:`trainkit.metrics.skill`: 1 − error / the train mean's error), so one set of statistics
+    serves both directions. The raw value stays in each row's ``best_val_metric``."""
+    from trainkit.run import RunFolder
+
+    return skill_of(RunFolder(run_dir).splits() or {}, cfg.target.metric)
+
+
+def _score_name(cfg: Any) -> str:
+    m = cfg.target.metric
+    return f"skill (1 − {LABELS[m]} / the train mean's)" if m in ("rmse", "mae") else LABELS[m]
+
+
+def _pruner(cfg: Any, reference: list[dict[str, Any]] | None, margin: float, judge: Any = None) -> Any:
     """An on_epoch hook that stops a run which, from half its epochs on, trails the best-so-far
     run on the same seed at the same epoch (its best val target metric up to there) by more than
     ``margin``; None without a reference."""
     if not reference:
         return None
     half = max(1, (cfg.training.epochs + 1) // 2)
-    best = [0.0]
+    best = [-math.inf]
+    J = judge or (lambda v: v)
 
     def hook(rec: dict[str, Any]) -> bool:
-        best[0] = max(best[0], row_score(rec))
+        best[0] = max(best[0], J(row_score(rec)))
         e = rec["epoch"]
         if e + 1 < half:
             return False
-        ref = max(row_score(h) for h in reference[: e + 1])
+        ref = max(J(row_score(h)) for h in reference[: e + 1])
         return best[0] < ref - margin
     return hook
 
@@ -181,7 +196,8 @@ def _train_seeds(cfg: Any, bundle: Any, out: Path | None, seeds: list[int], ctx:
         if c is not None and not (always_first and not rows) and not c.allows(est, f"{what or 'fit'} on seed {s}"):
             break
         d = out / f"seed-{s}" if out is not None else None
-        hook = _pruner(cfg, (reference or {}).get(s), max(PRUNE_MARGIN, 4 * _phase3_seed_std(ctx)) if ctx else PRUNE_MARGIN)
+        J = _judge(bundle.store.root, cfg) if bundle.store is not None else (lambda v: v)
+        hook = _pruner(cfg, (reference or {}).get(s), max(PRUNE_MARGIN, 4 * _phase3_seed_std(ctx)) if ctx else PRUNE_MARGIN, J)
         data = bundle
         if folds is not None:  # small data: run i trains on fold i of train+val (seed i), fold for fold with the others
             from trainkit.folds import fold_view
@@ -189,11 +205,11 @@ def _train_seeds(cfg: Any, bundle: Any, out: Path | None, seeds: list[int], ctx:
             data = fold_view(bundle, s - folds["s0"], folds["k"], seed=folds["s0"])
         r = fit(with_overrides(cfg, {"training.seed": s}), data, d, progress=False, deadline=c.deadline if c else None,
                 on_epoch=hook)
-        best_score = row_score(r.best) if r.best else float("nan")
+        raw = row_score(r.best) if r.best else float("nan")
         print(f"  {what or 'fit'} {'fold' if folds else 'seed'} {s}: {r.status} after {len(r.history)} epoch(s), best val "
-              f"{LABELS[cfg.target.metric]} {best_score:.4f} ({r.wall_time_s:.1f} s)", flush=True)
+              f"{LABELS[cfg.target.metric]} {raw:.4f} ({r.wall_time_s:.1f} s)", flush=True)
         rows.append({"seed": s, "status": r.status, "best_val_accuracy": (r.best or {}).get("val_accuracy", float("nan")),
-                     "best_val_score": best_score,
+                     "best_val_score": J(raw), "best_val_metric": raw,
                      "best_epoch": (r.best or {}).get("epoch"), "train_time_s": r.train_time_s, "history": r.history,
                      "dir": str(d.relative_to(bundle.store.root)) if d is not None and bundle.store else None})
     return rows
@@ -236,7 +252,7 @@ def _baseline_rows(ctx: OptimizationContext, seeds: list[int], train: bool) -> l
     if rec.get("config_hash") != h or not isinstance(rec.get("runs"), dict):
         rec = {"config_hash": h, "config": str((base_dir / TRAINING_CONFIG).relative_to(ctx.run_dir)), "runs": {},
                "reused": {}}
-    known = _known_baseline_runs(ctx.run_dir, base_dir, base_cfg) if ctx.folds is None else {}
+    known = _known_baseline_runs(ctx.run_dir, base_dir, base_cfg, _judge(ctx.run_dir, base_cfg)) if ctx.folds is None else {}
     for seed, row in known.items():
         if str(seed) not in rec["runs"]:
             rec["runs"][str(seed)] = row
@@ -251,9 +267,9 @@ def _baseline_rows(ctx: OptimizationContext, seeds: list[int], train: bool) -> l
     return [rec["runs"][str(s)] for s in seeds if str(s) in rec["runs"]]
 
 
-def _known_baseline_runs(run_dir: Path, base_dir: Path, base_cfg: Any) -> dict[int, dict[str, Any]]:
+def _known_baseline_runs(run_dir: Path, base_dir: Path, base_cfg: Any, J: Any) -> dict[int, dict[str, Any]]:
     """Whole runs of the baseline config already trained: Phase 2's own, and Phase 3's seed-variance
-    runs of that same config (by config hash). Seed → row."""
+    runs of that same config (by config hash). Seed → row; ``J`` (:func:`_judge`) makes the value compared."""
     out: dict[int, dict[str, Any]] = {}
     summary = base_dir / TRAIN_SUMMARY
     if summary.is_file():
@@ -261,7 +277,8 @@ def _known_baseline_runs(run_dir: Path, base_dir: Path, base_cfg: Any) -> dict[i
         if r.get("best") and r.get("status") in ("completed", "early_stopped", "time_budget"):  # the baseline as it ran
             out[base_cfg.training.seed] = {"seed": base_cfg.training.seed, "status": r["status"],
                                            "best_val_accuracy": r["best"]["val_accuracy"],
-                                           "best_val_score": row_score(r["best"]), "best_epoch": r["best"]["epoch"],
+                                           "best_val_score": J(row_score(r["best"])), "best_val_metric": row_score(r["best"]),
+                                           "best_epoch": r["best"]["epoch"],
                                            "train_time_s": r.get("train_time_s"), "history": r.get("history") or [],
                                            "dir": str(base_dir.relative_to(run_dir)), "reused": str(base_dir.relative_to(run_dir))}
     want = config_hash(base_cfg)
@@ -271,7 +288,8 @@ def _known_baseline_runs(run_dir: Path, base_dir: Path, base_cfg: Any) -> dict[i
             continue  # short seed runs (the budget allowed only their first epochs) are not baseline runs
         for r in sv.get("runs") or []:  # whole runs, or runs mirroring a baseline the budget cut (same length)
             if r.get("status") in ("completed", "early_stopped", "time_budget"):
-                out.setdefault(int(r["seed"]), dict(r, dir=None, reused=f"{rd.relative_to(run_dir)} seed-variance probe"))
+                out.setdefault(int(r["seed"]), dict(r, dir=None, reused=f"{rd.relative_to(run_dir)} seed-variance probe",
+                                                    best_val_score=J(r["best_val_score"]), best_val_metric=r["best_val_score"]))
     return out
 
 
@@ -430,7 +448,7 @@ def _figures(ctx: OptimizationContext, out: dict[str, Any]) -> None:
     if out["best_before"].get("label") != "baseline":
         pts["best before"] = out["best_before"]["per_seed"]
     pts[f"iter {ctx.attempt}"] = [r["best_val_score"] for r in out["candidate"]]
-    show_figure(seed_points_figure(pts, ctx.config.target.value), ctx.path("seeds.png"))
+    show_figure(seed_points_figure(pts, _judge(ctx.run_dir, ctx.config)(ctx.config.target.value)), ctx.path("seeds.png"))
 
 
 def sweep(ctx: OptimizationContext, trials: int = 0, storage: str | None = None) -> dict[str, Any] | None:
@@ -482,8 +500,14 @@ def decide(ctx: OptimizationContext, cmp: dict[str, Any]) -> dict[str, Any]:
     rounds = len([e for e in load_manifest(ctx.run_dir)["phases"] if e["phase"] == Phase.DIAGNOSTICS.value])
     option, nxt, reason = after_optimization(
         candidate_mean=vb["mean_b"], best_mean=best_mean, baseline_mean=cmp["vs_baseline"]["mean_a"],
-        significant=adopted, target=cfg.target.value, gains=_gains(ctx) + [gain], iteration=ctx.attempt,
-        budget=cfg.budget, rounds=rounds)
+        significant=adopted, target=_judge(ctx.run_dir, cfg)(cfg.target.value), gains=_gains(ctx) + [gain],
+        iteration=ctx.attempt, budget=cfg.budget, rounds=rounds,
+        metric="skill" if cfg.target.metric in ("rmse", "mae") else cfg.target.metric)
+    if cfg.target.metric in ("rmse", "mae"):  # the skill compared, and the error itself
+        raw = [r.get("best_val_metric") for r in (cmp["candidate"] if adopted else cmp["baseline"])]
+        if raw and all(v is not None for v in raw):
+            reason += f" (skill: 1 − {cfg.target.metric} / the train mean's; mean val {cfg.target.metric} {np.mean(raw):.4g}, " \
+                      f"target {cfg.target.value:g})"
     if option == "B" and nxt == PHASE and rounds < cfg.budget.max_optimization_iterations \
             and not _untried(ctx, ctx.candidate if adopted else ctx.config):
         nxt = Phase.DIAGNOSTICS.value
@@ -501,7 +525,7 @@ def write_results(ctx: OptimizationContext, cmp: dict[str, Any], decision: dict[
     vb, vbase = cmp["vs_best"], cmp["vs_baseline"]
     ms = lambda m, s: f"{m:.4f} ± {s:.4f}"  # noqa: E731
     per = lambda vals: ", ".join(f"{v:.4f}" for v in vals)  # noqa: E731
-    name = LABELS[ctx.config.target.metric]
+    name = _score_name(ctx.config)
     base_vals = [r["best_val_score"] for r in cmp["baseline"]]
     cand_vals = [r["best_val_score"] for r in cmp["candidate"]]
     L = [f"# Optimization results (iteration {ctx.attempt})", "",
