@@ -225,6 +225,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     result = predict(args.run, args.input, say=lambda m: print(m, file=sys.stderr))
     path = write_predictions(result, args.output)
+    if result["probabilities"] is None:  # a regression: numbers in the label's units
+        v = result["predicted"]
+        print(f"trainkit: {len(v)} prediction(s) → {path} (column prediction, in {result['units']}; "
+              f"min {min(v):.4g}, max {max(v):.4g})" if v else f"trainkit: 0 predictions → {path}")
+        return 0
     counts = {c: result["predicted"].count(c) for c in result["classes"]}
     print(f"trainkit: {len(result['predicted'])} prediction(s) → {path} ({', '.join(f'{k} {v}' for k, v in counts.items())})")
     return 0

@@ -79,7 +79,9 @@ def _images(folder: Path, shape: tuple[int, ...]) -> tuple[np.ndarray, dict[str,
 
 def predict(run_dir: str | Path, input_path: str | Path, say: Any = None) -> dict[str, Any]:
     """Predict every row (file) of ``input_path`` with the run's model: ``{"ids": {...}, "classes":
-    [...], "probabilities": (N, K) array, "predicted": [class names], "model": which one}``."""
+    [...], "probabilities": (N, K) array, "predicted": [class names], "model": which one}``. A
+    regression run: ``predicted`` holds the numbers in the label's units (``classes`` is the
+    label's name, ``probabilities`` None, ``units`` says so)."""
     import torch
 
     from trainkit.checkpoints import load_checkpoint
@@ -101,9 +103,18 @@ def predict(run_dir: str | Path, input_path: str | Path, say: Any = None) -> dic
     model = build_model(cfg.model.name, shape, len(state["class_names"]), cfg.model.kwargs, cfg.model.init)
     model.load_state_dict(state["model"])
     model.eval()
+    names = list(state["class_names"])
+    if state.get("label_scale"):  # a regression: the model's standardized output back in the label's units
+        from trainkit.losses import as_logits
+
+        scale = state["label_scale"]
+        with torch.no_grad():
+            z = as_logits(model(normalize(torch.as_tensor(x), mean, std))).float().reshape(len(x), -1)[:, 0].double().numpy()
+        values = z * scale["std"] + scale["mean"]
+        return {"ids": ids, "classes": names, "probabilities": None, "predicted": values.tolist(), "model": which,
+                "units": f"the units of the label {names[0]!r}"}
     with torch.no_grad():
         probs = torch.softmax(model(normalize(torch.as_tensor(x), mean, std)).float(), dim=1).numpy()
-    names = list(state["class_names"])
     return {"ids": ids, "classes": names, "probabilities": probs, "predicted": [names[i] for i in probs.argmax(1)],
             "model": which}
 
@@ -116,6 +127,8 @@ def write_predictions(result: dict[str, Any], out: str | Path) -> Path:
 
     frame = pd.DataFrame(result["ids"])
     frame["prediction"] = result["predicted"]
+    if result["probabilities"] is None:  # a regression: the number, in the label's units
+        return write_text_atomic(out, frame.to_csv(index=False))
     for j, name in enumerate(result["classes"]):
         frame[f"p({name})"] = result["probabilities"][:, j]
     return write_text_atomic(out, frame.to_csv(index=False))
@@ -144,6 +157,15 @@ def raw_rows_parity(run_dir: str | Path, bundle: Any, expected: list[int] | None
         rows.to_csv(path, index=False)
         got = predict(run_dir, path)
     names = got["classes"]
+    if got["probabilities"] is None:  # a regression: the numbers, to float32 precision in the label's units
+        want_v, got_v = np.asarray([expected[i] for i in take], dtype=np.float64), np.asarray(got["predicted"])
+        tol = 1e-4 * max(1.0, float(np.abs(want_v).max()) if len(want_v) else 1.0)
+        worst = float(np.abs(got_v - want_v).max()) if len(want_v) else 0.0
+        if worst > tol:
+            return "fail", (f"raw test rows predicted differently through `trainkit predict` than in the evaluation (max abs "
+                            f"difference {worst:.3g} > {tol:.3g}, in the label's units)")
+        return "pass", (f"{len(want_v)} raw test rows (CSV, no label column) through `trainkit predict`: every number as "
+                        f"evaluated (max abs difference {worst:.2g}, label units)")
     want = [names[expected[i]] for i in take]
     bad = [i for i, (a, b) in enumerate(zip(got["predicted"], want)) if a != b]
     if bad:

@@ -22,7 +22,8 @@ from trainkit.errors import CheckpointError, GateError, QuarantineError
 from trainkit.phases.common import run_path, FinalizationContext, begin, clock, finish_gate, load_run_config, require_routed, \
     show_figure, show_html, write_decision
 from trainkit.metrics import LABELS, bootstrap_interval as _boot, expected_calibration_error, metric_interval, score
-from trainkit.phases.peers import floor_evidence, recall_table, reference_recall
+from trainkit.phases.final_numbers import LabelUnits, evaluate_numbers, metric_checks, number_card, number_guide
+from trainkit.phases.peers import recall_table, reference_recall
 from trainkit.run import PHASES, latest_attempt_dir, load_manifest, phase_dir
 
 __all__ = ["start", "final_train", "evaluate_test", "export_models", "write_docs", "reproduce", "decide", "gate",
@@ -178,6 +179,8 @@ def evaluate_test(ctx: FinalizationContext, force: bool = False) -> dict[str, An
                                   "re-evaluate; it is recorded and check test_evaluated_once will fail unless waived")
     bundle = _bundle(ctx)
     model = _load_final(ctx, bundle)
+    if bundle.regression:  # numbers in the label's units, each metric with its interval (final_numbers)
+        return evaluate_numbers(ctx, bundle, model, force, model_sha, rec_path)
     xv, yv = bundle.arrays("val")
     xt, yt = bundle.arrays("test", reason="forced re-evaluation" if force else "final test evaluation")
     pt, pv = _predict(model, xt), _predict(model, xv)
@@ -264,7 +267,9 @@ def export_models(ctx: FinalizationContext) -> dict[str, Any]:
 
     bundle = _bundle(ctx)
     model = _load_final(ctx, bundle)
-    out: dict[str, Any] = {"input_shape": list(bundle.input_shape)}
+    if bundle.regression:  # exported in the label's units; parity to parity_atol × the label's std
+        model, atol = LabelUnits(model, bundle.label_scale).eval(), ctx.config.final.parity_atol * max(1.0, bundle.label_scale["std"])
+    out: dict[str, Any] = {"input_shape": list(bundle.input_shape), "parity_atol": atol if bundle.regression else ctx.config.final.parity_atol}
     for name, fn in (("onnx", export_onnx), ("torchscript", export_torchscript)):
         try:
             fn(model, bundle.input_shape, ctx.path("model.onnx" if name == "onnx" else "model.ts"))
@@ -276,7 +281,7 @@ def export_models(ctx: FinalizationContext) -> dict[str, Any]:
     with torch.no_grad():
         ref = model(x).numpy()
     if out["onnx_exported"] and out["torchscript_exported"]:
-        out["parity"] = check_parity(ctx.dir, x.numpy(), ref, atol=ctx.config.final.parity_atol)
+        out["parity"] = check_parity(ctx.dir, x.numpy(), ref, atol=out["parity_atol"])
         out["latency"] = measure_latency(model, ctx.path("model.onnx"), ctx.path("model.ts"), bundle.input_shape)
         out["onnx_sha256"], out["torchscript_sha256"] = sha256_file(ctx.path("model.onnx")), sha256_file(ctx.path("model.ts"))
         rows = "".join(f"<tr><td>{r['runtime']}</td><td>{r['batch']}</td><td>{r['p50_ms']:.3f}</td><td>{r['p95_ms']:.3f}</td></tr>"
@@ -356,7 +361,7 @@ def write_docs(ctx: FinalizationContext, test: dict[str, Any], exp: dict[str, An
     bshape = (1, -1, 1, 1) if per_channel else (1, -1) if len(shape) == 1 else (1,) * (len(shape) + 1)
     if not per_channel and len(mean) == 1:
         bshape = tuple([1] * (len(shape) + 1))
-    guide = _GUIDE.format(shape=tuple(shape), k=len(splits["class_names"]), names=splits["class_names"], mean=mean, std=std,
+    guide = number_guide(splits, exp) if splits.get("task") == "regression" else _GUIDE.format(shape=tuple(shape), k=len(splits["class_names"]), names=splits["class_names"], mean=mean, std=std,
                           how="per channel" if per_channel else "one scalar over all features", onnx_sha=exp.get("onnx_sha256"),
                           ts_sha=exp.get("torchscript_sha256"), shape_csv=", ".join(str(s) for s in shape), bshape=bshape)
     bundle = _bundle(ctx)
@@ -368,6 +373,9 @@ def write_docs(ctx: FinalizationContext, test: dict[str, Any], exp: dict[str, An
     snippets = run_snippets(ctx.dir, guide)
     write_json_atomic(ctx.path("snippets.json"), snippets)
     env = read_json(ctx.run_dir / Phase.PLANNING.value / "environment.json")
+    if bundle.regression:
+        write_text_atomic(ctx.path("model_card.md"), number_card(ctx, splits, test, env))
+        return {"snippets": snippets}
     pcs = "\n".join(f"| {c['class']} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | {c['support']} |"
                     for c in test["per_class"])
     worst = min(test["per_class"], key=lambda c: c["recall"])
@@ -514,25 +522,7 @@ def _results(ctx: FinalizationContext, train: dict[str, Any], test: dict[str, An
 
     f, bundle = ctx.config.final, _bundle(ctx)
     res = _quarantine_checks(ctx, bundle)
-    metric = test.get("metric", "accuracy")
-    tgt, name, acc = ctx.config.target.value, LABELS[metric], metric == "accuracy"  # accuracy: its own fields
-    t_s, v_s = (test["accuracy"], test["val_accuracy"]) if acc else (test["score"], test["val_score"])
-    res["test_meets_target"] = ("pass" if t_s >= tgt else "fail",
-                                f"test {name} {t_s:.4f} vs target {tgt} (waive with the documented shortfall)")
-    (tl, th), (vl, vh) = (test["accuracy_ci"], test["val_accuracy_ci"]) if acc else (test["score_ci"], test["val_score_ci"])
-    overlap = tl <= vh and vl <= th
-    res["val_test_agree"] = ("pass" if overlap else "fail", f"val {name} {v_s:.4f} [{vl:.4f}, {vh:.4f}] and test "
-                             f"{t_s:.4f} [{tl:.4f}, {th:.4f}]: 95% bootstrap intervals "
-                             + ("overlap" if overlap else "do not overlap (val was optimistic, or the splits differ)"))
-    low = [c for c in test["per_class"] if c["recall"] < f.per_class_floor]
-    res["per_class_reported"] = ("fail", f"below the floor {f.per_class_floor}: {[c['class'] for c in low]}"
-                                 + floor_evidence(test, low)) if low else \
-        ("pass", f"{len(test['per_class'])} classes reported; lowest recall {min(c['recall'] for c in test['per_class']):.3f}")
-    res["calibration_measured"] = ("pass", f"ECE {test['ece']:.4f}") if math.isfinite(test.get("ece", float("nan"))) else \
-        ("fail", "ECE not measured")
-    drop = test["robustness_drop"]
-    res["robustness_smoke"] = ("pass" if drop <= f.robustness_tolerance else "fail",
-                               f"accuracy drop {drop * 100:.2f} points under σ={f.noise_std} noise (tolerance {f.robustness_tolerance * 100:.1f})")
+    res.update(metric_checks(ctx.config, test))
     res["final_training_finite"] = ("pass", f"{train['status']} after {len(train['history'])} epochs") if \
         train["status"] in ("completed", "early_stopped", "time_budget") and not train.get("nonfinite") else ("fail", f"status {train['status']}")
     try:
@@ -561,9 +551,10 @@ def _results(ctx: FinalizationContext, train: dict[str, Any], test: dict[str, An
     on, ts = par.get("onnx", {}), par.get("torchscript", {})
     res["onnx_valid"] = ("pass", "model.onnx passes onnx.checker (full check)") if exp.get("onnx_exported") else \
         ("fail", exp.get("onnx_error", "not exported"))
-    res["onnx_parity"] = ("pass" if on.get("ok") else "fail", f"max abs diff {on.get('max_abs_diff', on.get('error'))} (≤ {f.parity_atol})")
+    atol = exp.get("parity_atol", f.parity_atol)
+    res["onnx_parity"] = ("pass" if on.get("ok") else "fail", f"max abs diff {on.get('max_abs_diff', on.get('error'))} (≤ {atol:g})")
     res["torchscript_exported"] = ("pass", "model.ts") if exp.get("torchscript_exported") else ("fail", exp.get("torchscript_error", "not exported"))
-    res["torchscript_parity"] = ("pass" if ts.get("ok") else "fail", f"max abs diff {ts.get('max_abs_diff', ts.get('error'))} (≤ {f.parity_atol})")
+    res["torchscript_parity"] = ("pass" if ts.get("ok") else "fail", f"max abs diff {ts.get('max_abs_diff', ts.get('error'))} (≤ {atol:g})")
     flex = all(o.get("batch_1", [0])[0] == 1 and o.get("batch_n", [0])[0] == par.get("n") for o in (on, ts)) and bool(par)
     res["batch_flexible"] = ("pass", f"batch 1 and {par.get('n')} accepted by both") if flex else ("fail", "a batch size was refused")
     lat = exp.get("latency") or []

@@ -102,13 +102,19 @@ with open("{rows}", newline="") as f:
     rows = list(csv.DictReader(f, skipinitialspace=True))  # as trainkit reads a CSV
 x = ((np.array([encode(r) for r in rows]) - mean) / std).astype(np.float32)
 sess = ort.InferenceSession("model.onnx", providers=["CPUExecutionProvider"])
-logits = sess.run(None, {{"input": x}})[0]
+{tail}
+```
+'''
+
+_CLASSES = '''logits = sess.run(None, {{"input": x}})[0]
 probs = np.exp(logits - logits.max(1, keepdims=True))
 probs /= probs.sum(1, keepdims=True)
 print("raw-row predictions:", [pre["classes"][i] for i in probs.argmax(1)])
-assert np.allclose(probs, {expected}, atol=1e-3), "these probabilities differ from trainkit's on the same rows"
-```
-'''
+assert np.allclose(probs, {expected}, atol=1e-3), "these probabilities differ from trainkit's on the same rows"'''
+
+_NUMBERS = '''pred = sess.run(None, {{"input": x}})[0][:, 0]  # in the label's own units
+print("raw-row predictions ({label}):", pred.round(4).tolist())
+assert np.allclose(pred, {expected}, rtol=1e-4, atol={atol}), "these numbers differ from trainkit's on the same rows"'''
 
 
 def raw_rows_section(folder: Path, run_planning: Path, bundle: Any, model: torch.nn.Module, n: int = 5) -> str:
@@ -122,9 +128,17 @@ def raw_rows_section(folder: Path, run_planning: Path, bundle: Any, model: torch
     rows = table.frame.iloc[bundle.splits["val"][:n]][[c["name"] for c in pre.columns]]
     rows.to_csv(folder / SAMPLE_ROWS, index=False)
     x = torch.as_tensor(pre.transform(rows), dtype=torch.float32)
-    with torch.no_grad():
-        probs = torch.softmax(model.eval()((x - bundle.mean) / bundle.std).float(), 1).numpy()
     mean = [float(v) for v in bundle.mean.reshape(-1)]
     std = [float(v) for v in bundle.std.reshape(-1)]
-    return _SECTION.format(rows=SAMPLE_ROWS, n=len(rows), mean=mean, std=std,
-                           expected=np.round(probs, 5).tolist())
+    if bundle.regression:  # the exported model gives the label's units
+        from trainkit.phases.final_numbers import LabelUnits
+
+        with torch.no_grad():
+            values = LabelUnits(model, bundle.label_scale).eval()((x - bundle.mean) / bundle.std).double().numpy()[:, 0]
+        tail = _NUMBERS.format(label=table.label, expected=[float(f"{v:.7g}") for v in values],
+                               atol=f"{1e-4 * max(1.0, bundle.label_scale['std']):.3g}")
+    else:
+        with torch.no_grad():
+            probs = torch.softmax(model.eval()((x - bundle.mean) / bundle.std).float(), 1).numpy()
+        tail = _CLASSES.format(expected=np.round(probs, 5).tolist())
+    return _SECTION.format(rows=SAMPLE_ROWS, n=len(rows), mean=mean, std=std, tail=tail)
