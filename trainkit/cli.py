@@ -28,7 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--runs-dir", default="runs", help="folder holding runs (default: runs)")
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="dotted override, e.g. --set optimizer.lr=3e-4 (repeatable)")
-    r.add_argument("--target", type=float, default=None, help="target validation accuracy (0-1)")
+    r.add_argument("--target", type=float, default=None, help="target value of target.metric (a fraction; rmse / mae: the label's units)")
     r.add_argument("--stop-after", type=int, default=None, choices=range(1, 6), metavar="N",
                    help="run no phase numbered above N (loops below N, e.g. Phase 4 iterations, still run)")
     r.add_argument("--approve", action="append", default=[], metavar="CHECK=NAME",
