@@ -50,10 +50,14 @@ def _pool(bundle: Any) -> np.ndarray:
 
 
 def _labels(bundle: Any, idx: np.ndarray) -> np.ndarray:
+    """What the folds are stratified on: the classes, or a regression label's deciles."""
     import torch
 
-    y = bundle.labels if bundle.labels is not None else bundle.source.y
-    return y[torch.as_tensor(idx)].numpy()
+    y = (bundle.labels if bundle.labels is not None else bundle.source.y)[torch.as_tensor(idx)].numpy()
+    if getattr(bundle, "regression", False):  # a number: folds stratified on its deciles
+        edges = np.unique(np.quantile(y, np.linspace(0, 1, 11)[1:-1]))
+        return np.searchsorted(edges, y, side="right")
+    return y
 
 
 def fold_view(bundle: Any, i: int, k: int, seed: int = 0) -> Any:

@@ -556,18 +556,18 @@ def shared_records_verdict(df: Any, columns: list[str], shared: int, rows: int, 
     """(acceptable, why) for ``shared`` of ``rows`` records that equal one of ``others`` records in
     another split. Acceptable when the columns are discrete enough that equal records happen by
     chance (``by_chance``, :func:`records_repeat_by_chance`), or when they are a handful: at most
-    ``HANDFUL`` (or 3× what chance predicts) and at most ``HANDFUL_SHARE`` of ``rows``. A copied
-    table (rows exported twice, then split) shares far more."""
+    ``HANDFUL`` whatever the split's size, or up to 3× what chance predicts while that stays within
+    ``HANDFUL_SHARE`` of ``rows``. A copied table (rows exported twice, then split) shares far more."""
     if shared == 0:
         return True, "no shared record"
     expected = chance_matches(df, columns, rows, others)
     if by_chance:
         return True, (f"{shared} of {rows} records equal a record of another split; this table's columns are discrete "
                       f"enough that equal records happen by chance (independent columns predict {expected:.1f})")
-    limit = min(max(HANDFUL, 3 * expected), HANDFUL_SHARE * rows)
+    limit = min(max(HANDFUL, 3 * expected), max(HANDFUL, HANDFUL_SHARE * rows))
     why = (f"{shared} of {rows} records ({100 * shared / max(1, rows):.2f}%) equal a record of another split; independent "
-           f"columns predict {expected:.2g} by chance; a handful (at most {max(HANDFUL, 3 * expected):.0f} and "
-           f"{100 * HANDFUL_SHARE:g}% of the rows) is ")
+           f"columns predict {expected:.2g} by chance; a handful (at most {HANDFUL}, or up to 3× chance within "
+           f"{100 * HANDFUL_SHARE:g}% of the rows: {limit:.0f} here) is ")
     if shared <= limit:
         return True, why + "reported as a chance repeat (two people with the same recorded values), not a leak"
     return False, why + "acceptable; this many are copies, a leak"
