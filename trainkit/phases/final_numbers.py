@@ -101,10 +101,8 @@ def _line(name: str, s: dict[str, Any], k: str) -> str:
 
 
 def _write_md(ctx: Any, rec: dict[str, Any]) -> None:
-    from trainkit.phases.finalization import time_str
-
     t, v = rec["test"], rec["val"]
-    L = ["# Test results", "", f"Evaluated once on {rec['n']} quarantined test rows ({time_str(rec['time'])})"
+    L = ["# Test results", "", f"Evaluated once on {rec['n']} quarantined test rows ({time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(rec['time']))})"
          + (" — **forced re-evaluation**" if rec["forced"] else "") + f". A number to predict: `{rec['label']}`; every "
          f"value below is in {rec['units']} (R² is a fraction).", "",
          f"- test {LABELS[rec['metric']]} **{rec['score']:.4g}** (the target metric; CI [{rec['score_ci'][0]:.4g}, "

@@ -153,11 +153,6 @@ def _judge(run_dir: Path, cfg: Any) -> Any:
     return skill_of(RunFolder(run_dir).splits() or {}, cfg.target.metric)
 
 
-def _score_name(cfg: Any) -> str:
-    m = cfg.target.metric
-    return f"skill (1 − {LABELS[m]} / the train mean's)" if m in ("rmse", "mae") else LABELS[m]
-
-
 def _pruner(cfg: Any, reference: list[dict[str, Any]] | None, margin: float, judge: Any = None) -> Any:
     """An on_epoch hook that stops a run which, from half its epochs on, trails the best-so-far
     run on the same seed at the same epoch (its best val target metric up to there) by more than
@@ -525,7 +520,8 @@ def write_results(ctx: OptimizationContext, cmp: dict[str, Any], decision: dict[
     vb, vbase = cmp["vs_best"], cmp["vs_baseline"]
     ms = lambda m, s: f"{m:.4f} ± {s:.4f}"  # noqa: E731
     per = lambda vals: ", ".join(f"{v:.4f}" for v in vals)  # noqa: E731
-    name = _score_name(ctx.config)
+    m = ctx.config.target.metric  # a regression's error is compared as its skill (see _judge)
+    name = f"skill (1 − {LABELS[m]} / the train mean's)" if m in ("rmse", "mae") else LABELS[m]
     base_vals = [r["best_val_score"] for r in cmp["baseline"]]
     cand_vals = [r["best_val_score"] for r in cmp["candidate"]]
     L = [f"# Optimization results (iteration {ctx.attempt})", "",
