@@ -320,3 +320,17 @@ def test_phase_3_and_4_judge_an_rmse_in_its_direction(tmp_path):
     if dec["evidence"]["adopted"]:
         assert raw["candidate"] < raw["baseline"], (raw, dec)
     assert dec["option"] != "A"  # an rmse of 1 on prices in the hundreds is not reached
+
+
+def test_fit_findings_speak_in_the_metric_too():
+    from trainkit.diagnostics import in_metric_terms, skill_view
+    from trainkit.diagnostics.findings import Finding
+
+    hist = [{"epoch": 0, "train_loss": 0.3, "val_loss": 0.5, "train_score": 2.0, "val_score": 6.0},
+            {"epoch": 1, "train_loss": 0.1, "val_loss": 0.6, "train_score": 1.0, "val_score": 7.0}]
+    ev = skill_view({"history": hist, "best": hist[0], "target": 3.0}, "rmse", 10.0)
+    assert [h["val_accuracy"] for h in ev["history"]] == pytest.approx([0.4, 0.3])  # skill: 1 - rmse / 10
+    assert ev["history"][1]["train_accuracy"] == pytest.approx(0.9) and ev["target"] == pytest.approx(0.7)
+    f = Finding("overfitting", True, 1.0, "train 0.900 vs val 0.300", {}, {})
+    in_metric_terms([f], ev)
+    assert "in RMSE: train 1 vs val 7" in f.summary and "best val 6" in f.summary and f.evidence["val_rmse"] == 7.0

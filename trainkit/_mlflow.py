@@ -406,7 +406,10 @@ def _phase_numbers(d: Path) -> dict[str, Any]:
     if (d / TRAIN_SUMMARY).is_file():
         best = read_json(d / TRAIN_SUMMARY).get("best") or {}
         out["best_val_accuracy"] = best.get("val_accuracy")
+        if best.get("val_accuracy") is None and best.get("val_score") is not None:  # a regression: its target metric
+            out["best_val_score"] = best["val_score"]
     if (d / "test_evaluation.json").is_file():
         ev = read_json(d / "test_evaluation.json")
-        out.update({"test_accuracy": ev.get("accuracy"), "test_ece": ev.get("ece")})
+        out.update({"test_accuracy": ev.get("accuracy"), "test_ece": ev.get("ece")} if not ev.get("regression") else
+                   {f"test_{k}": ev["test"][k] for k in ("rmse", "mae", "r2")})
     return out

@@ -251,8 +251,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     result = fit(cfg, load_data(cfg), args.run_dir, resume=args.resume)
     best = result.best or {}
-    print(f"trainkit: {result.status}; best val accuracy {best.get('val_accuracy', float('nan')):.4f} "
-          f"at epoch {best.get('epoch', '-')}; {args.run_dir}")
+    shown = f"val accuracy {best['val_accuracy']:.4f}" if best.get("val_accuracy") is not None else \
+        f"val {cfg.target.metric} {best.get('val_score', float('nan')):.4g}"
+    print(f"trainkit: {result.status}; best {shown} at epoch {best.get('epoch', '-')}; {args.run_dir}")
     code = 0 if result.status != "nonfinite" else 1
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # a torchrun worker whose work is done and written (atomically, fsynced; the process group is already

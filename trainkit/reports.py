@@ -28,16 +28,22 @@ def phase_metric(d: Path, phase: str) -> str:
             metric = (read_json(d / DECISION).get("evidence") or {}).get("metric", "accuracy") if (d / DECISION).is_file() \
                 else "accuracy"
             extra = "" if metric == "accuracy" or best.get("val_score") is None else f"; {metric} {best['val_score']:.4f}"
+            if best.get("val_accuracy") is None and best.get("val_score") is not None:  # a regression: its metric, R² beside
+                return f"val {metric} {best['val_score']:.4g}; R² {best.get('val_r2', float('nan')):.4f}"
             return f"val acc {best.get('val_accuracy', float('nan')):.4f}{extra}"
         if phase == Phase.DIAGNOSTICS.value and (d / FINDINGS).is_file():
             f = read_json(d / FINDINGS)
             return f"cause: {f['primary'] or 'none'}; expected +{f['plan']['expected_gain_points']:.1f} pts"
         if phase == Phase.OPTIMIZATION.value and (d / DECISION).is_file():
             ev = read_json(d / DECISION)["evidence"]
-            name = "val acc" if ev.get("metric", "accuracy") == "accuracy" else f"val {ev['metric']}"
+            name = "val acc" if ev.get("metric", "accuracy") == "accuracy" else \
+                f"val {ev['metric']}{' skill' if ev['metric'] in ('rmse', 'mae') else ''}"
             return f"{name} {ev['candidate_mean']:.4f} (mean over seeds){' adopted' if ev['adopted'] else ''}"
         if phase == Phase.FINALIZATION.value and (d / "test_evaluation.json").is_file():
             t = read_json(d / "test_evaluation.json")
+            if t.get("regression"):
+                return "; ".join(f"test {k} {t['test'][k]:.4g} [{t['test'][k + '_ci'][0]:.4g}, {t['test'][k + '_ci'][1]:.4g}]"
+                                 for k in ("rmse", "mae", "r2"))
             extra = "" if t.get("metric", "accuracy") == "accuracy" else \
                 f"; {t['metric']} {t['score']:.4f} [{t['score_ci'][0]:.3f}, {t['score_ci'][1]:.3f}]"
             return f"test acc {t['accuracy']:.4f} [{t['accuracy_ci'][0]:.3f}, {t['accuracy_ci'][1]:.3f}]{extra}"

@@ -22,7 +22,7 @@ from trainkit.diagnostics.findings import STANDARD_LR, best_score, patch_already
 from trainkit.metrics import row_score
 from trainkit.run import METRICS, RunFolder
 
-__all__ = ["gather_evidence", "skill_view", "run_probes", "detect_all", "plan_recommendations", "combine_patches", "DETECTORS",
+__all__ = ["gather_evidence", "skill_view", "skill_probes", "in_metric_terms", "run_probes", "detect_all", "plan_recommendations", "combine_patches", "DETECTORS",
            "THRESHOLDS", "Finding", "Recommendation", "classify_crash", "primary_cause", "patch_already_in", "move_family"]
 
 
@@ -65,6 +65,23 @@ def skill_view(ev: dict[str, Any], metric: str, scale: float) -> dict[str, Any]:
     ev["skill"] = {"metric": metric, "scale": scale, "what": (f"1 − {metric} / {scale:.4g} ({metric} of predicting the train "
                                                              "mean on val)") if metric in ("rmse", "mae") else "r2"}
     return ev
+
+
+def in_metric_terms(findings: list[Finding], ev: dict[str, Any]) -> None:
+    """A regression's fit findings say their numbers in the metric itself too (the train/val gap in
+    rmse, the label's units), beside the skill scale they were judged on."""
+    from trainkit.metrics import LABELS
+
+    raw, sk = ev.get("raw_history") or [], ev.get("skill") or {}
+    if not raw or not sk:
+        return
+    m, last = sk["metric"], raw[-1]
+    best = ev.get("raw_best") or {}
+    for f in findings:
+        if f.name in ("overfitting", "underfitting", "high_variance", "reference_gap") and last.get("train_score") is not None:
+            f.summary += (f" [in {LABELS[m]}: train {last['train_score']:.4g} vs val {last['val_score']:.4g} at the last epoch"
+                          + (f", best val {best['val_score']:.4g}" if best.get("val_score") is not None else "") + "]")
+            f.evidence.update({f"train_{m}": last["train_score"], f"val_{m}": last["val_score"]})
 
 
 def skill_probes(probes: dict[str, Any], metric: str, scale: float) -> dict[str, Any]:

@@ -81,6 +81,10 @@ def diagnose(ctx: DiagnosticsContext, label_issues: bool = True) -> dict[str, An
         ev["probes"] = skill_probes(ev["probes"], cfg.target.metric, scale)
         ev["residuals"] = _residuals(ctx, cfg, bundle, ev)
     findings = detect_all(ev)
+    if bundle.regression:
+        from trainkit.diagnostics import in_metric_terms
+
+        in_metric_terms(findings, ev)
     plan = plan_recommendations(findings, ev)
     primary = primary_cause(findings)
     previous = _previous_exclusions(ctx)
