@@ -126,7 +126,8 @@ def test_config_asks_for_an_error_target_and_refuses_class_balancing(prices_csv)
     assert validate_config_dict({"target": {"metric": "r2", "value": -0.5}}).target.regression
 
 
-@pytest.mark.parametrize("bad, match", [(np.inf, "NaN or Inf"), ("cheap", "must hold numbers"), (None, "every one")])
+@pytest.mark.parametrize("bad, match", [(np.inf, "NaN or Inf"), ("cheap", "must hold numbers"), (None, "every one"),
+                                        (1e300, "too large")])
 def test_a_bad_number_label_is_a_clear_error_and_no_run_folder(tmp_path, capsys, bad, match):
     from trainkit.cli import main
 

@@ -172,7 +172,7 @@ def _table_source(cfg: Any, regression: bool = False) -> Source:
     """A table as a Source: labels and raw rows now; x once the preprocessing is fitted on the train
     split (:func:`_encode_table`). Content keys hash each row's raw feature values."""
     table, y = load_table(cfg, regression)
-    return Source(y=torch.as_tensor(y.astype(np.float32) if regression else y), class_names=table.classes,
+    return Source(y=torch.as_tensor(y), class_names=table.classes,
                   input_shape=(0,), regression=regression,
                   description=f"{cfg.source} {cfg.root} (label {cfg.label!r}, {len(table.kinds)} columns)",
                   sample_keys=row_keys(table.frame, list(table.kinds)), table=table,

@@ -76,8 +76,7 @@ def _numbers(y: Any, label: str, where: str) -> np.ndarray:
                             f"mae | r2); {len(bad)} row(s) do not, e.g. {bad.iloc[0]!r} (row {int(bad.index[0])}); fix "
                             "them, or choose a class metric (accuracy, ...) to classify")
         y = parsed
-    return check_numbers(y.to_numpy(dtype=np.float64), f"data.label: {label!r} of {where}", what="label values").numpy() \
-        .astype(np.float64)
+    return check_numbers(y.to_numpy(dtype=np.float64), f"data.label: {label!r} of {where}", what="label values").numpy()
 
 
 def _number(text: Any) -> bool:
