@@ -642,6 +642,16 @@ def test_one_chance_duplicate_is_reported_and_a_copied_table_still_blocks():
     ok, why = shared_records_verdict(df, list(df.columns), 40, 219, 1242)  # rows exported twice, then split
     assert not ok and "a leak" in why
     assert shared_records_verdict(df, list(df.columns), 0, 219, 1242)[0]
+    # columns whose chance matches are many (a house's rounded area, rooms, city, garden): as many as chance predicts
+    # are chance, whatever share of the rows they are; several times that are copies
+    from trainkit.data.tables import chance_matches
+    from trainkit.testing import price_table
+
+    houses = price_table(3000, seed=2).drop(columns=["price"])
+    expected = chance_matches(houses, list(houses.columns), 450, 2550)
+    assert expected > 10
+    assert shared_records_verdict(houses, list(houses.columns), int(expected), 450, 2550)[0]
+    assert not shared_records_verdict(houses, list(houses.columns), int(3 * expected), 450, 2550)[0]
 
 
 def test_the_production_gate_reports_a_chance_duplicate_instead_of_blocking(tmp_path):

@@ -456,8 +456,7 @@ def id_overlap(table: "TableData", splits: dict[str, Any]) -> dict[str, int]:
 
 
 ID_DISTINCT_SHARE = 0.9   # a numeric ID is distinct for at least 90% of its filled rows
-HANDFUL = 3               # this many shared records (or 3x what chance predicts) ...
-HANDFUL_SHARE = 0.01      # ... and at most 1% of the rows checked are reported, not blocked
+HANDFUL = 3               # this many shared records, or as many as chance explains (below), are reported, not blocked
 
 
 def chance_matches(df: Any, columns: list[str], rows: int, others: int) -> float:
@@ -475,18 +474,19 @@ def shared_records_verdict(df: Any, columns: list[str], shared: int, rows: int, 
     """(acceptable, why) for ``shared`` of ``rows`` records that equal one of ``others`` records in
     another split. Acceptable when the columns are discrete enough that equal records happen by
     chance (``by_chance``, :func:`records_repeat_by_chance`), or when they are a handful: at most
-    ``HANDFUL`` whatever the split's size, or up to 3× what chance predicts while that stays within
-    ``HANDFUL_SHARE`` of ``rows``. A copied table (rows exported twice, then split) shares far more."""
+    ``HANDFUL`` whatever the split's size, or no more than chance explains: what independent columns
+    predict (``expected``) plus three Poisson standard deviations and one. A copied table (rows
+    exported twice, then split) shares far more than chance does."""
     if shared == 0:
         return True, "no shared record"
     expected = chance_matches(df, columns, rows, others)
     if by_chance:
         return True, (f"{shared} of {rows} records equal a record of another split; this table's columns are discrete "
                       f"enough that equal records happen by chance (independent columns predict {expected:.1f})")
-    limit = min(max(HANDFUL, 3 * expected), max(HANDFUL, HANDFUL_SHARE * rows))
+    limit = max(HANDFUL, expected + 3 * expected ** 0.5 + 1)
     why = (f"{shared} of {rows} records ({100 * shared / max(1, rows):.2f}%) equal a record of another split; independent "
-           f"columns predict {expected:.2g} by chance; a handful (at most {HANDFUL}, or up to 3× chance within "
-           f"{100 * HANDFUL_SHARE:g}% of the rows: {limit:.0f} here) is ")
+           f"columns predict {expected:.2g} by chance; a handful, or as many as chance explains (at most {HANDFUL}, or "
+           f"chance + 3 standard deviations + 1: {limit:.0f} here) is ")
     if shared <= limit:
         return True, why + "reported as a chance repeat (two people with the same recorded values), not a leak"
     return False, why + "acceptable; this many are copies, a leak"
