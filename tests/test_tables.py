@@ -158,7 +158,7 @@ BAD = {
     "mixed types": (lambda df: df.assign(age=df["age"].astype(object).where(df.index != 7, "unknown")), {},
                     "'age' mixes numbers and text.*'unknown'"),
     "unknown feature": (lambda df: df, {"features": ["age", "nope"]}, "'nope'"),
-    "continuous label": (lambda df: df.assign(churn=np.linspace(0, 1, len(df)) ** 2), {}, "continuous quantity.*qcut"),
+    "continuous label": (lambda df: df.assign(churn=np.linspace(0, 1, len(df)) ** 2), {}, "a quantity, not classes.*rmse, mae or r2.*data.categorical"),
     "an ID as the label": (lambda df: df.assign(churn=[f"c{i * 2 // 3}" for i in range(len(df))]), {},
                            "400 distinct values in 600 rows.*single row"),
     "classes too small to split": (lambda df: df.assign(churn=[f"c{i // 2}" for i in range(len(df))]), {},

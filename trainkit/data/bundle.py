@@ -189,7 +189,8 @@ def _encode_table(source: Source, train: np.ndarray, store: DataStore | None, wr
     else:
         x = source.table.fit(train)
         if saved is not None and write:
-            write_json_atomic(saved, {**source.table.preprocess.to_dict(), "target": label_scale(source, train)})
+            scale = label_scale(source, train)  # a regression's label statistics (None for classes: no key)
+            write_json_atomic(saved, {**source.table.preprocess.to_dict(), **({"target": scale} if scale else {})})
     source.x = torch.as_tensor(x)
     source.input_shape = (int(x.shape[1]),)
 
