@@ -339,3 +339,26 @@ def test_fit_findings_speak_in_the_metric_too():
     f = Finding("overfitting", True, 1.0, "train 0.900 vs val 0.300", {}, {})
     in_metric_terms([f], ev)
     assert "in RMSE: train 1 vs val 7" in f.summary and "best val 6" in f.summary and f.evidence["val_rmse"] == 7.0
+
+
+@pytest.mark.slow
+def test_a_failed_regression_baseline_is_diagnosed_and_a_fix_that_learns_is_chosen(tmp_path):
+    """An absurd learning rate on a number: Phase 2 fails (C), Phase 3's recovery trial-fits
+    candidate fixes judged on r2 against the train mean's 0, and restarts Phase 2 with one that learns."""
+    from trainkit.testing import run_phase_inprocess
+
+    price_table(600, seed=4).to_csv(tmp_path / "p.csv", index=False)
+    (tmp_path / "cfg.yaml").write_text(f"data: {{source: csv, root: {tmp_path / 'p.csv'}, label: price}}\n"
+                                       "model: {name: mlp, kwargs: {hidden: [32]}}\noptimizer: {name: sgd, lr: 1000000.0}\n"
+                                       "target: {metric: mae, value: 10}\ntraining: {epochs: 3}\n")
+    run = tmp_path / "run"
+    run_phase_inprocess("01_planning", run, config_path=str(tmp_path / "cfg.yaml"))
+    run_phase_inprocess("02_baseline", run, attempt=1)
+    assert json.loads((run / "02_baseline/attempt-1/decision.json").read_text())["option"] == "C"
+    run_phase_inprocess("03_diagnostics", run, attempt=1, label_issues=False)
+    found = json.loads((run / "03_diagnostics/round-1/findings.json").read_text())
+    dec = json.loads((run / "03_diagnostics/round-1/decision.json").read_text())
+    rec = found["recovery"]
+    assert rec and rec["chosen"] is not None, rec
+    assert dec["option"] == "C" and dec["next"] == "02_baseline"
+    assert any(t["learned"] and "train mean" in t["why"] for t in rec["trials"]), rec["trials"]

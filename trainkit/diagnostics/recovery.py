@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 
 from trainkit.config import TrainkitConfig, with_overrides
 from trainkit.diagnostics.findings import STANDARD_LR, patch_already_in
+from trainkit.losses import loss_of
 from trainkit.metrics import chance_score, prior_loss
 
 __all__ = ["STANDARD_LR", "standard_start", "candidate_fixes", "trial_fit", "choose_fix", "failed_history",
@@ -106,6 +106,9 @@ def candidate_fixes(plan: dict[str, Any], ev: dict[str, Any], history: dict[str,
     return out
 
 
+REGRESSION_TRIAL_NOISE = 0.02  # a regression's trial learned when its val r2 is above 2 × this
+
+
 def trial_fit(cfg: TrainkitConfig, bundle: Any, steps: int, chance: float, deadline: float | None = None,
               prior: float | None = None) -> dict[str, Any]:
     """Train ``steps`` optimizer steps from a fresh initialization with the config's optimizer,
@@ -121,7 +124,7 @@ def trial_fit(cfg: TrainkitConfig, bundle: Any, steps: int, chance: float, deadl
     xv, yv = sample(bundle, "val", 2048, device=device)
     xt, yt = sample(bundle, "train", 2048, device=device)  # the loss is compared on the same rows, in eval mode
     with torch.no_grad():
-        init = float(F.cross_entropy(model.eval()(xt).float(), yt))
+        init = float(loss_of(model.eval()(xt), yt))
     model.train()
     losses: list[float] = []
     t0 = time.perf_counter()
@@ -133,12 +136,19 @@ def trial_fit(cfg: TrainkitConfig, bundle: Any, steps: int, chance: float, deadl
         return {**out, "learned": False, "why": f"non-finite loss at step {len(losses)}"}
     model.eval()
     with torch.no_grad():
-        end = float(F.cross_entropy(model(xt).float(), yt))
+        end = float(loss_of(model(xt), yt))
         logits = model(xv).float()
-        val, val_loss = float((logits.argmax(1) == yv).float().mean()), float(F.cross_entropy(logits, yv))
+        val_loss = float(loss_of(logits, yv))
     if not math.isfinite(end):
         return {**out, "learned": False, "why": "non-finite loss on the train rows after the trial"}
-    state, why = learning_verdict(init, [{"train_loss": end, "val_accuracy": val, "val_loss": val_loss}], chance, prior=prior)
+    if bundle.regression:  # r2 on the standardized label (scale-free) against 0, the train mean's
+        val = 1.0 - val_loss / max(float(yv.var()), 1e-12)
+        state, why = learning_verdict(init, [{"train_loss": end, "val_score": val, "val_loss": val_loss}], 0.0, "r2",
+                                      noise=REGRESSION_TRIAL_NOISE)
+    else:
+        val = float((logits.argmax(1) == yv).float().mean())
+        state, why = learning_verdict(init, [{"train_loss": end, "val_accuracy": val, "val_loss": val_loss}], chance,
+                                      prior=prior)
     return {**out, "final_train_loss": round(end, 5), "val_accuracy": round(val, 4), "val_loss": round(val_loss, 5),
             "learned": state == "learned", "state": state, "why": why}
 
@@ -155,7 +165,7 @@ def choose_fix(cfg: TrainkitConfig, bundle: Any, plan: dict[str, Any], ev: dict[
     step_s = (sum(h["epoch_time_s"] for h in hist) / len(hist) / spe) if hist else 0.0
     counts = bundle.info["class_counts"]["val"]
     chance = chance_score("accuracy", counts)  # the trial is judged on accuracy, like the baseline's first rule
-    prior = prior_loss(bundle.info["class_counts"]["train"], counts)
+    prior = None if bundle.regression else prior_loss(bundle.info["class_counts"]["train"], counts)
     trials, chosen, skipped = [], None, []
     for rec in cands[:MAX_TRIALS]:
         if clock is not None and not clock.allows(steps * step_s * 1.5 + 1.0, f"trial fit of fix {rec['id']}"):
