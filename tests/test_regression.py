@@ -362,3 +362,11 @@ def test_a_failed_regression_baseline_is_diagnosed_and_a_fix_that_learns_is_chos
     assert rec and rec["chosen"] is not None, rec
     assert dec["option"] == "C" and dec["next"] == "02_baseline"
     assert any(t["learned"] and "train mean" in t["why"] for t in rec["trials"]), rec["trials"]
+
+
+def test_a_sweep_minimizes_an_error_and_maximizes_a_score():
+    from trainkit.sweep import _direction
+
+    assert _direction(validate_config_dict({"target": {"metric": "rmse", "value": 2}})) == "minimize"
+    assert _direction(validate_config_dict({"target": {"metric": "r2", "value": 0.5}})) == "maximize"
+    assert _direction(validate_config_dict({})) == "maximize"

@@ -18,7 +18,7 @@ from typing import Any
 
 from trainkit.config import TrainkitConfig, load_config, with_overrides
 from trainkit.errors import RunError
-from trainkit.metrics import row_score
+from trainkit.metrics import higher_is_better, row_score
 from trainkit.run import CURRENT_CONFIG, Phase, TRAINING_CONFIG
 
 __all__ = ["default_space", "default_storage", "run_worker", "launch_workers", "study_summary", "study_figures"]
@@ -77,6 +77,11 @@ def _objective(cfg: TrainkitConfig, bundle: Any, space: dict[str, tuple[str, flo
     return objective
 
 
+def _direction(cfg: TrainkitConfig) -> str:
+    """The study's direction is the target metric's: an rmse is minimized."""
+    return "maximize" if higher_is_better(cfg.target.metric) else "minimize"
+
+
 def run_worker(cfg: TrainkitConfig, run_dir: str | Path, trials: int, storage: str | None = None,
                study_name: str = STUDY, seed: int = 0) -> dict[str, Any]:
     """Join (or create) the study and run ``trials`` trials in this process."""
@@ -86,7 +91,7 @@ def run_worker(cfg: TrainkitConfig, run_dir: str | Path, trials: int, storage: s
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     url = storage or default_storage(run_dir)
-    study = optuna.create_study(study_name=study_name, storage=_storage(url), direction="maximize", load_if_exists=True,
+    study = optuna.create_study(study_name=study_name, storage=_storage(url), direction=_direction(cfg), load_if_exists=True,
                                 sampler=optuna.samplers.TPESampler(seed=seed),
                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1))
     bundle = load_run_data(cfg, run_dir, Phase.OPTIMIZATION.value)
@@ -103,11 +108,11 @@ def launch_workers(run_dir: str | Path, workers: int, trials: int, storage: str 
     cfg_path = config or str(run_dir / CURRENT_CONFIG)
     if config is None and not Path(cfg_path).is_file():
         cfg_path = str(run_dir / Phase.PLANNING.value / TRAINING_CONFIG)
-    load_run_config(run_dir) if config is None else load_config(config)  # fail early on a bad config
+    cfg = load_run_config(run_dir) if config is None else load_config(config)  # fail early on a bad config
     url = storage or default_storage(run_dir)
     import optuna
 
-    optuna.create_study(study_name=study_name, storage=_storage(url), direction="maximize", load_if_exists=True)
+    optuna.create_study(study_name=study_name, storage=_storage(url), direction=_direction(cfg), load_if_exists=True)
     share = [trials // workers + (1 if i < trials % workers else 0) for i in range(workers)]
     threads = worker_threads(sum(n > 0 for n in share))
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
