@@ -298,7 +298,9 @@ class Pusher:
                     continue
                 self._trial(t, tkey, srid)
             done = [t.value for t in trials if t.state.name == "COMPLETE"]
-            self._summary(srid, skey, {"best_val_accuracy": max(done) if done else None, "trials": len(done)})
+            best = (max if study.direction.name == "MAXIMIZE" else min)(done) if done else None  # an rmse study minimizes
+            self._summary(srid, skey, {"best_val_score": best, "best_val_accuracy": best if study.direction.name == "MAXIMIZE"
+                                       else None, "trials": len(done)})
             self._status(srid, skey, "FINISHED", None)
 
     def _trial(self, t: Any, tkey: str, srid: str) -> None:
