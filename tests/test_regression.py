@@ -336,8 +336,9 @@ def test_fit_findings_speak_in_the_metric_too():
     ev = skill_view({"history": hist, "best": hist[0], "target": 3.0}, "rmse", 10.0)
     assert [h["val_accuracy"] for h in ev["history"]] == pytest.approx([0.4, 0.3])  # skill: 1 - rmse / 10
     assert ev["history"][1]["train_accuracy"] == pytest.approx(0.9) and ev["target"] == pytest.approx(0.7)
-    f = Finding("overfitting", True, 1.0, "train 0.900 vs val 0.300", {}, {})
+    f = Finding("overfitting", True, 1.0, "train accuracy 0.900 vs val 0.300", {}, {})
     in_metric_terms([f], ev)
+    assert "train skill 0.900" in f.summary and "accuracy" not in f.summary
     assert "in RMSE: train 1 vs val 7" in f.summary and "best val 6" in f.summary and f.evidence["val_rmse"] == 7.0
 
 

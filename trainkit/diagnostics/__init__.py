@@ -77,7 +77,10 @@ def in_metric_terms(findings: list[Finding], ev: dict[str, Any]) -> None:
         return
     m, last = sk["metric"], raw[-1]
     best = ev.get("raw_best") or {}
-    for f in findings:
+    for f in findings:  # the detectors' words for a class metric, said as what the numbers are here
+        f.summary = f.summary.replace("accuracy", "skill")
+        for r in f.recommendations:
+            r.rationale = r.rationale.replace("accuracy", "skill")
         if f.name in ("overfitting", "underfitting", "high_variance", "reference_gap") and last.get("train_score") is not None:
             f.summary += (f" [in {LABELS[m]}: train {last['train_score']:.4g} vs val {last['val_score']:.4g} at the last epoch"
                           + (f", best val {best['val_score']:.4g}" if best.get("val_score") is not None else "") + "]")
