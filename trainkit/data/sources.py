@@ -102,14 +102,14 @@ def check_numbers(y: Any, desc: str, what: str = "labels") -> torch.Tensor:
     if bad.any():
         rows = np.flatnonzero(bad)[:5].tolist()
         raise DataError(f"{desc}: {int(bad.sum())} of the {what} are NaN or Inf (first rows {rows}, e.g. "
-                        f"{arr[bad][0]!r}); a regression needs a finite number for every row: fix or drop those rows")
+                        f"{float(arr[bad][0])!r}); a regression needs a finite number for every row: fix or drop those rows")
     with np.errstate(over="ignore", invalid="ignore"):
         spread = float(np.std(arr))
     if not np.isfinite(spread) or np.abs(arr).max() > 1e150:
         raise DataError(f"{desc}: the {what} reach {np.abs(arr).max():.3g}, too large to standardize; rescale them "
                         "(e.g. to thousands or millions of the unit) and predict in that unit")
     if float(arr.max() - arr.min()) <= 1e-12 * max(1.0, abs(float(arr.mean()))):
-        raise DataError(f"{desc}: every one of the {what} is {arr[0]!r}; a constant is nothing to learn (a regression "
+        raise DataError(f"{desc}: every one of the {what} is {float(arr[0])!r}; a constant is nothing to learn (a regression "
                         "needs labels that vary)")
     return torch.as_tensor(arr)  # float64: a price keeps its cents (the model trains on the standardized float32)
 
