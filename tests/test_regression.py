@@ -371,3 +371,13 @@ def test_a_sweep_minimizes_an_error_and_maximizes_a_score():
     assert _direction(validate_config_dict({"target": {"metric": "rmse", "value": 2}})) == "minimize"
     assert _direction(validate_config_dict({"target": {"metric": "r2", "value": 0.5}})) == "maximize"
     assert _direction(validate_config_dict({})) == "maximize"
+
+
+def test_a_small_number_table_still_splits_and_a_tiny_one_is_a_clear_error(tmp_path):
+    price_table(40).to_csv(tmp_path / "p.csv", index=False)
+    b = load_data(_cfg(tmp_path / "p.csv"))
+    assert all(len(b.splits[k]) > 0 for k in ("train", "val", "test"))
+    price_table(2).to_csv(tmp_path / "t.csv", index=False)
+    with pytest.raises(DataError, match="split is empty with 2 samples") as info:
+        load_data(_cfg(tmp_path / "t.csv"))
+    assert "classes" not in str(info.value)

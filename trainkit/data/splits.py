@@ -32,10 +32,12 @@ def stratified_split(y: np.ndarray, val_fraction: float, test_fraction: float, s
 
 def strata(source: Source, bins: int = 10) -> np.ndarray:
     """What the split is stratified on: the classes, or for a regression the label's deciles (each
-    split then spans the label's range in the same proportions)."""
+    split then spans the label's range in the same proportions; fewer bins under 200 rows, at
+    least 20 rows each)."""
     y = source.y.numpy()
     if not source.regression:
         return y
+    bins = max(1, min(bins, len(y) // 20))  # each bin large enough to give val and test their rows
     edges = np.unique(np.quantile(y, np.linspace(0, 1, bins + 1)[1:-1]))
     return np.searchsorted(edges, y, side="right")
 
