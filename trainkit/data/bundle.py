@@ -203,7 +203,7 @@ def check_splits(splits: dict[str, np.ndarray], n: int, classes: int) -> None:
         return
     why = (f" in {classes} classes (~{n / classes:.0f} rows a class; each class is split in proportion, so none in "
            f"{'/'.join(empty)})") if n / max(1, classes) < 10 and classes > 1 else f" (none in {'/'.join(empty)})"
-    raise DataError(f"data: a split is empty with {n} samples{why}; add data, merge rare classes, or change "
+    raise DataError(f"data: a split is empty with {n} samples{why}; add data, {'merge rare classes, ' if classes > 1 else ''}or change "
                     "data.val_fraction / data.test_fraction")
 
 
