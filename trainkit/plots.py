@@ -203,14 +203,17 @@ def reference_figure(probe: dict[str, Any]) -> Any:
 
 
 def comparison_figure(runs: dict[str, Sequence[Sequence[dict[str, Any]]]], title: str = "baseline vs optimized") -> Any:
-    """Val accuracy per epoch of every seed, one colour per config (overlaid learning curves)."""
+    """Val accuracy per epoch of every seed, one colour per config (overlaid learning curves); a
+    regression (records without an accuracy) shows its target metric, ``val_score``."""
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.2))
+    first = next((h[0] for hs in runs.values() for h in hs if h), {})
+    key = "val_accuracy" if first.get("val_accuracy") is not None or not first else "val_score"
     for (label, histories), color in zip(runs.items(), ["tab:gray", "tab:blue", "tab:orange", "tab:green"]):
         for i, h in enumerate(histories):
             ep = [r["epoch"] + 1 for r in h]
             a1.plot(ep, [r["val_loss"] for r in h], color=color, alpha=0.7, label=label if i == 0 else None)
-            a2.plot(ep, [r["val_accuracy"] for r in h], color=color, alpha=0.7, label=label if i == 0 else None)
-    for ax, k in ((a1, "val loss"), (a2, "val accuracy")):
+            a2.plot(ep, [r.get(key) for r in h], color=color, alpha=0.7, label=label if i == 0 else None)
+    for ax, k in ((a1, "val loss"), (a2, "val accuracy" if key == "val_accuracy" else "val target metric")):
         ax.set_xlabel("epoch")
         ax.set_ylabel(k)
         ax.grid(alpha=0.3)
