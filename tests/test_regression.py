@@ -381,3 +381,14 @@ def test_a_small_number_table_still_splits_and_a_tiny_one_is_a_clear_error(tmp_p
     with pytest.raises(DataError, match="split is empty with 2 samples") as info:
         load_data(_cfg(tmp_path / "t.csv"))
     assert "classes" not in str(info.value)
+
+
+def test_the_curves_of_a_regression_show_its_metric():
+    from trainkit.plots import comparison_figure, curves_figure
+
+    h = [{"epoch": e, "train_loss": 1 / (e + 1), "val_loss": 1 / (e + 2), "train_accuracy": None, "val_accuracy": None,
+          "train_score": 5.0 - e, "val_score": 6.0 - e} for e in range(3)]
+    fig = curves_figure(h)
+    assert list(fig.axes[1].lines[1].get_ydata()) == [6.0, 5.0, 4.0]
+    fig = comparison_figure({"baseline": [h]})
+    assert list(fig.axes[1].lines[0].get_ydata()) == [6.0, 5.0, 4.0]
