@@ -187,11 +187,11 @@ def _train_seeds(cfg: Any, bundle: Any, out: Path | None, seeds: list[int], ctx:
     c = clock(ctx) if ctx is not None else None
     est = _fit_estimate(ctx, cfg) if ctx is not None else 0.0
     folds = ctx.folds if ctx is not None else None
+    J = _judge(bundle.store.root, cfg) if bundle.store is not None else (lambda v: v)  # read once, not per seed
     for s in seeds:
         if c is not None and not (always_first and not rows) and not c.allows(est, f"{what or 'fit'} on seed {s}"):
             break
         d = out / f"seed-{s}" if out is not None else None
-        J = _judge(bundle.store.root, cfg) if bundle.store is not None else (lambda v: v)
         hook = _pruner(cfg, (reference or {}).get(s), max(PRUNE_MARGIN, 4 * _phase3_seed_std(ctx)) if ctx else PRUNE_MARGIN, J)
         data = bundle
         if folds is not None:  # small data: run i trains on fold i of train+val (seed i), fold for fold with the others
