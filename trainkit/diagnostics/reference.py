@@ -31,14 +31,19 @@ def reference_regressions(x: np.ndarray, y: np.ndarray, xq: np.ndarray, tabular:
     models: dict[str, Any] = {"ridge": Ridge(alpha=1.0)}
     if tabular:
         models["boosted_trees"] = HistGradientBoostingRegressor(random_state=seed)
+    return _fit_each(models, x, y, lambda model: np.asarray(model.predict(xq), dtype=np.float64))
+
+
+def _fit_each(models: dict[str, Any], x: np.ndarray, y: np.ndarray, answer: Any) -> list[tuple[str, np.ndarray, float]]:
+    """Fit each model on ``(x, y)`` and take ``answer(model)``: (name, answer, fit-and-predict seconds)."""
     out = []
     for name, model in models.items():
         t0 = time.perf_counter()
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+            warnings.simplefilter("ignore")  # convergence warnings: the score says how well it did
             model.fit(x, y)
-            pred = np.asarray(model.predict(xq), dtype=np.float64)
-        out.append((name, pred, round(time.perf_counter() - t0, 3)))
+            got = answer(model)
+        out.append((name, got, round(time.perf_counter() - t0, 3)))
     return out
 
 def reference_predictions(x: np.ndarray, y: np.ndarray, xq: np.ndarray, k: int, tabular: bool,
@@ -52,16 +57,12 @@ def reference_predictions(x: np.ndarray, y: np.ndarray, xq: np.ndarray, k: int, 
     models: dict[str, Any] = {"logistic_regression": LogisticRegression(max_iter=1000)}
     if tabular:
         models["boosted_trees"] = HistGradientBoostingClassifier(random_state=seed)
-    out = []
-    for name, model in models.items():
-        t0 = time.perf_counter()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # convergence warnings: the score says how well it did
-            model.fit(x, y)
-            probs = np.zeros((len(xq), k))
-            probs[:, model.classes_] = model.predict_proba(xq)
-        out.append((name, probs, round(time.perf_counter() - t0, 3)))
-    return out
+    def probs(model: Any) -> np.ndarray:
+        p = np.zeros((len(xq), k))
+        p[:, model.classes_] = model.predict_proba(xq)
+        return p
+
+    return _fit_each(models, x, y, probs)
 
 
 def class_recall(y: np.ndarray, pred: np.ndarray, k: int) -> list[float | None]:
