@@ -37,18 +37,24 @@ T = "trainkit.testing:"
 @dataclass
 class Case:
     name: str
-    data: str          # tabular | signals | images
-    planted: str       # expected primary cause (finding, or finding/sub-cause)
+    data: str  # tabular | signals | images
+    planted: str  # expected primary cause (finding, or finding/sub-cause)
     config: dict[str, Any]
     fixable: bool = False  # an accuracy fix exists and the target is reachable
     notes: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _cfg(source: str, model: str = "mlp", kwargs: dict[str, Any] | None = None, target: float = 0.999, **over: Any) -> dict:
-    c: dict[str, Any] = {"data": {"source": source, "batch_size": 64}, "model": {"name": model, "kwargs": kwargs or {}},
-                         "optimizer": {"name": "adam", "lr": 1e-3}, "training": {"epochs": 20, "patience": 5, "seed": 0},
-                         "target": {"value": target}}
+def _cfg(
+    source: str, model: str = "mlp", kwargs: dict[str, Any] | None = None, target: float = 0.999, **over: Any
+) -> dict:
+    c: dict[str, Any] = {
+        "data": {"source": source, "batch_size": 64},
+        "model": {"name": model, "kwargs": kwargs or {}},
+        "optimizer": {"name": "adam", "lr": 1e-3},
+        "training": {"epochs": 20, "patience": 5, "seed": 0},
+        "target": {"value": target},
+    }
     for k, v in over.items():
         sec, key = k.split("__")
         c.setdefault(sec, {})[key] = v
@@ -56,30 +62,84 @@ def _cfg(source: str, model: str = "mlp", kwargs: dict[str, Any] | None = None, 
 
 
 CASES = [
-    Case("nan_tabular", "tabular", "nan_loss",
-         _cfg(T + "tabular", kwargs={"hidden": [64, 64]}, target=0.95, optimizer__name="sgd", optimizer__lr=1e4), True),
-    Case("stall_signals", "signals", "convergence_stall/stall",
-         _cfg(T + "signals", "cnn1d", target=0.95, optimizer__lr=0.0), True),
-    Case("overfit_images", "images", "overfitting",
-         _cfg(T + "shapes", kwargs={"hidden": [512, 512]}, target=0.93, data__subset=300, training__epochs=30), True),
-    Case("underfit_tabular", "tabular", "underfitting",
-         _cfg(T + "tabular", kwargs={"hidden": [2]}, target=0.95, optimizer__name="sgd", optimizer__lr=0.003), True),
-    Case("label_noise_tabular", "tabular", "data_quality/label_issues",
-         _cfg(T + "planted_noise", kwargs={"hidden": [256, 256]}, target=0.97, data__root="tabular:0.3", training__epochs=30,
-              training__patience=None), True),
+    Case(
+        "nan_tabular",
+        "tabular",
+        "nan_loss",
+        _cfg(T + "tabular", kwargs={"hidden": [64, 64]}, target=0.95, optimizer__name="sgd", optimizer__lr=1e4),
+        True,
+    ),
+    Case(
+        "stall_signals",
+        "signals",
+        "convergence_stall/stall",
+        _cfg(T + "signals", "cnn1d", target=0.95, optimizer__lr=0.0),
+        True,
+    ),
+    Case(
+        "overfit_images",
+        "images",
+        "overfitting",
+        _cfg(T + "shapes", kwargs={"hidden": [512, 512]}, target=0.93, data__subset=300, training__epochs=30),
+        True,
+    ),
+    Case(
+        "underfit_tabular",
+        "tabular",
+        "underfitting",
+        _cfg(T + "tabular", kwargs={"hidden": [2]}, target=0.95, optimizer__name="sgd", optimizer__lr=0.003),
+        True,
+    ),
+    Case(
+        "label_noise_tabular",
+        "tabular",
+        "data_quality/label_issues",
+        _cfg(
+            T + "planted_noise",
+            kwargs={"hidden": [256, 256]},
+            target=0.97,
+            data__root="tabular:0.3",
+            training__epochs=30,
+            training__patience=None,
+        ),
+        True,
+    ),
     Case("leakage_images", "images", "data_quality/leakage", _cfg(T + "leaky_shapes", "cnn", target=0.999)),
-    Case("input_bound_tabular", "tabular", "resource_inefficiency",
-         _cfg(T + "slow_tabular", kwargs={"hidden": [64]}, target=0.999, training__epochs=3)),
+    Case(
+        "input_bound_tabular",
+        "tabular",
+        "resource_inefficiency",
+        _cfg(T + "slow_tabular", kwargs={"hidden": [64]}, target=0.999, training__epochs=3),
+    ),
     Case("crash_signals", "signals", "crashes", _cfg(T + "signals", T + "shape_mismatch_model", target=0.9)),
-    Case("high_variance_tabular", "tabular", "high_variance",
-         _cfg(T + "tabular", kwargs={"hidden": [3]}, target=0.97, optimizer__lr=0.01, training__epochs=30), True,
-         notes="a 3-unit MLP lands in a different minimum per seed (val 0.86-0.95)"),
-    Case("imbalance_tabular", "tabular", "data_quality/imbalance",
-         _cfg(T + "imbalanced_tabular", kwargs={"hidden": [16]}, target=0.999, training__epochs=10)),
-    Case("dead_units_tabular", "tabular", "convergence_stall/dead_units",
-         _cfg(T + "tabular", T + "dead_relu_model", target=0.95), True),
-    Case("model_family_signals", "signals", "overfitting",
-         _cfg(T + "signals", kwargs={"hidden": [256]}, target=0.95), True),
+    Case(
+        "high_variance_tabular",
+        "tabular",
+        "high_variance",
+        _cfg(T + "tabular", kwargs={"hidden": [3]}, target=0.97, optimizer__lr=0.01, training__epochs=30),
+        True,
+        notes="a 3-unit MLP lands in a different minimum per seed (val 0.86-0.95)",
+    ),
+    Case(
+        "imbalance_tabular",
+        "tabular",
+        "data_quality/imbalance",
+        _cfg(T + "imbalanced_tabular", kwargs={"hidden": [16]}, target=0.999, training__epochs=10),
+    ),
+    Case(
+        "dead_units_tabular",
+        "tabular",
+        "convergence_stall/dead_units",
+        _cfg(T + "tabular", T + "dead_relu_model", target=0.95),
+        True,
+    ),
+    Case(
+        "model_family_signals",
+        "signals",
+        "overfitting",
+        _cfg(T + "signals", kwargs={"hidden": [256]}, target=0.95),
+        True,
+    ),
     Case("clean_tabular", "tabular", "clean", _cfg(T + "tabular", kwargs={"hidden": [64]}, target=0.995)),
     Case("clean_images_cnn", "images", "clean", _cfg(T + "shapes", "cnn", target=0.999, training__epochs=30)),
 ]
@@ -87,20 +147,36 @@ CASES = [
 
 # Failed baselines (the seed's Workflow 4): an absurd LR under SGD or Adam, on data and seeds unlike the
 # cases above. Recoverable: the model and data are sound, so a fixed restart must learn within the restarts.
-RECOVERY = [Case(f"failed_{opt}_lr{lr:g}_{data}", data, "recovered",
-                 _cfg(src, model, kwargs=kw, target=0.999, optimizer__name=opt, optimizer__lr=lr,
-                      training__epochs=12, training__seed=seed), True)
-            for opt, lr, data, src, model, kw, seed in (
-                ("sgd", 10.0, "signals", T + "signals", "cnn1d", {}, 3),
-                ("sgd", 1e3, "signals", T + "signals", "cnn1d", {}, 4),
-                ("sgd", 1e4, "tabular", T + "tabular", "mlp", {"hidden": [32, 32]}, 5),
-                ("sgd", 1e-6, "tabular", T + "tabular", "mlp", {"hidden": [32, 32]}, 6),
-                ("sgd", 1e-7, "signals", T + "signals", "cnn1d", {}, 7),
-                ("adam", 10.0, "tabular", T + "tabular", "mlp", {"hidden": [48]}, 8),
-                ("adam", 1e3, "images", T + "shapes", "cnn", {}, 9),
-                ("adam", 1e4, "signals", T + "signals", "cnn1d", {}, 10),
-                ("adam", 1e-6, "images", T + "shapes", "cnn", {}, 11),
-                ("adam", 1e-7, "tabular", T + "tabular", "mlp", {"hidden": [48]}, 12))]
+RECOVERY = [
+    Case(
+        f"failed_{opt}_lr{lr:g}_{data}",
+        data,
+        "recovered",
+        _cfg(
+            src,
+            model,
+            kwargs=kw,
+            target=0.999,
+            optimizer__name=opt,
+            optimizer__lr=lr,
+            training__epochs=12,
+            training__seed=seed,
+        ),
+        True,
+    )
+    for opt, lr, data, src, model, kw, seed in (
+        ("sgd", 10.0, "signals", T + "signals", "cnn1d", {}, 3),
+        ("sgd", 1e3, "signals", T + "signals", "cnn1d", {}, 4),
+        ("sgd", 1e4, "tabular", T + "tabular", "mlp", {"hidden": [32, 32]}, 5),
+        ("sgd", 1e-6, "tabular", T + "tabular", "mlp", {"hidden": [32, 32]}, 6),
+        ("sgd", 1e-7, "signals", T + "signals", "cnn1d", {}, 7),
+        ("adam", 10.0, "tabular", T + "tabular", "mlp", {"hidden": [48]}, 8),
+        ("adam", 1e3, "images", T + "shapes", "cnn", {}, 9),
+        ("adam", 1e4, "signals", T + "signals", "cnn1d", {}, 10),
+        ("adam", 1e-6, "images", T + "shapes", "cnn", {}, 11),
+        ("adam", 1e-7, "tabular", T + "tabular", "mlp", {"hidden": [48]}, 12),
+    )
+]
 
 
 def _table(n: int, positive: float = 0.5, seed: int = 0) -> Any:
@@ -113,9 +189,17 @@ def _table(n: int, positive: float = 0.5, seed: int = 0) -> Any:
     region = rng.choice(["north", "south", "east", "west"], n)
     logit = 1.6 * x[:, 0] - 1.1 * x[:, 1] + 0.8 * (region == "south") + 0.5 * x[:, 2] * x[:, 3]
     cut = np.quantile(logit, 1 - positive)
-    df = pd.DataFrame({"client": [f"C{i:05d}" for i in range(n)], "income": x[:, 0], "debt": x[:, 1], "tenure": x[:, 2],
-                       "usage": x[:, 3], "region": region,
-                       "label": np.where(logit + rng.normal(0, 0.6, n) > cut, "default", "repaid")})
+    df = pd.DataFrame(
+        {
+            "client": [f"C{i:05d}" for i in range(n)],
+            "income": x[:, 0],
+            "debt": x[:, 1],
+            "tenure": x[:, 2],
+            "usage": x[:, 3],
+            "region": region,
+            "label": np.where(logit + rng.normal(0, 0.6, n) > cut, "default", "repaid"),
+        }
+    )
     df.loc[rng.random(n) < 0.08, "tenure"] = np.nan
     return df
 
@@ -124,18 +208,45 @@ def _table(n: int, positive: float = 0.5, seed: int = 0) -> Any:
 # noise Phase 4 cannot beat (no iteration may repeat a measured candidate set), and tables of 150-400
 # rows (Phase 4 compares by folds). Each has its own check, printed before the last line.
 OTHERS = [
-    Case("imbalanced_table_learns", "table", "learned (not C)",
-         _cfg("csv", kwargs={"hidden": [32]}, target=0.999, data__label="label"), True,
-         extra={"frame": lambda: _table(3000, positive=0.12, seed=21), "check": "learned"}),
-    Case("noise_phase4_cannot_beat", "tabular", "no repeated set",
-         _cfg(T + "planted_noise", kwargs={"hidden": [256, 256]}, target=0.999, data__root="tabular:0.2",
-              training__epochs=15, training__seed=5), True, extra={"check": "no_repeat", "iters": 3}),
-    Case("small_table_200", "table", "folds",
-         _cfg("csv", kwargs={"hidden": [32]}, target=0.999, data__label="label", training__epochs=15), True,
-         extra={"frame": lambda: _table(200, seed=31), "check": "folds"}),
-    Case("small_table_350", "table", "folds",
-         _cfg("csv", kwargs={"hidden": [32]}, target=0.999, data__label="label", training__epochs=15), True,
-         extra={"frame": lambda: _table(350, positive=0.3, seed=32), "check": "folds"}),
+    Case(
+        "imbalanced_table_learns",
+        "table",
+        "learned (not C)",
+        _cfg("csv", kwargs={"hidden": [32]}, target=0.999, data__label="label"),
+        True,
+        extra={"frame": lambda: _table(3000, positive=0.12, seed=21), "check": "learned"},
+    ),
+    Case(
+        "noise_phase4_cannot_beat",
+        "tabular",
+        "no repeated set",
+        _cfg(
+            T + "planted_noise",
+            kwargs={"hidden": [256, 256]},
+            target=0.999,
+            data__root="tabular:0.2",
+            training__epochs=15,
+            training__seed=5,
+        ),
+        True,
+        extra={"check": "no_repeat", "iters": 3},
+    ),
+    Case(
+        "small_table_200",
+        "table",
+        "folds",
+        _cfg("csv", kwargs={"hidden": [32]}, target=0.999, data__label="label", training__epochs=15),
+        True,
+        extra={"frame": lambda: _table(200, seed=31), "check": "folds"},
+    ),
+    Case(
+        "small_table_350",
+        "table",
+        "folds",
+        _cfg("csv", kwargs={"hidden": [32]}, target=0.999, data__label="label", training__epochs=15),
+        True,
+        extra={"frame": lambda: _table(350, positive=0.3, seed=32), "check": "folds"},
+    ),
 ]
 
 
@@ -152,6 +263,7 @@ def other_check(case: Case, work: Path, r: dict[str, Any]) -> bool:
 
 
 # ----------------------------------------------------------------------------- the workflow, in process
+
 
 def run_phase(phase: str, run_dir: Path, **params: Any) -> None:
     from trainkit.testing import run_phase_inprocess
@@ -252,8 +364,12 @@ def walk_recovery(case: Case, work: Path) -> dict[str, Any]:
     run_phase("01_planning", run_dir, config_path=str(cfg_path))
     phase = "02_baseline"
     while phase in ("02_baseline", "03_diagnostics") and len(out["path"]) < 8:
-        run_phase(phase, run_dir, attempt=next_attempt_dir(run_dir, phase)[0],
-                  **({"label_issues": False} if phase == "03_diagnostics" else {}))
+        run_phase(
+            phase,
+            run_dir,
+            attempt=next_attempt_dir(run_dir, phase)[0],
+            **({"label_issues": False} if phase == "03_diagnostics" else {}),
+        )
         d = _latest(run_dir, phase)
         if d is None or not (d / "decision.json").is_file():
             out["path"].append(f"{phase[:2]}:failed")
@@ -301,8 +417,10 @@ def main(argv: list[str] | None = None) -> int:
         ok = _matches(named, c.planted)
         named_ok += ok
         drops += r["adopted_drops"]
-        li = ((r["findings"] or {}).get("evidence", {}).get("probes", {}).get("label_issues") or {})
-        if not c.config["data"]["source"].endswith("planted_noise"):  # every case whose labels are clean, weak models included
+        li = (r["findings"] or {}).get("evidence", {}).get("probes", {}).get("label_issues") or {}
+        if not c.config["data"]["source"].endswith(
+            "planted_noise"
+        ):  # every case whose labels are clean, weak models included
             flagged += len(li.get("flagged", []))
             checked += li.get("checked", 0)
         tgt = "-"
@@ -310,32 +428,47 @@ def main(argv: list[str] | None = None) -> int:
             fix_n += 1
             fix_ok += r["reached"]
             tgt = "yes" if r["reached"] else "no"
-        print(f"{c.name:26} {c.data:8} {c.planted:30} {named:34} {'✔' if ok else '✘':3} {' '.join(r['path'])[:28]:28} "
-              f"{tgt:8} {r['seconds']:6.1f}", flush=True)
+        print(
+            f"{c.name:26} {c.data:8} {c.planted:30} {named:34} {'✔' if ok else '✘':3} {' '.join(r['path'])[:28]:28} "
+            f"{tgt:8} {r['seconds']:6.1f}",
+            flush=True,
+        )
         rows.append({"case": c.name, "named": named, "ok": ok, **{k: v for k, v in r.items() if k != "findings"}})
     rec_ok, rec = 0, [c for c in RECOVERY if not args.no_recovery and (not args.only or c.name in args.only)]
     for c in rec:
         r = walk_recovery(c, work)
         rec_ok += r["recovered"]
-        print(f"{c.name:26} {c.data:8} {'failed baseline':30} {','.join(r['fixes'])[:34]:34} "
-              f"{'✔' if r['recovered'] else '✘':3} {' '.join(r['path'])[:28]:28} {'-':8} {r['seconds']:6.1f}", flush=True)
+        print(
+            f"{c.name:26} {c.data:8} {'failed baseline':30} {','.join(r['fixes'])[:34]:34} "
+            f"{'✔' if r['recovered'] else '✘':3} {' '.join(r['path'])[:28]:28} {'-':8} {r['seconds']:6.1f}",
+            flush=True,
+        )
         rows.append({"case": c.name, **r})
     others_ok, others = 0, [c for c in OTHERS if not args.no_recovery and (not args.only or c.name in args.only)]
     for c in others:
         r = walk(c, work, max_iters=c.extra.get("iters", 2), until=4)
         ok = other_check(c, work, r)
         others_ok += ok
-        print(f"{c.name:26} {c.data:8} {c.planted:30} {'-':34} {'✔' if ok else '✘':3} {' '.join(r['path'])[:28]:28} "
-              f"{'-':8} {r['seconds']:6.1f}", flush=True)
+        print(
+            f"{c.name:26} {c.data:8} {c.planted:30} {'-':34} {'✔' if ok else '✘':3} {' '.join(r['path'])[:28]:28} "
+            f"{'-':8} {r['seconds']:6.1f}",
+            flush=True,
+        )
         rows.append({"case": c.name, "ok": ok, **{k: v for k, v in r.items() if k != "findings"}})
     if others:
-        print(f"other problems (a learning imbalanced table is not failed; no repeat under noise; small tables by folds): "
-              f"{others_ok}/{len(others)}")
+        print(
+            "other problems (a learning imbalanced table is not failed; no repeat under noise; small tables by "
+            "folds): "
+            f"{others_ok}/{len(others)}"
+        )
     (work / "decision_quality.json").write_text(json.dumps(rows, indent=1))
     print(f"adopted changes that lowered seed-matched val accuracy: {drops}; runs in {work}")
     pct = 100 * flagged / checked if checked else 0.0
-    print(f"named first: {named_ok}/{len(cases)}; reached target within 2 iterations: {fix_ok}/{fix_n}; clean flagged: {pct:.1f}%"
-          f"; recovered failed baselines: {rec_ok}/{len(rec)}; repeated candidate sets: {repeated_sets(work)}")
+    print(
+        f"named first: {named_ok}/{len(cases)}; reached target within 2 iterations: {fix_ok}/{fix_n}; clean flagged: "
+        f"{pct:.1f}%"
+        f"; recovered failed baselines: {rec_ok}/{len(rec)}; repeated candidate sets: {repeated_sets(work)}"
+    )
     return 0
 
 

@@ -105,11 +105,15 @@ def main() -> None:
             h_times += ht[1:]
         ratio = statistics.median(f_times) / statistics.median(h_times)
         ratios.append(ratio)
-        print(f"{name}: fit {statistics.median(f_times) * 1e3:.1f} ms/epoch, hand {statistics.median(h_times) * 1e3:.1f} "
-              f"ms/epoch, ratio {ratio:.3f}; final val loss fit {fl:.6f} == hand {hl:.6f}")
+        print(
+            f"{name}: fit {statistics.median(f_times) * 1e3:.1f} ms/epoch, hand {statistics.median(h_times) * 1e3:.1f} "
+            f"ms/epoch, ratio {ratio:.3f}; final val loss fit {fl:.6f} == hand {hl:.6f}"
+        )
     idx, dl = batching(load_data(tiny_config()), 64)
-    print(f"batching one digits epoch: index {idx * 1e3:.2f} ms, DataLoader(TensorDataset) {dl * 1e3:.2f} ms, "
-          f"DataLoader/index {dl / idx:.2f}x")
+    print(
+        f"batching one digits epoch: index {idx * 1e3:.2f} ms, DataLoader(TensorDataset) {dl * 1e3:.2f} ms, "
+        f"DataLoader/index {dl / idx:.2f}x"
+    )
     print(f"fit/hand epoch time: MLP {ratios[0]:.2f}×, CNN {ratios[1]:.2f}×")
 
 

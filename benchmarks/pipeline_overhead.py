@@ -33,9 +33,14 @@ def main() -> None:
         train = sum(json.loads(p.read_text())["train_time_s"] for p in fits)
         print(f"saved fits: {len(fits)}, training time {train:.2f} s")
         test = json.loads((run / "05_finalization" / "test_evaluation.json").read_text())
-        print(f"test accuracy {test['accuracy']:.4f} (95% CI {test['accuracy_ci'][0]:.4f}-{test['accuracy_ci'][1]:.4f})")
+        print(
+            f"test accuracy {test['accuracy']:.4f} (95% CI {test['accuracy_ci'][0]:.4f}-{test['accuracy_ci'][1]:.4f})"
+        )
         for row in json.loads((run / "05_finalization" / "export.json").read_text())["latency"]:
-            print(f"  latency {row['runtime']:>12} batch {row['batch']:>3}: p50 {row['p50_ms']:.3f} ms, p95 {row['p95_ms']:.3f} ms")
+            print(
+                f"  latency {row['runtime']:>12} batch {row['batch']:>3}: p50 {row['p50_ms']:.3f} ms, p95 "
+                f"{row['p95_ms']:.3f} ms"
+            )
         print(f"pipeline wall / training time: {wall / train:.2f}")
 
 

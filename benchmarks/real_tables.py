@@ -54,11 +54,18 @@ def churn(n: int = 3000, seed: int = 0) -> pd.DataFrame:
     charges = rng.normal(70, 25, n).round(2)
     risk = -3.2 + 1.2 * (plan == "basic") - 0.05 * tenure + 0.02 * (charges - 70) + 0.9 * (region % 7 == 0)
     churned = rng.random(n) < 1 / (1 + np.exp(-risk))
-    df = pd.DataFrame({"customer_id": [f"C{100000 + i}" for i in range(n)], "region": [f"R{r:02d}" for r in region],
-                       "plan": plan, "tenure_months": tenure, "monthly_charges": charges,
-                       "paperless": rng.random(n) < 0.6,
-                       "signup": pd.Timestamp("2019-01-01") + pd.to_timedelta(rng.integers(0, 1500, n), unit="D"),
-                       "churn": np.where(churned, "yes", "no")})
+    df = pd.DataFrame(
+        {
+            "customer_id": [f"C{100000 + i}" for i in range(n)],
+            "region": [f"R{r:02d}" for r in region],
+            "plan": plan,
+            "tenure_months": tenure,
+            "monthly_charges": charges,
+            "paperless": rng.random(n) < 0.6,
+            "signup": pd.Timestamp("2019-01-01") + pd.to_timedelta(rng.integers(0, 1500, n), unit="D"),
+            "churn": np.where(churned, "yes", "no"),
+        }
+    )
     df.loc[rng.random(n) < 0.08, "monthly_charges"] = np.nan
     df.loc[rng.random(n) < 0.05, "plan"] = None
     df["signup"] = df["signup"].dt.strftime("%Y-%m-%d")
@@ -74,8 +81,16 @@ def loans(n: int = 4000, seed: int = 1) -> pd.DataFrame:
     grade = rng.choice(list("ABCDEFG"), n, p=[0.25, 0.25, 0.2, 0.12, 0.08, 0.06, 0.04])
     score = -3.4 + 3.0 * debt - 0.6 * (np.log(income) - 10.5) + 0.35 * (np.array([ord(g) - 65 for g in grade]))
     bad = rng.random(n) < 1 / (1 + np.exp(-score))
-    df = pd.DataFrame({"income": income.round(0), "debt_ratio": debt.round(3), "purpose": purpose, "grade": grade,
-                       "employed_years": rng.integers(0, 30, n).astype(float), "default": np.where(bad, "bad", "good")})
+    df = pd.DataFrame(
+        {
+            "income": income.round(0),
+            "debt_ratio": debt.round(3),
+            "purpose": purpose,
+            "grade": grade,
+            "employed_years": rng.integers(0, 30, n).astype(float),
+            "default": np.where(bad, "bad", "good"),
+        }
+    )
     df.loc[rng.random(n) < 0.1, "employed_years"] = np.nan
     df.loc[rng.random(n) < 0.05, "income"] = np.nan
     return df
@@ -99,8 +114,11 @@ def thresholds(n: int = 4000, seed: int = 3) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, 8))
     shop = rng.integers(0, 40, n)
-    rule = ((x[:, 0] > 0.5) & (x[:, 1] < 0)) | ((x[:, 2] > 1.0) ^ (x[:, 3] > -0.3)) \
+    rule = (
+        ((x[:, 0] > 0.5) & (x[:, 1] < 0))
+        | ((x[:, 2] > 1.0) ^ (x[:, 3] > -0.3))
         | (np.isin(shop, [3, 7, 11, 19, 23, 31]) & (x[:, 4] > 0))
+    )
     y = rule ^ (rng.random(n) < 0.05)
     df = pd.DataFrame({f"m{i}": x[:, i].round(3) for i in range(8)})
     df["shop"] = [f"S{s:02d}" for s in shop]
@@ -119,12 +137,26 @@ def telecom(n: int = 3500, seed: int = 4) -> pd.DataFrame:
     intl = rng.normal(10, 2.8, n).clip(0).round(1)
     vmail = rng.random(n) < 0.27
     state = rng.choice([f"ST{i:02d}" for i in range(51)], n)
-    churn = (day > 264) | ((calls >= 4) & (day < 200)) | (intl_plan & ((intl > 13) | (rng.random(n) < 0.3))) \
+    churn = (
+        (day > 264)
+        | ((calls >= 4) & (day < 200))
+        | (intl_plan & ((intl > 13) | (rng.random(n) < 0.3)))
         | ((day + eve > 420) & ~vmail)
+    )
     churn ^= rng.random(n) < 0.03
-    return pd.DataFrame({"state": state, "account_weeks": rng.integers(1, 240, n), "intl_plan": np.where(intl_plan, "yes", "no"),
-                         "voice_mail": np.where(vmail, "yes", "no"), "day_minutes": day, "eve_minutes": eve,
-                         "intl_minutes": intl, "service_calls": calls, "churn": np.where(churn, "True", "False")})
+    return pd.DataFrame(
+        {
+            "state": state,
+            "account_weeks": rng.integers(1, 240, n),
+            "intl_plan": np.where(intl_plan, "yes", "no"),
+            "voice_mail": np.where(vmail, "yes", "no"),
+            "day_minutes": day,
+            "eve_minutes": eve,
+            "intl_minutes": intl,
+            "service_calls": calls,
+            "churn": np.where(churn, "True", "False"),
+        }
+    )
 
 
 def segments(n: int = 5000, seed: int = 5) -> pd.DataFrame:
@@ -139,8 +171,15 @@ def segments(n: int = 5000, seed: int = 5) -> pd.DataFrame:
     y = np.where(over & (age < 45), "returned", np.where(over, "exchanged", "kept"))
     flip = rng.random(n) < 0.05
     y[flip] = rng.choice(["kept", "returned", "exchanged"], flip.sum())
-    return pd.DataFrame({"product": [f"P{c:03d}" for c in code], "price": price, "age": age,
-                         "channel": rng.choice(["web", "store", "phone"], n), "outcome": y})
+    return pd.DataFrame(
+        {
+            "product": [f"P{c:03d}" for c in code],
+            "price": price,
+            "age": age,
+            "channel": rng.choice(["web", "store", "phone"], n),
+            "outcome": y,
+        }
+    )
 
 
 TABLES = {
@@ -170,8 +209,10 @@ def peers(run: Path, frame: pd.DataFrame, label: str) -> dict[str, float]:
     fit_rows = np.array(idx["train"] + idx["val"])
     test = np.array(idx["test"])
     out = {}
-    for name, model in (("logistic_regression", LogisticRegression(max_iter=2000)),
-                        ("boosted_trees", HistGradientBoostingClassifier(random_state=0))):
+    for name, model in (
+        ("logistic_regression", LogisticRegression(max_iter=2000)),
+        ("boosted_trees", HistGradientBoostingClassifier(random_state=0)),
+    ):
         model.fit(x[fit_rows], y[fit_rows])
         out[name] = float((model.predict(x[test]) == y[test]).mean())
     return out
@@ -182,24 +223,48 @@ def run_table(name: str, work: Path) -> dict:
     frame = make()
     path = work / f"{name}.csv"
     frame.to_csv(path, index=False)
-    cfg = {"data": {"source": "csv", "root": str(path), "label": label}}  # a new user's table config: the label, nothing else
+    cfg = {
+        "data": {"source": "csv", "root": str(path), "label": label}
+    }  # a new user's table config: the label, nothing else
     cfg_path = work / f"{name}.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
     t0 = time.time()
-    r = subprocess.run([sys.executable, "-m", "trainkit.cli", "run", str(cfg_path), "--name", name, "--runs-dir",
-                        str(work / "runs"), "--approve", "stakeholder_approval=benchmark"], capture_output=True, text=True,
-                       env=dict(os.environ, TRAINKIT_PROGRESS="off"))
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "trainkit.cli",
+            "run",
+            str(cfg_path),
+            "--name",
+            name,
+            "--runs-dir",
+            str(work / "runs"),
+            "--approve",
+            "stakeholder_approval=benchmark",
+        ],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, TRAINKIT_PROGRESS="off"),
+    )
     run = work / "runs" / name
     test_file = run / "05_finalization" / "test_evaluation.json"
-    row = {"table": name, "rows": len(frame), "exit": r.returncode, "seconds": round(time.time() - t0, 1),
-           "ingested": (run / "01_planning" / "preprocess.json").is_file()}
+    row = {
+        "table": name,
+        "rows": len(frame),
+        "exit": r.returncode,
+        "seconds": round(time.time() - t0, 1),
+        "ingested": (run / "01_planning" / "preprocess.json").is_file(),
+    }
     if not test_file.is_file():
         row["error"] = (r.stderr or r.stdout)[-600:]
         return row
     phases = json.loads((run / "run.json").read_text())["phases"]
     path_taken = [e["phase"][:2] for e in phases]
     row["phase_seconds"] = [[e["phase"], (e.get("cost") or {}).get("wall_s")] for e in phases]
-    row.update(trainkit=json.loads(test_file.read_text())["accuracy"], path=" ".join(path_taken), **peers(run, frame, label))
+    row.update(
+        trainkit=json.loads(test_file.read_text())["accuracy"], path=" ".join(path_taken), **peers(run, frame, label)
+    )
     row["best_peer"] = max(row["logistic_regression"], row["boosted_trees"])
     row["gap_points"] = round(100 * (row["best_peer"] - row["trainkit"]), 2)
     return row
@@ -214,13 +279,19 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     names = args.only or list(TABLES)
     rows = []
-    print(f"{'table':15} {'rows':>6} {'exit':>4} {'trainkit':>8} {'logreg':>7} {'trees':>7} {'gap':>6} {'path':22} {'s':>6}")
+    print(
+        f"{'table':15} {'rows':>6} {'exit':>4} {'trainkit':>8} {'logreg':>7} {'trees':>7} {'gap':>6} {'path':22} "
+        f"{'s':>6}"
+    )
     for name in names:
         row = run_table(name, work)
         rows.append(row)
         if "trainkit" in row:
-            print(f"{name:15} {row['rows']:6d} {row['exit']:4d} {row['trainkit']:8.4f} {row['logistic_regression']:7.4f} "
-                  f"{row['boosted_trees']:7.4f} {row['gap_points']:6.2f} {row['path']:22} {row['seconds']:6.1f}", flush=True)
+            print(
+                f"{name:15} {row['rows']:6d} {row['exit']:4d} {row['trainkit']:8.4f} {row['logistic_regression']:7.4f} "
+                f"{row['boosted_trees']:7.4f} {row['gap_points']:6.2f} {row['path']:22} {row['seconds']:6.1f}",
+                flush=True,
+            )
         else:
             print(f"{name:15} {row['rows']:6d} {row['exit']:4d} failed: {row.get('error', '')[:300]}", flush=True)
     (work / "real_tables.json").write_text(json.dumps(rows, indent=1))
@@ -231,9 +302,11 @@ def main() -> int:
     print(f"ahead of the best peer: {sum(r['gap_points'] < 0 for r in ok)}/{len(rows)}")
     ready = sum(r["exit"] == 0 for r in rows)
     median = float(np.median([r["seconds"] for r in rows])) if rows else float("nan")
-    print(f"tables: {sum(bool(r['ingested']) for r in rows)} ingested raw; within 1 point of the best peer: "
-          f"{within}/{len(rows)}; mean gap to best peer: {mean_gap:.1f} points; "
-          f"ready to deploy: {ready}/{len(rows)}; median run: {median:.0f} s")
+    print(
+        f"tables: {sum(bool(r['ingested']) for r in rows)} ingested raw; within 1 point of the best peer: "
+        f"{within}/{len(rows)}; mean gap to best peer: {mean_gap:.1f} points; "
+        f"ready to deploy: {ready}/{len(rows)}; median run: {median:.0f} s"
+    )
     return 0
 
 

@@ -76,15 +76,35 @@ def durations(n: int = 3000, seed: int = 3) -> pd.DataFrame:
     age = rng.uniform(0, 60, n)
     urgent = rng.random(n) < 0.25
     speed = rng.normal(0, 0.4, 40)[site]
-    log_h = (1.0 + np.select([kind == "roof", kind == "plumbing", kind == "glass"], [1.2, 0.5, -0.3], 0.2)
-             + 0.015 * age + speed - 0.6 * urgent + 0.4 * (age > 40) * (kind == "roof") + rng.normal(0, 0.35, n))
+    log_h = (
+        1.0
+        + np.select([kind == "roof", kind == "plumbing", kind == "glass"], [1.2, 0.5, -0.3], 0.2)
+        + 0.015 * age
+        + speed
+        - 0.6 * urgent
+        + 0.4 * (age > 40) * (kind == "roof")
+        + rng.normal(0, 0.35, n)
+    )
     age_seen = np.where(rng.random(n) < 0.08, np.nan, age.round(1))
-    return pd.DataFrame({"site": [f"S{s:02d}" for s in site], "kind": kind, "building_age": age_seen, "urgent": urgent,
-                         "hours": np.exp(log_h).round(2)})
+    return pd.DataFrame(
+        {
+            "site": [f"S{s:02d}" for s in site],
+            "kind": kind,
+            "building_age": age_seen,
+            "urgent": urgent,
+            "hours": np.exp(log_h).round(2),
+        }
+    )
 
 
-TABLES = {"diabetes": (diabetes, "target"), "california": (california, "MedHouseVal"), "friedman": (friedman, "target"),
-          "linear": (linear, "target"), "prices": (prices, "price"), "durations": (durations, "hours")}
+TABLES = {
+    "diabetes": (diabetes, "target"),
+    "california": (california, "MedHouseVal"),
+    "friedman": (friedman, "target"),
+    "linear": (linear, "target"),
+    "prices": (prices, "price"),
+    "durations": (durations, "hours"),
+}
 
 
 def peers(run: Path, frame: pd.DataFrame, label: str) -> dict[str, float]:
@@ -119,9 +139,24 @@ def run_table(name: str, work: Path) -> dict | None:
     cfg_path = work / f"{name}.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
     t0 = time.time()
-    r = subprocess.run([sys.executable, "-m", "trainkit.cli", "run", str(cfg_path), "--name", name, "--runs-dir",
-                        str(work / "runs"), "--approve", "stakeholder_approval=benchmark"], capture_output=True, text=True,
-                       env=dict(os.environ, TRAINKIT_PROGRESS="off"))
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "trainkit.cli",
+            "run",
+            str(cfg_path),
+            "--name",
+            name,
+            "--runs-dir",
+            str(work / "runs"),
+            "--approve",
+            "stakeholder_approval=benchmark",
+        ],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, TRAINKIT_PROGRESS="off"),
+    )
     run = work / "runs" / name
     test_file = run / "05_finalization" / "test_evaluation.json"
     row = {"table": name, "rows": len(frame), "exit": r.returncode, "seconds": round(time.time() - t0, 1)}
@@ -130,8 +165,13 @@ def run_table(name: str, work: Path) -> dict | None:
         return row
     test = json.loads(test_file.read_text())
     phases = json.loads((run / "run.json").read_text())["phases"]
-    row.update(trainkit=test["test"]["r2"], rmse=test["test"]["rmse"], target_rmse=value,
-               path=" ".join(e["phase"][:2] for e in phases), **peers(run, frame, label))
+    row.update(
+        trainkit=test["test"]["r2"],
+        rmse=test["test"]["rmse"],
+        target_rmse=value,
+        path=" ".join(e["phase"][:2] for e in phases),
+        **peers(run, frame, label),
+    )
     row["best_peer"] = max(row["ridge"], row["boosted_trees"])
     row["gap_r2"] = round(row["best_peer"] - row["trainkit"], 4)
     return row
@@ -145,7 +185,10 @@ def main() -> int:
     work = Path(args.keep or tempfile.mkdtemp(prefix="tk-regression-"))
     work.mkdir(parents=True, exist_ok=True)
     rows = []
-    print(f"{'table':12} {'rows':>6} {'exit':>4} {'trainkit':>8} {'ridge':>7} {'trees':>7} {'gap':>7} {'path':18} {'s':>6}")
+    print(
+        f"{'table':12} {'rows':>6} {'exit':>4} {'trainkit':>8} {'ridge':>7} {'trees':>7} {'gap':>7} {'path':18} "
+        f"{'s':>6}"
+    )
     for name in args.only or list(TABLES):
         row = run_table(name, work)
         if row is None:
@@ -153,17 +196,25 @@ def main() -> int:
             continue
         rows.append(row)
         if "trainkit" in row:
-            print(f"{name:12} {row['rows']:6d} {row['exit']:4d} {row['trainkit']:8.4f} {row['ridge']:7.4f} "
-                  f"{row['boosted_trees']:7.4f} {row['gap_r2']:7.4f} {row['path']:18} {row['seconds']:6.1f}", flush=True)
+            print(
+                f"{name:12} {row['rows']:6d} {row['exit']:4d} {row['trainkit']:8.4f} {row['ridge']:7.4f} "
+                f"{row['boosted_trees']:7.4f} {row['gap_r2']:7.4f} {row['path']:18} {row['seconds']:6.1f}",
+                flush=True,
+            )
         else:
             print(f"{name:12} {row['rows']:6d} {row['exit']:4d} failed: {row.get('error', '')[:300]}", flush=True)
     (work / "regression_tables.json").write_text(json.dumps(rows, indent=1))
     ok = [r for r in rows if "gap_r2" in r]
     print(f"runs in {work}")
-    print(f"ahead of the best peer: {sum(r['gap_r2'] < 0 for r in ok)}/{len(rows)}; ready to deploy: "
-          f"{sum(r['exit'] == 0 for r in rows)}/{len(rows)}; median run: "
-          f"{float(np.median([r['seconds'] for r in rows])) if rows else float('nan'):.0f} s")
-    print(f"regression tables: {len(rows)}; within 0.02 r2 of the best peer: {sum(r['gap_r2'] <= 0.02 for r in ok)}/{len(rows)}")
+    print(
+        f"ahead of the best peer: {sum(r['gap_r2'] < 0 for r in ok)}/{len(rows)}; ready to deploy: "
+        f"{sum(r['exit'] == 0 for r in rows)}/{len(rows)}; median run: "
+        f"{float(np.median([r['seconds'] for r in rows])) if rows else float('nan'):.0f} s"
+    )
+    print(
+        f"regression tables: {len(rows)}; within 0.02 r2 of the best peer: "
+        f"{sum(r['gap_r2'] <= 0.02 for r in ok)}/{len(rows)}"
+    )
     return 0
 
 

@@ -24,8 +24,9 @@ from pathlib import Path
 
 def _demo(runs: Path, name: str, tracking: list[str]) -> float:
     t0 = time.perf_counter()
-    r = subprocess.run(["trainkit", "run", "--name", name, "--runs-dir", str(runs), *tracking],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        ["trainkit", "run", "--name", name, "--runs-dir", str(runs), *tracking], capture_output=True, text=True
+    )
     wall = time.perf_counter() - t0
     if r.returncode not in (0, 3) or "warning" in r.stderr.lower():
         raise SystemExit(f"{name}: exit {r.returncode}\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")

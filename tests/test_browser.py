@@ -14,8 +14,16 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 pytestmark = pytest.mark.browser
 
@@ -32,10 +40,23 @@ def lab(tmp_path):
     shutil.copy(ROOT / "notebooks" / "01_planning.ipynb", tmp_path / "01_planning.ipynb")
     port, token = _free_port(), "trainkit-test-token"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}", "--allow-root",
-         f"--ServerApp.token={token}", "--LabApp.expose_app_in_browser=True", f"--ServerApp.root_dir={tmp_path}",
-         "--ServerApp.disable_check_xsrf=True"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ, TRAINKIT_PROGRESS="off"))
+        [
+            sys.executable,
+            "-m",
+            "jupyterlab",
+            "--no-browser",
+            "--ip=127.0.0.1",
+            f"--port={port}",
+            "--allow-root",
+            f"--ServerApp.token={token}",
+            "--LabApp.expose_app_in_browser=True",
+            f"--ServerApp.root_dir={tmp_path}",
+            "--ServerApp.disable_check_xsrf=True",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=dict(os.environ, TRAINKIT_PROGRESS="off"),
+    )
     url = f"http://127.0.0.1:{port}"
     for _ in range(120):
         try:
@@ -63,12 +84,18 @@ def test_jupyterlab_runs_notebook_01_and_signs_the_gate_in_the_widget(lab):
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(f"{url}/lab/tree/01_planning.ipynb?token={token}", timeout=60_000)
-        page.wait_for_function("window.jupyterapp && window.jupyterapp.shell.currentWidget && "
-                               "window.jupyterapp.shell.currentWidget.sessionContext", timeout=90_000)
+        page.wait_for_function(
+            "window.jupyterapp && window.jupyterapp.shell.currentWidget && "
+            "window.jupyterapp.shell.currentWidget.sessionContext",
+            timeout=90_000,
+        )
         # the kernel must be really connected and idle before cells run
-        page.wait_for_function("""() => { const s = window.jupyterapp.shell.currentWidget.sessionContext;
+        page.wait_for_function(
+            """() => { const s = window.jupyterapp.shell.currentWidget.sessionContext;
             const k = s.session && s.session.kernel;
-            return k && k.connectionStatus === 'connected' && k.status === 'idle'; }""", timeout=120_000)
+            return k && k.connectionStatus === 'connected' && k.status === 'idle'; }""",
+            timeout=120_000,
+        )
         page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
         approver = page.locator(".trainkit-approver input")
         approver.wait_for(state="visible", timeout=240_000)
@@ -99,8 +126,11 @@ def test_jupyterlab_runs_notebook_01_and_signs_the_gate_in_the_widget(lab):
 def test_phase_report_opened_from_file_shows_the_gate_table(tmp_path):
     from playwright.sync_api import sync_playwright
 
-    r = subprocess.run(["trainkit", "run", "--name", "b", "--runs-dir", str(tmp_path), "--stop-after", "1"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        ["trainkit", "run", "--name", "b", "--runs-dir", str(tmp_path), "--stop-after", "1"],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     index = tmp_path / "b" / "index.html"
     report = tmp_path / "b" / "01_planning" / "report.html"
@@ -151,7 +181,9 @@ def test_own_data_walkthrough_to_a_signed_off_model_with_a_waiver(tmp_path):
     gate = json.loads((run / "05_finalization" / "gate.json").read_text())
     failing = [c["id"] for c in gate["checks"] if c["status"] == "fail"]
     assert r.returncode == 1 and "test_meets_target" in failing, (r.stdout[-2000:], r.stderr[-2000:])
-    waive = [a for c in failing for a in ("--waive", f"{c}=pilot on hand-checked photos; accuracy below target accepted")]
+    waive = [
+        a for c in failing for a in ("--waive", f"{c}=pilot on hand-checked photos; accuracy below target accepted")
+    ]
     s = cli("signoff", "runs/photos", "--phase", "5", "--by", "Ana Lee", "--check", "stakeholder_approval", *waive)
     assert s.returncode == 0, s.stdout + s.stderr
     again = cli("run", "--resume", "--name", "photos")
@@ -183,9 +215,12 @@ def test_opening_a_template_in_jupyterlab_asks_nothing_and_changes_at_most_the_p
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = browser.new_page()
         page.goto(f"{url}/lab/tree/01_planning.ipynb?token={token}", timeout=60_000)
-        page.wait_for_function("""() => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;
+        page.wait_for_function(
+            """() => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;
             const k = w && w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel;
-            return k && k.connectionStatus === 'connected' && k.status === 'idle'; }""", timeout=120_000)
+            return k && k.connectionStatus === 'connected' && k.status === 'idle'; }""",
+            timeout=120_000,
+        )
         time.sleep(2)
         assert page.locator(".jp-Dialog").count() == 0  # no "Select Kernel"
         page.evaluate("window.jupyterapp.commands.execute('docmanager:save')")

@@ -46,8 +46,11 @@ def test_max_epochs_is_the_first_part_of_the_whole_run(digits):
 def test_the_nan_guard_names_the_first_bad_step_of_a_batched_check():
     model = torch.nn.Linear(2, 2)
     t, f = torch.tensor(True), torch.tensor(False)
-    pending = [(10, t, torch.tensor(0.5), torch.tensor(1.0)), (11, f, torch.tensor(float("nan")), torch.tensor(float("inf"))),
-               (12, f, torch.tensor(float("nan")), torch.tensor(float("nan")))]
+    pending = [
+        (10, t, torch.tensor(0.5), torch.tensor(1.0)),
+        (11, f, torch.tensor(float("nan")), torch.tensor(float("inf"))),
+        (12, f, torch.tensor(float("nan")), torch.tensor(float("nan"))),
+    ]
     rec = _guard(pending, model, epoch=3, history=[], init_loss=2.3, last_finite=torch.tensor(0.7))
     assert rec["step"] == 11 and rec["last_finite_loss"] == 0.5 and rec["detected_after_steps"] == 1
     assert _guard(pending[:1], model, 3, [], 2.3, None) is None
@@ -111,8 +114,17 @@ def test_the_run_clock_counts_each_phase_once_and_the_pipelines_own_work_between
 
 
 def test_the_run_clock_starts_when_the_trainkit_process_did():
-    out = subprocess.run(["python3", "-c", "import time; time.sleep(0.6); from trainkit.budget import process_start; "
-                          "print(time.time() - process_start())"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [
+            "python3",
+            "-c",
+            "import time; time.sleep(0.6); from trainkit.budget import process_start; "
+            "print(time.time() - process_start())",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert 0.6 <= float(out.stdout) < 5.0  # the interpreter's start and imports before trainkit count
 
 
@@ -125,14 +137,36 @@ def test_a_tiny_budget_ends_the_run_inside_it_through_phase_5_with_the_best_mode
     fit. The fixed costs (kernels' starts, imports, exports: ~60 s on a busy CI machine) are what a
     smaller budget could not hold."""
     budget_s = 120.0
-    cfg = tiny_config({"model.kwargs": {"hidden": [512, 512]}, "training.epochs": 2000, "optimizer.name": "sgd",
-                       "optimizer.lr": 0.003, "optimizer.momentum": 0.0, "target.value": 0.97,
-                       "budget.total_hours": budget_s / 3600})
+    cfg = tiny_config(
+        {
+            "model.kwargs": {"hidden": [512, 512]},
+            "training.epochs": 2000,
+            "optimizer.name": "sgd",
+            "optimizer.lr": 0.003,
+            "optimizer.momentum": 0.0,
+            "target.value": 0.97,
+            "budget.total_hours": budget_s / 3600,
+        }
+    )
     p = tmp_path / "cfg.yaml"
     p.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     t0 = time.time()
-    r = subprocess.run(["trainkit", "run", str(p), "--name", "tiny", "--runs-dir", str(tmp_path),
-                        "--approve", "stakeholder_approval=tester"], capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [
+            "trainkit",
+            "run",
+            str(p),
+            "--name",
+            "tiny",
+            "--runs-dir",
+            str(tmp_path),
+            "--approve",
+            "stakeholder_approval=tester",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     wall = time.time() - t0
     run = tmp_path / "tiny"
     assert wall <= 1.05 * budget_s, (wall, r.stdout[-3000:])
@@ -158,8 +192,9 @@ def test_a_tiny_budget_ends_the_run_inside_it_through_phase_5_with_the_best_mode
         summary = json.loads((fin / "train_summary.json").read_text())
         src = json.loads((run / best / "train_summary.json").read_text()) if best else None
         assert src is None or summary["best"] == src["best"]
-    assert "Cut to stay inside the budget" in (fin / "report.html").read_text() or \
-        any("Cut to stay inside the budget" in p.read_text() for p in run.glob("0*/**/report.html"))
+    assert "Cut to stay inside the budget" in (fin / "report.html").read_text() or any(
+        "Cut to stay inside the budget" in p.read_text() for p in run.glob("0*/**/report.html")
+    )
 
 
 @pytest.mark.slow
@@ -188,10 +223,23 @@ def test_seed_variance_runs_only_the_epochs_that_fit_and_is_not_reused_as_baseli
     cfg = with_overrides(cfg, {"training.epochs": 8})
     base = fit(cfg, bundle, None, progress=False)
     per_epoch = 1.0  # pretend: 8 s per whole run, 6 s left → 2 × k epochs ≤ half of it: k = 1
-    sv = seed_variance_probe(cfg, bundle, baseline=base.best, history=base.history, cost_s=8 * per_epoch,
-                             time_left=lambda: 6.0)
+    sv = seed_variance_probe(
+        cfg, bundle, baseline=base.best, history=base.history, cost_s=8 * per_epoch, time_left=lambda: 6.0
+    )
     assert sv["short"] and sv["epochs"] == 1 and not sv["full_runs"] and sv["runs"] == []
     assert sv["val_accuracy"][0] == base.history[0]["val_accuracy"]  # the baseline at the same epoch, not its best
-    full = seed_variance_probe(cfg, bundle, seeds=[0, 1], baseline=base.best, history=base.history, cost_s=8 * per_epoch,
-                               time_left=lambda: 1000.0)
-    assert full["full_runs"] and not full["short"] and len(full["runs"]) == 1 and full["val_accuracy"][0] == base.best["val_accuracy"]
+    full = seed_variance_probe(
+        cfg,
+        bundle,
+        seeds=[0, 1],
+        baseline=base.best,
+        history=base.history,
+        cost_s=8 * per_epoch,
+        time_left=lambda: 1000.0,
+    )
+    assert (
+        full["full_runs"]
+        and not full["short"]
+        and len(full["runs"]) == 1
+        and full["val_accuracy"][0] == base.best["val_accuracy"]
+    )

@@ -23,7 +23,7 @@ def test_template_is_the_seed_baseline():
 def test_unknown_key_names_it_and_lists_valid_keys(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_config(write(tmp_path, {"optimizer": {"lr": 0.1, "learning_rate": 0.1}}))
-    (path, msg), = e.value.problems
+    ((path, msg),) = e.value.problems
     assert path == "optimizer.learning_rate"
     assert "unknown key 'learning_rate'" in msg and "lr" in msg and "weight_decay" in msg
 
@@ -76,10 +76,23 @@ def test_missing_file_and_non_mapping(tmp_path):
 
 @pytest.mark.slow
 def test_cli_config_validate_exit_codes(tmp_path):
-    good = subprocess.run([sys.executable, "-m", "trainkit.cli", "config", "validate", str(template_path())],
-                          capture_output=True, text=True)
+    good = subprocess.run(
+        [sys.executable, "-m", "trainkit.cli", "config", "validate", str(template_path())],
+        capture_output=True,
+        text=True,
+    )
     assert good.returncode == 0, good.stderr
-    bad = subprocess.run([sys.executable, "-m", "trainkit.cli", "config", "validate",
-                          str(write(tmp_path, {"training": {"epochs": -1, "colour": 1}}))], capture_output=True, text=True)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "trainkit.cli",
+            "config",
+            "validate",
+            str(write(tmp_path, {"training": {"epochs": -1, "colour": 1}})),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 2
     assert "training.epochs" in bad.stderr and "training.colour" in bad.stderr

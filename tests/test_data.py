@@ -52,7 +52,11 @@ def test_quarantine_raises_names_phase_and_logs(run_dir):
     x, y = final.arrays("test", reason="final evaluation")
     assert len(x) == len(final.splits["test"])
     log = [json.loads(line) for line in (run_dir / TEST_ACCESS_LOG).read_text().splitlines()]
-    assert [(e["phase"], e["allowed"]) for e in log] == [("02_baseline", False), ("02_baseline", False), (FINAL_PHASE, True)]
+    assert [(e["phase"], e["allowed"]) for e in log] == [
+        ("02_baseline", False),
+        ("02_baseline", False),
+        (FINAL_PHASE, True),
+    ]
     assert log[0]["reason"] == "peek"
 
 
@@ -132,7 +136,7 @@ def test_streamed_loader_workers_persist_across_epochs(tmp_path):
     loaders = dict(b._loaders)
     second = [y.tolist() for _, y, _ in b.batches("train", 4, shuffle=True, seed=1, epoch=1, workers=1)]
     assert b._loaders == loaders and len(loaders) == 1  # the same DataLoader (and worker) served both epochs
-    (loader, _), = loaders.values()
+    ((loader, _),) = loaders.values()
     assert loader.persistent_workers and loader.num_workers == 1
     assert sorted(sum(first, [])) == sorted(sum(second, [])) and first != second  # each epoch its own order
 
@@ -160,8 +164,9 @@ def test_import_path_sources(tmp_path):
         load_data(tiny_config({"data.source": "imagenet"}))
 
 
-@pytest.mark.parametrize("source,expect", [("mnist", "MNIST/raw"), ("fashion_mnist", "FashionMNIST/raw"),
-                                           ("cifar10", "cifar-10-batches-py")])
+@pytest.mark.parametrize(
+    "source,expect", [("mnist", "MNIST/raw"), ("fashion_mnist", "FashionMNIST/raw"), ("cifar10", "cifar-10-batches-py")]
+)
 def test_missing_torchvision_files_give_clear_error(tmp_path, source, expect):
     with pytest.raises(DataError) as e:
         load_data(tiny_config({"data.source": source, "data.root": str(tmp_path)}))
@@ -207,7 +212,7 @@ def test_phase3_sample_of_streamed_data_is_bounded_random_and_maps_back(tmp_path
     n = len(view.splits["train"]) + len(view.splits["val"])
     assert n <= 30 and view._x.shape[0] == n and view.sampled["bytes"] <= 30 * per_sample
     assert set(view.global_index[: len(view.splits["train"])]) <= set(b.splits["train"].tolist())
-    assert set(view.global_index[len(view.splits["train"]):]) <= set(b.splits["val"].tolist())
+    assert set(view.global_index[len(view.splits["train"]) :]) <= set(b.splits["val"].tolist())
     assert len(set(view.split_labels("train").tolist())) == 3  # a random sample, not the first class's files
     for j in (0, len(view.splits["train"]) - 1):  # row j of the sample is the data's row global_index[j]
         x, y = b.source.dataset[int(view.global_index[j])]

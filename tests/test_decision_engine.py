@@ -30,21 +30,51 @@ T = "trainkit.testing:"
 
 def _ev(cfg, history, best_val, target, probes=None, shape=(16,), **kw):
     best = max(history, key=lambda r: r["val_accuracy"])
-    ev = {"status": "completed", "history": history, "best": dict(best, val_accuracy=best_val), "init_loss": 2.0,
-          "nonfinite": None, "crash": None, "target": target, "config": config_to_dict(cfg), "device": "cpu",
-          "failed_mode": False, "input_shape": list(shape), "num_classes": 4, "val_size": 200,
-          "probes": probes or {"seed_variance": {"seeds": [0, 1, 2], "val_accuracy": [0.5, 0.5, 0.5], "std": 0.005,
-                                                  "range": 0.01, "epochs": 5}}}
+    ev = {
+        "status": "completed",
+        "history": history,
+        "best": dict(best, val_accuracy=best_val),
+        "init_loss": 2.0,
+        "nonfinite": None,
+        "crash": None,
+        "target": target,
+        "config": config_to_dict(cfg),
+        "device": "cpu",
+        "failed_mode": False,
+        "input_shape": list(shape),
+        "num_classes": 4,
+        "val_size": 200,
+        "probes": probes
+        or {
+            "seed_variance": {
+                "seeds": [0, 1, 2],
+                "val_accuracy": [0.5, 0.5, 0.5],
+                "std": 0.005,
+                "range": 0.01,
+                "epochs": 5,
+            }
+        },
+    }
     ev.update(kw)
     return ev
 
 
 def _hist(train_acc, val_acc, epochs=10):
-    return [{"epoch": e, "train_loss": 1.0 - 0.09 * e, "val_loss": 1.0 - 0.05 * e, "train_accuracy": train_acc,
-             "val_accuracy": val_acc, "lr": 1e-3} for e in range(epochs)]
+    return [
+        {
+            "epoch": e,
+            "train_loss": 1.0 - 0.09 * e,
+            "val_loss": 1.0 - 0.05 * e,
+            "train_accuracy": train_acc,
+            "val_accuracy": val_acc,
+            "lr": 1e-3,
+        }
+        for e in range(epochs)
+    ]
 
 
 # ----------------------------------------------------------------------------- 1
+
 
 @pytest.mark.slow
 def test_label_probe_on_a_weak_model_is_inconclusive_and_silences_nothing():
@@ -54,9 +84,22 @@ def test_label_probe_on_a_weak_model_is_inconclusive_and_silences_nothing():
     assert li["inconclusive"] and li["flagged"] == [] and li["flagged_fraction"] == 0.0, li["verdict"]
     assert li["confident_learning_candidates"] > 0.05 * li["checked"]  # what the old probe would have flagged
     assert "inconclusive" in li["verdict"]
-    ev = _ev(cfg, _hist(0.55, 0.52), 0.52, 0.9, shape=(1, 16, 16),
-             probes={"label_issues": li, "data": {"class_counts_train": [200] * 4, "leaked_train_indices": [3, 5],
-                                                  "duplicate_train_indices": [], "imbalance_ratio": 1.0}})
+    ev = _ev(
+        cfg,
+        _hist(0.55, 0.52),
+        0.52,
+        0.9,
+        shape=(1, 16, 16),
+        probes={
+            "label_issues": li,
+            "data": {
+                "class_counts_train": [200] * 4,
+                "leaked_train_indices": [3, 5],
+                "duplicate_train_indices": [],
+                "imbalance_ratio": 1.0,
+            },
+        },
+    )
     findings = {f.name: f for f in detect_all(ev)}
     assert findings["underfitting"].fired  # not switched off by an unreliable probe
     dq = findings["data_quality"]
@@ -80,14 +123,16 @@ def test_label_probe_on_a_strong_model_estimates_the_noise_rate():
 
 # ----------------------------------------------------------------------------- 2, 3: Phase 4 through the notebooks
 
+
 @pytest.fixture(scope="module")
 def noisy_run(tmp_path_factory):
     """Phases 1-3 on noisy tabular labels (a data patch is among the selected recommendations)."""
     import yaml
 
     root = tmp_path_factory.mktemp("p4")
-    cfg = tiny_config({**noisy("tabular", 0.3), "model.kwargs": {"hidden": [128, 128]},
-                       "training.epochs": 12, "target.value": 0.995})
+    cfg = tiny_config(
+        {**noisy("tabular", 0.3), "model.kwargs": {"hidden": [128, 128]}, "training.epochs": 12, "target.value": 0.995}
+    )
     path = root / "cfg.yaml"
     path.write_text(yaml.safe_dump(config_to_dict(cfg)))
     run = root / "run"
@@ -116,7 +161,9 @@ def test_phase4_baseline_is_phase2s_baseline_on_its_own_data(noisy_run):
     from trainkit.train import fit
 
     base_cfg = load_config(noisy_run / "02_baseline/attempt-1/training_config.yaml")  # what reuse relies on:
-    rerun = fit(base_cfg, load_run_data(base_cfg, noisy_run, "04_optimization"), None, progress=False).history  # CPU reproduces it
+    rerun = fit(
+        base_cfg, load_run_data(base_cfg, noisy_run, "04_optimization"), None, progress=False
+    ).history  # CPU reproduces it
     keys = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
     assert [[r[k] for k in keys] for r in rerun] == [[r[k] for k in keys] for r in phase2["history"]]
     excl = [c for c in cmp["candidates"] if c["recommendations"] == ["exclude_mislabelled"]]
@@ -151,11 +198,14 @@ def test_iteration_that_adopts_nothing_rediagnoses_the_best_so_far(noisy_run, mo
     assert findings["evidence"]["best"] is not None
     lost = findings["evidence"]["tried"]
     assert lost and all(v < 0 for v in lost.values())
-    assert not {r["id"] for r in findings["plan"]["selected"]} & set(lost)  # what lost on this config is not proposed again
+    assert not {r["id"] for r in findings["plan"]["selected"]} & set(
+        lost
+    )  # what lost on this config is not proposed again
     assert not {r["id"] for r in findings["plan"]["ranked"] if r["kind"] == "accuracy"} & set(lost)
 
 
 # ----------------------------------------------------------------------------- 4
+
 
 def test_strong_finding_with_the_target_close_is_optimized():
     cfg = tiny_config({"model.kwargs": {"hidden": [512]}})
@@ -165,19 +215,29 @@ def test_strong_finding_with_the_target_close_is_optimized():
     assert primary.name == "overfitting" and primary.strength >= 2
     plan = plan_recommendations(findings, ev)
     assert plan["expected_gain_points"] > 5  # gains scale with the gap, not with the distance to the target
-    option, nxt, _ = after_diagnostics(expected_gain=2.0, fix=None, needs_fix=False, manual_fix=None, restarts_left=2,
-                                       budget=BudgetConfig(), strong="overfitting (strength 13.8)", gap=3.8)
+    option, nxt, _ = after_diagnostics(
+        expected_gain=2.0,
+        fix=None,
+        needs_fix=False,
+        manual_fix=None,
+        restarts_left=2,
+        budget=BudgetConfig(),
+        strong="overfitting (strength 13.8)",
+        gap=3.8,
+    )
     assert (option, nxt) == ("A", "04_optimization")
 
 
 # ----------------------------------------------------------------------------- 5
 
+
 @pytest.mark.slow
 def test_dead_units_lr_finder_refuses_and_the_fix_revives_them(tmp_path):
     from trainkit.diagnostics import gather_evidence, run_probes
 
-    cfg = tiny_config({"data.source": T + "tabular", "model.name": T + "dead_relu_model", "model.kwargs": {},
-                       "training.epochs": 4})
+    cfg = tiny_config(
+        {"data.source": T + "tabular", "model.name": T + "dead_relu_model", "model.kwargs": {}, "training.epochs": 4}
+    )
     bundle = load_data(cfg)
     lr = lr_range_test(cfg, bundle)
     assert lr["suggested_lr"] is None and lr["inconclusive"] and "flat" in lr["reason"]
@@ -195,12 +255,28 @@ def test_dead_units_lr_finder_refuses_and_the_fix_revives_them(tmp_path):
 
 # ----------------------------------------------------------------------------- 6
 
+
 def test_dominant_input_bottleneck_gets_its_fix_selected():
-    cfg = tiny_config({"data.source": T + "slow_tabular", "model.kwargs": {"hidden": [8]}, "optimizer.weight_decay": 0.01})
-    ev = _ev(cfg, _hist(0.70, 0.68), 0.68, 0.95,
-             probes={"resource": {"device": "cpu", "data_wait_fraction": 0.8},
-                     "lr_range": {"suggested_lr": 0.01},
-                     "seed_variance": {"seeds": [0, 1, 2], "val_accuracy": [0.68] * 3, "std": 0.002, "range": 0.004, "epochs": 3}})
+    cfg = tiny_config(
+        {"data.source": T + "slow_tabular", "model.kwargs": {"hidden": [8]}, "optimizer.weight_decay": 0.01}
+    )
+    ev = _ev(
+        cfg,
+        _hist(0.70, 0.68),
+        0.68,
+        0.95,
+        probes={
+            "resource": {"device": "cpu", "data_wait_fraction": 0.8},
+            "lr_range": {"suggested_lr": 0.01},
+            "seed_variance": {
+                "seeds": [0, 1, 2],
+                "val_accuracy": [0.68] * 3,
+                "std": 0.002,
+                "range": 0.004,
+                "epochs": 3,
+            },
+        },
+    )
     findings = detect_all(ev)
     plan = plan_recommendations(findings, ev)
     assert len([r for r in plan["ranked"] if r["kind"] == "accuracy"]) >= 4  # plenty of competition
@@ -209,12 +285,20 @@ def test_dominant_input_bottleneck_gets_its_fix_selected():
 
 # ----------------------------------------------------------------------------- 7
 
+
 @pytest.mark.slow
 def test_imbalance_offers_class_weighting_and_a_balanced_sampler_that_lift_the_rare_classes(tmp_path):
     from trainkit.diagnostics import gather_evidence, run_probes
 
-    cfg = tiny_config({"data.source": T + "imbalanced_tabular", "model.kwargs": {"hidden": [8]}, "training.epochs": 10,
-                       "target.value": 0.999, "target.metric": "balanced_accuracy"})  # a metric that rewards the rare classes
+    cfg = tiny_config(
+        {
+            "data.source": T + "imbalanced_tabular",
+            "model.kwargs": {"hidden": [8]},
+            "training.epochs": 10,
+            "target.value": 0.999,
+            "target.metric": "balanced_accuracy",
+        }
+    )  # a metric that rewards the rare classes
     bundle = load_data(cfg)
     fit(cfg, bundle, tmp_path, progress=False)
     ev = gather_evidence(tmp_path, cfg)
@@ -245,6 +329,7 @@ def test_imbalance_offers_class_weighting_and_a_balanced_sampler_that_lift_the_r
 
 # ----------------------------------------------------------------------------- 8
 
+
 @pytest.mark.parametrize("shape,family", [((1, 8, 8), "cnn"), ((2, 64), "cnn1d")])
 def test_mlp_on_images_or_signals_is_offered_a_conv_net(shape, family):
     cfg = tiny_config({"model.kwargs": {"hidden": [64]}, "optimizer.name": "sgd", "optimizer.lr": 1e-3})
@@ -252,8 +337,13 @@ def test_mlp_on_images_or_signals_is_offered_a_conv_net(shape, family):
     plan = plan_recommendations(detect_all(ev), ev)
     rec = next(r for r in plan["ranked"] if r["id"] == "model_family")
     assert rec["patch"]["model.name"] == family and rec in plan["selected"]
-    mine = _ev(with_overrides(cfg, {"model.name": T + "tiny_model", "model.kwargs": {}}), _hist(0.80, 0.78), 0.78, 0.95,
-               shape=shape)
+    mine = _ev(
+        with_overrides(cfg, {"model.name": T + "tiny_model", "model.kwargs": {}}),
+        _hist(0.80, 0.78),
+        0.78,
+        0.95,
+        shape=shape,
+    )
     advice = plan_recommendations(detect_all(mine), mine)["advice"]
     assert any(a["id"] == "model_family_advice" and a["patch"] is None for a in advice)
 
@@ -269,11 +359,19 @@ def test_demo_conv_candidate_beats_the_mlp_on_digits():
 
 # ----------------------------------------------------------------------------- 9
 
+
 @pytest.mark.slow
 def test_custom_signal_source_keeps_its_shape_and_conv1d_models_train():
     for model in ("cnn1d", T + "signal_conv_model"):
-        cfg = tiny_config({"data.source": T + "signals", "model.name": model, "model.kwargs": {}, "training.epochs": 15,
-                           "optimizer.lr": 0.01})
+        cfg = tiny_config(
+            {
+                "data.source": T + "signals",
+                "model.name": model,
+                "model.kwargs": {},
+                "training.epochs": 15,
+                "optimizer.lr": 0.01,
+            }
+        )
         bundle = load_data(cfg)
         assert bundle.input_shape == (2, 64)
         r = fit(cfg, bundle, None, progress=False)
@@ -296,7 +394,7 @@ def test_augment_shifts_signals_and_keeps_their_shape():
     pad = 32 // 8
     for s in shifted:  # each is x moved by at most pad steps along time, zeros filling what came in
         padded = torch.nn.functional.pad(x, (pad, pad))
-        assert any(torch.equal(s, padded[:, :, k:k + 32]) for k in range(2 * pad + 1))
+        assert any(torch.equal(s, padded[:, :, k : k + 32]) for k in range(2 * pad + 1))
 
 
 def test_compute_plan_shares_and_fit():
@@ -308,4 +406,6 @@ def test_compute_plan_shares_and_fit():
     assert plan["phases"]["04_optimization"]["share_s"] == pytest.approx(0.45 * 3600)
     assert plan["estimated_total_s"] == pytest.approx(60.0 * plan["planned_units_total"], rel=1e-3)
     assert plan["fits"] == (plan["estimated_total_s"] <= 3600)
-    assert not compute_plan(cfg, baseline_s=600.0, measured={})["fits"]  # 10-minute baselines: the path does not fit 1 h
+    assert not compute_plan(cfg, baseline_s=600.0, measured={})[
+        "fits"
+    ]  # 10-minute baselines: the path does not fit 1 h

@@ -22,8 +22,16 @@ def _p3(**kw):
 
 
 def _p4(**kw):
-    args = {"candidate_mean": 0.93, "best_mean": 0.93, "baseline_mean": 0.90, "significant": True, "target": 0.95,
-            "gains": [3.0], "iteration": 1, "budget": B}
+    args = {
+        "candidate_mean": 0.93,
+        "best_mean": 0.93,
+        "baseline_mean": 0.90,
+        "significant": True,
+        "target": 0.95,
+        "gains": [3.0],
+        "iteration": 1,
+        "budget": B,
+    }
     return D.after_optimization(**{**args, **kw})
 
 
@@ -33,37 +41,82 @@ ROWS = [
     ("Phase 2 A: val ≥ target → Phase 5", lambda: _p2(best=0.96), "A", "05_finalization"),
     ("Phase 2 A: val exactly at target", lambda: _p2(best=0.95), "A", "05_finalization"),
     ("Phase 2 B: val < target → Phase 3", lambda: _p2(best=0.90), "B", "03_diagnostics"),
-    ("Phase 2 C: crashed → Phase 3 failed mode", lambda: _p2(status="crashed", learned=False, best=None), "C", "03_diagnostics"),
+    (
+        "Phase 2 C: crashed → Phase 3 failed mode",
+        lambda: _p2(status="crashed", learned=False, best=None),
+        "C",
+        "03_diagnostics",
+    ),
     ("Phase 2 C: NaN/Inf loss", lambda: _p2(status="nonfinite", best=0.5), "C", "03_diagnostics"),
     ("Phase 2 C: no learning", lambda: _p2(learned=False, best=0.1), "C", "03_diagnostics"),
-    ("Phase 2 B: cut by the budget before it showed learning is inconclusive, not failed",
-     lambda: _p2(status="time_budget", learned=False, best=0.12, epochs=1), "B", "03_diagnostics"),
+    (
+        "Phase 2 B: cut by the budget before it showed learning is inconclusive, not failed",
+        lambda: _p2(status="time_budget", learned=False, best=0.12, epochs=1),
+        "B",
+        "03_diagnostics",
+    ),
     ("Phase 2 C: at most 2 restarts, then stop", lambda: _p2(learned=False, best=0.1, attempt=3), "C", "stop"),
-    ("Phase 2 C: the second restart is still allowed", lambda: _p2(learned=False, best=0.1, attempt=2), "C", "03_diagnostics"),
+    (
+        "Phase 2 C: the second restart is still allowed",
+        lambda: _p2(learned=False, best=0.1, attempt=2),
+        "C",
+        "03_diagnostics",
+    ),
     ("Phase 3 A: expected gain > 5 points → Phase 4", lambda: _p3(expected_gain=8.0), "A", "04_optimization"),
     ("Phase 3 A marginal: gain between 3 and 5", lambda: _p3(expected_gain=4.0), "A", "04_optimization"),
-    ("Phase 3 A: a strong finding with the target missed", lambda: _p3(expected_gain=1.0, strong="overfitting", gap=4.0),
-     "A", "04_optimization"),
+    (
+        "Phase 3 A: a strong finding with the target missed",
+        lambda: _p3(expected_gain=1.0, strong="overfitting", gap=4.0),
+        "A",
+        "04_optimization",
+    ),
     ("Phase 3 B: expected gain < 3 points → Phase 5", lambda: _p3(expected_gain=1.0), "B", "05_finalization"),
-    ("Phase 3 C: infrastructure issue with a fix → restart Phase 2",
-     lambda: _p3(needs_fix=True, fix={"optimizer.lr": 1e-3}), "C", "02_baseline"),
-    ("Phase 3 C: a fix but no restarts left", lambda: _p3(needs_fix=True, fix={"optimizer.lr": 1e-3}, restarts_left=0),
-     "C", "stop"),
+    (
+        "Phase 3 C: infrastructure issue with a fix → restart Phase 2",
+        lambda: _p3(needs_fix=True, fix={"optimizer.lr": 1e-3}),
+        "C",
+        "02_baseline",
+    ),
+    (
+        "Phase 3 C: a fix but no restarts left",
+        lambda: _p3(needs_fix=True, fix={"optimizer.lr": 1e-3}, restarts_left=0),
+        "C",
+        "stop",
+    ),
     ("Phase 3 C: a manual fix only", lambda: _p3(needs_fix=True, manual_fix="repair the files"), "C", "stop"),
     ("Phase 4 A: val ≥ target → Phase 5", lambda: _p4(candidate_mean=0.96, best_mean=0.96), "A", "05_finalization"),
     ("Phase 4 B: improved, still < target → iterate", lambda: _p4(), "B", "04_optimization"),
     ("Phase 4 B: at most 3 iterations", lambda: _p4(iteration=3, gains=[3.0, 3.0, 3.0]), "B", "05_finalization"),
-    ("Phase 4 C: no improvement over the baseline → Phase 3",
-     lambda: _p4(candidate_mean=0.89, best_mean=0.90, significant=False, gains=[0.0]), "C", "03_diagnostics"),
-    ("Phase 4 C: no improvement after the last diagnosis round",
-     lambda: _p4(candidate_mean=0.89, best_mean=0.90, significant=False, gains=[0.0], rounds=3), "C", "05_finalization"),
-    ("Phase 4 D: two iterations in a row gained < 2 points",
-     lambda: _p4(best_mean=0.92, iteration=2, gains=[1.0, 1.5]), "D", "05_finalization"),
-    ("Phase 5: production gate passed and signed → deploy",
-     lambda: D.after_finalization(gate="passed", missing=[], how="-"), "-", "deploy"),
-    ("Phase 5: gate not passed → blocked, says what is missing",
-     lambda: D.after_finalization(gate="awaiting_signoff", missing=["stakeholder_approval (pending)"], how="sign"),
-     "-", "blocked"),
+    (
+        "Phase 4 C: no improvement over the baseline → Phase 3",
+        lambda: _p4(candidate_mean=0.89, best_mean=0.90, significant=False, gains=[0.0]),
+        "C",
+        "03_diagnostics",
+    ),
+    (
+        "Phase 4 C: no improvement after the last diagnosis round",
+        lambda: _p4(candidate_mean=0.89, best_mean=0.90, significant=False, gains=[0.0], rounds=3),
+        "C",
+        "05_finalization",
+    ),
+    (
+        "Phase 4 D: two iterations in a row gained < 2 points",
+        lambda: _p4(best_mean=0.92, iteration=2, gains=[1.0, 1.5]),
+        "D",
+        "05_finalization",
+    ),
+    (
+        "Phase 5: production gate passed and signed → deploy",
+        lambda: D.after_finalization(gate="passed", missing=[], how="-"),
+        "-",
+        "deploy",
+    ),
+    (
+        "Phase 5: gate not passed → blocked, says what is missing",
+        lambda: D.after_finalization(gate="awaiting_signoff", missing=["stakeholder_approval (pending)"], how="sign"),
+        "-",
+        "blocked",
+    ),
 ]
 
 
@@ -75,15 +128,22 @@ def test_every_row_of_the_decision_table(row, call, option, nxt):
 
 
 def test_the_blocked_production_decision_names_what_is_missing_and_how_to_finish():
-    _, _, reason = D.after_finalization(gate="blocked", missing=["test_meets_target (fail)"], how="trainkit signoff ...")
+    _, _, reason = D.after_finalization(
+        gate="blocked", missing=["test_meets_target (fail)"], how="trainkit signoff ..."
+    )
     assert "test_meets_target" in reason and "trainkit signoff" in reason
 
 
-@pytest.mark.parametrize("phase,left,routed", [("03_diagnostics", 0.0, "05_finalization"),
-                                               ("04_optimization", -5.0, "05_finalization"),
-                                               ("04_optimization", 30.0, None),
-                                               ("05_finalization", -5.0, None),  # Phase 5 is never skipped
-                                               ("02_baseline", -5.0, None)])
+@pytest.mark.parametrize(
+    "phase,left,routed",
+    [
+        ("03_diagnostics", 0.0, "05_finalization"),
+        ("04_optimization", -5.0, "05_finalization"),
+        ("04_optimization", 30.0, None),
+        ("05_finalization", -5.0, None),  # Phase 5 is never skipped
+        ("02_baseline", -5.0, None),
+    ],
+)
 def test_any_phase_over_the_budget_accepts_the_best_and_finalizes(phase, left, routed):
     assert D.route_over_budget(phase, left) == routed
 
@@ -108,13 +168,24 @@ def test_a_model_that_learned_imbalanced_classes_has_learned():
 
 def test_nothing_moves_a_re_diagnosis_proposing_the_families_just_measured_goes_to_phase_5():
     b = BudgetConfig()
-    common = dict(expected_gain=9.0, fix=None, needs_fix=False, manual_fix=None, restarts_left=2, budget=b,
-                  strong="underfitting (strength 3.0)", gap=4.0)
+    common = dict(
+        expected_gain=9.0,
+        fix=None,
+        needs_fix=False,
+        manual_fix=None,
+        restarts_left=2,
+        budget=b,
+        strong="underfitting (strength 3.0)",
+        gap=4.0,
+    )
     option, nxt, reason = D.after_diagnostics(**common, stale=(["optimization"], ["architecture", "optimization"]))
     assert (option, nxt) == ("B", "05_finalization")
     assert "nothing moves" in reason and "optimization" in reason and "best so far" in reason
     # a new family is worth an iteration; so is any round after an iteration that adopted something (stale None)
-    assert D.after_diagnostics(**common, stale=(["architecture", "sampling"], ["architecture"]))[:2] == ("A", "04_optimization")
+    assert D.after_diagnostics(**common, stale=(["architecture", "sampling"], ["architecture"]))[:2] == (
+        "A",
+        "04_optimization",
+    )
     assert D.after_diagnostics(**common, stale=None)[:2] == ("A", "04_optimization")
     assert D.after_diagnostics(**common, stale=([], ["architecture"]))[:2] == ("A", "04_optimization")
     # an infrastructure fix is never skipped for it
@@ -129,6 +200,8 @@ def test_a_moves_family_is_what_its_patch_changes():
     assert move_family({"model.kwargs": {"hidden": [64, 64]}}) == "architecture"
     assert move_family({"optimizer.lr": 0.003}) == move_family({"schedule.name": "cosine"}) == "optimization"
     assert move_family({"training.epochs": 40, "training.patience": 10}) == "length"
-    assert move_family({"training.class_weighting": "balanced"}) == move_family({"data.sampler": "balanced"}) == "sampling"
+    assert (
+        move_family({"training.class_weighting": "balanced"}) == move_family({"data.sampler": "balanced"}) == "sampling"
+    )
     assert move_family({"optimizer.weight_decay": 0.01}) == "regularization"
     assert move_family({"data.exclude": "exclude.json"}) == "data"

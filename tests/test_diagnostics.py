@@ -11,8 +11,15 @@ import yaml
 
 from trainkit._io import write_json_atomic
 from trainkit.data import load_data
-from trainkit.diagnostics import classify_crash, combine_patches, detect_all, gather_evidence, plan_recommendations, \
-    primary_cause, run_probes
+from trainkit.diagnostics import (
+    classify_crash,
+    combine_patches,
+    detect_all,
+    gather_evidence,
+    plan_recommendations,
+    primary_cause,
+    run_probes,
+)
 from trainkit.config import with_overrides
 from trainkit.diagnostics.probes import lr_range_test
 from trainkit.errors import TrainkitError
@@ -20,19 +27,39 @@ from trainkit.testing import noisy, tiny_config
 from trainkit.train import fit
 
 CASES = {
-    "overfitting": {"data.subset": 60, "model.kwargs": {"hidden": [512, 512]}, "training.epochs": 40, "target.value": 0.95},
+    "overfitting": {
+        "data.subset": 60,
+        "model.kwargs": {"hidden": [512, 512]},
+        "training.epochs": 40,
+        "target.value": 0.95,
+    },
     "convergence_stall": {"optimizer.lr": 0.0, "training.epochs": 3},
     "nan_loss": {"optimizer.name": "sgd", "optimizer.lr": 1e6, "model.kwargs": {"hidden": [64, 64, 64]}},
-    "data_quality": {**noisy("digits", 0.15), "training.epochs": 30, "model.kwargs": {"hidden": [128]},
-                     "target.value": 0.99},
+    "data_quality": {
+        **noisy("digits", 0.15),
+        "training.epochs": 30,
+        "model.kwargs": {"hidden": [128]},
+        "target.value": 0.99,
+    },
     "leakage": {"data.source": "trainkit.testing:duplicated_digits", "training.epochs": 15},
-    "resource_inefficiency": {"data.source": "trainkit.testing:slow_dataset", "training.epochs": 2, "target.value": 0.5},
+    "resource_inefficiency": {
+        "data.source": "trainkit.testing:slow_dataset",
+        "training.epochs": 2,
+        "target.value": 0.5,
+    },
     "crashes": {"model.name": "trainkit.testing:shape_mismatch_model", "model.kwargs": {}},
     "clean": {"training.epochs": 15, "target.value": 0.9},
 }
-EXPECTED = {"overfitting": {"overfitting"}, "convergence_stall": {"convergence_stall"}, "nan_loss": {"nan_loss"},
-            "data_quality": {"data_quality"}, "leakage": {"data_quality"},
-            "resource_inefficiency": {"resource_inefficiency"}, "crashes": {"crashes"}, "clean": set()}
+EXPECTED = {
+    "overfitting": {"overfitting"},
+    "convergence_stall": {"convergence_stall"},
+    "nan_loss": {"nan_loss"},
+    "data_quality": {"data_quality"},
+    "leakage": {"data_quality"},
+    "resource_inefficiency": {"resource_inefficiency"},
+    "crashes": {"crashes"},
+    "clean": set(),
+}
 
 
 def _diagnose(overrides, out: Path):
@@ -41,8 +68,10 @@ def _diagnose(overrides, out: Path):
     try:
         fit(cfg, bundle, out, progress=False)
     except TrainkitError as exc:
-        write_json_atomic(out / "crash.json", {"type": type(exc).__name__, "cause_type": type(exc.__cause__ or exc).__name__,
-                                               "message": str(exc)})
+        write_json_atomic(
+            out / "crash.json",
+            {"type": type(exc).__name__, "cause_type": type(exc.__cause__ or exc).__name__, "message": str(exc)},
+        )
     ev = gather_evidence(out, cfg)
     ev["probes"] = run_probes(cfg, bundle, ev, echo=lambda _: None)
     findings = detect_all(ev)
@@ -57,6 +86,7 @@ def diagnosed(tmp_path_factory):
         if name not in cache:
             cache[name] = _diagnose(CASES[name], tmp_path_factory.mktemp(name))
         return cache[name]
+
     return get
 
 
@@ -68,7 +98,9 @@ def test_planted_condition_fires_its_detector_and_the_others_stay_quiet(case, di
     assert fired == EXPECTED[case], {f.name: f.summary for f in findings}
     for f in findings:  # every finding carries its summary and, when fired, its evidence and its thresholds or fix
         assert f.summary, f.name
-        json.dumps(f.to_dict())  # plain JSON types only (a tensor in the evidence would reach findings.json as a string)
+        json.dumps(
+            f.to_dict()
+        )  # plain JSON types only (a tensor in the evidence would reach findings.json as a string)
         if f.fired:
             assert f.evidence, f.name
             assert f.thresholds or any(r.patch or r.kind in ("advice", "fix") for r in f.recommendations), f.name
@@ -122,8 +154,10 @@ def test_excluding_flagged_labels_moves_val_metrics_the_right_way(diagnosed, tmp
     rec = next(r for r in plan["selected"] if r["id"] == "exclude_mislabelled")
     assert rec["patch"] == {"data.exclude": ev.get("label_exclude_path", "exclude_labels.json")}
     fixed = with_overrides(cfg, {"data.exclude": str(tmp_path / "exclude.json")})
-    runs = {name: [fit(with_overrides(c, {"training.seed": s}), load_data(c), None, progress=False) for s in (0, 1)]
-            for name, c in (("before", cfg), ("after", fixed))}
+    runs = {
+        name: [fit(with_overrides(c, {"training.seed": s}), load_data(c), None, progress=False) for s in (0, 1)]
+        for name, c in (("before", cfg), ("after", fixed))
+    }
     acc = {k: np.mean([r.best["val_accuracy"] for r in v]) for k, v in runs.items()}
     loss = {k: np.mean([min(h["val_loss"] for h in r.history) for r in v]) for k, v in runs.items()}
     assert acc["after"] >= acc["before"], acc
@@ -168,12 +202,19 @@ def test_shape_mismatch_crash_is_classified_with_the_fix(diagnosed):
     assert plan["fixes"] and plan["fixes"][0]["patch"] is None  # a user model: the fix is manual
 
 
-@pytest.mark.parametrize("message,category,patched", [
-    ("CUDA out of memory. Tried to allocate 2.00 GiB", "out_of_memory", "data.batch_size"),
-    ("Expected all tensors to be on the same device, but found at least two devices", "dtype_device", "training.precision"),
-    ("data.root: /nope not found", "data_error", None),
-    ("something else entirely", "other", None),
-])
+@pytest.mark.parametrize(
+    "message,category,patched",
+    [
+        ("CUDA out of memory. Tried to allocate 2.00 GiB", "out_of_memory", "data.batch_size"),
+        (
+            "Expected all tensors to be on the same device, but found at least two devices",
+            "dtype_device",
+            "training.precision",
+        ),
+        ("data.root: /nope not found", "data_error", None),
+        ("something else entirely", "other", None),
+    ],
+)
 def test_crash_classes(message, category, patched):
     ev = {"config": tiny_config().model_dump(mode="json"), "input_shape": [1, 8, 8], "num_classes": 10}
     c = classify_crash({"type": "TrainingError", "message": message}, ev)
@@ -193,10 +234,20 @@ def test_overfitting_recommendations_applied_improve_val_accuracy(diagnosed):
     assert patch["model.kwargs"]["dropout"] == 0.3
     better = with_overrides(cfg, patch)
     seeds = (0, 1)
-    before = np.mean([fit(with_overrides(cfg, {"training.seed": s}), load_data(cfg), None, progress=False).best["val_accuracy"]
-                      for s in seeds])
-    after = np.mean([fit(with_overrides(better, {"training.seed": s}), load_data(better), None, progress=False).best["val_accuracy"]
-                     for s in seeds])
+    before = np.mean(
+        [
+            fit(with_overrides(cfg, {"training.seed": s}), load_data(cfg), None, progress=False).best["val_accuracy"]
+            for s in seeds
+        ]
+    )
+    after = np.mean(
+        [
+            fit(with_overrides(better, {"training.seed": s}), load_data(better), None, progress=False).best[
+                "val_accuracy"
+            ]
+            for s in seeds
+        ]
+    )
     assert after > before, (before, after)
 
 
@@ -206,8 +257,10 @@ def test_lr_finder_suggestion_within_10x_of_the_grid_best():
     bundle = load_data(cfg)
     sug = lr_range_test(cfg, bundle)["suggested_lr"]
     grid = [1e-4, 1e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0]
-    scores = {lr: fit(with_overrides(cfg, {"optimizer.lr": lr}), bundle, None, progress=False).best["val_accuracy"]
-              for lr in grid}
+    scores = {
+        lr: fit(with_overrides(cfg, {"optimizer.lr": lr}), bundle, None, progress=False).best["val_accuracy"]
+        for lr in grid
+    }
     best = max(scores, key=scores.get)
     assert best / 10 <= sug <= best * 10, (sug, scores)
 
@@ -215,8 +268,11 @@ def test_lr_finder_suggestion_within_10x_of_the_grid_best():
 @pytest.mark.slow
 def test_phase3_through_the_pipeline(tmp_path):
     """The template baseline misses its target; Phase 3 diagnoses underfitting and routes to Phase 4."""
-    r = subprocess.run(["trainkit", "run", "--name", "d", "--runs-dir", str(tmp_path), "--stop-after", "3"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        ["trainkit", "run", "--name", "d", "--runs-dir", str(tmp_path), "--stop-after", "3"],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     d = tmp_path / "d" / "03_diagnostics" / "round-1"
     decision = json.loads((d / "decision.json").read_text())
@@ -225,8 +281,16 @@ def test_phase3_through_the_pipeline(tmp_path):
     assert findings["primary"] == "underfitting"
     assert 3 <= len(findings["plan"]["selected"]) <= 5
     report = (d / "diagnostic_report.md").read_text()
-    for name in ("overfitting", "underfitting", "nan_loss", "convergence_stall", "data_quality", "resource_inefficiency",
-                 "crashes", "high_variance"):
+    for name in (
+        "overfitting",
+        "underfitting",
+        "nan_loss",
+        "convergence_stall",
+        "data_quality",
+        "resource_inefficiency",
+        "crashes",
+        "high_variance",
+    ):
         assert f"(guides/{name}.md)" in report and (d / "guides" / f"{name}.md").is_file()
     assert (d / "lr_range.png").is_file()
     assert json.loads((d / "gate.json").read_text())["state"] == "passed"
@@ -236,8 +300,11 @@ def test_phase3_through_the_pipeline(tmp_path):
 def test_failed_baseline_is_fixed_and_phase2_restarts_on_the_fixed_config(tmp_path):
     cfg = tmp_path / "nan.yaml"
     cfg.write_text(yaml.safe_dump(tiny_config(CASES["nan_loss"]).model_dump(mode="json")))
-    r = subprocess.run(["trainkit", "run", str(cfg), "--name", "n", "--runs-dir", str(tmp_path), "--stop-after", "3"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        ["trainkit", "run", str(cfg), "--name", "n", "--runs-dir", str(tmp_path), "--stop-after", "3"],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     run = tmp_path / "n"
     decision = json.loads((run / "03_diagnostics" / "round-1" / "decision.json").read_text())

@@ -47,11 +47,31 @@ def test_a_missed_check_is_finished_from_the_cli_with_a_documented_waiver(blocke
     assert "--waive per_class_reported=REASON" in status.stdout and "'" in status.stdout, status.stdout
     bad = _cli("signoff", run, "--phase", "5", "--by", "Ana", "--waive", "per_class_reported")  # no reason
     assert bad.returncode == 2 and "--waive" in bad.stderr
-    wrong = _cli("signoff", run, "--phase", "5", "--by", "Ana", "--check", "stakeholder_approval",
-                 "--waive", "test_disjoint=not failing")
+    wrong = _cli(
+        "signoff",
+        run,
+        "--phase",
+        "5",
+        "--by",
+        "Ana",
+        "--check",
+        "stakeholder_approval",
+        "--waive",
+        "test_disjoint=not failing",
+    )
     assert wrong.returncode != 0 and "not failing" in wrong.stderr
-    ok = _cli("signoff", run, "--phase", "5", "--by", "Ana Lee", "--check", "stakeholder_approval",
-              "--waive", "per_class_reported=pilot: rare classes are reviewed by hand")
+    ok = _cli(
+        "signoff",
+        run,
+        "--phase",
+        "5",
+        "--by",
+        "Ana Lee",
+        "--check",
+        "stakeholder_approval",
+        "--waive",
+        "per_class_reported=pilot: rare classes are reviewed by hand",
+    )
     assert ok.returncode == 0, ok.stdout + ok.stderr
     gate = json.loads((fin / "gate.json").read_text())
     check = next(c for c in gate["checks"] if c["id"] == "per_class_reported")
@@ -106,12 +126,16 @@ def test_a_failed_exit_is_recorded_before_the_index_is_written(blocked_run):
 
 @pytest.mark.slow
 def test_resume_after_stop_after_2_follows_a_failed_baselines_decision(tmp_path):
-    cfg = _cfg(tmp_path, dict(FAST, **{"optimizer.name": "sgd", "optimizer.lr": 1e6, "model.kwargs": {"hidden": [64, 64, 64]}}))
+    cfg = _cfg(
+        tmp_path, dict(FAST, **{"optimizer.name": "sgd", "optimizer.lr": 1e6, "model.kwargs": {"hidden": [64, 64, 64]}})
+    )
     r = _cli("run", cfg, "--name", "nan", "--runs-dir", tmp_path, "--stop-after", "2")
     assert r.returncode == 0 and "FAILED: 02_baseline decided C → 03_diagnostics" in r.stdout, r.stdout + r.stderr
     again = _cli("run", "--resume", "--name", "nan", "--runs-dir", tmp_path, "--stop-after", "3")
     run = tmp_path / "nan"
-    assert _path(run)[:3] == [("01_planning", 1), ("02_baseline", 1), ("03_diagnostics", 1)], again.stdout + again.stderr
+    assert _path(run)[:3] == [("01_planning", 1), ("02_baseline", 1), ("03_diagnostics", 1)], (
+        again.stdout + again.stderr
+    )
     assert "recorded decision is C → 03_diagnostics" in again.stdout
 
 
@@ -179,7 +203,9 @@ def test_templates_carry_the_kernel_metadata_jupyterlab_writes():
     for p in sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb")):
         meta = json.loads(p.read_text())["metadata"]
         assert meta["kernelspec"] == {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
-        assert meta["language_info"]["pygments_lexer"] == "ipython3" and meta["language_info"]["file_extension"] == ".py"
+        assert (
+            meta["language_info"]["pygments_lexer"] == "ipython3" and meta["language_info"]["file_extension"] == ".py"
+        )
 
 
 @pytest.mark.slow
@@ -204,11 +230,14 @@ def test_the_readmes_own_data_configs_validate_as_written(tmp_path):
         (tmp_path / name).write_text(text)
         r = subprocess.run(["trainkit", "config", "validate", name], cwd=tmp_path, capture_output=True, text=True)
         assert r.returncode == 0 and "readable" in r.stdout, (name, r.stdout, r.stderr)
-    missing = subprocess.run(["trainkit", "config", "validate", "../mine_npz.yaml"], cwd=tmp_path / "data",
-                             capture_output=True, text=True)  # from elsewhere data/mine.npz is not there
+    missing = subprocess.run(
+        ["trainkit", "config", "validate", "../mine_npz.yaml"], cwd=tmp_path / "data", capture_output=True, text=True
+    )  # from elsewhere data/mine.npz is not there
     assert missing.returncode == 2 and "data.root" in missing.stderr
     shell = re.findall(r"```bash\n(.*?)```", section, re.S)[0]
-    assert "trainkit config validate mine_images.yaml" in shell and "trainkit run mine_images.yaml --name photos" in shell
+    assert (
+        "trainkit config validate mine_images.yaml" in shell and "trainkit run mine_images.yaml --name photos" in shell
+    )
 
 
 def test_plot_legends_cover_no_bar():
@@ -217,8 +246,12 @@ def test_plot_legends_cover_no_bar():
     matplotlib.use("Agg")
     from trainkit.plots import class_counts_figure, seed_variance_figure
 
-    figs = [class_counts_figure({"train": [50, 52, 49], "val": [10, 11, 10], "test": [10, 10, 11]}, ["a", "b", "c"]),
-            seed_variance_figure({"seeds": [0, 1, 2], "val_accuracy": [0.91, 0.93, 0.92], "mean": 0.92, "std": 0.01, "epochs": 5})]
+    figs = [
+        class_counts_figure({"train": [50, 52, 49], "val": [10, 11, 10], "test": [10, 10, 11]}, ["a", "b", "c"]),
+        seed_variance_figure(
+            {"seeds": [0, 1, 2], "val_accuracy": [0.91, 0.93, 0.92], "mean": 0.92, "std": 0.01, "epochs": 5}
+        ),
+    ]
     for fig in figs:
         fig.canvas.draw()
         ax = fig.axes[0]
@@ -235,8 +268,12 @@ def test_confusion_matrix_shows_its_counts(tmp_path):
     from trainkit.phases.common import PhaseContext
 
     ctx = PhaseContext(run_dir=tmp_path, phase="05_finalization", attempt=1, dir=tmp_path, interactive=False)
-    rec = {"confusion": [[7, 1], [2, 9]], "accuracy": 0.84, "ece": 0.05,
-           "reliability": [{"confidence": 0.8, "accuracy": 0.8, "count": 5}]}
+    rec = {
+        "confusion": [[7, 1], [2, 9]],
+        "accuracy": 0.84,
+        "ece": 0.05,
+        "reliability": [{"confidence": 0.8, "accuracy": 0.8, "count": 5}],
+    }
     shown = []
     import matplotlib.pyplot as plt
 
@@ -246,6 +283,7 @@ def test_confusion_matrix_shows_its_counts(tmp_path):
         fig, ax = orig(*a, **k)
         shown.append(ax)
         return fig, ax
+
     plt.subplots = spy
     try:
         F._test_figures(ctx, rec, ["cat", "dog"])
@@ -261,7 +299,10 @@ def test_a_phase_run_by_hand_that_raises_is_marked_failed_not_running(tmp_path):
     shell = InteractiveShell.instance()
     run = tmp_path / "r"
     try:
-        shell.run_cell(f"from trainkit.phases.common import PhaseContext, begin\nctx = begin(PhaseContext, {str(run)!r}, '02_baseline', 1, False)")
+        shell.run_cell(
+            f"from trainkit.phases.common import PhaseContext, begin\nctx = begin(PhaseContext, {str(run)!r}, "
+            "'02_baseline', 1, False)"
+        )
         assert json.loads((run / "run.json").read_text())["phases"][0]["status"] == "running"
         shell.run_cell("raise ValueError('the test split may be read once')")
         entry = json.loads((run / "run.json").read_text())["phases"][0]
@@ -277,9 +318,14 @@ def test_the_findings_table_marks_with_text_not_emoji(monkeypatch, tmp_path):
     shown = []
     monkeypatch.setattr(D, "show_html", shown.append)
     monkeypatch.setattr(D, "_figures", lambda ctx, result: [])
-    result = {"primary": "overfitting", "findings": [{"name": "overfitting", "fired": True, "strength": 2.0, "summary": "gap"},
-                                                     {"name": "nan_loss", "fired": False, "summary": "finite"}],
-              "plan": {"selected": [], "fixes": [], "expected_gain_points": 0.0}}
+    result = {
+        "primary": "overfitting",
+        "findings": [
+            {"name": "overfitting", "fired": True, "strength": 2.0, "summary": "gap"},
+            {"name": "nan_loss", "fired": False, "summary": "finite"},
+        ],
+        "plan": {"selected": [], "fixes": [], "expected_gain_points": 0.0},
+    }
     D.show_findings(PhaseContext(run_dir=tmp_path, phase="03_diagnostics", attempt=1, dir=tmp_path), result)
     page = "".join(shown)
     assert "●" in page and "○" in page

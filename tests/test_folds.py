@@ -30,7 +30,12 @@ def test_folds_are_stratified_disjoint_and_cover_train_plus_val(tmp_path):
     cfg = tiny_config(_small_table(tmp_path))
     bundle = load_data(cfg)
     plan = plan_for(bundle)
-    assert plan is not None and plan["k"] == 5 and plan["val_rows"] < SMALL_VAL_ROWS and "never the test rows" in plan["rule"]
+    assert (
+        plan is not None
+        and plan["k"] == 5
+        and plan["val_rows"] < SMALL_VAL_ROWS
+        and "never the test rows" in plan["rule"]
+    )
     pool = set(bundle.splits["train"]) | set(bundle.splits["val"])
     vals = []
     for i in range(plan["k"]):
@@ -66,8 +71,16 @@ def test_select_last_keeps_the_last_epoch():
 @pytest.mark.slow
 def test_phase5_refits_a_small_table_on_train_plus_val_for_the_folds_epochs(tmp_path):
     data = _small_table(tmp_path)
-    cfg = tiny_config({**data, "training.epochs": 6, "training.patience": None, "target.value": 0.5,
-                       "model.kwargs": {"hidden": [16]}, "final.epochs": 8})
+    cfg = tiny_config(
+        {
+            **data,
+            "training.epochs": 6,
+            "training.patience": None,
+            "target.value": 0.5,
+            "model.kwargs": {"hidden": [16]},
+            "final.epochs": 8,
+        }
+    )
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     run = tmp_path / "run"

@@ -5,8 +5,18 @@ import pytest
 from trainkit.errors import GateBlocked, GateError
 from trainkit.gates import AUTO_SIGNER, evaluate_gate, gate_html, sign_off, verify_gate
 
-ALL_PASS = {c: ("pass", "ok") for c in ("seeds_fixed", "deterministic_mode", "environment_documented", "config_valid",
-                                       "splits_fingerprinted", "test_quarantined", "determinism_verified")}
+ALL_PASS = {
+    c: ("pass", "ok")
+    for c in (
+        "seeds_fixed",
+        "deterministic_mode",
+        "environment_documented",
+        "config_valid",
+        "splits_fingerprinted",
+        "test_quarantined",
+        "determinism_verified",
+    )
+}
 
 
 def setup_phase(run_dir):
@@ -37,7 +47,9 @@ def test_missing_result_fails_and_waiver_passes(run_dir):
     with pytest.raises(GateBlocked, match="not evaluated"):
         evaluate_gate("reproducibility_gate", run_dir, d, results)
     results["deterministic_mode"] = ("fail", "off")
-    rec = evaluate_gate("reproducibility_gate", run_dir, d, results, waivers={"deterministic_mode": "cuDNN speed needed"})
+    rec = evaluate_gate(
+        "reproducibility_gate", run_dir, d, results, waivers={"deterministic_mode": "cuDNN speed needed"}
+    )
     c = next(c for c in rec["checks"] if c["id"] == "deterministic_mode")
     assert c["status"] == "waived" and "cuDNN speed needed" in c["evidence"]
 

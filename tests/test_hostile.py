@@ -24,8 +24,13 @@ T = "trainkit.testing:"
 
 
 def _cli(*args, cwd=None, timeout=120):
-    return subprocess.run([sys.executable, "-m", "trainkit.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "trainkit.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+    )
 
 
 def _yaml(path: Path, cfg) -> Path:
@@ -54,6 +59,7 @@ def _copy(run: Path, tmp_path: Path) -> Path:
 
 
 # ----------------------------------------------------------------------------- 1, 7: gates that really block
+
 
 @pytest.mark.slow
 def test_phase3_refuses_a_baseline_artifact_appended_after_signoff(routed_run, tmp_path):
@@ -109,6 +115,7 @@ def test_forged_signoff_by_rehashing_is_caught_by_the_chain(routed_run, tmp_path
 
 # ----------------------------------------------------------------------------- 3: the quarantine
 
+
 @pytest.mark.slow
 def test_test_rows_are_not_reachable_before_phase5(routed_run):
     cfg = tiny_config({"data.source": T + "tabular"})
@@ -145,6 +152,7 @@ def test_the_phase_comes_from_the_run_not_from_the_caller(routed_run, tmp_path):
 
 
 # ----------------------------------------------------------------------------- 4, 11, 12: names, locks, hints
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["../escape", "..", ".", "/tmp/abs-run", "a/b", ""])
@@ -184,6 +192,7 @@ def test_printed_commands_survive_copy_paste_with_spaces(tmp_path):
 
 # ----------------------------------------------------------------------------- 5: kill between checkpoint and sidecar
 
+
 @pytest.mark.slow
 def test_kill_between_checkpoint_and_sidecar_leaves_a_resumable_pair(tmp_path, monkeypatch):
     import trainkit.checkpoints as ck
@@ -213,6 +222,7 @@ def test_kill_between_checkpoint_and_sidecar_leaves_a_resumable_pair(tmp_path, m
 
 # ----------------------------------------------------------------------------- 6, 9, 10: config and approvals files
 
+
 def _bomb(levels: int = 9) -> str:
     lines = ["a0: &a0 [1, 1, 1, 1, 1, 1, 1, 1, 1]"]
     lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, levels)]
@@ -223,8 +233,15 @@ def _bomb(levels: int = 9) -> str:
 @pytest.mark.parametrize("kind", ["bomb", "binary", "utf16", "directory", "lr_inf", "decay_inf", "betas_nan"])
 def test_bad_config_files_exit_2_naming_the_problem(kind, tmp_path):
     p = tmp_path / "cfg.yaml"
-    expect = {"bomb": "alias", "binary": "UTF-8", "utf16": "UTF-8", "directory": "directory",
-              "lr_inf": "optimizer.lr", "decay_inf": "optimizer.weight_decay", "betas_nan": "optimizer.betas"}[kind]
+    expect = {
+        "bomb": "alias",
+        "binary": "UTF-8",
+        "utf16": "UTF-8",
+        "directory": "directory",
+        "lr_inf": "optimizer.lr",
+        "decay_inf": "optimizer.weight_decay",
+        "betas_nan": "optimizer.betas",
+    }[kind]
     if kind == "bomb":
         p.write_text(_bomb())
     elif kind == "binary":
@@ -234,8 +251,13 @@ def test_bad_config_files_exit_2_naming_the_problem(kind, tmp_path):
     elif kind == "directory":
         p = tmp_path
     else:
-        p.write_text({"lr_inf": "optimizer:\n  lr: .inf\n", "decay_inf": "optimizer:\n  weight_decay: .inf\n",
-                      "betas_nan": "optimizer:\n  betas: [.nan, .nan]\n"}[kind])
+        p.write_text(
+            {
+                "lr_inf": "optimizer:\n  lr: .inf\n",
+                "decay_inf": "optimizer:\n  weight_decay: .inf\n",
+                "betas_nan": "optimizer:\n  betas: [.nan, .nan]\n",
+            }[kind]
+        )
     r = _cli("config", "validate", p, timeout=60)
     assert r.returncode == 2 and expect in r.stderr, r.stdout + r.stderr
     r = _cli("run", p, "--name", "x", "--runs-dir", tmp_path / "runs", timeout=60)
@@ -263,6 +285,7 @@ def test_bad_approvals_files_exit_2_before_phase1(kind, tmp_path):
 
 # ----------------------------------------------------------------------------- 8: bad data
 
+
 def _npz(path: Path, kind: str) -> Path:
     x, y = blobs(90, 3, 5)
     if kind == "nan":
@@ -286,9 +309,18 @@ def _npz(path: Path, kind: str) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind,says", [("nan", "NaN or Inf"), ("inf", "NaN or Inf"), ("label_1000", "every class present"),
-                                       ("float_labels", "fractional"), ("single_class", "at least 2 classes"),
-                                       ("string_labels", "strings"), ("corrupt_zip", "not a readable .npz")])
+@pytest.mark.parametrize(
+    "kind,says",
+    [
+        ("nan", "NaN or Inf"),
+        ("inf", "NaN or Inf"),
+        ("label_1000", "every class present"),
+        ("float_labels", "fractional"),
+        ("single_class", "at least 2 classes"),
+        ("string_labels", "strings"),
+        ("corrupt_zip", "not a readable .npz"),
+    ],
+)
 def test_bad_data_is_a_clear_error_with_exit_2_and_no_run_left(kind, says, tmp_path):
     data = _npz(tmp_path / f"{kind}.npz", kind)
     cfg = _yaml(tmp_path / "cfg.yaml", tiny_config({"data.source": "npz", "data.root": str(data)}))
@@ -310,11 +342,14 @@ def test_an_empty_class_folder_is_named(tmp_path):
 
 # ----------------------------------------------------------------------------- 2: resume keeps the user's config
 
+
 @pytest.mark.slow
 def test_resume_after_a_phase1_failure_keeps_the_users_config(tmp_path):
     root = make_image_folder(tmp_path / "imgs", per_class=20, corrupt=1)  # Phase 1 decodes every image: it fails
-    cfg = _yaml(tmp_path / "mine.yaml", tiny_config({"data.source": "image_folder", "data.root": str(root),
-                                                       "target.value": 0.5}))
+    cfg = _yaml(
+        tmp_path / "mine.yaml",
+        tiny_config({"data.source": "image_folder", "data.root": str(root), "target.value": 0.5}),
+    )
     runs = tmp_path / "runs"
     r = _cli("run", cfg, "--name", "p", "--runs-dir", runs, "--stop-after", "1", timeout=600)
     assert r.returncode == 1 and "unreadable" in r.stdout + r.stderr, r.stdout + r.stderr

@@ -105,9 +105,16 @@ def test_the_fit_selects_and_stops_on_the_target_metric():
     from trainkit.testing import tiny_config
     from trainkit.train import fit
 
-    cfg = tiny_config({"data.source": "trainkit.testing:imbalanced_tabular", "target.metric": "balanced_accuracy",
-                       "training.epochs": 6, "training.patience": None, "model.kwargs": {"hidden": [8]},
-                       "optimizer.lr": 3e-3})
+    cfg = tiny_config(
+        {
+            "data.source": "trainkit.testing:imbalanced_tabular",
+            "target.metric": "balanced_accuracy",
+            "training.epochs": 6,
+            "training.patience": None,
+            "model.kwargs": {"hidden": [8]},
+            "optimizer.lr": 3e-3,
+        }
+    )
     b = load_data(cfg)
     r = fit(cfg, b, None, progress=False)
     scores = [h["val_score"] for h in r.history]
@@ -119,12 +126,14 @@ def test_phase2_decides_on_the_target_metric():
     from trainkit.decisions import after_baseline, learned
 
     # an imbalanced val: accuracy 0.88 at a majority share of 0.86 would be A at target 0.87
-    option, _, reason = after_baseline(status="completed", learned=True, best=0.88, target=0.87, attempt=1,
-                                       max_restarts=2)
+    option, _, reason = after_baseline(
+        status="completed", learned=True, best=0.88, target=0.87, attempt=1, max_restarts=2
+    )
     assert option == "A" and "val accuracy" in reason
     # the same run judged by balanced accuracy (0.61) is B, and says which metric it read
-    option, _, reason = after_baseline(status="completed", learned=True, best=0.61, target=0.87, attempt=1,
-                                       max_restarts=2, metric="balanced_accuracy")
+    option, _, reason = after_baseline(
+        status="completed", learned=True, best=0.61, target=0.87, attempt=1, max_restarts=2, metric="balanced_accuracy"
+    )
     assert option == "B" and "balanced accuracy 0.6100" in reason
     hist = [{"train_loss": 0.5, "val_accuracy": 0.86, "val_score": 0.5}]
     ok, why = learned(0.7, hist, chance_score("balanced_accuracy", [86, 14]), "balanced_accuracy")
@@ -140,8 +149,16 @@ def test_a_tie_on_the_metric_is_broken_by_the_val_loss_so_training_goes_on():
     from trainkit.testing import tiny_config
     from trainkit.train import fit
 
-    cfg = tiny_config({"data.source": "trainkit.testing:imbalanced_tabular", "training.epochs": 6, "training.patience": 2,
-                       "model.kwargs": {"hidden": [8]}, "optimizer.name": "sgd", "optimizer.lr": 1e-3})
+    cfg = tiny_config(
+        {
+            "data.source": "trainkit.testing:imbalanced_tabular",
+            "training.epochs": 6,
+            "training.patience": 2,
+            "model.kwargs": {"hidden": [8]},
+            "optimizer.name": "sgd",
+            "optimizer.lr": 1e-3,
+        }
+    )
     r = fit(cfg, load_data(cfg), None, progress=False)
     accs, losses = [h["val_accuracy"] for h in r.history], [h["val_loss"] for h in r.history]
     assert len(set(accs)) == 1 and losses == sorted(losses, reverse=True)  # the planted situation
@@ -174,14 +191,27 @@ def test_learning_the_class_prior_and_no_clear_more_is_inconclusive_and_diagnose
     hist = [{"train_loss": 0.22, "val_loss": 0.230, "val_accuracy": chance}]
     state, why = learning_verdict(0.503, hist, chance, prior=prior)
     assert state == "inconclusive" and "class prior learned" in why
-    option, nxt, reason = after_baseline(status="completed", learned=False, best=chance, target=0.93, attempt=1,
-                                         max_restarts=2, inconclusive=why)
+    option, nxt, reason = after_baseline(
+        status="completed", learned=False, best=chance, target=0.93, attempt=1, max_restarts=2, inconclusive=why
+    )
     assert (option, nxt) == ("B", "03_diagnostics") and reason.startswith("inconclusive learning")
     # a loss that did not fall, or a val loss worse than the constant predictor's, is a failure
-    assert learning_verdict(0.503, [{"train_loss": 0.50, "val_loss": 0.5, "val_accuracy": chance}], chance, prior=prior)[0] == "failed"
-    assert learning_verdict(0.503, [{"train_loss": 0.2, "val_loss": 0.30, "val_accuracy": chance}], chance, prior=prior)[0] == "failed"
-    option, _, _ = after_baseline(status="completed", learned=False, best=chance, target=0.93, attempt=1, max_restarts=2)
+    assert (
+        learning_verdict(0.503, [{"train_loss": 0.50, "val_loss": 0.5, "val_accuracy": chance}], chance, prior=prior)[0]
+        == "failed"
+    )
+    assert (
+        learning_verdict(0.503, [{"train_loss": 0.2, "val_loss": 0.30, "val_accuracy": chance}], chance, prior=prior)[0]
+        == "failed"
+    )
+    option, _, _ = after_baseline(
+        status="completed", learned=False, best=chance, target=0.93, attempt=1, max_restarts=2
+    )
     assert option == "C"
     # a crash or a non-finite loss stays a failure whatever else is said
-    assert after_baseline(status="nonfinite", learned=False, best=chance, target=0.93, attempt=1, max_restarts=2,
-                          inconclusive=why)[0] == "C"
+    assert (
+        after_baseline(
+            status="nonfinite", learned=False, best=chance, target=0.93, attempt=1, max_restarts=2, inconclusive=why
+        )[0]
+        == "C"
+    )

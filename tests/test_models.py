@@ -5,8 +5,17 @@ from trainkit.errors import ModelError
 from trainkit.models import build_model, model_summary
 
 
-@pytest.mark.parametrize("name,shape", [("mlp", (1, 8, 8)), ("mlp", (5,)), ("cnn", (1, 8, 8)), ("cnn", (3, 32, 32)),
-                                        ("resnet18", (3, 16, 16)), ("trainkit.testing:tiny_model", (1, 8, 8))])
+@pytest.mark.parametrize(
+    "name,shape",
+    [
+        ("mlp", (1, 8, 8)),
+        ("mlp", (5,)),
+        ("cnn", (1, 8, 8)),
+        ("cnn", (3, 32, 32)),
+        ("resnet18", (3, 16, 16)),
+        ("trainkit.testing:tiny_model", (1, 8, 8)),
+    ],
+)
 def test_registry_builds_and_runs(name, shape):
     m = build_model(name, shape, 7)
     assert m(torch.randn(2, *shape)).shape == (2, 7)

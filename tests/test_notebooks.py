@@ -14,8 +14,13 @@ NOTEBOOKS = sorted(NB_DIR.glob("*.ipynb"))
 
 
 def test_all_phase_notebooks_present():
-    assert [p.name for p in NOTEBOOKS] == ["01_planning.ipynb", "02_baseline.ipynb", "03_diagnostics.ipynb",
-                                           "04_optimization.ipynb", "05_finalization.ipynb"]
+    assert [p.name for p in NOTEBOOKS] == [
+        "01_planning.ipynb",
+        "02_baseline.ipynb",
+        "03_diagnostics.ipynb",
+        "04_optimization.ipynb",
+        "05_finalization.ipynb",
+    ]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -43,8 +48,25 @@ def _gate(path):
 def test_papermill_runs_notebook_01_without_the_cli(tmp_path):
     out = tmp_path / "out.ipynb"
     run = tmp_path / "run"
-    r = subprocess.run([sys.executable, "-m", "papermill", str(NB_DIR / "01_planning.ipynb"), str(out), "-p", "run_dir",
-                        str(run), "-p", "interactive", "False", "-k", "python3"], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "papermill",
+            str(NB_DIR / "01_planning.ipynb"),
+            str(out),
+            "-p",
+            "run_dir",
+            str(run),
+            "-p",
+            "interactive",
+            "False",
+            "-k",
+            "python3",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     d = run / "01_planning"
     for name in ("training_config.yaml", "environment.json", "splits.json", "determinism.json", "gate.json"):
@@ -54,25 +76,53 @@ def test_papermill_runs_notebook_01_without_the_cli(tmp_path):
     assert all(c["status"] == "pass" for c in rec["checks"] if c["kind"] == "automatic")
     st = subprocess.run(["trainkit", "status", str(run)], capture_output=True, text=True)
     assert st.returncode == 0 and "awaiting_signoff" in st.stdout and f"trainkit signoff {run} --phase 1" in st.stdout
-    bad = subprocess.run(["trainkit", "signoff", str(run), "--phase", "1", "--by", "eve", "--check", "seeds_fixed"],
-                         capture_output=True, text=True)
+    bad = subprocess.run(
+        ["trainkit", "signoff", str(run), "--phase", "1", "--by", "eve", "--check", "seeds_fixed"],
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 1 and "not a manual check" in bad.stderr
-    ok = subprocess.run(["trainkit", "signoff", str(run), "--phase", "1", "--by", "eve", "--check", "config_reviewed"],
-                        capture_output=True, text=True)
+    ok = subprocess.run(
+        ["trainkit", "signoff", str(run), "--phase", "1", "--by", "eve", "--check", "config_reviewed"],
+        capture_output=True,
+        text=True,
+    )
     assert ok.returncode == 0, ok.stderr
     rec = _gate(d / "gate.json")
     assert rec["state"] == "passed" and rec["signoff"]["by"] == "eve"
-    assert "next: trainkit run --resume" in subprocess.run(["trainkit", "status", str(run)], capture_output=True,
-                                                           text=True).stdout
+    assert (
+        "next: trainkit run --resume"
+        in subprocess.run(["trainkit", "status", str(run)], capture_output=True, text=True).stdout
+    )
 
 
 @pytest.mark.slow
 def test_cli_stop_after_1_writes_phase_1_and_a_readable_report(tmp_path):
-    r = subprocess.run(["trainkit", "run", str(NB_DIR.parent / "configs" / "baseline_template.yaml"), "--name", "demo",
-                        "--runs-dir", str(tmp_path), "--stop-after", "1"], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            "trainkit",
+            "run",
+            str(NB_DIR.parent / "configs" / "baseline_template.yaml"),
+            "--name",
+            "demo",
+            "--runs-dir",
+            str(tmp_path),
+            "--stop-after",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     d = tmp_path / "demo" / "01_planning"
-    for name in ("training_config.yaml", "environment.json", "splits.json", "gate.json", "notebook.ipynb", "report.html"):
+    for name in (
+        "training_config.yaml",
+        "environment.json",
+        "splits.json",
+        "gate.json",
+        "notebook.ipynb",
+        "report.html",
+    ):
         assert (d / name).is_file(), name
     html = (d / "report.html").read_text()
     assert "trainkit-gate" in html and "seeds_fixed" in html and "determinism_verified" in html
@@ -86,8 +136,11 @@ def test_cli_stop_after_1_writes_phase_1_and_a_readable_report(tmp_path):
 def test_cli_invalid_config_exits_2_and_writes_nothing(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("optimizer:\n  lr: fast\n")
-    r = subprocess.run(["trainkit", "run", str(bad), "--name", "x", "--runs-dir", str(tmp_path / "runs")],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        ["trainkit", "run", str(bad), "--name", "x", "--runs-dir", str(tmp_path / "runs")],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2 and "optimizer.lr" in r.stderr
     assert not (tmp_path / "runs").exists()
 
@@ -96,8 +149,24 @@ def test_cli_invalid_config_exits_2_and_writes_nothing(tmp_path):
 def test_invalid_override_in_notebook_blocks_the_gate_with_evidence(tmp_path):
     out = tmp_path / "out.ipynb"
     run = tmp_path / "run"
-    r = subprocess.run([sys.executable, "-m", "papermill", str(NB_DIR / "01_planning.ipynb"), str(out), "-p", "run_dir",
-                        str(run), "-y", "overrides: ['training.epochs=zero']", "-k", "python3"], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "papermill",
+            str(NB_DIR / "01_planning.ipynb"),
+            str(out),
+            "-p",
+            "run_dir",
+            str(run),
+            "-y",
+            "overrides: ['training.epochs=zero']",
+            "-k",
+            "python3",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode != 0 and "GateBlocked" in r.stderr
     rec = _gate(run / "01_planning" / "gate.json")
     assert rec["state"] == "blocked"

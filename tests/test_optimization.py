@@ -16,8 +16,17 @@ B = BudgetConfig()
 
 
 def _opt(**kw):
-    args = dict(candidate_mean=0.93, best_mean=0.93, baseline_mean=0.90, significant=True, target=0.97, gains=[3.0],
-                iteration=1, budget=B, rounds=1)
+    args = dict(
+        candidate_mean=0.93,
+        best_mean=0.93,
+        baseline_mean=0.90,
+        significant=True,
+        target=0.97,
+        gains=[3.0],
+        iteration=1,
+        budget=B,
+        rounds=1,
+    )
     args.update(kw)
     return after_optimization(**args)
 
@@ -40,7 +49,10 @@ def test_phase4_option_c_finalizes_when_diagnosis_rounds_are_used_up():
 
 def test_phase4_option_d_after_two_small_gains():
     assert _opt(best_mean=0.94, gains=[5.0, 1.0, 1.5], iteration=3)[:2] == ("D", "05_finalization")
-    assert _opt(best_mean=0.94, gains=[1.0, 3.0], iteration=2)[:2] == ("B", "04_optimization")  # one small gain is not D
+    assert _opt(best_mean=0.94, gains=[1.0, 3.0], iteration=2)[:2] == (
+        "B",
+        "04_optimization",
+    )  # one small gain is not D
 
 
 def test_phase4_iteration_limit():
@@ -49,20 +61,27 @@ def test_phase4_iteration_limit():
     assert _opt(budget=limited)[:2] == ("B", "05_finalization")
 
 
-@pytest.mark.parametrize("gain,option,nxt", [(9.0, "A", "04_optimization"), (4.0, "A", "04_optimization"),
-                                             (1.0, "B", "05_finalization")])
+@pytest.mark.parametrize(
+    "gain,option,nxt", [(9.0, "A", "04_optimization"), (4.0, "A", "04_optimization"), (1.0, "B", "05_finalization")]
+)
 def test_phase3_options_by_expected_gain(gain, option, nxt):
-    o, n, reason = after_diagnostics(expected_gain=gain, fix=None, needs_fix=False, manual_fix=None, restarts_left=2, budget=B)
+    o, n, reason = after_diagnostics(
+        expected_gain=gain, fix=None, needs_fix=False, manual_fix=None, restarts_left=2, budget=B
+    )
     assert (o, n) == (option, nxt)
     assert ("marginal" in reason) == (gain == 4.0)
 
 
 def test_phase3_option_c_restarts_phase2_or_stops():
-    assert after_diagnostics(expected_gain=0, fix={"optimizer.lr": 0.1}, needs_fix=True, manual_fix=None, restarts_left=1,
-                             budget=B)[:2] == ("C", "02_baseline")
-    assert after_diagnostics(expected_gain=0, fix={"optimizer.lr": 0.1}, needs_fix=True, manual_fix=None, restarts_left=0,
-                             budget=B)[:2] == ("C", "stop")
-    o, n, why = after_diagnostics(expected_gain=0, fix=None, needs_fix=True, manual_fix="fix the model", restarts_left=2, budget=B)
+    assert after_diagnostics(
+        expected_gain=0, fix={"optimizer.lr": 0.1}, needs_fix=True, manual_fix=None, restarts_left=1, budget=B
+    )[:2] == ("C", "02_baseline")
+    assert after_diagnostics(
+        expected_gain=0, fix={"optimizer.lr": 0.1}, needs_fix=True, manual_fix=None, restarts_left=0, budget=B
+    )[:2] == ("C", "stop")
+    o, n, why = after_diagnostics(
+        expected_gain=0, fix=None, needs_fix=True, manual_fix="fix the model", restarts_left=2, budget=B
+    )
     assert (o, n) == ("C", "stop") and "fix the model" in why
 
 
@@ -80,14 +99,33 @@ def test_two_optuna_workers_fill_one_sqlite_study(tmp_path):
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump(tiny_config({"training.epochs": 3}).model_dump(mode="json")))
     db = tmp_path / "study.db"
-    r = subprocess.run(["trainkit", "sweep", str(tmp_path / "run"), "--config", str(cfg), "--workers", "2", "--trials", "6",
-                        "--storage", f"sqlite:///{db}"], capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [
+            "trainkit",
+            "sweep",
+            str(tmp_path / "run"),
+            "--config",
+            str(cfg),
+            "--workers",
+            "2",
+            "--trials",
+            "6",
+            "--storage",
+            f"sqlite:///{db}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     with sqlite3.connect(db) as con:
         numbers = sorted(n for (n,) in con.execute("select number from trials"))
         states = {s for (s,) in con.execute("select state from trials")}
-        threads = [json.loads(v) for (k, v) in con.execute("select key, value_json from trial_user_attributes")
-                   if k == "torch_threads"]
+        threads = [
+            json.loads(v)
+            for (k, v) in con.execute("select key, value_json from trial_user_attributes")
+            if k == "torch_threads"
+        ]
     assert numbers == list(range(6))  # none lost, none duplicated
     from trainkit.sweep import worker_threads
 
@@ -113,5 +151,6 @@ def test_optimization_templates_are_valid_patches_of_the_baseline():
                     walk(v, pre + k + ".")
                 else:
                     flat[pre + k] = v
+
         walk(yaml.safe_load(f.read_text()))
         validate_config_dict(apply_overrides(base, flat), str(f))

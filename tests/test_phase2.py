@@ -22,13 +22,39 @@ def _cfg(tmp_path, overrides):
 
 @pytest.mark.slow
 def test_stop_after_2_on_the_template_with_adam_reaches_097_with_all_files(tmp_path):
-    r = subprocess.run(["trainkit", "run", str(ROOT / "configs" / "baseline_template.yaml"), "--name", "demo",
-                        "--runs-dir", str(tmp_path), "--stop-after", "2", "--set", "optimizer.name=adam",
-                        "--target", "0.95"], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            "trainkit",
+            "run",
+            str(ROOT / "configs" / "baseline_template.yaml"),
+            "--name",
+            "demo",
+            "--runs-dir",
+            str(tmp_path),
+            "--stop-after",
+            "2",
+            "--set",
+            "optimizer.name=adam",
+            "--target",
+            "0.95",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     d = tmp_path / "demo" / "02_baseline" / "attempt-1"
-    for name in ("metrics.jsonl", "checkpoints/best.pt", "checkpoints/last.pt", "checkpoints/best.pt.sha256",
-                 "baseline_results.md", "curves.png", "decision.json", "gate.json", "notebook.ipynb", "report.html"):
+    for name in (
+        "metrics.jsonl",
+        "checkpoints/best.pt",
+        "checkpoints/last.pt",
+        "checkpoints/best.pt.sha256",
+        "baseline_results.md",
+        "curves.png",
+        "decision.json",
+        "gate.json",
+        "notebook.ipynb",
+        "report.html",
+    ):
         assert (d / name).is_file(), name
     summary = json.loads((d / "train_summary.json").read_text())
     assert summary["best"]["val_accuracy"] >= 0.97
@@ -47,8 +73,11 @@ def test_stop_after_2_on_the_template_with_adam_reaches_097_with_all_files(tmp_p
 @pytest.mark.slow
 def test_absurd_lr_records_option_c_with_the_step_and_does_not_crash(tmp_path):
     cfg = _cfg(tmp_path, {"optimizer.name": "sgd", "optimizer.lr": 1e6, "model.kwargs": {"hidden": [64, 64, 64]}})
-    r = subprocess.run(["trainkit", "run", str(cfg), "--name", "nan", "--runs-dir", str(tmp_path), "--stop-after", "2"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        ["trainkit", "run", str(cfg), "--name", "nan", "--runs-dir", str(tmp_path), "--stop-after", "2"],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stdout + r.stderr  # the notebook completes: option C is a recorded outcome
     d = tmp_path / "nan" / "02_baseline" / "attempt-1"
     decision = json.loads((d / "decision.json").read_text())
@@ -64,14 +93,31 @@ def test_absurd_lr_records_option_c_with_the_step_and_does_not_crash(tmp_path):
 @pytest.mark.slow
 def test_phase2_refuses_to_start_when_phase1_was_tampered_with(tmp_path):
     run = tmp_path / "demo"
-    r = subprocess.run(["trainkit", "run", "--name", "demo", "--runs-dir", str(tmp_path), "--stop-after", "1"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        ["trainkit", "run", "--name", "demo", "--runs-dir", str(tmp_path), "--stop-after", "1"],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     cfg = run / "01_planning" / "training_config.yaml"
     cfg.write_text(cfg.read_text().replace("lr: 0.001", "lr: 0.002"))
     out = tmp_path / "o.ipynb"
-    r = subprocess.run([sys.executable, "-m", "papermill", str(ROOT / "notebooks" / "02_baseline.ipynb"), str(out),
-                        "-p", "run_dir", str(run), "-k", "python3"], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "papermill",
+            str(ROOT / "notebooks" / "02_baseline.ipynb"),
+            str(out),
+            "-p",
+            "run_dir",
+            str(run),
+            "-k",
+            "python3",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode != 0 and "changed after sign-off" in r.stderr
     assert not (run / "02_baseline" / "attempt-1" / "metrics.jsonl").exists()
 
@@ -88,15 +134,29 @@ def test_run_killed_mid_baseline_resumes_in_place_without_rewriting_phase1(tmp_p
     import signal
     import time
 
-    over = {"model.name": "trainkit.testing:SlowNet", "model.kwargs": {"delay": 0.01}, "training.epochs": 5,
-            "data.batch_size": 32, "target.value": 0.5}
+    over = {
+        "model.name": "trainkit.testing:SlowNet",
+        "model.kwargs": {"delay": 0.01},
+        "training.epochs": 5,
+        "data.batch_size": 32,
+        "target.value": 0.5,
+    }
     cfg = _cfg(tmp_path, over)
     env = dict(os.environ, TRAINKIT_PROGRESS="off")
-    ref = subprocess.run(["trainkit", "run", str(cfg), "--name", "ref", "--runs-dir", str(tmp_path), "--stop-after", "2"],
-                         capture_output=True, text=True, env=env)
+    ref = subprocess.run(
+        ["trainkit", "run", str(cfg), "--name", "ref", "--runs-dir", str(tmp_path), "--stop-after", "2"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert ref.returncode == 0, ref.stderr
-    p = subprocess.Popen(["trainkit", "run", str(cfg), "--name", "k", "--runs-dir", str(tmp_path), "--stop-after", "2"],
-                         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    p = subprocess.Popen(
+        ["trainkit", "run", str(cfg), "--name", "k", "--runs-dir", str(tmp_path), "--stop-after", "2"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     metrics = tmp_path / "k" / "02_baseline" / "attempt-1" / "metrics.jsonl"
     deadline = time.time() + 180
     while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
@@ -105,8 +165,12 @@ def test_run_killed_mid_baseline_resumes_in_place_without_rewriting_phase1(tmp_p
     p.wait()
     assert not (metrics.parent / "gate.json").exists()
     before = _hashes(tmp_path / "k" / "01_planning")
-    r = subprocess.run(["trainkit", "run", "--resume", "--name", "k", "--runs-dir", str(tmp_path), "--stop-after", "2"],
-                       capture_output=True, text=True, env=env)
+    r = subprocess.run(
+        ["trainkit", "run", "--resume", "--name", "k", "--runs-dir", str(tmp_path), "--stop-after", "2"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "continuing it" in r.stdout
     assert _hashes(tmp_path / "k" / "01_planning") == before

@@ -65,7 +65,9 @@ def test_fast_path_deploys(fast_run):
     plan = json.loads((fast_run / "01_planning" / "budget_plan.json").read_text())  # Phase 1's compute plan
     actual = json.loads((fast_run / "02_baseline/attempt-1/train_summary.json").read_text())["wall_time_s"]
     assert 0.2 * actual <= plan["baseline_estimate_s"] <= 5 * actual, (plan["baseline_estimate_s"], actual)
-    assert set(plan["phases"]) == {"02_baseline", "03_diagnostics", "04_optimization", "05_finalization"} and plan["fits"]
+    assert (
+        set(plan["phases"]) == {"02_baseline", "03_diagnostics", "04_optimization", "05_finalization"} and plan["fits"]
+    )
     p1 = json.loads((fast_run / "01_planning" / "gate.json").read_text())
     assert next(c for c in p1["checks"] if c["id"] == "compute_plan")["status"] == "pass"
     assert "Compute plan" in index and "planned" in index
@@ -81,15 +83,29 @@ def test_demo_walks_all_five_phases_and_waits_for_approval_then_deploys(tmp_path
     assert r.returncode == 3, r.stdout + r.stderr
     assert "trainkit signoff" in r.stdout and "stakeholder_approval" in r.stdout
     run = tmp_path / "demo"
-    assert [p for p, _ in _path(run)] == ["01_planning", "02_baseline", "03_diagnostics", "04_optimization", "05_finalization"]
+    assert [p for p, _ in _path(run)] == [
+        "01_planning",
+        "02_baseline",
+        "03_diagnostics",
+        "04_optimization",
+        "05_finalization",
+    ]
     opt = _decision(run / "04_optimization" / "iter-1")
     base = json.loads((run / "04_optimization" / "iter-1" / "comparison.json").read_text())["vs_baseline"]
     assert opt["evidence"]["adopted"] and base["diff"] > base["spread"]  # beats the baseline beyond the seed spread
-    assert "Expected (Phase 3) against realized gain" in (run / "04_optimization" / "iter-1" / "optimization_results.md").read_text()
+    assert (
+        "Expected (Phase 3) against realized gain"
+        in (run / "04_optimization" / "iter-1" / "optimization_results.md").read_text()
+    )
     prov = json.loads((run / "04_optimization" / "iter-1" / "provenance.json").read_text())
-    assert prov["fields"] and all({"field", "old", "new", "recommendation", "finding"} <= set(f) for f in prov["fields"])
-    s = subprocess.run(["trainkit", "signoff", str(run), "--phase", "5", "--by", "pat", "--check", "stakeholder_approval"],
-                       capture_output=True, text=True)
+    assert prov["fields"] and all(
+        {"field", "old", "new", "recommendation", "finding"} <= set(f) for f in prov["fields"]
+    )
+    s = subprocess.run(
+        ["trainkit", "signoff", str(run), "--phase", "5", "--by", "pat", "--check", "stakeholder_approval"],
+        capture_output=True,
+        text=True,
+    )
     assert s.returncode == 0, s.stderr
     again = _run("--resume", "--name", "demo", "--runs-dir", tmp_path)
     assert again.returncode == 0 and "ready to deploy" in again.stdout, again.stdout + again.stderr
@@ -98,9 +114,19 @@ def test_demo_walks_all_five_phases_and_waits_for_approval_then_deploys(tmp_path
 
 @pytest.mark.slow
 def test_multiple_iterations_then_diminishing_returns(tmp_path):
-    cfg = _cfg(tmp_path, {"optimizer.name": "sgd", "training.epochs": 6, "target.value": 0.999, "final.epochs": 8,
-                          "final.patience": 3, "budget.diminishing_points": 100.0, "budget.clear_gain_points": 0.0,
-                          "budget.marginal_gain_points": 0.0})
+    cfg = _cfg(
+        tmp_path,
+        {
+            "optimizer.name": "sgd",
+            "training.epochs": 6,
+            "target.value": 0.999,
+            "final.epochs": 8,
+            "final.patience": 3,
+            "budget.diminishing_points": 100.0,
+            "budget.clear_gain_points": 0.0,
+            "budget.marginal_gain_points": 0.0,
+        },
+    )
     r = _run(cfg, "--name", "it", "--runs-dir", tmp_path, "--stop-after", "4")
     run = tmp_path / "it"
     phases = [p for p, _ in _path(run)]
@@ -111,11 +137,17 @@ def test_multiple_iterations_then_diminishing_returns(tmp_path):
 
 @pytest.mark.slow
 def test_failed_baseline_is_diagnosed_fixed_and_restarted(tmp_path):
-    cfg = _cfg(tmp_path, dict(FAST, **{"optimizer.name": "sgd", "optimizer.lr": 1e6, "model.kwargs": {"hidden": [64, 64, 64]}}))
+    cfg = _cfg(
+        tmp_path, dict(FAST, **{"optimizer.name": "sgd", "optimizer.lr": 1e6, "model.kwargs": {"hidden": [64, 64, 64]}})
+    )
     r = _run(cfg, "--name", "nan", "--runs-dir", tmp_path, "--stop-after", "3")
     run = tmp_path / "nan"
-    assert [p for p in _path(run)][:4] == [("01_planning", 1), ("02_baseline", 1), ("03_diagnostics", 1), ("02_baseline", 2)], \
-        r.stdout + r.stderr
+    assert [p for p in _path(run)][:4] == [
+        ("01_planning", 1),
+        ("02_baseline", 1),
+        ("03_diagnostics", 1),
+        ("02_baseline", 2),
+    ], r.stdout + r.stderr
     assert _decision(run / "02_baseline" / "attempt-1")["option"] == "C"
     assert _decision(run / "03_diagnostics" / "round-1")["next"] == "02_baseline"
     second = _decision(run / "02_baseline" / "attempt-2")
@@ -141,16 +173,39 @@ def test_killed_kernel_then_resume_keeps_earlier_artifacts(tmp_path):
 
 @pytest.mark.slow
 def test_each_notebook_runs_under_the_papermill_cli(tmp_path):
-    cfg = _cfg(tmp_path, {"training.epochs": 4, "target.value": 0.97, "final.epochs": 6, "final.patience": 3,
-                          "budget.clear_gain_points": 0.0})
+    cfg = _cfg(
+        tmp_path,
+        {
+            "training.epochs": 4,
+            "target.value": 0.97,
+            "final.epochs": 6,
+            "final.patience": 3,
+            "budget.clear_gain_points": 0.0,
+        },
+    )
     run = tmp_path / "pm"
     nb = ROOT / "notebooks"
 
     def pm(name, *params):
-        args = [sys.executable, "-m", "papermill", str(nb / name), str(tmp_path / name), "-k", "python3",
-                "-p", "run_dir", str(run), "-p", "interactive", "False", *params]
+        args = [
+            sys.executable,
+            "-m",
+            "papermill",
+            str(nb / name),
+            str(tmp_path / name),
+            "-k",
+            "python3",
+            "-p",
+            "run_dir",
+            str(run),
+            "-p",
+            "interactive",
+            "False",
+            *params,
+        ]
         r = subprocess.run(args, capture_output=True, text=True, timeout=900)
         assert r.returncode == 0, name + r.stderr[-3000:]
+
     pm("01_planning.ipynb", "-p", "config_path", str(cfg), "-y", "approvals: {config_reviewed: pm}")
     pm("02_baseline.ipynb", "-p", "auto_signoff", "True")
     assert _decision(run / "02_baseline" / "attempt-1")["next"] == "03_diagnostics"
@@ -160,11 +215,16 @@ def test_each_notebook_runs_under_the_papermill_cli(tmp_path):
     nxt = _decision(run / "04_optimization" / "iter-1")["next"]
     assert nxt in ("05_finalization", "04_optimization", "03_diagnostics")
     if nxt == "05_finalization":
-        pm("05_finalization.ipynb", "-y", "approvals: {stakeholder_approval: pm}\nwaivers: {test_meets_target: tiny model}")
+        pm(
+            "05_finalization.ipynb",
+            "-y",
+            "approvals: {stakeholder_approval: pm}\nwaivers: {test_meets_target: tiny model}",
+        )
         assert (run / "05_finalization" / "gate.json").is_file()
 
 
 # ------------------------------------------------------------------ the production gate's checks fail on bad cases
+
 
 def _recheck(run, mutate):
     """Copy a finished run, apply ``mutate``, re-evaluate the production checks on the copy."""
@@ -173,8 +233,14 @@ def _recheck(run, mutate):
     from trainkit.phases.common import PhaseContext
 
     d = run / "05_finalization"
-    ctx = PhaseContext(run_dir=run, phase="05_finalization", attempt=1, dir=d,
-                       config=load_config(d / "final_config.yaml"), interactive=False)
+    ctx = PhaseContext(
+        run_dir=run,
+        phase="05_finalization",
+        attempt=1,
+        dir=d,
+        config=load_config(d / "final_config.yaml"),
+        interactive=False,
+    )
     train = json.loads((d / "train_summary.json").read_text())
     test = json.loads((d / "test_evaluation.json").read_text())
     exp = json.loads((d / "export.json").read_text())
@@ -199,9 +265,12 @@ def _append(path, rec):
 
 
 BAD = {
-    "test_never_read_before": lambda run, s: _append(run / "test_access.jsonl", {"phase": "02_baseline", "allowed": True, "reason": "x"}),
-    "test_evaluated_once": lambda run, s: _append(run / "test_access.jsonl", {"phase": "05_finalization", "allowed": True,
-                                                                              "reason": "forced re-evaluation"}),
+    "test_never_read_before": lambda run, s: _append(
+        run / "test_access.jsonl", {"phase": "02_baseline", "allowed": True, "reason": "x"}
+    ),
+    "test_evaluated_once": lambda run, s: _append(
+        run / "test_access.jsonl", {"phase": "05_finalization", "allowed": True, "reason": "forced re-evaluation"}
+    ),
     "test_meets_target": lambda run, s: s["test"].update(accuracy=0.1),
     "val_test_agree": lambda run, s: s["test"].update(accuracy_ci=[0.1, 0.2]),
     "per_class_reported": lambda run, s: s["test"]["per_class"][0].update(recall=0.01),
@@ -211,10 +280,13 @@ BAD = {
     "weights_finite": _nan_weight,
     "checkpoint_verified": lambda run, s: (run / "05_finalization" / "checkpoints" / "best.pt").write_bytes(b"garbage"),
     "config_frozen": lambda run, s: (run / "05_finalization" / "final_config.yaml").write_text(
-        (run / "05_finalization" / "final_config.yaml").read_text().replace("seed: 0", "seed: 1")),
+        (run / "05_finalization" / "final_config.yaml").read_text().replace("seed: 0", "seed: 1")
+    ),
     "reproducible": lambda run, s: s["repro"].update(identical=False),
     "environment_recorded": lambda run, s: (run / "01_planning" / "environment.json").unlink(),
-    "earlier_gates_valid": lambda run, s: (run / "02_baseline" / "attempt-1" / "baseline_results.md").write_text("edited"),
+    "earlier_gates_valid": lambda run, s: (run / "02_baseline" / "attempt-1" / "baseline_results.md").write_text(
+        "edited"
+    ),
     "onnx_valid": lambda run, s: s["exp"].update(onnx_exported=False, onnx_error="x"),
     "onnx_parity": lambda run, s: s["exp"]["parity"]["onnx"].update(ok=False),
     "torchscript_exported": lambda run, s: s["exp"].update(torchscript_exported=False),
@@ -271,6 +343,7 @@ def _recheck_disjoint(run):
         b = real(cfg, *a, **k)
         b.splits["train"] = list(b.splits["train"]) + [b.splits["test"][0]]
         return b
+
     D.load_data = leaky
     try:
         return _recheck(run, lambda r, s: None)
@@ -328,8 +401,14 @@ def test_second_test_evaluation_is_refused_unless_forced(fast_run, tmp_path):
     shutil.copytree(fast_run, run)
     d = run / "05_finalization"
     record_phase(run, "05_finalization", 1, status="running")  # as inside notebook 05: the run says Phase 5 runs
-    ctx = PhaseContext(run_dir=run, phase="05_finalization", attempt=1, dir=d, config=load_config(d / "final_config.yaml"),
-                       interactive=False)
+    ctx = PhaseContext(
+        run_dir=run,
+        phase="05_finalization",
+        attempt=1,
+        dir=d,
+        config=load_config(d / "final_config.yaml"),
+        interactive=False,
+    )
     reads = lambda: [r for r in map(json.loads, (run / "test_access.jsonl").read_text().splitlines()) if r["allowed"]]  # noqa: E731
     n = len(reads())
     assert F.evaluate_test(ctx)["model_sha256"]  # same model: the record is reused, no new read

@@ -53,8 +53,13 @@ def test_the_lr_curve_is_read_by_its_shape_against_its_own_noise():
 
 
 def _failed_ev(cfg, status="nonfinite", sug=None):
-    return {"status": status, "nonfinite": {"epoch": 0} if status == "nonfinite" else None, "history": [],
-            "config": config_to_dict(cfg), "probes": {"lr_range": {"suggested_lr": sug}}}
+    return {
+        "status": status,
+        "nonfinite": {"epoch": 0} if status == "nonfinite" else None,
+        "history": [],
+        "config": config_to_dict(cfg),
+        "probes": {"lr_range": {"suggested_lr": sug}},
+    }
 
 
 def test_candidate_fixes_are_absolute_values_and_skip_what_already_failed():
@@ -64,7 +69,9 @@ def test_candidate_fixes_are_absolute_values_and_skip_what_already_failed():
     lrs = [c["patch"].get("optimizer.lr") for c in cands]
     assert STANDARD_LR["sgd"] in lrs and 3e3 not in lrs  # never a multiple of the absurd LR
     std = next(c for c in cands if c["id"] == "lr_standard")
-    assert std["patch"]["optimizer.momentum"] == 0.9 and std["patch"]["training.grad_clip"] == 1.0  # non-finite: clip too
+    assert (
+        std["patch"]["optimizer.momentum"] == 0.9 and std["patch"]["training.grad_clip"] == 1.0
+    )  # non-finite: clip too
     with_finder = candidate_fixes(plan, _failed_ev(cfg, sug=0.02), {"failed_lrs": [], "failed_kinds": []})
     assert with_finder[0]["id"] == "lr_finder" and with_finder[0]["patch"]["optimizer.lr"] == 0.02
     # a kind that failed before is not reapplied, nor an LR near one a failed attempt trained at
@@ -74,26 +81,54 @@ def test_candidate_fixes_are_absolute_values_and_skip_what_already_failed():
 
 @pytest.mark.slow
 def test_a_trial_fit_tells_a_fix_that_learns_from_one_that_does_not():
-    cfg = tiny_config({"data.source": T + "tabular", "model.kwargs": {"hidden": [32]}, "optimizer.name": "sgd",
-                       "optimizer.lr": 1e-7})
+    cfg = tiny_config(
+        {"data.source": T + "tabular", "model.kwargs": {"hidden": [32]}, "optimizer.name": "sgd", "optimizer.lr": 1e-7}
+    )
     bundle = load_data(cfg)
     chance = max(bundle.info["class_counts"]["val"]) / bundle.info["sizes"]["val"]
     stalled = trial_fit(cfg, bundle, 150, chance=chance)
     assert not stalled["learned"] and stalled["steps"] == 150
-    fixed = trial_fit(with_overrides(cfg, {"optimizer.lr": 0.05, "optimizer.momentum": 0.9}), bundle, 150, chance=chance)
+    fixed = trial_fit(
+        with_overrides(cfg, {"optimizer.lr": 0.05, "optimizer.momentum": 0.9}), bundle, 150, chance=chance
+    )
     assert fixed["learned"] and fixed["final_train_loss"] < 0.9 * fixed["init_loss"], fixed
     blown = trial_fit(with_overrides(cfg, {"optimizer.lr": 1e6}), bundle, 150, chance=chance)
-    assert not blown["learned"] and ("non-finite" in blown["why"] or not math.isfinite(blown.get("final_train_loss", 0)))
+    assert not blown["learned"] and (
+        "non-finite" in blown["why"] or not math.isfinite(blown.get("final_train_loss", 0))
+    )
 
 
 def test_a_near_tie_measured_on_this_config_is_never_proposed_again():
     cfg = tiny_config({"model.kwargs": {"hidden": [512]}})
-    hist = [{"epoch": e, "train_loss": 1.0 - 0.09 * e, "val_loss": 1.0 - 0.05 * e, "train_accuracy": 0.99,
-             "val_accuracy": 0.30, "lr": 1e-3} for e in range(10)]
-    ev = {"status": "completed", "history": hist, "best": dict(hist[-1]), "init_loss": 2.0, "nonfinite": None, "crash": None,
-          "target": 0.338, "config": config_to_dict(cfg), "device": "cpu", "failed_mode": False, "input_shape": [16],
-          "num_classes": 4, "val_size": 200,
-          "probes": {"seed_variance": {"seeds": [0, 1, 2], "val_accuracy": [0.3] * 3, "std": 0.005, "range": 0.01, "epochs": 5}}}
+    hist = [
+        {
+            "epoch": e,
+            "train_loss": 1.0 - 0.09 * e,
+            "val_loss": 1.0 - 0.05 * e,
+            "train_accuracy": 0.99,
+            "val_accuracy": 0.30,
+            "lr": 1e-3,
+        }
+        for e in range(10)
+    ]
+    ev = {
+        "status": "completed",
+        "history": hist,
+        "best": dict(hist[-1]),
+        "init_loss": 2.0,
+        "nonfinite": None,
+        "crash": None,
+        "target": 0.338,
+        "config": config_to_dict(cfg),
+        "device": "cpu",
+        "failed_mode": False,
+        "input_shape": [16],
+        "num_classes": 4,
+        "val_size": 200,
+        "probes": {
+            "seed_variance": {"seeds": [0, 1, 2], "val_accuracy": [0.3] * 3, "std": 0.005, "range": 0.01, "epochs": 5}
+        },
+    }
     first = plan_recommendations(detect_all(ev), ev)
     top = [r["id"] for r in first["selected"] if r["kind"] == "accuracy"]
     ev["tried"] = {top[0]: 0.4, top[1]: -1.0}  # a small gain inside the seed spread, and a loss: both measured

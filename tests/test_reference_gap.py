@@ -12,20 +12,77 @@ from trainkit.diagnostics.reference import detect_reference_gap, sampling_points
 from trainkit.testing import tiny_config
 
 
-def _ev(net, trees, val_rows, model="mlp", kwargs=None, optimizer="adam", seed_std=0.004, history=None, target=0.99,
-        train=None, **probes):
-    cfg = tiny_config({"data.source": "trainkit.testing:tabular", "model.name": model, "model.kwargs": kwargs or {"hidden": [16]},
-                       "optimizer.name": optimizer, "training.epochs": 10})
-    h = history or [{"epoch": e, "train_loss": 1.0 - 0.08 * e, "val_loss": 1.0 - 0.05 * e, "train_accuracy": net if train is None else train,
-                     "val_accuracy": net, "val_score": net, "lr": 1e-3} for e in range(10)]
-    ref = {"rows": 800, "of_rows": 800, "val_rows": val_rows, "metric": "accuracy", "best": "boosted_trees",
-           "models": {"logistic_regression": {"val_accuracy": 0.7, "val_score": 0.7},
-                      "boosted_trees": {"val_accuracy": trees, "val_score": trees}}}
-    return {"status": "completed", "history": h, "best": dict(h[-1]), "init_loss": 2.0, "nonfinite": None, "crash": None,
-            "target": target, "config": config_to_dict(cfg), "device": "cpu", "failed_mode": False, "input_shape": [16],
-            "num_classes": 4, "probes": {"reference": ref, "seed_variance": {
-                "seeds": [0, 1, 2], "val_accuracy": [net] * 3, "std": seed_std, "range": 2 * seed_std, "epochs": 10,
-                "full_runs": True}, **probes}}
+def _ev(
+    net,
+    trees,
+    val_rows,
+    model="mlp",
+    kwargs=None,
+    optimizer="adam",
+    seed_std=0.004,
+    history=None,
+    target=0.99,
+    train=None,
+    **probes,
+):
+    cfg = tiny_config(
+        {
+            "data.source": "trainkit.testing:tabular",
+            "model.name": model,
+            "model.kwargs": kwargs or {"hidden": [16]},
+            "optimizer.name": optimizer,
+            "training.epochs": 10,
+        }
+    )
+    h = history or [
+        {
+            "epoch": e,
+            "train_loss": 1.0 - 0.08 * e,
+            "val_loss": 1.0 - 0.05 * e,
+            "train_accuracy": net if train is None else train,
+            "val_accuracy": net,
+            "val_score": net,
+            "lr": 1e-3,
+        }
+        for e in range(10)
+    ]
+    ref = {
+        "rows": 800,
+        "of_rows": 800,
+        "val_rows": val_rows,
+        "metric": "accuracy",
+        "best": "boosted_trees",
+        "models": {
+            "logistic_regression": {"val_accuracy": 0.7, "val_score": 0.7},
+            "boosted_trees": {"val_accuracy": trees, "val_score": trees},
+        },
+    }
+    return {
+        "status": "completed",
+        "history": h,
+        "best": dict(h[-1]),
+        "init_loss": 2.0,
+        "nonfinite": None,
+        "crash": None,
+        "target": target,
+        "config": config_to_dict(cfg),
+        "device": "cpu",
+        "failed_mode": False,
+        "input_shape": [16],
+        "num_classes": 4,
+        "probes": {
+            "reference": ref,
+            "seed_variance": {
+                "seeds": [0, 1, 2],
+                "val_accuracy": [net] * 3,
+                "std": seed_std,
+                "range": 2 * seed_std,
+                "epochs": 10,
+                "full_runs": True,
+            },
+            **probes,
+        },
+    }
 
 
 def test_a_gap_beyond_the_noise_is_a_finding_with_moves_sized_by_the_gap():
@@ -36,7 +93,10 @@ def test_a_gap_beyond_the_noise_is_a_finding_with_moves_sized_by_the_gap():
     assert {"ref_capacity", "ref_batch_norm", "ref_dropout", "ref_adamw_cosine", "ref_longer"} <= set(ids)
     assert ids["ref_capacity"].patch == {"model.kwargs": {"hidden": [32, 32]}}
     assert ids["ref_capacity"].expected_gain_points == pytest.approx(4.0)  # 40% of the 10-point gap
-    assert ids["ref_adamw_cosine"].patch["schedule.name"] == "cosine" and "optimizer.lr" not in ids["ref_adamw_cosine"].patch
+    assert (
+        ids["ref_adamw_cosine"].patch["schedule.name"] == "cosine"
+        and "optimizer.lr" not in ids["ref_adamw_cosine"].patch
+    )
     assert "10.0 points of headroom" in f.summary
 
 
@@ -72,7 +132,10 @@ def test_the_gap_is_a_residual_named_only_when_no_cause_fired_and_the_target_is_
     ev = _ev(0.60, 0.95, 1000, kwargs={"hidden": [2]})
     by = {f.name: f for f in detect_all(ev)}
     assert by["underfitting"].fired and not by["reference_gap"].fired
-    assert "explained by underfitting" in by["reference_gap"].summary and by["reference_gap"].evidence["gap_points"] == 35.0
+    assert (
+        "explained by underfitting" in by["reference_gap"].summary
+        and by["reference_gap"].evidence["gap_points"] == 35.0
+    )
     assert primary_cause(list(by.values())).name == "underfitting"
     assert not any(r["id"].startswith("ref_") for r in plan_recommendations(list(by.values()), ev)["ranked"])
     # the target met: headroom, not a shortfall
@@ -102,11 +165,20 @@ def _imbalanced_ev(metric="accuracy", ref_rare_recall=0.80, net_recall=(0.98, 0.
     ev = _ev(0.90, 0.95, 1000, target=target, train=0.93 if target < 0.95 else 0.905)
     ev["config"]["target"]["metric"] = metric
     ev["probes"]["reference"]["models"]["boosted_trees"]["val_recall"] = [0.99, ref_rare_recall]
-    ev["probes"]["per_class"] = {"recall": list(net_recall), "min_recall": min(net_recall),
-                                 "mean_recall": sum(net_recall) / 2}
-    ev["probes"]["data"] = {"class_counts_train": [3000, 500], "imbalance_ratio": 6.0, "features": 16,
-                            "constant_features": 0, "non_finite_values": 0, "leaked_train_indices": [],
-                            "duplicate_train_indices": []}
+    ev["probes"]["per_class"] = {
+        "recall": list(net_recall),
+        "min_recall": min(net_recall),
+        "mean_recall": sum(net_recall) / 2,
+    }
+    ev["probes"]["data"] = {
+        "class_counts_train": [3000, 500],
+        "imbalance_ratio": 6.0,
+        "features": 16,
+        "constant_features": 0,
+        "non_finite_values": 0,
+        "leaked_train_indices": [],
+        "duplicate_train_indices": [],
+    }
     ev["num_classes"], ev["val_size"] = 2, 1000
     return ev
 
@@ -168,11 +240,20 @@ def test_a_churn_like_table_is_diagnosed_as_model_family_not_imbalance(tmp_path)
     n = 3500
     day, eve, calls = rng.normal(180, 54, n).clip(0), rng.normal(200, 50, n).clip(0), rng.poisson(1.5, n)
     plan, vmail = rng.random(n) < 0.1, rng.random(n) < 0.27
-    y = (day > 270) | ((calls >= 4) & (day < 160)) | (plan & (rng.random(n) < 0.3)) | ((day + eve > 460) & ~vmail)  # 18%
+    y = (
+        (day > 270) | ((calls >= 4) & (day < 160)) | (plan & (rng.random(n) < 0.3)) | ((day + eve > 460) & ~vmail)
+    )  # 18%
     x = np.stack([day, eve, calls, plan, vmail, rng.normal(size=n)], 1).astype(np.float32)
     np.savez(tmp_path / "churn.npz", x=x, y=y.astype(np.int64))
-    cfg = tiny_config({"data.source": "npz", "data.root": str(tmp_path / "churn.npz"), "model.kwargs": {"hidden": [16]},
-                       "training.epochs": 15, "target.value": 0.99})
+    cfg = tiny_config(
+        {
+            "data.source": "npz",
+            "data.root": str(tmp_path / "churn.npz"),
+            "model.kwargs": {"hidden": [16]},
+            "training.epochs": 15,
+            "target.value": 0.99,
+        }
+    )
     bundle = load_data(cfg)
     fit(cfg, bundle, tmp_path / "fit", progress=False)
     ev = gather_evidence(tmp_path / "fit", cfg)
@@ -180,7 +261,9 @@ def test_a_churn_like_table_is_diagnosed_as_model_family_not_imbalance(tmp_path)
     findings = detect_all(ev)
     by = {f.name: f for f in findings}
     assert ev["probes"]["data"]["imbalance_ratio"] >= 3  # the imbalance is there ...
-    assert by["reference_gap"].evidence["gap_points"] > by["reference_gap"].evidence["noise_points"]  # ... and the trees lead
+    assert (
+        by["reference_gap"].evidence["gap_points"] > by["reference_gap"].evidence["noise_points"]
+    )  # ... and the trees lead
     primary = primary_cause(findings)
     assert primary.name in ("reference_gap", "underfitting") and (primary.cause or primary.name) != "imbalance"
     assert not (by["data_quality"].fired and by["data_quality"].strength > 0)

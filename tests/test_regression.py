@@ -8,7 +8,6 @@ import json
 import re
 import shlex
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,16 +19,28 @@ from trainkit.config import validate_config_dict
 from trainkit.data import load_data
 from trainkit.decisions import after_baseline, after_optimization, learning_verdict
 from trainkit.errors import ConfigError, DataError
-from trainkit.metrics import (best_of, better, constant_baseline, gain_points, metric_interval, reaches, regression_scores,
-                              skill, skill_of)
+from trainkit.metrics import (
+    best_of,
+    better,
+    constant_baseline,
+    gain_points,
+    metric_interval,
+    reaches,
+    regression_scores,
+    skill,
+    skill_of,
+)
 from trainkit.testing import numbers, price_table
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _cfg(root, metric="rmse", value=30.0, **extra):
-    raw = {"data": {"source": "csv", "root": str(root), "label": "price"}, "target": {"metric": metric, "value": value},
-           "training": {"epochs": 3, "patience": None}}
+    raw = {
+        "data": {"source": "csv", "root": str(root), "label": "price"},
+        "target": {"metric": metric, "value": value},
+        "training": {"epochs": 3, "patience": None},
+    }
     for k, v in extra.items():
         raw.setdefault(k.split(".")[0], {})[k.split(".")[1]] = v
     return validate_config_dict(raw)
@@ -44,6 +55,7 @@ def prices_csv(tmp_path_factory):
 
 # ----------------------------------------------------------------------------- the metric's direction
 
+
 def test_direction_lives_in_the_metric():
     assert better("rmse", 2.0, 2.5) and not better("rmse", 2.5, 2.0)
     assert better("accuracy", 0.9, 0.8) and not better("accuracy", 0.8, 0.9)
@@ -53,7 +65,11 @@ def test_direction_lives_in_the_metric():
     assert gain_points("rmse", 9.0, 10.0) == pytest.approx(10.0)  # an rmse 10% lower is 10 points better
     assert gain_points("rmse", 11.0, 10.0) < 0 and gain_points("accuracy", 0.85, 0.80) == pytest.approx(5.0)
     # the skill scale: higher is better for every metric, 0 at the train mean's error, 1 perfect
-    assert skill("rmse", 0.0, 4.0) == 1.0 and skill("rmse", 4.0, 4.0) == 0.0 and skill("rmse", 2.0, 4.0) > skill("rmse", 3.0, 4.0)
+    assert (
+        skill("rmse", 0.0, 4.0) == 1.0
+        and skill("rmse", 4.0, 4.0) == 0.0
+        and skill("rmse", 2.0, 4.0) > skill("rmse", 3.0, 4.0)
+    )
     assert skill("r2", 0.4, 9.0) == 0.4
     j = skill_of({"task": "regression", "mean_predictor_val": {"rmse": 10.0, "mae": 8.0, "r2": 0.0}}, "rmse")
     assert j(5.0) == 0.5 and j(2.0) > j(5.0)
@@ -67,7 +83,9 @@ def test_regression_scores_match_scikit_learn_and_intervals_cover_them():
     y = rng.normal(50, 10, 300)
     p = y + rng.normal(0, 3, 300)
     s = regression_scores(y, p)
-    assert s["rmse"] == pytest.approx(mean_squared_error(y, p) ** 0.5) and s["mae"] == pytest.approx(mean_absolute_error(y, p))
+    assert s["rmse"] == pytest.approx(mean_squared_error(y, p) ** 0.5) and s["mae"] == pytest.approx(
+        mean_absolute_error(y, p)
+    )
     assert s["r2"] == pytest.approx(r2_score(y, p))
     for m in ("rmse", "mae", "r2"):
         lo, hi = metric_interval(m, y, p, 300, 0)
@@ -77,6 +95,7 @@ def test_regression_scores_match_scikit_learn_and_intervals_cover_them():
 
 
 # ----------------------------------------------------------------------------- the decision tree, both directions
+
 
 def test_after_baseline_and_after_optimization_respect_both_directions():
     kw = dict(status="completed", learned=True, attempt=1, max_restarts=2)
@@ -91,17 +110,37 @@ def test_after_baseline_and_after_optimization_respect_both_directions():
 
     opt = dict(significant=True, gains=[4.0], iteration=1, budget=Budget())
     # lower is better: 2.4 ≤ 2.5 reaches the target; 2.8 improved on 3.0 but is short
-    assert after_optimization(candidate_mean=2.4, best_mean=2.4, baseline_mean=3.0, target=2.5, metric="rmse", **opt)[0] == "A"
-    assert after_optimization(candidate_mean=2.8, best_mean=2.8, baseline_mean=3.0, target=2.5, metric="rmse", **opt)[:2] == \
-        ("B", "04_optimization")
+    assert (
+        after_optimization(candidate_mean=2.4, best_mean=2.4, baseline_mean=3.0, target=2.5, metric="rmse", **opt)[0]
+        == "A"
+    )
+    assert after_optimization(candidate_mean=2.8, best_mean=2.8, baseline_mean=3.0, target=2.5, metric="rmse", **opt)[
+        :2
+    ] == ("B", "04_optimization")
     # an rmse that rose is no improvement, whatever a > would say
-    assert after_optimization(candidate_mean=3.4, best_mean=3.4, baseline_mean=3.0, target=2.5, metric="rmse", **opt)[0] == "C"
-    assert after_optimization(candidate_mean=0.9, best_mean=0.9, baseline_mean=0.8, target=0.95, metric="accuracy", **opt)[0] == "B"
-    assert after_optimization(candidate_mean=0.7, best_mean=0.7, baseline_mean=0.8, target=0.95, metric="accuracy", **opt)[0] == "C"
+    assert (
+        after_optimization(candidate_mean=3.4, best_mean=3.4, baseline_mean=3.0, target=2.5, metric="rmse", **opt)[0]
+        == "C"
+    )
+    assert (
+        after_optimization(candidate_mean=0.9, best_mean=0.9, baseline_mean=0.8, target=0.95, metric="accuracy", **opt)[
+            0
+        ]
+        == "B"
+    )
+    assert (
+        after_optimization(candidate_mean=0.7, best_mean=0.7, baseline_mean=0.8, target=0.95, metric="accuracy", **opt)[
+            0
+        ]
+        == "C"
+    )
 
 
 def test_a_regression_learned_when_it_beats_the_train_mean_by_more_than_the_noise():
-    hist = [{"train_loss": 0.5, "val_loss": 0.5, "val_score": 9.0}, {"train_loss": 0.2, "val_loss": 0.2, "val_score": 5.0}]
+    hist = [
+        {"train_loss": 0.5, "val_loss": 0.5, "val_score": 9.0},
+        {"train_loss": 0.2, "val_loss": 0.2, "val_score": 5.0},
+    ]
     assert learning_verdict(1.0, hist, chance=10.0, metric="rmse", noise=0.5)[0] == "learned"
     assert learning_verdict(1.0, hist, chance=5.5, metric="rmse", noise=0.5)[0] == "inconclusive"  # within 2 × noise
     assert learning_verdict(1.0, hist, chance=4.0, metric="rmse", noise=0.5)[0] == "failed"  # worse than the mean
@@ -113,6 +152,7 @@ def test_a_regression_learned_when_it_beats_the_train_mean_by_more_than_the_nois
 
 
 # ----------------------------------------------------------------------------- config and data: clear errors
+
 
 def test_config_asks_for_an_error_target_and_refuses_class_balancing(prices_csv):
     with pytest.raises(ConfigError, match="target.value"):
@@ -126,8 +166,9 @@ def test_config_asks_for_an_error_target_and_refuses_class_balancing(prices_csv)
     assert validate_config_dict({"target": {"metric": "r2", "value": -0.5}}).target.regression
 
 
-@pytest.mark.parametrize("bad, match", [(np.inf, "NaN or Inf"), ("cheap", "must hold numbers"), (None, "every one"),
-                                        (1e300, "too large")])
+@pytest.mark.parametrize(
+    "bad, match", [(np.inf, "NaN or Inf"), ("cheap", "must hold numbers"), (None, "every one"), (1e300, "too large")]
+)
 def test_a_bad_number_label_is_a_clear_error_and_no_run_folder(tmp_path, capsys, bad, match):
     from trainkit.cli import main
 
@@ -142,7 +183,9 @@ def test_a_bad_number_label_is_a_clear_error_and_no_run_folder(tmp_path, capsys,
         load_data(_cfg(tmp_path / "p.csv"))
     assert "price" in str(info.value)
     cfg = tmp_path / "p.yaml"
-    cfg.write_text(f"data: {{source: csv, root: {tmp_path / 'p.csv'}, label: price}}\ntarget: {{metric: rmse, value: 3}}\n")
+    cfg.write_text(
+        f"data: {{source: csv, root: {tmp_path / 'p.csv'}, label: price}}\ntarget: {{metric: rmse, value: 3}}\n"
+    )
     code = main(["run", str(cfg), "--name", "x", "--runs-dir", str(tmp_path / "runs")])
     err = capsys.readouterr().err
     assert code == 2 and "price" in err and "Traceback" not in err, err
@@ -169,13 +212,19 @@ def test_a_quantity_without_a_regression_metric_names_both_ways(tmp_path):
 def test_the_label_is_standardized_on_train_and_given_back_in_its_units(prices_csv, tmp_path):
     from trainkit.data import DataStore
 
-    store = DataStore(root=tmp_path, splits=tmp_path / "splits.json", manifest=tmp_path / "m.json",
-                      preprocess=tmp_path / "preprocess.json")
+    store = DataStore(
+        root=tmp_path,
+        splits=tmp_path / "splits.json",
+        manifest=tmp_path / "m.json",
+        preprocess=tmp_path / "preprocess.json",
+    )
     b = load_data(_cfg(prices_csv), store, write_splits=True)
     raw = pd.read_csv(prices_csv)["price"].to_numpy()
     train = b.splits["train"]
     assert b.regression and b.num_classes == 1
-    assert b.label_scale["mean"] == pytest.approx(raw[train].mean()) and b.label_scale["std"] == pytest.approx(raw[train].std())
+    assert b.label_scale["mean"] == pytest.approx(raw[train].mean()) and b.label_scale["std"] == pytest.approx(
+        raw[train].std()
+    )
     z = b.split_labels("train").numpy()
     assert abs(z.mean()) < 1e-5 and abs(z.std() - 1) < 1e-4
     assert np.allclose(b.to_label_units(b.split_labels("val")), raw[b.splits["val"]], rtol=1e-5)
@@ -193,10 +242,15 @@ def test_float_npz_labels_train_and_early_stopping_keeps_the_lowest_rmse(tmp_pat
 
     x, y = numbers(600)
     np.savez(tmp_path / "n.npz", x=x, y=y)
-    cfg = validate_config_dict({"data": {"source": "npz", "root": str(tmp_path / "n.npz")},
-                                "model": {"name": "mlp", "kwargs": {"hidden": [64]}},
-                                "optimizer": {"name": "adam", "lr": 0.01}, "training": {"epochs": 12, "patience": 3},
-                                "target": {"metric": "rmse", "value": 1.0}})
+    cfg = validate_config_dict(
+        {
+            "data": {"source": "npz", "root": str(tmp_path / "n.npz")},
+            "model": {"name": "mlp", "kwargs": {"hidden": [64]}},
+            "optimizer": {"name": "adam", "lr": 0.01},
+            "training": {"epochs": 12, "patience": 3},
+            "target": {"metric": "rmse", "value": 1.0},
+        }
+    )
     b = load_data(cfg)
     r = fit(cfg, b, tmp_path / "fit", progress=False)
     scores = [h["val_score"] for h in r.history]
@@ -205,9 +259,17 @@ def test_float_npz_labels_train_and_early_stopping_keeps_the_lowest_rmse(tmp_pat
     assert r.history[0]["val_accuracy"] is None and "train_rmse" in r.history[0]
     again = fit(cfg, load_data(cfg), None, progress=False)  # same config + seed on CPU: identical metrics
     assert [h["val_score"] for h in again.history] == scores
-    huber = fit(validate_config_dict({**cfg.model_dump(mode="json"), "training": {**cfg.training.model_dump(mode="json"),
-                                                                                 "regression_loss": "huber"}}),
-                load_data(cfg), None, progress=False)
+    huber = fit(
+        validate_config_dict(
+            {
+                **cfg.model_dump(mode="json"),
+                "training": {**cfg.training.model_dump(mode="json"), "regression_loss": "huber"},
+            }
+        ),
+        load_data(cfg),
+        None,
+        progress=False,
+    )
     assert huber.history[0]["train_loss"] != r.history[0]["train_loss"]
 
 
@@ -244,6 +306,7 @@ def test_tabm_regression_predicts_the_members_mean_and_exports_in_label_units(tm
 
 # ----------------------------------------------------------------------------- the whole run, README as written
 
+
 @pytest.mark.slow
 def test_the_readmes_number_walkthrough_as_written(tmp_path):
     """README "A number to predict": the config and the three commands, on a generated price table.
@@ -254,13 +317,17 @@ def test_the_readmes_number_walkthrough_as_written(tmp_path):
     readme = (ROOT / "README.md").read_text()
     section = readme.split("## A number to predict")[1].split("\n## ")[0]
     (tmp_path / "prices.yaml").write_text(re.search(r"```yaml\n(.*?)```", section, re.S).group(1))
-    commands = [line.split("#")[0].strip() for line in re.search(r"```bash\n(.*?)```", section, re.S).group(1).splitlines()]
+    commands = [
+        line.split("#")[0].strip() for line in re.search(r"```bash\n(.*?)```", section, re.S).group(1).splitlines()
+    ]
     (tmp_path / "data").mkdir()
     df = price_table(900, seed=1)
     df.to_csv(tmp_path / "data" / "prices.csv", index=False)
     new = price_table(40, seed=2)
     new.drop(columns=["price"]).to_csv(tmp_path / "data" / "new_homes.csv", index=False)
-    results = [subprocess.run(shlex.split(c), cwd=tmp_path, capture_output=True, text=True, timeout=1800) for c in commands]
+    results = [
+        subprocess.run(shlex.split(c), cwd=tmp_path, capture_output=True, text=True, timeout=1800) for c in commands
+    ]
     validate, run, pred = results
     assert validate.returncode == 0, validate.stdout + validate.stderr
     assert run.returncode in (0, 3), run.stdout[-3000:] + run.stderr[-3000:]
@@ -274,7 +341,11 @@ def test_the_readmes_number_walkthrough_as_written(tmp_path):
     gate = json.loads((final / "gate.json").read_text())
     status = {c["id"]: c["status"] for c in gate["checks"]}
     assert status["per_class_reported"] == "na" and status["calibration_measured"] == "na"
-    assert status["onnx_parity"] == "pass" and status["raw_rows_predict"] == "pass" and status["deployment_guide"] == "pass"
+    assert (
+        status["onnx_parity"] == "pass"
+        and status["raw_rows_predict"] == "pass"
+        and status["deployment_guide"] == "pass"
+    )
     assert (status["test_meets_target"] == "pass") == (test["test"]["rmse"] <= 30), gate["checks"]
     assert "units of the label 'price'" in (final / "model_card.md").read_text()
     # ONNX gives the label's units: close to the true prices of the new rows
@@ -287,7 +358,9 @@ def test_the_readmes_number_walkthrough_as_written(tmp_path):
     planning = tmp_path / "runs" / "prices" / "01_planning"
     norm = json.loads((planning / "splits.json").read_text())["normalization"]
     pre = Preprocess.from_dict(json.loads((planning / "preprocess.json").read_text()))
-    x = ((pre.transform(new.drop(columns=["price"])) - np.array(norm["mean"])) / np.array(norm["std"])).astype(np.float32)
+    x = ((pre.transform(new.drop(columns=["price"])) - np.array(norm["mean"])) / np.array(norm["std"])).astype(
+        np.float32
+    )
     onnx_out = ort.InferenceSession(str(final / "model.onnx")).run(None, {"input": x})[0]
     assert onnx_out.shape == (40, 1) and np.allclose(onnx_out[:, 0], out["prediction"], rtol=1e-4, atol=1e-3)
 
@@ -300,9 +373,11 @@ def test_phase_3_and_4_judge_an_rmse_in_its_direction(tmp_path):
     from trainkit.testing import run_phase_inprocess
 
     price_table(700, seed=3).to_csv(tmp_path / "p.csv", index=False)
-    (tmp_path / "cfg.yaml").write_text(f"data: {{source: csv, root: {tmp_path / 'p.csv'}, label: price}}\n"
-                                       "target: {metric: rmse, value: 1}\ntraining: {epochs: 4}\n"
-                                       "budget: {max_optimization_iterations: 1}\n")
+    (tmp_path / "cfg.yaml").write_text(
+        f"data: {{source: csv, root: {tmp_path / 'p.csv'}, label: price}}\n"
+        "target: {metric: rmse, value: 1}\ntraining: {epochs: 4}\n"
+        "budget: {max_optimization_iterations: 1}\n"
+    )
     run = tmp_path / "run"
     run_phase_inprocess("01_planning", run, config_path=str(tmp_path / "cfg.yaml"))
     run_phase_inprocess("02_baseline", run, attempt=1)
@@ -331,8 +406,10 @@ def test_fit_findings_speak_in_the_metric_too():
     from trainkit.diagnostics import in_metric_terms, skill_view
     from trainkit.diagnostics.findings import Finding
 
-    hist = [{"epoch": 0, "train_loss": 0.3, "val_loss": 0.5, "train_score": 2.0, "val_score": 6.0},
-            {"epoch": 1, "train_loss": 0.1, "val_loss": 0.6, "train_score": 1.0, "val_score": 7.0}]
+    hist = [
+        {"epoch": 0, "train_loss": 0.3, "val_loss": 0.5, "train_score": 2.0, "val_score": 6.0},
+        {"epoch": 1, "train_loss": 0.1, "val_loss": 0.6, "train_score": 1.0, "val_score": 7.0},
+    ]
     ev = skill_view({"history": hist, "best": hist[0], "target": 3.0}, "rmse", 10.0)
     assert [h["val_accuracy"] for h in ev["history"]] == pytest.approx([0.4, 0.3])  # skill: 1 - rmse / 10
     assert ev["history"][1]["train_accuracy"] == pytest.approx(0.9) and ev["target"] == pytest.approx(0.7)
@@ -349,9 +426,11 @@ def test_a_failed_regression_baseline_is_diagnosed_and_a_fix_that_learns_is_chos
     from trainkit.testing import run_phase_inprocess
 
     price_table(600, seed=4).to_csv(tmp_path / "p.csv", index=False)
-    (tmp_path / "cfg.yaml").write_text(f"data: {{source: csv, root: {tmp_path / 'p.csv'}, label: price}}\n"
-                                       "model: {name: mlp, kwargs: {hidden: [32]}}\noptimizer: {name: sgd, lr: 1000000.0}\n"
-                                       "target: {metric: mae, value: 10}\ntraining: {epochs: 3}\n")
+    (tmp_path / "cfg.yaml").write_text(
+        f"data: {{source: csv, root: {tmp_path / 'p.csv'}, label: price}}\n"
+        "model: {name: mlp, kwargs: {hidden: [32]}}\noptimizer: {name: sgd, lr: 1000000.0}\n"
+        "target: {metric: mae, value: 10}\ntraining: {epochs: 3}\n"
+    )
     run = tmp_path / "run"
     run_phase_inprocess("01_planning", run, config_path=str(tmp_path / "cfg.yaml"))
     run_phase_inprocess("02_baseline", run, attempt=1)
@@ -386,8 +465,18 @@ def test_a_small_number_table_still_splits_and_a_tiny_one_is_a_clear_error(tmp_p
 def test_the_curves_of_a_regression_show_its_metric():
     from trainkit.plots import comparison_figure, curves_figure
 
-    h = [{"epoch": e, "train_loss": 1 / (e + 1), "val_loss": 1 / (e + 2), "train_accuracy": None, "val_accuracy": None,
-          "train_score": 5.0 - e, "val_score": 6.0 - e} for e in range(3)]
+    h = [
+        {
+            "epoch": e,
+            "train_loss": 1 / (e + 1),
+            "val_loss": 1 / (e + 2),
+            "train_accuracy": None,
+            "val_accuracy": None,
+            "train_score": 5.0 - e,
+            "val_score": 6.0 - e,
+        }
+        for e in range(3)
+    ]
     fig = curves_figure(h)
     assert list(fig.axes[1].lines[1].get_ydata()) == [6.0, 5.0, 4.0]
     fig = comparison_figure({"baseline": [h]})

@@ -110,8 +110,11 @@ def test_no_import_cycles_in_the_package():
 
 def _functions(path: Path) -> list[tuple[str, int]]:
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    return [(n.name, n.end_lineno - n.lineno + 1) for n in ast.walk(tree)
-            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno is not None]
+    return [
+        (n.name, n.end_lineno - n.lineno + 1)
+        for n in ast.walk(tree)
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno is not None
+    ]
 
 
 def test_modules_and_functions_stay_readable():
@@ -124,8 +127,12 @@ def test_modules_and_functions_stay_readable():
 
 
 def test_no_type_ignore_in_the_package():
-    hits = [f"{p.relative_to(ROOT.parent)}:{i}" for p in MODULES.values()
-            for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if "type: ignore" in line]
+    hits = [
+        f"{p.relative_to(ROOT.parent)}:{i}"
+        for p in MODULES.values()
+        for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
+        if "type: ignore" in line
+    ]
     assert hits == []
 
 
@@ -134,7 +141,9 @@ def test_the_data_layer_knows_no_phase_names(name):
     text = MODULES[name].read_text(encoding="utf-8")
     for phase in ("01_planning", "02_baseline", "03_diagnostics", "04_optimization", "05_finalization", "run.json"):
         assert phase not in text, f"{name} spells {phase}"
-    reaches = {d for d in import_graph()[name] if d == "trainkit.run" or d.startswith(("trainkit.phases", "trainkit.pipeline"))}
+    reaches = {
+        d for d in import_graph()[name] if d == "trainkit.run" or d.startswith(("trainkit.phases", "trainkit.pipeline"))
+    }
     assert reaches == set(), f"{name} imports {reaches}"
 
 

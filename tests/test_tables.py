@@ -21,14 +21,18 @@ from trainkit.testing import tiny_config
 def churn_frame(n: int = 600, seed: int = 0) -> pd.DataFrame:
     """Customers: an ID, a numeric with gaps, a categorical, a boolean, a date, free text, a label."""
     rng = np.random.default_rng(seed)
-    df = pd.DataFrame({
-        "customer_id": np.arange(5000, 5000 + n),
-        "age": rng.normal(40, 10, n).round(),
-        "plan": rng.choice(["basic", "pro", "max"], n, p=[0.5, 0.3, 0.2]),
-        "paperless": rng.random(n) < 0.5,
-        "signup": pd.date_range("2021-01-01", periods=n, freq="D").strftime("%Y-%m-%d"),
-        "comment": [f"customer {i} wrote a long free text comment about the service number {i * 7}" for i in range(n)],
-    })
+    df = pd.DataFrame(
+        {
+            "customer_id": np.arange(5000, 5000 + n),
+            "age": rng.normal(40, 10, n).round(),
+            "plan": rng.choice(["basic", "pro", "max"], n, p=[0.5, 0.3, 0.2]),
+            "paperless": rng.random(n) < 0.5,
+            "signup": pd.date_range("2021-01-01", periods=n, freq="D").strftime("%Y-%m-%d"),
+            "comment": [
+                f"customer {i} wrote a long free text comment about the service number {i * 7}" for i in range(n)
+            ],
+        }
+    )
     df.loc[rng.choice(n, n // 10, replace=False), "age"] = np.nan
     df.loc[rng.choice(n, n // 20, replace=False), "plan"] = None
     df["churn"] = np.where((df.plan == "basic") & (df.age.fillna(40) > 38), "yes", "no")
@@ -36,8 +40,14 @@ def churn_frame(n: int = 600, seed: int = 0) -> pd.DataFrame:
 
 
 def _cfg(path, **over):
-    return tiny_config({"data.source": "parquet" if str(path).endswith(".parquet") else "csv", "data.root": str(path),
-                        "data.label": "churn", **{f"data.{k}": v for k, v in over.items()}})
+    return tiny_config(
+        {
+            "data.source": "parquet" if str(path).endswith(".parquet") else "csv",
+            "data.root": str(path),
+            "data.label": "churn",
+            **{f"data.{k}": v for k, v in over.items()},
+        }
+    )
 
 
 @pytest.fixture
@@ -83,8 +93,15 @@ def test_preprocessing_is_fitted_on_the_train_split_only(churn_csv):
 def test_unseen_categories_go_to_other_gaps_are_imputed_and_a_missing_column_is_named(churn_csv):
     b = load_data(_cfg(churn_csv))
     pre = Preprocess.from_dict(json.loads(json.dumps(b.source.table.preprocess.to_dict())))  # as saved
-    rows = pd.DataFrame({"age": [np.nan, 50.0], "plan": ["enterprise", None], "paperless": [True, False],
-                         "signup": ["2022-03-04", "2022-03-05"], "extra": [1, 2]})  # an extra column is ignored
+    rows = pd.DataFrame(
+        {
+            "age": [np.nan, 50.0],
+            "plan": ["enterprise", None],
+            "paperless": [True, False],
+            "signup": ["2022-03-04", "2022-03-05"],
+            "extra": [1, 2],
+        }
+    )  # an extra column is ignored
     x = pre.transform(rows)
     names = pre.features
     assert np.isfinite(x).all() and x.shape == (2, len(names))
@@ -102,7 +119,9 @@ def test_a_numeric_category_matches_however_the_new_rows_write_it(tmp_path):
     pre = load_data(_cfg(tmp_path / "t.csv", categorical=["store"])).source.table.preprocess
     rows = df.head(4).assign(store=pd.array([7, 12, 7, 99], dtype="Int64"))  # new rows without gaps: "7"
     x, names = pre.transform(rows), pre.features
-    assert [x[i, names.index(f)] for i, f in enumerate(["store=7.0", "store=12.0", "store=7.0", f"store {OTHER}"])] == [1.0] * 4
+    assert [x[i, names.index(f)] for i, f in enumerate(["store=7.0", "store=12.0", "store=7.0", f"store {OTHER}"])] == [
+        1.0
+    ] * 4
 
 
 def test_the_run_saves_the_preprocessing_and_later_phases_use_it(churn_csv, tmp_path):
@@ -111,7 +130,11 @@ def test_the_run_saves_the_preprocessing_and_later_phases_use_it(churn_csv, tmp_
     cfg = _cfg(churn_csv)
     first = load_run_data(cfg, run, "01_planning", write_splits=True)
     saved = json.loads((RunFolder(run).planning / PREPROCESS).read_text())
-    assert saved["version"] == 1 and saved["classes"] == ["no", "yes"] and saved["features"] == first.source.table.preprocess.features
+    assert (
+        saved["version"] == 1
+        and saved["classes"] == ["no", "yes"]
+        and saved["features"] == first.source.table.preprocess.features
+    )
     later = load_run_data(cfg, run, "02_baseline")
     assert later.source.table.preprocess.to_dict() == saved
     assert later.info["fingerprints"] == first.info["fingerprints"]
@@ -122,8 +145,12 @@ def test_a_network_learns_the_table(churn_csv):
     from trainkit.train import fit
 
     cfg = _cfg(churn_csv)
-    cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update={"epochs": 25}),
-                                 "optimizer": cfg.optimizer.model_copy(update={"name": "adam", "lr": 3e-3})})
+    cfg = cfg.model_copy(
+        update={
+            "training": cfg.training.model_copy(update={"epochs": 25}),
+            "optimizer": cfg.optimizer.model_copy(update={"name": "adam", "lr": 3e-3}),
+        }
+    )
     b = load_data(cfg)
     r = fit(cfg, b, None, progress=False)
     majority = np.bincount(b.split_labels("val").numpy()).max() / len(b.splits["val"])
@@ -153,16 +180,33 @@ BAD = {
     "missing label column": (lambda df: df.drop(columns=["churn"]), {}, "no column 'churn'.*columns are"),
     "label column spelt otherwise": (lambda df: df.rename(columns={"churn": "Churn "}), {}, "did you mean 'Churn '"),
     "one class": (lambda df: df.assign(churn="no"), {}, "at least 2 classes"),
-    "label gaps": (lambda df: df.assign(churn=df["churn"].where(df.index % 50 != 0)), {}, r"12 row\(s\).*drop_unlabelled"),
+    "label gaps": (
+        lambda df: df.assign(churn=df["churn"].where(df.index % 50 != 0)),
+        {},
+        r"12 row\(s\).*drop_unlabelled",
+    ),
     "all missing column": (lambda df: df.assign(empty=np.nan), {}, "'empty': every value is missing"),
-    "mixed types": (lambda df: df.assign(age=df["age"].astype(object).where(df.index != 7, "unknown")), {},
-                    "'age' mixes numbers and text.*'unknown'"),
+    "mixed types": (
+        lambda df: df.assign(age=df["age"].astype(object).where(df.index != 7, "unknown")),
+        {},
+        "'age' mixes numbers and text.*'unknown'",
+    ),
     "unknown feature": (lambda df: df, {"features": ["age", "nope"]}, "'nope'"),
-    "continuous label": (lambda df: df.assign(churn=np.linspace(0, 1, len(df)) ** 2), {}, "a quantity, not classes.*rmse, mae or r2.*data.categorical"),
-    "an ID as the label": (lambda df: df.assign(churn=[f"c{i * 2 // 3}" for i in range(len(df))]), {},
-                           "400 distinct values in 600 rows.*single row"),
-    "classes too small to split": (lambda df: df.assign(churn=[f"c{i // 2}" for i in range(len(df))]), {},
-                                   "300 classes.*2 rows a class.*none in"),
+    "continuous label": (
+        lambda df: df.assign(churn=np.linspace(0, 1, len(df)) ** 2),
+        {},
+        "a quantity, not classes.*rmse, mae or r2.*data.categorical",
+    ),
+    "an ID as the label": (
+        lambda df: df.assign(churn=[f"c{i * 2 // 3}" for i in range(len(df))]),
+        {},
+        "400 distinct values in 600 rows.*single row",
+    ),
+    "classes too small to split": (
+        lambda df: df.assign(churn=[f"c{i // 2}" for i in range(len(df))]),
+        {},
+        "300 classes.*2 rows a class.*none in",
+    ),
 }
 
 
@@ -188,14 +232,20 @@ def _features(path) -> tuple[np.ndarray, list[str], list[str]]:
     return x.numpy(), b.source.table.preprocess.features, b.source.table.read_notes
 
 
-@pytest.mark.parametrize("fmt", ["semicolons, decimal commas, Windows-1252", "gzip, semicolons", "tabs", "spaces after commas"])
+@pytest.mark.parametrize(
+    "fmt", ["semicolons, decimal commas, Windows-1252", "gzip, semicolons", "tabs", "spaces after commas"]
+)
 def test_csv_exports_as_spreadsheets_and_databases_write_them_read_as_the_same_table(tmp_path, fmt):
     df = _export_frame()
     df.to_csv(tmp_path / "plain.csv", index=False)
     p = tmp_path / "export.csv"
     if fmt.startswith("semicolons"):
         df.to_csv(p, index=False, sep=";", decimal=",", encoding="cp1252")
-        want = ["columns separated by ';'", "read as cp1252 (the file is not valid UTF-8)", "decimal commas (1,5 = 1.5)"]
+        want = [
+            "columns separated by ';'",
+            "read as cp1252 (the file is not valid UTF-8)",
+            "decimal commas (1,5 = 1.5)",
+        ]
     elif fmt == "gzip, semicolons":
         p = tmp_path / "export.csv.gz"
         df.to_csv(p, index=False, sep=";")
@@ -217,8 +267,9 @@ def test_placeholders_for_a_gap_in_a_numeric_column_are_gaps_and_said_so(tmp_pat
     df = _export_frame()
     df.to_csv(tmp_path / "plain.csv", index=False)
     marked = df.astype({"age": object})
-    marked.loc[marked["age"].isna(), "age"] = ["?", " - "] * int(marked["age"].isna().sum() // 2) + \
-        ["?"] * int(marked["age"].isna().sum() % 2)
+    marked.loc[marked["age"].isna(), "age"] = ["?", " - "] * int(marked["age"].isna().sum() // 2) + ["?"] * int(
+        marked["age"].isna().sum() % 2
+    )
     marked.to_csv(tmp_path / "marked.csv", index=False)
     b = load_data(_cfg(tmp_path / "marked.csv"))
     table = b.source.table
@@ -238,21 +289,37 @@ def test_parquet_column_types_of_databases_and_pandas_are_encoded(tmp_path):
     import decimal
 
     n, rng = 200, np.random.default_rng(0)
-    df = pd.DataFrame({
-        "count": pd.array([None if i % 9 == 0 else int(v) for i, v in enumerate(rng.integers(0, 50, n))], dtype="Int64"),
-        "flag": pd.array([None if i % 7 == 0 else bool(v) for i, v in enumerate(rng.random(n) < .5)], dtype="boolean"),
-        "amount": [decimal.Decimal(str(round(v, 2))) for v in rng.normal(10, 3, n)],
-        "at": pd.date_range("2024-01-01", periods=n, freq="h", tz="Europe/Paris"),
-        "colour": pd.Categorical(rng.choice(["red", "blue", None], n)),
-        "churn": rng.choice(["yes", "no"], n)})
+    df = pd.DataFrame(
+        {
+            "count": pd.array(
+                [None if i % 9 == 0 else int(v) for i, v in enumerate(rng.integers(0, 50, n))], dtype="Int64"
+            ),
+            "flag": pd.array(
+                [None if i % 7 == 0 else bool(v) for i, v in enumerate(rng.random(n) < 0.5)], dtype="boolean"
+            ),
+            "amount": [decimal.Decimal(str(round(v, 2))) for v in rng.normal(10, 3, n)],
+            "at": pd.date_range("2024-01-01", periods=n, freq="h", tz="Europe/Paris"),
+            "colour": pd.Categorical(rng.choice(["red", "blue", None], n)),
+            "churn": rng.choice(["yes", "no"], n),
+        }
+    )
     df.to_parquet(tmp_path / "t.parquet")
     b = load_data(_cfg(tmp_path / "t.parquet"))
     table = b.source.table
-    assert table.kinds == {"count": "numeric", "flag": "boolean", "amount": "numeric", "at": "datetime", "colour": "categorical"}
+    assert table.kinds == {
+        "count": "numeric",
+        "flag": "boolean",
+        "amount": "numeric",
+        "at": "datetime",
+        "colour": "categorical",
+    }
     x = table.preprocess.transform(df.head(20))
     assert np.isfinite(x).all() and x.shape[1] == len(table.preprocess.features)
-    assert np.allclose(x[:, table.preprocess.features.index("amount")] * table.preprocess.columns[2]["std"]
-                       + table.preprocess.columns[2]["mean"], df["amount"].head(20).astype(float))
+    assert np.allclose(
+        x[:, table.preprocess.features.index("amount")] * table.preprocess.columns[2]["std"]
+        + table.preprocess.columns[2]["mean"],
+        df["amount"].head(20).astype(float),
+    )
 
 
 def test_a_file_without_a_header_row_is_named_as_such(tmp_path):
@@ -296,7 +363,9 @@ def test_config_validate_checks_the_table(tmp_path):
     churn_frame(100).assign(churn="no").to_csv(p, index=False)
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump(_cfg(p).model_dump(mode="json")))
-    r = subprocess.run([sys.executable, "-m", "trainkit.cli", "config", "validate", str(cfg)], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "trainkit.cli", "config", "validate", str(cfg)], capture_output=True, text=True
+    )
     assert r.returncode == 2 and "at least 2 classes" in r.stderr, r.stdout + r.stderr
 
 
@@ -310,9 +379,13 @@ def table_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("table_run")
     churn_frame(600).to_csv(root / "churn.csv", index=False)
     cfg = _cfg(root / "churn.csv")
-    cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update={"epochs": 15}),
-                                 "optimizer": cfg.optimizer.model_copy(update={"name": "adam", "lr": 3e-3}),
-                                 "target": cfg.target.model_copy(update={"metric": "macro_f1"})})
+    cfg = cfg.model_copy(
+        update={
+            "training": cfg.training.model_copy(update={"epochs": 15}),
+            "optimizer": cfg.optimizer.model_copy(update={"name": "adam", "lr": 3e-3}),
+            "target": cfg.target.model_copy(update={"metric": "macro_f1"}),
+        }
+    )
     (root / "cfg.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     run = root / "run"
     run_phase_inprocess("01_planning", run, config_path=str(root / "cfg.yaml"))
@@ -332,8 +405,21 @@ def test_predict_from_raw_rows_matches_the_model_on_the_same_rows(table_run):
     val = bundle.splits["val"]
     raw = pd.read_csv(root / "churn.csv").iloc[val].drop(columns=["churn"]).assign(unused="x")  # extra column: ignored
     raw.to_csv(root / "new.csv", index=False)
-    r = subprocess.run([sys.executable, "-m", "trainkit.cli", "predict", str(run), str(root / "new.csv"), "-o",
-                        str(root / "pred.csv")], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "trainkit.cli",
+            "predict",
+            str(run),
+            str(root / "new.csv"),
+            "-o",
+            str(root / "pred.csv"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0 and f"{len(val)} prediction(s)" in r.stdout, r.stdout + r.stderr
     pred = pd.read_csv(root / "pred.csv")
     assert list(pred.columns) == ["row", "prediction", "p(no)", "p(yes)"]
@@ -346,8 +432,13 @@ def test_predict_from_raw_rows_matches_the_model_on_the_same_rows(table_run):
     assert np.allclose(pred[["p(no)", "p(yes)"]].to_numpy(), expected, atol=1e-5)
     assert pred["prediction"].tolist() == [["no", "yes"][i] for i in expected.argmax(1)]
     raw.drop(columns=["plan"]).to_csv(root / "missing.csv", index=False)
-    bad = subprocess.run([sys.executable, "-m", "trainkit.cli", "predict", str(run), str(root / "missing.csv")],
-                         capture_output=True, text=True, timeout=300, cwd=root)
+    bad = subprocess.run(
+        [sys.executable, "-m", "trainkit.cli", "predict", str(run), str(root / "missing.csv")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=root,
+    )
     assert bad.returncode == 2 and "'plan'" in bad.stderr, bad.stdout + bad.stderr
 
 
@@ -356,7 +447,11 @@ def test_phase1_shows_the_columns_and_the_class_balance(table_run):
     _, run, _ = table_run
     cols = json.loads((run / "01_planning" / "columns.json").read_text())
     by = {c["column"]: c for c in cols["columns"]}
-    assert by["plan"]["kind"] == "categorical" and 0 < by["age"]["missing"] < 0.2 and by["customer_id"]["kind"] == "excluded"
+    assert (
+        by["plan"]["kind"] == "categorical"
+        and 0 < by["age"]["missing"] < 0.2
+        and by["customer_id"]["kind"] == "excluded"
+    )
     assert by["plan"]["label_score"] > by["paperless"]["label_score"]  # plan drives churn in this table
     gate = json.loads((run / "01_planning" / "gate.json").read_text())
     assert "01_planning/preprocess.json" in gate["artifacts"]
@@ -399,7 +494,9 @@ def test_equal_records_of_a_few_discrete_columns_are_chance_not_leaks(tmp_path):
     """Two passengers of the same age, sex and class are two people: reported, never a leak."""
     rng = np.random.default_rng(1)
     n = 900
-    df = pd.DataFrame({"age": rng.integers(1, 80, n), "sex": rng.choice(["f", "m"], n), "pclass": rng.integers(1, 4, n)})
+    df = pd.DataFrame(
+        {"age": rng.integers(1, 80, n), "sex": rng.choice(["f", "m"], n), "pclass": rng.integers(1, 4, n)}
+    )
     df["survived"] = np.where((df.sex == "f") | (df.age < 12), "yes", "no")
     df.to_csv(tmp_path / "t.csv", index=False)
     b = load_data(tiny_config({"data.source": "csv", "data.root": str(tmp_path / "t.csv"), "data.label": "survived"}))
@@ -414,8 +511,9 @@ def test_copied_records_of_a_continuous_table_are_leaks_and_a_shared_id_is_named
 
     rng = np.random.default_rng(2)
     n = 800
-    df = pd.DataFrame({"patient": [f"P{i:04d}" for i in rng.integers(0, 700, n)], "x1": rng.normal(size=n),
-                       "x2": rng.normal(size=n)})  # a patient may have several rows
+    df = pd.DataFrame(
+        {"patient": [f"P{i:04d}" for i in rng.integers(0, 700, n)], "x1": rng.normal(size=n), "x2": rng.normal(size=n)}
+    )  # a patient may have several rows
     df["y"] = np.where(df.x1 + df.x2 > 0, "pos", "neg")
     df = pd.concat([df, df.iloc[:80]], ignore_index=True)  # 80 rows copied
     df.to_csv(tmp_path / "t.csv", index=False)
@@ -426,8 +524,10 @@ def test_copied_records_of_a_continuous_table_are_leaks_and_a_shared_id_is_named
     assert id_overlap(b.source.table, b.splits)["patient"] == 0  # while the quarantine is closed no test ID is there
     from trainkit.data import Quarantine
 
-    b = load_data(tiny_config({"data.source": "csv", "data.root": str(tmp_path / "t.csv"), "data.label": "y"}),
-                  quarantine=Quarantine(open=True, who="05_finalization"))  # as Phase 5 loads it
+    b = load_data(
+        tiny_config({"data.source": "csv", "data.root": str(tmp_path / "t.csv"), "data.label": "y"}),
+        quarantine=Quarantine(open=True, who="05_finalization"),
+    )  # as Phase 5 loads it
     assert id_overlap(b.source.table, b.splits)["patient"] > 0  # the same patient on both sides of the split
 
 
@@ -457,12 +557,16 @@ def test_the_readmes_own_table_walkthrough_as_written(tmp_path):
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     section = readme.split("## Your own table")[1].split("\n## ")[0]
     (tmp_path / "churn.yaml").write_text(re.search(r"```yaml\n(.*?)```", section, re.S).group(1))
-    commands = [line.split("#")[0].strip() for line in re.search(r"```bash\n(.*?)```", section, re.S).group(1).splitlines()]
+    commands = [
+        line.split("#")[0].strip() for line in re.search(r"```bash\n(.*?)```", section, re.S).group(1).splitlines()
+    ]
     (tmp_path / "data").mkdir()
     df = churn_frame(600)
     df.to_csv(tmp_path / "data" / "churn.csv", index=False)
     df.drop(columns=["churn"]).head(25).to_csv(tmp_path / "data" / "new_customers.csv", index=False)
-    results = [subprocess.run(shlex.split(c), cwd=tmp_path, capture_output=True, text=True, timeout=1800) for c in commands]
+    results = [
+        subprocess.run(shlex.split(c), cwd=tmp_path, capture_output=True, text=True, timeout=1800) for c in commands
+    ]
     validate, run, pred = results
     assert validate.returncode == 0, validate.stdout + validate.stderr
     assert run.returncode in (0, 3), run.stdout[-3000:] + run.stderr[-3000:]  # ready, or waiting for the stakeholder
@@ -473,13 +577,17 @@ def test_the_readmes_own_table_walkthrough_as_written(tmp_path):
     gate = json.loads((tmp_path / "runs" / "churn" / "05_finalization" / "gate.json").read_text())
     status = {c["id"]: c["status"] for c in gate["checks"]}
     assert status["test_disjoint"] == "pass" and status["test_meets_target"] == "pass", gate["checks"]
-    assert status["raw_rows_predict"] == "pass", gate["checks"]  # raw test rows through `trainkit predict`, as evaluated
+    assert status["raw_rows_predict"] == "pass", gate[
+        "checks"
+    ]  # raw test rows through `trainkit predict`, as evaluated
     # the deployment guide predicts from raw rows with onnxruntime, numpy and preprocess.json alone
     final = tmp_path / "runs" / "churn" / "05_finalization"
     assert status["deployment_guide"] == "pass", gate["checks"]
     guide = (final / "deployment_guide.md").read_text()
     code = re.findall(r"```python\n(.*?)```", guide.split("## From raw rows")[1], re.S)[0]
-    blocked = "import sys\nfor m in ('trainkit', 'pandas', 'torch'):\n    sys.modules[m] = None\n"  # importing them fails
+    blocked = (
+        "import sys\nfor m in ('trainkit', 'pandas', 'torch'):\n    sys.modules[m] = None\n"  # importing them fails
+    )
     ran = subprocess.run([sys.executable, "-c", blocked + code], cwd=final, capture_output=True, text=True, timeout=300)
     assert ran.returncode == 0 and "raw-row predictions: [" in ran.stdout, ran.stdout + ran.stderr
     pre = json.loads((final / "preprocess.json").read_text())
@@ -579,8 +687,12 @@ def test_a_column_that_gives_the_label_away_is_named_a_possible_leak(churn_csv):
     df["refund_amount"] = np.where(df["churn"] == "yes", 50.0, 0.0) + rng.normal(0, 1, len(df))  # a continuous one
     df.to_csv(churn_csv, index=False)
     b = load_data(_cfg(churn_csv))  # the quarantine closed, as in Phases 1-4: the test rows are blank
-    rows = {r["column"]: r for r in b.source.table.overview_of(b.splits["train"], b.split_labels("train").numpy(),
-                                                               b.splits["val"], b.split_labels("val").numpy())}
+    rows = {
+        r["column"]: r
+        for r in b.source.table.overview_of(
+            b.splits["train"], b.split_labels("train").numpy(), b.splits["val"], b.split_labels("val").numpy()
+        )
+    }
     assert rows["refund_issued"]["possible_leak"] and rows["refund_issued"]["label_score"] == 1.0
     assert rows["refund_amount"]["possible_leak"] and rows["refund_amount"]["label_score"] >= 0.99
     assert not rows["noise"]["possible_leak"] and not rows["plan"]["possible_leak"]
@@ -603,18 +715,30 @@ def test_table_problems_are_named_by_column_and_a_clean_table_has_none(tmp_path,
     def judged(path, label):
         cfg = tiny_config({"data.source": "csv", "data.root": str(path), "data.label": label})
         b = load_data(cfg)
-        ev = {"probes": {"data": _probe(b)}, "config": config_to_dict(cfg), "val_size": len(b.splits["val"]),
-              "target": 0.99, "best": {"val_accuracy": 0.9}}
+        ev = {
+            "probes": {"data": _probe(b)},
+            "config": config_to_dict(cfg),
+            "val_size": len(b.splits["val"]),
+            "target": 0.99,
+            "best": {"val_accuracy": 0.9},
+        }
         return _probe(b)["table"], detect_data_quality(ev)
 
     table, f = judged(tmp_path / "t.csv", "y")
     assert table["leaky_columns"] == ["status"] and table["constant_columns"] == ["const"]
     assert set(table["unseen_categories"]) == {"region"} and table["unseen_categories"]["region"]["fraction"] > 0.05
-    assert {"leaky_column", "unseen_categories"} <= set(f.evidence["problems"]) and f.evidence["leaky_columns"] == ["status"]
+    assert {"leaky_column", "unseen_categories"} <= set(f.evidence["problems"]) and f.evidence["leaky_columns"] == [
+        "status"
+    ]
     advice = {r.id: r for r in f.recommendations}
-    assert advice["drop_leaky_columns"].kind == "advice" and "data.drop: ['status']" in advice["drop_leaky_columns"].rationale
+    assert (
+        advice["drop_leaky_columns"].kind == "advice"
+        and "data.drop: ['status']" in advice["drop_leaky_columns"].rationale
+    )
     clean_table, clean = judged(churn_csv, "churn")
-    assert clean_table["leaky_columns"] == [] and not {"leaky_column", "unseen_categories"} & set(clean.evidence["problems"])
+    assert clean_table["leaky_columns"] == [] and not {"leaky_column", "unseen_categories"} & set(
+        clean.evidence["problems"]
+    )
 
 
 def test_a_numeric_measurement_is_never_an_id_and_an_integer_run_is():
@@ -635,8 +759,14 @@ def test_one_chance_duplicate_is_reported_and_a_copied_table_still_blocks():
 
     rng = np.random.default_rng(1)
     n = 1461
-    df = pd.DataFrame({"precipitation": rng.exponential(2, n).round(1), "temp_max": rng.normal(16, 7, n).round(1),
-                       "temp_min": rng.normal(8, 5, n).round(1), "wind": rng.gamma(3, 1, n).round(1)})
+    df = pd.DataFrame(
+        {
+            "precipitation": rng.exponential(2, n).round(1),
+            "temp_max": rng.normal(16, 7, n).round(1),
+            "temp_min": rng.normal(8, 5, n).round(1),
+            "wind": rng.gamma(3, 1, n).round(1),
+        }
+    )
     ok, why = shared_records_verdict(df, list(df.columns), 1, 219, 1242)  # Seattle weather: 1 of 219 test rows
     assert ok and "1 of 219 records" in why and "not a leak" in why and "predict" in why
     ok, why = shared_records_verdict(df, list(df.columns), 40, 219, 1242)  # rows exported twice, then split
@@ -674,10 +804,18 @@ def test_the_production_gate_reports_a_chance_duplicate_instead_of_blocking(tmp_
 def test_a_failed_per_class_floor_shows_what_the_references_recall_of_those_classes():
     from trainkit.phases.peers import floor_evidence, recall_table
 
-    rec = {"accuracy": 0.93, "per_class": [{"class": "sun", "recall": 0.97}, {"class": "snow", "recall": 0.20},
-                                            {"class": "fog", "recall": 0.30}],
-           "reference_recall": {"logistic_regression": {"accuracy": 0.90, "recall": [0.98, 0.0, 0.10]},
-                                "boosted_trees": {"accuracy": 0.92, "recall": [0.96, 0.15, 0.25]}}}
+    rec = {
+        "accuracy": 0.93,
+        "per_class": [
+            {"class": "sun", "recall": 0.97},
+            {"class": "snow", "recall": 0.20},
+            {"class": "fog", "recall": 0.30},
+        ],
+        "reference_recall": {
+            "logistic_regression": {"accuracy": 0.90, "recall": [0.98, 0.0, 0.10]},
+            "boosted_trees": {"accuracy": 0.92, "recall": [0.96, 0.15, 0.25]},
+        },
+    }
     low = rec["per_class"][1:]
     why = floor_evidence(rec, low)
     assert "snow: network 0.200, best reference 0.150 (boosted trees)" in why
@@ -686,4 +824,7 @@ def test_a_failed_per_class_floor_shows_what_the_references_recall_of_those_clas
     assert "no reference does better" not in floor_evidence(rec, low)
     rows = recall_table(rec)
     assert "| snow | 0.200 | 0.000 | 0.600 |" in rows and rows[-1] == "| (accuracy) | 0.930 | 0.900 | 0.920 |"
-    assert floor_evidence({**rec, "reference_recall": {}}, low) == "" and recall_table({**rec, "reference_recall": {}}) == []
+    assert (
+        floor_evidence({**rec, "reference_recall": {}}, low) == ""
+        and recall_table({**rec, "reference_recall": {}}) == []
+    )

@@ -49,7 +49,9 @@ def test_bin_edges_come_from_the_train_rows_and_every_column_gets_the_same_count
     bins = equal_count_bins(x, 8)
     assert [len(b) for b in bins] == [9, 9, 9]
     assert all(bool((b.diff() > 0).all()) for b in bins)
-    assert float(bins[0][0]) == pytest.approx(float(x[:, 0].min())) and float(bins[0][-1]) == pytest.approx(float(x[:, 0].max()))
+    assert float(bins[0][0]) == pytest.approx(float(x[:, 0].min())) and float(bins[0][-1]) == pytest.approx(
+        float(x[:, 0].max())
+    )
     m = build_model("tabm", (3,), 2, {"k": 2, "d_block": 16, "n_bins": 8})
     before = m.net.num_module.impl.weight.clone()
     m.fit_data(x)
@@ -76,13 +78,21 @@ def test_tabm_fits_through_fit_and_exports_to_onnx_with_parity(tmp_path):
     from trainkit.export import check_parity, export_onnx, export_torchscript
     from trainkit.train import fit
 
-    cfg = tiny_config({"data.source": "trainkit.testing:tabular", "model.name": "tabm",
-                       "model.kwargs": {"k": 4, "d_block": 64}, "training.epochs": 4})
+    cfg = tiny_config(
+        {
+            "data.source": "trainkit.testing:tabular",
+            "model.name": "tabm",
+            "model.kwargs": {"k": 4, "d_block": 64},
+            "training.epochs": 4,
+        }
+    )
     bundle = load_data(cfg)
     r = fit(cfg, bundle, tmp_path / "fit", progress=False)
     again = fit(cfg, bundle, None, progress=False)
     assert r.status == "completed" and r.best["val_accuracy"] > 0.5
-    assert [h["val_loss"] for h in r.history] == [h["val_loss"] for h in again.history]  # same config + seed: same numbers
+    assert [h["val_loss"] for h in r.history] == [
+        h["val_loss"] for h in again.history
+    ]  # same config + seed: same numbers
     m = build_model("tabm", bundle.input_shape, bundle.num_classes, cfg.model.kwargs)
     m.load_state_dict(load_checkpoint(r.paths["best"])["model"])
     m.eval()
@@ -125,8 +135,14 @@ def test_on_a_tree_shaped_table_tabm_is_within_a_point_of_boosted_trees(tmp_path
             pred = model.eval()(normalize(torch.as_tensor(x[test]), bundle.mean, bundle.std)).argmax(1).numpy()
         gaps.append(float((trees.predict(x[test]) == y[test]).mean() - (pred == y[test]).mean()))
         if seed == 0:  # what a plain MLP loses on such a table, on val
-            plain = fit(validate_config_dict({"data": data, "model": {"name": "mlp"}, "training": {"epochs": 40, "patience": 8}}),
-                        bundle, None, progress=False)
+            plain = fit(
+                validate_config_dict(
+                    {"data": data, "model": {"name": "mlp"}, "training": {"epochs": 40, "patience": 8}}
+                ),
+                bundle,
+                None,
+                progress=False,
+            )
             plain_gap = r.best["val_accuracy"] - plain.best["val_accuracy"]
     assert float(np.mean(gaps)) <= 0.01, gaps
     assert plain_gap > 0.02, plain_gap

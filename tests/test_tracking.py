@@ -21,8 +21,14 @@ from test_browser import _free_port  # noqa: E402 (the tests folder is on sys.pa
 ROOT = Path(__file__).resolve().parents[1]
 FAST = {"training.epochs": 8, "target.value": 0.5, "final.epochs": 12, "final.patience": 4}
 # misses its target at Phase 5 (a waiver signs it), through Phase 3's "gain too small" to Phase 5
-SHORT_OF_TARGET = {"training.epochs": 6, "target.value": 0.999, "final.epochs": 8, "final.patience": 3,
-                   "budget.clear_gain_points": 100.0, "budget.marginal_gain_points": 100.0}
+SHORT_OF_TARGET = {
+    "training.epochs": 6,
+    "target.value": 0.999,
+    "final.epochs": 8,
+    "final.patience": 3,
+    "budget.clear_gain_points": 100.0,
+    "budget.marginal_gain_points": 100.0,
+}
 
 
 @pytest.fixture(autouse=True)
@@ -61,9 +67,27 @@ def server(tmp_path_factory):
     d = tmp_path_factory.mktemp("mlflow-server")
     port = _free_port()
     log = open(d / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-                             "--backend-store-uri", f"sqlite:///{d / 'mlflow.db'}", "--artifacts-destination",
-                             str(d / "artifacts"), "--workers", "1"], stdout=log, stderr=subprocess.STDOUT, cwd=d)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{d / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(d / "artifacts"),
+            "--workers",
+            "1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=d,
+    )
     uri = f"http://127.0.0.1:{port}"
     for _ in range(240):
         try:
@@ -92,9 +116,25 @@ def demo_run(server, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("tracked")
     (tmp / "cwd").mkdir()
     short = ["--set", "training.epochs=8", "--set", "budget.max_optimization_iterations=1", "--set", "final.epochs=30"]
-    r = subprocess.run(["trainkit", "run", "--name", "demo", "--runs-dir", str(tmp), "--set", f"tracking.uri={server}",
-                        "--set", "tracking.experiment=demo", *short], capture_output=True, text=True, timeout=1200,
-                       cwd=tmp / "cwd")
+    r = subprocess.run(
+        [
+            "trainkit",
+            "run",
+            "--name",
+            "demo",
+            "--runs-dir",
+            str(tmp),
+            "--set",
+            f"tracking.uri={server}",
+            "--set",
+            "tracking.experiment=demo",
+            *short,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        cwd=tmp / "cwd",
+    )
     assert r.returncode == 3, r.stdout + r.stderr
     assert not list((tmp / "cwd").iterdir())  # nothing of MLflow's in the working folder
     assert "warning" not in r.stderr.lower(), r.stderr
@@ -128,7 +168,10 @@ def assert_mirrors(client, experiment, run):
         assert r.data.tags["mlflow.parentRunId"] == parent.info.run_id and r.data.tags["trainkit.phase"] == e["phase"]
         assert "config_hash" in r.data.params
         decision = json.loads((d / "decision.json").read_text())
-        assert r.data.tags["trainkit.decision"] == decision["option"] and r.data.tags["trainkit.reason"] == decision["reason"]
+        assert (
+            r.data.tags["trainkit.decision"] == decision["option"]
+            and r.data.tags["trainkit.reason"] == decision["reason"]
+        )
         gate = json.loads((d / "gate.json").read_text())
         assert r.data.tags["trainkit.gate"] == gate["gate"]
         names = {a.path for a in client.list_artifacts(r.info.run_id)}
@@ -146,7 +189,10 @@ def assert_mirrors(client, experiment, run):
         assert rows, m
         for field in rows[0]:
             history = sorted(client.get_metric_history(r.info.run_id, field), key=lambda h: h.step)
-            assert [(h.step, h.value) for h in history] == [(row["epoch"], float(row[field])) for row in rows], (key, field)
+            assert [(h.step, h.value) for h in history] == [(row["epoch"], float(row[field])) for row in rows], (
+                key,
+                field,
+            )
     return by_key, fits
 
 
@@ -158,7 +204,9 @@ def test_the_demo_tracked_on_a_server_then_signed_registers_a_model_version(demo
     assert fits >= 2, "Phase 4's candidates and seeds are nested runs"
     seed = next(r for k, r in by_key.items() if "/seed-" in k)
     assert seed.data.tags["trainkit.candidate"] and seed.data.tags["trainkit.seed"].isdigit()
-    assert seed.data.params["config_hash"] == config_hash(load_config(run / seed.data.tags["trainkit.key"] / "training_config.yaml"))
+    assert seed.data.params["config_hash"] == config_hash(
+        load_config(run / seed.data.tags["trainkit.key"] / "training_config.yaml")
+    )
     p5 = by_key["05_finalization"]
     assert p5.data.tags["trainkit.gate_state"] == "awaiting_signoff"
     assert {"export"} <= {a.path for a in client.list_artifacts(p5.info.run_id)}
@@ -198,7 +246,9 @@ def test_the_demo_tracked_on_a_server_then_signed_registers_a_model_version(demo
     assert len(_versions(server, "demo")) == 1  # the same signed record: no second version
     assert len(_runs(client, "demo", run)) == len(by_key)  # the resume reused every run
     status = _trainkit("status", run)
-    assert f"MLflow: {server}, run {by_key['(run)'].info.run_id}, model version 1 of 'demo'" in status.stdout, status.stdout
+    assert f"MLflow: {server}, run {by_key['(run)'].info.run_id}, model version 1 of 'demo'" in status.stdout, (
+        status.stdout
+    )
     index = (run / "index.html").read_text()
     assert f"{server}/#/experiments/{by_key['(run)'].info.experiment_id}/runs/{by_key['(run)'].info.run_id}" in index
 
@@ -212,8 +262,10 @@ def test_mlflow_ui_lists_the_demo_run_and_its_phases(demo_run, server):
 
     run, _ = demo_run
     exp = _client(server).get_experiment_by_name("demo")
-    phases = [str(phase_dir(run, e["phase"], e["attempt"]).relative_to(run))
-              for e in json.loads((run / "run.json").read_text())["phases"]]
+    phases = [
+        str(phase_dir(run, e["phase"], e["attempt"]).relative_to(run))
+        for e in json.loads((run / "run.json").read_text())["phases"]
+    ]
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = browser.new_page(viewport={"width": 1600, "height": 1400})
@@ -233,14 +285,32 @@ def test_local_store_then_a_waiver_on_the_version_then_the_file_store(tmp_path):
     """``--set tracking.mlflow=true``: the store is runs/mlflow.db; a waived check shows on the
     registered version; ``trainkit track --uri file:...`` mirrors the same run into a file store."""
     runs = tmp_path / "runs"
-    r = _trainkit("run", tiny_config_file(tmp_path, SHORT_OF_TARGET), "--name", "short", "--runs-dir", runs,
-                  "--set", "tracking.mlflow=true")
+    r = _trainkit(
+        "run",
+        tiny_config_file(tmp_path, SHORT_OF_TARGET),
+        "--name",
+        "short",
+        "--runs-dir",
+        runs,
+        "--set",
+        "tracking.mlflow=true",
+    )
     assert r.returncode == 1 and "test_meets_target" in r.stderr, r.stdout + r.stderr
     assert (runs / "mlflow.db").is_file() and (runs / "mlartifacts").is_dir()
     local = f"sqlite:///{runs / 'mlflow.db'}"
     assert_mirrors(_client(local), "trainkit", runs / "short")
-    s = _trainkit("signoff", runs / "short", "--phase", "5", "--by", "pat", "--check", "stakeholder_approval",
-                  "--waive", "test_meets_target=0.97 is enough for the pilot")
+    s = _trainkit(
+        "signoff",
+        runs / "short",
+        "--phase",
+        "5",
+        "--by",
+        "pat",
+        "--check",
+        "stakeholder_approval",
+        "--waive",
+        "test_meets_target=0.97 is enough for the pilot",
+    )
     assert s.returncode == 0, s.stdout + s.stderr
     (v,) = _versions(local, "trainkit")
     assert v.tags["trainkit.waived"] == "test_meets_target"
@@ -265,9 +335,21 @@ def test_server_down_is_one_warning_then_trainkit_track_fills_the_server(tmp_pat
 
     runs = tmp_path / "runs"
     dead = f"http://127.0.0.1:{_free_port()}"
-    cfg = tiny_config_file(tmp_path, {**FAST, "data.source": "npz", "data.root": str(make_npz(tmp_path / "t.npz", n=400))})
-    r = _trainkit("run", cfg, "--name", "offline", "--runs-dir", runs, "--set", f"tracking.uri={dead}",
-                  "--approve", "stakeholder_approval=ci")
+    cfg = tiny_config_file(
+        tmp_path, {**FAST, "data.source": "npz", "data.root": str(make_npz(tmp_path / "t.npz", n=400))}
+    )
+    r = _trainkit(
+        "run",
+        cfg,
+        "--name",
+        "offline",
+        "--runs-dir",
+        runs,
+        "--set",
+        f"tracking.uri={dead}",
+        "--approve",
+        "stakeholder_approval=ci",
+    )
     assert r.returncode == 0 and "ready to deploy" in r.stdout, r.stdout + r.stderr
     assert r.stderr.count("warning: MLflow tracking") == 1, r.stderr
     assert f"trainkit track {runs / 'offline'}" in r.stderr and dead in r.stderr
@@ -292,7 +374,9 @@ def test_trainkit_track_refuses_clearly_what_it_cannot_push(tmp_path):
     assert bare.returncode == 2 and "needs a scheme" in bare.stderr and "file:///" in bare.stderr, bare.stderr
     (run / "tracking.json").write_text("[1, 2")
     broken = _trainkit("track", run, "--uri", (tmp_path / "mlruns").as_uri())
-    assert broken.returncode == 1 and "tracking.json" in broken.stderr and "Traceback" not in broken.stderr, broken.stderr
+    assert broken.returncode == 1 and "tracking.json" in broken.stderr and "Traceback" not in broken.stderr, (
+        broken.stderr
+    )
     assert (run / "tracking.json").read_text() == "[1, 2"  # left as it was, for the user to look at
 
 
@@ -307,7 +391,9 @@ def test_live_pushes_send_the_metrics_of_a_fit_while_it_trains(tmp_path):
     record_phase(run, "02_baseline", 1, status="running")
     d = run / "02_baseline" / "attempt-1"
     d.mkdir(parents=True)
-    rows = [{"epoch": i, "step": 10 * (i + 1), "val_accuracy": 0.5 + i / 10, "train_loss": 1.0 / (i + 1)} for i in range(3)]
+    rows = [
+        {"epoch": i, "step": 10 * (i + 1), "val_accuracy": 0.5 + i / 10, "train_loss": 1.0 / (i + 1)} for i in range(3)
+    ]
     (d / "metrics.jsonl").write_text(json.dumps(rows[0]) + "\n" + json.dumps(rows[1])[:20])  # a line being written
     uri = (tmp_path / "mlruns").as_uri()
     tracker = LiveTracker(run, Target(uri=uri, experiment="live", live_interval_s=1.0)).start()
@@ -359,10 +445,12 @@ def test_redact_hides_a_password_in_the_uri():
 
 @pytest.mark.slow
 def test_tracking_asked_for_without_mlflow_installed_is_exit_2_before_the_run_starts(tmp_path):
-    code = ("import sys; sys.modules['mlflow'] = None\n"  # as if trainkit[mlflow] were not installed
-            "from trainkit.cli import main\n"
-            f"sys.exit(main(['run', {str(tiny_config_file(tmp_path))!r}, '--name', 'x', '--runs-dir', "
-            f"{str(tmp_path / 'runs')!r}, '--set', 'tracking.mlflow=true']))")
+    code = (
+        "import sys; sys.modules['mlflow'] = None\n"  # as if trainkit[mlflow] were not installed
+        "from trainkit.cli import main\n"
+        f"sys.exit(main(['run', {str(tiny_config_file(tmp_path))!r}, '--name', 'x', '--runs-dir', "
+        f"{str(tmp_path / 'runs')!r}, '--set', 'tracking.mlflow=true']))"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2, r.stdout + r.stderr
     assert "tracking.mlflow" in r.stderr and "pip install 'trainkit[mlflow]'" in r.stderr
@@ -376,16 +464,23 @@ def test_the_default_install_and_an_untracked_run_never_import_mlflow(tmp_path):
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert not any("mlflow" in dep for dep in meta["dependencies"])
     assert any(dep.startswith("mlflow") for dep in meta["optional-dependencies"]["mlflow"])
-    code = ("import sys, trainkit, trainkit.cli, trainkit.pipeline, trainkit.tracking, trainkit.widgets, trainkit.sweep\n"
-            "from trainkit.testing import run_phase_inprocess, tiny_config_file\n"
-            "run = sys.argv[1]\n"
-            "run_phase_inprocess('01_planning', run, config_path=str(tiny_config_file(sys.argv[2])))\n"
-            "run_phase_inprocess('02_baseline', run, attempt=1)  # trains, evaluates its gate, pushes nothing\n"
-            "import json, pathlib\n"
-            "assert json.loads((pathlib.Path(run) / '02_baseline/attempt-1/gate.json').read_text())['gate']\n"
-            "assert 'mlflow' not in sys.modules, sorted(m for m in sys.modules if 'mlflow' in m)\n")
-    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run"), str(tmp_path)], capture_output=True, text=True,
-                       timeout=300, cwd=tmp_path)
+    code = (
+        "import sys, trainkit, trainkit.cli, trainkit.pipeline, trainkit.tracking, trainkit.widgets, trainkit.sweep\n"
+        "from trainkit.testing import run_phase_inprocess, tiny_config_file\n"
+        "run = sys.argv[1]\n"
+        "run_phase_inprocess('01_planning', run, config_path=str(tiny_config_file(sys.argv[2])))\n"
+        "run_phase_inprocess('02_baseline', run, attempt=1)  # trains, evaluates its gate, pushes nothing\n"
+        "import json, pathlib\n"
+        "assert json.loads((pathlib.Path(run) / '02_baseline/attempt-1/gate.json').read_text())['gate']\n"
+        "assert 'mlflow' not in sys.modules, sorted(m for m in sys.modules if 'mlflow' in m)\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "run"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     assert not (tmp_path / "run" / "tracking.json").exists()  # nothing was pushed anywhere
 
@@ -404,8 +499,15 @@ def test_a_phase_run_by_hand_pushes_at_its_gate_and_the_widget_sign_off_follows(
     x, y = signals(n=300, classes=3, length=32)  # 1-D signals (N, C, L), not digits
     np.savez(tmp_path / "signals.npz", x=x, y=y)
     store = (tmp_path / "mlruns").as_uri()
-    cfg = tiny_config_file(tmp_path, {"tracking.uri": store, "tracking.experiment": "by-hand", "data.source": "npz",
-                                      "data.root": str(tmp_path / "signals.npz")})
+    cfg = tiny_config_file(
+        tmp_path,
+        {
+            "tracking.uri": store,
+            "tracking.experiment": "by-hand",
+            "data.source": "npz",
+            "data.root": str(tmp_path / "signals.npz"),
+        },
+    )
     run = tmp_path / "runs" / "hand"
     run_phase_inprocess("01_planning", run, config_path=str(cfg), auto_signoff=False)
     client = _client(store)
@@ -421,8 +523,9 @@ def test_a_phase_run_by_hand_pushes_at_its_gate_and_the_widget_sign_off_follows(
     p1 = client.get_run(p1.info.run_id)
     assert p1.data.tags["trainkit.gate_state"] == "passed" and p1.data.tags["trainkit.signed_by"] == "carol"
     # a sweep in the run folder: one nested run per trial, with its parameters and every epoch
-    s = subprocess.run(["trainkit", "sweep", str(run), "--trials", "2", "--workers", "1"], capture_output=True, text=True,
-                       timeout=600)
+    s = subprocess.run(
+        ["trainkit", "sweep", str(run), "--trials", "2", "--workers", "1"], capture_output=True, text=True, timeout=600
+    )
     assert s.returncode == 0 and "warning" not in s.stderr.lower(), s.stdout + s.stderr
     import optuna
 
@@ -433,8 +536,13 @@ def test_a_phase_run_by_hand_pushes_at_its_gate_and_the_widget_sign_off_follows(
     assert sweep.data.params["config_hash"] == config_hash(load_config(run / "04_optimization" / "sweep_config.yaml"))
     for t in study.trials:
         tr = by_key[f"sweep/trainkit/trial-{t.number}"]
-        assert tr.data.tags["mlflow.parentRunId"] == sweep.info.run_id and tr.data.tags["trainkit.trial_state"] == t.state.name
+        assert (
+            tr.data.tags["mlflow.parentRunId"] == sweep.info.run_id
+            and tr.data.tags["trainkit.trial_state"] == t.state.name
+        )
         assert {k: float(v) for k, v in tr.data.params.items()} == pytest.approx(t.params)
         history = sorted(client.get_metric_history(tr.info.run_id, "val_accuracy"), key=lambda h: h.step)
-        assert [(h.step, h.value) for h in history] == [(row["epoch"], row["val_accuracy"]) for row in t.user_attrs["history"]]
+        assert [(h.step, h.value) for h in history] == [
+            (row["epoch"], row["val_accuracy"]) for row in t.user_attrs["history"]
+        ]
         assert len(history) >= 1

@@ -25,14 +25,25 @@ def test_fit_learns_and_writes_metrics_and_checkpoints(tmp_path):
     assert r.history[-1]["train_loss"] < r.init_loss and r.best["val_accuracy"] > 0.8
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [x["epoch"] for x in lines] == [0, 1, 2, 3]
-    for key in ("train_loss", "val_accuracy", "lr", "grad_norm_p50", "grad_norm_p90", "grad_norm_max",
-                "epoch_time_s", "samples_per_s", "data_wait_fraction"):
+    for key in (
+        "train_loss",
+        "val_accuracy",
+        "lr",
+        "grad_norm_p50",
+        "grad_norm_p90",
+        "grad_norm_max",
+        "epoch_time_s",
+        "samples_per_s",
+        "data_wait_fraction",
+    ):
         assert key in lines[0], key
     assert 0 <= lines[0]["data_wait_fraction"] < 1
     assert "gpu_util_mean" not in lines[0]  # absent on CPU, not zero
     best = load_checkpoint(tmp_path / "checkpoints" / "best.pt")
     assert best["metrics"][-1]["val_accuracy"] == r.best["val_accuracy"]
-    assert {"model", "optimizer", "scheduler", "scaler", "epoch", "step", "rng", "config", "trainkit_version"} <= set(best)
+    assert {"model", "optimizer", "scheduler", "scaler", "epoch", "step", "rng", "config", "trainkit_version"} <= set(
+        best
+    )
 
 
 @pytest.mark.slow
@@ -65,8 +76,15 @@ def test_early_stopping_with_patience():
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["constant", "step", "cosine", "one_cycle"])
 def test_schedule_lr_curves(name):
-    cfg = tiny_config({"schedule.name": name, "schedule.warmup_epochs": 1 if name != "one_cycle" else 0,
-                       "schedule.step_epochs": 2, "schedule.gamma": 0.5, "training.epochs": 6})
+    cfg = tiny_config(
+        {
+            "schedule.name": name,
+            "schedule.warmup_epochs": 1 if name != "one_cycle" else 0,
+            "schedule.step_epochs": 2,
+            "schedule.gamma": 0.5,
+            "training.epochs": 6,
+        }
+    )
     f = lr_factors(cfg, 10)
     curve = [f(s) for s in range(60)]
     if name != "one_cycle":
@@ -120,15 +138,23 @@ def _metrics(d):
 
 @pytest.mark.slow
 def test_kill_9_mid_epoch_then_resume_gives_identical_metrics(tmp_path):
-    over = {"model.name": "trainkit.testing:SlowNet", "model.kwargs": {"delay": 0.01}, "training.epochs": 5,
-            "data.batch_size": 32}
+    over = {
+        "model.name": "trainkit.testing:SlowNet",
+        "model.kwargs": {"delay": 0.01},
+        "training.epochs": 5,
+        "data.batch_size": 32,
+    }
     cfg = _write_cfg(tmp_path, over)
     env = dict(os.environ, TRAINKIT_PROGRESS="off")
     ref = tmp_path / "ref"
     subprocess.run(["trainkit", "train", str(cfg), "--run-dir", str(ref)], check=True, env=env, capture_output=True)
     run = tmp_path / "killed"
-    p = subprocess.Popen(["trainkit", "train", str(cfg), "--run-dir", str(run)], env=env,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    p = subprocess.Popen(
+        ["trainkit", "train", str(cfg), "--run-dir", str(run)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     while time.time() < deadline:
         m = run / "metrics.jsonl"
@@ -140,8 +166,9 @@ def test_kill_9_mid_epoch_then_resume_gives_identical_metrics(tmp_path):
     p.wait()
     done = len((run / "metrics.jsonl").read_text().splitlines())
     assert 2 <= done < 5, "the kill must land mid-run"
-    r = subprocess.run(["trainkit", "train", str(cfg), "--run-dir", str(run), "--resume"], env=env,
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        ["trainkit", "train", str(cfg), "--run-dir", str(run), "--resume"], env=env, capture_output=True, text=True
+    )
     assert r.returncode == 0, r.stderr
     assert _metrics(run) == _metrics(ref)
     summary = json.loads((run / "train_summary.json").read_text())
@@ -176,11 +203,30 @@ def test_ddp_two_processes_match_one_process(tmp_path):
     data = yaml.safe_load(one.read_text())
     data["data"]["batch_size"] = 32
     two_cfg.write_text(yaml.safe_dump(data))
-    subprocess.run(["trainkit", "train", str(one), "--run-dir", str(tmp_path / "one")], check=True, env=env,
-                   capture_output=True)
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
-                        "-m", "trainkit.cli", "train", str(two_cfg), "--run-dir", str(tmp_path / "two")], env=env,
-                       capture_output=True, text=True, timeout=300)
+    subprocess.run(
+        ["trainkit", "train", str(one), "--run-dir", str(tmp_path / "one")], check=True, env=env, capture_output=True
+    )
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(_free_port()),
+            "-m",
+            "trainkit.cli",
+            "train",
+            str(two_cfg),
+            "--run-dir",
+            str(tmp_path / "two"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     a, b = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
     assert len(a) == len(b) == 2

@@ -13,8 +13,8 @@ import time as _time
 
 IMPORTED = _time.time()  # when this process first imported trainkit (the run clock's start where /proc is missing)
 
-from trainkit.config import TrainkitConfig, load_config, save_config
-from trainkit.errors import (
+from trainkit.config import TrainkitConfig, load_config, save_config  # noqa: E402 (after IMPORTED)
+from trainkit.errors import (  # noqa: E402
     CheckpointError,
     ConfigError,
     DataError,

@@ -99,8 +99,16 @@ def progress_bar(total: int, desc: str, enabled: bool = True, unit: str = "it") 
 
         from tqdm import tqdm
 
-        return tqdm(total=total, desc=desc, mininterval=5.0, ascii=True, dynamic_ncols=False, ncols=100, unit=unit,
-                    file=sys.stdout)
+        return tqdm(
+            total=total,
+            desc=desc,
+            mininterval=5.0,
+            ascii=True,
+            dynamic_ncols=False,
+            ncols=100,
+            unit=unit,
+            file=sys.stdout,
+        )
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, mininterval=0.5, unit=unit)

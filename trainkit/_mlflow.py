@@ -19,8 +19,22 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
 from trainkit._io import read_json, sha256_bytes, sha256_file
-from trainkit.run import (SUB_WORD, CURRENT_CONFIG, DECISION, GATE, INDEX, METRICS, Phase, RUN_CONFIG, RUN_JSON, RunFolder, TRAINING_CONFIG,
-    TRAIN_SUMMARY, load_manifest, phase_dir)
+from trainkit.run import (
+    SUB_WORD,
+    CURRENT_CONFIG,
+    DECISION,
+    GATE,
+    INDEX,
+    METRICS,
+    Phase,
+    RUN_CONFIG,
+    RUN_JSON,
+    RunFolder,
+    TRAINING_CONFIG,
+    TRAIN_SUMMARY,
+    load_manifest,
+    phase_dir,
+)
 from trainkit._track_rows import Target, complete_lines, flatten, numeric_items, parse_rows
 
 _ARTIFACTS = {".html", ".md", ".png", ".json", ".yaml", ".ipynb", ".txt"}
@@ -53,15 +67,22 @@ def _ms(t: float | None) -> int | None:
 
 def _chunks(items: list[Any], n: int) -> Iterable[list[Any]]:
     for i in range(0, len(items), n):
-        yield items[i:i + n]
+        yield items[i : i + n]
 
 
 class Pusher:
     def __init__(self, run_dir: Path, target: Target, state: dict[str, Any]) -> None:
         self.run_dir, self.target, self.state = run_dir, target, state
         self.client = MlflowClient(tracking_uri=target.uri, registry_uri=target.uri)
-        self.sent: dict[str, Any] = {"uri": target.key, "experiment": target.experiment, "runs_created": 0,
-                                     "metric_points": 0, "artifacts": 0, "model": None, "model_version": None}
+        self.sent: dict[str, Any] = {
+            "uri": target.key,
+            "experiment": target.experiment,
+            "runs_created": 0,
+            "metric_points": 0,
+            "artifacts": 0,
+            "model": None,
+            "model_version": None,
+        }
         self.exp_id = self._experiment()
         self.sent["experiment_id"] = self.exp_id
         if state.get("experiment_id") != self.exp_id or not self._exists(state.get("runs", {}).get("")):
@@ -74,8 +95,11 @@ class Pusher:
     def _experiment(self) -> str:
         exp = self.client.get_experiment_by_name(self.target.experiment)
         if exp is None:  # a model-training experiment: MLflow's UI opens it on its runs table
-            return self.client.create_experiment(self.target.experiment, artifact_location=self.target.artifact_root,
-                                                 tags={"mlflow.experimentKind": "custom_model_development"})
+            return self.client.create_experiment(
+                self.target.experiment,
+                artifact_location=self.target.artifact_root,
+                tags={"mlflow.experimentKind": "custom_model_development"},
+            )
         if exp.lifecycle_stage == "deleted":
             self.client.restore_experiment(exp.experiment_id)
         return exp.experiment_id
@@ -111,8 +135,9 @@ class Pusher:
             if key in seen or not d.is_dir():
                 continue
             seen.add(key)
-            rid = self.ensure(key, key, parent, entry.get("started"),
-                              {"trainkit.level": "phase", "trainkit.phase": entry["phase"]})
+            rid = self.ensure(
+                key, key, parent, entry.get("started"), {"trainkit.level": "phase", "trainkit.phase": entry["phase"]}
+            )
             self._metrics(rid, key, d / METRICS)
             for m in sorted(d.rglob(METRICS)):
                 if m.parent != d:
@@ -133,8 +158,13 @@ class Pusher:
         tags = {"trainkit.level": "fit", "trainkit.phase": entry["phase"], "trainkit.fit": "/".join(inner)}
         if len(inner) >= 2 and inner[-1].startswith("seed-"):
             tags.update({"trainkit.candidate": inner[-2], "trainkit.seed": inner[-1][5:]})
-        rid = self.ensure(key, f"{phase_dir(self.run_dir, entry['phase'], entry['attempt']).name} {name}", phase_rid,
-                          _started(fd), tags)
+        rid = self.ensure(
+            key,
+            f"{phase_dir(self.run_dir, entry['phase'], entry['attempt']).name} {name}",
+            phase_rid,
+            _started(fd),
+            tags,
+        )
         self._metrics(rid, key, fd / METRICS)
         if metrics_only:
             return
@@ -142,11 +172,18 @@ class Pusher:
         summary = RunFolder(self.run_dir).train_summary(fd)
         if summary is not None:
             best = summary.get("best") or {}
-            self._tags(rid, key, {"trainkit.fit_status": str(summary.get("status")),
-                                  "trainkit.best_val_accuracy": str(best.get("val_accuracy")),
-                                  "trainkit.best_epoch": str(best.get("epoch"))})
-            self._status(rid, key, _FIT_STATUS.get(summary.get("status"), "FINISHED"),
-                         (fd / TRAIN_SUMMARY).stat().st_mtime)
+            self._tags(
+                rid,
+                key,
+                {
+                    "trainkit.fit_status": str(summary.get("status")),
+                    "trainkit.best_val_accuracy": str(best.get("val_accuracy")),
+                    "trainkit.best_epoch": str(best.get("epoch")),
+                },
+            )
+            self._status(
+                rid, key, _FIT_STATUS.get(summary.get("status"), "FINISHED"), (fd / TRAIN_SUMMARY).stat().st_mtime
+            )
         elif entry.get("status") != "running":
             self._status(rid, key, "FAILED", None)  # its phase ended, the fit never did
 
@@ -158,7 +195,9 @@ class Pusher:
             return
         data = complete_lines(path)
         done = self.state["metrics"].get(key, {"bytes": 0, "sha": sha256_bytes(b"")})
-        start = done["bytes"] if done["bytes"] <= len(data) and sha256_bytes(data[:done["bytes"]]) == done["sha"] else 0
+        start = (
+            done["bytes"] if done["bytes"] <= len(data) and sha256_bytes(data[: done["bytes"]]) == done["sha"] else 0
+        )
         if start == len(data):
             return
         new = parse_rows(data[start:])
@@ -225,8 +264,13 @@ class Pusher:
         note = [f"**{key}**: {entry.get('status')}"]
         if (d / DECISION).is_file():
             dec = read_json(d / DECISION)
-            tags.update({"trainkit.decision": str(dec.get("option")), "trainkit.next": str(dec.get("next")),
-                         "trainkit.reason": str(dec.get("reason"))})
+            tags.update(
+                {
+                    "trainkit.decision": str(dec.get("option")),
+                    "trainkit.next": str(dec.get("next")),
+                    "trainkit.reason": str(dec.get("reason")),
+                }
+            )
             note.append(f"**Decision {dec.get('option')} → {dec.get('next')}**: {dec.get('reason')}")
         if (d / "budget_override.json").is_file():
             over = read_json(d / "budget_override.json")
@@ -235,13 +279,22 @@ class Pusher:
         tags["mlflow.note.content"] = "\n\n".join(note)
         self._tags(rid, key, tags)
         cost = entry.get("cost") or {}
-        self._summary(rid, key, {"phase_wall_s": cost.get("wall_s"), "phase_baseline_units": cost.get("baseline_units"),
-                                 **_phase_numbers(d)})
+        self._summary(
+            rid,
+            key,
+            {
+                "phase_wall_s": cost.get("wall_s"),
+                "phase_baseline_units": cost.get("baseline_units"),
+                **_phase_numbers(d),
+            },
+        )
         files = [(p, None) for p in sorted(d.iterdir()) if p.suffix in _ARTIFACTS and p.name != METRICS]
         if phase == Phase.FINALIZATION.value:
             files += [(d / n, "export") for n in ("model.onnx", "model.ts")]
         self._artifacts(rid, files)
-        status = "FINISHED" if tags.get("trainkit.gate_state") == "passed" else _STATUS.get(entry.get("status"), "FINISHED")
+        status = (
+            "FINISHED" if tags.get("trainkit.gate_state") == "passed" else _STATUS.get(entry.get("status"), "FINISHED")
+        )
         self._status(rid, key, status, entry.get("ended"))  # a gate signed after the notebook ran: passed
 
     def _summary(self, rid: str, key: str, values: dict[str, Any]) -> None:
@@ -260,19 +313,34 @@ class Pusher:
         from trainkit import __version__
 
         path = " → ".join(e["phase"] for e in manifest["phases"])
-        tags = {"trainkit.level": "run", "trainkit.status": manifest.get("status"), "trainkit.path": path,
-                "trainkit.run_dir": str(self.run_dir), "trainkit.config_hash": manifest.get("config_hash"),
-                "trainkit.version": manifest.get("trainkit_version") or __version__,
-                "trainkit.exit_code": exit_.get("code"), "trainkit.exit_message": exit_.get("message"),
-                "mlflow.note.content": "\n\n".join([f"**{self.run_dir.name}**: {manifest.get('status')}; path {path}",
-                                                    str(exit_.get("message") or ""), *manifest.get("notes", [])])}
+        tags = {
+            "trainkit.level": "run",
+            "trainkit.status": manifest.get("status"),
+            "trainkit.path": path,
+            "trainkit.run_dir": str(self.run_dir),
+            "trainkit.config_hash": manifest.get("config_hash"),
+            "trainkit.version": manifest.get("trainkit_version") or __version__,
+            "trainkit.exit_code": exit_.get("code"),
+            "trainkit.exit_message": exit_.get("message"),
+            "mlflow.note.content": "\n\n".join(
+                [
+                    f"**{self.run_dir.name}**: {manifest.get('status')}; path {path}",
+                    str(exit_.get("message") or ""),
+                    *manifest.get("notes", []),
+                ]
+            ),
+        }
         self._tags(rid, "", tags)
         cost = manifest.get("cost") or {}
         self._summary(rid, "", {"run_wall_s": cost.get("wall_s"), "run_baseline_units": cost.get("baseline_units")})
         self._artifacts(rid, [(self.run_dir / n, None) for n in _RUN_FILES])
         status = manifest.get("status", "running")
-        self._status(rid, "", _RUN_STATUS.get(status, "FINISHED"),
-                     max([e.get("ended") or 0 for e in manifest["phases"]] or [0]) or None)
+        self._status(
+            rid,
+            "",
+            _RUN_STATUS.get(status, "FINISHED"),
+            max([e.get("ended") or 0 for e in manifest["phases"]] or [0]) or None,
+        )
 
     # -- sweeps, the model and the registry -----------------------------------------------------
     def _sweeps(self, parent: str) -> None:
@@ -298,20 +366,36 @@ class Pusher:
                     continue
                 self._trial(t, tkey, srid)
             done = [t.value for t in trials if t.state.name == "COMPLETE"]
-            best = (max if study.direction.name == "MAXIMIZE" else min)(done) if done else None  # an rmse study minimizes
-            self._summary(srid, skey, {"best_val_score": best, "best_val_accuracy": best if study.direction.name == "MAXIMIZE"
-                                       else None, "trials": len(done)})
+            best = (
+                (max if study.direction.name == "MAXIMIZE" else min)(done) if done else None
+            )  # an rmse study minimizes
+            self._summary(
+                srid,
+                skey,
+                {
+                    "best_val_score": best,
+                    "best_val_accuracy": best if study.direction.name == "MAXIMIZE" else None,
+                    "trials": len(done),
+                },
+            )
             self._status(srid, skey, "FINISHED", None)
 
     def _trial(self, t: Any, tkey: str, srid: str) -> None:
-        rid = self.ensure(tkey, f"trial-{t.number}", srid, _ts(t.datetime_start),
-                          {"trainkit.level": "trial", "trainkit.trial": str(t.number), "trainkit.trial_state": t.state.name})
+        rid = self.ensure(
+            tkey,
+            f"trial-{t.number}",
+            srid,
+            _ts(t.datetime_start),
+            {"trainkit.level": "trial", "trainkit.trial": str(t.number), "trainkit.trial_state": t.state.name},
+        )
         if not self.state["params"].get(tkey):
             params = [Param(k, str(v)) for k, v in t.params.items()]
             for chunk in _chunks(params, 100):
                 self.client.log_batch(rid, params=chunk)
             self.state["params"][tkey] = "trial"
-        rows = t.user_attrs.get("history") or [{"epoch": s, "val_accuracy": v} for s, v in sorted(t.intermediate_values.items())]
+        rows = t.user_attrs.get("history") or [
+            {"epoch": s, "val_accuracy": v} for s, v in sorted(t.intermediate_values.items())
+        ]
         now = int(time.time() * 1000)
         points = [Metric(k, v, now, int(r["epoch"])) for r in rows for k, v in numeric_items(r)]
         if t.value is not None:
@@ -319,8 +403,11 @@ class Pusher:
         for chunk in _chunks(points, 1000):
             self.client.log_batch(rid, metrics=chunk)
         self.sent["metric_points"] += len(points)
-        self.client.set_terminated(rid, {"COMPLETE": "FINISHED", "PRUNED": "KILLED"}.get(t.state.name, "FAILED"),
-                                   end_time=_ms(_ts(t.datetime_complete)))
+        self.client.set_terminated(
+            rid,
+            {"COMPLETE": "FINISHED", "PRUNED": "KILLED"}.get(t.state.name, "FAILED"),
+            end_time=_ms(_ts(t.datetime_complete)),
+        )
         self.state["trials"][tkey] = t.state.name
 
     def _model(self) -> None:
@@ -357,8 +444,16 @@ class Pusher:
         verify_gate(gate, self.run_dir)  # GateError: an altered artifact is never registered
         from trainkit._mlflow_model import register_version
 
-        self.state["registered"] = register_version(self.client, self.target.registered_model, model, record, digest,
-                                                    self.state["runs"][Phase.FINALIZATION.value], self.run_dir, manifest)
+        self.state["registered"] = register_version(
+            self.client,
+            self.target.registered_model,
+            model,
+            record,
+            digest,
+            self.state["runs"][Phase.FINALIZATION.value],
+            self.run_dir,
+            manifest,
+        )
         self.sent["model_version"] = self.state["registered"]["version"]
 
 
@@ -391,15 +486,22 @@ def _gate_tags(path: Path, note: list[str]) -> dict[str, str]:
     tags = {"trainkit.gate": record.get("gate"), "trainkit.gate_state": state}
     sig = record.get("signoff") or {}
     if sig:
-        tags.update({"trainkit.signed_by": str(sig.get("by")),
-                     "trainkit.signed_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(sig.get("at", 0)))})
+        tags.update(
+            {
+                "trainkit.signed_by": str(sig.get("by")),
+                "trainkit.signed_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(sig.get("at", 0))),
+            }
+        )
     waivers = record.get("waivers") or []
     if waivers:
         tags["trainkit.waived"] = ", ".join(w["check"] for w in waivers)
         for w in waivers:
             tags[f"trainkit.waiver.{w['check']}"] = f"{w['reason']} (by {w['by']})"
-    note.append(f"**Gate {record.get('gate')}**: {state}" + (f", signed by {sig.get('by')}" if sig else "")
-                + "".join(f"\n- waived `{w['check']}`: {w['reason']} (by {w['by']})" for w in waivers))
+    note.append(
+        f"**Gate {record.get('gate')}**: {state}"
+        + (f", signed by {sig.get('by')}" if sig else "")
+        + "".join(f"\n- waived `{w['check']}`: {w['reason']} (by {w['by']})" for w in waivers)
+    )
     return tags
 
 
@@ -412,6 +514,9 @@ def _phase_numbers(d: Path) -> dict[str, Any]:
             out["best_val_score"] = best["val_score"]
     if (d / "test_evaluation.json").is_file():
         ev = read_json(d / "test_evaluation.json")
-        out.update({"test_accuracy": ev.get("accuracy"), "test_ece": ev.get("ece")} if not ev.get("regression") else
-                   {f"test_{k}": ev["test"][k] for k in ("rmse", "mae", "r2")})
+        out.update(
+            {"test_accuracy": ev.get("accuracy"), "test_ece": ev.get("ece")}
+            if not ev.get("regression")
+            else {f"test_{k}": ev["test"][k] for k in ("rmse", "mae", "r2")}
+        )
     return out

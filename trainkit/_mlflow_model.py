@@ -32,10 +32,17 @@ def log_onnx_model(uri: str, run_id: str, onnx_path: Path, input_shape: list[int
     before = client.get_run(run_id).info
     # Model.log files the model under the global URI (push_run sets it) and the active run's experiment
     with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
-        info = Model.log(artifact_path=None, name="model", flavor=mlflow.onnx, onnx_model=onnx.load(str(onnx_path)),
-                         run_id=run_id, signature=infer_signature(x, y), input_example=x,
-                         step=-1,  # MLflow re-logs the run's metrics of this step onto the model: no epoch has -1
-                         pip_requirements=[f"onnxruntime>={ort.__version__.split('+')[0]}"])
+        info = Model.log(
+            artifact_path=None,
+            name="model",
+            flavor=mlflow.onnx,
+            onnx_model=onnx.load(str(onnx_path)),
+            run_id=run_id,
+            signature=infer_signature(x, y),
+            input_example=x,
+            step=-1,  # MLflow re-logs the run's metrics of this step onto the model: no epoch has -1
+            pip_requirements=[f"onnxruntime>={ort.__version__.split('+')[0]}"],
+        )
     if before.status == "RUNNING":  # leaving the block ended the run: its status is the phase's, put it back
         client.update_run(run_id, status="RUNNING")
     else:
@@ -43,8 +50,16 @@ def log_onnx_model(uri: str, run_id: str, onnx_path: Path, input_shape: list[int
     return {"model_uri": info.model_uri, "model_id": getattr(info, "model_id", None), "run_id": run_id}
 
 
-def register_version(client: Any, name: str, model: dict[str, Any], record: dict[str, Any], gate_sha256: str,
-                     run_id: str, run_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+def register_version(
+    client: Any,
+    name: str,
+    model: dict[str, Any],
+    record: dict[str, Any],
+    gate_sha256: str,
+    run_id: str,
+    run_dir: Path,
+    manifest: dict[str, Any],
+) -> dict[str, Any]:
     """A new version of registered model ``name`` from the logged model, tagged with the signed
     production gate: its sha256, signer, time, and every waiver with its reason."""
     try:
@@ -53,16 +68,29 @@ def register_version(client: Any, name: str, model: dict[str, Any], record: dict
         client.create_registered_model(name, description="Models signed off through trainkit's production_ready gate.")
     sig = record["signoff"]
     waivers = record.get("waivers") or []
-    tags = {"trainkit.gate": record["gate"], "trainkit.gate_sha256": gate_sha256, "trainkit.signed_by": str(sig["by"]),
-            "trainkit.signed_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(sig["at"])),
-            "trainkit.run": run_dir.name, "trainkit.run_dir": str(run_dir),
-            "trainkit.config_hash": str(manifest.get("config_hash")),
-            "trainkit.waived": ", ".join(w["check"] for w in waivers) or "none"}
+    tags = {
+        "trainkit.gate": record["gate"],
+        "trainkit.gate_sha256": gate_sha256,
+        "trainkit.signed_by": str(sig["by"]),
+        "trainkit.signed_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(sig["at"])),
+        "trainkit.run": run_dir.name,
+        "trainkit.run_dir": str(run_dir),
+        "trainkit.config_hash": str(manifest.get("config_hash")),
+        "trainkit.waived": ", ".join(w["check"] for w in waivers) or "none",
+    }
     for w in waivers:
         tags[f"trainkit.waiver.{w['check']}"] = f"{w['reason']} (by {w['by']})"[:7900]
-    lines = [f"Signed off by {sig['by']} on {tags['trainkit.signed_at']} (gate {record['gate']}, record sha256 "
-             f"{gate_sha256[:16]}…), run {run_dir.name}."]
+    lines = [
+        f"Signed off by {sig['by']} on {tags['trainkit.signed_at']} (gate {record['gate']}, record sha256 "
+        f"{gate_sha256[:16]}…), run {run_dir.name}."
+    ]
     lines += [f"Waived {w['check']}: {w['reason']} (by {w['by']})" for w in waivers]
-    mv = client.create_model_version(name, source=model["model_uri"], run_id=run_id, tags=tags,
-                                     description="\n\n".join(lines), model_id=model.get("model_id"))
+    mv = client.create_model_version(
+        name,
+        source=model["model_uri"],
+        run_id=run_id,
+        tags=tags,
+        description="\n\n".join(lines),
+        model_id=model.get("model_id"),
+    )
     return {"name": name, "version": str(mv.version), "gate_sha256": gate_sha256}

@@ -47,7 +47,7 @@ def complete_lines(path: Path) -> bytes:
     """The bytes of a metrics.jsonl being written up to its last newline (a line without its
     newline is not there yet)."""
     data = path.read_bytes()
-    return data[:data.rfind(b"\n") + 1]
+    return data[: data.rfind(b"\n") + 1]
 
 
 def parse_rows(data: bytes) -> list[dict[str, Any]]:

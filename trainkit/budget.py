@@ -44,7 +44,11 @@ def _cumulative() -> dict[str, float]:
     for phase in (Phase.BASELINE.value, Phase.DIAGNOSTICS.value, Phase.OPTIMIZATION.value, Phase.FINALIZATION.value):
         acc += SHARES[phase]
         out[phase] = round(acc, 6)
-    return {**out, Phase.PLANNING.value: out[Phase.DIAGNOSTICS.value], Phase.BASELINE.value: out[Phase.DIAGNOSTICS.value]}
+    return {
+        **out,
+        Phase.PLANNING.value: out[Phase.DIAGNOSTICS.value],
+        Phase.BASELINE.value: out[Phase.DIAGNOSTICS.value],
+    }
 
 
 CUMULATIVE: dict[str, float] = _cumulative()
@@ -60,7 +64,9 @@ def process_start() -> float:
     clock; elsewhere, when trainkit was first imported."""
     try:
         ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
-        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime"))
+        boot = next(
+            float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime")
+        )
         started = boot + ticks / os.sysconf("SC_CLK_TCK")
         if started <= time.time():
             return started
@@ -73,8 +79,14 @@ def process_start() -> float:
 
 def _planning_s(manifest: dict[str, Any]) -> float:
     """Phase 1's own seconds (imports, data checks, two tiny fits, plots), measured on this machine."""
-    return max([(e.get("cost") or {}).get("wall_s", 0.0) for e in manifest.get("phases", [])
-                if e.get("phase") == Phase.PLANNING.value and e.get("status") != "running"] or [0.0])
+    return max(
+        [
+            (e.get("cost") or {}).get("wall_s", 0.0)
+            for e in manifest.get("phases", [])
+            if e.get("phase") == Phase.PLANNING.value and e.get("status") != "running"
+        ]
+        or [0.0]
+    )
 
 
 def _baseline_end(manifest: dict[str, Any]) -> float | None:
@@ -96,8 +108,11 @@ def active_seconds(manifest: dict[str, Any]) -> float:
     total = manifest.get("active_s")
     if total is not None:
         return float(total)
-    return float(sum((e.get("cost") or {}).get("wall_s", 0.0) for e in manifest.get("phases", [])
-                     if e.get("status") != "running"))
+    return float(
+        sum(
+            (e.get("cost") or {}).get("wall_s", 0.0) for e in manifest.get("phases", []) if e.get("status") != "running"
+        )
+    )
 
 
 def _overhead(manifest: dict[str, Any]) -> float:
@@ -105,8 +120,11 @@ def _overhead(manifest: dict[str, Any]) -> float:
     pipeline's wall time less the phase's own, the largest seen) plus the pipeline's own work
     between two phases (decisions, reports, index.html: ``run.json["pipeline_gap_s"]``, the largest
     seen), which also follows Phase 5; 0 for notebooks run by hand."""
-    gaps = [e["pipeline_wall_s"] - (e.get("cost") or {}).get("wall_s", 0.0) for e in manifest.get("phases", [])
-            if e.get("pipeline_wall_s") is not None]
+    gaps = [
+        e["pipeline_wall_s"] - (e.get("cost") or {}).get("wall_s", 0.0)
+        for e in manifest.get("phases", [])
+        if e.get("pipeline_wall_s") is not None
+    ]
     return (max(gaps) if gaps else 0.0) + float(manifest.get("pipeline_gap_s") or 0.0)
 
 
@@ -114,8 +132,14 @@ class PhaseClock:
     """A phase's time budget: ``deadline`` (absolute ``time.time()``), ``left()``, ``allows()`` and the
     record of what was cut."""
 
-    def __init__(self, run_dir: str | Path, phase: str, total_hours: float, phase_dir: str | Path | None = None,
-                 started: float | None = None) -> None:
+    def __init__(
+        self,
+        run_dir: str | Path,
+        phase: str,
+        total_hours: float,
+        phase_dir: str | Path | None = None,
+        started: float | None = None,
+    ) -> None:
         from trainkit.run import load_manifest
 
         self.run_dir, self.phase = Path(run_dir), phase
@@ -130,16 +154,24 @@ class PhaseClock:
             self.start = (started if started is not None else now) - active_seconds(manifest)
         self.overhead_s = _overhead(manifest)
         # every phase leaves Phase 5 its tail: the work after its training and a kernel's start
-        self.tail_s = max(TAIL_MIN_S, TAIL_SHARE * self.total_s, TAIL_PLANNING_FACTOR * _planning_s(manifest)) + self.overhead_s
+        self.tail_s = (
+            max(TAIL_MIN_S, TAIL_SHARE * self.total_s, TAIL_PLANNING_FACTOR * _planning_s(manifest)) + self.overhead_s
+        )
         end = self.start + self.total_s - self.tail_s
         self.end = end
         self.deadline = min(self.start + CUMULATIVE.get(phase, 1.0) * self.total_s, end)
         self.replanned = None
         base_end = _baseline_end(manifest)
-        if phase in REPLANNED and base_end is not None:  # re-plan what is left after the baseline, in the seed's proportions
+        if (
+            phase in REPLANNED and base_end is not None
+        ):  # re-plan what is left after the baseline, in the seed's proportions
             left = max(0.0, self.total_s - self.tail_s - base_end)
             share = sum(SHARES[p] for p in REPLANNED[: REPLANNED.index(phase) + 1]) / sum(SHARES[p] for p in REPLANNED)
-            self.replanned = {"baseline_ended_s": round(base_end, 2), "left_s": round(left, 2), "share_of_left": round(share, 4)}
+            self.replanned = {
+                "baseline_ended_s": round(base_end, 2),
+                "left_s": round(left, 2),
+                "share_of_left": round(share, 4),
+            }
             self.deadline = min(max(self.deadline, self.start + base_end + share * left), end)
         self.cuts: list[dict[str, Any]] = []
 
@@ -181,10 +213,16 @@ class PhaseClock:
 
     # ---------------------------------------------------------------- records
     def to_dict(self) -> dict[str, Any]:
-        return {"phase": self.phase, "budget_s": round(self.total_s, 1), "replanned": self.replanned,
-                "deadline_s": round(self.deadline - self.start, 2), "tail_reserve_s": round(self.tail_s, 2),
-                "phase_overhead_s": round(self.overhead_s, 2), "elapsed_s": round(self.elapsed(), 2),
-                "cuts": self.cuts}
+        return {
+            "phase": self.phase,
+            "budget_s": round(self.total_s, 1),
+            "replanned": self.replanned,
+            "deadline_s": round(self.deadline - self.start, 2),
+            "tail_reserve_s": round(self.tail_s, 2),
+            "phase_overhead_s": round(self.overhead_s, 2),
+            "elapsed_s": round(self.elapsed(), 2),
+            "cuts": self.cuts,
+        }
 
     def save(self) -> None:
         """budget.json in the phase folder."""
@@ -193,8 +231,11 @@ class PhaseClock:
 
     def html(self) -> str:
         """A short paragraph for the phase's report."""
-        head = (f"Time budget: {self.total_s / 3600:g} h in all; this phase may work until {self.deadline - self.start:.1f} s "
-                f"of the run's active time (now {self.elapsed():.1f} s).")
+        head = (
+            f"Time budget: {self.total_s / 3600:g} h in all; this phase may work until "
+            f"{self.deadline - self.start:.1f} s "
+            f"of the run's active time (now {self.elapsed():.1f} s)."
+        )
         if not self.cuts:
             return f"<p>{html.escape(head)} Nothing was cut.</p>"
         items = "".join(f"<li>{html.escape(c['what'])}: {html.escape(c['why'])}</li>" for c in self.cuts)

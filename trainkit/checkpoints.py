@@ -75,12 +75,16 @@ def verify_checkpoint(path: str | Path) -> str:
         raise CheckpointError(f"checkpoint not found: {path}")
     side = _sidecar(path)
     if not side.is_file():
-        raise CheckpointError(f"{path}: no {side.name} beside it, so it was not written by trainkit; refusing to load it")
+        raise CheckpointError(
+            f"{path}: no {side.name} beside it, so it was not written by trainkit; refusing to load it"
+        )
     expected = _digests(side)
     actual = sha256_file(path)
     if actual not in expected:
-        raise CheckpointError(f"{path}: sha256 {actual[:12]}… does not match {side.name} "
-                              f"({(expected or [''])[0][:12]}…); the file is truncated or was altered; restore it or retrain")
+        raise CheckpointError(
+            f"{path}: sha256 {actual[:12]}… does not match {side.name} "
+            f"({(expected or [''])[0][:12]}…); the file is truncated or was altered; restore it or retrain"
+        )
     return actual
 
 
@@ -91,8 +95,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError, TypeError) as exc:
-        raise CheckpointError(f"{path}: refused: not a weights-only trainkit checkpoint "
-                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+        raise CheckpointError(
+            f"{path}: refused: not a weights-only trainkit checkpoint "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a trainkit checkpoint (format {state.get('format') if isinstance(state, dict) else type(state).__name__!r}, expected {FORMAT!r})")
+        raise CheckpointError(
+            f"{path}: not a trainkit checkpoint (format "
+            f"{state.get('format') if isinstance(state, dict) else type(state).__name__!r}, expected {FORMAT!r})"
+        )
     return state

@@ -23,16 +23,40 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="run the phases through papermill into runs/NAME/")
-    r.add_argument("config", nargs="?", default=None, help="training_config.yaml (default: the built-in digits baseline)")
+    r.add_argument(
+        "config", nargs="?", default=None, help="training_config.yaml (default: the built-in digits baseline)"
+    )
     r.add_argument("--name", default=None, help="run name (default: run-YYYYmmdd-HHMMSS; 'demo' with no config)")
     r.add_argument("--runs-dir", default="runs", help="folder holding runs (default: runs)")
-    r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="dotted override, e.g. --set optimizer.lr=3e-4 (repeatable)")
-    r.add_argument("--target", type=float, default=None, help="target value of target.metric (a fraction; rmse / mae: the label's units)")
-    r.add_argument("--stop-after", type=int, default=None, choices=range(1, 6), metavar="N",
-                   help="run no phase numbered above N (loops below N, e.g. Phase 4 iterations, still run)")
-    r.add_argument("--approve", action="append", default=[], metavar="CHECK=NAME",
-                   help="approve a manual check headlessly, e.g. --approve stakeholder_approval=alice")
+    r.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="dotted override, e.g. --set optimizer.lr=3e-4 (repeatable)",
+    )
+    r.add_argument(
+        "--target",
+        type=float,
+        default=None,
+        help="target value of target.metric (a fraction; rmse / mae: the label's units)",
+    )
+    r.add_argument(
+        "--stop-after",
+        type=int,
+        default=None,
+        choices=range(1, 6),
+        metavar="N",
+        help="run no phase numbered above N (loops below N, e.g. Phase 4 iterations, still run)",
+    )
+    r.add_argument(
+        "--approve",
+        action="append",
+        default=[],
+        metavar="CHECK=NAME",
+        help="approve a manual check headlessly, e.g. --approve stakeholder_approval=alice",
+    )
     r.add_argument("--approvals", default=None, help="YAML/JSON file {gate: {check: name}} of approvals")
     r.add_argument("--resume", action="store_true", help="continue an existing run from where it stopped")
 
@@ -47,9 +71,14 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--phase", required=True, help="phase number 1-5")
     s.add_argument("--by", required=True, help="approver's name")
     s.add_argument("--check", action="append", default=[], help="manual check id to tick (repeatable)")
-    s.add_argument("--waive", action="append", default=[], metavar='CHECK="REASON"',
-                   help="waive a failing automatic check with its documented reason (repeatable; recorded in the "
-                        "gate and, for Phase 5, the model card)")
+    s.add_argument(
+        "--waive",
+        action="append",
+        default=[],
+        metavar='CHECK="REASON"',
+        help="waive a failing automatic check with its documented reason (repeatable; recorded in the "
+        "gate and, for Phase 5, the model card)",
+    )
 
     st = sub.add_parser("status", help="phase history, gate state, and the next step of a run")
     st.add_argument("run")
@@ -58,17 +87,24 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("run", help="run folder (the study lives in RUN/04_optimization/sweep.db by default)")
     w.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
     w.add_argument("--trials", type=int, default=8, help="trials in total across the workers (default 8)")
-    w.add_argument("--storage", default=None, help="Optuna database URL (e.g. postgresql://...; hosts can join one study)")
+    w.add_argument(
+        "--storage", default=None, help="Optuna database URL (e.g. postgresql://...; hosts can join one study)"
+    )
     w.add_argument("--study", default="trainkit", help="study name (default trainkit)")
     w.add_argument("--config", default=None, help="config to sweep (default: the run's current config)")
 
     nbk = sub.add_parser("notebooks", help="copy the five phase notebooks into a working folder to open in JupyterLab")
     nbk.add_argument("folder", nargs="?", default="work", help="where the copies go (default: work/, git-ignored)")
 
-    tk = sub.add_parser("track", help="push a run folder to MLflow (needs pip install 'trainkit[mlflow]'); safe to repeat")
+    tk = sub.add_parser(
+        "track", help="push a run folder to MLflow (needs pip install 'trainkit[mlflow]'); safe to repeat"
+    )
     tk.add_argument("run", help="run folder (runs/NAME)")
-    tk.add_argument("--uri", default=None, help="MLflow tracking URI (default: the run's tracking.uri, else runs/mlflow.db "
-                                               "beside the run)")
+    tk.add_argument(
+        "--uri",
+        default=None,
+        help="MLflow tracking URI (default: the run's tracking.uri, else runs/mlflow.db beside the run)",
+    )
     tk.add_argument("--experiment", default=None, help="experiment name (default: the run's tracking.experiment)")
 
     rp = sub.add_parser("report", help="re-export every executed notebook's report.html and the run's index.html")
@@ -106,20 +142,39 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from trainkit.run import check_run_name
 
     if args.resume and (args.config or args.overrides or args.target is not None):
-        raise ConfigError([("--resume", "a resumed run keeps the config it was started with (its config.yaml); CONFIG, "
-                                        "--set and --target cannot change it. Start a new run with --name instead")],
-                          "command line")
+        raise ConfigError(
+            [
+                (
+                    "--resume",
+                    "a resumed run keeps the config it was started with (its config.yaml); CONFIG, "
+                    "--set and --target cannot change it. Start a new run with --name instead",
+                )
+            ],
+            "command line",
+        )
     approvals = _approvals(args)  # exit 2 before anything is written, like a bad config
     if not args.resume:
         from trainkit.data import check_source
 
         check_source(load_config(args.config, args.overrides, args.target))
-    name = check_run_name(args.name if args.name is not None else
-                          ("demo" if args.config is None else time.strftime("run-%Y%m%d-%H%M%S")))
-    outcome = run_pipeline(args.config, Path(args.runs_dir) / name, args.overrides, args.target, args.stop_after,
-                           approvals, args.resume, echo=lambda m: print(m, flush=True), started=process_start())
-    print(("trainkit: " if outcome.code == 0 else f"trainkit: exit {outcome.code}: ") + outcome.message,
-          file=sys.stdout if outcome.code in (0, 3) else sys.stderr)
+    name = check_run_name(
+        args.name if args.name is not None else ("demo" if args.config is None else time.strftime("run-%Y%m%d-%H%M%S"))
+    )
+    outcome = run_pipeline(
+        args.config,
+        Path(args.runs_dir) / name,
+        args.overrides,
+        args.target,
+        args.stop_after,
+        approvals,
+        args.resume,
+        echo=lambda m: print(m, flush=True),
+        started=process_start(),
+    )
+    print(
+        ("trainkit: " if outcome.code == 0 else f"trainkit: exit {outcome.code}: ") + outcome.message,
+        file=sys.stdout if outcome.code in (0, 3) else sys.stderr,
+    )
     print(f"trainkit: path taken: {' → '.join(outcome.path)}; run folder: {outcome.run_dir}")
     return outcome.code
 
@@ -135,15 +190,25 @@ def _cmd_signoff(args: argparse.Namespace) -> int:
     for w in args.waive:
         cid, eq, reason = w.partition("=")
         if not eq or not cid.strip() or not reason.strip():
-            raise ConfigError([("--waive", f"{w!r}: expected CHECK=\"REASON\", e.g. --waive test_meets_target=\"0.80 is "
-                                           "enough for the pilot\"")], "command line")
+            raise ConfigError(
+                [
+                    (
+                        "--waive",
+                        f'{w!r}: expected CHECK="REASON", e.g. --waive test_meets_target="0.80 is '
+                        'enough for the pilot"',
+                    )
+                ],
+                "command line",
+            )
         waivers[cid.strip()] = reason.strip()
     from trainkit.reports import publish_signoff
     from trainkit.run import resume_command
 
     record = publish_signoff(d / GATE, args.by, args.check, Path(args.run), waivers=waivers)
-    print(f"trainkit: gate {record['gate']} of {phase} signed off by {record['signoff']['by']} ({record['state']})"
-          + (f"; waived: {', '.join(waivers)}" if waivers else ""))
+    print(
+        f"trainkit: gate {record['gate']} of {phase} signed off by {record['signoff']['by']} ({record['state']})"
+        + (f"; waived: {', '.join(waivers)}" if waivers else "")
+    )
     if phase == Phase.FINALIZATION.value:
         print(f"trainkit: next: {resume_command(Path(args.run))}  (records the deploy decision)")
     return 0
@@ -162,8 +227,10 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     if args.workers < 1 or args.trials < 1:
         raise ConfigError([("--workers/--trials", "must be at least 1")], "command line")
     s = launch_workers(args.run, args.workers, args.trials, args.storage, args.study, args.config)
-    print(f"trainkit: study {s['study']} has {s['trials']} trials {s['states']}; best val accuracy {s['best_value']} "
-          f"with {s['best_params']} ({s['storage']})")
+    print(
+        f"trainkit: study {s['study']} has {s['trials']} trials {s['states']}; best val accuracy {s['best_value']} "
+        f"with {s['best_params']} ({s['storage']})"
+    )
     return 0
 
 
@@ -196,7 +263,9 @@ def _cmd_track(args: argparse.Namespace) -> int:
     if args.uri is not None:
         from trainkit.config import validate_config_dict
 
-        validate_config_dict({"tracking": {"uri": args.uri}}, "--uri")  # ConfigError (exit 2) for a URI without a scheme
+        validate_config_dict(
+            {"tracking": {"uri": args.uri}}, "--uri"
+        )  # ConfigError (exit 2) for a URI without a scheme
     target = target_for(args.run, uri=args.uri, experiment=args.experiment, force=True)
     try:
         sent = push_run(args.run, target)
@@ -205,19 +274,29 @@ def _cmd_track(args: argparse.Namespace) -> int:
     except Exception as exc:  # MLflow's own errors, named and with the next step
         from trainkit.errors import TrackingError
 
-        raise TrackingError(f"pushing {args.run} to {target.key} failed: {type(exc).__name__}: {str(exc)[:400]}; fix the "
-                            "server or the URI and run trainkit track again (what was sent is remembered)") from None
-    version = f"; model version {sent['model_version']} of {target.registered_model!r}" if sent.get("model_version") else ""
-    print(f"trainkit: pushed {args.run} to {target.key}, experiment {target.experiment!r}: {sent['runs_created']} new "
-          f"run(s), {sent['metric_points']} metric point(s), {sent['artifacts']} artifact(s){version}; {ui_hint(target)}")
+        raise TrackingError(
+            f"pushing {args.run} to {target.key} failed: {type(exc).__name__}: {str(exc)[:400]}; fix the "
+            "server or the URI and run trainkit track again (what was sent is remembered)"
+        ) from None
+    version = (
+        f"; model version {sent['model_version']} of {target.registered_model!r}" if sent.get("model_version") else ""
+    )
+    print(
+        f"trainkit: pushed {args.run} to {target.key}, experiment {target.experiment!r}: {sent['runs_created']} new "
+        f"run(s), {sent['metric_points']} metric point(s), {sent['artifacts']} artifact(s){version}; {ui_hint(target)}"
+    )
     return 0
 
 
 def _add_predict(sub: Any) -> None:
-    pr = sub.add_parser("predict", help="predict new raw inputs with a run's model (a table, an .npz or an image folder)")
+    pr = sub.add_parser(
+        "predict", help="predict new raw inputs with a run's model (a table, an .npz or an image folder)"
+    )
     pr.add_argument("run", help="run folder (runs/NAME)")
     pr.add_argument("input", help="a CSV/Parquet with the training columns, an .npz with array x, or an image folder")
-    pr.add_argument("-o", "--output", default="predictions.csv", help="where the predictions go (default predictions.csv)")
+    pr.add_argument(
+        "-o", "--output", default="predictions.csv", help="where the predictions go (default predictions.csv)"
+    )
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -227,11 +306,18 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     path = write_predictions(result, args.output)
     if result["probabilities"] is None:  # a regression: numbers in the label's units
         v = result["predicted"]
-        print(f"trainkit: {len(v)} prediction(s) → {path} (column prediction, in {result['units']}; "
-              f"min {min(v):.4g}, max {max(v):.4g})" if v else f"trainkit: 0 predictions → {path}")
+        print(
+            f"trainkit: {len(v)} prediction(s) → {path} (column prediction, in {result['units']}; "
+            f"min {min(v):.4g}, max {max(v):.4g})"
+            if v
+            else f"trainkit: 0 predictions → {path}"
+        )
         return 0
     counts = {c: result["predicted"].count(c) for c in result["classes"]}
-    print(f"trainkit: {len(result['predicted'])} prediction(s) → {path} ({', '.join(f'{k} {v}' for k, v in counts.items())})")
+    print(
+        f"trainkit: {len(result['predicted'])} prediction(s) → {path} "
+        f"({', '.join(f'{k} {v}' for k, v in counts.items())})"
+    )
     return 0
 
 
@@ -251,8 +337,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     result = fit(cfg, load_data(cfg), args.run_dir, resume=args.resume)
     best = result.best or {}
-    shown = f"val accuracy {best['val_accuracy']:.4f}" if best.get("val_accuracy") is not None else \
-        f"val {cfg.target.metric} {best.get('val_score', float('nan')):.4g}"
+    shown = (
+        f"val accuracy {best['val_accuracy']:.4f}"
+        if best.get("val_accuracy") is not None
+        else f"val {cfg.target.metric} {best.get('val_score', float('nan')):.4g}"
+    )
     print(f"trainkit: {result.status}; best {shown} at epoch {best.get('epoch', '-')}; {args.run_dir}")
     code = 0 if result.status != "nonfinite" else 1
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:

@@ -15,8 +15,16 @@ from typing import Any, Sequence
 from trainkit.metrics import LABELS, best_of, better, higher_is_better, is_regression, reaches, row_score
 from trainkit.run import Phase
 
-__all__ = ["after_planning", "learned", "learning_verdict", "after_baseline", "after_diagnostics", "after_optimization", "after_finalization",
-           "route_over_budget"]
+__all__ = [
+    "after_planning",
+    "learned",
+    "learning_verdict",
+    "after_baseline",
+    "after_diagnostics",
+    "after_optimization",
+    "after_finalization",
+    "route_over_budget",
+]
 
 Decision = tuple[str, str, str]
 PRIOR_LOSS_MARGIN = 0.05  # a val loss 5% below the class prior's is learning beyond the prior
@@ -27,15 +35,26 @@ def after_planning() -> Decision:
     return "-", Phase.BASELINE.value, "Phase 1 always proceeds to the baseline"
 
 
-def learned(init_loss: float, history: Sequence[dict[str, Any]], chance: float,
-            metric: str = "accuracy", prior: float | None = None) -> tuple[bool, str]:
+def learned(
+    init_loss: float,
+    history: Sequence[dict[str, Any]],
+    chance: float,
+    metric: str = "accuracy",
+    prior: float | None = None,
+) -> tuple[bool, str]:
     """Whether a baseline learned (:func:`learning_verdict` says ``"learned"``), and why."""
     state, why = learning_verdict(init_loss, history, chance, metric, prior)
     return state == "learned", why
 
 
-def learning_verdict(init_loss: float, history: Sequence[dict[str, Any]], chance: float,
-                     metric: str = "accuracy", prior: float | None = None, noise: float | None = None) -> tuple[str, str]:
+def learning_verdict(
+    init_loss: float,
+    history: Sequence[dict[str, Any]],
+    chance: float,
+    metric: str = "accuracy",
+    prior: float | None = None,
+    noise: float | None = None,
+) -> tuple[str, str]:
     """``"learned"``, ``"inconclusive"`` or ``"failed"``, judged by the loss and the val metric
     together. Learned: the final train loss fell well (≥ 10%) below the loss at init and the best
     val metric (``val_score``, the target metric) beats what the majority predictor scores
@@ -63,7 +82,8 @@ def learning_verdict(init_loss: float, history: Sequence[dict[str, Any]], chance
     losses = [h["val_loss"] for h in history if h.get("val_loss") is not None and math.isfinite(h["val_loss"])]
     fell = final < init_loss * 0.99
     ok = (final < init_loss * 0.90 and best > chance) or (fell and best > chance + 0.02)
-    why = f"train loss {init_loss:.3f} at init → {final:.3f}; best val {LABELS.get(metric, metric)} {best:.3f} vs chance {chance:.3f}"
+    name = LABELS.get(metric, metric)
+    why = f"train loss {init_loss:.3f} at init → {final:.3f}; best val {name} {best:.3f} vs chance {chance:.3f}"
     if prior is None or not math.isfinite(prior) or not losses:
         return ("learned" if ok else "failed"), why
     why += f"; best val loss {min(losses):.3f} vs the class prior's {prior:.3f}"
@@ -74,8 +94,9 @@ def learning_verdict(init_loss: float, history: Sequence[dict[str, Any]], chance
     return "failed", why
 
 
-def _regression_verdict(init_loss: float, history: Sequence[dict[str, Any]], chance: float, metric: str,
-                        noise: float) -> tuple[str, str]:
+def _regression_verdict(
+    init_loss: float, history: Sequence[dict[str, Any]], chance: float, metric: str, noise: float
+) -> tuple[str, str]:
     """Learned: the train loss fell and the best val metric beats predicting the train mean by more
     than twice the noise, in the metric's direction. Inconclusive: it fell and val beats the mean,
     within the noise. Failed: anything else."""
@@ -83,8 +104,10 @@ def _regression_verdict(init_loss: float, history: Sequence[dict[str, Any]], cha
     best = best_of(metric, (row_score(h) for h in history))
     fell = final < init_loss * 0.99
     name = LABELS.get(metric, metric)
-    why = (f"train loss {init_loss:.3f} at init → {final:.3f}; best val {name} {best:.4g} vs {chance:.4g} for predicting "
-           f"the train mean (noise ±{noise:.2g})")
+    why = (
+        f"train loss {init_loss:.3f} at init → {final:.3f}; best val {name} {best:.4g} vs {chance:.4g} for predicting "
+        f"the train mean (noise ±{noise:.2g})"
+    )
     if fell and better(metric, best, chance, 2 * noise):
         return "learned", why
     if fell and better(metric, best, chance):
@@ -92,9 +115,18 @@ def _regression_verdict(init_loss: float, history: Sequence[dict[str, Any]], cha
     return "failed", why
 
 
-def after_baseline(*, status: str, learned: bool, best: float | None, target: float, attempt: int,
-                   max_restarts: int, epochs: int | None = None, metric: str = "accuracy",
-                   inconclusive: str | None = None) -> Decision:
+def after_baseline(
+    *,
+    status: str,
+    learned: bool,
+    best: float | None,
+    target: float,
+    attempt: int,
+    max_restarts: int,
+    epochs: int | None = None,
+    metric: str = "accuracy",
+    inconclusive: str | None = None,
+) -> Decision:
     """Phase 2: C (crashed, non-finite, or no learning → Phase 3 in failed mode, then a restart;
     stop once the restarts are used up), A (val ≥ target → Phase 5), B (below → Phase 3).
 
@@ -108,22 +140,42 @@ def after_baseline(*, status: str, learned: bool, best: float | None, target: fl
     name = LABELS.get(metric, metric)
     if status == "time_budget" and not learned and best is not None:
         ran = f"after {epochs} epoch(s)" if epochs is not None else "early"
-        return "B", Phase.DIAGNOSTICS.value, (f"inconclusive: the budget stopped the baseline {ran}, before it could show "
-                                              f"learning (val {name} {best:.4f}); diagnose, not restart")
+        return (
+            "B",
+            Phase.DIAGNOSTICS.value,
+            (
+                f"inconclusive: the budget stopped the baseline {ran}, before it could show "
+                f"learning (val {name} {best:.4f}); diagnose, not restart"
+            ),
+        )
     if inconclusive and status not in ("crashed", "nonfinite") and not learned and best is not None:
-        return "B", Phase.DIAGNOSTICS.value, (f"inconclusive learning (val {name} {best:.4f}): {inconclusive}; "
-                                              "diagnose, not restart")
+        return (
+            "B",
+            Phase.DIAGNOSTICS.value,
+            (f"inconclusive learning (val {name} {best:.4f}): {inconclusive}; diagnose, not restart"),
+        )
     if status in ("crashed", "nonfinite") or not learned:
         failure = {"crashed": "training crashed", "nonfinite": "non-finite loss or gradient"}.get(status, "no learning")
         restarts_left = max_restarts - (attempt - 1)
         if restarts_left <= 0:
             return "C", "stop", f"baseline failed ({failure}) and the {max_restarts} restarts are used up"
-        return "C", Phase.DIAGNOSTICS.value, (f"baseline failed: {failure}; diagnose, fix, restart Phase 2 "
-                                       f"({restarts_left} restart(s) left)")
+        return (
+            "C",
+            Phase.DIAGNOSTICS.value,
+            (f"baseline failed: {failure}; diagnose, fix, restart Phase 2 ({restarts_left} restart(s) left)"),
+        )
     assert best is not None
     if reaches(metric, best, target):
-        return "A", Phase.FINALIZATION.value, f"val {name} {best:.4f} {'>=' if higher_is_better(metric) else '<='} target {target}"
-    return "B", Phase.DIAGNOSTICS.value, f"val {name} {best:.4f} {'<' if higher_is_better(metric) else '>'} target {target} (not reached)"
+        return (
+            "A",
+            Phase.FINALIZATION.value,
+            f"val {name} {best:.4f} {'>=' if higher_is_better(metric) else '<='} target {target}",
+        )
+    return (
+        "B",
+        Phase.DIAGNOSTICS.value,
+        f"val {name} {best:.4f} {'<' if higher_is_better(metric) else '>'} target {target} (not reached)",
+    )
 
 
 def after_finalization(*, gate: str, missing: Sequence[str], how: str) -> Decision:
@@ -143,9 +195,18 @@ def route_over_budget(next_phase: str, seconds_left: float) -> str | None:
     return None
 
 
-def after_diagnostics(*, expected_gain: float, fix: dict[str, Any] | None, needs_fix: bool, manual_fix: str | None,
-                      restarts_left: int, budget: Any, strong: str | None = None, gap: float = 0.0,
-                      stale: tuple[list[str], list[str]] | None = None) -> tuple[str, str, str]:
+def after_diagnostics(
+    *,
+    expected_gain: float,
+    fix: dict[str, Any] | None,
+    needs_fix: bool,
+    manual_fix: str | None,
+    restarts_left: int,
+    budget: Any,
+    strong: str | None = None,
+    gap: float = 0.0,
+    stale: tuple[list[str], list[str]] | None = None,
+) -> tuple[str, str, str]:
     """Phase 3: C (infrastructure / failed baseline → fix and restart Phase 2), A (gain above the
     clear threshold, or in the marginal band → Phase 4; or a strong finding while the target is
     missed, whatever the expected gain: a heuristic gain estimate never overrules strong evidence),
@@ -154,30 +215,72 @@ def after_diagnostics(*, expected_gain: float, fix: dict[str, Any] | None, needs
     those the last Phase 4 iteration measured and adopted none of), and every proposed family was
     measured already, so another iteration would spend its time on the same kind of change)."""
     if not needs_fix and stale is not None and stale[0] and set(stale[0]) <= set(stale[1]):
-        return "B", Phase.FINALIZATION.value, (f"nothing moves: the last optimization iteration adopted none of its "
-                                               f"{', '.join(stale[1])} moves, and this round proposes only "
-                                               f"{', '.join(stale[0])} moves again; finalize with the best so far")
+        return (
+            "B",
+            Phase.FINALIZATION.value,
+            (
+                f"nothing moves: the last optimization iteration adopted none of its "
+                f"{', '.join(stale[1])} moves, and this round proposes only "
+                f"{', '.join(stale[0])} moves again; finalize with the best so far"
+            ),
+        )
     if needs_fix:
         if fix is None:
             return "C", "stop", f"infrastructure issue that needs a manual fix: {manual_fix or 'see the report'}"
         if restarts_left <= 0:
             return "C", "stop", "a fix is known but the Phase 2 restarts are used up (budget.max_baseline_restarts)"
-        return "C", Phase.BASELINE.value, f"infrastructure issue: apply the fix and restart Phase 2 ({restarts_left} restart(s) left)"
+        return (
+            "C",
+            Phase.BASELINE.value,
+            f"infrastructure issue: apply the fix and restart Phase 2 ({restarts_left} restart(s) left)",
+        )
     if expected_gain > budget.clear_gain_points:
-        return "A", Phase.OPTIMIZATION.value, f"expected gain {expected_gain:.1f} points > {budget.clear_gain_points:g}: optimize"
+        return (
+            "A",
+            Phase.OPTIMIZATION.value,
+            f"expected gain {expected_gain:.1f} points > {budget.clear_gain_points:g}: optimize",
+        )
     if strong and gap > 0:
-        return "A", Phase.OPTIMIZATION.value, (f"strong finding {strong} with the target missed by {gap:.1f} points: optimize "
-                                        f"(expected gain {expected_gain:.1f} points)")
+        return (
+            "A",
+            Phase.OPTIMIZATION.value,
+            (
+                f"strong finding {strong} with the target missed by {gap:.1f} points: optimize "
+                f"(expected gain {expected_gain:.1f} points)"
+            ),
+        )
     if expected_gain < budget.marginal_gain_points:
-        return "B", Phase.FINALIZATION.value, (f"expected gain {expected_gain:.1f} points < {budget.marginal_gain_points:g}: "
-                                        "the best config so far is near what these changes can give; finalize")
-    return "A", Phase.OPTIMIZATION.value, (f"marginal: expected gain {expected_gain:.1f} points is between "
-                                    f"{budget.marginal_gain_points:g} and {budget.clear_gain_points:g}; optimize, marked marginal")
+        return (
+            "B",
+            Phase.FINALIZATION.value,
+            (
+                f"expected gain {expected_gain:.1f} points < {budget.marginal_gain_points:g}: "
+                "the best config so far is near what these changes can give; finalize"
+            ),
+        )
+    return (
+        "A",
+        Phase.OPTIMIZATION.value,
+        (
+            f"marginal: expected gain {expected_gain:.1f} points is between "
+            f"{budget.marginal_gain_points:g} and {budget.clear_gain_points:g}; optimize, marked marginal"
+        ),
+    )
 
 
-def after_optimization(*, candidate_mean: float, best_mean: float, baseline_mean: float, significant: bool,
-                       target: float, gains: Sequence[float], iteration: int, budget: Any,
-                       rounds: int = 1, metric: str = "accuracy") -> tuple[str, str, str]:
+def after_optimization(
+    *,
+    candidate_mean: float,
+    best_mean: float,
+    baseline_mean: float,
+    significant: bool,
+    target: float,
+    gains: Sequence[float],
+    iteration: int,
+    budget: Any,
+    rounds: int = 1,
+    metric: str = "accuracy",
+) -> tuple[str, str, str]:
     """Phase 4, in docs/design.md's order: A target reached → Phase 5; C no improvement over the
     baseline → back to Phase 3 (Phase 5 once Phase 3 ran ``max_optimization_iterations`` rounds);
     D the last two iterations each gained < ``diminishing_points`` → Phase 5 with the best;
@@ -190,18 +293,45 @@ def after_optimization(*, candidate_mean: float, best_mean: float, baseline_mean
     d = budget.diminishing_points
     name = LABELS.get(metric, metric)
     if reaches(metric, best_mean, target):
-        return "A", Phase.FINALIZATION.value, (f"best mean val {name} {best_mean:.4f} {'≥' if higher_is_better(metric) else '≤'} "
-                                               f"target {target}")
+        return (
+            "A",
+            Phase.FINALIZATION.value,
+            (f"best mean val {name} {best_mean:.4f} {'≥' if higher_is_better(metric) else '≤'} target {target}"),
+        )
     if not better(metric, best_mean, baseline_mean) or (not significant and iteration == 1):
         if rounds >= budget.max_optimization_iterations:
-            return "C", Phase.FINALIZATION.value, (f"no improvement over the baseline ({candidate_mean:.4f} vs {baseline_mean:.4f}) and "
-                                            f"{rounds} diagnosis rounds used: finalize with the best so far")
-        return "C", Phase.DIAGNOSTICS.value, (f"no improvement over the baseline ({candidate_mean:.4f} vs {baseline_mean:.4f}, "
-                                       "not beyond the seed spread): re-diagnose")
+            return (
+                "C",
+                Phase.FINALIZATION.value,
+                (
+                    f"no improvement over the baseline ({candidate_mean:.4f} vs {baseline_mean:.4f}) and "
+                    f"{rounds} diagnosis rounds used: finalize with the best so far"
+                ),
+            )
+        return (
+            "C",
+            Phase.DIAGNOSTICS.value,
+            (
+                f"no improvement over the baseline ({candidate_mean:.4f} vs {baseline_mean:.4f}, "
+                "not beyond the seed spread): re-diagnose"
+            ),
+        )
     if len(gains) >= 2 and all(g < d for g in gains[-2:]):
-        return "D", Phase.FINALIZATION.value, (f"diminishing returns: the last two iterations gained "
-                                        f"{gains[-2]:.2f} and {gains[-1]:.2f} points (< {d:g}); finalize with the best")
+        return (
+            "D",
+            Phase.FINALIZATION.value,
+            (
+                f"diminishing returns: the last two iterations gained "
+                f"{gains[-2]:.2f} and {gains[-1]:.2f} points (< {d:g}); finalize with the best"
+            ),
+        )
     if iteration >= budget.max_optimization_iterations:
-        return "B", Phase.FINALIZATION.value, (f"improved to {best_mean:.4f} but short of target {target}; the iteration limit "
-                                        f"({budget.max_optimization_iterations}) is reached: finalize with the best")
+        return (
+            "B",
+            Phase.FINALIZATION.value,
+            (
+                f"improved to {best_mean:.4f} but short of target {target}; the iteration limit "
+                f"({budget.max_optimization_iterations}) is reached: finalize with the best"
+            ),
+        )
     return "B", Phase.OPTIMIZATION.value, f"improved to {best_mean:.4f}, target {target} not reached yet: iterate"

@@ -87,9 +87,7 @@ class GateBlocked(GateError):
         self.path = path
         where = f" (record: {path})" if path else ""
         super().__init__(
-            f"gate '{gate}' is blocked by {len(failures)} mandatory check(s): "
-            + "; ".join(failures)
-            + where
+            f"gate '{gate}' is blocked by {len(failures)} mandatory check(s): " + "; ".join(failures) + where
         )
 
 

@@ -1,9 +1,9 @@
 """ONNX and TorchScript export, parity checked in a fresh process, and latency.
 
-    export_onnx(model, input_shape, "model.onnx")      # one file, dynamic batch axis, onnx.checker
-    export_torchscript(model, input_shape, "model.ts")
-    check_parity(dir, x, expected)                     # a new interpreter loads both and compares
-    measure_latency(model, onnx_path, ts_path, shape)  # p50/p95 ms at batch 1 and 64
+export_onnx(model, input_shape, "model.onnx")      # one file, dynamic batch axis, onnx.checker
+export_torchscript(model, input_shape, "model.ts")
+check_parity(dir, x, expected)                     # a new interpreter loads both and compares
+measure_latency(model, onnx_path, ts_path, shape)  # p50/p95 ms at batch 1 and 64
 """
 
 from __future__ import annotations
@@ -40,8 +40,16 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str | Path
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(model, (x,), str(tmp), input_names=["input"], output_names=["logits"], opset_version=opset,
-                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
+            torch.onnx.export(
+                model,
+                (x,),
+                str(tmp),
+                input_names=["input"],
+                output_names=["logits"],
+                opset_version=opset,
+                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                dynamo=False,
+            )
         proto = onnx.load(str(tmp))
         onnx.checker.check_model(proto, full_check=True)
     except Exception as exc:
@@ -67,15 +75,25 @@ def export_torchscript(model: nn.Module, input_shape: tuple[int, ...], path: str
     return path
 
 
-def check_parity(folder: str | Path, x: np.ndarray, expected: np.ndarray, onnx_name: str = "model.onnx",
-                 ts_name: str = "model.ts", atol: float = 1e-4) -> dict[str, Any]:
+def check_parity(
+    folder: str | Path,
+    x: np.ndarray,
+    expected: np.ndarray,
+    onnx_name: str = "model.onnx",
+    ts_name: str = "model.ts",
+    atol: float = 1e-4,
+) -> dict[str, Any]:
     """Load both artifacts in a fresh Python process and compare their logits with the eager
     model's ``expected`` on inputs ``x`` (the full batch and batch 1)."""
     folder = Path(folder)
     np.save(folder / "parity_inputs.npy", x.astype(np.float32))
     np.save(folder / "parity_expected.npy", expected.astype(np.float32))
-    r = subprocess.run([sys.executable, "-m", "trainkit.export", str(folder), onnx_name, ts_name, str(atol)],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "trainkit.export", str(folder), onnx_name, ts_name, str(atol)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     for f in ("parity_inputs.npy", "parity_expected.npy"):
         (folder / f).unlink(missing_ok=True)
     if r.returncode != 0:
@@ -93,8 +111,12 @@ def _parity_main(folder: str, onnx_name: str, ts_name: str, atol: str) -> None:
         sess = ort.InferenceSession(str(d / onnx_name), providers=["CPUExecutionProvider"])
         got = sess.run(None, {"input": x})[0]
         one = sess.run(None, {"input": x[:1]})[0]
-        out["onnx"] = {"max_abs_diff": float(np.abs(got - ref).max()), "batch_1": list(one.shape), "batch_n": list(got.shape),
-                       "batch1_diff": float(np.abs(one - ref[:1]).max())}
+        out["onnx"] = {
+            "max_abs_diff": float(np.abs(got - ref).max()),
+            "batch_1": list(one.shape),
+            "batch_n": list(got.shape),
+            "batch1_diff": float(np.abs(one - ref[:1]).max()),
+        }
     except Exception as exc:  # an altered or broken file is a parity failure, not a crash
         out["onnx"] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
     try:
@@ -102,8 +124,12 @@ def _parity_main(folder: str, onnx_name: str, ts_name: str, atol: str) -> None:
         with torch.no_grad():
             got = ts(torch.from_numpy(x)).numpy()
             one = ts(torch.from_numpy(x[:1])).numpy()
-        out["torchscript"] = {"max_abs_diff": float(np.abs(got - ref).max()), "batch_1": list(one.shape),
-                              "batch_n": list(got.shape), "batch1_diff": float(np.abs(one - ref[:1]).max())}
+        out["torchscript"] = {
+            "max_abs_diff": float(np.abs(got - ref).max()),
+            "batch_1": list(one.shape),
+            "batch_n": list(got.shape),
+            "batch1_diff": float(np.abs(one - ref[:1]).max()),
+        }
     except Exception as exc:
         out["torchscript"] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
     for k in ("onnx", "torchscript"):
@@ -122,8 +148,14 @@ def _timed(fn: Any, reps: int) -> dict[str, float]:
     return {"p50_ms": float(np.percentile(times, 50)), "p95_ms": float(np.percentile(times, 95))}
 
 
-def measure_latency(model: nn.Module, onnx_path: str | Path, ts_path: str | Path, input_shape: tuple[int, ...],
-                    batches: tuple[int, ...] = (1, 64), reps: int = 50) -> list[dict[str, Any]]:
+def measure_latency(
+    model: nn.Module,
+    onnx_path: str | Path,
+    ts_path: str | Path,
+    input_shape: tuple[int, ...],
+    batches: tuple[int, ...] = (1, 64),
+    reps: int = 50,
+) -> list[dict[str, Any]]:
     """p50/p95 latency (ms) per runtime and batch size, single process, CPU."""
     import onnxruntime as ort
 
@@ -135,8 +167,11 @@ def measure_latency(model: nn.Module, onnx_path: str | Path, ts_path: str | Path
         x = torch.randn((b, *input_shape))
         xn = x.numpy()
         with torch.no_grad():
-            for name, fn in (("eager", lambda: model(x)), ("torchscript", lambda: ts(x)),
-                             ("onnxruntime", lambda: sess.run(None, {"input": xn}))):
+            for name, fn in (
+                ("eager", lambda: model(x)),
+                ("torchscript", lambda: ts(x)),
+                ("onnxruntime", lambda: sess.run(None, {"input": xn})),
+            ):
                 rows.append({"runtime": name, "batch": b, **_timed(fn, reps)})
     return rows
 

@@ -14,14 +14,27 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["SMALL_VAL_ROWS", "MAX_FOLDS", "plan_for", "plan_if_small", "fold_view", "refit_view", "chosen_epochs", "RULE",
-           "known_fold_runs", "run_folds", "plan_refit"]
+__all__ = [
+    "SMALL_VAL_ROWS",
+    "MAX_FOLDS",
+    "plan_for",
+    "plan_if_small",
+    "fold_view",
+    "refit_view",
+    "chosen_epochs",
+    "RULE",
+    "known_fold_runs",
+    "run_folds",
+    "plan_refit",
+]
 
 SMALL_VAL_ROWS = 200  # one row moves val accuracy by half a point or more; 2 standard errors at 90% exceed 4 points
 MAX_FOLDS = 5
-RULE = (f"val split under {SMALL_VAL_ROWS} rows: comparisons use stratified k-fold cross-validation over train+val "
-        f"(k = {MAX_FOLDS}, fewer when a class has fewer rows), never the test rows; the final model trains on train+val "
-        "for the median over folds of the epoch with the lowest val loss")
+RULE = (
+    f"val split under {SMALL_VAL_ROWS} rows: comparisons use stratified k-fold cross-validation over train+val "
+    f"(k = {MAX_FOLDS}, fewer when a class has fewer rows), never the test rows; the final model trains on train+val "
+    "for the median over folds of the epoch with the lowest val loss"
+)
 
 
 def plan_for(bundle: Any) -> dict[str, Any] | None:
@@ -32,8 +45,13 @@ def plan_for(bundle: Any) -> dict[str, Any] | None:
     idx = _pool(bundle)
     counts = np.bincount(_labels(bundle, idx), minlength=bundle.num_classes)
     k = int(min(MAX_FOLDS, max(2, counts[counts > 0].min() if (counts > 0).any() else 2)))
-    return {"k": k, "val_rows": int(n_val), "rows": int(len(idx)), "one_row_points": round(100 / max(1, n_val), 2),
-            "rule": RULE}
+    return {
+        "k": k,
+        "val_rows": int(n_val),
+        "rows": int(len(idx)),
+        "one_row_points": round(100 / max(1, n_val), 2),
+        "rule": RULE,
+    }
 
 
 def plan_if_small(splits: dict[str, Any] | None, load: Any) -> tuple[dict[str, Any] | None, Any]:
@@ -115,8 +133,9 @@ def known_fold_runs(run_dir: Any) -> tuple[list[dict[str, Any]], str] | None:
     if cache.is_file():
         rec = read_json(cache)
         if ":folds-" in str(rec.get("config_hash")) and rec.get("runs"):
-            return [_with_history(run_dir, rec["runs"][k]) for k in sorted(rec["runs"], key=int)], \
-                "the baseline's fold runs (Phase 4)"
+            return [
+                _with_history(run_dir, rec["runs"][k]) for k in sorted(rec["runs"], key=int)
+            ], "the baseline's fold runs (Phase 4)"
     return None
 
 
@@ -146,16 +165,29 @@ def run_folds(cfg: Any, bundle: Any, plan: dict[str, Any], allows: Any = None) -
         if allows is not None and rows and not allows(each, f"fold {i + 1} of {plan['k']} (epochs for the refit)"):
             break
         t0 = time.perf_counter()
-        r = fit(with_overrides(cfg, {"training.seed": s0 + i}), fold_view(bundle, i, plan["k"], seed=s0), None, progress=False)
+        r = fit(
+            with_overrides(cfg, {"training.seed": s0 + i}),
+            fold_view(bundle, i, plan["k"], seed=s0),
+            None,
+            progress=False,
+        )
         each = time.perf_counter() - t0
-        rows.append({"seed": s0 + i, "status": r.status, "best_val_accuracy": (r.best or {}).get("val_accuracy"),
-                     "best_val_score": row_score(r.best) if r.best else None,
-                     "best_epoch": (r.best or {}).get("epoch"),
-                     "history": [{"epoch": h["epoch"], "val_loss": h["val_loss"]} for h in r.history]})
+        rows.append(
+            {
+                "seed": s0 + i,
+                "status": r.status,
+                "best_val_accuracy": (r.best or {}).get("val_accuracy"),
+                "best_val_score": row_score(r.best) if r.best else None,
+                "best_epoch": (r.best or {}).get("epoch"),
+                "history": [{"epoch": h["epoch"], "val_loss": h["val_loss"]} for h in r.history],
+            }
+        )
     return rows
 
 
-def plan_refit(run_dir: Any, splits: dict[str, Any] | None, cfg: Any, bundle: Any, allows: Any = None) -> dict[str, Any] | None:
+def plan_refit(
+    run_dir: Any, splits: dict[str, Any] | None, cfg: Any, bundle: Any, allows: Any = None
+) -> dict[str, Any] | None:
     """Phase 5 on small data: the refit record (k, the epoch count, where the fold runs came from,
     a one-line summary for the reports), or None when the val split is not small. ``bundle`` is a
     callable that loads the data (only called when the val split is small)."""
@@ -167,7 +199,17 @@ def plan_refit(run_dir: Any, splits: dict[str, Any] | None, cfg: Any, bundle: An
     epochs = chosen_epochs(rows)
     if epochs is None:
         return None
-    return dict(plan, folds_used=len(rows), epochs=epochs, source=source, fold_runs=rows, summary=(
-        f"trained on train+val ({plan['rows']} rows) for {epochs} epochs, the median lowest-val-loss epoch of {len(rows)} folds "
-        f"({source}); its val rows are training rows, so the val accuracy below estimates nothing: the folds' and the "
-        "test's do"))
+    return dict(
+        plan,
+        folds_used=len(rows),
+        epochs=epochs,
+        source=source,
+        fold_runs=rows,
+        summary=(
+            f"trained on train+val ({plan['rows']} rows) for {epochs} epochs, the median lowest-val-loss epoch of "
+            f"{len(rows)} folds "
+            f"({source}); its val rows are training rows, so the val accuracy below estimates nothing: the folds' and "
+            "the "
+            "test's do"
+        ),
+    )

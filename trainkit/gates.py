@@ -21,8 +21,17 @@ from trainkit._io import read_json, sha256_file, write_json_atomic
 from trainkit.errors import GateBlocked, GateError
 from trainkit.run import GATE, Phase, RUN_JSON
 
-__all__ = ["CheckSpec", "GateSpec", "GATES", "evaluate_gate", "sign_off", "verify_gate", "gate_html",
-           "gate_state", "AUTO_SIGNER"]
+__all__ = [
+    "CheckSpec",
+    "GateSpec",
+    "GATES",
+    "evaluate_gate",
+    "sign_off",
+    "verify_gate",
+    "gate_html",
+    "gate_state",
+    "AUTO_SIGNER",
+]
 
 AUTO_SIGNER = "trainkit (automatic: all mandatory checks passed)"
 _OK = {"pass", "na", "waived", "warn"}
@@ -54,75 +63,114 @@ def _check(cid: str, title: str, kind: str = "automatic", mandatory: bool = True
     return CheckSpec(cid, title, kind, mandatory)
 
 
-GATES: dict[str, GateSpec] = {g.name: g for g in [
-    GateSpec("reproducibility_gate", Phase.PLANNING.value, "Phase 1 → 2: reproducibility", (
-        _check("seeds_fixed", "Seeds fixed for python, NumPy, torch and workers"),
-        _check("deterministic_mode", "Deterministic mode on (or waived with a reason)"),
-        _check("environment_documented", "Environment documented (environment.json)"),
-        _check("config_valid", "Config valid and saved (training_config.yaml)"),
-        _check("splits_fingerprinted", "Splits stratified and fingerprinted (splits.json)"),
-        _check("test_quarantined", "Test split quarantined until Phase 5"),
-        _check("determinism_verified", "Two same-seed trainings agree (bitwise on CPU)"),
-        _check("compute_plan", "Compute plan fits budget.total_hours (budget_plan.json)", mandatory=False),
-        _check("no_leaky_column", "No table column alone predicts the label almost perfectly (columns.json)", mandatory=False),
-        _check("config_reviewed", "A person reviewed the config (data, model, target, budget)", "manual", False),
-    )),
-    GateSpec("post_baseline", Phase.BASELINE.value, "Phase 2 → 3 or 5: post-baseline", (
-        _check("training_completed", "Training completed (no crash)"),
-        _check("losses_finite", "Losses finite throughout"),
-        _check("learning_happened", "Learning happened (train loss below init, val metric above chance)"),
-        _check("gpu_utilisation", "GPU utilisation ≥ block threshold (warn under the warn threshold)"),
-        _check("data_wait_reported", "Data-wait fraction reported"),
-        _check("best_checkpoint", "Best checkpoint saved and verified"),
-        _check("results_document", "baseline_results.md present"),
-        _check("curves_reviewed", "A person looked at the learning curves", "manual", False),
-    )),
-    GateSpec("diagnostics_complete", Phase.DIAGNOSTICS.value, "Phase 3 → 4, 5 or 2: diagnostics complete", (
-        _check("evidence_loaded", "The diagnosed run's evidence was loaded (metrics, or the crash record)"),
-        _check("probes_ran", "Probes ran and returned numbers"),
-        _check("pipeline_sane", "Overfit-one-batch and input-independent probes pass", mandatory=False),
-        _check("root_cause", "Primary root cause identified"),
-        _check("recommendations", "3-5 recommendations with impact and effort (or the infrastructure fix)"),
-        _check("report_present", "diagnostic_report.md and findings.json present"),
-        _check("guides_linked", "A guide for every fired diagnostic, linked from the report"),
-        _check("recommendations_reviewed", "A person read the recommendations", "manual", False),
-    )),
-    GateSpec("optimization_complete", Phase.OPTIMIZATION.value, "Phase 4 → 5, 4 or 3: optimization complete", (
-        _check("optimized_training_completed", "Optimized training completed on every seed"),
-        _check("compared_to_baseline", "Compared to the baseline on the same seeds (mean ± std, CI of the difference)"),
-        _check("adoption_rule", "Adopted only when the gain exceeds the seed spread"),
-        _check("results_document", "optimization_results.md present"),
-        _check("config_saved", "optimization_config.yaml saved with provenance for every changed field"),
-        _check("results_reviewed", "A person reviewed the comparison", "manual", False),
-    )),
-    GateSpec("production_ready", Phase.FINALIZATION.value, "Phase 5 → deploy: production ready (25 mandatory checks)", (
-        _check("test_never_read_before", "1. Test split never read before Phase 5"),
-        _check("test_disjoint", "2. Test split disjoint from train/val by content"),
-        _check("test_evaluated_once", "3. Test evaluated once, on the final model"),
-        _check("test_meets_target", "4. Test metric meets the target (or the shortfall is waived)"),
-        _check("val_test_agree", "5. Val and test agree within the bootstrap interval"),
-        _check("per_class_reported", "6. Per-class metrics reported, none below the floor"),
-        _check("calibration_measured", "7. Calibration measured (ECE, reliability diagram)"),
-        _check("robustness_smoke", "8. Robustness smoke test within tolerance"),
-        _check("final_training_finite", "9. Final training completed without non-finite loss"),
-        _check("weights_finite", "10. All weights finite"),
-        _check("checkpoint_verified", "11. Final checkpoint loads with weights_only and its hash matches"),
-        _check("config_frozen", "12. Final config frozen and hashed"),
-        _check("reproducible", "13. A short re-run reproduces the metrics (bitwise on CPU)"),
-        _check("environment_recorded", "14. Environment recorded"),
-        _check("earlier_gates_valid", "15. Every earlier gate signed, its artifacts unchanged"),
-        _check("onnx_valid", "16. ONNX exported and valid"),
-        _check("onnx_parity", "17. ONNX parity with the eager model"),
-        _check("torchscript_exported", "18. TorchScript exported"),
-        _check("torchscript_parity", "19. TorchScript parity with the eager model"),
-        _check("batch_flexible", "20. Both accept batch 1 and batch N"),
-        _check("latency_measured", "21. Latency measured (and within budget when one is set)"),
-        _check("deployment_guide", "22. Deployment guide written and its snippets ran"),
-        _check("model_card", "23. Model card written"),
-        _check("raw_rows_predict", "24. Raw test rows predicted through `trainkit predict` as evaluated (tables)"),
-        _check("stakeholder_approval", "25. Stakeholder approval", "manual", True),
-    )),
-]}
+GATES: dict[str, GateSpec] = {
+    g.name: g
+    for g in [
+        GateSpec(
+            "reproducibility_gate",
+            Phase.PLANNING.value,
+            "Phase 1 → 2: reproducibility",
+            (
+                _check("seeds_fixed", "Seeds fixed for python, NumPy, torch and workers"),
+                _check("deterministic_mode", "Deterministic mode on (or waived with a reason)"),
+                _check("environment_documented", "Environment documented (environment.json)"),
+                _check("config_valid", "Config valid and saved (training_config.yaml)"),
+                _check("splits_fingerprinted", "Splits stratified and fingerprinted (splits.json)"),
+                _check("test_quarantined", "Test split quarantined until Phase 5"),
+                _check("determinism_verified", "Two same-seed trainings agree (bitwise on CPU)"),
+                _check("compute_plan", "Compute plan fits budget.total_hours (budget_plan.json)", mandatory=False),
+                _check(
+                    "no_leaky_column",
+                    "No table column alone predicts the label almost perfectly (columns.json)",
+                    mandatory=False,
+                ),
+                _check(
+                    "config_reviewed", "A person reviewed the config (data, model, target, budget)", "manual", False
+                ),
+            ),
+        ),
+        GateSpec(
+            "post_baseline",
+            Phase.BASELINE.value,
+            "Phase 2 → 3 or 5: post-baseline",
+            (
+                _check("training_completed", "Training completed (no crash)"),
+                _check("losses_finite", "Losses finite throughout"),
+                _check("learning_happened", "Learning happened (train loss below init, val metric above chance)"),
+                _check("gpu_utilisation", "GPU utilisation ≥ block threshold (warn under the warn threshold)"),
+                _check("data_wait_reported", "Data-wait fraction reported"),
+                _check("best_checkpoint", "Best checkpoint saved and verified"),
+                _check("results_document", "baseline_results.md present"),
+                _check("curves_reviewed", "A person looked at the learning curves", "manual", False),
+            ),
+        ),
+        GateSpec(
+            "diagnostics_complete",
+            Phase.DIAGNOSTICS.value,
+            "Phase 3 → 4, 5 or 2: diagnostics complete",
+            (
+                _check("evidence_loaded", "The diagnosed run's evidence was loaded (metrics, or the crash record)"),
+                _check("probes_ran", "Probes ran and returned numbers"),
+                _check("pipeline_sane", "Overfit-one-batch and input-independent probes pass", mandatory=False),
+                _check("root_cause", "Primary root cause identified"),
+                _check("recommendations", "3-5 recommendations with impact and effort (or the infrastructure fix)"),
+                _check("report_present", "diagnostic_report.md and findings.json present"),
+                _check("guides_linked", "A guide for every fired diagnostic, linked from the report"),
+                _check("recommendations_reviewed", "A person read the recommendations", "manual", False),
+            ),
+        ),
+        GateSpec(
+            "optimization_complete",
+            Phase.OPTIMIZATION.value,
+            "Phase 4 → 5, 4 or 3: optimization complete",
+            (
+                _check("optimized_training_completed", "Optimized training completed on every seed"),
+                _check(
+                    "compared_to_baseline",
+                    "Compared to the baseline on the same seeds (mean ± std, CI of the difference)",
+                ),
+                _check("adoption_rule", "Adopted only when the gain exceeds the seed spread"),
+                _check("results_document", "optimization_results.md present"),
+                _check("config_saved", "optimization_config.yaml saved with provenance for every changed field"),
+                _check("results_reviewed", "A person reviewed the comparison", "manual", False),
+            ),
+        ),
+        GateSpec(
+            "production_ready",
+            Phase.FINALIZATION.value,
+            "Phase 5 → deploy: production ready (25 mandatory checks)",
+            (
+                _check("test_never_read_before", "1. Test split never read before Phase 5"),
+                _check("test_disjoint", "2. Test split disjoint from train/val by content"),
+                _check("test_evaluated_once", "3. Test evaluated once, on the final model"),
+                _check("test_meets_target", "4. Test metric meets the target (or the shortfall is waived)"),
+                _check("val_test_agree", "5. Val and test agree within the bootstrap interval"),
+                _check("per_class_reported", "6. Per-class metrics reported, none below the floor"),
+                _check("calibration_measured", "7. Calibration measured (ECE, reliability diagram)"),
+                _check("robustness_smoke", "8. Robustness smoke test within tolerance"),
+                _check("final_training_finite", "9. Final training completed without non-finite loss"),
+                _check("weights_finite", "10. All weights finite"),
+                _check("checkpoint_verified", "11. Final checkpoint loads with weights_only and its hash matches"),
+                _check("config_frozen", "12. Final config frozen and hashed"),
+                _check("reproducible", "13. A short re-run reproduces the metrics (bitwise on CPU)"),
+                _check("environment_recorded", "14. Environment recorded"),
+                _check("earlier_gates_valid", "15. Every earlier gate signed, its artifacts unchanged"),
+                _check("onnx_valid", "16. ONNX exported and valid"),
+                _check("onnx_parity", "17. ONNX parity with the eager model"),
+                _check("torchscript_exported", "18. TorchScript exported"),
+                _check("torchscript_parity", "19. TorchScript parity with the eager model"),
+                _check("batch_flexible", "20. Both accept batch 1 and batch N"),
+                _check("latency_measured", "21. Latency measured (and within budget when one is set)"),
+                _check("deployment_guide", "22. Deployment guide written and its snippets ran"),
+                _check("model_card", "23. Model card written"),
+                _check(
+                    "raw_rows_predict", "24. Raw test rows predicted through `trainkit predict` as evaluated (tables)"
+                ),
+                _check("stakeholder_approval", "25. Stakeholder approval", "manual", True),
+            ),
+        ),
+    ]
+}
 
 
 def _hash_artifacts(run_dir: Path, artifacts: Iterable[str]) -> dict[str, str | None]:
@@ -144,13 +192,23 @@ def gate_state(record: dict[str, Any]) -> str:
 
 
 def _failures(record: dict[str, Any]) -> list[str]:
-    return [f"{c['id']}: {c['evidence']}" for c in record["checks"]
-            if c["mandatory"] and c["kind"] == "automatic" and c["status"] not in _OK]
+    return [
+        f"{c['id']}: {c['evidence']}"
+        for c in record["checks"]
+        if c["mandatory"] and c["kind"] == "automatic" and c["status"] not in _OK
+    ]
 
 
-def evaluate_gate(name: str, run_dir: str | Path, phase_dir: str | Path, results: dict[str, tuple[str, Any]],
-                  artifacts: Iterable[str] = (), approvals: dict[str, str] | None = None,
-                  auto_signoff: bool = False, waivers: dict[str, str] | None = None) -> dict[str, Any]:
+def evaluate_gate(
+    name: str,
+    run_dir: str | Path,
+    phase_dir: str | Path,
+    results: dict[str, tuple[str, Any]],
+    artifacts: Iterable[str] = (),
+    approvals: dict[str, str] | None = None,
+    auto_signoff: bool = False,
+    waivers: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """Record ``gate.json`` in ``phase_dir`` from automatic ``results`` ({id: (status, evidence)}), then raise
     GateBlocked if a mandatory automatic check fails. ``approvals`` ({check_id or 'signoff': name}) tick
     manual checks and sign off headlessly; ``auto_signoff`` signs when every mandatory check passes."""
@@ -165,12 +223,27 @@ def evaluate_gate(name: str, run_dir: str | Path, phase_dir: str | Path, results
             status, evidence = results.get(c.id, ("fail", "not evaluated"))
         if status == "fail" and c.id in waivers:
             status, evidence = "waived", f"waived: {waivers[c.id]} (was: {evidence})"
-        checks.append({"id": c.id, "title": c.title, "kind": c.kind, "mandatory": c.mandatory,
-                       "status": status, "evidence": evidence})
+        checks.append(
+            {
+                "id": c.id,
+                "title": c.title,
+                "kind": c.kind,
+                "mandatory": c.mandatory,
+                "status": status,
+                "evidence": evidence,
+            }
+        )
     rels = [str(Path(a)) for a in artifacts]
-    record = {"gate": name, "phase": spec.phase, "title": spec.title, "evaluated_at": time.time(),
-              "phase_dir": str(phase_dir.relative_to(run_dir)) if phase_dir.is_relative_to(run_dir) else str(phase_dir),
-              "checks": checks, "artifacts": _hash_artifacts(run_dir, rels), "signoff": None}
+    record = {
+        "gate": name,
+        "phase": spec.phase,
+        "title": spec.title,
+        "evaluated_at": time.time(),
+        "phase_dir": str(phase_dir.relative_to(run_dir)) if phase_dir.is_relative_to(run_dir) else str(phase_dir),
+        "checks": checks,
+        "artifacts": _hash_artifacts(run_dir, rels),
+        "signoff": None,
+    }
     record["state"] = gate_state(record)
     path = phase_dir / GATE
     _write_record(run_dir, path, record)
@@ -185,8 +258,14 @@ def evaluate_gate(name: str, run_dir: str | Path, phase_dir: str | Path, results
     return record
 
 
-def sign_off(gate_path: str | Path, by: str, checks: Iterable[str] = (), run_dir: str | Path | None = None,
-             automatic: bool = False, waivers: dict[str, str] | None = None) -> dict[str, Any]:
+def sign_off(
+    gate_path: str | Path,
+    by: str,
+    checks: Iterable[str] = (),
+    run_dir: str | Path | None = None,
+    automatic: bool = False,
+    waivers: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """Tick the manual ``checks`` and sign the gate as ``by``; refused while a mandatory automatic check
     fails or a mandatory manual check is unticked. Records the sha256 of every covered artifact.
 
@@ -212,10 +291,17 @@ def sign_off(gate_path: str | Path, by: str, checks: Iterable[str] = (), run_dir
         entry["status"], entry["evidence"] = "pass", f"ticked by {by} at {time.strftime('%Y-%m-%d %H:%M:%S')}"
     missing = [c["id"] for c in record["checks"] if c["mandatory"] and c["status"] not in _OK]
     if missing:
-        raise GateError(f"gate {record['gate']!r}: mandatory check(s) {missing} still need ticking; "
-                        f"sign off with --check {' --check '.join(missing)}")
-    record["signoff"] = {"by": by.strip(), "at": time.time(), "automatic": automatic, "checks": list(checks),
-                         "artifacts": _hash_artifacts(run_dir, record["artifacts"].keys())}
+        raise GateError(
+            f"gate {record['gate']!r}: mandatory check(s) {missing} still need ticking; "
+            f"sign off with --check {' --check '.join(missing)}"
+        )
+    record["signoff"] = {
+        "by": by.strip(),
+        "at": time.time(),
+        "automatic": automatic,
+        "checks": list(checks),
+        "artifacts": _hash_artifacts(run_dir, record["artifacts"].keys()),
+    }
     record["state"] = gate_state(record)
     _write_record(run_dir, gate_path, record)
     return record
@@ -228,7 +314,9 @@ def _waive(record: dict[str, Any], by: str, waivers: dict[str, str], run_dir: Pa
         entry = next((c for c in record["checks"] if c["id"] == cid), None)
         if entry is None or entry["kind"] != "automatic":
             valid = [c["id"] for c in record["checks"] if c["kind"] == "automatic" and c["status"] == "fail"]
-            raise GateError(f"--waive {cid}: not an automatic check of gate {record['gate']!r}; failing checks: {valid}")
+            raise GateError(
+                f"--waive {cid}: not an automatic check of gate {record['gate']!r}; failing checks: {valid}"
+            )
         if entry["status"] != "fail":
             raise GateError(f"--waive {cid}: the check is {entry['status']}, not failing; nothing to waive")
         if not str(reason or "").strip():
@@ -242,8 +330,11 @@ def _waive(record: dict[str, Any], by: str, waivers: dict[str, str], run_dir: Pa
         from trainkit._io import write_text_atomic
 
         text = (run_dir / card).read_text()
-        lines = [f"- `{w['check']}` waived by {w['by']} on {time.strftime('%Y-%m-%d %H:%M', time.localtime(w['at']))}: "
-                 f"{w['reason']}" for w in record["waivers"]]
+        lines = [
+            f"- `{w['check']}` waived by {w['by']} on {time.strftime('%Y-%m-%d %H:%M', time.localtime(w['at']))}: "
+            f"{w['reason']}"
+            for w in record["waivers"]
+        ]
         text = text.split("\n## Waivers\n")[0].rstrip("\n") + "\n\n## Waivers\n\n" + "\n".join(lines) + "\n"
         write_text_atomic(run_dir / card, text)
         record["artifacts"][card] = sha256_file(run_dir / card)  # written by trainkit, under this sign-off
@@ -284,8 +375,10 @@ def _verify_chain(run_dir: Path, gate_path: Path, record: dict[str, Any]) -> Non
     except ValueError:
         return
     if rel in chain and sha256_file(gate_path) != chain[rel]:
-        raise GateError(f"gate record {rel} was edited after it was written (its sha256 no longer matches run.json); "
-                        "re-run the phase and sign again")
+        raise GateError(
+            f"gate record {rel} was edited after it was written (its sha256 no longer matches run.json); "
+            "re-run the phase and sign again"
+        )
     prev = record.get("chain_previous")
     if prev and (run_dir / prev["record"]).is_file() and sha256_file(run_dir / prev["record"]) != prev["sha256"]:
         raise GateError(f"gate record {prev['record']} changed after {rel} was chained to it; the records were edited")
@@ -304,16 +397,21 @@ def verify_gate(gate_path: str | Path, run_dir: str | Path | None = None) -> dic
     record = read_json(gate_path)
     state = gate_state(record)
     if state != "passed":
-        how = "fix the failing checks and re-run the phase" if state == "blocked" else \
-            f"sign it off: trainkit signoff RUN --phase {record['phase'][:2].lstrip('0')} --by NAME"
+        how = (
+            "fix the failing checks and re-run the phase"
+            if state == "blocked"
+            else f"sign it off: trainkit signoff RUN --phase {record['phase'][:2].lstrip('0')} --by NAME"
+        )
         raise GateError(f"gate {record['gate']!r} ({gate_path}) is {state}; {how}")
     run_dir = Path(run_dir) if run_dir else _run_dir_of(gate_path, record)
     _verify_chain(Path(run_dir).resolve(), gate_path.resolve(), record)
     now = _hash_artifacts(run_dir, record["signoff"]["artifacts"].keys())
     changed = [k for k, v in record["signoff"]["artifacts"].items() if now.get(k) != v]
     if changed:
-        raise GateError(f"gate {record['gate']!r} is invalid: artifact(s) {changed} changed after sign-off by "
-                        f"{record['signoff']['by']}; restore them or re-run the phase and sign again")
+        raise GateError(
+            f"gate {record['gate']!r} is invalid: artifact(s) {changed} changed after sign-off by "
+            f"{record['signoff']['by']}; restore them or re-run the phase and sign again"
+        )
     return record
 
 
@@ -338,15 +436,22 @@ def gate_html(record: dict[str, Any]) -> str:
         rows.append(
             f"<tr><td><code>{html.escape(c['id'])}</code></td><td>{html.escape(c['title'])}</td>"
             f"<td>{c['kind']}</td><td>{'mandatory' if c['mandatory'] else 'advisory'}</td>"
-            f"<td style='color:{col};font-weight:600'>{c['status'].upper()}</td><td>{html.escape(ev)}</td></tr>")
+            f"<td style='color:{col};font-weight:600'>{c['status'].upper()}</td><td>{html.escape(ev)}</td></tr>"
+        )
     so = record.get("signoff")
-    sign = (f"signed off by <b>{html.escape(so['by'])}</b> at {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(so['at']))}"
-            if so else "not signed off")
-    return (f"<div class='trainkit-gate' data-gate='{html.escape(record['gate'])}' data-state='{state}'>"
-            f"<h3>Gate: {html.escape(record.get('title', record['gate']))} — <span>{state.replace('_', ' ')}</span></h3>"
-            f"<p>{sign}</p><table border='1' cellpadding='4' style='border-collapse:collapse'>"
-            "<thead><tr><th>check</th><th>what</th><th>kind</th><th>weight</th><th>status</th><th>evidence</th></tr></thead>"
-            f"<tbody>{''.join(rows)}</tbody></table></div>")
+    sign = (
+        f"signed off by <b>{html.escape(so['by'])}</b> at "
+        f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(so['at']))}"
+        if so
+        else "not signed off"
+    )
+    return (
+        f"<div class='trainkit-gate' data-gate='{html.escape(record['gate'])}' data-state='{state}'>"
+        f"<h3>Gate: {html.escape(record.get('title', record['gate']))} — <span>{state.replace('_', ' ')}</span></h3>"
+        f"<p>{sign}</p><table border='1' cellpadding='4' style='border-collapse:collapse'>"
+        "<thead><tr><th>check</th><th>what</th><th>kind</th><th>weight</th><th>status</th><th>evidence</th></tr></thead>"
+        f"<tbody>{''.join(rows)}</tbody></table></div>"
+    )
 
 
 def check_approvals(path: str | Path) -> dict[str, Any]:
@@ -361,16 +466,26 @@ def check_approvals(path: str | Path) -> dict[str, Any]:
         raise ConfigError([("--approvals", f"file not found: {p}")], str(p))
     raw = load_yaml_file(p, "--approvals")
     if not isinstance(raw, dict) or not raw:
-        raise ConfigError([("--approvals", f"expected a mapping {{gate: {{check: name}}}} or {{check: name}}, "
-                                           f"got {type(raw).__name__}")], str(p))
+        raise ConfigError(
+            [
+                (
+                    "--approvals",
+                    f"expected a mapping {{gate: {{check: name}}}} or {{check: name}}, got {type(raw).__name__}",
+                )
+            ],
+            str(p),
+        )
     problems = []
     for k, v in raw.items():
         items = v.items() if isinstance(v, dict) else [(k, v)]
         for check, name in items:
             if not isinstance(name, str) or not name.strip():
-                problems.append((f"{k}" if not isinstance(v, dict) else f"{k}.{check}",
-                                 f"expected an approver's name (a string), got {name!r}"))
+                problems.append(
+                    (
+                        f"{k}" if not isinstance(v, dict) else f"{k}.{check}",
+                        f"expected an approver's name (a string), got {name!r}",
+                    )
+                )
     if problems:
         raise ConfigError(problems, str(p))
     return raw
-

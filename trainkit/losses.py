@@ -22,8 +22,15 @@ import torch.nn.functional as F
 __all__ = ["loss_of", "as_logits"]
 
 
-def loss_of(out: torch.Tensor, y: torch.Tensor, *, reduction: str = "mean", weight: torch.Tensor | None = None,
-            label_smoothing: float = 0.0, regression_loss: str = "mse") -> torch.Tensor:
+def loss_of(
+    out: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    reduction: str = "mean",
+    weight: torch.Tensor | None = None,
+    label_smoothing: float = 0.0,
+    regression_loss: str = "mse",
+) -> torch.Tensor:
     """Cross-entropy of ``out`` against ``y`` (``reduction`` mean or sum over the batch); an
     ensemble's ``(B, k, C)`` output counts each sample once, as the mean of its members' losses.
     A float ``y`` is a regression: ``regression_loss`` (mse or huber) of the one output."""
@@ -39,8 +46,13 @@ def loss_of(out: torch.Tensor, y: torch.Tensor, *, reduction: str = "mean", weig
     if out.ndim != 3:
         return F.cross_entropy(out, y, weight=weight, reduction=reduction, label_smoothing=label_smoothing)
     k = out.shape[1]
-    per = F.cross_entropy(out.flatten(0, 1), y.repeat_interleave(k), weight=weight, reduction="none",
-                          label_smoothing=label_smoothing).view(-1, k).mean(1)
+    per = (
+        F.cross_entropy(
+            out.flatten(0, 1), y.repeat_interleave(k), weight=weight, reduction="none", label_smoothing=label_smoothing
+        )
+        .view(-1, k)
+        .mean(1)
+    )
     if reduction == "sum":
         return per.sum()
     if weight is not None:  # as F.cross_entropy's weighted mean: the sum over the samples' weights

@@ -14,15 +14,49 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["METRICS", "REGRESSION", "LABELS", "is_regression", "higher_is_better", "oriented", "better", "best_of", "reaches",
-           "gain_points", "shortfall_points", "target_text", "skill", "skill_of", "headroom_points", "regression_scores", "constant_score", "constant_baseline", "check_metric", "advice", "score", "chance_score", "prior_loss", "row_score", "bootstrap_interval", "metric_interval",
-           "expected_calibration_error"]
+__all__ = [
+    "METRICS",
+    "REGRESSION",
+    "LABELS",
+    "is_regression",
+    "higher_is_better",
+    "oriented",
+    "better",
+    "best_of",
+    "reaches",
+    "gain_points",
+    "shortfall_points",
+    "target_text",
+    "skill",
+    "skill_of",
+    "headroom_points",
+    "regression_scores",
+    "constant_score",
+    "constant_baseline",
+    "check_metric",
+    "advice",
+    "score",
+    "chance_score",
+    "prior_loss",
+    "row_score",
+    "bootstrap_interval",
+    "metric_interval",
+    "expected_calibration_error",
+]
 
 CLASSIFICATION = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc")
 REGRESSION = ("rmse", "mae", "r2")  # a target metric of these makes the run a regression (a number to predict)
 METRICS = CLASSIFICATION + REGRESSION
-LABELS = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy", "macro_f1": "macro F1", "roc_auc": "ROC AUC",
-          "rmse": "RMSE", "mae": "MAE", "r2": "R²", "skill": "skill"}
+LABELS = {
+    "accuracy": "accuracy",
+    "balanced_accuracy": "balanced accuracy",
+    "macro_f1": "macro F1",
+    "roc_auc": "ROC AUC",
+    "rmse": "RMSE",
+    "mae": "MAE",
+    "r2": "R²",
+    "skill": "skill",
+}
 LOWER_IS_BETTER = ("rmse", "mae")
 
 
@@ -110,8 +144,11 @@ def regression_scores(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
         return {"rmse": float("nan"), "mae": float("nan"), "r2": float("nan")}
     err = p - y
     sst = float(((y - y.mean()) ** 2).sum())
-    return {"rmse": float(np.sqrt((err ** 2).mean())), "mae": float(np.abs(err).mean()),
-            "r2": float(1.0 - (err ** 2).sum() / sst) if sst > 0 else 0.0}
+    return {
+        "rmse": float(np.sqrt((err**2).mean())),
+        "mae": float(np.abs(err).mean()),
+        "r2": float(1.0 - (err**2).sum() / sst) if sst > 0 else 0.0,
+    }
 
 
 def constant_baseline(metric: str, y: np.ndarray, constant: float, n: int = 200, seed: int = 0) -> tuple[float, float]:
@@ -124,8 +161,13 @@ def constant_baseline(metric: str, y: np.ndarray, constant: float, n: int = 200,
     rng = np.random.default_rng(seed)
     vals = [constant_score(metric, y[i], constant) for i in rng.integers(0, len(y), (n, len(y)))]
     if metric == "r2":  # the noise of an r2 near 0: the spread of the squared error's share of the variance
-        vals = [1.0 - v for v in (constant_score("rmse", y[i], constant) ** 2 / max(float(y[i].var()), 1e-12)
-                                  for i in rng.integers(0, len(y), (n, len(y))))]
+        vals = [
+            1.0 - v
+            for v in (
+                constant_score("rmse", y[i], constant) ** 2 / max(float(y[i].var()), 1e-12)
+                for i in rng.integers(0, len(y), (n, len(y)))
+            )
+        ]
         return 0.0, float(np.std(vals))
     return constant_score(metric, y, constant), float(np.std(vals))
 
@@ -145,8 +187,16 @@ def check_metric(metric: str, num_classes: int) -> None:
     if metric == "roc_auc" and num_classes != 2:
         from trainkit.errors import ConfigError
 
-        raise ConfigError([("target.metric", f"roc_auc is for two classes only; this data has {num_classes} classes. Use "
-                                             "balanced_accuracy or macro_f1 (or accuracy)")], "config")
+        raise ConfigError(
+            [
+                (
+                    "target.metric",
+                    f"roc_auc is for two classes only; this data has {num_classes} classes. Use "
+                    "balanced_accuracy or macro_f1 (or accuracy)",
+                )
+            ],
+            "config",
+        )
 
 
 def advice(metric: str, counts: list[int] | np.ndarray, share: float = 0.8) -> str | None:
@@ -157,8 +207,10 @@ def advice(metric: str, counts: list[int] | np.ndarray, share: float = 0.8) -> s
         return None
     p = c.max() / c.sum()
     alt = "roc_auc or balanced_accuracy" if len(c) == 2 else "balanced_accuracy or macro_f1"
-    return (f"imbalanced classes: the majority class is {p:.0%} of the rows, so predicting it everywhere scores accuracy "
-            f"{p:.3f}; set target.metric to {alt} so that the decisions can tell a model from that")
+    return (
+        f"imbalanced classes: the majority class is {p:.0%} of the rows, so predicting it everywhere scores accuracy "
+        f"{p:.3f}; set target.metric to {alt} so that the decisions can tell a model from that"
+    )
 
 
 def _confusion(y: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
@@ -267,7 +319,9 @@ def metric_interval(metric: str, y: np.ndarray, probs: np.ndarray, n: int, seed:
     return [float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))]
 
 
-def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> tuple[float, list[dict[str, float]]]:
+def expected_calibration_error(
+    probs: np.ndarray, y: np.ndarray, bins: int = 15
+) -> tuple[float, list[dict[str, float]]]:
     """ECE over equal-width confidence bins, and the per-bin (confidence, accuracy, count) rows."""
     conf, pred = probs.max(1), probs.argmax(1)
     edges = np.linspace(0, 1, bins + 1)
@@ -288,7 +342,10 @@ def bootstrap_interval(correct: np.ndarray, n: int, seed: int) -> list[float]:
     k, m = float(correct.sum()), len(correct)
     if m and k in (0.0, float(m)):
         z, p = 1.96, k / m
-        centre, half = (p + z * z / (2 * m)) / (1 + z * z / m), z * math.sqrt(p * (1 - p) / m + z * z / (4 * m * m)) / (1 + z * z / m)
+        centre, half = (
+            (p + z * z / (2 * m)) / (1 + z * z / m),
+            z * math.sqrt(p * (1 - p) / m + z * z / (4 * m * m)) / (1 + z * z / m),
+        )
         return [max(0.0, centre - half), min(1.0, centre + half)]
     rng = np.random.default_rng(seed)
     means = correct[rng.integers(0, len(correct), (n, len(correct)))].mean(1)

@@ -22,8 +22,11 @@ from trainkit.tabular import tabm  # the tabm and rtdl_num_embeddings packages l
 
 __all__ = ["build_model", "build_for", "register_model", "model_summary", "reinitialize", "MODELS", "family_for"]
 
-_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"relu": nn.ReLU, "leaky_relu": lambda: nn.LeakyReLU(0.1),
-                                                    "gelu": nn.GELU}
+_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "relu": nn.ReLU,
+    "leaky_relu": lambda: nn.LeakyReLU(0.1),
+    "gelu": nn.GELU,
+}
 
 
 def _act(name: str) -> nn.Module:
@@ -32,8 +35,14 @@ def _act(name: str) -> nn.Module:
     return _ACTIVATIONS[name]()
 
 
-def mlp(input_shape: tuple[int, ...], num_classes: int, hidden: tuple[int, ...] | list[int] = (128,),
-        dropout: float = 0.0, activation: str = "relu", batch_norm: bool = False) -> nn.Module:
+def mlp(
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    hidden: tuple[int, ...] | list[int] = (128,),
+    dropout: float = 0.0,
+    activation: str = "relu",
+    batch_norm: bool = False,
+) -> nn.Module:
     """Flatten → [Linear → (BatchNorm) → activation → Dropout] per hidden width → Linear."""
     layers: list[nn.Module] = [nn.Flatten()]
     width = math.prod(input_shape)
@@ -46,12 +55,20 @@ def mlp(input_shape: tuple[int, ...], num_classes: int, hidden: tuple[int, ...] 
     return nn.Sequential(*layers)
 
 
-def cnn(input_shape: tuple[int, ...], num_classes: int, channels: tuple[int, ...] | list[int] = (32, 64),
-        dropout: float = 0.0, batch_norm: bool = True, activation: str = "relu") -> nn.Module:
+def cnn(
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    channels: tuple[int, ...] | list[int] = (32, 64),
+    dropout: float = 0.0,
+    batch_norm: bool = True,
+    activation: str = "relu",
+) -> nn.Module:
     """Small conv net for 1- or 3-channel images of any small size: conv blocks, global pool, linear."""
     if len(input_shape) != 3:
-        raise ModelError(f"model cnn expects images (C, H, W); got input shape {tuple(input_shape)}; "
-                         "use mlp for vectors (F,), cnn1d for signals (C, L)")
+        raise ModelError(
+            f"model cnn expects images (C, H, W); got input shape {tuple(input_shape)}; "
+            "use mlp for vectors (F,), cnn1d for signals (C, L)"
+        )
     c_in = input_shape[0]
     layers: list[nn.Module] = []
     for i, c in enumerate(channels):
@@ -64,12 +81,21 @@ def cnn(input_shape: tuple[int, ...], num_classes: int, channels: tuple[int, ...
     return _pooled_head(layers, nn.AdaptiveAvgPool2d(1), c_in, dropout, num_classes)
 
 
-def cnn1d(input_shape: tuple[int, ...], num_classes: int, channels: tuple[int, ...] | list[int] = (32, 64),
-          kernel: int = 5, dropout: float = 0.0, batch_norm: bool = True, activation: str = "relu") -> nn.Module:
+def cnn1d(
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    channels: tuple[int, ...] | list[int] = (32, 64),
+    kernel: int = 5,
+    dropout: float = 0.0,
+    batch_norm: bool = True,
+    activation: str = "relu",
+) -> nn.Module:
     """Small 1-D conv net for signals (C, L): conv blocks (pooling while the signal is long), global pool, linear."""
     if len(input_shape) != 2:
-        raise ModelError(f"model cnn1d expects signals (C, L); got input shape {tuple(input_shape)}; "
-                         "use mlp for vectors (F,), cnn for images (C, H, W)")
+        raise ModelError(
+            f"model cnn1d expects signals (C, L); got input shape {tuple(input_shape)}; "
+            "use mlp for vectors (F,), cnn for images (C, H, W)"
+        )
     c_in, length = int(input_shape[0]), int(input_shape[1])
     layers: list[nn.Module] = []
     for c in channels:
@@ -112,7 +138,13 @@ def resnet18(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     return m
 
 
-MODELS: dict[str, Callable[..., nn.Module]] = {"tabm": tabm, "mlp": mlp, "cnn": cnn, "cnn1d": cnn1d, "resnet18": resnet18}
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "tabm": tabm,
+    "mlp": mlp,
+    "cnn": cnn,
+    "cnn1d": cnn1d,
+    "resnet18": resnet18,
+}
 
 
 def reinitialize(model: nn.Module, slope: float = 0.0) -> nn.Module:
@@ -141,8 +173,12 @@ def _resolve(name: str) -> Callable[..., nn.Module]:
         try:
             return getattr(importlib.import_module(mod), fn)
         except (ImportError, AttributeError) as exc:
-            raise ModelError(f"model.name={name!r}: cannot import ({exc}); expected 'package.module:function'") from None
-    raise ModelError(f"model.name: unknown model {name!r}; valid: {', '.join(sorted(MODELS))} or 'package.module:function'")
+            raise ModelError(
+                f"model.name={name!r}: cannot import ({exc}); expected 'package.module:function'"
+            ) from None
+    raise ModelError(
+        f"model.name: unknown model {name!r}; valid: {', '.join(sorted(MODELS))} or 'package.module:function'"
+    )
 
 
 FIT_DATA_ROWS = 20000  # rows of train a data-aware model (TabM's bin edges) sees before it trains
@@ -160,8 +196,13 @@ def build_for(cfg: Any, bundle: Any, device: Any = "cpu") -> nn.Module:
     return model.to(device)
 
 
-def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, kwargs: dict[str, Any] | None = None,
-                init: str = "default") -> nn.Module:
+def build_model(
+    name: str,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    kwargs: dict[str, Any] | None = None,
+    init: str = "default",
+) -> nn.Module:
     """Build a model; bad kwargs or a builder that fails raise ModelError naming the model.
     ``init="kaiming"`` re-initialises it (:func:`reinitialize`)."""
     builder = _resolve(name)

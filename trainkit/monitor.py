@@ -54,8 +54,10 @@ class GpuMonitor:
             samples, self._samples = self._samples, []
         if not samples:
             return {}
-        return {"gpu_util_mean": sum(u for u, _ in samples) / len(samples),
-                "gpu_mem_max_mib": max(m for _, m in samples)}
+        return {
+            "gpu_util_mean": sum(u for u, _ in samples) / len(samples),
+            "gpu_mem_max_mib": max(m for _, m in samples),
+        }
 
     def stop(self) -> None:
         self._stop.set()

@@ -19,12 +19,38 @@ from typing import Any, Iterator
 
 from trainkit.reports import export_html, export_reports, refresh_reports, safe_export, write_index
 from trainkit.errors import ConfigError, PipelineError, RunError
-from trainkit.run import (BUDGET_OVERRIDE, DECISION, GATE, NOTEBOOK, PHASES, REPORT, RUN_CONFIG, RUN_JSON, Phase, RunFolder,
-                          init_run, latest_attempt_dir, load_manifest, next_attempt_dir, phase_dir, record_phase,
-                          resume_command, run_cost, save_manifest, signoff_command)
+from trainkit.run import (
+    BUDGET_OVERRIDE,
+    DECISION,
+    GATE,
+    NOTEBOOK,
+    PHASES,
+    REPORT,
+    RUN_CONFIG,
+    RUN_JSON,
+    Phase,
+    RunFolder,
+    init_run,
+    latest_attempt_dir,
+    load_manifest,
+    next_attempt_dir,
+    phase_dir,
+    record_phase,
+    resume_command,
+    run_cost,
+    save_manifest,
+    signoff_command,
+)
 
-__all__ = ["notebook_path", "execute_phase", "export_html", "run_pipeline", "PipelineOutcome", "export_reports",
-           "write_index"]
+__all__ = [
+    "notebook_path",
+    "execute_phase",
+    "export_html",
+    "run_pipeline",
+    "PipelineOutcome",
+    "export_reports",
+    "write_index",
+]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SIGNOFF = 0, 1, 2, 3
 _ATTEMPTED = {p.value for p in Phase if p.sub}  # the phases that repeat, each in its numbered folder
@@ -48,8 +74,9 @@ def notebook_path(phase: str) -> Path:
     raise PipelineError(f"notebook for {phase} not found in the installed trainkit ({here}/notebooks)")
 
 
-def execute_phase(phase: str, run_dir: Path, params: dict[str, Any], attempt: int = 1,
-                  clock_start: float | None = None) -> Path:
+def execute_phase(
+    phase: str, run_dir: Path, params: dict[str, Any], attempt: int = 1, clock_start: float | None = None
+) -> Path:
     """Run a phase notebook into its folder (notebook.ipynb + report.html); PipelineError on failure.
     ``clock_start``: the run clock's origin (``time.time()`` less the run's active seconds), which
     ``trainkit run`` keeps for the whole invocation so that its own work between phases counts;
@@ -106,24 +133,35 @@ def _count_gap(run_dir: Path, active: float, between: bool = True) -> None:
     save_manifest(run_dir, manifest)
 
 
-def _execute(pm: Any, phase: str, out_nb: Path, params: dict[str, Any], out_dir: Path, run_dir: Path,
-             attempt: int) -> None:
+def _execute(
+    pm: Any, phase: str, out_nb: Path, params: dict[str, Any], out_dir: Path, run_dir: Path, attempt: int
+) -> None:
     try:
         stream = os.environ.get("TRAINKIT_PROGRESS", "text") != "off"  # the phase's own progress lines, live
-        pm.execute_notebook(str(notebook_path(phase)), str(out_nb), parameters=params, kernel_name="python3",
-                            progress_bar=False, log_output=False, report_mode=False,
-                            stdout_file=_Indented(sys.stdout) if stream else None,
-                            stderr_file=_Indented(sys.stderr) if stream else None,
-                            extra_arguments=["--IPKernelApp.log_level=ERROR"])  # no kernel transport warnings
+        pm.execute_notebook(
+            str(notebook_path(phase)),
+            str(out_nb),
+            parameters=params,
+            kernel_name="python3",
+            progress_bar=False,
+            log_output=False,
+            report_mode=False,
+            stdout_file=_Indented(sys.stdout) if stream else None,
+            stderr_file=_Indented(sys.stderr) if stream else None,
+            extra_arguments=["--IPKernelApp.log_level=ERROR"],
+        )  # no kernel transport warnings
     except pm.PapermillExecutionError as exc:
         safe_export(out_nb, out_dir / REPORT)
-        raise PipelineError(f"{phase} failed: {exc.ename}: {_first_line(exc.evalue)} "
-                            f"(read {out_dir / 'report.html'})") from None
+        raise PipelineError(
+            f"{phase} failed: {exc.ename}: {_first_line(exc.evalue)} (read {out_dir / 'report.html'})"
+        ) from None
     except Exception as exc:  # kernel death, missing kernel, ...
         safe_export(out_nb, out_dir / REPORT)
         record_phase(run_dir, phase, attempt, status="failed", ended=time.time())
-        raise PipelineError(f"{phase} did not finish: {type(exc).__name__}: {_first_line(str(exc))}; "
-                            f"fix it and continue with `{resume_command(run_dir)}`") from None
+        raise PipelineError(
+            f"{phase} did not finish: {type(exc).__name__}: {_first_line(str(exc))}; "
+            f"fix it and continue with `{resume_command(run_dir)}`"
+        ) from None
     safe_export(out_nb, out_dir / REPORT)
 
 
@@ -165,12 +203,14 @@ def _signoff_hint(run_dir: Path, phase: str, d: Path) -> str:
     record = RunFolder(run_dir).gate(d) or {}
     manual = [c["id"] for c in record["checks"] if c["kind"] == "manual" and c["mandatory"] and c["status"] != "pass"]
     n = int(phase[:2])
-    return (f"{phase} is waiting for a sign-off of gate '{record['gate']}'. Finish it with:\n"
-            f"  {signoff_command(run_dir, n, manual)}\n"
-            f"then: {resume_command(run_dir)}\n"
-            f"(or in JupyterLab, in any notebook: from trainkit.widgets import GateWidget; "
-            f"GateWidget({str(d / GATE)!r}, {str(run_dir)!r})"
-            f"; or rerun with --approve {manual[0] if manual else 'signoff'}=NAME)")
+    return (
+        f"{phase} is waiting for a sign-off of gate '{record['gate']}'. Finish it with:\n"
+        f"  {signoff_command(run_dir, n, manual)}\n"
+        f"then: {resume_command(run_dir)}\n"
+        f"(or in JupyterLab, in any notebook: from trainkit.widgets import GateWidget; "
+        f"GateWidget({str(d / GATE)!r}, {str(run_dir)!r})"
+        f"; or rerun with --approve {manual[0] if manual else 'signoff'}=NAME)"
+    )
 
 
 def _resume_point(run_dir: Path) -> tuple[str | None, str | None, int | None]:
@@ -194,8 +234,14 @@ def _resume_point(run_dir: Path) -> tuple[str | None, str | None, int | None]:
     if state == "blocked" and decision.get("option") == "C" and str(decision.get("next", ""))[:2].isdigit():
         # a failed baseline's gate is blocked by design and its decision routes to the diagnosis: follow it
         return decision["next"], f"{last['phase']} failed and its recorded decision is C → {decision['next']}", None
-    if state is None and (last["phase"] in _ATTEMPTED or last["phase"] == PHASES[-1]):  # died before its gate: continue in place
-        return last["phase"], f"{last['phase']} attempt {last['attempt']} did not finish; continuing it", last["attempt"]
+    if state is None and (
+        last["phase"] in _ATTEMPTED or last["phase"] == PHASES[-1]
+    ):  # died before its gate: continue in place
+        return (
+            last["phase"],
+            f"{last['phase']} attempt {last['attempt']} did not finish; continuing it",
+            last["attempt"],
+        )
     return last["phase"], f"{last['phase']} ended {state or last['status']}; running it again", None
 
 
@@ -205,9 +251,17 @@ def _mark_deploy(run_dir: Path, d: Path) -> None:
 
     decision = RunFolder(run_dir).decision(d) or {}
     if decision.get("next") != "deploy":
-        write_json_atomic(d / DECISION, {"phase": Phase.FINALIZATION.value, "attempt": 1, "option": "-", "next": "deploy",
-                                                "reason": "production_ready passed and signed (after the notebook ran)",
-                                                "evidence": {"gate": "passed", "previous": decision.get("reason")}})
+        write_json_atomic(
+            d / DECISION,
+            {
+                "phase": Phase.FINALIZATION.value,
+                "attempt": 1,
+                "option": "-",
+                "next": "deploy",
+                "reason": "production_ready passed and signed (after the notebook ran)",
+                "evidence": {"gate": "passed", "previous": decision.get("reason")},
+            },
+        )
     record_phase(run_dir, Phase.FINALIZATION.value, 1, decision="deploy", gate="passed")
     manifest = load_manifest(run_dir)
     manifest["status"] = "ready_to_deploy"
@@ -249,21 +303,37 @@ def _route_over_budget(run_dir: Path, phase: str, d: Path) -> str:  # phase: whe
     from trainkit._io import write_json_atomic
 
     decision = RunFolder(run_dir).decision(d) or {}
-    write_json_atomic(d / BUDGET_OVERRIDE, {
-        "next": Phase.FINALIZATION.value, "was_next": decision["next"], "time": time.time(),
-        "reason": f"the run's time for {phase} (its share of budget.total_hours) is used up: accept the best so far and finalize (the decision was "
-                  f"{decision['option']} → {decision['next']}: {decision['reason']})"})
+    write_json_atomic(
+        d / BUDGET_OVERRIDE,
+        {
+            "next": Phase.FINALIZATION.value,
+            "was_next": decision["next"],
+            "time": time.time(),
+            "reason": f"the run's time for {phase} (its share of budget.total_hours) is used up: accept the best so "
+            "far and finalize (the decision was "
+            f"{decision['option']} → {decision['next']}: {decision['reason']})",
+        },
+    )
     manifest = load_manifest(run_dir)
-    manifest.setdefault("notes", []).append(f"budget cut after {d.relative_to(run_dir)}: {phase} skipped (its share of "
-                                            "budget.total_hours was used up); finalized with the best so far")
+    manifest.setdefault("notes", []).append(
+        f"budget cut after {d.relative_to(run_dir)}: {phase} skipped (its share of "
+        "budget.total_hours was used up); finalized with the best so far"
+    )
     save_manifest(run_dir, manifest)
     return Phase.FINALIZATION.value
 
 
-def run_pipeline(config_path: str | None, run_dir: Path, overrides: list[str] | None = None,
-                 target: float | None = None, stop_after: int | None = None,
-                 approvals: dict[str, str] | str | None = None, resume: bool = False,
-                 echo: Any = print, started: float | None = None) -> PipelineOutcome:
+def run_pipeline(
+    config_path: str | None,
+    run_dir: Path,
+    overrides: list[str] | None = None,
+    target: float | None = None,
+    stop_after: int | None = None,
+    approvals: dict[str, str] | str | None = None,
+    resume: bool = False,
+    echo: Any = print,
+    started: float | None = None,
+) -> PipelineOutcome:
     """Walk the decision tree from Phase 1 (or the resume point) and return the exit outcome;
     ``index.html`` is rewritten on every way out. ``started``: when this invocation began (the CLI
     passes its process's start), else now; all of its time is on the run's budget clock."""
@@ -333,8 +403,10 @@ def _close_tracking(tracker: Any, echo: Any) -> None:
     sent = tracker.close(say=echo)
     if sent:
         version = f"; model version {sent['model_version']} registered" if sent.get("model_version") else ""
-        echo(f"trainkit: MLflow: run {tracker.run_dir.name} in experiment {tracker.target.experiment!r}{version}; "
-             f"{ui_hint(tracker.target)}")
+        echo(
+            f"trainkit: MLflow: run {tracker.run_dir.name} in experiment {tracker.target.experiment!r}{version}; "
+            f"{ui_hint(tracker.target)}"
+        )
 
 
 def _record_exit(run_dir: Path, outcome: PipelineOutcome | None) -> None:
@@ -347,8 +419,11 @@ def _record_exit(run_dir: Path, outcome: PipelineOutcome | None) -> None:
     manifest["exit"] = {"code": code, "message": message[:500]}
     manifest["cost"] = run_cost(manifest)
     if manifest.get("status") != "ready_to_deploy":
-        manifest["status"] = {EXIT_OK: "stopped" if "stopped after" in message else "finished", EXIT_SIGNOFF: "awaiting_signoff",
-                              EXIT_USAGE: "refused"}.get(code, "failed")
+        manifest["status"] = {
+            EXIT_OK: "stopped" if "stopped after" in message else "finished",
+            EXIT_SIGNOFF: "awaiting_signoff",
+            EXIT_USAGE: "refused",
+        }.get(code, "failed")
     for e in manifest["phases"]:
         if e.get("status") == "running":
             e["status"], e["ended"] = "failed", e.get("ended") or time.time()
@@ -367,8 +442,10 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            raise RunError(f"{run_dir} is in use by another trainkit run (locked); wait for it to finish, or use "
-                           "--name for a new run") from None
+            raise RunError(
+                f"{run_dir} is in use by another trainkit run (locked); wait for it to finish, or use "
+                "--name for a new run"
+            ) from None
         yield
     finally:
         fh.close()
@@ -391,8 +468,9 @@ class _Walk:
         return PipelineOutcome(code, message, self.run.path, self.taken)
 
 
-def _walk(w: _Walk, config_path: str | None, overrides: list[str] | None, target: float | None,
-          resume: bool) -> PipelineOutcome:
+def _walk(
+    w: _Walk, config_path: str | None, overrides: list[str] | None, target: float | None, resume: bool
+) -> PipelineOutcome:
     """From Phase 1 (or the resume point), each phase in its folder, then where its decision routes."""
     phase, continue_attempt, done = _resume_walk(w) if resume else _start_walk(w, config_path, overrides, target)
     if done is not None:
@@ -428,8 +506,9 @@ def _resume_walk(w: _Walk) -> tuple[str | None, int | None, PipelineOutcome | No
     return phase, continue_attempt, None
 
 
-def _start_walk(w: _Walk, config_path: str | None, overrides: list[str] | None,
-                target: float | None) -> tuple[str, None, None]:
+def _start_walk(
+    w: _Walk, config_path: str | None, overrides: list[str] | None, target: float | None
+) -> tuple[str, None, None]:
     run_dir = w.run.path
     if w.run.is_run:
         raise RunError(f"{run_dir} already holds a run; use --resume to continue it or --name for a new one")
@@ -455,8 +534,10 @@ def _run_phase(w: _Walk, phase: str, attempt: int, resume_in_place: bool) -> tup
     if phase == PHASES[0]:
         params.update(config_path=str(w.run.start_config_path()), overrides=[], target=None)
     d = w.run.phase_dir(phase, attempt)
-    w.echo(f"trainkit: [{len(w.taken) + 1}] {phase}{f' ({d.name})' if phase in _ATTEMPTED else ''} "
-           f"… {time.time() - w.t0:.0f}s elapsed")
+    w.echo(
+        f"trainkit: [{len(w.taken) + 1}] {phase}{f' ({d.name})' if phase in _ATTEMPTED else ''} "
+        f"… {time.time() - w.t0:.0f}s elapsed"
+    )
     w.taken.append(phase)
     try:
         _count_gap(run_dir, time.time() - w.origin, between=len(w.taken) > 1)
@@ -465,9 +546,12 @@ def _run_phase(w: _Walk, phase: str, attempt: int, resume_in_place: bool) -> tup
         _kick(w.trackers)
         record = w.run.gate(d)
         if record is not None and _gate_state(d) == "blocked":
-            failed = [f"{c['id']}: {c['evidence']}" for c in record["checks"] if c["status"] == "fail" and c["mandatory"]]
-            return d, w.outcome(EXIT_FAILED, f"{phase}: gate '{record['gate']}' blocked: " + "; ".join(failed)
-                                + f" (read {d / REPORT})")
+            failed = [
+                f"{c['id']}: {c['evidence']}" for c in record["checks"] if c["status"] == "fail" and c["mandatory"]
+            ]
+            return d, w.outcome(
+                EXIT_FAILED, f"{phase}: gate '{record['gate']}' blocked: " + "; ".join(failed) + f" (read {d / REPORT})"
+            )
         return d, w.outcome(EXIT_FAILED, str(exc))
     _kick(w.trackers)  # push this phase while the next one starts
     return d, None
@@ -480,8 +564,9 @@ def _follow(w: _Walk, phase: str, attempt: int, d: Path) -> tuple[str | None, Pi
     decision = w.run.decision(d) or {}
     _echo_phase(w, phase, attempt, d, state, decision)
     if state == "blocked" and decision.get("option") != "C":
-        return None, w.outcome(EXIT_FAILED, f"{phase}: gate blocked: {decision.get('reason', '')[:1500]} "
-                               f"(read {d / REPORT})")
+        return None, w.outcome(
+            EXIT_FAILED, f"{phase}: gate blocked: {decision.get('reason', '')[:1500]} (read {d / REPORT})"
+        )
     if state == "awaiting_signoff":
         return None, w.outcome(EXIT_SIGNOFF, _signoff_hint(run_dir, phase, d))
     nxt = decision["next"]
@@ -489,12 +574,16 @@ def _follow(w: _Walk, phase: str, attempt: int, d: Path) -> tuple[str | None, Pi
         nxt = _route_over_budget(run_dir, nxt, d)
         w.echo("trainkit: over the time budget: finalizing with the best so far")
     n = int(phase[:2])
-    if w.stop_after is not None and (nxt in ("deploy", "stop") and n >= w.stop_after or
-                                     nxt[:2].isdigit() and int(nxt[:2]) > w.stop_after):
+    if w.stop_after is not None and (
+        nxt in ("deploy", "stop") and n >= w.stop_after or nxt[:2].isdigit() and int(nxt[:2]) > w.stop_after
+    ):
         failed = "FAILED: " if decision.get("option") == "C" else ""
-        return None, w.outcome(EXIT_OK, f"stopped after {phase} as asked (--stop-after {w.stop_after}: no phase "
-                               f"past {w.stop_after}). {failed}{phase} decided {decision.get('option', '-')} → {nxt}: "
-                               f"{str(decision.get('reason', ''))[:300]}. Continue with: {resume_command(run_dir)}")
+        return None, w.outcome(
+            EXIT_OK,
+            f"stopped after {phase} as asked (--stop-after {w.stop_after}: no phase "
+            f"past {w.stop_after}). {failed}{phase} decided {decision.get('option', '-')} → {nxt}: "
+            f"{str(decision.get('reason', ''))[:300]}. Continue with: {resume_command(run_dir)}",
+        )
     if nxt == "deploy":
         _mark_deploy(run_dir, d)
         return None, w.outcome(EXIT_OK, f"ready to deploy: {d}")
@@ -506,16 +595,27 @@ def _follow(w: _Walk, phase: str, attempt: int, d: Path) -> tuple[str | None, Pi
 def _echo_phase(w: _Walk, phase: str, attempt: int, d: Path, state: str | None, decision: dict[str, Any]) -> None:
     """The phase's one console line: its key metric, cost, gate and decision."""
     manifest = w.run.manifest() or {}
-    cost = next((e.get("cost") for e in reversed(manifest.get("phases", []))
-                 if e["phase"] == phase and e["attempt"] == attempt), None) or {}
+    cost = (
+        next(
+            (
+                e.get("cost")
+                for e in reversed(manifest.get("phases", []))
+                if e["phase"] == phase and e["attempt"] == attempt
+            ),
+            None,
+        )
+        or {}
+    )
     if not cost:
         return
     from trainkit.reports import phase_metric
 
     units = f", {cost['baseline_units']:.2f}× baseline" if cost.get("baseline_units") is not None else ""
     metric = phase_metric(d, phase)
-    w.echo(f"trainkit:     {phase}: {metric + '; ' if metric else ''}{cost['wall_s']:.1f} s{units}; gate {state}; "
-           f"{decision.get('option', '')} → {decision.get('next')}: {str(decision.get('reason', ''))[:160]}")
+    w.echo(
+        f"trainkit:     {phase}: {metric + '; ' if metric else ''}{cost['wall_s']:.1f} s{units}; gate {state}; "
+        f"{decision.get('option', '')} → {decision.get('next')}: {str(decision.get('reason', ''))[:160]}"
+    )
 
 
 def _kick(trackers: list[Any]) -> None:

@@ -15,8 +15,12 @@ from typing import Any
 
 __all__ = ["SHARES", "planned_units", "compute_plan"]
 
-SHARES: dict[str, float] = {Phase.BASELINE.value: 2.5 / 10, Phase.DIAGNOSTICS.value: 1.5 / 10, Phase.OPTIMIZATION.value: 4.5 / 10,
-                            Phase.FINALIZATION.value: 1.5 / 10}
+SHARES: dict[str, float] = {
+    Phase.BASELINE.value: 2.5 / 10,
+    Phase.DIAGNOSTICS.value: 1.5 / 10,
+    Phase.OPTIMIZATION.value: 4.5 / 10,
+    Phase.FINALIZATION.value: 1.5 / 10,
+}
 
 
 def planned_units(cfg: Any, seeds: int = 3, candidates: int = 6) -> dict[str, dict[str, Any]]:
@@ -25,14 +29,21 @@ def planned_units(cfg: Any, seeds: int = 3, candidates: int = 6) -> dict[str, di
     final = cfg.final.epochs / max(1, cfg.training.epochs)
     return {
         Phase.BASELINE.value: {"units": 1.0, "fits": "the baseline"},
-        Phase.DIAGNOSTICS.value: {"units": 2.5, "fits": "2 more seeds of the baseline (seed spread; Phase 4 reuses them) + "
-                                                 "probes (~0.5, the label probe on a subsample)"},
-        Phase.OPTIMIZATION.value: {"units": float(candidates + 2 * (seeds - 1) + seeds),
-                            "fits": f"{candidates} candidates × 1 seed, 2 survivors × {seeds - 1} more seeds, a "
-                                    f"{seeds}-seed combination (one iteration; the baseline's seeds are Phase 2's and "
-                                    "Phase 3's runs)"},
-        Phase.FINALIZATION.value: {"units": round(final, 2), "fits": f"final training ({cfg.final.epochs} epochs max vs the "
-                                                              f"baseline's {cfg.training.epochs})"},
+        Phase.DIAGNOSTICS.value: {
+            "units": 2.5,
+            "fits": "2 more seeds of the baseline (seed spread; Phase 4 reuses them) + "
+            "probes (~0.5, the label probe on a subsample)",
+        },
+        Phase.OPTIMIZATION.value: {
+            "units": float(candidates + 2 * (seeds - 1) + seeds),
+            "fits": f"{candidates} candidates × 1 seed, 2 survivors × {seeds - 1} more seeds, a "
+            f"{seeds}-seed combination (one iteration; the baseline's seeds are Phase 2's and "
+            "Phase 3's runs)",
+        },
+        Phase.FINALIZATION.value: {
+            "units": round(final, 2),
+            "fits": f"final training ({cfg.final.epochs} epochs max vs the baseline's {cfg.training.epochs})",
+        },
     }
 
 
@@ -43,12 +54,23 @@ def compute_plan(cfg: Any, baseline_s: float, measured: dict[str, Any]) -> dict[
     phases = {}
     for phase, p in planned_units(cfg).items():
         est = p["units"] * baseline_s
-        phases[phase] = {"share": round(SHARES[phase], 4), "share_s": round(SHARES[phase] * total_s, 1),
-                         "planned_units": p["units"], "fits": p["fits"], "estimated_s": round(est, 2),
-                         "within_share": est <= SHARES[phase] * total_s}
+        phases[phase] = {
+            "share": round(SHARES[phase], 4),
+            "share_s": round(SHARES[phase] * total_s, 1),
+            "planned_units": p["units"],
+            "fits": p["fits"],
+            "estimated_s": round(est, 2),
+            "within_share": est <= SHARES[phase] * total_s,
+        }
     est_total = sum(p["estimated_s"] for p in phases.values())
-    return {"budget_hours": cfg.budget.total_hours, "baseline_estimate_s": round(baseline_s, 3), "measured": measured,
-            "phases": phases, "planned_units_total": round(sum(p["planned_units"] for p in phases.values()), 2),
-            "estimated_total_s": round(est_total, 1), "fits": est_total <= total_s,
-            "note": "upper bounds in baseline units before the time budget; each phase is then held to its share "
-                    "(cumulative: unused time carries over) and what does not fit is cut and recorded"}
+    return {
+        "budget_hours": cfg.budget.total_hours,
+        "baseline_estimate_s": round(baseline_s, 3),
+        "measured": measured,
+        "phases": phases,
+        "planned_units_total": round(sum(p["planned_units"] for p in phases.values()), 2),
+        "estimated_total_s": round(est_total, 1),
+        "fits": est_total <= total_s,
+        "note": "upper bounds in baseline units before the time budget; each phase is then held to its share "
+        "(cumulative: unused time carries over) and what does not fit is cut and recorded",
+    }

@@ -9,9 +9,21 @@ from typing import Any, Sequence
 
 import matplotlib.pyplot as plt
 
-__all__ = ["class_counts_figure", "sample_grid_figure", "curves_figure", "save_figure", "figure_png_html",
-           "lr_range_figure", "seed_variance_figure", "throughput_figure", "comparison_figure", "seed_points_figure",
-           "reference_figure", "label_histogram_figure", "residual_figure"]
+__all__ = [
+    "class_counts_figure",
+    "sample_grid_figure",
+    "curves_figure",
+    "save_figure",
+    "figure_png_html",
+    "lr_range_figure",
+    "seed_variance_figure",
+    "throughput_figure",
+    "comparison_figure",
+    "seed_points_figure",
+    "reference_figure",
+    "label_histogram_figure",
+    "residual_figure",
+]
 
 
 def save_figure(fig: Any, path: str | Path) -> Path:
@@ -103,7 +115,11 @@ def sample_grid_figure(x: Any, y: Any, class_names: Sequence[str] | None, n: int
     fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.1, rows * 1.2))
     for ax, img, lab in zip(np.ravel(axes), x, np.asarray(y[:n])):
         if img.ndim == 3:
-            img = img[0] if img.shape[0] == 1 else np.clip((img.transpose(1, 2, 0) - img.min()) / (np.ptp(img) + 1e-9), 0, 1)
+            img = (
+                img[0]
+                if img.shape[0] == 1
+                else np.clip((img.transpose(1, 2, 0) - img.min()) / (np.ptp(img) + 1e-9), 0, 1)
+            )
         elif img.ndim == 2:  # a (C, L) signal: one line per channel
             for ch in img[:4]:
                 ax.plot(ch, lw=0.8)
@@ -145,8 +161,14 @@ def lr_range_figure(probe: dict[str, Any]) -> Any:
         ax.axvline(probe["suggested_lr"], color="tab:green", ls="--", label=f"suggested {probe['suggested_lr']:.3g}")
         ax.axvline(probe["min_loss_lr"], color="tab:red", ls=":", label=f"min loss {probe['min_loss_lr']:.3g}")
     else:  # a flat or noisy curve: no suggestion, and the plot says why
-        ax.text(0.02, 0.05, f"no suggestion: {str(probe.get('reason', 'inconclusive'))[:70]}", transform=ax.transAxes,
-                fontsize=8, color="tab:red")
+        ax.text(
+            0.02,
+            0.05,
+            f"no suggestion: {str(probe.get('reason', 'inconclusive'))[:70]}",
+            transform=ax.transAxes,
+            fontsize=8,
+            color="tab:red",
+        )
     if probe.get("configured_lr"):
         ax.axvline(probe["configured_lr"], color="gray", ls="-.", label=f"configured {probe['configured_lr']:.3g}")
     ax.set_xlabel("learning rate")

@@ -30,8 +30,13 @@ def model_checkpoint(run: RunFolder) -> tuple[Path, str]:
         return final, "the final model (05_finalization)"
     d = run.latest(Phase.BASELINE.value)
     if d is not None and (d / "checkpoints" / "best.pt").is_file():
-        return d / "checkpoints" / "best.pt", f"the baseline's best ({d.relative_to(run.path)}; the run has no final model yet)"
-    raise RunError(f"{run.path}: no trained model (no 05_finalization or 02_baseline checkpoint); run the pipeline first")
+        return (
+            d / "checkpoints" / "best.pt",
+            f"the baseline's best ({d.relative_to(run.path)}; the run has no final model yet)",
+        )
+    raise RunError(
+        f"{run.path}: no trained model (no 05_finalization or 02_baseline checkpoint); run the pipeline first"
+    )
 
 
 def _inputs(run: RunFolder, source: str, path: Path, shape: tuple[int, ...]) -> tuple[np.ndarray, dict[str, list[Any]]]:
@@ -57,7 +62,9 @@ def _inputs(run: RunFolder, source: str, path: Path, shape: tuple[int, ...]) -> 
         if tuple(x.shape[1:]) != tuple(shape):
             raise DataError(f"{path}: x has samples of shape {tuple(x.shape[1:])}; the model takes {tuple(shape)}")
         return x, {"row": list(range(len(x)))}
-    raise DataError(f"{path}: expected a .csv / .parquet table (a table run), an .npz with array 'x', or an image folder")
+    raise DataError(
+        f"{path}: expected a .csv / .parquet table (a table run), an .npz with array 'x', or an image folder"
+    )
 
 
 def _images(folder: Path, shape: tuple[int, ...]) -> tuple[np.ndarray, dict[str, list[Any]]]:
@@ -109,14 +116,31 @@ def predict(run_dir: str | Path, input_path: str | Path, say: Any = None) -> dic
 
         scale = state["label_scale"]
         with torch.no_grad():
-            z = as_logits(model(normalize(torch.as_tensor(x), mean, std))).float().reshape(len(x), -1)[:, 0].double().numpy()
+            z = (
+                as_logits(model(normalize(torch.as_tensor(x), mean, std)))
+                .float()
+                .reshape(len(x), -1)[:, 0]
+                .double()
+                .numpy()
+            )
         values = z * scale["std"] + scale["mean"]
-        return {"ids": ids, "classes": names, "probabilities": None, "predicted": values.tolist(), "model": which,
-                "units": f"the units of the label {names[0]!r}"}
+        return {
+            "ids": ids,
+            "classes": names,
+            "probabilities": None,
+            "predicted": values.tolist(),
+            "model": which,
+            "units": f"the units of the label {names[0]!r}",
+        }
     with torch.no_grad():
         probs = torch.softmax(model(normalize(torch.as_tensor(x), mean, std)).float(), dim=1).numpy()
-    return {"ids": ids, "classes": names, "probabilities": probs, "predicted": [names[i] for i in probs.argmax(1)],
-            "model": which}
+    return {
+        "ids": ids,
+        "classes": names,
+        "probabilities": probs,
+        "predicted": [names[i] for i in probs.argmax(1)],
+        "model": which,
+    }
 
 
 def write_predictions(result: dict[str, Any], out: str | Path) -> Path:
@@ -162,13 +186,22 @@ def raw_rows_parity(run_dir: str | Path, bundle: Any, expected: list[int] | None
         tol = 1e-4 * max(1.0, float(np.abs(want_v).max()) if len(want_v) else 1.0)
         worst = float(np.abs(got_v - want_v).max()) if len(want_v) else 0.0
         if worst > tol:
-            return "fail", (f"raw test rows predicted differently through `trainkit predict` than in the evaluation (max abs "
-                            f"difference {worst:.3g} > {tol:.3g}, in the label's units)")
-        return "pass", (f"{len(want_v)} raw test rows (CSV, no label column) through `trainkit predict`: every number as "
-                        f"evaluated (max abs difference {worst:.2g}, label units)")
+            return "fail", (
+                f"raw test rows predicted differently through `trainkit predict` than in the evaluation (max abs "
+                f"difference {worst:.3g} > {tol:.3g}, in the label's units)"
+            )
+        return "pass", (
+            f"{len(want_v)} raw test rows (CSV, no label column) through `trainkit predict`: every number as "
+            f"evaluated (max abs difference {worst:.2g}, label units)"
+        )
     want = [names[expected[i]] for i in take]
     bad = [i for i, (a, b) in enumerate(zip(got["predicted"], want)) if a != b]
     if bad:
-        return "fail", (f"{len(bad)} of {len(want)} raw test rows predicted differently through `trainkit predict` than in "
-                        f"the evaluation (first: row {int(test[take][bad[0]])}: {got['predicted'][bad[0]]!r} vs {want[bad[0]]!r})")
-    return "pass", f"{len(want)} raw test rows (CSV, no label column) through `trainkit predict`: every class as evaluated"
+        return "fail", (
+            f"{len(bad)} of {len(want)} raw test rows predicted differently through `trainkit predict` than in "
+            f"the evaluation (first: row {int(test[take][bad[0]])}: {got['predicted'][bad[0]]!r} vs {want[bad[0]]!r})"
+        )
+    return (
+        "pass",
+        f"{len(want)} raw test rows (CSV, no label column) through `trainkit predict`: every class as evaluated",
+    )

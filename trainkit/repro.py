@@ -22,8 +22,21 @@ __all__ = [
     "restore_rng_state",
 ]
 
-_PACKAGES = ["torch", "torchvision", "numpy", "scikit-learn", "pydantic", "papermill", "onnx",
-             "onnxruntime", "matplotlib", "ipywidgets", "optuna", "nvidia-ml-py", "trainkit"]
+_PACKAGES = [
+    "torch",
+    "torchvision",
+    "numpy",
+    "scikit-learn",
+    "pydantic",
+    "papermill",
+    "onnx",
+    "onnxruntime",
+    "matplotlib",
+    "ipywidgets",
+    "optuna",
+    "nvidia-ml-py",
+    "trainkit",
+]
 
 
 def seed_everything(seed: int) -> None:
@@ -46,7 +59,10 @@ def _use_deterministic_algorithms(enabled: bool) -> None:
     """torch.use_deterministic_algorithms without its ~2 s import of torch._inductor when nothing
     compiled is in play: the inductor flag only matters for torch.compile, so it is set through the
     public function whenever inductor is already loaded (or the private setter is missing)."""
-    if torch.are_deterministic_algorithms_enabled() == enabled and not torch.is_deterministic_algorithms_warn_only_enabled():
+    if (
+        torch.are_deterministic_algorithms_enabled() == enabled
+        and not torch.is_deterministic_algorithms_warn_only_enabled()
+    ):
         return
     if "torch._inductor" in sys.modules or not hasattr(torch._C, "_set_deterministic_algorithms"):
         torch.use_deterministic_algorithms(enabled, warn_only=False)
@@ -75,8 +91,12 @@ def rng_state() -> dict[str, Any]:
     py_state = random.getstate()
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached": float(np_state[4]),
+        },
         "python": {"version": py_state[0], "state": list(py_state[1]), "gauss": py_state[2]},
     }
     if torch.cuda.is_available():
@@ -123,7 +143,9 @@ def _gpu_info() -> dict[str, Any]:
         for i in range(pynvml.nvmlDeviceGetCount()):
             h = pynvml.nvmlDeviceGetHandleByIndex(i)
             mem = pynvml.nvmlDeviceGetMemoryInfo(h)
-            info["devices"].append({"index": i, "name": pynvml.nvmlDeviceGetName(h), "memory_total_mib": mem.total // 2**20})
+            info["devices"].append(
+                {"index": i, "name": pynvml.nvmlDeviceGetName(h), "memory_total_mib": mem.total // 2**20}
+            )
     finally:
         pynvml.nvmlShutdown()
     return info
@@ -148,8 +170,11 @@ def capture_environment() -> dict[str, Any]:
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "gpu": _gpu_info(),
-        "cpu": {"model": platform.processor() or platform.machine(), "count": os.cpu_count(),
-                "torch_threads": torch.get_num_threads()},
+        "cpu": {
+            "model": platform.processor() or platform.machine(),
+            "count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+        },
         "os": {"system": platform.system(), "release": platform.release(), "platform": platform.platform()},
         "packages": _packages(),
         "git": _git_info(),

@@ -18,11 +18,47 @@ from typing import Any
 from trainkit._io import read_json, write_json_atomic
 from trainkit.errors import RunError
 
-__all__ = ["Phase", "PHASES", "RunFolder", "phase_name", "init_run", "load_manifest", "record_phase", "phase_dir",
-           "next_attempt_dir", "latest_attempt_dir", "resume_command", "signoff_command", "check_run_name",
-           "baseline_seconds", "phase_cost", "run_cost", "RUN_JSON", "RUN_CONFIG", "CURRENT_CONFIG", "TRAINING_CONFIG",
-           "GATE", "DECISION", "BUDGET", "BUDGET_OVERRIDE", "SPLITS", "PREPROCESS", "DATA_MANIFEST", "TEST_ACCESS_LOG", "DATA_LOADS", "TRAIN_SUMMARY",
-           "METRICS", "FINDINGS", "COMPARISON", "TRACKING", "INDEX", "REPORT", "NOTEBOOK", "SUB_WORD", "load_run_data"]
+__all__ = [
+    "Phase",
+    "PHASES",
+    "RunFolder",
+    "phase_name",
+    "init_run",
+    "load_manifest",
+    "record_phase",
+    "phase_dir",
+    "next_attempt_dir",
+    "latest_attempt_dir",
+    "resume_command",
+    "signoff_command",
+    "check_run_name",
+    "baseline_seconds",
+    "phase_cost",
+    "run_cost",
+    "RUN_JSON",
+    "RUN_CONFIG",
+    "CURRENT_CONFIG",
+    "TRAINING_CONFIG",
+    "GATE",
+    "DECISION",
+    "BUDGET",
+    "BUDGET_OVERRIDE",
+    "SPLITS",
+    "PREPROCESS",
+    "DATA_MANIFEST",
+    "TEST_ACCESS_LOG",
+    "DATA_LOADS",
+    "TRAIN_SUMMARY",
+    "METRICS",
+    "FINDINGS",
+    "COMPARISON",
+    "TRACKING",
+    "INDEX",
+    "REPORT",
+    "NOTEBOOK",
+    "SUB_WORD",
+    "load_run_data",
+]
 
 
 class Phase(str, enum.Enum):
@@ -56,19 +92,19 @@ _SUB = {"02_baseline": "attempt", "03_diagnostics": "round", "04_optimization": 
 # what each repeated phase's number is called in words (reports, tracking tags)
 SUB_WORD = {"02_baseline": "attempt", "03_diagnostics": "round", "04_optimization": "iteration"}
 
-RUN_JSON = "run.json"                    # manifest: config hash, phase history, status
-RUN_CONFIG = "config.yaml"               # the config the run was started with (resume uses it)
-CURRENT_CONFIG = "current_config.yaml"   # the config in force once a later phase adopted a fix
+RUN_JSON = "run.json"  # manifest: config hash, phase history, status
+RUN_CONFIG = "config.yaml"  # the config the run was started with (resume uses it)
+CURRENT_CONFIG = "current_config.yaml"  # the config in force once a later phase adopted a fix
 TRAINING_CONFIG = "training_config.yaml"  # a phase's (or a fit's) config
 GATE = "gate.json"
 DECISION = "decision.json"
 BUDGET = "budget.json"
 BUDGET_OVERRIDE = "budget_override.json"  # the pipeline's over-budget route beside a signed decision
 SPLITS = "splits.json"
-PREPROCESS = "preprocess.json"          # a table's preprocessing, fitted on the train split in Phase 1
+PREPROCESS = "preprocess.json"  # a table's preprocessing, fitted on the train split in Phase 1
 DATA_MANIFEST = "data_manifest.json"
 TEST_ACCESS_LOG = "test_access.jsonl"
-DATA_LOADS = "data_loads.jsonl"          # one line per data load in a run: phase, seconds, whether it scanned
+DATA_LOADS = "data_loads.jsonl"  # one line per data load in a run: phase, seconds, whether it scanned
 TRAIN_SUMMARY = "train_summary.json"
 METRICS = "metrics.jsonl"
 FINDINGS = "findings.json"
@@ -144,8 +180,10 @@ class RunFolder:
         for p in (self.path / RUN_CONFIG, self.planning / TRAINING_CONFIG):
             if p.is_file():
                 return p.resolve()
-        raise RunError(f"{self.path}: the config this run was started with is missing ({RUN_CONFIG}); "
-                       "start a new run with trainkit run CONFIG --name NEW")
+        raise RunError(
+            f"{self.path}: the config this run was started with is missing ({RUN_CONFIG}); "
+            "start a new run with trainkit run CONFIG --name NEW"
+        )
 
     def config_in_force_path(self) -> Path:
         """``current_config.yaml`` (written when a later phase adopts a fix or a better config), or
@@ -210,8 +248,13 @@ class RunFolder:
         """Where the data layer keeps this run's records (:class:`trainkit.data.DataStore`)."""
         from trainkit.data import DataStore
 
-        return DataStore(root=self.path, splits=self.planning / SPLITS, manifest=self.planning / DATA_MANIFEST,
-                         loads=self.path / DATA_LOADS if self.is_run else None, preprocess=self.planning / PREPROCESS)
+        return DataStore(
+            root=self.path,
+            splits=self.planning / SPLITS,
+            manifest=self.planning / DATA_MANIFEST,
+            loads=self.path / DATA_LOADS if self.is_run else None,
+            preprocess=self.planning / PREPROCESS,
+        )
 
     def reading_phase(self, requested: str | None) -> str | None:
         """The phase whose rules apply to a data load: the one the run's own manifest says is
@@ -232,8 +275,12 @@ class RunFolder:
         from trainkit.data import Quarantine
 
         who = self.reading_phase(phase)
-        return Quarantine(open=who == Phase.FINALIZATION.value, who=who,
-                          opens=f"Phase 5 ({Phase.FINALIZATION.value})", log=self.path / TEST_ACCESS_LOG)
+        return Quarantine(
+            open=who == Phase.FINALIZATION.value,
+            who=who,
+            opens=f"Phase 5 ({Phase.FINALIZATION.value})",
+            log=self.path / TEST_ACCESS_LOG,
+        )
 
     def load_data(self, cfg: Any, phase: str | None, write_splits: bool = False) -> Any:
         """:func:`trainkit.data.load_data` with this run's store and ``phase``'s quarantine."""
@@ -281,8 +328,14 @@ def init_run(run_dir: str | Path, name: str | None = None, config_hash: str | No
     if path.exists():
         manifest = read_json(path)
     else:
-        manifest = {"name": name or run_dir.name, "created": time.time(), "trainkit_version": __version__,
-                    "config_hash": None, "phases": [], "status": "running"}
+        manifest = {
+            "name": name or run_dir.name,
+            "created": time.time(),
+            "trainkit_version": __version__,
+            "config_hash": None,
+            "phases": [],
+            "status": "running",
+        }
     if config_hash:
         manifest["config_hash"] = config_hash
     write_json_atomic(path, manifest)
@@ -308,8 +361,15 @@ def record_phase(run_dir: str | Path, phase: str, attempt: int, **fields: Any) -
             entry.update(fields)
             break
     else:
-        entry = {"phase": phase, "attempt": attempt, "started": time.time(), "ended": None,
-                 "status": "running", "decision": None, **fields}
+        entry = {
+            "phase": phase,
+            "attempt": attempt,
+            "started": time.time(),
+            "ended": None,
+            "status": "running",
+            "decision": None,
+            **fields,
+        }
         manifest["phases"].append(entry)
     save_manifest(run_dir, manifest)
     return entry
@@ -342,8 +402,9 @@ def signoff_command(run_dir: str | Path, phase_number: int, checks: list[str]) -
     """The exact ``trainkit signoff`` command for a gate, with its pending manual checks, quoted."""
     import shlex
 
-    return (f"trainkit signoff {shlex.quote(str(run_dir))} --phase {phase_number} --by NAME"
-            + "".join(f" --check {shlex.quote(c)}" for c in checks))
+    return f"trainkit signoff {shlex.quote(str(run_dir))} --phase {phase_number} --by NAME" + "".join(
+        f" --check {shlex.quote(c)}" for c in checks
+    )
 
 
 def check_run_name(name: str) -> str:
@@ -351,11 +412,26 @@ def check_run_name(name: str) -> str:
     empty, no control characters. Raises ConfigError (exit 2) naming the problem."""
     from trainkit.errors import ConfigError
 
-    bad = (not name or name in (".", "..") or "/" in name or "\\" in name or name.startswith("~")
-           or any(ord(ch) < 32 for ch in name) or Path(name).is_absolute())
+    bad = (
+        not name
+        or name in (".", "..")
+        or "/" in name
+        or "\\" in name
+        or name.startswith("~")
+        or any(ord(ch) < 32 for ch in name)
+        or Path(name).is_absolute()
+    )
     if bad:
-        raise ConfigError([("--name", f"{name!r} is not a plain folder name; use letters, digits, '-', '_' or '.' "
-                                      "(no '/', not '.' or '..'): the run must stay inside --runs-dir")], "command line")
+        raise ConfigError(
+            [
+                (
+                    "--name",
+                    f"{name!r} is not a plain folder name; use letters, digits, '-', '_' or '.' "
+                    "(no '/', not '.' or '..'): the run must stay inside --runs-dir",
+                )
+            ],
+            "command line",
+        )
     return name
 
 
@@ -368,13 +444,18 @@ def phase_cost(run_dir: str | Path, started: float, ended: float) -> dict[str, A
     """A phase's compute: wall seconds and, once the baseline has trained, baseline units."""
     unit = baseline_seconds(run_dir)
     wall = max(0.0, ended - started)
-    return {"wall_s": round(wall, 2), "baseline_units": round(wall / unit, 2) if unit else None,
-            "baseline_s": round(unit, 2) if unit else None}
+    return {
+        "wall_s": round(wall, 2),
+        "baseline_units": round(wall / unit, 2) if unit else None,
+        "baseline_s": round(unit, 2) if unit else None,
+    }
 
 
 def run_cost(manifest: dict[str, Any]) -> dict[str, Any]:
     """The run's total compute from its phase entries (wall seconds, baseline units)."""
     costs = [e["cost"] for e in manifest.get("phases", []) if e.get("cost")]
     units = [c["baseline_units"] for c in costs if c.get("baseline_units") is not None]
-    return {"wall_s": round(sum(c["wall_s"] for c in costs), 2), "baseline_units": round(sum(units), 2) if units else None}
-
+    return {
+        "wall_s": round(sum(c["wall_s"] for c in costs), 2),
+        "baseline_units": round(sum(units), 2) if units else None,
+    }

@@ -17,10 +17,18 @@ from trainkit.metrics import regression_scores, score
 __all__ = ["evaluate", "predict_numbers"]
 
 
-@torch.no_grad()  # no graph: without it every val batch's activations stayed alive until the sum (1.4 GB on 2,000 images)
-def evaluate(model: nn.Module, bundle: DataBundle, split: str, device: torch.device,
-             batch_size: int = 512, amp: torch.dtype | None = None, reason: str = "",
-             metric: str = "accuracy") -> dict[str, float]:
+# no graph: without it every val batch's activations stayed alive until the sum (1.4 GB on 2,000 images)
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    bundle: DataBundle,
+    split: str,
+    device: torch.device,
+    batch_size: int = 512,
+    amp: torch.dtype | None = None,
+    reason: str = "",
+    metric: str = "accuracy",
+) -> dict[str, float]:
     """Mean loss, accuracy and ``metric`` (``score``; :mod:`trainkit.metrics`) of ``model`` on a split
     (no sharding: every rank sees all of it). Only a metric other than accuracy keeps the probabilities.
     A regression (:func:`_evaluate_numbers`): the loss on the standardized label, and rmse, mae and
@@ -45,12 +53,26 @@ def evaluate(model: nn.Module, bundle: DataBundle, split: str, device: torch.dev
         keep += [(out.float().softmax(1), yb)] if metric != "accuracy" else []
     model.train(was)
     mean_loss, accuracy = torch.stack([loss / max(n, 1), correct.float() / max(n, 1)]).tolist()  # one host read
-    return {"loss": mean_loss, "accuracy": accuracy, "score": accuracy if not keep else
-            score(metric, torch.cat([y for _, y in keep]).cpu().numpy(), torch.cat([p for p, _ in keep]).cpu().numpy())}
+    return {
+        "loss": mean_loss,
+        "accuracy": accuracy,
+        "score": accuracy
+        if not keep
+        else score(
+            metric, torch.cat([y for _, y in keep]).cpu().numpy(), torch.cat([p for p, _ in keep]).cpu().numpy()
+        ),
+    }
 
 
-def predict_numbers(model: nn.Module, bundle: DataBundle, split: str, device: torch.device, batch_size: int = 512,
-                    amp: torch.dtype | None = None, reason: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+def predict_numbers(
+    model: nn.Module,
+    bundle: DataBundle,
+    split: str,
+    device: torch.device,
+    batch_size: int = 512,
+    amp: torch.dtype | None = None,
+    reason: str = "",
+) -> tuple[torch.Tensor, torch.Tensor]:
     """A regression model's standardized outputs and labels on a split (eval mode, no graph)."""
     was = model.training
     model.eval()
@@ -68,8 +90,16 @@ def predict_numbers(model: nn.Module, bundle: DataBundle, split: str, device: to
     return torch.cat(outs) if outs else torch.zeros(0), torch.cat(ys) if ys else torch.zeros(0)
 
 
-def _evaluate_numbers(model: nn.Module, bundle: DataBundle, split: str, device: torch.device, batch_size: int,
-                      amp: torch.dtype | None, reason: str, metric: str) -> dict[str, Any]:
+def _evaluate_numbers(
+    model: nn.Module,
+    bundle: DataBundle,
+    split: str,
+    device: torch.device,
+    batch_size: int,
+    amp: torch.dtype | None,
+    reason: str,
+    metric: str,
+) -> dict[str, Any]:
     z, y = predict_numbers(model, bundle, split, device, batch_size, amp, reason)
     loss = float(F.mse_loss(z, y)) if len(y) else float("nan")
     scores = regression_scores(bundle.to_label_units(y), bundle.to_label_units(z))

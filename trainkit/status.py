@@ -17,8 +17,11 @@ def describe_run(run_dir: Path) -> str:
     lines = [f"run {manifest['name']} ({run_dir}), config {str(manifest.get('config_hash'))[:12]}"]
     for e in manifest["phases"]:
         took = f"{e['ended'] - e['started']:.1f}s" if e.get("ended") else "-"
-        lines.append(f"  {e['phase']} #{e['attempt']}: {e['status']}, gate {e.get('gate', '-')}, "
-                     f"next {e.get('decision') or '-'} ({took}, started {time.strftime('%H:%M:%S', time.localtime(e['started']))})")
+        lines.append(
+            f"  {e['phase']} #{e['attempt']}: {e['status']}, gate {e.get('gate', '-')}, "
+            f"next {e.get('decision') or '-'} ({took}, started "
+            f"{time.strftime('%H:%M:%S', time.localtime(e['started']))})"
+        )
     if not manifest["phases"]:
         return "\n".join(lines + ["  nothing ran yet; next: " + resume_command(run_dir)])
     last = manifest["phases"][-1]
@@ -34,18 +37,27 @@ def describe_run(run_dir: Path) -> str:
             if c["status"] not in ("pass", "na"):
                 lines.append(f"    - {c['id']}: {c['status']} ({c['evidence']})")
         if state == "awaiting_signoff":
-            manual = [c["id"] for c in record["checks"] if c["kind"] == "manual" and c["mandatory"] and c["status"] != "pass"]
+            manual = [
+                c["id"] for c in record["checks"] if c["kind"] == "manual" and c["mandatory"] and c["status"] != "pass"
+            ]
             nxt = signoff_command(run_dir, int(last["phase"][:2]), manual)
         elif state == "blocked":
             import shlex
 
             failing = [c["id"] for c in record["checks"] if c["mandatory"] and c["status"] == "fail"]
-            manual = [c["id"] for c in record["checks"] if c["kind"] == "manual" and c["mandatory"] and c["status"] != "pass"]
+            manual = [
+                c["id"] for c in record["checks"] if c["kind"] == "manual" and c["mandatory"] and c["status"] != "pass"
+            ]
             waive = "".join(f" --waive {shlex.quote(c + '=REASON')}" for c in failing)
-            nxt = (f"fix what the failing checks say and run {resume_command(run_dir)}; or, if you accept them, "
-                   f"{signoff_command(run_dir, int(last['phase'][:2]), manual)}{waive}")
-        elif last.get("decision") == "deploy" or manifest.get("status") == "ready_to_deploy" or (
-                last["phase"] == Phase.FINALIZATION.value and state == "passed"):
+            nxt = (
+                f"fix what the failing checks say and run {resume_command(run_dir)}; or, if you accept them, "
+                f"{signoff_command(run_dir, int(last['phase'][:2]), manual)}{waive}"
+            )
+        elif (
+            last.get("decision") == "deploy"
+            or manifest.get("status") == "ready_to_deploy"
+            or (last["phase"] == Phase.FINALIZATION.value and state == "passed")
+        ):
             nxt = "nothing: ready to deploy"
         else:
             nxt = resume_command(run_dir)

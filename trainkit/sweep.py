@@ -64,6 +64,7 @@ def _objective(cfg: TrainkitConfig, bundle: Any, space: dict[str, tuple[str, flo
             trial.report(row_score(rec), rec["epoch"])
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {rec['epoch'] + 1}: val {row_score(rec):.4f}")
+
         import torch
 
         trial.set_user_attr("torch_threads", torch.get_num_threads())
@@ -74,6 +75,7 @@ def _objective(cfg: TrainkitConfig, bundle: Any, space: dict[str, tuple[str, flo
         if r.best is None or not math.isfinite(row_score(r.best)):
             raise optuna.TrialPruned("no finite epoch")
         return row_score(r.best)
+
     return objective
 
 
@@ -82,8 +84,14 @@ def _direction(cfg: TrainkitConfig) -> str:
     return "maximize" if higher_is_better(cfg.target.metric) else "minimize"
 
 
-def run_worker(cfg: TrainkitConfig, run_dir: str | Path, trials: int, storage: str | None = None,
-               study_name: str = STUDY, seed: int = 0) -> dict[str, Any]:
+def run_worker(
+    cfg: TrainkitConfig,
+    run_dir: str | Path,
+    trials: int,
+    storage: str | None = None,
+    study_name: str = STUDY,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Join (or create) the study and run ``trials`` trials in this process."""
     import optuna
 
@@ -91,16 +99,27 @@ def run_worker(cfg: TrainkitConfig, run_dir: str | Path, trials: int, storage: s
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     url = storage or default_storage(run_dir)
-    study = optuna.create_study(study_name=study_name, storage=_storage(url), direction=_direction(cfg), load_if_exists=True,
-                                sampler=optuna.samplers.TPESampler(seed=seed),
-                                pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1))
+    study = optuna.create_study(
+        study_name=study_name,
+        storage=_storage(url),
+        direction=_direction(cfg),
+        load_if_exists=True,
+        sampler=optuna.samplers.TPESampler(seed=seed),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
+    )
     bundle = load_run_data(cfg, run_dir, Phase.OPTIMIZATION.value)
     study.optimize(_objective(cfg, bundle, default_space(cfg)), n_trials=trials, catch=())
     return study_summary(url, study_name)
 
 
-def launch_workers(run_dir: str | Path, workers: int, trials: int, storage: str | None = None,
-                   study_name: str = STUDY, config: str | None = None) -> dict[str, Any]:
+def launch_workers(
+    run_dir: str | Path,
+    workers: int,
+    trials: int,
+    storage: str | None = None,
+    study_name: str = STUDY,
+    config: str | None = None,
+) -> dict[str, Any]:
     """Run ``workers`` local processes that fill one study with ``trials`` trials in total."""
     from trainkit.phases.common import load_run_config
 
@@ -116,10 +135,32 @@ def launch_workers(run_dir: str | Path, workers: int, trials: int, storage: str 
     share = [trials // workers + (1 if i < trials % workers else 0) for i in range(workers)]
     threads = worker_threads(sum(n > 0 for n in share))
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    procs = [subprocess.Popen([sys.executable, "-m", "trainkit.sweep", "worker", str(run_dir), "--config", cfg_path,
-                               "--storage", url, "--study", study_name, "--trials", str(n), "--seed", str(i),
-                               "--threads", str(threads)], env=env)
-             for i, n in enumerate(share) if n > 0]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "trainkit.sweep",
+                "worker",
+                str(run_dir),
+                "--config",
+                cfg_path,
+                "--storage",
+                url,
+                "--study",
+                study_name,
+                "--trials",
+                str(n),
+                "--seed",
+                str(i),
+                "--threads",
+                str(threads),
+            ],
+            env=env,
+        )
+        for i, n in enumerate(share)
+        if n > 0
+    ]
     codes = [p.wait() for p in procs]
     if any(codes):
         raise RunError(f"sweep worker(s) failed with exit codes {codes}; see their output above")
@@ -148,8 +189,15 @@ def study_summary(storage: str, study_name: str = STUDY) -> dict[str, Any]:
         states[t.state.name] = states.get(t.state.name, 0) + 1
     done = [t for t in trials if t.state.name == "COMPLETE"]
     best = max(done, key=lambda t: t.value) if done else None
-    return {"storage": storage, "study": study_name, "trials": len(trials), "numbers": sorted(t.number for t in trials),
-            "states": states, "best_value": best.value if best else None, "best_params": best.params if best else None}
+    return {
+        "storage": storage,
+        "study": study_name,
+        "trials": len(trials),
+        "numbers": sorted(t.number for t in trials),
+        "states": states,
+        "best_value": best.value if best else None,
+        "best_params": best.params if best else None,
+    }
 
 
 def study_figures(storage: str, out_dir: str | Path, study_name: str = STUDY) -> list[Path]:
@@ -162,7 +210,10 @@ def study_figures(storage: str, out_dir: str | Path, study_name: str = STUDY) ->
 
     study = optuna.load_study(study_name=study_name, storage=_storage(storage))
     out = []
-    for name, fn in (("sweep_history.png", ovm.plot_optimization_history), ("sweep_importances.png", ovm.plot_param_importances)):
+    for name, fn in (
+        ("sweep_history.png", ovm.plot_optimization_history),
+        ("sweep_importances.png", ovm.plot_param_importances),
+    ):
         try:
             ax = fn(study)
             out.append(save_figure(ax.figure, Path(out_dir) / name))

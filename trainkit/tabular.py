@@ -56,7 +56,7 @@ def equal_count_bins(x: torch.Tensor, n_bins: int) -> list[torch.Tensor]:
         while len(edges) < n_bins + 1:  # split the widest gap until there are enough edges
             gaps = edges.diff()
             i = int(gaps.argmax())
-            edges = torch.cat([edges[: i + 1], ((edges[i] + edges[i + 1]) / 2).view(1), edges[i + 1:]])
+            edges = torch.cat([edges[: i + 1], ((edges[i] + edges[i + 1]) / 2).view(1), edges[i + 1 :]])
         out.append(edges)
     return out
 
@@ -64,8 +64,19 @@ def equal_count_bins(x: torch.Tensor, n_bins: int) -> list[torch.Tensor]:
 class TabMClassifier(nn.Module):
     """A TabM ensemble over a float vector per row; see the module docstring for its outputs."""
 
-    def __init__(self, n_features: int, num_classes: int, *, k: int, d_block: int, n_blocks: int, dropout: float,
-                 embeddings: Embeddings, n_bins: int, d_embedding: int) -> None:
+    def __init__(
+        self,
+        n_features: int,
+        num_classes: int,
+        *,
+        k: int,
+        d_block: int,
+        n_blocks: int,
+        dropout: float,
+        embeddings: Embeddings,
+        n_bins: int,
+        d_embedding: int,
+    ) -> None:
         super().__init__()
         import rtdl_num_embeddings as rne
         import tabm as tabm_pkg
@@ -73,12 +84,20 @@ class TabMClassifier(nn.Module):
         self.embeddings, self.n_bins, self.k = embeddings, n_bins, k
         num: nn.Module | None = None
         if embeddings == "piecewise":
-            num = rne.PiecewiseLinearEmbeddings([_normal_edges(n_bins)] * n_features, d_embedding, activation=False,
-                                                version="B")
+            num = rne.PiecewiseLinearEmbeddings(
+                [_normal_edges(n_bins)] * n_features, d_embedding, activation=False, version="B"
+            )
         elif embeddings == "periodic":
             num = rne.PeriodicEmbeddings(n_features, d_embedding, lite=False)
-        self.net = tabm_pkg.TabM.make(n_num_features=n_features, d_out=num_classes, num_embeddings=num, k=k,
-                                      d_block=d_block, n_blocks=n_blocks, dropout=dropout)
+        self.net = tabm_pkg.TabM.make(
+            n_num_features=n_features,
+            d_out=num_classes,
+            num_embeddings=num,
+            k=k,
+            d_block=d_block,
+            n_blocks=n_blocks,
+            dropout=dropout,
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # TabM.forward for a float input, step by step: its torch.column_stack has no ONNX export
@@ -102,20 +121,48 @@ class TabMClassifier(nn.Module):
         impl.bias.copy_(fresh.bias)
 
 
-def tabm(input_shape: tuple[int, ...], num_classes: int, k: int = 16, d_block: int = 256, n_blocks: int = 2,
-         dropout: float = 0.1, embeddings: Embeddings = "piecewise", n_bins: int = 16, d_embedding: int = 16) -> nn.Module:
+def tabm(
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    k: int = 16,
+    d_block: int = 256,
+    n_blocks: int = 2,
+    dropout: float = 0.1,
+    embeddings: Embeddings = "piecewise",
+    n_bins: int = 16,
+    d_embedding: int = 16,
+) -> nn.Module:
     """TabM over ``input_shape == (F,)``: ``k`` members of ``n_blocks`` blocks of width ``d_block``
     (the paper's defaults are k 32, d_block 512; these are sized for a CPU), ``embeddings`` of each
     input (piecewise-linear with ``n_bins`` bins, periodic, or none) of size ``d_embedding``."""
     if len(input_shape) != 1:
-        raise ModelError(f"model tabm expects table rows (F,); got input shape {tuple(input_shape)}; "
-                         "use cnn for images (C, H, W), cnn1d for signals (C, L)")
+        raise ModelError(
+            f"model tabm expects table rows (F,); got input shape {tuple(input_shape)}; "
+            "use cnn for images (C, H, W), cnn1d for signals (C, L)"
+        )
     if embeddings not in ("piecewise", "periodic", "none"):
         raise ModelError(f"model.kwargs.embeddings: {embeddings!r} unknown; valid: piecewise, periodic, none")
-    for name, v in (("k", k), ("d_block", d_block), ("n_blocks", n_blocks), ("n_bins", n_bins), ("d_embedding", d_embedding)):
+    for name, v in (
+        ("k", k),
+        ("d_block", d_block),
+        ("n_blocks", n_blocks),
+        ("n_bins", n_bins),
+        ("d_embedding", d_embedding),
+    ):
         if not isinstance(v, int) or v < 1 or (name == "n_bins" and v < 2):
-            raise ModelError(f"model.kwargs.{name}: expected a positive integer{' ≥ 2' if name == 'n_bins' else ''}, got {v!r}")
+            raise ModelError(
+                f"model.kwargs.{name}: expected a positive integer{' ≥ 2' if name == 'n_bins' else ''}, got {v!r}"
+            )
     if not 0 <= dropout < 1:
         raise ModelError(f"model.kwargs.dropout: expected a fraction in [0, 1), got {dropout!r}")
-    return TabMClassifier(int(input_shape[0]), num_classes, k=k, d_block=d_block, n_blocks=n_blocks, dropout=dropout,
-                          embeddings=embeddings, n_bins=n_bins, d_embedding=d_embedding)
+    return TabMClassifier(
+        int(input_shape[0]),
+        num_classes,
+        k=k,
+        d_block=d_block,
+        n_blocks=n_blocks,
+        dropout=dropout,
+        embeddings=embeddings,
+        n_bins=n_bins,
+        d_embedding=d_embedding,
+    )

@@ -12,16 +12,32 @@ from torch import nn
 
 from trainkit.config import TrainkitConfig, apply_overrides, validate_config_dict
 
-__all__ = ["tiny_config", "tiny_config_file", "make_npz", "make_image_folder", "blobs", "tiny_model", "planted_noise",
-           "noisy", "tabular", "signals", "shapes", "numbers", "price_table", "run_phase_inprocess"]
+__all__ = [
+    "tiny_config",
+    "tiny_config_file",
+    "make_npz",
+    "make_image_folder",
+    "blobs",
+    "tiny_model",
+    "planted_noise",
+    "noisy",
+    "tabular",
+    "signals",
+    "shapes",
+    "numbers",
+    "price_table",
+    "run_phase_inprocess",
+]
 
 
 def tiny_config(overrides: dict[str, Any] | None = None) -> TrainkitConfig:
     """Digits, a small MLP, 3 epochs, no early stopping: a full fit() in well under a second on CPU."""
-    base = {"data": {"source": "digits", "batch_size": 64},
-            "model": {"name": "mlp", "kwargs": {"hidden": [32]}},
-            "training": {"epochs": 3, "patience": None, "seed": 0},
-            "target": {"value": 0.9}}
+    base = {
+        "data": {"source": "digits", "batch_size": 64},
+        "model": {"name": "mlp", "kwargs": {"hidden": [32]}},
+        "training": {"epochs": 3, "patience": None, "seed": 0},
+        "target": {"value": 0.9},
+    }
     return validate_config_dict(apply_overrides(base, overrides or {}), "tiny_config")
 
 
@@ -49,8 +65,15 @@ def make_npz(path: str | Path, n: int = 300, classes: int = 3, dim: int = 8, see
     return Path(path)
 
 
-def make_image_folder(root: str | Path, classes: int = 3, per_class: int = 12, size: int = 10,
-                      corrupt: int = 0, mode: str = "L", seed: int = 0) -> Path:
+def make_image_folder(
+    root: str | Path,
+    classes: int = 3,
+    per_class: int = 12,
+    size: int = 10,
+    corrupt: int = 0,
+    mode: str = "L",
+    seed: int = 0,
+) -> Path:
     """One sub-folder per class of small PNGs whose brightness depends on the class; ``corrupt``
     extra files that are not images are planted in the first class."""
     from PIL import Image
@@ -72,7 +95,9 @@ def make_image_folder(root: str | Path, classes: int = 3, per_class: int = 12, s
 
 def tiny_model(input_shape: tuple[int, ...], num_classes: int, width: int = 16) -> nn.Module:
     """A user-style model builder reachable as 'trainkit.testing:tiny_model'."""
-    return nn.Sequential(nn.Flatten(), nn.Linear(int(np.prod(input_shape)), width), nn.ReLU(), nn.Linear(width, num_classes))
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(int(np.prod(input_shape)), width), nn.ReLU(), nn.Linear(width, num_classes)
+    )
 
 
 def shape_mismatch_model(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
@@ -149,8 +174,10 @@ def dies_once_model(input_shape: tuple[int, ...], num_classes: int) -> nn.Module
 
 # ---------------------------------------------------------------- planted problems on data that is not digits
 
-def tabular(n: int = 1600, classes: int = 4, dim: int = 16, informative: int = 6, seed: int = 0,
-            imbalance: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+
+def tabular(
+    n: int = 1600, classes: int = 4, dim: int = 16, informative: int = 6, seed: int = 0, imbalance: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
     """Generated tabular data (x float32 [n, dim], y int64 [n]): two Gaussian clusters per class in
     ``informative`` dimensions (not linearly separable), the rest noise, every feature on its own
     scale (0.01–100). ``imbalance`` > 1 makes class 0 that many times as frequent as each other."""
@@ -165,7 +192,9 @@ def tabular(n: int = 1600, classes: int = 4, dim: int = 16, informative: int = 6
     return x.astype(np.float32), y.astype(np.int64)
 
 
-def signals(n: int = 1200, classes: int = 4, channels: int = 2, length: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def signals(
+    n: int = 1200, classes: int = 4, channels: int = 2, length: int = 64, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Generated 1-D signals (x float32 [n, channels, length]): each class a burst of its own
     frequency at a random position with random phase, in noise. Position varies, so a flattening
     MLP struggles where a 1-D CNN does not."""
@@ -213,8 +242,11 @@ def tree_table(n: int = 4000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, 8))
     c = rng.integers(0, 40, n)
-    rule = ((x[:, 0] > 0.5) & (x[:, 1] < 0)) | ((x[:, 2] > 1.0) ^ (x[:, 3] > -0.3)) \
+    rule = (
+        ((x[:, 0] > 0.5) & (x[:, 1] < 0))
+        | ((x[:, 2] > 1.0) ^ (x[:, 3] > -0.3))
         | (np.isin(c, [3, 7, 11, 19, 23, 31]) & (x[:, 4] > 0))
+    )
     y = (rule ^ (rng.random(n) < 0.05)).astype(np.int64)
     return np.hstack([x, np.eye(40)[c]]).astype(np.float32), y
 
@@ -241,14 +273,20 @@ def price_table(n: int = 1500, seed: int = 0) -> Any:
     city = rng.choice(["north", "south", "east", "west"], n)
     garden = rng.random(n) < 0.4
     base = {"north": 3.0, "south": 2.2, "east": 1.6, "west": 2.6}
-    price = (np.array([base[c] for c in city]) * area * (1 + 0.25 * garden) + 15 * rooms
-             + 40 * (area > 120) + rng.normal(0, 20, n))
-    return pd.DataFrame({"area": area.round(1), "rooms": rooms, "city": city, "garden": garden,
-                         "price": price.round(2)})
+    price = (
+        np.array([base[c] for c in city]) * area * (1 + 0.25 * garden)
+        + 15 * rooms
+        + 40 * (area > 120)
+        + rng.normal(0, 20, n)
+    )
+    return pd.DataFrame(
+        {"area": area.round(1), "rooms": rooms, "city": city, "garden": garden, "price": price.round(2)}
+    )
 
 
 def imbalanced_tabular() -> tuple[np.ndarray, np.ndarray]:
-    """Tabular data with class 0 twenty times as frequent as each other class (data.source 'trainkit.testing:imbalanced_tabular')."""
+    """Tabular data with class 0 twenty times as frequent as each other class
+    (data.source 'trainkit.testing:imbalanced_tabular')."""
     return tabular(n=4000, classes=3, imbalance=20.0, seed=4)
 
 
@@ -277,8 +315,9 @@ def dead_relu_model(input_shape: tuple[int, ...], num_classes: int, width: int =
 def signal_conv_model(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """A user's own Conv1d model for (C, L) signals: it fails on any other input rank."""
     c, _ = input_shape
-    return nn.Sequential(nn.Conv1d(c, 16, 5, padding=2), nn.ReLU(), nn.AdaptiveAvgPool1d(1), nn.Flatten(),
-                         nn.Linear(16, num_classes))
+    return nn.Sequential(
+        nn.Conv1d(c, 16, 5, padding=2), nn.ReLU(), nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(16, num_classes)
+    )
 
 
 SLOW_FILE_ENV = "TRAINKIT_SLOW_FILE"
@@ -316,6 +355,7 @@ def sleepy_cnn(input_shape: tuple[int, ...], num_classes: int, channels: list[in
 
 
 # ---------------------------------------------------------------- the phase notebooks, in this process
+
 
 def run_phase_inprocess(phase: str, run_dir: str | Path, **params: Any) -> dict[str, Any]:
     """Execute a phase notebook's own cells in this process: its parameters cell, then ``params``

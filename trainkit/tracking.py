@@ -38,8 +38,17 @@ from trainkit._io import read_json, write_json_atomic
 from trainkit._track_rows import Target, redact
 from trainkit.errors import ConfigError, TrackingError
 
-__all__ = ["Target", "target_for", "require_mlflow", "push_run", "push_quietly", "under_pipeline", "redact",
-           "PIPELINE_ENV", "STATE_FILE"]
+__all__ = [
+    "Target",
+    "target_for",
+    "require_mlflow",
+    "push_run",
+    "push_quietly",
+    "under_pipeline",
+    "redact",
+    "PIPELINE_ENV",
+    "STATE_FILE",
+]
 
 STATE_FILE = "tracking.json"
 PIPELINE_ENV = "TRAINKIT_PIPELINE"  # set by `trainkit run` for its kernels: the pipeline pushes, they do not
@@ -50,8 +59,9 @@ def under_pipeline() -> bool:
     return os.environ.get(PIPELINE_ENV) == "1"
 
 
-def target_for(run_dir: str | Path, cfg: Any = None, uri: str | None = None, experiment: str | None = None,
-               force: bool = False) -> Target | None:
+def target_for(
+    run_dir: str | Path, cfg: Any = None, uri: str | None = None, experiment: str | None = None, force: bool = False
+) -> Target | None:
     """The run's tracking target from its config's ``tracking`` section (``cfg``, else the run's
     ``config.yaml``); ``uri``/``experiment`` override it. None when tracking is off, unless ``force``
     (``trainkit track``), which falls back to the local store. The local store is
@@ -65,10 +75,15 @@ def target_for(run_dir: str | Path, cfg: Any = None, uri: str | None = None, exp
     if not uri:
         uri, root = f"sqlite:///{run_dir.parent / 'mlflow.db'}", (run_dir.parent / "mlartifacts").as_uri()
     elif uri.startswith("sqlite:///") and uri != "sqlite:///:memory:":
-        root = (Path(uri[len("sqlite:///"):]).resolve().parent / "mlartifacts").as_uri()
+        root = (Path(uri[len("sqlite:///") :]).resolve().parent / "mlartifacts").as_uri()
     exp = experiment or t.experiment
-    return Target(uri=uri, experiment=exp, registered_model=t.registered_model or exp, artifact_root=root,
-                  live_interval_s=t.live_interval_s)
+    return Target(
+        uri=uri,
+        experiment=exp,
+        registered_model=t.registered_model or exp,
+        artifact_root=root,
+        live_interval_s=t.live_interval_s,
+    )
 
 
 def _run_tracking(run_dir: Path) -> Any:
@@ -89,9 +104,16 @@ def require_mlflow(field: str = "tracking.mlflow") -> None:
     import importlib.util
 
     if importlib.util.find_spec("mlflow") is None:
-        raise ConfigError([(field, "MLflow tracking is on but mlflow is not installed; install it with "
-                                   "pip install 'trainkit[mlflow]', or turn tracking off with --set tracking.mlflow=false")],
-                          "config")
+        raise ConfigError(
+            [
+                (
+                    field,
+                    "MLflow tracking is on but mlflow is not installed; install it with "
+                    "pip install 'trainkit[mlflow]', or turn tracking off with --set tracking.mlflow=false",
+                )
+            ],
+            "config",
+        )
 
 
 def push_quietly(run_dir: str | Path, cfg: Any = None, warn: Any = None) -> bool:
@@ -123,9 +145,11 @@ def failure_message(run_dir: str | Path, target: Target, exc: BaseException) -> 
     import shlex
 
     detail = re.sub(r"\s+", " ", str(exc)).strip()[:300]
-    return (f"trainkit: warning: MLflow tracking at {target.key} failed ({type(exc).__name__}: {detail}); the run goes on "
-            f"and its folder keeps every record. Push it later with: trainkit track {shlex.quote(str(run_dir))}"
-            + ("" if target.artifact_root else f" --uri {shlex.quote(target.key)}"))
+    return (
+        f"trainkit: warning: MLflow tracking at {target.key} failed ({type(exc).__name__}: {detail}); the run goes on "
+        f"and its folder keeps every record. Push it later with: trainkit track {shlex.quote(str(run_dir))}"
+        + ("" if target.artifact_root else f" --uri {shlex.quote(target.key)}")
+    )
 
 
 def check_reachable(target: Target, timeout: float = 5.0) -> None:
@@ -138,7 +162,9 @@ def check_reachable(target: Target, timeout: float = 5.0) -> None:
         with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 (the user's own server)
             r.read(64)
     except Exception as exc:
-        raise TrackingError(f"the MLflow server at {target.key} does not answer ({type(exc).__name__}: {exc})") from None
+        raise TrackingError(
+            f"the MLflow server at {target.key} does not answer ({type(exc).__name__}: {exc})"
+        ) from None
 
 
 def _prepare_env(target: Target) -> None:
@@ -196,10 +222,13 @@ def _read_state(path: Path) -> dict[str, Any]:
         states = read_json(path)
     except ValueError:
         states = None
-    if not isinstance(states, dict) or not all(isinstance(v, dict) and all(isinstance(x, dict) for x in v.values())
-                                               for v in states.values()):
-        raise TrackingError(f"{path} is not trainkit's tracking record (a JSON object {{uri: {{experiment: record}}}}); "
-                            "move it away to push the run again from the start (MLflow then gets new runs for it)")
+    if not isinstance(states, dict) or not all(
+        isinstance(v, dict) and all(isinstance(x, dict) for x in v.values()) for v in states.values()
+    ):
+        raise TrackingError(
+            f"{path} is not trainkit's tracking record (a JSON object {{uri: {{experiment: record}}}}); "
+            "move it away to push the run again from the start (MLflow then gets new runs for it)"
+        )
     return states
 
 
@@ -251,12 +280,16 @@ class LiveTracker:
         self._wake.set()
         self._thread.join(min(5.0, timeout))
         if self._thread.is_alive() and say is not None:
-            say(f"trainkit: finishing the push to MLflow at {self.target.key} (at most {timeout:.0f} s; what is left "
-                f"can be pushed later with trainkit track {self.run_dir})")
+            say(
+                f"trainkit: finishing the push to MLflow at {self.target.key} (at most {timeout:.0f} s; what is left "
+                f"can be pushed later with trainkit track {self.run_dir})"
+            )
         self._thread.join(max(0.0, timeout - 5.0))
         if self._thread.is_alive() and self.failed is None:
-            self.failed = (f"trainkit: warning: MLflow tracking at {self.target.key} did not finish within {timeout:.0f} s; "
-                           f"push the run later with: trainkit track {self.run_dir}")
+            self.failed = (
+                f"trainkit: warning: MLflow tracking at {self.target.key} did not finish within {timeout:.0f} s; "
+                f"push the run later with: trainkit track {self.run_dir}"
+            )
             self.warn(self.failed)
         return None if self.failed else self.sent
 

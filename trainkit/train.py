@@ -61,8 +61,9 @@ class FitResult:
 def make_optimizer(cfg: TrainkitConfig, params: Any) -> torch.optim.Optimizer:
     o = cfg.optimizer
     if o.name == "sgd":
-        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0,
-                               weight_decay=o.weight_decay)
+        return torch.optim.SGD(
+            params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0, weight_decay=o.weight_decay
+        )
     cls = torch.optim.Adam if o.name == "adam" else torch.optim.AdamW
     return cls(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
 
@@ -124,8 +125,14 @@ def _first_nonfinite_param(model: nn.Module) -> str | None:
     return None
 
 
-def _guard(pending: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]], model: nn.Module, epoch: int,
-           history: list[dict[str, Any]], init_loss: float, last_finite: torch.Tensor | None) -> dict[str, Any] | None:
+def _guard(
+    pending: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]],
+    model: nn.Module,
+    epoch: int,
+    history: list[dict[str, Any]],
+    init_loss: float,
+    last_finite: torch.Tensor | None,
+) -> dict[str, Any] | None:
     """Check the steps in ``pending`` (step, finite flag, loss, grad norm) with one host read; the
     non-finite record of the first bad one, or None when all were finite."""
     flags = torch.stack([f for _, f, _, _ in pending]).cpu()
@@ -134,9 +141,17 @@ def _guard(pending: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]], 
     k = int((~flags).nonzero()[0])
     step, _, loss, gnorm = pending[k]
     before = pending[k - 1][2] if k > 0 else last_finite
-    return {"epoch": epoch, "step": step, "batch_loss": float(loss), "grad_norm": float(gnorm),
-            "parameter": _first_nonfinite_param(model), "detected_after_steps": len(pending) - 1 - k,
-            "last_finite_loss": float(before) if before is not None else (history[-1]["train_loss"] if history else init_loss)}
+    return {
+        "epoch": epoch,
+        "step": step,
+        "batch_loss": float(loss),
+        "grad_norm": float(gnorm),
+        "parameter": _first_nonfinite_param(model),
+        "detected_after_steps": len(pending) - 1 - k,
+        "last_finite_loss": float(before)
+        if before is not None
+        else (history[-1]["train_loss"] if history else init_loss),
+    }
 
 
 def _quantiles(norms: list[torch.Tensor]) -> dict[str, float]:
@@ -233,9 +248,18 @@ GRAD_STATS_EVERY = 4
 BAR_INTERVAL_S = 0.25  # the progress bar is updated a few times a second, not every step
 
 
-def fit(cfg: TrainkitConfig, bundle: DataBundle, out_dir: str | Path | None = None, *, resume: bool = False,
-        progress: bool = True, on_epoch: Callable[[dict[str, Any]], Any] | None = None,
-        deadline: float | None = None, max_epochs: int | None = None, select: str = "best") -> FitResult:
+def fit(
+    cfg: TrainkitConfig,
+    bundle: DataBundle,
+    out_dir: str | Path | None = None,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    on_epoch: Callable[[dict[str, Any]], Any] | None = None,
+    deadline: float | None = None,
+    max_epochs: int | None = None,
+    select: str = "best",
+) -> FitResult:
     """Train ``cfg``'s model on ``bundle``; write metrics.jsonl and checkpoints/{best,last}.pt to ``out_dir``.
 
     ``select="last"``: the best checkpoint is the last epoch's (a refit on train+val for a fixed
@@ -250,15 +274,26 @@ def fit(cfg: TrainkitConfig, bundle: DataBundle, out_dir: str | Path | None = No
     Under torchrun (``WORLD_SIZE`` > 1) the process group is created here and torn down again on the way out
     (a gloo group left to the interpreter's exit aborts the process with "terminate called ...")."""
     if select not in ("best", "last"):
-        raise ValueError(f"fit(select={select!r}): expected 'best' (the best val epoch) or 'last' (a refit's last epoch)")
+        raise ValueError(
+            f"fit(select={select!r}): expected 'best' (the best val epoch) or 'last' (a refit's last epoch)"
+        )
     created = False
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         import torch.distributed as dist
 
         created = not dist.is_initialized()
     try:
-        return _fit(cfg, bundle, out_dir, resume=resume, progress=progress, on_epoch=on_epoch, deadline=deadline,
-                    max_epochs=max_epochs, select=select)
+        return _fit(
+            cfg,
+            bundle,
+            out_dir,
+            resume=resume,
+            progress=progress,
+            on_epoch=on_epoch,
+            deadline=deadline,
+            max_epochs=max_epochs,
+            select=select,
+        )
     finally:
         if created:
             import torch.distributed as dist
@@ -270,9 +305,18 @@ def fit(cfg: TrainkitConfig, bundle: DataBundle, out_dir: str | Path | None = No
                     dist.destroy_process_group()
 
 
-def _fit(cfg: TrainkitConfig, bundle: DataBundle, out_dir: str | Path | None, *, resume: bool, progress: bool,
-         on_epoch: Callable[[dict[str, Any]], Any] | None, deadline: float | None = None,
-         max_epochs: int | None = None, select: str = "best") -> FitResult:
+def _fit(
+    cfg: TrainkitConfig,
+    bundle: DataBundle,
+    out_dir: str | Path | None,
+    *,
+    resume: bool,
+    progress: bool,
+    on_epoch: Callable[[dict[str, Any]], Any] | None,
+    deadline: float | None = None,
+    max_epochs: int | None = None,
+    select: str = "best",
+) -> FitResult:
     """Set up, resume, then the two loops: epochs, and the steps of one epoch."""
     t_start = time.perf_counter()
     lp = _setup(cfg, bundle, out_dir)
@@ -285,9 +329,18 @@ def _fit(cfg: TrainkitConfig, bundle: DataBundle, out_dir: str | Path | None, *,
             pr.status = "time_budget"
             break
         lp.net.train()
-        batches = bundle.batches("train", cfg.data.batch_size, shuffle=True, seed=tr.seed, epoch=epoch,
-                                 rank=lp.rank, world=lp.world, device=lp.device, workers=cfg.data.workers,
-                                 balanced=cfg.data.sampler == "balanced")
+        batches = bundle.batches(
+            "train",
+            cfg.data.batch_size,
+            shuffle=True,
+            seed=tr.seed,
+            epoch=epoch,
+            rank=lp.rank,
+            world=lp.world,
+            device=lp.device,
+            workers=cfg.data.workers,
+            balanced=cfg.data.sampler == "balanced",
+        )
         ep = _start_epoch(lp, batches.plan.global_sizes())
         it, last = iter(batches), len(batches) - 1
         for i in range(len(batches)):
@@ -334,16 +387,31 @@ def _setup(cfg: TrainkitConfig, bundle: DataBundle, out_dir: str | Path | None) 
     n_batches = len(bundle.batches("train", cfg.data.batch_size, shuffle=False, world=world))
     steps_per_epoch = max(1, math.ceil(n_batches / tr.accumulation))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factors(cfg, steps_per_epoch))
-    return _Loop(cfg=cfg, bundle=bundle, device=device, rank=rank, world=world, out=out, model=model, net=model,
-                 optimizer=optimizer, scheduler=scheduler, scaler=torch.amp.GradScaler("cuda", enabled=precision == "fp16"),
-                 precision=precision, amp=amp, params=[p for p in model.parameters() if p.requires_grad],
-                 class_weight=class_weights(bundle).to(device) if tr.class_weighting == "balanced" and not bundle.regression
-                 else None,
-                 clip=tr.grad_clip if tr.grad_clip is not None else float("inf"),
-                 # the NaN/Inf guard reads a device value: on CUDA once per guard_every steps (no per-step host
-                 # sync), on the CPU every step (there is no device to wait for)
-                 guard_every=1 if device.type == "cpu" else max(1, tr.guard_every), n_batches=n_batches,
-                 scheduled=not (cfg.schedule.name == "constant" and cfg.schedule.warmup_epochs == 0))
+    return _Loop(
+        cfg=cfg,
+        bundle=bundle,
+        device=device,
+        rank=rank,
+        world=world,
+        out=out,
+        model=model,
+        net=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=torch.amp.GradScaler("cuda", enabled=precision == "fp16"),
+        precision=precision,
+        amp=amp,
+        params=[p for p in model.parameters() if p.requires_grad],
+        class_weight=class_weights(bundle).to(device)
+        if tr.class_weighting == "balanced" and not bundle.regression
+        else None,
+        clip=tr.grad_clip if tr.grad_clip is not None else float("inf"),
+        # the NaN/Inf guard reads a device value: on CUDA once per guard_every steps (no per-step host
+        # sync), on the CPU every step (there is no device to wait for)
+        guard_every=1 if device.type == "cpu" else max(1, tr.guard_every),
+        n_batches=n_batches,
+        scheduled=not (cfg.schedule.name == "constant" and cfg.schedule.warmup_epochs == 0),
+    )
 
 
 def _resume(lp: _Loop, resume: bool) -> _Progress:
@@ -360,12 +428,18 @@ def _resume(lp: _Loop, resume: bool) -> _Progress:
         try:
             pr.init_loss = evaluate(lp.model, lp.bundle, "val", lp.device, amp=lp.amp)["loss"]
         except (RuntimeError, ValueError, IndexError) as exc:
-            raise TrainingError(f"the model's first forward pass failed on input shape {tuple(lp.bundle.input_shape)} "
-                                f"(model {lp.cfg.model.name!r}, {lp.bundle.num_classes} classes): "
-                                f"{type(exc).__name__}: {exc}") from exc
+            raise TrainingError(
+                f"the model's first forward pass failed on input shape {tuple(lp.bundle.input_shape)} "
+                f"(model {lp.cfg.model.name!r}, {lp.bundle.num_classes} classes): "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
     if lp.world > 1:
-        lp.net = nn.parallel.DistributedDataParallel(lp.model, device_ids=[lp.device.index] if lp.device.type == "cuda" else None)
-    if lp.cfg.training.compile:  # evaluation and checkpoints use the plain module (no _orig_mod. prefixes in state dicts)
+        lp.net = nn.parallel.DistributedDataParallel(
+            lp.model, device_ids=[lp.device.index] if lp.device.type == "cuda" else None
+        )
+    if (
+        lp.cfg.training.compile
+    ):  # evaluation and checkpoints use the plain module (no _orig_mod. prefixes in state dicts)
         lp.net = torch.compile(lp.net)
     lp.monitor = GpuMonitor(lp.device.index or 0).start() if lp.device.type == "cuda" else None
     pr.train_time = sum(r.get("epoch_time_s", 0.0) for r in pr.history)
@@ -379,15 +453,17 @@ def _restore(lp: _Loop, pr: _Progress, state: dict[str, Any], path: Path) -> Non
         lp.scheduler.load_state_dict(state["scheduler"])
         lp.scaler.load_state_dict(state["scaler"])
     except (RuntimeError, KeyError, ValueError) as exc:
-        raise CheckpointError(f"{path}: does not match this config's model/optimizer ({exc}); "
-                              "resume with the config it was written with") from None
+        raise CheckpointError(
+            f"{path}: does not match this config's model/optimizer ({exc}); resume with the config it was written with"
+        ) from None
     restore_rng_state(state["rng"])
     pr.history, pr.step = list(state["metrics"]), int(state["step"])
     pr.start_epoch, pr.resumed_from = int(state["epoch"]) + 1, int(state["epoch"])
     pr.best, pr.bad_epochs, pr.init_loss = state["best"], int(state["bad_epochs"]), float(state["init_loss"])
     if lp.is_main and lp.out is not None:  # drop any line written after that checkpoint (a kill mid-epoch)
-        write_text_atomic(lp.out / METRICS,
-                          "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in pr.history))
+        write_text_atomic(
+            lp.out / METRICS, "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in pr.history)
+        )
 
 
 def _late(lp: _Loop, pr: _Progress, deadline: float | None) -> bool:
@@ -400,13 +476,18 @@ def _late(lp: _Loop, pr: _Progress, deadline: float | None) -> bool:
 
 def _start_epoch(lp: _Loop, sizes: list[int]) -> _Epoch:
     acc = lp.cfg.training.accumulation  # each accumulation window averages over its real sample count
-    window = [sum(sizes[j - j % acc:j - j % acc + acc]) for j in range(len(sizes))]
-    correct = torch.zeros(4, device=lp.device) if lp.bundle.regression else torch.zeros((), device=lp.device, dtype=torch.long)
+    window = [sum(sizes[j - j % acc : j - j % acc + acc]) for j in range(len(sizes))]
+    correct = (
+        torch.zeros(4, device=lp.device)
+        if lp.bundle.regression
+        else torch.zeros((), device=lp.device, dtype=torch.long)
+    )
     return _Epoch(loss_sum=torch.zeros((), device=lp.device), correct=correct, window=window)
 
 
-def _step(lp: _Loop, pr: _Progress, ep: _Epoch, epoch: int, i: int, xb: torch.Tensor, yb: torch.Tensor,
-          last: bool) -> bool:
+def _step(
+    lp: _Loop, pr: _Progress, ep: _Epoch, epoch: int, i: int, xb: torch.Tensor, yb: torch.Tensor, last: bool
+) -> bool:
     """One batch: forward, backward, and at an accumulation boundary the clip, the NaN/Inf guard
     and the optimizer step. False when the guard found a non-finite loss or gradient."""
     cfg, tr = lp.cfg, lp.cfg.training
@@ -446,8 +527,9 @@ def _step(lp: _Loop, pr: _Progress, ep: _Epoch, epoch: int, i: int, xb: torch.Te
     return True
 
 
-def _forward_backward(lp: _Loop, epoch: int, step: int, xb: torch.Tensor, yb: torch.Tensor,
-                      window: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _forward_backward(
+    lp: _Loop, epoch: int, step: int, xb: torch.Tensor, yb: torch.Tensor, window: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The summed batch loss and the logits; the gradient of loss / window is accumulated."""
     tr = lp.cfg.training
     try:
@@ -456,22 +538,38 @@ def _forward_backward(lp: _Loop, epoch: int, step: int, xb: torch.Tensor, yb: to
                 logits = lp.net(xb)
         else:
             logits = lp.net(xb)
-        batch_loss = loss_of(logits, yb, weight=lp.class_weight, reduction="sum", label_smoothing=tr.label_smoothing,
-                             regression_loss=tr.regression_loss)
+        batch_loss = loss_of(
+            logits,
+            yb,
+            weight=lp.class_weight,
+            reduction="sum",
+            label_smoothing=tr.label_smoothing,
+            regression_loss=tr.regression_loss,
+        )
         loss = batch_loss / (window / lp.world)
         (lp.scaler.scale(loss) if lp.precision == "fp16" else loss).backward()
     except Exception as exc:
         if not isinstance(exc, (RuntimeError, ValueError, IndexError)) and not tr.compile:
             raise
         hint = " (training.compile is on: set it to false if torch.compile cannot build here)" if tr.compile else ""
-        raise TrainingError(f"training step failed at epoch {epoch} step {step} on a batch of shape "
-                            f"{tuple(xb.shape)} (model {lp.cfg.model.name!r}, {lp.bundle.num_classes} classes): "
-                            f"{type(exc).__name__}: {str(exc)[:1500]}{hint}") from exc
+        raise TrainingError(
+            f"training step failed at epoch {epoch} step {step} on a batch of shape "
+            f"{tuple(xb.shape)} (model {lp.cfg.model.name!r}, {lp.bundle.num_classes} classes): "
+            f"{type(exc).__name__}: {str(exc)[:1500]}{hint}"
+        ) from exc
     return batch_loss, logits
 
 
-def _guard_step(lp: _Loop, pr: _Progress, ep: _Epoch, epoch: int, batch_loss: torch.Tensor,
-                gnorm: torch.Tensor | None, n: int, last: bool) -> bool:
+def _guard_step(
+    lp: _Loop,
+    pr: _Progress,
+    ep: _Epoch,
+    epoch: int,
+    batch_loss: torch.Tensor,
+    gnorm: torch.Tensor | None,
+    n: int,
+    last: bool,
+) -> bool:
     """The NaN/Inf guard at one optimizer step (the loss, and the gradient norm when this step has
     one). On the CPU the scalars are read at once (no device to wait for); on CUDA the flags queue
     up and are read with one host sync every ``guard_every`` steps. False, with ``pr.nonfinite``
@@ -510,29 +608,47 @@ def _bar_flush(lp: _Loop, ep: _Epoch, now: float | None = None) -> None:
         ep.bar_steps, ep.bar_t = 0, now or time.perf_counter()
 
 
-def _end_epoch(lp: _Loop, pr: _Progress, ep: _Epoch, epoch: int,
-               on_epoch: Callable[[dict[str, Any]], Any] | None) -> str | None:
+def _end_epoch(
+    lp: _Loop, pr: _Progress, ep: _Epoch, epoch: int, on_epoch: Callable[[dict[str, Any]], Any] | None
+) -> str | None:
     """Validation, the metrics line, best/last checkpoints, early stopping; the stop status or None."""
     tr = lp.cfg.training
     metric = lp.cfg.target.metric
-    totals = all_sum(torch.cat([ep.loss_sum.float().view(1), ep.correct.float().view(-1),
-                                torch.tensor([float(ep.seen)], device=lp.device)]), lp.world)
+    totals = all_sum(
+        torch.cat(
+            [ep.loss_sum.float().view(1), ep.correct.float().view(-1), torch.tensor([float(ep.seen)], device=lp.device)]
+        ),
+        lp.world,
+    )
     val = evaluate(lp.model, lp.bundle, "val", lp.device, amp=lp.amp, metric=metric)
     epoch_time = time.perf_counter() - ep.t0
     pr.train_time += epoch_time
-    record = {"epoch": epoch, "step": pr.step, "train_loss": float(totals[0] / totals[-1]), **_train_scores(lp, totals),
-              "val_loss": val["loss"], "val_accuracy": val["accuracy"], "val_score": val["score"],
-              **({f"val_{k}": val[k] for k in ("rmse", "mae", "r2")} if lp.bundle.regression else {}),
-              "lr": lp.optimizer.param_groups[0]["lr"],
-              **_quantiles(ep.norms), "epoch_time_s": epoch_time, "samples_per_s": float(totals[-1]) / epoch_time,
-              "data_wait_fraction": ep.wait / epoch_time, **(lp.monitor.epoch_stats() if lp.monitor else {})}
+    record = {
+        "epoch": epoch,
+        "step": pr.step,
+        "train_loss": float(totals[0] / totals[-1]),
+        **_train_scores(lp, totals),
+        "val_loss": val["loss"],
+        "val_accuracy": val["accuracy"],
+        "val_score": val["score"],
+        **({f"val_{k}": val[k] for k in ("rmse", "mae", "r2")} if lp.bundle.regression else {}),
+        "lr": lp.optimizer.param_groups[0]["lr"],
+        **_quantiles(ep.norms),
+        "epoch_time_s": epoch_time,
+        "samples_per_s": float(totals[-1]) / epoch_time,
+        "data_wait_fraction": ep.wait / epoch_time,
+        **(lp.monitor.epoch_stats() if lp.monitor else {}),
+    }
     pr.history.append(record)
     # a tie on the metric (a discrete one, stuck at the majority share on rare positives) is broken by the val loss
     tie = pr.best is not None and record["val_score"] == row_score(pr.best) and record["val_loss"] < pr.best["val_loss"]
     ahead = pr.best is None or better(metric, record["val_score"], row_score(pr.best))
     improved = ahead or tie or lp.select_last
-    pr.bad_epochs = 0 if pr.best is None or better(metric, record["val_score"], row_score(pr.best), tr.min_delta) or tie \
+    pr.bad_epochs = (
+        0
+        if pr.best is None or better(metric, record["val_score"], row_score(pr.best), tr.min_delta) or tie
         else pr.bad_epochs + 1
+    )
     if improved:
         pr.best = dict(record)
     if lp.is_main and lp.out is not None:
@@ -541,8 +657,11 @@ def _end_epoch(lp: _Loop, pr: _Progress, ep: _Epoch, epoch: int,
     stop = on_epoch(record) if on_epoch is not None and lp.is_main else None
     if lp.bar is not None:
         shown = "" if record["val_accuracy"] is None else f" val_acc {record['val_accuracy']:.3f}"
-        lp.bar.set_postfix_str(f"epoch {epoch + 1}/{tr.epochs}{shown}"
-                               + ("" if metric == "accuracy" else f" {metric} {record['val_score']:.4g}"), refresh=False)
+        lp.bar.set_postfix_str(
+            f"epoch {epoch + 1}/{tr.epochs}{shown}"
+            + ("" if metric == "accuracy" else f" {metric} {record['val_score']:.4g}"),
+            refresh=False,
+        )
     if tr.patience is not None and pr.bad_epochs >= tr.patience:
         return "early_stopped"
     if stop is True and lp.world == 1:  # the hook returned True: this run cannot win (Phase 4 prunes it)
@@ -560,19 +679,35 @@ def _train_scores(lp: _Loop, totals: torch.Tensor) -> dict[str, Any]:
     std = (lp.bundle.label_scale or {"std": 1.0})["std"]
     sst = syy - sy * sy / n
     scores = {"rmse": math.sqrt(sse / n) * std, "mae": sae / n * std, "r2": 1.0 - sse / sst if sst > 0 else 0.0}
-    return {"train_accuracy": None, "train_score": scores[lp.cfg.target.metric], **{f"train_{k}": v for k, v in scores.items()}}
+    return {
+        "train_accuracy": None,
+        "train_score": scores[lp.cfg.target.metric],
+        **{f"train_{k}": v for k, v in scores.items()},
+    }
 
 
 def _save(lp: _Loop, pr: _Progress, epoch: int, improved: bool) -> None:
     """The checkpoint, a plain dict that describes itself: ``last.pt`` always, ``best.pt`` when improved."""
     b = lp.bundle
     lp.scheduler.last_epoch = pr.step  # the schedule's position, stepped or not (a constant LR is not)
-    state = {"model": lp.model.state_dict(), "optimizer": lp.optimizer.state_dict(),
-             "scheduler": lp.scheduler.state_dict(), "scaler": lp.scaler.state_dict(), "epoch": epoch,
-             "step": pr.step, "rng": rng_state(), "config": config_to_dict(lp.cfg), "metrics": pr.history,
-             "best": pr.best, "bad_epochs": pr.bad_epochs, "init_loss": pr.init_loss,
-             "input_shape": list(b.input_shape), "class_names": b.source.class_names,
-             "normalization": {"mean": b.mean.tolist(), "std": b.std.tolist()}, "label_scale": b.label_scale}
+    state = {
+        "model": lp.model.state_dict(),
+        "optimizer": lp.optimizer.state_dict(),
+        "scheduler": lp.scheduler.state_dict(),
+        "scaler": lp.scaler.state_dict(),
+        "epoch": epoch,
+        "step": pr.step,
+        "rng": rng_state(),
+        "config": config_to_dict(lp.cfg),
+        "metrics": pr.history,
+        "best": pr.best,
+        "bad_epochs": pr.bad_epochs,
+        "init_loss": pr.init_loss,
+        "input_shape": list(b.input_shape),
+        "class_names": b.source.class_names,
+        "normalization": {"mean": b.mean.tolist(), "std": b.std.tolist()},
+        "label_scale": b.label_scale,
+    }
     assert lp.ckpt_dir is not None
     if improved:
         save_checkpoint(state, lp.ckpt_dir / "best.pt")
@@ -585,11 +720,20 @@ def _finish(lp: _Loop, pr: _Progress, t_start: float) -> FitResult:
     if lp.monitor is not None:
         lp.monitor.stop()
     ckpt = lp.ckpt_dir
-    result = FitResult(status=pr.status, history=pr.history, best=pr.best, init_loss=pr.init_loss,
-                       nonfinite=pr.nonfinite, wall_time_s=time.perf_counter() - t_start, train_time_s=pr.train_time,
-                       device=str(lp.device), world_size=lp.world, precision=lp.precision,
-                       resumed_from_epoch=pr.resumed_from,
-                       paths={"best": str(ckpt / "best.pt"), "last": str(ckpt / "last.pt")} if ckpt else {})
+    result = FitResult(
+        status=pr.status,
+        history=pr.history,
+        best=pr.best,
+        init_loss=pr.init_loss,
+        nonfinite=pr.nonfinite,
+        wall_time_s=time.perf_counter() - t_start,
+        train_time_s=pr.train_time,
+        device=str(lp.device),
+        world_size=lp.world,
+        precision=lp.precision,
+        resumed_from_epoch=pr.resumed_from,
+        paths={"best": str(ckpt / "best.pt"), "last": str(ckpt / "last.pt")} if ckpt else {},
+    )
     if lp.is_main and lp.out is not None:
         write_json_atomic(lp.out / TRAIN_SUMMARY, result.to_dict())
     return result

@@ -35,8 +35,9 @@ class GateWidget:
         record = read_json(self.gate_path)
         for c in record["checks"]:
             if c["kind"] == "manual":
-                box = W.Checkbox(value=c["status"] == "pass", description=c["title"], indent=False,
-                                 layout=W.Layout(width="auto"))
+                box = W.Checkbox(
+                    value=c["status"] == "pass", description=c["title"], indent=False, layout=W.Layout(width="auto")
+                )
                 box.add_class(f"trainkit-check-{c['id']}")
                 self.boxes[c["id"]] = box
         self.approver.add_class("trainkit-approver")
@@ -56,9 +57,15 @@ class GateWidget:
         record = record or self.record
         state = gate_state(record)
         self.button.disabled = state in ("blocked", "passed") or not self.approver.value.strip()
-        self.button.tooltip = ("mandatory automatic checks fail" if state == "blocked" else
-                               "already signed off" if state == "passed" else
-                               "enter your name" if not self.approver.value.strip() else "sign this gate")
+        self.button.tooltip = (
+            "mandatory automatic checks fail"
+            if state == "blocked"
+            else "already signed off"
+            if state == "passed"
+            else "enter your name"
+            if not self.approver.value.strip()
+            else "sign this gate"
+        )
 
     def _on_click(self, _: Any = None) -> None:
         ticked = [cid for cid, box in self.boxes.items() if box.value]
@@ -70,8 +77,9 @@ class GateWidget:
         except GateError as exc:
             self.message.value = f"<span style='color:{RED}'>Not signed: {exc}</span>"
             return
-        self.message.value = (f"<span style='color:{GREEN}'>Signed off by {record['signoff']['by']}.</span>"
-                              + "".join(f" <small>({m})</small>" for m in notes))
+        self.message.value = f"<span style='color:{GREEN}'>Signed off by {record['signoff']['by']}.</span>" + "".join(
+            f" <small>({m})</small>" for m in notes
+        )
         self._render(record)
 
     def _ipython_display_(self) -> None:

@@ -23,6 +23,22 @@ from trainkit.data.quarantine import Quarantine, SealedDataset
 from trainkit.data.sources import Source, check_labels, in_memory_source
 from trainkit.data.splits import normalize, stratified_split
 
-__all__ = ["augment_batch", "BatchIterable", "IndexBatches", "DataBundle", "DataStore", "check_source", "load_data",
-           "load_source", "ImageFolderData", "scan_image_folder", "Quarantine", "SealedDataset", "Source",
-           "check_labels", "in_memory_source", "normalize", "stratified_split"]
+__all__ = [
+    "augment_batch",
+    "BatchIterable",
+    "IndexBatches",
+    "DataBundle",
+    "DataStore",
+    "check_source",
+    "load_data",
+    "load_source",
+    "ImageFolderData",
+    "scan_image_folder",
+    "Quarantine",
+    "SealedDataset",
+    "Source",
+    "check_labels",
+    "in_memory_source",
+    "normalize",
+    "stratified_split",
+]

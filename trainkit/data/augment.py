@@ -18,7 +18,7 @@ def augment_batch(x: torch.Tensor, kind: str) -> torch.Tensor:
         n, _, length = x.shape
         pad = max(1, length // 8)
         shift = int(torch.randint(0, 2 * pad + 1, (1,)))
-        return torch.nn.functional.pad(x, (pad, pad))[:, :, shift:shift + length]
+        return torch.nn.functional.pad(x, (pad, pad))[:, :, shift : shift + length]
     if x.ndim != 4:
         return x
     n, _, h, w = x.shape
@@ -28,4 +28,4 @@ def augment_batch(x: torch.Tensor, kind: str) -> torch.Tensor:
     pad = max(1, min(h, w) // 8)
     padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
     dy, dx = (int(v) for v in torch.randint(0, 2 * pad + 1, (2,)))
-    return padded[:, :, dy:dy + h, dx:dx + w]
+    return padded[:, :, dy : dy + h, dx : dx + w]

@@ -21,8 +21,17 @@ class IndexBatches:
     is the size of the global batch, so a summed loss divided by it equals the full-batch mean.
     """
 
-    def __init__(self, indices: np.ndarray, batch_size: int, shuffle: bool, seed: int = 0,
-                 epoch: int = 0, rank: int = 0, world: int = 1, weights: torch.Tensor | None = None) -> None:
+    def __init__(
+        self,
+        indices: np.ndarray,
+        batch_size: int,
+        shuffle: bool,
+        seed: int = 0,
+        epoch: int = 0,
+        rank: int = 0,
+        world: int = 1,
+        weights: torch.Tensor | None = None,
+    ) -> None:
         self.indices = torch.as_tensor(indices, dtype=torch.long)
         self.batch_size, self.shuffle, self.seed, self.epoch = batch_size, shuffle, seed, epoch
         self.rank, self.world, self.weights = rank, world, weights
@@ -46,8 +55,8 @@ class IndexBatches:
                 idx = idx[torch.randperm(len(idx), generator=g)]
         gsize = self.batch_size * self.world
         for start in range(0, len(idx), gsize):
-            chunk = idx[start:start + gsize]
-            mine = chunk[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+            chunk = idx[start : start + gsize]
+            mine = chunk[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
             yield mine, len(chunk)
 
 
@@ -86,9 +95,17 @@ class BatchIterable:
         cache = b.__dict__.setdefault("_loaders", {})
         if key not in cache:
             sampler = _BatchSampler(self.plan)
-            cache[key] = (DataLoader(b.source.dataset, batch_sampler=sampler, num_workers=self.workers,
-                                     pin_memory=self.device.type == "cuda", worker_init_fn=seed_worker,
-                                     persistent_workers=self.workers > 0), sampler)
+            cache[key] = (
+                DataLoader(
+                    b.source.dataset,
+                    batch_sampler=sampler,
+                    num_workers=self.workers,
+                    pin_memory=self.device.type == "cuda",
+                    worker_init_fn=seed_worker,
+                    persistent_workers=self.workers > 0,
+                ),
+                sampler,
+            )
         loader, sampler = cache[key]
         sampler.batches = self.plan
         return loader

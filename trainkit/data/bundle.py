@@ -102,7 +102,9 @@ class DataBundle:
             return
         self.quarantine.check(reason)
 
-    def arrays(self, split: str, device: str | torch.device = "cpu", reason: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+    def arrays(
+        self, split: str, device: str | torch.device = "cpu", reason: str = ""
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(x, y) tensors of a split, normalized; test only when the quarantine is open (logged)."""
         self._check_split(split, reason)
         idx = torch.as_tensor(self.splits[split])
@@ -114,9 +116,21 @@ class DataBundle:
             x = torch.stack([torch.as_tensor(ds[int(i)][0]).float() for i in idx])
         return x.to(device), y.to(device)
 
-    def batches(self, split: str, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0,
-                rank: int = 0, world: int = 1, device: str | torch.device = "cpu", workers: int = 0,
-                reason: str = "", balanced: bool = False) -> "BatchIterable":
+    def batches(
+        self,
+        split: str,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        seed: int = 0,
+        epoch: int = 0,
+        rank: int = 0,
+        world: int = 1,
+        device: str | torch.device = "cpu",
+        workers: int = 0,
+        reason: str = "",
+        balanced: bool = False,
+    ) -> "BatchIterable":
         """An iterable of ``(x, y, global_n)`` batches for one epoch; ``balanced`` draws every
         class equally often (with replacement)."""
         self._check_split(split, reason)
@@ -148,15 +162,18 @@ def check_source(cfg: Any) -> None:
         source.table.fit(splits["train"])
 
 
-def load_source(cfg: Any, manifest: Path | None = None, write_manifest: bool = False, *,
-                regression: bool = False) -> Source:
+def load_source(
+    cfg: Any, manifest: Path | None = None, write_manifest: bool = False, *, regression: bool = False
+) -> Source:
     """Load ``cfg`` (a DataConfig) into a :class:`Source`; raises DataError naming the field. An
     image folder is listed through ``manifest`` (see :func:`~trainkit.data.images.load_image_folder`).
     ``regression`` (``target.metric`` rmse, mae or r2): the label is a number to predict."""
     if cfg.source == "image_folder":
         if regression:
-            raise DataError("data.source: an image_folder's labels are its class folders, not numbers; a regression "
-                            "(target.metric rmse | mae | r2) reads a csv / parquet table or an npz with float y")
+            raise DataError(
+                "data.source: an image_folder's labels are its class folders, not numbers; a regression "
+                "(target.metric rmse | mae | r2) reads a csv / parquet table or an npz with float y"
+            )
         return load_image_folder(cfg, manifest, write_manifest)
     if cfg.source in TABLE_SOURCES:
         return _table_source(cfg, regression)
@@ -172,11 +189,16 @@ def _table_source(cfg: Any, regression: bool = False) -> Source:
     """A table as a Source: labels and raw rows now; x once the preprocessing is fitted on the train
     split (:func:`_encode_table`). Content keys hash each row's raw feature values."""
     table, y = load_table(cfg, regression)
-    return Source(y=torch.as_tensor(y), class_names=table.classes,
-                  input_shape=(0,), regression=regression,
-                  description=f"{cfg.source} {cfg.root} (label {cfg.label!r}, {len(table.kinds)} columns)",
-                  sample_keys=row_keys(table.frame, list(table.kinds)), table=table,
-                  duplicates_by_chance=records_repeat_by_chance(table.frame, list(table.kinds)))
+    return Source(
+        y=torch.as_tensor(y),
+        class_names=table.classes,
+        input_shape=(0,),
+        regression=regression,
+        description=f"{cfg.source} {cfg.root} (label {cfg.label!r}, {len(table.kinds)} columns)",
+        sample_keys=row_keys(table.frame, list(table.kinds)),
+        table=table,
+        duplicates_by_chance=records_repeat_by_chance(table.frame, list(table.kinds)),
+    )
 
 
 def _encode_table(source: Source, train: np.ndarray, store: DataStore | None, write: bool) -> None:
@@ -201,14 +223,24 @@ def check_splits(splits: dict[str, np.ndarray], n: int, classes: int) -> None:
     empty = [k for k, v in splits.items() if len(v) == 0]
     if not empty:
         return
-    why = (f" in {classes} classes (~{n / classes:.0f} rows a class; each class is split in proportion, so none in "
-           f"{'/'.join(empty)})") if n / max(1, classes) < 10 and classes > 1 else f" (none in {'/'.join(empty)})"
-    raise DataError(f"data: a split is empty with {n} samples{why}; add data, {'merge rare classes, ' if classes > 1 else ''}or change "
-                    "data.val_fraction / data.test_fraction")
+    why = (
+        (
+            f" in {classes} classes (~{n / classes:.0f} rows a class; each class is split in proportion, so none in "
+            f"{'/'.join(empty)})"
+        )
+        if n / max(1, classes) < 10 and classes > 1
+        else f" (none in {'/'.join(empty)})"
+    )
+    raise DataError(
+        f"data: a split is empty with {n} samples{why}; add data, {'merge rare classes, ' if classes > 1 else ''}or "
+        "change "
+        "data.val_fraction / data.test_fraction"
+    )
 
 
-def load_data(cfg: Any, store: DataStore | None = None, quarantine: Quarantine | None = None, *,
-              write_splits: bool = False) -> DataBundle:
+def load_data(
+    cfg: Any, store: DataStore | None = None, quarantine: Quarantine | None = None, *, write_splits: bool = False
+) -> DataBundle:
     """Load the configured data, split it, and check it against the split record in ``store``.
 
     ``cfg`` is a whole TrainkitConfig (or its ``data`` section). With ``write_splits`` the split
@@ -233,7 +265,9 @@ def load_data(cfg: Any, store: DataStore | None = None, quarantine: Quarantine |
         _encode_table(source, splits["train"], store, write_splits)
     labels = _planted_noise(source, splits["train"], dcfg.split_seed)
     if store is not None and store.splits.is_file() and not write_splits and source.x is None:
-        norm = read_json(store.splits)["normalization"]  # streamed data: the first load's statistics (fingerprints checked below)
+        norm = read_json(store.splits)[
+            "normalization"
+        ]  # streamed data: the first load's statistics (fingerprints checked below)
         mean, std = torch.tensor(norm["mean"]), torch.tensor(norm["std"])
     else:
         mean, std = fit_normalization(source, splits["train"])
@@ -256,10 +290,19 @@ def load_data(cfg: Any, store: DataStore | None = None, quarantine: Quarantine |
         if not policy.open:
             labels[torch.as_tensor(splits["test"])] = 0.0
     if store is not None and store.loads is not None:  # what each load cost (benchmarks read it)
-        append_jsonl(store.loads, {"time": time.time(), "phase": policy.who, "seconds": round(time.perf_counter() - t_load, 4),
-                                   "scan": bool(write_splits), "source": dcfg.source})
-    bundle = DataBundle(source=source, splits=splits, mean=mean, std=std, quarantine=policy, store=store,
-                        labels=labels, info=record)
+        append_jsonl(
+            store.loads,
+            {
+                "time": time.time(),
+                "phase": policy.who,
+                "seconds": round(time.perf_counter() - t_load, 4),
+                "scan": bool(write_splits),
+                "source": dcfg.source,
+            },
+        )
+    bundle = DataBundle(
+        source=source, splits=splits, mean=mean, std=std, quarantine=policy, store=store, labels=labels, info=record
+    )
     if source.x is not None:
         bundle._x = normalize(source.x, mean, std)
         if not policy.open and len(splits["test"]):
@@ -288,8 +331,10 @@ def _keep_split_record(path: Path, record: dict[str, Any], write: bool) -> None:
         old = read_json(path)["fingerprints"]
         changed = [k for k in old if old[k] != record["fingerprints"][k]]
         if changed:
-            raise DataError(f"data changed since Phase 1: split(s) {changed} no longer match {path}; "
-                            "restore the data or start a new run")
+            raise DataError(
+                f"data changed since Phase 1: split(s) {changed} no longer match {path}; "
+                "restore the data or start a new run"
+            )
 
 
 def _exclude(train: np.ndarray, spec: str, root: Path | None, record: dict[str, Any]) -> np.ndarray:
@@ -299,12 +344,14 @@ def _exclude(train: np.ndarray, spec: str, root: Path | None, record: dict[str, 
     if not path.is_absolute() and root is not None:
         path = root / path
     if not path.is_file():
-        raise DataError(f"data.exclude: {path} not found; expected a JSON file {{\"indices\": [...]}} "
-                        "(Phase 3 writes one as exclude.json) or remove data.exclude")
+        raise DataError(
+            f'data.exclude: {path} not found; expected a JSON file {{"indices": [...]}} '
+            "(Phase 3 writes one as exclude.json) or remove data.exclude"
+        )
     try:
         drop = {int(i) for i in read_json(path)["indices"]}
     except (KeyError, TypeError, ValueError) as exc:
-        raise DataError(f"data.exclude: {path} is not {{\"indices\": [integers]}} ({exc})") from None
+        raise DataError(f'data.exclude: {path} is not {{"indices": [integers]}} ({exc})') from None
     kept = np.array([i for i in train if int(i) not in drop], dtype=train.dtype)
     if len(kept) == 0:
         raise DataError(f"data.exclude: {path} removes every training sample")

@@ -59,10 +59,14 @@ def class_folders(cfg: Any) -> tuple[Path, list[str]]:
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if len(classes) < 2:
         raise DataError(f"{root}: found {len(classes)} class folder(s); need at least 2 sub-folders, one per class")
-    empty = [n for n in classes if not any(p.suffix.lower() in IMAGE_EXT and p.is_file() for p in (root / n).rglob("*"))]
+    empty = [
+        n for n in classes if not any(p.suffix.lower() in IMAGE_EXT and p.is_file() for p in (root / n).rglob("*"))
+    ]
     if empty:
-        raise DataError(f"{root}: class folder(s) {empty} hold no images ({sorted(IMAGE_EXT)}); add images or remove "
-                        "the folder (an empty class cannot be learned or evaluated)")
+        raise DataError(
+            f"{root}: class folder(s) {empty} hold no images ({sorted(IMAGE_EXT)}); add images or remove "
+            "the folder (an empty class cannot be learned or evaluated)"
+        )
     return root, classes
 
 
@@ -97,8 +101,9 @@ def _image_entries(folder: str, rel: str) -> Iterator[tuple[str, Any]]:
                 yield f"{rel}/{e.name}", e
 
 
-def scan_image_folder(root: Path, classes: list[str], previous: dict[str, Any] | None = None,
-                      progress: bool = True) -> dict[str, Any]:
+def scan_image_folder(
+    root: Path, classes: list[str], previous: dict[str, Any] | None = None, progress: bool = True
+) -> dict[str, Any]:
     """The folder's manifest: every image (relative path, label, size, mtime, sha256, header).
     Files are hashed in parallel threads with a progress bar; with ``previous`` (an earlier
     manifest) a file whose size and mtime are unchanged keeps its entry: only what changed is read."""
@@ -152,10 +157,17 @@ def load_image_folder(cfg: Any, manifest: Path | None = None, write: bool = Fals
         if manifest is not None and write:
             manifest.parent.mkdir(parents=True, exist_ok=True)
             (manifest.parent / "unreadable_images.txt").write_text("\n".join(bad) + "\n")
-        more = f" … and {len(bad) - 20} more (all listed in {manifest.parent / 'unreadable_images.txt'})" \
-            if len(bad) > 20 and manifest is not None and write else ""
-        raise DataError(f"{root}: {len(bad)} unreadable image(s), found before training: " + "; ".join(bad[:20]) + more
-                        + ". Remove or replace them, then run again.")
+        more = (
+            f" … and {len(bad) - 20} more (all listed in {manifest.parent / 'unreadable_images.txt'})"
+            if len(bad) > 20 and manifest is not None and write
+            else ""
+        )
+        raise DataError(
+            f"{root}: {len(bad)} unreadable image(s), found before training: "
+            + "; ".join(bad[:20])
+            + more
+            + ". Remove or replace them, then run again."
+        )
     if not files:
         raise DataError(f"{root}: no images with extensions {sorted(IMAGE_EXT)}")
     first = files[0]
@@ -164,6 +176,11 @@ def load_image_folder(cfg: Any, manifest: Path | None = None, write: bool = Fals
     if manifest is not None and write:
         write_json_atomic(manifest, scan)
     ds = ImageFolderData([f"{root}/{f['path']}" for f in files], [f["label"] for f in files], size, mode)
-    return Source(y=torch.tensor([f["label"] for f in files]), dataset=ds, class_names=classes,
-                  input_shape=(1 if mode == "L" else 3, *size), description=f"image folder {root}",
-                  sample_keys=[f["sha256"] for f in files])
+    return Source(
+        y=torch.tensor([f["label"] for f in files]),
+        dataset=ds,
+        class_names=classes,
+        input_shape=(1 if mode == "L" else 3, *size),
+        description=f"image folder {root}",
+        sample_keys=[f["sha256"] for f in files],
+    )

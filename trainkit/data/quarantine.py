@@ -41,7 +41,8 @@ class Quarantine:
         if not self.open:
             raise QuarantineError(
                 f"the test split is quarantined until {self.opens}; current phase: {self.who or 'none'}. "
-                "Use the validation split for every decision before finalization.")
+                "Use the validation split for every decision before finalization."
+            )
 
     def refusal(self, what: str) -> str:
         return f"{what} belongs to the quarantined test split; it can be read only in {self.opens}"
@@ -49,7 +50,8 @@ class Quarantine:
 
 def seal_test_rows(source: Source, test_idx: np.ndarray, policy: Quarantine) -> None:
     """Overwrite the test rows' samples (zeros), labels (-1) and, for a table, raw values (blank) in
-    memory, and wrap a streamed dataset so that reading a test index raises QuarantineError. Fingerprints and content hashes
+    memory, and wrap a streamed dataset so that reading a test index raises QuarantineError. Fingerprints and content
+    hashes
     were computed before this, from the real rows."""
     idx = torch.as_tensor(np.asarray(test_idx, dtype=np.int64))
     if len(idx) == 0:

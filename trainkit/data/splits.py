@@ -25,8 +25,8 @@ def stratified_split(y: np.ndarray, val_fraction: float, test_fraction: float, s
         n_test = int(round(len(idx) * test_fraction))
         n_val = int(round(len(idx) * val_fraction))
         out["test"] += idx[:n_test].tolist()
-        out["val"] += idx[n_test:n_test + n_val].tolist()
-        out["train"] += idx[n_test + n_val:].tolist()
+        out["val"] += idx[n_test : n_test + n_val].tolist()
+        out["train"] += idx[n_test + n_val :].tolist()
     return {k: np.sort(np.array(v, dtype=np.int64)) for k, v in out.items()}
 
 
@@ -60,12 +60,15 @@ def _fingerprint(keys: list[str], y: np.ndarray, idx: np.ndarray) -> str:
 def _duplicates(keys: list[str], splits: dict[str, np.ndarray]) -> dict[str, int]:
     sets = {k: {keys[i] for i in v} for k, v in splits.items()}
     within = sum(len(v) - len(sets[k]) for k, v in splits.items())
-    return {"within_splits": within,
-            "across_splits": len((sets["train"] & sets["val"]) | (sets["train"] & sets["test"]) | (sets["val"] & sets["test"])),
-            "train_test": len(sets["train"] & sets["test"]), "train_val": len(sets["train"] & sets["val"]),
-            "val_test": len(sets["val"] & sets["test"])}
-
-
+    return {
+        "within_splits": within,
+        "across_splits": len(
+            (sets["train"] & sets["val"]) | (sets["train"] & sets["test"]) | (sets["val"] & sets["test"])
+        ),
+        "train_test": len(sets["train"] & sets["test"]),
+        "train_val": len(sets["train"] & sets["val"]),
+        "val_test": len(sets["val"] & sets["test"]),
+    }
 
 
 def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -84,7 +87,9 @@ def fit_normalization(source: Source, train_idx: np.ndarray) -> tuple[torch.Tens
     else:
         ds = source.dataset
         pick = train_idx[:: max(1, len(train_idx) // 256)]
-        xt = torch.stack([ds.raw(int(i)) if hasattr(ds, "raw") else torch.as_tensor(ds[int(i)][0]).float() for i in pick])
+        xt = torch.stack(
+            [ds.raw(int(i)) if hasattr(ds, "raw") else torch.as_tensor(ds[int(i)][0]).float() for i in pick]
+        )
         dims = [0] + list(range(2, xt.ndim)) if xt.ndim >= 3 else [0]
         mean, std = xt.mean(dim=dims), xt.std(dim=dims)
     if xt.ndim == 2:  # tabular: per feature; a constant feature keeps scale 1 (stays finite on unseen values)
@@ -92,8 +97,9 @@ def fit_normalization(source: Source, train_idx: np.ndarray) -> tuple[torch.Tens
     return mean, std.clamp_min(1e-6)
 
 
-def split_record(source: Source, splits: dict[str, np.ndarray], cfg: Any, mean: torch.Tensor,
-                   std: torch.Tensor) -> dict[str, Any]:
+def split_record(
+    source: Source, splits: dict[str, np.ndarray], cfg: Any, mean: torch.Tensor, std: torch.Tensor
+) -> dict[str, Any]:
     y = source.y.numpy()
     if source.regression:  # numbers: each split's count (one "class": the label), and the label's spread per split
         counts = {k: [int(len(v))] for k, v in splits.items()}
@@ -101,23 +107,36 @@ def split_record(source: Source, splits: dict[str, np.ndarray], cfg: Any, mean: 
 
         scale = label_scale(source, splits["train"])
         val = y[splits["val"]].astype(np.float64)
-        extra: dict[str, Any] = {"task": "regression", "label_scale": scale,
-                                 # what predicting the train mean scores on val: the skill scale's zero (trainkit.metrics.skill)
-                                 "mean_predictor_val": regression_scores(val, np.full(len(val), scale["mean"])) if len(val) else None,
-                                 "label_summary": {k: {"mean": float(y[v].mean()), "std": float(y[v].std()),
-                                                       "min": float(y[v].min()), "max": float(y[v].max())}
-                                                   for k, v in splits.items() if len(v)}}
+        extra: dict[str, Any] = {
+            "task": "regression",
+            "label_scale": scale,
+            # what predicting the train mean scores on val: the skill scale's zero (trainkit.metrics.skill)
+            "mean_predictor_val": regression_scores(val, np.full(len(val), scale["mean"])) if len(val) else None,
+            "label_summary": {
+                k: {
+                    "mean": float(y[v].mean()),
+                    "std": float(y[v].std()),
+                    "min": float(y[v].min()),
+                    "max": float(y[v].max()),
+                }
+                for k, v in splits.items()
+                if len(v)
+            },
+        }
     else:
         counts = {k: np.bincount(y[v], minlength=len(source.class_names)).tolist() for k, v in splits.items()}
         extra = {"task": "classification"}
-    return {**extra,
-        "source": source.description, "seed": cfg.split_seed,
+    return {
+        **extra,
+        "source": source.description,
+        "seed": cfg.split_seed,
         "fractions": {"val": cfg.val_fraction, "test": cfg.test_fraction},
-        "sizes": {k: int(len(v)) for k, v in splits.items()}, "class_counts": counts,
-        "class_names": source.class_names, "input_shape": list(source.input_shape),
+        "sizes": {k: int(len(v)) for k, v in splits.items()},
+        "class_counts": counts,
+        "class_names": source.class_names,
+        "input_shape": list(source.input_shape),
         "normalization": {"mean": mean.tolist(), "std": std.tolist()},
         "fingerprints": {k: _fingerprint(source.sample_keys, y, v) for k, v in splits.items()},
         "duplicates": _duplicates(source.sample_keys, splits),
         "indices": {k: v.tolist() for k, v in splits.items()},
     }
-

@@ -35,8 +35,10 @@ def read_table(path: str | Path, source: str) -> Any:
         raise
     except Exception as exc:  # pandas and pyarrow raise many types for a file that is not what it claims
         other = "parquet" if source == "csv" else "csv"
-        raise DataError(f"{p}: not a readable {source.upper()} table ({type(exc).__name__}: {str(exc)[:200]}); "
-                        f"check the file, or set data.source: {other} if it is one") from None
+        raise DataError(
+            f"{p}: not a readable {source.upper()} table ({type(exc).__name__}: {str(exc)[:200]}); "
+            f"check the file, or set data.source: {other} if it is one"
+        ) from None
     if len(df.columns) == 0 or len(df) == 0:
         raise DataError(f"{p}: no data rows (columns: {list(map(str, df.columns))[:20]}); add rows to the table")
     df.columns = [str(c) for c in df.columns]
@@ -55,8 +57,10 @@ def _refuse_workbook(p: Path) -> None:
         magic = f.read(8)
     xlsx = magic[:4] == b"PK\x03\x04" and p.suffix.lower() in (".xlsx", ".xlsm", ".csv", ".parquet", "")
     if p.suffix.lower() in (".xlsx", ".xlsm", ".xls") or xlsx or magic == b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1":
-        raise DataError(f"{p}: an Excel workbook, not a CSV or Parquet table; save the sheet as CSV, or in a notebook "
-                        f"trainkit.from_dataframe(pandas.read_excel({str(p)!r}), label=..., path='data/table.parquet')")
+        raise DataError(
+            f"{p}: an Excel workbook, not a CSV or Parquet table; save the sheet as CSV, or in a notebook "
+            f"trainkit.from_dataframe(pandas.read_excel({str(p)!r}), label=..., path='data/table.parquet')"
+        )
 
 
 def _read_csv(p: Path, notes: list[str]) -> Any:
@@ -89,7 +93,9 @@ def _decimal_commas(df: Any) -> bool:
     import pandas as pd
 
     for c in df.columns:
-        if (pd.api.types.is_string_dtype(df[c]) or pd.api.types.is_object_dtype(df[c])) and not isinstance(df[c].dtype, pd.CategoricalDtype):
+        if (pd.api.types.is_string_dtype(df[c]) or pd.api.types.is_object_dtype(df[c])) and not isinstance(
+            df[c].dtype, pd.CategoricalDtype
+        ):
             v = df[c].dropna().astype(str).str.strip()
             if len(v) and v.str.fullmatch(r"-?\d+(,\d+)?").all() and v.str.contains(",", regex=False).any():
                 return True
@@ -103,7 +109,7 @@ def _delimiter(p: Path) -> str:
     import io
 
     opener = _OPENERS.get(p.suffix.lower())
-    with (opener(p, "rb") if opener else p.open("rb")) as f:
+    with opener(p, "rb") if opener else p.open("rb") as f:
         raw = f.read(1 << 16)
     text = raw.decode("utf-8", errors="replace")
     lines = text.splitlines()

@@ -12,8 +12,9 @@ from trainkit.errors import DataError
 __all__ = ["_labels"]
 
 
-def _labels(df: Any, label: str, drop_unlabelled: bool, where: str, regression: bool = False,
-            as_classes: bool = False) -> tuple[Any, np.ndarray, list[str]]:
+def _labels(
+    df: Any, label: str, drop_unlabelled: bool, where: str, regression: bool = False, as_classes: bool = False
+) -> tuple[Any, np.ndarray, list[str]]:
     """(rows kept, integer labels, class names). Class names are the label values as text, sorted
     (numbers numerically). ``regression``: (rows kept, the numbers, [label]). ``as_classes``: the
     label is named in ``data.categorical``, so many distinct numbers are classes all the same."""
@@ -21,8 +22,11 @@ def _labels(df: Any, label: str, drop_unlabelled: bool, where: str, regression: 
 
     if label not in df.columns:
         headless = len(df.columns) > 1 and sum(map(_number, df.columns)) >= 0.5 * len(df.columns)
-        hint = ("; its first row holds numbers, so the file seems to have no header row: add one that names the "
-                "columns") if headless else ""
+        hint = (
+            ("; its first row holds numbers, so the file seems to have no header row: add one that names the columns")
+            if headless
+            else ""
+        )
         import difflib
 
         near = difflib.get_close_matches(label, list(map(str, df.columns)), n=1, cutoff=0.6)
@@ -33,8 +37,10 @@ def _labels(df: Any, label: str, drop_unlabelled: bool, where: str, regression: 
     gaps = int(y.isna().sum())
     if gaps:
         if not drop_unlabelled:
-            raise DataError(f"data.label: {gaps} row(s) of {where} have no {label!r} value; fill them, or set "
-                            "data.drop_unlabelled: true to leave those rows out")
+            raise DataError(
+                f"data.label: {gaps} row(s) of {where} have no {label!r} value; fill them, or set "
+                "data.drop_unlabelled: true to leave those rows out"
+            )
         df = df[y.notna()].reset_index(drop=True)
         y = df[label]
     if regression:
@@ -43,18 +49,27 @@ def _labels(df: Any, label: str, drop_unlabelled: bool, where: str, regression: 
         y = y.astype(str)  # numbers sort numerically, anything else as text
     values = sorted(y.unique().tolist())
     if len(values) < 2:
-        raise DataError(f"data.label: every row of {where} has {label} = {values[0]!r}; a classifier needs at least 2 classes")
+        raise DataError(
+            f"data.label: every row of {where} has {label} = {values[0]!r}; a classifier needs at least 2 classes"
+        )
     fractional = pd.api.types.is_float_dtype(y) and not bool((y == y.round()).all())
     numeric = pd.api.types.is_numeric_dtype(y) and not pd.api.types.is_bool_dtype(y)
-    both_ways = (f"to predict the number, set target.metric to rmse, mae or r2 (a regression; with target.value, e.g. "
-                 f"target: {{metric: rmse, value: ...}}); to treat its values as classes, set data.categorical: [{label}]")
+    both_ways = (
+        f"to predict the number, set target.metric to rmse, mae or r2 (a regression; with target.value, e.g. "
+        f"target: {{metric: rmse, value: ...}}); to treat its values as classes, set data.categorical: [{label}]"
+    )
     if fractional and len(values) > 20 and not as_classes:
-        raise DataError(f"data.label: {label!r} holds {len(values)} distinct fractional numbers (e.g. {values[len(values) // 2]!r}): "
-                        f"a quantity, not classes; {both_ways}")
+        raise DataError(
+            f"data.label: {label!r} holds {len(values)} distinct fractional numbers (e.g. "
+            f"{values[len(values) // 2]!r}): "
+            f"a quantity, not classes; {both_ways}"
+        )
     if len(values) > 0.5 * len(y) and len(y) > 20:
-        raise DataError(f"data.label: {label!r} has {len(values)} distinct values in {len(y)} rows, so most classes would "
-                        "have a single row (an ID or a continuous quantity?); "
-                        + (both_ways if numeric else "choose the column to classify"))
+        raise DataError(
+            f"data.label: {label!r} has {len(values)} distinct values in {len(y)} rows, so most classes would "
+            "have a single row (an ID or a continuous quantity?); "
+            + (both_ways if numeric else "choose the column to classify")
+        )
     index = {v: i for i, v in enumerate(values)}
     codes = np.array([index[v] for v in y.tolist()], dtype=np.int64)
     names = [_name(v) for v in values]
@@ -72,9 +87,11 @@ def _numbers(y: Any, label: str, where: str) -> np.ndarray:
         parsed = pd.to_numeric(y.astype(str).str.strip(), errors="coerce")
         bad = y[parsed.isna()]
         if len(bad):
-            raise DataError(f"data.label: {label!r} of {where} must hold numbers for a regression (target.metric rmse | "
-                            f"mae | r2); {len(bad)} row(s) do not, e.g. {bad.iloc[0]!r} (row {int(bad.index[0])}); fix "
-                            "them, or choose a class metric (accuracy, ...) to classify")
+            raise DataError(
+                f"data.label: {label!r} of {where} must hold numbers for a regression (target.metric rmse | "
+                f"mae | r2); {len(bad)} row(s) do not, e.g. {bad.iloc[0]!r} (row {int(bad.index[0])}); fix "
+                "them, or choose a class metric (accuracy, ...) to classify"
+            )
         y = parsed
     return check_numbers(y.to_numpy(dtype=np.float64), f"data.label: {label!r} of {where}", what="label values").numpy()
 

@@ -25,10 +25,20 @@ from trainkit.data.table_files import read_table
 from trainkit.data.table_labels import _labels
 from trainkit.errors import DataError
 
-__all__ = ["TableData", "Preprocess", "read_table", "load_table", "infer_kinds", "from_dataframe", "records_repeat_by_chance", "id_overlap",
-           "shared_records_verdict", "chance_matches",
-           "PREPROCESS_VERSION",
-           "TABLE_SOURCES"]
+__all__ = [
+    "TableData",
+    "Preprocess",
+    "read_table",
+    "load_table",
+    "infer_kinds",
+    "from_dataframe",
+    "records_repeat_by_chance",
+    "id_overlap",
+    "shared_records_verdict",
+    "chance_matches",
+    "PREPROCESS_VERSION",
+    "TABLE_SOURCES",
+]
 
 PREPROCESS_VERSION = 1
 MAX_CATEGORIES = 32  # one-hot columns per categorical at most; rarer values share the (other) bucket
@@ -39,8 +49,9 @@ OTHER, MISSING = "(other)", "(missing)"
 def _is_string_like(s: Any) -> bool:
     import pandas as pd
 
-    return bool(pd.api.types.is_string_dtype(s) or pd.api.types.is_object_dtype(s)
-                or isinstance(s.dtype, pd.CategoricalDtype))
+    return bool(
+        pd.api.types.is_string_dtype(s) or pd.api.types.is_object_dtype(s) or isinstance(s.dtype, pd.CategoricalDtype)
+    )
 
 
 def _datetime_like(s: Any) -> bool:
@@ -89,7 +100,9 @@ def _all_numbers(s: Any) -> bool:
     return len(vals) > 0 and all(isinstance(v, numbers.Number) and not isinstance(v, (bool, np.bool_)) for v in vals)
 
 
-def infer_kinds(df: Any, label: str, cfg: Any, notes: dict[str, str] | None = None) -> tuple[dict[str, str], list[dict[str, str]]]:
+def infer_kinds(
+    df: Any, label: str, cfg: Any, notes: dict[str, str] | None = None
+) -> tuple[dict[str, str], list[dict[str, str]]]:
     """Each feature column's kind, and the excluded columns with why. ``cfg`` is the data section
     (``features``, ``drop``, ``categorical``). Raises DataError for a column with no value or one
     that mixes numbers and text. ``notes`` receives, per column, what was read unlike its text
@@ -99,8 +112,10 @@ def infer_kinds(df: Any, label: str, cfg: Any, notes: dict[str, str] | None = No
     wanted = list(cfg.features) if cfg.features else [c for c in df.columns if c != label and c not in cfg.drop]
     unknown = [c for c in [*wanted, *cfg.drop, *(cfg.categorical or [])] if c not in df.columns]
     if unknown:
-        raise DataError(f"data.features/drop/categorical name column(s) {unknown} that the table does not have; "
-                        f"its columns: {list(df.columns)}")
+        raise DataError(
+            f"data.features/drop/categorical name column(s) {unknown} that the table does not have; "
+            f"its columns: {list(df.columns)}"
+        )
     forced = set(cfg.categorical or [])
     explicit = set(cfg.features or [])
     kinds: dict[str, str] = {}
@@ -124,19 +139,26 @@ def infer_kinds(df: Any, label: str, cfg: Any, notes: dict[str, str] | None = No
         elif _is_string_like(s):
             verdict, what = _numbers_in_text(s)
             if verdict == "mixed":
-                raise DataError(f"column {c!r} mixes numbers and text (e.g. {what!r}); clean the column, or declare "
-                                f"it categorical (data.categorical: [{c!r}])")
+                raise DataError(
+                    f"column {c!r} mixes numbers and text (e.g. {what!r}); clean the column, or declare "
+                    f"it categorical (data.categorical: [{c!r}])"
+                )
             kinds[c] = "numeric" if verdict == "gaps" else _string_kind(s, n)
             if verdict == "gaps" and notes is not None:
                 notes[c] = "numbers; " + ", ".join(f"{k!r} ({v} rows)" for k, v in what.items()) + " read as missing"
         elif pd.api.types.is_datetime64_any_dtype(s):
             kinds[c] = "datetime"
         else:
-            raise DataError(f"column {c!r} has values of type {s.dtype} that a table source cannot encode; "
-                            f"drop it (data.drop: [{c!r}])")
+            raise DataError(
+                f"column {c!r} has values of type {s.dtype} that a table source cannot encode; "
+                f"drop it (data.drop: [{c!r}])"
+            )
         if kinds[c] in ("id", "text") and c not in explicit:
-            why = ("an identifier (distinct for most rows), which no model should learn from" if kinds[c] == "id"
-                   else "free text (long, mostly distinct strings): not encoded")
+            why = (
+                "an identifier (distinct for most rows), which no model should learn from"
+                if kinds[c] == "id"
+                else "free text (long, mostly distinct strings): not encoded"
+            )
             excluded.append({"column": c, "kind": kinds[c], "why": f"{why}; put it back with data.features"})
             del kinds[c]
         elif kinds[c] in ("id", "text"):
@@ -185,6 +207,7 @@ def _string_kind(s: Any, n: int) -> str:
 
 # ------------------------------------------------------------------ preprocessing
 
+
 @dataclass
 class Preprocess:
     """The fitted preprocessing: per column its kind and what was learned on the train split."""
@@ -200,22 +223,34 @@ class Preprocess:
         return [f for c in self.columns for f in c["outputs"]]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"version": PREPROCESS_VERSION, "label": self.label, "classes": self.classes, "columns": self.columns,
-                "features": self.features, "excluded": self.excluded}
+        return {
+            "version": PREPROCESS_VERSION,
+            "label": self.label,
+            "classes": self.classes,
+            "columns": self.columns,
+            "features": self.features,
+            "excluded": self.excluded,
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Preprocess":
         if d.get("version") != PREPROCESS_VERSION:
-            raise DataError(f"preprocess.json version {d.get('version')!r}; this trainkit reads version {PREPROCESS_VERSION}")
-        return cls(label=d["label"], classes=list(d["classes"]), columns=list(d["columns"]), excluded=list(d["excluded"]))
+            raise DataError(
+                f"preprocess.json version {d.get('version')!r}; this trainkit reads version {PREPROCESS_VERSION}"
+            )
+        return cls(
+            label=d["label"], classes=list(d["classes"]), columns=list(d["columns"]), excluded=list(d["excluded"])
+        )
 
     def transform(self, df: Any) -> np.ndarray:
         """Raw rows → float32 features. A missing column is a DataError naming it; unseen categories
         go to (other), gaps are imputed."""
         missing = [c["name"] for c in self.columns if c["name"] not in df.columns]
         if missing:
-            raise DataError(f"the rows lack column(s) {missing} that the model was trained on; add them "
-                            f"(the training columns: {[c['name'] for c in self.columns]})")
+            raise DataError(
+                f"the rows lack column(s) {missing} that the model was trained on; add them "
+                f"(the training columns: {[c['name'] for c in self.columns]})"
+            )
         parts = [_apply(c, df[c["name"]]) for c in self.columns]
         return np.concatenate(parts, axis=1).astype(np.float32) if parts else np.zeros((len(df), 0), np.float32)
 
@@ -228,8 +263,12 @@ def _datetime_parts(s: Any) -> dict[str, np.ndarray]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         t = pd.to_datetime(s, errors="coerce", format="mixed") if not pd.api.types.is_datetime64_any_dtype(s) else s
-    return {"year": t.dt.year.to_numpy(dtype=np.float64), "month": t.dt.month.to_numpy(dtype=np.float64),
-            "dayofweek": t.dt.day_of_week.to_numpy(dtype=np.float64), "hour": t.dt.hour.to_numpy(dtype=np.float64)}
+    return {
+        "year": t.dt.year.to_numpy(dtype=np.float64),
+        "month": t.dt.month.to_numpy(dtype=np.float64),
+        "dayofweek": t.dt.day_of_week.to_numpy(dtype=np.float64),
+        "hour": t.dt.hour.to_numpy(dtype=np.float64),
+    }
 
 
 def _numeric_values(s: Any) -> np.ndarray:
@@ -240,7 +279,9 @@ def _numeric_values(s: Any) -> np.ndarray:
     elif s.dtype == object or pd.api.types.is_string_dtype(s):
         s = s.astype(str).str.strip()  # " 12" is 12; a placeholder ("?") becomes a gap
         low = s.str.lower()
-        s = s.mask(low == "true", "1").mask(low == "false", "0")  # booleans written out, as the guide's snippet reads them
+        s = s.mask(low == "true", "1").mask(
+            low == "false", "0"
+        )  # booleans written out, as the guide's snippet reads them
     return pd.to_numeric(s, errors="coerce").to_numpy(dtype=np.float64)
 
 
@@ -251,8 +292,13 @@ def _fit_numeric(name: str, v: np.ndarray, out_name: str | None = None) -> dict[
     mean, std = float(filled.mean()), float(filled.std())
     base = out_name or name
     indicator = bool((~ok).any())
-    return {"median": median, "mean": mean, "std": std if std > 1e-12 else 1.0, "indicator": indicator,
-            "outputs": [base] + ([f"{base} (missing)"] if indicator else [])}
+    return {
+        "median": median,
+        "mean": mean,
+        "std": std if std > 1e-12 else 1.0,
+        "indicator": indicator,
+        "outputs": [base] + ([f"{base} (missing)"] if indicator else []),
+    }
 
 
 def _fit_column(name: str, kind: str, s: Any) -> dict[str, Any]:
@@ -262,14 +308,21 @@ def _fit_column(name: str, kind: str, s: Any) -> dict[str, Any]:
     if kind == "datetime":
         parts = _datetime_parts(s)
         keep = ["year", "month", "dayofweek"] + (["hour"] if np.nanmax(np.nan_to_num(parts["hour"])) > 0 else [])
-        fitted = [{"part": p, **_fit_numeric(name, parts[p], f"{name}.{p}")} for p in keep]  # a list: order is the layout
+        fitted = [
+            {"part": p, **_fit_numeric(name, parts[p], f"{name}.{p}")} for p in keep
+        ]  # a list: order is the layout
         return {"name": name, "kind": kind, "parts": fitted, "outputs": [o for f in fitted for o in f["outputs"]]}
     vals = s.dropna().astype(str)
     counts = vals.value_counts()
     ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
     vocab = [v for v, k in ranked if k >= 2][:MAX_CATEGORIES] or [v for v, _ in ranked][:MAX_CATEGORIES]
-    return {"name": name, "kind": "categorical", "vocabulary": vocab, "train_distinct": int(len(counts)),
-            "outputs": [f"{name}={v}" for v in vocab] + [f"{name} {OTHER}", f"{name} {MISSING}"]}
+    return {
+        "name": name,
+        "kind": "categorical",
+        "vocabulary": vocab,
+        "train_distinct": int(len(counts)),
+        "outputs": [f"{name}={v}" for v in vocab] + [f"{name} {OTHER}", f"{name} {MISSING}"],
+    }
 
 
 def _apply_numeric(p: dict[str, Any], v: np.ndarray) -> list[np.ndarray]:
@@ -311,15 +364,18 @@ def _category_index(vocab: dict[str, int], text: str, other: int) -> int:
     return other
 
 
-def fit_preprocess(df: Any, kinds: dict[str, str], train: np.ndarray, label: str, classes: list[str],
-                   excluded: list[dict[str, str]]) -> Preprocess:
+def fit_preprocess(
+    df: Any, kinds: dict[str, str], train: np.ndarray, label: str, classes: list[str], excluded: list[dict[str, str]]
+) -> Preprocess:
     """Fit every column on the train rows only."""
     rows = df.iloc[np.asarray(train, dtype=np.int64)]
-    return Preprocess(label=label, classes=classes, excluded=excluded,
-                      columns=[_fit_column(c, k, rows[c]) for c, k in kinds.items()])
+    return Preprocess(
+        label=label, classes=classes, excluded=excluded, columns=[_fit_column(c, k, rows[c]) for c, k in kinds.items()]
+    )
 
 
 # ------------------------------------------------------------------ the source
+
 
 @dataclass
 class TableData:
@@ -361,10 +417,18 @@ class TableData:
                 continue
             why = next((e["why"] for e in self.excluded if e["column"] == c), self.notes.get(c, ""))
             acc = round(one_column_score(tr[c], y, va[c], y_val), 4) if c in self.kinds else None
-            out.append({"column": c, "kind": self.kinds.get(c, "excluded"), "note": why,
-                        "missing": round(float(tr[c].isna().mean()), 4), "distinct": int(tr[c].nunique()),
-                        "label_score": acc, "label_metric": "r2" if numbers else "accuracy",
-                        "possible_leak": bool(acc is not None and acc >= 0.99 and majority < 0.95)})
+            out.append(
+                {
+                    "column": c,
+                    "kind": self.kinds.get(c, "excluded"),
+                    "note": why,
+                    "missing": round(float(tr[c].isna().mean()), 4),
+                    "distinct": int(tr[c].nunique()),
+                    "label_score": acc,
+                    "label_metric": "r2" if numbers else "accuracy",
+                    "possible_leak": bool(acc is not None and acc >= 0.99 and majority < 0.95),
+                }
+            )
         return out
 
     def checks(self, train: np.ndarray, y: np.ndarray, val: np.ndarray, y_val: np.ndarray) -> dict[str, Any]:
@@ -381,12 +445,17 @@ class TableData:
                 v = va[c].dropna().astype(str)
                 k = int((~v.isin(seen)).sum())
                 if k:
-                    unseen[c] = {"val_rows": k, "fraction": round(k / max(1, len(va)), 4),
-                                 "examples": sorted(set(v[~v.isin(seen)]))[:5]}
-        return {"leaky_columns": [r["column"] for r in rows if r["possible_leak"]],
-                "one_column_score": {r["column"]: r["label_score"] for r in rows if r["label_score"] is not None},
-                "constant_columns": [c for c in self.kinds if tr[c].nunique(dropna=True) <= 1],
-                "unseen_categories": unseen}
+                    unseen[c] = {
+                        "val_rows": k,
+                        "fraction": round(k / max(1, len(va)), 4),
+                        "examples": sorted(set(v[~v.isin(seen)]))[:5],
+                    }
+        return {
+            "leaky_columns": [r["column"] for r in rows if r["possible_leak"]],
+            "one_column_score": {r["column"]: r["label_score"] for r in rows if r["label_score"] is not None},
+            "constant_columns": [c for c in self.kinds if tr[c].nunique(dropna=True) <= 1],
+            "unseen_categories": unseen,
+        }
 
 
 def one_column_score(s: Any, y: np.ndarray, s_val: Any, y_val: np.ndarray) -> float:
@@ -412,7 +481,8 @@ def one_column_score(s: Any, y: np.ndarray, s_val: Any, y_val: np.ndarray) -> fl
             return np.stack([np.where(gap, 0.0, x), gap.astype(np.float64)], axis=1)
 
         tree = (DecisionTreeRegressor if numbers else DecisionTreeClassifier)(
-            max_leaf_nodes=12, min_samples_leaf=max(1, len(y) // 200), random_state=0)
+            max_leaf_nodes=12, min_samples_leaf=max(1, len(y) // 200), random_state=0
+        )
         guess = tree.fit(cols(s), y).predict(cols(s_val))
         return regression_scores(y_val, guess)["r2"] if numbers else float((guess == y_val).mean())
     keys = [v.astype(str).where(v.notna(), MISSING).reset_index(drop=True) for v in (s, s_val)]
@@ -450,13 +520,15 @@ def id_overlap(table: "TableData", splits: dict[str, Any]) -> dict[str, int]:
             continue
         col = table.frame[c].astype(str).to_numpy()
         test = set(col[np.asarray(splits["test"], dtype=np.int64)])
-        seen = set(col[np.asarray(splits["train"], dtype=np.int64)]) | set(col[np.asarray(splits["val"], dtype=np.int64)])
+        seen = set(col[np.asarray(splits["train"], dtype=np.int64)]) | set(
+            col[np.asarray(splits["val"], dtype=np.int64)]
+        )
         out[c] = len(test & seen)
     return out
 
 
-ID_DISTINCT_SHARE = 0.9   # a numeric ID is distinct for at least 90% of its filled rows
-HANDFUL = 3               # this many shared records, or as many as chance explains (below), are reported, not blocked
+ID_DISTINCT_SHARE = 0.9  # a numeric ID is distinct for at least 90% of its filled rows
+HANDFUL = 3  # this many shared records, or as many as chance explains (below), are reported, not blocked
 
 
 def chance_matches(df: Any, columns: list[str], rows: int, others: int) -> float:
@@ -465,12 +537,13 @@ def chance_matches(df: Any, columns: list[str], rows: int, others: int) -> float
     p = 1.0
     for c in columns:
         freq = df[c].value_counts(normalize=True, dropna=False).to_numpy(dtype=np.float64)
-        p *= float((freq ** 2).sum())
+        p *= float((freq**2).sum())
     return rows * others * p
 
 
-def shared_records_verdict(df: Any, columns: list[str], shared: int, rows: int, others: int,
-                           by_chance: bool = False) -> tuple[bool, str]:
+def shared_records_verdict(
+    df: Any, columns: list[str], shared: int, rows: int, others: int, by_chance: bool = False
+) -> tuple[bool, str]:
     """(acceptable, why) for ``shared`` of ``rows`` records that equal one of ``others`` records in
     another split. Acceptable when the columns are discrete enough that equal records happen by
     chance (``by_chance``, :func:`records_repeat_by_chance`), or when they are a handful: at most
@@ -481,12 +554,16 @@ def shared_records_verdict(df: Any, columns: list[str], shared: int, rows: int, 
         return True, "no shared record"
     expected = chance_matches(df, columns, rows, others)
     if by_chance:
-        return True, (f"{shared} of {rows} records equal a record of another split; this table's columns are discrete "
-                      f"enough that equal records happen by chance (independent columns predict {expected:.1f})")
-    limit = max(HANDFUL, expected + 3 * expected ** 0.5 + 1)
-    why = (f"{shared} of {rows} records ({100 * shared / max(1, rows):.2f}%) equal a record of another split; independent "
-           f"columns predict {expected:.2g} by chance; a handful, or as many as chance explains (at most {HANDFUL}, or "
-           f"chance + 3 standard deviations + 1: {limit:.0f} here) is ")
+        return True, (
+            f"{shared} of {rows} records equal a record of another split; this table's columns are discrete "
+            f"enough that equal records happen by chance (independent columns predict {expected:.1f})"
+        )
+    limit = max(HANDFUL, expected + 3 * expected**0.5 + 1)
+    why = (
+        f"{shared} of {rows} records ({100 * shared / max(1, rows):.2f}%) equal a record of another split; independent "
+        f"columns predict {expected:.2g} by chance; a handful, or as many as chance explains (at most {HANDFUL}, or "
+        f"chance + 3 standard deviations + 1: {limit:.0f} here) is "
+    )
     if shared <= limit:
         return True, why + "reported as a chance repeat (two people with the same recorded values), not a leak"
     return False, why + "acceptable; this many are copies, a leak"
@@ -507,12 +584,21 @@ def load_table(cfg: Any, regression: bool = False) -> tuple[TableData, np.ndarra
         raise DataError(f"data.root: the {cfg.source} source needs data.root set to the table file")
     df = read_table(cfg.root, cfg.source)
     read_notes = list(df.attrs.get("trainkit_read", []))
-    df, y, names = _labels(df, cfg.label, cfg.drop_unlabelled, str(cfg.root), regression,
-                           as_classes=cfg.label in (cfg.categorical or []))
+    df, y, names = _labels(
+        df, cfg.label, cfg.drop_unlabelled, str(cfg.root), regression, as_classes=cfg.label in (cfg.categorical or [])
+    )
     notes: dict[str, str] = {}
     kinds, excluded = infer_kinds(df, cfg.label, cfg, notes)
-    return TableData(frame=df, kinds=kinds, excluded=excluded, label=cfg.label, classes=names, path=str(cfg.root),
-                     notes=notes, read_notes=read_notes), y
+    return TableData(
+        frame=df,
+        kinds=kinds,
+        excluded=excluded,
+        label=cfg.label,
+        classes=names,
+        path=str(cfg.root),
+        notes=notes,
+        read_notes=read_notes,
+    ), y
 
 
 def from_dataframe(df: Any, label: str, path: str | Path, **data: Any) -> dict[str, Any]:
@@ -534,7 +620,9 @@ def from_dataframe(df: Any, label: str, path: str | Path, **data: Any) -> dict[s
             df.to_parquet(tmp, index=False)
     except Exception as exc:  # pyarrow refuses e.g. a column of mixed Python types
         tmp.unlink(missing_ok=True)
-        raise DataError(f"from_dataframe: cannot write {p} ({type(exc).__name__}: {str(exc)[:200]}); give each column "
-                        "one type (df[col] = df[col].astype(str) for a mixed one), or write a .csv") from None
+        raise DataError(
+            f"from_dataframe: cannot write {p} ({type(exc).__name__}: {str(exc)[:200]}); give each column "
+            "one type (df[col] = df[col].astype(str) for a mixed one), or write a .csv"
+        ) from None
     tmp.replace(p)
     return {"source": source, "root": str(p), "label": label, **data}

@@ -22,8 +22,24 @@ from trainkit.diagnostics.findings import STANDARD_LR, best_score, patch_already
 from trainkit.metrics import row_score
 from trainkit.run import METRICS, RunFolder
 
-__all__ = ["gather_evidence", "skill_view", "skill_probes", "in_metric_terms", "run_probes", "detect_all", "plan_recommendations", "combine_patches", "DETECTORS",
-           "THRESHOLDS", "Finding", "Recommendation", "classify_crash", "primary_cause", "patch_already_in", "move_family"]
+__all__ = [
+    "gather_evidence",
+    "skill_view",
+    "skill_probes",
+    "in_metric_terms",
+    "run_probes",
+    "detect_all",
+    "plan_recommendations",
+    "combine_patches",
+    "DETECTORS",
+    "THRESHOLDS",
+    "Finding",
+    "Recommendation",
+    "classify_crash",
+    "primary_cause",
+    "patch_already_in",
+    "move_family",
+]
 
 
 def gather_evidence(source_dir: str | Path, cfg: TrainkitConfig, failed_mode: bool = False) -> dict[str, Any]:
@@ -39,10 +55,21 @@ def gather_evidence(source_dir: str | Path, cfg: TrainkitConfig, failed_mode: bo
     crash = read_json(d / "crash.json") if (d / "crash.json").is_file() else None
     status = "crashed" if crash and not summary else summary.get("status", "crashed" if crash else "unknown")
     init = summary.get("init_loss")
-    return {"source_dir": str(d), "status": status, "history": history, "best": summary.get("best"),
-            "init_loss": init if init is None or math.isfinite(init) else None, "nonfinite": summary.get("nonfinite"),
-            "crash": crash, "target": cfg.target.value, "config": config_to_dict(cfg), "device": summary.get("device", "cpu"),
-            "failed_mode": failed_mode, "exclude_path": "exclude.json", "probes": {}}
+    return {
+        "source_dir": str(d),
+        "status": status,
+        "history": history,
+        "best": summary.get("best"),
+        "init_loss": init if init is None or math.isfinite(init) else None,
+        "nonfinite": summary.get("nonfinite"),
+        "crash": crash,
+        "target": cfg.target.value,
+        "config": config_to_dict(cfg),
+        "device": summary.get("device", "cpu"),
+        "failed_mode": failed_mode,
+        "exclude_path": "exclude.json",
+        "probes": {},
+    }
 
 
 def skill_view(ev: dict[str, Any], metric: str, scale: float) -> dict[str, Any]:
@@ -62,8 +89,13 @@ def skill_view(ev: dict[str, Any], metric: str, scale: float) -> dict[str, Any]:
     ev["history"] = [row(h) for h in ev.get("history") or []]
     ev["best"] = row(ev["best"]) if ev.get("best") else None
     ev["target"] = skill(metric, ev["target"], scale)
-    ev["skill"] = {"metric": metric, "scale": scale, "what": (f"1 − {metric} / {scale:.4g} ({metric} of predicting the train "
-                                                             "mean on val)") if metric in ("rmse", "mae") else "r2"}
+    ev["skill"] = {
+        "metric": metric,
+        "scale": scale,
+        "what": (f"1 − {metric} / {scale:.4g} ({metric} of predicting the train mean on val)")
+        if metric in ("rmse", "mae")
+        else "r2",
+    }
     return ev
 
 
@@ -81,9 +113,15 @@ def in_metric_terms(findings: list[Finding], ev: dict[str, Any]) -> None:
         f.summary = f.summary.replace("accuracy", "skill")
         for r in f.recommendations:
             r.rationale = r.rationale.replace("accuracy", "skill")
-        if f.name in ("overfitting", "underfitting", "high_variance", "reference_gap") and last.get("train_score") is not None:
-            f.summary += (f" [in {LABELS[m]}: train {last['train_score']:.4g} vs val {last['val_score']:.4g} at the last epoch"
-                          + (f", best val {best['val_score']:.4g}" if best.get("val_score") is not None else "") + "]")
+        if (
+            f.name in ("overfitting", "underfitting", "high_variance", "reference_gap")
+            and last.get("train_score") is not None
+        ):
+            f.summary += (
+                f" [in {LABELS[m]}: train {last['train_score']:.4g} vs val {last['val_score']:.4g} at the last epoch"
+                + (f", best val {best['val_score']:.4g}" if best.get("val_score") is not None else "")
+                + "]"
+            )
             f.evidence.update({f"train_{m}": last["train_score"], f"val_{m}": last["val_score"]})
 
 
@@ -95,16 +133,32 @@ def skill_probes(probes: dict[str, Any], metric: str, scale: float) -> dict[str,
     sv = probes.get("seed_variance") or {}
     if "mean" in sv and not higher_is_better(metric):
         vals = [skill(metric, v, scale) for v in sv.get("val_accuracy") or []]
-        out["seed_variance"] = dict(sv, raw=sv, val_accuracy=vals, mean=skill(metric, sv["mean"], scale),
-                                    std=sv["std"] / scale, range=sv["range"] / scale)
+        out["seed_variance"] = dict(
+            sv,
+            raw=sv,
+            val_accuracy=vals,
+            mean=skill(metric, sv["mean"], scale),
+            std=sv["std"] / scale,
+            range=sv["range"] / scale,
+        )
     ref = probes.get("reference") or {}
     if "models" in ref:
-        models = {k: dict(m, val_score=skill(metric, m["val_score"], scale), val_accuracy=skill(metric, m["val_score"], scale))
-                  for k, m in ref["models"].items()}
+        models = {
+            k: dict(
+                m, val_score=skill(metric, m["val_score"], scale), val_accuracy=skill(metric, m["val_score"], scale)
+            )
+            for k, m in ref["models"].items()
+        }
         net = skill(metric, ref.get("network_val_score"), scale)
         top = models[ref["best"]]["val_score"]
-        out["reference"] = dict(ref, models=models, best_val_score=top, network_val_score=net, raw=ref,
-                                gap_points=None if net is None else round(100 * (top - net), 2))
+        out["reference"] = dict(
+            ref,
+            models=models,
+            best_val_score=top,
+            network_val_score=net,
+            raw=ref,
+            gap_points=None if net is None else round(100 * (top - net), 2),
+        )
     return out
 
 
@@ -119,8 +173,14 @@ def _timed(name: str, fn: Callable[[], dict[str, Any]], echo: Callable[[str], No
     return out
 
 
-def run_probes(cfg: TrainkitConfig, bundle: Any, ev: dict[str, Any], label_issues: bool = True,
-               echo: Callable[[str], None] = print, clock: Any = None) -> dict[str, Any]:
+def run_probes(
+    cfg: TrainkitConfig,
+    bundle: Any,
+    ev: dict[str, Any],
+    label_issues: bool = True,
+    echo: Callable[[str], None] = print,
+    clock: Any = None,
+) -> dict[str, Any]:
     """Every probe, each timed and isolated; results keyed by probe name. Fills in the evidence
     fields that need the data (class count, input shape, val size, loss at init when missing).
 
@@ -139,8 +199,9 @@ def run_probes(cfg: TrainkitConfig, bundle: Any, ev: dict[str, Any], label_issue
     if bundle._x is None:  # streamed data: read a bounded sample of train and val once, probe in memory
         bundle = _in_memory_view(bundle)
         out["sample"] = dict(bundle.sampled, memory_limit_bytes=PROBE_MEMORY_BYTES)
-    whole = getattr(bundle, "sampled", None) is None or (bundle.sampled["train"] == bundle.sampled["of_train"]
-                                                         and bundle.sampled["val"] == bundle.sampled["of_val"])
+    whole = getattr(bundle, "sampled", None) is None or (
+        bundle.sampled["train"] == bundle.sampled["of_train"] and bundle.sampled["val"] == bundle.sampled["of_val"]
+    )
     cost = _ProbeCost(cfg, bundle, ev)
     deadline = clock.deadline if clock is not None else None
 
@@ -161,17 +222,31 @@ def run_probes(cfg: TrainkitConfig, bundle: Any, ev: dict[str, Any], label_issue
     out["lr_range"] = gated("lr_range", cost.steps(100), lambda: P.lr_range_test(cfg, bundle))
     # two epochs, but each of its two fits at most a 20th of a baseline (and 500 steps; at least 60)
     cheap_steps = min(2 * cost.steps_per_epoch, max(60, min(500, cost.steps_per_epoch * cfg.training.epochs // 20)))
-    out["input_independent"] = gated("input_independent", cost.steps(2 * cheap_steps),
-                                     lambda: P.input_independent_probe(cfg, bundle, max_steps=cheap_steps))
+    out["input_independent"] = gated(
+        "input_independent",
+        cost.steps(2 * cheap_steps),
+        lambda: P.input_independent_probe(cfg, bundle, max_steps=cheap_steps),
+    )
     out["overfit_batch"] = gated("overfit_batch", cost.steps(100), lambda: P.overfit_batch_probe(cfg, bundle))
     cut = ev.get("status") == "time_budget"  # the budget cut the baseline: seed runs mirror its length
     run_s = cost.epoch_s * (len(ev.get("history") or []) if cut else cfg.training.epochs)
-    out["seed_variance"] = gated("seed_variance", cost.epochs(2) if ev.get("best") else cost.baseline_s * 0.5,
-                                 lambda: P.seed_variance_probe(
-        cfg, bundle if whole else full, epochs=min(cfg.training.epochs, 10), deadline=deadline,
-        baseline=dict(ev["best"], cut_at_epochs=len(ev.get("history") or []) if cut else None) if ev.get("best") else None,
-        allows=(lambda s, what: clock.allows(s, what)) if clock is not None else None, cost_s=run_s,
-        history=ev.get("history"), time_left=clock.left if clock is not None else None))
+    out["seed_variance"] = gated(
+        "seed_variance",
+        cost.epochs(2) if ev.get("best") else cost.baseline_s * 0.5,
+        lambda: P.seed_variance_probe(
+            cfg,
+            bundle if whole else full,
+            epochs=min(cfg.training.epochs, 10),
+            deadline=deadline,
+            baseline=dict(ev["best"], cut_at_epochs=len(ev.get("history") or []) if cut else None)
+            if ev.get("best")
+            else None,
+            allows=(lambda s, what: clock.allows(s, what)) if clock is not None else None,
+            cost_s=run_s,
+            history=ev.get("history"),
+            time_left=clock.left if clock is not None else None,
+        ),
+    )
     out["throughput"] = gated("throughput", cost.steps(40), lambda: P.throughput_probe(cfg, bundle))
     trained = _trained_model(cfg, bundle, ev)
     out["dead_units"] = _timed("dead_units", lambda: P.dead_units_probe(cfg, bundle, trained), echo)
@@ -179,8 +254,11 @@ def run_probes(cfg: TrainkitConfig, bundle: Any, ev: dict[str, Any], label_issue
     out["grad_norms"] = P.grad_norm_stats(ev.get("history") or [])
     out["resource"] = P.resource_profile(ev.get("history") or [], ev.get("device", "cpu"))
     out["data"] = _timed("data", lambda: P.data_probe(full), echo)
-    out["reference"] = gated("reference", cost.steps(50), lambda: P.reference_probe(bundle, best_score(ev) if ev.get("best") else None,
-                                                                                    cfg.target.metric))
+    out["reference"] = gated(
+        "reference",
+        cost.steps(50),
+        lambda: P.reference_probe(bundle, best_score(ev) if ev.get("best") else None, cfg.target.metric),
+    )
     if label_issues and bundle.regression:  # confident learning reads class probabilities
         out["label_issues"] = {"error": "not run: a regression has no classes to mislabel", "skipped": True, "na": True}
     elif label_issues:
@@ -193,8 +271,13 @@ def run_probes(cfg: TrainkitConfig, bundle: Any, ev: dict[str, Any], label_issue
                 clock.cut(f"label probe rows {fit + 1}-{rows}", f"{fit} rows fit in the time left")
                 rows = fit
         est = rows * per_row
-        out["label_issues"] = gated("label_issues", est, lambda: P.label_issue_probe(
-            cfg, bundle, folds=folds, epochs=epochs, max_rows=rows, baseline_val=base_val, deadline=deadline))
+        out["label_issues"] = gated(
+            "label_issues",
+            est,
+            lambda: P.label_issue_probe(
+                cfg, bundle, folds=folds, epochs=epochs, max_rows=rows, baseline_val=base_val, deadline=deadline
+            ),
+        )
         gi = getattr(bundle, "global_index", None)
         if gi is not None and out["label_issues"].get("flagged"):  # the sample's row numbers → the data's indices
             out["label_issues"]["flagged"] = sorted(int(gi[i]) for i in out["label_issues"]["flagged"])
@@ -253,7 +336,10 @@ def _in_memory_view(bundle: Any, max_bytes: int = PROBE_MEMORY_BYTES, max_rows: 
     rng = np.random.default_rng(int(bundle.info.get("seed", 0)) + 11)
     if len(tr) + len(va) > cap:
         n_tr = max(1, cap * len(tr) // (len(tr) + len(va)))
-        tr, va = (np.sort(rng.choice(a, size=min(len(a), n), replace=False)) for a, n in ((tr, n_tr), (va, max(1, cap - n_tr))))
+        tr, va = (
+            np.sort(rng.choice(a, size=min(len(a), n), replace=False))
+            for a, n in ((tr, n_tr), (va, max(1, cap - n_tr)))
+        )
     idx = np.concatenate([tr, va])
     x = torch.empty((len(idx), *first.shape))
     for j, i in enumerate(idx):
@@ -268,8 +354,13 @@ def _in_memory_view(bundle: Any, max_bytes: int = PROBE_MEMORY_BYTES, max_rows: 
     view.splits = {"train": np.arange(len(tr)), "val": np.arange(len(tr), len(idx))}
     view._x = x if getattr(ds, "own_normalization", False) else normalize(x, bundle.mean, bundle.std)
     view.global_index = idx
-    view.sampled = {"train": int(len(tr)), "val": int(len(va)), "of_train": int(len(bundle.splits["train"])),
-                    "of_val": int(len(bundle.splits["val"])), "bytes": int(x.numel() * 4)}
+    view.sampled = {
+        "train": int(len(tr)),
+        "val": int(len(va)),
+        "of_train": int(len(bundle.splits["train"])),
+        "of_val": int(len(bundle.splits["val"])),
+        "bytes": int(x.numel() * 4),
+    }
     return view
 
 
@@ -294,21 +385,55 @@ def _generic(ev: dict[str, Any]) -> list[Recommendation]:
     lr = cfg["optimizer"]["lr"]
     recs = []
     if sug and (sug > 2 * lr or sug < lr / 2):
-        recs.append(Recommendation("lr_to_finder", f"LR {lr:g} → {sug:.3g} (LR finder)", {"optimizer.lr": float(f"{sug:.3g}")},
-                                   "the LR range test suggests a different LR", round(0.2 * need, 2), 1,
-                                   {"suggested_lr": sug}, "accuracy", "generic"))
+        recs.append(
+            Recommendation(
+                "lr_to_finder",
+                f"LR {lr:g} → {sug:.3g} (LR finder)",
+                {"optimizer.lr": float(f"{sug:.3g}")},
+                "the LR range test suggests a different LR",
+                round(0.2 * need, 2),
+                1,
+                {"suggested_lr": sug},
+                "accuracy",
+                "generic",
+            )
+        )
     if cfg["schedule"]["name"] == "constant":
-        recs.append(Recommendation("schedule", "Cosine schedule with 1 warmup epoch",
-                                   {"schedule.name": "cosine", "schedule.warmup_epochs": 1.0},
-                                   "decaying the LR usually settles into a better minimum", round(0.1 * need, 2), 1, {},
-                                   "accuracy", "generic"))
+        recs.append(
+            Recommendation(
+                "schedule",
+                "Cosine schedule with 1 warmup epoch",
+                {"schedule.name": "cosine", "schedule.warmup_epochs": 1.0},
+                "decaying the LR usually settles into a better minimum",
+                round(0.1 * need, 2),
+                1,
+                {},
+                "accuracy",
+                "generic",
+            )
+        )
     recs.append(_longer(ev, need))
     std = STANDARD_LR[cfg["optimizer"]["name"]]
-    if std / 30 <= lr <= std * 30:  # a local LR search around a plausible LR, a factor of 3 either way (never of an absurd one)
-        for rid, f, why in (("lr_x3", 3.0, "a larger step may reach a better region"),
-                            ("lr_div3", 1 / 3, "a smaller step may settle into a sharper minimum")):
-            recs.append(Recommendation(rid, f"LR {lr:g} → {lr * f:.3g}", {"optimizer.lr": float(f"{lr * f:.3g}")}, why,
-                                       round(0.05 * need, 2), 1, {}, "accuracy", "generic"))
+    if (
+        std / 30 <= lr <= std * 30
+    ):  # a local LR search around a plausible LR, a factor of 3 either way (never of an absurd one)
+        for rid, f, why in (
+            ("lr_x3", 3.0, "a larger step may reach a better region"),
+            ("lr_div3", 1 / 3, "a smaller step may settle into a sharper minimum"),
+        ):
+            recs.append(
+                Recommendation(
+                    rid,
+                    f"LR {lr:g} → {lr * f:.3g}",
+                    {"optimizer.lr": float(f"{lr * f:.3g}")},
+                    why,
+                    round(0.05 * need, 2),
+                    1,
+                    {},
+                    "accuracy",
+                    "generic",
+                )
+            )
     return recs
 
 
@@ -327,18 +452,37 @@ def _longer(ev: dict[str, Any], need: float) -> Recommendation:
     rate = 100 * (max(row_score(r) for r in h[-k:]) - row_score(h[-k - 1])) / k if improving and k > 0 else 0.0
     headroom = max(0.0, (1 - best_score(ev)) * 100)
     gain = min(0.5 * headroom, 0.25 * max(0.0, rate) * len(h)) if improving else 0.05 * need
-    why = (f"val loss was still falling when training stopped (+{rate:.1f} points of val accuracy per epoch lately)"
-           if improving else "more steps at the same settings")
-    return Recommendation("longer", f"Train longer: {epochs} → {2 * epochs} epochs" + (
-        f", patience {patience} → {patch['training.patience']}" if "training.patience" in patch else ""), patch, why,
-        round(gain, 2), 1 if improving else 2, {"still_improving": improving, "recent_rate_points_per_epoch": round(rate, 2)},
-        "accuracy", "generic")
+    why = (
+        f"val loss was still falling when training stopped (+{rate:.1f} points of val accuracy per epoch lately)"
+        if improving
+        else "more steps at the same settings"
+    )
+    return Recommendation(
+        "longer",
+        f"Train longer: {epochs} → {2 * epochs} epochs"
+        + (f", patience {patience} → {patch['training.patience']}" if "training.patience" in patch else ""),
+        patch,
+        why,
+        round(gain, 2),
+        1 if improving else 2,
+        {"still_improving": improving, "recent_rate_points_per_epoch": round(rate, 2)},
+        "accuracy",
+        "generic",
+    )
 
 
-FAMILIES = (("model.", "architecture"), ("optimizer.", "optimization"),
-            ("schedule.", "optimization"), ("training.epochs", "length"), ("training.patience", "length"),
-            ("data.exclude", "data"), ("data.", "sampling"), ("training.class_weighting", "sampling"),
-            ("training.label_smoothing", "regularization"), ("training.grad_clip", "optimization"))
+FAMILIES = (
+    ("model.", "architecture"),
+    ("optimizer.", "optimization"),
+    ("schedule.", "optimization"),
+    ("training.epochs", "length"),
+    ("training.patience", "length"),
+    ("data.exclude", "data"),
+    ("data.", "sampling"),
+    ("training.class_weighting", "sampling"),
+    ("training.label_smoothing", "regularization"),
+    ("training.grad_clip", "optimization"),
+)
 
 
 def move_family(patch: dict[str, Any]) -> str:
@@ -421,12 +565,24 @@ def plan_recommendations(findings: list[Finding], ev: dict[str, Any], lo: int = 
         have = {r.id for r in actionable} | {r.id for r in fixes} | set(tried)
         patched = {k for r in actionable + fixes for k in (r.patch or {})}
         for g in _generic(ev):
-            if g.id not in have and not (set(g.patch) & patched) and not patch_already_in(cfg, g.patch) \
-                    and sum(r.kind == "accuracy" for r in actionable) < lo:
+            if (
+                g.id not in have
+                and not (set(g.patch) & patched)
+                and not patch_already_in(cfg, g.patch)
+                and sum(r.kind == "accuracy" for r in actionable) < lo
+            ):
                 actionable.append(g)
     leads = any(f.name == "reference_gap" and f.evidence.get("leads") for f in findings)
-    ranked = sorted(actionable, key=lambda r: (not r.forced, not (leads and move_family(r.patch or {}) == "architecture"),
-                                               -r.score, r.effort, r.id))
+    ranked = sorted(
+        actionable,
+        key=lambda r: (
+            not r.forced,
+            not (leads and move_family(r.patch or {}) == "architecture"),
+            -r.score,
+            r.effort,
+            r.id,
+        ),
+    )
     selected = ranked[:hi]
     headroom = _headroom_points(ev)
     keep = 1.0
@@ -434,10 +590,15 @@ def plan_recommendations(findings: list[Finding], ev: dict[str, Any], lo: int = 
         if r.kind == "accuracy" and headroom > 0:
             keep *= max(0.0, 1 - min(r.expected_gain_points, headroom) / headroom)
     total = headroom * (1 - keep)
-    return {"ranked": [_rec_dict(r) for r in ranked], "selected": [_rec_dict(r) for r in selected],
-            "fixes": [_rec_dict(r) for r in fixes], "advice": [_rec_dict(r) for r in advice],
-            "expected_gain_points": round(total, 2), "headroom_points": round(headroom, 2),
-            "gap_to_target_points": round(max(0.0, (ev["target"] - _best_val(ev)) * 100), 2)}
+    return {
+        "ranked": [_rec_dict(r) for r in ranked],
+        "selected": [_rec_dict(r) for r in selected],
+        "fixes": [_rec_dict(r) for r in fixes],
+        "advice": [_rec_dict(r) for r in advice],
+        "expected_gain_points": round(total, 2),
+        "headroom_points": round(headroom, 2),
+        "gap_to_target_points": round(max(0.0, (ev["target"] - _best_val(ev)) * 100), 2),
+    }
 
 
 def _best_val(ev: dict[str, Any]) -> float:
@@ -454,5 +615,12 @@ def primary_cause(findings: list[Finding]) -> Finding | None:
     fired = [f for f in findings if f.fired]
     if not fired:
         return None
-    return sorted(fired, key=lambda f: (not f.infrastructure, not any(r.forced for r in f.recommendations), -f.strength,
-                                        list(DETECTORS).index(f.name)))[0]
+    return sorted(
+        fired,
+        key=lambda f: (
+            not f.infrastructure,
+            not any(r.forced for r in f.recommendations),
+            -f.strength,
+            list(DETECTORS).index(f.name),
+        ),
+    )[0]

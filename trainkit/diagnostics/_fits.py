@@ -21,7 +21,9 @@ from trainkit.train import make_optimizer, resolve_device
 __all__ = ["sample"]
 
 
-def sample(bundle: DataBundle, split: str, n: int, seed: int = 0, device: Any = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+def sample(
+    bundle: DataBundle, split: str, n: int, seed: int = 0, device: Any = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Up to ``n`` random samples of a split (train or val) as tensors."""
     x, y, _ = next(iter(bundle.batches(split, n, shuffle=True, seed=seed, device=device)))
     return x, y
@@ -33,9 +35,19 @@ def _model(cfg: TrainkitConfig, bundle: DataBundle, device: torch.device, seed: 
     return build_for(cfg, bundle, device)
 
 
-def _train_steps(model: nn.Module, cfg: TrainkitConfig, bundle: DataBundle, epochs: int, seed: int,
-                 device: torch.device, zero_inputs: bool = False, max_steps: int | None = None,
-                 deadline: float | None = None, clip: float | None = None, losses: list[float] | None = None) -> None:
+def _train_steps(
+    model: nn.Module,
+    cfg: TrainkitConfig,
+    bundle: DataBundle,
+    epochs: int,
+    seed: int,
+    device: torch.device,
+    zero_inputs: bool = False,
+    max_steps: int | None = None,
+    deadline: float | None = None,
+    clip: float | None = None,
+    losses: list[float] | None = None,
+) -> None:
     """The probes' training loop, with the config's optimizer: at most ``epochs`` epochs and
     ``max_steps`` steps, not past ``deadline`` (a time.time() value), gradients clipped at ``clip``.
     With ``losses`` each step's loss is appended and a non-finite one ends the loop."""
@@ -44,7 +56,9 @@ def _train_steps(model: nn.Module, cfg: TrainkitConfig, bundle: DataBundle, epoc
     opt = make_optimizer(cfg, model.parameters())
     steps = 0
     for epoch in range(epochs):
-        for xb, yb, _ in bundle.batches("train", cfg.data.batch_size, shuffle=True, seed=seed, epoch=epoch, device=device):
+        for xb, yb, _ in bundle.batches(
+            "train", cfg.data.batch_size, shuffle=True, seed=seed, epoch=epoch, device=device
+        ):
             xb = torch.zeros_like(xb) if zero_inputs else xb
             loss = loss_of(model(xb), yb)
             opt.zero_grad(set_to_none=True)
@@ -61,8 +75,15 @@ def _train_steps(model: nn.Module, cfg: TrainkitConfig, bundle: DataBundle, epoc
                 return
 
 
-def _short_train(cfg: TrainkitConfig, bundle: DataBundle, epochs: int, seed: int, zero_inputs: bool = False,
-                 max_steps: int | None = None, deadline: float | None = None) -> tuple[nn.Module, float, float]:
+def _short_train(
+    cfg: TrainkitConfig,
+    bundle: DataBundle,
+    epochs: int,
+    seed: int,
+    zero_inputs: bool = False,
+    max_steps: int | None = None,
+    deadline: float | None = None,
+) -> tuple[nn.Module, float, float]:
     """Train briefly with the config's optimizer (at most ``max_steps`` steps, and not past
     ``deadline``, a time.time() value); returns (model, val loss, val accuracy). A regression:
     (model, val mse on the standardized label, the target metric in the label's units)."""

@@ -5,8 +5,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from trainkit.diagnostics.findings import (INFRA_STRENGTH, THRESHOLDS, Finding, Recommendation, _dropout_rec, _headroom,
-                                           _label_noise, _quiet, _recommend, _smoothing_rec, _thresholds)
+from trainkit.diagnostics.findings import (
+    INFRA_STRENGTH,
+    THRESHOLDS,
+    Finding,
+    Recommendation,
+    _dropout_rec,
+    _headroom,
+    _label_noise,
+    _quiet,
+    _recommend,
+    _smoothing_rec,
+    _thresholds,
+)
 
 __all__ = ["detect_data_quality"]
 
@@ -22,26 +33,51 @@ def detect_data_quality(evidence: dict[str, Any]) -> Finding:
     found = [k for k, v in problems.items() if v]
     strengths = _strengths(n)
     leak_rows = sorted(set(n["leaked"]) | set(n["dups"]))
-    record = {"problems": found, "leaked_train_samples": len(n["leaked"]),
-              "duplicates_within_train": len(n["dups"]), "label_issues_flagged": len(n["flagged"]),
-              "label_probe": label_probe.get("verdict", "did not run"), "label_noise_rate": label_probe.get("noise_rate"),
-              "label_noise_rate_ci": label_probe.get("noise_rate_ci"),
-              "label_probe_inconclusive": label_probe.get("inconclusive"),
-              "smallest_class_count": n["per_class"], "imbalance_ratio": n["ratio"],
-              "val_recall_per_class": n["recall"].get("recall"), "min_class_recall": n["min_rec"],
-              "mean_class_recall": n["mean_rec"], "constant_features": d.get("constant_features"), "features": n["feats"],
-              "non_finite_values": d.get("non_finite_values"), "near_duplicate_val_fraction": round(n["near_frac"], 4),
-              "phase1_duplicates": d.get("duplicates"), "exclude_indices": leak_rows,
-              "leaky_columns": n["leaky_cols"], "constant_columns": n["table"].get("constant_columns"),
-              "unseen_categories": n["unseen"],
-              "label_exclude_indices": sorted(set(n["flagged"]) | set(leak_rows)) if problems["label_issues"] else []}
+    record = {
+        "problems": found,
+        "leaked_train_samples": len(n["leaked"]),
+        "duplicates_within_train": len(n["dups"]),
+        "label_issues_flagged": len(n["flagged"]),
+        "label_probe": label_probe.get("verdict", "did not run"),
+        "label_noise_rate": label_probe.get("noise_rate"),
+        "label_noise_rate_ci": label_probe.get("noise_rate_ci"),
+        "label_probe_inconclusive": label_probe.get("inconclusive"),
+        "smallest_class_count": n["per_class"],
+        "imbalance_ratio": n["ratio"],
+        "val_recall_per_class": n["recall"].get("recall"),
+        "min_class_recall": n["min_rec"],
+        "mean_class_recall": n["mean_rec"],
+        "constant_features": d.get("constant_features"),
+        "features": n["feats"],
+        "non_finite_values": d.get("non_finite_values"),
+        "near_duplicate_val_fraction": round(n["near_frac"], 4),
+        "phase1_duplicates": d.get("duplicates"),
+        "exclude_indices": leak_rows,
+        "leaky_columns": n["leaky_cols"],
+        "constant_columns": n["table"].get("constant_columns"),
+        "unseen_categories": n["unseen"],
+        "label_exclude_indices": sorted(set(n["flagged"]) | set(leak_rows)) if problems["label_issues"] else [],
+    }
     infra = problems["leakage"] or problems["non_finite"]
-    f = Finding("data_quality", bool(found), 1.0 if infra else min(1.0, 4 * n["noise"]),
-                "; ".join(found) or "no data problem found", record,
-                _thresholds("label_noise_rate", "label_min_kappa", "label_max_shortfall", "near_duplicate_fraction",
-                            "imbalance_ratio", "constant_feature_fraction", "min_per_class"),
-                infrastructure=infra, strength=max((strengths[k] for k in found), default=0.0),
-                cause=max(found, key=lambda k: strengths[k]) if found else "")
+    f = Finding(
+        "data_quality",
+        bool(found),
+        1.0 if infra else min(1.0, 4 * n["noise"]),
+        "; ".join(found) or "no data problem found",
+        record,
+        _thresholds(
+            "label_noise_rate",
+            "label_min_kappa",
+            "label_max_shortfall",
+            "near_duplicate_fraction",
+            "imbalance_ratio",
+            "constant_feature_fraction",
+            "min_per_class",
+        ),
+        infrastructure=infra,
+        strength=max((strengths[k] for k in found), default=0.0),
+        cause=max(found, key=lambda k: strengths[k]) if found else "",
+    )
     f.recommendations += _moves(evidence, n, problems, leak_rows, d)
     return f
 
@@ -52,16 +88,27 @@ def _numbers(evidence: dict[str, Any], d: dict[str, Any], label_probe: dict[str,
     min_rec, mean_rec = recall.get("min_recall"), recall.get("mean_recall")
     table = d.get("table") or {}  # a table's checks by column name (none for arrays and images)
     unseen = table.get("unseen_categories") or {}
-    return {"leaked": d.get("leaked_train_indices", []), "dups": d.get("duplicate_train_indices", []),
-            "flagged": label_probe.get("flagged", []), "feats": d.get("features") or 0,
-            "near_frac": d.get("near_duplicates_train_val", 0) / max(1, evidence.get("val_size", 1)),
-            "per_class": min(d.get("class_counts_train") or [0]), "noise": _label_noise(evidence),
-            "recall": recall, "min_rec": min_rec, "mean_rec": mean_rec, "ratio": d.get("imbalance_ratio", 1.0),
-            "ci": label_probe.get("noise_rate_ci") or [0.0, 0.0],
-            "table": table, "leaky_cols": list(table.get("leaky_columns") or []), "unseen": unseen,
-            "unseen_frac": max([u["fraction"] for u in unseen.values()] or [0.0]),
-            "minority_hurt": min_rec is not None and mean_rec is not None
-            and min_rec < THRESHOLDS["minority_recall_ratio"] * mean_rec}
+    return {
+        "leaked": d.get("leaked_train_indices", []),
+        "dups": d.get("duplicate_train_indices", []),
+        "flagged": label_probe.get("flagged", []),
+        "feats": d.get("features") or 0,
+        "near_frac": d.get("near_duplicates_train_val", 0) / max(1, evidence.get("val_size", 1)),
+        "per_class": min(d.get("class_counts_train") or [0]),
+        "noise": _label_noise(evidence),
+        "recall": recall,
+        "min_rec": min_rec,
+        "mean_rec": mean_rec,
+        "ratio": d.get("imbalance_ratio", 1.0),
+        "ci": label_probe.get("noise_rate_ci") or [0.0, 0.0],
+        "table": table,
+        "leaky_cols": list(table.get("leaky_columns") or []),
+        "unseen": unseen,
+        "unseen_frac": max([u["fraction"] for u in unseen.values()] or [0.0]),
+        "minority_hurt": min_rec is not None
+        and mean_rec is not None
+        and min_rec < THRESHOLDS["minority_recall_ratio"] * mean_rec,
+    }
 
 
 def _problems(n: dict[str, Any], d: dict[str, Any]) -> dict[str, bool]:
@@ -82,55 +129,109 @@ def _problems(n: dict[str, Any], d: dict[str, Any]) -> dict[str, bool]:
 def _strengths(n: dict[str, Any]) -> dict[str, float]:
     """Each problem's strength in units of its threshold (the ranking key; infrastructure first)."""
     ci, t = n["ci"], THRESHOLDS
-    return {"leakage": INFRA_STRENGTH, "non_finite": INFRA_STRENGTH,
-            "label_issues": n["noise"] / max(t["label_noise_rate"], (ci[1] - ci[0]) / 2 if len(ci) == 2 else 0.0),
-            "imbalance": (n["ratio"] / t["imbalance_ratio"]) * (1.0 if n["minority_hurt"] else t["imbalance_unhurt_weight"]),
-            "near_duplicates": n["near_frac"] / t["near_duplicate_fraction"] * t["near_duplicate_weight"],
-            "constant_features": t["constant_feature_strength"],
-            "leaky_column": t["leaky_column_strength"],  # a person must say whether it is known before the outcome
-            "unseen_categories": n["unseen_frac"] / t["unseen_category_fraction"] * t["constant_feature_strength"]}
+    return {
+        "leakage": INFRA_STRENGTH,
+        "non_finite": INFRA_STRENGTH,
+        "label_issues": n["noise"] / max(t["label_noise_rate"], (ci[1] - ci[0]) / 2 if len(ci) == 2 else 0.0),
+        "imbalance": (n["ratio"] / t["imbalance_ratio"])
+        * (1.0 if n["minority_hurt"] else t["imbalance_unhurt_weight"]),
+        "near_duplicates": n["near_frac"] / t["near_duplicate_fraction"] * t["near_duplicate_weight"],
+        "constant_features": t["constant_feature_strength"],
+        "leaky_column": t["leaky_column_strength"],  # a person must say whether it is known before the outcome
+        "unseen_categories": n["unseen_frac"] / t["unseen_category_fraction"] * t["constant_feature_strength"],
+    }
 
 
-def _moves(evidence: dict[str, Any], n: dict[str, Any], problems: dict[str, bool], leak_rows: list[int],
-           d: dict[str, Any]) -> list[Recommendation]:
+def _moves(
+    evidence: dict[str, Any], n: dict[str, Any], problems: dict[str, bool], leak_rows: list[int], d: dict[str, Any]
+) -> list[Recommendation]:
     """The recommendations of the problems found."""
     out: list[Recommendation] = []
     leaked, dups, flagged, noise = n["leaked"], n["dups"], n["flagged"], n["noise"]
     if problems["leakage"] or dups:
-        out.append(_recommend("data_quality", "exclude_leaked",
-                              f"Leave the {len(leak_rows)} leaked or duplicated training rows out (exclude.json)",
-                              {"data.exclude": evidence.get("exclude_path", "exclude.json")},
-                              "copies of val/test rows inflate the val metric; only the copies are dropped", 0.0, 1,
-                              "fix" if problems["leakage"] else "accuracy", leaked=len(leaked), duplicates=len(dups)))
+        out.append(
+            _recommend(
+                "data_quality",
+                "exclude_leaked",
+                f"Leave the {len(leak_rows)} leaked or duplicated training rows out (exclude.json)",
+                {"data.exclude": evidence.get("exclude_path", "exclude.json")},
+                "copies of val/test rows inflate the val metric; only the copies are dropped",
+                0.0,
+                1,
+                "fix" if problems["leakage"] else "accuracy",
+                leaked=len(leaked),
+                duplicates=len(dups),
+            )
+        )
     if problems["label_issues"]:
         need = min(_headroom(evidence), 100 * noise)
-        out.append(_recommend("data_quality", "exclude_mislabelled",
-                              f"Leave {len(flagged)} likely mislabelled training rows out (exclude_labels.json)",
-                              {"data.exclude": evidence.get("label_exclude_path", "exclude_labels.json")},
-                              f"train labels disagree with a trusted model {noise:.1%} more often than val labels "
-                              "do; the rows it is surest about go", need * 0.5, 1,
-                              noise_rate=noise, noise_rate_ci=n["ci"], flagged=len(flagged)))
+        out.append(
+            _recommend(
+                "data_quality",
+                "exclude_mislabelled",
+                f"Leave {len(flagged)} likely mislabelled training rows out (exclude_labels.json)",
+                {"data.exclude": evidence.get("label_exclude_path", "exclude_labels.json")},
+                f"train labels disagree with a trusted model {noise:.1%} more often than val labels "
+                "do; the rows it is surest about go",
+                need * 0.5,
+                1,
+                noise_rate=noise,
+                noise_rate_ci=n["ci"],
+                flagged=len(flagged),
+            )
+        )
         cfg = evidence["config"]
         out += _smoothing_rec("data_quality", cfg, "soft targets limit how far wrong labels pull", need * 0.2)
-        out += _dropout_rec("data_quality", cfg, "a regularised model memorises the wrong labels that "
-                            "exclusion misses", need * 0.2)
+        out += _dropout_rec(
+            "data_quality", cfg, "a regularised model memorises the wrong labels that exclusion misses", need * 0.2
+        )
     if problems["imbalance"] and _imbalance_moves_pay(evidence, n):
         out += _imbalance_moves(n)
     if problems["leaky_column"]:
         cols = n["leaky_cols"]
-        out.append(_recommend("data_quality", "drop_leaky_columns", f"Check column(s) {cols}: alone they give the label away",
-                              None, f"each of {cols} alone predicts val almost perfectly (Phase 1's one-column test); if it "
-                              f"is recorded after the outcome it leaks, and val cannot show it: set data.drop: {cols}",
-                              0.0, 1, "advice", columns=cols))
+        out.append(
+            _recommend(
+                "data_quality",
+                "drop_leaky_columns",
+                f"Check column(s) {cols}: alone they give the label away",
+                None,
+                f"each of {cols} alone predicts val almost perfectly (Phase 1's one-column test); if it "
+                f"is recorded after the outcome it leaks, and val cannot show it: set data.drop: {cols}",
+                0.0,
+                1,
+                "advice",
+                columns=cols,
+            )
+        )
     if problems["unseen_categories"]:
         u = n["unseen"]
-        out.append(_recommend("data_quality", "unseen_categories", f"Categories only val has: {sorted(u)}", None,
-                              "val rows whose category train never had are encoded as (other): the model knows "
-                              "nothing about them; more training rows of those categories, or coarser categories, help",
-                              0.0, 2, "advice", columns=sorted(u)))
+        out.append(
+            _recommend(
+                "data_quality",
+                "unseen_categories",
+                f"Categories only val has: {sorted(u)}",
+                None,
+                "val rows whose category train never had are encoded as (other): the model knows "
+                "nothing about them; more training rows of those categories, or coarser categories, help",
+                0.0,
+                2,
+                "advice",
+                columns=sorted(u),
+            )
+        )
     if problems["non_finite"]:
-        out.append(_recommend("data_quality", "fix_non_finite", "Replace or drop non-finite feature values at the "
-                              "source", None, f"{d['non_finite_values']} NaN/Inf values reach the model", 0.0, 2, "fix"))
+        out.append(
+            _recommend(
+                "data_quality",
+                "fix_non_finite",
+                "Replace or drop non-finite feature values at the source",
+                None,
+                f"{d['non_finite_values']} NaN/Inf values reach the model",
+                0.0,
+                2,
+                "fix",
+            )
+        )
     return out
 
 
@@ -170,10 +271,26 @@ def _imbalance_moves(n: dict[str, Any]) -> list[Recommendation]:
     min_rec, mean_rec, ratio = n["min_rec"], n["mean_rec"], n["ratio"]
     hurt = (mean_rec - min_rec) * 100 if n["minority_hurt"] else 0.0
     recall = f"{min_rec:.2f} vs mean {mean_rec:.2f}" if min_rec is not None else "unknown"
-    return [_recommend("data_quality", "class_weighting", "Class-weighted loss (balanced)",
-                       {"training.class_weighting": "balanced"},
-                       f"{ratio:.0f}:1 imbalance; the rarest class's val recall is {recall}",
-                       0.2 * hurt, 1, imbalance_ratio=ratio, min_recall=min_rec),
-            _recommend("data_quality", "balanced_sampler", "Balanced sampler (every class equally often)",
-                       {"data.sampler": "balanced"}, "rare classes seen as often as common ones",
-                       0.15 * hurt, 1, imbalance_ratio=ratio)]
+    return [
+        _recommend(
+            "data_quality",
+            "class_weighting",
+            "Class-weighted loss (balanced)",
+            {"training.class_weighting": "balanced"},
+            f"{ratio:.0f}:1 imbalance; the rarest class's val recall is {recall}",
+            0.2 * hurt,
+            1,
+            imbalance_ratio=ratio,
+            min_recall=min_rec,
+        ),
+        _recommend(
+            "data_quality",
+            "balanced_sampler",
+            "Balanced sampler (every class equally often)",
+            {"data.sampler": "balanced"},
+            "rare classes seen as often as common ones",
+            0.15 * hurt,
+            1,
+            imbalance_ratio=ratio,
+        ),
+    ]

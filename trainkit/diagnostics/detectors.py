@@ -16,14 +16,33 @@ from typing import Any, Callable
 
 from trainkit.diagnostics.data_quality import detect_data_quality
 from trainkit.diagnostics.reference import NAMES, detect_reference_gap
-from trainkit.diagnostics.findings import (INFRA_STRENGTH, STANDARD_LR, THRESHOLDS, Finding, Recommendation, _dropout_rec, _family_recs,
-                                           _gap_to_target, _headroom, _is_image, _label_noise, _learned, _noise_points,
-                                           _quiet, _recommend, _seed_probe_converged, _smoothing_rec, _suggested_lr,
-                                           _tabm_wider_rec, _thresholds)
+from trainkit.diagnostics.findings import (
+    INFRA_STRENGTH,
+    STANDARD_LR,
+    THRESHOLDS,
+    Finding,
+    Recommendation,
+    _dropout_rec,
+    _family_recs,
+    _gap_to_target,
+    _headroom,
+    _is_image,
+    _label_noise,
+    _learned,
+    _noise_points,
+    _quiet,
+    _recommend,
+    _seed_probe_converged,
+    _smoothing_rec,
+    _suggested_lr,
+    _tabm_wider_rec,
+    _thresholds,
+)
 
 __all__ = ["Finding", "Recommendation", "THRESHOLDS", "DETECTORS", "detect_all", "classify_crash"]
 
 # ----------------------------------------------------------------------------- detectors
+
 
 def detect_overfitting(evidence: dict[str, Any]) -> Finding:
     h = evidence.get("history") or []
@@ -37,41 +56,84 @@ def detect_overfitting(evidence: dict[str, Any]) -> Finding:
     rise = last["val_loss"] / h[i_min]["val_loss"] - 1 if h[i_min]["val_loss"] > 0 else 0.0
     train_falling = last["train_loss"] < h[i_min]["train_loss"]
     fired = resid >= THRESHOLDS["overfit_gap_points"] or (
-        resid >= THRESHOLDS["overfit_gap_with_rise"] and rise >= THRESHOLDS["val_loss_rise"] and train_falling)
+        resid >= THRESHOLDS["overfit_gap_with_rise"] and rise >= THRESHOLDS["val_loss_rise"] and train_falling
+    )
     strength = max(0.0, resid) / max(THRESHOLDS["overfit_gap_points"], _noise_points(evidence))
-    evd = {"train_accuracy": last["train_accuracy"], "val_accuracy": last["val_accuracy"], "gap_points": round(gap, 2),
-           "gap_explained_by_label_noise_points": round(explained, 2), "val_loss_min_epoch": h[i_min]["epoch"] + 1,
-           "val_loss_rise": round(rise, 4), "train_loss_still_falling": train_falling, "noise_points": _noise_points(evidence)}
-    f = Finding("overfitting", fired, min(1.0, gap / 20), f"train {last['train_accuracy']:.3f} vs val "
-                f"{last['val_accuracy']:.3f} (gap {gap:.1f} points" + (f", {explained:.1f} explained by label noise"
-                                                                        if explained else "")
-                + f"); val loss {rise:+.0%} from its minimum at epoch {h[i_min]['epoch'] + 1}", evd,
-                _thresholds("overfit_gap_points", "overfit_gap_with_rise", "val_loss_rise"), strength=strength if fired else 0.0)
+    evd = {
+        "train_accuracy": last["train_accuracy"],
+        "val_accuracy": last["val_accuracy"],
+        "gap_points": round(gap, 2),
+        "gap_explained_by_label_noise_points": round(explained, 2),
+        "val_loss_min_epoch": h[i_min]["epoch"] + 1,
+        "val_loss_rise": round(rise, 4),
+        "train_loss_still_falling": train_falling,
+        "noise_points": _noise_points(evidence),
+    }
+    f = Finding(
+        "overfitting",
+        fired,
+        min(1.0, gap / 20),
+        f"train {last['train_accuracy']:.3f} vs val "
+        f"{last['val_accuracy']:.3f} (gap {gap:.1f} points"
+        + (f", {explained:.1f} explained by label noise" if explained else "")
+        + f"); val loss {rise:+.0%} from its minimum at epoch {h[i_min]['epoch'] + 1}",
+        evd,
+        _thresholds("overfit_gap_points", "overfit_gap_with_rise", "val_loss_rise"),
+        strength=strength if fired else 0.0,
+    )
     if not fired:
         return f
     cfg = evidence["config"]
-    room = min(max(resid, 0.0), _headroom(evidence))  # what closing the gap can win, not capped by the target's distance
+    room = min(
+        max(resid, 0.0), _headroom(evidence)
+    )  # what closing the gap can win, not capped by the target's distance
     if cfg["optimizer"]["name"] == "sgd":
-        f.recommendations.append(_recommend("overfitting", "weight_decay", "Add weight decay 5e-4",
-                                      {"optimizer.weight_decay": 5e-4}, "L2 regularisation shrinks the train/val gap",
-                                      0.15 * room, 1, gap_points=gap))
+        f.recommendations.append(
+            _recommend(
+                "overfitting",
+                "weight_decay",
+                "Add weight decay 5e-4",
+                {"optimizer.weight_decay": 5e-4},
+                "L2 regularisation shrinks the train/val gap",
+                0.15 * room,
+                1,
+                gap_points=gap,
+            )
+        )
     else:
-        f.recommendations.append(_recommend("overfitting", "weight_decay", "AdamW with decoupled weight decay 0.05",
-                                      {"optimizer.name": "adamw", "optimizer.weight_decay": 0.05},
-                                      "decoupled weight decay regularises without fighting Adam's scaling", 0.15 * room, 1,
-                                      gap_points=gap))
-    f.recommendations += _dropout_rec("overfitting", cfg, "dropout stops co-adapted features that memorise the training set",
-                                      0.25 * room)
+        f.recommendations.append(
+            _recommend(
+                "overfitting",
+                "weight_decay",
+                "AdamW with decoupled weight decay 0.05",
+                {"optimizer.name": "adamw", "optimizer.weight_decay": 0.05},
+                "decoupled weight decay regularises without fighting Adam's scaling",
+                0.15 * room,
+                1,
+                gap_points=gap,
+            )
+        )
+    f.recommendations += _dropout_rec(
+        "overfitting", cfg, "dropout stops co-adapted features that memorise the training set", 0.25 * room
+    )
     if cfg["data"]["augment"] == "none":
         shape = evidence.get("input_shape") or []
         big_image = _is_image(evidence) and min(shape[1:]) >= 16
         signal = len(shape) == 2 and shape[1] >= 16
         kind = ("flip_crop" if shape[0] == 3 else "crop") if big_image else ("crop" if signal else "noise")
-        f.recommendations.append(_recommend("overfitting", "augment", f"Augment: {kind}" + (" (random shifts)" if signal else ""),
-                                      {"data.augment": kind},
-                                      "more effective training data at no labelling cost" + (
-                                          "" if big_image or signal else " (small inputs: Gaussian noise; crops would cut too much)"),
-                                      (0.3 if big_image or signal else 0.1) * room, 1, input_shape=shape))
+        f.recommendations.append(
+            _recommend(
+                "overfitting",
+                "augment",
+                f"Augment: {kind}" + (" (random shifts)" if signal else ""),
+                {"data.augment": kind},
+                "more effective training data at no labelling cost"
+                + ("" if big_image or signal else " (small inputs: Gaussian noise; crops would cut too much)"),
+                (0.3 if big_image or signal else 0.1) * room,
+                1,
+                input_shape=shape,
+            )
+        )
     f.recommendations += _smoothing_rec("overfitting", cfg, "softer targets discourage over-confident fits", 0.1 * room)
     f.recommendations += _family_recs("overfitting", evidence, 0.3 * room)
     return f
@@ -88,76 +150,171 @@ def detect_underfitting(evidence: dict[str, Any]) -> Finding:
     gap = (h[-1]["train_accuracy"] - h[-1]["val_accuracy"]) * 100
     ceiling = min(evidence["target"] + THRESHOLDS["underfit_train_margin"], 0.995)  # a model at ~100% on train fits it
     shortfall = (ceiling - train_adj) * 100
-    fired = best_val < evidence["target"] and gap < THRESHOLDS["overfit_gap_points"] and \
-        shortfall >= max(100 * THRESHOLDS["underfit_train_margin"], _noise_points(evidence))  # short by more than the noise
+    fired = (
+        best_val < evidence["target"]
+        and gap < THRESHOLDS["overfit_gap_points"]
+        and shortfall >= max(100 * THRESHOLDS["underfit_train_margin"], _noise_points(evidence))
+    )  # short by more than the noise
     sug0, lr0 = _suggested_lr(evidence), evidence["config"]["optimizer"]["lr"]
     spread = 100 * float((evidence["probes"].get("seed_variance") or {}).get("range") or 0.0)
     if fired and sug0 and lr0 > 3 * sug0 and spread > 2 * THRESHOLDS["min_noise_points"]:
-        return _quiet("underfitting", f"train accuracy {train_acc:.3f} is low, but the LR {lr0:g} is {lr0 / sug0:.0f}× the range "
-                      f"test's suggestion and seeds spread {spread:.1f} points: unstable training, not too little capacity "
-                      "(see high_variance)", best_train_accuracy=train_acc, configured_lr=lr0, suggested_lr=sug0)
+        return _quiet(
+            "underfitting",
+            f"train accuracy {train_acc:.3f} is low, but the LR {lr0:g} is {lr0 / sug0:.0f}× the range "
+            f"test's suggestion and seeds spread {spread:.1f} points: unstable training, not too little capacity "
+            "(see high_variance)",
+            best_train_accuracy=train_acc,
+            configured_lr=lr0,
+            suggested_lr=sug0,
+        )
     best_epoch = evidence["best"]["epoch"]
     still_improving = best_epoch >= len(h) - 2
-    evd = {"best_val_accuracy": best_val, "best_train_accuracy": train_acc, "train_accuracy_noise_adjusted": round(train_adj, 4),
-           "label_noise_rate": noise, "target": evidence["target"], "train_ceiling": round(ceiling, 4),
-           "still_improving_at_end": still_improving, "epochs_run": len(h), "noise_points": _noise_points(evidence)}
-    f = Finding("underfitting", fired, min(1.0, _gap_to_target(evidence) / 20),
-                f"best val {best_val:.3f} < target {evidence['target']}; train accuracy only {train_acc:.3f}" if fired else
-                f"best val {best_val:.3f}, train {train_acc:.3f} (target {evidence['target']}): not underfitting", evd,
-                _thresholds("underfit_train_margin", "learning_loss_drop"),
-                strength=shortfall / max(2 * THRESHOLDS["underfit_train_margin"] * 100, _noise_points(evidence)) if fired else 0.0)
+    evd = {
+        "best_val_accuracy": best_val,
+        "best_train_accuracy": train_acc,
+        "train_accuracy_noise_adjusted": round(train_adj, 4),
+        "label_noise_rate": noise,
+        "target": evidence["target"],
+        "train_ceiling": round(ceiling, 4),
+        "still_improving_at_end": still_improving,
+        "epochs_run": len(h),
+        "noise_points": _noise_points(evidence),
+    }
+    f = Finding(
+        "underfitting",
+        fired,
+        min(1.0, _gap_to_target(evidence) / 20),
+        f"best val {best_val:.3f} < target {evidence['target']}; train accuracy only {train_acc:.3f}"
+        if fired
+        else f"best val {best_val:.3f}, train {train_acc:.3f} (target {evidence['target']}): not underfitting",
+        evd,
+        _thresholds("underfit_train_margin", "learning_loss_drop"),
+        strength=shortfall / max(2 * THRESHOLDS["underfit_train_margin"] * 100, _noise_points(evidence))
+        if fired
+        else 0.0,
+    )
     if not fired:
         return f
     cfg = evidence["config"]
     need = _headroom(evidence)  # headroom to a perfect score: what better fitting can win
     sug, lr = _suggested_lr(evidence), cfg["optimizer"]["lr"]
     if sug and sug > 2 * lr:
-        f.recommendations.append(_recommend("underfitting", "lr_up", f"Raise LR {lr:g} → {sug:.3g} (LR finder)",
-                                      {"optimizer.lr": float(f"{sug:.3g}")}, "the LR range test shows a much larger stable LR",
-                                      0.5 * need, 1, configured_lr=lr, suggested_lr=sug))
+        f.recommendations.append(
+            _recommend(
+                "underfitting",
+                "lr_up",
+                f"Raise LR {lr:g} → {sug:.3g} (LR finder)",
+                {"optimizer.lr": float(f"{sug:.3g}")},
+                "the LR range test shows a much larger stable LR",
+                0.5 * need,
+                1,
+                configured_lr=lr,
+                suggested_lr=sug,
+            )
+        )
     if still_improving:
-        f.recommendations.append(_recommend("underfitting", "longer", f"Train longer: {cfg['training']['epochs']} → "
-                                      f"{2 * cfg['training']['epochs']} epochs", {"training.epochs": 2 * cfg["training"]["epochs"]},
-                                      "val accuracy was still improving at the last epoch", 0.25 * need, 2, best_epoch=best_epoch + 1))
+        f.recommendations.append(
+            _recommend(
+                "underfitting",
+                "longer",
+                f"Train longer: {cfg['training']['epochs']} → {2 * cfg['training']['epochs']} epochs",
+                {"training.epochs": 2 * cfg["training"]["epochs"]},
+                "val accuracy was still improving at the last epoch",
+                0.25 * need,
+                2,
+                best_epoch=best_epoch + 1,
+            )
+        )
     kw = dict(cfg["model"]["kwargs"])
     if cfg["model"]["name"] == "mlp":
         hidden = [min(2048, 2 * w) for w in kw.get("hidden", [128])]
         if len(hidden) < 2:
             hidden = hidden + [hidden[-1] if hidden else 128]
-        f.recommendations.append(_recommend("underfitting", "capacity", f"Bigger MLP: hidden {hidden}",
-                                      {"model.kwargs": {**kw, "hidden": hidden}}, "more capacity to fit the training set",
-                                      0.3 * need, 1, current_hidden=kw.get("hidden", [128])))
+        f.recommendations.append(
+            _recommend(
+                "underfitting",
+                "capacity",
+                f"Bigger MLP: hidden {hidden}",
+                {"model.kwargs": {**kw, "hidden": hidden}},
+                "more capacity to fit the training set",
+                0.3 * need,
+                1,
+                current_hidden=kw.get("hidden", [128]),
+            )
+        )
     elif cfg["model"]["name"] == "tabm":
-        f.recommendations += _tabm_wider_rec("underfitting", "capacity", kw, "more capacity to fit the training set", 0.3 * need)
+        f.recommendations += _tabm_wider_rec(
+            "underfitting", "capacity", kw, "more capacity to fit the training set", 0.3 * need
+        )
     elif cfg["model"]["name"] in ("cnn", "cnn1d"):
         ch = [min(512, 2 * c) for c in kw.get("channels", [32, 64])]
-        f.recommendations.append(_recommend("underfitting", "capacity", f"Wider {cfg['model']['name']}: channels {ch}",
-                                      {"model.kwargs": {**kw, "channels": ch}}, "more capacity to fit the training set",
-                                      0.25 * need, 1))
+        f.recommendations.append(
+            _recommend(
+                "underfitting",
+                "capacity",
+                f"Wider {cfg['model']['name']}: channels {ch}",
+                {"model.kwargs": {**kw, "channels": ch}},
+                "more capacity to fit the training set",
+                0.25 * need,
+                1,
+            )
+        )
     elif ":" in cfg["model"]["name"]:
-        f.recommendations.append(_recommend("underfitting", "capacity_advice", f"Your model {cfg['model']['name']}: more capacity",
-                                      None, "train accuracy is low: widen or deepen the layers of your model builder "
-                                      "(or expose a width argument in model.kwargs so trainkit can tune it)", 0.25 * need, 3,
-                                      "advice"))
+        f.recommendations.append(
+            _recommend(
+                "underfitting",
+                "capacity_advice",
+                f"Your model {cfg['model']['name']}: more capacity",
+                None,
+                "train accuracy is low: widen or deepen the layers of your model builder "
+                "(or expose a width argument in model.kwargs so trainkit can tune it)",
+                0.25 * need,
+                3,
+                "advice",
+            )
+        )
     f.recommendations += _family_recs("underfitting", evidence, 0.4 * need)
     if cfg["schedule"]["name"] == "constant":
-        f.recommendations.append(_recommend("underfitting", "schedule", "Cosine schedule with 1 warmup epoch",
-                                      {"schedule.name": "cosine", "schedule.warmup_epochs": 1.0},
-                                      "a decaying LR settles into a better minimum", 0.1 * need, 1))
+        f.recommendations.append(
+            _recommend(
+                "underfitting",
+                "schedule",
+                "Cosine schedule with 1 warmup epoch",
+                {"schedule.name": "cosine", "schedule.warmup_epochs": 1.0},
+                "a decaying LR settles into a better minimum",
+                0.1 * need,
+                1,
+            )
+        )
     if cfg["optimizer"]["weight_decay"] > 0 or float(kw.get("dropout", 0.0)) > 0:
         patch = {"optimizer.weight_decay": 0.0}
         if float(kw.get("dropout", 0.0)) > 0 and cfg["model"]["name"] in ("mlp", "cnn", "cnn1d"):
             patch["model.kwargs"] = {**kw, "dropout": 0.0}
-        f.recommendations.append(_recommend("underfitting", "less_decay", "Remove weight decay and dropout", patch,
-                                      "regularisation is the wrong direction when train accuracy is low", 0.15 * need, 1))
+        f.recommendations.append(
+            _recommend(
+                "underfitting",
+                "less_decay",
+                "Remove weight decay and dropout",
+                patch,
+                "regularisation is the wrong direction when train accuracy is low",
+                0.15 * need,
+                1,
+            )
+        )
     return f
 
 
 def detect_nan_loss(evidence: dict[str, Any]) -> Finding:
     nf = evidence.get("nonfinite")
     h = evidence.get("history") or []
-    bad_epoch = next((r["epoch"] for r in h if not (math.isfinite(r.get("train_loss", 0.0))
-                                                     and math.isfinite(r.get("val_loss", 0.0)))), None)
+    bad_epoch = next(
+        (
+            r["epoch"]
+            for r in h
+            if not (math.isfinite(r.get("train_loss", 0.0)) and math.isfinite(r.get("val_loss", 0.0)))
+        ),
+        None,
+    )
     fired = nf is not None or evidence["status"] == "nonfinite" or bad_epoch is not None
     if not fired:
         return _quiet("nan_loss", "every loss and gradient finite")
@@ -166,16 +323,34 @@ def detect_nan_loss(evidence: dict[str, Any]) -> Finding:
     sug, lr = _suggested_lr(evidence), cfg["optimizer"]["lr"]
     std = STANDARD_LR[cfg["optimizer"]["name"]]  # absolute values, never a fixed fraction of an absurd LR
     new_lr = sug if sug and sug < lr else std if std < lr else lr / 10
-    f = Finding("nan_loss", True, 1.0, f"non-finite at epoch {nf.get('epoch', bad_epoch)} step {nf.get('step')}; first "
-                f"bad gradient in {nf.get('parameter')!r}; last finite loss {nf.get('last_finite_loss')}",
-                {"nonfinite": nf, "first_bad_epoch": bad_epoch, "configured_lr": lr, "suggested_lr": sug}, {},
-                infrastructure=True, strength=INFRA_STRENGTH)
+    f = Finding(
+        "nan_loss",
+        True,
+        1.0,
+        f"non-finite at epoch {nf.get('epoch', bad_epoch)} step {nf.get('step')}; first "
+        f"bad gradient in {nf.get('parameter')!r}; last finite loss {nf.get('last_finite_loss')}",
+        {"nonfinite": nf, "first_bad_epoch": bad_epoch, "configured_lr": lr, "suggested_lr": sug},
+        {},
+        infrastructure=True,
+        strength=INFRA_STRENGTH,
+    )
     patch = {"optimizer.lr": float(f"{new_lr:.3g}"), "training.grad_clip": 1.0}
     if cfg["training"]["precision"] == "fp16":
         patch["training.precision"] = "bf16"
-    f.recommendations.append(_recommend("nan_loss", "nan_fix", f"LR {lr:g} → {new_lr:.3g} and clip gradients at norm 1",
-                                  patch, "the loss diverged; the LR range test's stable LR plus clipping keeps updates bounded",
-                                  _gap_to_target(evidence) or 10.0, 1, "fix", configured_lr=lr, suggested_lr=sug))
+    f.recommendations.append(
+        _recommend(
+            "nan_loss",
+            "nan_fix",
+            f"LR {lr:g} → {new_lr:.3g} and clip gradients at norm 1",
+            patch,
+            "the loss diverged; the LR range test's stable LR plus clipping keeps updates bounded",
+            _gap_to_target(evidence) or 10.0,
+            1,
+            "fix",
+            configured_lr=lr,
+            suggested_lr=sug,
+        )
+    )
     return f
 
 
@@ -193,16 +368,33 @@ def detect_convergence_stall(evidence: dict[str, Any]) -> Finding:
     dead_many = dead is not None and dead >= THRESHOLDS["dead_unit_fraction"]
     fired = flat or dead_many
     far = ratio is not None and (ratio < 1 / THRESHOLDS["lr_far_factor"] or ratio > THRESHOLDS["lr_far_factor"])
-    evd = {"init_loss": init, "final_train_loss": final, "loss_drop": round(drop, 4), "configured_lr": lr,
-           "suggested_lr": sug, "lr_over_suggested": ratio, "lr_far_off": far, "dead_unit_fraction": dead,
-           "lr_finder": lr_probe.get("reason") or ("trusted" if sug else "did not run")}
-    why = (f"train loss {init:.3f} → {final:.3f} ({drop:.1%} drop)" + (f"; LR {lr:g} vs suggested {sug:.3g}" if sug else
-                                                                       "; LR finder inconclusive" if lr_probe else "")
-           + (f"; {dead:.0%} dead ReLU units" if dead is not None else ""))
+    evd = {
+        "init_loss": init,
+        "final_train_loss": final,
+        "loss_drop": round(drop, 4),
+        "configured_lr": lr,
+        "suggested_lr": sug,
+        "lr_over_suggested": ratio,
+        "lr_far_off": far,
+        "dead_unit_fraction": dead,
+        "lr_finder": lr_probe.get("reason") or ("trusted" if sug else "did not run"),
+    }
+    why = (
+        f"train loss {init:.3f} → {final:.3f} ({drop:.1%} drop)"
+        + (f"; LR {lr:g} vs suggested {sug:.3g}" if sug else "; LR finder inconclusive" if lr_probe else "")
+        + (f"; {dead:.0%} dead ReLU units" if dead is not None else "")
+    )
     strength = (INFRA_STRENGTH if flat else 0.0) + (dead / THRESHOLDS["dead_unit_fraction"] if dead_many else 0.0)
-    f = Finding("convergence_stall", fired, 1.0 if flat else (dead or 0.0), why, evd,
-                _thresholds("stall_loss_drop", "lr_far_factor", "dead_unit_fraction"), strength=strength if fired else 0.0,
-                cause="dead_units" if dead_many else "stall")
+    f = Finding(
+        "convergence_stall",
+        fired,
+        1.0 if flat else (dead or 0.0),
+        why,
+        evd,
+        _thresholds("stall_loss_drop", "lr_far_factor", "dead_unit_fraction"),
+        strength=strength if fired else 0.0,
+        cause="dead_units" if dead_many else "stall",
+    )
     if not fired:
         return f
     kind = "fix" if evidence.get("failed_mode") else "accuracy"
@@ -214,25 +406,57 @@ def detect_convergence_stall(evidence: dict[str, Any]) -> Finding:
             patch["model.kwargs"] = {**cfg["model"]["kwargs"], "activation": "leaky_relu"}
         if sug and lr > THRESHOLDS["lr_far_factor"] * sug:  # an LR that large kills units: bring it into range
             patch["optimizer.lr"] = float(f"{sug:.3g}")
-        f.recommendations.append(_recommend("convergence_stall", "revive_units",
-                                      "Re-initialise (He-normal, zero biases)" + (" with leaky ReLU" if "model.kwargs" in patch
-                                                                                else "") +
-                                      (f", LR {lr:g} → {patch['optimizer.lr']:.3g}" if "optimizer.lr" in patch else ""),
-                                      patch, f"{dead:.0%} of ReLU units never fire, so they get no gradient: lowering the LR "
-                                      "cannot revive them; a fresh init (and a leaky activation) can", gain, 1, kind,
-                                      dead_fraction=dead, configured_lr=lr, suggested_lr=sug))
+        f.recommendations.append(
+            _recommend(
+                "convergence_stall",
+                "revive_units",
+                "Re-initialise (He-normal, zero biases)"
+                + (" with leaky ReLU" if "model.kwargs" in patch else "")
+                + (f", LR {lr:g} → {patch['optimizer.lr']:.3g}" if "optimizer.lr" in patch else ""),
+                patch,
+                f"{dead:.0%} of ReLU units never fire, so they get no gradient: lowering the LR "
+                "cannot revive them; a fresh init (and a leaky activation) can",
+                gain,
+                1,
+                kind,
+                dead_fraction=dead,
+                configured_lr=lr,
+                suggested_lr=sug,
+            )
+        )
     elif sug:
-        f.recommendations.append(_recommend("convergence_stall", "lr_to_suggested", f"LR {lr:g} → {sug:.3g} (LR finder)",
-                                      {"optimizer.lr": float(f"{sug:.3g}")},
-                                      "the loss did not move: the LR is far from the range where this model learns",
-                                      gain, 1, kind, configured_lr=lr, suggested_lr=sug))
+        f.recommendations.append(
+            _recommend(
+                "convergence_stall",
+                "lr_to_suggested",
+                f"LR {lr:g} → {sug:.3g} (LR finder)",
+                {"optimizer.lr": float(f"{sug:.3g}")},
+                "the loss did not move: the LR is far from the range where this model learns",
+                gain,
+                1,
+                kind,
+                configured_lr=lr,
+                suggested_lr=sug,
+            )
+        )
     else:  # the finder cannot tell: the optimizer's standard starting point, the safe choice
         std = STANDARD_LR[cfg["optimizer"]["name"]]
         if not (std / THRESHOLDS["lr_far_factor"] < lr < std * THRESHOLDS["lr_far_factor"]):
-            f.recommendations.append(_recommend("convergence_stall", "lr_standard", f"LR {lr:g} → {std:g} (standard start)",
-                                          {"optimizer.lr": std}, "the loss did not move and the LR range test is "
-                                          f"inconclusive: {cfg['optimizer']['name']}'s usual starting LR", gain, 1, kind,
-                                          configured_lr=lr, standard_lr=std))
+            f.recommendations.append(
+                _recommend(
+                    "convergence_stall",
+                    "lr_standard",
+                    f"LR {lr:g} → {std:g} (standard start)",
+                    {"optimizer.lr": std},
+                    "the loss did not move and the LR range test is "
+                    f"inconclusive: {cfg['optimizer']['name']}'s usual starting LR",
+                    gain,
+                    1,
+                    kind,
+                    configured_lr=lr,
+                    standard_lr=std,
+                )
+            )
     return f
 
 
@@ -241,50 +465,90 @@ def detect_resource_inefficiency(evidence: dict[str, Any]) -> Finding:
     dw, util = prof.get("data_wait_fraction"), prof.get("gpu_util_mean")
     mem, total = prof.get("gpu_mem_max_mib"), prof.get("gpu_mem_total_mib")
     headroom = (mem / total) if mem and total else None
-    problems = {"data_wait": dw is not None and dw > THRESHOLDS["data_wait_fraction"],
-                "gpu_util": util is not None and util < THRESHOLDS["gpu_util_percent"],
-                "batch_small": headroom is not None and headroom < THRESHOLDS["gpu_mem_headroom"]}
+    problems = {
+        "data_wait": dw is not None and dw > THRESHOLDS["data_wait_fraction"],
+        "gpu_util": util is not None and util < THRESHOLDS["gpu_util_percent"],
+        "batch_small": headroom is not None and headroom < THRESHOLDS["gpu_mem_headroom"],
+    }
     fired = any(problems.values())
-    evd = {"problems": [k for k, v in problems.items() if v], "data_wait_fraction": dw, "gpu_util_mean": util,
-           "gpu_mem_used_fraction": headroom, "device": prof.get("device"),
-           "throughput": (evidence["probes"].get("throughput") or {}).get("points")}
+    evd = {
+        "problems": [k for k, v in problems.items() if v],
+        "data_wait_fraction": dw,
+        "gpu_util_mean": util,
+        "gpu_mem_used_fraction": headroom,
+        "device": prof.get("device"),
+        "throughput": (evidence["probes"].get("throughput") or {}).get("points"),
+    }
     why = (f"data-wait {dw:.0%}" if dw is not None else "data-wait n/a") + (
-        f"; GPU utilisation {util:.0f}%" if util is not None else "; GPU utilisation not measured (no GPU)")
-    strength = max((dw or 0.0) / THRESHOLDS["data_wait_fraction"] if problems["data_wait"] else 0.0,
-                   (THRESHOLDS["gpu_util_percent"] / max(util, 1.0)) if problems["gpu_util"] else 0.0,
-                   1.0 if problems["batch_small"] else 0.0)
+        f"; GPU utilisation {util:.0f}%" if util is not None else "; GPU utilisation not measured (no GPU)"
+    )
+    strength = max(
+        (dw or 0.0) / THRESHOLDS["data_wait_fraction"] if problems["data_wait"] else 0.0,
+        (THRESHOLDS["gpu_util_percent"] / max(util, 1.0)) if problems["gpu_util"] else 0.0,
+        1.0 if problems["batch_small"] else 0.0,
+    )
     dominant = dw is not None and dw >= THRESHOLDS["dominant_data_wait"]
-    f = Finding("resource_inefficiency", fired, max(dw or 0.0, 1 - (util or 100) / 100), why, evd,
-                _thresholds("data_wait_fraction", "dominant_data_wait", "gpu_util_percent", "gpu_mem_headroom"),
-                strength=strength, cause="input_bound" if problems["data_wait"] else ("gpu_util" if problems["gpu_util"]
-                                                                                     else "batch_small"))
+    f = Finding(
+        "resource_inefficiency",
+        fired,
+        max(dw or 0.0, 1 - (util or 100) / 100),
+        why,
+        evd,
+        _thresholds("data_wait_fraction", "dominant_data_wait", "gpu_util_percent", "gpu_mem_headroom"),
+        strength=strength,
+        cause="input_bound" if problems["data_wait"] else ("gpu_util" if problems["gpu_util"] else "batch_small"),
+    )
     if not fired:
         return f
     cfg = evidence["config"]
     if problems["data_wait"] and cfg["data"]["workers"] < 2:
         n = max(2, min(4, (os.cpu_count() or 2)))
-        r = _recommend("resource_inefficiency", "workers", f"DataLoader workers {cfg['data']['workers']} → {n}",
-                 {"data.workers": n}, "load the next batches in parallel with the training step"
-                 + (f" (data wait is {dw:.0%} of each epoch: the dominant cost)" if dominant else ""),
-                 0.0, 1, "speed", data_wait_fraction=dw)
+        r = _recommend(
+            "resource_inefficiency",
+            "workers",
+            f"DataLoader workers {cfg['data']['workers']} → {n}",
+            {"data.workers": n},
+            "load the next batches in parallel with the training step"
+            + (f" (data wait is {dw:.0%} of each epoch: the dominant cost)" if dominant else ""),
+            0.0,
+            1,
+            "speed",
+            data_wait_fraction=dw,
+        )
         r.forced = dominant
         f.recommendations.append(r)
     if problems["gpu_util"] or problems["batch_small"] or (problems["data_wait"] and cfg["data"]["workers"] >= 2):
         bs = cfg["data"]["batch_size"]
-        f.recommendations.append(_recommend("resource_inefficiency", "batch_size", f"Batch size {bs} → {2 * bs} (LR ×2, linear scaling)",
-                                      {"data.batch_size": 2 * bs, "optimizer.lr": 2 * cfg["optimizer"]["lr"]},
-                                      "fewer, larger steps keep the device busy", 0.0, 1, "speed",
-                                      gpu_util=util, mem_used_fraction=headroom))
+        f.recommendations.append(
+            _recommend(
+                "resource_inefficiency",
+                "batch_size",
+                f"Batch size {bs} → {2 * bs} (LR ×2, linear scaling)",
+                {"data.batch_size": 2 * bs, "optimizer.lr": 2 * cfg["optimizer"]["lr"]},
+                "fewer, larger steps keep the device busy",
+                0.0,
+                1,
+                "speed",
+                gpu_util=util,
+                mem_used_fraction=headroom,
+            )
+        )
     return f
 
 
 _CRASH_PATTERNS: list[tuple[str, str]] = [
     ("out_of_memory", r"out of memory|OutOfMemoryError|can't allocate memory|DefaultCPUAllocator"),
-    ("shape_mismatch", r"shapes cannot be multiplied|size mismatch|mat1 and mat2|Expected input batch_size|"
-                       r"expected input\[.*\] to have|must match the size|Given groups=|shape '.*' is invalid|"
-                       r"Target .* is out of bounds"),
-    ("dtype_device", r"Expected all tensors to be on the same device|expected scalar type|Input type .* weight type|"
-                     r"dtype|device-side|found at least two devices"),
+    (
+        "shape_mismatch",
+        r"shapes cannot be multiplied|size mismatch|mat1 and mat2|Expected input batch_size|"
+        r"expected input\[.*\] to have|must match the size|Given groups=|shape '.*' is invalid|"
+        r"Target .* is out of bounds",
+    ),
+    (
+        "dtype_device",
+        r"Expected all tensors to be on the same device|expected scalar type|Input type .* weight type|"
+        r"dtype|device-side|found at least two devices",
+    ),
     ("data_error", r"DataError|No such file|not found|cannot identify image|labels must|QuarantineError"),
 ]
 
@@ -296,19 +560,23 @@ def classify_crash(crash: dict[str, Any], evidence: dict[str, Any] | None = None
     cfg = (evidence or {}).get("config") or {}
     shape = (evidence or {}).get("input_shape")
     fixes = {
-        "out_of_memory": "halve data.batch_size and double training.accumulation (same effective batch), or a smaller model",
+        "out_of_memory": "halve data.batch_size and double training.accumulation (same effective batch), or a smaller "
+        "model",
         "shape_mismatch": f"the model does not accept the data's input shape {shape} or class count "
-                          f"{(evidence or {}).get('num_classes')}: make model.name's builder use the input_shape and num_classes "
-                          "arguments it is given (first layer, flatten size, output units)",
+        f"{(evidence or {}).get('num_classes')}: make model.name's builder use the input_shape and num_classes "
+        "arguments it is given (first layer, flatten size, output units)",
         "dtype_device": "move inputs and model to one device and dtype (let trainkit place them: no .to()/.cuda() "
-                        "inside the model), or set training.precision: fp32",
-        "data_error": "fix the data source named in the message (path, file format, labels 0..K-1), then start Phase 2 again",
+        "inside the model), or set training.precision: fp32",
+        "data_error": "fix the data source named in the message (path, file format, labels 0..K-1), then start Phase "
+        "2 again",
         "other": "read the traceback in crash.json; fix the config or the model it names",
     }
     patch = None
     if kind == "out_of_memory" and cfg:
-        patch = {"data.batch_size": max(1, cfg["data"]["batch_size"] // 2),
-                 "training.accumulation": cfg["training"]["accumulation"] * 2}
+        patch = {
+            "data.batch_size": max(1, cfg["data"]["batch_size"] // 2),
+            "training.accumulation": cfg["training"]["accumulation"] * 2,
+        }
     elif kind == "dtype_device" and cfg:
         patch = {"training.precision": "fp32"}
     return {"category": kind, "fix": fixes[kind], "patch": patch, "message": crash.get("message", "")[:600]}
@@ -319,10 +587,29 @@ def detect_crashes(evidence: dict[str, Any]) -> Finding:
     if not crash:
         return _quiet("crashes", "Phase 2 did not crash")
     c = classify_crash(crash, evidence)
-    f = Finding("crashes", True, 1.0, f"{c['category']}: {c['message'][:200]}", c, {}, infrastructure=True,
-                strength=INFRA_STRENGTH, cause=c["category"])
-    f.recommendations.append(_recommend("crashes", f"crash_{c['category']}", f"Fix the {c['category'].replace('_', ' ')}",
-                                  c["patch"], c["fix"], _gap_to_target(evidence) or 10.0, 1 if c["patch"] else 2, "fix"))
+    f = Finding(
+        "crashes",
+        True,
+        1.0,
+        f"{c['category']}: {c['message'][:200]}",
+        c,
+        {},
+        infrastructure=True,
+        strength=INFRA_STRENGTH,
+        cause=c["category"],
+    )
+    f.recommendations.append(
+        _recommend(
+            "crashes",
+            f"crash_{c['category']}",
+            f"Fix the {c['category'].replace('_', ' ')}",
+            c["patch"],
+            c["fix"],
+            _gap_to_target(evidence) or 10.0,
+            1 if c["patch"] else 2,
+            "fix",
+        )
+    )
     return f
 
 
@@ -331,58 +618,115 @@ def detect_high_variance(evidence: dict[str, Any]) -> Finding:
     if not sv or "error" in sv or not evidence.get("best"):
         return _quiet("high_variance", "no seed-variance measurement" + (f" ({sv['error']})" if "error" in sv else ""))
     if not _seed_probe_converged(evidence):
-        return _quiet("high_variance", f"not judged: the baseline was still climbing, or the seed probe's {sv.get('epochs')} "
-                      f"epochs are fewer than the {evidence['best']['epoch'] + 1} it needed: the spread measures convergence speed",
-                      seed_range_points=round(sv["range"] * 100, 2))
+        return _quiet(
+            "high_variance",
+            f"not judged: the baseline was still climbing, or the seed probe's {sv.get('epochs')} "
+            f"epochs are fewer than the {evidence['best']['epoch'] + 1} it needed: the spread measures convergence "
+            "speed",
+            seed_range_points=round(sv["range"] * 100, 2),
+        )
     spread = sv["range"] * 100
     gap = _gap_to_target(evidence)
     fired = gap > 0 and spread > max(gap, THRESHOLDS["min_noise_points"])
     strength = spread / max(gap, 2 * THRESHOLDS["min_noise_points"]) if fired else 0.0
-    f = Finding("high_variance", fired, min(1.0, spread / 10), f"val accuracy over seeds {sv['seeds']}: "
-                f"{', '.join(f'{a:.3f}' for a in sv['val_accuracy'])} (range {spread:.1f} points) vs gap to target "
-                f"{gap:.1f} points", {"seed_range_points": round(spread, 2), "seed_std_points": round(sv["std"] * 100, 2),
-                                       "gap_to_target_points": round(gap, 2), "epochs": sv["epochs"]}, {}, strength=strength)
+    f = Finding(
+        "high_variance",
+        fired,
+        min(1.0, spread / 10),
+        f"val accuracy over seeds {sv['seeds']}: "
+        f"{', '.join(f'{a:.3f}' for a in sv['val_accuracy'])} (range {spread:.1f} points) vs gap to target "
+        f"{gap:.1f} points",
+        {
+            "seed_range_points": round(spread, 2),
+            "seed_std_points": round(sv["std"] * 100, 2),
+            "gap_to_target_points": round(gap, 2),
+            "epochs": sv["epochs"],
+        },
+        {},
+        strength=strength,
+    )
     if fired:
         cfg = evidence["config"]
         patch: dict[str, Any] = {"schedule.name": "cosine"}
         sug, lr = _suggested_lr(evidence), cfg["optimizer"]["lr"]
         if lr > 0:
             patch["optimizer.lr"] = float(f"{min(lr * 0.5, sug) if sug and sug < lr else lr * 0.5:.3g}")
-        f.recommendations.append(_recommend("high_variance", "stabilise", f"LR {lr:g} → {patch.get('optimizer.lr', lr):g} "
-                                      "with a cosine decay", patch,
-                                      "a decaying, smaller LR ends closer to the same minimum from every seed; judge "
-                                      "changes on ≥ 3 seeds (Phase 4 does)", 0.5 * spread, 1, seed_range=spread))
+        f.recommendations.append(
+            _recommend(
+                "high_variance",
+                "stabilise",
+                f"LR {lr:g} → {patch.get('optimizer.lr', lr):g} with a cosine decay",
+                patch,
+                "a decaying, smaller LR ends closer to the same minimum from every seed; judge "
+                "changes on ≥ 3 seeds (Phase 4 does)",
+                0.5 * spread,
+                1,
+                seed_range=spread,
+            )
+        )
         bs = cfg["data"]["batch_size"]
-        f.recommendations.append(_recommend("high_variance", "bigger_batch", f"Batch size {bs} → {2 * bs}", {"data.batch_size": 2 * bs},
-                                      "larger batches average out gradient noise", 0.2 * spread, 1))
+        f.recommendations.append(
+            _recommend(
+                "high_variance",
+                "bigger_batch",
+                f"Batch size {bs} → {2 * bs}",
+                {"data.batch_size": 2 * bs},
+                "larger batches average out gradient noise",
+                0.2 * spread,
+                1,
+            )
+        )
         kw = dict(cfg["model"]["kwargs"])
         if cfg["model"]["name"] == "mlp":  # wider nets have fewer poor minima for a seed to land in
             hidden = [min(2048, max(4 * w, 32)) for w in kw.get("hidden", [128])]
-            f.recommendations.append(_recommend("high_variance", "capacity", f"Wider MLP: hidden {hidden}",
-                                          {"model.kwargs": {**kw, "hidden": hidden}},
-                                          "seeds land in different minima; an over-parameterised net has fewer poor ones",
-                                          0.5 * spread, 1))
+            f.recommendations.append(
+                _recommend(
+                    "high_variance",
+                    "capacity",
+                    f"Wider MLP: hidden {hidden}",
+                    {"model.kwargs": {**kw, "hidden": hidden}},
+                    "seeds land in different minima; an over-parameterised net has fewer poor ones",
+                    0.5 * spread,
+                    1,
+                )
+            )
     return f
 
 
 DETECTORS: dict[str, Callable[[dict[str, Any]], Finding]] = {
-    "overfitting": detect_overfitting, "underfitting": detect_underfitting, "nan_loss": detect_nan_loss,
-    "convergence_stall": detect_convergence_stall, "data_quality": detect_data_quality,
-    "resource_inefficiency": detect_resource_inefficiency, "crashes": detect_crashes, "high_variance": detect_high_variance,
+    "overfitting": detect_overfitting,
+    "underfitting": detect_underfitting,
+    "nan_loss": detect_nan_loss,
+    "convergence_stall": detect_convergence_stall,
+    "data_quality": detect_data_quality,
+    "resource_inefficiency": detect_resource_inefficiency,
+    "crashes": detect_crashes,
+    "high_variance": detect_high_variance,
     "reference_gap": detect_reference_gap,
 }
 
 
-SHARED_WITH_REFERENCE = ("imbalance", "label_issues", "near_duplicates", "constant_features", "unseen_categories",
-                         "leaky_column")  # properties of the rows: the reference models are fitted on the same ones
+SHARED_WITH_REFERENCE = (
+    "imbalance",
+    "label_issues",
+    "near_duplicates",
+    "constant_features",
+    "unseen_categories",
+    "leaky_column",
+)  # properties of the rows: the reference models are fitted on the same ones
 
 
 def shared_with_reference(f: Finding) -> bool:
     """A fired data finding whose every problem the reference models share (the same rows, the same
     imbalance, the same label noise, the same features): it cannot explain why they do better."""
     problems = f.evidence.get("problems") or []
-    return f.name == "data_quality" and f.fired and not f.infrastructure and bool(problems) \
+    return (
+        f.name == "data_quality"
+        and f.fired
+        and not f.infrastructure
+        and bool(problems)
         and all(p in SHARED_WITH_REFERENCE for p in problems)
+    )
 
 
 def detect_all(evidence: dict[str, Any]) -> list[Finding]:
@@ -405,12 +749,20 @@ def detect_all(evidence: dict[str, Any]) -> list[Finding]:
     causes = [f.name for f in out if f.fired and f.name != "reference_gap" and not (ref and shared_with_reference(f))]
     for i, f in enumerate(out):
         if f is ref and causes:
-            out[i] = Finding(f.name, False, 0.0, f"{f.summary}; explained by {', '.join(causes)}, which comes first",
-                             f.evidence, f.thresholds)
+            out[i] = Finding(
+                f.name,
+                False,
+                0.0,
+                f"{f.summary}; explained by {', '.join(causes)}, which comes first",
+                f.evidence,
+                f.thresholds,
+            )
         elif ref is not None and shared_with_reference(f):
             f.evidence = {**f.evidence, "shared_with_reference": True, "strength_before_control": round(f.strength, 3)}
             top = ref.evidence["reference"]
-            f.summary += (f"; the {NAMES.get(top, top)} is fitted on the same rows and is still "
-                          f"{ref.evidence['gap_points']:.1f} points ahead, so this does not explain the gap")
+            f.summary += (
+                f"; the {NAMES.get(top, top)} is fitted on the same rows and is still "
+                f"{ref.evidence['gap_points']:.1f} points ahead, so this does not explain the gap"
+            )
             f.strength = 0.0
     return out

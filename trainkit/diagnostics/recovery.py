@@ -26,8 +26,16 @@ from trainkit.diagnostics.findings import STANDARD_LR, patch_already_in
 from trainkit.losses import loss_of
 from trainkit.metrics import chance_score, prior_loss
 
-__all__ = ["STANDARD_LR", "standard_start", "candidate_fixes", "trial_fit", "choose_fix", "failed_history",
-           "TRIAL_MAX_STEPS", "TRIAL_MIN_STEPS"]
+__all__ = [
+    "STANDARD_LR",
+    "standard_start",
+    "candidate_fixes",
+    "trial_fit",
+    "choose_fix",
+    "failed_history",
+    "TRIAL_MAX_STEPS",
+    "TRIAL_MIN_STEPS",
+]
 
 TRIAL_MAX_STEPS = 300
 TRIAL_MIN_STEPS = 100
@@ -79,19 +87,41 @@ def candidate_fixes(plan: dict[str, Any], ev: dict[str, Any], history: dict[str,
     sug = (ev["probes"].get("lr_range") or {}).get("suggested_lr")
     rows: list[dict[str, Any]] = [r for r in plan.get("fixes", []) if r.get("patch")]
     if sug:
-        rows.append({"id": "lr_finder", "title": f"LR → {sug:.3g} (LR range test)", "patch": {"optimizer.lr": float(f"{sug:.3g}"), **clip},
-                     "rationale": "the range test found the LR where this model's loss falls fastest", "kind": "fix"})
+        rows.append(
+            {
+                "id": "lr_finder",
+                "title": f"LR → {sug:.3g} (LR range test)",
+                "patch": {"optimizer.lr": float(f"{sug:.3g}"), **clip},
+                "rationale": "the range test found the LR where this model's loss falls fastest",
+                "kind": "fix",
+            }
+        )
     std = standard_start(cfg)
     name = cfg["optimizer"]["name"]
-    rows.append({"id": "lr_standard", "title": f"LR → {std['optimizer.lr']:g} ({name}'s standard starting point)",
-                 "patch": {**std, **clip}, "kind": "fix",
-                 "rationale": "when the finder cannot tell, the optimizer's usual starting LR is the safe choice"})
+    rows.append(
+        {
+            "id": "lr_standard",
+            "title": f"LR → {std['optimizer.lr']:g} ({name}'s standard starting point)",
+            "patch": {**std, **clip},
+            "kind": "fix",
+            "rationale": "when the finder cannot tell, the optimizer's usual starting LR is the safe choice",
+        }
+    )
     if name == "sgd":
-        rows.append({"id": "adam_standard", "title": "Adam at LR 1e-3 (the standard adaptive optimizer)",
-                     "patch": {"optimizer.name": "adam", "optimizer.lr": 1e-3, **clip}, "kind": "fix",
-                     "rationale": "Adam's per-parameter step sizes forgive a badly scaled problem"})
-    rows += [r for r in plan.get("selected", []) if r.get("patch") and r.get("source") != "generic"
-             and "optimizer.lr" not in r["patch"]]
+        rows.append(
+            {
+                "id": "adam_standard",
+                "title": "Adam at LR 1e-3 (the standard adaptive optimizer)",
+                "patch": {"optimizer.name": "adam", "optimizer.lr": 1e-3, **clip},
+                "kind": "fix",
+                "rationale": "Adam's per-parameter step sizes forgive a badly scaled problem",
+            }
+        )
+    rows += [
+        r
+        for r in plan.get("selected", [])
+        if r.get("patch") and r.get("source") != "generic" and "optimizer.lr" not in r["patch"]
+    ]
     failed_kinds, failed_lrs = set(history.get("failed_kinds") or []), history.get("failed_lrs") or []
     out, seen = [], []
     for r in rows:
@@ -109,8 +139,14 @@ def candidate_fixes(plan: dict[str, Any], ev: dict[str, Any], history: dict[str,
 REGRESSION_TRIAL_NOISE = 0.02  # a regression's trial learned when its val r2 is above 2 × this
 
 
-def trial_fit(cfg: TrainkitConfig, bundle: Any, steps: int, chance: float, deadline: float | None = None,
-              prior: float | None = None) -> dict[str, Any]:
+def trial_fit(
+    cfg: TrainkitConfig,
+    bundle: Any,
+    steps: int,
+    chance: float,
+    deadline: float | None = None,
+    prior: float | None = None,
+) -> dict[str, Any]:
     """Train ``steps`` optimizer steps from a fresh initialization with the config's optimizer,
     clipping and model; judge learning as the baseline is judged: the loss on a fixed sample of
     train rows (eval mode) after the trial against the same at init, the val accuracy against
@@ -129,9 +165,23 @@ def trial_fit(cfg: TrainkitConfig, bundle: Any, steps: int, chance: float, deadl
     losses: list[float] = []
     t0 = time.perf_counter()
     # epochs are not the bound: ``steps`` is (an epoch has at least one step unless train is empty)
-    _train_steps(model, cfg, bundle, steps, cfg.training.seed + 11, device, max_steps=steps, deadline=deadline,
-                 clip=cfg.training.grad_clip, losses=losses)
-    out: dict[str, Any] = {"steps": len(losses), "init_loss": round(init, 5), "seconds": round(time.perf_counter() - t0, 2)}
+    _train_steps(
+        model,
+        cfg,
+        bundle,
+        steps,
+        cfg.training.seed + 11,
+        device,
+        max_steps=steps,
+        deadline=deadline,
+        clip=cfg.training.grad_clip,
+        losses=losses,
+    )
+    out: dict[str, Any] = {
+        "steps": len(losses),
+        "init_loss": round(init, 5),
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
     if not losses or not all(math.isfinite(v) for v in losses):
         return {**out, "learned": False, "why": f"non-finite loss at step {len(losses)}"}
     model.eval()
@@ -143,18 +193,34 @@ def trial_fit(cfg: TrainkitConfig, bundle: Any, steps: int, chance: float, deadl
         return {**out, "learned": False, "why": "non-finite loss on the train rows after the trial"}
     if bundle.regression:  # r2 on the standardized label (scale-free) against 0, the train mean's
         val = 1.0 - val_loss / max(float(yv.var()), 1e-12)
-        state, why = learning_verdict(init, [{"train_loss": end, "val_score": val, "val_loss": val_loss}], 0.0, "r2",
-                                      noise=REGRESSION_TRIAL_NOISE)
+        state, why = learning_verdict(
+            init, [{"train_loss": end, "val_score": val, "val_loss": val_loss}], 0.0, "r2", noise=REGRESSION_TRIAL_NOISE
+        )
     else:
         val = float((logits.argmax(1) == yv).float().mean())
-        state, why = learning_verdict(init, [{"train_loss": end, "val_accuracy": val, "val_loss": val_loss}], chance,
-                                      prior=prior)
-    return {**out, "final_train_loss": round(end, 5), "val_accuracy": round(val, 4), "val_loss": round(val_loss, 5),
-            "learned": state == "learned", "state": state, "why": why}
+        state, why = learning_verdict(
+            init, [{"train_loss": end, "val_accuracy": val, "val_loss": val_loss}], chance, prior=prior
+        )
+    return {
+        **out,
+        "final_train_loss": round(end, 5),
+        "val_accuracy": round(val, 4),
+        "val_loss": round(val_loss, 5),
+        "learned": state == "learned",
+        "state": state,
+        "why": why,
+    }
 
 
-def choose_fix(cfg: TrainkitConfig, bundle: Any, plan: dict[str, Any], ev: dict[str, Any], history: dict[str, Any],
-               clock: Any = None, echo: Callable[[str], None] = print) -> dict[str, Any]:
+def choose_fix(
+    cfg: TrainkitConfig,
+    bundle: Any,
+    plan: dict[str, Any],
+    ev: dict[str, Any],
+    history: dict[str, Any],
+    clock: Any = None,
+    echo: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Try the candidate fixes in order with a short trial fit each; the first that learns is the
     fix. Returns ``{"chosen": rec or None, "trials": [...], "steps": n, "skipped": [...]}``."""
     cands = candidate_fixes(plan, ev, history)
@@ -177,13 +243,16 @@ def choose_fix(cfg: TrainkitConfig, bundle: Any, plan: dict[str, Any], ev: dict[
             trials.append({"id": rec["id"], "patch": rec["patch"], "learned": False, "why": f"invalid patch: {exc}"})
             continue
         try:
-            r = trial_fit(trial_cfg, bundle, steps, chance, deadline=clock.deadline if clock is not None else None,
-                          prior=prior)
+            r = trial_fit(
+                trial_cfg, bundle, steps, chance, deadline=clock.deadline if clock is not None else None, prior=prior
+            )
         except Exception as exc:  # a fix that breaks training is not a fix: the next one is tried
             r = {"learned": False, "why": f"{type(exc).__name__}: {str(exc)[:200]}", "steps": 0}
         trials.append({"id": rec["id"], "title": rec.get("title"), "patch": rec["patch"], **r})
-        echo(f"  trial fit {rec['id']} ({', '.join(f'{k}={v}' for k, v in rec['patch'].items())}): "
-             f"{'learns' if r['learned'] else 'does not learn'} ({r['why']})")
+        echo(
+            f"  trial fit {rec['id']} ({', '.join(f'{k}={v}' for k, v in rec['patch'].items())}): "
+            f"{'learns' if r['learned'] else 'does not learn'} ({r['why']})"
+        )
         if r["learned"]:
             chosen = rec
             break
@@ -191,6 +260,14 @@ def choose_fix(cfg: TrainkitConfig, bundle: Any, plan: dict[str, Any], ev: dict[
         soft = next((t for t in trials if t.get("state") == "inconclusive"), None)
         if soft is not None:
             chosen = next(c for c in cands if c["id"] == soft["id"])
-            soft["chosen_as"] = "inconclusive: no candidate clearly learned in the trial; this one learned the class prior"
-    return {"chosen": chosen, "trials": trials, "steps": steps, "skipped": skipped,
-            "candidates": [c["id"] for c in cands], "history": history}
+            soft["chosen_as"] = (
+                "inconclusive: no candidate clearly learned in the trial; this one learned the class prior"
+            )
+    return {
+        "chosen": chosen,
+        "trials": trials,
+        "steps": steps,
+        "skipped": skipped,
+        "candidates": [c["id"] for c in cands],
+        "history": history,
+    }

@@ -11,15 +11,40 @@ from trainkit._io import read_json, write_json_atomic
 from trainkit.config import TrainkitConfig
 from trainkit.errors import GateBlocked, GateError, RunError
 from trainkit.gates import evaluate_gate, gate_html, gate_state, verify_gate
-from trainkit.run import CURRENT_CONFIG, DECISION, GATE, RunFolder, init_run, latest_attempt_dir, phase_dir, record_phase
+from trainkit.run import (
+    CURRENT_CONFIG,
+    DECISION,
+    GATE,
+    RunFolder,
+    init_run,
+    latest_attempt_dir,
+    phase_dir,
+    record_phase,
+)
 
 if TYPE_CHECKING:
     from trainkit.budget import PhaseClock
     from trainkit.data import DataBundle
 
-__all__ = ["PhaseContext", "DiagnosticsContext", "OptimizationContext", "FinalizationContext", "begin", "show", "show_html",
-           "finish_gate", "write_decision", "require_gate", "require_routed", "load_run_config", "parse_approvals", "clock",
-           "show_budget", "run_path", "CURRENT_CONFIG"]
+__all__ = [
+    "PhaseContext",
+    "DiagnosticsContext",
+    "OptimizationContext",
+    "FinalizationContext",
+    "begin",
+    "show",
+    "show_html",
+    "finish_gate",
+    "write_decision",
+    "require_gate",
+    "require_routed",
+    "load_run_config",
+    "parse_approvals",
+    "clock",
+    "show_budget",
+    "run_path",
+    "CURRENT_CONFIG",
+]
 
 
 @dataclass
@@ -108,10 +133,18 @@ def _mark_failed_on_error(run_dir: Path, phase: str, attempt: int) -> None:
         try:
             from trainkit.run import load_manifest
 
-            entry = next((e for e in load_manifest(run_dir)["phases"] if e["phase"] == phase and e["attempt"] == attempt), None)
+            entry = next(
+                (e for e in load_manifest(run_dir)["phases"] if e["phase"] == phase and e["attempt"] == attempt), None
+            )
             if entry is not None and entry.get("status") == "running":
-                record_phase(run_dir, phase, attempt, status="failed", ended=time.time(),
-                             error=f"{type(err).__name__}: {str(err)[:300]}")
+                record_phase(
+                    run_dir,
+                    phase,
+                    attempt,
+                    status="failed",
+                    ended=time.time(),
+                    error=f"{type(err).__name__}: {str(err)[:300]}",
+                )
         except Exception:  # bookkeeping must never mask the user's own error
             pass
 
@@ -194,21 +227,45 @@ def parse_approvals(approvals: Any, gate: str) -> dict[str, str]:
     return {str(k): str(v) for k, v in approvals.items() if not isinstance(v, dict) and (mine is None or k in mine)}
 
 
-def finish_gate(ctx: PhaseContext, gate: str, results: dict[str, tuple[str, Any]], artifacts: list[str],
-                approvals: Any = None, auto_signoff: bool = False, waivers: dict[str, str] | None = None,
-                decision: dict[str, Any] | None = None, raise_on_block: bool = True) -> dict[str, Any]:
+def finish_gate(
+    ctx: PhaseContext,
+    gate: str,
+    results: dict[str, tuple[str, Any]],
+    artifacts: list[str],
+    approvals: Any = None,
+    auto_signoff: bool = False,
+    waivers: dict[str, str] | None = None,
+    decision: dict[str, Any] | None = None,
+    raise_on_block: bool = True,
+) -> dict[str, Any]:
     """Evaluate and record the gate, show its table (and the widget when interactive), update run.json.
 
     Raises GateBlocked after recording when a mandatory check fails (unless ``raise_on_block`` is
     False: a failed baseline records its block and routes to diagnosis instead)."""
     try:
-        record = evaluate_gate(gate, ctx.run_dir, ctx.dir, results, artifacts,
-                               approvals=parse_approvals(approvals, gate), auto_signoff=auto_signoff, waivers=waivers)
+        record = evaluate_gate(
+            gate,
+            ctx.run_dir,
+            ctx.dir,
+            results,
+            artifacts,
+            approvals=parse_approvals(approvals, gate),
+            auto_signoff=auto_signoff,
+            waivers=waivers,
+        )
     except GateBlocked:
         record = read_json(ctx.dir / GATE)
         show_html(gate_html(record))
-        record_phase(ctx.run_dir, ctx.phase, ctx.attempt, status="blocked", ended=time.time(),
-                     gate=record["state"], decision=(decision or {}).get("next"), cost=_show_cost(ctx))
+        record_phase(
+            ctx.run_dir,
+            ctx.phase,
+            ctx.attempt,
+            status="blocked",
+            ended=time.time(),
+            gate=record["state"],
+            decision=(decision or {}).get("next"),
+            cost=_show_cost(ctx),
+        )
         _push(ctx)
         if raise_on_block:
             raise
@@ -219,8 +276,16 @@ def finish_gate(ctx: PhaseContext, gate: str, results: dict[str, tuple[str, Any]
         show(GateWidget(ctx.dir / GATE, ctx.run_dir))
     else:
         show_html(gate_html(record))
-    record_phase(ctx.run_dir, ctx.phase, ctx.attempt, status="completed", ended=time.time(),
-                 gate=record["state"], decision=(decision or {}).get("next"), cost=_show_cost(ctx))
+    record_phase(
+        ctx.run_dir,
+        ctx.phase,
+        ctx.attempt,
+        status="completed",
+        ended=time.time(),
+        gate=record["state"],
+        decision=(decision or {}).get("next"),
+        cost=_show_cost(ctx),
+    )
     _push(ctx)
     return record
 
@@ -242,10 +307,15 @@ def _show_cost(ctx: PhaseContext) -> dict[str, Any]:
         show_budget(ctx)
     cost = phase_cost(ctx.run_dir, ctx.started, time.time())
     cost["peak_rss_mib"] = peak_rss_mib()
-    units = f", {cost['baseline_units']:.2f} baseline units (baseline training {cost['baseline_s']:.1f} s)" \
-        if cost["baseline_units"] is not None else " (baseline units once Phase 2 has trained)"
-    show_html(f"<p>Compute of this phase: {cost['wall_s']:.1f} s wall{units}; peak memory of this process "
-              f"{cost['peak_rss_mib']:.0f} MiB.</p>")
+    units = (
+        f", {cost['baseline_units']:.2f} baseline units (baseline training {cost['baseline_s']:.1f} s)"
+        if cost["baseline_units"] is not None
+        else " (baseline units once Phase 2 has trained)"
+    )
+    show_html(
+        f"<p>Compute of this phase: {cost['wall_s']:.1f} s wall{units}; peak memory of this process "
+        f"{cost['peak_rss_mib']:.0f} MiB.</p>"
+    )
     return cost
 
 
@@ -258,15 +328,25 @@ def peak_rss_mib() -> float:
     return round(rss / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
 
 
-def write_decision(ctx: PhaseContext, option: str, next_phase: str, reason: str, evidence: dict[str, Any]) -> dict[str, Any]:
+def write_decision(
+    ctx: PhaseContext, option: str, next_phase: str, reason: str, evidence: dict[str, Any]
+) -> dict[str, Any]:
     """Write decision.json: {phase, option, next, reason, evidence}."""
-    decision = {"phase": ctx.phase, "attempt": ctx.attempt, "option": option, "next": next_phase,
-                "reason": reason, "evidence": evidence}
+    decision = {
+        "phase": ctx.phase,
+        "attempt": ctx.attempt,
+        "option": option,
+        "next": next_phase,
+        "reason": reason,
+        "evidence": evidence,
+    }
     write_json_atomic(ctx.path(DECISION), decision)
     import html as _h
 
-    show_html(f"<p id='decision'><b>Decision: option {_h.escape(option)} → {_h.escape(str(next_phase))}</b>: "
-              f"{_h.escape(reason)}</p>")
+    show_html(
+        f"<p id='decision'><b>Decision: option {_h.escape(option)} → {_h.escape(str(next_phase))}</b>: "
+        f"{_h.escape(reason)}</p>"
+    )
     return decision
 
 
@@ -278,8 +358,9 @@ def require_gate(run_dir: str | Path, phase: str) -> dict[str, Any]:
     return verify_gate(d / GATE, run_dir)
 
 
-def require_routed(run_dir: Path, phase: str, sources: tuple[str, ...], allow_failed: bool = False
-                   ) -> tuple[str, Path, dict[str, Any]]:
+def require_routed(
+    run_dir: Path, phase: str, sources: tuple[str, ...], allow_failed: bool = False
+) -> tuple[str, Path, dict[str, Any]]:
     """The latest run of one of ``sources`` (phase, folder, decision) whose decision routed to
     ``phase`` (a pipeline ``budget_override.json`` counts) and whose gate passed. With
     ``allow_failed`` a blocked gate of an option-C decision (a failed baseline) is accepted too."""
@@ -303,8 +384,6 @@ def require_routed(run_dir: Path, phase: str, sources: tuple[str, ...], allow_fa
     except GateError as exc:
         raise RunError(f"{phase} refuses to start: {exc}") from None
     return src, d, decision
-
-
 
 
 def load_run_config(run_dir: str | Path) -> TrainkitConfig:

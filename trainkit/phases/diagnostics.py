@@ -13,14 +13,26 @@ from trainkit.config import config_to_dict, get_dotted, save_config, with_overri
 from trainkit.errors import RunError
 from trainkit.gates import RED
 from trainkit.metrics import LABELS
-from trainkit.phases.common import run_path, CURRENT_CONFIG, DiagnosticsContext, begin, clock, finish_gate, load_run_config, require_routed, \
-    show_figure, show_html, write_decision
-from trainkit.run import (DECISION, FINDINGS, Phase, TRAINING_CONFIG, latest_attempt_dir, load_manifest,
-    next_attempt_dir)
+from trainkit.phases.common import (
+    run_path,
+    CURRENT_CONFIG,
+    DiagnosticsContext,
+    begin,
+    clock,
+    finish_gate,
+    load_run_config,
+    require_routed,
+    show_figure,
+    show_html,
+    write_decision,
+)
+from trainkit.run import DECISION, FINDINGS, Phase, TRAINING_CONFIG, latest_attempt_dir, load_manifest, next_attempt_dir
 
 __all__ = ["start", "diagnose", "show_findings", "write_report", "decide", "gate", "guide_path"]
 
 PHASE = Phase.DIAGNOSTICS.value
+
+
 def guide_path(name: str) -> Path:
     """docs/diagnostics/<name>.md: the installed package's copy, else the repository's."""
     here = Path(__file__).resolve().parent.parent
@@ -33,7 +45,9 @@ def guide_path(name: str) -> Path:
 def _source(run_dir: Path) -> tuple[Path, dict[str, Any], str]:
     """(folder whose training is diagnosed, its decision, its phase): the Phase 2 attempt (failed
     ones included) or Phase 4 iteration that routed here; for Phase 4, the best adopted run."""
-    phase, d, decision = require_routed(run_dir, PHASE, (Phase.BASELINE.value, Phase.OPTIMIZATION.value), allow_failed=True)
+    phase, d, decision = require_routed(
+        run_dir, PHASE, (Phase.BASELINE.value, Phase.OPTIMIZATION.value), allow_failed=True
+    )
     if phase == Phase.OPTIMIZATION.value:  # diagnose the best config so far: Phase 4's adopted best, else the baseline
         if (run_dir / "best.json").is_file():
             return run_dir / read_json(run_dir / "best.json")["dir"], decision, phase
@@ -53,9 +67,14 @@ def start(run_dir: str | Path, round: int = 0, interactive: bool = True) -> Diag
     ctx.config = load_run_config(run_dir)
     save_config(ctx.config, ctx.path(TRAINING_CONFIG))
     ctx.source, ctx.failed_mode = source, phase == Phase.BASELINE.value and decision["option"] == "C"
-    ctx.after_idle_iteration = phase == Phase.OPTIMIZATION.value and (decision.get("evidence") or {}).get("adopted") is False
-    show_html(f"<p>Diagnosis round {n} of <code>{source.relative_to(run_dir)}</code> ({'failed baseline' if ctx.failed_mode else 'below target'}): "
-              f"{html.escape(decision['reason'])}</p>")
+    ctx.after_idle_iteration = (
+        phase == Phase.OPTIMIZATION.value and (decision.get("evidence") or {}).get("adopted") is False
+    )
+    show_html(
+        f"<p>Diagnosis round {n} of <code>{source.relative_to(run_dir)}</code> "
+        f"({'failed baseline' if ctx.failed_mode else 'below target'}): "
+        f"{html.escape(decision['reason'])}</p>"
+    )
     return ctx
 
 
@@ -88,23 +107,32 @@ def diagnose(ctx: DiagnosticsContext, label_issues: bool = True) -> dict[str, An
     plan = plan_recommendations(findings, ev)
     primary = primary_cause(findings)
     previous = _previous_exclusions(ctx)
-    for name, key, why in (("exclude.json", "exclude_indices", "leaked or duplicated training rows"),
-                           ("exclude_labels.json", "label_exclude_indices",
-                            "leaked, duplicated and likely mislabelled training rows")):
+    for name, key, why in (
+        ("exclude.json", "exclude_indices", "leaked or duplicated training rows"),
+        ("exclude_labels.json", "label_exclude_indices", "leaked, duplicated and likely mislabelled training rows"),
+    ):
         rows = sorted({i for f in findings if f.fired for i in f.evidence.get(key, [])})
         if rows:  # each file keeps what earlier rounds excluded: a patch never brings rows back
             write_json_atomic(ctx.path(name), {"indices": sorted(set(rows) | previous), "why": why})
     recovery = None
-    if ctx.failed_mode and ev["status"] != "crashed" and _restarts_left(ctx) > 0:  # a crash needs its own fix (code, memory)
+    if (
+        ctx.failed_mode and ev["status"] != "crashed" and _restarts_left(ctx) > 0
+    ):  # a crash needs its own fix (code, memory)
         from trainkit.diagnostics.recovery import choose_fix, failed_history
 
         recovery = choose_fix(cfg, bundle, plan, ev, failed_history(ctx.run_dir), clock=clock(ctx))
-    result = {"round": ctx.attempt, "source": str(Path(ctx.source).relative_to(ctx.run_dir)), "failed_mode": ctx.failed_mode,
-              "recovery": recovery,
-              "primary": primary.name if primary else None, "cause": (primary.cause or primary.name) if primary else None,
-              "strength": round(primary.strength, 3) if primary else 0.0,
-              "findings": [f.to_dict() for f in findings], "plan": plan,
-              "evidence": {k: v for k, v in ev.items() if k not in ("history", "config", "raw_history")}}
+    result = {
+        "round": ctx.attempt,
+        "source": str(Path(ctx.source).relative_to(ctx.run_dir)),
+        "failed_mode": ctx.failed_mode,
+        "recovery": recovery,
+        "primary": primary.name if primary else None,
+        "cause": (primary.cause or primary.name) if primary else None,
+        "strength": round(primary.strength, 3) if primary else 0.0,
+        "findings": [f.to_dict() for f in findings],
+        "plan": plan,
+        "evidence": {k: v for k, v in ev.items() if k not in ("history", "config", "raw_history")},
+    }
     write_json_atomic(ctx.path(FINDINGS), result)
     return result
 
@@ -130,8 +158,13 @@ def _residuals(ctx: DiagnosticsContext, cfg: Any, bundle: Any, ev: dict[str, Any
     label = bundle.source.class_names[0]
     show_figure(residual_figure(truth, pred, label, "val (diagnosed model)", scores), ctx.path("residuals.png"))
     r = truth - pred
-    return {"figure": "residuals.png", **scores, "residual_mean": float(r.mean()),
-            "residual_p05": float(np.percentile(r, 5)), "residual_p95": float(np.percentile(r, 95))}
+    return {
+        "figure": "residuals.png",
+        **scores,
+        "residual_mean": float(r.mean()),
+        "residual_p05": float(np.percentile(r, 5)),
+        "residual_p95": float(np.percentile(r, 95)),
+    }
 
 
 def _previous_exclusions(ctx: DiagnosticsContext) -> set[int]:
@@ -147,12 +180,29 @@ def _figures(ctx: DiagnosticsContext, result: dict[str, Any]) -> list[str]:
 
     probes, names = result["evidence"]["probes"], []
     hist = (ctx.run.train_summary(Path(ctx.run_dir) / result["source"]) or {}).get("history")
-    figs = [("curves.png", lambda: curves_figure(hist, "diagnosed run: learning curves") if hist else None),
-            ("lr_range.png", lambda: lr_range_figure(probes["lr_range"]) if probes.get("lr_range", {}).get("lrs") else None),
-            ("seed_variance.png", lambda: seed_variance_figure(probes["seed_variance"])
-             if "val_accuracy" in probes.get("seed_variance", {}) else None),
-            ("throughput.png", lambda: throughput_figure(probes["throughput"]) if "points" in probes.get("throughput", {}) else None),
-            ("reference.png", lambda: reference_figure(probes["reference"]) if "models" in probes.get("reference", {}) else None)]
+    figs = [
+        ("curves.png", lambda: curves_figure(hist, "diagnosed run: learning curves") if hist else None),
+        (
+            "lr_range.png",
+            lambda: lr_range_figure(probes["lr_range"]) if probes.get("lr_range", {}).get("lrs") else None,
+        ),
+        (
+            "seed_variance.png",
+            lambda: (
+                seed_variance_figure(probes["seed_variance"])
+                if "val_accuracy" in probes.get("seed_variance", {})
+                else None
+            ),
+        ),
+        (
+            "throughput.png",
+            lambda: throughput_figure(probes["throughput"]) if "points" in probes.get("throughput", {}) else None,
+        ),
+        (
+            "reference.png",
+            lambda: reference_figure(probes["reference"]) if "models" in probes.get("reference", {}) else None,
+        ),
+    ]
     for name, make in figs:
         fig = make()
         if fig is not None:
@@ -170,17 +220,28 @@ def _dot(fired: bool) -> str:
 
 def show_findings(ctx: DiagnosticsContext, result: dict[str, Any]) -> list[str]:
     """The findings table and the recommendations (HTML), and the probe figures."""
-    rows = "".join(f"<tr><td>{_dot(f['fired'])} {f['name']}</td><td>{f.get('strength', 0):.2f}</td>"
-                   f"<td>{html.escape(f['summary'])}</td></tr>" for f in result["findings"])
-    recs = "".join(f"<tr><td>{i + 1}</td><td>{html.escape(r['title'])}</td><td><code>{html.escape(str(r['patch']))}</code></td>"
-                   f"<td>{r['expected_gain_points']:.1f}</td><td>{r['effort']}</td></tr>" for i, r in enumerate(result["plan"]["selected"]))
-    fixes = "".join(f"<li><b>{html.escape(r['title'])}</b>: {html.escape(r['rationale'])} "
-                    f"<code>{html.escape(str(r['patch']))}</code></li>" for r in result["plan"]["fixes"])
-    show_html(f"<p>Primary root cause: <b>{result['primary'] or 'none found'}</b></p>"
-              f"<table><tr><th>diagnostic</th><th>strength</th><th>evidence</th></tr>{rows}</table>"
-              f"<p>Selected recommendations (expected gain {result['plan']['expected_gain_points']:.1f} points):</p>"
-              f"<table><tr><th>#</th><th>change</th><th>patch</th><th>gain (points)</th><th>effort</th></tr>{recs}</table>"
-              + (f"<p>Infrastructure fixes:</p><ul>{fixes}</ul>" if fixes else ""))
+    rows = "".join(
+        f"<tr><td>{_dot(f['fired'])} {f['name']}</td><td>{f.get('strength', 0):.2f}</td>"
+        f"<td>{html.escape(f['summary'])}</td></tr>"
+        for f in result["findings"]
+    )
+    recs = "".join(
+        f"<tr><td>{i + 1}</td><td>{html.escape(r['title'])}</td><td><code>{html.escape(str(r['patch']))}</code></td>"
+        f"<td>{r['expected_gain_points']:.1f}</td><td>{r['effort']}</td></tr>"
+        for i, r in enumerate(result["plan"]["selected"])
+    )
+    fixes = "".join(
+        f"<li><b>{html.escape(r['title'])}</b>: {html.escape(r['rationale'])} "
+        f"<code>{html.escape(str(r['patch']))}</code></li>"
+        for r in result["plan"]["fixes"]
+    )
+    show_html(
+        f"<p>Primary root cause: <b>{result['primary'] or 'none found'}</b></p>"
+        f"<table><tr><th>diagnostic</th><th>strength</th><th>evidence</th></tr>{rows}</table>"
+        f"<p>Selected recommendations (expected gain {result['plan']['expected_gain_points']:.1f} points):</p>"
+        f"<table><tr><th>#</th><th>change</th><th>patch</th><th>gain (points)</th><th>effort</th></tr>{recs}</table>"
+        + (f"<p>Infrastructure fixes:</p><ul>{fixes}</ul>" if fixes else "")
+    )
     return _figures(ctx, result)
 
 
@@ -200,23 +261,53 @@ def write_report(ctx: DiagnosticsContext, result: dict[str, Any], decision: dict
     plan, probes = result["plan"], result["evidence"]["probes"]
     fired = [f["name"] for f in result["findings"] if f["fired"]]
     guides = _copy_guides(ctx, [f["name"] for f in result["findings"]])
-    L = [f"# Diagnostic report (round {ctx.attempt})", "",
-         f"Diagnosed: `{result['source']}` ({'failed baseline' if result['failed_mode'] else 'below target'}).", "",
-         f"Decision: **option {decision['option']}** → `{decision['next']}` — {decision['reason']}", "",
-         f"Primary root cause: **{result['primary'] or 'none found'}**" + (
-             f" — {result.get('cause')}, evidence strength {result.get('strength', 0):.1f} "
-             f"([guide](guides/{result['primary']}.md))" if result["primary"] else ""), "",
-         "Findings are ranked by evidence strength: the effect in units of its threshold or of twice the seed spread, "
-         "whichever is larger; infrastructure findings first.", "", *_skill_lines(result["evidence"].get("skill")),
-         "## Diagnostics", "", "| diagnostic | fired | strength | evidence | guide |", "|---|---|---:|---|---|"]
-    L += [f"| {f['name']} | {'**yes**' if f['fired'] else 'no'} | {f.get('strength', 0):.2f} | {f['summary']} | "
-          f"[{f['name']}.md](guides/{f['name']}.md) |" for f in result["findings"]]
-    L += ["", "## Recommendations (ranked by expected gain / effort; selected ones first)", "",
-          "| # | change | config patch | expected gain (points) | effort (1-3) | why | finding |", "|---:|---|---|---:|---:|---|---|"]
-    L += [f"| {i + 1}{' ✔' if r in plan['selected'] else ''} | {r['title']} | `{r['patch']}` | {r['expected_gain_points']:.2f} | "
-          f"{r['effort']} | {r['rationale']} | {r['finding']} |" for i, r in enumerate(plan["ranked"])]
-    L += ["", f"Combined expected gain of the selected: **{plan['expected_gain_points']:.2f} points** "
-          f"(capped by the headroom {plan['headroom_points']:.2f})."]
+    L = [
+        f"# Diagnostic report (round {ctx.attempt})",
+        "",
+        f"Diagnosed: `{result['source']}` ({'failed baseline' if result['failed_mode'] else 'below target'}).",
+        "",
+        f"Decision: **option {decision['option']}** → `{decision['next']}` — {decision['reason']}",
+        "",
+        f"Primary root cause: **{result['primary'] or 'none found'}**"
+        + (
+            f" — {result.get('cause')}, evidence strength {result.get('strength', 0):.1f} "
+            f"([guide](guides/{result['primary']}.md))"
+            if result["primary"]
+            else ""
+        ),
+        "",
+        "Findings are ranked by evidence strength: the effect in units of its threshold or of twice the seed spread, "
+        "whichever is larger; infrastructure findings first.",
+        "",
+        *_skill_lines(result["evidence"].get("skill")),
+        "## Diagnostics",
+        "",
+        "| diagnostic | fired | strength | evidence | guide |",
+        "|---|---|---:|---|---|",
+    ]
+    L += [
+        f"| {f['name']} | {'**yes**' if f['fired'] else 'no'} | {f.get('strength', 0):.2f} | {f['summary']} | "
+        f"[{f['name']}.md](guides/{f['name']}.md) |"
+        for f in result["findings"]
+    ]
+    L += [
+        "",
+        "## Recommendations (ranked by expected gain / effort; selected ones first)",
+        "",
+        "| # | change | config patch | expected gain (points) | effort (1-3) | why | finding |",
+        "|---:|---|---|---:|---:|---|---|",
+    ]
+    L += [
+        f"| {i + 1}{' ✔' if r in plan['selected'] else ''} | {r['title']} | `{r['patch']}` | "
+        f"{r['expected_gain_points']:.2f} | "
+        f"{r['effort']} | {r['rationale']} | {r['finding']} |"
+        for i, r in enumerate(plan["ranked"])
+    ]
+    L += [
+        "",
+        f"Combined expected gain of the selected: **{plan['expected_gain_points']:.2f} points** "
+        f"(capped by the headroom {plan['headroom_points']:.2f}).",
+    ]
     if plan.get("advice"):
         L += ["", "## Changes to your own code (no config patch can make them)", ""]
         L += [f"- **{r['title']}** ({r['finding']}): {r['rationale']}" for r in plan["advice"]]
@@ -227,8 +318,13 @@ def write_report(ctx: DiagnosticsContext, result: dict[str, Any], decision: dict
     from trainkit.folds import RULE, SMALL_VAL_ROWS
 
     if result["evidence"].get("val_size", SMALL_VAL_ROWS) < SMALL_VAL_ROWS:
-        L += ["", "## Small data", "", f"The val split has {result['evidence']['val_size']} rows: the probes above read it "
-              f"as it is, and Phase 4 does not: {RULE}."]
+        L += [
+            "",
+            "## Small data",
+            "",
+            f"The val split has {result['evidence']['val_size']} rows: the probes above read it "
+            f"as it is, and Phase 4 does not: {RULE}.",
+        ]
     L += _reference_lines(probes.get("reference") or {})
     L += ["", "## Probes", ""] + _probe_lines(probes) + [""] + [f"![{n}]({n})" for n in figures]
     L += ["", "## Thresholds", "", "Every detector's thresholds are in `findings.json` and explained in its guide."]
@@ -240,21 +336,32 @@ def _recovery_lines(rec: dict[str, Any] | None) -> list[str]:
     """The failed baseline's candidate fixes and their trial fits (fresh init, a few hundred steps)."""
     if rec is None:
         return []
-    L = ["", "## Recovery: each candidate fix tried before a restart is spent on it", "",
-         f"Rule: a candidate must learn in a {rec['steps']}-step trial fit from a fresh initialization (the baseline's "
-         "learning rule); moves of a kind that already failed in this run and LRs within 2× of a failed attempt's are "
-         f"not candidates (failed LRs: {rec['history'].get('failed_lrs') or 'none'}; failed fixes: "
-         f"{rec['history'].get('failed_kinds') or 'none'}).", "",
-         "| fix | patch | steps | loss at init → end | val accuracy | learns |", "|---|---|---:|---|---:|---|"]
+    L = [
+        "",
+        "## Recovery: each candidate fix tried before a restart is spent on it",
+        "",
+        f"Rule: a candidate must learn in a {rec['steps']}-step trial fit from a fresh initialization (the baseline's "
+        "learning rule); moves of a kind that already failed in this run and LRs within 2× of a failed attempt's are "
+        f"not candidates (failed LRs: {rec['history'].get('failed_lrs') or 'none'}; failed fixes: "
+        f"{rec['history'].get('failed_kinds') or 'none'}).",
+        "",
+        "| fix | patch | steps | loss at init → end | val accuracy | learns |",
+        "|---|---|---:|---|---:|---|",
+    ]
     for t in rec["trials"]:
         end = t.get("final_train_loss")
-        L.append(f"| {t['id']} | `{t['patch']}` | {t.get('steps', 0)} | {t.get('init_loss', float('nan')):.4g} → "
-                 f"{'—' if end is None else f'{end:.4g}'} | {t.get('val_accuracy', float('nan')):.4f} | "
-                 f"{'**yes**' if t['learned'] else 'no'}: {html.escape(t['why'])} |")
+        L.append(
+            f"| {t['id']} | `{t['patch']}` | {t.get('steps', 0)} | {t.get('init_loss', float('nan')):.4g} → "
+            f"{'—' if end is None else f'{end:.4g}'} | {t.get('val_accuracy', float('nan')):.4f} | "
+            f"{'**yes**' if t['learned'] else 'no'}: {html.escape(t['why'])} |"
+        )
     if rec.get("skipped"):
         L += ["", f"Not tried (time budget): {', '.join(rec['skipped'])}."]
-    L += ["", f"Chosen: **{rec['chosen']['id']}**." if rec["chosen"] else "", "" if rec["chosen"] else
-          "No candidate learned: no restart is spent on a guess."]
+    L += [
+        "",
+        f"Chosen: **{rec['chosen']['id']}**." if rec["chosen"] else "",
+        "" if rec["chosen"] else "No candidate learned: no restart is spent on a guess.",
+    ]
     return L
 
 
@@ -262,10 +369,13 @@ def _skill_lines(skill: dict[str, Any] | None) -> list[str]:
     """How a regression is judged here: on the skill scale, which the fields named accuracy hold."""
     if not skill:
         return []
-    return [f"**A number to predict**: the detectors read the target metric {skill['metric']} on a skill scale, "
-            f"{skill['what']}: 1 is perfect, 0 no better than predicting the train mean, higher is better. The findings' "
-            "train / val \"accuracy\" and the points below are on that scale (a point: 1% of the train mean's error); "
-            "the reference table gives the metric itself.", ""]
+    return [
+        f"**A number to predict**: the detectors read the target metric {skill['metric']} on a skill scale, "
+        f"{skill['what']}: 1 is perfect, 0 no better than predicting the train mean, higher is better. The findings' "
+        'train / val "accuracy" and the points below are on that scale (a point: 1% of the train mean\'s error); '
+        "the reference table gives the metric itself.",
+        "",
+    ]
 
 
 def _reference_lines(ref: dict[str, Any]) -> list[str]:
@@ -274,14 +384,26 @@ def _reference_lines(ref: dict[str, Any]) -> list[str]:
     the label's units, the skill beside it)."""
     if "models" not in ref:
         return ["", "## Reference models", "", f"Not run: {ref.get('error', 'no result')}."]
-    names = {"logistic_regression": "logistic regression", "boosted_trees": "gradient-boosted trees", "ridge": "ridge regression"}
+    names = {
+        "logistic_regression": "logistic regression",
+        "boosted_trees": "gradient-boosted trees",
+        "ridge": "ridge regression",
+    }
     if "raw" in ref:  # a regression: the metric in the label's units, and its skill
         metric, raw = ref.get("metric", "rmse"), ref["raw"]
-        L = ["", "## Reference models (a simpler model is not better)", "",
-             f"Fitted on the same preprocessed train rows ({ref['rows']} of {ref['of_rows']}), scored on val:", "",
-             f"| model | val {LABELS[metric]} | val R² | skill |", "|---|---:|---:|---:|"]
-        L += [f"| {names.get(k, k)} | {v['val_score']:.4g} | {v['val_r2']:.4f} | {ref['models'][k]['val_score']:.4f} |"
-              for k, v in raw["models"].items()]
+        L = [
+            "",
+            "## Reference models (a simpler model is not better)",
+            "",
+            f"Fitted on the same preprocessed train rows ({ref['rows']} of {ref['of_rows']}), scored on val:",
+            "",
+            f"| model | val {LABELS[metric]} | val R² | skill |",
+            "|---|---:|---:|---:|",
+        ]
+        L += [
+            f"| {names.get(k, k)} | {v['val_score']:.4g} | {v['val_r2']:.4f} | {ref['models'][k]['val_score']:.4f} |"
+            for k, v in raw["models"].items()
+        ]
         if raw.get("network_val_score") is not None:
             L += [f"| **the network** | {raw['network_val_score']:.4g} | | {ref['network_val_score']:.4f} |"]
         gap = ref.get("gap_points")
@@ -290,22 +412,32 @@ def _reference_lines(ref: dict[str, Any]) -> list[str]:
         return L
     metric = ref.get("metric", "accuracy")
     net = ref.get("network_val_score", ref.get("network_val_accuracy"))
-    L = ["", "## Reference models (a simpler model is not better)", "",
-         f"Fitted on the same preprocessed train rows ({ref['rows']} of {ref['of_rows']}), scored on val:", ""]
+    L = [
+        "",
+        "## Reference models (a simpler model is not better)",
+        "",
+        f"Fitted on the same preprocessed train rows ({ref['rows']} of {ref['of_rows']}), scored on val:",
+        "",
+    ]
     if metric == "accuracy":
         L += ["| model | val accuracy |", "|---|---:|"]
         L += [f"| {names.get(k, k)} | {v['val_accuracy']:.4f} |" for k, v in ref["models"].items()]
         L += [f"| **the network** | {net:.4f} |" if net is not None else "| the network | - |"]
     else:
         L += [f"| model | val {LABELS[metric]} | val accuracy |", "|---|---:|---:|"]
-        L += [f"| {names.get(k, k)} | {v.get('val_score', v['val_accuracy']):.4f} | {v['val_accuracy']:.4f} |"
-              for k, v in ref["models"].items()]
+        L += [
+            f"| {names.get(k, k)} | {v.get('val_score', v['val_accuracy']):.4f} | {v['val_accuracy']:.4f} |"
+            for k, v in ref["models"].items()
+        ]
         L += [f"| **the network** | {net:.4f} | |" if net is not None else "| the network | - | |"]
     gap = ref.get("gap_points")
     if gap is not None and gap > 0:
-        L += ["", f"The {names.get(ref['best'], ref['best'])} beats the network by **{gap:.1f} points** on val: that is "
-              "headroom the network has not reached (more capacity, dropout or normalization, AdamW with a schedule, "
-              "longer training, or embeddings for wide categoricals)."]
+        L += [
+            "",
+            f"The {names.get(ref['best'], ref['best'])} beats the network by **{gap:.1f} points** on val: that is "
+            "headroom the network has not reached (more capacity, dropout or normalization, AdamW with a schedule, "
+            "longer training, or embeddings for wide categoricals).",
+        ]
     elif gap is not None:
         L += ["", f"The network is at or above the best reference ({-gap:.1f} points ahead)."]
     return L
@@ -320,26 +452,49 @@ def _probe_lines(p: dict[str, Any]) -> list[str]:
             return "- " + fmt.format(**d)
         except (KeyError, ValueError, TypeError):
             return f"- {name}: {str({k: v for k, v in d.items() if not isinstance(v, list)})[:300]}"
-    return [g("init_loss", "loss at init {init_loss:.3f} vs ln(K) {ln_k:.3f} (ratio {ratio:.2f})"),
-            g("input_independent", "zeroed inputs: val loss {zero_input_val_loss:.3f} (score {zero_input_val_accuracy:.4g}) vs real "
-              "inputs {real_val_loss:.3f} ({real_val_accuracy:.4g}) after {epochs} epochs (ok: {ok})"),
-            g("overfit_batch", "overfit one batch of {batch}: loss {final_loss:.4f} after {steps} steps (ok: {ok})"),
-            g("lr_range", "LR range test ({optimizer}): min loss at {min_loss_lr:.3g}, suggested {suggested_lr:.3g}, "
-              "configured {configured_lr:g}"),
-            g("grad_norms", "gradient norm p50 first/last epoch {p50_first:.3f}/{p50_last:.3f}, max {max:.3f}"),
-            g("seed_variance", "seed variance: val acc mean {mean:.4f}, std {std:.4f}, range {range:.4f} over {epochs} epochs"),
-            g("resource", "resource: data-wait {data_wait_fraction:.3f}, {samples_per_s:.0f} samples/s on {device}"),
-            g("dead_units", "dead ReLU units: {dead_fraction:.3f} of {units}"),
-            g("data", "data: imbalance {imbalance_ratio:.2f}, constant features {constant_features}, "
-              "near duplicates train/val {near_duplicates_train_val}"),
-            g("label_issues", "label issues (confident learning, {folds} folds, out-of-fold val accuracy {oof_val_accuracy:.3f}, "
-              "kappa {kappa:.2f}): {verdict}"),
-            g("per_class", "val recall per class: {recall}")]
+
+    return [
+        g("init_loss", "loss at init {init_loss:.3f} vs ln(K) {ln_k:.3f} (ratio {ratio:.2f})"),
+        g(
+            "input_independent",
+            "zeroed inputs: val loss {zero_input_val_loss:.3f} (score {zero_input_val_accuracy:.4g}) vs real "
+            "inputs {real_val_loss:.3f} ({real_val_accuracy:.4g}) after {epochs} epochs (ok: {ok})",
+        ),
+        g("overfit_batch", "overfit one batch of {batch}: loss {final_loss:.4f} after {steps} steps (ok: {ok})"),
+        g(
+            "lr_range",
+            "LR range test ({optimizer}): min loss at {min_loss_lr:.3g}, suggested {suggested_lr:.3g}, "
+            "configured {configured_lr:g}",
+        ),
+        g("grad_norms", "gradient norm p50 first/last epoch {p50_first:.3f}/{p50_last:.3f}, max {max:.3f}"),
+        g(
+            "seed_variance",
+            "seed variance: val acc mean {mean:.4f}, std {std:.4f}, range {range:.4f} over {epochs} epochs",
+        ),
+        g("resource", "resource: data-wait {data_wait_fraction:.3f}, {samples_per_s:.0f} samples/s on {device}"),
+        g("dead_units", "dead ReLU units: {dead_fraction:.3f} of {units}"),
+        g(
+            "data",
+            "data: imbalance {imbalance_ratio:.2f}, constant features {constant_features}, "
+            "near duplicates train/val {near_duplicates_train_val}",
+        ),
+        g(
+            "label_issues",
+            "label issues (confident learning, {folds} folds, out-of-fold val accuracy {oof_val_accuracy:.3f}, "
+            "kappa {kappa:.2f}): {verdict}",
+        ),
+        g("per_class", "val recall per class: {recall}"),
+    ]
 
 
 def _restarts_left(ctx: DiagnosticsContext) -> int:
-    attempts = len([e for e in load_manifest(ctx.run_dir)["phases"] if e["phase"] == Phase.BASELINE.value
-                    and e.get("status") != "running"])
+    attempts = len(
+        [
+            e
+            for e in load_manifest(ctx.run_dir)["phases"]
+            if e["phase"] == Phase.BASELINE.value and e.get("status") != "running"
+        ]
+    )
     return ctx.config.budget.max_baseline_restarts - max(0, attempts - 1)
 
 
@@ -357,8 +512,11 @@ def _stale_families(ctx: DiagnosticsContext, plan: dict[str, Any]) -> tuple[list
     if it is None or not (it / COMPARISON).is_file() or not earlier.is_file():
         return None
     patches = {r["id"]: r.get("patch") or {} for r in read_json(earlier)["plan"]["ranked"]}
-    measured = {move_family(patches.get(rid) or {}) for c in read_json(it / COMPARISON).get("candidates") or []
-                for rid in c["recommendations"]}
+    measured = {
+        move_family(patches.get(rid) or {})
+        for c in read_json(it / COMPARISON).get("candidates") or []
+        for rid in c["recommendations"]
+    }
     proposed = {move_family(r.get("patch") or {}) for r in plan["selected"] if r["kind"] == "accuracy"}
     return sorted(proposed), sorted(measured)
 
@@ -379,37 +537,58 @@ def decide(ctx: DiagnosticsContext, result: dict[str, Any]) -> dict[str, Any]:
         fix_recs = [recovery["chosen"]] if recovery["chosen"] else []
         if not fix_recs:
             tried = ", ".join(f"{t['id']} ({t['why']})" for t in recovery["trials"]) or "none fitted in the time left"
-            manual = (f"no candidate fix learned in a {recovery['steps']}-step trial fit (tried: {tried}); "
-                      "check the data and the model by hand")
+            manual = (
+                f"no candidate fix learned in a {recovery['steps']}-step trial fit (tried: {tried}); "
+                "check the data and the model by hand"
+            )
     patch, prov = combine_patches(fix_recs) if fix_recs else ({}, [])
     restarts_left = _restarts_left(ctx)
     strong = None
     # strong evidence overrules a low gain estimate only when Phase 4 can act on it: a move of its own is selected
-    if result["primary"] and result["strength"] >= THRESHOLDS["strong_strength"] and plan["gap_to_target_points"] > 0 \
-            and any(r.get("finding") == result["primary"] for r in plan["selected"]):
+    if (
+        result["primary"]
+        and result["strength"] >= THRESHOLDS["strong_strength"]
+        and plan["gap_to_target_points"] > 0
+        and any(r.get("finding") == result["primary"] for r in plan["selected"])
+    ):
         strong = f"{result['cause']} (strength {result['strength']:.1f})"
-    option, nxt, reason = after_diagnostics(expected_gain=plan["expected_gain_points"], fix=patch or None,
-                                            needs_fix=needs_fix, manual_fix=manual, restarts_left=restarts_left,
-                                            budget=cfg.budget, strong=strong, gap=plan["gap_to_target_points"],
-                                            stale=_stale_families(ctx, plan))
+    option, nxt, reason = after_diagnostics(
+        expected_gain=plan["expected_gain_points"],
+        fix=patch or None,
+        needs_fix=needs_fix,
+        manual_fix=manual,
+        restarts_left=restarts_left,
+        budget=cfg.budget,
+        strong=strong,
+        gap=plan["gap_to_target_points"],
+        stale=_stale_families(ctx, plan),
+    )
     measured = sorted(result["evidence"].get("tried") or {})
     if option == "B" and measured and not any(r["kind"] == "accuracy" for r in plan["selected"]):
-        reason += f"; every move proposed for this config is measured already ({', '.join(measured)}: a loss or a near-tie)"
-    evidence = {"primary": result["primary"], "cause": result.get("cause"), "strength": result.get("strength"),
-                "expected_gain_points": plan["expected_gain_points"],
-                "selected": [r["id"] for r in plan["selected"]], "fixes": [r["id"] for r in plan["fixes"]],
-                "fix_ids": [r["id"] for r in fix_recs],
-                "marginal": "marginal" in reason}
+        reason += (
+            f"; every move proposed for this config is measured already ({', '.join(measured)}: a loss or a near-tie)"
+        )
+    evidence = {
+        "primary": result["primary"],
+        "cause": result.get("cause"),
+        "strength": result.get("strength"),
+        "expected_gain_points": plan["expected_gain_points"],
+        "selected": [r["id"] for r in plan["selected"]],
+        "fixes": [r["id"] for r in plan["fixes"]],
+        "fix_ids": [r["id"] for r in fix_recs],
+        "marginal": "marginal" in reason,
+    }
     if option == "C" and nxt == Phase.BASELINE.value:
         fixed = with_overrides(cfg, patch)
         old = config_to_dict(cfg)
         evidence["patch"] = patch
         new = config_to_dict(fixed)
-        evidence["provenance"] = [dict(p, old=get_dotted(old, p["field"]), new=get_dotted(new, p["field"])) for p in prov]
+        evidence["provenance"] = [
+            dict(p, old=get_dotted(old, p["field"]), new=get_dotted(new, p["field"])) for p in prov
+        ]
         save_config(fixed, ctx.path("fixed_config.yaml"))
         save_config(fixed, ctx.run_dir / CURRENT_CONFIG)
     return write_decision(ctx, option, nxt, reason, evidence)
-
 
 
 def _results(ctx: DiagnosticsContext, result: dict[str, Any], decision: dict[str, Any]) -> dict[str, tuple[str, Any]]:
@@ -417,45 +596,85 @@ def _results(ctx: DiagnosticsContext, result: dict[str, Any], decision: dict[str
     probes = ev["probes"]
     res: dict[str, tuple[str, Any]] = {}
     has = bool(ev.get("best") or ev.get("crash") or ev.get("nonfinite"))
-    res["evidence_loaded"] = ("pass", f"status {ev['status']} from {result['source']}") if has else \
-        ("fail", f"no metrics or crash record in {result['source']}")
+    res["evidence_loaded"] = (
+        ("pass", f"status {ev['status']} from {result['source']}")
+        if has
+        else ("fail", f"no metrics or crash record in {result['source']}")
+    )
     ran = [k for k, v in probes.items() if isinstance(v, dict) and "error" not in v]
     failed = [k for k, v in probes.items() if isinstance(v, dict) and "error" in v]
-    res["probes_ran"] = ("pass" if ran else "fail", f"{len(ran)}/{len(probes)} ran" + (f"; could not run: {failed}" if failed else ""))
+    res["probes_ran"] = (
+        "pass" if ran else "fail",
+        f"{len(ran)}/{len(probes)} ran" + (f"; could not run: {failed}" if failed else ""),
+    )
     sane = [probes.get("overfit_batch", {}).get("ok"), probes.get("input_independent", {}).get("ok")]
-    res["pipeline_sane"] = ("pass", "one batch memorised; real inputs beat zeroed inputs") if all(sane) else \
-        ("warn", f"overfit-one-batch ok={sane[0]}, input-independent ok={sane[1]}")
+    res["pipeline_sane"] = (
+        ("pass", "one batch memorised; real inputs beat zeroed inputs")
+        if all(sane)
+        else ("warn", f"overfit-one-batch ok={sane[0]}, input-independent ok={sane[1]}")
+    )
     if result["primary"]:
         res["root_cause"] = ("pass", f"{result['primary']}")
     else:
-        res["root_cause"] = ("warn", "no detector fired: the setup looks near-optimal") if decision["option"] == "B" else \
-            ("warn", f"no detector fired; optimizing the generic moves (expected gain {plan['expected_gain_points']:.1f} "
-                     "points): read the probes before trusting the gain") if decision["option"] == "A" and plan["selected"] else \
-            ("fail", "no detector fired, yet the decision is not to finalize")
+        res["root_cause"] = (
+            ("warn", "no detector fired: the setup looks near-optimal")
+            if decision["option"] == "B"
+            else (
+                "warn",
+                f"no detector fired; optimizing the generic moves (expected gain {plan['expected_gain_points']:.1f} "
+                "points): read the probes before trusting the gain",
+            )
+            if decision["option"] == "A" and plan["selected"]
+            else ("fail", "no detector fired, yet the decision is not to finalize")
+        )
     n = len(plan["selected"])
     if decision["option"] == "C":
         res["recommendations"] = ("pass", f"infrastructure fix: {decision['reason']}")
     elif 3 <= n <= 5 and all("expected_gain_points" in r and "effort" in r for r in plan["selected"]):
         res["recommendations"] = ("pass", f"{n} selected, expected gain {plan['expected_gain_points']:.1f} points")
     elif 1 <= n < 3 and len(plan["ranked"]) == n:  # earlier rounds measured the rest without gain: all that is left
-        res["recommendations"] = ("warn", f"only {n} untried move(s) left after earlier rounds; expected gain "
-                                  f"{plan['expected_gain_points']:.1f} points")
+        res["recommendations"] = (
+            "warn",
+            f"only {n} untried move(s) left after earlier rounds; expected gain "
+            f"{plan['expected_gain_points']:.1f} points",
+        )
     elif n == 0 and decision["option"] == "B":
         res["recommendations"] = ("warn", "no untried move left: finalize with the best so far")
     else:
         res["recommendations"] = ("fail", f"{n} selected; need 3-5 with expected gain and effort")
     present = all(ctx.path(p).is_file() for p in ("diagnostic_report.md", FINDINGS))
-    res["report_present"] = ("pass" if present else "fail", "diagnostic_report.md, findings.json" if present else "missing")
+    res["report_present"] = (
+        "pass" if present else "fail",
+        "diagnostic_report.md, findings.json" if present else "missing",
+    )
     fired = [f["name"] for f in result["findings"] if f["fired"]]
     missing = [n for n in fired if not ctx.path(f"guides/{n}.md").is_file()]
-    res["guides_linked"] = ("fail", f"missing guides: {missing}") if missing else ("pass", f"guides for {fired or 'all'}")
+    res["guides_linked"] = (
+        ("fail", f"missing guides: {missing}") if missing else ("pass", f"guides for {fired or 'all'}")
+    )
     return res
 
 
-def gate(ctx: DiagnosticsContext, result: dict[str, Any], decision: dict[str, Any], approvals: Any = None,
-         auto_signoff: bool = False, waivers: dict[str, str] | None = None) -> dict[str, Any]:
-    arts = [ctx.rel(n) for n in (FINDINGS, "diagnostic_report.md", DECISION, "exclude.json",
-                                  "exclude_labels.json", "fixed_config.yaml") if ctx.path(n).is_file()]
-    return finish_gate(ctx, "diagnostics_complete", _results(ctx, result, decision), arts, approvals, auto_signoff,
-                       waivers, decision)
-
+def gate(
+    ctx: DiagnosticsContext,
+    result: dict[str, Any],
+    decision: dict[str, Any],
+    approvals: Any = None,
+    auto_signoff: bool = False,
+    waivers: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    arts = [
+        ctx.rel(n)
+        for n in (
+            FINDINGS,
+            "diagnostic_report.md",
+            DECISION,
+            "exclude.json",
+            "exclude_labels.json",
+            "fixed_config.yaml",
+        )
+        if ctx.path(n).is_file()
+    ]
+    return finish_gate(
+        ctx, "diagnostics_complete", _results(ctx, result, decision), arts, approvals, auto_signoff, waivers, decision
+    )

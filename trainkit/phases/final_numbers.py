@@ -61,11 +61,15 @@ def _peers(bundle: Any, xt: np.ndarray, yt: np.ndarray) -> dict[str, Any]:
     parts = [bundle.arrays(s) for s in ("train", "val")]
     x = np.concatenate([p[0].numpy() for p in parts])
     y = np.concatenate([p[1].numpy() for p in parts])
-    return {name: {**regression_scores(yt, bundle.to_label_units(pred)), "seconds": sec}
-            for name, pred, sec in reference_regressions(x, y, xt, True)}
+    return {
+        name: {**regression_scores(yt, bundle.to_label_units(pred)), "seconds": sec}
+        for name, pred, sec in reference_regressions(x, y, xt, True)
+    }
 
 
-def evaluate_numbers(ctx: Any, bundle: Any, model: nn.Module, force: bool, model_sha: str, rec_path: Any) -> dict[str, Any]:
+def evaluate_numbers(
+    ctx: Any, bundle: Any, model: nn.Module, force: bool, model_sha: str, rec_path: Any
+) -> dict[str, Any]:
     """The one test evaluation of a regression (see the module docstring); test_evaluation.json,
     residuals.png and test_results.md."""
     from trainkit.phases.common import show_figure
@@ -81,16 +85,36 @@ def evaluate_numbers(ctx: Any, bundle: Any, model: nn.Module, force: bool, model
     g = torch.Generator().manual_seed(ctx.config.training.seed)
     noisy = regression_scores(yt_, _numbers(wrapped, xt + f.noise_std * torch.randn(xt.shape, generator=g)))
     mean = bundle.label_scale["mean"]
-    rec = {"time": time.time(), "model_sha256": model_sha, "forced": force, "n": int(len(yt_)), "regression": True,
-           "label": bundle.source.class_names[0], "metric": metric, "score": test[metric], "score_ci": test[f"{metric}_ci"],
-           "val_score": val[metric], "val_score_ci": val[f"{metric}_ci"], "test": test, "val": val,
-           "mean_predictor_test": regression_scores(yt_, np.full(len(yt_), mean)),
-           "reference_test": _peers(bundle, xt.numpy(), yt_), "noise_std": f.noise_std, "noisy": noisy,
-           "robustness_drop": test["r2"] - noisy["r2"], "predicted": pt.tolist(), "per_class": [], "ece": float("nan"),
-           "accuracy": None, "units": f"the units of the label {bundle.source.class_names[0]!r}"}
+    rec = {
+        "time": time.time(),
+        "model_sha256": model_sha,
+        "forced": force,
+        "n": int(len(yt_)),
+        "regression": True,
+        "label": bundle.source.class_names[0],
+        "metric": metric,
+        "score": test[metric],
+        "score_ci": test[f"{metric}_ci"],
+        "val_score": val[metric],
+        "val_score_ci": val[f"{metric}_ci"],
+        "test": test,
+        "val": val,
+        "mean_predictor_test": regression_scores(yt_, np.full(len(yt_), mean)),
+        "reference_test": _peers(bundle, xt.numpy(), yt_),
+        "noise_std": f.noise_std,
+        "noisy": noisy,
+        "robustness_drop": test["r2"] - noisy["r2"],
+        "predicted": pt.tolist(),
+        "per_class": [],
+        "ece": float("nan"),
+        "accuracy": None,
+        "units": f"the units of the label {bundle.source.class_names[0]!r}",
+    }
     write_json_atomic(rec_path, rec)
-    show_figure(residual_figure(yt_, pt, rec["label"], "test", {k: test[k] for k in ("rmse", "mae", "r2")}),
-                ctx.path("residuals.png"))
+    show_figure(
+        residual_figure(yt_, pt, rec["label"], "test", {k: test[k] for k in ("rmse", "mae", "r2")}),
+        ctx.path("residuals.png"),
+    )
     _write_md(ctx, rec)
     return rec
 
@@ -102,21 +126,33 @@ def _line(name: str, s: dict[str, Any], k: str) -> str:
 
 def _write_md(ctx: Any, rec: dict[str, Any]) -> None:
     t, v = rec["test"], rec["val"]
-    L = ["# Test results", "", f"Evaluated once on {rec['n']} quarantined test rows ({time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(rec['time']))})"
-         + (" — **forced re-evaluation**" if rec["forced"] else "") + f". A number to predict: `{rec['label']}`; every "
-         f"value below is in {rec['units']} (R² is a fraction).", "",
-         f"- test {LABELS[rec['metric']]} **{rec['score']:.4g}** (the target metric; CI [{rec['score_ci'][0]:.4g}, "
-         f"{rec['score_ci'][1]:.4g}]); val {rec['val_score']:.4g}",
-         f"- test {_line('RMSE', t, 'rmse')}; {_line('MAE', t, 'mae')}; {_line('R²', t, 'r2')}",
-         f"- val {_line('RMSE', v, 'rmse')}; {_line('MAE', v, 'mae')}; {_line('R²', v, 'r2')}",
-         f"- predicting the train mean for every test row: RMSE {rec['mean_predictor_test']['rmse']:.4g}, MAE "
-         f"{rec['mean_predictor_test']['mae']:.4g}",
-         f"- robustness: R² {rec['noisy']['r2']:.4f} with Gaussian noise σ={rec['noise_std']} on normalized inputs "
-         f"(drop {rec['robustness_drop'] * 100:.2f} points)", ""]
+    L = [
+        "# Test results",
+        "",
+        f"Evaluated once on {rec['n']} quarantined test rows "
+        f"({time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(rec['time']))})"
+        + (" — **forced re-evaluation**" if rec["forced"] else "")
+        + f". A number to predict: `{rec['label']}`; every "
+        f"value below is in {rec['units']} (R² is a fraction).",
+        "",
+        f"- test {LABELS[rec['metric']]} **{rec['score']:.4g}** (the target metric; CI [{rec['score_ci'][0]:.4g}, "
+        f"{rec['score_ci'][1]:.4g}]); val {rec['val_score']:.4g}",
+        f"- test {_line('RMSE', t, 'rmse')}; {_line('MAE', t, 'mae')}; {_line('R²', t, 'r2')}",
+        f"- val {_line('RMSE', v, 'rmse')}; {_line('MAE', v, 'mae')}; {_line('R²', v, 'r2')}",
+        f"- predicting the train mean for every test row: RMSE {rec['mean_predictor_test']['rmse']:.4g}, MAE "
+        f"{rec['mean_predictor_test']['mae']:.4g}",
+        f"- robustness: R² {rec['noisy']['r2']:.4f} with Gaussian noise σ={rec['noise_std']} on normalized inputs "
+        f"(drop {rec['robustness_drop'] * 100:.2f} points)",
+        "",
+    ]
     if rec["reference_test"]:
-        L += ["Reference models fitted on the same train+val rows, on the same test rows:", "",
-              "| model | RMSE | MAE | R² |", "|---|---:|---:|---:|",
-              f"| **the network** | {t['rmse']:.4g} | {t['mae']:.4g} | {t['r2']:.4f} |"]
+        L += [
+            "Reference models fitted on the same train+val rows, on the same test rows:",
+            "",
+            "| model | RMSE | MAE | R² |",
+            "|---|---:|---:|---:|",
+            f"| **the network** | {t['rmse']:.4g} | {t['mae']:.4g} | {t['r2']:.4f} |",
+        ]
         L += [f"| {n} | {p['rmse']:.4g} | {p['mae']:.4g} | {p['r2']:.4f} |" for n, p in rec["reference_test"].items()]
     L += ["", "![residuals](residuals.png)"]
     write_text_atomic(ctx.path("test_results.md"), "\n".join(L) + "\n")
@@ -128,34 +164,57 @@ def metric_checks(cfg: Any, test: dict[str, Any]) -> dict[str, tuple[str, Any]]:
     f, metric = cfg.final, test.get("metric", "accuracy")
     name, acc, reg = LABELS[metric], metric == "accuracy", bool(test.get("regression"))
     t_s, v_s = (test["accuracy"], test["val_accuracy"]) if acc else (test["score"], test["val_score"])
-    res = {"test_meets_target": ("pass" if reaches(metric, t_s, cfg.target.value) else "fail",
-                                 f"test {name} {t_s:.4f} vs target {target_text(metric, cfg.target.value)} "
-                                 "(waive with the documented shortfall)")}
-    (tl, th), (vl, vh) = (test["accuracy_ci"], test["val_accuracy_ci"]) if acc else (test["score_ci"], test["val_score_ci"])
+    res = {
+        "test_meets_target": (
+            "pass" if reaches(metric, t_s, cfg.target.value) else "fail",
+            f"test {name} {t_s:.4f} vs target {target_text(metric, cfg.target.value)} "
+            "(waive with the documented shortfall)",
+        )
+    }
+    (tl, th), (vl, vh) = (
+        (test["accuracy_ci"], test["val_accuracy_ci"]) if acc else (test["score_ci"], test["val_score_ci"])
+    )
     overlap = tl <= vh and vl <= th
-    res["val_test_agree"] = ("pass" if overlap else "fail", f"val {name} {v_s:.4f} [{vl:.4f}, {vh:.4f}] and test "
-                             f"{t_s:.4f} [{tl:.4f}, {th:.4f}]: 95% bootstrap intervals "
-                             + ("overlap" if overlap else "do not overlap (val was optimistic, or the splits differ)"))
+    res["val_test_agree"] = (
+        "pass" if overlap else "fail",
+        f"val {name} {v_s:.4f} [{vl:.4f}, {vh:.4f}] and test "
+        f"{t_s:.4f} [{tl:.4f}, {th:.4f}]: 95% bootstrap intervals "
+        + ("overlap" if overlap else "do not overlap (val was optimistic, or the splits differ)"),
+    )
     drop = test["robustness_drop"]
     what = "R²" if reg else "accuracy"
-    res["robustness_smoke"] = ("pass" if drop <= f.robustness_tolerance else "fail",
-                               f"{what} drop {drop * 100:.2f} points under σ={f.noise_std} noise (tolerance "
-                               f"{f.robustness_tolerance * 100:.1f})")
+    res["robustness_smoke"] = (
+        "pass" if drop <= f.robustness_tolerance else "fail",
+        f"{what} drop {drop * 100:.2f} points under σ={f.noise_std} noise (tolerance "
+        f"{f.robustness_tolerance * 100:.1f})",
+    )
     if reg:
         res["per_class_reported"] = ("na", "a regression has no classes: per-class recall does not apply")
-        res["calibration_measured"] = ("na", "a regression predicts numbers, not class probabilities: calibration "
-                                              "(ECE) does not apply; the residual plot is in test_results.md")
+        res["calibration_measured"] = (
+            "na",
+            "a regression predicts numbers, not class probabilities: calibration "
+            "(ECE) does not apply; the residual plot is in test_results.md",
+        )
         return res
     low = [c for c in test["per_class"] if c["recall"] < f.per_class_floor]
-    res["per_class_reported"] = ("fail", f"below the floor {f.per_class_floor}: {[c['class'] for c in low]}"
-                                 + floor_evidence(test, low)) if low else \
-        ("pass", f"{len(test['per_class'])} classes reported; lowest recall {min(c['recall'] for c in test['per_class']):.3f}")
-    res["calibration_measured"] = ("pass", f"ECE {test['ece']:.4f}") if math.isfinite(test.get("ece", float("nan"))) else \
-        ("fail", "ECE not measured")
+    res["per_class_reported"] = (
+        ("fail", f"below the floor {f.per_class_floor}: {[c['class'] for c in low]}" + floor_evidence(test, low))
+        if low
+        else (
+            "pass",
+            f"{len(test['per_class'])} classes reported; lowest recall "
+            f"{min(c['recall'] for c in test['per_class']):.3f}",
+        )
+    )
+    res["calibration_measured"] = (
+        ("pass", f"ECE {test['ece']:.4f}")
+        if math.isfinite(test.get("ece", float("nan")))
+        else ("fail", "ECE not measured")
+    )
     return res
 
 
-NUMBER_GUIDE = '''# Deployment guide
+NUMBER_GUIDE = """# Deployment guide
 
 The model predicts `{label}`, a number, from inputs of shape `{shape}` (float32, batch first). Its
 output has shape `(batch, 1)` and is **in the label's own units** (the label's train mean and
@@ -198,15 +257,23 @@ print("torchscript predictions ({label}):", pred[:, 0].tolist())
 
 Both artifacts accept any batch size (the ONNX batch axis is dynamic); the latency table in
 `export.json` gives p50/p95 at batch 1 and 64.
-'''
+"""
 
 
 def number_guide(splits: dict[str, Any], exp: dict[str, Any]) -> str:
     """The deployment guide of a regression (its snippets run as written, like every guide's)."""
     shape, norm, scale = splits["input_shape"], splits["normalization"], splits["label_scale"]
-    return NUMBER_GUIDE.format(label=splits["class_names"][0], shape=tuple(shape), mean=norm["mean"], std=norm["std"],
-                               mean_y=scale["mean"], std_y=scale["std"], onnx_sha=exp.get("onnx_sha256"),
-                               ts_sha=exp.get("torchscript_sha256"), shape_csv=", ".join(str(s) for s in shape))
+    return NUMBER_GUIDE.format(
+        label=splits["class_names"][0],
+        shape=tuple(shape),
+        mean=norm["mean"],
+        std=norm["std"],
+        mean_y=scale["mean"],
+        std_y=scale["std"],
+        onnx_sha=exp.get("onnx_sha256"),
+        ts_sha=exp.get("torchscript_sha256"),
+        shape_csv=", ".join(str(s) for s in shape),
+    )
 
 
 def number_card(ctx: Any, splits: dict[str, Any], test: dict[str, Any], env: dict[str, Any]) -> str:
@@ -214,16 +281,18 @@ def number_card(ctx: Any, splits: dict[str, Any], test: dict[str, Any], env: dic
     their intervals, the references, and what it does not cover."""
     from trainkit.config import config_hash
 
-    t, cfg = test["test"], ctx.config
+    t, cfg, mp = test["test"], ctx.config, test["mean_predictor_test"]
     summary = splits.get("label_summary", {}).get("train", {})
-    peers = "".join(f"\n| {n} | {p['rmse']:.4g} | {p['mae']:.4g} | {p['r2']:.4f} |" for n, p in test["reference_test"].items())
+    peers = "".join(
+        f"\n| {n} | {p['rmse']:.4g} | {p['mae']:.4g} | {p['r2']:.4f} |" for n, p in test["reference_test"].items()
+    )
     return f"""# Model card
 
 ## Intended use
-Predicting `{test['label']}` (a number) for inputs like the training data ({splits['source']}; shape
-{tuple(splits['input_shape'])}). **Predictions are in {test['units']}**, on the scale the training labels had
-(train: mean {summary.get('mean', float('nan')):.4g}, std {summary.get('std', float('nan')):.4g}, range
-[{summary.get('min', float('nan')):.4g}, {summary.get('max', float('nan')):.4g}]). Out of scope: inputs from another
+Predicting `{test["label"]}` (a number) for inputs like the training data ({splits["source"]}; shape
+{tuple(splits["input_shape"])}). **Predictions are in {test["units"]}**, on the scale the training labels had
+(train: mean {summary.get("mean", float("nan")):.4g}, std {summary.get("std", float("nan")):.4g}, range
+[{summary.get("min", float("nan")):.4g}, {summary.get("max", float("nan")):.4g}]). Out of scope: inputs from another
 distribution, values far outside that range (a network extrapolates poorly), and any decision where an error is
 costly without a person reviewing it.
 
@@ -233,24 +302,24 @@ optimizer {cfg.optimizer.name} lr {cfg.optimizer.lr:g}; {cfg.training.epochs} ep
 {cfg.training.patience}); config hash `{config_hash(cfg)[:16]}`.
 
 ## Data
-Splits (stratified on the label's deciles, seed {splits['seed']}): {splits['sizes']}; fingerprints in
+Splits (stratified on the label's deciles, seed {splits["seed"]}): {splits["sizes"]}; fingerprints in
 `01_planning/splits.json`. The test split was quarantined until this phase and evaluated once.
 
-## Metrics (test, {test['units']}; R² a fraction)
-{LABELS[test['metric']]} (the target metric) {test['score']:.4g} (95% CI [{test['score_ci'][0]:.4g}, {test['score_ci'][1]:.4g}]);
-val {test['val_score']:.4g}.
+## Metrics (test, {test["units"]}; R² a fraction)
+{LABELS[test["metric"]]} (the target metric) {test["score"]:.4g}
+(95% CI [{test["score_ci"][0]:.4g}, {test["score_ci"][1]:.4g}]); val {test["val_score"]:.4g}.
 
 | model | RMSE | MAE | R² |
 |---|---:|---:|---:|
-| **this model** | {t['rmse']:.4g} | {t['mae']:.4g} | {t['r2']:.4f} |
-| predicting the train mean | {test['mean_predictor_test']['rmse']:.4g} | {test['mean_predictor_test']['mae']:.4g} | 0 |{peers}
+| **this model** | {t["rmse"]:.4g} | {t["mae"]:.4g} | {t["r2"]:.4f} |
+| predicting the train mean | {mp["rmse"]:.4g} | {mp["mae"]:.4g} | 0 |{peers}
 
 ## Limitations
-The test set has {test['n']} rows: the intervals above are the honest uncertainty. Errors are not uniform: see the
-residual plot in `test_results.md`. Robustness was smoke-tested with Gaussian noise only (R² {test['noisy']['r2']:.4f}
-under σ={test['noise_std']}).
+The test set has {test["n"]} rows: the intervals above are the honest uncertainty. Errors are not uniform: see the
+residual plot in `test_results.md`. Robustness was smoke-tested with Gaussian noise only (R² {test["noisy"]["r2"]:.4f}
+under σ={test["noise_std"]}).
 
 ## Environment
-Python {env.get('python')}, torch {env.get('packages', {}).get('torch')}, platform {env.get('platform')}; see
+Python {env.get("python")}, torch {env.get("packages", {}).get("torch")}, platform {env.get("platform")}; see
 `01_planning/environment.json`.
 """

@@ -4,7 +4,6 @@ latency, deployment guide and model card, the 25-check production_ready gate, de
 from __future__ import annotations
 
 import html
-import math
 import re
 import subprocess
 import sys
@@ -19,15 +18,34 @@ from trainkit._io import read_json, read_jsonl, sha256_file, write_json_atomic, 
 from trainkit.config import config_hash, load_config, save_config, with_overrides
 from trainkit.run import GATE, METRICS, TEST_ACCESS_LOG, TRAIN_SUMMARY, TRAINING_CONFIG, Phase
 from trainkit.errors import CheckpointError, GateError, QuarantineError
-from trainkit.phases.common import run_path, FinalizationContext, begin, clock, finish_gate, load_run_config, require_routed, \
-    show_figure, show_html, write_decision
+from trainkit.phases.common import (
+    run_path,
+    FinalizationContext,
+    begin,
+    clock,
+    finish_gate,
+    load_run_config,
+    require_routed,
+    show_figure,
+    show_html,
+    write_decision,
+)
 from trainkit.metrics import LABELS, bootstrap_interval as _boot, expected_calibration_error, metric_interval, score
 from trainkit.phases.final_numbers import LabelUnits, evaluate_numbers, metric_checks, number_card, number_guide
 from trainkit.phases.peers import recall_table, reference_recall
 from trainkit.run import PHASES, latest_attempt_dir, load_manifest, phase_dir
 
-__all__ = ["start", "final_train", "evaluate_test", "export_models", "write_docs", "reproduce", "decide", "gate",
-           "expected_calibration_error"]
+__all__ = [
+    "start",
+    "final_train",
+    "evaluate_test",
+    "export_models",
+    "write_docs",
+    "reproduce",
+    "decide",
+    "gate",
+    "expected_calibration_error",
+]
 
 PHASE = Phase.FINALIZATION.value
 TEST_RECORD = "test_evaluation.json"
@@ -40,18 +58,28 @@ def start(run_dir: str | Path, interactive: bool = True) -> FinalizationContext:
     ctx = begin(FinalizationContext, run_dir, PHASE, 1, interactive)
     cfg = load_run_config(run_dir)
     f = cfg.final
-    ctx.config = with_overrides(cfg, {"training.epochs": max(cfg.training.epochs, f.epochs), "training.patience": f.patience})
+    ctx.config = with_overrides(
+        cfg, {"training.epochs": max(cfg.training.epochs, f.epochs), "training.patience": f.patience}
+    )
     ctx.reused = None
     _refit_plan(ctx)
     _fit_in_budget(ctx, cfg)
     save_config(ctx.config, ctx.path("final_config.yaml"))
-    write_json_atomic(ctx.path("final_config.sha256.json"), {"config_hash": config_hash(ctx.config),
-                                                             "file_sha256": sha256_file(ctx.path("final_config.yaml"))})
-    what = (f"the final model is the best so far, <code>{html.escape(ctx.reused)}</code> (no time for a final training)"
-            if ctx.reused else f"{ctx.config.training.epochs} epochs, patience {ctx.config.training.patience}")
+    write_json_atomic(
+        ctx.path("final_config.sha256.json"),
+        {"config_hash": config_hash(ctx.config), "file_sha256": sha256_file(ctx.path("final_config.yaml"))},
+    )
+    what = (
+        f"the final model is the best so far, <code>{html.escape(ctx.reused)}</code> (no time for a final training)"
+        if ctx.reused
+        else f"{ctx.config.training.epochs} epochs, patience {ctx.config.training.patience}"
+    )
     if ctx.refit and not ctx.reused:
         what += f"; small data: {html.escape(ctx.refit['summary'])}"
-    show_html(f"<p>Finalization from <code>{prev.relative_to(run_dir)}</code> ({html.escape(decision['reason'])}): {what}.</p>")
+    show_html(
+        f"<p>Finalization from <code>{prev.relative_to(run_dir)}</code> ({html.escape(decision['reason'])}): "
+        f"{what}.</p>"
+    )
     return ctx
 
 
@@ -105,8 +133,10 @@ def _fit_in_budget(ctx: FinalizationContext, cfg: Any) -> None:
         return
     from trainkit.checkpoints import load_checkpoint, save_checkpoint
 
-    c.cut(f"final training ({planned} epochs of ~{epoch_s:.2f} s)",
-          f"{max(0.0, c.left()):.1f} s left; the final model is the best so far, {src[0].relative_to(ctx.run_dir)}")
+    c.cut(
+        f"final training ({planned} epochs of ~{epoch_s:.2f} s)",
+        f"{max(0.0, c.left()):.1f} s left; the final model is the best so far, {src[0].relative_to(ctx.run_dir)}",
+    )
     ctx.config = load_config(src[1])
     for name in ("best.pt", "last.pt"):
         if (src[0] / "checkpoints" / name).is_file():
@@ -134,13 +164,23 @@ def final_train(ctx: FinalizationContext, resume: bool = False) -> dict[str, Any
         out = read_json(ctx.path(TRAIN_SUMMARY))
         out["reused_from"] = ctx.reused
         if out.get("history"):
-            show_figure(curves_figure(out["history"], f"final model = best so far ({ctx.reused})"), ctx.path("curves.png"))
+            show_figure(
+                curves_figure(out["history"], f"final model = best so far ({ctx.reused})"), ctx.path("curves.png")
+            )
         return out
     bundle = _bundle(ctx)
-    r = fit(ctx.config, bundle, ctx.dir, resume=resume, deadline=clock(ctx).deadline, select="last" if getattr(ctx, "refit", None) else "best")
+    r = fit(
+        ctx.config,
+        bundle,
+        ctx.dir,
+        resume=resume,
+        deadline=clock(ctx).deadline,
+        select="last" if getattr(ctx, "refit", None) else "best",
+    )
     if r.status == "time_budget":
-        clock(ctx).cut(f"final training epochs {len(r.history) + 1}-{ctx.config.training.epochs}",
-                       "stopped at Phase 5's deadline")
+        clock(ctx).cut(
+            f"final training epochs {len(r.history) + 1}-{ctx.config.training.epochs}", "stopped at Phase 5's deadline"
+        )
     if r.history:
         show_figure(curves_figure(r.history, "final training"), ctx.path("curves.png"))
     return r.to_dict()
@@ -174,9 +214,11 @@ def evaluate_test(ctx: FinalizationContext, force: bool = False) -> dict[str, An
             show_html("<p>Test evaluation already done on this model: showing the record (no new read).</p>")
             return old
         if not force:
-            raise QuarantineError(f"the test split was already evaluated on {time_str(old['time'])} (model "
-                                  f"{old['model_sha256'][:12]}); a second evaluation is refused. Pass force=True to "
-                                  "re-evaluate; it is recorded and check test_evaluated_once will fail unless waived")
+            raise QuarantineError(
+                f"the test split was already evaluated on {time_str(old['time'])} (model "
+                f"{old['model_sha256'][:12]}); a second evaluation is refused. Pass force=True to "
+                "re-evaluate; it is recorded and check test_evaluated_once will fail unless waived"
+            )
     bundle = _bundle(ctx)
     model = _load_final(ctx, bundle)
     if bundle.regression:  # numbers in the label's units, each metric with its interval (final_numbers)
@@ -187,23 +229,48 @@ def evaluate_test(ctx: FinalizationContext, force: bool = False) -> dict[str, An
     yt_, yv_ = yt.numpy(), yv.numpy()
     correct_t, correct_v = (pt.argmax(1) == yt_).astype(float), (pv.argmax(1) == yv_).astype(float)
     f = ctx.config.final
-    p, r, f1, s = precision_recall_fscore_support(yt_, pt.argmax(1), labels=list(range(bundle.num_classes)), zero_division=0)
+    p, r, f1, s = precision_recall_fscore_support(
+        yt_, pt.argmax(1), labels=list(range(bundle.num_classes)), zero_division=0
+    )
     ece, bins = expected_calibration_error(pt, yt_)
     g = torch.Generator().manual_seed(ctx.config.training.seed)
     noisy = _predict(model, xt + f.noise_std * torch.randn(xt.shape, generator=g))
-    rec = {"time": time.time(), "model_sha256": model_sha, "forced": force, "n": int(len(yt_)),
-           "accuracy": float(correct_t.mean()), "accuracy_ci": _boot(correct_t, f.bootstrap, 0),
-           "val_accuracy": float(correct_v.mean()), "val_accuracy_ci": _boot(correct_v, f.bootstrap, 1),
-           "per_class": [{"class": bundle.source.class_names[k], "precision": float(p[k]), "recall": float(r[k]),
-                          "f1": float(f1[k]), "support": int(s[k])} for k in range(bundle.num_classes)],
-           "confusion": confusion_matrix(yt_, pt.argmax(1), labels=list(range(bundle.num_classes))).tolist(),
-           "ece": ece, "reliability": bins, "noise_std": f.noise_std,
-           "noisy_accuracy": float((noisy.argmax(1) == yt_).mean()), "predicted": pt.argmax(1).tolist()}
+    rec = {
+        "time": time.time(),
+        "model_sha256": model_sha,
+        "forced": force,
+        "n": int(len(yt_)),
+        "accuracy": float(correct_t.mean()),
+        "accuracy_ci": _boot(correct_t, f.bootstrap, 0),
+        "val_accuracy": float(correct_v.mean()),
+        "val_accuracy_ci": _boot(correct_v, f.bootstrap, 1),
+        "per_class": [
+            {
+                "class": bundle.source.class_names[k],
+                "precision": float(p[k]),
+                "recall": float(r[k]),
+                "f1": float(f1[k]),
+                "support": int(s[k]),
+            }
+            for k in range(bundle.num_classes)
+        ],
+        "confusion": confusion_matrix(yt_, pt.argmax(1), labels=list(range(bundle.num_classes))).tolist(),
+        "ece": ece,
+        "reliability": bins,
+        "noise_std": f.noise_std,
+        "noisy_accuracy": float((noisy.argmax(1) == yt_).mean()),
+        "predicted": pt.argmax(1).tolist(),
+    }
     rec["robustness_drop"] = rec["accuracy"] - rec["noisy_accuracy"]
     rec["reference_recall"] = reference_recall(bundle, xt.numpy(), yt_)
     metric = ctx.config.target.metric  # the target metric beside accuracy (the same numbers when it is accuracy)
-    rec.update(metric=metric, score=score(metric, yt_, pt), score_ci=metric_interval(metric, yt_, pt, f.bootstrap, 0),
-               val_score=score(metric, yv_, pv), val_score_ci=metric_interval(metric, yv_, pv, f.bootstrap, 1))
+    rec.update(
+        metric=metric,
+        score=score(metric, yt_, pt),
+        score_ci=metric_interval(metric, yt_, pt, f.bootstrap, 0),
+        val_score=score(metric, yv_, pv),
+        val_score_ci=metric_interval(metric, yv_, pv, f.bootstrap, 1),
+    )
     write_json_atomic(rec_path, rec)
     _test_figures(ctx, rec, bundle.source.class_names)
     _write_test_md(ctx, rec)
@@ -224,8 +291,15 @@ def _test_figures(ctx: FinalizationContext, rec: dict[str, Any], names: list[str
     if k <= 30:  # the counts themselves, dark on light cells and light on dark ones
         for i in range(k):
             for j in range(k):
-                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8 if k > 12 else 10,
-                        color="white" if cm[i, j] > 0.5 * cm.max() else "black")
+                ax.text(
+                    j,
+                    i,
+                    str(cm[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=8 if k > 12 else 10,
+                    color="white" if cm[i, j] > 0.5 * cm.max() else "black",
+                )
     ax.set_xticks(range(len(names)), names)
     ax.set_yticks(range(len(names)), names)
     ax.set_xlabel("predicted")
@@ -243,20 +317,41 @@ def _test_figures(ctx: FinalizationContext, rec: dict[str, Any], names: list[str
 
 def _write_test_md(ctx: FinalizationContext, rec: dict[str, Any]) -> None:
     lo, hi = rec["accuracy_ci"]
-    L = ["# Test results", "", f"Evaluated once on {rec['n']} quarantined test samples ({time_str(rec['time'])})"
-         + (" — **forced re-evaluation**" if rec["forced"] else "") + ".", "",
-         *([f"- test {LABELS[rec['metric']]} **{rec['score']:.4f}** (the target metric; 95% bootstrap CI "
-            f"[{rec['score_ci'][0]:.4f}, {rec['score_ci'][1]:.4f}]); val {rec['val_score']:.4f}"]
-           if rec.get("metric", "accuracy") != "accuracy" else []),
-         f"- test accuracy **{rec['accuracy']:.4f}** (95% bootstrap CI [{lo:.4f}, {hi:.4f}])",
-         f"- val accuracy {rec['val_accuracy']:.4f} (CI [{rec['val_accuracy_ci'][0]:.4f}, {rec['val_accuracy_ci'][1]:.4f}])",
-         f"- expected calibration error {rec['ece']:.4f} (15 bins)",
-         *([f"- small data: {refit['summary']}"] if (refit := getattr(ctx, "refit", None)) and not getattr(ctx, "reused", None)
-           else []),
-         f"- robustness: accuracy {rec['noisy_accuracy']:.4f} with Gaussian noise σ={rec['noise_std']} on normalized inputs "
-         f"(drop {rec['robustness_drop'] * 100:.2f} points)", "",
-         "| class | precision | recall | F1 | support |", "|---|---:|---:|---:|---:|"]
-    L += [f"| {c['class']} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | {c['support']} |" for c in rec["per_class"]]
+    L = [
+        "# Test results",
+        "",
+        f"Evaluated once on {rec['n']} quarantined test samples ({time_str(rec['time'])})"
+        + (" — **forced re-evaluation**" if rec["forced"] else "")
+        + ".",
+        "",
+        *(
+            [
+                f"- test {LABELS[rec['metric']]} **{rec['score']:.4f}** (the target metric; 95% bootstrap CI "
+                f"[{rec['score_ci'][0]:.4f}, {rec['score_ci'][1]:.4f}]); val {rec['val_score']:.4f}"
+            ]
+            if rec.get("metric", "accuracy") != "accuracy"
+            else []
+        ),
+        f"- test accuracy **{rec['accuracy']:.4f}** (95% bootstrap CI [{lo:.4f}, {hi:.4f}])",
+        f"- val accuracy {rec['val_accuracy']:.4f} (CI [{rec['val_accuracy_ci'][0]:.4f}, "
+        f"{rec['val_accuracy_ci'][1]:.4f}])",
+        f"- expected calibration error {rec['ece']:.4f} (15 bins)",
+        *(
+            [f"- small data: {refit['summary']}"]
+            if (refit := getattr(ctx, "refit", None)) and not getattr(ctx, "reused", None)
+            else []
+        ),
+        f"- robustness: accuracy {rec['noisy_accuracy']:.4f} with Gaussian noise σ={rec['noise_std']} on normalized "
+        "inputs "
+        f"(drop {rec['robustness_drop'] * 100:.2f} points)",
+        "",
+        "| class | precision | recall | F1 | support |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    L += [
+        f"| {c['class']} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | {c['support']} |"
+        for c in rec["per_class"]
+    ]
     L += recall_table(rec) + ["", "![confusion matrix](confusion.png)", "", "![reliability diagram](reliability.png)"]
     write_text_atomic(ctx.path("test_results.md"), "\n".join(L) + "\n")
 
@@ -268,8 +363,14 @@ def export_models(ctx: FinalizationContext) -> dict[str, Any]:
     bundle = _bundle(ctx)
     model = _load_final(ctx, bundle)
     if bundle.regression:  # exported in the label's units; parity to parity_atol × the label's std
-        model, atol = LabelUnits(model, bundle.label_scale).eval(), ctx.config.final.parity_atol * max(1.0, bundle.label_scale["std"])
-    out: dict[str, Any] = {"input_shape": list(bundle.input_shape), "parity_atol": atol if bundle.regression else ctx.config.final.parity_atol}
+        model, atol = (
+            LabelUnits(model, bundle.label_scale).eval(),
+            ctx.config.final.parity_atol * max(1.0, bundle.label_scale["std"]),
+        )
+    out: dict[str, Any] = {
+        "input_shape": list(bundle.input_shape),
+        "parity_atol": atol if bundle.regression else ctx.config.final.parity_atol,
+    }
     for name, fn in (("onnx", export_onnx), ("torchscript", export_torchscript)):
         try:
             fn(model, bundle.input_shape, ctx.path("model.onnx" if name == "onnx" else "model.ts"))
@@ -283,17 +384,24 @@ def export_models(ctx: FinalizationContext) -> dict[str, Any]:
     if out["onnx_exported"] and out["torchscript_exported"]:
         out["parity"] = check_parity(ctx.dir, x.numpy(), ref, atol=out["parity_atol"])
         out["latency"] = measure_latency(model, ctx.path("model.onnx"), ctx.path("model.ts"), bundle.input_shape)
-        out["onnx_sha256"], out["torchscript_sha256"] = sha256_file(ctx.path("model.onnx")), sha256_file(ctx.path("model.ts"))
-        rows = "".join(f"<tr><td>{r['runtime']}</td><td>{r['batch']}</td><td>{r['p50_ms']:.3f}</td><td>{r['p95_ms']:.3f}</td></tr>"
-                       for r in out["latency"])
-        show_html(f"<p>Parity (max abs diff): ONNX {out['parity']['onnx'].get('max_abs_diff')}, TorchScript "
-                  f"{out['parity']['torchscript'].get('max_abs_diff')}</p><table><tr><th>runtime</th><th>batch</th>"
-                  f"<th>p50 ms</th><th>p95 ms</th></tr>{rows}</table>")
+        out["onnx_sha256"], out["torchscript_sha256"] = (
+            sha256_file(ctx.path("model.onnx")),
+            sha256_file(ctx.path("model.ts")),
+        )
+        rows = "".join(
+            f"<tr><td>{r['runtime']}</td><td>{r['batch']}</td><td>{r['p50_ms']:.3f}</td><td>{r['p95_ms']:.3f}</td></tr>"
+            for r in out["latency"]
+        )
+        show_html(
+            f"<p>Parity (max abs diff): ONNX {out['parity']['onnx'].get('max_abs_diff')}, TorchScript "
+            f"{out['parity']['torchscript'].get('max_abs_diff')}</p><table><tr><th>runtime</th><th>batch</th>"
+            f"<th>p50 ms</th><th>p95 ms</th></tr>{rows}</table>"
+        )
     write_json_atomic(ctx.path("export.json"), out)
     return out
 
 
-_GUIDE = '''# Deployment guide
+_GUIDE = """# Deployment guide
 
 The model classifies inputs of shape `{shape}` (float32, batch first) into {k} classes:
 `{names}`. Inputs must be normalized with the training statistics: `x = (raw - mean) / std` with
@@ -336,7 +444,7 @@ print("torchscript predictions:", logits.argmax(1).tolist())
 
 Both artifacts accept any batch size (the ONNX batch axis is dynamic); the latency table in
 `export.json` gives p50/p95 at batch 1 and 64.
-'''
+"""
 
 
 def _snippets(text: str) -> list[str]:
@@ -361,9 +469,22 @@ def write_docs(ctx: FinalizationContext, test: dict[str, Any], exp: dict[str, An
     bshape = (1, -1, 1, 1) if per_channel else (1, -1) if len(shape) == 1 else (1,) * (len(shape) + 1)
     if not per_channel and len(mean) == 1:
         bshape = tuple([1] * (len(shape) + 1))
-    guide = number_guide(splits, exp) if splits.get("task") == "regression" else _GUIDE.format(shape=tuple(shape), k=len(splits["class_names"]), names=splits["class_names"], mean=mean, std=std,
-                          how="per channel" if per_channel else "one scalar over all features", onnx_sha=exp.get("onnx_sha256"),
-                          ts_sha=exp.get("torchscript_sha256"), shape_csv=", ".join(str(s) for s in shape), bshape=bshape)
+    guide = (
+        number_guide(splits, exp)
+        if splits.get("task") == "regression"
+        else _GUIDE.format(
+            shape=tuple(shape),
+            k=len(splits["class_names"]),
+            names=splits["class_names"],
+            mean=mean,
+            std=std,
+            how="per channel" if per_channel else "one scalar over all features",
+            onnx_sha=exp.get("onnx_sha256"),
+            ts_sha=exp.get("torchscript_sha256"),
+            shape_csv=", ".join(str(s) for s in shape),
+            bshape=bshape,
+        )
+    )
     bundle = _bundle(ctx)
     if bundle.source.table is not None:  # a table: the guide predicts from raw rows too
         from trainkit.phases.raw_rows import raw_rows_section
@@ -376,41 +497,50 @@ def write_docs(ctx: FinalizationContext, test: dict[str, Any], exp: dict[str, An
     if bundle.regression:
         write_text_atomic(ctx.path("model_card.md"), number_card(ctx, splits, test, env))
         return {"snippets": snippets}
-    pcs = "\n".join(f"| {c['class']} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | {c['support']} |"
-                    for c in test["per_class"])
+    pcs = "\n".join(
+        f"| {c['class']} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | {c['support']} |"
+        for c in test["per_class"]
+    )
     worst = min(test["per_class"], key=lambda c: c["recall"])
-    metric_line = "" if test.get("metric", "accuracy") == "accuracy" else (
-        f"{LABELS[test['metric']]} (the target metric) {test['score']:.4f} (95% CI [{test['score_ci'][0]:.4f}, "
-        f"{test['score_ci'][1]:.4f}]); val {test['val_score']:.4f}.\n")
+    metric_line = (
+        ""
+        if test.get("metric", "accuracy") == "accuracy"
+        else (
+            f"{LABELS[test['metric']]} (the target metric) {test['score']:.4f} (95% CI [{test['score_ci'][0]:.4f}, "
+            f"{test['score_ci'][1]:.4f}]); val {test['val_score']:.4f}.\n"
+        )
+    )
     card = f"""# Model card
 
 ## Intended use
-Classifying inputs like the training data ({splits['source']}; shape {tuple(shape)}) into the classes
-{splits['class_names']}. Out of scope: inputs from another distribution (other sensors, resolutions, preprocessing),
+Classifying inputs like the training data ({splits["source"]}; shape {tuple(shape)}) into the classes
+{splits["class_names"]}. Out of scope: inputs from another distribution (other sensors, resolutions, preprocessing),
 classes not listed, and any decision where an error is costly without a person reviewing it.
 
 ## Model
-`{ctx.config.model.name}` {ctx.config.model.kwargs}; optimizer {ctx.config.optimizer.name} lr {ctx.config.optimizer.lr:g};
-{ctx.config.training.epochs} epochs max (patience {ctx.config.training.patience}); config hash `{config_hash(ctx.config)[:16]}`.
+`{ctx.config.model.name}` {ctx.config.model.kwargs}; optimizer {ctx.config.optimizer.name}
+lr {ctx.config.optimizer.lr:g}; {ctx.config.training.epochs} epochs max (patience {ctx.config.training.patience});
+config hash `{config_hash(ctx.config)[:16]}`.
 
 ## Data
-Splits (stratified, seed {splits['seed']}): {splits['sizes']}; fingerprints in `01_planning/splits.json`.
+Splits (stratified, seed {splits["seed"]}): {splits["sizes"]}; fingerprints in `01_planning/splits.json`.
 The test split was quarantined until this phase and evaluated once.
 
 ## Metrics (test)
-{metric_line}Accuracy {test['accuracy']:.4f} (95% CI [{test['accuracy_ci'][0]:.4f}, {test['accuracy_ci'][1]:.4f}]); val {test['val_accuracy']:.4f};
-ECE {test['ece']:.4f}; accuracy under noise σ={test['noise_std']}: {test['noisy_accuracy']:.4f}.
+{metric_line}Accuracy {test["accuracy"]:.4f} (95% CI [{test["accuracy_ci"][0]:.4f}, {test["accuracy_ci"][1]:.4f}]);
+val {test["val_accuracy"]:.4f}; ECE {test["ece"]:.4f};
+accuracy under noise σ={test["noise_std"]}: {test["noisy_accuracy"]:.4f}.
 
 | class | precision | recall | F1 | support |
 |---|---:|---:|---:|---:|
 {pcs}
 
 ## Limitations
-Weakest class: {worst['class']} (recall {worst['recall']:.3f}). The test set has {test['n']} samples: the interval above is
-the honest uncertainty. Robustness was smoke-tested with Gaussian noise only.
+Weakest class: {worst["class"]} (recall {worst["recall"]:.3f}). The test set has {test["n"]} samples: the interval
+above is the honest uncertainty. Robustness was smoke-tested with Gaussian noise only.
 
 ## Environment
-Python {env.get('python')}, torch {env.get('packages', {}).get('torch')}, platform {env.get('platform')}; see
+Python {env.get("python")}, torch {env.get("packages", {}).get("torch")}, platform {env.get("platform")}; see
 `01_planning/environment.json`.
 """
     write_text_atomic(ctx.path("model_card.md"), card)
@@ -431,8 +561,12 @@ def reproduce(ctx: FinalizationContext, epochs: int = REPRO_EPOCHS) -> dict[str,
     fit(ctx.config, _bundle(ctx), None, progress=False, on_epoch=stop)
     keys = ("train_loss", "val_loss", "train_accuracy", "val_accuracy")
     same = len(seen) == len(logged) > 0 and all(a[k] == b[k] for a, b in zip(logged, seen) for k in keys)
-    out = {"epochs": len(seen), "identical": bool(same), "logged": [{k: r[k] for k in keys} for r in logged],
-           "rerun": [{k: r[k] for k in keys} for r in seen]}
+    out = {
+        "epochs": len(seen),
+        "identical": bool(same),
+        "logged": [{k: r[k] for k in keys} for r in logged],
+        "rerun": [{k: r[k] for k in keys} for r in seen],
+    }
     write_json_atomic(ctx.path("reproduce.json"), out)
     return out
 
@@ -444,12 +578,19 @@ def decide(ctx: FinalizationContext, record: dict[str, Any]) -> dict[str, Any]:
     from trainkit.gates import gate_state
 
     state = gate_state(record)
-    missing = [f"{c['id']} ({c['status']}): {c['evidence']}" for c in record["checks"]
-               if c["mandatory"] and c["status"] not in ("pass", "na", "waived", "warn")]
-    how = (f"sign off with `trainkit signoff {ctx.run_dir} --phase 5 --by NAME --check stakeholder_approval` "
-           f"then `trainkit run --resume --name {ctx.run_dir.name}`")
+    missing = [
+        f"{c['id']} ({c['status']}): {c['evidence']}"
+        for c in record["checks"]
+        if c["mandatory"] and c["status"] not in ("pass", "na", "waived", "warn")
+    ]
+    how = (
+        f"sign off with `trainkit signoff {ctx.run_dir} --phase 5 --by NAME --check stakeholder_approval` "
+        f"then `trainkit run --resume --name {ctx.run_dir.name}`"
+    )
     option, nxt, reason = after_finalization(gate=state, missing=missing, how=how)
-    return write_decision(ctx, option, nxt, reason, {"gate": state} if nxt == "deploy" else {"gate": state, "missing": missing})
+    return write_decision(
+        ctx, option, nxt, reason, {"gate": state} if nxt == "deploy" else {"gate": state, "missing": missing}
+    )
 
 
 def _earlier_gates(ctx: FinalizationContext) -> tuple[str, str]:
@@ -489,8 +630,14 @@ def _disjoint(bundle: Any, overlap: int) -> tuple[str, str]:
             return "fail", f"test rows share IDs with train/val rows: {ids} (the same entity in both)"
         if overlap:
             n = {k: len(v) for k, v in bundle.splits.items()}
-            ok, why = shared_records_verdict(table.frame, list(table.kinds), overlap, n["test"], n["train"] + n["val"],
-                                             bool(bundle.source.duplicates_by_chance))
+            ok, why = shared_records_verdict(
+                table.frame,
+                list(table.kinds),
+                overlap,
+                n["test"],
+                n["train"] + n["val"],
+                bool(bundle.source.duplicates_by_chance),
+            )
             return ("warn" if ok else "fail"), f"train/val and test: {why}"
     if overlap == 0:
         return "pass", "no train/val sample has a test sample's content"
@@ -503,60 +650,106 @@ def _quarantine_checks(ctx: FinalizationContext, bundle: Any) -> dict[str, tuple
     log = read_jsonl(ctx.run_dir / TEST_ACCESS_LOG) if (ctx.run_dir / TEST_ACCESS_LOG).is_file() else []
     early = [r for r in log if r.get("phase") != PHASE and r.get("allowed")]
     refused = [r for r in log if r.get("phase") != PHASE and not r.get("allowed")]
-    res["test_never_read_before"] = ("fail", f"{len(early)} test read(s) before Phase 5: {early[:3]}") if early else \
-        ("pass", f"test_access.jsonl: no read before Phase 5 ({len(refused)} attempt(s) refused by the quarantine)")
+    res["test_never_read_before"] = (
+        ("fail", f"{len(early)} test read(s) before Phase 5: {early[:3]}")
+        if early
+        else (
+            "pass",
+            f"test_access.jsonl: no read before Phase 5 ({len(refused)} attempt(s) refused by the quarantine)",
+        )
+    )
     keys = bundle.source.sample_keys
     test_keys = {keys[i] for i in bundle.splits["test"]}
     overlap = sum(keys[i] in test_keys for s in ("train", "val") for i in bundle.splits[s])
     res["test_disjoint"] = _disjoint(bundle, overlap)
     final_reads = [r for r in log if r.get("phase") == PHASE and r.get("allowed")]
     forced = [r for r in final_reads if "forced" in str(r.get("reason"))]
-    res["test_evaluated_once"] = ("pass", "one test evaluation, on the final model") if len(final_reads) == 1 and not forced \
+    res["test_evaluated_once"] = (
+        ("pass", "one test evaluation, on the final model")
+        if len(final_reads) == 1 and not forced
         else ("fail", f"{len(final_reads)} test reads in Phase 5 ({len(forced)} forced)")
+    )
     return res
 
 
-def _results(ctx: FinalizationContext, train: dict[str, Any], test: dict[str, Any], exp: dict[str, Any],
-             repro: dict[str, Any]) -> dict[str, tuple[str, Any]]:
+def _results(
+    ctx: FinalizationContext, train: dict[str, Any], test: dict[str, Any], exp: dict[str, Any], repro: dict[str, Any]
+) -> dict[str, tuple[str, Any]]:
     from trainkit.checkpoints import load_checkpoint, verify_checkpoint
 
     f, bundle = ctx.config.final, _bundle(ctx)
     res = _quarantine_checks(ctx, bundle)
     res.update(metric_checks(ctx.config, test))
-    res["final_training_finite"] = ("pass", f"{train['status']} after {len(train['history'])} epochs") if \
-        train["status"] in ("completed", "early_stopped", "time_budget") and not train.get("nonfinite") else ("fail", f"status {train['status']}")
+    res["final_training_finite"] = (
+        ("pass", f"{train['status']} after {len(train['history'])} epochs")
+        if train["status"] in ("completed", "early_stopped", "time_budget") and not train.get("nonfinite")
+        else ("fail", f"status {train['status']}")
+    )
     try:
         verify_checkpoint(ctx.path("checkpoints/best.pt"))
         state = load_checkpoint(ctx.path("checkpoints/best.pt"))
-        finite = all(torch.isfinite(v).all() for v in state["model"].values() if torch.is_tensor(v) and v.is_floating_point())
+        finite = all(
+            torch.isfinite(v).all() for v in state["model"].values() if torch.is_tensor(v) and v.is_floating_point()
+        )
         res["weights_finite"] = ("pass", "every weight finite") if finite else ("fail", "non-finite weights in best.pt")
-        res["checkpoint_verified"] = ("pass", f"weights_only load, sha256 {sha256_file(ctx.path('checkpoints/best.pt'))[:12]}… matches")
+        res["checkpoint_verified"] = (
+            "pass",
+            f"weights_only load, sha256 {sha256_file(ctx.path('checkpoints/best.pt'))[:12]}… matches",
+        )
     except CheckpointError as exc:
         res["weights_finite"] = ("fail", f"cannot read weights: {exc}")
         res["checkpoint_verified"] = ("fail", str(exc)[:300])
     frozen = read_json(ctx.path("final_config.sha256.json"))
-    same = sha256_file(ctx.path("final_config.yaml")) == frozen["file_sha256"] and \
-        config_hash(load_config(ctx.path("final_config.yaml"))) == frozen["config_hash"]
-    res["config_frozen"] = ("pass", f"final_config.yaml hash {frozen['config_hash'][:12]}…") if same else \
-        ("fail", "final_config.yaml changed after it was frozen")
-    res["reproducible"] = ("pass", f"first {repro['epochs']} epochs re-run: identical metrics") if repro["identical"] else \
-        ("fail", f"re-run differs: {repro['logged']} vs {repro['rerun']}")
-    res["environment_recorded"] = ("pass", "01_planning/environment.json") if (ctx.run_dir / Phase.PLANNING.value / "environment.json").is_file() \
+    same = (
+        sha256_file(ctx.path("final_config.yaml")) == frozen["file_sha256"]
+        and config_hash(load_config(ctx.path("final_config.yaml"))) == frozen["config_hash"]
+    )
+    res["config_frozen"] = (
+        ("pass", f"final_config.yaml hash {frozen['config_hash'][:12]}…")
+        if same
+        else ("fail", "final_config.yaml changed after it was frozen")
+    )
+    res["reproducible"] = (
+        ("pass", f"first {repro['epochs']} epochs re-run: identical metrics")
+        if repro["identical"]
+        else ("fail", f"re-run differs: {repro['logged']} vs {repro['rerun']}")
+    )
+    res["environment_recorded"] = (
+        ("pass", "01_planning/environment.json")
+        if (ctx.run_dir / Phase.PLANNING.value / "environment.json").is_file()
         else ("fail", "environment.json missing")
+    )
     res["earlier_gates_valid"] = _earlier_gates(ctx)
     from trainkit.predict import raw_rows_parity
 
     res["raw_rows_predict"] = raw_rows_parity(ctx.run_dir, bundle, test.get("predicted"))
     par = exp.get("parity", {})
     on, ts = par.get("onnx", {}), par.get("torchscript", {})
-    res["onnx_valid"] = ("pass", "model.onnx passes onnx.checker (full check)") if exp.get("onnx_exported") else \
-        ("fail", exp.get("onnx_error", "not exported"))
+    res["onnx_valid"] = (
+        ("pass", "model.onnx passes onnx.checker (full check)")
+        if exp.get("onnx_exported")
+        else ("fail", exp.get("onnx_error", "not exported"))
+    )
     atol = exp.get("parity_atol", f.parity_atol)
-    res["onnx_parity"] = ("pass" if on.get("ok") else "fail", f"max abs diff {on.get('max_abs_diff', on.get('error'))} (≤ {atol:g})")
-    res["torchscript_exported"] = ("pass", "model.ts") if exp.get("torchscript_exported") else ("fail", exp.get("torchscript_error", "not exported"))
-    res["torchscript_parity"] = ("pass" if ts.get("ok") else "fail", f"max abs diff {ts.get('max_abs_diff', ts.get('error'))} (≤ {atol:g})")
-    flex = all(o.get("batch_1", [0])[0] == 1 and o.get("batch_n", [0])[0] == par.get("n") for o in (on, ts)) and bool(par)
-    res["batch_flexible"] = ("pass", f"batch 1 and {par.get('n')} accepted by both") if flex else ("fail", "a batch size was refused")
+    res["onnx_parity"] = (
+        "pass" if on.get("ok") else "fail",
+        f"max abs diff {on.get('max_abs_diff', on.get('error'))} (≤ {atol:g})",
+    )
+    res["torchscript_exported"] = (
+        ("pass", "model.ts")
+        if exp.get("torchscript_exported")
+        else ("fail", exp.get("torchscript_error", "not exported"))
+    )
+    res["torchscript_parity"] = (
+        "pass" if ts.get("ok") else "fail",
+        f"max abs diff {ts.get('max_abs_diff', ts.get('error'))} (≤ {atol:g})",
+    )
+    flex = all(o.get("batch_1", [0])[0] == 1 and o.get("batch_n", [0])[0] == par.get("n") for o in (on, ts)) and bool(
+        par
+    )
+    res["batch_flexible"] = (
+        ("pass", f"batch 1 and {par.get('n')} accepted by both") if flex else ("fail", "a batch size was refused")
+    )
     lat = exp.get("latency") or []
     p95 = next((r["p95_ms"] for r in lat if r["runtime"] == "onnxruntime" and r["batch"] == 1), None)
     if p95 is None:
@@ -564,28 +757,69 @@ def _results(ctx: FinalizationContext, train: dict[str, Any], test: dict[str, An
     elif f.latency_budget_ms is not None and p95 > f.latency_budget_ms:
         res["latency_measured"] = ("fail", f"ONNX p95 at batch 1 {p95:.3f} ms > budget {f.latency_budget_ms} ms")
     else:
-        res["latency_measured"] = ("pass", f"ONNX p95 at batch 1 {p95:.3f} ms" + (f" ≤ budget {f.latency_budget_ms} ms" if f.latency_budget_ms else " (no budget set)"))
+        res["latency_measured"] = (
+            "pass",
+            f"ONNX p95 at batch 1 {p95:.3f} ms"
+            + (f" ≤ budget {f.latency_budget_ms} ms" if f.latency_budget_ms else " (no budget set)"),
+        )
     snips = read_json(ctx.path("snippets.json")) if ctx.path("snippets.json").is_file() else []
     ok = ctx.path("deployment_guide.md").is_file() and snips and all(s["ok"] for s in snips)
-    res["deployment_guide"] = ("pass", f"deployment_guide.md; {len(snips)} snippets ran") if ok else \
-        ("fail", "deployment guide missing or a snippet failed: " + "; ".join(s["stderr"][-200:] for s in snips if not s["ok"]))
-    res["model_card"] = ("pass", "model_card.md") if ctx.path("model_card.md").is_file() else ("fail", "model_card.md missing")
+    res["deployment_guide"] = (
+        ("pass", f"deployment_guide.md; {len(snips)} snippets ran")
+        if ok
+        else (
+            "fail",
+            "deployment guide missing or a snippet failed: "
+            + "; ".join(s["stderr"][-200:] for s in snips if not s["ok"]),
+        )
+    )
+    res["model_card"] = (
+        ("pass", "model_card.md") if ctx.path("model_card.md").is_file() else ("fail", "model_card.md missing")
+    )
     return res
 
 
-ARTIFACTS = ("final_config.yaml", "checkpoints/best.pt", METRICS, "test_evaluation.json", "test_results.md",
-             "model.onnx", "model.ts", "export.json", "deployment_guide.md", "model_card.md", "snippets.json", "reproduce.json")
+ARTIFACTS = (
+    "final_config.yaml",
+    "checkpoints/best.pt",
+    METRICS,
+    "test_evaluation.json",
+    "test_results.md",
+    "model.onnx",
+    "model.ts",
+    "export.json",
+    "deployment_guide.md",
+    "model_card.md",
+    "snippets.json",
+    "reproduce.json",
+)
 
 
-def gate(ctx: FinalizationContext, train: dict[str, Any], test: dict[str, Any], exp: dict[str, Any], repro: dict[str, Any],
-         approvals: Any = None, waivers: dict[str, str] | None = None) -> dict[str, Any]:
+def gate(
+    ctx: FinalizationContext,
+    train: dict[str, Any],
+    test: dict[str, Any],
+    exp: dict[str, Any],
+    repro: dict[str, Any],
+    approvals: Any = None,
+    waivers: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """production_ready: 25 mandatory checks (24 automatic, the stakeholder's approval manual).
     Never signed automatically; a block is recorded and returned (the decision says what is missing)."""
     arts = [ctx.rel(n) for n in ARTIFACTS if ctx.path(n).is_file()]
     if (ctx.run_dir / TEST_ACCESS_LOG).is_file():  # a test read after sign-off invalidates the gate
         arts.append(TEST_ACCESS_LOG)
-    return finish_gate(ctx, "production_ready", _results(ctx, train, test, exp, repro), arts, approvals, False, waivers,
-                       None, raise_on_block=False)
+    return finish_gate(
+        ctx,
+        "production_ready",
+        _results(ctx, train, test, exp, repro),
+        arts,
+        approvals,
+        False,
+        waivers,
+        None,
+        raise_on_block=False,
+    )
 
 
 assert PHASE == PHASES[-1]

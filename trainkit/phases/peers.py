@@ -32,8 +32,11 @@ def reference_recall(bundle: Any, xt: np.ndarray, yt: np.ndarray, seed: int = 0)
     out: dict[str, Any] = {}
     for name, probs, seconds in reference_predictions(x, y, xt, bundle.num_classes, True, seed):
         pred = probs.argmax(1)
-        out[name] = {"accuracy": float((pred == yt).mean()), "seconds": seconds,
-                     "recall": class_recall(yt, pred, bundle.num_classes)}
+        out[name] = {
+            "accuracy": float((pred == yt).mean()),
+            "seconds": seconds,
+            "recall": class_recall(yt, pred, bundle.num_classes),
+        }
     return out
 
 
@@ -47,10 +50,15 @@ def floor_evidence(rec: dict[str, Any], low: list[dict[str, Any]]) -> str:
     for c in low:
         k = names.index(c["class"])
         best = max((p["recall"][k] or 0.0, n) for n, p in peers.items())
-        parts.append(f"{c['class']}: network {c['recall']:.3f}, best reference {best[0]:.3f} ({NAMES.get(best[1], best[1])})")
+        parts.append(
+            f"{c['class']}: network {c['recall']:.3f}, best reference {best[0]:.3f} ({NAMES.get(best[1], best[1])})"
+        )
     beaten = any(max(p["recall"][names.index(c["class"])] or 0.0 for p in peers.values()) > c["recall"] for c in low)
-    return ("; per-class test recall beside the references fitted on the same rows: " + "; ".join(parts)
-            + ("" if beaten else " (no reference does better on these classes)"))
+    return (
+        "; per-class test recall beside the references fitted on the same rows: "
+        + "; ".join(parts)
+        + ("" if beaten else " (no reference does better on these classes)")
+    )
 
 
 def recall_table(rec: dict[str, Any]) -> list[str]:
@@ -59,8 +67,13 @@ def recall_table(rec: dict[str, Any]) -> list[str]:
     if not peers:
         return []
     head = " | ".join(NAMES.get(n, n) for n in peers)
-    rows = ["", "Per-class test recall beside the reference models (fitted on the same train+val rows):", "",
-            f"| class | network | {head} |", "|---|---:|" + "---:|" * len(peers)]
+    rows = [
+        "",
+        "Per-class test recall beside the reference models (fitted on the same train+val rows):",
+        "",
+        f"| class | network | {head} |",
+        "|---|---:|" + "---:|" * len(peers),
+    ]
     for k, c in enumerate(rec["per_class"]):
         vals = " | ".join("—" if p["recall"][k] is None else f"{p['recall'][k]:.3f}" for p in peers.values())
         rows.append(f"| {c['class']} | {c['recall']:.3f} | {vals} |")

@@ -17,7 +17,7 @@ __all__ = ["raw_rows_section", "SAMPLE_ROWS"]
 
 SAMPLE_ROWS = "sample_rows.csv"
 
-_SECTION = '''
+_SECTION = """
 ## From raw rows (ONNX Runtime, numpy and preprocess.json; no trainkit)
 
 `preprocess.json` (a copy of `01_planning/preprocess.json`) holds what the train split taught each
@@ -65,7 +65,8 @@ def date_parts(text):
     day = t.astype("datetime64[D]")
     return {{"year": float(day.astype("datetime64[Y]").astype(int) + 1970),
             "month": float(day.astype("datetime64[M]").astype(int) % 12 + 1),
-            "dayofweek": float((day.astype(int) + 3) % 7), "hour": float((t - day).astype("timedelta64[h]").astype(int))}}
+            "dayofweek": float((day.astype(int) + 3) % 7),
+            "hour": float((t - day).astype("timedelta64[h]").astype(int))}}
 
 
 def category(c, text):
@@ -104,7 +105,7 @@ x = ((np.array([encode(r) for r in rows]) - mean) / std).astype(np.float32)
 sess = ort.InferenceSession("model.onnx", providers=["CPUExecutionProvider"])
 {tail}
 ```
-'''
+"""
 
 _CLASSES = '''logits = sess.run(None, {{"input": x}})[0]
 probs = np.exp(logits - logits.max(1, keepdims=True))
@@ -135,8 +136,11 @@ def raw_rows_section(folder: Path, run_planning: Path, bundle: Any, model: torch
 
         with torch.no_grad():
             values = LabelUnits(model, bundle.label_scale).eval()((x - bundle.mean) / bundle.std).double().numpy()[:, 0]
-        tail = _NUMBERS.format(label=table.label, expected=[float(f"{v:.7g}") for v in values],
-                               atol=f"{1e-4 * max(1.0, bundle.label_scale['std']):.3g}")
+        tail = _NUMBERS.format(
+            label=table.label,
+            expected=[float(f"{v:.7g}") for v in values],
+            atol=f"{1e-4 * max(1.0, bundle.label_scale['std']):.3g}",
+        )
     else:
         with torch.no_grad():
             probs = torch.softmax(model.eval()((x - bundle.mean) / bundle.std).float(), 1).numpy()
