@@ -14,7 +14,8 @@ from trainkit.config import with_overrides
 from trainkit.data import load_data
 from trainkit.run import init_run, record_phase
 from trainkit.testing import tiny_config
-from trainkit.train import _guard, fit
+from trainkit.optim import _guard
+from trainkit.train import fit
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +86,8 @@ def test_the_run_clock_counts_each_phase_once_and_the_pipelines_own_work_between
     once (not on top of the phase's own), and its work between phases is on the clock too."""
     import papermill  # noqa: F401  (imported before the clock starts: execute_phase imports it)
 
-    import trainkit.pipeline as pipeline
+    import trainkit.executor as executor
+    from trainkit.budget import _count_gap
     from trainkit.run import load_manifest
 
     run = tmp_path / "r"
@@ -95,19 +97,19 @@ def test_the_run_clock_counts_each_phase_once_and_the_pipelines_own_work_between
         record_phase(run_dir, phase, attempt, status="completed", ended=time.time(), cost={"wall_s": 0.3})
         time.sleep(0.3)
 
-    monkeypatch.setattr(pipeline, "_execute", kernel)
+    monkeypatch.setattr(executor, "_execute", kernel)
     origin = time.time()
-    pipeline.execute_phase("01_planning", run, {}, 1, clock_start=origin)
+    executor.execute_phase("01_planning", run, {}, 1, clock_start=origin)
     first = load_manifest(run)["active_s"]
     assert 0.3 <= first < 0.6  # once, not 0.3 of the phase's cost plus 0.3 of the pipeline's wall
     time.sleep(0.4)  # the pipeline's own work (decisions, reports) before the next phase
-    pipeline._count_gap(run, time.time() - origin)
-    pipeline.execute_phase("02_baseline", run, {}, 1, clock_start=origin)
+    _count_gap(run, time.time() - origin)
+    executor.execute_phase("02_baseline", run, {}, 1, clock_start=origin)
     m = load_manifest(run)
     assert 1.0 <= m["active_s"] < 1.5 and 0.4 <= m["pipeline_gap_s"] < 0.7
     assert m["phases"][-1]["active_end_s"] == m["active_s"]
     # a notebook run by hand then resumed: the clock goes on from run.json's active seconds
-    pipeline.execute_phase("03_diagnostics", run, {}, 1)
+    executor.execute_phase("03_diagnostics", run, {}, 1)
     assert 1.3 <= load_manifest(run)["active_s"] < 1.9
     clock = PhaseClock(run, "05_finalization", 1.0)
     assert clock.overhead_s >= m["pipeline_gap_s"]  # the work after Phase 5 is in its tail reserve
@@ -199,7 +201,7 @@ def test_a_tiny_budget_ends_the_run_inside_it_through_phase_5_with_the_best_mode
 
 @pytest.mark.slow
 def test_phase4_prunes_a_seed_that_cannot_beat_the_best_so_far(digits):
-    from trainkit.phases.optimization import _pruner
+    from trainkit.phases.opt_seeds import _pruner
 
     cfg, bundle = digits
     cfg = with_overrides(cfg, {"training.epochs": 6})

@@ -203,7 +203,7 @@ def test_label_noise_and_subset(run_dir):
 
 
 def test_phase3_sample_of_streamed_data_is_bounded_random_and_maps_back(tmp_path):
-    from trainkit.diagnostics import _in_memory_view
+    from trainkit.diagnostics.probe_runner import _in_memory_view
 
     root = make_image_folder(tmp_path / "imgs", classes=3, per_class=40, size=8)
     b = load_data(tiny_config({"data.source": "image_folder", "data.root": str(root)}))

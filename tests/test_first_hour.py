@@ -312,7 +312,7 @@ def test_a_phase_run_by_hand_that_raises_is_marked_failed_not_running(tmp_path):
 
 
 def test_the_findings_table_marks_with_text_not_emoji(monkeypatch, tmp_path):
-    from trainkit.phases import diagnostics as D
+    from trainkit.phases import diag_report as D
     from trainkit.phases.common import PhaseContext
 
     shown = []

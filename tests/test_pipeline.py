@@ -353,7 +353,7 @@ def _recheck_disjoint(run):
 
 @pytest.mark.slow
 def test_deployment_guide_snippets_run_as_written(fast_run, tmp_path):
-    from trainkit.phases.finalization import run_snippets
+    from trainkit.phases.final_docs import run_snippets
 
     d = tmp_path / "copy"
     shutil.copytree(fast_run / "05_finalization", d)

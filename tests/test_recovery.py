@@ -15,7 +15,7 @@ from trainkit.budget import CLOCK_ENV, PhaseClock
 from trainkit.config import config_to_dict, with_overrides
 from trainkit.data import load_data
 from trainkit.diagnostics import detect_all, plan_recommendations
-from trainkit.diagnostics.probes import _lr_curve_problem
+from trainkit.diagnostics.lr_range import _lr_curve_problem
 from trainkit.diagnostics.recovery import STANDARD_LR, candidate_fixes, trial_fit
 from trainkit.run import init_run, record_phase
 from trainkit.testing import tiny_config

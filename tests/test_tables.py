@@ -786,7 +786,7 @@ def test_one_chance_duplicate_is_reported_and_a_copied_table_still_blocks():
 
 def test_the_production_gate_reports_a_chance_duplicate_instead_of_blocking(tmp_path):
     from trainkit.data import Quarantine
-    from trainkit.phases.finalization import _disjoint
+    from trainkit.phases.final_checks import _disjoint
 
     rng = np.random.default_rng(3)
     n = 1500

@@ -28,7 +28,15 @@ from typing import Any
 
 from trainkit._io import write_json_atomic
 from trainkit.plan import SHARES
-from trainkit.run import BUDGET, Phase, RUN_JSON
+from trainkit.run import (
+    BUDGET,
+    BUDGET_OVERRIDE,
+    RUN_JSON,
+    Phase,
+    RunFolder,
+    load_manifest,
+    save_manifest,
+)
 
 __all__ = ["PhaseClock", "CUMULATIVE", "CLOCK_ENV", "active_seconds", "process_start"]
 
@@ -240,3 +248,85 @@ class PhaseClock:
             return f"<p>{html.escape(head)} Nothing was cut.</p>"
         items = "".join(f"<li>{html.escape(c['what'])}: {html.escape(c['why'])}</li>" for c in self.cuts)
         return f"<p>{html.escape(head)} <b>Cut to stay inside the budget:</b></p><ul>{items}</ul>"
+
+
+def _count_active(run_dir: Path, phase: str, attempt: int, wall: float, active: float) -> None:
+    """Record a phase's pipeline wall time (kernel start and report export included) and the run's
+    active seconds at its end (the clock its time budget runs on)."""
+    manifest = load_manifest(run_dir)
+    manifest["active_s"] = round(active, 3)
+    for e in manifest["phases"]:
+        if e["phase"] == phase and e["attempt"] == attempt:
+            e["pipeline_wall_s"] = round(e.get("pipeline_wall_s", 0.0) + wall, 3)
+            e["active_end_s"] = round(active, 3)
+    save_manifest(run_dir, manifest)
+
+
+def _count_gap(run_dir: Path, active: float, between: bool = True) -> None:
+    """The pipeline's own seconds since the last phase ended (decisions, reports, tracking), or
+    since the invocation started: the run's active seconds move to ``active``. A gap ``between``
+    two phases (or after the last) is work that also follows Phase 5, so the largest is kept
+    (``run.json["pipeline_gap_s"]``) for Phase 5's tail reserve; an invocation's start is not."""
+    from trainkit.budget import active_seconds
+
+    manifest = load_manifest(run_dir)
+    gap = active - active_seconds(manifest)
+    if gap <= 0:
+        return
+    manifest["active_s"] = round(active, 3)
+    if between:
+        manifest["pipeline_gap_s"] = round(max(gap, float(manifest.get("pipeline_gap_s") or 0.0)), 3)
+    save_manifest(run_dir, manifest)
+
+
+CHEAP_PROBE_UNITS = 0.1  # loss at init, zeroed inputs, data checks, LR range test, one-batch overfit: < 0.1 baseline
+
+
+def _over_budget(run_dir: Path, phase: str) -> bool:
+    """True when :func:`trainkit.decisions.route_over_budget` skips ``phase``: the run's active time
+    has reached its deadline (trainkit.budget.PhaseClock, the same one the phase would run on), or
+    would within the phase's measured overhead."""
+    from trainkit.decisions import route_over_budget
+
+    if route_over_budget(phase, 0.0) is None:
+        return False  # never skipped: no need to read the clock
+    from trainkit.budget import PhaseClock
+    from trainkit.run import baseline_seconds
+
+    clock = PhaseClock(run_dir, phase, RunFolder(run_dir).config_in_force().budget.total_hours)
+    # a phase whose time left is less than what a phase costs outside its own work (a kernel's start,
+    # the report's export, measured in this run) could do nothing in it. Phase 3's cheap, decisive
+    # probes run at any budget: it is skipped only when they no longer fit before the budget's end.
+    # Phase 4 always trains one candidate (its first fit starts whatever the clock says): it is skipped
+    # when that one fit, about a baseline, no longer fits before its deadline.
+    if phase == Phase.DIAGNOSTICS.value:
+        left = clock.left_to_end() - CHEAP_PROBE_UNITS * (baseline_seconds(run_dir) or 0.0)
+    else:
+        left = clock.left() - (baseline_seconds(run_dir) or 0.0)
+    return route_over_budget(phase, left - clock.overhead_s) is not None
+
+
+def _route_over_budget(run_dir: Path, phase: str, d: Path) -> str:  # phase: where the decision wanted to go
+    """Route to Phase 5 with the best so far: ``budget_override.json`` beside the decision (the
+    signed decision.json stays as it was) and a note in run.json documenting the ceiling."""
+    from trainkit._io import write_json_atomic
+
+    decision = RunFolder(run_dir).decision(d) or {}
+    write_json_atomic(
+        d / BUDGET_OVERRIDE,
+        {
+            "next": Phase.FINALIZATION.value,
+            "was_next": decision["next"],
+            "time": time.time(),
+            "reason": f"the run's time for {phase} (its share of budget.total_hours) is used up: accept the best so "
+            "far and finalize (the decision was "
+            f"{decision['option']} → {decision['next']}: {decision['reason']})",
+        },
+    )
+    manifest = load_manifest(run_dir)
+    manifest.setdefault("notes", []).append(
+        f"budget cut after {d.relative_to(run_dir)}: {phase} skipped (its share of "
+        "budget.total_hours was used up); finalized with the best so far"
+    )
+    save_manifest(run_dir, manifest)
+    return Phase.FINALIZATION.value

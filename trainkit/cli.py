@@ -60,6 +60,12 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--approvals", default=None, help="YAML/JSON file {gate: {check: name}} of approvals")
     r.add_argument("--resume", action="store_true", help="continue an existing run from where it stopped")
 
+    _more_commands(sub)
+    return p
+
+
+def _more_commands(sub: Any) -> None:
+    """The commands besides ``run``: config, signoff, status, sweep, notebooks, track, report, train."""
     c = sub.add_parser("config", help="config tools")
     csub = c.add_subparsers(dest="config_command", required=True)
     v = csub.add_parser("validate", help="validate a training_config.yaml (exit 0 or 2)")
@@ -116,7 +122,6 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--run-dir", required=True, help="output folder (metrics.jsonl, checkpoints/)")
     t.add_argument("--resume", action="store_true", help="continue from checkpoints/last.pt")
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    return p
 
 
 def _approvals(args: argparse.Namespace) -> dict[str, str] | str:

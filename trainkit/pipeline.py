@@ -1,7 +1,9 @@
-"""Papermill chaining of the phase notebooks, HTML export, and resume.
+"""``trainkit run``: the walker that chains the phase notebooks (each run by
+:mod:`trainkit.executor`), the run lock, resume, and the run's exit record.
 
-The only module importing papermill. Each phase notebook gets ``run_dir`` and a few parameters;
-everything else passes through the run folder. The next phase comes from the phase's
+Each phase notebook gets ``run_dir`` and a few parameters; everything else passes through the run
+folder. The budget's skip rules live in :mod:`trainkit.budget`, MLflow's start and stop in
+:mod:`trainkit.tracking`. The next phase comes from the phase's
 ``decision.json``; the gate's ``gate.json`` says whether it may start.
 """
 
@@ -9,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import shutil
 import sys
 import time
@@ -17,13 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from trainkit.reports import export_html, export_reports, refresh_reports, safe_export, write_index
+from trainkit.budget import _count_gap, _over_budget, _route_over_budget
 from trainkit.errors import ConfigError, PipelineError, RunError
+from trainkit.executor import _ATTEMPTED, execute_phase, notebook_path
+from trainkit.reports import export_html, export_reports, refresh_reports, write_index
 from trainkit.run import (
-    BUDGET_OVERRIDE,
     DECISION,
     GATE,
-    NOTEBOOK,
     PHASES,
     REPORT,
     RUN_CONFIG,
@@ -34,13 +35,13 @@ from trainkit.run import (
     latest_attempt_dir,
     load_manifest,
     next_attempt_dir,
-    phase_dir,
     record_phase,
     resume_command,
     run_cost,
     save_manifest,
     signoff_command,
 )
+from trainkit.tracking import _close_tracking, _kick, _start_tracking
 
 __all__ = [
     "notebook_path",
@@ -53,7 +54,6 @@ __all__ = [
 ]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SIGNOFF = 0, 1, 2, 3
-_ATTEMPTED = {p.value for p in Phase if p.sub}  # the phases that repeat, each in its numbered folder
 
 
 @dataclass
@@ -62,132 +62,6 @@ class PipelineOutcome:
     message: str
     run_dir: Path
     path: list[str]
-
-
-def notebook_path(phase: str) -> Path:
-    """The template notebook of a phase: the installed package's copy, else the repo's."""
-    here = Path(__file__).resolve().parent
-    for base in (here / "notebooks", here.parent / "notebooks"):
-        p = base / f"{phase}.ipynb"
-        if p.is_file():
-            return p
-    raise PipelineError(f"notebook for {phase} not found in the installed trainkit ({here}/notebooks)")
-
-
-def execute_phase(
-    phase: str, run_dir: Path, params: dict[str, Any], attempt: int = 1, clock_start: float | None = None
-) -> Path:
-    """Run a phase notebook into its folder (notebook.ipynb + report.html); PipelineError on failure.
-    ``clock_start``: the run clock's origin (``time.time()`` less the run's active seconds), which
-    ``trainkit run`` keeps for the whole invocation so that its own work between phases counts;
-    without it the clock resumes from ``run.json["active_s"]`` now."""
-    import papermill as pm
-
-    out_dir = phase_dir(run_dir, phase, attempt)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    out_nb = out_dir / NOTEBOOK
-    params = {"run_dir": str(run_dir), **params}
-    if phase in _ATTEMPTED:
-        params["attempt"] = attempt
-    os.environ.setdefault("TRAINKIT_PROGRESS", "text")
-    from trainkit.budget import CLOCK_ENV, active_seconds
-
-    t0 = time.time()
-    origin = clock_start if clock_start is not None else t0 - active_seconds(load_manifest(run_dir))
-    os.environ[CLOCK_ENV] = repr(origin)  # the kernel's budget clock
-    try:
-        _execute(pm, phase, out_nb, params, out_dir, run_dir, attempt)
-    finally:
-        os.environ.pop(CLOCK_ENV, None)
-        end = time.time()
-        _count_active(run_dir, phase, attempt, end - t0, end - origin)
-    return out_dir
-
-
-def _count_active(run_dir: Path, phase: str, attempt: int, wall: float, active: float) -> None:
-    """Record a phase's pipeline wall time (kernel start and report export included) and the run's
-    active seconds at its end (the clock its time budget runs on)."""
-    manifest = load_manifest(run_dir)
-    manifest["active_s"] = round(active, 3)
-    for e in manifest["phases"]:
-        if e["phase"] == phase and e["attempt"] == attempt:
-            e["pipeline_wall_s"] = round(e.get("pipeline_wall_s", 0.0) + wall, 3)
-            e["active_end_s"] = round(active, 3)
-    save_manifest(run_dir, manifest)
-
-
-def _count_gap(run_dir: Path, active: float, between: bool = True) -> None:
-    """The pipeline's own seconds since the last phase ended (decisions, reports, tracking), or
-    since the invocation started: the run's active seconds move to ``active``. A gap ``between``
-    two phases (or after the last) is work that also follows Phase 5, so the largest is kept
-    (``run.json["pipeline_gap_s"]``) for Phase 5's tail reserve; an invocation's start is not."""
-    from trainkit.budget import active_seconds
-
-    manifest = load_manifest(run_dir)
-    gap = active - active_seconds(manifest)
-    if gap <= 0:
-        return
-    manifest["active_s"] = round(active, 3)
-    if between:
-        manifest["pipeline_gap_s"] = round(max(gap, float(manifest.get("pipeline_gap_s") or 0.0)), 3)
-    save_manifest(run_dir, manifest)
-
-
-def _execute(
-    pm: Any, phase: str, out_nb: Path, params: dict[str, Any], out_dir: Path, run_dir: Path, attempt: int
-) -> None:
-    try:
-        stream = os.environ.get("TRAINKIT_PROGRESS", "text") != "off"  # the phase's own progress lines, live
-        pm.execute_notebook(
-            str(notebook_path(phase)),
-            str(out_nb),
-            parameters=params,
-            kernel_name="python3",
-            progress_bar=False,
-            log_output=False,
-            report_mode=False,
-            stdout_file=_Indented(sys.stdout) if stream else None,
-            stderr_file=_Indented(sys.stderr) if stream else None,
-            extra_arguments=["--IPKernelApp.log_level=ERROR"],
-        )  # no kernel transport warnings
-    except pm.PapermillExecutionError as exc:
-        safe_export(out_nb, out_dir / REPORT)
-        raise PipelineError(
-            f"{phase} failed: {exc.ename}: {_first_line(exc.evalue)} (read {out_dir / 'report.html'})"
-        ) from None
-    except Exception as exc:  # kernel death, missing kernel, ...
-        safe_export(out_nb, out_dir / REPORT)
-        record_phase(run_dir, phase, attempt, status="failed", ended=time.time())
-        raise PipelineError(
-            f"{phase} did not finish: {type(exc).__name__}: {_first_line(str(exc))}; "
-            f"fix it and continue with `{resume_command(run_dir)}`"
-        ) from None
-    safe_export(out_nb, out_dir / REPORT)
-
-
-class _Indented:
-    """A console stream that indents what a phase's kernel prints (its progress), line by line."""
-
-    def __init__(self, stream: Any) -> None:
-        self.stream, self.fresh = stream, True
-
-    def write(self, text: str) -> int:
-        for part in re.split(r"(\n|\r)", text):
-            if not part:
-                continue
-            if self.fresh and part not in ("\n", "\r"):
-                self.stream.write("    ")
-            self.stream.write(part)
-            self.fresh = part in ("\n", "\r")
-        return len(text)
-
-    def flush(self) -> None:
-        self.stream.flush()
-
-
-def _first_line(text: str) -> str:
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(text))
-    return text.strip().splitlines()[0][:400] if text.strip() else ""
 
 
 def _gate_state(d: Path) -> str | None:
@@ -269,60 +143,6 @@ def _mark_deploy(run_dir: Path, d: Path) -> None:
     refresh_reports(run_dir, [d])
 
 
-CHEAP_PROBE_UNITS = 0.1  # loss at init, zeroed inputs, data checks, LR range test, one-batch overfit: < 0.1 baseline
-
-
-def _over_budget(run_dir: Path, phase: str) -> bool:
-    """True when :func:`trainkit.decisions.route_over_budget` skips ``phase``: the run's active time
-    has reached its deadline (trainkit.budget.PhaseClock, the same one the phase would run on), or
-    would within the phase's measured overhead."""
-    from trainkit.decisions import route_over_budget
-
-    if route_over_budget(phase, 0.0) is None:
-        return False  # never skipped: no need to read the clock
-    from trainkit.budget import PhaseClock
-
-    from trainkit.run import baseline_seconds
-
-    clock = PhaseClock(run_dir, phase, RunFolder(run_dir).config_in_force().budget.total_hours)
-    # a phase whose time left is less than what a phase costs outside its own work (a kernel's start,
-    # the report's export, measured in this run) could do nothing in it. Phase 3's cheap, decisive
-    # probes run at any budget: it is skipped only when they no longer fit before the budget's end.
-    # Phase 4 always trains one candidate (its first fit starts whatever the clock says): it is skipped
-    # when that one fit, about a baseline, no longer fits before its deadline.
-    if phase == Phase.DIAGNOSTICS.value:
-        left = clock.left_to_end() - CHEAP_PROBE_UNITS * (baseline_seconds(run_dir) or 0.0)
-    else:
-        left = clock.left() - (baseline_seconds(run_dir) or 0.0)
-    return route_over_budget(phase, left - clock.overhead_s) is not None
-
-
-def _route_over_budget(run_dir: Path, phase: str, d: Path) -> str:  # phase: where the decision wanted to go
-    """Route to Phase 5 with the best so far: ``budget_override.json`` beside the decision (the
-    signed decision.json stays as it was) and a note in run.json documenting the ceiling."""
-    from trainkit._io import write_json_atomic
-
-    decision = RunFolder(run_dir).decision(d) or {}
-    write_json_atomic(
-        d / BUDGET_OVERRIDE,
-        {
-            "next": Phase.FINALIZATION.value,
-            "was_next": decision["next"],
-            "time": time.time(),
-            "reason": f"the run's time for {phase} (its share of budget.total_hours) is used up: accept the best so "
-            "far and finalize (the decision was "
-            f"{decision['option']} → {decision['next']}: {decision['reason']})",
-        },
-    )
-    manifest = load_manifest(run_dir)
-    manifest.setdefault("notes", []).append(
-        f"budget cut after {d.relative_to(run_dir)}: {phase} skipped (its share of "
-        "budget.total_hours was used up); finalized with the best so far"
-    )
-    save_manifest(run_dir, manifest)
-    return Phase.FINALIZATION.value
-
-
 def run_pipeline(
     config_path: str | None,
     run_dir: Path,
@@ -378,35 +198,6 @@ def _restore_env(name: str, value: str | None) -> None:
         os.environ.pop(name, None)
     else:
         os.environ[name] = value
-
-
-def _start_tracking(run_dir: Path, cfg: Any, trackers: list[Any], echo: Any) -> None:
-    """Start pushing the run to MLflow when its config's ``tracking`` section says so (a missing
-    mlflow on resume is one warning: the config cannot change on resume)."""
-    from trainkit.tracking import LiveTracker, require_mlflow, target_for
-
-    target = target_for(run_dir, cfg)
-    if target is None:
-        return
-    try:
-        require_mlflow()
-    except ConfigError as exc:
-        print(f"trainkit: warning: {exc}; this run goes on untracked", file=sys.stderr)
-        return
-    trackers.append(LiveTracker(run_dir, target).start())
-    echo(f"trainkit: tracking in MLflow at {target.key} (experiment {target.experiment!r})")
-
-
-def _close_tracking(tracker: Any, echo: Any) -> None:
-    from trainkit.tracking import ui_hint
-
-    sent = tracker.close(say=echo)
-    if sent:
-        version = f"; model version {sent['model_version']} registered" if sent.get("model_version") else ""
-        echo(
-            f"trainkit: MLflow: run {tracker.run_dir.name} in experiment {tracker.target.experiment!r}{version}; "
-            f"{ui_hint(tracker.target)}"
-        )
 
 
 def _record_exit(run_dir: Path, outcome: PipelineOutcome | None) -> None:
@@ -616,8 +407,3 @@ def _echo_phase(w: _Walk, phase: str, attempt: int, d: Path, state: str | None, 
         f"trainkit:     {phase}: {metric + '; ' if metric else ''}{cost['wall_s']:.1f} s{units}; gate {state}; "
         f"{decision.get('option', '')} → {decision.get('next')}: {str(decision.get('reason', ''))[:160]}"
     )
-
-
-def _kick(trackers: list[Any]) -> None:
-    for t in trackers:
-        t.kick()

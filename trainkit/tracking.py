@@ -29,6 +29,7 @@ import contextlib
 import fcntl
 import os
 import re
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -305,3 +306,37 @@ def ui_hint(target: Target) -> str:
     if target.uri.startswith(("http://", "https://")):
         return f"open {target.key}"
     return f"see it with: mlflow ui --backend-store-uri {target.key}"
+
+
+def _start_tracking(run_dir: Path, cfg: Any, trackers: list[Any], echo: Any) -> None:
+    """Start pushing the run to MLflow when its config's ``tracking`` section says so (a missing
+    mlflow on resume is one warning: the config cannot change on resume)."""
+    from trainkit.tracking import LiveTracker, require_mlflow, target_for
+
+    target = target_for(run_dir, cfg)
+    if target is None:
+        return
+    try:
+        require_mlflow()
+    except ConfigError as exc:
+        print(f"trainkit: warning: {exc}; this run goes on untracked", file=sys.stderr)
+        return
+    trackers.append(LiveTracker(run_dir, target).start())
+    echo(f"trainkit: tracking in MLflow at {target.key} (experiment {target.experiment!r})")
+
+
+def _close_tracking(tracker: Any, echo: Any) -> None:
+    from trainkit.tracking import ui_hint
+
+    sent = tracker.close(say=echo)
+    if sent:
+        version = f"; model version {sent['model_version']} registered" if sent.get("model_version") else ""
+        echo(
+            f"trainkit: MLflow: run {tracker.run_dir.name} in experiment {tracker.target.experiment!r}{version}; "
+            f"{ui_hint(tracker.target)}"
+        )
+
+
+def _kick(trackers: list[Any]) -> None:
+    for t in trackers:
+        t.kick()

@@ -9,7 +9,6 @@ prunes seeds so). Runs unchanged under ``torchrun`` (DDP).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -18,21 +17,20 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from torch import nn
 
-from trainkit._io import append_jsonl, progress_bar, write_json_atomic, write_text_atomic
-from trainkit.checkpoints import load_checkpoint, remove_stale_temps, save_checkpoint
-from trainkit.config import TrainkitConfig, config_to_dict, save_config
+from trainkit._io import append_jsonl, progress_bar, write_json_atomic
+from trainkit.config import TrainkitConfig, save_config
 from trainkit.data import DataBundle, augment_batch
 from trainkit.devices import all_sum, dist_setup, precision_for, resolve_device
-from trainkit.errors import CheckpointError, TrainingError
+from trainkit.errors import TrainingError
 from trainkit.losses import as_logits, loss_of
 from trainkit.models import build_for
-from trainkit.monitor import GpuMonitor
 from trainkit.metrics import better, row_score
 from trainkit.scoring import evaluate, predict_numbers
-from trainkit.repro import restore_rng_state, rng_state, seed_everything, set_deterministic
+from trainkit.repro import seed_everything, set_deterministic
 from trainkit.run import METRICS, TRAINING_CONFIG, TRAIN_SUMMARY
+from trainkit.optim import _guard, _quantiles, class_weights, grad_norm, lr_factors, make_optimizer
+from trainkit.fit_state import _Epoch, _Loop, _Progress, _resume, _save
 
 __all__ = ["fit", "FitResult", "evaluate", "predict_numbers", "lr_factors", "resolve_device", "make_optimizer"]
 
@@ -56,188 +54,6 @@ class FitResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def make_optimizer(cfg: TrainkitConfig, params: Any) -> torch.optim.Optimizer:
-    o = cfg.optimizer
-    if o.name == "sgd":
-        return torch.optim.SGD(
-            params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0, weight_decay=o.weight_decay
-        )
-    cls = torch.optim.Adam if o.name == "adam" else torch.optim.AdamW
-    return cls(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
-
-
-def lr_factors(cfg: TrainkitConfig, steps_per_epoch: int) -> Callable[[int], float]:
-    """The multiplier of the peak LR at optimizer step ``s`` (for LambdaLR, plots and tests)."""
-    s, total = cfg.schedule, max(1, cfg.training.epochs * steps_per_epoch)
-    warm = int(round(s.warmup_epochs * steps_per_epoch))
-    if s.name == "one_cycle" and warm == 0:
-        warm = max(1, int(0.3 * total))
-
-    def factor(step: int) -> float:
-        if s.name == "one_cycle" and step < warm:
-            return 0.04 + 0.96 * 0.5 * (1 - math.cos(math.pi * (step + 1) / warm))
-        if step < warm:
-            return (step + 1) / warm
-        if s.name == "constant":
-            return 1.0
-        if s.name == "step":
-            return s.gamma ** (step // (s.step_epochs * steps_per_epoch))
-        p = min(1.0, (step - warm) / max(1, total - warm))
-        return s.min_lr_ratio + (1 - s.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * p))
-
-    return factor
-
-
-@torch.no_grad()
-def class_weights(bundle: DataBundle) -> torch.Tensor:
-    """Cross-entropy weights N / (K * n_c) from the training split's counts (0 for an absent class)."""
-    counts = bundle.class_counts("train").double()
-    w = torch.where(counts > 0, counts.sum() / (len(counts) * counts.clamp_min(1)), torch.zeros_like(counts))
-    return w.float()
-
-
-def grad_norm(params: list[torch.Tensor], clip: float) -> torch.Tensor:
-    """Global L2 norm of the gradients; the gradients are clipped to ``clip`` when it is finite.
-
-    The same arithmetic as ``torch.nn.utils.clip_grad_norm_`` (one ``_foreach_norm``, the norm of
-    the norms, ``clip / (norm + 1e-6)`` clamped at 1), so clipping is bitwise the same, without its
-    per-call grouping of tensors by device and dtype (2.5x its cost on a small model). Gradients
-    of mixed devices or dtypes take torch's own function."""
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return torch.zeros(())
-    if any(g.dtype != grads[0].dtype or g.device != grads[0].device for g in grads):
-        if math.isfinite(clip):
-            return torch.nn.utils.clip_grad_norm_(params, clip)
-        return torch.nn.utils.get_total_norm(grads)
-    total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-    if math.isfinite(clip):
-        torch._foreach_mul_(grads, torch.clamp(clip / (total + 1e-6), max=1.0))
-    return total
-
-
-def _first_nonfinite_param(model: nn.Module) -> str | None:
-    for name, p in model.named_parameters():
-        if p.grad is not None and not torch.isfinite(p.grad).all():
-            return name
-    return None
-
-
-def _guard(
-    pending: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]],
-    model: nn.Module,
-    epoch: int,
-    history: list[dict[str, Any]],
-    init_loss: float,
-    last_finite: torch.Tensor | None,
-) -> dict[str, Any] | None:
-    """Check the steps in ``pending`` (step, finite flag, loss, grad norm) with one host read; the
-    non-finite record of the first bad one, or None when all were finite."""
-    flags = torch.stack([f for _, f, _, _ in pending]).cpu()
-    if bool(flags.all()):
-        return None
-    k = int((~flags).nonzero()[0])
-    step, _, loss, gnorm = pending[k]
-    before = pending[k - 1][2] if k > 0 else last_finite
-    return {
-        "epoch": epoch,
-        "step": step,
-        "batch_loss": float(loss),
-        "grad_norm": float(gnorm),
-        "parameter": _first_nonfinite_param(model),
-        "detected_after_steps": len(pending) - 1 - k,
-        "last_finite_loss": float(before)
-        if before is not None
-        else (history[-1]["train_loss"] if history else init_loss),
-    }
-
-
-def _quantiles(norms: list[torch.Tensor]) -> dict[str, float]:
-    """p50/p90/max of the epoch's finite gradient norms: one host read, then linear interpolation
-    between the closest ranks (torch.quantile's rule, without its per-call cost: 6x cheaper here)."""
-    if not norms:
-        return {}
-    vals = sorted(v for v in torch.stack(norms).float().cpu().tolist() if math.isfinite(v))
-    if not vals:
-        return {}
-
-    def q(p: float) -> float:
-        h = (len(vals) - 1) * p
-        lo = int(h)
-        return vals[lo] + (h - lo) * (vals[min(lo + 1, len(vals) - 1)] - vals[lo])
-
-    return {"grad_norm_p50": q(0.5), "grad_norm_p90": q(0.9), "grad_norm_max": vals[-1]}
-
-
-@dataclass
-class _Loop:
-    """What set-up built: fixed for the whole fit."""
-
-    cfg: TrainkitConfig
-    bundle: DataBundle
-    device: torch.device
-    rank: int
-    world: int
-    out: Path | None
-    model: nn.Module
-    net: nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
-    scaler: torch.amp.GradScaler
-    precision: str
-    amp: torch.dtype | None
-    params: list[torch.Tensor]
-    class_weight: torch.Tensor | None
-    clip: float
-    guard_every: int
-    n_batches: int
-    scheduled: bool = True
-    select_last: bool = False
-    bar: Any = None
-    monitor: GpuMonitor | None = None
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def ckpt_dir(self) -> Path | None:
-        return self.out / "checkpoints" if self.out is not None else None
-
-
-@dataclass
-class _Progress:
-    """What changes from epoch to epoch, and what a checkpoint restores."""
-
-    history: list[dict[str, Any]] = field(default_factory=list)
-    step: int = 0
-    start_epoch: int = 0
-    best: dict[str, Any] | None = None
-    bad_epochs: int = 0
-    init_loss: float = float("nan")
-    resumed_from: int | None = None
-    train_time: float = 0.0
-    status: str = "completed"
-    nonfinite: dict[str, Any] | None = None
-    last_finite: Any = None  # the last checked step's per-sample loss (the NaN record's "before")
-
-
-@dataclass
-class _Epoch:
-    """One epoch's running sums (on the device: no host read per step)."""
-
-    loss_sum: torch.Tensor
-    correct: torch.Tensor  # a regression: the sums (squared error, absolute error, y, y²) on the standardized label
-    window: list[int]
-    t0: float = field(default_factory=time.perf_counter)
-    seen: int = 0
-    wait: float = 0.0
-    norms: list[torch.Tensor] = field(default_factory=list)
-    pending: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=list)
-    bar_steps: int = 0
-    bar_t: float = field(default_factory=time.perf_counter)
 
 
 # Without clipping the gradient norm is computed every 4th step only: its statistics (grad_norm_p50/p90/max)
@@ -412,58 +228,6 @@ def _setup(cfg: TrainkitConfig, bundle: DataBundle, out_dir: str | Path | None) 
         n_batches=n_batches,
         scheduled=not (cfg.schedule.name == "constant" and cfg.schedule.warmup_epochs == 0),
     )
-
-
-def _resume(lp: _Loop, resume: bool) -> _Progress:
-    """Restore the last checkpoint (``resume``) or start fresh; then the loss at init, DDP, compile."""
-    pr = _Progress()
-    last_path = lp.ckpt_dir / "last.pt" if lp.ckpt_dir is not None else None
-    if resume and lp.ckpt_dir is not None and lp.is_main:
-        remove_stale_temps(lp.ckpt_dir)  # an interrupted write's leftovers
-    if resume and last_path is not None and last_path.exists():
-        _restore(lp, pr, load_checkpoint(last_path, map_location=lp.device), last_path)
-    elif lp.is_main and lp.out is not None:
-        write_text_atomic(lp.out / METRICS, "")
-    if math.isnan(pr.init_loss):
-        try:
-            pr.init_loss = evaluate(lp.model, lp.bundle, "val", lp.device, amp=lp.amp)["loss"]
-        except (RuntimeError, ValueError, IndexError) as exc:
-            raise TrainingError(
-                f"the model's first forward pass failed on input shape {tuple(lp.bundle.input_shape)} "
-                f"(model {lp.cfg.model.name!r}, {lp.bundle.num_classes} classes): "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
-    if lp.world > 1:
-        lp.net = nn.parallel.DistributedDataParallel(
-            lp.model, device_ids=[lp.device.index] if lp.device.type == "cuda" else None
-        )
-    if (
-        lp.cfg.training.compile
-    ):  # evaluation and checkpoints use the plain module (no _orig_mod. prefixes in state dicts)
-        lp.net = torch.compile(lp.net)
-    lp.monitor = GpuMonitor(lp.device.index or 0).start() if lp.device.type == "cuda" else None
-    pr.train_time = sum(r.get("epoch_time_s", 0.0) for r in pr.history)
-    return pr
-
-
-def _restore(lp: _Loop, pr: _Progress, state: dict[str, Any], path: Path) -> None:
-    try:
-        lp.model.load_state_dict(state["model"])
-        lp.optimizer.load_state_dict(state["optimizer"])
-        lp.scheduler.load_state_dict(state["scheduler"])
-        lp.scaler.load_state_dict(state["scaler"])
-    except (RuntimeError, KeyError, ValueError) as exc:
-        raise CheckpointError(
-            f"{path}: does not match this config's model/optimizer ({exc}); resume with the config it was written with"
-        ) from None
-    restore_rng_state(state["rng"])
-    pr.history, pr.step = list(state["metrics"]), int(state["step"])
-    pr.start_epoch, pr.resumed_from = int(state["epoch"]) + 1, int(state["epoch"])
-    pr.best, pr.bad_epochs, pr.init_loss = state["best"], int(state["bad_epochs"]), float(state["init_loss"])
-    if lp.is_main and lp.out is not None:  # drop any line written after that checkpoint (a kill mid-epoch)
-        write_text_atomic(
-            lp.out / METRICS, "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in pr.history)
-        )
 
 
 def _late(lp: _Loop, pr: _Progress, deadline: float | None) -> bool:
@@ -684,34 +448,6 @@ def _train_scores(lp: _Loop, totals: torch.Tensor) -> dict[str, Any]:
         "train_score": scores[lp.cfg.target.metric],
         **{f"train_{k}": v for k, v in scores.items()},
     }
-
-
-def _save(lp: _Loop, pr: _Progress, epoch: int, improved: bool) -> None:
-    """The checkpoint, a plain dict that describes itself: ``last.pt`` always, ``best.pt`` when improved."""
-    b = lp.bundle
-    lp.scheduler.last_epoch = pr.step  # the schedule's position, stepped or not (a constant LR is not)
-    state = {
-        "model": lp.model.state_dict(),
-        "optimizer": lp.optimizer.state_dict(),
-        "scheduler": lp.scheduler.state_dict(),
-        "scaler": lp.scaler.state_dict(),
-        "epoch": epoch,
-        "step": pr.step,
-        "rng": rng_state(),
-        "config": config_to_dict(lp.cfg),
-        "metrics": pr.history,
-        "best": pr.best,
-        "bad_epochs": pr.bad_epochs,
-        "init_loss": pr.init_loss,
-        "input_shape": list(b.input_shape),
-        "class_names": b.source.class_names,
-        "normalization": {"mean": b.mean.tolist(), "std": b.std.tolist()},
-        "label_scale": b.label_scale,
-    }
-    assert lp.ckpt_dir is not None
-    if improved:
-        save_checkpoint(state, lp.ckpt_dir / "best.pt")
-    save_checkpoint(state, lp.ckpt_dir / "last.pt")
 
 
 def _finish(lp: _Loop, pr: _Progress, t_start: float) -> FitResult:

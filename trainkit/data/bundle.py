@@ -16,8 +16,9 @@ from trainkit.data.batches import BatchIterable, IndexBatches
 from trainkit.data.images import ImageFolderData, class_folders, load_image_folder
 from trainkit.data.quarantine import Quarantine, seal_test_rows
 from trainkit.data.sources import SOURCES, Source, custom_source
-from trainkit.data.tables import TABLE_SOURCES, load_table, records_repeat_by_chance, row_keys
 from trainkit.data.splits import fit_normalization, label_scale, normalize, split_record, strata, stratified_split
+from trainkit.data.table_leaks import row_keys
+from trainkit.data.tables import TABLE_SOURCES, load_table, records_repeat_by_chance
 from trainkit.errors import DataError, QuarantineError
 from trainkit.metrics import check_metric
 

@@ -142,51 +142,10 @@ def _strengths(n: dict[str, Any]) -> dict[str, float]:
     }
 
 
-def _moves(
-    evidence: dict[str, Any], n: dict[str, Any], problems: dict[str, bool], leak_rows: list[int], d: dict[str, Any]
-) -> list[Recommendation]:
-    """The recommendations of the problems found."""
+def _table_moves(n: dict[str, Any], problems: dict[str, bool], d: dict[str, Any]) -> list[Recommendation]:
+    """Advice on a table's columns (a column that gives the label away, categories only val has)
+    and the fix for non-finite values."""
     out: list[Recommendation] = []
-    leaked, dups, flagged, noise = n["leaked"], n["dups"], n["flagged"], n["noise"]
-    if problems["leakage"] or dups:
-        out.append(
-            _recommend(
-                "data_quality",
-                "exclude_leaked",
-                f"Leave the {len(leak_rows)} leaked or duplicated training rows out (exclude.json)",
-                {"data.exclude": evidence.get("exclude_path", "exclude.json")},
-                "copies of val/test rows inflate the val metric; only the copies are dropped",
-                0.0,
-                1,
-                "fix" if problems["leakage"] else "accuracy",
-                leaked=len(leaked),
-                duplicates=len(dups),
-            )
-        )
-    if problems["label_issues"]:
-        need = min(_headroom(evidence), 100 * noise)
-        out.append(
-            _recommend(
-                "data_quality",
-                "exclude_mislabelled",
-                f"Leave {len(flagged)} likely mislabelled training rows out (exclude_labels.json)",
-                {"data.exclude": evidence.get("label_exclude_path", "exclude_labels.json")},
-                f"train labels disagree with a trusted model {noise:.1%} more often than val labels "
-                "do; the rows it is surest about go",
-                need * 0.5,
-                1,
-                noise_rate=noise,
-                noise_rate_ci=n["ci"],
-                flagged=len(flagged),
-            )
-        )
-        cfg = evidence["config"]
-        out += _smoothing_rec("data_quality", cfg, "soft targets limit how far wrong labels pull", need * 0.2)
-        out += _dropout_rec(
-            "data_quality", cfg, "a regularised model memorises the wrong labels that exclusion misses", need * 0.2
-        )
-    if problems["imbalance"] and _imbalance_moves_pay(evidence, n):
-        out += _imbalance_moves(n)
     if problems["leaky_column"]:
         cols = n["leaky_cols"]
         out.append(
@@ -232,6 +191,55 @@ def _moves(
                 "fix",
             )
         )
+    return out
+
+
+def _moves(
+    evidence: dict[str, Any], n: dict[str, Any], problems: dict[str, bool], leak_rows: list[int], d: dict[str, Any]
+) -> list[Recommendation]:
+    """The recommendations of the problems found."""
+    out: list[Recommendation] = []
+    leaked, dups, flagged, noise = n["leaked"], n["dups"], n["flagged"], n["noise"]
+    if problems["leakage"] or dups:
+        out.append(
+            _recommend(
+                "data_quality",
+                "exclude_leaked",
+                f"Leave the {len(leak_rows)} leaked or duplicated training rows out (exclude.json)",
+                {"data.exclude": evidence.get("exclude_path", "exclude.json")},
+                "copies of val/test rows inflate the val metric; only the copies are dropped",
+                0.0,
+                1,
+                "fix" if problems["leakage"] else "accuracy",
+                leaked=len(leaked),
+                duplicates=len(dups),
+            )
+        )
+    if problems["label_issues"]:
+        need = min(_headroom(evidence), 100 * noise)
+        out.append(
+            _recommend(
+                "data_quality",
+                "exclude_mislabelled",
+                f"Leave {len(flagged)} likely mislabelled training rows out (exclude_labels.json)",
+                {"data.exclude": evidence.get("label_exclude_path", "exclude_labels.json")},
+                f"train labels disagree with a trusted model {noise:.1%} more often than val labels "
+                "do; the rows it is surest about go",
+                need * 0.5,
+                1,
+                noise_rate=noise,
+                noise_rate_ci=n["ci"],
+                flagged=len(flagged),
+            )
+        )
+        cfg = evidence["config"]
+        out += _smoothing_rec("data_quality", cfg, "soft targets limit how far wrong labels pull", need * 0.2)
+        out += _dropout_rec(
+            "data_quality", cfg, "a regularised model memorises the wrong labels that exclusion misses", need * 0.2
+        )
+    if problems["imbalance"] and _imbalance_moves_pay(evidence, n):
+        out += _imbalance_moves(n)
+    out += _table_moves(n, problems, d)
     return out
 
 

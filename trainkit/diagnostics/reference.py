@@ -173,33 +173,7 @@ def _moves(evidence: dict[str, Any], gap: float) -> list[Recommendation]:
     name, kw = cfg["model"]["name"], dict(cfg["model"]["kwargs"])
     out: list[Recommendation] = _architecture_moves(name, kw, gap, evidence)
     if name == "mlp":
-        hidden = [min(1024, 2 * int(w)) for w in kw.get("hidden", [128])] or [128]
-        if len(hidden) < 2:
-            hidden = hidden + [hidden[-1]]
-        out.append(
-            _recommend(
-                "reference_gap",
-                "ref_capacity",
-                f"Wider MLP: hidden {hidden}",
-                {"model.kwargs": {**kw, "hidden": hidden}},
-                "the reference fits structure (interactions, thresholds) a small network cannot hold",
-                0.4 * gap,
-                1,
-                current_hidden=kw.get("hidden", [128]),
-            )
-        )
-        if not kw.get("batch_norm"):
-            out.append(
-                _recommend(
-                    "reference_gap",
-                    "ref_batch_norm",
-                    "Batch normalization in the MLP",
-                    {"model.kwargs": {**kw, "batch_norm": True}},
-                    "normalized hidden layers train faster and more evenly on mixed-scale table inputs",
-                    0.2 * gap,
-                    1,
-                )
-            )
+        out += _mlp_moves(kw, gap)
     out += [
         replace(r, id="ref_dropout")
         for r in _dropout_rec(
@@ -247,6 +221,39 @@ def _moves(evidence: dict[str, Any], gap: float) -> list[Recommendation]:
             best_epoch=best_epoch + 1,
         )
     )
+    return out
+
+
+def _mlp_moves(kw: dict[str, Any], gap: float) -> list[Recommendation]:
+    """A plain MLP behind the reference: wider layers, batch normalization."""
+    out: list[Recommendation] = []
+    hidden = [min(1024, 2 * int(w)) for w in kw.get("hidden", [128])] or [128]
+    if len(hidden) < 2:
+        hidden = hidden + [hidden[-1]]
+    out.append(
+        _recommend(
+            "reference_gap",
+            "ref_capacity",
+            f"Wider MLP: hidden {hidden}",
+            {"model.kwargs": {**kw, "hidden": hidden}},
+            "the reference fits structure (interactions, thresholds) a small network cannot hold",
+            0.4 * gap,
+            1,
+            current_hidden=kw.get("hidden", [128]),
+        )
+    )
+    if not kw.get("batch_norm"):
+        out.append(
+            _recommend(
+                "reference_gap",
+                "ref_batch_norm",
+                "Batch normalization in the MLP",
+                {"model.kwargs": {**kw, "batch_norm": True}},
+                "normalized hidden layers train faster and more evenly on mixed-scale table inputs",
+                0.2 * gap,
+                1,
+            )
+        )
     return out
 
 

@@ -4,9 +4,6 @@ latency, deployment guide and model card, the 25-check production_ready gate, de
 from __future__ import annotations
 
 import html
-import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -16,8 +13,8 @@ import torch
 
 from trainkit._io import read_json, read_jsonl, sha256_file, write_json_atomic, write_text_atomic
 from trainkit.config import config_hash, load_config, save_config, with_overrides
-from trainkit.run import GATE, METRICS, TEST_ACCESS_LOG, TRAIN_SUMMARY, TRAINING_CONFIG, Phase
-from trainkit.errors import CheckpointError, GateError, QuarantineError
+from trainkit.run import METRICS, TEST_ACCESS_LOG, TRAIN_SUMMARY
+from trainkit.errors import QuarantineError
 from trainkit.phases.common import (
     run_path,
     FinalizationContext,
@@ -31,9 +28,12 @@ from trainkit.phases.common import (
     write_decision,
 )
 from trainkit.metrics import LABELS, bootstrap_interval as _boot, expected_calibration_error, metric_interval, score
-from trainkit.phases.final_numbers import LabelUnits, evaluate_numbers, metric_checks, number_card, number_guide
+from trainkit.phases.final_numbers import evaluate_numbers
 from trainkit.phases.peers import recall_table, reference_recall
-from trainkit.run import PHASES, latest_attempt_dir, load_manifest, phase_dir
+from trainkit.run import PHASES
+from trainkit.phases.final_model import PHASE, _best_so_far, _bundle, _load_final, _predict
+from trainkit.phases.final_docs import export_models, write_docs
+from trainkit.phases.final_checks import ARTIFACTS, _results
 
 __all__ = [
     "start",
@@ -47,7 +47,6 @@ __all__ = [
     "expected_calibration_error",
 ]
 
-PHASE = Phase.FINALIZATION.value
 TEST_RECORD = "test_evaluation.json"
 
 
@@ -84,18 +83,6 @@ def start(run_dir: str | Path, interactive: bool = True) -> FinalizationContext:
 
 
 REPRO_EPOCHS = 2
-
-
-def _best_so_far(run_dir: Path) -> tuple[Path, Path] | None:
-    """(training folder, its config) of the best model so far: Phase 4's adopted best, else the
-    latest baseline attempt with a best checkpoint."""
-    if (run_dir / "best.json").is_file():
-        b = read_json(run_dir / "best.json")
-        return run_dir / b["dir"], run_dir / b["config"]
-    d = latest_attempt_dir(run_dir, Phase.BASELINE.value)
-    if d is not None and (d / "checkpoints" / "best.pt").is_file() and (d / TRAIN_SUMMARY).is_file():
-        return d, d / TRAINING_CONFIG
-    return None
 
 
 def _refit_plan(ctx: FinalizationContext) -> None:
@@ -146,15 +133,6 @@ def _fit_in_budget(ctx: FinalizationContext, cfg: Any) -> None:
     ctx.reused = str(src[0].relative_to(ctx.run_dir))
 
 
-def _bundle(ctx: FinalizationContext) -> Any:
-    """The phase's data, loaded once (the fingerprint check and the split run once per phase)."""
-    if getattr(ctx, "bundle", None) is None:
-        from trainkit.run import load_run_data
-
-        ctx.bundle = load_run_data(ctx.config, ctx.run_dir, PHASE)
-    return ctx.bundle
-
-
 def final_train(ctx: FinalizationContext, resume: bool = False) -> dict[str, Any]:
     """Train the final model (checkpoints/best.pt is what is exported and deployed)."""
     from trainkit.plots import curves_figure
@@ -184,21 +162,6 @@ def final_train(ctx: FinalizationContext, resume: bool = False) -> dict[str, Any
     if r.history:
         show_figure(curves_figure(r.history, "final training"), ctx.path("curves.png"))
     return r.to_dict()
-
-
-def _load_final(ctx: FinalizationContext, bundle: Any) -> torch.nn.Module:
-    from trainkit.checkpoints import load_checkpoint
-    from trainkit.models import build_model
-
-    m = ctx.config.model
-    model = build_model(m.name, bundle.input_shape, bundle.num_classes, m.kwargs, m.init)
-    model.load_state_dict(load_checkpoint(ctx.path("checkpoints/best.pt"))["model"])
-    return model.eval()
-
-
-def _predict(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
-    with torch.no_grad():
-        return torch.softmax(model(x).float(), 1).numpy()
 
 
 def evaluate_test(ctx: FinalizationContext, force: bool = False) -> dict[str, Any]:
@@ -356,197 +319,6 @@ def _write_test_md(ctx: FinalizationContext, rec: dict[str, Any]) -> None:
     write_text_atomic(ctx.path("test_results.md"), "\n".join(L) + "\n")
 
 
-def export_models(ctx: FinalizationContext) -> dict[str, Any]:
-    """model.onnx and model.ts, parity in a fresh process on held-out (val) inputs, latency table."""
-    from trainkit.export import ExportError, check_parity, export_onnx, export_torchscript, measure_latency
-
-    bundle = _bundle(ctx)
-    model = _load_final(ctx, bundle)
-    if bundle.regression:  # exported in the label's units; parity to parity_atol × the label's std
-        model, atol = (
-            LabelUnits(model, bundle.label_scale).eval(),
-            ctx.config.final.parity_atol * max(1.0, bundle.label_scale["std"]),
-        )
-    out: dict[str, Any] = {
-        "input_shape": list(bundle.input_shape),
-        "parity_atol": atol if bundle.regression else ctx.config.final.parity_atol,
-    }
-    for name, fn in (("onnx", export_onnx), ("torchscript", export_torchscript)):
-        try:
-            fn(model, bundle.input_shape, ctx.path("model.onnx" if name == "onnx" else "model.ts"))
-            out[f"{name}_exported"] = True
-        except (ExportError, RuntimeError) as exc:
-            out[f"{name}_exported"], out[f"{name}_error"] = False, str(exc)[:500]
-    xv, _ = bundle.arrays("val")
-    x = xv[:256]
-    with torch.no_grad():
-        ref = model(x).numpy()
-    if out["onnx_exported"] and out["torchscript_exported"]:
-        out["parity"] = check_parity(ctx.dir, x.numpy(), ref, atol=out["parity_atol"])
-        out["latency"] = measure_latency(model, ctx.path("model.onnx"), ctx.path("model.ts"), bundle.input_shape)
-        out["onnx_sha256"], out["torchscript_sha256"] = (
-            sha256_file(ctx.path("model.onnx")),
-            sha256_file(ctx.path("model.ts")),
-        )
-        rows = "".join(
-            f"<tr><td>{r['runtime']}</td><td>{r['batch']}</td><td>{r['p50_ms']:.3f}</td><td>{r['p95_ms']:.3f}</td></tr>"
-            for r in out["latency"]
-        )
-        show_html(
-            f"<p>Parity (max abs diff): ONNX {out['parity']['onnx'].get('max_abs_diff')}, TorchScript "
-            f"{out['parity']['torchscript'].get('max_abs_diff')}</p><table><tr><th>runtime</th><th>batch</th>"
-            f"<th>p50 ms</th><th>p95 ms</th></tr>{rows}</table>"
-        )
-    write_json_atomic(ctx.path("export.json"), out)
-    return out
-
-
-_GUIDE = """# Deployment guide
-
-The model classifies inputs of shape `{shape}` (float32, batch first) into {k} classes:
-`{names}`. Inputs must be normalized with the training statistics: `x = (raw - mean) / std` with
-mean `{mean}` and std `{std}` ({how}). Outputs are logits; apply softmax for probabilities.
-
-Artifacts in this folder: `model.onnx` (sha256 `{onnx_sha}`), `model.ts` (sha256 `{ts_sha}`),
-`checkpoints/best.pt` (the trainkit checkpoint, loaded with `weights_only=True`).
-
-## ONNX Runtime
-
-```python
-import numpy as np
-import onnxruntime as ort
-
-sess = ort.InferenceSession("model.onnx", providers=["CPUExecutionProvider"])
-mean, std = np.array({mean}, dtype=np.float32), np.array({std}, dtype=np.float32)
-raw = np.random.default_rng(0).random((3, {shape_csv})).astype(np.float32)
-x = ((raw - mean.reshape({bshape})) / std.reshape({bshape})).astype(np.float32)
-logits = sess.run(None, {{"input": x}})[0]
-assert logits.shape == (3, {k}), logits.shape
-print("onnx predictions:", logits.argmax(1))
-```
-
-## TorchScript
-
-```python
-import torch
-
-model = torch.jit.load("model.ts").eval()
-mean, std = torch.tensor({mean}), torch.tensor({std})
-raw = torch.rand(3, {shape_csv})
-x = (raw - mean.reshape({bshape})) / std.reshape({bshape})
-with torch.no_grad():
-    logits = model(x)
-assert logits.shape == (3, {k})
-print("torchscript predictions:", logits.argmax(1).tolist())
-```
-
-## Batch size
-
-Both artifacts accept any batch size (the ONNX batch axis is dynamic); the latency table in
-`export.json` gives p50/p95 at batch 1 and 64.
-"""
-
-
-def _snippets(text: str) -> list[str]:
-    return re.findall(r"```python\n(.*?)```", text, re.S)
-
-
-def run_snippets(folder: Path, text: str) -> list[dict[str, Any]]:
-    """Execute every python block of a guide, as written, in a fresh interpreter in ``folder``."""
-    out = []
-    for i, code in enumerate(_snippets(text)):
-        r = subprocess.run([sys.executable, "-c", code], cwd=folder, capture_output=True, text=True, timeout=300)
-        out.append({"snippet": i, "ok": r.returncode == 0, "stdout": r.stdout[-500:], "stderr": r.stderr[-800:]})
-    return out
-
-
-def write_docs(ctx: FinalizationContext, test: dict[str, Any], exp: dict[str, Any]) -> dict[str, Any]:
-    """deployment_guide.md (its snippets executed and recorded in snippets.json) and model_card.md."""
-    splits = ctx.run.splits()
-    shape = splits["input_shape"]
-    mean, std = splits["normalization"]["mean"], splits["normalization"]["std"]
-    per_channel = len(shape) == 3 and len(mean) == shape[0]
-    bshape = (1, -1, 1, 1) if per_channel else (1, -1) if len(shape) == 1 else (1,) * (len(shape) + 1)
-    if not per_channel and len(mean) == 1:
-        bshape = tuple([1] * (len(shape) + 1))
-    guide = (
-        number_guide(splits, exp)
-        if splits.get("task") == "regression"
-        else _GUIDE.format(
-            shape=tuple(shape),
-            k=len(splits["class_names"]),
-            names=splits["class_names"],
-            mean=mean,
-            std=std,
-            how="per channel" if per_channel else "one scalar over all features",
-            onnx_sha=exp.get("onnx_sha256"),
-            ts_sha=exp.get("torchscript_sha256"),
-            shape_csv=", ".join(str(s) for s in shape),
-            bshape=bshape,
-        )
-    )
-    bundle = _bundle(ctx)
-    if bundle.source.table is not None:  # a table: the guide predicts from raw rows too
-        from trainkit.phases.raw_rows import raw_rows_section
-
-        guide += raw_rows_section(ctx.dir, ctx.run_dir / Phase.PLANNING.value, bundle, _load_final(ctx, bundle))
-    write_text_atomic(ctx.path("deployment_guide.md"), guide)
-    snippets = run_snippets(ctx.dir, guide)
-    write_json_atomic(ctx.path("snippets.json"), snippets)
-    env = read_json(ctx.run_dir / Phase.PLANNING.value / "environment.json")
-    if bundle.regression:
-        write_text_atomic(ctx.path("model_card.md"), number_card(ctx, splits, test, env))
-        return {"snippets": snippets}
-    pcs = "\n".join(
-        f"| {c['class']} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | {c['support']} |"
-        for c in test["per_class"]
-    )
-    worst = min(test["per_class"], key=lambda c: c["recall"])
-    metric_line = (
-        ""
-        if test.get("metric", "accuracy") == "accuracy"
-        else (
-            f"{LABELS[test['metric']]} (the target metric) {test['score']:.4f} (95% CI [{test['score_ci'][0]:.4f}, "
-            f"{test['score_ci'][1]:.4f}]); val {test['val_score']:.4f}.\n"
-        )
-    )
-    card = f"""# Model card
-
-## Intended use
-Classifying inputs like the training data ({splits["source"]}; shape {tuple(shape)}) into the classes
-{splits["class_names"]}. Out of scope: inputs from another distribution (other sensors, resolutions, preprocessing),
-classes not listed, and any decision where an error is costly without a person reviewing it.
-
-## Model
-`{ctx.config.model.name}` {ctx.config.model.kwargs}; optimizer {ctx.config.optimizer.name}
-lr {ctx.config.optimizer.lr:g}; {ctx.config.training.epochs} epochs max (patience {ctx.config.training.patience});
-config hash `{config_hash(ctx.config)[:16]}`.
-
-## Data
-Splits (stratified, seed {splits["seed"]}): {splits["sizes"]}; fingerprints in `01_planning/splits.json`.
-The test split was quarantined until this phase and evaluated once.
-
-## Metrics (test)
-{metric_line}Accuracy {test["accuracy"]:.4f} (95% CI [{test["accuracy_ci"][0]:.4f}, {test["accuracy_ci"][1]:.4f}]);
-val {test["val_accuracy"]:.4f}; ECE {test["ece"]:.4f};
-accuracy under noise σ={test["noise_std"]}: {test["noisy_accuracy"]:.4f}.
-
-| class | precision | recall | F1 | support |
-|---|---:|---:|---:|---:|
-{pcs}
-
-## Limitations
-Weakest class: {worst["class"]} (recall {worst["recall"]:.3f}). The test set has {test["n"]} samples: the interval
-above is the honest uncertainty. Robustness was smoke-tested with Gaussian noise only.
-
-## Environment
-Python {env.get("python")}, torch {env.get("packages", {}).get("torch")}, platform {env.get("platform")}; see
-`01_planning/environment.json`.
-"""
-    write_text_atomic(ctx.path("model_card.md"), card)
-    return {"snippets": snippets}
-
-
 def reproduce(ctx: FinalizationContext, epochs: int = REPRO_EPOCHS) -> dict[str, Any]:
     """Re-run the first epochs of the final training and compare the logged metrics exactly."""
     from trainkit.train import fit
@@ -591,208 +363,6 @@ def decide(ctx: FinalizationContext, record: dict[str, Any]) -> dict[str, Any]:
     return write_decision(
         ctx, option, nxt, reason, {"gate": state} if nxt == "deploy" else {"gate": state, "missing": missing}
     )
-
-
-def _earlier_gates(ctx: FinalizationContext) -> tuple[str, str]:
-    from trainkit.gates import verify_gate
-
-    seen, bad = 0, []
-    for e in load_manifest(ctx.run_dir)["phases"]:
-        if e["phase"] == PHASE:
-            continue
-        d = phase_dir(ctx.run_dir, e["phase"], e["attempt"])
-        rec = ctx.run.gate(d)
-        if rec is None:
-            bad.append(f"{d.relative_to(ctx.run_dir)}: no gate record")
-            continue
-        dec = ctx.run.decision(d) or {}
-        if rec["state"] == "blocked" and dec.get("option") == "C":
-            continue  # a failed baseline routed to diagnosis: its block is the record of that
-        try:
-            verify_gate(d / GATE, ctx.run_dir)
-            seen += 1
-        except GateError as exc:
-            bad.append(str(exc)[:300])
-    return ("fail", "; ".join(bad)) if bad else ("pass", f"{seen} earlier gate(s) signed, artifacts unchanged")
-
-
-def _disjoint(bundle: Any, overlap: int) -> tuple[str, str]:
-    """No train/val sample has a test sample's content. In a table, what chance cannot explain
-    blocks (a shared ID; more shared records than chance gives); records that repeat by chance (a
-    few discrete columns, or a handful: :func:`trainkit.data.tables.shared_records_verdict`) are
-    reported, not blocked."""
-    table = bundle.source.table
-    if table is not None:
-        from trainkit.data.tables import id_overlap, shared_records_verdict
-
-        ids = {c: n for c, n in id_overlap(table, bundle.splits).items() if n}
-        if ids:
-            return "fail", f"test rows share IDs with train/val rows: {ids} (the same entity in both)"
-        if overlap:
-            n = {k: len(v) for k, v in bundle.splits.items()}
-            ok, why = shared_records_verdict(
-                table.frame,
-                list(table.kinds),
-                overlap,
-                n["test"],
-                n["train"] + n["val"],
-                bool(bundle.source.duplicates_by_chance),
-            )
-            return ("warn" if ok else "fail"), f"train/val and test: {why}"
-    if overlap == 0:
-        return "pass", "no train/val sample has a test sample's content"
-    return "fail", f"{overlap} train/val samples share content with test samples"
-
-
-def _quarantine_checks(ctx: FinalizationContext, bundle: Any) -> dict[str, tuple[str, Any]]:
-    """Checks 1-3: the test split never read before Phase 5, disjoint by content, read once."""
-    res: dict[str, tuple[str, Any]] = {}
-    log = read_jsonl(ctx.run_dir / TEST_ACCESS_LOG) if (ctx.run_dir / TEST_ACCESS_LOG).is_file() else []
-    early = [r for r in log if r.get("phase") != PHASE and r.get("allowed")]
-    refused = [r for r in log if r.get("phase") != PHASE and not r.get("allowed")]
-    res["test_never_read_before"] = (
-        ("fail", f"{len(early)} test read(s) before Phase 5: {early[:3]}")
-        if early
-        else (
-            "pass",
-            f"test_access.jsonl: no read before Phase 5 ({len(refused)} attempt(s) refused by the quarantine)",
-        )
-    )
-    keys = bundle.source.sample_keys
-    test_keys = {keys[i] for i in bundle.splits["test"]}
-    overlap = sum(keys[i] in test_keys for s in ("train", "val") for i in bundle.splits[s])
-    res["test_disjoint"] = _disjoint(bundle, overlap)
-    final_reads = [r for r in log if r.get("phase") == PHASE and r.get("allowed")]
-    forced = [r for r in final_reads if "forced" in str(r.get("reason"))]
-    res["test_evaluated_once"] = (
-        ("pass", "one test evaluation, on the final model")
-        if len(final_reads) == 1 and not forced
-        else ("fail", f"{len(final_reads)} test reads in Phase 5 ({len(forced)} forced)")
-    )
-    return res
-
-
-def _results(
-    ctx: FinalizationContext, train: dict[str, Any], test: dict[str, Any], exp: dict[str, Any], repro: dict[str, Any]
-) -> dict[str, tuple[str, Any]]:
-    from trainkit.checkpoints import load_checkpoint, verify_checkpoint
-
-    f, bundle = ctx.config.final, _bundle(ctx)
-    res = _quarantine_checks(ctx, bundle)
-    res.update(metric_checks(ctx.config, test))
-    res["final_training_finite"] = (
-        ("pass", f"{train['status']} after {len(train['history'])} epochs")
-        if train["status"] in ("completed", "early_stopped", "time_budget") and not train.get("nonfinite")
-        else ("fail", f"status {train['status']}")
-    )
-    try:
-        verify_checkpoint(ctx.path("checkpoints/best.pt"))
-        state = load_checkpoint(ctx.path("checkpoints/best.pt"))
-        finite = all(
-            torch.isfinite(v).all() for v in state["model"].values() if torch.is_tensor(v) and v.is_floating_point()
-        )
-        res["weights_finite"] = ("pass", "every weight finite") if finite else ("fail", "non-finite weights in best.pt")
-        res["checkpoint_verified"] = (
-            "pass",
-            f"weights_only load, sha256 {sha256_file(ctx.path('checkpoints/best.pt'))[:12]}… matches",
-        )
-    except CheckpointError as exc:
-        res["weights_finite"] = ("fail", f"cannot read weights: {exc}")
-        res["checkpoint_verified"] = ("fail", str(exc)[:300])
-    frozen = read_json(ctx.path("final_config.sha256.json"))
-    same = (
-        sha256_file(ctx.path("final_config.yaml")) == frozen["file_sha256"]
-        and config_hash(load_config(ctx.path("final_config.yaml"))) == frozen["config_hash"]
-    )
-    res["config_frozen"] = (
-        ("pass", f"final_config.yaml hash {frozen['config_hash'][:12]}…")
-        if same
-        else ("fail", "final_config.yaml changed after it was frozen")
-    )
-    res["reproducible"] = (
-        ("pass", f"first {repro['epochs']} epochs re-run: identical metrics")
-        if repro["identical"]
-        else ("fail", f"re-run differs: {repro['logged']} vs {repro['rerun']}")
-    )
-    res["environment_recorded"] = (
-        ("pass", "01_planning/environment.json")
-        if (ctx.run_dir / Phase.PLANNING.value / "environment.json").is_file()
-        else ("fail", "environment.json missing")
-    )
-    res["earlier_gates_valid"] = _earlier_gates(ctx)
-    from trainkit.predict import raw_rows_parity
-
-    res["raw_rows_predict"] = raw_rows_parity(ctx.run_dir, bundle, test.get("predicted"))
-    par = exp.get("parity", {})
-    on, ts = par.get("onnx", {}), par.get("torchscript", {})
-    res["onnx_valid"] = (
-        ("pass", "model.onnx passes onnx.checker (full check)")
-        if exp.get("onnx_exported")
-        else ("fail", exp.get("onnx_error", "not exported"))
-    )
-    atol = exp.get("parity_atol", f.parity_atol)
-    res["onnx_parity"] = (
-        "pass" if on.get("ok") else "fail",
-        f"max abs diff {on.get('max_abs_diff', on.get('error'))} (≤ {atol:g})",
-    )
-    res["torchscript_exported"] = (
-        ("pass", "model.ts")
-        if exp.get("torchscript_exported")
-        else ("fail", exp.get("torchscript_error", "not exported"))
-    )
-    res["torchscript_parity"] = (
-        "pass" if ts.get("ok") else "fail",
-        f"max abs diff {ts.get('max_abs_diff', ts.get('error'))} (≤ {atol:g})",
-    )
-    flex = all(o.get("batch_1", [0])[0] == 1 and o.get("batch_n", [0])[0] == par.get("n") for o in (on, ts)) and bool(
-        par
-    )
-    res["batch_flexible"] = (
-        ("pass", f"batch 1 and {par.get('n')} accepted by both") if flex else ("fail", "a batch size was refused")
-    )
-    lat = exp.get("latency") or []
-    p95 = next((r["p95_ms"] for r in lat if r["runtime"] == "onnxruntime" and r["batch"] == 1), None)
-    if p95 is None:
-        res["latency_measured"] = ("fail", "no latency measured")
-    elif f.latency_budget_ms is not None and p95 > f.latency_budget_ms:
-        res["latency_measured"] = ("fail", f"ONNX p95 at batch 1 {p95:.3f} ms > budget {f.latency_budget_ms} ms")
-    else:
-        res["latency_measured"] = (
-            "pass",
-            f"ONNX p95 at batch 1 {p95:.3f} ms"
-            + (f" ≤ budget {f.latency_budget_ms} ms" if f.latency_budget_ms else " (no budget set)"),
-        )
-    snips = read_json(ctx.path("snippets.json")) if ctx.path("snippets.json").is_file() else []
-    ok = ctx.path("deployment_guide.md").is_file() and snips and all(s["ok"] for s in snips)
-    res["deployment_guide"] = (
-        ("pass", f"deployment_guide.md; {len(snips)} snippets ran")
-        if ok
-        else (
-            "fail",
-            "deployment guide missing or a snippet failed: "
-            + "; ".join(s["stderr"][-200:] for s in snips if not s["ok"]),
-        )
-    )
-    res["model_card"] = (
-        ("pass", "model_card.md") if ctx.path("model_card.md").is_file() else ("fail", "model_card.md missing")
-    )
-    return res
-
-
-ARTIFACTS = (
-    "final_config.yaml",
-    "checkpoints/best.pt",
-    METRICS,
-    "test_evaluation.json",
-    "test_results.md",
-    "model.onnx",
-    "model.ts",
-    "export.json",
-    "deployment_guide.md",
-    "model_card.md",
-    "snippets.json",
-    "reproduce.json",
-)
 
 
 def gate(

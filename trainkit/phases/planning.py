@@ -320,10 +320,9 @@ def _checkpoint_seconds(ctx: PhaseContext, bundle: Any) -> float:
             p.unlink(missing_ok=True)
 
 
-def _results(ctx: PhaseContext, bundle: Any) -> dict[str, tuple[str, Any]]:
-    cfg, r = ctx.config, {}
-    env_path, splits_path, det_path = (ctx.path(n) for n in ("environment.json", SPLITS, "determinism.json"))
-    env = read_json(env_path) if env_path.exists() else {}
+def _environment_checks(cfg: Any, env: dict[str, Any]) -> dict[str, tuple[str, Any]]:
+    """Seeds applied, deterministic mode on, the environment documented (environment.json)."""
+    r: dict[str, tuple[str, Any]] = {}
     seeding = env.get("seeding", {})
     r["seeds_fixed"] = (
         (
@@ -349,6 +348,13 @@ def _results(ctx: PhaseContext, bundle: Any) -> dict[str, tuple[str, Any]]:
         if env.get("python") and env.get("torch")
         else ("fail", "environment.json missing or incomplete")
     )
+    return r
+
+
+def _results(ctx: PhaseContext, bundle: Any) -> dict[str, tuple[str, Any]]:
+    cfg, r = ctx.config, {}
+    env_path, splits_path, det_path = (ctx.path(n) for n in ("environment.json", SPLITS, "determinism.json"))
+    r.update(_environment_checks(cfg, read_json(env_path) if env_path.exists() else {}))
     tip = None if bundle.regression else advice(cfg.target.metric, bundle.info["class_counts"]["train"])
     r["config_valid"] = (
         "pass",

@@ -1,0 +1,299 @@
+"""Phase 4's seeds: training a candidate over seeds with a pruner, the baseline's own seeds (reused where
+Phase 2 and 3 trained them), the skill judge of a regression, and the seed statistics."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trainkit._io import read_json, write_json_atomic
+from trainkit.config import config_hash, load_config, with_overrides
+from trainkit.errors import RunError
+from trainkit.metrics import LABELS, row_score, skill_of
+from trainkit.phases.common import (
+    OptimizationContext,
+    clock,
+    show_figure,
+)
+from trainkit.run import (
+    TRAIN_SUMMARY,
+    TRAINING_CONFIG,
+    Phase,
+    RunFolder,
+    latest_attempt_dir,
+)
+
+PHASE = Phase.OPTIMIZATION.value
+
+
+def _round_dir(ctx: OptimizationContext) -> Path:
+    d = latest_attempt_dir(ctx.run_dir, Phase.DIAGNOSTICS.value)
+    if d is None:
+        raise RunError(f"{ctx.run_dir}: no Phase 3 round found")
+    return d
+
+
+def _fit_estimate(ctx: OptimizationContext, cfg: Any) -> float:
+    """Seconds one fit of ``cfg`` should take: the baseline's training time scaled by epochs."""
+    from trainkit.run import baseline_seconds
+
+    unit = baseline_seconds(ctx.run_dir) or 0.0
+    base_dir = latest_attempt_dir(ctx.run_dir, Phase.BASELINE.value)
+    base_epochs = (
+        load_config(base_dir / TRAINING_CONFIG).training.epochs if base_dir is not None else cfg.training.epochs
+    )
+    return unit * cfg.training.epochs / max(1, base_epochs)
+
+
+SINGLE_SEED_FLOOR = 0.01  # a single-seed comparison without Phase 3's spread must win by more than 1 point
+
+
+PRUNE_MARGIN = 0.03  # a seed trailing the best so far by more than this (or 4 seed std) at half time cannot win
+
+
+def _judge(run_dir: Path, cfg: Any) -> Any:
+    """What Phase 4 compares, higher is better: the target metric's value, or a regression's skill
+    (:func:`trainkit.metrics.skill`: 1 − error / the train mean's error), so one set of statistics
+    serves both directions. The raw value stays in each row's ``best_val_metric``."""
+    from trainkit.run import RunFolder
+
+    return skill_of(RunFolder(run_dir).splits() or {}, cfg.target.metric)
+
+
+def _pruner(cfg: Any, reference: list[dict[str, Any]] | None, margin: float, judge: Any = None) -> Any:
+    """An on_epoch hook that stops a run which, from half its epochs on, trails the best-so-far
+    run on the same seed at the same epoch (its best val target metric up to there) by more than
+    ``margin``; None without a reference."""
+    if not reference:
+        return None
+    half = max(1, (cfg.training.epochs + 1) // 2)
+    best = [-math.inf]
+    J = judge or (lambda v: v)
+
+    def hook(rec: dict[str, Any]) -> bool:
+        best[0] = max(best[0], J(row_score(rec)))
+        e = rec["epoch"]
+        if e + 1 < half:
+            return False
+        ref = max(J(row_score(h)) for h in reference[: e + 1])
+        return best[0] < ref - margin
+
+    return hook
+
+
+def _train_seeds(
+    cfg: Any,
+    bundle: Any,
+    out: Path | None,
+    seeds: list[int],
+    ctx: OptimizationContext | None = None,
+    what: str = "",
+    always_first: bool = False,
+    reference: dict[int, list[dict[str, Any]]] | None = None,
+) -> list[dict[str, Any]]:
+    """One fit per seed. With ``ctx`` each fit starts only when the phase's time budget allows it
+    (``always_first``: the first one starts regardless, so the iteration has a result) and stops
+    at the phase's deadline. With ``reference`` (seed → the best-so-far run's history on that
+    seed) a seed that cannot beat it is stopped at half time (status ``pruned``; its best so far
+    counts, so it lowers the candidate's mean as it should)."""
+    from trainkit.train import fit
+
+    rows = []
+    c = clock(ctx) if ctx is not None else None
+    est = _fit_estimate(ctx, cfg) if ctx is not None else 0.0
+    folds = ctx.folds if ctx is not None else None
+    J = _judge(bundle.store.root, cfg) if bundle.store is not None else (lambda v: v)  # read once, not per seed
+    for s in seeds:
+        if c is not None and not (always_first and not rows) and not c.allows(est, f"{what or 'fit'} on seed {s}"):
+            break
+        d = out / f"seed-{s}" if out is not None else None
+        hook = _pruner(
+            cfg, (reference or {}).get(s), max(PRUNE_MARGIN, 4 * _phase3_seed_std(ctx)) if ctx else PRUNE_MARGIN, J
+        )
+        data = bundle
+        if folds is not None:  # small data: run i trains on fold i of train+val (seed i), fold for fold with the others
+            from trainkit.folds import fold_view
+
+            data = fold_view(bundle, s - folds["s0"], folds["k"], seed=folds["s0"])
+        r = fit(
+            with_overrides(cfg, {"training.seed": s}),
+            data,
+            d,
+            progress=False,
+            deadline=c.deadline if c else None,
+            on_epoch=hook,
+        )
+        raw = row_score(r.best) if r.best else float("nan")
+        print(
+            f"  {what or 'fit'} {'fold' if folds else 'seed'} {s}: {r.status} after {len(r.history)} epoch(s), best "
+            "val "
+            f"{LABELS[cfg.target.metric]} {raw:.4f} ({r.wall_time_s:.1f} s)",
+            flush=True,
+        )
+        rows.append(
+            {
+                "seed": s,
+                "status": r.status,
+                "best_val_accuracy": (r.best or {}).get("val_accuracy", float("nan")),
+                "best_val_score": J(raw),
+                "best_val_metric": raw,
+                "best_epoch": (r.best or {}).get("epoch"),
+                "train_time_s": r.train_time_s,
+                "history": r.history,
+                "dir": str(d.relative_to(bundle.store.root)) if d is not None and bundle.store else None,
+            }
+        )
+    return rows
+
+
+def seed_stats(a: list[float], b: list[float], conf: float = 0.95, floor: float = 0.0) -> dict[str, Any]:
+    """Mean ± std of each, the difference b − a with a Welch t confidence interval. ``floor``: a
+    seed spread measured elsewhere (Phase 3), used when either side has a single seed."""
+    from scipy import stats
+
+    a_, b_ = np.asarray(a, float), np.asarray(b, float)
+    sa, sb = (a_.std(ddof=1) if len(a_) > 1 else 0.0), (b_.std(ddof=1) if len(b_) > 1 else 0.0)
+    diff = float(b_.mean() - a_.mean())
+    se = math.sqrt(sa**2 / len(a_) + sb**2 / len(b_))
+    if se > 0:
+        df = se**4 / ((sa**2 / len(a_)) ** 2 / max(1, len(a_) - 1) + (sb**2 / len(b_)) ** 2 / max(1, len(b_) - 1))
+        half = float(stats.t.ppf(0.5 + conf / 2, df) * se)
+    else:
+        half = 0.0
+    spread = float(max(sa, sb, floor if min(len(a_), len(b_)) < 2 else 0.0))
+    return {
+        "mean_a": float(a_.mean()),
+        "std_a": float(sa),
+        "mean_b": float(b_.mean()),
+        "std_b": float(sb),
+        "diff": diff,
+        "ci": [diff - half, diff + half],
+        "conf": conf,
+        "spread": spread,
+        "exceeds_spread": bool(diff > spread),
+    }
+
+
+def _baseline_rows(ctx: OptimizationContext, seeds: list[int], train: bool) -> list[dict[str, Any]]:
+    """The baseline config's runs (its own data and ``data.exclude``, not the candidate's) on
+    ``seeds``, in order, cached by config hash in ``04_optimization/baseline_seeds.json``. No fit is
+    run twice: Phase 2's run is the first seed and Phase 3's seed-variance runs (same config) the
+    next ones. With ``train`` a seed still missing is trained when the time budget allows (Phase 4
+    asks for each seed just before a candidate trains on it, so the pairs stay matched)."""
+    from trainkit.run import load_run_data
+
+    cache = ctx.run_dir / PHASE / "baseline_seeds.json"
+    base_dir = latest_attempt_dir(ctx.run_dir, Phase.BASELINE.value)
+    base_cfg = load_config(base_dir / TRAINING_CONFIG)
+    h = config_hash(base_cfg)
+    if ctx.folds is not None:  # fold runs are not the runs Phase 2 and 3 made on the one split
+        h = f"{h}:folds-{ctx.folds['k']}"
+    rec = read_json(cache) if cache.is_file() else {}
+    if rec.get("config_hash") != h or not isinstance(rec.get("runs"), dict):
+        rec = {
+            "config_hash": h,
+            "config": str((base_dir / TRAINING_CONFIG).relative_to(ctx.run_dir)),
+            "runs": {},
+            "reused": {},
+        }
+    known = (
+        _known_baseline_runs(ctx.run_dir, base_dir, base_cfg, _judge(ctx.run_dir, base_cfg))
+        if ctx.folds is None
+        else {}
+    )
+    for seed, row in known.items():
+        if str(seed) not in rec["runs"]:
+            rec["runs"][str(seed)] = row
+            rec["reused"][str(seed)] = row["reused"]
+    missing = [s for s in seeds if str(s) not in rec["runs"]]
+    if train and missing:
+        have = any(str(s) in rec["runs"] for s in seeds)
+        for row in _train_seeds(
+            base_cfg,
+            load_run_data(base_cfg, ctx.run_dir, PHASE),
+            None,
+            missing,
+            ctx,
+            "baseline re-run",
+            always_first=not have,
+        ):
+            rec["runs"][str(row["seed"])] = row
+    write_json_atomic(cache, rec)
+    return [rec["runs"][str(s)] for s in seeds if str(s) in rec["runs"]]
+
+
+def _known_baseline_runs(run_dir: Path, base_dir: Path, base_cfg: Any, J: Any) -> dict[int, dict[str, Any]]:
+    """Whole runs of the baseline config already trained: Phase 2's own, and Phase 3's seed-variance
+    runs of that same config (by config hash). Seed → row; ``J`` (:func:`_judge`) makes the value compared."""
+    out: dict[int, dict[str, Any]] = {}
+    summary = base_dir / TRAIN_SUMMARY
+    if summary.is_file():
+        r = read_json(summary)
+        if r.get("best") and r.get("status") in ("completed", "early_stopped", "time_budget"):  # the baseline as it ran
+            out[base_cfg.training.seed] = {
+                "seed": base_cfg.training.seed,
+                "status": r["status"],
+                "best_val_accuracy": r["best"]["val_accuracy"],
+                "best_val_score": J(row_score(r["best"])),
+                "best_val_metric": row_score(r["best"]),
+                "best_epoch": r["best"]["epoch"],
+                "train_time_s": r.get("train_time_s"),
+                "history": r.get("history") or [],
+                "dir": str(base_dir.relative_to(run_dir)),
+                "reused": str(base_dir.relative_to(run_dir)),
+            }
+    want = config_hash(base_cfg)
+    for rd in sorted((run_dir / Phase.DIAGNOSTICS.value).glob("round-*")):
+        sv = (RunFolder(run_dir).findings(rd) or {}).get("evidence", {}).get("probes", {}).get("seed_variance", {})
+        if sv.get("config_hash") != want or not (sv.get("full_runs") or sv.get("mirrors_baseline")):
+            continue  # short seed runs (the budget allowed only their first epochs) are not baseline runs
+        for r in sv.get("runs") or []:  # whole runs, or runs mirroring a baseline the budget cut (same length)
+            if r.get("status") in ("completed", "early_stopped", "time_budget"):
+                out.setdefault(
+                    int(r["seed"]),
+                    dict(
+                        r,
+                        dir=None,
+                        reused=f"{rd.relative_to(run_dir)} seed-variance probe",
+                        best_val_score=J(r["best_val_score"]),
+                        best_val_metric=r["best_val_score"],
+                    ),
+                )
+    return out
+
+
+def _seed_list(ctx: OptimizationContext, seeds: int) -> list[int]:
+    """``seeds`` seeds starting at the baseline's own seed (so seed one is Phase 2's run)."""
+    base_dir = latest_attempt_dir(ctx.run_dir, Phase.BASELINE.value)
+    s0 = load_config(base_dir / TRAINING_CONFIG).training.seed if base_dir is not None else ctx.config.training.seed
+    return [s0 + i for i in range(max(1, seeds))]
+
+
+def _phase3_seed_std(ctx: OptimizationContext) -> float:
+    """The seed standard deviation Phase 3 measured (of the val target metric), 0 when it did not."""
+    sv = (ctx.run.findings(_round_dir(ctx)) or {}).get("evidence", {}).get("probes", {}).get("seed_variance", {})
+    return float(sv.get("std") or 0.0) if "error" not in sv else 0.0
+
+
+def _figures(ctx: OptimizationContext, out: dict[str, Any]) -> None:
+    from trainkit.plots import comparison_figure, seed_points_figure
+
+    show_figure(
+        comparison_figure(
+            {
+                "baseline": [r["history"] for r in out["baseline"]],
+                f"iteration {ctx.attempt}": [r["history"] for r in out["candidate"]],
+            }
+        ),
+        ctx.path("comparison.png"),
+    )
+    pts = {"baseline": [r["best_val_score"] for r in out["baseline"]]}
+    if out["best_before"].get("label") != "baseline":
+        pts["best before"] = out["best_before"]["per_seed"]
+    pts[f"iter {ctx.attempt}"] = [r["best_val_score"] for r in out["candidate"]]
+    show_figure(
+        seed_points_figure(pts, _judge(ctx.run_dir, ctx.config)(ctx.config.target.value)), ctx.path("seeds.png")
+    )
