@@ -269,7 +269,8 @@ BAD = {
         run / "test_access.jsonl", {"phase": "02_baseline", "allowed": True, "reason": "x"}
     ),
     "test_evaluated_once": lambda run, s: _append(
-        run / "test_access.jsonl", {"phase": "05_finalization", "allowed": True, "reason": "forced re-evaluation"}
+        run / "test_access.jsonl",
+        {"phase": "05_finalization", "allowed": True, "reason": "forced re-evaluation", "forced": True},
     ),
     "test_meets_target": lambda run, s: s["test"].update(accuracy=0.1),
     "val_test_agree": lambda run, s: s["test"].update(accuracy_ci=[0.1, 0.2]),

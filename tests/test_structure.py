@@ -170,3 +170,21 @@ def test_every_document_the_code_and_tests_cite_exists():
     assert not missing, missing
     text = " ".join(p.read_text(encoding="utf-8") for p in ROOT.rglob("*.py"))
     assert "DESIGN.md" not in text  # the copy outside the repository is not cited
+
+
+@pytest.mark.slow  # starts a process (ruff)
+def test_the_tree_is_formatted_and_lints_clean_at_120_columns():
+    """``ruff format --check`` and ``ruff check`` (E, F, W at 120 columns, pyproject's [tool.ruff])
+    over the package, the tests and the benchmarks: a change that is not formatted fails here."""
+    import subprocess
+    import sys
+
+    repo = ROOT.parent
+    for args in (["format", "--check"], ["check"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "ruff", *args, "trainkit", "tests", "benchmarks"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 0, f"ruff {' '.join(args)}:\n{done.stdout}{done.stderr}"

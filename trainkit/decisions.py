@@ -2,20 +2,24 @@
 
 After Phase 2 (:func:`after_baseline`), 3 (:func:`after_diagnostics`), 4 (:func:`after_optimization`)
 and 5 (:func:`after_finalization`), and the budget's routing (:func:`route_over_budget`). Each
-returns ``(option, next, reason)``; the phase modules gather the numbers, add the evidence and
-write ``decision.json``; the pipeline follows ``next``. Thresholds come from the config's
-``budget`` section.
+returns a :class:`Decision`: it unpacks as ``(option, next, reason)``, and what a phase needs to
+know besides is a typed field, never a word searched for in ``reason``. The phase modules gather
+the numbers, add the evidence and write ``decision.json``; the pipeline follows ``next``.
+Thresholds come from the config's ``budget`` section.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
 
 from trainkit.metrics import LABELS, best_of, better, higher_is_better, is_regression, reaches, row_score
 from trainkit.run import Phase
 
 __all__ = [
+    "Decision",
+    "restarts_left",
     "after_planning",
     "learned",
     "learning_verdict",
@@ -26,13 +30,43 @@ __all__ = [
     "route_over_budget",
 ]
 
-Decision = tuple[str, str, str]
+
+@dataclass(frozen=True)
+class Decision:
+    """One decision of the tree: the seed's option letter, the phase (or ``deploy``/``stop``/
+    ``blocked``) it routes to, the reason in words, and ``marginal``: Phase 3's expected gain lies in
+    the marginal band (optimize, marked marginal). Unpacks and slices as ``(option, next, reason)``."""
+
+    option: str
+    next: str
+    reason: str
+    marginal: bool = False
+
+    def _triple(self) -> Decision:
+        return (self.option, self.next, self.reason)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._triple())
+
+    def __getitem__(self, i: Any) -> Any:
+        return self._triple()[i]
+
+    def __len__(self) -> int:
+        return 3
+
+
+def restarts_left(max_restarts: int, attempts: int) -> int:
+    """Phase 2 restarts still allowed after ``attempts`` baseline attempts (the first is not a
+    restart): the one formula for the baseline's decision and Phase 3's recovery."""
+    return max_restarts - max(0, attempts - 1)
+
+
 PRIOR_LOSS_MARGIN = 0.05  # a val loss 5% below the class prior's is learning beyond the prior
 
 
 def after_planning() -> Decision:
     """Phase 1: once its gate passes, always the baseline."""
-    return "-", Phase.BASELINE.value, "Phase 1 always proceeds to the baseline"
+    return Decision("-", Phase.BASELINE.value, "Phase 1 always proceeds to the baseline")
 
 
 def learned(
@@ -140,7 +174,7 @@ def after_baseline(
     name = LABELS.get(metric, metric)
     if status == "time_budget" and not learned and best is not None:
         ran = f"after {epochs} epoch(s)" if epochs is not None else "early"
-        return (
+        return Decision(
             "B",
             Phase.DIAGNOSTICS.value,
             (
@@ -149,29 +183,29 @@ def after_baseline(
             ),
         )
     if inconclusive and status not in ("crashed", "nonfinite") and not learned and best is not None:
-        return (
+        return Decision(
             "B",
             Phase.DIAGNOSTICS.value,
             (f"inconclusive learning (val {name} {best:.4f}): {inconclusive}; diagnose, not restart"),
         )
     if status in ("crashed", "nonfinite") or not learned:
         failure = {"crashed": "training crashed", "nonfinite": "non-finite loss or gradient"}.get(status, "no learning")
-        restarts_left = max_restarts - (attempt - 1)
-        if restarts_left <= 0:
-            return "C", "stop", f"baseline failed ({failure}) and the {max_restarts} restarts are used up"
-        return (
+        left = restarts_left(max_restarts, attempt)
+        if left <= 0:
+            return Decision("C", "stop", f"baseline failed ({failure}) and the {max_restarts} restarts are used up")
+        return Decision(
             "C",
             Phase.DIAGNOSTICS.value,
-            (f"baseline failed: {failure}; diagnose, fix, restart Phase 2 ({restarts_left} restart(s) left)"),
+            (f"baseline failed: {failure}; diagnose, fix, restart Phase 2 ({left} restart(s) left)"),
         )
     assert best is not None
     if reaches(metric, best, target):
-        return (
+        return Decision(
             "A",
             Phase.FINALIZATION.value,
             f"val {name} {best:.4f} {'>=' if higher_is_better(metric) else '<='} target {target}",
         )
-    return (
+    return Decision(
         "B",
         Phase.DIAGNOSTICS.value,
         f"val {name} {best:.4f} {'<' if higher_is_better(metric) else '>'} target {target} (not reached)",
@@ -182,8 +216,8 @@ def after_finalization(*, gate: str, missing: Sequence[str], how: str) -> Decisi
     """Phase 5: deploy when production_ready passed and is signed; blocked otherwise (what is
     missing, and how to finish)."""
     if gate == "passed":
-        return "-", "deploy", "production_ready passed and signed"
-    return "-", "blocked", "missing: " + "; ".join(missing) + f". To finish: {how}"
+        return Decision("-", "deploy", "production_ready passed and signed")
+    return Decision("-", "blocked", "missing: " + "; ".join(missing) + f". To finish: {how}")
 
 
 def route_over_budget(next_phase: str, seconds_left: float) -> str | None:
@@ -206,7 +240,7 @@ def after_diagnostics(
     strong: str | None = None,
     gap: float = 0.0,
     stale: tuple[list[str], list[str]] | None = None,
-) -> tuple[str, str, str]:
+) -> Decision:
     """Phase 3: C (infrastructure / failed baseline → fix and restart Phase 2), A (gain above the
     clear threshold, or in the marginal band → Phase 4; or a strong finding while the target is
     missed, whatever the expected gain: a heuristic gain estimate never overrules strong evidence),
@@ -215,7 +249,7 @@ def after_diagnostics(
     those the last Phase 4 iteration measured and adopted none of), and every proposed family was
     measured already, so another iteration would spend its time on the same kind of change)."""
     if not needs_fix and stale is not None and stale[0] and set(stale[0]) <= set(stale[1]):
-        return (
+        return Decision(
             "B",
             Phase.FINALIZATION.value,
             (
@@ -226,22 +260,26 @@ def after_diagnostics(
         )
     if needs_fix:
         if fix is None:
-            return "C", "stop", f"infrastructure issue that needs a manual fix: {manual_fix or 'see the report'}"
+            return Decision(
+                "C", "stop", f"infrastructure issue that needs a manual fix: {manual_fix or 'see the report'}"
+            )
         if restarts_left <= 0:
-            return "C", "stop", "a fix is known but the Phase 2 restarts are used up (budget.max_baseline_restarts)"
-        return (
+            return Decision(
+                "C", "stop", "a fix is known but the Phase 2 restarts are used up (budget.max_baseline_restarts)"
+            )
+        return Decision(
             "C",
             Phase.BASELINE.value,
             f"infrastructure issue: apply the fix and restart Phase 2 ({restarts_left} restart(s) left)",
         )
     if expected_gain > budget.clear_gain_points:
-        return (
+        return Decision(
             "A",
             Phase.OPTIMIZATION.value,
             f"expected gain {expected_gain:.1f} points > {budget.clear_gain_points:g}: optimize",
         )
     if strong and gap > 0:
-        return (
+        return Decision(
             "A",
             Phase.OPTIMIZATION.value,
             (
@@ -250,7 +288,7 @@ def after_diagnostics(
             ),
         )
     if expected_gain < budget.marginal_gain_points:
-        return (
+        return Decision(
             "B",
             Phase.FINALIZATION.value,
             (
@@ -258,13 +296,14 @@ def after_diagnostics(
                 "the best config so far is near what these changes can give; finalize"
             ),
         )
-    return (
+    return Decision(
         "A",
         Phase.OPTIMIZATION.value,
         (
             f"marginal: expected gain {expected_gain:.1f} points is between "
             f"{budget.marginal_gain_points:g} and {budget.clear_gain_points:g}; optimize, marked marginal"
         ),
+        marginal=True,
     )
 
 
@@ -280,7 +319,7 @@ def after_optimization(
     budget: Any,
     rounds: int = 1,
     metric: str = "accuracy",
-) -> tuple[str, str, str]:
+) -> Decision:
     """Phase 4, in docs/design.md's order: A target reached → Phase 5; C no improvement over the
     baseline → back to Phase 3 (Phase 5 once Phase 3 ran ``max_optimization_iterations`` rounds);
     D the last two iterations each gained < ``diminishing_points`` → Phase 5 with the best;
@@ -293,14 +332,14 @@ def after_optimization(
     d = budget.diminishing_points
     name = LABELS.get(metric, metric)
     if reaches(metric, best_mean, target):
-        return (
+        return Decision(
             "A",
             Phase.FINALIZATION.value,
             (f"best mean val {name} {best_mean:.4f} {'≥' if higher_is_better(metric) else '≤'} target {target}"),
         )
     if not better(metric, best_mean, baseline_mean) or (not significant and iteration == 1):
         if rounds >= budget.max_optimization_iterations:
-            return (
+            return Decision(
                 "C",
                 Phase.FINALIZATION.value,
                 (
@@ -308,7 +347,7 @@ def after_optimization(
                     f"{rounds} diagnosis rounds used: finalize with the best so far"
                 ),
             )
-        return (
+        return Decision(
             "C",
             Phase.DIAGNOSTICS.value,
             (
@@ -317,7 +356,7 @@ def after_optimization(
             ),
         )
     if len(gains) >= 2 and all(g < d for g in gains[-2:]):
-        return (
+        return Decision(
             "D",
             Phase.FINALIZATION.value,
             (
@@ -326,7 +365,7 @@ def after_optimization(
             ),
         )
     if iteration >= budget.max_optimization_iterations:
-        return (
+        return Decision(
             "B",
             Phase.FINALIZATION.value,
             (
@@ -334,4 +373,6 @@ def after_optimization(
                 f"({budget.max_optimization_iterations}) is reached: finalize with the best"
             ),
         )
-    return "B", Phase.OPTIMIZATION.value, f"improved to {best_mean:.4f}, target {target} not reached yet: iterate"
+    return Decision(
+        "B", Phase.OPTIMIZATION.value, f"improved to {best_mean:.4f}, target {target} not reached yet: iterate"
+    )

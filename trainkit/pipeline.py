@@ -58,10 +58,14 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SIGNOFF = 0, 1, 2, 3
 
 @dataclass
 class PipelineOutcome:
+    """How ``trainkit run`` ends: the exit code and message, the run folder, the path taken, and
+    ``stopped``: it ended early as ``--stop-after`` asked (an exit 0 that is not the run's end)."""
+
     code: int
     message: str
     run_dir: Path
     path: list[str]
+    stopped: bool = False
 
 
 def _gate_state(d: Path) -> str | None:
@@ -211,7 +215,7 @@ def _record_exit(run_dir: Path, outcome: PipelineOutcome | None) -> None:
     manifest["cost"] = run_cost(manifest)
     if manifest.get("status") != "ready_to_deploy":
         manifest["status"] = {
-            EXIT_OK: "stopped" if "stopped after" in message else "finished",
+            EXIT_OK: "stopped" if outcome is not None and outcome.stopped else "finished",
             EXIT_SIGNOFF: "awaiting_signoff",
             EXIT_USAGE: "refused",
         }.get(code, "failed")
@@ -255,8 +259,8 @@ class _Walk:
     t0: float = field(default_factory=time.time)
     origin: float | None = None  # the run clock's origin: t0 less the run's active seconds before this invocation
 
-    def outcome(self, code: int, message: str) -> PipelineOutcome:
-        return PipelineOutcome(code, message, self.run.path, self.taken)
+    def outcome(self, code: int, message: str, stopped: bool = False) -> PipelineOutcome:
+        return PipelineOutcome(code, message, self.run.path, self.taken, stopped)
 
 
 def _walk(
@@ -374,6 +378,7 @@ def _follow(w: _Walk, phase: str, attempt: int, d: Path) -> tuple[str | None, Pi
             f"stopped after {phase} as asked (--stop-after {w.stop_after}: no phase "
             f"past {w.stop_after}). {failed}{phase} decided {decision.get('option', '-')} → {nxt}: "
             f"{str(decision.get('reason', ''))[:300]}. Continue with: {resume_command(run_dir)}",
+            stopped=True,
         )
     if nxt == "deploy":
         _mark_deploy(run_dir, d)

@@ -96,18 +96,19 @@ class DataBundle:
             raise DataError("class counts: this run is a regression (its label is a number), it has no classes")
         return torch.bincount(self.split_labels(split), minlength=self.num_classes)
 
-    def _check_split(self, split: str, reason: str) -> None:
+    def _check_split(self, split: str, reason: str, forced: bool = False) -> None:
         if split not in ("train", "val", "test"):
             raise DataError(f"unknown split {split!r}; use 'train', 'val' or 'test'")
         if split != "test":
             return
-        self.quarantine.check(reason)
+        self.quarantine.check(reason, forced)
 
     def arrays(
-        self, split: str, device: str | torch.device = "cpu", reason: str = ""
+        self, split: str, device: str | torch.device = "cpu", reason: str = "", forced: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x, y) tensors of a split, normalized; test only when the quarantine is open (logged)."""
-        self._check_split(split, reason)
+        """(x, y) tensors of a split, normalized; test only when the quarantine is open (logged,
+        ``forced`` when the user forced a re-evaluation)."""
+        self._check_split(split, reason, forced)
         idx = torch.as_tensor(self.splits[split])
         y = (self.labels if self.labels is not None else self.source.y)[idx]
         if self._x is not None:

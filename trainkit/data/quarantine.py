@@ -32,12 +32,16 @@ class Quarantine:
     opens: str = "the final phase"
     log: Path | None = None
 
-    def check(self, reason: str = "") -> None:
-        """Log one attempt to read the test split; raise QuarantineError unless it is open."""
+    def check(self, reason: str = "", forced: bool = False) -> None:
+        """Log one attempt to read the test split (``forced``: a re-evaluation the user forced, which
+        the production gate counts as such); raise QuarantineError unless it is open."""
         if self.log is not None:
             from trainkit._io import append_jsonl
 
-            append_jsonl(self.log, {"time": time.time(), "phase": self.who, "allowed": self.open, "reason": reason})
+            append_jsonl(
+                self.log,
+                {"time": time.time(), "phase": self.who, "allowed": self.open, "reason": reason, "forced": forced},
+            )
         if not self.open:
             raise QuarantineError(
                 f"the test split is quarantined until {self.opens}; current phase: {self.who or 'none'}. "

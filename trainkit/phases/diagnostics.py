@@ -165,6 +165,8 @@ def _previous_exclusions(ctx: DiagnosticsContext) -> set[int]:
 
 
 def _restarts_left(ctx: DiagnosticsContext) -> int:
+    from trainkit.decisions import restarts_left
+
     attempts = len(
         [
             e
@@ -172,7 +174,7 @@ def _restarts_left(ctx: DiagnosticsContext) -> int:
             if e["phase"] == Phase.BASELINE.value and e.get("status") != "running"
         ]
     )
-    return ctx.config.budget.max_baseline_restarts - max(0, attempts - 1)
+    return restarts_left(ctx.config.budget.max_baseline_restarts, attempts)
 
 
 def _stale_families(ctx: DiagnosticsContext, plan: dict[str, Any]) -> tuple[list[str], list[str]] | None:
@@ -219,7 +221,7 @@ def decide(ctx: DiagnosticsContext, result: dict[str, Any]) -> dict[str, Any]:
                 "check the data and the model by hand"
             )
     patch, prov = combine_patches(fix_recs) if fix_recs else ({}, [])
-    restarts_left = _restarts_left(ctx)
+    left = _restarts_left(ctx)
     strong = None
     # strong evidence overrules a low gain estimate only when Phase 4 can act on it: a move of its own is selected
     if (
@@ -229,17 +231,18 @@ def decide(ctx: DiagnosticsContext, result: dict[str, Any]) -> dict[str, Any]:
         and any(r.get("finding") == result["primary"] for r in plan["selected"])
     ):
         strong = f"{result['cause']} (strength {result['strength']:.1f})"
-    option, nxt, reason = after_diagnostics(
+    decided = after_diagnostics(
         expected_gain=plan["expected_gain_points"],
         fix=patch or None,
         needs_fix=needs_fix,
         manual_fix=manual,
-        restarts_left=restarts_left,
+        restarts_left=left,
         budget=cfg.budget,
         strong=strong,
         gap=plan["gap_to_target_points"],
         stale=_stale_families(ctx, plan),
     )
+    option, nxt, reason = decided
     measured = sorted(result["evidence"].get("tried") or {})
     if option == "B" and measured and not any(r["kind"] == "accuracy" for r in plan["selected"]):
         reason += (
@@ -253,7 +256,7 @@ def decide(ctx: DiagnosticsContext, result: dict[str, Any]) -> dict[str, Any]:
         "selected": [r["id"] for r in plan["selected"]],
         "fixes": [r["id"] for r in plan["fixes"]],
         "fix_ids": [r["id"] for r in fix_recs],
-        "marginal": "marginal" in reason,
+        "marginal": decided.marginal,
     }
     if option == "C" and nxt == Phase.BASELINE.value:
         fixed = with_overrides(cfg, patch)

@@ -88,7 +88,7 @@ def _quarantine_checks(ctx: FinalizationContext, bundle: Any) -> dict[str, tuple
     overlap = sum(keys[i] in test_keys for s in ("train", "val") for i in bundle.splits[s])
     res["test_disjoint"] = _disjoint(bundle, overlap)
     final_reads = [r for r in log if r.get("phase") == PHASE and r.get("allowed")]
-    forced = [r for r in final_reads if "forced" in str(r.get("reason"))]
+    forced = [r for r in final_reads if r.get("forced")]
     res["test_evaluated_once"] = (
         ("pass", "one test evaluation, on the final model")
         if len(final_reads) == 1 and not forced

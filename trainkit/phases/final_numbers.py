@@ -78,7 +78,7 @@ def evaluate_numbers(
     f, metric = ctx.config.final, ctx.config.target.metric
     wrapped = LabelUnits(model, bundle.label_scale).eval()
     xv, yv = bundle.arrays("val")
-    xt, yt = bundle.arrays("test", reason="forced re-evaluation" if force else "final test evaluation")
+    xt, yt = bundle.arrays("test", reason="forced re-evaluation" if force else "final test evaluation", forced=force)
     pt, pv = _numbers(wrapped, xt), _numbers(wrapped, xv)
     yt_, yv_ = bundle.to_label_units(yt), bundle.to_label_units(yv)
     test, val = _scores(yt_, pt, f.bootstrap, 0), _scores(yv_, pv, f.bootstrap, 1)

@@ -187,7 +187,7 @@ def evaluate_test(ctx: FinalizationContext, force: bool = False) -> dict[str, An
     if bundle.regression:  # numbers in the label's units, each metric with its interval (final_numbers)
         return evaluate_numbers(ctx, bundle, model, force, model_sha, rec_path)
     xv, yv = bundle.arrays("val")
-    xt, yt = bundle.arrays("test", reason="forced re-evaluation" if force else "final test evaluation")
+    xt, yt = bundle.arrays("test", reason="forced re-evaluation" if force else "final test evaluation", forced=force)
     pt, pv = _predict(model, xt), _predict(model, xv)
     yt_, yv_ = yt.numpy(), yv.numpy()
     correct_t, correct_v = (pt.argmax(1) == yt_).astype(float), (pv.argmax(1) == yv_).astype(float)
