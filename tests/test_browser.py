@@ -123,17 +123,13 @@ def test_jupyterlab_runs_notebook_01_and_signs_the_gate_in_the_widget(lab):
 
 
 @pytest.mark.slow
-def test_phase_report_opened_from_file_shows_the_gate_table(tmp_path):
+def test_phase_report_opened_from_file_shows_the_gate_table(demo, tmp_path):
     from playwright.sync_api import sync_playwright
 
-    r = subprocess.run(
-        ["trainkit", "run", "--name", "b", "--runs-dir", str(tmp_path), "--stop-after", "1"],
-        capture_output=True,
-        text=True,
-    )
-    assert r.returncode == 0, r.stderr
-    index = tmp_path / "b" / "index.html"
-    report = tmp_path / "b" / "01_planning" / "report.html"
+    assert demo.results["at1"].returncode == 0, demo.results["at1"].stderr
+    run = demo.copy("at1", tmp_path)  # the demo stopped after Phase 1 (conftest.py)
+    index = run / "index.html"
+    report = run / "01_planning" / "report.html"
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = browser.new_page()

@@ -115,6 +115,7 @@ def test_the_run_clock_counts_each_phase_once_and_the_pipelines_own_work_between
     assert clock.overhead_s >= m["pipeline_gap_s"]  # the work after Phase 5 is in its tail reserve
 
 
+@pytest.mark.slow  # starts a process
 def test_the_run_clock_starts_when_the_trainkit_process_did():
     out = subprocess.run(
         [

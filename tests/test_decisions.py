@@ -86,6 +86,18 @@ ROWS = [
     ("Phase 3 C: a manual fix only", lambda: _p3(needs_fix=True, manual_fix="repair the files"), "C", "stop"),
     ("Phase 4 A: val ≥ target → Phase 5", lambda: _p4(candidate_mean=0.96, best_mean=0.96), "A", "05_finalization"),
     ("Phase 4 B: improved, still < target → iterate", lambda: _p4(), "B", "04_optimization"),
+    (
+        "Phase 4 B: improved, the moves used up → re-diagnose the new best",
+        lambda: _p4(moves_left=False),
+        "B",
+        "03_diagnostics",
+    ),
+    (
+        "Phase 4 B: the moves used up and no diagnosis round left → Phase 5",
+        lambda: _p4(moves_left=False, iteration=3, rounds=3, gains=[3.0, 3.0, 3.0]),
+        "B",
+        "05_finalization",
+    ),
     ("Phase 4 B: at most 3 iterations", lambda: _p4(iteration=3, gains=[3.0, 3.0, 3.0]), "B", "05_finalization"),
     (
         "Phase 4 C: no improvement over the baseline → Phase 3",
@@ -205,3 +217,52 @@ def test_a_moves_family_is_what_its_patch_changes():
     )
     assert move_family({"optimizer.weight_decay": 0.01}) == "regularization"
     assert move_family({"data.exclude": "exclude.json"}) == "data"
+
+
+def test_a_decision_unpacks_as_a_triple_and_carries_typed_flags():
+    marginal = _p3(expected_gain=4.0)  # between budget.marginal_gain_points and clear_gain_points
+    option, nxt, reason = marginal
+    assert (option, nxt) == ("A", "04_optimization") and marginal.marginal and marginal[:2] == ("A", "04_optimization")
+    clear = _p3(expected_gain=8.0)
+    assert clear.option == "A" and not clear.marginal
+    assert D.restarts_left(2, 1) == 2 and D.restarts_left(2, 3) == 0  # the first attempt is not a restart
+
+
+ROUTES = [  # (phase, gate, option, next, --stop-after, over budget) → (action, next, budget cut)
+    (("02_baseline", "blocked", "B", "03_diagnostics", None, False), ("blocked", None, False)),
+    (("02_baseline", "blocked", "C", "03_diagnostics", None, False), ("continue", "03_diagnostics", False)),
+    (("05_finalization", "awaiting_signoff", "-", "blocked", None, False), ("signoff", None, False)),
+    (("03_diagnostics", "passed", "A", "04_optimization", None, True), ("continue", "05_finalization", True)),
+    (("02_baseline", "passed", "B", "03_diagnostics", 2, False), ("stopped", "03_diagnostics", False)),
+    (("02_baseline", "blocked", "C", "03_diagnostics", 3, False), ("continue", "03_diagnostics", False)),
+    (("03_diagnostics", "passed", "A", "04_optimization", 3, True), ("stopped", "05_finalization", True)),
+    (("05_finalization", "passed", "-", "deploy", 5, False), ("stopped", "deploy", False)),
+    (("05_finalization", "passed", "-", "deploy", None, False), ("deploy", "deploy", False)),
+    (("02_baseline", "passed", "C", "stop", None, False), ("stop", "stop", False)),
+    (("02_baseline", "passed", "C", "stop", 1, False), ("stopped", "stop", False)),
+]
+
+
+@pytest.mark.parametrize("given,expected", ROUTES)
+def test_the_route_after_a_phase_is_one_pure_decision(given, expected):
+    phase, gate, option, nxt, stop_after, over = given
+    to = D.route(phase=phase, gate=gate, option=option, next_phase=nxt, stop_after=stop_after, over_budget=over)
+    assert (to.action, to.next, to.budget_cut) == expected
+
+
+RESUMES = [  # (last phase, gate, option, next, ran out before its gate) → (action, where)
+    (("05_finalization", "passed", "-", "blocked", True), ("deploy", "deploy")),
+    (("03_diagnostics", "passed", "A", "04_optimization", True), ("continue", "04_optimization")),
+    (("02_baseline", "passed", "A", None, True), ("done", None)),
+    (("02_baseline", "blocked", "C", "03_diagnostics", True), ("continue", "03_diagnostics")),
+    (("02_baseline", "blocked", "C", "stop", True), ("rerun", "02_baseline")),
+    (("02_baseline", None, None, None, True), ("in_place", "02_baseline")),
+    (("01_planning", None, None, None, False), ("rerun", "01_planning")),
+]
+
+
+@pytest.mark.parametrize("given,expected", RESUMES)
+def test_where_a_resume_starts_is_one_pure_decision(given, expected):
+    phase, gate, option, nxt, ran_out = given
+    to = D.resume_route(phase=phase, gate=gate, option=option, next_phase=nxt, ran_out=ran_out)
+    assert (to.action, to.next) == expected

@@ -2,7 +2,6 @@
 
 import json
 import math
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -266,15 +265,12 @@ def test_lr_finder_suggestion_within_10x_of_the_grid_best():
 
 
 @pytest.mark.slow
-def test_phase3_through_the_pipeline(tmp_path):
-    """The template baseline misses its target; Phase 3 diagnoses underfitting and routes to Phase 4."""
-    r = subprocess.run(
-        ["trainkit", "run", "--name", "d", "--runs-dir", str(tmp_path), "--stop-after", "3"],
-        capture_output=True,
-        text=True,
-    )
+def test_phase3_through_the_pipeline(demo):
+    """The template baseline misses its target; Phase 3 diagnoses underfitting and routes to Phase 4
+    (conftest.py: the demo, resumed with --stop-after 3)."""
+    r = demo.results["at3"]
     assert r.returncode == 0, r.stdout + r.stderr
-    d = tmp_path / "d" / "03_diagnostics" / "round-1"
+    d = demo["at3"] / "03_diagnostics" / "round-1"
     decision = json.loads((d / "decision.json").read_text())
     assert decision["option"] == "A" and decision["next"] == "04_optimization"
     findings = json.loads((d / "findings.json").read_text())
@@ -297,16 +293,11 @@ def test_phase3_through_the_pipeline(tmp_path):
 
 
 @pytest.mark.slow
-def test_failed_baseline_is_fixed_and_phase2_restarts_on_the_fixed_config(tmp_path):
-    cfg = tmp_path / "nan.yaml"
-    cfg.write_text(yaml.safe_dump(tiny_config(CASES["nan_loss"]).model_dump(mode="json")))
-    r = subprocess.run(
-        ["trainkit", "run", str(cfg), "--name", "n", "--runs-dir", str(tmp_path), "--stop-after", "3"],
-        capture_output=True,
-        text=True,
-    )
+def test_failed_baseline_is_fixed_and_phase2_restarts_on_the_fixed_config(failed_baseline):
+    # conftest.py: the nan_loss case's LR-1e6 config through trainkit run, stopped after 2, resumed to 3
+    r = failed_baseline.results["at3"]
     assert r.returncode == 0, r.stdout + r.stderr
-    run = tmp_path / "n"
+    run = failed_baseline["at3"]
     decision = json.loads((run / "03_diagnostics" / "round-1" / "decision.json").read_text())
     assert decision["option"] == "C" and decision["next"] == "02_baseline"
     prov = {p["field"]: p for p in decision["evidence"]["provenance"]}

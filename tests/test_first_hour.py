@@ -125,14 +125,12 @@ def test_a_failed_exit_is_recorded_before_the_index_is_written(blocked_run):
 
 
 @pytest.mark.slow
-def test_resume_after_stop_after_2_follows_a_failed_baselines_decision(tmp_path):
-    cfg = _cfg(
-        tmp_path, dict(FAST, **{"optimizer.name": "sgd", "optimizer.lr": 1e6, "model.kwargs": {"hidden": [64, 64, 64]}})
-    )
-    r = _cli("run", cfg, "--name", "nan", "--runs-dir", tmp_path, "--stop-after", "2")
+def test_resume_after_stop_after_2_follows_a_failed_baselines_decision(failed_baseline):
+    # conftest.py: trainkit run --stop-after 2 on the LR-1e6 config, then --resume --stop-after 3
+    r = failed_baseline.results["at2"]
     assert r.returncode == 0 and "FAILED: 02_baseline decided C → 03_diagnostics" in r.stdout, r.stdout + r.stderr
-    again = _cli("run", "--resume", "--name", "nan", "--runs-dir", tmp_path, "--stop-after", "3")
-    run = tmp_path / "nan"
+    again = failed_baseline.results["at3"]
+    run = failed_baseline["at3"]
     assert _path(run)[:3] == [("01_planning", 1), ("02_baseline", 1), ("03_diagnostics", 1)], (
         again.stdout + again.stderr
     )

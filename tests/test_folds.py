@@ -62,6 +62,7 @@ def test_the_folds_choose_the_epoch_of_lowest_val_loss():
     assert chosen_epochs([]) is None
 
 
+@pytest.mark.slow  # trains
 def test_select_last_keeps_the_last_epoch():
     cfg = tiny_config({"training.epochs": 3})
     r = fit(cfg, load_data(cfg), None, progress=False, select="last")

@@ -100,6 +100,7 @@ def test_roc_auc_of_three_classes_is_refused_before_a_run_folder_exists(tmp_path
     assert not (runs / "r").exists()
 
 
+@pytest.mark.slow  # trains
 def test_the_fit_selects_and_stops_on_the_target_metric():
     from trainkit.data import load_data
     from trainkit.testing import tiny_config
@@ -142,6 +143,7 @@ def test_phase2_decides_on_the_target_metric():
     assert learned(0.7, hist, 0.5, "balanced_accuracy")[0]
 
 
+@pytest.mark.slow  # trains
 def test_a_tie_on_the_metric_is_broken_by_the_val_loss_so_training_goes_on():
     """20:1:1 classes at a small SGD LR: val accuracy sits at the majority share for epochs while the
     val loss falls. Before, patience 2 stopped this fit at epoch 3 with epoch 1 as its best."""

@@ -97,24 +97,10 @@ def test_papermill_runs_notebook_01_without_the_cli(tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_stop_after_1_writes_phase_1_and_a_readable_report(tmp_path):
-    r = subprocess.run(
-        [
-            "trainkit",
-            "run",
-            str(NB_DIR.parent / "configs" / "baseline_template.yaml"),
-            "--name",
-            "demo",
-            "--runs-dir",
-            str(tmp_path),
-            "--stop-after",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
-    )
+def test_cli_stop_after_1_writes_phase_1_and_a_readable_report(demo):
+    r = demo.results["at1"]  # conftest.py: the demo (the shipped template) with --stop-after 1
     assert r.returncode == 0, r.stdout + r.stderr
-    d = tmp_path / "demo" / "01_planning"
+    d = demo["at1"] / "01_planning"
     for name in (
         "training_config.yaml",
         "environment.json",
@@ -128,7 +114,7 @@ def test_cli_stop_after_1_writes_phase_1_and_a_readable_report(tmp_path):
     assert "trainkit-gate" in html and "seeds_fixed" in html and "determinism_verified" in html
     assert "unpkg.com" not in html and "cdnjs" not in html
     assert _gate(d / "gate.json")["state"] == "passed"
-    run = json.loads((tmp_path / "demo" / "run.json").read_text())
+    run = json.loads((demo["at1"] / "run.json").read_text())
     assert run["phases"][0]["phase"] == "01_planning" and run["phases"][0]["status"] == "completed"
 
 

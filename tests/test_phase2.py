@@ -71,15 +71,10 @@ def test_stop_after_2_on_the_template_with_adam_reaches_097_with_all_files(tmp_p
 
 
 @pytest.mark.slow
-def test_absurd_lr_records_option_c_with_the_step_and_does_not_crash(tmp_path):
-    cfg = _cfg(tmp_path, {"optimizer.name": "sgd", "optimizer.lr": 1e6, "model.kwargs": {"hidden": [64, 64, 64]}})
-    r = subprocess.run(
-        ["trainkit", "run", str(cfg), "--name", "nan", "--runs-dir", str(tmp_path), "--stop-after", "2"],
-        capture_output=True,
-        text=True,
-    )
+def test_absurd_lr_records_option_c_with_the_step_and_does_not_crash(failed_baseline):
+    r = failed_baseline.results["at2"]  # trainkit run --stop-after 2 on the LR-1e6 config (conftest.py)
     assert r.returncode == 0, r.stdout + r.stderr  # the notebook completes: option C is a recorded outcome
-    d = tmp_path / "nan" / "02_baseline" / "attempt-1"
+    d = failed_baseline["at2"] / "02_baseline" / "attempt-1"
     decision = json.loads((d / "decision.json").read_text())
     assert decision["option"] == "C" and decision["next"] == "03_diagnostics"
     nf = decision["evidence"]["nonfinite"]
@@ -91,14 +86,9 @@ def test_absurd_lr_records_option_c_with_the_step_and_does_not_crash(tmp_path):
 
 
 @pytest.mark.slow
-def test_phase2_refuses_to_start_when_phase1_was_tampered_with(tmp_path):
-    run = tmp_path / "demo"
-    r = subprocess.run(
-        ["trainkit", "run", "--name", "demo", "--runs-dir", str(tmp_path), "--stop-after", "1"],
-        capture_output=True,
-        text=True,
-    )
-    assert r.returncode == 0, r.stderr
+def test_phase2_refuses_to_start_when_phase1_was_tampered_with(demo, tmp_path):
+    assert demo.results["at1"].returncode == 0, demo.results["at1"].stderr
+    run = demo.copy("at1", tmp_path)  # the demo stopped after Phase 1 (conftest.py)
     cfg = run / "01_planning" / "training_config.yaml"
     cfg.write_text(cfg.read_text().replace("lr: 0.001", "lr: 0.002"))
     out = tmp_path / "o.ipynb"

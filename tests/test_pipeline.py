@@ -74,15 +74,13 @@ def test_fast_path_deploys(fast_run):
 
 
 @pytest.mark.slow
-def test_demo_walks_all_five_phases_and_waits_for_approval_then_deploys(tmp_path):
-    poison = tmp_path / "no-mlflow" / "mlflow"  # the demo stays free of MLflow: importing it anywhere fails the demo
-    poison.mkdir(parents=True)
-    (poison / "__init__.py").write_text("raise ImportError('the demo imported mlflow')\n")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(poison.parent), os.environ.get("PYTHONPATH")])))
-    r = _run("--name", "demo", "--runs-dir", tmp_path, env=env)
+def test_demo_walks_all_five_phases_and_waits_for_approval_then_deploys(demo, tmp_path):
+    # conftest.py: the demo with mlflow unimportable (it stays free of MLflow), run to Phase 1, resumed to
+    # Phase 3, resumed to the production gate
+    r = demo.results["at5"]
     assert r.returncode == 3, r.stdout + r.stderr
     assert "trainkit signoff" in r.stdout and "stakeholder_approval" in r.stdout
-    run = tmp_path / "demo"
+    run = demo.copy("at5", tmp_path)
     assert [p for p, _ in _path(run)] == [
         "01_planning",
         "02_baseline",
@@ -136,12 +134,9 @@ def test_multiple_iterations_then_diminishing_returns(tmp_path):
 
 
 @pytest.mark.slow
-def test_failed_baseline_is_diagnosed_fixed_and_restarted(tmp_path):
-    cfg = _cfg(
-        tmp_path, dict(FAST, **{"optimizer.name": "sgd", "optimizer.lr": 1e6, "model.kwargs": {"hidden": [64, 64, 64]}})
-    )
-    r = _run(cfg, "--name", "nan", "--runs-dir", tmp_path, "--stop-after", "3")
-    run = tmp_path / "nan"
+def test_failed_baseline_is_diagnosed_fixed_and_restarted(failed_baseline):
+    r = failed_baseline.results["at3"]  # conftest.py: stopped after 2, resumed with --stop-after 3
+    run = failed_baseline["at3"]
     assert [p for p in _path(run)][:4] == [
         ("01_planning", 1),
         ("02_baseline", 1),

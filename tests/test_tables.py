@@ -141,6 +141,7 @@ def test_the_run_saves_the_preprocessing_and_later_phases_use_it(churn_csv, tmp_
     assert bool((later._x[later.splits["train"]] == first._x[first.splits["train"]]).all())
 
 
+@pytest.mark.slow  # trains
 def test_a_network_learns_the_table(churn_csv):
     from trainkit.train import fit
 

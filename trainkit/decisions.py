@@ -28,6 +28,9 @@ __all__ = [
     "after_optimization",
     "after_finalization",
     "route_over_budget",
+    "Route",
+    "route",
+    "resume_route",
 ]
 
 
@@ -229,6 +232,61 @@ def route_over_budget(next_phase: str, seconds_left: float) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class Route:
+    """Where ``trainkit run`` goes after a phase: ``action`` is ``continue`` (run ``next``),
+    ``deploy``, ``stop`` (the decision stopped the run), ``stopped`` (``--stop-after`` ends this
+    invocation before ``next``), ``blocked`` (the gate blocked a decision that is not a failed
+    baseline's C) or ``signoff`` (the gate waits for a person). ``budget_cut``: the budget sent the
+    run to Phase 5 instead of the decision's ``next``."""
+
+    action: str
+    next: str | None = None
+    budget_cut: bool = False
+
+
+def route(
+    *, phase: str, gate: str | None, option: str, next_phase: str, stop_after: int | None, over_budget: bool
+) -> Route:
+    """The whole route after a finished phase, in order: a blocked gate ends the run (a failed
+    baseline's C goes on past its gate, blocked by design, to the diagnosis); a gate awaiting a
+    sign-off waits; an over-budget optional phase is skipped for Phase 5 (``over_budget``: the
+    budget's clock, :func:`trainkit.budget._over_budget`, said so for ``next_phase``); ``--stop-after
+    N`` stops before a phase past N (and before deploy or stop once phase N ran); then deploy, stop,
+    or the next phase."""
+    if gate == "blocked" and option != "C":
+        return Route("blocked")
+    if gate == "awaiting_signoff":
+        return Route("signoff")
+    nxt, cut = (Phase.FINALIZATION.value, True) if over_budget else (next_phase, False)
+    if stop_after is not None and (
+        nxt in ("deploy", "stop") and int(phase[:2]) >= stop_after or nxt[:2].isdigit() and int(nxt[:2]) > stop_after
+    ):
+        return Route("stopped", nxt, cut)
+    if nxt in ("deploy", "stop"):
+        return Route(nxt, nxt, cut)
+    return Route("continue", nxt, cut)
+
+
+def resume_route(*, phase: str, gate: str | None, option: str | None, next_phase: str | None, ran_out: bool) -> Route:
+    """Where ``trainkit run --resume`` starts, from the last phase in run.json: its gate passed →
+    deploy after Phase 5, else its decision's next (``done`` when that was deploy or nothing);
+    blocked with a failed baseline's C to a phase → that phase; no gate record and ``ran_out``
+    (the phase died before its gate: it continues in place) → ``again`` in place; anything else →
+    the same phase again (``rerun``)."""
+    if gate == "passed":
+        if phase == Phase.FINALIZATION.value:
+            return Route("deploy", "deploy")
+        if next_phase in ("deploy", None):
+            return Route("done")
+        return Route("continue", next_phase)
+    if gate == "blocked" and option == "C" and str(next_phase or "")[:2].isdigit():
+        return Route("continue", next_phase)
+    if gate is None and ran_out:
+        return Route("in_place", phase)
+    return Route("rerun", phase)
+
+
 def after_diagnostics(
     *,
     expected_gain: float,
@@ -319,6 +377,7 @@ def after_optimization(
     budget: Any,
     rounds: int = 1,
     metric: str = "accuracy",
+    moves_left: bool = True,
 ) -> Decision:
     """Phase 4, in docs/design.md's order: A target reached → Phase 5; C no improvement over the
     baseline → back to Phase 3 (Phase 5 once Phase 3 ran ``max_optimization_iterations`` rounds);
@@ -328,7 +387,10 @@ def after_optimization(
     ``candidate_mean`` is this iteration's mean val metric over seeds, ``best_mean`` the best
     adopted so far (after this iteration's adoption), ``gains`` the points each iteration added to
     the best (this one last), ``significant`` whether this candidate beat the previous best by more
-    than the seed spread. Every comparison is in ``metric``'s direction (an rmse improves downwards)."""
+    than the seed spread. Every comparison is in ``metric``'s direction (an rmse improves downwards).
+    ``moves_left``: Phase 3's recommendations still hold an untried move for the best config; when
+    they are used up, an improvement short of the target re-diagnoses the new best config (while
+    diagnosis rounds are left) instead of iterating on nothing."""
     d = budget.diminishing_points
     name = LABELS.get(metric, metric)
     if reaches(metric, best_mean, target):
@@ -372,6 +434,13 @@ def after_optimization(
                 f"improved to {best_mean:.4f} but short of target {target}; the iteration limit "
                 f"({budget.max_optimization_iterations}) is reached: finalize with the best"
             ),
+        )
+    if not moves_left and rounds < budget.max_optimization_iterations:
+        return Decision(
+            "B",
+            Phase.DIAGNOSTICS.value,
+            f"improved to {best_mean:.4f}, target {target} not reached yet; this round's recommendations are used "
+            "up: re-diagnose the new best config",
         )
     return Decision(
         "B", Phase.OPTIMIZATION.value, f"improved to {best_mean:.4f}, target {target} not reached yet: iterate"

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from trainkit.budget import _count_gap, _over_budget, _route_over_budget
+from trainkit.decisions import resume_route, route
 from trainkit.errors import ConfigError, PipelineError, RunError
 from trainkit.executor import _ATTEMPTED, execute_phase, notebook_path
 from trainkit.reports import export_html, export_reports, refresh_reports, write_index
@@ -27,6 +28,7 @@ from trainkit.run import (
     GATE,
     PHASES,
     REPORT,
+    PhaseFolder,
     RUN_CONFIG,
     RUN_JSON,
     Phase,
@@ -69,7 +71,7 @@ class PipelineOutcome:
 
 
 def _gate_state(d: Path) -> str | None:
-    record = RunFolder(d).gate(d)
+    record = PhaseFolder(d).gate()
     if record is None:
         return None
     from trainkit.gates import gate_state
@@ -100,21 +102,24 @@ def _resume_point(run_dir: Path) -> tuple[str | None, str | None, int | None]:
     d = latest_attempt_dir(run_dir, last["phase"])
     state = _gate_state(d) if d else None
     run = RunFolder(run_dir)
-    if state == "passed":
-        nxt = (run.routed_decision(d) or {}).get("next")
-        if last["phase"] == Phase.FINALIZATION.value:
-            _mark_deploy(run_dir, d)
-            return None, "production_ready is passed and signed: ready to deploy", None
-        if nxt in ("deploy", None):
-            return None, "the run already finished", None
-        return nxt, f"{last['phase']} passed its gate", None
-    decision = run.decision(d) or {}
-    if state == "blocked" and decision.get("option") == "C" and str(decision.get("next", ""))[:2].isdigit():
-        # a failed baseline's gate is blocked by design and its decision routes to the diagnosis: follow it
-        return decision["next"], f"{last['phase']} failed and its recorded decision is C → {decision['next']}", None
-    if state is None and (
-        last["phase"] in _ATTEMPTED or last["phase"] == PHASES[-1]
-    ):  # died before its gate: continue in place
+    decision = (run.routed_decision(d) if state == "passed" else run.decision(d)) or {}
+    to = resume_route(
+        phase=last["phase"],
+        gate=state,
+        option=decision.get("option"),
+        next_phase=decision.get("next"),
+        ran_out=last["phase"] in _ATTEMPTED or last["phase"] == PHASES[-1],
+    )
+    if to.action == "deploy":
+        _mark_deploy(run_dir, d)
+        return None, "production_ready is passed and signed: ready to deploy", None
+    if to.action == "done":
+        return None, "the run already finished", None
+    if to.action == "continue" and state == "passed":
+        return to.next, f"{last['phase']} passed its gate", None
+    if to.action == "continue":  # a failed baseline's gate is blocked by design: its decision routes on
+        return to.next, f"{last['phase']} failed and its recorded decision is C → {to.next}", None
+    if to.action == "in_place":  # died before its gate
         return (
             last["phase"],
             f"{last['phase']} attempt {last['attempt']} did not finish; continuing it",
@@ -358,20 +363,26 @@ def _follow(w: _Walk, phase: str, attempt: int, d: Path) -> tuple[str | None, Pi
     state = _gate_state(d)
     decision = w.run.decision(d) or {}
     _echo_phase(w, phase, attempt, d, state, decision)
-    if state == "blocked" and decision.get("option") != "C":
+    over = state not in ("blocked", "awaiting_signoff") and _over_budget(run_dir, decision["next"])
+    to = route(
+        phase=phase,
+        gate=state,
+        option=str(decision.get("option", "-")),
+        next_phase=str(decision.get("next")),
+        stop_after=w.stop_after,
+        over_budget=over,
+    )
+    if to.action == "blocked":
         return None, w.outcome(
             EXIT_FAILED, f"{phase}: gate blocked: {decision.get('reason', '')[:1500]} (read {d / REPORT})"
         )
-    if state == "awaiting_signoff":
+    if to.action == "signoff":
         return None, w.outcome(EXIT_SIGNOFF, _signoff_hint(run_dir, phase, d))
-    nxt = decision["next"]
-    if _over_budget(run_dir, nxt):
-        nxt = _route_over_budget(run_dir, nxt, d)
+    nxt = str(to.next)
+    if to.budget_cut:
+        _route_over_budget(run_dir, decision["next"], d)
         w.echo("trainkit: over the time budget: finalizing with the best so far")
-    n = int(phase[:2])
-    if w.stop_after is not None and (
-        nxt in ("deploy", "stop") and n >= w.stop_after or nxt[:2].isdigit() and int(nxt[:2]) > w.stop_after
-    ):
+    if to.action == "stopped":
         failed = "FAILED: " if decision.get("option") == "C" else ""
         return None, w.outcome(
             EXIT_OK,
@@ -380,10 +391,10 @@ def _follow(w: _Walk, phase: str, attempt: int, d: Path) -> tuple[str | None, Pi
             f"{str(decision.get('reason', ''))[:300]}. Continue with: {resume_command(run_dir)}",
             stopped=True,
         )
-    if nxt == "deploy":
+    if to.action == "deploy":
         _mark_deploy(run_dir, d)
         return None, w.outcome(EXIT_OK, f"ready to deploy: {d}")
-    if nxt == "stop":
+    if to.action == "stop":
         return None, w.outcome(EXIT_FAILED, f"{phase} decided to stop: {decision['reason']} (read {d / REPORT})")
     return nxt, None
 

@@ -20,6 +20,7 @@ from trainkit.run import (
     Phase,
     REPORT,
     RUN_JSON,
+    PhaseFolder,
     RunFolder,
     TRAIN_SUMMARY,
     load_manifest,
@@ -308,7 +309,7 @@ def _state_banner(d: Path) -> str:
     """The phase's current gate state, sign-off, waivers and decision, as an HTML block."""
     from trainkit.gates import gate_state, state_color
 
-    record = RunFolder(d).gate(d)
+    record = PhaseFolder(d).gate()
     if record is None:
         return ""
     state = gate_state(record)
@@ -327,7 +328,7 @@ def _state_banner(d: Path) -> str:
         parts.append("missing: " + ", ".join(html.escape(p) for p in pending))
     for w in record.get("waivers") or []:
         parts.append(f"waived {html.escape(w['check'])} ({html.escape(w['reason'])}, by {html.escape(w['by'])})")
-    dec = RunFolder(d).decision(d)
+    dec = PhaseFolder(d).decision()
     if dec:
         parts.append(
             f"decision {html.escape(str(dec.get('option', '')))} → <b>{html.escape(str(dec.get('next')))}</b>: "

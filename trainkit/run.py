@@ -22,6 +22,7 @@ __all__ = [
     "Phase",
     "PHASES",
     "RunFolder",
+    "PhaseFolder",
     "phase_name",
     "init_run",
     "load_manifest",
@@ -119,8 +120,45 @@ def _read(path: Path) -> dict[str, Any] | None:
     return read_json(path) if path.is_file() else None
 
 
+class PhaseFolder:
+    """One phase's folder (``01_planning``, ``02_baseline/attempt-N``, ...): typed reads of the
+    records a phase leaves there (absent = None). Cheap to make; every read goes to disk."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"PhaseFolder({str(self.path)!r})"
+
+    def decision(self) -> dict[str, Any] | None:
+        return _read(self.path / DECISION)
+
+    def gate(self) -> dict[str, Any] | None:
+        return _read(self.path / GATE)
+
+    def budget(self) -> dict[str, Any] | None:
+        return _read(self.path / BUDGET)
+
+    def train_summary(self) -> dict[str, Any] | None:
+        return _read(self.path / TRAIN_SUMMARY)
+
+    def findings(self) -> dict[str, Any] | None:
+        return _read(self.path / FINDINGS)
+
+    def routed_decision(self) -> dict[str, Any] | None:
+        """The decision as the run follows it: an over-budget route (``budget_override.json``,
+        written by the pipeline beside the signed decision) replaces its ``next``."""
+        decision = self.decision()
+        override = _read(self.path / BUDGET_OVERRIDE)
+        if decision is not None and override is not None:
+            decision = dict(decision, **override)
+        return decision
+
+
 class RunFolder:
-    """One run folder, ``runs/NAME/``. Cheap to make; every read goes to disk."""
+    """One run folder, ``runs/NAME/``. Cheap to make; every read goes to disk. The records of one
+    phase's folder are read through :class:`PhaseFolder` (``decision(folder)`` here is the same read,
+    None for a phase that has no folder)."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
@@ -213,31 +251,26 @@ class RunFolder:
         return _read(self.manifest_path)
 
     def decision(self, folder: Path | None) -> dict[str, Any] | None:
-        return _read(folder / DECISION) if folder is not None else None
+        return PhaseFolder(folder).decision() if folder is not None else None
 
     def gate(self, folder: Path | None) -> dict[str, Any] | None:
-        return _read(folder / GATE) if folder is not None else None
+        return PhaseFolder(folder).gate() if folder is not None else None
 
     def budget(self, folder: Path | None) -> dict[str, Any] | None:
-        return _read(folder / BUDGET) if folder is not None else None
+        return PhaseFolder(folder).budget() if folder is not None else None
 
     def train_summary(self, folder: Path | None) -> dict[str, Any] | None:
-        return _read(folder / TRAIN_SUMMARY) if folder is not None else None
+        return PhaseFolder(folder).train_summary() if folder is not None else None
 
     def findings(self, folder: Path | None) -> dict[str, Any] | None:
-        return _read(folder / FINDINGS) if folder is not None else None
+        return PhaseFolder(folder).findings() if folder is not None else None
 
     def splits(self) -> dict[str, Any] | None:
         return _read(self.planning / SPLITS)
 
     def routed_decision(self, folder: Path | None) -> dict[str, Any] | None:
-        """A phase's decision as the run follows it: an over-budget route (``budget_override.json``,
-        written by the pipeline beside the signed decision) replaces its ``next``."""
-        decision = self.decision(folder)
-        override = _read(folder / BUDGET_OVERRIDE) if folder is not None else None
-        if decision is not None and override is not None:
-            decision = dict(decision, **override)
-        return decision
+        """A phase's decision as the run follows it (:meth:`PhaseFolder.routed_decision`)."""
+        return PhaseFolder(folder).routed_decision() if folder is not None else None
 
     def path_taken(self) -> list[str]:
         """The phases the run went through, in order (every invocation's, a resume's included)."""

@@ -18,7 +18,7 @@ from trainkit.config import TrainkitConfig, config_to_dict
 from trainkit.diagnostics.detectors import DETECTORS, THRESHOLDS, Finding, Recommendation, classify_crash, detect_all
 from trainkit.diagnostics.findings import STANDARD_LR, best_score, patch_already_in
 from trainkit.metrics import row_score
-from trainkit.run import METRICS, RunFolder
+from trainkit.run import METRICS, PhaseFolder
 from trainkit.diagnostics.probe_runner import run_probes
 
 __all__ = [
@@ -45,7 +45,7 @@ def gather_evidence(source_dir: str | Path, cfg: TrainkitConfig, failed_mode: bo
     """The evidence of one training folder (a Phase 2 attempt or a Phase 4 run): history, status,
     best epoch, loss at init, the non-finite record, the crash record."""
     d = Path(source_dir)
-    summary = RunFolder(d).train_summary(d) or {}
+    summary = PhaseFolder(d).train_summary() or {}
     if summary:
         history = summary.get("history") or []
     else:  # crashed or killed: whatever epochs were logged

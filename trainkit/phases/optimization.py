@@ -475,6 +475,7 @@ def decide(ctx: OptimizationContext, cmp: dict[str, Any]) -> dict[str, Any]:
         budget=cfg.budget,
         rounds=rounds,
         metric="skill" if cfg.target.metric in ("rmse", "mae") else cfg.target.metric,
+        moves_left=bool(_untried(ctx, ctx.candidate if adopted else ctx.config)),
     )
     if cfg.target.metric in ("rmse", "mae"):  # the skill compared, and the error itself
         raw = [r.get("best_val_metric") for r in (cmp["candidate"] if adopted else cmp["baseline"])]
@@ -484,14 +485,6 @@ def decide(ctx: OptimizationContext, cmp: dict[str, Any]) -> dict[str, Any]:
                 f"{np.mean(raw):.4g}, "
                 f"target {cfg.target.value:g})"
             )
-    if (
-        option == "B"
-        and nxt == PHASE
-        and rounds < cfg.budget.max_optimization_iterations
-        and not _untried(ctx, ctx.candidate if adopted else ctx.config)
-    ):
-        nxt = Phase.DIAGNOSTICS.value
-        reason += "; this round's recommendations are used up: re-diagnose the new best config"
     evidence = {
         "metric": ctx.config.target.metric,
         "adopted": adopted,
