@@ -188,3 +188,22 @@ def test_the_tree_is_formatted_and_lints_clean_at_120_columns():
             text=True,
         )
         assert done.returncode == 0, f"ruff {' '.join(args)}:\n{done.stdout}{done.stderr}"
+
+
+def test_only_the_run_folder_writes_run_json():
+    """docs/design.md: RunFolder owns every write to run.json (``RunFolder.updating``, ``record_phase``,
+    ``init_run``); no other module saves the manifest or writes a file named like it."""
+    import re
+
+    writes = re.compile(
+        r"(write_json_atomic|write_text_atomic|\.write_text|open)\([^)]*(RUN_JSON|manifest_path|run\.json)"
+        r"|(RUN_JSON|manifest_path|run\.json\")\)?\.write_(text|bytes)"
+    )
+    offenders = [
+        f"{m}:{i}"
+        for m, p in MODULES.items()
+        if m != "trainkit.run"
+        for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
+        if "save_manifest" in line or writes.search(line)
+    ]
+    assert offenders == []

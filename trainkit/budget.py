@@ -35,7 +35,6 @@ from trainkit.run import (
     Phase,
     RunFolder,
     load_manifest,
-    save_manifest,
 )
 
 __all__ = ["PhaseClock", "CUMULATIVE", "CLOCK_ENV", "active_seconds", "process_start"]
@@ -212,12 +211,9 @@ class PhaseClock:
         self.cuts.append(c)
         self.save()
         if self.dir is not None and (self.run_dir / RUN_JSON).is_file():
-            from trainkit.run import load_manifest, save_manifest
-
-            manifest = load_manifest(self.run_dir)
             rel = self.dir.relative_to(self.run_dir) if self.dir.is_relative_to(self.run_dir) else self.dir
-            manifest.setdefault("notes", []).append(f"budget cut in {rel}: {what} ({why})")
-            save_manifest(self.run_dir, manifest)
+            with RunFolder(self.run_dir).updating() as manifest:
+                manifest.setdefault("notes", []).append(f"budget cut in {rel}: {what} ({why})")
 
     # ---------------------------------------------------------------- records
     def to_dict(self) -> dict[str, Any]:
@@ -253,13 +249,12 @@ class PhaseClock:
 def _count_active(run_dir: Path, phase: str, attempt: int, wall: float, active: float) -> None:
     """Record a phase's pipeline wall time (kernel start and report export included) and the run's
     active seconds at its end (the clock its time budget runs on)."""
-    manifest = load_manifest(run_dir)
-    manifest["active_s"] = round(active, 3)
-    for e in manifest["phases"]:
-        if e["phase"] == phase and e["attempt"] == attempt:
-            e["pipeline_wall_s"] = round(e.get("pipeline_wall_s", 0.0) + wall, 3)
-            e["active_end_s"] = round(active, 3)
-    save_manifest(run_dir, manifest)
+    with RunFolder(run_dir).updating() as manifest:
+        manifest["active_s"] = round(active, 3)
+        for e in manifest["phases"]:
+            if e["phase"] == phase and e["attempt"] == attempt:
+                e["pipeline_wall_s"] = round(e.get("pipeline_wall_s", 0.0) + wall, 3)
+                e["active_end_s"] = round(active, 3)
 
 
 def _count_gap(run_dir: Path, active: float, between: bool = True) -> None:
@@ -269,14 +264,13 @@ def _count_gap(run_dir: Path, active: float, between: bool = True) -> None:
     (``run.json["pipeline_gap_s"]``) for Phase 5's tail reserve; an invocation's start is not."""
     from trainkit.budget import active_seconds
 
-    manifest = load_manifest(run_dir)
-    gap = active - active_seconds(manifest)
+    gap = active - active_seconds(load_manifest(run_dir))
     if gap <= 0:
         return
-    manifest["active_s"] = round(active, 3)
-    if between:
-        manifest["pipeline_gap_s"] = round(max(gap, float(manifest.get("pipeline_gap_s") or 0.0)), 3)
-    save_manifest(run_dir, manifest)
+    with RunFolder(run_dir).updating() as manifest:
+        manifest["active_s"] = round(active, 3)
+        if between:
+            manifest["pipeline_gap_s"] = round(max(gap, float(manifest.get("pipeline_gap_s") or 0.0)), 3)
 
 
 CHEAP_PROBE_UNITS = 0.1  # loss at init, zeroed inputs, data checks, LR range test, one-batch overfit: < 0.1 baseline
@@ -323,10 +317,9 @@ def _route_over_budget(run_dir: Path, phase: str, d: Path) -> str:  # phase: whe
             f"{decision['option']} → {decision['next']}: {decision['reason']})",
         },
     )
-    manifest = load_manifest(run_dir)
-    manifest.setdefault("notes", []).append(
-        f"budget cut after {d.relative_to(run_dir)}: {phase} skipped (its share of "
-        "budget.total_hours was used up); finalized with the best so far"
-    )
-    save_manifest(run_dir, manifest)
+    with RunFolder(run_dir).updating() as manifest:
+        manifest.setdefault("notes", []).append(
+            f"budget cut after {d.relative_to(run_dir)}: {phase} skipped (its share of "
+            "budget.total_hours was used up); finalized with the best so far"
+        )
     return Phase.FINALIZATION.value

@@ -19,7 +19,7 @@ from typing import Any, Iterable
 
 from trainkit._io import read_json, sha256_file, write_json_atomic
 from trainkit.errors import GateBlocked, GateError
-from trainkit.run import GATE, Phase, RUN_JSON
+from trainkit.run import GATE, RUN_JSON, Phase, RunFolder
 
 __all__ = [
     "CheckSpec",
@@ -361,10 +361,11 @@ def _write_record(run_dir: Path, path: Path, record: dict[str, Any]) -> None:
         record["chain_previous"] = {"record": earlier[-1][0], "sha256": earlier[-1][1]} if earlier else None
     write_json_atomic(path, record)
     if manifest is not None:
-        chain.pop(rel, None)
-        chain[rel] = sha256_file(path)
-        manifest[CHAIN] = chain
-        write_json_atomic(manifest_path, manifest)
+        with RunFolder(run_dir).updating() as current:  # run.json as it is now (read again: one writer)
+            chain = dict(current.get(CHAIN) or {})
+            chain.pop(rel, None)
+            chain[rel] = sha256_file(path)
+            current[CHAIN] = chain
 
 
 def _verify_chain(run_dir: Path, gate_path: Path, record: dict[str, Any]) -> None:

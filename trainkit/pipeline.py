@@ -40,7 +40,6 @@ from trainkit.run import (
     record_phase,
     resume_command,
     run_cost,
-    save_manifest,
     signoff_command,
 )
 from trainkit.tracking import _close_tracking, _kick, _start_tracking
@@ -146,9 +145,8 @@ def _mark_deploy(run_dir: Path, d: Path) -> None:
             },
         )
     record_phase(run_dir, Phase.FINALIZATION.value, 1, decision="deploy", gate="passed")
-    manifest = load_manifest(run_dir)
-    manifest["status"] = "ready_to_deploy"
-    save_manifest(run_dir, manifest)
+    with RunFolder(run_dir).updating() as manifest:
+        manifest["status"] = "ready_to_deploy"
     refresh_reports(run_dir, [d])
 
 
@@ -213,21 +211,20 @@ def _record_exit(run_dir: Path, outcome: PipelineOutcome | None) -> None:
     """The run's state after this invocation, before index.html is written: exit code and message,
     total cost, and a status that is never left at "running" (failed, awaiting_signoff, stopped,
     ready_to_deploy), and no phase entry left "running" either."""
-    manifest = load_manifest(run_dir)
     code = outcome.code if outcome is not None else EXIT_FAILED
     message = outcome.message if outcome is not None else "interrupted (see the console for the error)"
-    manifest["exit"] = {"code": code, "message": message[:500]}
-    manifest["cost"] = run_cost(manifest)
-    if manifest.get("status") != "ready_to_deploy":
-        manifest["status"] = {
-            EXIT_OK: "stopped" if outcome is not None and outcome.stopped else "finished",
-            EXIT_SIGNOFF: "awaiting_signoff",
-            EXIT_USAGE: "refused",
-        }.get(code, "failed")
-    for e in manifest["phases"]:
-        if e.get("status") == "running":
-            e["status"], e["ended"] = "failed", e.get("ended") or time.time()
-    save_manifest(run_dir, manifest)
+    with RunFolder(run_dir).updating() as manifest:
+        manifest["exit"] = {"code": code, "message": message[:500]}
+        manifest["cost"] = run_cost(manifest)
+        if manifest.get("status") != "ready_to_deploy":
+            manifest["status"] = {
+                EXIT_OK: "stopped" if outcome is not None and outcome.stopped else "finished",
+                EXIT_SIGNOFF: "awaiting_signoff",
+                EXIT_USAGE: "refused",
+            }.get(code, "failed")
+        for e in manifest["phases"]:
+            if e.get("status") == "running":
+                e["status"], e["ended"] = "failed", e.get("ended") or time.time()
 
 
 @contextlib.contextmanager

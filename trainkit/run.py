@@ -8,12 +8,13 @@ compute cost in baseline units. No other module spells out a run folder's layout
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import os
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from trainkit._io import read_json, write_json_atomic
 from trainkit.errors import RunError
@@ -211,6 +212,15 @@ class RunFolder:
     def is_run(self) -> bool:
         return self.manifest_path.is_file()
 
+    @contextlib.contextmanager
+    def updating(self) -> Iterator[dict[str, Any]]:
+        """run.json to change in place: read, yielded, written back atomically when the block ends
+        without an error (an error leaves the file as it was). Every write to run.json after
+        :func:`init_run` goes through here or :func:`record_phase`."""
+        manifest = load_manifest(self.path)
+        yield manifest
+        write_json_atomic(self.manifest_path, manifest)
+
     # ------------------------------------------------------------ configs
     def start_config_path(self) -> Path:
         """The config the run was started with (``config.yaml``; a run from before it existed falls
@@ -382,7 +392,7 @@ def load_manifest(run_dir: str | Path) -> dict[str, Any]:
     return read_json(path)
 
 
-def save_manifest(run_dir: str | Path, manifest: dict[str, Any]) -> None:
+def _save_manifest(run_dir: str | Path, manifest: dict[str, Any]) -> None:
     write_json_atomic(Path(run_dir) / RUN_JSON, manifest)
 
 
@@ -404,7 +414,7 @@ def record_phase(run_dir: str | Path, phase: str, attempt: int, **fields: Any) -
             **fields,
         }
         manifest["phases"].append(entry)
-    save_manifest(run_dir, manifest)
+    _save_manifest(run_dir, manifest)
     return entry
 
 
