@@ -28,14 +28,7 @@ from typing import Any
 
 from trainkit._io import write_json_atomic
 from trainkit.plan import SHARES
-from trainkit.run import (
-    BUDGET,
-    BUDGET_OVERRIDE,
-    RUN_JSON,
-    Phase,
-    RunFolder,
-    load_manifest,
-)
+from trainkit.run import BUDGET, BUDGET_OVERRIDE, RUN_JSON, Phase, PhaseFolder, RunFolder, baseline_seconds
 
 __all__ = ["PhaseClock", "CUMULATIVE", "CLOCK_ENV", "active_seconds", "process_start"]
 
@@ -262,15 +255,12 @@ def _count_gap(run_dir: Path, active: float, between: bool = True) -> None:
     since the invocation started: the run's active seconds move to ``active``. A gap ``between``
     two phases (or after the last) is work that also follows Phase 5, so the largest is kept
     (``run.json["pipeline_gap_s"]``) for Phase 5's tail reserve; an invocation's start is not."""
-    from trainkit.budget import active_seconds
-
-    gap = active - active_seconds(load_manifest(run_dir))
-    if gap <= 0:
-        return
-    with RunFolder(run_dir).updating() as manifest:
-        manifest["active_s"] = round(active, 3)
-        if between:
-            manifest["pipeline_gap_s"] = round(max(gap, float(manifest.get("pipeline_gap_s") or 0.0)), 3)
+    with RunFolder(run_dir).updating() as manifest:  # written back only when it changed
+        gap = active - active_seconds(manifest)
+        if gap > 0:
+            manifest["active_s"] = round(active, 3)
+            if between:
+                manifest["pipeline_gap_s"] = round(max(gap, float(manifest.get("pipeline_gap_s") or 0.0)), 3)
 
 
 CHEAP_PROBE_UNITS = 0.1  # loss at init, zeroed inputs, data checks, LR range test, one-batch overfit: < 0.1 baseline
@@ -284,9 +274,6 @@ def _over_budget(run_dir: Path, phase: str) -> bool:
 
     if route_over_budget(phase, 0.0) is None:
         return False  # never skipped: no need to read the clock
-    from trainkit.budget import PhaseClock
-    from trainkit.run import baseline_seconds
-
     clock = PhaseClock(run_dir, phase, RunFolder(run_dir).config_in_force().budget.total_hours)
     # a phase whose time left is less than what a phase costs outside its own work (a kernel's start,
     # the report's export, measured in this run) could do nothing in it. Phase 3's cheap, decisive
@@ -303,9 +290,7 @@ def _over_budget(run_dir: Path, phase: str) -> bool:
 def _route_over_budget(run_dir: Path, phase: str, d: Path) -> str:  # phase: where the decision wanted to go
     """Route to Phase 5 with the best so far: ``budget_override.json`` beside the decision (the
     signed decision.json stays as it was) and a note in run.json documenting the ceiling."""
-    from trainkit._io import write_json_atomic
-
-    decision = RunFolder(run_dir).decision(d) or {}
+    decision = PhaseFolder(d).decision() or {}
     write_json_atomic(
         d / BUDGET_OVERRIDE,
         {

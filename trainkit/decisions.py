@@ -45,7 +45,7 @@ class Decision:
     reason: str
     marginal: bool = False
 
-    def _triple(self) -> Decision:
+    def _triple(self) -> tuple[str, str, str]:
         return (self.option, self.next, self.reason)
 
     def __iter__(self) -> Iterator[str]:
@@ -272,7 +272,7 @@ def resume_route(*, phase: str, gate: str | None, option: str | None, next_phase
     """Where ``trainkit run --resume`` starts, from the last phase in run.json: its gate passed →
     deploy after Phase 5, else its decision's next (``done`` when that was deploy or nothing);
     blocked with a failed baseline's C to a phase → that phase; no gate record and ``ran_out``
-    (the phase died before its gate: it continues in place) → ``again`` in place; anything else →
+    (the phase died before its gate) → ``in_place`` (it continues in its folder); anything else →
     the same phase again (``rerun``)."""
     if gate == "passed":
         if phase == Phase.FINALIZATION.value:

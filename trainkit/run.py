@@ -9,6 +9,7 @@ compute cost in baseline units. No other module spells out a run folder's layout
 from __future__ import annotations
 
 import contextlib
+import copy
 import enum
 import os
 import re
@@ -215,11 +216,13 @@ class RunFolder:
     @contextlib.contextmanager
     def updating(self) -> Iterator[dict[str, Any]]:
         """run.json to change in place: read, yielded, written back atomically when the block ends
-        without an error (an error leaves the file as it was). Every write to run.json after
-        :func:`init_run` goes through here or :func:`record_phase`."""
+        without an error and changed it (an error leaves the file as it was). Every write to run.json
+        after :func:`init_run` goes through here or :func:`record_phase`."""
         manifest = load_manifest(self.path)
+        before = copy.deepcopy(manifest)
         yield manifest
-        write_json_atomic(self.manifest_path, manifest)
+        if manifest != before:
+            write_json_atomic(self.manifest_path, manifest)
 
     # ------------------------------------------------------------ configs
     def start_config_path(self) -> Path:

@@ -243,14 +243,16 @@ def _reference_lines(ref: dict[str, Any]) -> list[str]:
         "boosted_trees": "gradient-boosted trees",
         "ridge": "ridge regression",
     }
+    L = [
+        "",
+        "## Reference models (a simpler model is not better)",
+        "",
+        f"Fitted on the same preprocessed train rows ({ref['rows']} of {ref['of_rows']}), scored on val:",
+        "",
+    ]
     if "raw" in ref:  # a regression: the metric in the label's units, and its skill
         metric, raw = ref.get("metric", "rmse"), ref["raw"]
-        L = [
-            "",
-            "## Reference models (a simpler model is not better)",
-            "",
-            f"Fitted on the same preprocessed train rows ({ref['rows']} of {ref['of_rows']}), scored on val:",
-            "",
+        L += [
             f"| model | val {LABELS[metric]} | val R² | skill |",
             "|---|---:|---:|---:|",
         ]
@@ -266,13 +268,6 @@ def _reference_lines(ref: dict[str, Any]) -> list[str]:
         return L
     metric = ref.get("metric", "accuracy")
     net = ref.get("network_val_score", ref.get("network_val_accuracy"))
-    L = [
-        "",
-        "## Reference models (a simpler model is not better)",
-        "",
-        f"Fitted on the same preprocessed train rows ({ref['rows']} of {ref['of_rows']}), scored on val:",
-        "",
-    ]
     if metric == "accuracy":
         L += ["| model | val accuracy |", "|---|---:|"]
         L += [f"| {names.get(k, k)} | {v['val_accuracy']:.4f} |" for k, v in ref["models"].items()]
