@@ -416,6 +416,48 @@ def test_live_pushes_send_the_metrics_of_a_fit_while_it_trains(tmp_path):
     assert sorted(history()) == [(0, 0.5), (1, 0.6), (2, 0.7)]  # the last push sent nothing twice
 
 
+_RACE = """
+import sys, threading
+import trainkit.tracking as tracking
+from trainkit.tracking import LiveTracker, Target
+
+go, importing, errors = threading.Event(), threading.Event(), []
+
+def push_run(run_dir, target, metrics_only=False):  # what MLflow's first push does: is IPython running?
+    go.wait()
+    importing.set()
+    try:
+        import IPython
+    except Exception as exc:
+        errors.append(repr(exc))
+    raise RuntimeError("no server here")
+
+def no_native_id():  # the thread keeps its priority, so that the two imports really overlap
+    raise AttributeError
+
+tracking.push_run, tracking.threading_native_id = push_run, no_native_id
+tracker = LiveTracker(sys.argv[1], Target(uri="http://127.0.0.1:9"), warn=lambda message: None).start()
+go.set()
+importing.wait()
+try:  # what papermill does at the same moment to find the kernel (jupyter_client's kernel dirs)
+    from IPython.paths import get_ipython_dir
+except Exception as exc:
+    errors.append(repr(exc))
+tracker.close(timeout=30)
+print(errors)
+"""
+
+
+@pytest.mark.slow
+def test_the_live_pusher_thread_and_the_phase_start_import_ipython_safely(tmp_path):
+    """The tracked demo once failed its Phase 1 with ``KeyError: 'IPython'``: the pusher thread's
+    first push and papermill's kernel lookup imported IPython at the same moment (its circular
+    imports break on two threads in Python 3.11). Started at the same instant, both imports work."""
+    r = subprocess.run([sys.executable, "-c", _RACE, str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.strip().splitlines()[-1] == "[]", r.stdout + r.stderr[-3000:]
+
+
 @pytest.mark.slow
 def test_tracking_section_and_the_config_hash():
     from trainkit.errors import ConfigError

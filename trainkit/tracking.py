@@ -249,6 +249,7 @@ class LiveTracker:
         self._thread = threading.Thread(target=self._loop, name="trainkit-tracking", daemon=True)
 
     def start(self) -> "LiveTracker":
+        _import_before_threads()
         self._wake.set()
         self._thread.start()
         return self
@@ -293,6 +294,18 @@ class LiveTracker:
             )
             self.warn(self.failed)
         return None if self.failed else self.sent
+
+
+def _import_before_threads() -> None:
+    """Import, on the calling thread, what the pusher thread and the phase start both import.
+    MLflow's first push looks for IPython (is this a notebook?) while papermill, on the main
+    thread, imports ``IPython.paths`` to find the kernel; IPython's circular imports run on two
+    threads at once fail on Python 3.11 with ``KeyError: 'IPython'`` in one thread and a
+    "partially initialized module" in the other (the tracked demo failed its Phase 1 that way)."""
+    with contextlib.suppress(ImportError):
+        import IPython  # noqa: F401
+    import trainkit._mlflow  # noqa: F401  (mlflow itself)
+    from mlflow.tracking.context import registry  # noqa: F401  (the context providers of a new run)
 
 
 def threading_native_id() -> int:
