@@ -1,7 +1,8 @@
 """Shared fixtures: the run cache.
 
 Three workflows used to run again in several modules. Each now runs once per test session, through
-the real ``trainkit run`` (papermill and notebook kernels, as a user runs it), and is kept as
+the real ``trainkit run`` (papermill and notebook kernels, as a user runs it; the other tests' runs
+use the in-process executor), and is kept as
 pristine snapshots, one per stage:
 
 - ``failed_baseline``: the LR-1e6 baseline that blows up. ``--stop-after 2`` (stage ``at2``), then
@@ -28,6 +29,11 @@ from typing import Any
 import pytest
 
 os.environ.setdefault("TRAINKIT_PROGRESS", "off")
+# Every ``trainkit run`` the tests start runs its phases in its own process (no kernel per phase:
+# docs/design.md, "Executors"), except the shared runs below, the tracked runs and the tests that
+# kill a kernel or drive papermill itself, which ask for papermill (PAPERMILL).
+os.environ.setdefault("TRAINKIT_EXECUTOR", "inprocess")
+PAPERMILL = {"TRAINKIT_EXECUTOR": "papermill"}
 
 FAST = {"training.epochs": 8, "target.value": 0.5, "final.epochs": 12, "final.patience": 4}
 ABSURD_LR = {"optimizer.name": "sgd", "optimizer.lr": 1e6, "model.kwargs": {"hidden": [64, 64, 64]}}
@@ -53,7 +59,9 @@ class SharedRun:
         return self.root / "live" / self.name
 
     def run(self, stage: str, *args: Any, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-        """Run ``trainkit run ARGS`` on the live folder, then snapshot it as ``stage``."""
+        """Run ``trainkit run ARGS`` on the live folder (papermill, as a user runs it), then snapshot
+        it as ``stage``."""
+        env = dict(env or os.environ, **PAPERMILL)
         r = trainkit_cli("run", *args, "--name", self.name, "--runs-dir", self.live.parent, env=env)
         self.results[stage] = r
         snap = self.root / stage / self.name

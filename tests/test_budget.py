@@ -98,6 +98,7 @@ def test_the_run_clock_counts_each_phase_once_and_the_pipelines_own_work_between
         time.sleep(0.3)
 
     monkeypatch.setattr(executor, "_execute", kernel)
+    monkeypatch.setenv("TRAINKIT_EXECUTOR", "papermill")
     origin = time.time()
     executor.execute_phase("01_planning", run, {}, 1, clock_start=origin)
     first = load_manifest(run)["active_s"]

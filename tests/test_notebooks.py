@@ -118,6 +118,77 @@ def test_cli_stop_after_1_writes_phase_1_and_a_readable_report(demo):
     assert run["phases"][0]["phase"] == "01_planning" and run["phases"][0]["status"] == "completed"
 
 
+def _cells(nb_path):
+    """A notebook's code cells as (tags, output types), the injected parameters' values left out."""
+    nb = nbformat.read(nb_path, as_version=4)
+    return [
+        (c.metadata.get("tags") or [], [o.output_type for o in c.outputs]) for c in nb.cells if c.cell_type == "code"
+    ]
+
+
+@pytest.mark.slow
+def test_the_inprocess_executor_writes_what_papermill_writes(demo, tmp_path, monkeypatch, capsys):
+    """Phase 1 of the demo run in this process (TRAINKIT_EXECUTOR=inprocess, what the tests use)
+    against the same phase under papermill (the shared demo run): the same cells with the same
+    outputs, the parameters injected after the parameters cell, the same gate, the same report."""
+    from trainkit import cli
+
+    monkeypatch.setenv("TRAINKIT_EXECUTOR", "inprocess")
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["run", "--stop-after", "1", "--name", "demo", "--runs-dir", str(tmp_path)]) == 0
+    mine, theirs = tmp_path / "demo" / "01_planning", demo["at1"] / "01_planning"
+    assert _cells(mine / "notebook.ipynb") == _cells(theirs / "notebook.ipynb")
+    injected = nbformat.read(mine / "notebook.ipynb", as_version=4).cells
+    params = next(c for c in injected if "injected-parameters" in c.metadata.get("tags", []))
+    assert f"run_dir = {str(tmp_path / 'demo')!r}" in params.source and "auto_signoff = True" in params.source
+    checks = [(c["id"], c["status"]) for c in _gate(mine / "gate.json")["checks"]]
+    assert checks == [(c["id"], c["status"]) for c in _gate(theirs / "gate.json")["checks"]]
+    import re
+
+    def headings(d):
+        return re.findall(r"<h[1-4][^>]*>(.*?)</h[1-4]>", (d / "report.html").read_text(), re.S)
+
+    assert headings(mine) == headings(theirs) and len(headings(mine)) >= 6
+    from trainkit.executor import _CellStream
+
+    assert not isinstance(sys.stdout, _CellStream) and not isinstance(sys.stderr, _CellStream)  # given back
+
+
+@pytest.mark.slow
+def test_a_phase_that_raises_in_process_fails_like_a_kernels_and_names_its_report(tmp_path, monkeypatch, capsys):
+    """A cell that raises mid-phase (here Phase 1's gate cell, on an approvals file that is not
+    there): the phase's run.json entry is failed with the error, as the kernel's hook marks it; the
+    notebook keeps the error as that cell's output; the error names the report. An unknown
+    executor is refused before anything is written."""
+    from trainkit import cli
+    from trainkit.errors import PipelineError
+    from trainkit.executor import execute_phase
+    from trainkit.run import init_run
+    from trainkit.testing import tiny_config_file
+
+    monkeypatch.setenv("TRAINKIT_EXECUTOR", "inprocess")
+    cfg = tiny_config_file(tmp_path, {"training.epochs": 2})
+    run = tmp_path / "bad"
+    init_run(run, "bad")
+    params = {"config_path": str(cfg), "approvals": str(tmp_path / "missing.yaml"), "interactive": False}
+    with pytest.raises(PipelineError) as e:
+        execute_phase("01_planning", run, params)
+    assert str(e.value).startswith("01_planning failed: ") and str(run / "01_planning" / "report.html") in str(e.value)
+    nb = nbformat.read(run / "01_planning" / "notebook.ipynb", as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    errors = [(i, o) for i, c in enumerate(code) for o in c.outputs if o.output_type == "error"]
+    assert [i for i, _ in errors] == [len(code) - 1] and "missing.yaml" in errors[0][1].evalue  # the gate cell
+    assert f"{errors[0][1].ename}: " in str(e.value) and errors[0][1].traceback
+    entry = json.loads((run / "run.json").read_text())["phases"][0]
+    assert entry["status"] == "failed" and entry["error"].startswith(errors[0][1].ename + ": "), entry
+    assert (run / "01_planning" / "report.html").is_file() and (run / "01_planning" / "splits.json").is_file()
+    monkeypatch.setenv("TRAINKIT_EXECUTOR", "threads")
+    assert cli.main(["run", str(cfg), "--name", "other", "--runs-dir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "TRAINKIT_EXECUTOR='threads'" in err and "papermill" in err and "Traceback" not in err, err
+    assert not (tmp_path / "other" / "01_planning").exists()
+
+
 @pytest.mark.slow
 def test_cli_invalid_config_exits_2_and_writes_nothing(tmp_path):
     bad = tmp_path / "bad.yaml"

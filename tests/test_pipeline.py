@@ -12,6 +12,7 @@ import pytest
 
 from trainkit._io import append_jsonl, sha256_file
 from trainkit.testing import tiny_config_file
+from conftest import PAPERMILL  # noqa: E402 (the tests folder is on sys.path)
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = {"training.epochs": 8, "target.value": 0.5, "final.epochs": 12, "final.patience": 4}
@@ -153,7 +154,8 @@ def test_failed_baseline_is_diagnosed_fixed_and_restarted(failed_baseline):
 @pytest.mark.slow
 def test_killed_kernel_then_resume_keeps_earlier_artifacts(tmp_path):
     # Phase 1 builds the model 3 times (two determinism runs, one checkpoint-timing probe): build 4 is Phase 2's
-    env = dict(os.environ, TRAINKIT_TEST_DIE_DIR=str(tmp_path), TRAINKIT_TEST_DIE_AT="4")
+    # the kernel dies, not the run: papermill, whose kernel is a process of its own
+    env = dict(os.environ, TRAINKIT_TEST_DIE_DIR=str(tmp_path), TRAINKIT_TEST_DIE_AT="4", **PAPERMILL)
     cfg = _cfg(tmp_path, dict(FAST, **{"model.name": "trainkit.testing:dies_once_model", "model.kwargs": {}}))
     r = _run(cfg, "--name", "k", "--runs-dir", tmp_path, "--stop-after", "2", env=env)
     assert r.returncode == 1 and "02_baseline" in r.stderr and "--resume" in r.stderr, r.stdout + r.stderr

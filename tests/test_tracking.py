@@ -16,7 +16,8 @@ from trainkit._io import sha256_file
 from trainkit.config import config_hash, load_config
 from trainkit.run import phase_dir
 from trainkit.testing import tiny_config_file
-from test_browser import _free_port  # noqa: E402 (the tests folder is on sys.path)
+from conftest import PAPERMILL  # noqa: E402 (the tests folder is on sys.path)
+from test_browser import _free_port  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = {"training.epochs": 8, "target.value": 0.5, "final.epochs": 12, "final.patience": 4}
@@ -42,7 +43,10 @@ def _in_tmp(tmp_path, monkeypatch):
 
 
 def _trainkit(*args, cwd=None):
-    return subprocess.run(["trainkit", *map(str, args)], capture_output=True, text=True, timeout=1200, cwd=cwd)
+    """``trainkit ARGS``; a tracked run's phases in kernels (papermill), as a user runs them, while
+    the pusher thread works in the pipeline's process."""
+    env = dict(os.environ, **PAPERMILL)
+    return subprocess.run(["trainkit", *map(str, args)], capture_output=True, text=True, timeout=1200, cwd=cwd, env=env)
 
 
 def _client(uri):
@@ -134,6 +138,7 @@ def demo_run(server, tmp_path_factory):
         text=True,
         timeout=1200,
         cwd=tmp / "cwd",
+        env=dict(os.environ, **PAPERMILL),
     )
     assert r.returncode == 3, r.stdout + r.stderr
     assert not list((tmp / "cwd").iterdir())  # nothing of MLflow's in the working folder

@@ -1,6 +1,12 @@
-"""Phase execution: a phase notebook run into its folder by papermill (the only module importing it),
-its console output indented live, its report exported; a failure becomes a PipelineError that
-names the report to read. The run clock's active seconds are counted around each phase."""
+"""Phase execution: a phase notebook run into its folder, its console output indented live, its
+report exported; a failure becomes a PipelineError that names the report to read. The run clock's
+active seconds are counted around each phase.
+
+Two executors (``TRAINKIT_EXECUTOR``): ``papermill`` (the default, and the only module importing
+it) starts a kernel per phase, as JupyterLab would; ``inprocess`` runs the same cells in this
+process (no kernel start and no second import of torch: seconds saved per phase, used by the test
+suite), writing the same executed notebook and report. A phase that crashes the interpreter takes
+an in-process run down with it; a kernel's death is only that phase's failure."""
 
 from __future__ import annotations
 
@@ -25,6 +31,19 @@ from trainkit.run import (
 )
 
 _ATTEMPTED = {p.value for p in Phase if p.sub}  # the phases that repeat, each in its numbered folder
+EXECUTOR_ENV = "TRAINKIT_EXECUTOR"
+EXECUTORS = ("papermill", "inprocess")
+
+
+def executor_kind() -> str:
+    """``papermill`` or ``inprocess``, from ``TRAINKIT_EXECUTOR`` (unset: papermill)."""
+    kind = os.environ.get(EXECUTOR_ENV, "").strip() or EXECUTORS[0]
+    if kind not in EXECUTORS:
+        raise PipelineError(
+            f"{EXECUTOR_ENV}={kind!r} is not an executor: expected one of {', '.join(EXECUTORS)} "
+            f"(unset it for papermill, the default)"
+        )
+    return kind
 
 
 def notebook_path(phase: str) -> Path:
@@ -44,8 +63,7 @@ def execute_phase(
     ``clock_start``: the run clock's origin (``time.time()`` less the run's active seconds), which
     ``trainkit run`` keeps for the whole invocation so that its own work between phases counts;
     without it the clock resumes from ``run.json["active_s"]`` now."""
-    import papermill as pm
-
+    kind = executor_kind()
     out_dir = phase_dir(run_dir, phase, attempt)
     out_dir.mkdir(parents=True, exist_ok=True)
     out_nb = out_dir / NOTEBOOK
@@ -59,7 +77,12 @@ def execute_phase(
     origin = clock_start if clock_start is not None else t0 - active_seconds(load_manifest(run_dir))
     os.environ[CLOCK_ENV] = repr(origin)  # the kernel's budget clock
     try:
-        _execute(pm, phase, out_nb, params, out_dir, run_dir, attempt)
+        if kind == "inprocess":
+            _execute_inprocess(phase, out_nb, params, out_dir, run_dir, attempt)
+        else:
+            import papermill as pm
+
+            _execute(pm, phase, out_nb, params, out_dir, run_dir, attempt)
     finally:
         os.environ.pop(CLOCK_ENV, None)
         end = time.time()
@@ -97,6 +120,115 @@ def _execute(
             f"fix it and continue with `{resume_command(run_dir)}`"
         ) from None
     safe_export(out_nb, out_dir / REPORT)
+
+
+def _execute_inprocess(
+    phase: str, out_nb: Path, params: dict[str, Any], out_dir: Path, run_dir: Path, attempt: int
+) -> None:
+    """The phase's cells in this process; the executed notebook and its report as papermill writes
+    them. A cell that raises ends the phase: its entry is marked failed (as the kernel's hook does)."""
+    import nbformat
+
+    from trainkit._io import write_text_atomic
+    from trainkit.phases.common import mark_failed
+
+    nb = nbformat.read(notebook_path(phase), as_version=4)
+    console = os.environ.get("TRAINKIT_PROGRESS", "text") != "off"
+    error: BaseException | None = None
+    try:
+        _, error = run_cells(nb, params, f"{phase}", console=console)
+    finally:
+        write_text_atomic(out_nb, nbformat.writes(nb))
+        safe_export(out_nb, out_dir / REPORT)
+    if error is not None:
+        mark_failed(run_dir, phase, attempt, error)
+        raise PipelineError(
+            f"{phase} failed: {type(error).__name__}: {_first_line(str(error))} (read {out_dir / 'report.html'})"
+        )
+
+
+def run_cells(
+    nb: Any, params: dict[str, Any], name: str, console: bool = False, stop: tuple[type, ...] = ()
+) -> tuple[dict[str, Any], Exception | None]:
+    """Execute a notebook's code cells in this process, in a fresh namespace: the parameters cell,
+    then ``params`` in a cell tagged ``injected-parameters`` right after it (as papermill does),
+    then the rest. Each cell's prints and displays become its outputs (and the prints go to the
+    console, indented, when ``console``). The first exception ends the cells and is returned (an
+    ``error`` output records it), except one of ``stop``, which ends them quietly.
+    ``nb`` (nbformat) is changed in place; returns (namespace, exception or None)."""
+    import builtins
+    import traceback
+
+    import nbformat
+
+    from trainkit import _outputs
+
+    at = next((i for i, c in enumerate(nb.cells) if "parameters" in c.get("metadata", {}).get("tags", [])), -1)
+    injected = "# Parameters\n" + "".join(f"{k} = {v!r}\n" for k, v in params.items())
+    cell = nbformat.v4.new_code_cell(injected, metadata={"tags": ["injected-parameters"]})
+    if nb.get("nbformat_minor", 5) < 5:  # cell ids came with nbformat 4.5; the templates are older
+        del cell["id"]
+    nb.cells.insert(at + 1, cell)
+    nb.metadata["trainkit"] = {"executor": "inprocess"}
+    ns: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
+    out, err = (_Indented(sys.stdout), _Indented(sys.stderr)) if console else (None, None)
+    count = 0
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        count += 1
+        cell.execution_count, cell.outputs = count, []
+        saved = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = _CellStream("stdout", cell.outputs, out), _CellStream("stderr", cell.outputs, err)
+        try:
+            with _outputs.collect(cell.outputs):
+                exec(compile(cell.source, f"<{name} cell {count}>", "exec"), ns)
+        except stop:
+            break
+        except Exception as exc:
+            lines = traceback.format_exception(exc)
+            cell.outputs.append(
+                nbformat.v4.new_output("error", ename=type(exc).__name__, evalue=str(exc), traceback=lines)
+            )
+            return ns, exc
+        finally:
+            sys.stdout, sys.stderr = saved
+    return ns, None
+
+
+class _CellStream:
+    """sys.stdout/stderr while a cell runs in this process: its text becomes the cell's stream
+    output (one output per run of writes, as a kernel sends them), and goes on to ``echo``."""
+
+    def __init__(self, name: str, outputs: list[Any], echo: Any) -> None:
+        self.name, self.outputs, self.echo = name, outputs, echo
+
+    def write(self, text: str) -> int:
+        if text:
+            last = self.outputs[-1] if self.outputs else None
+            if last is not None and last.get("output_type") == "stream" and last.get("name") == self.name:
+                last["text"] += text
+            else:
+                import nbformat
+
+                self.outputs.append(nbformat.v4.new_output("stream", name=self.name, text=text))
+            if self.echo is not None:
+                self.echo.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        if self.echo is not None:
+            self.echo.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        import io
+
+        raise io.UnsupportedOperation("a notebook cell's output has no file descriptor")
+
+    encoding, errors = "utf-8", "strict"
 
 
 class _Indented:

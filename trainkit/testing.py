@@ -358,31 +358,21 @@ def sleepy_cnn(input_shape: tuple[int, ...], num_classes: int, channels: list[in
 
 
 def run_phase_inprocess(phase: str, run_dir: str | Path, **params: Any) -> dict[str, Any]:
-    """Execute a phase notebook's own cells in this process: its parameters cell, then ``params``
-    (``run_dir``, ``interactive=False`` and ``auto_signoff=True`` by default), then the rest. The
-    same calls ``trainkit run`` makes through papermill, without a kernel start: for tests and
-    benchmarks. A blocked gate stops the cells (it is recorded in gate.json); the namespace is returned."""
-    import contextlib
-    import io
-    import json
+    """Execute a phase notebook's own cells in this process (:func:`trainkit.executor.run_cells`):
+    its parameters cell, then ``params`` (``run_dir``, ``interactive=False`` and ``auto_signoff=True``
+    by default), then the rest, with no kernel start: for tests and benchmarks. A blocked gate stops
+    the cells (it is recorded in gate.json); another error is raised; the namespace is returned."""
+    import nbformat
 
     from trainkit.errors import GateBlocked
-    from trainkit.pipeline import notebook_path
+    from trainkit.executor import notebook_path, run_cells
 
-    nb = json.loads(notebook_path(phase).read_text())
-    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
-    ns: dict[str, Any] = {}
-    for c in code:
-        if "parameters" in c.get("metadata", {}).get("tags", []):
-            exec("".join(c["source"]), ns)
-            ns.update({"run_dir": str(run_dir), "interactive": False, "auto_signoff": True, **params})
-    with contextlib.redirect_stdout(io.StringIO()):
-        for c in code:
-            if "parameters" not in c.get("metadata", {}).get("tags", []):
-                try:
-                    exec("".join(c["source"]), ns)
-                except GateBlocked:
-                    break
+    nb = nbformat.read(notebook_path(phase), as_version=4)
+    ns, error = run_cells(
+        nb, {"run_dir": str(run_dir), "interactive": False, "auto_signoff": True, **params}, phase, stop=(GateBlocked,)
+    )
+    if error is not None:
+        raise error
     return ns
 
 

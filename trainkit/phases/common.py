@@ -128,27 +128,32 @@ def _mark_failed_on_error(run_dir: Path, phase: str, attempt: int) -> None:
 
     def after(result: Any) -> None:
         err = getattr(result, "error_in_exec", None) or getattr(result, "error_before_exec", None)
-        if err is None:
-            return
-        try:
-            from trainkit.run import load_manifest
-
-            entry = next(
-                (e for e in load_manifest(run_dir)["phases"] if e["phase"] == phase and e["attempt"] == attempt), None
-            )
-            if entry is not None and entry.get("status") == "running":
-                record_phase(
-                    run_dir,
-                    phase,
-                    attempt,
-                    status="failed",
-                    ended=time.time(),
-                    error=f"{type(err).__name__}: {str(err)[:300]}",
-                )
-        except Exception:  # bookkeeping must never mask the user's own error
-            pass
+        if err is not None:
+            mark_failed(run_dir, phase, attempt, err)
 
     ip.events.register("post_run_cell", after)
+
+
+def mark_failed(run_dir: Path, phase: str, attempt: int, err: BaseException) -> None:
+    """A phase whose cell raised while its run.json entry is still "running": the entry becomes
+    failed, with the error (the notebook hook above, and the in-process executor, call this)."""
+    try:
+        from trainkit.run import load_manifest
+
+        entry = next(
+            (e for e in load_manifest(run_dir)["phases"] if e["phase"] == phase and e["attempt"] == attempt), None
+        )
+        if entry is not None and entry.get("status") == "running":
+            record_phase(
+                run_dir,
+                phase,
+                attempt,
+                status="failed",
+                ended=time.time(),
+                error=f"{type(err).__name__}: {str(err)[:300]}",
+            )
+    except Exception:  # bookkeeping must never mask the user's own error
+        pass
 
 
 def run_path(run_dir: str | Path) -> Path:
@@ -182,12 +187,20 @@ def show_budget(ctx: PhaseContext) -> None:
 
 def show(obj: Any) -> None:
     """Display in a notebook; print elsewhere."""
+    from trainkit import _outputs
+
+    if _outputs.display(obj):  # a phase run in this process: into its notebook's outputs
+        return
     from IPython.display import display
 
     display(obj)
 
 
 def show_html(text: str) -> None:
+    from trainkit import _outputs
+
+    if _outputs.display_html(text):  # a phase run in this process: into its notebook's outputs
+        return
     from IPython.display import HTML, display
 
     display(HTML(text))
