@@ -44,6 +44,35 @@ def trainkit_cli(*args: Any, env: dict[str, str] | None = None, timeout: int = 1
     return subprocess.run(["trainkit", *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout)
 
 
+def trainkit_here(*args: Any, cwd: str | Path | None = None) -> subprocess.CompletedProcess:
+    """``trainkit ARGS...`` called in this process (``cli.main``), as a finished process would
+    report it: the exit code (argparse's ``SystemExit`` too), stdout and stderr. An exception that
+    escapes ``main`` is exit 1 with its traceback on stderr, as the interpreter would print it.
+    For the refusals, which end before a phase runs; no process start and no torch import."""
+    import contextlib
+    import io
+    import traceback
+
+    from trainkit import cli
+
+    out, err, here = io.StringIO(), io.StringIO(), os.getcwd()
+    argv = [str(a) for a in args]
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = cli.main(argv)
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            except Exception:
+                traceback.print_exc()
+                code = 1
+    finally:
+        os.chdir(here)
+    return subprocess.CompletedProcess(["trainkit", *argv], code, out.getvalue(), err.getvalue())
+
+
 @dataclass
 class SharedRun:
     """One workflow run once per session: its name, a pristine snapshot of the run folder per stage,

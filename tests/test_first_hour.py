@@ -11,6 +11,7 @@ import pytest
 
 from trainkit._io import write_json_atomic
 from trainkit.testing import tiny_config_file
+from conftest import trainkit_here  # noqa: E402 (the tests folder is on sys.path)
 
 FAST = {"training.epochs": 8, "target.value": 0.5, "final.epochs": 12, "final.patience": 4}
 
@@ -19,6 +20,10 @@ _cfg = tiny_config_file
 
 
 def _cli(*args, env=None):
+    """``trainkit ARGS``: a run in its own process (as typed), the other commands in this one."""
+    if args[0] != "run":
+        assert env is None
+        return trainkit_here(*args)
     return subprocess.run(["trainkit", *map(str, args)], capture_output=True, text=True, timeout=900, env=env)
 
 
@@ -226,11 +231,9 @@ def test_the_readmes_own_data_configs_validate_as_written(tmp_path):
     make_image_folder(tmp_path / "data" / "photos", classes=2, per_class=6)
     for name, text in blocks:
         (tmp_path / name).write_text(text)
-        r = subprocess.run(["trainkit", "config", "validate", name], cwd=tmp_path, capture_output=True, text=True)
+        r = trainkit_here("config", "validate", name, cwd=tmp_path)
         assert r.returncode == 0 and "readable" in r.stdout, (name, r.stdout, r.stderr)
-    missing = subprocess.run(
-        ["trainkit", "config", "validate", "../mine_npz.yaml"], cwd=tmp_path / "data", capture_output=True, text=True
-    )  # from elsewhere data/mine.npz is not there
+    missing = trainkit_here("config", "validate", "../mine_npz.yaml", cwd=tmp_path / "data")  # no data/mine.npz there
     assert missing.returncode == 2 and "data.root" in missing.stderr
     shell = re.findall(r"```bash\n(.*?)```", section, re.S)[0]
     assert (

@@ -19,11 +19,17 @@ from trainkit.data import load_data
 from trainkit.run import TEST_ACCESS_LOG, load_run_data
 from trainkit.errors import QuarantineError, RunError
 from trainkit.testing import blobs, make_image_folder, run_phase_inprocess, tiny_config
+from conftest import trainkit_here  # noqa: E402 (the tests folder is on sys.path)
 
 T = "trainkit.testing:"
 
 
 def _cli(*args, cwd=None, timeout=120):
+    """``trainkit ARGS`` in this process (``conftest.trainkit_here``): a refusal needs no process."""
+    return trainkit_here(*args, cwd=cwd)
+
+
+def _cli_process(*args, cwd=None, timeout=120):
     return subprocess.run(
         [sys.executable, "-m", "trainkit.cli", *map(str, args)],
         capture_output=True,
@@ -171,7 +177,7 @@ def test_a_second_run_on_a_locked_name_is_refused(tmp_path):
 
     runs = tmp_path / "runs"
     with run_lock(runs / "busy"):
-        r = _cli("run", "--name", "busy", "--runs-dir", runs, "--stop-after", "1")
+        r = _cli_process("run", "--name", "busy", "--runs-dir", runs, "--stop-after", "1")  # another process
     assert r.returncode == 2 and "in use" in r.stderr, r.stdout + r.stderr
     assert not (runs / "busy" / "run.json").exists()
 
