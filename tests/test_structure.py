@@ -207,3 +207,47 @@ def test_only_the_run_folder_writes_run_json():
         if "save_manifest" in line or writes.search(line)
     ]
     assert offenders == []
+
+
+def test_only_the_run_folder_walks_the_phase_history():
+    """docs/design.md: run.json's phase history is read as typed entries (``RunFolder.entries``,
+    ``phase_entries``: ``PhaseEntry``); no other module indexes ``["phases"]`` by hand."""
+    import re
+
+    walk = re.compile(r"""\[["']phases["']\]""")
+    offenders = [
+        f"{m}:{i}"
+        for m, p in MODULES.items()
+        if m != "trainkit.run"
+        for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
+        if walk.search(line) and "plan[" not in line  # budget_plan.json's "phases" is another record
+    ]
+    assert offenders == []
+
+
+def test_phase_entries_are_typed_and_keep_every_field(tmp_path):
+    from trainkit.run import PhaseEntry, RunFolder, init_run, record_phase
+
+    run = tmp_path / "r"
+    init_run(run, "r")
+    assert RunFolder(run).entries() == []
+    record_phase(run, "02_baseline", 1, status="completed", cost={"wall_s": 2.5}, gate="passed")
+    record_phase(run, "03_diagnostics", 1)
+    record_phase(run, "02_baseline", 2, error="RuntimeError: x")
+    entries = RunFolder(run).entries()
+    assert [(e.phase, e.attempt, e.status) for e in entries] == [
+        ("02_baseline", 1, "completed"),
+        ("03_diagnostics", 1, "running"),
+        ("02_baseline", 2, "running"),
+    ]
+    first = entries[0]
+    assert isinstance(first, PhaseEntry) and first.cost == {"wall_s": 2.5} and first.get("gate") == "passed"
+    assert (
+        first.folder(run) == run / "02_baseline" / "attempt-1"
+        and entries[1].folder(run) == run / "03_diagnostics" / "round-1"
+    )
+    assert [e.attempt for e in RunFolder(run).entries("02_baseline")] == [1, 2]
+    assert (
+        RunFolder(run).entry("02_baseline", 2).error == "RuntimeError: x"
+        and RunFolder(run).entry("04_optimization", 1) is None
+    )

@@ -29,11 +29,13 @@ from trainkit.run import (
     Phase,
     RUN_CONFIG,
     RUN_JSON,
+    PhaseEntry,
     RunFolder,
     TRAINING_CONFIG,
     TRAIN_SUMMARY,
     load_manifest,
     phase_dir,
+    phase_entries,
 )
 from trainkit._track_rows import Target, complete_lines, flatten, numeric_items, parse_rows
 
@@ -129,14 +131,14 @@ class Pusher:
         manifest = load_manifest(self.run_dir)
         parent = self.ensure("", self.run_dir.name, None, manifest.get("created"), {"trainkit.level": "run"})
         seen = set()
-        for entry in manifest["phases"]:
-            d = phase_dir(self.run_dir, entry["phase"], entry["attempt"])
+        for entry in phase_entries(manifest):
+            d = entry.folder(self.run_dir)
             key = str(d.relative_to(self.run_dir))
             if key in seen or not d.is_dir():
                 continue
             seen.add(key)
             rid = self.ensure(
-                key, key, parent, entry.get("started"), {"trainkit.level": "phase", "trainkit.phase": entry["phase"]}
+                key, key, parent, entry.started, {"trainkit.level": "phase", "trainkit.phase": entry.phase}
             )
             self._metrics(rid, key, d / METRICS)
             for m in sorted(d.rglob(METRICS)):
@@ -151,16 +153,16 @@ class Pusher:
         self._register(manifest)
         self._parent(parent, manifest)
 
-    def _fit(self, fd: Path, phase_rid: str, entry: dict[str, Any], metrics_only: bool) -> None:
+    def _fit(self, fd: Path, phase_rid: str, entry: PhaseEntry, metrics_only: bool) -> None:
         key = str(fd.relative_to(self.run_dir))
-        inner = fd.relative_to(phase_dir(self.run_dir, entry["phase"], entry["attempt"])).parts
+        inner = fd.relative_to(phase_dir(self.run_dir, entry.phase, entry.attempt)).parts
         name = " ".join(p for p in inner if p != "runs")
-        tags = {"trainkit.level": "fit", "trainkit.phase": entry["phase"], "trainkit.fit": "/".join(inner)}
+        tags = {"trainkit.level": "fit", "trainkit.phase": entry.phase, "trainkit.fit": "/".join(inner)}
         if len(inner) >= 2 and inner[-1].startswith("seed-"):
             tags.update({"trainkit.candidate": inner[-2], "trainkit.seed": inner[-1][5:]})
         rid = self.ensure(
             key,
-            f"{phase_dir(self.run_dir, entry['phase'], entry['attempt']).name} {name}",
+            f"{phase_dir(self.run_dir, entry.phase, entry.attempt).name} {name}",
             phase_rid,
             _started(fd),
             tags,
@@ -184,7 +186,7 @@ class Pusher:
             self._status(
                 rid, key, _FIT_STATUS.get(summary.get("status"), "FINISHED"), (fd / TRAIN_SUMMARY).stat().st_mtime
             )
-        elif entry.get("status") != "running":
+        elif entry.status != "running":
             self._status(rid, key, "FAILED", None)  # its phase ended, the fit never did
 
     # -- records ------------------------------------------------------------------------------------
@@ -254,14 +256,14 @@ class Pusher:
             self.sent["artifacts"] += 1
 
     # -- phases and the run -----------------------------------------------------------------------
-    def _phase(self, rid: str, key: str, d: Path, entry: dict[str, Any]) -> None:
-        phase, attempt = entry["phase"], entry["attempt"]
+    def _phase(self, rid: str, key: str, d: Path, entry: PhaseEntry) -> None:
+        phase, attempt = entry.phase, entry.attempt
         config = next((d / c for c in _CONFIGS if (d / c).is_file()), self.run_dir / RUN_CONFIG)
         self._params(rid, key, config)
-        tags = {"trainkit.phase": phase, "trainkit.attempt": str(attempt), "trainkit.status": entry.get("status")}
+        tags = {"trainkit.phase": phase, "trainkit.attempt": str(attempt), "trainkit.status": entry.status}
         if phase in SUB_WORD:
             tags[f"trainkit.{SUB_WORD[phase]}"] = str(attempt)
-        note = [f"**{key}**: {entry.get('status')}"]
+        note = [f"**{key}**: {entry.status}"]
         if (d / DECISION).is_file():
             dec = read_json(d / DECISION)
             tags.update(
@@ -278,7 +280,7 @@ class Pusher:
         tags.update(_gate_tags(d / GATE, note))
         tags["mlflow.note.content"] = "\n\n".join(note)
         self._tags(rid, key, tags)
-        cost = entry.get("cost") or {}
+        cost = entry.cost or {}
         self._summary(
             rid,
             key,
@@ -292,10 +294,8 @@ class Pusher:
         if phase == Phase.FINALIZATION.value:
             files += [(d / n, "export") for n in ("model.onnx", "model.ts")]
         self._artifacts(rid, files)
-        status = (
-            "FINISHED" if tags.get("trainkit.gate_state") == "passed" else _STATUS.get(entry.get("status"), "FINISHED")
-        )
-        self._status(rid, key, status, entry.get("ended"))  # a gate signed after the notebook ran: passed
+        status = "FINISHED" if tags.get("trainkit.gate_state") == "passed" else _STATUS.get(entry.status, "FINISHED")
+        self._status(rid, key, status, entry.ended)  # a gate signed after the notebook ran: passed
 
     def _summary(self, rid: str, key: str, values: dict[str, Any]) -> None:
         """One-value metrics (cost, test accuracy), logged again only when they change."""
@@ -312,7 +312,7 @@ class Pusher:
         exit_ = manifest.get("exit") or {}
         from trainkit import __version__
 
-        path = " → ".join(e["phase"] for e in manifest["phases"])
+        path = " → ".join(e.phase for e in phase_entries(manifest))
         tags = {
             "trainkit.level": "run",
             "trainkit.status": manifest.get("status"),
@@ -339,7 +339,7 @@ class Pusher:
             rid,
             "",
             _RUN_STATUS.get(status, "FINISHED"),
-            max([e.get("ended") or 0 for e in manifest["phases"]] or [0]) or None,
+            max([e.ended or 0 for e in phase_entries(manifest)] or [0]) or None,
         )
 
     # -- sweeps, the model and the registry -----------------------------------------------------

@@ -28,7 +28,16 @@ from typing import Any
 
 from trainkit._io import write_json_atomic
 from trainkit.plan import SHARES
-from trainkit.run import BUDGET, BUDGET_OVERRIDE, RUN_JSON, Phase, PhaseFolder, RunFolder, baseline_seconds
+from trainkit.run import (
+    BUDGET,
+    BUDGET_OVERRIDE,
+    RUN_JSON,
+    Phase,
+    PhaseFolder,
+    RunFolder,
+    _entry,
+    baseline_seconds,
+)
 
 __all__ = ["PhaseClock", "CUMULATIVE", "CLOCK_ENV", "active_seconds", "process_start"]
 
@@ -244,10 +253,10 @@ def _count_active(run_dir: Path, phase: str, attempt: int, wall: float, active: 
     active seconds at its end (the clock its time budget runs on)."""
     with RunFolder(run_dir).updating() as manifest:
         manifest["active_s"] = round(active, 3)
-        for e in manifest["phases"]:
-            if e["phase"] == phase and e["attempt"] == attempt:
-                e["pipeline_wall_s"] = round(e.get("pipeline_wall_s", 0.0) + wall, 3)
-                e["active_end_s"] = round(active, 3)
+        e = _entry(manifest, phase, attempt)
+        if e is not None:
+            e["pipeline_wall_s"] = round(e.get("pipeline_wall_s", 0.0) + wall, 3)
+            e["active_end_s"] = round(active, 3)
 
 
 def _count_gap(run_dir: Path, active: float, between: bool = True) -> None:

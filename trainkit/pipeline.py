@@ -33,6 +33,7 @@ from trainkit.run import (
     RUN_JSON,
     Phase,
     RunFolder,
+    _end_running,
     init_run,
     latest_attempt_dir,
     load_manifest,
@@ -94,20 +95,20 @@ def _signoff_hint(run_dir: Path, phase: str, d: Path) -> str:
 
 def _resume_point(run_dir: Path) -> tuple[str | None, str | None, int | None]:
     """(phase to run next or None when finished, why, attempt to continue in place or None)."""
-    manifest = load_manifest(run_dir)
-    if not manifest["phases"]:
+    entries = RunFolder(run_dir).entries()
+    if not entries:
         return PHASES[0], "nothing ran yet", None
-    last = manifest["phases"][-1]
-    d = latest_attempt_dir(run_dir, last["phase"])
+    last = entries[-1]
+    d = latest_attempt_dir(run_dir, last.phase)
     state = _gate_state(d) if d else None
     run = RunFolder(run_dir)
     decision = (run.routed_decision(d) if state == "passed" else run.decision(d)) or {}
     to = resume_route(
-        phase=last["phase"],
+        phase=last.phase,
         gate=state,
         option=decision.get("option"),
         next_phase=decision.get("next"),
-        ran_out=last["phase"] in _ATTEMPTED or last["phase"] == PHASES[-1],
+        ran_out=last.phase in _ATTEMPTED or last.phase == PHASES[-1],
     )
     if to.action == "deploy":
         _mark_deploy(run_dir, d)
@@ -115,16 +116,16 @@ def _resume_point(run_dir: Path) -> tuple[str | None, str | None, int | None]:
     if to.action == "done":
         return None, "the run already finished", None
     if to.action == "continue" and state == "passed":
-        return to.next, f"{last['phase']} passed its gate", None
+        return to.next, f"{last.phase} passed its gate", None
     if to.action == "continue":  # a failed baseline's gate is blocked by design: its decision routes on
-        return to.next, f"{last['phase']} failed and its recorded decision is C → {to.next}", None
+        return to.next, f"{last.phase} failed and its recorded decision is C → {to.next}", None
     if to.action == "in_place":  # died before its gate
         return (
-            last["phase"],
-            f"{last['phase']} attempt {last['attempt']} did not finish; continuing it",
-            last["attempt"],
+            last.phase,
+            f"{last.phase} attempt {last.attempt} did not finish; continuing it",
+            last.attempt,
         )
-    return last["phase"], f"{last['phase']} ended {state or last['status']}; running it again", None
+    return last.phase, f"{last.phase} ended {state or last.status}; running it again", None
 
 
 def _mark_deploy(run_dir: Path, d: Path) -> None:
@@ -222,9 +223,7 @@ def _record_exit(run_dir: Path, outcome: PipelineOutcome | None) -> None:
                 EXIT_SIGNOFF: "awaiting_signoff",
                 EXIT_USAGE: "refused",
             }.get(code, "failed")
-        for e in manifest["phases"]:
-            if e.get("status") == "running":
-                e["status"], e["ended"] = "failed", e.get("ended") or time.time()
+        _end_running(manifest)
 
 
 @contextlib.contextmanager

@@ -24,7 +24,7 @@ from trainkit.run import (
     RunFolder,
     TRAIN_SUMMARY,
     load_manifest,
-    phase_dir,
+    phase_entries,
     run_cost,
 )
 
@@ -144,7 +144,7 @@ def _plan_table(run_dir: Path, manifest: dict[str, Any]) -> str:
     plan = read_json(p)
     rows = []
     for phase, v in plan["phases"].items():
-        costs = [e["cost"] for e in manifest["phases"] if e["phase"] == phase and e.get("cost")]
+        costs = [e.cost for e in phase_entries(manifest, phase) if e.cost]
         wall = sum(c["wall_s"] for c in costs)
         units = [c["baseline_units"] for c in costs if c.get("baseline_units") is not None]
         actual = (f"{wall:.1f} s" + (f" ({sum(units):.2f} × baseline)" if units else "")) if costs else "-"
@@ -173,14 +173,14 @@ def _key_curves(run_dir: Path, manifest: dict[str, Any]) -> str:
     import base64
 
     figs = []
-    for e in manifest["phases"]:
-        if e["phase"] in (Phase.BASELINE.value, Phase.FINALIZATION.value):
-            p = phase_dir(run_dir, e["phase"], e["attempt"]) / "curves.png"
+    for e in phase_entries(manifest):
+        if e.phase in (Phase.BASELINE.value, Phase.FINALIZATION.value):
+            p = e.folder(run_dir) / "curves.png"
             if p.is_file():
                 figs.append(
                     f"<figure style='display:inline-block;margin:0 1em 0 0'><img style='max-width:460px' "
                     f"src='data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}'/>"
-                    f"<figcaption>{html.escape(e['phase'])} #{e['attempt']}</figcaption></figure>"
+                    f"<figcaption>{html.escape(e.phase)} #{e.attempt}</figcaption></figure>"
                 )
     return f"<h2>Learning curves</h2>{''.join(figs[-3:])}" if figs else ""
 
@@ -189,15 +189,13 @@ def write_index(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     manifest = load_manifest(run_dir)
     steps, rows = [], []
-    for e in manifest["phases"]:
-        d = phase_dir(run_dir, e["phase"], e["attempt"])
+    for e in phase_entries(manifest):
+        d = e.folder(run_dir)
         gate = RunFolder(run_dir).gate(d)
         dec = RunFolder(run_dir).decision(d) or {}
-        label = e["phase"] + (f" #{e['attempt']}" if d.name != e["phase"] else "")
+        label = e.phase + (f" #{e.attempt}" if d.name != e.phase else "")
         state = gate["state"] if gate else None
-        steps.append(
-            {"label": label, "gate": state, "status": e.get("status"), "option": _arrow_label(dec) if dec else ""}
-        )
+        steps.append({"label": label, "gate": state, "status": e.status, "option": _arrow_label(dec) if dec else ""})
         links = [
             f'<a href="{html.escape(str(p.relative_to(run_dir)))}">{html.escape(p.name)}</a>'
             for p in sorted(d.iterdir())
@@ -210,9 +208,9 @@ def write_index(run_dir: str | Path) -> Path:
                 for p in sorted((d / "checkpoints").glob("*.pt"))
             ]
         rows.append(
-            f"<tr><td>{html.escape(label)}</td><td>{html.escape(e.get('status') or '')}</td>"
+            f"<tr><td>{html.escape(label)}</td><td>{html.escape(e.status or '')}</td>"
             f"<td class='gate-{state}'>{html.escape(gate['gate'] if gate else '-')}: {html.escape(str(state))}</td>"
-            f"<td>{html.escape(phase_metric(d, e['phase']))}</td><td>{_cost_cell(e.get('cost'))}</td>"
+            f"<td>{html.escape(phase_metric(d, e.phase))}</td><td>{_cost_cell(e.cost)}</td>"
             f"<td>{html.escape((dec.get('option', '') + ' → ' + str(dec.get('next', ''))) if dec else '')}"
             f"<br><small>{html.escape(dec.get('reason', '')[:300])}</small></td>"
             f"<td>{' · '.join(links)}</td></tr>"

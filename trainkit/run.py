@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import enum
 import os
 import re
@@ -25,6 +26,8 @@ __all__ = [
     "PHASES",
     "RunFolder",
     "PhaseFolder",
+    "PhaseEntry",
+    "phase_entries",
     "phase_name",
     "init_run",
     "load_manifest",
@@ -157,6 +160,52 @@ class PhaseFolder:
         return decision
 
 
+@dataclasses.dataclass(frozen=True)
+class PhaseEntry:
+    """One entry of ``run.json``'s phase history, as read. Writes go through :func:`record_phase`
+    (or :meth:`RunFolder.updating`); :meth:`get` reads a field that has no attribute here."""
+
+    phase: str
+    attempt: int
+    status: str | None = None
+    started: float | None = None
+    ended: float | None = None
+    decision: Any = None
+    cost: dict[str, Any] | None = None
+    error: str | None = None
+    fields: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def of(cls, entry: dict[str, Any]) -> "PhaseEntry":
+        names = {f.name for f in dataclasses.fields(cls)} - {"fields"}
+        return cls(**{k: v for k, v in entry.items() if k in names}, fields=dict(entry))
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.fields.get(key, default)
+
+    def folder(self, run_dir: str | os.PathLike[str]) -> Path:
+        """This entry's folder: ``01_planning``, ``02_baseline/attempt-N``, ..."""
+        return RunFolder(run_dir).phase_dir(self.phase, self.attempt)
+
+
+def phase_entries(manifest: dict[str, Any], phase: str | None = None) -> list[PhaseEntry]:
+    """The phase history of a manifest already read (of one ``phase``, if given), in order."""
+    return [PhaseEntry.of(e) for e in manifest.get("phases", []) if phase is None or e["phase"] == phase]
+
+
+def _entry(manifest: dict[str, Any], phase: str, attempt: int) -> dict[str, Any] | None:
+    """The manifest's own (mutable) entry of (phase, attempt), for a writer inside ``updating()``."""
+    return next((e for e in manifest["phases"] if e["phase"] == phase and e["attempt"] == attempt), None)
+
+
+def _end_running(manifest: dict[str, Any]) -> None:
+    """Every entry still "running" becomes failed (a run that exits leaves none running); for a
+    writer inside ``updating()``."""
+    for e in manifest["phases"]:
+        if e.get("status") == "running":
+            e["status"], e["ended"] = "failed", e.get("ended") or time.time()
+
+
 class RunFolder:
     """One run folder, ``runs/NAME/``. Cheap to make; every read goes to disk. The records of one
     phase's folder are read through :class:`PhaseFolder` (``decision(folder)`` here is the same read,
@@ -285,9 +334,17 @@ class RunFolder:
         """A phase's decision as the run follows it (:meth:`PhaseFolder.routed_decision`)."""
         return PhaseFolder(folder).routed_decision() if folder is not None else None
 
+    def entries(self, phase: str | None = None) -> list[PhaseEntry]:
+        """``run.json``'s phase history (of one ``phase``, if given), in order; a RunError for a
+        folder that is not a run."""
+        return phase_entries(load_manifest(self.path), phase)
+
+    def entry(self, phase: str, attempt: int) -> PhaseEntry | None:
+        return next((e for e in self.entries(phase) if e.attempt == attempt), None)
+
     def path_taken(self) -> list[str]:
         """The phases the run went through, in order (every invocation's, a resume's included)."""
-        return [e["phase"] for e in (self.manifest() or {}).get("phases", [])]
+        return [e.phase for e in phase_entries(self.manifest() or {})]
 
     # ------------------------------------------------------------ the data layer's view
     def data_store(self) -> Any:
@@ -402,10 +459,9 @@ def _save_manifest(run_dir: str | Path, manifest: dict[str, Any]) -> None:
 def record_phase(run_dir: str | Path, phase: str, attempt: int, **fields: Any) -> dict[str, Any]:
     """Insert or update the history entry of (phase, attempt) with ``fields``; returns it."""
     manifest = init_run(run_dir)
-    for entry in manifest["phases"]:
-        if entry["phase"] == phase and entry["attempt"] == attempt:
-            entry.update(fields)
-            break
+    entry = _entry(manifest, phase, attempt)
+    if entry is not None:
+        entry.update(fields)
     else:
         entry = {
             "phase": phase,

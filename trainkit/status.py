@@ -6,7 +6,15 @@ import time
 from pathlib import Path
 
 from trainkit._io import read_json
-from trainkit.run import GATE, Phase, latest_attempt_dir, load_manifest, resume_command, signoff_command
+from trainkit.run import (
+    GATE,
+    Phase,
+    latest_attempt_dir,
+    load_manifest,
+    phase_entries,
+    resume_command,
+    signoff_command,
+)
 
 
 def describe_run(run_dir: Path) -> str:
@@ -15,20 +23,21 @@ def describe_run(run_dir: Path) -> str:
 
     manifest = load_manifest(run_dir)
     lines = [f"run {manifest['name']} ({run_dir}), config {str(manifest.get('config_hash'))[:12]}"]
-    for e in manifest["phases"]:
-        took = f"{e['ended'] - e['started']:.1f}s" if e.get("ended") else "-"
+    entries = phase_entries(manifest)
+    for e in entries:
+        took = f"{e.ended - e.started:.1f}s" if e.ended else "-"
         lines.append(
-            f"  {e['phase']} #{e['attempt']}: {e['status']}, gate {e.get('gate', '-')}, "
-            f"next {e.get('decision') or '-'} ({took}, started "
-            f"{time.strftime('%H:%M:%S', time.localtime(e['started']))})"
+            f"  {e.phase} #{e.attempt}: {e.status}, gate {e.get('gate', '-')}, "
+            f"next {e.decision or '-'} ({took}, started "
+            f"{time.strftime('%H:%M:%S', time.localtime(e.started))})"
         )
-    if not manifest["phases"]:
+    if not entries:
         return "\n".join(lines + ["  nothing ran yet; next: " + resume_command(run_dir)])
-    last = manifest["phases"][-1]
-    d = latest_attempt_dir(run_dir, last["phase"])
+    last = entries[-1]
+    d = latest_attempt_dir(run_dir, last.phase)
     gate_path = d / GATE if d else None
     if gate_path is None or not gate_path.exists():
-        nxt = f"{resume_command(run_dir)}  (re-runs {last['phase']})"
+        nxt = f"{resume_command(run_dir)}  (re-runs {last.phase})"
     else:
         record = read_json(gate_path)
         state = gate_state(record)
@@ -40,7 +49,7 @@ def describe_run(run_dir: Path) -> str:
             manual = [
                 c["id"] for c in record["checks"] if c["kind"] == "manual" and c["mandatory"] and c["status"] != "pass"
             ]
-            nxt = signoff_command(run_dir, int(last["phase"][:2]), manual)
+            nxt = signoff_command(run_dir, int(last.phase[:2]), manual)
         elif state == "blocked":
             import shlex
 
@@ -51,12 +60,12 @@ def describe_run(run_dir: Path) -> str:
             waive = "".join(f" --waive {shlex.quote(c + '=REASON')}" for c in failing)
             nxt = (
                 f"fix what the failing checks say and run {resume_command(run_dir)}; or, if you accept them, "
-                f"{signoff_command(run_dir, int(last['phase'][:2]), manual)}{waive}"
+                f"{signoff_command(run_dir, int(last.phase[:2]), manual)}{waive}"
             )
         elif (
             last.get("decision") == "deploy"
             or manifest.get("status") == "ready_to_deploy"
-            or (last["phase"] == Phase.FINALIZATION.value and state == "passed")
+            or (last.phase == Phase.FINALIZATION.value and state == "passed")
         ):
             nxt = "nothing: ready to deploy"
         else:

@@ -138,12 +138,8 @@ def mark_failed(run_dir: Path, phase: str, attempt: int, err: BaseException) -> 
     """A phase whose cell raised while its run.json entry is still "running": the entry becomes
     failed, with the error (the notebook hook above, and the in-process executor, call this)."""
     try:
-        from trainkit.run import load_manifest
-
-        entry = next(
-            (e for e in load_manifest(run_dir)["phases"] if e["phase"] == phase and e["attempt"] == attempt), None
-        )
-        if entry is not None and entry.get("status") == "running":
+        entry = RunFolder(run_dir).entry(phase, attempt)
+        if entry is not None and entry.status == "running":
             record_phase(
                 run_dir,
                 phase,
@@ -377,13 +373,11 @@ def require_routed(
     """The latest run of one of ``sources`` (phase, folder, decision) whose decision routed to
     ``phase`` (a pipeline ``budget_override.json`` counts) and whose gate passed. With
     ``allow_failed`` a blocked gate of an option-C decision (a failed baseline) is accepted too."""
-    from trainkit.run import load_manifest, phase_dir
-
-    entries = [e for e in load_manifest(run_dir)["phases"] if e["phase"] in sources]
+    entries = [e for e in RunFolder(run_dir).entries() if e.phase in sources]
     if not entries:
         raise RunError(f"{run_dir}: {phase} needs {' or '.join(sources)} first; run it (trainkit run --resume)")
-    src = entries[-1]["phase"]
-    d = phase_dir(run_dir, src, entries[-1]["attempt"])
+    src = entries[-1].phase
+    d = entries[-1].folder(run_dir)
     decision = RunFolder(run_dir).routed_decision(d)  # over the time budget: the pipeline's route to Phase 5 counts
     if decision is None:
         raise RunError(f"{d}: {src} did not finish (no decision.json); run it (or trainkit run --resume) first")

@@ -23,7 +23,7 @@ from trainkit.phases.common import (
     show_html,
     write_decision,
 )
-from trainkit.run import DECISION, FINDINGS, Phase, TRAINING_CONFIG, latest_attempt_dir, load_manifest, next_attempt_dir
+from trainkit.run import DECISION, FINDINGS, Phase, TRAINING_CONFIG, latest_attempt_dir, next_attempt_dir
 from trainkit.phases.diag_report import guide_path, show_findings, write_report
 
 __all__ = ["start", "diagnose", "show_findings", "write_report", "decide", "gate", "guide_path"]
@@ -167,13 +167,7 @@ def _previous_exclusions(ctx: DiagnosticsContext) -> set[int]:
 def _restarts_left(ctx: DiagnosticsContext) -> int:
     from trainkit.decisions import restarts_left
 
-    attempts = len(
-        [
-            e
-            for e in load_manifest(ctx.run_dir)["phases"]
-            if e["phase"] == Phase.BASELINE.value and e.get("status") != "running"
-        ]
-    )
+    attempts = len([e for e in ctx.run.entries(Phase.BASELINE.value) if e.status != "running"])
     return restarts_left(ctx.config.budget.max_baseline_restarts, attempts)
 
 

@@ -15,17 +15,17 @@ from trainkit.phases.common import (
 )
 from trainkit.phases.final_model import PHASE, _bundle
 from trainkit.phases.final_numbers import metric_checks
-from trainkit.run import GATE, METRICS, TEST_ACCESS_LOG, Phase, load_manifest, phase_dir
+from trainkit.run import GATE, METRICS, TEST_ACCESS_LOG, Phase
 
 
 def _earlier_gates(ctx: FinalizationContext) -> tuple[str, str]:
     from trainkit.gates import verify_gate
 
     seen, bad = 0, []
-    for e in load_manifest(ctx.run_dir)["phases"]:
-        if e["phase"] == PHASE:
+    for e in ctx.run.entries():
+        if e.phase == PHASE:
             continue
-        d = phase_dir(ctx.run_dir, e["phase"], e["attempt"])
+        d = e.folder(ctx.run_dir)
         rec = ctx.run.gate(d)
         if rec is None:
             bad.append(f"{d.relative_to(ctx.run_dir)}: no gate record")

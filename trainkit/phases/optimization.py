@@ -32,7 +32,6 @@ from trainkit.run import (
     FINDINGS,
     TRAINING_CONFIG,
     Phase,
-    load_manifest,
     next_attempt_dir,
     phase_dir,
 )
@@ -463,7 +462,7 @@ def decide(ctx: OptimizationContext, cmp: dict[str, Any]) -> dict[str, Any]:
             },
         )
         save_config(ctx.candidate, ctx.run_dir / CURRENT_CONFIG)
-    rounds = len([e for e in load_manifest(ctx.run_dir)["phases"] if e["phase"] == Phase.DIAGNOSTICS.value])
+    rounds = len(ctx.run.entries(Phase.DIAGNOSTICS.value))
     option, nxt, reason = after_optimization(
         candidate_mean=vb["mean_b"],
         best_mean=best_mean,
