@@ -272,15 +272,15 @@ def run_phase(phase: str, run_dir: Path, **params: Any) -> None:
 
 
 def _latest(run_dir: Path, phase: str) -> Path | None:
-    from trainkit.run import latest_attempt_dir
+    from trainkit.run import RunFolder
 
-    return latest_attempt_dir(run_dir, phase)
+    return RunFolder(run_dir).latest(phase)
 
 
 def walk(case: Case, work: Path, max_iters: int = 2, until: int = 4) -> dict[str, Any]:
     """Phases 1 → 3 (→ 4 for fixable cases), following decision.json like ``trainkit run``."""
     from trainkit._io import read_json
-    from trainkit.run import next_attempt_dir
+    from trainkit.run import RunFolder
 
     run_dir = work / case.name
     cfg_path = work / f"{case.name}.yaml"
@@ -299,7 +299,7 @@ def walk(case: Case, work: Path, max_iters: int = 2, until: int = 4) -> dict[str
         if phase == "01_planning":
             params = {"config_path": str(cfg_path)}
         else:
-            params = {"attempt": next_attempt_dir(run_dir, phase)[0]}
+            params = {"attempt": RunFolder(run_dir).next_attempt(phase)[0]}
         if phase == "03_diagnostics":
             params["label_issues"] = True
         run_phase(phase, run_dir, **params)
@@ -354,7 +354,7 @@ def walk_recovery(case: Case, work: Path) -> dict[str, Any]:
     """Phase 1, then Phase 2 ⇄ Phase 3 as ``trainkit run`` follows them, until a baseline learns
     (option A or B), the run stops, or three baseline attempts (two restarts) are used."""
     from trainkit._io import read_json
-    from trainkit.run import next_attempt_dir
+    from trainkit.run import RunFolder
 
     run_dir = work / case.name
     cfg_path = work / f"{case.name}.yaml"
@@ -367,7 +367,7 @@ def walk_recovery(case: Case, work: Path) -> dict[str, Any]:
         run_phase(
             phase,
             run_dir,
-            attempt=next_attempt_dir(run_dir, phase)[0],
+            attempt=RunFolder(run_dir).next_attempt(phase)[0],
             **({"label_issues": False} if phase == "03_diagnostics" else {}),
         )
         d = _latest(run_dir, phase)

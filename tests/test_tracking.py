@@ -14,7 +14,7 @@ import pytest
 
 from trainkit._io import sha256_file
 from trainkit.config import config_hash, load_config
-from trainkit.run import phase_dir
+from trainkit.run import RunFolder
 from trainkit.testing import tiny_config_file
 from conftest import PAPERMILL  # noqa: E402 (the tests folder is on sys.path)
 from test_browser import _free_port  # noqa: E402
@@ -166,7 +166,7 @@ def assert_mirrors(client, experiment, run):
     assert parent.data.tags["trainkit.status"] == manifest["status"]
     phase_keys = set()
     for e in manifest["phases"]:
-        d = phase_dir(run, e["phase"], e["attempt"])
+        d = RunFolder(run).phase_dir(e["phase"], e["attempt"])
         key = str(d.relative_to(run))
         phase_keys.add(key)
         r = by_key[key]
@@ -268,7 +268,7 @@ def test_mlflow_ui_lists_the_demo_run_and_its_phases(demo_run, server):
     run, _ = demo_run
     exp = _client(server).get_experiment_by_name("demo")
     phases = [
-        str(phase_dir(run, e["phase"], e["attempt"]).relative_to(run))
+        str(RunFolder(run).phase_dir(e["phase"], e["attempt"]).relative_to(run))
         for e in json.loads((run / "run.json").read_text())["phases"]
     ]
     with sync_playwright() as p:

@@ -34,7 +34,6 @@ from trainkit.run import (
     TRAINING_CONFIG,
     TRAIN_SUMMARY,
     load_manifest,
-    phase_dir,
     phase_entries,
 )
 from trainkit._track_rows import Target, complete_lines, flatten, numeric_items, parse_rows
@@ -155,14 +154,14 @@ class Pusher:
 
     def _fit(self, fd: Path, phase_rid: str, entry: PhaseEntry, metrics_only: bool) -> None:
         key = str(fd.relative_to(self.run_dir))
-        inner = fd.relative_to(phase_dir(self.run_dir, entry.phase, entry.attempt)).parts
+        inner = fd.relative_to(RunFolder(self.run_dir).phase_dir(entry.phase, entry.attempt)).parts
         name = " ".join(p for p in inner if p != "runs")
         tags = {"trainkit.level": "fit", "trainkit.phase": entry.phase, "trainkit.fit": "/".join(inner)}
         if len(inner) >= 2 and inner[-1].startswith("seed-"):
             tags.update({"trainkit.candidate": inner[-2], "trainkit.seed": inner[-1][5:]})
         rid = self.ensure(
             key,
-            f"{phase_dir(self.run_dir, entry.phase, entry.attempt).name} {name}",
+            f"{RunFolder(self.run_dir).phase_dir(entry.phase, entry.attempt).name} {name}",
             phase_rid,
             _started(fd),
             tags,

@@ -36,7 +36,6 @@ from trainkit.run import (
     PhaseFolder,
     RunFolder,
     _entry,
-    baseline_seconds,
 )
 
 __all__ = ["PhaseClock", "CUMULATIVE", "CLOCK_ENV", "active_seconds", "process_start"]
@@ -290,9 +289,9 @@ def _over_budget(run_dir: Path, phase: str) -> bool:
     # Phase 4 always trains one candidate (its first fit starts whatever the clock says): it is skipped
     # when that one fit, about a baseline, no longer fits before its deadline.
     if phase == Phase.DIAGNOSTICS.value:
-        left = clock.left_to_end() - CHEAP_PROBE_UNITS * (baseline_seconds(run_dir) or 0.0)
+        left = clock.left_to_end() - CHEAP_PROBE_UNITS * (RunFolder(run_dir).baseline_seconds() or 0.0)
     else:
-        left = clock.left() - (baseline_seconds(run_dir) or 0.0)
+        left = clock.left() - (RunFolder(run_dir).baseline_seconds() or 0.0)
     return route_over_budget(phase, left - clock.overhead_s) is not None
 
 

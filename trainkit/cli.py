@@ -185,10 +185,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_signoff(args: argparse.Namespace) -> int:
-    from trainkit.run import GATE, latest_attempt_dir, phase_name
+    from trainkit.run import GATE, phase_name, RunFolder
 
     phase = phase_name(args.phase)
-    d = latest_attempt_dir(args.run, phase)
+    d = RunFolder(args.run).latest(phase)
     if d is None:
         raise RunError(f"{args.run}: {phase} has not run yet; nothing to sign")
     waivers = {}

@@ -25,9 +25,9 @@ from trainkit.run import (
     REPORT,
     Phase,
     load_manifest,
-    phase_dir,
     record_phase,
     resume_command,
+    RunFolder,
 )
 
 _ATTEMPTED = {p.value for p in Phase if p.sub}  # the phases that repeat, each in its numbered folder
@@ -64,7 +64,7 @@ def execute_phase(
     ``trainkit run`` keeps for the whole invocation so that its own work between phases counts;
     without it the clock resumes from ``run.json["active_s"]`` now."""
     kind = executor_kind()
-    out_dir = phase_dir(run_dir, phase, attempt)
+    out_dir = RunFolder(run_dir).phase_dir(phase, attempt)
     out_dir.mkdir(parents=True, exist_ok=True)
     out_nb = out_dir / NOTEBOOK
     params = {"run_dir": str(run_dir), **params}

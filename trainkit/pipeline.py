@@ -35,9 +35,7 @@ from trainkit.run import (
     RunFolder,
     _end_running,
     init_run,
-    latest_attempt_dir,
     load_manifest,
-    next_attempt_dir,
     record_phase,
     resume_command,
     run_cost,
@@ -99,7 +97,7 @@ def _resume_point(run_dir: Path) -> tuple[str | None, str | None, int | None]:
     if not entries:
         return PHASES[0], "nothing ran yet", None
     last = entries[-1]
-    d = latest_attempt_dir(run_dir, last.phase)
+    d = RunFolder(run_dir).latest(last.phase)
     state = _gate_state(d) if d else None
     run = RunFolder(run_dir)
     decision = (run.routed_decision(d) if state == "passed" else run.decision(d)) or {}
@@ -275,7 +273,7 @@ def _walk(
 
     w.origin = w.t0 - (active_seconds(load_manifest(w.run.path)) if resume else 0.0)
     while phase is not None:
-        attempt = next_attempt_dir(w.run.path, phase)[0] if phase in _ATTEMPTED else 1
+        attempt = RunFolder(w.run.path).next_attempt(phase)[0] if phase in _ATTEMPTED else 1
         if continue_attempt is not None:
             attempt = continue_attempt
         d, failed = _run_phase(w, phase, attempt, resume_in_place=continue_attempt is not None)

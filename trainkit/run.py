@@ -32,13 +32,9 @@ __all__ = [
     "init_run",
     "load_manifest",
     "record_phase",
-    "phase_dir",
-    "next_attempt_dir",
-    "latest_attempt_dir",
     "resume_command",
     "signoff_command",
     "check_run_name",
-    "baseline_seconds",
     "phase_cost",
     "run_cost",
     "RUN_JSON",
@@ -477,21 +473,6 @@ def record_phase(run_dir: str | Path, phase: str, attempt: int, **fields: Any) -
     return entry
 
 
-def phase_dir(run_dir: str | Path, phase: str, attempt: int = 1) -> Path:
-    """``runs/NAME/01_planning`` or ``runs/NAME/02_baseline/attempt-N`` (round-N, iter-N)."""
-    return RunFolder(run_dir).phase_dir(phase, attempt)
-
-
-def latest_attempt_dir(run_dir: str | Path, phase: str) -> Path | None:
-    """The highest-numbered attempt folder of a phase, or None."""
-    return RunFolder(run_dir).latest(phase)
-
-
-def next_attempt_dir(run_dir: str | Path, phase: str) -> tuple[int, Path]:
-    """(N, folder) for the next attempt of a phase."""
-    return RunFolder(run_dir).next_attempt(phase)
-
-
 def resume_command(run_dir: str | Path) -> str:
     """The exact ``trainkit run --resume`` command for a run folder, quoted for a POSIX shell."""
     import shlex
@@ -537,14 +518,9 @@ def check_run_name(name: str) -> str:
     return name
 
 
-def baseline_seconds(run_dir: str | Path) -> float | None:
-    """The unit of compute cost: the wall time of the first Phase 2 baseline's training (seconds)."""
-    return RunFolder(run_dir).baseline_seconds()
-
-
 def phase_cost(run_dir: str | Path, started: float, ended: float) -> dict[str, Any]:
     """A phase's compute: wall seconds and, once the baseline has trained, baseline units."""
-    unit = baseline_seconds(run_dir)
+    unit = RunFolder(run_dir).baseline_seconds()
     wall = max(0.0, ended - started)
     return {
         "wall_s": round(wall, 2),

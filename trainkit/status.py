@@ -9,11 +9,11 @@ from trainkit._io import read_json
 from trainkit.run import (
     GATE,
     Phase,
-    latest_attempt_dir,
     load_manifest,
     phase_entries,
     resume_command,
     signoff_command,
+    RunFolder,
 )
 
 
@@ -34,7 +34,7 @@ def describe_run(run_dir: Path) -> str:
     if not entries:
         return "\n".join(lines + ["  nothing ran yet; next: " + resume_command(run_dir)])
     last = entries[-1]
-    d = latest_attempt_dir(run_dir, last.phase)
+    d = RunFolder(run_dir).latest(last.phase)
     gate_path = d / GATE if d else None
     if gate_path is None or not gate_path.exists():
         nxt = f"{resume_command(run_dir)}  (re-runs {last.phase})"

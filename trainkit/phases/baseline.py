@@ -26,7 +26,13 @@ from trainkit.phases.common import (
     show_html,
     write_decision,
 )
-from trainkit.run import DECISION, METRICS, Phase, TRAINING_CONFIG, next_attempt_dir
+from trainkit.run import (
+    DECISION,
+    METRICS,
+    Phase,
+    TRAINING_CONFIG,
+    RunFolder,
+)
 
 __all__ = ["start", "train", "write_results", "decide", "gate"]
 
@@ -37,7 +43,7 @@ def start(run_dir: str | Path, attempt: int = 0, interactive: bool = True) -> Ph
     """Check Phase 1's gate, open ``02_baseline/attempt-N`` and load the config in force."""
     run_dir = run_path(run_dir)
     require_gate(run_dir, Phase.PLANNING.value)
-    n = attempt or next_attempt_dir(run_dir, PHASE)[0]
+    n = attempt or RunFolder(run_dir).next_attempt(PHASE)[0]
     ctx = begin(PhaseContext, run_dir, PHASE, n, interactive)
     ctx.config = load_run_config(run_dir)
     save_config(ctx.config, ctx.path(TRAINING_CONFIG))

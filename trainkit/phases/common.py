@@ -17,8 +17,6 @@ from trainkit.run import (
     GATE,
     RunFolder,
     init_run,
-    latest_attempt_dir,
-    phase_dir,
     record_phase,
 )
 
@@ -108,7 +106,7 @@ def begin(kind: type[Ctx], run_dir: str | Path, phase: str, attempt: int = 1, in
     """Create the phase folder, record the phase as started in run.json; a ``kind`` context."""
     run_dir = Path(run_dir)
     init_run(run_dir)
-    d = phase_dir(run_dir, phase, attempt)
+    d = RunFolder(run_dir).phase_dir(phase, attempt)
     d.mkdir(parents=True, exist_ok=True)
     record_phase(run_dir, phase, attempt, status="running", started=time.time(), ended=None)
     _mark_failed_on_error(run_dir, phase, attempt)
@@ -361,7 +359,7 @@ def write_decision(
 
 def require_gate(run_dir: str | Path, phase: str) -> dict[str, Any]:
     """Refuse to start unless ``phase``'s latest gate passed and its artifacts are unchanged."""
-    d = latest_attempt_dir(run_dir, phase)
+    d = RunFolder(run_dir).latest(phase)
     if d is None:
         raise RunError(f"{run_dir}: {phase} has not run; run it first (trainkit run, or its notebook)")
     return verify_gate(d / GATE, run_dir)

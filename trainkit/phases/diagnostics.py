@@ -23,7 +23,13 @@ from trainkit.phases.common import (
     show_html,
     write_decision,
 )
-from trainkit.run import DECISION, FINDINGS, Phase, TRAINING_CONFIG, latest_attempt_dir, next_attempt_dir
+from trainkit.run import (
+    DECISION,
+    FINDINGS,
+    Phase,
+    TRAINING_CONFIG,
+    RunFolder,
+)
 from trainkit.phases.diag_report import guide_path, show_findings, write_report
 
 __all__ = ["start", "diagnose", "show_findings", "write_report", "decide", "gate", "guide_path"]
@@ -40,7 +46,7 @@ def _source(run_dir: Path) -> tuple[Path, dict[str, Any], str]:
     if phase == Phase.OPTIMIZATION.value:  # diagnose the best config so far: Phase 4's adopted best, else the baseline
         if (run_dir / "best.json").is_file():
             return run_dir / read_json(run_dir / "best.json")["dir"], decision, phase
-        base = latest_attempt_dir(run_dir, Phase.BASELINE.value)
+        base = RunFolder(run_dir).latest(Phase.BASELINE.value)
         if base is None:
             raise RunError(f"{run_dir}: no Phase 2 attempt to diagnose")
         return base, decision, phase
@@ -51,7 +57,7 @@ def start(run_dir: str | Path, round: int = 0, interactive: bool = True) -> Diag
     """Open ``03_diagnostics/round-N`` for the latest baseline (or Phase 4 result) routed here."""
     run_dir = run_path(run_dir)
     source, decision, phase = _source(run_dir)
-    n = round or next_attempt_dir(run_dir, PHASE)[0]
+    n = round or RunFolder(run_dir).next_attempt(PHASE)[0]
     ctx = begin(DiagnosticsContext, run_dir, PHASE, n, interactive)
     ctx.config = load_run_config(run_dir)
     save_config(ctx.config, ctx.path(TRAINING_CONFIG))
@@ -180,7 +186,7 @@ def _stale_families(ctx: DiagnosticsContext, plan: dict[str, Any]) -> tuple[list
     from trainkit.diagnostics import move_family
     from trainkit.run import COMPARISON
 
-    it = latest_attempt_dir(ctx.run_dir, Phase.OPTIMIZATION.value)
+    it = RunFolder(ctx.run_dir).latest(Phase.OPTIMIZATION.value)
     earlier = ctx.run_dir / PHASE / f"round-{ctx.attempt - 1}" / FINDINGS
     if it is None or not (it / COMPARISON).is_file() or not earlier.is_file():
         return None

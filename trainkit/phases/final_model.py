@@ -13,7 +13,12 @@ from trainkit._io import read_json
 from trainkit.phases.common import (
     FinalizationContext,
 )
-from trainkit.run import TRAIN_SUMMARY, TRAINING_CONFIG, Phase, latest_attempt_dir
+from trainkit.run import (
+    TRAIN_SUMMARY,
+    TRAINING_CONFIG,
+    Phase,
+    RunFolder,
+)
 
 PHASE = Phase.FINALIZATION.value
 
@@ -24,7 +29,7 @@ def _best_so_far(run_dir: Path) -> tuple[Path, Path] | None:
     if (run_dir / "best.json").is_file():
         b = read_json(run_dir / "best.json")
         return run_dir / b["dir"], run_dir / b["config"]
-    d = latest_attempt_dir(run_dir, Phase.BASELINE.value)
+    d = RunFolder(run_dir).latest(Phase.BASELINE.value)
     if d is not None and (d / "checkpoints" / "best.pt").is_file() and (d / TRAIN_SUMMARY).is_file():
         return d, d / TRAINING_CONFIG
     return None

@@ -18,19 +18,13 @@ from trainkit.phases.common import (
     clock,
     show_figure,
 )
-from trainkit.run import (
-    TRAIN_SUMMARY,
-    TRAINING_CONFIG,
-    Phase,
-    RunFolder,
-    latest_attempt_dir,
-)
+from trainkit.run import TRAIN_SUMMARY, TRAINING_CONFIG, Phase, RunFolder
 
 PHASE = Phase.OPTIMIZATION.value
 
 
 def _round_dir(ctx: OptimizationContext) -> Path:
-    d = latest_attempt_dir(ctx.run_dir, Phase.DIAGNOSTICS.value)
+    d = RunFolder(ctx.run_dir).latest(Phase.DIAGNOSTICS.value)
     if d is None:
         raise RunError(f"{ctx.run_dir}: no Phase 3 round found")
     return d
@@ -38,10 +32,8 @@ def _round_dir(ctx: OptimizationContext) -> Path:
 
 def _fit_estimate(ctx: OptimizationContext, cfg: Any) -> float:
     """Seconds one fit of ``cfg`` should take: the baseline's training time scaled by epochs."""
-    from trainkit.run import baseline_seconds
-
-    unit = baseline_seconds(ctx.run_dir) or 0.0
-    base_dir = latest_attempt_dir(ctx.run_dir, Phase.BASELINE.value)
+    unit = RunFolder(ctx.run_dir).baseline_seconds() or 0.0
+    base_dir = RunFolder(ctx.run_dir).latest(Phase.BASELINE.value)
     base_epochs = (
         load_config(base_dir / TRAINING_CONFIG).training.epochs if base_dir is not None else cfg.training.epochs
     )
@@ -58,8 +50,6 @@ def _judge(run_dir: Path, cfg: Any) -> Any:
     """What Phase 4 compares, higher is better: the target metric's value, or a regression's skill
     (:func:`trainkit.metrics.skill`: 1 − error / the train mean's error), so one set of statistics
     serves both directions. The raw value stays in each row's ``best_val_metric``."""
-    from trainkit.run import RunFolder
-
     return skill_of(RunFolder(run_dir).splits() or {}, cfg.target.metric)
 
 
@@ -186,7 +176,7 @@ def _baseline_rows(ctx: OptimizationContext, seeds: list[int], train: bool) -> l
     from trainkit.run import load_run_data
 
     cache = ctx.run_dir / PHASE / "baseline_seeds.json"
-    base_dir = latest_attempt_dir(ctx.run_dir, Phase.BASELINE.value)
+    base_dir = RunFolder(ctx.run_dir).latest(Phase.BASELINE.value)
     base_cfg = load_config(base_dir / TRAINING_CONFIG)
     h = config_hash(base_cfg)
     if ctx.folds is not None:  # fold runs are not the runs Phase 2 and 3 made on the one split
@@ -267,7 +257,7 @@ def _known_baseline_runs(run_dir: Path, base_dir: Path, base_cfg: Any, J: Any) -
 
 def _seed_list(ctx: OptimizationContext, seeds: int) -> list[int]:
     """``seeds`` seeds starting at the baseline's own seed (so seed one is Phase 2's run)."""
-    base_dir = latest_attempt_dir(ctx.run_dir, Phase.BASELINE.value)
+    base_dir = RunFolder(ctx.run_dir).latest(Phase.BASELINE.value)
     s0 = load_config(base_dir / TRAINING_CONFIG).training.seed if base_dir is not None else ctx.config.training.seed
     return [s0 + i for i in range(max(1, seeds))]
 

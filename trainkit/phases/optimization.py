@@ -32,8 +32,7 @@ from trainkit.run import (
     FINDINGS,
     TRAINING_CONFIG,
     Phase,
-    next_attempt_dir,
-    phase_dir,
+    RunFolder,
 )
 from trainkit.phases.opt_seeds import (
     SINGLE_SEED_FLOOR,
@@ -59,7 +58,7 @@ def start(run_dir: str | Path, iteration: int = 0, interactive: bool = True) -> 
     """Open ``04_optimization/iter-N`` after a Phase 3 decision A or a Phase 4 decision B."""
     run_dir = run_path(run_dir)
     require_routed(run_dir, PHASE, (Phase.DIAGNOSTICS.value, Phase.OPTIMIZATION.value))
-    n = iteration or next_attempt_dir(run_dir, PHASE)[0]
+    n = iteration or RunFolder(run_dir).next_attempt(PHASE)[0]
     ctx = begin(OptimizationContext, run_dir, PHASE, n, interactive)
     ctx.config = load_run_config(run_dir)
     show_html(
@@ -434,7 +433,7 @@ def sweep(ctx: OptimizationContext, trials: int = 0, storage: str | None = None)
 def _gains(ctx: OptimizationContext) -> list[float]:
     out = []
     for i in range(1, ctx.attempt):
-        p = phase_dir(ctx.run_dir, PHASE, i) / DECISION
+        p = RunFolder(ctx.run_dir).phase_dir(PHASE, i) / DECISION
         if p.is_file():
             out.append(float(read_json(p)["evidence"].get("gain_points", 0.0)))
     return out
