@@ -37,6 +37,17 @@ from trainkit.run import (
     phase_entries,
 )
 from trainkit._track_rows import Target, complete_lines, flatten, numeric_items, parse_rows
+from trainkit.run import (
+    BUDGET_OVERRIDE,
+    EXPORT_JSON,
+    FINAL_CONFIG_YAML,
+    MODEL_ONNX,
+    MODEL_TS,
+    OPTIMIZATION_CONFIG_YAML,
+    SWEEP_CONFIG_YAML,
+    SWEEP_DB,
+    TEST_EVALUATION_JSON,
+)
 
 _ARTIFACTS = {".html", ".md", ".png", ".json", ".yaml", ".ipynb", ".txt"}
 _RUN_FILES = (INDEX, RUN_JSON, RUN_CONFIG, CURRENT_CONFIG)
@@ -45,7 +56,7 @@ _MAX_ARTIFACT = 50 << 20  # larger files (never a report or a figure) stay in th
 _STATUS = {"completed": "FINISHED", "failed": "FAILED", "blocked": "FAILED", "running": "RUNNING"}
 _RUN_STATUS = {"running": "RUNNING", "failed": "FAILED", "refused": "FAILED"}  # else FINISHED
 _FIT_STATUS = {"nonfinite": "FAILED", "pruned": "KILLED"}  # else FINISHED
-_CONFIGS = (TRAINING_CONFIG, "final_config.yaml", "optimization_config.yaml")
+_CONFIGS = (TRAINING_CONFIG, FINAL_CONFIG_YAML, OPTIMIZATION_CONFIG_YAML)
 
 
 @contextlib.contextmanager
@@ -273,8 +284,8 @@ class Pusher:
                 }
             )
             note.append(f"**Decision {dec.get('option')} → {dec.get('next')}**: {dec.get('reason')}")
-        if (d / "budget_override.json").is_file():
-            over = read_json(d / "budget_override.json")
+        if (d / BUDGET_OVERRIDE).is_file():
+            over = read_json(d / BUDGET_OVERRIDE)
             tags.update({"trainkit.next": str(over.get("next")), "trainkit.budget_override": str(over.get("reason"))})
         tags.update(_gate_tags(d / GATE, note))
         tags["mlflow.note.content"] = "\n\n".join(note)
@@ -291,7 +302,7 @@ class Pusher:
         )
         files = [(p, None) for p in sorted(d.iterdir()) if p.suffix in _ARTIFACTS and p.name != METRICS]
         if phase == Phase.FINALIZATION.value:
-            files += [(d / n, "export") for n in ("model.onnx", "model.ts")]
+            files += [(d / n, "export") for n in (MODEL_ONNX, MODEL_TS)]
         self._artifacts(rid, files)
         status = "FINISHED" if tags.get("trainkit.gate_state") == "passed" else _STATUS.get(entry.status, "FINISHED")
         self._status(rid, key, status, entry.ended)  # a gate signed after the notebook ran: passed
@@ -343,7 +354,7 @@ class Pusher:
 
     # -- sweeps, the model and the registry -----------------------------------------------------
     def _sweeps(self, parent: str) -> None:
-        db = self.run_dir / Phase.OPTIMIZATION.value / "sweep.db"
+        db = self.run_dir / Phase.OPTIMIZATION.value / SWEEP_DB
         if not db.is_file():
             return
         import optuna
@@ -354,7 +365,7 @@ class Pusher:
             name = summary.study_name
             skey = f"sweep/{name}"
             srid = self.ensure(skey, f"sweep {name}", parent, _ts(summary.datetime_start), {"trainkit.level": "sweep"})
-            self._params(srid, skey, self.run_dir / Phase.OPTIMIZATION.value / "sweep_config.yaml")
+            self._params(srid, skey, self.run_dir / Phase.OPTIMIZATION.value / SWEEP_CONFIG_YAML)
             study = optuna.load_study(study_name=name, storage=storage)
             trials = study.get_trials(deepcopy=False)
             for t in trials:
@@ -412,7 +423,7 @@ class Pusher:
     def _model(self) -> None:
         """Phase 5's ONNX model as an MLflow model (signature, input example), once per file."""
         d = self.run_dir / Phase.FINALIZATION.value
-        onnx_path, export = d / "model.onnx", d / "export.json"
+        onnx_path, export = d / MODEL_ONNX, d / EXPORT_JSON
         rid = self.state["runs"].get(Phase.FINALIZATION.value)
         if rid is None or not onnx_path.is_file() or not export.is_file():
             return
@@ -511,8 +522,8 @@ def _phase_numbers(d: Path) -> dict[str, Any]:
         out["best_val_accuracy"] = best.get("val_accuracy")
         if best.get("val_accuracy") is None and best.get("val_score") is not None:  # a regression: its target metric
             out["best_val_score"] = best["val_score"]
-    if (d / "test_evaluation.json").is_file():
-        ev = read_json(d / "test_evaluation.json")
+    if (d / TEST_EVALUATION_JSON).is_file():
+        ev = read_json(d / TEST_EVALUATION_JSON)
         out.update(
             {"test_accuracy": ev.get("accuracy"), "test_ece": ev.get("ece")}
             if not ev.get("regression")

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from trainkit.errors import TrainkitError
+from trainkit.run import MODEL_ONNX, MODEL_TS
 
 __all__ = ["ExportError", "export_onnx", "export_torchscript", "check_parity", "measure_latency"]
 
@@ -79,8 +80,8 @@ def check_parity(
     folder: str | Path,
     x: np.ndarray,
     expected: np.ndarray,
-    onnx_name: str = "model.onnx",
-    ts_name: str = "model.ts",
+    onnx_name: str = MODEL_ONNX,
+    ts_name: str = MODEL_TS,
     atol: float = 1e-4,
 ) -> dict[str, Any]:
     """Load both artifacts in a fresh Python process and compare their logits with the eager

@@ -22,6 +22,7 @@ from trainkit.monitor import GpuMonitor
 from trainkit.repro import restore_rng_state, rng_state
 from trainkit.run import METRICS
 from trainkit.scoring import evaluate
+from trainkit.run import BEST_PT, LAST_PT
 
 
 @dataclass
@@ -96,7 +97,7 @@ class _Epoch:
 def _resume(lp: _Loop, resume: bool) -> _Progress:
     """Restore the last checkpoint (``resume``) or start fresh; then the loss at init, DDP, compile."""
     pr = _Progress()
-    last_path = lp.ckpt_dir / "last.pt" if lp.ckpt_dir is not None else None
+    last_path = lp.ckpt_dir / LAST_PT if lp.ckpt_dir is not None else None
     if resume and lp.ckpt_dir is not None and lp.is_main:
         remove_stale_temps(lp.ckpt_dir)  # an interrupted write's leftovers
     if resume and last_path is not None and last_path.exists():
@@ -169,5 +170,5 @@ def _save(lp: _Loop, pr: _Progress, epoch: int, improved: bool) -> None:
     }
     assert lp.ckpt_dir is not None
     if improved:
-        save_checkpoint(state, lp.ckpt_dir / "best.pt")
-    save_checkpoint(state, lp.ckpt_dir / "last.pt")
+        save_checkpoint(state, lp.ckpt_dir / BEST_PT)
+    save_checkpoint(state, lp.ckpt_dir / LAST_PT)

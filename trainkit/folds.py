@@ -13,6 +13,7 @@ import copy
 from typing import Any, Sequence
 
 import numpy as np
+from trainkit.run import BASELINE_SEEDS_JSON, BEST_JSON
 
 __all__ = [
     "SMALL_VAL_ROWS",
@@ -121,15 +122,15 @@ def known_fold_runs(run_dir: Any) -> tuple[list[dict[str, Any]], str] | None:
     from trainkit.run import COMPARISON, Phase
 
     run_dir = Path(run_dir)
-    if (run_dir / "best.json").is_file():
-        label = read_json(run_dir / "best.json")["label"]
+    if (run_dir / BEST_JSON).is_file():
+        label = read_json(run_dir / BEST_JSON)["label"]
         cmp_path = run_dir / label / COMPARISON
         if cmp_path.is_file():
             cmp = read_json(cmp_path)
             if cmp.get("folds"):
                 return [_with_history(run_dir, r) for r in cmp["candidate"]], label
         return None
-    cache = run_dir / Phase.OPTIMIZATION.value / "baseline_seeds.json"
+    cache = run_dir / Phase.OPTIMIZATION.value / BASELINE_SEEDS_JSON
     if cache.is_file():
         rec = read_json(cache)
         if ":folds-" in str(rec.get("config_hash")) and rec.get("runs"):

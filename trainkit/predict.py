@@ -19,19 +19,20 @@ import numpy as np
 
 from trainkit.errors import DataError, RunError
 from trainkit.run import PREPROCESS, Phase, RunFolder
+from trainkit.run import BEST_PT
 
 __all__ = ["predict", "write_predictions", "model_checkpoint"]
 
 
 def model_checkpoint(run: RunFolder) -> tuple[Path, str]:
     """(checkpoint, which model it is): Phase 5's final model, else the latest baseline's best."""
-    final = run.phase_dir(Phase.FINALIZATION.value) / "checkpoints" / "best.pt"
+    final = run.phase_dir(Phase.FINALIZATION.value) / "checkpoints" / BEST_PT
     if final.is_file():
         return final, "the final model (05_finalization)"
     d = run.latest(Phase.BASELINE.value)
-    if d is not None and (d / "checkpoints" / "best.pt").is_file():
+    if d is not None and (d / "checkpoints" / BEST_PT).is_file():
         return (
-            d / "checkpoints" / "best.pt",
+            d / "checkpoints" / BEST_PT,
             f"the baseline's best ({d.relative_to(run.path)}; the run has no final model yet)",
         )
     raise RunError(

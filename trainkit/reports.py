@@ -27,6 +27,7 @@ from trainkit.run import (
     phase_entries,
     run_cost,
 )
+from trainkit.run import BUDGET_PLAN_JSON, CURVES_PNG, TEST_EVALUATION_JSON, TRACKING
 
 __all__ = [
     "write_index",
@@ -68,8 +69,8 @@ def phase_metric(d: Path, phase: str) -> str:
                 else f"val {ev['metric']}{' skill' if ev['metric'] in ('rmse', 'mae') else ''}"
             )
             return f"{name} {ev['candidate_mean']:.4f} (mean over seeds){' adopted' if ev['adopted'] else ''}"
-        if phase == Phase.FINALIZATION.value and (d / "test_evaluation.json").is_file():
-            t = read_json(d / "test_evaluation.json")
+        if phase == Phase.FINALIZATION.value and (d / TEST_EVALUATION_JSON).is_file():
+            t = read_json(d / TEST_EVALUATION_JSON)
             if t.get("regression"):
                 return "; ".join(
                     f"test {k} {t['test'][k]:.4g} [{t['test'][k + '_ci'][0]:.4g}, {t['test'][k + '_ci'][1]:.4g}]"
@@ -138,7 +139,7 @@ def _cost_cell(cost: dict[str, Any] | None) -> str:
 
 def _plan_table(run_dir: Path, manifest: dict[str, Any]) -> str:
     """Phase 1's compute plan against what each phase actually took (all its attempts together)."""
-    p = run_dir / Phase.PLANNING.value / "budget_plan.json"
+    p = run_dir / Phase.PLANNING.value / BUDGET_PLAN_JSON
     if not p.is_file():
         return ""
     plan = read_json(p)
@@ -175,7 +176,7 @@ def _key_curves(run_dir: Path, manifest: dict[str, Any]) -> str:
     figs = []
     for e in phase_entries(manifest):
         if e.phase in (Phase.BASELINE.value, Phase.FINALIZATION.value):
-            p = e.folder(run_dir) / "curves.png"
+            p = e.folder(run_dir) / CURVES_PNG
             if p.is_file():
                 figs.append(
                     f"<figure style='display:inline-block;margin:0 1em 0 0'><img style='max-width:460px' "
@@ -245,7 +246,7 @@ td,th{{border:1px solid #d0d7de;padding:4px 8px;vertical-align:top;font-size:14p
 
 def _tracking_html(run_dir: Path) -> str:
     """Where the run is tracked in MLflow (from ``tracking.json``), linked for a server."""
-    p = Path(run_dir) / "tracking.json"
+    p = Path(run_dir) / TRACKING
     if not p.is_file():
         return ""
     try:

@@ -21,46 +21,17 @@ from typing import Any, Iterator
 from trainkit._io import read_json, write_json_atomic
 from trainkit.errors import RunError
 
-__all__ = [
-    "Phase",
-    "PHASES",
-    "RunFolder",
-    "PhaseFolder",
-    "PhaseEntry",
-    "phase_entries",
-    "phase_name",
-    "init_run",
-    "load_manifest",
-    "record_phase",
-    "resume_command",
-    "signoff_command",
-    "check_run_name",
-    "phase_cost",
-    "run_cost",
-    "RUN_JSON",
-    "RUN_CONFIG",
-    "CURRENT_CONFIG",
-    "TRAINING_CONFIG",
-    "GATE",
-    "DECISION",
-    "BUDGET",
-    "BUDGET_OVERRIDE",
-    "SPLITS",
-    "PREPROCESS",
-    "DATA_MANIFEST",
-    "TEST_ACCESS_LOG",
-    "DATA_LOADS",
-    "TRAIN_SUMMARY",
-    "METRICS",
-    "FINDINGS",
-    "COMPARISON",
-    "TRACKING",
-    "INDEX",
-    "REPORT",
-    "NOTEBOOK",
-    "SUB_WORD",
-    "load_run_data",
-]
+__all__ = (  # one string, split: the names this module exports
+    "Phase PHASES RunFolder PhaseFolder PhaseEntry phase_entries phase_name init_run load_manifest record_phase "
+    "resume_command signoff_command check_run_name phase_cost run_cost RUN_JSON RUN_CONFIG CURRENT_CONFIG "
+    "TRAINING_CONFIG GATE DECISION BUDGET BUDGET_OVERRIDE SPLITS PREPROCESS DATA_MANIFEST TEST_ACCESS_LOG "
+    "DATA_LOADS TRAIN_SUMMARY METRICS FINDINGS COMPARISON TRACKING INDEX REPORT NOTEBOOK BASELINE_RESULTS_MD "
+    "BASELINE_SEEDS_JSON BEST_JSON BEST_PT BUDGET_PLAN_JSON CHECKPOINTS_BEST_PT COLUMNS_JSON CRASH_JSON CURVES_PNG "
+    "DEPLOYMENT_GUIDE_MD DETERMINISM_JSON DIAGNOSTIC_REPORT_MD ENVIRONMENT_JSON EXCLUDE_JSON EXCLUDE_LABELS_JSON "
+    "EXPORT_JSON FINAL_CONFIG_YAML FIXED_CONFIG_YAML LAST_PT MODEL_CARD_MD MODEL_ONNX MODEL_TS "
+    "OPTIMIZATION_CONFIG_YAML OPTIMIZATION_RESULTS_MD PROVENANCE_JSON REPRODUCE_JSON RESIDUALS_PNG SNIPPETS_JSON "
+    "SWEEP_CONFIG_YAML SWEEP_DB TEST_EVALUATION_JSON TEST_RESULTS_MD SUB_WORD load_run_data"
+).split()
 
 
 class Phase(str, enum.Enum):
@@ -115,6 +86,39 @@ TRACKING = "tracking.json"
 INDEX = "index.html"
 REPORT = "report.html"
 NOTEBOOK = "notebook.ipynb"
+# the files phases write into their folders, named once
+BASELINE_RESULTS_MD = "baseline_results.md"
+BASELINE_SEEDS_JSON = "baseline_seeds.json"
+BEST_JSON = "best.json"
+BEST_PT = "best.pt"
+BUDGET_PLAN_JSON = "budget_plan.json"
+CHECKPOINTS_BEST_PT = "checkpoints/best.pt"
+COLUMNS_JSON = "columns.json"
+CRASH_JSON = "crash.json"
+CURVES_PNG = "curves.png"
+DEPLOYMENT_GUIDE_MD = "deployment_guide.md"
+DETERMINISM_JSON = "determinism.json"
+DIAGNOSTIC_REPORT_MD = "diagnostic_report.md"
+ENVIRONMENT_JSON = "environment.json"
+EXCLUDE_JSON = "exclude.json"
+EXCLUDE_LABELS_JSON = "exclude_labels.json"
+EXPORT_JSON = "export.json"
+FINAL_CONFIG_YAML = "final_config.yaml"
+FIXED_CONFIG_YAML = "fixed_config.yaml"
+LAST_PT = "last.pt"
+MODEL_CARD_MD = "model_card.md"
+MODEL_ONNX = "model.onnx"
+MODEL_TS = "model.ts"
+OPTIMIZATION_CONFIG_YAML = "optimization_config.yaml"
+OPTIMIZATION_RESULTS_MD = "optimization_results.md"
+PROVENANCE_JSON = "provenance.json"
+REPRODUCE_JSON = "reproduce.json"
+RESIDUALS_PNG = "residuals.png"
+SNIPPETS_JSON = "snippets.json"
+SWEEP_CONFIG_YAML = "sweep_config.yaml"
+SWEEP_DB = "sweep.db"
+TEST_EVALUATION_JSON = "test_evaluation.json"
+TEST_RESULTS_MD = "test_results.md"
 
 
 def _read(path: Path) -> dict[str, Any] | None:

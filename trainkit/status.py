@@ -15,6 +15,7 @@ from trainkit.run import (
     signoff_command,
     RunFolder,
 )
+from trainkit.run import TRACKING
 
 
 def describe_run(run_dir: Path) -> str:
@@ -77,7 +78,7 @@ def describe_run(run_dir: Path) -> str:
 
 def _tracking_lines(run_dir: Path) -> list[str]:
     """Where the run is in MLflow (``tracking.json``): URI, parent run, registered version."""
-    p = Path(run_dir) / "tracking.json"
+    p = Path(run_dir) / TRACKING
     try:
         states = read_json(p) if p.is_file() else {}
     except ValueError:

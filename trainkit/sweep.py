@@ -20,6 +20,7 @@ from trainkit.config import TrainkitConfig, load_config, with_overrides
 from trainkit.errors import RunError
 from trainkit.metrics import higher_is_better, row_score
 from trainkit.run import CURRENT_CONFIG, Phase, TRAINING_CONFIG
+from trainkit.run import SWEEP_CONFIG_YAML, SWEEP_DB
 
 __all__ = ["default_space", "default_storage", "run_worker", "launch_workers", "study_summary", "study_figures"]
 
@@ -33,7 +34,7 @@ def default_space(cfg: TrainkitConfig) -> dict[str, tuple[str, float, float]]:
 
 
 def default_storage(run_dir: str | Path) -> str:
-    p = Path(run_dir).resolve() / Phase.OPTIMIZATION.value / "sweep.db"
+    p = Path(run_dir).resolve() / Phase.OPTIMIZATION.value / SWEEP_DB
     p.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{p}"
 
@@ -168,7 +169,7 @@ def launch_workers(
         from trainkit._io import write_text_atomic
         from trainkit.tracking import push_quietly
 
-        write_text_atomic(run_dir / Phase.OPTIMIZATION.value / "sweep_config.yaml", Path(cfg_path).read_text())
+        write_text_atomic(run_dir / Phase.OPTIMIZATION.value / SWEEP_CONFIG_YAML, Path(cfg_path).read_text())
         push_quietly(run_dir)  # tracking on: one run per trial, nested under the run's parent in MLflow
     return study_summary(url, study_name)
 

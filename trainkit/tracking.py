@@ -38,6 +38,7 @@ from typing import Any, Iterator
 from trainkit._io import read_json, write_json_atomic
 from trainkit._track_rows import Target, redact
 from trainkit.errors import ConfigError, TrackingError
+from trainkit.run import TRACKING
 
 __all__ = [
     "Target",
@@ -51,7 +52,7 @@ __all__ = [
     "STATE_FILE",
 ]
 
-STATE_FILE = "tracking.json"
+STATE_FILE = TRACKING
 PIPELINE_ENV = "TRAINKIT_PIPELINE"  # set by `trainkit run` for its kernels: the pipeline pushes, they do not
 
 

@@ -31,6 +31,7 @@ from trainkit.repro import seed_everything, set_deterministic
 from trainkit.run import METRICS, TRAINING_CONFIG, TRAIN_SUMMARY
 from trainkit.optim import _guard, _quantiles, class_weights, grad_norm, lr_factors, make_optimizer
 from trainkit.fit_state import _Epoch, _Loop, _Progress, _resume, _save
+from trainkit.run import BEST_PT, LAST_PT
 
 __all__ = ["fit", "FitResult", "evaluate", "predict_numbers", "lr_factors", "resolve_device", "make_optimizer"]
 
@@ -468,7 +469,7 @@ def _finish(lp: _Loop, pr: _Progress, t_start: float) -> FitResult:
         world_size=lp.world,
         precision=lp.precision,
         resumed_from_epoch=pr.resumed_from,
-        paths={"best": str(ckpt / "best.pt"), "last": str(ckpt / "last.pt")} if ckpt else {},
+        paths={"best": str(ckpt / BEST_PT), "last": str(ckpt / LAST_PT)} if ckpt else {},
     )
     if lp.is_main and lp.out is not None:
         write_json_atomic(lp.out / TRAIN_SUMMARY, result.to_dict())

@@ -20,6 +20,7 @@ from trainkit.diagnostics.findings import STANDARD_LR, best_score, patch_already
 from trainkit.metrics import row_score
 from trainkit.run import METRICS, PhaseFolder
 from trainkit.diagnostics.probe_runner import run_probes
+from trainkit.run import CRASH_JSON, EXCLUDE_JSON
 
 __all__ = [
     "gather_evidence",
@@ -51,7 +52,7 @@ def gather_evidence(source_dir: str | Path, cfg: TrainkitConfig, failed_mode: bo
     else:  # crashed or killed: whatever epochs were logged
         rows = read_jsonl(d / METRICS) if (d / METRICS).is_file() else []
         history = [r for r in rows if "train_loss" in r and "val_loss" in r]
-    crash = read_json(d / "crash.json") if (d / "crash.json").is_file() else None
+    crash = read_json(d / CRASH_JSON) if (d / CRASH_JSON).is_file() else None
     status = "crashed" if crash and not summary else summary.get("status", "crashed" if crash else "unknown")
     init = summary.get("init_loss")
     return {
@@ -66,7 +67,7 @@ def gather_evidence(source_dir: str | Path, cfg: TrainkitConfig, failed_mode: bo
         "config": config_to_dict(cfg),
         "device": summary.get("device", "cpu"),
         "failed_mode": failed_mode,
-        "exclude_path": "exclude.json",
+        "exclude_path": EXCLUDE_JSON,
         "probes": {},
     }
 

@@ -18,6 +18,7 @@ from trainkit.diagnostics.findings import (
     _smoothing_rec,
     _thresholds,
 )
+from trainkit.run import EXCLUDE_JSON, EXCLUDE_LABELS_JSON
 
 __all__ = ["detect_data_quality"]
 
@@ -206,7 +207,7 @@ def _moves(
                 "data_quality",
                 "exclude_leaked",
                 f"Leave the {len(leak_rows)} leaked or duplicated training rows out (exclude.json)",
-                {"data.exclude": evidence.get("exclude_path", "exclude.json")},
+                {"data.exclude": evidence.get("exclude_path", EXCLUDE_JSON)},
                 "copies of val/test rows inflate the val metric; only the copies are dropped",
                 0.0,
                 1,
@@ -222,7 +223,7 @@ def _moves(
                 "data_quality",
                 "exclude_mislabelled",
                 f"Leave {len(flagged)} likely mislabelled training rows out (exclude_labels.json)",
-                {"data.exclude": evidence.get("label_exclude_path", "exclude_labels.json")},
+                {"data.exclude": evidence.get("label_exclude_path", EXCLUDE_LABELS_JSON)},
                 f"train labels disagree with a trusted model {noise:.1%} more often than val labels "
                 "do; the rows it is surest about go",
                 need * 0.5,

@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 from trainkit.config import TrainkitConfig
 from trainkit.diagnostics.findings import best_score
+from trainkit.run import BEST_PT
 
 
 def _timed(name: str, fn: Callable[[], dict[str, Any]], echo: Callable[[str], None]) -> dict[str, Any]:
@@ -244,7 +245,7 @@ def _in_memory_view(bundle: Any, max_bytes: int = PROBE_MEMORY_BYTES, max_rows: 
 
 def _trained_model(cfg: TrainkitConfig, bundle: Any, ev: dict[str, Any]) -> Any:
     """The baseline's best model when its checkpoint exists (dead units are a property of training)."""
-    p = Path(ev["source_dir"]) / "checkpoints" / "best.pt"
+    p = Path(ev["source_dir"]) / "checkpoints" / BEST_PT
     if not p.is_file():
         return None
     from trainkit.checkpoints import load_checkpoint

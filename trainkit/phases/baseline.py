@@ -33,6 +33,7 @@ from trainkit.run import (
     TRAINING_CONFIG,
     RunFolder,
 )
+from trainkit.run import BASELINE_RESULTS_MD, CHECKPOINTS_BEST_PT, CRASH_JSON, CURVES_PNG
 
 __all__ = ["start", "train", "write_results", "decide", "gate"]
 
@@ -95,7 +96,7 @@ def train(ctx: PhaseContext, resume: bool = False, live: bool | None = None) -> 
             "message": str(exc),
             "traceback": traceback.format_exc()[-4000:],
         }
-        write_json_atomic(ctx.path("crash.json"), outcome["error"])
+        write_json_atomic(ctx.path(CRASH_JSON), outcome["error"])
         show_html(f"<p style='color:{RED}'><b>Baseline crashed</b>: {type(exc).__name__}: {exc}</p>")
     outcome["wall_time_s"] = time.perf_counter() - t0
     write_json_atomic(ctx.path("outcome.json"), {k: v for k, v in outcome.items() if k != "result"})
@@ -179,7 +180,7 @@ def write_results(ctx: PhaseContext, outcome: dict[str, Any], decision: dict[str
         "",
     ]
     if hist:
-        show_figure(curves_figure(hist, "baseline learning curves"), ctx.path("curves.png"))
+        show_figure(curves_figure(hist, "baseline learning curves"), ctx.path(CURVES_PNG))
         best = r["best"]
         metric = ctx.config.target.metric
         lines += ["![learning curves](curves.png)", ""] + _epoch_table(hist, metric)
@@ -210,7 +211,7 @@ def write_results(ctx: PhaseContext, outcome: dict[str, Any], decision: dict[str
         "",
         f"Wall time: {outcome['wall_time_s']:.2f} s (training {r.get('train_time_s', 0.0):.2f} s)",
     ]
-    return write_text_atomic(ctx.path("baseline_results.md"), "\n".join(lines) + "\n")
+    return write_text_atomic(ctx.path(BASELINE_RESULTS_MD), "\n".join(lines) + "\n")
 
 
 def _epoch_table(hist: list[dict[str, Any]], metric: str) -> list[str]:
@@ -294,13 +295,13 @@ def _results(ctx: PhaseContext, outcome: dict[str, Any]) -> dict[str, tuple[str,
         else ("fail", "no data-wait measurement")
     )
     try:
-        digest = verify_checkpoint(ctx.path("checkpoints/best.pt"))
+        digest = verify_checkpoint(ctx.path(CHECKPOINTS_BEST_PT))
         res["best_checkpoint"] = ("pass", f"checkpoints/best.pt sha256 {digest[:12]}… verified")
     except CheckpointError as exc:
         res["best_checkpoint"] = ("fail", str(exc))
     res["results_document"] = (
         ("pass", "baseline_results.md written")
-        if ctx.path("baseline_results.md").is_file()
+        if ctx.path(BASELINE_RESULTS_MD).is_file()
         else ("fail", "baseline_results.md missing")
     )
     return res
@@ -318,7 +319,7 @@ def gate(
     instead of raising, so the notebook completes and the diagnosis has its evidence."""
     arts = [
         ctx.rel(n)
-        for n in (TRAINING_CONFIG, METRICS, "baseline_results.md", DECISION, "checkpoints/best.pt")
+        for n in (TRAINING_CONFIG, METRICS, BASELINE_RESULTS_MD, DECISION, CHECKPOINTS_BEST_PT)
         if ctx.path(n).is_file()
     ]
     return finish_gate(

@@ -18,6 +18,7 @@ from trainkit.phases.common import (
     show_figure,
     show_html,
 )
+from trainkit.run import CURVES_PNG, DIAGNOSTIC_REPORT_MD
 
 
 def guide_path(name: str) -> Path:
@@ -35,7 +36,7 @@ def _figures(ctx: DiagnosticsContext, result: dict[str, Any]) -> list[str]:
     probes, names = result["evidence"]["probes"], []
     hist = (ctx.run.train_summary(Path(ctx.run_dir) / result["source"]) or {}).get("history")
     figs = [
-        ("curves.png", lambda: curves_figure(hist, "diagnosed run: learning curves") if hist else None),
+        (CURVES_PNG, lambda: curves_figure(hist, "diagnosed run: learning curves") if hist else None),
         (
             "lr_range.png",
             lambda: lr_range_figure(probes["lr_range"]) if probes.get("lr_range", {}).get("lrs") else None,
@@ -183,7 +184,7 @@ def write_report(ctx: DiagnosticsContext, result: dict[str, Any], decision: dict
     L += ["", "## Probes", ""] + _probe_lines(probes) + [""] + [f"![{n}]({n})" for n in figures]
     L += ["", "## Thresholds", "", "Every detector's thresholds are in `findings.json` and explained in its guide."]
     L += ["", f"Fired: {', '.join(fired) or 'none'}. Guides copied here: {', '.join(guides)}."]
-    return write_text_atomic(ctx.path("diagnostic_report.md"), "\n".join(L) + "\n")
+    return write_text_atomic(ctx.path(DIAGNOSTIC_REPORT_MD), "\n".join(L) + "\n")
 
 
 def _recovery_lines(rec: dict[str, Any] | None) -> list[str]:

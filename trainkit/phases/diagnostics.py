@@ -31,6 +31,14 @@ from trainkit.run import (
     RunFolder,
 )
 from trainkit.phases.diag_report import guide_path, show_findings, write_report
+from trainkit.run import (
+    BEST_JSON,
+    DIAGNOSTIC_REPORT_MD,
+    EXCLUDE_JSON,
+    EXCLUDE_LABELS_JSON,
+    FIXED_CONFIG_YAML,
+    RESIDUALS_PNG,
+)
 
 __all__ = ["start", "diagnose", "show_findings", "write_report", "decide", "gate", "guide_path"]
 
@@ -44,8 +52,8 @@ def _source(run_dir: Path) -> tuple[Path, dict[str, Any], str]:
         run_dir, PHASE, (Phase.BASELINE.value, Phase.OPTIMIZATION.value), allow_failed=True
     )
     if phase == Phase.OPTIMIZATION.value:  # diagnose the best config so far: Phase 4's adopted best, else the baseline
-        if (run_dir / "best.json").is_file():
-            return run_dir / read_json(run_dir / "best.json")["dir"], decision, phase
+        if (run_dir / BEST_JSON).is_file():
+            return run_dir / read_json(run_dir / BEST_JSON)["dir"], decision, phase
         base = RunFolder(run_dir).latest(Phase.BASELINE.value)
         if base is None:
             raise RunError(f"{run_dir}: no Phase 2 attempt to diagnose")
@@ -83,7 +91,7 @@ def diagnose(ctx: DiagnosticsContext, label_issues: bool = True) -> dict[str, An
 
     cfg = ctx.config
     ev = gather_evidence(ctx.source, cfg, ctx.failed_mode)
-    ev["exclude_path"], ev["label_exclude_path"] = ctx.rel("exclude.json"), ctx.rel("exclude_labels.json")
+    ev["exclude_path"], ev["label_exclude_path"] = ctx.rel(EXCLUDE_JSON), ctx.rel(EXCLUDE_LABELS_JSON)
     ev["tried"] = realized_gains(ctx.run_dir, cfg)
     bundle = load_run_data(cfg, ctx.run_dir, PHASE)
     ev["probes"] = run_probes(cfg, bundle, ev, label_issues=label_issues, clock=clock(ctx))
@@ -103,8 +111,8 @@ def diagnose(ctx: DiagnosticsContext, label_issues: bool = True) -> dict[str, An
     primary = primary_cause(findings)
     previous = _previous_exclusions(ctx)
     for name, key, why in (
-        ("exclude.json", "exclude_indices", "leaked or duplicated training rows"),
-        ("exclude_labels.json", "label_exclude_indices", "leaked, duplicated and likely mislabelled training rows"),
+        (EXCLUDE_JSON, "exclude_indices", "leaked or duplicated training rows"),
+        (EXCLUDE_LABELS_JSON, "label_exclude_indices", "leaked, duplicated and likely mislabelled training rows"),
     ):
         rows = sorted({i for f in findings if f.fired for i in f.evidence.get(key, [])})
         if rows:  # each file keeps what earlier rounds excluded: a patch never brings rows back
@@ -151,10 +159,10 @@ def _residuals(ctx: DiagnosticsContext, cfg: Any, bundle: Any, ev: dict[str, Any
     truth, pred = bundle.to_label_units(y), bundle.to_label_units(z)
     scores = regression_scores(truth, pred)
     label = bundle.source.class_names[0]
-    show_figure(residual_figure(truth, pred, label, "val (diagnosed model)", scores), ctx.path("residuals.png"))
+    show_figure(residual_figure(truth, pred, label, "val (diagnosed model)", scores), ctx.path(RESIDUALS_PNG))
     r = truth - pred
     return {
-        "figure": "residuals.png",
+        "figure": RESIDUALS_PNG,
         **scores,
         "residual_mean": float(r.mean()),
         "residual_p05": float(np.percentile(r, 5)),
@@ -266,7 +274,7 @@ def decide(ctx: DiagnosticsContext, result: dict[str, Any]) -> dict[str, Any]:
         evidence["provenance"] = [
             dict(p, old=get_dotted(old, p["field"]), new=get_dotted(new, p["field"])) for p in prov
         ]
-        save_config(fixed, ctx.path("fixed_config.yaml"))
+        save_config(fixed, ctx.path(FIXED_CONFIG_YAML))
         save_config(fixed, ctx.run_dir / CURRENT_CONFIG)
     return write_decision(ctx, option, nxt, reason, evidence)
 
@@ -322,7 +330,7 @@ def _results(ctx: DiagnosticsContext, result: dict[str, Any], decision: dict[str
         res["recommendations"] = ("warn", "no untried move left: finalize with the best so far")
     else:
         res["recommendations"] = ("fail", f"{n} selected; need 3-5 with expected gain and effort")
-    present = all(ctx.path(p).is_file() for p in ("diagnostic_report.md", FINDINGS))
+    present = all(ctx.path(p).is_file() for p in (DIAGNOSTIC_REPORT_MD, FINDINGS))
     res["report_present"] = (
         "pass" if present else "fail",
         "diagnostic_report.md, findings.json" if present else "missing",
@@ -347,11 +355,11 @@ def gate(
         ctx.rel(n)
         for n in (
             FINDINGS,
-            "diagnostic_report.md",
+            DIAGNOSTIC_REPORT_MD,
             DECISION,
-            "exclude.json",
-            "exclude_labels.json",
-            "fixed_config.yaml",
+            EXCLUDE_JSON,
+            EXCLUDE_LABELS_JSON,
+            FIXED_CONFIG_YAML,
         )
         if ctx.path(n).is_file()
     ]

@@ -16,6 +16,20 @@ from trainkit.phases.common import (
 from trainkit.phases.final_model import PHASE, _bundle
 from trainkit.phases.final_numbers import metric_checks
 from trainkit.run import GATE, METRICS, TEST_ACCESS_LOG, Phase
+from trainkit.run import (
+    CHECKPOINTS_BEST_PT,
+    DEPLOYMENT_GUIDE_MD,
+    ENVIRONMENT_JSON,
+    EXPORT_JSON,
+    FINAL_CONFIG_YAML,
+    MODEL_CARD_MD,
+    MODEL_ONNX,
+    MODEL_TS,
+    REPRODUCE_JSON,
+    SNIPPETS_JSON,
+    TEST_EVALUATION_JSON,
+    TEST_RESULTS_MD,
+)
 
 
 def _earlier_gates(ctx: FinalizationContext) -> tuple[str, str]:
@@ -110,8 +124,8 @@ def _results(
 
     res["raw_rows_predict"] = raw_rows_parity(ctx.run_dir, bundle, test.get("predicted"))
     res.update(_export_checks(ctx, exp))
-    snips = read_json(ctx.path("snippets.json")) if ctx.path("snippets.json").is_file() else []
-    ok = ctx.path("deployment_guide.md").is_file() and snips and all(s["ok"] for s in snips)
+    snips = read_json(ctx.path(SNIPPETS_JSON)) if ctx.path(SNIPPETS_JSON).is_file() else []
+    ok = ctx.path(DEPLOYMENT_GUIDE_MD).is_file() and snips and all(s["ok"] for s in snips)
     res["deployment_guide"] = (
         ("pass", f"deployment_guide.md; {len(snips)} snippets ran")
         if ok
@@ -122,7 +136,7 @@ def _results(
         )
     )
     res["model_card"] = (
-        ("pass", "model_card.md") if ctx.path("model_card.md").is_file() else ("fail", "model_card.md missing")
+        ("pass", MODEL_CARD_MD) if ctx.path(MODEL_CARD_MD).is_file() else ("fail", "model_card.md missing")
     )
     return res
 
@@ -139,23 +153,23 @@ def _model_checks(ctx: FinalizationContext, train: dict[str, Any], repro: dict[s
         else ("fail", f"status {train['status']}")
     )
     try:
-        verify_checkpoint(ctx.path("checkpoints/best.pt"))
-        state = load_checkpoint(ctx.path("checkpoints/best.pt"))
+        verify_checkpoint(ctx.path(CHECKPOINTS_BEST_PT))
+        state = load_checkpoint(ctx.path(CHECKPOINTS_BEST_PT))
         finite = all(
             torch.isfinite(v).all() for v in state["model"].values() if torch.is_tensor(v) and v.is_floating_point()
         )
         res["weights_finite"] = ("pass", "every weight finite") if finite else ("fail", "non-finite weights in best.pt")
         res["checkpoint_verified"] = (
             "pass",
-            f"weights_only load, sha256 {sha256_file(ctx.path('checkpoints/best.pt'))[:12]}… matches",
+            f"weights_only load, sha256 {sha256_file(ctx.path(CHECKPOINTS_BEST_PT))[:12]}… matches",
         )
     except CheckpointError as exc:
         res["weights_finite"] = ("fail", f"cannot read weights: {exc}")
         res["checkpoint_verified"] = ("fail", str(exc)[:300])
     frozen = read_json(ctx.path("final_config.sha256.json"))
     same = (
-        sha256_file(ctx.path("final_config.yaml")) == frozen["file_sha256"]
-        and config_hash(load_config(ctx.path("final_config.yaml"))) == frozen["config_hash"]
+        sha256_file(ctx.path(FINAL_CONFIG_YAML)) == frozen["file_sha256"]
+        and config_hash(load_config(ctx.path(FINAL_CONFIG_YAML))) == frozen["config_hash"]
     )
     res["config_frozen"] = (
         ("pass", f"final_config.yaml hash {frozen['config_hash'][:12]}…")
@@ -169,7 +183,7 @@ def _model_checks(ctx: FinalizationContext, train: dict[str, Any], repro: dict[s
     )
     res["environment_recorded"] = (
         ("pass", "01_planning/environment.json")
-        if (ctx.run_dir / Phase.PLANNING.value / "environment.json").is_file()
+        if (ctx.run_dir / Phase.PLANNING.value / ENVIRONMENT_JSON).is_file()
         else ("fail", "environment.json missing")
     )
     return res
@@ -191,7 +205,7 @@ def _export_checks(ctx: FinalizationContext, exp: dict[str, Any]) -> dict[str, t
         f"max abs diff {on.get('max_abs_diff', on.get('error'))} (≤ {atol:g})",
     )
     res["torchscript_exported"] = (
-        ("pass", "model.ts")
+        ("pass", MODEL_TS)
         if exp.get("torchscript_exported")
         else ("fail", exp.get("torchscript_error", "not exported"))
     )
@@ -221,16 +235,16 @@ def _export_checks(ctx: FinalizationContext, exp: dict[str, Any]) -> dict[str, t
 
 
 ARTIFACTS = (
-    "final_config.yaml",
-    "checkpoints/best.pt",
+    FINAL_CONFIG_YAML,
+    CHECKPOINTS_BEST_PT,
     METRICS,
-    "test_evaluation.json",
-    "test_results.md",
-    "model.onnx",
-    "model.ts",
-    "export.json",
-    "deployment_guide.md",
-    "model_card.md",
-    "snippets.json",
-    "reproduce.json",
+    TEST_EVALUATION_JSON,
+    TEST_RESULTS_MD,
+    MODEL_ONNX,
+    MODEL_TS,
+    EXPORT_JSON,
+    DEPLOYMENT_GUIDE_MD,
+    MODEL_CARD_MD,
+    SNIPPETS_JSON,
+    REPRODUCE_JSON,
 )

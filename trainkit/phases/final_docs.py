@@ -21,6 +21,15 @@ from trainkit.phases.common import (
 from trainkit.phases.final_model import _bundle, _load_final
 from trainkit.phases.final_numbers import LabelUnits, number_card, number_guide
 from trainkit.run import Phase
+from trainkit.run import (
+    DEPLOYMENT_GUIDE_MD,
+    ENVIRONMENT_JSON,
+    EXPORT_JSON,
+    MODEL_CARD_MD,
+    MODEL_ONNX,
+    MODEL_TS,
+    SNIPPETS_JSON,
+)
 
 
 def export_models(ctx: FinalizationContext) -> dict[str, Any]:
@@ -40,7 +49,7 @@ def export_models(ctx: FinalizationContext) -> dict[str, Any]:
     }
     for name, fn in (("onnx", export_onnx), ("torchscript", export_torchscript)):
         try:
-            fn(model, bundle.input_shape, ctx.path("model.onnx" if name == "onnx" else "model.ts"))
+            fn(model, bundle.input_shape, ctx.path(MODEL_ONNX if name == "onnx" else MODEL_TS))
             out[f"{name}_exported"] = True
         except (ExportError, RuntimeError) as exc:
             out[f"{name}_exported"], out[f"{name}_error"] = False, str(exc)[:500]
@@ -50,10 +59,10 @@ def export_models(ctx: FinalizationContext) -> dict[str, Any]:
         ref = model(x).numpy()
     if out["onnx_exported"] and out["torchscript_exported"]:
         out["parity"] = check_parity(ctx.dir, x.numpy(), ref, atol=out["parity_atol"])
-        out["latency"] = measure_latency(model, ctx.path("model.onnx"), ctx.path("model.ts"), bundle.input_shape)
+        out["latency"] = measure_latency(model, ctx.path(MODEL_ONNX), ctx.path(MODEL_TS), bundle.input_shape)
         out["onnx_sha256"], out["torchscript_sha256"] = (
-            sha256_file(ctx.path("model.onnx")),
-            sha256_file(ctx.path("model.ts")),
+            sha256_file(ctx.path(MODEL_ONNX)),
+            sha256_file(ctx.path(MODEL_TS)),
         )
         rows = "".join(
             f"<tr><td>{r['runtime']}</td><td>{r['batch']}</td><td>{r['p50_ms']:.3f}</td><td>{r['p95_ms']:.3f}</td></tr>"
@@ -64,7 +73,7 @@ def export_models(ctx: FinalizationContext) -> dict[str, Any]:
             f"{out['parity']['torchscript'].get('max_abs_diff')}</p><table><tr><th>runtime</th><th>batch</th>"
             f"<th>p50 ms</th><th>p95 ms</th></tr>{rows}</table>"
         )
-    write_json_atomic(ctx.path("export.json"), out)
+    write_json_atomic(ctx.path(EXPORT_JSON), out)
     return out
 
 
@@ -136,12 +145,12 @@ def write_docs(ctx: FinalizationContext, test: dict[str, Any], exp: dict[str, An
         from trainkit.phases.raw_rows import raw_rows_section
 
         guide += raw_rows_section(ctx.dir, ctx.run_dir / Phase.PLANNING.value, bundle, _load_final(ctx, bundle))
-    write_text_atomic(ctx.path("deployment_guide.md"), guide)
+    write_text_atomic(ctx.path(DEPLOYMENT_GUIDE_MD), guide)
     snippets = run_snippets(ctx.dir, guide)
-    write_json_atomic(ctx.path("snippets.json"), snippets)
-    env = read_json(ctx.run_dir / Phase.PLANNING.value / "environment.json")
+    write_json_atomic(ctx.path(SNIPPETS_JSON), snippets)
+    env = read_json(ctx.run_dir / Phase.PLANNING.value / ENVIRONMENT_JSON)
     card = number_card(ctx, splits, test, env) if bundle.regression else _class_card(ctx, splits, test, env)
-    write_text_atomic(ctx.path("model_card.md"), card)
+    write_text_atomic(ctx.path(MODEL_CARD_MD), card)
     return {"snippets": snippets}
 
 

@@ -19,6 +19,7 @@ from trainkit.run import (
     Phase,
     RunFolder,
 )
+from trainkit.run import BEST_JSON, BEST_PT, CHECKPOINTS_BEST_PT
 
 PHASE = Phase.FINALIZATION.value
 
@@ -26,11 +27,11 @@ PHASE = Phase.FINALIZATION.value
 def _best_so_far(run_dir: Path) -> tuple[Path, Path] | None:
     """(training folder, its config) of the best model so far: Phase 4's adopted best, else the
     latest baseline attempt with a best checkpoint."""
-    if (run_dir / "best.json").is_file():
-        b = read_json(run_dir / "best.json")
+    if (run_dir / BEST_JSON).is_file():
+        b = read_json(run_dir / BEST_JSON)
         return run_dir / b["dir"], run_dir / b["config"]
     d = RunFolder(run_dir).latest(Phase.BASELINE.value)
-    if d is not None and (d / "checkpoints" / "best.pt").is_file() and (d / TRAIN_SUMMARY).is_file():
+    if d is not None and (d / "checkpoints" / BEST_PT).is_file() and (d / TRAIN_SUMMARY).is_file():
         return d, d / TRAINING_CONFIG
     return None
 
@@ -50,7 +51,7 @@ def _load_final(ctx: FinalizationContext, bundle: Any) -> torch.nn.Module:
 
     m = ctx.config.model
     model = build_model(m.name, bundle.input_shape, bundle.num_classes, m.kwargs, m.init)
-    model.load_state_dict(load_checkpoint(ctx.path("checkpoints/best.pt"))["model"])
+    model.load_state_dict(load_checkpoint(ctx.path(CHECKPOINTS_BEST_PT))["model"])
     return model.eval()
 
 

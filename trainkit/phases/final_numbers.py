@@ -22,6 +22,7 @@ from trainkit._io import write_json_atomic, write_text_atomic
 from trainkit.losses import as_logits
 from trainkit.metrics import LABELS, metric_interval, reaches, regression_scores, target_text
 from trainkit.phases.peers import floor_evidence
+from trainkit.run import RESIDUALS_PNG, TEST_RESULTS_MD
 
 __all__ = ["LabelUnits", "evaluate_numbers", "metric_checks", "number_guide", "number_card"]
 
@@ -113,7 +114,7 @@ def evaluate_numbers(
     write_json_atomic(rec_path, rec)
     show_figure(
         residual_figure(yt_, pt, rec["label"], "test", {k: test[k] for k in ("rmse", "mae", "r2")}),
-        ctx.path("residuals.png"),
+        ctx.path(RESIDUALS_PNG),
     )
     _write_md(ctx, rec)
     return rec
@@ -155,7 +156,7 @@ def _write_md(ctx: Any, rec: dict[str, Any]) -> None:
         ]
         L += [f"| {n} | {p['rmse']:.4g} | {p['mae']:.4g} | {p['r2']:.4f} |" for n, p in rec["reference_test"].items()]
     L += ["", "![residuals](residuals.png)"]
-    write_text_atomic(ctx.path("test_results.md"), "\n".join(L) + "\n")
+    write_text_atomic(ctx.path(TEST_RESULTS_MD), "\n".join(L) + "\n")
 
 
 def metric_checks(cfg: Any, test: dict[str, Any]) -> dict[str, tuple[str, Any]]:

@@ -34,6 +34,16 @@ from trainkit.run import PHASES
 from trainkit.phases.final_model import PHASE, _best_so_far, _bundle, _load_final, _predict
 from trainkit.phases.final_docs import export_models, write_docs
 from trainkit.phases.final_checks import ARTIFACTS, _results
+from trainkit.run import (
+    BEST_PT,
+    CHECKPOINTS_BEST_PT,
+    CURVES_PNG,
+    FINAL_CONFIG_YAML,
+    LAST_PT,
+    REPRODUCE_JSON,
+    TEST_EVALUATION_JSON,
+    TEST_RESULTS_MD,
+)
 
 __all__ = [
     "start",
@@ -47,7 +57,7 @@ __all__ = [
     "expected_calibration_error",
 ]
 
-TEST_RECORD = "test_evaluation.json"
+TEST_RECORD = TEST_EVALUATION_JSON
 
 
 def start(run_dir: str | Path, interactive: bool = True) -> FinalizationContext:
@@ -63,10 +73,10 @@ def start(run_dir: str | Path, interactive: bool = True) -> FinalizationContext:
     ctx.reused = None
     _refit_plan(ctx)
     _fit_in_budget(ctx, cfg)
-    save_config(ctx.config, ctx.path("final_config.yaml"))
+    save_config(ctx.config, ctx.path(FINAL_CONFIG_YAML))
     write_json_atomic(
         ctx.path("final_config.sha256.json"),
-        {"config_hash": config_hash(ctx.config), "file_sha256": sha256_file(ctx.path("final_config.yaml"))},
+        {"config_hash": config_hash(ctx.config), "file_sha256": sha256_file(ctx.path(FINAL_CONFIG_YAML))},
     )
     what = (
         f"the final model is the best so far, <code>{html.escape(ctx.reused)}</code> (no time for a final training)"
@@ -125,7 +135,7 @@ def _fit_in_budget(ctx: FinalizationContext, cfg: Any) -> None:
         f"{max(0.0, c.left()):.1f} s left; the final model is the best so far, {src[0].relative_to(ctx.run_dir)}",
     )
     ctx.config = load_config(src[1])
-    for name in ("best.pt", "last.pt"):
+    for name in (BEST_PT, LAST_PT):
         if (src[0] / "checkpoints" / name).is_file():
             save_checkpoint(load_checkpoint(src[0] / "checkpoints" / name), ctx.path(f"checkpoints/{name}"))
     for name in (METRICS, TRAIN_SUMMARY):
@@ -143,7 +153,7 @@ def final_train(ctx: FinalizationContext, resume: bool = False) -> dict[str, Any
         out["reused_from"] = ctx.reused
         if out.get("history"):
             show_figure(
-                curves_figure(out["history"], f"final model = best so far ({ctx.reused})"), ctx.path("curves.png")
+                curves_figure(out["history"], f"final model = best so far ({ctx.reused})"), ctx.path(CURVES_PNG)
             )
         return out
     bundle = _bundle(ctx)
@@ -160,7 +170,7 @@ def final_train(ctx: FinalizationContext, resume: bool = False) -> dict[str, Any
             f"final training epochs {len(r.history) + 1}-{ctx.config.training.epochs}", "stopped at Phase 5's deadline"
         )
     if r.history:
-        show_figure(curves_figure(r.history, "final training"), ctx.path("curves.png"))
+        show_figure(curves_figure(r.history, "final training"), ctx.path(CURVES_PNG))
     return r.to_dict()
 
 
@@ -170,7 +180,7 @@ def evaluate_test(ctx: FinalizationContext, force: bool = False) -> dict[str, An
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
     rec_path = ctx.path(TEST_RECORD)
-    model_sha = sha256_file(ctx.path("checkpoints/best.pt"))
+    model_sha = sha256_file(ctx.path(CHECKPOINTS_BEST_PT))
     if rec_path.is_file():
         old = read_json(rec_path)
         if old["model_sha256"] == model_sha and not force:
@@ -316,7 +326,7 @@ def _write_test_md(ctx: FinalizationContext, rec: dict[str, Any]) -> None:
         for c in rec["per_class"]
     ]
     L += recall_table(rec) + ["", "![confusion matrix](confusion.png)", "", "![reliability diagram](reliability.png)"]
-    write_text_atomic(ctx.path("test_results.md"), "\n".join(L) + "\n")
+    write_text_atomic(ctx.path(TEST_RESULTS_MD), "\n".join(L) + "\n")
 
 
 def reproduce(ctx: FinalizationContext, epochs: int = REPRO_EPOCHS) -> dict[str, Any]:
@@ -339,7 +349,7 @@ def reproduce(ctx: FinalizationContext, epochs: int = REPRO_EPOCHS) -> dict[str,
         "logged": [{k: r[k] for k in keys} for r in logged],
         "rerun": [{k: r[k] for k in keys} for r in seen],
     }
-    write_json_atomic(ctx.path("reproduce.json"), out)
+    write_json_atomic(ctx.path(REPRODUCE_JSON), out)
     return out
 
 

@@ -14,13 +14,14 @@ from trainkit.phases.common import (
 from trainkit.phases.opt_seeds import (
     SINGLE_SEED_FLOOR,
 )
+from trainkit.run import OPTIMIZATION_CONFIG_YAML, OPTIMIZATION_RESULTS_MD, PROVENANCE_JSON
 
 
 def write_results(
     ctx: OptimizationContext, cmp: dict[str, Any], decision: dict[str, Any], sweep_summary: dict[str, Any] | None = None
 ) -> Path:
     """optimization_results.md: the table, the figures, provenance, expected against realized gain."""
-    prov = read_json(ctx.path("provenance.json"))
+    prov = read_json(ctx.path(PROVENANCE_JSON))
     vb, vbase = cmp["vs_best"], cmp["vs_baseline"]
     ms = lambda m, s: f"{m:.4f} ± {s:.4f}"  # noqa: E731
     per = lambda vals: ", ".join(f"{v:.4f}" for v in vals)  # noqa: E731
@@ -86,7 +87,7 @@ def write_results(
             "",
         ]
         L += [f"![{f}]({f})" for f in sweep_summary.get("figures", [])]
-    return write_text_atomic(ctx.path("optimization_results.md"), "\n".join(L) + "\n")
+    return write_text_atomic(ctx.path(OPTIMIZATION_RESULTS_MD), "\n".join(L) + "\n")
 
 
 def _candidate_lines(cmp: dict[str, Any], prov: dict[str, Any], name: str) -> list[str]:
@@ -159,12 +160,12 @@ def _results(ctx: OptimizationContext, cmp: dict[str, Any], decision: dict[str, 
         f"{cmp['vs_best']['spread'] * 100:.2f} points → {'adopted' if ev['adopted'] else 'kept the previous best'}",
     )
     res["results_document"] = (
-        ("pass", "optimization_results.md")
-        if ctx.path("optimization_results.md").is_file()
+        ("pass", OPTIMIZATION_RESULTS_MD)
+        if ctx.path(OPTIMIZATION_RESULTS_MD).is_file()
         else ("fail", "optimization_results.md missing")
     )
-    prov = read_json(ctx.path("provenance.json")) if ctx.path("provenance.json").is_file() else {"fields": []}
-    saved = ctx.path("optimization_config.yaml").is_file() and all(
+    prov = read_json(ctx.path(PROVENANCE_JSON)) if ctx.path(PROVENANCE_JSON).is_file() else {"fields": []}
+    saved = ctx.path(OPTIMIZATION_CONFIG_YAML).is_file() and all(
         "old" in r and "recommendation" in r for r in prov["fields"]
     )
     res["config_saved"] = (

@@ -19,6 +19,7 @@ from trainkit.phases.common import (
     show_figure,
 )
 from trainkit.run import TRAIN_SUMMARY, TRAINING_CONFIG, Phase, RunFolder
+from trainkit.run import BASELINE_SEEDS_JSON
 
 PHASE = Phase.OPTIMIZATION.value
 
@@ -175,7 +176,7 @@ def _baseline_rows(ctx: OptimizationContext, seeds: list[int], train: bool) -> l
     asks for each seed just before a candidate trains on it, so the pairs stay matched)."""
     from trainkit.run import load_run_data
 
-    cache = ctx.run_dir / PHASE / "baseline_seeds.json"
+    cache = ctx.run_dir / PHASE / BASELINE_SEEDS_JSON
     base_dir = RunFolder(ctx.run_dir).latest(Phase.BASELINE.value)
     base_cfg = load_config(base_dir / TRAINING_CONFIG)
     h = config_hash(base_cfg)

@@ -47,11 +47,12 @@ from trainkit.phases.opt_seeds import (
     seed_stats,
 )
 from trainkit.phases.opt_report import _results, write_results
+from trainkit.run import BEST_JSON, OPTIMIZATION_CONFIG_YAML, OPTIMIZATION_RESULTS_MD, PROVENANCE_JSON, SWEEP_DB
 
 __all__ = ["start", "apply", "compare", "sweep", "write_results", "decide", "gate", "seed_stats"]
 
 PHASE = Phase.OPTIMIZATION.value
-BEST = "best.json"
+BEST = BEST_JSON
 
 
 def start(run_dir: str | Path, iteration: int = 0, interactive: bool = True) -> OptimizationContext:
@@ -167,8 +168,8 @@ def apply(ctx: OptimizationContext) -> dict[str, Any]:
             }
         ]
     cfg, record = _provenance(ctx, ctx.config, recs, findings["round"])
-    save_config(cfg, ctx.path("optimization_config.yaml"))
-    write_json_atomic(ctx.path("provenance.json"), record)
+    save_config(cfg, ctx.path(OPTIMIZATION_CONFIG_YAML))
+    write_json_atomic(ctx.path(PROVENANCE_JSON), record)
     _show_provenance(record)
     ctx.candidate = cfg
     ctx.recs, ctx.round_no = recs, findings["round"]
@@ -400,8 +401,8 @@ def _adopt_winner(ctx: OptimizationContext, winner: dict[str, Any]) -> None:
     recs = [r for r in ctx.recs if r["id"] in winner["recommendations"]]
     cfg, record = _provenance(ctx, ctx.config, recs, ctx.round_no)
     record["tried"] = [r["id"] for r in ctx.recs]
-    save_config(cfg, ctx.path("optimization_config.yaml"))
-    write_json_atomic(ctx.path("provenance.json"), record)
+    save_config(cfg, ctx.path(OPTIMIZATION_CONFIG_YAML))
+    write_json_atomic(ctx.path(PROVENANCE_JSON), record)
     ctx.candidate = cfg
 
 
@@ -412,11 +413,11 @@ def sweep(ctx: OptimizationContext, trials: int = 0, storage: str | None = None)
         return None
     from trainkit.sweep import run_worker, study_figures
 
-    url = storage or f"sqlite:///{ctx.path('sweep.db').resolve()}"
+    url = storage or f"sqlite:///{ctx.path(SWEEP_DB).resolve()}"
     summary = run_worker(ctx.candidate, ctx.run_dir, trials, url, study_name=f"iter-{ctx.attempt}")
     summary["figures"] = [p.name for p in study_figures(url, ctx.dir, f"iter-{ctx.attempt}")]
     if summary["best_params"]:
-        prov = read_json(ctx.path("provenance.json"))
+        prov = read_json(ctx.path(PROVENANCE_JSON))
         old = config_to_dict(ctx.candidate)
         ctx.candidate = with_overrides(ctx.candidate, summary["best_params"])
         prov["fields"] += [
@@ -424,8 +425,8 @@ def sweep(ctx: OptimizationContext, trials: int = 0, storage: str | None = None)
             for k, v in summary["best_params"].items()
         ]
         prov["config_hash"] = config_hash(ctx.candidate)
-        write_json_atomic(ctx.path("provenance.json"), prov)
-        save_config(ctx.candidate, ctx.path("optimization_config.yaml"))
+        write_json_atomic(ctx.path(PROVENANCE_JSON), prov)
+        save_config(ctx.candidate, ctx.path(OPTIMIZATION_CONFIG_YAML))
     write_json_atomic(ctx.path("sweep.json"), summary)
     return summary
 
@@ -454,7 +455,7 @@ def decide(ctx: OptimizationContext, cmp: dict[str, Any]) -> dict[str, Any]:
             {
                 "label": f"04_optimization/iter-{ctx.attempt}",
                 "dir": seed0,
-                "config": ctx.rel("optimization_config.yaml"),
+                "config": ctx.rel(OPTIMIZATION_CONFIG_YAML),
                 "mean": vb["mean_b"],
                 "std": vb["std_b"],
                 "per_seed": [r["best_val_score"] for r in cmp["candidate"]],
@@ -507,7 +508,7 @@ def gate(
 ) -> dict[str, Any]:
     arts = [
         ctx.rel(n)
-        for n in ("optimization_config.yaml", "provenance.json", COMPARISON, "optimization_results.md", DECISION)
+        for n in (OPTIMIZATION_CONFIG_YAML, PROVENANCE_JSON, COMPARISON, OPTIMIZATION_RESULTS_MD, DECISION)
         if ctx.path(n).is_file()
     ]
     return finish_gate(

@@ -18,11 +18,12 @@ from trainkit.gates import RED
 from trainkit.metrics import advice, target_text
 from trainkit.phases.common import run_path, PhaseContext, begin, finish_gate, show_figure, show_html, write_decision
 from trainkit.run import GATE, PREPROCESS, SPLITS, TRAINING_CONFIG, Phase, init_run
+from trainkit.run import BUDGET_PLAN_JSON, COLUMNS_JSON, DETERMINISM_JSON, ENVIRONMENT_JSON
 
 __all__ = ["start", "write_environment", "write_splits", "show_data_overview", "check_determinism", "gate"]
 
 PHASE = Phase.PLANNING.value
-ARTIFACTS = [TRAINING_CONFIG, "environment.json", SPLITS, "determinism.json"]  # + budget_plan.json when measured
+ARTIFACTS = [TRAINING_CONFIG, ENVIRONMENT_JSON, SPLITS, DETERMINISM_JSON]  # + budget_plan.json when measured
 
 
 def start(
@@ -61,7 +62,7 @@ def start(
     save_config(ctx.config, ctx.path(TRAINING_CONFIG))
     init_run(ctx.run_dir, config_hash=config_hash(ctx.config))
     show_html(
-        f"<p>Config valid → <code>{ctx.rel('training_config.yaml')}</code> "
+        f"<p>Config valid → <code>{ctx.rel(TRAINING_CONFIG)}</code> "
         f"(sha256 {config_hash(ctx.config)[:12]}…); target val "
         f"{target_text(ctx.config.target.metric, ctx.config.target.value)}</p>"
     )
@@ -99,7 +100,7 @@ def write_environment(ctx: PhaseContext) -> dict[str, Any]:
         "torch_initial_seed": torch.initial_seed(),
     }
     env["deterministic"] = set_deterministic(tr.deterministic)
-    write_json_atomic(ctx.path("environment.json"), env)
+    write_json_atomic(ctx.path(ENVIRONMENT_JSON), env)
     gpu = env["gpu"]["devices"][0]["name"] if env["gpu"]["devices"] else "no GPU"
     show_html(
         f"<p>Environment: Python {env['python']}, torch {env['torch']}, {gpu}, "
@@ -163,7 +164,7 @@ def _show_columns(ctx: PhaseContext, table: Any, bundle: Any) -> None:
     y = bundle.split_labels("train").numpy()
     rows = table.overview_of(train, y, bundle.splits["val"], bundle.split_labels("val").numpy())
     write_json_atomic(
-        ctx.path("columns.json"),
+        ctx.path(COLUMNS_JSON),
         {"columns": rows, "features": table.preprocess.features, "excluded": table.excluded, "read": table.read_notes},
     )
     cells = "".join(
@@ -209,7 +210,7 @@ def _show_columns(ctx: PhaseContext, table: Any, bundle: Any) -> None:
 
 def _leak_check(ctx: PhaseContext) -> tuple[str, str]:
     """Advisory: no single table column predicts the label almost perfectly (columns.json)."""
-    p = ctx.path("columns.json")
+    p = ctx.path(COLUMNS_JSON)
     if not p.is_file():
         return "pass", "not a table: no single column that could give the label away"
     leaks = [c for c in read_json(p)["columns"] if c.get("possible_leak")]
@@ -239,13 +240,13 @@ def check_determinism(ctx: PhaseContext, bundle: Any) -> dict[str, Any]:
         result = determinism_probe(ctx.config, bundle)
     except TrainingError as exc:  # the model cannot train at all: Phase 2 records the crash, Phase 3 diagnoses it
         result = {"passed": None, "error": str(exc)[:1000], "device": ctx.config.training.device, "epochs": 0}
-        write_json_atomic(ctx.path("determinism.json"), result)
+        write_json_atomic(ctx.path(DETERMINISM_JSON), result)
         show_html(
             f"<p>Determinism probe could not train the model: {html.escape(str(exc)[:400])}. Phase 2 records "
             "the crash and Phase 3 classifies it with a fix.</p>"
         )
         return result
-    write_json_atomic(ctx.path("determinism.json"), result)
+    write_json_atomic(ctx.path(DETERMINISM_JSON), result)
     verdict = "identical (bitwise)" if result["identical"] else f"max |diff| {result['max_abs_diff']:.3g}"
     show_html(f"<p>Determinism probe on {result['device']}: {result['epochs']} epochs twice → {verdict}</p>")
     write_budget_plan(ctx, bundle, result["timing"])
@@ -278,7 +279,7 @@ def write_budget_plan(ctx: PhaseContext, bundle: Any, timing: dict[str, Any]) ->
             epochs_planned=cfg.training.epochs,
         ),
     )
-    write_json_atomic(ctx.path("budget_plan.json"), plan)
+    write_json_atomic(ctx.path(BUDGET_PLAN_JSON), plan)
     rows = "".join(
         f"<tr><td>{k}</td><td>{v['share']:.0%} = {v['share_s'] / 3600:.2f} h</td><td>{v['planned_units']:g}</td>"
         f"<td>{v['estimated_s']:.1f} s</td><td>{html.escape(v['fits'])}</td></tr>"
@@ -353,7 +354,7 @@ def _environment_checks(cfg: Any, env: dict[str, Any]) -> dict[str, tuple[str, A
 
 def _results(ctx: PhaseContext, bundle: Any) -> dict[str, tuple[str, Any]]:
     cfg, r = ctx.config, {}
-    env_path, splits_path, det_path = (ctx.path(n) for n in ("environment.json", SPLITS, "determinism.json"))
+    env_path, splits_path, det_path = (ctx.path(n) for n in (ENVIRONMENT_JSON, SPLITS, DETERMINISM_JSON))
     r.update(_environment_checks(cfg, read_json(env_path) if env_path.exists() else {}))
     tip = None if bundle.regression else advice(cfg.target.metric, bundle.info["class_counts"]["train"])
     r["config_valid"] = (
@@ -374,7 +375,7 @@ def _results(ctx: PhaseContext, bundle: Any) -> dict[str, tuple[str, Any]]:
         r["test_quarantined"] = ("fail", "the test split was readable in Phase 1")
     except QuarantineError:
         r["test_quarantined"] = ("pass", "reading the test split in Phase 1 raised QuarantineError; access logged")
-    plan_path = ctx.path("budget_plan.json")
+    plan_path = ctx.path(BUDGET_PLAN_JSON)
     if plan_path.is_file():
         plan = read_json(plan_path)
         r["compute_plan"] = (
@@ -423,7 +424,7 @@ def gate(
     from trainkit.decisions import after_planning
 
     decision = write_decision(ctx, *after_planning(), {})
-    optional = ["budget_plan.json", PREPROCESS]  # the compute plan; a table's preprocessing (covered by the hashes)
+    optional = [BUDGET_PLAN_JSON, PREPROCESS]  # the compute plan; a table's preprocessing (covered by the hashes)
     arts = [f"{PHASE}/{a}" for a in ARTIFACTS] + [f"{PHASE}/{a}" for a in optional if ctx.path(a).is_file()]
     return finish_gate(
         ctx, "reproducibility_gate", _results(ctx, bundle), arts, approvals, auto_signoff, waivers, decision

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from trainkit.run import PREPROCESS
 
 __all__ = ["raw_rows_section", "SAMPLE_ROWS"]
 
@@ -121,11 +122,10 @@ assert np.allclose(pred, {expected}, rtol=1e-4, atol={atol}), "these numbers dif
 def raw_rows_section(folder: Path, run_planning: Path, bundle: Any, model: torch.nn.Module, n: int = 5) -> str:
     """Write ``preprocess.json`` and ``sample_rows.csv`` (``n`` raw val rows) into ``folder`` and
     return the guide's section, with trainkit's probabilities on those rows to assert against."""
-    from trainkit.run import PREPROCESS
 
     table = bundle.source.table
     pre = table.preprocess
-    shutil.copyfile(run_planning / PREPROCESS, folder / "preprocess.json")
+    shutil.copyfile(run_planning / PREPROCESS, folder / PREPROCESS)
     rows = table.frame.iloc[bundle.splits["val"][:n]][[c["name"] for c in pre.columns]]
     rows.to_csv(folder / SAMPLE_ROWS, index=False)
     x = torch.as_tensor(pre.transform(rows), dtype=torch.float32)
