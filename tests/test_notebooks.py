@@ -154,6 +154,21 @@ def test_the_inprocess_executor_writes_what_papermill_writes(demo, tmp_path, mon
     assert not isinstance(sys.stdout, _CellStream) and not isinstance(sys.stderr, _CellStream)  # given back
 
 
+def test_after_an_in_process_phase_its_figures_are_closed():
+    """A kernel's exit closes what a phase left open; in process, the executor does it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from trainkit.executor import _after_phase
+
+    plt.figure()
+    assert plt.get_fignums()
+    _after_phase()
+    assert plt.get_fignums() == []
+
+
 @pytest.mark.slow
 def test_a_phase_that_raises_in_process_fails_like_a_kernels_and_names_its_report(tmp_path, monkeypatch, capsys):
     """A cell that raises mid-phase (here Phase 1's gate cell, on an approvals file that is not

@@ -140,11 +140,21 @@ def _execute_inprocess(
     finally:
         write_text_atomic(out_nb, nbformat.writes(nb))
         safe_export(out_nb, out_dir / REPORT)
+        _after_phase()
     if error is not None:
         mark_failed(run_dir, phase, attempt, error)
         raise PipelineError(
             f"{phase} failed: {type(error).__name__}: {_first_line(str(error))} (read {out_dir / 'report.html'})"
         )
+
+
+def _after_phase() -> None:
+    """What a kernel's exit does for the next phase: its figures closed, its objects collected."""
+    import gc
+
+    if "matplotlib.pyplot" in sys.modules:
+        sys.modules["matplotlib.pyplot"].close("all")
+    gc.collect()
 
 
 def run_cells(
