@@ -1,11 +1,9 @@
-import subprocess
-import sys
-
 import pytest
 import yaml
 
 from trainkit.config import config_hash, load_config, save_config, template_path
 from trainkit.errors import ConfigError
+from conftest import trainkit_here  # noqa: E402 (the tests folder is on sys.path)
 
 
 def write(tmp_path, data):
@@ -76,23 +74,8 @@ def test_missing_file_and_non_mapping(tmp_path):
 
 @pytest.mark.slow
 def test_cli_config_validate_exit_codes(tmp_path):
-    good = subprocess.run(
-        [sys.executable, "-m", "trainkit.cli", "config", "validate", str(template_path())],
-        capture_output=True,
-        text=True,
-    )
+    good = trainkit_here("config", "validate", template_path())
     assert good.returncode == 0, good.stderr
-    bad = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "trainkit.cli",
-            "config",
-            "validate",
-            str(write(tmp_path, {"training": {"epochs": -1, "colour": 1}})),
-        ],
-        capture_output=True,
-        text=True,
-    )
+    bad = trainkit_here("config", "validate", write(tmp_path, {"training": {"epochs": -1, "colour": 1}}))
     assert bad.returncode == 2
     assert "training.epochs" in bad.stderr and "training.colour" in bad.stderr

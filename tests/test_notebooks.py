@@ -9,6 +9,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from conftest import trainkit_here  # noqa: E402 (the tests folder is on sys.path)
+
 NB_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOKS = sorted(NB_DIR.glob("*.ipynb"))
 
@@ -208,11 +210,7 @@ def test_a_phase_that_raises_in_process_fails_like_a_kernels_and_names_its_repor
 def test_cli_invalid_config_exits_2_and_writes_nothing(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("optimizer:\n  lr: fast\n")
-    r = subprocess.run(
-        ["trainkit", "run", str(bad), "--name", "x", "--runs-dir", str(tmp_path / "runs")],
-        capture_output=True,
-        text=True,
-    )
+    r = trainkit_here("run", bad, "--name", "x", "--runs-dir", tmp_path / "runs")
     assert r.returncode == 2 and "optimizer.lr" in r.stderr
     assert not (tmp_path / "runs").exists()
 

@@ -14,6 +14,7 @@ import pytest
 from trainkit.data import load_data
 from trainkit.data.tables import MISSING, OTHER, Preprocess
 from trainkit.errors import DataError
+from conftest import trainkit_here  # noqa: E402 (the tests folder is on sys.path)
 from trainkit.run import PREPROCESS, RunFolder, init_run, load_run_data
 from trainkit.testing import tiny_config
 
@@ -364,9 +365,7 @@ def test_config_validate_checks_the_table(tmp_path):
     churn_frame(100).assign(churn="no").to_csv(p, index=False)
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump(_cfg(p).model_dump(mode="json")))
-    r = subprocess.run(
-        [sys.executable, "-m", "trainkit.cli", "config", "validate", str(cfg)], capture_output=True, text=True
-    )
+    r = trainkit_here("config", "validate", cfg)
     assert r.returncode == 2 and "at least 2 classes" in r.stderr, r.stdout + r.stderr
 
 

@@ -16,7 +16,7 @@ from trainkit._io import sha256_file
 from trainkit.config import config_hash, load_config
 from trainkit.run import RunFolder
 from trainkit.testing import tiny_config_file
-from conftest import PAPERMILL  # noqa: E402 (the tests folder is on sys.path)
+from conftest import PAPERMILL, trainkit_here  # noqa: E402 (the tests folder is on sys.path)
 from test_browser import _free_port  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -371,11 +371,11 @@ def test_server_down_is_one_warning_then_trainkit_track_fills_the_server(tmp_pat
 def test_trainkit_track_refuses_clearly_what_it_cannot_push(tmp_path):
     from trainkit.run import init_run
 
-    r = _trainkit("track", tmp_path, "--uri", (tmp_path / "mlruns").as_uri())
+    r = trainkit_here("track", tmp_path, "--uri", (tmp_path / "mlruns").as_uri())
     assert r.returncode == 2 and "not a trainkit run folder" in r.stderr, r.stderr
     run = tmp_path / "runs" / "r"
     init_run(run, "r")
-    bare = _trainkit("track", run, "--uri", "some/folder")  # would land relative to wherever it runs
+    bare = trainkit_here("track", run, "--uri", "some/folder")  # would land relative to wherever it runs
     assert bare.returncode == 2 and "needs a scheme" in bare.stderr and "file:///" in bare.stderr, bare.stderr
     (run / "tracking.json").write_text("[1, 2")
     broken = _trainkit("track", run, "--uri", (tmp_path / "mlruns").as_uri())
