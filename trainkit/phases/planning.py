@@ -255,7 +255,8 @@ def check_determinism(ctx: PhaseContext, bundle: Any) -> dict[str, Any]:
 
 def write_budget_plan(ctx: PhaseContext, bundle: Any, timing: dict[str, Any]) -> dict[str, Any]:
     """budget_plan.json: the baseline's time extrapolated from the determinism probe (the first
-    run's cost outside its epochs, i.e. the process's cold start and setup, plus the warm run's
+    run's cost outside its epochs, i.e. the process's cold start and setup, or only the warm run's
+    setup when the phases share this process (:func:`_warm_phases`), plus the warm run's
     epoch time scaled from the probe's train+val samples to the full split's, plus a measured
     checkpoint write per epoch, times the configured epochs), each phase's share of
     ``budget.total_hours``, its planned fits in baseline units and their estimated time."""
@@ -263,7 +264,8 @@ def write_budget_plan(ctx: PhaseContext, bundle: Any, timing: dict[str, Any]) ->
 
     cfg = ctx.config
     n_train, n_val = len(bundle.splits["train"]), timing["val_samples"]
-    fixed = max(0.0, timing.get("cold_wall_s", timing["wall_s"]) - timing["epochs_s"])  # cold start + setup, paid once
+    first = timing["wall_s"] if _warm_phases() else timing.get("cold_wall_s", timing["wall_s"])
+    fixed = max(0.0, first - timing["epochs_s"])  # cold start (a kernel per phase) + setup, paid once
     epoch = timing["epochs_s"] / max(1, timing["epochs"]) * (n_train + n_val) / max(1, timing["train_samples"] + n_val)
     save = _checkpoint_seconds(ctx, bundle)  # fit writes last.pt (and best.pt when val improves) every epoch
     baseline_s = fixed + (epoch + 2 * save) * cfg.training.epochs
@@ -293,6 +295,18 @@ def write_budget_plan(ctx: PhaseContext, bundle: Any, timing: dict[str, Any]) ->
         f"<th>fits</th></tr>{rows}</table>"
     )
     return plan
+
+
+def _warm_phases() -> bool:
+    """The phases run in this process (``TRAINKIT_EXECUTOR=inprocess``): the baseline pays no cold
+    start of its own, so its estimate leaves it out. A kernel per phase (papermill, JupyterLab) pays it."""
+    from trainkit.errors import PipelineError
+    from trainkit.executor import executor_kind
+
+    try:
+        return executor_kind() == "inprocess"
+    except PipelineError:  # an unknown executor is refused when a phase is run, not here
+        return False
 
 
 def _checkpoint_seconds(ctx: PhaseContext, bundle: Any) -> float:
