@@ -1,9 +1,8 @@
 """Shared fixtures: the run cache.
 
 Three workflows used to run again in several modules. Each now runs once per test session, through
-the real ``trainkit run`` (papermill and notebook kernels, as a user runs it; the other tests' runs
-use the in-process executor), and is kept as
-pristine snapshots, one per stage:
+the real ``trainkit run`` in a process of its own (its phases in that process: the in-process
+executor, like every run the tests start), and is kept as pristine snapshots, one per stage:
 
 - ``failed_baseline``: the LR-1e6 baseline that blows up. ``--stop-after 2`` (stage ``at2``), then
   ``--resume --stop-after 3`` (stage ``at3``): 1 → 2 (C) → 3 (fix) → 2 (attempt 2, on the fixed
@@ -30,8 +29,8 @@ import pytest
 
 os.environ.setdefault("TRAINKIT_PROGRESS", "off")
 # Every ``trainkit run`` the tests start runs its phases in its own process (no kernel per phase:
-# docs/design.md, "Executors"), except the shared runs below, the tracked runs and the tests that
-# kill a kernel or drive papermill itself, which ask for papermill (PAPERMILL).
+# docs/design.md, "Executors"), except the papermill smoke tests: the tracked runs, the killed
+# kernel, each notebook under papermill's CLI and Phase 1 under both executors (PAPERMILL).
 os.environ.setdefault("TRAINKIT_EXECUTOR", "inprocess")
 PAPERMILL = {"TRAINKIT_EXECUTOR": "papermill"}
 
@@ -88,9 +87,8 @@ class SharedRun:
         return self.root / "live" / self.name
 
     def run(self, stage: str, *args: Any, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-        """Run ``trainkit run ARGS`` on the live folder (papermill, as a user runs it), then snapshot
-        it as ``stage``."""
-        env = dict(env or os.environ, **PAPERMILL)
+        """Run ``trainkit run ARGS`` on the live folder (a process of its own; its phases in it), then
+        snapshot it as ``stage``."""
         r = trainkit_cli("run", *args, "--name", self.name, "--runs-dir", self.live.parent, env=env)
         self.results[stage] = r
         snap = self.root / stage / self.name

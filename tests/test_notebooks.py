@@ -9,7 +9,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from conftest import trainkit_here  # noqa: E402 (the tests folder is on sys.path)
+from conftest import PAPERMILL, trainkit_here  # noqa: E402 (the tests folder is on sys.path)
 
 NB_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOKS = sorted(NB_DIR.glob("*.ipynb"))
@@ -129,16 +129,28 @@ def _cells(nb_path):
 
 
 @pytest.mark.slow
-def test_the_inprocess_executor_writes_what_papermill_writes(demo, tmp_path, monkeypatch, capsys):
+def test_the_inprocess_executor_writes_what_papermill_writes(tmp_path, monkeypatch, capsys):
     """Phase 1 of the demo run in this process (TRAINKIT_EXECUTOR=inprocess, what the tests use)
-    against the same phase under papermill (the shared demo run): the same cells with the same
-    outputs, the parameters injected after the parameters cell, the same gate, the same report."""
+    against the same phase under papermill (a kernel): the same cells with the same outputs, the
+    parameters injected after the parameters cell, the same gate, the same report."""
+    import os
+
     from trainkit import cli
 
+    kernel = subprocess.run(
+        ["trainkit", "run", "--stop-after", "1", "--name", "demo", "--runs-dir", str(tmp_path / "kernel")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ, **PAPERMILL),
+    )
+    assert kernel.returncode == 0, kernel.stdout + kernel.stderr
     monkeypatch.setenv("TRAINKIT_EXECUTOR", "inprocess")
     monkeypatch.chdir(tmp_path)
     assert cli.main(["run", "--stop-after", "1", "--name", "demo", "--runs-dir", str(tmp_path)]) == 0
-    mine, theirs = tmp_path / "demo" / "01_planning", demo["at1"] / "01_planning"
+    mine, theirs = tmp_path / "demo" / "01_planning", tmp_path / "kernel" / "demo" / "01_planning"
+    assert nbformat.read(mine / "notebook.ipynb", as_version=4).metadata["trainkit"] == {"executor": "inprocess"}
+    assert "papermill" in nbformat.read(theirs / "notebook.ipynb", as_version=4).metadata
     assert _cells(mine / "notebook.ipynb") == _cells(theirs / "notebook.ipynb")
     injected = nbformat.read(mine / "notebook.ipynb", as_version=4).cells
     params = next(c for c in injected if "injected-parameters" in c.metadata.get("tags", []))
