@@ -463,6 +463,19 @@ def test_the_live_pusher_thread_and_the_phase_start_import_ipython_safely(tmp_pa
     assert r.stdout.strip().splitlines()[-1] == "[]", r.stdout + r.stderr[-3000:]
 
 
+def test_a_tracked_run_refuses_the_in_process_executor(tmp_path, monkeypatch):
+    """docs/design.md, "Executors": a tracked run's phases run in kernels, never beside the pusher
+    thread in one process; asked for both, trainkit run says so before anything is written."""
+    monkeypatch.setenv("TRAINKIT_EXECUTOR", "inprocess")
+    cfg = tiny_config_file(tmp_path, {"tracking.uri": (tmp_path / "mlruns").as_uri()})
+    r = trainkit_here("run", cfg, "--name", "t", "--runs-dir", tmp_path / "runs")
+    assert r.returncode == 2 and "TRAINKIT_EXECUTOR" in r.stderr and "inprocess cannot run a tracked run" in r.stderr, (
+        r.stderr
+    )
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "runs" / "t").exists() and not (tmp_path / "mlruns").exists()
+
+
 @pytest.mark.slow
 def test_tracking_section_and_the_config_hash():
     from trainkit.errors import ConfigError

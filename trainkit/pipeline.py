@@ -21,7 +21,7 @@ from typing import Any, Iterator
 from trainkit.budget import _count_gap, _over_budget, _route_over_budget
 from trainkit.decisions import resume_route, route
 from trainkit.errors import ConfigError, PipelineError, RunError
-from trainkit.executor import _ATTEMPTED, execute_phase, notebook_path
+from trainkit.executor import _ATTEMPTED, execute_phase, executor_kind, notebook_path
 from trainkit.reports import export_html, export_reports, refresh_reports, write_index
 from trainkit.run import (
     DECISION,
@@ -294,7 +294,10 @@ def _resume_walk(w: _Walk) -> tuple[str | None, int | None, PipelineOutcome | No
     w.echo(f"trainkit: resuming {run_dir.name}: {why}")
     from trainkit.config import load_config
 
-    _start_tracking(run_dir, load_config(w.run.start_config_path()), w.trackers, w.echo)
+    cfg = load_config(w.run.start_config_path())
+    if phase is not None:
+        _tracked_runs_use_kernels(cfg)
+    _start_tracking(run_dir, cfg, w.trackers, w.echo)
     if phase is None:
         return None, None, w.outcome(EXIT_OK, f"{run_dir.name}: {why}")
     return phase, continue_attempt, None
@@ -313,10 +316,29 @@ def _start_walk(
         from trainkit.tracking import require_mlflow
 
         require_mlflow()  # asked for and not installed: exit 2 before the run starts
+    _tracked_runs_use_kernels(cfg)
     init_run(run_dir, run_dir.name)
     save_config(cfg, run_dir / RUN_CONFIG)  # what --resume starts Phase 1 from, never a default
     _start_tracking(run_dir, cfg, w.trackers, w.echo)
     return PHASES[0], None, None
+
+
+def _tracked_runs_use_kernels(cfg: Any) -> None:
+    """A tracked run's phases run in kernels: in this process (``TRAINKIT_EXECUTOR=inprocess``) they
+    would import beside MLflow's pusher thread, and a package imported by two threads at once can
+    fail (docs/design.md, "Executors")."""
+    if cfg.tracking.enabled and executor_kind() == "inprocess":
+        raise ConfigError(
+            [
+                (
+                    "TRAINKIT_EXECUTOR",
+                    "inprocess cannot run a tracked run (tracking.uri / tracking.mlflow): its phases would share "
+                    "this process with MLflow's pusher thread; unset TRAINKIT_EXECUTOR (a kernel per phase) or "
+                    "turn tracking off (--set tracking.mlflow=false)",
+                )
+            ],
+            "the environment",
+        )
 
 
 def _run_phase(w: _Walk, phase: str, attempt: int, resume_in_place: bool) -> tuple[Path, PipelineOutcome | None]:
