@@ -35,9 +35,6 @@ from trainkit.run import (
     TRAIN_SUMMARY,
     load_manifest,
     phase_entries,
-)
-from trainkit._track_rows import Target, complete_lines, flatten, numeric_items, parse_rows
-from trainkit.run import (
     BUDGET_OVERRIDE,
     EXPORT_JSON,
     FINAL_CONFIG_YAML,
@@ -48,6 +45,7 @@ from trainkit.run import (
     SWEEP_DB,
     TEST_EVALUATION_JSON,
 )
+from trainkit._track_rows import Target, complete_lines, flatten, numeric_items, parse_rows
 
 _ARTIFACTS = {".html", ".md", ".png", ".json", ".yaml", ".ipynb", ".txt"}
 _RUN_FILES = (INDEX, RUN_JSON, RUN_CONFIG, CURRENT_CONFIG)

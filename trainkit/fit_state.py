@@ -20,9 +20,12 @@ from trainkit.data import DataBundle
 from trainkit.errors import CheckpointError, TrainingError
 from trainkit.monitor import GpuMonitor
 from trainkit.repro import restore_rng_state, rng_state
-from trainkit.run import METRICS
+from trainkit.run import (
+    METRICS,
+    BEST_PT,
+    LAST_PT,
+)
 from trainkit.scoring import evaluate
-from trainkit.run import BEST_PT, LAST_PT
 
 
 @dataclass

@@ -18,8 +18,12 @@ from typing import Any
 import numpy as np
 
 from trainkit.errors import DataError, RunError
-from trainkit.run import PREPROCESS, Phase, RunFolder
-from trainkit.run import BEST_PT
+from trainkit.run import (
+    PREPROCESS,
+    Phase,
+    RunFolder,
+    BEST_PT,
+)
 
 __all__ = ["predict", "write_predictions", "model_checkpoint"]
 

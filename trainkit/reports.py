@@ -26,8 +26,11 @@ from trainkit.run import (
     load_manifest,
     phase_entries,
     run_cost,
+    BUDGET_PLAN_JSON,
+    CURVES_PNG,
+    TEST_EVALUATION_JSON,
+    TRACKING,
 )
-from trainkit.run import BUDGET_PLAN_JSON, CURVES_PNG, TEST_EVALUATION_JSON, TRACKING
 
 __all__ = [
     "write_index",

@@ -14,8 +14,8 @@ from trainkit.run import (
     resume_command,
     signoff_command,
     RunFolder,
+    TRACKING,
 )
-from trainkit.run import TRACKING
 
 
 def describe_run(run_dir: Path) -> str:

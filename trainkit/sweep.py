@@ -19,8 +19,13 @@ from typing import Any
 from trainkit.config import TrainkitConfig, load_config, with_overrides
 from trainkit.errors import RunError
 from trainkit.metrics import higher_is_better, row_score
-from trainkit.run import CURRENT_CONFIG, Phase, TRAINING_CONFIG
-from trainkit.run import SWEEP_CONFIG_YAML, SWEEP_DB
+from trainkit.run import (
+    CURRENT_CONFIG,
+    Phase,
+    TRAINING_CONFIG,
+    SWEEP_CONFIG_YAML,
+    SWEEP_DB,
+)
 
 __all__ = ["default_space", "default_storage", "run_worker", "launch_workers", "study_summary", "study_figures"]
 

@@ -28,10 +28,15 @@ from trainkit.models import build_for
 from trainkit.metrics import better, row_score
 from trainkit.scoring import evaluate, predict_numbers
 from trainkit.repro import seed_everything, set_deterministic
-from trainkit.run import METRICS, TRAINING_CONFIG, TRAIN_SUMMARY
+from trainkit.run import (
+    METRICS,
+    TRAINING_CONFIG,
+    TRAIN_SUMMARY,
+    BEST_PT,
+    LAST_PT,
+)
 from trainkit.optim import _guard, _quantiles, class_weights, grad_norm, lr_factors, make_optimizer
 from trainkit.fit_state import _Epoch, _Loop, _Progress, _resume, _save
-from trainkit.run import BEST_PT, LAST_PT
 
 __all__ = ["fit", "FitResult", "evaluate", "predict_numbers", "lr_factors", "resolve_device", "make_optimizer"]
 

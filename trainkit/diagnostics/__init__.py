@@ -18,9 +18,13 @@ from trainkit.config import TrainkitConfig, config_to_dict
 from trainkit.diagnostics.detectors import DETECTORS, THRESHOLDS, Finding, Recommendation, classify_crash, detect_all
 from trainkit.diagnostics.findings import STANDARD_LR, best_score, patch_already_in
 from trainkit.metrics import row_score
-from trainkit.run import METRICS, PhaseFolder
+from trainkit.run import (
+    METRICS,
+    PhaseFolder,
+    CRASH_JSON,
+    EXCLUDE_JSON,
+)
 from trainkit.diagnostics.probe_runner import run_probes
-from trainkit.run import CRASH_JSON, EXCLUDE_JSON
 
 __all__ = [
     "gather_evidence",

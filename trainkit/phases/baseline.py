@@ -32,8 +32,11 @@ from trainkit.run import (
     Phase,
     TRAINING_CONFIG,
     RunFolder,
+    BASELINE_RESULTS_MD,
+    CHECKPOINTS_BEST_PT,
+    CRASH_JSON,
+    CURVES_PNG,
 )
-from trainkit.run import BASELINE_RESULTS_MD, CHECKPOINTS_BEST_PT, CRASH_JSON, CURVES_PNG
 
 __all__ = ["start", "train", "write_results", "decide", "gate"]
 

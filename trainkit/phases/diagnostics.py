@@ -29,9 +29,6 @@ from trainkit.run import (
     Phase,
     TRAINING_CONFIG,
     RunFolder,
-)
-from trainkit.phases.diag_report import guide_path, show_findings, write_report
-from trainkit.run import (
     BEST_JSON,
     DIAGNOSTIC_REPORT_MD,
     EXCLUDE_JSON,
@@ -39,6 +36,7 @@ from trainkit.run import (
     FIXED_CONFIG_YAML,
     RESIDUALS_PNG,
 )
+from trainkit.phases.diag_report import guide_path, show_findings, write_report
 
 __all__ = ["start", "diagnose", "show_findings", "write_report", "decide", "gate", "guide_path"]
 

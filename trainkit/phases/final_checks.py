@@ -15,8 +15,11 @@ from trainkit.phases.common import (
 )
 from trainkit.phases.final_model import PHASE, _bundle
 from trainkit.phases.final_numbers import metric_checks
-from trainkit.run import GATE, METRICS, TEST_ACCESS_LOG, Phase
 from trainkit.run import (
+    GATE,
+    METRICS,
+    TEST_ACCESS_LOG,
+    Phase,
     CHECKPOINTS_BEST_PT,
     DEPLOYMENT_GUIDE_MD,
     ENVIRONMENT_JSON,

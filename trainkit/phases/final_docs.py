@@ -20,8 +20,8 @@ from trainkit.phases.common import (
 )
 from trainkit.phases.final_model import _bundle, _load_final
 from trainkit.phases.final_numbers import LabelUnits, number_card, number_guide
-from trainkit.run import Phase
 from trainkit.run import (
+    Phase,
     DEPLOYMENT_GUIDE_MD,
     ENVIRONMENT_JSON,
     EXPORT_JSON,

@@ -18,8 +18,10 @@ from trainkit.run import (
     TRAINING_CONFIG,
     Phase,
     RunFolder,
+    BEST_JSON,
+    BEST_PT,
+    CHECKPOINTS_BEST_PT,
 )
-from trainkit.run import BEST_JSON, BEST_PT, CHECKPOINTS_BEST_PT
 
 PHASE = Phase.FINALIZATION.value
 

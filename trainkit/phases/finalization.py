@@ -13,7 +13,20 @@ import torch
 
 from trainkit._io import read_json, read_jsonl, sha256_file, write_json_atomic, write_text_atomic
 from trainkit.config import config_hash, load_config, save_config, with_overrides
-from trainkit.run import METRICS, TEST_ACCESS_LOG, TRAIN_SUMMARY
+from trainkit.run import (
+    METRICS,
+    TEST_ACCESS_LOG,
+    TRAIN_SUMMARY,
+    PHASES,
+    BEST_PT,
+    CHECKPOINTS_BEST_PT,
+    CURVES_PNG,
+    FINAL_CONFIG_YAML,
+    LAST_PT,
+    REPRODUCE_JSON,
+    TEST_EVALUATION_JSON,
+    TEST_RESULTS_MD,
+)
 from trainkit.errors import QuarantineError
 from trainkit.phases.common import (
     run_path,
@@ -30,20 +43,9 @@ from trainkit.phases.common import (
 from trainkit.metrics import LABELS, bootstrap_interval as _boot, expected_calibration_error, metric_interval, score
 from trainkit.phases.final_numbers import evaluate_numbers
 from trainkit.phases.peers import recall_table, reference_recall
-from trainkit.run import PHASES
 from trainkit.phases.final_model import PHASE, _best_so_far, _bundle, _load_final, _predict
 from trainkit.phases.final_docs import export_models, write_docs
 from trainkit.phases.final_checks import ARTIFACTS, _results
-from trainkit.run import (
-    BEST_PT,
-    CHECKPOINTS_BEST_PT,
-    CURVES_PNG,
-    FINAL_CONFIG_YAML,
-    LAST_PT,
-    REPRODUCE_JSON,
-    TEST_EVALUATION_JSON,
-    TEST_RESULTS_MD,
-)
 
 __all__ = [
     "start",

@@ -18,8 +18,13 @@ from trainkit.phases.common import (
     clock,
     show_figure,
 )
-from trainkit.run import TRAIN_SUMMARY, TRAINING_CONFIG, Phase, RunFolder
-from trainkit.run import BASELINE_SEEDS_JSON
+from trainkit.run import (
+    TRAIN_SUMMARY,
+    TRAINING_CONFIG,
+    Phase,
+    RunFolder,
+    BASELINE_SEEDS_JSON,
+)
 
 PHASE = Phase.OPTIMIZATION.value
 

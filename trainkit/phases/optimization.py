@@ -33,6 +33,11 @@ from trainkit.run import (
     TRAINING_CONFIG,
     Phase,
     RunFolder,
+    BEST_JSON,
+    OPTIMIZATION_CONFIG_YAML,
+    OPTIMIZATION_RESULTS_MD,
+    PROVENANCE_JSON,
+    SWEEP_DB,
 )
 from trainkit.phases.opt_seeds import (
     SINGLE_SEED_FLOOR,
@@ -47,7 +52,6 @@ from trainkit.phases.opt_seeds import (
     seed_stats,
 )
 from trainkit.phases.opt_report import _results, write_results
-from trainkit.run import BEST_JSON, OPTIMIZATION_CONFIG_YAML, OPTIMIZATION_RESULTS_MD, PROVENANCE_JSON, SWEEP_DB
 
 __all__ = ["start", "apply", "compare", "sweep", "write_results", "decide", "gate", "seed_stats"]
 

@@ -17,8 +17,18 @@ from trainkit.errors import ConfigError, QuarantineError
 from trainkit.gates import RED
 from trainkit.metrics import advice, target_text
 from trainkit.phases.common import run_path, PhaseContext, begin, finish_gate, show_figure, show_html, write_decision
-from trainkit.run import GATE, PREPROCESS, SPLITS, TRAINING_CONFIG, Phase, init_run
-from trainkit.run import BUDGET_PLAN_JSON, COLUMNS_JSON, DETERMINISM_JSON, ENVIRONMENT_JSON
+from trainkit.run import (
+    GATE,
+    PREPROCESS,
+    SPLITS,
+    TRAINING_CONFIG,
+    Phase,
+    init_run,
+    BUDGET_PLAN_JSON,
+    COLUMNS_JSON,
+    DETERMINISM_JSON,
+    ENVIRONMENT_JSON,
+)
 
 __all__ = ["start", "write_environment", "write_splits", "show_data_overview", "check_determinism", "gate"]
 
