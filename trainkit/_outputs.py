@@ -20,25 +20,26 @@ def collect(outputs: list[Any]) -> Iterator[None]:
 
 
 def display(obj: Any) -> bool:
-    """Append ``obj`` (an HTML string via :func:`display_html`, else any object) to the collecting
-    cell's outputs; False when nothing collects (the caller displays through IPython)."""
+    """Append ``obj`` (its HTML when it has one, and its repr) to the collecting cell's outputs;
+    False when nothing collects (the caller displays through IPython)."""
     if not _sinks:
         return False
-    import nbformat
-
     data = {"text/plain": repr(obj)}
     html = getattr(obj, "_repr_html_", None)
     if callable(html) and (text := html()) is not None:
         data["text/html"] = text
-    _sinks[-1].append(nbformat.v4.new_output("display_data", data=data))
-    return True
+    return _append(data)
 
 
 def display_html(text: str) -> bool:
+    """:func:`display` of an HTML string, as IPython's ``HTML(text)`` shows."""
+    return _append({"text/html": text, "text/plain": "<IPython.core.display.HTML object>"})
+
+
+def _append(data: dict[str, str]) -> bool:
     if not _sinks:
         return False
     import nbformat
 
-    data = {"text/html": text, "text/plain": "<IPython.core.display.HTML object>"}
     _sinks[-1].append(nbformat.v4.new_output("display_data", data=data))
     return True

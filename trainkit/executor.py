@@ -94,7 +94,7 @@ def _execute(
     pm: Any, phase: str, out_nb: Path, params: dict[str, Any], out_dir: Path, run_dir: Path, attempt: int
 ) -> None:
     try:
-        stream = os.environ.get("TRAINKIT_PROGRESS", "text") != "off"  # the phase's own progress lines, live
+        stream = _console()
         pm.execute_notebook(
             str(notebook_path(phase)),
             str(out_nb),
@@ -109,9 +109,7 @@ def _execute(
         )  # no kernel transport warnings
     except pm.PapermillExecutionError as exc:
         safe_export(out_nb, out_dir / REPORT)
-        raise PipelineError(
-            f"{phase} failed: {exc.ename}: {_first_line(exc.evalue)} (read {out_dir / 'report.html'})"
-        ) from None
+        raise _failed(phase, exc.ename, exc.evalue, out_dir) from None
     except Exception as exc:  # kernel death, missing kernel, ...
         safe_export(out_nb, out_dir / REPORT)
         record_phase(run_dir, phase, attempt, status="failed", ended=time.time())
@@ -133,19 +131,25 @@ def _execute_inprocess(
     from trainkit.phases.common import mark_failed
 
     nb = nbformat.read(notebook_path(phase), as_version=4)
-    console = os.environ.get("TRAINKIT_PROGRESS", "text") != "off"
-    error: BaseException | None = None
     try:
-        _, error = run_cells(nb, params, f"{phase}", console=console)
+        _, error = run_cells(nb, params, phase, console=_console())
     finally:
         write_text_atomic(out_nb, nbformat.writes(nb))
         safe_export(out_nb, out_dir / REPORT)
         _after_phase()
     if error is not None:
         mark_failed(run_dir, phase, attempt, error)
-        raise PipelineError(
-            f"{phase} failed: {type(error).__name__}: {_first_line(str(error))} (read {out_dir / 'report.html'})"
-        )
+        raise _failed(phase, type(error).__name__, str(error), out_dir)
+
+
+def _console() -> bool:
+    """Whether the phase's own progress lines go to the console, live."""
+    return os.environ.get("TRAINKIT_PROGRESS", "text") != "off"
+
+
+def _failed(phase: str, ename: str, evalue: str, out_dir: Path) -> PipelineError:
+    """A phase whose cell raised: the error's first line and the report to read (either executor)."""
+    return PipelineError(f"{phase} failed: {ename}: {_first_line(evalue)} (read {out_dir / REPORT})")
 
 
 def _after_phase() -> None:

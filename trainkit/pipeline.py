@@ -93,13 +93,13 @@ def _signoff_hint(run_dir: Path, phase: str, d: Path) -> str:
 
 def _resume_point(run_dir: Path) -> tuple[str | None, str | None, int | None]:
     """(phase to run next or None when finished, why, attempt to continue in place or None)."""
-    entries = RunFolder(run_dir).entries()
+    run = RunFolder(run_dir)
+    entries = run.entries()
     if not entries:
         return PHASES[0], "nothing ran yet", None
     last = entries[-1]
-    d = RunFolder(run_dir).latest(last.phase)
+    d = run.latest(last.phase)
     state = _gate_state(d) if d else None
-    run = RunFolder(run_dir)
     decision = (run.routed_decision(d) if state == "passed" else run.decision(d)) or {}
     to = resume_route(
         phase=last.phase,
