@@ -202,6 +202,24 @@ def test_iteration_that_adopts_nothing_rediagnoses_the_best_so_far(noisy_run, mo
         lost
     )  # what lost on this config is not proposed again
     assert not {r["id"] for r in findings["plan"]["ranked"] if r["kind"] == "accuracy"} & set(lost)
+    # the same training on the same rows: round 1's probes are read back, not run again ...
+    first = read_json(run / "03_diagnostics/round-1/findings.json")
+    assert findings["evidence"]["probes_from"] == "03_diagnostics/round-1"
+    assert findings["evidence"]["probes"] == first["evidence"]["probes"]
+    # ... and what they give is what running them again gives
+    again = tmp_path / "again"
+    shutil.copytree(run, again)
+    shutil.rmtree(again / "03_diagnostics/round-2")
+    (again / "03_diagnostics/round-1/probes.json").unlink()
+    run_phase_inprocess("03_diagnostics", again, attempt=2)
+    fresh = read_json(again / "03_diagnostics/round-2/findings.json")
+    assert "probes_from" not in fresh["evidence"] and (again / "03_diagnostics/round-2/probes.json").is_file()
+    assert fresh["primary"] == findings["primary"]
+    assert [r["id"] for r in fresh["plan"]["selected"]] == [r["id"] for r in findings["plan"]["selected"]]
+    assert (
+        fresh["evidence"]["probes"]["seed_variance"]["val_accuracy"]
+        == first["evidence"]["probes"]["seed_variance"]["val_accuracy"]
+    )
 
 
 # ----------------------------------------------------------------------------- 4

@@ -24,7 +24,7 @@ from trainkit.run import (
     CRASH_JSON,
     EXCLUDE_JSON,
 )
-from trainkit.diagnostics.probe_runner import run_probes
+from trainkit.diagnostics.probe_runner import fill_probe_evidence, run_probes
 
 __all__ = [
     "gather_evidence",
@@ -32,6 +32,7 @@ __all__ = [
     "skill_probes",
     "in_metric_terms",
     "run_probes",
+    "fill_probe_evidence",
     "detect_all",
     "plan_recommendations",
     "combine_patches",

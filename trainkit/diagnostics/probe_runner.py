@@ -45,7 +45,7 @@ def run_probes(
     baseline's compute (at least ``LABEL_PROBE_MIN_ROWS`` rows)."""
     from trainkit.diagnostics import probes as P
 
-    ev.update(num_classes=bundle.num_classes, input_shape=list(bundle.input_shape), val_size=len(bundle.splits["val"]))
+    fill_probe_evidence(ev, bundle, {})
     out: dict[str, Any] = {}
     full = bundle
     if bundle._x is None:  # streamed data: read a bounded sample of train and val once, probe in memory
@@ -69,8 +69,7 @@ def run_probes(
         return res
 
     out["init_loss"] = gated("init_loss", cost.steps(2), lambda: P.init_loss_probe(cfg, bundle))
-    if ev.get("init_loss") is None and "init_loss" in out["init_loss"]:
-        ev["init_loss"] = out["init_loss"]["init_loss"]
+    fill_probe_evidence(ev, bundle, out)
     out["lr_range"] = gated("lr_range", cost.steps(100), lambda: P.lr_range_test(cfg, bundle))
     # two epochs, but each of its two fits at most a 20th of a baseline (and 500 steps; at least 60)
     cheap_steps = min(2 * cost.steps_per_epoch, max(60, min(500, cost.steps_per_epoch * cfg.training.epochs // 20)))
@@ -96,6 +95,14 @@ def run_probes(
     if label_issues:
         out["label_issues"] = _label_probe(cfg, bundle, ev, cost, clock, gated, deadline)
     return out
+
+
+def fill_probe_evidence(ev: dict[str, Any], bundle: Any, probes: dict[str, Any]) -> None:
+    """The evidence fields the probes' data gives: class count, input shape, val size, and the
+    loss at init when the history has none (from the ``init_loss`` probe, when it ran)."""
+    ev.update(num_classes=bundle.num_classes, input_shape=list(bundle.input_shape), val_size=len(bundle.splits["val"]))
+    if ev.get("init_loss") is None and "init_loss" in (probes.get("init_loss") or {}):
+        ev["init_loss"] = probes["init_loss"]["init_loss"]
 
 
 def _seed_probe(

@@ -34,6 +34,7 @@ from trainkit.run import (
     EXCLUDE_JSON,
     EXCLUDE_LABELS_JSON,
     FIXED_CONFIG_YAML,
+    PROBES_JSON,
     RESIDUALS_PNG,
 )
 from trainkit.phases.diag_report import guide_path, show_findings, write_report
@@ -83,7 +84,7 @@ def diagnose(ctx: DiagnosticsContext, label_issues: bool = True) -> dict[str, An
     """Evidence + probes + detectors + ranked recommendations → findings.json (and exclude.json
     when samples should be left out of training)."""
     from trainkit.run import load_run_data
-    from trainkit.diagnostics import detect_all, gather_evidence, plan_recommendations, primary_cause, run_probes
+    from trainkit.diagnostics import detect_all, gather_evidence, plan_recommendations, primary_cause
 
     from trainkit.phases.optimization import realized_gains
 
@@ -92,7 +93,7 @@ def diagnose(ctx: DiagnosticsContext, label_issues: bool = True) -> dict[str, An
     ev["exclude_path"], ev["label_exclude_path"] = ctx.rel(EXCLUDE_JSON), ctx.rel(EXCLUDE_LABELS_JSON)
     ev["tried"] = realized_gains(ctx.run_dir, cfg)
     bundle = load_run_data(cfg, ctx.run_dir, PHASE)
-    ev["probes"] = run_probes(cfg, bundle, ev, label_issues=label_issues, clock=clock(ctx))
+    ev["probes"] = _probes(ctx, bundle, ev, label_issues)
     if bundle.regression:  # the detectors judge a regression on the skill scale (1 perfect, 0 the train mean)
         from trainkit.diagnostics import skill_probes, skill_view
 
@@ -136,6 +137,43 @@ def diagnose(ctx: DiagnosticsContext, label_issues: bool = True) -> dict[str, An
     }
     write_json_atomic(ctx.path(FINDINGS), result)
     return result
+
+
+def _probes(ctx: DiagnosticsContext, bundle: Any, ev: dict[str, Any], label_issues: bool) -> dict[str, Any]:
+    """The probes of this round. A round after a Phase 4 iteration that adopted nothing diagnoses
+    what the round before it diagnosed (the same folder, the same config, the same rows): its
+    probes are seeded and measure the same things, so they are read back from that round's
+    ``probes.json`` instead of run again (the evidence says ``probes_from``). Any other round runs
+    them and keeps them, when they store as JSON exactly, for the next."""
+    import json
+
+    from trainkit._io import write_text_atomic
+    from trainkit.diagnostics import fill_probe_evidence, run_probes
+
+    key = {
+        "source": str(Path(ctx.source).relative_to(ctx.run_dir)),
+        "config": ctx.path(TRAINING_CONFIG).read_text(encoding="utf-8"),
+        "label_issues": label_issues,
+        "failed_mode": ctx.failed_mode,
+    }
+    earlier = ctx.run_dir / PHASE / f"round-{ctx.attempt - 1}" / PROBES_JSON
+    if ctx.after_idle_iteration and earlier.is_file():
+        saved = read_json(earlier)
+        if saved.get("key") == key:
+            fill_probe_evidence(ev, bundle, saved["probes"])
+            ev["probes_from"] = str(earlier.parent.relative_to(ctx.run_dir))
+            show_html(
+                f"<p>Probes read back from <code>{ev['probes_from']}</code>: the last Phase 4 iteration adopted "
+                "nothing, so this round diagnoses the same training on the same rows.</p>"
+            )
+            return saved["probes"]
+    probes = run_probes(ctx.config, bundle, ev, label_issues=label_issues, clock=clock(ctx))
+    try:  # strict: a value JSON cannot hold exactly (an array, a numpy scalar) means the next round measures again
+        text = json.dumps({"key": key, "probes": probes}, sort_keys=True, indent=1)
+    except (TypeError, ValueError):
+        return probes
+    write_text_atomic(ctx.path(PROBES_JSON), text + "\n")
+    return probes
 
 
 def _residuals(ctx: DiagnosticsContext, cfg: Any, bundle: Any, ev: dict[str, Any]) -> dict[str, Any] | None:
