@@ -272,7 +272,39 @@ def test_a_churn_like_table_is_diagnosed_as_model_family_not_imbalance(tmp_path)
 
 
 def test_an_underfitting_tabm_is_offered_wider_blocks():
-    ev = _ev(0.60, 0.62, 1000, model="tabm", kwargs={"k": 8})
+    ev = _ev(0.60, 0.80, 1000, model="tabm", kwargs={"k": 8})  # the trees lead: the fit is the network's own
     by = {f.name: f for f in detect_all(ev)}
     cap = {r.id: r for r in by["underfitting"].recommendations}["capacity"]
     assert by["underfitting"].fired and cap.patch == {"model.kwargs": {"k": 8, "d_block": 512}}
+
+
+def _level(net, trees, val_rows=600, target=0.95, trees_too=True):
+    ev = _ev(net, trees, val_rows, target=target)
+    models = ev["probes"]["reference"]["models"]
+    models["logistic_regression"] = {"val_accuracy": trees - 0.01, "val_score": trees - 0.01}
+    if not trees_too:  # images and signals: a logistic regression on the flat inputs is the only reference
+        del models["boosted_trees"]
+        ev["probes"]["reference"]["best"] = "logistic_regression"
+    return ev
+
+
+def test_underfitting_that_boosted_trees_share_is_the_rows_ceiling_not_the_networks_capacity():
+    """A loans-like table: the network, boosted trees and a logistic regression all stop near 0.83
+    against a 0.95 target. The trees have capacity to spare, so the rows cap every model."""
+    ev = _level(0.83, 0.83)
+    findings = detect_all(ev)
+    by = {f.name: f for f in findings}
+    under = by["underfitting"]
+    assert not under.fired and under.strength == 0.0 and under.evidence["shared_with_reference"]
+    assert under.evidence["strength_before_control"] > 0 and "the rows cap both" in under.summary
+    assert by["reference_gap"].evidence["level_short_of_target"]
+    plan = plan_recommendations(findings, ev)
+    assert primary_cause(findings) is None and not {"capacity", "lr_up"} & {r["id"] for r in plan["ranked"]}
+    assert plan["expected_gain_points"] < 3  # only the generic fill-ups: too little to optimize for (option B)
+    # the trees ahead beyond the noise: the network's fit is its own to improve
+    assert {f.name: f for f in detect_all(_level(0.83, 0.92))}["underfitting"].fired
+    # the trees level but within the noise of the target: not a ceiling
+    near = _level(0.94, 0.945, val_rows=400, target=0.95)
+    assert not {f.name: f for f in detect_all(near)}["reference_gap"].evidence["level_short_of_target"]
+    # no boosted trees (a logistic regression on pixels is a floor, not a ceiling): underfitting stays
+    assert {f.name: f for f in detect_all(_level(0.83, 0.83, trees_too=False))}["underfitting"].fired

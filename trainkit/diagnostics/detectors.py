@@ -444,6 +444,26 @@ def shared_with_reference(f: Finding) -> bool:
     )
 
 
+def _shared_underfit(f: Finding, level: Finding) -> Finding:
+    """Underfitting is a claim about capacity: the network fits the train rows too little to reach
+    the target. Boosted trees fitted on the same rows have capacity to spare, so when they stop
+    where the network stops, short of the target, the rows cap every model (noise in the labels
+    that no probe can tell from signal, features that do not carry the answer): a cause the
+    reference shares, quiet, with its numbers kept."""
+    e = level.evidence
+    top = NAMES.get(e["reference"], e["reference"])
+    return Finding(
+        f.name,
+        False,
+        0.0,
+        f"{f.summary}; but the {top}, fitted on the same rows, stops at the same level ({e['reference_val_score']:.3f} "
+        f"against the network's {e['network_val_score']:.3f}, within the noise of {e['noise_points']:.1f} points): "
+        "the rows cap both short of the target, not the network's capacity",
+        {**f.evidence, "shared_with_reference": True, "strength_before_control": round(f.strength, 3)},
+        f.thresholds,
+    )
+
+
 def detect_all(evidence: dict[str, Any]) -> list[Finding]:
     """Run every detector; a detector that trips over missing evidence reports itself as not run.
 
@@ -453,13 +473,19 @@ def detect_all(evidence: dict[str, Any]) -> list[Finding]:
     evidence with no strength of its own. A cause of the network's own (under- or overfitting, a
     stall, seed variance, infrastructure) comes first, and the gap is kept as that cause's symptom
     (its numbers, its summary) without firing or adding moves; a shared finding has no strength
-    then either (underfitting on a table offers TabM itself, :func:`findings._family_recs`)."""
+    then either (underfitting on a table offers TabM itself, :func:`findings._family_recs`). Underfitting
+    itself is shared when boosted trees fitted on the same rows stop at the network's level short of
+    the target (:func:`_shared_underfit`)."""
     out = []
     for name, fn in DETECTORS.items():
         try:
             out.append(fn(evidence))
         except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
             out.append(_quiet(name, f"could not evaluate: {type(exc).__name__}: {exc}"))
+    level = next((f for f in out if f.name == "reference_gap" and f.evidence.get("level_short_of_target")), None)
+    for i, f in enumerate(out):
+        if level is not None and f.name == "underfitting" and f.fired:
+            out[i] = _shared_underfit(f, level)
     ref = next((f for f in out if f.name == "reference_gap" and f.fired), None)
     causes = [f.name for f in out if f.fired and f.name != "reference_gap" and not (ref and shared_with_reference(f))]
     for i, f in enumerate(out):

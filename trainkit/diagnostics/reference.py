@@ -131,6 +131,11 @@ def detect_reference_gap(evidence: dict[str, Any]) -> Finding:
         "val_rows": ref.get("val_rows"),
         "metric": ref.get("metric", "accuracy"),
         "leads": bool(gap > noise and _gap_to_target(evidence) > 0),
+        # boosted trees and the network, fitted on the same rows, stop at the same level (within the
+        # noise) and short of the target by more than the noise: the rows cap both (detect_all)
+        "level_short_of_target": bool(
+            "boosted_trees" in ref["models"] and abs(gap) <= noise and 100 * (evidence["target"] - top) > noise
+        ),
     }  # architecture moves first (plan_recommendations)
     if gap > noise and _gap_to_target(evidence) <= 0:
         return Finding(
