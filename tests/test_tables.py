@@ -828,3 +828,44 @@ def test_a_failed_per_class_floor_shows_what_the_references_recall_of_those_clas
         floor_evidence({**rec, "reference_recall": {}}, low) == ""
         and recall_table({**rec, "reference_recall": {}}) == []
     )
+
+
+def test_a_missed_target_shows_what_the_references_score_on_the_same_test_rows():
+    """The production gate's target check: beside the network's test value, each reference's on the
+    same test rows, and whether any of them reaches the target (the check still fails)."""
+    from trainkit.phases.final_numbers import metric_checks
+    from trainkit.testing import tiny_config
+
+    rec = {
+        "metric": "accuracy",
+        "accuracy": 0.83,
+        "val_accuracy": 0.835,
+        "accuracy_ci": [0.80, 0.86],
+        "val_accuracy_ci": [0.80, 0.87],
+        "robustness_drop": 0.0,
+        "ece": 0.02,
+        "per_class": [{"class": "good", "recall": 0.97}, {"class": "bad", "recall": 0.55}],
+        "reference_recall": {
+            "logistic_regression": {"accuracy": 0.832, "recall": [0.98, 0.40]},
+            "boosted_trees": {"accuracy": 0.818, "recall": [0.96, 0.45]},
+        },
+    }
+    cfg = tiny_config({"target.value": 0.95})
+    status, why = metric_checks(cfg, rec)["test_meets_target"]
+    assert status == "fail" and "logistic regression 0.8320, boosted trees 0.8180" in why
+    assert "no reference reaches it either" in why
+    rec["reference_recall"]["boosted_trees"]["accuracy"] = 0.96
+    status, why = metric_checks(cfg, rec)["test_meets_target"]
+    assert status == "fail" and "the boosted trees reaches it: the network's family falls short" in why
+    cfg = tiny_config({"target.value": 0.95, "target.metric": "balanced_accuracy"})
+    rec.update(score=0.76, val_score=0.76, score_ci=[0.7, 0.8], val_score_ci=[0.7, 0.8], metric="balanced_accuracy")
+    status, why = metric_checks(cfg, rec)["test_meets_target"]
+    assert status == "fail" and "logistic regression 0.6900" in why  # the mean of its class recalls
+    rec.update(accuracy=0.99, metric="accuracy")  # met: the check passes and says nothing of the references
+    status, why = metric_checks(tiny_config({"target.value": 0.95}), rec)["test_meets_target"]
+    assert status == "pass" and "references" not in why
+    from trainkit.phases.peers import target_evidence
+
+    reg = {"regression": True, "reference_test": {"ridge": {"rmse": 3.1, "r2": 0.5}, "boosted_trees": {"rmse": 2.2}}}
+    assert "the boosted trees reaches it" in target_evidence(reg, "rmse", 2.5)  # an error: lower is better
+    assert "no reference reaches it either" in target_evidence(reg, "rmse", 2.0)

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["reference_recall", "floor_evidence", "recall_table"]
+__all__ = ["reference_recall", "floor_evidence", "target_evidence", "recall_table"]
 
 NAMES = {"logistic_regression": "logistic regression", "boosted_trees": "boosted trees"}
 MAX_ROWS = 20000  # the references' training rows at most (a seeded sample beyond)
@@ -59,6 +59,41 @@ def floor_evidence(rec: dict[str, Any], low: list[dict[str, Any]]) -> str:
         + "; ".join(parts)
         + ("" if beaten else " (no reference does better on these classes)")
     )
+
+
+def _peer_scores(rec: dict[str, Any], metric: str) -> dict[str, float]:
+    """Each reference's test value of ``metric`` where the record holds it: accuracy, balanced
+    accuracy (the mean of the class recalls) or, for a regression, any of its errors and r2."""
+    if rec.get("regression"):
+        return {n: float(p[metric]) for n, p in (rec.get("reference_test") or {}).items() if metric in p}
+    out = {}
+    for n, p in (rec.get("reference_recall") or {}).items():
+        if metric == "accuracy":
+            out[n] = float(p["accuracy"])
+        elif metric == "balanced_accuracy" and p.get("recall"):
+            seen = [r for r in p["recall"] if r is not None]
+            if seen:
+                out[n] = float(np.mean(seen))
+    return out
+
+
+def target_evidence(rec: dict[str, Any], metric: str, target: float) -> str:
+    """For a missed target, the references' test value of the same metric on the same test rows
+    (fitted on the same train+val rows), so the person signing sees whether any model reaches it:
+    when none does, the target asks more than these rows give."""
+    from trainkit.metrics import oriented, reaches
+
+    peers = _peer_scores(rec, metric)
+    if not peers:
+        return ""
+    best = max(peers.items(), key=lambda kv: oriented(metric, kv[1]))
+    listed = ", ".join(f"{NAMES.get(n, n)} {v:.4f}" for n, v in peers.items())
+    verdict = (
+        f"the {NAMES.get(best[0], best[0])} reaches it: the network's family falls short"
+        if reaches(metric, best[1], target)
+        else "no reference reaches it either: the target asks more than these rows give"
+    )
+    return f"; the references fitted on the same train+val rows score {listed} on these test rows ({verdict})"
 
 
 def recall_table(rec: dict[str, Any]) -> list[str]:
