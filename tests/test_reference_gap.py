@@ -308,3 +308,20 @@ def test_underfitting_that_boosted_trees_share_is_the_rows_ceiling_not_the_netwo
     assert not {f.name: f for f in detect_all(near)}["reference_gap"].evidence["level_short_of_target"]
     # no boosted trees (a logistic regression on pixels is a floor, not a ceiling): underfitting stays
     assert {f.name: f for f in detect_all(_level(0.83, 0.83, trees_too=False))}["underfitting"].fired
+
+
+def test_imbalance_moves_expect_what_the_rare_class_can_move_of_the_metric():
+    """Class weighting trades majority hits for rare ones: under accuracy its expected gain is at
+    most the rare class's share of the rows times its recall gain; balanced accuracy weighs every
+    class alike, so the whole recall gap counts."""
+
+    def gains(ev):
+        plan = plan_recommendations(detect_all(ev), ev)
+        return {r["id"]: r["expected_gain_points"] for r in plan["ranked"]}
+
+    under_accuracy = gains(_imbalanced_ev(ref_rare_recall=0.30))  # the trees fail the rare class too
+    balanced = gains(_imbalanced_ev(metric="balanced_accuracy"))
+    share = 500 / 3500  # the rare class's rows (class_counts_train)
+    assert balanced["class_weighting"] > 5
+    assert under_accuracy["class_weighting"] == pytest.approx(balanced["class_weighting"] * share, abs=0.02)
+    assert under_accuracy["balanced_sampler"] == pytest.approx(balanced["balanced_sampler"] * share, abs=0.02)

@@ -239,7 +239,7 @@ def _moves(
             "data_quality", cfg, "a regularised model memorises the wrong labels that exclusion misses", need * 0.2
         )
     if problems["imbalance"] and _imbalance_moves_pay(evidence, n):
-        out += _imbalance_moves(n)
+        out += _imbalance_moves(n, _rare_share(evidence, n, d))
     out += _table_moves(n, problems, d)
     return out
 
@@ -276,9 +276,26 @@ def _imbalance_moves_pay(evidence: dict[str, Any], n: dict[str, Any]) -> bool:
     return n["minority_hurt"] if fails is None else fails
 
 
-def _imbalance_moves(n: dict[str, Any]) -> list[Recommendation]:
+def _rare_share(evidence: dict[str, Any], n: dict[str, Any], d: dict[str, Any]) -> float:
+    """How far the worst-recalled class's recall moves the target metric: fully for a metric that
+    weighs every class alike; for accuracy (and any other) at most by that class's share of the
+    rows, since each of its rows is one row of the whole (10 recall points of a 6% class are 0.6
+    accuracy points at best, before the majority hits a weighting costs)."""
+    if evidence["config"]["target"]["metric"] in REWARDS_RARE_CLASSES:
+        return 1.0
+    recall, counts = n["recall"].get("recall"), d.get("class_counts_train")
+    if not recall or not counts or len(recall) != len(counts) or not sum(counts):
+        return 1.0
+    seen = [i for i, r in enumerate(recall) if r is not None]
+    if not seen:
+        return 1.0
+    worst = min(seen, key=lambda i: recall[i])
+    return counts[worst] / sum(counts)
+
+
+def _imbalance_moves(n: dict[str, Any], share: float = 1.0) -> list[Recommendation]:
     min_rec, mean_rec, ratio = n["min_rec"], n["mean_rec"], n["ratio"]
-    hurt = (mean_rec - min_rec) * 100 if n["minority_hurt"] else 0.0
+    hurt = (mean_rec - min_rec) * 100 * share if n["minority_hurt"] else 0.0
     recall = f"{min_rec:.2f} vs mean {mean_rec:.2f}" if min_rec is not None else "unknown"
     return [
         _recommend(
