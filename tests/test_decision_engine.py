@@ -205,6 +205,7 @@ def test_iteration_that_adopts_nothing_rediagnoses_the_best_so_far(noisy_run, mo
     # the same training on the same rows: round 1's probes are read back, not run again ...
     first = read_json(run / "03_diagnostics/round-1/findings.json")
     assert findings["evidence"]["probes_from"] == "03_diagnostics/round-1"
+    assert read_json(d / "probes.json") == read_json(run / "03_diagnostics/round-1/probes.json")  # for a round 3
     assert findings["evidence"]["probes"] == first["evidence"]["probes"]
     # ... and what they give is what running them again gives
     again = tmp_path / "again"

@@ -167,10 +167,15 @@ def skill_probes(probes: dict[str, Any], metric: str, scale: float) -> dict[str,
     return out
 
 
-def _generic(ev: dict[str, Any]) -> list[Recommendation]:
-    """Low-gain, always-applicable moves used to fill the selection up to three."""
+def _generic(ev: dict[str, Any], reach: float | None = None) -> list[Recommendation]:
+    """Low-gain, always-applicable moves used to fill the selection up to three, each expecting a
+    share of the gap to the target, or of ``reach`` (points) when that is smaller: when boosted
+    trees fitted on the same rows stop at the network's level short of the target, the rows cap
+    every model and a training move can expect at most the noise around that level."""
     cfg = ev["config"]
     need = max(0.0, (ev["target"] - best_score(ev)) * 100)
+    if reach is not None:
+        need = min(need, reach)
     sug = (ev["probes"].get("lr_range") or {}).get("suggested_lr")
     lr = cfg["optimizer"]["lr"]
     recs = []
@@ -354,7 +359,10 @@ def plan_recommendations(findings: list[Finding], ev: dict[str, Any], lo: int = 
     if sum(r.kind == "accuracy" for r in actionable) < lo:
         have = {r.id for r in actionable} | {r.id for r in fixes} | set(tried)
         patched = {k for r in actionable + fixes for k in (r.patch or {})}
-        for g in _generic(ev):
+        level = next(
+            (f for f in findings if f.name == "reference_gap" and f.evidence.get("level_short_of_target")), None
+        )
+        for g in _generic(ev, level.evidence["noise_points"] if level else None):
             if (
                 g.id not in have
                 and not (set(g.patch) & patched)

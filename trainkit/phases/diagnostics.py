@@ -160,6 +160,7 @@ def _probes(ctx: DiagnosticsContext, bundle: Any, ev: dict[str, Any], label_issu
     if ctx.after_idle_iteration and earlier.is_file():
         saved = read_json(earlier)
         if saved.get("key") == key:
+            write_json_atomic(ctx.path(PROBES_JSON), saved)  # a further idle round reads them from here
             fill_probe_evidence(ev, bundle, saved["probes"])
             ev["probes_from"] = str(earlier.parent.relative_to(ctx.run_dir))
             show_html(
