@@ -15,7 +15,15 @@ from typing import Any
 
 from trainkit._io import read_json, read_jsonl
 from trainkit.config import TrainkitConfig, config_to_dict
-from trainkit.diagnostics.detectors import DETECTORS, THRESHOLDS, Finding, Recommendation, classify_crash, detect_all
+from trainkit.diagnostics.detectors import (
+    DETECTORS,
+    THRESHOLDS,
+    Finding,
+    Recommendation,
+    classify_crash,
+    detect_all,
+    rows_ceiling,
+)
 from trainkit.diagnostics.findings import STANDARD_LR, best_score, patch_already_in
 from trainkit.metrics import row_score
 from trainkit.run import (
@@ -359,9 +367,7 @@ def plan_recommendations(findings: list[Finding], ev: dict[str, Any], lo: int = 
     if sum(r.kind == "accuracy" for r in actionable) < lo:
         have = {r.id for r in actionable} | {r.id for r in fixes} | set(tried)
         patched = {k for r in actionable + fixes for k in (r.patch or {})}
-        level = next(
-            (f for f in findings if f.name == "reference_gap" and f.evidence.get("level_short_of_target")), None
-        )
+        level = rows_ceiling(findings)
         for g in _generic(ev, level.evidence["noise_points"] if level else None):
             if (
                 g.id not in have

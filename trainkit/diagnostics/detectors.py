@@ -444,6 +444,12 @@ def shared_with_reference(f: Finding) -> bool:
     )
 
 
+def rows_ceiling(findings: list[Finding]) -> Finding | None:
+    """The reference gap when boosted trees stop at the network's level short of the target (its
+    ``level_short_of_target``): the rows cap every model. None otherwise."""
+    return next((f for f in findings if f.name == "reference_gap" and f.evidence.get("level_short_of_target")), None)
+
+
 def _shared_underfit(f: Finding, level: Finding) -> Finding:
     """Underfitting is a claim about capacity: the network fits the train rows too little to reach
     the target. Boosted trees fitted on the same rows have capacity to spare, so when they stop
@@ -482,7 +488,7 @@ def detect_all(evidence: dict[str, Any]) -> list[Finding]:
             out.append(fn(evidence))
         except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
             out.append(_quiet(name, f"could not evaluate: {type(exc).__name__}: {exc}"))
-    level = next((f for f in out if f.name == "reference_gap" and f.evidence.get("level_short_of_target")), None)
+    level = rows_ceiling(out)
     for i, f in enumerate(out):
         if level is not None and f.name == "underfitting" and f.fired:
             out[i] = _shared_underfit(f, level)

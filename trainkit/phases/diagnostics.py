@@ -158,9 +158,10 @@ def _probes(ctx: DiagnosticsContext, bundle: Any, ev: dict[str, Any], label_issu
     }
     earlier = ctx.run_dir / PHASE / f"round-{ctx.attempt - 1}" / PROBES_JSON
     if ctx.after_idle_iteration and earlier.is_file():
-        saved = read_json(earlier)
+        kept = earlier.read_text(encoding="utf-8")
+        saved = json.loads(kept)
         if saved.get("key") == key:
-            write_json_atomic(ctx.path(PROBES_JSON), saved)  # a further idle round reads them from here
+            write_text_atomic(ctx.path(PROBES_JSON), kept)  # a further idle round reads them from here
             fill_probe_evidence(ev, bundle, saved["probes"])
             ev["probes_from"] = str(earlier.parent.relative_to(ctx.run_dir))
             show_html(
