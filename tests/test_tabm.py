@@ -52,11 +52,49 @@ def test_bin_edges_come_from_the_train_rows_and_every_column_gets_the_same_count
     assert float(bins[0][0]) == pytest.approx(float(x[:, 0].min())) and float(bins[0][-1]) == pytest.approx(
         float(x[:, 0].max())
     )
-    m = build_model("tabm", (3,), 2, {"k": 2, "d_block": 16, "n_bins": 8})
+    x = torch.cat([x, torch.randn(500, 1)], 1)
+    m = build_model("tabm", (4,), 2, {"k": 2, "d_block": 16, "n_bins": 8})
     before = m.net.num_module.impl.weight.clone()
     m.fit_data(x)
-    assert not torch.equal(before, m.net.num_module.impl.weight)  # the edges are buffers: checkpoints carry them
+    assert m.net.num_module.impl.weight.shape == before[[0, 3]].shape  # the two columns of many values
+    assert not torch.equal(before[[0, 3]], m.net.num_module.impl.weight)  # buffers: checkpoints carry the edges
     assert "net.num_module.impl.weight" in m.state_dict()
+
+
+def test_columns_of_two_values_go_in_as_they_are_and_a_checkpoint_carries_that_layout():
+    """0/1 indicators, one-hot columns and constants skip the numeric embeddings (TabM takes one-hot
+    categories as they are): the first layer is narrower by ``d_embedding - 1`` inputs per such column,
+    and a model built from the config alone, as predict and export build it, loads the fitted one."""
+    torch.manual_seed(0)
+    x = torch.cat([torch.randn(400, 3), (torch.rand(400, 5) > 0.7).float() * 2 - 1, torch.ones(400, 1)], 1)
+    for emb in ("piecewise", "periodic"):
+        m = build_model("tabm", (9,), 3, {"k": 2, "d_block": 16, "embeddings": emb, "d_embedding": 8})
+        assert m.net.backbone.blocks[0][0].weight.shape[1] == 9 * 8  # from the config alone: every column embedded
+        m.fit_data(x)
+        assert m.plain.tolist() == [False] * 3 + [True] * 6
+        assert m.net.backbone.blocks[0][0].weight.shape[1] == 3 * 8 + 6
+        with torch.no_grad():
+            ref = m.eval()(x[:7])
+        fresh = build_model("tabm", (9,), 3, {"k": 2, "d_block": 16, "embeddings": emb, "d_embedding": 8})
+        fresh.load_state_dict(m.state_dict())
+        with torch.no_grad():
+            assert torch.equal(fresh.eval()(x[:7]), ref)
+    only_flags = build_model("tabm", (4,), 2, {"k": 2, "d_block": 16})
+    only_flags.fit_data((torch.rand(100, 4) > 0.5).float())
+    assert only_flags.net.num_module is None and only_flags.train()(torch.rand(5, 4)).shape == (5, 2, 2)
+
+
+def test_uniform_dropout_keeps_each_unit_with_one_minus_p_and_keeps_the_mean():
+    from trainkit.tabular import UniformDropout
+
+    torch.manual_seed(0)
+    d = UniformDropout(0.25)
+    y = d.train()(torch.ones(200_000))
+    assert abs(float((y == 0).float().mean()) - 0.25) < 0.01 and abs(float(y.mean()) - 1.0) < 0.01
+    assert torch.equal(d.eval()(torch.ones(5)), torch.ones(5))
+    m = build_model("tabm", (4,), 2, {"k": 2, "d_block": 16})
+    assert any(isinstance(mod, UniformDropout) for mod in m.modules())
+    assert not any(isinstance(mod, torch.nn.Dropout) for mod in m.modules())
 
 
 def test_bad_tabm_kwargs_and_shapes_are_clear_errors():

@@ -91,6 +91,9 @@ def server(tmp_path_factory):
         stdout=log,
         stderr=subprocess.STDOUT,
         cwd=d,
+        # no job runner: MLflow 3's server otherwise starts about eight Huey consumer processes (its
+        # scorers' jobs), each a full MLflow import, that trainkit never uses and the tests pay for
+        env=dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"),
     )
     uri = f"http://127.0.0.1:{port}"
     for _ in range(240):
