@@ -94,7 +94,12 @@ def test_uniform_dropout_keeps_each_unit_with_one_minus_p_and_keeps_the_mean():
     assert torch.equal(d.eval()(torch.ones(5)), torch.ones(5))
     m = build_model("tabm", (4,), 2, {"k": 2, "d_block": 16})
     assert any(isinstance(mod, UniformDropout) for mod in m.modules())
-    assert not any(isinstance(mod, torch.nn.Dropout) for mod in m.modules())
+    assert not any(type(mod) is torch.nn.Dropout for mod in m.modules())
+    for mod in m.modules():  # what the overfit-one-batch probe does: an nn.Dropout with p 0 drops nothing
+        if isinstance(mod, torch.nn.Dropout):
+            mod.p = 0.0
+    x = torch.randn(6, 4)
+    assert torch.equal(m.train()(x), m.train()(x))  # no unit dropped: two passes agree
 
 
 def test_bad_tabm_kwargs_and_shapes_are_clear_errors():
@@ -116,9 +121,14 @@ def test_tabm_fits_through_fit_and_exports_to_onnx_with_parity(tmp_path):
     from trainkit.export import check_parity, export_onnx, export_torchscript
     from trainkit.train import fit
 
+    from trainkit.testing import tree_table
+
+    x, y = tree_table(n=1000)  # 8 numbers and 40 one-hot columns: both halves of the layout
+    np.savez(tmp_path / "t.npz", x=x, y=y)
     cfg = tiny_config(
         {
-            "data.source": "trainkit.testing:tabular",
+            "data.source": "npz",
+            "data.root": str(tmp_path / "t.npz"),
             "model.name": "tabm",
             "model.kwargs": {"k": 4, "d_block": 64},
             "training.epochs": 4,
@@ -134,6 +144,7 @@ def test_tabm_fits_through_fit_and_exports_to_onnx_with_parity(tmp_path):
     m = build_model("tabm", bundle.input_shape, bundle.num_classes, cfg.model.kwargs)
     m.load_state_dict(load_checkpoint(r.paths["best"])["model"])
     m.eval()
+    assert int(m.plain.sum()) == 40  # the checkpoint's layout, rebuilt on load
     x, _ = bundle.arrays("val")
     with torch.no_grad():
         ref = m(x).numpy()
