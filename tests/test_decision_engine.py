@@ -169,6 +169,11 @@ def test_phase4_baseline_is_phase2s_baseline_on_its_own_data(noisy_run):
     excl = [c for c in cmp["candidates"] if c["recommendations"] == ["exclude_mislabelled"]]
     assert excl and excl[0]["gain_points"] != 0.0  # measured against the baseline's data, not against itself
     assert cmp["fits"] < 3 * len(cmp["candidates"])  # losing candidates stopped after one seed
+    first = cmp["best_before"]["per_seed"][0]
+    for c in cmp["candidates"]:  # racing: only a candidate ahead of the best so far on the first seed goes on
+        if "+" in c["id"]:  # two survivors together, trained on every seed
+            continue
+        assert (len(c["seeds"]) > 1) == c["survived"] == (c["per_seed"][0] > first), c
 
 
 @pytest.mark.slow
@@ -188,6 +193,8 @@ def test_iteration_that_adopts_nothing_rediagnoses_the_best_so_far(noisy_run, mo
     monkeypatch.undo()
     dec = read_json(run / "04_optimization/iter-1/decision.json")
     assert not dec["evidence"]["adopted"] and (dec["option"], dec["next"]) == ("C", "03_diagnostics"), dec["reason"]
+    cmp = read_json(run / "04_optimization/iter-1/comparison.json")
+    assert cmp["fits"] == len(cmp["candidates"]) > 1  # none ahead on the first seed: no candidate earned another
     assert not (run / "best.json").exists()
     run_phase_inprocess("03_diagnostics", run, attempt=2)
     d = run / "03_diagnostics/round-2"
