@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 from trainkit.config import TrainkitConfig
 from trainkit.diagnostics.findings import best_score
-from trainkit.run import BEST_PT
+from trainkit.run import BEST_PT, COMPARISON, RUN_JSON, TRAIN_SUMMARY, TRAINING_CONFIG
 
 
 def _timed(name: str, fn: Callable[[], dict[str, Any]], echo: Callable[[str], None]) -> dict[str, Any]:
@@ -129,8 +129,41 @@ def _seed_probe(
             cost_s=run_s,
             history=ev.get("history"),
             time_left=clock.left if clock is not None else None,
+            trained=_sibling_seeds(cfg, ev.get("source_dir")),
         ),
     )
+
+
+WHOLE_RUN = ("completed", "early_stopped")  # a fit's statuses that ran it to its own end
+
+
+def _sibling_seeds(cfg: TrainkitConfig, source_dir: Any) -> dict[int, dict[str, Any]]:
+    """Seed → the whole run of this config on that seed that Phase 4 trained beside the diagnosed
+    one (the ``seed-N`` folders next to it: the seeds of the config an iteration adopted), when its
+    ``training_config.yaml`` is this config on that seed and it ran to its end."""
+    from trainkit._io import read_json
+    from trainkit.config import config_hash, load_config, with_overrides
+
+    out: dict[int, dict[str, Any]] = {}
+    src = Path(source_dir) if source_dir else None
+    if src is None or not src.name.startswith("seed-"):
+        return out
+    iteration = next((p for p in src.parents if (p / COMPARISON).is_file()), None)
+    if iteration is None or read_json(iteration / COMPARISON).get("folds"):  # folds: each seed trained on other rows
+        return out
+    for d in sorted(src.parent.glob("seed-*")):
+        try:
+            theirs = load_config(d / TRAINING_CONFIG)
+            summary = read_json(d / TRAIN_SUMMARY)
+        except Exception:  # a folder half written or not a run: trained again, as without it
+            continue
+        s = theirs.training.seed
+        if d == src or summary.get("status") not in WHOLE_RUN or not summary.get("best"):  # not cut or pruned
+            continue
+        if config_hash(theirs) == config_hash(with_overrides(cfg, {"training.seed": s})):
+            root = next((p for p in d.parents if (p / RUN_JSON).is_file()), d.parent)
+            out[s] = dict(summary, dir=str(d.relative_to(root)))
+    return out
 
 
 def _label_probe(

@@ -135,6 +135,7 @@ def seed_variance_probe(
     cost_s: float = 0.0,
     history: Sequence[dict[str, Any]] | None = None,
     time_left: Any = None,
+    trained: dict[int, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The baseline's recipe on several seeds: the spread of best val accuracy is the noise floor of
     any comparison. With ``baseline`` (the diagnosed run's best epoch record) its own seed is not
@@ -147,7 +148,9 @@ def seed_variance_probe(
     baseline's value is its best val accuracy up to epoch k (from ``history``); the spread is then
     that of the first k epochs. ``allows(seconds, what)`` is asked before each run; runs stop at
     ``deadline`` (a run cut before its length is left out). Runs as long as the baseline's
-    (``mirrors_baseline``) are recorded (``runs``) so Phase 4 reuses them as baseline seeds."""
+    (``mirrors_baseline``) are recorded (``runs``) so Phase 4 reuses them as baseline seeds.
+    ``trained``: seed → a whole run of this same config already trained (Phase 4's seeds of the
+    config it adopted); those seeds are read, not trained again (the run's ``reused`` names it)."""
     from trainkit.config import config_hash
 
     s0 = cfg.training.seed
@@ -160,14 +163,17 @@ def seed_variance_probe(
     if baseline is not None and time_left is not None and history:
         length = cut_at or cfg.training.epochs
         epoch_s = cost_s / max(1, length)
-        others = len([s for s in seeds if s != s0])
-        if epoch_s > 0 and time_left() < others * cost_s:  # half the time left: the label probe comes after
+        others = len([s for s in seeds if s != s0 and s not in (trained or {})])
+        if others and epoch_s > 0 and time_left() < others * cost_s:  # half the time left: the label probe after
             k = int(0.5 * time_left() / (others * epoch_s))
             if k < 1:
                 return {"error": "skipped: not one epoch per seed fits in the time budget", "skipped": True}
             cut_at, short, cost_s = min(k, length), True, epoch_s * min(k, length)
     if baseline is not None:
-        accs, runs, used = _whole_runs(cfg, bundle, seeds, baseline, history, cut_at, short, cost_s, allows, deadline)
+        done = (trained or {}) if cut_at is None else {}  # whole runs stand in for whole runs only
+        accs, runs, used = _whole_runs(
+            cfg, bundle, seeds, baseline, history, cut_at, short, cost_s, allows, deadline, done
+        )
         seeds = used
         epochs = cut_at or cfg.training.epochs
         if len(accs) < 2:
@@ -204,10 +210,11 @@ def _whole_runs(
     cost_s: float,
     allows: Any,
     deadline: float | None,
+    trained: dict[int, dict[str, Any]],
 ) -> tuple[list[float], list[dict[str, Any]], list[int]]:
     """The seed-variance runs beside a baseline: (values, the recorded runs, the seeds used). The
-    baseline's own seed is its value (up to epoch ``cut_at`` when ``short``); each other seed runs
-    the config, when ``allows`` pays for it."""
+    baseline's own seed is its value (up to epoch ``cut_at`` when ``short``); each other seed is
+    its run in ``trained`` or runs the config, when ``allows`` pays for it."""
     from trainkit.train import fit
 
     s0 = cfg.training.seed
@@ -222,6 +229,22 @@ def _whole_runs(
                 )
             )
             used.append(s)
+            continue
+        if s in trained:
+            accs.append(row_score(trained[s]["best"]))
+            used.append(s)
+            runs.append(
+                {
+                    "seed": int(s),
+                    "status": trained[s]["status"],
+                    "best_val_accuracy": trained[s]["best"].get("val_accuracy", 0.0),
+                    "best_val_score": accs[-1],
+                    "best_epoch": trained[s]["best"].get("epoch"),
+                    "train_time_s": trained[s].get("train_time_s"),
+                    "history": trained[s]["history"],
+                    "reused": trained[s]["dir"],
+                }
+            )
             continue
         if allows is not None and not allows(cost_s, f"seed-variance run on seed {s}"):
             continue

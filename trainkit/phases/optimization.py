@@ -208,10 +208,8 @@ def _candidates(ctx: OptimizationContext, ablation: bool) -> list[dict[str, Any]
 
 def compare(ctx: OptimizationContext, seeds: int = 3, ablation: bool = True) -> dict[str, Any]:
     """Successive halving over candidates (each recommendation alone with ``ablation``, and all
-    together): every candidate trains on the first seed; of the better half (at most two), those
-    ahead of the best so far on that seed train on the rest; the one with the best mean is this
-    iteration's candidate (with none ahead, the best on the first seed, which cannot be adopted). It
-    is compared with the baseline (its own config and data) and with the best so far, seed for seed."""
+    together): every candidate on the first seed, those :func:`_racing` keeps on the rest; the best
+    mean is the candidate, compared with the baseline and with the best so far, seed for seed."""
     from trainkit.run import load_run_data
 
     from trainkit.folds import plan_if_small
@@ -241,13 +239,7 @@ def compare(ctx: OptimizationContext, seeds: int = 3, ablation: bool = True) -> 
     lone = len(cands) == 1
     cands = [c for c in cands if c["runs"]]
     ranked = sorted(cands, key=lambda c: (-_score(c), c["id"] != "all"))
-    top = ranked[: min(2, max(1, (len(cands) + 1) // 2))] if len(cands) > 1 else ranked
-    # racing: the other seeds only for a candidate ahead of the best so far on the first seed (the
-    # same seed, the same rows) or on its mean (what adoption compares). One behind on both could be
-    # adopted only by winning the other seeds by more than one and a half seed spreads, and with
-    # one seed it cannot be adopted at all; those fits were what an idle iteration spent
-    bar = min(best["per_seed"][0], float(np.mean(best["per_seed"])))
-    survivors = [c for c in top if _score(c) > bar]
+    survivors = _racing(ranked, best)
     if survivors:
         best, base_rows = _other_seeds(ctx, survivors, seed_list, best, base_rows, lone)
     combo = _survivor_combination(ctx, survivors, best, seed_list, _reference(best, base_rows))
@@ -294,6 +286,17 @@ def compare(ctx: OptimizationContext, seeds: int = 3, ablation: bool = True) -> 
     )
     _figures(ctx, out)
     return out
+
+
+def _racing(ranked: list[dict[str, Any]], best: dict[str, Any]) -> list[dict[str, Any]]:
+    """The candidates that train on the other seeds: of the better half (at most two), those ahead
+    of the best so far on the first seed (the same seed, the same rows) or on its mean (what adoption
+    compares). One behind on both could be adopted only by winning the other seeds by more than one
+    and a half seed spreads, and with one seed it cannot be adopted at all; those fits were what an
+    iteration where nothing moves spent."""
+    top = ranked[: min(2, max(1, (len(ranked) + 1) // 2))]
+    bar = min(best["per_seed"][0], float(np.mean(best["per_seed"])))
+    return [c for c in top if _score(c) > bar]
 
 
 def _affordable(ctx: OptimizationContext, cands: list[dict[str, Any]], seed_list: list[int]) -> list[dict[str, Any]]:
