@@ -144,9 +144,12 @@ class TabMClassifier(nn.Module):
         # TabM.forward for a float input, step by step: its torch.column_stack has no ONNX export
         x = x.flatten(1)
         net = self.net
-        if net.num_module is not None:
-            emb = net.num_module(x if len(self.plain_idx) == 0 else x.index_select(1, self.emb_idx)).flatten(1)
-            x = emb if len(self.plain_idx) == 0 else torch.cat([emb, x.index_select(1, self.plain_idx)], 1)
+        if net.num_module is not None and len(self.plain_idx):  # the embedded columns, then the plain ones
+            x = torch.cat(
+                [net.num_module(x.index_select(1, self.emb_idx)).flatten(1), x.index_select(1, self.plain_idx)], 1
+            )
+        elif net.num_module is not None:
+            x = net.num_module(x).flatten(1)
         out = net.output(net.backbone(net.ensemble_view(x)))
         return out if self.training else as_logits(out)
 

@@ -151,6 +151,7 @@ def _sibling_seeds(cfg: TrainkitConfig, source_dir: Any) -> dict[int, dict[str, 
     iteration = next((p for p in src.parents if (p / COMPARISON).is_file()), None)
     if iteration is None or read_json(iteration / COMPARISON).get("folds"):  # folds: each seed trained on other rows
         return out
+    root = next((p for p in iteration.parents if (p / RUN_JSON).is_file()), iteration.parent)
     for d in sorted(src.parent.glob("seed-*")):
         try:
             theirs = load_config(d / TRAINING_CONFIG)
@@ -161,7 +162,6 @@ def _sibling_seeds(cfg: TrainkitConfig, source_dir: Any) -> dict[int, dict[str, 
         if d == src or summary.get("status") not in WHOLE_RUN or not summary.get("best"):  # not cut or pruned
             continue
         if config_hash(theirs) == config_hash(with_overrides(cfg, {"training.seed": s})):
-            root = next((p for p in d.parents if (p / RUN_JSON).is_file()), d.parent)
             out[s] = dict(summary, dir=str(d.relative_to(root)))
     return out
 

@@ -160,17 +160,18 @@ def seed_variance_probe(
     if baseline is not None and baseline.get("cut_at_epochs"):  # the budget cut the baseline: mirror its length
         cut_at = int(baseline["cut_at_epochs"])
     short = False
+    done = (trained or {}) if cut_at is None else {}  # whole runs stand in for whole runs only
     if baseline is not None and time_left is not None and history:
         length = cut_at or cfg.training.epochs
         epoch_s = cost_s / max(1, length)
-        others = len([s for s in seeds if s != s0 and s not in (trained or {})])
-        if others and epoch_s > 0 and time_left() < others * cost_s:  # half the time left: the label probe after
-            k = int(0.5 * time_left() / (others * epoch_s))
+        others = len([s for s in seeds if s != s0])
+        to_train = len([s for s in seeds if s != s0 and s not in done])
+        if to_train and epoch_s > 0 and time_left() < to_train * cost_s:  # half the time left: the label probe after
+            k = int(0.5 * time_left() / (others * epoch_s))  # cut short, every other seed runs its first k epochs
             if k < 1:
                 return {"error": "skipped: not one epoch per seed fits in the time budget", "skipped": True}
-            cut_at, short, cost_s = min(k, length), True, epoch_s * min(k, length)
+            cut_at, short, cost_s, done = min(k, length), True, epoch_s * min(k, length), {}
     if baseline is not None:
-        done = (trained or {}) if cut_at is None else {}  # whole runs stand in for whole runs only
         accs, runs, used = _whole_runs(
             cfg, bundle, seeds, baseline, history, cut_at, short, cost_s, allows, deadline, done
         )
@@ -231,45 +232,35 @@ def _whole_runs(
             used.append(s)
             continue
         if s in trained:
-            accs.append(row_score(trained[s]["best"]))
-            used.append(s)
-            runs.append(
-                {
-                    "seed": int(s),
-                    "status": trained[s]["status"],
-                    "best_val_accuracy": trained[s]["best"].get("val_accuracy", 0.0),
-                    "best_val_score": accs[-1],
-                    "best_epoch": trained[s]["best"].get("epoch"),
-                    "train_time_s": trained[s].get("train_time_s"),
-                    "history": trained[s]["history"],
-                    "reused": trained[s]["dir"],
-                }
+            run = trained[s]
+        else:
+            if allows is not None and not allows(cost_s, f"seed-variance run on seed {s}"):
+                continue
+            r = fit(
+                with_overrides(cfg, {"training.seed": int(s)}),
+                bundle,
+                None,
+                progress=False,
+                deadline=deadline,
+                max_epochs=cut_at,
             )
-            continue
-        if allows is not None and not allows(cost_s, f"seed-variance run on seed {s}"):
-            continue
-        r = fit(
-            with_overrides(cfg, {"training.seed": int(s)}),
-            bundle,
-            None,
-            progress=False,
-            deadline=deadline,
-            max_epochs=cut_at,
-        )
-        if r.status == "time_budget" and (cut_at is None or len(r.history) < cut_at):
-            continue
-        accs.append(row_score(r.best) if r.best else 0.0)
+            if r.status == "time_budget" and (cut_at is None or len(r.history) < cut_at):
+                continue
+            run = {"status": r.status, "best": r.best or {}, "train_time_s": r.train_time_s, "history": r.history}
+        best = run["best"]
+        accs.append(row_score(best) if best else 0.0)
         used.append(s)
         runs.append(
             {
                 "seed": int(s),
-                "status": r.status,
-                "best_val_accuracy": (r.best or {}).get("val_accuracy", 0.0),
+                "status": run["status"],
+                "best_val_accuracy": best.get("val_accuracy", 0.0),
                 "best_val_score": accs[-1],
-                "best_epoch": (r.best or {}).get("epoch"),
-                "train_time_s": r.train_time_s,
-                "history": r.history,
+                "best_epoch": best.get("epoch"),
+                "train_time_s": run.get("train_time_s"),
+                "history": run["history"],
             }
+            | ({"reused": run["dir"]} if s in trained else {})
         )
     return accs, runs, used
 
