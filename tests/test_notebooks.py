@@ -254,3 +254,61 @@ def test_invalid_override_in_notebook_blocks_the_gate_with_evidence(tmp_path):
     assert rec["state"] == "blocked"
     cv = next(c for c in rec["checks"] if c["id"] == "config_valid")
     assert cv["status"] == "fail" and "training.epochs" in cv["evidence"]
+
+
+def _in_kernel(km, code):
+    """Run ``code`` in the kernel of ``km``; its printed words."""
+    from trainkit.kernel import blocking_client
+
+    kc = blocking_client(km)
+    out = []
+
+    def hook(msg):
+        if msg["msg_type"] == "stream":
+            out.append(msg["content"]["text"])
+
+    try:
+        reply = kc.execute_interactive(code, timeout=60, output_hook=hook)
+    finally:
+        kc.stop_channels()
+    assert reply["content"]["status"] == "ok", reply["content"]
+    return "".join(out).split()
+
+
+@pytest.mark.slow
+def test_a_runs_phases_share_one_kernel_cleared_for_each_and_a_dead_one_is_replaced(monkeypatch):
+    """docs/design.md, "Executors": inside one ``trainkit run`` the phases run in one kernel; before
+    each the kernel is what a new one would be (no names left, history from 1, this process's
+    environment, variables removed here removed there); a kernel that died is replaced; the run's
+    end shuts it down. Outside a run there is no shared kernel (papermill starts its own)."""
+    from jupyter_core.utils import run_sync
+
+    from trainkit.kernel import alive, kernel_for_phase, shared_kernel
+
+    assert kernel_for_phase() is None
+    monkeypatch.setenv("TK_KERNEL_PROBE", "one")
+    monkeypatch.setenv("TK_KERNEL_GONE", "here")
+    with shared_kernel():
+        km = kernel_for_phase()
+        hook = "def hook(result): pass\nhook.__module__ = 'trainkit.phases.common'\n"  # as begin() registers one
+        hook += "get_ipython().events.register('post_run_cell', hook)\n"
+        pid, seen = _in_kernel(
+            km, hook + "import os; left_over = 41; print(os.getpid(), os.environ['TK_KERNEL_PROBE'])"
+        )
+        assert seen == "one"
+        monkeypatch.setenv("TK_KERNEL_PROBE", "two")
+        monkeypatch.delenv("TK_KERNEL_GONE")
+        assert kernel_for_phase() is km
+        code = (
+            "import os; print(os.getpid(), os.environ.get('TK_KERNEL_PROBE'), 'left_over' in globals(), "
+            "os.environ.get('TK_KERNEL_GONE', '-'), get_ipython().execution_count, "
+            "sum(getattr(c, '__module__', '').startswith('trainkit') "
+            "for c in get_ipython().events.callbacks['post_run_cell']))"
+        )
+        assert _in_kernel(km, code) == [pid, "two", "False", "-", "1", "0"]
+        run_sync(km.shutdown_kernel)(now=True)  # the kernel dies with its phase
+        fresh = kernel_for_phase()
+        assert fresh is not km and alive(fresh)
+        assert _in_kernel(fresh, code)[0] != pid
+    assert not alive(fresh)
+    assert kernel_for_phase() is None

@@ -3,7 +3,8 @@ report exported; a failure becomes a PipelineError that names the report to read
 active seconds are counted around each phase.
 
 Two executors (``TRAINKIT_EXECUTOR``): ``papermill`` (the default, and the only module importing
-it) starts a kernel per phase, as JupyterLab would; ``inprocess`` runs the same cells in this
+it) runs each phase notebook in a Jupyter kernel, as JupyterLab would (one kernel per ``trainkit run``,
+cleared between phases: :mod:`trainkit.kernel`; one per phase outside a run); ``inprocess`` runs the same cells in this
 process (no kernel start and no second import of torch: seconds saved per phase, used by the test
 suite), writing the same executed notebook and report. A phase that crashes the interpreter takes
 an in-process run down with it; a kernel's death is only that phase's failure."""
@@ -93,8 +94,12 @@ def execute_phase(
 def _execute(
     pm: Any, phase: str, out_nb: Path, params: dict[str, Any], out_dir: Path, run_dir: Path, attempt: int
 ) -> None:
+    from trainkit.kernel import kernel_for_phase, release
+
+    km = None
     try:
         stream = _console()
+        km = kernel_for_phase()  # the run's kernel, cleared for this notebook (None: papermill starts one)
         pm.execute_notebook(
             str(notebook_path(phase)),
             str(out_nb),
@@ -105,8 +110,9 @@ def _execute(
             report_mode=False,
             stdout_file=_Indented(sys.stdout) if stream else None,
             stderr_file=_Indented(sys.stderr) if stream else None,
-            extra_arguments=["--IPKernelApp.log_level=ERROR"],
-        )  # no kernel transport warnings
+            extra_arguments=["--IPKernelApp.log_level=ERROR"],  # no kernel transport warnings
+            **({"km": km} if km is not None else {}),
+        )
     except pm.PapermillExecutionError as exc:
         safe_export(out_nb, out_dir / REPORT)
         raise _failed(phase, exc.ename, exc.evalue, out_dir) from None
@@ -117,6 +123,8 @@ def _execute(
             f"{phase} did not finish: {type(exc).__name__}: {_first_line(str(exc))}; "
             f"fix it and continue with `{resume_command(run_dir)}`"
         ) from None
+    finally:
+        release(km)
     safe_export(out_nb, out_dir / REPORT)
 
 

@@ -22,6 +22,7 @@ from trainkit.budget import _count_gap, _over_budget, _route_over_budget
 from trainkit.decisions import resume_route, route
 from trainkit.errors import ConfigError, PipelineError, RunError
 from trainkit.executor import _ATTEMPTED, execute_phase, executor_kind, notebook_path
+from trainkit.kernel import shared_kernel
 from trainkit.reports import export_html, export_reports, refresh_reports, write_index
 from trainkit.run import (
     DECISION,
@@ -174,7 +175,7 @@ def run_pipeline(
     previous_env = os.environ.get(PIPELINE_ENV)
     os.environ[PIPELINE_ENV] = "1"  # the kernels leave pushing to this process
     try:
-        with run_lock(run_dir):
+        with run_lock(run_dir), shared_kernel():
             try:
                 walk = _Walk(RunFolder(run_dir), stop_after, approvals, echo, trackers, t0=started)
                 outcome = _walk(walk, config_path, overrides, target, resume)

@@ -109,6 +109,7 @@ def begin(kind: type[Ctx], run_dir: str | Path, phase: str, attempt: int = 1, in
     d = RunFolder(run_dir).phase_dir(phase, attempt)
     d.mkdir(parents=True, exist_ok=True)
     record_phase(run_dir, phase, attempt, status="running", started=time.time(), ended=None)
+    reset_peak_rss()
     _mark_failed_on_error(run_dir, phase, attempt)
     return kind(run_dir=run_dir, phase=phase, attempt=attempt, dir=d, interactive=interactive)
 
@@ -320,17 +321,35 @@ def _show_cost(ctx: PhaseContext) -> dict[str, Any]:
         else " (baseline units once Phase 2 has trained)"
     )
     show_html(
-        f"<p>Compute of this phase: {cost['wall_s']:.1f} s wall{units}; peak memory of this process "
+        f"<p>Compute of this phase: {cost['wall_s']:.1f} s wall{units}; peak memory during this phase "
         f"{cost['peak_rss_mib']:.0f} MiB.</p>"
     )
     return cost
 
 
+def reset_peak_rss() -> None:
+    """Count this process's peak memory afresh from now (Linux: its VmHWM), so that a phase run in a
+    kernel or process that ran an earlier phase reports its own peak; elsewhere nothing changes."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        pass
+
+
 def peak_rss_mib() -> float:
-    """This process's peak resident memory (MiB; the phase kernel's, when called in a notebook)."""
+    """This process's peak resident memory (MiB) since :func:`reset_peak_rss` (the phase's start)
+    where Linux keeps it, else since the process started."""
     import resource
     import sys
 
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except (OSError, ValueError, IndexError):
+        pass
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return round(rss / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
 
