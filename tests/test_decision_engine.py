@@ -11,6 +11,7 @@
 9 a custom (N, C, L) source keeps its shape; cnn1d and a user's Conv1d model train on it
 """
 
+import json
 import shutil
 
 import numpy as np
@@ -229,6 +230,39 @@ def test_iteration_that_adopts_nothing_rediagnoses_the_best_so_far(noisy_run, mo
         fresh["evidence"]["probes"]["seed_variance"]["val_accuracy"]
         == first["evidence"]["probes"]["seed_variance"]["val_accuracy"]
     )
+
+
+@pytest.mark.slow
+def test_a_rediagnosis_reads_back_the_label_probe_while_the_rows_and_its_trust_hold(noisy_run, tmp_path):
+    """A later round of Phase 3 reads the label-issue probe of the round before when the rows are
+    the same (data section and seed), that probe was conclusive, and its fold models are within the
+    probe's trust margin of the model diagnosed now; otherwise it measures again."""
+    from trainkit.config import load_config, with_overrides
+    from trainkit.diagnostics.data_probes import LABEL_MAX_SHORTFALL
+    from trainkit.phases.diagnostics import earlier_label_probe
+
+    run = tmp_path / "run"
+    shutil.copytree(noisy_run.parent / "pristine", run)
+    saved = read_json(run / "03_diagnostics/round-1/probes.json")
+    first = saved["probes"]["label_issues"]
+    assert first["trusted"] and first["flagged"]  # 30% flipped labels: a conclusive probe that flags rows
+    cfg = load_config(run / "03_diagnostics/round-1/training_config.yaml")
+    ev = {"best": {"val_accuracy": first["oof_val_accuracy"] + LABEL_MAX_SHORTFALL / 2}}
+    adopted = with_overrides(cfg, {"optimizer.lr": 0.01, "model.kwargs": {"hidden": [256, 256]}})
+    got = earlier_label_probe(run, 2, adopted, ev)  # a recipe and capacity change: the same rows
+    assert got["reused_from"] == "03_diagnostics/round-1"
+    assert {k: v for k, v in got.items() if k not in ("reused_from", "seconds")} == {
+        k: v for k, v in first.items() if k != "seconds"
+    }
+    assert earlier_label_probe(run, 3, adopted, ev)["reused_from"] == "03_diagnostics/round-1"  # no round 2 yet
+    other_rows = ({"data.exclude": "03_diagnostics/round-1/exclude_labels.json"}, {"training.seed": 7})
+    for change in other_rows:
+        assert earlier_label_probe(run, 2, with_overrides(cfg, change), ev) is None, change
+    ahead = {"best": {"val_accuracy": first["oof_val_accuracy"] + LABEL_MAX_SHORTFALL + 0.01}}
+    assert earlier_label_probe(run, 2, adopted, ahead) is None  # the network outgrew its judges
+    saved["probes"]["label_issues"] = dict(first, trusted=False)
+    (run / "03_diagnostics/round-1/probes.json").write_text(json.dumps(saved))
+    assert earlier_label_probe(run, 2, adopted, ev) is None  # inconclusive: measured again
 
 
 # ----------------------------------------------------------------------------- 4

@@ -105,6 +105,9 @@ def _near_duplicates(bundle: DataBundle, threshold: float, max_rows: int) -> int
     return count
 
 
+LABEL_MAX_SHORTFALL = 0.10  # the label probe's fold models may fall this far below the diagnosed model's val accuracy
+
+
 def label_issue_probe(
     cfg: TrainkitConfig,
     bundle: DataBundle,
@@ -113,7 +116,7 @@ def label_issue_probe(
     max_rows: int = 20000,
     baseline_val: float | None = None,
     min_kappa: float = 0.5,
-    max_shortfall: float = 0.10,
+    max_shortfall: float = LABEL_MAX_SHORTFALL,
     deadline: float | None = None,
 ) -> dict[str, Any]:
     """Likely label errors by confident learning on out-of-fold predicted probabilities, judged

@@ -32,6 +32,7 @@ def run_probes(
     label_issues: bool = True,
     echo: Callable[[str], None] = print,
     clock: Any = None,
+    label_result: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Every probe, each timed and isolated; results keyed by probe name. Fills in the evidence
     fields that need the data (class count, input shape, val size, loss at init when missing).
@@ -42,7 +43,8 @@ def run_probes(
     time (from the baseline's epoch time) fits before the phase's deadline; a cut probe reads
     ``{"error": "skipped: ...", "skipped": True}`` (inconclusive, like a probe that could not run),
     and its fits stop at the deadline. The label probe reads a subsample sized to about half a
-    baseline's compute (at least ``LABEL_PROBE_MIN_ROWS`` rows)."""
+    baseline's compute (at least ``LABEL_PROBE_MIN_ROWS`` rows); ``label_result``, an earlier round's
+    label probe that still holds (:func:`trainkit.phases.diagnostics.earlier_label_probe`), stands in for it."""
     from trainkit.diagnostics import probes as P
 
     fill_probe_evidence(ev, bundle, {})
@@ -92,7 +94,10 @@ def run_probes(
         cost.steps(50),
         lambda: P.reference_probe(bundle, best_score(ev) if ev.get("best") else None, cfg.target.metric),
     )
-    if label_issues:
+    if label_issues and label_result is not None:
+        echo(f"  probe label_issues: read back from {label_result['reused_from']}")
+        out["label_issues"] = label_result
+    elif label_issues:
         out["label_issues"] = _label_probe(cfg, bundle, ev, cost, clock, gated, deadline)
     return out
 

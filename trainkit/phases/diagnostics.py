@@ -169,13 +169,54 @@ def _probes(ctx: DiagnosticsContext, bundle: Any, ev: dict[str, Any], label_issu
                 "nothing, so this round diagnoses the same training on the same rows.</p>"
             )
             return saved["probes"]
-    probes = run_probes(ctx.config, bundle, ev, label_issues=label_issues, clock=clock(ctx))
+    label = earlier_label_probe(ctx.run_dir, ctx.attempt, ctx.config, ev) if label_issues else None
+    if label is not None:
+        show_html(
+            f"<p>Label-issue probe read back from <code>{label['reused_from']}</code>: the same rows and labels "
+            "(the config's data section and seed are unchanged), and its fold models are still within reach of "
+            "the model diagnosed now.</p>"
+        )
+    probes = run_probes(ctx.config, bundle, ev, label_issues=label_issues, clock=clock(ctx), label_result=label)
     try:  # strict: a value JSON cannot hold exactly (an array, a numpy scalar) means the next round measures again
         text = json.dumps({"key": key, "probes": probes}, sort_keys=True, indent=1)
     except (TypeError, ValueError):
         return probes
     write_text_atomic(ctx.path(PROBES_JSON), text + "\n")
     return probes
+
+
+def earlier_label_probe(run_dir: Path, attempt: int, cfg: Any, ev: dict[str, Any]) -> dict[str, Any] | None:
+    """The label-issue probe of the latest earlier round when it answers this round's question too,
+    else None (this round runs it). The probe asks whether some training labels are wrong: a
+    property of the rows, which it measures by how much less its out-of-fold models agree with the
+    train labels than with the val labels. So it holds for a later round when the rows are the same
+    (the config's ``data`` section and ``training.seed``, which draws its folds, are unchanged: an
+    excluded row or another split is measured again), it was conclusive, and its fold models are
+    still within the probe's own trust margin of the model diagnosed now (a network that has since
+    pulled far ahead makes them too weak a judge: measured again). A re-diagnosis after Phase 4
+    adopted a change of recipe or capacity so skips the probe's fits (3 folds × 15 epochs)."""
+    import json
+
+    import yaml
+
+    from trainkit.diagnostics.data_probes import LABEL_MAX_SHORTFALL
+
+    now = config_to_dict(cfg)
+    best_val = (ev.get("best") or {}).get("val_accuracy")
+    for n in range(attempt - 1, 0, -1):
+        f = run_dir / PHASE / f"round-{n}" / PROBES_JSON
+        if not f.is_file():
+            continue
+        saved = json.loads(f.read_text(encoding="utf-8"))
+        then = yaml.safe_load(saved.get("key", {}).get("config") or "") or {}
+        res = (saved.get("probes") or {}).get("label_issues") or {}
+        same_rows = then.get("data") == now["data"] and (then.get("training") or {}).get("seed") == cfg.training.seed
+        if not same_rows or "error" in res or not res.get("trusted"):
+            return None  # the latest round that ran it is the one to follow; one on other rows says nothing
+        if best_val is None or best_val - res["oof_val_accuracy"] > LABEL_MAX_SHORTFALL:
+            return None
+        return dict(res, reused_from=res.get("reused_from") or f"{PHASE}/round-{n}", seconds=0.0)
+    return None
 
 
 def _residuals(ctx: DiagnosticsContext, cfg: Any, bundle: Any, ev: dict[str, Any]) -> dict[str, Any] | None:
