@@ -265,6 +265,45 @@ def test_a_rediagnosis_reads_back_the_label_probe_while_the_rows_and_its_trust_h
     assert earlier_label_probe(run, 2, adopted, ev) is None  # inconclusive: measured again
 
 
+@pytest.mark.slow
+def test_a_longer_candidate_continues_the_run_it_extends(noisy_run, tmp_path):
+    """Phase 4's "train longer" on the seed Phase 2 trained continues Phase 2's run from its last
+    checkpoint: the history a fit from scratch gives, to the last digit, without its first epochs
+    trained again. A schedule shaped by the run's length, another setting, or a run that stopped
+    early is not continued."""
+    from trainkit.config import load_config, with_overrides
+    from trainkit.phases.common import OptimizationContext
+    from trainkit.phases.opt_seeds import _train_seeds, shorter_run
+    from trainkit.run import load_run_data
+    from trainkit.train import fit
+
+    run = tmp_path / "run"
+    shutil.copytree(noisy_run.parent / "pristine", run)
+    base_dir = run / "02_baseline/attempt-1"
+    base = load_config(base_dir / "training_config.yaml")
+    assert read_json(base_dir / "train_summary.json")["status"] == "completed"
+    longer = with_overrides(base, {"training.epochs": base.training.epochs + 4})
+    assert shorter_run(run, longer) == base_dir
+    for other in ({"schedule.name": "cosine"}, {"optimizer.lr": 0.05}, {"training.seed": base.training.seed + 1}):
+        assert shorter_run(run, with_overrides(longer, other)) is None, other
+    assert shorter_run(run, longer, folds={"k": 3, "s0": 0}) is None
+    assert shorter_run(run, base) is None  # not longer: nothing to continue
+    ctx = OptimizationContext(run_dir=run, phase="04_optimization", attempt=1, dir=run / "04_optimization/iter-1")
+    ctx.config = base
+    bundle = load_run_data(longer, run, "04_optimization")
+    (row,) = _train_seeds(longer, bundle, ctx.dir / "runs/longer", [base.training.seed], ctx, "candidate longer")
+    assert row["continued_from"] == "02_baseline/attempt-1"
+    fresh = fit(longer, load_run_data(longer, run, "04_optimization"), None, progress=False)
+    keys = ("epoch", "train_loss", "val_loss", "val_accuracy")
+    cont = read_json(ctx.dir / "runs/longer/seed-0/train_summary.json")
+    assert [[h[k] for k in keys] for h in cont["history"]] == [[h[k] for k in keys] for h in fresh.history]
+    assert cont["resumed_from_epoch"] == base.training.epochs - 1
+    assert row["best_val_score"] == fresh.best["val_accuracy"]
+    summary = read_json(base_dir / "train_summary.json")
+    (base_dir / "train_summary.json").write_text(json.dumps(dict(summary, status="early_stopped")))
+    assert shorter_run(run, longer) is None  # a run that stopped on its own would not have gone on
+
+
 # ----------------------------------------------------------------------------- 4
 
 

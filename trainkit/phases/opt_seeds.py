@@ -114,13 +114,18 @@ def _train_seeds(
             from trainkit.folds import fold_view
 
             data = fold_view(bundle, s - folds["s0"], folds["k"], seed=folds["s0"])
+        cfg_s = with_overrides(cfg, {"training.seed": s})
+        src = shorter_run(ctx.run_dir, cfg_s, folds) if ctx is not None and d is not None else None
+        if src is not None:
+            _continue_from(src, d)
         r = fit(
-            with_overrides(cfg, {"training.seed": s}),
+            cfg_s,
             data,
             d,
             progress=False,
             deadline=c.deadline if c else None,
             on_epoch=hook,
+            resume=src is not None,
         )
         raw = row_score(r.best) if r.best else float("nan")
         print(
@@ -141,8 +146,55 @@ def _train_seeds(
                 "history": r.history,
                 "dir": str(d.relative_to(bundle.store.root)) if d is not None and bundle.store else None,
             }
+            | ({"continued_from": str(src.relative_to(ctx.run_dir))} if src is not None and ctx is not None else {})
         )
     return rows
+
+
+CONTINUABLE_SCHEDULES = ("constant", "step")  # the LR at a step does not depend on how many epochs the run has
+
+
+def shorter_run(run_dir: Path, cfg: Any, folds: dict[str, Any] | None = None) -> Path | None:
+    """A run this fit would only extend: ``cfg`` (seed included) with fewer epochs, that ran all of
+    them (Phase 2's run, or the best so far and its seeds). Up to its end a fit of ``cfg`` trains
+    exactly as it did (the same seed and rows on a CPU; neither the LR schedule, constant or step,
+    nor early stopping, whose count the checkpoint carries, depends on the epoch count), so the fit
+    continues from its last checkpoint instead of training those epochs again. None with folds (each
+    seed on other rows) or a schedule shaped by the run's length (cosine, one-cycle)."""
+    from trainkit.run import BEST_JSON, LAST_PT
+
+    if folds is not None or cfg.schedule.name not in CONTINUABLE_SCHEDULES:
+        return None
+    rf = RunFolder(run_dir)
+    dirs = [rf.latest(Phase.BASELINE.value)]
+    if (run_dir / BEST_JSON).is_file():
+        best = run_dir / read_json(run_dir / BEST_JSON)["dir"]
+        dirs += [best, *sorted(best.parent.glob("seed-*"))]
+    want = config_hash(cfg)
+    for d in dirs:
+        if d is None or not (d / "checkpoints" / LAST_PT).is_file():
+            continue
+        try:
+            theirs, summary = load_config(d / TRAINING_CONFIG), read_json(d / TRAIN_SUMMARY)
+        except Exception:  # a folder half written: not one to continue
+            continue
+        e = theirs.training.epochs
+        if e >= cfg.training.epochs or summary.get("status") != "completed" or len(summary.get("history") or []) != e:
+            continue
+        if config_hash(with_overrides(theirs, {"training.epochs": cfg.training.epochs})) == want:
+            return d
+    return None
+
+
+def _continue_from(src: Path, d: Path) -> None:
+    """``d`` starts as ``src`` ended: its checkpoints (the last one to resume from, the best one
+    the extension may not beat); the resumed fit rewrites the metrics from the checkpoint."""
+    from trainkit.checkpoints import load_checkpoint, save_checkpoint
+    from trainkit.run import BEST_PT, LAST_PT
+
+    for name in (LAST_PT, BEST_PT):
+        if (src / "checkpoints" / name).is_file():
+            save_checkpoint(load_checkpoint(src / "checkpoints" / name), d / "checkpoints" / name)
 
 
 def seed_stats(a: list[float], b: list[float], conf: float = 0.95, floor: float = 0.0) -> dict[str, Any]:
