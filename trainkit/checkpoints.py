@@ -18,7 +18,14 @@ import torch
 from trainkit._io import sha256_bytes, sha256_file, write_bytes_atomic, write_text_atomic
 from trainkit.errors import CheckpointError
 
-__all__ = ["save_checkpoint", "load_checkpoint", "verify_checkpoint", "remove_stale_temps", "FORMAT"]
+__all__ = [
+    "save_checkpoint",
+    "load_checkpoint",
+    "verify_checkpoint",
+    "remove_stale_temps",
+    "copy_checkpoints",
+    "FORMAT",
+]
 
 FORMAT = "trainkit-checkpoint/1"
 
@@ -105,3 +112,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"{state.get('format') if isinstance(state, dict) else type(state).__name__!r}, expected {FORMAT!r})"
         )
     return state
+
+
+def copy_checkpoints(src: str | Path, dst: str | Path, names: tuple[str, ...]) -> None:
+    """The checkpoints ``names`` that folder ``src`` holds, into folder ``dst``: each loaded (its
+    digest checked, weights only) and saved atomically with its own sidecar."""
+    for name in names:
+        if (Path(src) / name).is_file():
+            save_checkpoint(load_checkpoint(Path(src) / name), Path(dst) / name)

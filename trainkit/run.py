@@ -30,7 +30,7 @@ __all__ = (  # one string, split: the names this module exports
     "DEPLOYMENT_GUIDE_MD DETERMINISM_JSON DIAGNOSTIC_REPORT_MD ENVIRONMENT_JSON EXCLUDE_JSON EXCLUDE_LABELS_JSON "
     "EXPORT_JSON FINAL_CONFIG_YAML FIXED_CONFIG_YAML LAST_PT MODEL_CARD_MD MODEL_ONNX MODEL_TS "
     "OPTIMIZATION_CONFIG_YAML OPTIMIZATION_RESULTS_MD PROBES_JSON PROVENANCE_JSON REPRODUCE_JSON RESIDUALS_PNG "
-    "SNIPPETS_JSON SWEEP_CONFIG_YAML SWEEP_DB TEST_EVALUATION_JSON TEST_RESULTS_MD SUB_WORD load_run_data"
+    "SNIPPETS_JSON SWEEP_CONFIG_YAML SWEEP_DB TEST_EVALUATION_JSON TEST_RESULTS_MD SUB_WORD load_run_data read_fit"
 ).split()
 
 
@@ -408,6 +408,17 @@ def load_run_data(cfg: Any, run_dir: str | Path | None, phase: str | None = None
         final = Phase.FINALIZATION.value
         return load_data(cfg, None, Quarantine(who=None if phase == final else phase, opens=f"Phase 5 ({final})"))
     return RunFolder(run_dir).load_data(cfg, phase, write_splits)
+
+
+def read_fit(d: str | Path) -> tuple[Any, dict[str, Any]] | None:
+    """A fit folder's config and summary (``training_config.yaml``, ``train_summary.json``); None
+    when either is missing, half written or not a trainkit file."""
+    from trainkit.config import load_config
+
+    try:
+        return load_config(Path(d) / TRAINING_CONFIG), read_json(Path(d) / TRAIN_SUMMARY)
+    except Exception:
+        return None
 
 
 def phase_name(n: int | str) -> str:

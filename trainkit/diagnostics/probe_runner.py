@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 from trainkit.config import TrainkitConfig
 from trainkit.diagnostics.findings import best_score
-from trainkit.run import BEST_PT, COMPARISON, RUN_JSON, TRAIN_SUMMARY, TRAINING_CONFIG
+from trainkit.run import BEST_PT, COMPARISON, RUN_JSON
 
 
 def _timed(name: str, fn: Callable[[], dict[str, Any]], echo: Callable[[str], None]) -> dict[str, Any]:
@@ -147,7 +147,8 @@ def _sibling_seeds(cfg: TrainkitConfig, source_dir: Any) -> dict[int, dict[str, 
     one (the ``seed-N`` folders next to it: the seeds of the config an iteration adopted), when its
     ``training_config.yaml`` is this config on that seed and it ran to its end."""
     from trainkit._io import read_json
-    from trainkit.config import config_hash, load_config, with_overrides
+    from trainkit.config import config_hash, with_overrides
+    from trainkit.run import read_fit
 
     out: dict[int, dict[str, Any]] = {}
     src = Path(source_dir) if source_dir else None
@@ -158,11 +159,10 @@ def _sibling_seeds(cfg: TrainkitConfig, source_dir: Any) -> dict[int, dict[str, 
         return out
     root = next((p for p in iteration.parents if (p / RUN_JSON).is_file()), iteration.parent)
     for d in sorted(src.parent.glob("seed-*")):
-        try:
-            theirs = load_config(d / TRAINING_CONFIG)
-            summary = read_json(d / TRAIN_SUMMARY)
-        except Exception:  # a folder half written or not a run: trained again, as without it
+        fit_dir = read_fit(d)
+        if fit_dir is None:  # a folder half written or not a run: trained again, as without it
             continue
+        theirs, summary = fit_dir
         s = theirs.training.seed
         if d == src or summary.get("status") not in WHOLE_RUN or not summary.get("best"):  # not cut or pruned
             continue

@@ -130,16 +130,14 @@ def _fit_in_budget(ctx: FinalizationContext, cfg: Any) -> None:
         c.cut(f"final training epochs {fits + 1}-{planned}", f"{fits} epochs of ~{epoch_s:.2f} s fit in the time left")
         ctx.config = with_overrides(ctx.config, {"training.epochs": fits})
         return
-    from trainkit.checkpoints import load_checkpoint, save_checkpoint
+    from trainkit.checkpoints import copy_checkpoints
 
     c.cut(
         f"final training ({planned} epochs of ~{epoch_s:.2f} s)",
         f"{max(0.0, c.left()):.1f} s left; the final model is the best so far, {src[0].relative_to(ctx.run_dir)}",
     )
     ctx.config = load_config(src[1])
-    for name in (BEST_PT, LAST_PT):
-        if (src[0] / "checkpoints" / name).is_file():
-            save_checkpoint(load_checkpoint(src[0] / "checkpoints" / name), ctx.path(f"checkpoints/{name}"))
+    copy_checkpoints(src[0] / "checkpoints", ctx.path("checkpoints"), (BEST_PT, LAST_PT))
     for name in (METRICS, TRAIN_SUMMARY):
         write_text_atomic(ctx.path(name), (src[0] / name).read_text())
     ctx.reused = str(src[0].relative_to(ctx.run_dir))

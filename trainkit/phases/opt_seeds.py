@@ -161,7 +161,7 @@ def shorter_run(run_dir: Path, cfg: Any, folds: dict[str, Any] | None = None) ->
     nor early stopping, whose count the checkpoint carries, depends on the epoch count), so the fit
     continues from its last checkpoint instead of training those epochs again. None with folds (each
     seed on other rows) or a schedule shaped by the run's length (cosine, one-cycle)."""
-    from trainkit.run import BEST_JSON, LAST_PT
+    from trainkit.run import BEST_JSON, LAST_PT, read_fit
 
     if folds is not None or cfg.schedule.name not in CONTINUABLE_SCHEDULES:
         return None
@@ -174,10 +174,10 @@ def shorter_run(run_dir: Path, cfg: Any, folds: dict[str, Any] | None = None) ->
     for d in dirs:
         if d is None or not (d / "checkpoints" / LAST_PT).is_file():
             continue
-        try:
-            theirs, summary = load_config(d / TRAINING_CONFIG), read_json(d / TRAIN_SUMMARY)
-        except Exception:  # a folder half written: not one to continue
+        fit_dir = read_fit(d)
+        if fit_dir is None:  # a folder half written: not one to continue
             continue
+        theirs, summary = fit_dir
         e = theirs.training.epochs
         if e >= cfg.training.epochs or summary.get("status") != "completed" or len(summary.get("history") or []) != e:
             continue
@@ -189,12 +189,10 @@ def shorter_run(run_dir: Path, cfg: Any, folds: dict[str, Any] | None = None) ->
 def _continue_from(src: Path, d: Path) -> None:
     """``d`` starts as ``src`` ended: its checkpoints (the last one to resume from, the best one
     the extension may not beat); the resumed fit rewrites the metrics from the checkpoint."""
-    from trainkit.checkpoints import load_checkpoint, save_checkpoint
+    from trainkit.checkpoints import copy_checkpoints
     from trainkit.run import BEST_PT, LAST_PT
 
-    for name in (LAST_PT, BEST_PT):
-        if (src / "checkpoints" / name).is_file():
-            save_checkpoint(load_checkpoint(src / "checkpoints" / name), d / "checkpoints" / name)
+    copy_checkpoints(src / "checkpoints", d / "checkpoints", (LAST_PT, BEST_PT))
 
 
 def seed_stats(a: list[float], b: list[float], conf: float = 0.95, floor: float = 0.0) -> dict[str, Any]:
