@@ -1,5 +1,5 @@
 """Independent fits on a small table: one at a time on every thread against two side by side on
-one thread each (the lever for Phase 3's seed and fold fits and Phase 4's first rung, not used yet).
+one thread each (the lever behind trainkit/workers.py: Phase 3's seed and fold fits, Phase 4's rungs).
 
 A TabM training step (batch 64) on a telecom-shaped table (5 numeric, 42 indicator columns) is
 timed in child processes: ``A`` runs two of them side by side with ``torch.set_num_threads(1)``

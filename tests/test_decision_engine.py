@@ -184,13 +184,15 @@ def test_iteration_that_adopts_nothing_rediagnoses_the_best_so_far(noisy_run, mo
 
     run = tmp_path / "run"
     shutil.copytree(noisy_run.parent / "pristine", run)
-    real = optimization._train_seeds
+    real, real_fits = optimization._train_seeds, optimization.train_fits
+    lose = lambda rows: [dict(r, best_val_accuracy=0.01, best_val_score=0.01) for r in rows]  # noqa: E731
 
     def worse(cfg, bundle, out, seeds, *args, **kwargs):  # every candidate loses: nothing can be adopted
         rows = real(cfg, bundle, out, seeds, *args, **kwargs)
-        return [dict(r, best_val_accuracy=0.01, best_val_score=0.01) for r in rows] if out is not None else rows
+        return lose(rows) if out is not None else rows
 
     monkeypatch.setattr(optimization, "_train_seeds", worse)
+    monkeypatch.setattr(optimization, "train_fits", lambda specs, *a, **k: lose(real_fits(specs, *a, **k)))
     run_phase_inprocess("04_optimization", run, attempt=1, seeds=2)
     monkeypatch.undo()
     dec = read_json(run / "04_optimization/iter-1/decision.json")
@@ -521,6 +523,7 @@ def test_a_rediagnosis_reads_the_seeds_phase4_trained_for_the_config_it_adopted(
     from trainkit.data import load_data
     from trainkit.diagnostics.probe_runner import _sibling_seeds
     from trainkit.diagnostics.probes import seed_variance_probe
+    from trainkit.phases.opt_seeds import FitSpec, train_fits
     from trainkit.train import fit
 
     cfg = tiny_config({"training.epochs": 3})
@@ -528,10 +531,8 @@ def test_a_rediagnosis_reads_the_seeds_phase4_trained_for_the_config_it_adopted(
     (tmp_path / "run.json").write_text("{}")
     it = tmp_path / "04_optimization" / "iter-1"
     write_json_atomic(it / "comparison.json", {"folds": None})
-    fits = {
-        s: fit(with_overrides(cfg, {"training.seed": s}), bundle, it / f"runs/seed-{s}", progress=False)
-        for s in (0, 1, 2)
-    }
+    fits = {0: fit(cfg, bundle, it / "runs/seed-0", progress=False)}
+    train_fits([FitSpec(cfg, bundle, it / "runs", s) for s in (1, 2)])  # as Phase 4 trains its seeds (side by side)
     trained = _sibling_seeds(cfg, it / "runs/seed-0")
     assert sorted(trained) == [1, 2] and trained[1]["dir"] == "04_optimization/iter-1/runs/seed-1"
     read = seed_variance_probe(cfg, bundle, baseline=fits[0].best, history=fits[0].history, trained=trained)

@@ -54,6 +54,7 @@ class FitResult:
     train_time_s: float = 0.0
     device: str = "cpu"
     world_size: int = 1
+    threads: int = 0  # torch's CPU threads (a CPU fit's numbers depend on them: trainkit.workers)
     precision: str = "fp32"
     resumed_from_epoch: int | None = None
     paths: dict[str, str] = field(default_factory=dict)
@@ -472,6 +473,7 @@ def _finish(lp: _Loop, pr: _Progress, t_start: float) -> FitResult:
         train_time_s=pr.train_time,
         device=str(lp.device),
         world_size=lp.world,
+        threads=torch.get_num_threads(),
         precision=lp.precision,
         resumed_from_epoch=pr.resumed_from,
         paths={"best": str(ckpt / BEST_PT), "last": str(ckpt / LAST_PT)} if ckpt else {},

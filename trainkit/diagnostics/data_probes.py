@@ -226,12 +226,23 @@ def _out_of_fold(
     val_idx = _subsample(np.asarray(bundle.splits["val"]), max_rows, rng)
     val_probs = np.zeros((len(val_idx), k))
     base = with_overrides(cfg, {"optimizer.name": "adam", "optimizer.lr": 1e-3, "optimizer.weight_decay": 0.0})
-    for f in range(folds):
-        held = order[f::folds]
-        sub = _sub_bundle(bundle, train[np.setdiff1d(np.arange(len(train)), held)], train[held])
-        model, _, _ = _short_train(base, sub, epochs, cfg.training.seed + f, deadline=deadline)
-        probs[held] = _predict(model, sub, train[held])
-        val_probs += _predict(model, sub, val_idx) / folds
+    held = [order[f::folds] for f in range(folds)]
+
+    def job(f: int) -> Any:
+        def run() -> list[Any]:
+            sub = _sub_bundle(bundle, train[np.setdiff1d(np.arange(len(train)), held[f])], train[held[f]])
+            model, _, _ = _short_train(base, sub, epochs, cfg.training.seed + f, deadline=deadline)
+            return [_predict(model, sub, train[held[f]]).tolist(), _predict(model, sub, val_idx).tolist()]
+
+        return run
+
+    from trainkit.workers import run_jobs, side_by_side
+
+    names = [f"label probe fold {f + 1} of {folds}" for f in range(folds)]
+    outs = run_jobs([job(f) for f in range(folds)], names, side_by_side(cfg.training.device, bundle._x is not None))
+    for f, (p_held, p_val) in enumerate(outs):  # in fold order: the sum is the same whichever way they ran
+        probs[held[f]] = np.asarray(p_held, dtype=np.float32)
+        val_probs += np.asarray(p_val, dtype=np.float32) / folds
     return train, val_idx, probs, val_probs
 
 

@@ -215,10 +215,36 @@ def _whole_runs(
 ) -> tuple[list[float], list[dict[str, Any]], list[int]]:
     """The seed-variance runs beside a baseline: (values, the recorded runs, the seeds used). The
     baseline's own seed is its value (up to epoch ``cut_at`` when ``short``); each other seed is
-    its run in ``trained`` or runs the config, when ``allows`` pays for it."""
-    from trainkit.train import fit
+    its run in ``trained`` or runs the config, when ``allows`` pays for it (the runs side by side
+    where :func:`trainkit.workers.side_by_side` holds; one beside another asks for its time too)."""
+    from trainkit.workers import run_jobs, side_by_side
 
     s0 = cfg.training.seed
+    todo = [int(s) for s in seeds if s != s0 and s not in trained]
+
+    def job(s: int) -> Any:
+        def run() -> dict[str, Any]:
+            r = fit(
+                with_overrides(cfg, {"training.seed": s}),
+                bundle,
+                None,
+                progress=False,
+                deadline=deadline,
+                max_epochs=cut_at,
+            )
+            return {"status": r.status, "best": r.best or {}, "train_time_s": r.train_time_s, "history": r.history}
+
+        return run
+
+    done = run_jobs(
+        [job(s) for s in todo],
+        [f"seed-variance run on seed {s}" for s in todo],
+        side_by_side(cfg.training.device, getattr(bundle, "_x", None) is not None),
+        allow=None
+        if allows is None
+        else lambda i, running: allows(cost_s * (1 + running), f"seed-variance run on seed {todo[i]}"),
+    )
+    fitted = dict(zip(todo, done))
     accs, runs, used = [], [], []
     for s in seeds:
         if s == s0:
@@ -231,22 +257,11 @@ def _whole_runs(
             )
             used.append(s)
             continue
-        if s in trained:
-            run = trained[s]
-        else:
-            if allows is not None and not allows(cost_s, f"seed-variance run on seed {s}"):
-                continue
-            r = fit(
-                with_overrides(cfg, {"training.seed": int(s)}),
-                bundle,
-                None,
-                progress=False,
-                deadline=deadline,
-                max_epochs=cut_at,
-            )
-            if r.status == "time_budget" and (cut_at is None or len(r.history) < cut_at):
-                continue
-            run = {"status": r.status, "best": r.best or {}, "train_time_s": r.train_time_s, "history": r.history}
+        run = trained.get(s) or fitted.get(int(s))
+        if run is None or (
+            s not in trained and run["status"] == "time_budget" and (cut_at is None or len(run["history"]) < cut_at)
+        ):
+            continue
         best = run["best"]
         accs.append(row_score(best) if best else 0.0)
         used.append(s)

@@ -330,7 +330,9 @@ def _write_test_md(ctx: FinalizationContext, rec: dict[str, Any]) -> None:
 
 
 def reproduce(ctx: FinalizationContext, epochs: int = REPRO_EPOCHS) -> dict[str, Any]:
-    """Re-run the first epochs of the final training and compare the logged metrics exactly."""
+    """Re-run the first epochs of the final training and compare the logged metrics exactly; again
+    on the thread count it trained on (``train_summary.json``) when that differs and the first try
+    does not match (the best so far, reused, may have trained side by side: trainkit.workers)."""
     from trainkit.train import fit
 
     logged = [r for r in read_jsonl(ctx.path(METRICS)) if "train_loss" in r][:epochs]
@@ -340,12 +342,24 @@ def reproduce(ctx: FinalizationContext, epochs: int = REPRO_EPOCHS) -> dict[str,
         seen.append(rec)
         return len(seen) >= min(epochs, len(logged))
 
-    fit(ctx.config, _bundle(ctx), None, progress=False, on_epoch=stop)
     keys = ("train_loss", "val_loss", "train_accuracy", "val_accuracy")
+    threads = torch.get_num_threads()
+    fit(ctx.config, _bundle(ctx), None, progress=False, on_epoch=stop)
     same = len(seen) == len(logged) > 0 and all(a[k] == b[k] for a, b in zip(logged, seen) for k in keys)
+    ran = (read_json(ctx.path(TRAIN_SUMMARY)) if ctx.path(TRAIN_SUMMARY).is_file() else {}).get("threads") or threads
+    if not same and ran != threads:  # trained on another thread count (a fit side by side: trainkit.workers)
+        seen.clear()
+        torch.set_num_threads(ran)
+        try:
+            fit(ctx.config, _bundle(ctx), None, progress=False, on_epoch=stop)
+        finally:
+            torch.set_num_threads(threads)
+        same = len(seen) == len(logged) > 0 and all(a[k] == b[k] for a, b in zip(logged, seen) for k in keys)
+        threads = ran
     out = {
         "epochs": len(seen),
         "identical": bool(same),
+        "threads": threads,
         "logged": [{k: r[k] for k in keys} for r in logged],
         "rerun": [{k: r[k] for k in keys} for r in seen],
     }

@@ -4,6 +4,7 @@ Phase 2 and 3 trained them), the skill judge of a regression, and the seed stati
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -90,33 +91,97 @@ def _train_seeds(
     always_first: bool = False,
     reference: dict[int, list[dict[str, Any]]] | None = None,
 ) -> list[dict[str, Any]]:
-    """One fit per seed. With ``ctx`` each fit starts only when the phase's time budget allows it
-    (``always_first``: the first one starts regardless, so the iteration has a result) and stops
-    at the phase's deadline. With ``reference`` (seed → the best-so-far run's history on that
-    seed) a seed that cannot beat it is stopped at half time (status ``pruned``; its best so far
-    counts, so it lowers the candidate's mean as it should)."""
+    """One fit per seed (:func:`train_fits` with one spec per seed)."""
+    return train_fits([FitSpec(cfg, bundle, out, s, what, reference) for s in seeds], ctx, always_first)
+
+
+@dataclass
+class FitSpec:
+    """One fit of Phase 4: ``cfg`` on ``seed``, in ``out/seed-N``; ``reference`` (seed → the
+    best-so-far run's history on that seed) prunes it."""
+
+    cfg: Any
+    bundle: Any
+    out: Path | None
+    seed: int
+    what: str = ""
+    reference: dict[int, list[dict[str, Any]]] | None = None
+
+
+def train_fits(
+    specs: list[FitSpec], ctx: OptimizationContext | None = None, always_first: bool = False
+) -> list[dict[str, Any]]:
+    """The fits' rows, in order, side by side where :func:`trainkit.workers.side_by_side` holds.
+    With ``ctx`` each fit starts only when the phase's time budget allows it (``always_first``:
+    the first one starts regardless, so the iteration has a result; one beside another asks for
+    its time too) and stops at the phase's deadline; the list ends at the first fit not started.
+    With a reference a seed that cannot beat it is stopped at half time (status ``pruned``; its
+    best so far counts, so it lowers the candidate's mean as it should)."""
+    from trainkit.workers import run_jobs, side_by_side
+
+    if not specs:
+        return []
+    c = clock(ctx) if ctx is not None else None
+    judges: dict[Any, Any] = {}  # read once per run folder, not per seed
+    prepared = [_prepare(sp, ctx, judges) for sp in specs]
+
+    def allow(i: int, running: int) -> bool:
+        if c is None or (always_first and i == 0):
+            return True
+        est = _fit_estimate(ctx, specs[i].cfg) * (1 + running) if ctx is not None else 0.0
+        return c.allows(est, f"{specs[i].what or 'fit'} on seed {specs[i].seed}")
+
+    parallel = all(side_by_side(sp.cfg.training.device, getattr(sp.bundle, "_x", None) is not None) for sp in specs)
+    results = run_jobs([p[0] for p in prepared], [p[1] for p in prepared], parallel, allow)
+    rows = []
+    for sp, (_, name, J, d, src), r in zip(specs, prepared, results):
+        raw = row_score(r["best"]) if r["best"] else float("nan")
+        print(
+            f"  {name}: {r['status']} after {len(r['history'])} epoch(s), best val "
+            f"{LABELS[sp.cfg.target.metric]} {raw:.4f} ({r['wall_time_s']:.1f} s)",
+            flush=True,
+        )
+        rows.append(
+            {
+                "seed": sp.seed,
+                "status": r["status"],
+                "best_val_accuracy": (r["best"] or {}).get("val_accuracy", float("nan")),
+                "best_val_score": J(raw),
+                "best_val_metric": raw,
+                "best_epoch": (r["best"] or {}).get("epoch"),
+                "train_time_s": r["train_time_s"],
+                "history": r["history"],
+                "dir": str(d.relative_to(sp.bundle.store.root)) if d is not None and sp.bundle.store else None,
+            }
+            | ({"continued_from": str(src.relative_to(ctx.run_dir))} if src is not None and ctx is not None else {})
+        )
+    return rows
+
+
+def _prepare(sp: FitSpec, ctx: OptimizationContext | None, judges: dict[Any, Any]) -> tuple[Any, str, Any, Any, Any]:
+    """(the fit as a job, its name, the judge, its folder, the run it continues or None): a run it
+    only extends (:func:`shorter_run`) is copied in when the job starts."""
     from trainkit.train import fit
 
-    rows = []
     c = clock(ctx) if ctx is not None else None
-    est = _fit_estimate(ctx, cfg) if ctx is not None else 0.0
     folds = ctx.folds if ctx is not None else None
-    J = _judge(bundle.store.root, cfg) if bundle.store is not None else (lambda v: v)  # read once, not per seed
-    for s in seeds:
-        if c is not None and not (always_first and not rows) and not c.allows(est, f"{what or 'fit'} on seed {s}"):
-            break
-        d = out / f"seed-{s}" if out is not None else None
-        hook = _pruner(
-            cfg, (reference or {}).get(s), max(PRUNE_MARGIN, 4 * _phase3_seed_std(ctx)) if ctx else PRUNE_MARGIN, J
-        )
-        data = bundle
-        if folds is not None:  # small data: run i trains on fold i of train+val (seed i), fold for fold with the others
-            from trainkit.folds import fold_view
+    root = sp.bundle.store.root if sp.bundle.store is not None else None
+    if root not in judges:
+        judges[root] = _judge(root, sp.cfg) if root is not None else (lambda v: v)
+    J = judges[root]
+    d = sp.out / f"seed-{sp.seed}" if sp.out is not None else None
+    margin = max(PRUNE_MARGIN, 4 * _phase3_seed_std(ctx)) if ctx else PRUNE_MARGIN
+    hook = _pruner(sp.cfg, (sp.reference or {}).get(sp.seed), margin, J)
+    data = sp.bundle
+    if folds is not None:  # small data: run i trains on fold i of train+val (seed i), fold for fold with the others
+        from trainkit.folds import fold_view
 
-            data = fold_view(bundle, s - folds["s0"], folds["k"], seed=folds["s0"])
-        cfg_s = with_overrides(cfg, {"training.seed": s})
-        src = shorter_run(ctx.run_dir, cfg_s, folds) if ctx is not None and d is not None else None
-        if src is not None:
+        data = fold_view(sp.bundle, sp.seed - folds["s0"], folds["k"], seed=folds["s0"])
+    cfg_s = with_overrides(sp.cfg, {"training.seed": sp.seed})
+    src = shorter_run(ctx.run_dir, cfg_s, folds) if ctx is not None and d is not None else None
+
+    def job() -> dict[str, Any]:
+        if src is not None and d is not None:
             _continue_from(src, d)
         r = fit(
             cfg_s,
@@ -127,28 +192,11 @@ def _train_seeds(
             on_epoch=hook,
             resume=src is not None,
         )
-        raw = row_score(r.best) if r.best else float("nan")
-        print(
-            f"  {what or 'fit'} {'fold' if folds else 'seed'} {s}: {r.status} after {len(r.history)} epoch(s), best "
-            "val "
-            f"{LABELS[cfg.target.metric]} {raw:.4f} ({r.wall_time_s:.1f} s)",
-            flush=True,
-        )
-        rows.append(
-            {
-                "seed": s,
-                "status": r.status,
-                "best_val_accuracy": (r.best or {}).get("val_accuracy", float("nan")),
-                "best_val_score": J(raw),
-                "best_val_metric": raw,
-                "best_epoch": (r.best or {}).get("epoch"),
-                "train_time_s": r.train_time_s,
-                "history": r.history,
-                "dir": str(d.relative_to(bundle.store.root)) if d is not None and bundle.store else None,
-            }
-            | ({"continued_from": str(src.relative_to(ctx.run_dir))} if src is not None and ctx is not None else {})
-        )
-    return rows
+        keep = ("status", "history", "best", "wall_time_s", "train_time_s")
+        return {k: getattr(r, k) for k in keep}
+
+    name = f"{sp.what or 'fit'} {'fold' if folds else 'seed'} {sp.seed}"
+    return job, name, J, d, src
 
 
 CONTINUABLE_SCHEDULES = ("constant", "step")  # the LR at a step does not depend on how many epochs the run has

@@ -48,7 +48,9 @@ from trainkit.phases.opt_seeds import (
     _phase3_seed_std,
     _round_dir,
     _seed_list,
+    FitSpec,
     _train_seeds,
+    train_fits,
     seed_stats,
 )
 from trainkit.phases.opt_report import _results, write_results
@@ -227,15 +229,19 @@ def compare(ctx: OptimizationContext, seeds: int = 3, ablation: bool = True) -> 
     cands = _affordable(ctx, _candidates(ctx, ablation), seed_list)
     for c in cands:  # rung 0: every candidate on the first seed (Phase 2's seed: its pair is already there)
         c["bundle"] = load_run_data(c["config"], ctx.run_dir, PHASE)
-        c["runs"] = _train_seeds(
+    specs = [
+        FitSpec(
             c["config"],
             c["bundle"],
             ctx.path(f"runs/{c['id']}") if len(cands) > 1 else ctx.path("runs"),
-            seed_list[:1],
-            ctx,
+            seed_list[0],
             f"candidate {c['id']}",
-            always_first=c is cands[0],
         )
+        for c in cands
+    ]
+    rows = train_fits(specs, ctx, always_first=True)
+    for i, c in enumerate(cands):
+        c["runs"] = rows[i : i + 1]
     lone = len(cands) == 1
     cands = [c for c in cands if c["runs"]]
     ranked = sorted(cands, key=lambda c: (-_score(c), c["id"] != "all"))
@@ -327,7 +333,22 @@ def _other_seeds(
     lone: bool,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Rung 1: the survivors' other seeds, each after its baseline pair; (the best so far with the
-    baseline's seeds filled in when the baseline is the best, the baseline's rows)."""
+    baseline's seeds filled in when the baseline is the best, the baseline's rows). When every
+    baseline seed is already there (Phase 2's run and Phase 3's seed runs) the survivors' seeds
+    train in one batch, side by side where they can (:func:`train_fits`)."""
+    base_rows = _baseline_rows(ctx, seed_list, train=False)
+    if len(base_rows) == len(seed_list):
+        if best.get("label") == "baseline":
+            best = dict(best, per_seed=[r["best_val_score"] for r in base_rows])
+        ref = _reference(best, base_rows)
+        pairs = [(c, s) for s in seed_list[1:] for c in survivors if len(c["runs"]) == 1]
+        where = {id(c): ctx.path("runs") if lone else ctx.path(f"runs/{c['id']}") for c in survivors}
+        what = {id(c): f"{'candidate' if lone else 'survivor'} {c['id']}" for c in survivors}
+        rows = train_fits([FitSpec(c["config"], c["bundle"], where[id(c)], s, what[id(c)], ref) for c, s in pairs], ctx)
+        for (c, s), row in zip(pairs, rows):
+            if len(c["runs"]) == seed_list.index(s):  # its seeds stay in order: a gap ends them
+                c["runs"].append(row)
+        return best, base_rows
     for i, s in enumerate(seed_list[1:], start=1):
         base_rows = _baseline_rows(ctx, seed_list[: i + 1], train=True)
         if len(base_rows) <= i:  # the budget cut the baseline's run on this seed: no pair to compare, stop here
