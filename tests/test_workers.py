@@ -128,3 +128,16 @@ def test_side_by_side_only_for_in_memory_cpu_fits_and_not_when_turned_off(monkey
     assert side_by_side("cuda") is False
     monkeypatch.setenv(PARALLEL_ENV, "0")
     assert side_by_side("cpu") is False
+
+
+def test_values_travel_as_json_the_same_on_either_path():
+    import numpy as np
+
+    def numbers():
+        return {"acc": np.float32(0.5), "probs": np.array([[0.25, 0.75]]), "nan": float("nan")}
+
+    for parallel in (True, False):
+        a, b = run_jobs([numbers, numbers], ["a", "b"], parallel=parallel)
+        assert a == b and a["acc"] == 0.5 and a["probs"] == [[0.25, 0.75]] and a["nan"] != a["nan"]
+        with pytest.raises(TypeError, match="object, which is not JSON"):
+            run_jobs([object, numbers], ["an object", "b"], parallel=parallel)

@@ -38,6 +38,13 @@ WORKERS = 2  # fits at once: measured on 2 cores (benchmarks/fit_threads.py); mo
 MIN_FREE_BYTES = 2 << 30  # each child holds its own model, optimizer and batches
 
 
+def _plain(o: Any) -> Any:
+    """numpy's scalars and arrays as Python's (json's ``default``); anything else is not a value to send."""
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    raise TypeError(f"a job returned {type(o).__name__}, which is not JSON: return numbers, strings, lists, dicts")
+
+
 def _free_bytes() -> int | None:
     try:
         with open("/proc/meminfo") as f:
@@ -85,7 +92,9 @@ def run_jobs(
         for i in range(pairs, n):
             if allow is not None and not allow(i, 0):
                 break
-            out[i] = json.loads(json.dumps(jobs[i]()))  # the same values as a child's, whichever path ran it
+            out[i] = json.loads(
+                json.dumps(jobs[i](), default=_plain)
+            )  # the same values as a child's, whichever path ran it
             started = i + 1
     return out[:started]
 
@@ -160,7 +169,7 @@ def _child(job: Callable[[], Any], w: int, threads: int) -> None:
         sys.stdout = sys.stderr = buf  # a kernel's streams talk to threads the child does not have
         try:
             res: dict[str, Any] = {"value": job()}
-            data = json.dumps(res)
+            data = json.dumps(res, default=_plain)
         except BaseException as exc:
             res = {"error": {"type": type(exc).__name__, "module": type(exc).__module__, "message": str(exc)}}
             res["error"]["traceback"] = traceback.format_exc()[-4000:]
