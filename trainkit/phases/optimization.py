@@ -226,22 +226,7 @@ def compare(ctx: OptimizationContext, seeds: int = 3, ablation: bool = True) -> 
         if best_file.is_file()
         else {"label": "baseline", "per_seed": [r["best_val_score"] for r in base_rows]}
     )
-    cands = _affordable(ctx, _candidates(ctx, ablation), seed_list)
-    for c in cands:  # rung 0: every candidate on the first seed (Phase 2's seed: its pair is already there)
-        c["bundle"] = load_run_data(c["config"], ctx.run_dir, PHASE)
-    specs = [
-        FitSpec(
-            c["config"],
-            c["bundle"],
-            ctx.path(f"runs/{c['id']}") if len(cands) > 1 else ctx.path("runs"),
-            seed_list[0],
-            f"candidate {c['id']}",
-        )
-        for c in cands
-    ]
-    rows = train_fits(specs, ctx, always_first=True)
-    for i, c in enumerate(cands):
-        c["runs"] = rows[i : i + 1]
+    cands = _first_rung(ctx, _affordable(ctx, _candidates(ctx, ablation), seed_list), seed_list[0])
     lone = len(cands) == 1
     cands = [c for c in cands if c["runs"]]
     ranked = sorted(cands, key=lambda c: (-_score(c), c["id"] != "all"))
@@ -292,6 +277,25 @@ def compare(ctx: OptimizationContext, seeds: int = 3, ablation: bool = True) -> 
     )
     _figures(ctx, out)
     return out
+
+
+def _first_rung(ctx: OptimizationContext, cands: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
+    """Rung 0: every candidate on the first seed (Phase 2's seed: its pair is already there), in
+    one batch (:func:`train_fits`: side by side where it can); each candidate gets its ``bundle``
+    and ``runs`` (empty when the budget stopped the batch before it)."""
+    from trainkit.run import load_run_data
+
+    for c in cands:
+        c["bundle"] = load_run_data(c["config"], ctx.run_dir, PHASE)
+    many = len(cands) > 1
+    specs = [
+        FitSpec(c["config"], c["bundle"], ctx.path(f"runs/{c['id']}" if many else "runs"), seed, f"candidate {c['id']}")
+        for c in cands
+    ]
+    rows = train_fits(specs, ctx, always_first=True)
+    for i, c in enumerate(cands):
+        c["runs"] = rows[i : i + 1]
+    return cands
 
 
 def _racing(ranked: list[dict[str, Any]], best: dict[str, Any]) -> list[dict[str, Any]]:
