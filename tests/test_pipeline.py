@@ -305,6 +305,40 @@ def test_every_automatic_check_passes_on_the_good_run(fast_run, tmp_path):
 
 
 @pytest.mark.slow
+def test_reproduction_tries_again_on_the_thread_count_the_final_model_trained_on(fast_run, tmp_path, monkeypatch):
+    """A final model reused from a fit side by side trained on fewer threads (trainkit.workers): when the
+    re-run on this process's threads differs, the check re-runs on the recorded count, and only then."""
+    import torch
+
+    from trainkit import train
+    from trainkit.config import load_config
+    from trainkit.phases import finalization as F
+    from trainkit.phases.common import FinalizationContext
+
+    run = tmp_path / "copy"
+    shutil.copytree(fast_run, run)
+    d = run / "05_finalization"
+    ctx = FinalizationContext(
+        run_dir=run, phase="05_finalization", attempt=1, dir=d, config=load_config(d / "final_config.yaml")
+    )
+    here, real, calls = torch.get_num_threads(), train.fit, []
+    monkeypatch.setattr(train, "fit", lambda *a, **k: calls.append(torch.get_num_threads()) or real(*a, **k))
+    assert F.reproduce(ctx)["identical"] and calls == [here]  # trained here: one re-run
+    summary = json.loads((d / "train_summary.json").read_text())
+    metrics = (d / "metrics.jsonl").read_text().splitlines()
+    first = json.loads(metrics[0])
+    (d / "metrics.jsonl").write_text("\n".join([json.dumps(dict(first, val_loss=first["val_loss"] + 1)), *metrics[1:]]))
+    calls.clear()
+    out = F.reproduce(ctx)  # a mismatch, on the threads it trained on: no second try
+    assert not out["identical"] and out["threads"] == here and calls == [here]
+    (d / "train_summary.json").write_text(json.dumps(dict(summary, threads=here + 1)))
+    calls.clear()
+    out = F.reproduce(ctx)  # trained on other threads: tried again on them, then this process's count is back
+    assert not out["identical"] and out["threads"] == here + 1 and calls == [here, here + 1]
+    assert torch.get_num_threads() == here
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("check", sorted(BAD) + ["test_disjoint"])
 def test_each_production_check_fails_on_its_bad_case(check, fast_run, tmp_path):
     run = tmp_path / "copy"

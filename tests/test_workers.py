@@ -16,7 +16,7 @@ from trainkit.errors import DataError, RunError
 from trainkit.testing import tiny_config
 from trainkit.train import fit
 from trainkit import workers
-from trainkit.workers import PARALLEL_ENV, run_jobs, side_by_side
+from trainkit.workers import PARALLEL_ENV, fits_side_by_side, run_jobs, side_by_side
 
 pytestmark = pytest.mark.slow  # each test starts processes
 
@@ -126,6 +126,9 @@ def test_side_by_side_only_for_in_memory_cpu_fits_and_not_when_turned_off(monkey
     assert side_by_side("cpu") is (can and os.name == "posix")
     assert side_by_side("cpu", in_memory=False) is False
     assert side_by_side("cuda") is False
+    cfg = tiny_config({"training.device": "cpu"})
+    assert fits_side_by_side(cfg, load_data(cfg)) is side_by_side("cpu")  # the digits are held in memory
+    assert fits_side_by_side(cfg, type("Streamed", (), {"_x": None})()) is False
     monkeypatch.setenv(PARALLEL_ENV, "0")
     assert side_by_side("cpu") is False
 

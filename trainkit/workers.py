@@ -31,7 +31,7 @@ from typing import Any, Callable, Sequence
 
 from trainkit.errors import RunError
 
-__all__ = ["PARALLEL_ENV", "run_jobs", "side_by_side"]
+__all__ = ["PARALLEL_ENV", "fits_side_by_side", "run_jobs", "side_by_side"]
 
 PARALLEL_ENV = "TRAINKIT_PARALLEL_FITS"  # "0": every fit in this process, one after the other
 WORKERS = 2  # fits at once: measured on 2 cores (benchmarks/fit_threads.py); more fight over the cores
@@ -75,6 +75,12 @@ def side_by_side(device: str = "cpu", in_memory: bool = True) -> bool:
     return free is None or free >= MIN_FREE_BYTES
 
 
+def fits_side_by_side(cfg: Any, bundle: Any) -> bool:
+    """:func:`side_by_side` for fits of ``cfg`` on ``bundle``: its ``training.device``, and whether the
+    bundle holds its rows in memory (a tensor, not a streamed source)."""
+    return side_by_side(cfg.training.device, getattr(bundle, "_x", None) is not None)
+
+
 def run_jobs(
     jobs: Sequence[Callable[[], Any]],
     names: Sequence[str],
@@ -92,9 +98,8 @@ def run_jobs(
         for i in range(pairs, n):
             if allow is not None and not allow(i, 0):
                 break
-            out[i] = json.loads(
-                json.dumps(jobs[i](), default=_plain)
-            )  # the same values as a child's, whichever path ran it
+            # through JSON as a child's value comes: the same values whichever path ran the job
+            out[i] = json.loads(json.dumps(jobs[i](), default=_plain))
             started = i + 1
     return out[:started]
 

@@ -236,10 +236,10 @@ def _out_of_fold(
 
         return run
 
-    from trainkit.workers import run_jobs, side_by_side
+    from trainkit.workers import fits_side_by_side, run_jobs
 
     names = [f"label probe fold {f + 1} of {folds}" for f in range(folds)]
-    outs = run_jobs([job(f) for f in range(folds)], names, side_by_side(cfg.training.device, bundle._x is not None))
+    outs = run_jobs([job(f) for f in range(folds)], names, fits_side_by_side(cfg, bundle))
     for f, (p_held, p_val) in enumerate(outs):  # in fold order: the sum is the same whichever way they ran
         probs[held[f]] = np.asarray(p_held, dtype=np.float32)
         val_probs += np.asarray(p_val, dtype=np.float32) / folds

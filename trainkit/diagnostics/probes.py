@@ -216,8 +216,8 @@ def _whole_runs(
     """The seed-variance runs beside a baseline: (values, the recorded runs, the seeds used). The
     baseline's own seed is its value (up to epoch ``cut_at`` when ``short``); each other seed is
     its run in ``trained`` or runs the config, when ``allows`` pays for it (the runs side by side
-    where :func:`trainkit.workers.side_by_side` holds; one beside another asks for its time too)."""
-    from trainkit.workers import run_jobs, side_by_side
+    where :func:`trainkit.workers.fits_side_by_side` holds; one beside another asks for its time too)."""
+    from trainkit.workers import fits_side_by_side, run_jobs
 
     s0 = cfg.training.seed
     todo = [int(s) for s in seeds if s != s0 and s not in trained]
@@ -239,7 +239,7 @@ def _whole_runs(
     done = run_jobs(
         [job(s) for s in todo],
         [f"seed-variance run on seed {s}" for s in todo],
-        side_by_side(cfg.training.device, getattr(bundle, "_x", None) is not None),
+        fits_side_by_side(cfg, bundle),
         allow=None
         if allows is None
         else lambda i, running: allows(cost_s * (1 + running), f"seed-variance run on seed {todo[i]}"),

@@ -343,18 +343,21 @@ def reproduce(ctx: FinalizationContext, epochs: int = REPRO_EPOCHS) -> dict[str,
         return len(seen) >= min(epochs, len(logged))
 
     keys = ("train_loss", "val_loss", "train_accuracy", "val_accuracy")
+
+    def rerun() -> bool:
+        seen.clear()
+        fit(ctx.config, _bundle(ctx), None, progress=False, on_epoch=stop)
+        return len(seen) == len(logged) > 0 and all(a[k] == b[k] for a, b in zip(logged, seen) for k in keys)
+
     threads = torch.get_num_threads()
-    fit(ctx.config, _bundle(ctx), None, progress=False, on_epoch=stop)
-    same = len(seen) == len(logged) > 0 and all(a[k] == b[k] for a, b in zip(logged, seen) for k in keys)
+    same = rerun()
     ran = (read_json(ctx.path(TRAIN_SUMMARY)) if ctx.path(TRAIN_SUMMARY).is_file() else {}).get("threads") or threads
     if not same and ran != threads:  # trained on another thread count (a fit side by side: trainkit.workers)
-        seen.clear()
         torch.set_num_threads(ran)
         try:
-            fit(ctx.config, _bundle(ctx), None, progress=False, on_epoch=stop)
+            same = rerun()
         finally:
             torch.set_num_threads(threads)
-        same = len(seen) == len(logged) > 0 and all(a[k] == b[k] for a, b in zip(logged, seen) for k in keys)
         threads = ran
     out = {
         "epochs": len(seen),

@@ -111,13 +111,13 @@ class FitSpec:
 def train_fits(
     specs: list[FitSpec], ctx: OptimizationContext | None = None, always_first: bool = False
 ) -> list[dict[str, Any]]:
-    """The fits' rows, in order, side by side where :func:`trainkit.workers.side_by_side` holds.
+    """The fits' rows, in order, side by side where :func:`trainkit.workers.fits_side_by_side` holds.
     With ``ctx`` each fit starts only when the phase's time budget allows it (``always_first``:
     the first one starts regardless, so the iteration has a result; one beside another asks for
     its time too) and stops at the phase's deadline; the list ends at the first fit not started.
     With a reference a seed that cannot beat it is stopped at half time (status ``pruned``; its
     best so far counts, so it lowers the candidate's mean as it should)."""
-    from trainkit.workers import run_jobs, side_by_side
+    from trainkit.workers import fits_side_by_side, run_jobs
 
     if not specs:
         return []
@@ -131,7 +131,7 @@ def train_fits(
         est = _fit_estimate(ctx, specs[i].cfg) * (1 + running) if ctx is not None else 0.0
         return c.allows(est, f"{specs[i].what or 'fit'} on seed {specs[i].seed}")
 
-    parallel = all(side_by_side(sp.cfg.training.device, getattr(sp.bundle, "_x", None) is not None) for sp in specs)
+    parallel = all(fits_side_by_side(sp.cfg, sp.bundle) for sp in specs)
     results = run_jobs([p[0] for p in prepared], [p[1] for p in prepared], parallel, allow)
     rows = []
     for sp, (_, name, J, d, src), r in zip(specs, prepared, results):
