@@ -55,6 +55,13 @@ def test_a_large_val_split_uses_no_folds():
     assert plan_for(load_data(tiny_config())) is None  # digits: 269 val rows
 
 
+def test_a_refit_trains_the_epochs_to_the_best_one_scaled_by_the_rows():
+    from trainkit.folds import refit_epochs
+
+    assert refit_epochs(9, 700, 300) == 14  # best at the 10th epoch; 1000 rows per epoch instead of 700
+    assert refit_epochs(0, 2100, 450) == 1 and refit_epochs(11, 2450, 525) == 15
+
+
 def test_the_folds_choose_the_epoch_of_lowest_val_loss():
     rows = [{"history": [{"val_loss": v} for v in losses]} for losses in ([3, 2, 1, 2], [3, 1, 2, 2], [3, 2, 1.5, 1])]
     assert chosen_epochs(rows) == 3
@@ -98,3 +105,38 @@ def test_phase5_refits_a_small_table_on_train_plus_val_for_the_folds_epochs(tmp_
     sizes = json.loads((run / "01_planning/splits.json").read_text())["sizes"]
     assert ref["rows"] == sizes["train"] + sizes["val"]
     assert "small data: trained on train+val" in (fin / "test_results.md").read_text()
+
+
+@pytest.mark.slow
+def test_phase5_refits_a_table_on_train_plus_val_after_an_early_stopped_run(tmp_path):
+    """A table whose val split is not small (docs/design.md, "Phase 5"): the final config trains on
+    train with early stopping (selection/, the val numbers), then the final model on train+val for
+    that run's epochs to its best, scaled by the rows; reproduced, frozen, and said in the report."""
+    from trainkit.config import config_hash, load_config
+    from trainkit.folds import refit_epochs
+
+    data = _small_table(tmp_path, n=1500)  # val: 225 rows, not small
+    overrides = {"training.epochs": 4, "target.value": 0.5, "model.kwargs": {"hidden": [16]}}
+    cfg = tiny_config({**data, **overrides, "final.epochs": 10, "final.patience": 2})
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    run = tmp_path / "run"
+    run_phase_inprocess("01_planning", run, config_path=str(path))
+    run_phase_inprocess("02_baseline", run, attempt=1)
+    run_phase_inprocess("05_finalization", run, approvals={"stakeholder_approval": "tester"})
+    fin = run / "05_finalization"
+    sizes = json.loads((run / "01_planning/splits.json").read_text())["sizes"]
+    assert sizes["val"] >= SMALL_VAL_ROWS
+    sel = json.loads((fin / "selection" / "train_summary.json").read_text())
+    ref = json.loads((fin / "refit.json").read_text())
+    assert ref["selection"] == "selection" and ref["best_epoch"] == sel["best"]["epoch"]
+    assert ref["epochs"] == refit_epochs(sel["best"]["epoch"], sizes["train"], sizes["val"])
+    assert ref["rows"] == sizes["train"] + sizes["val"]
+    final = load_config(fin / "final_config.yaml")
+    assert final.training.epochs == ref["epochs"] and final.training.patience is None
+    assert config_hash(load_config(fin / "selection" / "training_config.yaml")) != config_hash(final)
+    summary = json.loads((fin / "train_summary.json").read_text())
+    assert len(summary["history"]) == ref["epochs"] and summary["best"]["epoch"] == ref["epochs"] - 1
+    gate = {c["id"]: c["status"] for c in json.loads((fin / "gate.json").read_text())["checks"]}
+    assert gate["config_frozen"] == gate["reproducible"] == "pass", gate
+    assert "a table: trained on train+val" in (fin / "test_results.md").read_text()

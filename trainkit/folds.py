@@ -27,6 +27,8 @@ __all__ = [
     "known_fold_runs",
     "run_folds",
     "plan_refit",
+    "refit_epochs",
+    "TABLE_RULE",
 ]
 
 SMALL_VAL_ROWS = 200  # one row moves val accuracy by half a point or more; 2 standard errors at 90% exceed 4 points
@@ -36,6 +38,19 @@ RULE = (
     f"(k = {MAX_FOLDS}, fewer when a class has fewer rows), never the test rows; the final model trains on train+val "
     "for the median over folds of the epoch with the lowest val loss"
 )
+
+
+TABLE_RULE = (
+    "a table whose val split is not small: the final config trains on train with early stopping on val (selection/: "
+    "the val numbers), then the final model trains on train+val for that run's epochs to its best val epoch, scaled "
+    "by the rows (benchmarks/refit_gain.py)"
+)
+
+
+def refit_epochs(best_epoch: int, n_train: int, n_val: int) -> int:
+    """Epochs for a refit on train+val: an early-stopped run's epochs to its best (``best_epoch``
+    counts from 0), scaled by the rows it will see per epoch, (train + val) / train."""
+    return max(1, round((int(best_epoch) + 1) * (n_train + n_val) / max(1, n_train)))
 
 
 def plan_for(bundle: Any) -> dict[str, Any] | None:

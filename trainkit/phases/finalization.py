@@ -75,11 +75,7 @@ def start(run_dir: str | Path, interactive: bool = True) -> FinalizationContext:
     ctx.reused = None
     _refit_plan(ctx)
     _fit_in_budget(ctx, cfg)
-    save_config(ctx.config, ctx.path(FINAL_CONFIG_YAML))
-    write_json_atomic(
-        ctx.path("final_config.sha256.json"),
-        {"config_hash": config_hash(ctx.config), "file_sha256": sha256_file(ctx.path(FINAL_CONFIG_YAML))},
-    )
+    _freeze_config(ctx)
     what = (
         f"the final model is the best so far, <code>{html.escape(ctx.reused)}</code> (no time for a final training)"
         if ctx.reused
@@ -95,6 +91,16 @@ def start(run_dir: str | Path, interactive: bool = True) -> FinalizationContext:
 
 
 REPRO_EPOCHS = 2
+SELECTION_DIR = "selection"  # a table's early-stopped run on train, before its refit on train+val
+
+
+def _freeze_config(ctx: FinalizationContext) -> None:
+    """final_config.yaml and its hashes (the production gate's config_frozen check)."""
+    save_config(ctx.config, ctx.path(FINAL_CONFIG_YAML))
+    write_json_atomic(
+        ctx.path("final_config.sha256.json"),
+        {"config_hash": config_hash(ctx.config), "file_sha256": sha256_file(ctx.path(FINAL_CONFIG_YAML))},
+    )
 
 
 def _refit_plan(ctx: FinalizationContext) -> None:
@@ -157,6 +163,11 @@ def final_train(ctx: FinalizationContext, resume: bool = False) -> dict[str, Any
             )
         return out
     bundle = _bundle(ctx)
+    if _table_refit_applies(ctx) and _select_then_refit(ctx, bundle) is None:
+        out = read_json(ctx.path(TRAIN_SUMMARY))  # the early-stopped run is the final model
+        show_figure(curves_figure(out["history"], "final training"), ctx.path(CURVES_PNG))
+        return out
+    bundle = _bundle(ctx)
     r = fit(
         ctx.config,
         bundle,
@@ -172,6 +183,63 @@ def final_train(ctx: FinalizationContext, resume: bool = False) -> dict[str, Any
     if r.history:
         show_figure(curves_figure(r.history, "final training"), ctx.path(CURVES_PNG))
     return r.to_dict()
+
+
+def _table_refit_applies(ctx: FinalizationContext) -> bool:
+    """A table read from a file whose val split is not small (small data has its folds' refit)."""
+    from trainkit.config import TABLE_SOURCES
+
+    return ctx.config.data.source in TABLE_SOURCES and not getattr(ctx, "refit", None)
+
+
+def _select_then_refit(ctx: FinalizationContext, bundle: Any) -> Any:
+    """A table's final model (:data:`trainkit.folds.TABLE_RULE`): the final config trains on train,
+    early stopping on val, in ``selection/`` (kept when it already finished on this config); then
+    ``ctx.config`` becomes the refit's (train+val, :func:`~trainkit.folds.refit_epochs`, no
+    patience), frozen again, and ``ctx.bundle`` the train+val view, which is returned. None when
+    the early-stopped run is the final model (no best epoch, stopped by the deadline, or no time
+    left for the refit): its files are then copied into the phase folder."""
+    import shutil
+
+    from trainkit.folds import TABLE_RULE, refit_epochs, refit_view
+    from trainkit.run import read_fit
+    from trainkit.train import fit
+
+    sel, ok = ctx.path(SELECTION_DIR), ("completed", "early_stopped")
+    done = read_fit(sel)
+    if done and config_hash(done[0]) == config_hash(ctx.config) and done[1].get("status") in ok:
+        s = done[1]
+    else:
+        shutil.rmtree(sel, ignore_errors=True)
+        s = fit(ctx.config, bundle, sel, deadline=clock(ctx).deadline).to_dict()
+    n_tr, n_val, best = len(bundle.splits["train"]), len(bundle.splits["val"]), s.get("best")
+    epochs = refit_epochs(best["epoch"], n_tr, n_val) if best else 0
+    epoch_s = s.get("wall_time_s", 0.0) / max(1, len(s.get("history") or [])) * (n_tr + n_val) / max(1, n_tr)
+    if s.get("status") not in ok or not best or not clock(ctx).allows(epoch_s * epochs, "the refit on train+val"):
+        shutil.copytree(sel, ctx.dir, dirs_exist_ok=True)
+        return None
+    ctx.config = with_overrides(ctx.config, {"training.epochs": epochs, "training.patience": None})
+    val = {k: best[k] for k in ("val_loss", "val_accuracy", "val_score") if best.get(k) is not None}
+    ctx.refit = {
+        "rule": TABLE_RULE,
+        "selection": SELECTION_DIR,
+        "best_epoch": best["epoch"],
+        "selection_val": val,
+        "epochs": epochs,
+        "rows": n_tr + n_val,
+        "val_rows": n_val,
+        "summary": (
+            f"trained on train+val ({n_tr + n_val} rows) for {epochs} epochs: the run on train alone "
+            f"({SELECTION_DIR}/, early stopping on val) was best at epoch {best['epoch'] + 1} of "
+            f"{len(s['history'])}, scaled by the rows; its val rows are training rows, so the val numbers below "
+            f"estimate nothing: {SELECTION_DIR}/'s (val loss {val.get('val_loss', float('nan')):.4f}) and the "
+            "test's do"
+        ),
+    }
+    write_json_atomic(ctx.path("refit.json"), ctx.refit)
+    _freeze_config(ctx)
+    ctx.bundle = refit_view(bundle)
+    return ctx.bundle
 
 
 def evaluate_test(ctx: FinalizationContext, force: bool = False) -> dict[str, Any]:
@@ -310,7 +378,7 @@ def _write_test_md(ctx: FinalizationContext, rec: dict[str, Any]) -> None:
         f"{rec['val_accuracy_ci'][1]:.4f}])",
         f"- expected calibration error {rec['ece']:.4f} (15 bins)",
         *(
-            [f"- small data: {refit['summary']}"]
+            [f"- {'small data' if refit.get('k') else 'a table'}: {refit['summary']}"]
             if (refit := getattr(ctx, "refit", None)) and not getattr(ctx, "reused", None)
             else []
         ),
