@@ -107,15 +107,9 @@ def test_phase5_refits_a_small_table_on_train_plus_val_for_the_folds_epochs(tmp_
     assert "small data: trained on train+val" in (fin / "test_results.md").read_text()
 
 
-@pytest.mark.slow
-def test_phase5_refits_a_table_on_train_plus_val_after_an_early_stopped_run(tmp_path):
-    """A table whose val split is not small (docs/design.md, "Phase 5"): the final config trains on
-    train with early stopping (selection/, the val numbers), then the final model on train+val for
-    that run's epochs to its best, scaled by the rows; reproduced, frozen, and said in the report."""
-    from trainkit.config import config_hash, load_config
-    from trainkit.folds import refit_epochs
-
-    data = _small_table(tmp_path, n=1500)  # val: 225 rows, not small
+def _table_through_phase_5(tmp_path):
+    """1 → 2 → 5 on a csv table whose val split is not small (225 rows)."""
+    data = _small_table(tmp_path, n=1500)
     overrides = {"training.epochs": 4, "target.value": 0.5, "model.kwargs": {"hidden": [16]}}
     cfg = tiny_config({**data, **overrides, "final.epochs": 10, "final.patience": 2})
     path = tmp_path / "cfg.yaml"
@@ -124,6 +118,18 @@ def test_phase5_refits_a_table_on_train_plus_val_after_an_early_stopped_run(tmp_
     run_phase_inprocess("01_planning", run, config_path=str(path))
     run_phase_inprocess("02_baseline", run, attempt=1)
     run_phase_inprocess("05_finalization", run, approvals={"stakeholder_approval": "tester"})
+    return run
+
+
+@pytest.mark.slow
+def test_phase5_refits_a_table_on_train_plus_val_after_an_early_stopped_run(tmp_path):
+    """A table whose val split is not small (docs/design.md, "Phase 5"): the final config trains on
+    train with early stopping (selection/, the val numbers), then the final model on train+val for
+    that run's epochs to its best, scaled by the rows; reproduced, frozen, and said in the report."""
+    from trainkit.config import config_hash, load_config
+    from trainkit.folds import refit_epochs
+
+    run = _table_through_phase_5(tmp_path)
     fin = run / "05_finalization"
     sizes = json.loads((run / "01_planning/splits.json").read_text())["sizes"]
     assert sizes["val"] >= SMALL_VAL_ROWS
@@ -140,3 +146,29 @@ def test_phase5_refits_a_table_on_train_plus_val_after_an_early_stopped_run(tmp_
     gate = {c["id"]: c["status"] for c in json.loads((fin / "gate.json").read_text())["checks"]}
     assert gate["config_frozen"] == gate["reproducible"] == "pass", gate
     assert "a table: trained on train+val" in (fin / "test_results.md").read_text()
+
+
+@pytest.mark.slow
+def test_with_no_time_for_the_refit_the_early_stopped_run_is_the_final_model(tmp_path, monkeypatch):
+    from trainkit.budget import PhaseClock
+    from trainkit.config import load_config
+
+    allows = PhaseClock.allows
+
+    def no_time_for_the_refit(self, seconds, what, record=True):
+        if "refit" in what:  # as the clock answers when the time left is shorter than the refit
+            return allows(self, self.left() + 1.0, what, record)
+        return allows(self, seconds, what, record)
+
+    monkeypatch.setattr(PhaseClock, "allows", no_time_for_the_refit)
+    fin = _table_through_phase_5(tmp_path) / "05_finalization"
+    assert not (fin / "refit.json").exists()
+    sel = json.loads((fin / "selection" / "train_summary.json").read_text())
+    assert json.loads((fin / "train_summary.json").read_text())["history"] == sel["history"]
+    best = fin / "checkpoints" / "best.pt"
+    assert best.read_bytes() == (fin / "selection" / "checkpoints" / "best.pt").read_bytes()
+    assert load_config(fin / "final_config.yaml").training.patience == 2  # the extended-patience run's config
+    assert "the refit on train+val" in [c["what"] for c in json.loads((fin / "budget.json").read_text())["cuts"]]
+    gate = {c["id"]: c["status"] for c in json.loads((fin / "gate.json").read_text())["checks"]}
+    assert gate["config_frozen"] == gate["reproducible"] == "pass", gate
+    assert "a table: trained on train+val" not in (fin / "test_results.md").read_text()

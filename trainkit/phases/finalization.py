@@ -83,6 +83,8 @@ def start(run_dir: str | Path, interactive: bool = True) -> FinalizationContext:
     )
     if ctx.refit and not ctx.reused:
         what += f"; small data: {html.escape(ctx.refit['summary'])}"
+    elif _table_refit_applies(ctx) and not ctx.reused:
+        what += "; a table: first on train (selection/, early stopping on val), then on train+val (the final model)"
     show_html(
         f"<p>Finalization from <code>{prev.relative_to(run_dir)}</code> ({html.escape(decision['reason'])}): "
         f"{what}.</p>"
@@ -215,8 +217,11 @@ def _select_then_refit(ctx: FinalizationContext, bundle: Any) -> Any:
     n_tr, n_val, best = len(bundle.splits["train"]), len(bundle.splits["val"]), s.get("best")
     epochs = refit_epochs(best["epoch"], n_tr, n_val) if best else 0
     epoch_s = s.get("wall_time_s", 0.0) / max(1, len(s.get("history") or [])) * (n_tr + n_val) / max(1, n_tr)
+    if s.get("status") == "time_budget":
+        clock(ctx).cut("the rest of the final training and its refit on train+val", "stopped at Phase 5's deadline")
     if s.get("status") not in ok or not best or not clock(ctx).allows(epoch_s * epochs, "the refit on train+val"):
         shutil.copytree(sel, ctx.dir, dirs_exist_ok=True)
+        ctx.path("refit.json").unlink(missing_ok=True)  # an earlier execution's refit is not this model's
         return None
     ctx.config = with_overrides(ctx.config, {"training.epochs": epochs, "training.patience": None})
     val = {k: best[k] for k in ("val_loss", "val_accuracy", "val_score") if best.get(k) is not None}
