@@ -9,7 +9,12 @@ was reached within two Phase 4 iterations, whether any adopted change lowered th
 val accuracy, and how many rows the label probe flagged over every case whose labels are clean
 (weak models included: underfit, input-bound, high-variance).
 
-    python3 benchmarks/decision_quality.py [--only NAME ...] [--keep DIR]
+    python3 benchmarks/decision_quality.py [--only NAME ...] [--keep DIR] [--serial]
+
+The cases are independent runs: two run side by side, each on half the threads (as trainkit
+runs independent fits: ``trainkit.workers``), and each prints its row as it ends; ``--serial``
+runs one at a time in this process, on every thread. A CPU run's numbers can depend on its thread
+count, so compare lines made the same way.
 
 Last line: ``named first: X/Y; reached target within 2 iterations: A/B; clean flagged: P%; recovered failed
 baselines: R/F; repeated candidate sets: N``.
@@ -399,75 +404,100 @@ def _matches(named: str, planted: str) -> bool:
     return named == planted or (("/" not in planted) and named.split("/")[0] == planted)
 
 
+def planted_case(c: Case, work: Path) -> dict[str, Any]:
+    """One planted problem walked (its table row printed); what the last line counts."""
+    r = walk(c, work, until=4 if c.fixable else 3)
+    named = _named(r["findings"])
+    ok = _matches(named, c.planted)
+    li = (r["findings"] or {}).get("evidence", {}).get("probes", {}).get("label_issues") or {}
+    clean = not c.config["data"]["source"].endswith("planted_noise")  # every case whose labels are clean
+    tgt = ("yes" if r["reached"] else "no") if c.fixable else "-"
+    print(
+        f"{c.name:26} {c.data:8} {c.planted:30} {named:34} {'✔' if ok else '✘':3} {' '.join(r['path'])[:28]:28} "
+        f"{tgt:8} {r['seconds']:6.1f}",
+        flush=True,
+    )
+    return {
+        "case": c.name,
+        "kind": "planted",
+        "named": named,
+        "ok": ok,
+        "fixable": c.fixable,
+        "flagged": len(li.get("flagged", [])) if clean else 0,
+        "checked": li.get("checked", 0) if clean else 0,
+        **{k: v for k, v in r.items() if k != "findings"},
+    }
+
+
+def recovery_case(c: Case, work: Path) -> dict[str, Any]:
+    """One failed baseline walked through Phase 2 ⇄ Phase 3 (its row printed)."""
+    r = walk_recovery(c, work)
+    print(
+        f"{c.name:26} {c.data:8} {'failed baseline':30} {','.join(r['fixes'])[:34]:34} "
+        f"{'✔' if r['recovered'] else '✘':3} {' '.join(r['path'])[:28]:28} {'-':8} {r['seconds']:6.1f}",
+        flush=True,
+    )
+    return {"case": c.name, "kind": "recovery", **r}
+
+
+def other_case(c: Case, work: Path) -> dict[str, Any]:
+    """One of the other problems walked and checked (its row printed)."""
+    r = walk(c, work, max_iters=c.extra.get("iters", 2), until=4)
+    ok = other_check(c, work, r)
+    print(
+        f"{c.name:26} {c.data:8} {c.planted:30} {'-':34} {'✔' if ok else '✘':3} {' '.join(r['path'])[:28]:28} "
+        f"{'-':8} {r['seconds']:6.1f}",
+        flush=True,
+    )
+    return {"case": c.name, "kind": "other", "ok": ok, **{k: v for k, v in r.items() if k != "findings"}}
+
+
 def main(argv: list[str] | None = None) -> int:
+    import functools
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", nargs="*", help="case names to run")
     ap.add_argument("--keep", help="folder to keep the runs in (default: a temporary folder)")
     ap.add_argument("--no-recovery", action="store_true", help="skip the failed-baseline recovery cases")
+    ap.add_argument(
+        "--serial", action="store_true", help="one case at a time in this process (default: two side by side)"
+    )
     args = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT))
-    cases = [c for c in CASES if not args.only or c.name in args.only]
+    from trainkit.workers import run_jobs, side_by_side
+
+    pick = lambda cases: [c for c in cases if not args.only or c.name in args.only]  # noqa: E731
+    todo = [(planted_case, c) for c in pick(CASES)]
+    if not args.no_recovery:
+        todo += [(recovery_case, c) for c in pick(RECOVERY)] + [(other_case, c) for c in pick(OTHERS)]
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="tk-decisions-"))
     work.mkdir(parents=True, exist_ok=True)
-    rows, named_ok, fix_ok, fix_n, flagged, checked, drops = [], 0, 0, 0, 0, 0, 0
     print(f"{'case':26} {'data':8} {'planted':30} {'named first':34} {'ok':3} {'path':28} {'target':8} {'s':>6}")
-    for c in cases:
-        r = walk(c, work, until=4 if c.fixable else 3)
-        named = _named(r["findings"])
-        ok = _matches(named, c.planted)
-        named_ok += ok
-        drops += r["adopted_drops"]
-        li = (r["findings"] or {}).get("evidence", {}).get("probes", {}).get("label_issues") or {}
-        if not c.config["data"]["source"].endswith(
-            "planted_noise"
-        ):  # every case whose labels are clean, weak models included
-            flagged += len(li.get("flagged", []))
-            checked += li.get("checked", 0)
-        tgt = "-"
-        if c.fixable:
-            fix_n += 1
-            fix_ok += r["reached"]
-            tgt = "yes" if r["reached"] else "no"
-        print(
-            f"{c.name:26} {c.data:8} {c.planted:30} {named:34} {'✔' if ok else '✘':3} {' '.join(r['path'])[:28]:28} "
-            f"{tgt:8} {r['seconds']:6.1f}",
-            flush=True,
-        )
-        rows.append({"case": c.name, "named": named, "ok": ok, **{k: v for k, v in r.items() if k != "findings"}})
-    rec_ok, rec = 0, [c for c in RECOVERY if not args.no_recovery and (not args.only or c.name in args.only)]
-    for c in rec:
-        r = walk_recovery(c, work)
-        rec_ok += r["recovered"]
-        print(
-            f"{c.name:26} {c.data:8} {'failed baseline':30} {','.join(r['fixes'])[:34]:34} "
-            f"{'✔' if r['recovered'] else '✘':3} {' '.join(r['path'])[:28]:28} {'-':8} {r['seconds']:6.1f}",
-            flush=True,
-        )
-        rows.append({"case": c.name, **r})
-    others_ok, others = 0, [c for c in OTHERS if not args.no_recovery and (not args.only or c.name in args.only)]
-    for c in others:
-        r = walk(c, work, max_iters=c.extra.get("iters", 2), until=4)
-        ok = other_check(c, work, r)
-        others_ok += ok
-        print(
-            f"{c.name:26} {c.data:8} {c.planted:30} {'-':34} {'✔' if ok else '✘':3} {' '.join(r['path'])[:28]:28} "
-            f"{'-':8} {r['seconds']:6.1f}",
-            flush=True,
-        )
-        rows.append({"case": c.name, "ok": ok, **{k: v for k, v in r.items() if k != "findings"}})
+    # Each case is its own run: two side by side (each on half the threads, rows printed as they
+    # end), as trainkit runs independent fits (trainkit.workers); --serial for one at a time.
+    rows = run_jobs(
+        [functools.partial(fn, c, work) for fn, c in todo],
+        [c.name for _, c in todo],
+        parallel=not args.serial and side_by_side("cpu"),
+    )
+    kinds = {k: [r for r in rows if r["kind"] == k] for k in ("planted", "recovery", "other")}
+    planted, rec, others = kinds["planted"], kinds["recovery"], kinds["other"]
     if others:
         print(
             "other problems (a learning imbalanced table is not failed; no repeat under noise; small tables by "
-            "folds): "
-            f"{others_ok}/{len(others)}"
+            f"folds): {sum(r['ok'] for r in others)}/{len(others)}"
         )
     (work / "decision_quality.json").write_text(json.dumps(rows, indent=1))
+    drops = sum(r["adopted_drops"] for r in planted)
     print(f"adopted changes that lowered seed-matched val accuracy: {drops}; runs in {work}")
+    flagged, checked = sum(r["flagged"] for r in planted), sum(r["checked"] for r in planted)
     pct = 100 * flagged / checked if checked else 0.0
+    fixable = [r for r in planted if r["fixable"]]
     print(
-        f"named first: {named_ok}/{len(cases)}; reached target within 2 iterations: {fix_ok}/{fix_n}; clean flagged: "
-        f"{pct:.1f}%"
-        f"; recovered failed baselines: {rec_ok}/{len(rec)}; repeated candidate sets: {repeated_sets(work)}"
+        f"named first: {sum(r['ok'] for r in planted)}/{len(planted)}; reached target within 2 iterations: "
+        f"{sum(r['reached'] for r in fixable)}/{len(fixable)}; clean flagged: {pct:.1f}%"
+        f"; recovered failed baselines: {sum(r['recovered'] for r in rec)}/{len(rec)}; repeated candidate sets: "
+        f"{repeated_sets(work)}"
     )
     return 0
 
