@@ -146,6 +146,8 @@ def test_phase5_refits_a_table_on_train_plus_val_after_an_early_stopped_run(tmp_
     gate = {c["id"]: c["status"] for c in json.loads((fin / "gate.json").read_text())["checks"]}
     assert gate["config_frozen"] == gate["reproducible"] == "pass", gate
     assert "a table: trained on train+val" in (fin / "test_results.md").read_text()
+    test = json.loads((fin / "test_evaluation.json").read_text())  # val: the early-stopped model's, never trained on
+    assert abs(test["val_accuracy"] - sel["best"]["val_accuracy"]) < 1e-6, (test["val_accuracy"], sel["best"])
 
 
 @pytest.mark.slow

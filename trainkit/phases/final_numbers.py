@@ -69,7 +69,7 @@ def _peers(bundle: Any, xt: np.ndarray, yt: np.ndarray) -> dict[str, Any]:
 
 
 def evaluate_numbers(
-    ctx: Any, bundle: Any, model: nn.Module, force: bool, model_sha: str, rec_path: Any
+    ctx: Any, bundle: Any, model: nn.Module, force: bool, model_sha: str, rec_path: Any, val_model: Any = None
 ) -> dict[str, Any]:
     """The one test evaluation of a regression (see the module docstring); test_evaluation.json,
     residuals.png and test_results.md."""
@@ -80,7 +80,8 @@ def evaluate_numbers(
     wrapped = LabelUnits(model, bundle.label_scale).eval()
     xv, yv = bundle.arrays("val")
     xt, yt = bundle.arrays("test", reason="forced re-evaluation" if force else "final test evaluation", forced=force)
-    pt, pv = _numbers(wrapped, xt), _numbers(wrapped, xv)
+    pt = _numbers(wrapped, xt)
+    pv = _numbers(wrapped if val_model is None else LabelUnits(val_model, bundle.label_scale).eval(), xv)
     yt_, yv_ = bundle.to_label_units(yt), bundle.to_label_units(yv)
     test, val = _scores(yt_, pt, f.bootstrap, 0), _scores(yv_, pv, f.bootstrap, 1)
     g = torch.Generator().manual_seed(ctx.config.training.seed)

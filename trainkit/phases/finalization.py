@@ -15,6 +15,7 @@ from trainkit._io import read_json, read_jsonl, sha256_file, write_json_atomic, 
 from trainkit.config import config_hash, load_config, save_config, with_overrides
 from trainkit.run import (
     METRICS,
+    TRAINING_CONFIG,
     TEST_ACCESS_LOG,
     TRAIN_SUMMARY,
     PHASES,
@@ -236,15 +237,30 @@ def _select_then_refit(ctx: FinalizationContext, bundle: Any) -> Any:
         "summary": (
             f"trained on train+val ({n_tr + n_val} rows) for {epochs} epochs: the run on train alone "
             f"({SELECTION_DIR}/, early stopping on val) was best at epoch {best['epoch'] + 1} of "
-            f"{len(s['history'])}, scaled by the rows; its val rows are training rows, so the val numbers below "
-            f"estimate nothing: {SELECTION_DIR}/'s (val loss {val.get('val_loss', float('nan')):.4f}) and the "
-            "test's do"
+            f"{len(s['history'])}, scaled by the rows; its val rows are training rows, so every val number "
+            f"here is the early-stopped model's ({SELECTION_DIR}/), which never trained on them"
         ),
     }
     write_json_atomic(ctx.path("refit.json"), ctx.refit)
     _freeze_config(ctx)
     ctx.bundle = refit_view(bundle)
     return ctx.bundle
+
+
+def _selection_model(ctx: FinalizationContext, bundle: Any) -> torch.nn.Module | None:
+    """A refit table's early-stopped model (``selection/``), whose val numbers are the honest ones;
+    None otherwise."""
+    from trainkit.checkpoints import load_checkpoint
+    from trainkit.models import build_model
+
+    refit = getattr(ctx, "refit", None) or {}
+    if not refit.get("selection"):
+        return None
+    sel = ctx.path(refit["selection"])
+    m = load_config(sel / TRAINING_CONFIG).model
+    model = build_model(m.name, bundle.input_shape, bundle.num_classes, m.kwargs, m.init)
+    model.load_state_dict(load_checkpoint(sel / CHECKPOINTS_BEST_PT)["model"])
+    return model.eval()
 
 
 def evaluate_test(ctx: FinalizationContext, force: bool = False) -> dict[str, Any]:
@@ -267,11 +283,12 @@ def evaluate_test(ctx: FinalizationContext, force: bool = False) -> dict[str, An
             )
     bundle = _bundle(ctx)
     model = _load_final(ctx, bundle)
+    val_model = _selection_model(ctx, bundle)  # a refit table: its val rows are training rows of the final model
     if bundle.regression:  # numbers in the label's units, each metric with its interval (final_numbers)
-        return evaluate_numbers(ctx, bundle, model, force, model_sha, rec_path)
+        return evaluate_numbers(ctx, bundle, model, force, model_sha, rec_path, val_model)
     xv, yv = bundle.arrays("val")
     xt, yt = bundle.arrays("test", reason="forced re-evaluation" if force else "final test evaluation", forced=force)
-    pt, pv = _predict(model, xt), _predict(model, xv)
+    pt, pv = _predict(model, xt), _predict(val_model or model, xv)
     yt_, yv_ = yt.numpy(), yv.numpy()
     correct_t, correct_v = (pt.argmax(1) == yt_).astype(float), (pv.argmax(1) == yv_).astype(float)
     f = ctx.config.final
