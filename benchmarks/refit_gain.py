@@ -5,7 +5,8 @@ stopping on val (``05_finalization/selection/``), then trains the final model on
 that run's epochs to its best, scaled by the rows (``trainkit.folds.TABLE_RULE``); the reference
 models it is compared with train on train+val too. This scores both models on the run's test
 rows: the early-stopped one (A, what Phase 5 deployed before the refit) and the refit (B, what it
-deploys), without training anything. It reads a copy of the test rows of finished runs only.
+deploys), without training anything: accuracy, or R² for a number (a change in points is 100 × the
+change in either). It reads a copy of the test rows of finished runs only.
 
     python3 benchmarks/real_tables.py --keep DIR
     python3 benchmarks/refit_gain.py DIR [--only NAME ...]
@@ -26,7 +27,8 @@ os.environ.setdefault("TRAINKIT_PROGRESS", "off")
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _accuracy(cfg: Any, bundle: Any, ckpt: Path, x: Any, y: Any) -> float:
+def _score(cfg: Any, bundle: Any, ckpt: Path, x: Any, y: Any) -> float:
+    """Accuracy, or a number's R² (the same on the standardized label as in its units)."""
     import torch
 
     from trainkit.checkpoints import load_checkpoint
@@ -36,11 +38,15 @@ def _accuracy(cfg: Any, bundle: Any, ckpt: Path, x: Any, y: Any) -> float:
     model = build_model(m.name, bundle.input_shape, bundle.num_classes, m.kwargs, m.init)
     model.load_state_dict(load_checkpoint(ckpt)["model"])
     with torch.no_grad():
-        return float((model.eval()(x).argmax(1) == y).float().mean())
+        out = model.eval()(x)
+    if bundle.regression:
+        p, t = out.double().reshape(-1), y.double().reshape(-1)
+        return float(1 - ((t - p) ** 2).sum() / ((t - t.mean()) ** 2).sum())
+    return float((out.argmax(1) == y).float().mean())
 
 
 def measure(run: Path) -> dict[str, Any] | None:
-    """A and B of the run folder ``run``; None when Phase 5 made no table refit there."""
+    """A and B of the run folder ``run`` (accuracy, or R²); None when Phase 5 made no table refit there."""
     from trainkit._io import read_json
     from trainkit.config import load_config
     from trainkit.data import Quarantine, load_data
@@ -54,13 +60,12 @@ def measure(run: Path) -> dict[str, Any] | None:
     cfg_a, cfg_b = load_config(sel / TRAINING_CONFIG), load_config(final / FINAL_CONFIG_YAML)
     # a finished run's test rows, read as Phase 5 read them (no log is written: no store log)
     bundle = load_data(cfg_b, RunFolder(run).data_store(), Quarantine(open=True, who=Phase.FINALIZATION.value))
-    if bundle.regression:
-        return None
     x, y = bundle.arrays("test", reason="refit_gain benchmark")
-    acc_a = _accuracy(cfg_a, bundle, sel / "checkpoints" / "best.pt", x, y)
-    acc_b = _accuracy(cfg_b, bundle, final / "checkpoints" / "best.pt", x, y)
+    acc_a = _score(cfg_a, bundle, sel / "checkpoints" / "best.pt", x, y)
+    acc_b = _score(cfg_b, bundle, final / "checkpoints" / "best.pt", x, y)
     return {
         "table": run.name,
+        "metric": "r2" if bundle.regression else "accuracy",
         "train": refit["rows"] - refit["val_rows"],
         "val": refit["val_rows"],
         "best_epoch": refit["best_epoch"] + 1,
@@ -83,16 +88,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no finished runs under {Path(args.keep) / 'runs'}: run benchmarks/real_tables.py --keep DIR first")
         return 2
     rows = []
-    head = ("table", "train", "val", "best", "refit", "A", "B", "change")
-    print(f"{head[0]:16} " + " ".join(f"{h:>{w}}" for h, w in zip(head[1:], (6, 5, 4, 5, 7, 7, 7))))
+    head = ("table", "metric", "train", "val", "best", "refit", "A", "B", "change")
+    print(f"{head[0]:16} " + " ".join(f"{h:>{w}}" for h, w in zip(head[1:], (8, 6, 5, 4, 5, 7, 7, 7))))
     for run in runs:
         r = measure(run)
         if r is None:
-            print(f"{run.name:16} (no table refit in Phase 5: small data, a number, or no time for it)")
+            print(f"{run.name:16} (no table refit in Phase 5: small data, or no time for it)")
             continue
         rows.append(r)
         print(
-            f"{r['table']:16} {r['train']:6} {r['val']:5} {r['best_epoch']:4} {r['refit_epochs']:5} "
+            f"{r['table']:16} {r['metric']:>8} {r['train']:6} {r['val']:5} {r['best_epoch']:4} {r['refit_epochs']:5} "
             f"{r['A']:7.4f} {r['B']:7.4f} {r['change_points']:+7.2f}",
             flush=True,
         )
