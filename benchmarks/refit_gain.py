@@ -31,14 +31,10 @@ def _score(cfg: Any, bundle: Any, ckpt: Path, x: Any, y: Any) -> float:
     """Accuracy, or a number's R² (the same on the standardized label as in its units)."""
     import torch
 
-    from trainkit.checkpoints import load_checkpoint
-    from trainkit.models import build_model
+    from trainkit.phases.final_model import _load_model  # as Phase 5 loads its final model
 
-    m = cfg.model
-    model = build_model(m.name, bundle.input_shape, bundle.num_classes, m.kwargs, m.init)
-    model.load_state_dict(load_checkpoint(ckpt)["model"])
     with torch.no_grad():
-        out = model.eval()(x)
+        out = _load_model(cfg.model, bundle, ckpt)(x)
     if bundle.regression:
         p, t = out.double().reshape(-1), y.double().reshape(-1)
         return float(1 - ((t - p) ** 2).sum() / ((t - t.mean()) ** 2).sum())

@@ -48,12 +48,17 @@ def _bundle(ctx: FinalizationContext) -> Any:
 
 
 def _load_final(ctx: FinalizationContext, bundle: Any) -> torch.nn.Module:
+    return _load_model(ctx.config.model, bundle, ctx.path(CHECKPOINTS_BEST_PT))
+
+
+def _load_model(m: Any, bundle: Any, checkpoint: Path) -> torch.nn.Module:
+    """The model of the config's ``model`` section ``m`` for ``bundle``, with the weights of
+    ``checkpoint`` (a trainkit checkpoint), in eval mode."""
     from trainkit.checkpoints import load_checkpoint
     from trainkit.models import build_model
 
-    m = ctx.config.model
     model = build_model(m.name, bundle.input_shape, bundle.num_classes, m.kwargs, m.init)
-    model.load_state_dict(load_checkpoint(ctx.path(CHECKPOINTS_BEST_PT))["model"])
+    model.load_state_dict(load_checkpoint(checkpoint)["model"])
     return model.eval()
 
 

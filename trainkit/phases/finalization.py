@@ -44,7 +44,7 @@ from trainkit.phases.common import (
 from trainkit.metrics import LABELS, bootstrap_interval as _boot, expected_calibration_error, metric_interval, score
 from trainkit.phases.final_numbers import evaluate_numbers
 from trainkit.phases.peers import recall_table, reference_recall
-from trainkit.phases.final_model import PHASE, _best_so_far, _bundle, _load_final, _predict
+from trainkit.phases.final_model import PHASE, _best_so_far, _bundle, _load_final, _load_model, _predict
 from trainkit.phases.final_docs import export_models, write_docs
 from trainkit.phases.final_checks import ARTIFACTS, _results
 
@@ -166,11 +166,12 @@ def final_train(ctx: FinalizationContext, resume: bool = False) -> dict[str, Any
             )
         return out
     bundle = _bundle(ctx)
-    if _table_refit_applies(ctx) and _select_then_refit(ctx, bundle) is None:
-        out = read_json(ctx.path(TRAIN_SUMMARY))  # the early-stopped run is the final model
-        show_figure(curves_figure(out["history"], "final training"), ctx.path(CURVES_PNG))
-        return out
-    bundle = _bundle(ctx)
+    if _table_refit_applies(ctx):
+        bundle = _select_then_refit(ctx, bundle)  # the train+val view the refit trains on
+        if bundle is None:  # the early-stopped run is the final model
+            out = read_json(ctx.path(TRAIN_SUMMARY))
+            show_figure(curves_figure(out["history"], "final training"), ctx.path(CURVES_PNG))
+            return out
     r = fit(
         ctx.config,
         bundle,
@@ -250,17 +251,11 @@ def _select_then_refit(ctx: FinalizationContext, bundle: Any) -> Any:
 def _selection_model(ctx: FinalizationContext, bundle: Any) -> torch.nn.Module | None:
     """A refit table's early-stopped model (``selection/``), whose val numbers are the honest ones;
     None otherwise."""
-    from trainkit.checkpoints import load_checkpoint
-    from trainkit.models import build_model
-
     refit = getattr(ctx, "refit", None) or {}
     if not refit.get("selection"):
         return None
     sel = ctx.path(refit["selection"])
-    m = load_config(sel / TRAINING_CONFIG).model
-    model = build_model(m.name, bundle.input_shape, bundle.num_classes, m.kwargs, m.init)
-    model.load_state_dict(load_checkpoint(sel / CHECKPOINTS_BEST_PT)["model"])
-    return model.eval()
+    return _load_model(load_config(sel / TRAINING_CONFIG).model, bundle, sel / CHECKPOINTS_BEST_PT)
 
 
 def evaluate_test(ctx: FinalizationContext, force: bool = False) -> dict[str, Any]:
