@@ -4,6 +4,7 @@ refit on train+val when the val split is small."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -171,6 +172,36 @@ def test_with_no_time_for_the_refit_the_early_stopped_run_is_the_final_model(tmp
     assert best.read_bytes() == (fin / "selection" / "checkpoints" / "best.pt").read_bytes()
     assert load_config(fin / "final_config.yaml").training.patience == 2  # the extended-patience run's config
     assert "the refit on train+val" in [c["what"] for c in json.loads((fin / "budget.json").read_text())["cuts"]]
+    gate = {c["id"]: c["status"] for c in json.loads((fin / "gate.json").read_text())["checks"]}
+    assert gate["config_frozen"] == gate["reproducible"] == "pass", gate
+    assert "a table: trained on train+val" not in (fin / "test_results.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_deadline_inside_the_early_stopped_run_makes_it_the_final_model_with_the_cut_recorded(tmp_path, monkeypatch):
+    """Phase 5's deadline arrives during the run on train (selection/): there is no refit; what that
+    run trained is the final model, the cut says what was not done, and the gate still holds."""
+    import trainkit.train as train
+    from trainkit.config import load_config
+
+    late = train._late
+
+    def deadline_after_two_selection_epochs(lp, pr, deadline):
+        if lp.ckpt_dir is not None and "selection" in Path(lp.ckpt_dir).parts and len(pr.history) >= 2:
+            return True  # as _late answers once the next epoch would end past the deadline
+        return late(lp, pr, deadline)
+
+    monkeypatch.setattr(train, "_late", deadline_after_two_selection_epochs)
+    fin = _table_through_phase_5(tmp_path) / "05_finalization"
+    sel = json.loads((fin / "selection" / "train_summary.json").read_text())
+    assert sel["status"] == "time_budget" and len(sel["history"]) == 2
+    assert not (fin / "refit.json").exists()
+    assert json.loads((fin / "train_summary.json").read_text())["history"] == sel["history"]
+    best = fin / "checkpoints" / "best.pt"
+    assert best.read_bytes() == (fin / "selection" / "checkpoints" / "best.pt").read_bytes()
+    assert load_config(fin / "final_config.yaml").training.patience == 2
+    cuts = [c["what"] for c in json.loads((fin / "budget.json").read_text())["cuts"]]
+    assert "the rest of the final training and its refit on train+val" in cuts, cuts
     gate = {c["id"]: c["status"] for c in json.loads((fin / "gate.json").read_text())["checks"]}
     assert gate["config_frozen"] == gate["reproducible"] == "pass", gate
     assert "a table: trained on train+val" not in (fin / "test_results.md").read_text()
