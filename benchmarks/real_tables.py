@@ -182,6 +182,26 @@ def segments(n: int = 5000, seed: int = 5) -> pd.DataFrame:
     )
 
 
+def wide(n: int = 5000, seed: int = 7) -> pd.DataFrame:
+    """Wide and mostly irrelevant, as business extracts are: 60 numbers and ten 25-level
+    categoricals, of which a threshold, an interaction of two signs, five levels of one categorical
+    and one linear number carry the signal, through a noisy label (no model scores much above 0.7)."""
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame({f"x{i}": rng.normal(size=n).round(3) for i in range(60)})
+    for j in range(10):
+        df[f"c{j}"] = [f"L{v}" for v in rng.integers(0, 25, n)]
+    score = (
+        (df.x0 > 0.3).astype(float)
+        + (df.x1 * df.x2 > 0)
+        + 0.8 * df.c0.isin(["L1", "L2", "L3", "L4", "L5"])
+        + 0.5 * df.x3
+        - 1.2
+    )
+    df["label"] = np.where(rng.random(n) < 1 / (1 + np.exp(-2 * score)), "yes", "no")
+    df.loc[rng.random(n) < 0.05, "x5"] = np.nan
+    return df
+
+
 TABLES = {
     "breast_cancer": (lambda: _sklearn("breast_cancer"), "target"),
     "wine": (lambda: _sklearn("wine"), "target"),
@@ -192,6 +212,7 @@ TABLES = {
     "thresholds": (thresholds, "label"),
     "telecom": (telecom, "churn"),
     "segments": (segments, "outcome"),
+    "wide": (wide, "label"),
 }
 
 

@@ -46,6 +46,8 @@ def blocked_run(tmp_path_factory):
 def test_a_missed_check_is_finished_from_the_cli_with_a_documented_waiver(blocked_run):
     run, r = blocked_run
     assert r.returncode == 1 and "per_class_reported" in r.stderr, r.stdout + r.stderr
+    # the way out it prints waives the failing check: a blocked gate cannot be signed otherwise
+    assert "--check stakeholder_approval --waive per_class_reported=REASON` then `trainkit run --resume" in r.stderr
     fin = run / "05_finalization"
     assert "blocked" in (fin / "report.html").read_text()
     status = _cli("status", run)  # the next step it prints includes the waiver, with the run's name quoted

@@ -116,3 +116,33 @@ def test_widget_button_disabled_when_blocked(run_dir):
     w = GateWidget(d / "gate.json", run_dir)
     w.approver.value = "dan"
     assert w.button.disabled
+
+
+
+def test_the_printed_way_out_of_a_blocked_gate_ticks_its_manual_checks_and_waives_its_failures(tmp_path):
+    """``finish_command`` (what ``trainkit status`` and a blocked Phase 5 print): signing with what
+    it names passes a blocked gate, once NAME and REASON are filled in; without the waiver it is refused."""
+    import shlex
+
+    from trainkit.gates import GATES
+    from trainkit.run import finish_command
+
+    run_dir = tmp_path / "my run"
+    d = run_dir / "05_finalization"
+    d.mkdir(parents=True)
+    auto = {c.id: ("pass", "ok") for c in GATES["production_ready"].checks if c.kind == "automatic"}
+    with pytest.raises(GateBlocked):
+        evaluate_gate("production_ready", run_dir, d, dict(auto, test_meets_target=("fail", "0.91 < 0.95")))
+    record = json.loads((d / "gate.json").read_text())
+    cmd = finish_command(run_dir, 5, record["checks"])
+    assert cmd == (
+        f"trainkit signoff '{run_dir}' --phase 5 --by NAME --check stakeholder_approval --waive test_meets_target=REASON"
+    )
+    words = shlex.split(cmd)
+    checks = [words[i + 1] for i, w in enumerate(words) if w == "--check"]
+    waived = [words[i + 1].split("=")[0] for i, w in enumerate(words) if w == "--waive"]
+    with pytest.raises(GateError, match="blocked"):
+        sign_off(d / "gate.json", "alice", checks)
+    signed = sign_off(d / "gate.json", "alice", checks, waivers={k: "0.91 is enough for the pilot" for k in waived})
+    assert signed["state"] == "passed" and signed["waivers"][0]["check"] == "test_meets_target"
+    assert finish_command(run_dir, 5, signed["checks"]).endswith("--by NAME")  # nothing left to tick or waive

@@ -506,6 +506,19 @@ def signoff_command(run_dir: str | Path, phase_number: int, checks: list[str]) -
     )
 
 
+
+def finish_command(run_dir: str | Path, phase_number: int, checks: list[dict[str, Any]]) -> str:
+    """The ``trainkit signoff`` command that finishes a gate from its ``checks`` (a gate record's):
+    its pending manual checks ticked and each failing check waived with ``REASON`` to replace (a
+    blocked gate cannot be signed otherwise), quoted."""
+    import shlex
+
+    failing = [c["id"] for c in checks if c["mandatory"] and c["status"] == "fail"]
+    manual = [c["id"] for c in checks if c["kind"] == "manual" and c["mandatory"] and c["status"] != "pass"]
+    return signoff_command(run_dir, phase_number, manual) + "".join(
+        f" --waive {shlex.quote(c + '=REASON')}" for c in failing
+    )
+
 def check_run_name(name: str) -> str:
     """A run name is one plain folder name inside the runs folder: no separators, not '.', '..' or
     empty, no control characters. Raises ConfigError (exit 2) naming the problem."""

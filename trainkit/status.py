@@ -12,7 +12,7 @@ from trainkit.run import (
     load_manifest,
     phase_entries,
     resume_command,
-    signoff_command,
+    finish_command,
     RunFolder,
     TRACKING,
 )
@@ -47,21 +47,11 @@ def describe_run(run_dir: Path) -> str:
             if c["status"] not in ("pass", "na"):
                 lines.append(f"    - {c['id']}: {c['status']} ({c['evidence']})")
         if state == "awaiting_signoff":
-            manual = [
-                c["id"] for c in record["checks"] if c["kind"] == "manual" and c["mandatory"] and c["status"] != "pass"
-            ]
-            nxt = signoff_command(run_dir, int(last.phase[:2]), manual)
+            nxt = finish_command(run_dir, int(last.phase[:2]), record["checks"])
         elif state == "blocked":
-            import shlex
-
-            failing = [c["id"] for c in record["checks"] if c["mandatory"] and c["status"] == "fail"]
-            manual = [
-                c["id"] for c in record["checks"] if c["kind"] == "manual" and c["mandatory"] and c["status"] != "pass"
-            ]
-            waive = "".join(f" --waive {shlex.quote(c + '=REASON')}" for c in failing)
             nxt = (
                 f"fix what the failing checks say and run {resume_command(run_dir)}; or, if you accept them, "
-                f"{signoff_command(run_dir, int(last.phase[:2]), manual)}{waive}"
+                f"{finish_command(run_dir, int(last.phase[:2]), record['checks'])}"
             )
         elif (
             last.get("decision") == "deploy"
