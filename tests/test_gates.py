@@ -118,7 +118,6 @@ def test_widget_button_disabled_when_blocked(run_dir):
     assert w.button.disabled
 
 
-
 def test_the_printed_way_out_of_a_blocked_gate_ticks_its_manual_checks_and_waives_its_failures(tmp_path):
     """``finish_command`` (what ``trainkit status`` and a blocked Phase 5 print): signing with what
     it names passes a blocked gate, once NAME and REASON are filled in; without the waiver it is refused."""
@@ -136,7 +135,8 @@ def test_the_printed_way_out_of_a_blocked_gate_ticks_its_manual_checks_and_waive
     record = json.loads((d / "gate.json").read_text())
     cmd = finish_command(run_dir, 5, record["checks"])
     assert cmd == (
-        f"trainkit signoff '{run_dir}' --phase 5 --by NAME --check stakeholder_approval --waive test_meets_target=REASON"
+        f"trainkit signoff '{run_dir}' --phase 5 --by NAME"
+        " --check stakeholder_approval --waive test_meets_target=REASON"
     )
     words = shlex.split(cmd)
     checks = [words[i + 1] for i, w in enumerate(words) if w == "--check"]

@@ -506,7 +506,6 @@ def signoff_command(run_dir: str | Path, phase_number: int, checks: list[str]) -
     )
 
 
-
 def finish_command(run_dir: str | Path, phase_number: int, checks: list[dict[str, Any]]) -> str:
     """The ``trainkit signoff`` command that finishes a gate from its ``checks`` (a gate record's):
     its pending manual checks ticked and each failing check waived with ``REASON`` to replace (a
@@ -518,6 +517,7 @@ def finish_command(run_dir: str | Path, phase_number: int, checks: list[dict[str
     return signoff_command(run_dir, phase_number, manual) + "".join(
         f" --waive {shlex.quote(c + '=REASON')}" for c in failing
     )
+
 
 def check_run_name(name: str) -> str:
     """A run name is one plain folder name inside the runs folder: no separators, not '.', '..' or
