@@ -52,6 +52,23 @@ def test_folds_are_stratified_disjoint_and_cover_train_plus_val(tmp_path):
     assert set(refit_view(bundle).splits["train"]) == pool
 
 
+def test_a_refit_view_holds_each_train_and_val_row_once_for_phase_5s_references(tmp_path):
+    """Phase 5's bundle after a refit is a refit view (its train holds val): the references fitted
+    on "train+val" and the shared-record count see each of those rows once, not the val rows twice."""
+    from trainkit.data import Quarantine
+    from trainkit.phases.peers import reference_recall
+
+    b = load_data(tiny_config(_small_table(tmp_path, n=600)), quarantine=Quarantine(open=True, who="05_finalization"))
+    v = refit_view(b)
+    assert len(refit_view(v).splits["train"]) == len(v.splits["train"]) == len(b.splits["train"]) + len(b.splits["val"])
+    np.testing.assert_array_equal(refit_view(v).splits["train"], v.splits["train"])
+    xt, yt = (t.numpy() for t in b.arrays("test", reason="test"))
+    on_view, on_bundle = reference_recall(v, xt, yt), reference_recall(b, xt, yt)
+    assert {n: (r["accuracy"], r["recall"]) for n, r in on_view.items()} == {
+        n: (r["accuracy"], r["recall"]) for n, r in on_bundle.items()
+    }
+
+
 def test_a_large_val_split_uses_no_folds():
     assert plan_for(load_data(tiny_config())) is None  # digits: 269 val rows
 

@@ -795,9 +795,10 @@ def test_the_production_gate_reports_a_chance_duplicate_instead_of_blocking(tmp_
     df.to_csv(tmp_path / "t.csv", index=False)
     cfg = tiny_config({"data.source": "csv", "data.root": str(tmp_path / "t.csv"), "data.label": "y"})
     b = load_data(cfg, quarantine=Quarantine(open=True, who="05_finalization"))
-    state, why = _disjoint(b, 1)
+    pool = len(b.splits["train"]) + len(b.splits["val"])
+    state, why = _disjoint(b, 1, pool)
     assert state == "warn" and "1 of" in why and "not a leak" in why
-    state, why = _disjoint(b, 60)
+    state, why = _disjoint(b, 60, pool)
     assert state == "fail" and "a leak" in why
 
 

@@ -80,7 +80,8 @@ def plan_if_small(splits: dict[str, Any] | None, load: Any) -> tuple[dict[str, A
 
 
 def _pool(bundle: Any) -> np.ndarray:
-    return np.concatenate([np.asarray(bundle.splits["train"]), np.asarray(bundle.splits["val"])])
+    """The rows of train and val, each once and in order (a refit view's train already holds val)."""
+    return np.unique(np.concatenate([np.asarray(bundle.splits["train"]), np.asarray(bundle.splits["val"])]))
 
 
 def _labels(bundle: Any, idx: np.ndarray) -> np.ndarray:
@@ -110,7 +111,7 @@ def fold_view(bundle: Any, i: int, k: int, seed: int = 0) -> Any:
 def refit_view(bundle: Any) -> Any:
     """Train on train+val (val is still evaluated each epoch, as a monitor of rows it trains on)."""
     view = copy.copy(bundle)
-    view.splits = dict(bundle.splits, train=np.sort(_pool(bundle)))
+    view.splits = dict(bundle.splits, train=_pool(bundle))
     return view
 
 

@@ -58,8 +58,9 @@ def _earlier_gates(ctx: FinalizationContext) -> tuple[str, str]:
     return ("fail", "; ".join(bad)) if bad else ("pass", f"{seen} earlier gate(s) signed, artifacts unchanged")
 
 
-def _disjoint(bundle: Any, overlap: int) -> tuple[str, str]:
-    """No train/val sample has a test sample's content. In a table, what chance cannot explain
+def _disjoint(bundle: Any, overlap: int, pool_rows: int) -> tuple[str, str]:
+    """No train/val sample has a test sample's content (``overlap`` of the ``pool_rows`` train and
+    val rows do). In a table, what chance cannot explain
     blocks (a shared ID; more shared records than chance gives); records that repeat by chance (a
     few discrete columns, or a handful: :func:`trainkit.data.tables.shared_records_verdict`) are
     reported, not blocked."""
@@ -71,13 +72,12 @@ def _disjoint(bundle: Any, overlap: int) -> tuple[str, str]:
         if ids:
             return "fail", f"test rows share IDs with train/val rows: {ids} (the same entity in both)"
         if overlap:
-            n = {k: len(v) for k, v in bundle.splits.items()}
             ok, why = shared_records_verdict(
                 table.frame,
                 list(table.kinds),
                 overlap,
-                n["test"],
-                n["train"] + n["val"],
+                len(bundle.splits["test"]),
+                pool_rows,
                 bool(bundle.source.duplicates_by_chance),
             )
             return ("warn" if ok else "fail"), f"train/val and test: {why}"
@@ -102,8 +102,10 @@ def _quarantine_checks(ctx: FinalizationContext, bundle: Any) -> dict[str, tuple
     )
     keys = bundle.source.sample_keys
     test_keys = {keys[i] for i in bundle.splits["test"]}
-    overlap = sum(keys[i] in test_keys for s in ("train", "val") for i in bundle.splits[s])
-    res["test_disjoint"] = _disjoint(bundle, overlap)
+    from trainkit.folds import refit_view
+
+    pool = refit_view(bundle).splits["train"]  # the train and val rows, each once (a refit's train holds val)
+    res["test_disjoint"] = _disjoint(bundle, sum(keys[i] in test_keys for i in pool), len(pool))
     final_reads = [r for r in log if r.get("phase") == PHASE and r.get("allowed")]
     forced = [r for r in final_reads if r.get("forced")]
     res["test_evaluated_once"] = (

@@ -56,12 +56,11 @@ def _peers(bundle: Any, xt: np.ndarray, yt: np.ndarray) -> dict[str, Any]:
     """Ridge and boosted trees fitted on the train+val rows (standardized label), scored on the
     test rows in the label's units; ``{}`` for inputs that are not table rows."""
     from trainkit.diagnostics.reference import reference_regressions
+    from trainkit.folds import refit_view
 
     if xt.ndim != 2:
         return {}
-    parts = [bundle.arrays(s) for s in ("train", "val")]
-    x = np.concatenate([p[0].numpy() for p in parts])
-    y = np.concatenate([p[1].numpy() for p in parts])
+    x, y = (t.numpy() for t in refit_view(bundle).arrays("train"))  # each train and val row once
     return {
         name: {**regression_scores(yt, bundle.to_label_units(pred)), "seconds": sec}
         for name, pred, sec in reference_regressions(x, y, xt, True)

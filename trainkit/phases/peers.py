@@ -20,12 +20,11 @@ def reference_recall(bundle: Any, xt: np.ndarray, yt: np.ndarray, seed: int = 0)
     (:func:`trainkit.diagnostics.reference.reference_predictions`), fitted on the train+val rows of a
     table (``(N, F)`` inputs); ``{}`` for images and signals."""
     from trainkit.diagnostics.reference import class_recall, reference_predictions
+    from trainkit.folds import refit_view
 
     if xt.ndim != 2:
         return {}
-    parts = [bundle.arrays(s) for s in ("train", "val")]
-    x = np.concatenate([p[0].numpy() for p in parts])
-    y = np.concatenate([p[1].numpy() for p in parts])
+    x, y = (t.numpy() for t in refit_view(bundle).arrays("train"))  # each train and val row once
     if len(x) > MAX_ROWS:
         pick = np.random.default_rng(seed).choice(len(x), MAX_ROWS, replace=False)
         x, y = x[pick], y[pick]
