@@ -80,8 +80,10 @@ def plan_if_small(splits: dict[str, Any] | None, load: Any) -> tuple[dict[str, A
 
 
 def _pool(bundle: Any) -> np.ndarray:
-    """The rows of train and val, each once and in order (a refit view's train already holds val)."""
-    return np.unique(np.concatenate([np.asarray(bundle.splits["train"]), np.asarray(bundle.splits["val"])]))
+    """The rows of train, then those of val not in train: each row once (a refit view's train
+    already holds val), in the order the folds are drawn from."""
+    idx = np.concatenate([np.asarray(bundle.splits["train"]), np.asarray(bundle.splits["val"])])
+    return idx[np.sort(np.unique(idx, return_index=True)[1])]
 
 
 def _labels(bundle: Any, idx: np.ndarray) -> np.ndarray:
@@ -111,7 +113,7 @@ def fold_view(bundle: Any, i: int, k: int, seed: int = 0) -> Any:
 def refit_view(bundle: Any) -> Any:
     """Train on train+val (val is still evaluated each epoch, as a monitor of rows it trains on)."""
     view = copy.copy(bundle)
-    view.splits = dict(bundle.splits, train=_pool(bundle))
+    view.splits = dict(bundle.splits, train=np.sort(_pool(bundle)))
     return view
 
 
