@@ -5,7 +5,8 @@ Public tables that ship offline inside scikit-learn (breast cancer, wine, iris, 
 their class names, written to CSV) and generated ones with what real tables have: string
 categoricals of every width, gaps, dates, ID columns, 10:1 imbalance, a few discrete columns whose
 equal records happen by chance, and signals shaped like trees (thresholds, interactions, a
-300-level categorical with its own threshold per level). Each runs a new user's config, the
+300-level categorical with its own threshold per level), and a wide table whose 70 columns hold
+four that matter. Each runs a new user's config, the
 ``data`` section with the label and nothing else (so a table gets TabM and the defaults), with the
 production gate's stakeholder approval given up front. Its test accuracy is compared, on
 trainkit's own test rows, with a ``LogisticRegression`` and a ``HistGradientBoostingClassifier``
