@@ -802,6 +802,30 @@ def test_the_production_gate_reports_a_chance_duplicate_instead_of_blocking(tmp_
     assert state == "fail" and "a leak" in why
 
 
+
+def test_the_shared_record_count_is_of_test_records_however_often_train_repeats_one(tmp_path):
+    """One test record whose content 39 train rows repeat is one shared record (a handful,
+    reported), not 39 (a leak): the production gate counts test records, as its evidence says."""
+    from types import SimpleNamespace
+
+    from trainkit.data import Quarantine
+    from trainkit.phases.final_checks import _quarantine_checks
+
+    rng = np.random.default_rng(4)
+    n = 1500
+    df = pd.DataFrame({"a": rng.normal(size=n).round(4), "b": rng.normal(size=n).round(4)})
+    df.loc[:39, ["a", "b"]] = [0.1234, -0.5678]  # rows 0-39: one record, forty times
+    df["y"] = np.where(df.a > 0, "up", "down")
+    df.to_csv(tmp_path / "t.csv", index=False)
+    cfg = tiny_config({"data.source": "csv", "data.root": str(tmp_path / "t.csv"), "data.label": "y"})
+    b = load_data(cfg, quarantine=Quarantine(open=True, who="05_finalization"))
+    rest = [i for i in range(40, n)]
+    b.splits = {"train": np.array(list(range(1, 40)) + rest[:1000]), "val": np.array(rest[1000:1200])}
+    b.splits["test"] = np.array([0] + rest[1200:])
+    state, why = _quarantine_checks(SimpleNamespace(run_dir=tmp_path), b)["test_disjoint"]
+    assert state == "warn" and why.startswith(f"train/val and test: 1 of {len(b.splits['test'])} records"), why
+
+
 def test_a_failed_per_class_floor_shows_what_the_references_recall_of_those_classes():
     from trainkit.phases.peers import floor_evidence, recall_table
 
