@@ -802,7 +802,6 @@ def test_the_production_gate_reports_a_chance_duplicate_instead_of_blocking(tmp_
     assert state == "fail" and "a leak" in why
 
 
-
 def test_the_shared_record_count_is_of_test_records_however_often_train_repeats_one(tmp_path):
     """One test record whose content 39 train rows repeat is one shared record (a handful,
     reported), not 39 (a leak): the production gate counts test records, as its evidence says."""
