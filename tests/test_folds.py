@@ -123,6 +123,25 @@ def test_phase5_refits_a_small_table_on_train_plus_val_for_the_folds_epochs(tmp_
     sizes = json.loads((run / "01_planning/splits.json").read_text())["sizes"]
     assert ref["rows"] == sizes["train"] + sizes["val"]
     assert "small data: trained on train+val" in (fin / "test_results.md").read_text()
+    # its val rows are training rows: the val numbers (and val_test_agree) are the folds' estimate
+    test = json.loads((fin / "test_evaluation.json").read_text())
+    accs = [r["best_val_accuracy"] for r in ref["fold_runs"]]
+    assert test["val_accuracy"] == pytest.approx(float(np.mean(accs)), abs=1e-9), (test["val_accuracy"], accs)
+    assert "folds' cross-validated estimate" in (fin / "test_results.md").read_text()
+
+
+def test_small_datas_val_numbers_are_the_folds_mean_with_an_interval_no_narrower_than_its_rows_allow():
+    from trainkit.folds import folds_estimate
+
+    runs = [{"best_val_accuracy": a, "best_val_score": a} for a in (0.80, 0.84, 0.82)]
+    est = folds_estimate({"k": 3, "rows": 150, "fold_runs": runs})
+    lo, hi = est["val_accuracy_ci"]
+    assert est["val_accuracy"] == pytest.approx(0.82) and est["val_score_ci"] == [lo, hi]
+    assert hi - lo >= 2 * 1.96 * (0.82 * 0.18 / 150) ** 0.5 - 1e-12  # a proportion over 150 rows, at least
+    same = [{"best_val_accuracy": 1.0, "best_val_score": 1.0}] * 3  # no spread, no width below 0 or above 1
+    assert folds_estimate({"k": 3, "rows": 150, "fold_runs": same})["val_accuracy_ci"] == [1.0, 1.0]
+    assert folds_estimate({"k": 3, "rows": 150, "fold_runs": runs[:1]}) is None
+    assert folds_estimate({"rule": "a table", "rows": 150}) is None  # a table's refit has its selection run instead
 
 
 def _table_through_phase_5(tmp_path):

@@ -10,6 +10,7 @@ test rows, and Phase 5 trains the final model on train+val for the epoch count t
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any, Sequence
 
 import numpy as np
@@ -25,6 +26,7 @@ __all__ = [
     "chosen_epochs",
     "RULE",
     "known_fold_runs",
+    "folds_estimate",
     "run_folds",
     "plan_refit",
     "refit_epochs",
@@ -232,3 +234,36 @@ def plan_refit(
             "test's do"
         ),
     )
+
+
+def folds_estimate(refit: dict[str, Any]) -> dict[str, Any] | None:
+    """Small data's val numbers for Phase 5's record (``refit``, :func:`plan_refit`'s): the final model
+    trained on the val rows, so its own val accuracy estimates nothing; the folds' cross-validated
+    estimate does (each train+val row is val in one fold). Per number: the mean over the folds of
+    their best val value, with a 95% interval of ±1.96 standard errors: the folds' spread, at least
+    a proportion's over the ``refit["rows"]`` rows. None without two folds that scored."""
+    import math
+
+    rows = [r for r in refit.get("fold_runs") or [] if r.get("best_val_accuracy") is not None]
+    if not refit.get("k") or len(rows) < 2:
+        return None
+
+    def estimate(values: list[float]) -> tuple[float, list[float]]:
+        m = float(np.mean(values))
+        half = 1.96 * max(float(np.std(values, ddof=1)) / math.sqrt(len(values)), _binomial_se(m, refit["rows"]))
+        return m, [max(0.0, m - half), min(1.0, m + half)]
+
+    acc = estimate([float(r["best_val_accuracy"]) for r in rows])
+    scores = [r.get("best_val_score") for r in rows]
+    score = estimate([float(v) for v in scores]) if all(v is not None for v in scores) else acc
+    return {
+        "val_accuracy": acc[0],
+        "val_accuracy_ci": acc[1],
+        "val_score": score[0],
+        "val_score_ci": score[1],
+        "val_source": f"the {len(rows)} folds' cross-validated estimate (the final model trained on the val rows)",
+    }
+
+
+def _binomial_se(p: float, n: int) -> float:
+    return math.sqrt(max(p * (1 - p), 0.0) / max(1, n))

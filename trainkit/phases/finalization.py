@@ -263,6 +263,8 @@ def evaluate_test(ctx: FinalizationContext, force: bool = False) -> dict[str, An
     ``force``, and then recorded as forced; a rerun of this phase on the same model reuses the record."""
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
+    from trainkit.folds import folds_estimate
+
     rec_path = ctx.path(TEST_RECORD)
     model_sha = sha256_file(ctx.path(CHECKPOINTS_BEST_PT))
     if rec_path.is_file():
@@ -329,6 +331,8 @@ def evaluate_test(ctx: FinalizationContext, force: bool = False) -> dict[str, An
         val_score=score(metric, yv_, pv),
         val_score_ci=metric_interval(metric, yv_, pv, f.bootstrap, 1),
     )
+    if not getattr(ctx, "reused", None):  # small data's refit trained on the val rows: the folds' numbers
+        rec.update(folds_estimate(getattr(ctx, "refit", None) or {}) or {})
     write_json_atomic(rec_path, rec)
     _test_figures(ctx, rec, bundle.source.class_names)
     _write_test_md(ctx, rec)
@@ -392,7 +396,7 @@ def _write_test_md(ctx: FinalizationContext, rec: dict[str, Any]) -> None:
         ),
         f"- test accuracy **{rec['accuracy']:.4f}** (95% bootstrap CI [{lo:.4f}, {hi:.4f}])",
         f"- val accuracy {rec['val_accuracy']:.4f} (CI [{rec['val_accuracy_ci'][0]:.4f}, "
-        f"{rec['val_accuracy_ci'][1]:.4f}])",
+        f"{rec['val_accuracy_ci'][1]:.4f}])" + (f": {rec['val_source']}" if rec.get("val_source") else ""),
         f"- expected calibration error {rec['ece']:.4f} (15 bins)",
         *(
             [f"- {'small data' if refit.get('k') else 'a table'}: {refit['summary']}"]
