@@ -128,6 +128,9 @@ def test_phase5_refits_a_small_table_on_train_plus_val_for_the_folds_epochs(tmp_
     accs = [r["best_val_accuracy"] for r in ref["fold_runs"]]
     assert test["val_accuracy"] == pytest.approx(float(np.mean(accs)), abs=1e-9), (test["val_accuracy"], accs)
     assert "folds' cross-validated estimate" in (fin / "test_results.md").read_text()
+    gate = {c["id"]: c["evidence"] for c in json.loads((fin / "gate.json").read_text())["checks"]}
+    assert f"val accuracy {test['val_accuracy']:.4f}" in gate["val_test_agree"], gate["val_test_agree"]
+    assert "folds' cross-validated estimate" in gate["val_test_agree"], gate["val_test_agree"]
 
 
 def test_small_datas_val_numbers_are_the_folds_mean_with_an_interval_no_narrower_than_its_rows_allow():

@@ -179,8 +179,10 @@ def metric_checks(cfg: Any, test: dict[str, Any]) -> dict[str, tuple[str, Any]]:
     overlap = tl <= vh and vl <= th
     res["val_test_agree"] = (
         "pass" if overlap else "fail",
-        f"val {name} {v_s:.4f} [{vl:.4f}, {vh:.4f}] and test "
-        f"{t_s:.4f} [{tl:.4f}, {th:.4f}]: 95% bootstrap intervals "
+        f"val {name} {v_s:.4f} [{vl:.4f}, {vh:.4f}]"
+        + (f" ({test['val_source']})" if test.get("val_source") else "")
+        + f" and test {t_s:.4f} [{tl:.4f}, {th:.4f}]: 95% "
+        + ("intervals " if test.get("val_source") else "bootstrap intervals ")
         + ("overlap" if overlap else "do not overlap (val was optimistic, or the splits differ)"),
     )
     drop = test["robustness_drop"]
