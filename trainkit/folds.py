@@ -242,8 +242,6 @@ def folds_estimate(refit: dict[str, Any]) -> dict[str, Any] | None:
     estimate does (each train+val row is val in one fold). Per number: the mean over the folds of
     their best val value, with a 95% interval of ±1.96 standard errors: the folds' spread, at least
     a proportion's over the ``refit["rows"]`` rows. None without two folds that scored."""
-    import math
-
     rows = [r for r in refit.get("fold_runs") or [] if r.get("best_val_accuracy") is not None]
     if not refit.get("k") or len(rows) < 2:
         return None
