@@ -278,8 +278,8 @@ def test_an_underfitting_tabm_is_offered_wider_blocks():
     assert by["underfitting"].fired and cap.patch == {"model.kwargs": {"k": 8, "d_block": 512}}
 
 
-def _level(net, trees, val_rows=600, target=0.95, trees_too=True):
-    ev = _ev(net, trees, val_rows, target=target)
+def _level(net, trees, val_rows=600, target=0.95, trees_too=True, **kw):
+    ev = _ev(net, trees, val_rows, target=target, **kw)
     models = ev["probes"]["reference"]["models"]
     models["logistic_regression"] = {"val_accuracy": trees - 0.01, "val_score": trees - 0.01}
     if not trees_too:  # images and signals: a logistic regression on the flat inputs is the only reference
@@ -310,6 +310,45 @@ def test_underfitting_that_boosted_trees_share_is_the_rows_ceiling_not_the_netwo
     assert not {f.name: f for f in detect_all(near)}["reference_gap"].evidence["level_short_of_target"]
     # no boosted trees (a logistic regression on pixels is a floor, not a ceiling): underfitting stays
     assert {f.name: f for f in detect_all(_level(0.83, 0.83, trees_too=False))}["underfitting"].fired
+
+
+def test_overfitting_that_boosted_trees_stop_level_with_expects_only_the_room_they_leave():
+    """A wide, noisy table: the network fits train to 0.92 and stops at 0.68 on val, and boosted
+    trees on the same rows stop at 0.69, against a 0.95 target. The network does overfit, but no
+    model on these rows gets far above that level: closing the 24-point gap is expected to win
+    at most the trees' level plus the noise, too little to optimize for, and the strength is no
+    longer strong enough to overrule that (option B)."""
+    from trainkit.decisions import after_diagnostics
+    from trainkit.diagnostics import THRESHOLDS
+    from trainkit.testing import tiny_config as cfg_of
+
+    ev = _level(0.68, 0.69, val_rows=750, train=0.92, seed_std=0.009)
+    findings = detect_all(ev)
+    by = {f.name: f for f in findings}
+    over, noise = by["overfitting"], by["reference_gap"].evidence["noise_points"]
+    assert over.fired and over.evidence["capped_by_reference"] and "at most" in over.summary
+    assert over.evidence["room_points"] == pytest.approx(69 + noise - 68, abs=0.01)
+    assert over.evidence["strength_before_control"] >= THRESHOLDS["strong_strength"] > over.strength
+    assert all(r.expected_gain_points <= over.evidence["room_points"] for r in over.recommendations)
+    plan = plan_recommendations(findings, ev)
+    budget = cfg_of().budget
+    assert primary_cause(findings).name == "overfitting" and plan["expected_gain_points"] < budget.marginal_gain_points
+    d = after_diagnostics(
+        expected_gain=plan["expected_gain_points"],
+        fix=None,
+        needs_fix=False,
+        manual_fix=None,
+        restarts_left=2,
+        budget=budget,
+        strong=None,
+        gap=27.0,
+    )
+    assert d.option == "B"
+    # the trees ahead beyond the noise, or no trees at all: the whole gap is the network's to close
+    for ev in (_level(0.68, 0.80, train=0.92), _level(0.68, 0.69, train=0.92, trees_too=False)):
+        over = {f.name: f for f in detect_all(ev)}["overfitting"]
+        assert over.fired and "capped_by_reference" not in over.evidence
+        assert over.strength >= THRESHOLDS["strong_strength"]
 
 
 def test_imbalance_moves_expect_what_the_rare_class_can_move_of_the_metric():

@@ -348,7 +348,8 @@ def plan_recommendations(findings: list[Finding], ev: dict[str, Any], lo: int = 
     noise (the reference gap's ``leads``, whether it is the primary finding or a cause's symptom),
     architecture moves (:func:`move_family`) rank first: the model family or its capacity is what
     the reference shows to be short. The combined expected gain assumes the
-    changes overlap: headroom × (1 − Π(1 − gain_i / headroom))."""
+    changes overlap: headroom × (1 − Π(1 − gain_i / headroom)); the moves of a finding capped by
+    the reference (its ``room_points``) overlap within that room first."""
     tried: dict[str, float] = ev.get("tried") or {}
     by_id: dict[str, Recommendation] = {}
     for f in findings:
@@ -389,11 +390,12 @@ def plan_recommendations(findings: list[Finding], ev: dict[str, Any], lo: int = 
     )
     selected = ranked[:hi]
     headroom = _headroom_points(ev)
-    keep = 1.0
-    for r in selected:
-        if r.kind == "accuracy" and headroom > 0:
-            keep *= max(0.0, 1 - min(r.expected_gain_points, headroom) / headroom)
-    total = headroom * (1 - keep)
+    rooms = {f.name: f.evidence["room_points"] for f in findings if f.fired and f.evidence.get("capped_by_reference")}
+    acc = [r for r in selected if r.kind == "accuracy"]
+    gains = [r.expected_gain_points for r in acc if r.finding not in rooms]
+    for name, room in rooms.items():  # a capped finding's moves overlap within its room (detectors._capped_overfit)
+        gains.append(_combined([r.expected_gain_points for r in acc if r.finding == name], room))
+    total = _combined(gains, headroom)
     return {
         "ranked": [_rec_dict(r) for r in ranked],
         "selected": [_rec_dict(r) for r in selected],
@@ -403,6 +405,15 @@ def plan_recommendations(findings: list[Finding], ev: dict[str, Any], lo: int = 
         "headroom_points": round(headroom, 2),
         "gap_to_target_points": round(max(0.0, (ev["target"] - _best_val(ev)) * 100), 2),
     }
+
+
+def _combined(gains: list[float], room: float) -> float:
+    """Gains that overlap within ``room`` points: room × (1 − Π(1 − gain_i / room))."""
+    keep = 1.0
+    for g in gains:
+        if room > 0:
+            keep *= max(0.0, 1 - min(g, room) / room)
+    return room * (1 - keep)
 
 
 def _best_val(ev: dict[str, Any]) -> float:

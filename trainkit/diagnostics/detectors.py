@@ -470,6 +470,38 @@ def _shared_underfit(f: Finding, level: Finding) -> Finding:
     )
 
 
+def _capped_overfit(f: Finding, level: Finding) -> Finding:
+    """Overfitting is a claim that closing the train/val gap raises val. Boosted trees fitted on the
+    same rows stop at the network's level (within the noise) short of the target, so the rows cap
+    every model near that level: closing the gap is expected to win at most up to the trees' level
+    plus the noise, not a share of the whole gap. The finding still fires (the network does
+    overfit); its moves' gains and its strength are scaled to that room."""
+    e = level.evidence
+    room = max(0.0, 100 * e["reference_val_score"] + e["noise_points"] - 100 * e["network_val_score"])
+    gap = max(0.0, f.evidence["gap_points"] - f.evidence["gap_explained_by_label_noise_points"])
+    if gap <= room:
+        return f
+    scale = room / gap
+    top = NAMES.get(e["reference"], e["reference"])
+    for r in f.recommendations:
+        if r.kind == "accuracy":
+            r.expected_gain_points = round(r.expected_gain_points * scale, 2)
+    f.evidence = {
+        **f.evidence,
+        "capped_by_reference": True,
+        "room_points": round(room, 2),
+        "strength_before_control": round(f.strength, 3),
+    }
+    f.strength = round(f.strength * scale, 3)
+    f.summary += (
+        f"; but the {top}, fitted on the same rows, stops at the same level ({e['reference_val_score']:.3f} against "
+        f"the network's {e['network_val_score']:.3f}, within the noise of {e['noise_points']:.1f} points): the rows "
+        f"cap both short of the target, so closing the gap is expected to win at most {room:.1f} points, not a "
+        "share of the whole gap"
+    )
+    return f
+
+
 def detect_all(evidence: dict[str, Any]) -> list[Finding]:
     """Run every detector; a detector that trips over missing evidence reports itself as not run.
 
@@ -481,7 +513,8 @@ def detect_all(evidence: dict[str, Any]) -> list[Finding]:
     (its numbers, its summary) without firing or adding moves; a shared finding has no strength
     then either (underfitting on a table offers TabM itself, :func:`findings._family_recs`). Underfitting
     itself is shared when boosted trees fitted on the same rows stop at the network's level short of
-    the target (:func:`_shared_underfit`)."""
+    the target (:func:`_shared_underfit`), and overfitting's gains are capped then at the room the
+    trees' level and the noise leave (:func:`_capped_overfit`)."""
     out = []
     for name, fn in DETECTORS.items():
         try:
@@ -492,6 +525,8 @@ def detect_all(evidence: dict[str, Any]) -> list[Finding]:
     for i, f in enumerate(out):
         if level is not None and f.name == "underfitting" and f.fired:
             out[i] = _shared_underfit(f, level)
+        elif level is not None and f.name == "overfitting" and f.fired:
+            out[i] = _capped_overfit(f, level)
     ref = next((f for f in out if f.name == "reference_gap" and f.fired), None)
     causes = [f.name for f in out if f.fired and f.name != "reference_gap" and not (ref and shared_with_reference(f))]
     for i, f in enumerate(out):
