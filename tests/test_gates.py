@@ -138,6 +138,10 @@ def test_the_printed_way_out_of_a_blocked_gate_ticks_its_manual_checks_and_waive
         f"trainkit signoff '{run_dir}' --phase 5 --by NAME"
         " --check stakeholder_approval --waive test_meets_target=REASON"
     )
+    from trainkit.run import resume_command, way_out
+
+    said = way_out(run_dir, 5, record["checks"], blocked=True, q="`")  # what Phase 5's decision says
+    assert said.startswith("fix what the failing checks say") and f"`{cmd}` then `{resume_command(run_dir)}`" in said
     words = shlex.split(cmd)
     checks = [words[i + 1] for i, w in enumerate(words) if w == "--check"]
     waived = [words[i + 1].split("=")[0] for i, w in enumerate(words) if w == "--waive"]

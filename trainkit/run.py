@@ -519,6 +519,16 @@ def finish_command(run_dir: str | Path, phase_number: int, checks: list[dict[str
     )
 
 
+def way_out(run_dir: str | Path, phase_number: int, checks: list[dict[str, Any]], blocked: bool, q: str = "") -> str:
+    """How to finish a gate in words, commands quoted by ``q``: sign it off (:func:`finish_command`)
+    then resume; when it is blocked, first the choice of fixing what its failing checks say."""
+    sign, resume = finish_command(run_dir, phase_number, checks), resume_command(run_dir)
+    then = f"{q}{sign}{q} then {q}{resume}{q}"
+    if blocked:  # a failing check blocks a sign-off unless it is waived with its reason
+        return f"fix what the failing checks say and run {q}{resume}{q}; or, if you accept them, {then}"
+    return f"sign off with {then}"
+
+
 def check_run_name(name: str) -> str:
     """A run name is one plain folder name inside the runs folder: no separators, not '.', '..' or
     empty, no control characters. Raises ConfigError (exit 2) naming the problem."""

@@ -11,8 +11,9 @@ from trainkit.run import (
     Phase,
     load_manifest,
     phase_entries,
-    resume_command,
     finish_command,
+    resume_command,
+    way_out,
     RunFolder,
     TRACKING,
 )
@@ -46,13 +47,10 @@ def describe_run(run_dir: Path) -> str:
         for c in record["checks"]:
             if c["status"] not in ("pass", "na"):
                 lines.append(f"    - {c['id']}: {c['status']} ({c['evidence']})")
-        if state == "awaiting_signoff":
+        if state == "awaiting_signoff":  # one command to paste
             nxt = finish_command(run_dir, int(last.phase[:2]), record["checks"])
         elif state == "blocked":
-            nxt = (
-                f"fix what the failing checks say and run {resume_command(run_dir)}; or, if you accept them, "
-                f"{finish_command(run_dir, int(last.phase[:2]), record['checks'])}"
-            )
+            nxt = way_out(run_dir, int(last.phase[:2]), record["checks"], blocked=True)
         elif (
             last.get("decision") == "deploy"
             or manifest.get("status") == "ready_to_deploy"

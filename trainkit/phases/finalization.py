@@ -464,7 +464,7 @@ def decide(ctx: FinalizationContext, record: dict[str, Any]) -> dict[str, Any]:
     finish): :func:`trainkit.decisions.after_finalization`."""
     from trainkit.decisions import after_finalization
     from trainkit.gates import gate_state
-    from trainkit.run import finish_command, resume_command
+    from trainkit.run import way_out
 
     state = gate_state(record)
     missing = [
@@ -472,12 +472,7 @@ def decide(ctx: FinalizationContext, record: dict[str, Any]) -> dict[str, Any]:
         for c in record["checks"]
         if c["mandatory"] and c["status"] not in ("pass", "na", "waived", "warn")
     ]
-    sign, resume = finish_command(ctx.run_dir, 5, record["checks"]), resume_command(ctx.run_dir)
-    how = (  # a failing check blocks a sign-off unless it is waived with its reason
-        f"fix what the failing checks say and run `{resume}`; or, if you accept them, `{sign}` then `{resume}`"
-        if state == "blocked"
-        else f"sign off with `{sign}` then `{resume}`"
-    )
+    how = way_out(ctx.run_dir, 5, record["checks"], state == "blocked", q="`")
     option, nxt, reason = after_finalization(gate=state, missing=missing, how=how)
     return write_decision(
         ctx, option, nxt, reason, {"gate": state} if nxt == "deploy" else {"gate": state, "missing": missing}
