@@ -145,6 +145,13 @@ def test_small_datas_val_numbers_are_the_folds_mean_with_an_interval_no_narrower
     assert folds_estimate({"k": 3, "rows": 150, "fold_runs": same})["val_accuracy_ci"] == [1.0, 1.0]
     assert folds_estimate({"k": 3, "rows": 150, "fold_runs": runs[:1]}) is None
     assert folds_estimate({"rule": "a table", "rows": 150}) is None  # a table's refit has its selection run instead
+    # a regression's metric, in the label's units: the folds' spread, errors never below 0, R² never above 1
+    errs = [{"best_val_accuracy": None, "best_val_score": v} for v in (10.0, 12.0, 14.0)]
+    est = folds_estimate({"k": 3, "rows": 150, "fold_runs": errs}, "rmse")
+    assert est["val_score"] == pytest.approx(12.0) and "val_accuracy" not in est
+    assert est["val_score_ci"] == pytest.approx([12.0 - 1.96 * 2 / 3**0.5, 12.0 + 1.96 * 2 / 3**0.5])
+    r2 = [{"best_val_accuracy": None, "best_val_score": v} for v in (0.9, 0.99, 0.999)]
+    assert folds_estimate({"k": 3, "rows": 150, "fold_runs": r2}, "r2")["val_score_ci"][1] == 1.0
 
 
 def _table_through_phase_5(tmp_path):

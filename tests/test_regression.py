@@ -207,6 +207,16 @@ def test_a_quantity_without_a_regression_metric_names_both_ways(tmp_path):
         load_data(validate_config_dict(base))
     b = load_data(validate_config_dict({"data": dict(base["data"], categorical=["grade"])}))
     assert not b.regression and b.num_classes == 25
+    # prices in whole fives (112 values, the typical one in 2 rows) are a quantity too, not 112 classes;
+    # 30 whole numbers of ten rows each stay classes
+    df["dollars"] = (df["price"] / 5).round().astype(int) * 5
+    df["band"] = np.arange(300) % 30
+    df.to_csv(tmp_path / "d.csv", index=False)
+    whole = {"data": {"source": "csv", "root": str(tmp_path / "d.csv"), "drop": ["price"]}}
+    with pytest.raises(DataError, match="distinct whole numbers") as info:
+        load_data(validate_config_dict({"data": dict(whole["data"], label="dollars")}))
+    assert "rmse" in str(info.value) and "data.categorical: [dollars]" in str(info.value)
+    assert load_data(validate_config_dict({"data": dict(whole["data"], label="band")})).num_classes == 30
 
 
 def test_the_label_is_standardized_on_train_and_given_back_in_its_units(prices_csv, tmp_path):
@@ -338,6 +348,12 @@ def test_the_readmes_number_walkthrough_as_written(tmp_path):
         assert lo <= test["test"][k] <= hi
     assert test["test"]["r2"] > 0.8 and test["test"]["rmse"] < 0.5 * test["mean_predictor_test"]["rmse"]
     assert set(test["reference_test"]) == {"ridge", "boosted_trees"}
+    # 135 val rows: small data, refit on train+val, so the val numbers are the folds' estimate of rmse
+    refit = json.loads((final / "refit.json").read_text())
+    folds = [r["best_val_score"] for r in refit["fold_runs"]]
+    assert refit["k"] >= 2 and test["val_score"] == pytest.approx(float(np.mean(folds)), abs=1e-9), (test, folds)
+    assert test["val"]["rmse"] == test["val_score"] and "folds' cross-validated" in test["val_source"]
+    assert "folds' cross-validated estimate" in (final / "test_results.md").read_text()
     gate = json.loads((final / "gate.json").read_text())
     status = {c["id"]: c["status"] for c in gate["checks"]}
     assert status["per_class_reported"] == "na" and status["calibration_measured"] == "na"

@@ -236,21 +236,32 @@ def plan_refit(
     )
 
 
-def folds_estimate(refit: dict[str, Any]) -> dict[str, Any] | None:
+def folds_estimate(refit: dict[str, Any], metric: str = "accuracy") -> dict[str, Any] | None:
     """Small data's val numbers for Phase 5's record (``refit``, :func:`plan_refit`'s): the final model
-    trained on the val rows, so its own val accuracy estimates nothing; the folds' cross-validated
+    trained on the val rows, so its own val numbers estimate nothing; the folds' cross-validated
     estimate does (each train+val row is val in one fold). Per number: the mean over the folds of
-    their best val value, with a 95% interval of ±1.96 standard errors: the folds' spread, at least
-    a proportion's over the ``refit["rows"]`` rows. None without two folds that scored."""
-    rows = [r for r in refit.get("fold_runs") or [] if r.get("best_val_accuracy") is not None]
+    their best val value, with a 95% interval of ±1.96 standard errors of their spread; an accuracy's
+    at least a proportion's over the ``refit["rows"]`` rows, a regression's ``metric`` (rmse, mae,
+    r2, in the label's units) within its range. None without two folds that scored."""
+    regression = metric in ("rmse", "mae", "r2")
+    key = "best_val_score" if regression else "best_val_accuracy"
+    rows = [r for r in refit.get("fold_runs") or [] if r.get(key) is not None]
     if not refit.get("k") or len(rows) < 2:
         return None
+    source = f"the {len(rows)} folds' cross-validated estimate (the final model trained on the val rows)"
 
-    def estimate(values: list[float]) -> tuple[float, list[float]]:
+    def estimate(values: list[float], floor: bool = True) -> tuple[float, list[float]]:
         m = float(np.mean(values))
-        half = 1.96 * max(float(np.std(values, ddof=1)) / math.sqrt(len(values)), _binomial_se(m, refit["rows"]))
-        return m, [max(0.0, m - half), min(1.0, m + half)]
+        se = float(np.std(values, ddof=1)) / math.sqrt(len(values))
+        half = 1.96 * (max(se, _binomial_se(m, refit["rows"])) if floor else se)
+        lo, hi = m - half, m + half
+        if regression:  # errors are never negative, R² never above 1
+            return m, [max(0.0, lo) if metric != "r2" else lo, min(1.0, hi) if metric == "r2" else hi]
+        return m, [max(0.0, lo), min(1.0, hi)]
 
+    if regression:
+        score = estimate([float(r[key]) for r in rows], floor=False)
+        return {"val_score": score[0], "val_score_ci": score[1], "val_source": source}
     acc = estimate([float(r["best_val_accuracy"]) for r in rows])
     scores = [r.get("best_val_score") for r in rows]
     score = estimate([float(v) for v in scores]) if all(v is not None for v in scores) else acc
@@ -259,7 +270,7 @@ def folds_estimate(refit: dict[str, Any]) -> dict[str, Any] | None:
         "val_accuracy_ci": acc[1],
         "val_score": score[0],
         "val_score_ci": score[1],
-        "val_source": f"the {len(rows)} folds' cross-validated estimate (the final model trained on the val rows)",
+        "val_source": source,
     }
 
 

@@ -70,6 +70,13 @@ def _labels(
             "have a single row (an ID or a continuous quantity?); "
             + (both_ways if numeric else "choose the column to classify")
         )
+    typical = float(np.median(y.value_counts().to_numpy()))
+    if numeric and len(values) > 20 and typical < 3 and not as_classes:  # whole numbers such as prices or days
+        raise DataError(
+            f"data.label: {label!r} holds {len(values)} distinct whole numbers and the typical one is in "
+            f"{typical:g} row(s), too few for a class to be in train, val and test: a quantity, not classes? "
+            f"{both_ways}"
+        )
     index = {v: i for i, v in enumerate(values)}
     codes = np.array([index[v] for v in y.tolist()], dtype=np.int64)
     names = [_name(v) for v in values]
