@@ -125,6 +125,24 @@ def test_a_numeric_category_matches_however_the_new_rows_write_it(tmp_path):
     ] * 4
 
 
+def test_text_padded_with_spaces_is_the_same_class_and_the_same_category(tmp_path):
+    """An export that writes "yes " in some rows and "yes" in others (a fixed-width column, a
+    hand-edited sheet): one class, one category, in training and in new rows alike."""
+    df = churn_frame(300)
+    pad = np.arange(300) % 2 == 0
+    df.loc[pad, "churn"] = df.loc[pad, "churn"] + " "
+    df.loc[pad, "plan"] = " " + df.loc[pad, "plan"]
+    df.to_csv(tmp_path / "t.csv", index=False)
+    b = load_data(_cfg(tmp_path / "t.csv"))
+    assert b.source.class_names == ["no", "yes"]
+    pre = b.source.table.preprocess
+    assert {f for f in pre.features if f.startswith("plan=")} == {"plan=basic", "plan=pro", "plan=max"}
+    rows = churn_frame(4).assign(plan=["basic", " basic ", "pro  ", "gold"])
+    x, names = pre.transform(rows), pre.features
+    hits = [x[i, names.index(f)] for i, f in enumerate(["plan=basic", "plan=basic", "plan=pro", f"plan {OTHER}"])]
+    assert hits == [1.0] * 4
+
+
 def test_the_run_saves_the_preprocessing_and_later_phases_use_it(churn_csv, tmp_path):
     run = tmp_path / "run"
     init_run(run)

@@ -46,7 +46,7 @@ def _labels(
     if regression:
         return df, _numbers(y, label, where), [label]
     if not (pd.api.types.is_numeric_dtype(y) or pd.api.types.is_bool_dtype(y)):
-        y = y.astype(str)  # numbers sort numerically, anything else as text
+        y = y.astype(str).str.strip()  # numbers sort numerically, anything else as text; "yes " is "yes"
     values = sorted(y.unique().tolist())
     if len(values) < 2:
         raise DataError(

@@ -318,7 +318,7 @@ def _fit_column(name: str, kind: str, s: Any) -> dict[str, Any]:
             {"part": p, **_fit_numeric(name, parts[p], f"{name}.{p}")} for p in keep
         ]  # a list: order is the layout
         return {"name": name, "kind": kind, "parts": fitted, "outputs": [o for f in fitted for o in f["outputs"]]}
-    vals = s.dropna().astype(str)
+    vals = s.dropna().astype(str).str.strip()  # "north " is "north"
     counts = vals.value_counts()
     ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
     vocab = [v for v, k in ranked if k >= 2][:MAX_CATEGORIES] or [v for v, _ in ranked][:MAX_CATEGORIES]
@@ -357,9 +357,11 @@ def _apply(c: dict[str, Any], s: Any) -> np.ndarray:
 
 def _category_index(vocab: dict[str, int], text: str, other: int) -> int:
     """The vocabulary entry of ``text``; a number matches however it was written (a column with
-    gaps reads 7 as "7.0", the same column without them as "7"); anything else is ``other``."""
-    if text in vocab:
-        return vocab[text]
+    gaps reads 7 as "7.0", the same column without them as "7") and a text however it is padded
+    with spaces; anything else is ``other``."""
+    for key in (text, text.strip()):
+        if key in vocab:
+            return vocab[key]
     try:
         f = float(text)
     except ValueError:
@@ -447,8 +449,8 @@ class TableData:
         unseen = {}
         for c, kind in self.kinds.items():
             if kind == "categorical":
-                seen = set(tr[c].dropna().astype(str))
-                v = va[c].dropna().astype(str)
+                seen = set(tr[c].dropna().astype(str).str.strip())
+                v = va[c].dropna().astype(str).str.strip()
                 k = int((~v.isin(seen)).sum())
                 if k:
                     unseen[c] = {
