@@ -911,3 +911,30 @@ def test_a_missed_target_shows_what_the_references_score_on_the_same_test_rows()
     reg = {"regression": True, "reference_test": {"ridge": {"rmse": 3.1, "r2": 0.5}, "boosted_trees": {"rmse": 2.2}}}
     assert "the boosted trees reaches it" in target_evidence(reg, "rmse", 2.5)  # an error: lower is better
     assert "no reference reaches it either" in target_evidence(reg, "rmse", 2.0)
+
+
+def test_a_class_with_no_test_rows_is_named_not_failed_by_the_per_class_floor():
+    """A class of one row lands in train: the test split has none of it, scikit-learn reports its
+    recall as 0, and the floor would block a gate on a class nothing measured."""
+    from trainkit.phases.final_numbers import metric_checks
+    from trainkit.testing import tiny_config
+
+    rec = {
+        "metric": "accuracy",
+        "accuracy": 0.96,
+        "val_accuracy": 0.96,
+        "accuracy_ci": [0.93, 0.98],
+        "val_accuracy_ci": [0.93, 0.98],
+        "robustness_drop": 0.0,
+        "ece": 0.02,
+        "per_class": [
+            {"class": "no", "recall": 0.97, "support": 80},
+            {"class": "yes", "recall": 0.90, "support": 40},
+            {"class": "maybe", "recall": 0.0, "support": 0},
+        ],
+    }
+    status, why = metric_checks(tiny_config({"target.value": 0.95}), rec)["per_class_reported"]
+    assert status == "pass" and "lowest recall 0.900" in why and "no test rows: ['maybe']" in why
+    rec["per_class"][1].update(recall=0.30)  # a measured class below the floor still fails
+    status, why = metric_checks(tiny_config({"target.value": 0.95}), rec)["per_class_reported"]
+    assert status == "fail" and "['yes']" in why and "no test rows: ['maybe']" in why

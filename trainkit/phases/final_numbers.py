@@ -213,14 +213,21 @@ def metric_checks(cfg: Any, test: dict[str, Any]) -> dict[str, tuple[str, Any]]:
             "(ECE) does not apply; the residual plot is in test_results.md",
         )
         return res
-    low = [c for c in test["per_class"] if c["recall"] < f.per_class_floor]
+    # a class with no test row has no recall to judge (scikit-learn reports 0): named, not failed
+    seen = [c for c in test["per_class"] if c.get("support", 1) > 0]
+    absent = [c["class"] for c in test["per_class"] if c.get("support", 1) == 0]
+    unjudged = f"; not judged, no test rows: {absent}" if absent else ""
+    low = [c for c in seen if c["recall"] < f.per_class_floor]
     res["per_class_reported"] = (
-        ("fail", f"below the floor {f.per_class_floor}: {[c['class'] for c in low]}" + floor_evidence(test, low))
+        (
+            "fail",
+            f"below the floor {f.per_class_floor}: {[c['class'] for c in low]}" + floor_evidence(test, low) + unjudged,
+        )
         if low
         else (
             "pass",
             f"{len(test['per_class'])} classes reported; lowest recall "
-            f"{min(c['recall'] for c in test['per_class']):.3f}",
+            f"{min((c['recall'] for c in seen), default=float('nan')):.3f}" + unjudged,
         )
     )
     res["calibration_measured"] = (
