@@ -872,26 +872,36 @@ def test_a_failed_per_class_floor_shows_what_the_references_recall_of_those_clas
     )
 
 
+def _test_record(per_class, **over):
+    """A classifier's test_evaluation.json, as much of it as the production gate's metric checks read."""
+    return {
+        "metric": "accuracy",
+        "accuracy": 0.96,
+        "val_accuracy": 0.96,
+        "accuracy_ci": [0.80, 0.98],
+        "val_accuracy_ci": [0.80, 0.98],
+        "robustness_drop": 0.0,
+        "ece": 0.02,
+        "per_class": per_class,
+        **over,
+    }
+
+
 def test_a_missed_target_shows_what_the_references_score_on_the_same_test_rows():
     """The production gate's target check: beside the network's test value, each reference's on the
     same test rows, and whether any of them reaches the target (the check still fails)."""
     from trainkit.phases.final_numbers import metric_checks
     from trainkit.testing import tiny_config
 
-    rec = {
-        "metric": "accuracy",
-        "accuracy": 0.83,
-        "val_accuracy": 0.835,
-        "accuracy_ci": [0.80, 0.86],
-        "val_accuracy_ci": [0.80, 0.87],
-        "robustness_drop": 0.0,
-        "ece": 0.02,
-        "per_class": [{"class": "good", "recall": 0.97}, {"class": "bad", "recall": 0.55}],
-        "reference_recall": {
+    rec = _test_record(
+        [{"class": "good", "recall": 0.97}, {"class": "bad", "recall": 0.55}],
+        accuracy=0.83,
+        val_accuracy=0.835,
+        reference_recall={
             "logistic_regression": {"accuracy": 0.832, "recall": [0.98, 0.40]},
             "boosted_trees": {"accuracy": 0.818, "recall": [0.96, 0.45]},
         },
-    }
+    )
     cfg = tiny_config({"target.value": 0.95})
     status, why = metric_checks(cfg, rec)["test_meets_target"]
     assert status == "fail" and "logistic regression 0.8320, boosted trees 0.8180" in why
@@ -919,20 +929,13 @@ def test_a_class_with_no_test_rows_is_named_not_failed_by_the_per_class_floor():
     from trainkit.phases.final_numbers import metric_checks
     from trainkit.testing import tiny_config
 
-    rec = {
-        "metric": "accuracy",
-        "accuracy": 0.96,
-        "val_accuracy": 0.96,
-        "accuracy_ci": [0.93, 0.98],
-        "val_accuracy_ci": [0.93, 0.98],
-        "robustness_drop": 0.0,
-        "ece": 0.02,
-        "per_class": [
+    rec = _test_record(
+        [
             {"class": "no", "recall": 0.97, "support": 80},
             {"class": "yes", "recall": 0.90, "support": 40},
             {"class": "maybe", "recall": 0.0, "support": 0},
-        ],
-    }
+        ]
+    )
     status, why = metric_checks(tiny_config({"target.value": 0.95}), rec)["per_class_reported"]
     assert status == "pass" and "lowest recall 0.900" in why and "no test rows: ['maybe']" in why
     rec["per_class"][1].update(recall=0.30)  # a measured class below the floor still fails
