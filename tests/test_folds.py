@@ -150,6 +150,8 @@ def test_small_datas_val_numbers_are_the_folds_mean_with_an_interval_no_narrower
     est = folds_estimate({"k": 3, "rows": 150, "fold_runs": errs}, "rmse")
     assert est["val_score"] == pytest.approx(12.0) and "val_accuracy" not in est
     assert est["val_score_ci"] == pytest.approx([12.0 - 1.96 * 2 / 3**0.5, 12.0 + 1.96 * 2 / 3**0.5])
+    phase4 = [dict(r, best_val_metric=r["best_val_score"], best_val_score=0.8) for r in errs]  # 0.8: a skill
+    assert folds_estimate({"k": 3, "rows": 150, "fold_runs": phase4}, "rmse")["val_score"] == pytest.approx(12.0)
     r2 = [{"best_val_accuracy": None, "best_val_score": v} for v in (0.9, 0.99, 0.999)]
     assert folds_estimate({"k": 3, "rows": 150, "fold_runs": r2}, "r2")["val_score_ci"][1] == 1.0
 

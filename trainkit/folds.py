@@ -27,6 +27,7 @@ __all__ = [
     "RULE",
     "known_fold_runs",
     "folds_estimate",
+    "fold_metric",
     "run_folds",
     "plan_refit",
     "refit_epochs",
@@ -244,8 +245,9 @@ def folds_estimate(refit: dict[str, Any], metric: str = "accuracy") -> dict[str,
     at least a proportion's over the ``refit["rows"]`` rows, a regression's ``metric`` (rmse, mae,
     r2, in the label's units) within its range. None without two folds that scored."""
     regression = metric in ("rmse", "mae", "r2")
-    key = "best_val_score" if regression else "best_val_accuracy"
-    rows = [r for r in refit.get("fold_runs") or [] if r.get(key) is not None]
+    raw = fold_metric
+    key = raw if regression else (lambda r: r.get("best_val_accuracy"))
+    rows = [r for r in refit.get("fold_runs") or [] if key(r) is not None]
     if not refit.get("k") or len(rows) < 2:
         return None
     source = f"the {len(rows)} folds' cross-validated estimate (the final model trained on the val rows)"
@@ -260,10 +262,10 @@ def folds_estimate(refit: dict[str, Any], metric: str = "accuracy") -> dict[str,
         return m, [max(0.0, lo), min(1.0, hi)]
 
     if regression:
-        score = estimate([float(r[key]) for r in rows], floor=False)
+        score = estimate([float(raw(r)) for r in rows], floor=False)
         return {"val_score": score[0], "val_score_ci": score[1], "val_source": source}
     acc = estimate([float(r["best_val_accuracy"]) for r in rows])
-    scores = [r.get("best_val_score") for r in rows]
+    scores = [raw(r) for r in rows]
     score = estimate([float(v) for v in scores]) if all(v is not None for v in scores) else acc
     return {
         "val_accuracy": acc[0],
@@ -272,6 +274,14 @@ def folds_estimate(refit: dict[str, Any], metric: str = "accuracy") -> dict[str,
         "val_score_ci": score[1],
         "val_source": source,
     }
+
+
+def fold_metric(row: dict[str, Any]) -> float | None:
+    """A fold run's best val value of the target metric: Phase 4's rows keep it in
+    ``best_val_metric`` (their ``best_val_score`` is what Phase 4 compares: a regression's skill),
+    Phase 5's in ``best_val_score``."""
+    v = row.get("best_val_metric")
+    return v if v is not None else row.get("best_val_score")
 
 
 def _binomial_se(p: float, n: int) -> float:
