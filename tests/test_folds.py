@@ -52,6 +52,23 @@ def test_folds_are_stratified_disjoint_and_cover_train_plus_val(tmp_path):
     assert set(refit_view(bundle).splits["train"]) == pool
 
 
+def test_a_class_of_one_row_is_val_in_one_fold_without_a_warning_on_the_console(tmp_path, recwarn):
+    """scikit-learn warns that the least populated class has fewer rows than folds: as planned
+    (k is at least 2), that row is val in one fold and train in the other, and the console is quiet."""
+    from trainkit.folds import _labels, _pool
+
+    cfg = _small_table(tmp_path)
+    df = pd.read_csv(cfg["data.root"])
+    df.loc[3, "label"] = "maybe"
+    df.to_csv(cfg["data.root"], index=False)
+    bundle = load_data(tiny_config(cfg))
+    plan, pool = plan_for(bundle), _pool(bundle)
+    (row,) = pool[_labels(bundle, pool) == bundle.source.class_names.index("maybe")]  # in train or val, not test
+    vals = [set(fold_view(bundle, i, plan["k"]).splits["val"]) for i in range(plan["k"])]
+    assert plan["k"] == 2 and sum(row in v for v in vals) == 1
+    assert not [w for w in recwarn if "least populated" in str(w.message)]
+
+
 def test_a_refit_view_holds_each_train_and_val_row_once_for_phase_5s_references(tmp_path):
     """Phase 5's bundle after a refit is a refit view (its train holds val): the references fitted
     on "train+val" and the shared-record count see each of those rows once, not the val rows twice."""
