@@ -169,6 +169,14 @@ def test_small_datas_val_numbers_are_the_folds_mean_with_an_interval_no_narrower
     assert est["val_score_ci"] == pytest.approx([12.0 - 1.96 * 2 / 3**0.5, 12.0 + 1.96 * 2 / 3**0.5])
     phase4 = [dict(r, best_val_metric=r["best_val_score"], best_val_score=0.8) for r in errs]  # 0.8: a skill
     assert folds_estimate({"k": 3, "rows": 150, "fold_runs": phase4}, "rmse")["val_score"] == pytest.approx(12.0)
+    # the record's val numbers come from the folds only when the final model is their refit
+    from types import SimpleNamespace
+
+    from trainkit.phases.final_numbers import folds_val
+
+    refit = {"k": 3, "rows": 150, "fold_runs": errs}
+    assert folds_val(SimpleNamespace(refit=refit, reused=None), "rmse")["val_score"] == pytest.approx(12.0)
+    assert folds_val(SimpleNamespace(refit=refit, reused="02_baseline/attempt-1"), "rmse") is None  # time ran out
     r2 = [{"best_val_accuracy": None, "best_val_score": v} for v in (0.9, 0.99, 0.999)]
     assert folds_estimate({"k": 3, "rows": 150, "fold_runs": r2}, "r2")["val_score_ci"][1] == 1.0
 

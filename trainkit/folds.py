@@ -248,8 +248,7 @@ def folds_estimate(refit: dict[str, Any], metric: str = "accuracy") -> dict[str,
     at least a proportion's over the ``refit["rows"]`` rows, a regression's ``metric`` (rmse, mae,
     r2, in the label's units) within its range. None without two folds that scored."""
     regression = metric in ("rmse", "mae", "r2")
-    raw = fold_metric
-    key = raw if regression else (lambda r: r.get("best_val_accuracy"))
+    key = fold_metric if regression else (lambda r: r.get("best_val_accuracy"))
     rows = [r for r in refit.get("fold_runs") or [] if key(r) is not None]
     if not refit.get("k") or len(rows) < 2:
         return None
@@ -265,10 +264,10 @@ def folds_estimate(refit: dict[str, Any], metric: str = "accuracy") -> dict[str,
         return m, [max(0.0, lo), min(1.0, hi)]
 
     if regression:
-        score = estimate([float(raw(r)) for r in rows], floor=False)
+        score = estimate([float(fold_metric(r)) for r in rows], floor=False)
         return {"val_score": score[0], "val_score_ci": score[1], "val_source": source}
     acc = estimate([float(r["best_val_accuracy"]) for r in rows])
-    scores = [raw(r) for r in rows]
+    scores = [fold_metric(r) for r in rows]
     score = estimate([float(v) for v in scores]) if all(v is not None for v in scores) else acc
     return {
         "val_accuracy": acc[0],

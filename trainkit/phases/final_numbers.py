@@ -67,12 +67,22 @@ def _peers(bundle: Any, xt: np.ndarray, yt: np.ndarray) -> dict[str, Any]:
     }
 
 
+def folds_val(ctx: Any, metric: str = "accuracy") -> dict[str, Any] | None:
+    """Small data's val numbers for the test record (:func:`trainkit.folds.folds_estimate`): its
+    final model is the refit on train+val, so its own val numbers estimate nothing. None when the
+    final model is not that refit (a table, or the best so far reused when time ran out)."""
+    from trainkit.folds import folds_estimate
+
+    if getattr(ctx, "reused", None):
+        return None
+    return folds_estimate(getattr(ctx, "refit", None) or {}, metric)
+
+
 def evaluate_numbers(
     ctx: Any, bundle: Any, model: nn.Module, force: bool, model_sha: str, rec_path: Any, val_model: Any = None
 ) -> dict[str, Any]:
     """The one test evaluation of a regression (see the module docstring); test_evaluation.json,
     residuals.png and test_results.md."""
-    from trainkit.folds import folds_estimate
     from trainkit.phases.common import show_figure
     from trainkit.plots import residual_figure
 
@@ -83,14 +93,12 @@ def evaluate_numbers(
     pt = _numbers(wrapped, xt)
     pv = _numbers(wrapped if val_model is None else LabelUnits(val_model, bundle.label_scale).eval(), xv)
     yt_, yv_ = bundle.to_label_units(yt), bundle.to_label_units(yv)
-    test, val = _scores(yt_, pt, f.bootstrap, 0), _scores(yv_, pv, f.bootstrap, 1)
+    est = folds_val(ctx, metric)  # small data: the refit trained on the val rows
+    test = _scores(yt_, pt, f.bootstrap, 0)
+    val = {metric: est["val_score"], f"{metric}_ci": est["val_score_ci"]} if est else _scores(yv_, pv, f.bootstrap, 1)
     g = torch.Generator().manual_seed(ctx.config.training.seed)
     noisy = regression_scores(yt_, _numbers(wrapped, xt + f.noise_std * torch.randn(xt.shape, generator=g)))
     mean = bundle.label_scale["mean"]
-    # small data: the final model trained on the val rows, so the folds' estimate stands in for its val numbers
-    est = folds_estimate(getattr(ctx, "refit", None) or {}, metric)
-    if est:
-        val = {metric: est["val_score"], f"{metric}_ci": est["val_score_ci"]}
     rec = {
         "time": time.time(),
         "model_sha256": model_sha,
@@ -126,9 +134,6 @@ def evaluate_numbers(
     return rec
 
 
-NAMES = {"rmse": "RMSE", "mae": "MAE", "r2": "R²"}
-
-
 def _line(name: str, s: dict[str, Any], k: str, what: str = "95% bootstrap CI") -> str:
     lo, hi = s[f"{k}_ci"]
     return f"{name} {s[k]:.4g} ({what} [{lo:.4g}, {hi:.4g}])"
@@ -149,7 +154,7 @@ def _write_md(ctx: Any, rec: dict[str, Any]) -> None:
         f"{rec['score_ci'][1]:.4g}]); val {rec['val_score']:.4g}",
         f"- test {_line('RMSE', t, 'rmse')}; {_line('MAE', t, 'mae')}; {_line('R²', t, 'r2')}",
         (
-            f"- val {_line(NAMES[rec['metric']], v, rec['metric'], '95% CI')}: {rec['val_source']}"
+            f"- val {_line(LABELS[rec['metric']], v, rec['metric'], '95% CI')}: {rec['val_source']}"
             if rec.get("val_source")
             else f"- val {_line('RMSE', v, 'rmse')}; {_line('MAE', v, 'mae')}; {_line('R²', v, 'r2')}"
         ),

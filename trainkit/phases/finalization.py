@@ -42,7 +42,7 @@ from trainkit.phases.common import (
     write_decision,
 )
 from trainkit.metrics import LABELS, bootstrap_interval as _boot, expected_calibration_error, metric_interval, score
-from trainkit.phases.final_numbers import evaluate_numbers
+from trainkit.phases.final_numbers import evaluate_numbers, folds_val
 from trainkit.phases.peers import recall_table, reference_recall
 from trainkit.phases.final_model import PHASE, _best_so_far, _bundle, _load_final, _load_model, _predict
 from trainkit.phases.final_docs import export_models, write_docs
@@ -263,8 +263,6 @@ def evaluate_test(ctx: FinalizationContext, force: bool = False) -> dict[str, An
     ``force``, and then recorded as forced; a rerun of this phase on the same model reuses the record."""
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-    from trainkit.folds import folds_estimate
-
     rec_path = ctx.path(TEST_RECORD)
     model_sha = sha256_file(ctx.path(CHECKPOINTS_BEST_PT))
     if rec_path.is_file():
@@ -331,8 +329,7 @@ def evaluate_test(ctx: FinalizationContext, force: bool = False) -> dict[str, An
         val_score=score(metric, yv_, pv),
         val_score_ci=metric_interval(metric, yv_, pv, f.bootstrap, 1),
     )
-    if not getattr(ctx, "reused", None):  # small data's refit trained on the val rows: the folds' numbers
-        rec.update(folds_estimate(getattr(ctx, "refit", None) or {}) or {})
+    rec.update(folds_val(ctx) or {})  # small data's refit trained on the val rows: the folds' numbers
     write_json_atomic(rec_path, rec)
     _test_figures(ctx, rec, bundle.source.class_names)
     _write_test_md(ctx, rec)
