@@ -129,7 +129,21 @@ CASES = [
         "imbalance_tabular",
         "tabular",
         "data_quality/imbalance",
+        _cfg(
+            T + "overlapping_imbalanced_tabular",
+            kwargs={"hidden": [64, 64]},
+            target=0.8,
+            target__metric="balanced_accuracy",
+        ),
+        notes="20:1 overlapping classes under balanced accuracy: the references fail the rare classes too",
+    ),
+    Case(
+        "imbalance_shared_tabular",
+        "tabular",
+        "underfitting",
         _cfg(T + "imbalanced_tabular", kwargs={"hidden": [16]}, target=0.999, training__epochs=10),
+        notes="20:1 classes under accuracy, a 16-unit MLP for 10 epochs (train below val): the trees, "
+        "fitted on the same imbalanced rows, recall the rare classes, so the imbalance is not the cause",
     ),
     Case(
         "dead_units_tabular",
