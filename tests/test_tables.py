@@ -461,6 +461,38 @@ def test_predict_from_raw_rows_matches_the_model_on_the_same_rows(table_run):
 
 
 @pytest.mark.slow
+def test_predict_says_which_values_training_never_saw_and_how_it_read_them(table_run):
+    from trainkit.predict import predict
+
+    root, run, _ = table_run
+    rows = pd.read_csv(root / "churn.csv").head(12).drop(columns=["churn"])
+    clean = predict(run, _written(rows, root / "clean.csv"))
+    assert clean["notes"] == []  # rows like the training rows: nothing to say (gaps are gaps, not surprises)
+    odd = rows.astype({"age": object, "signup": object})
+    odd.loc[0, "age"], odd.loc[1, "age"], odd.loc[2, "age"] = "abc", "inf", 1e6
+    odd.loc[3, "plan"], odd.loc[4, "plan"], odd.loc[5, "plan"] = "PRO", "Basic", "platinum"
+    odd.loc[6, "signup"] = "someday"
+    said: list[str] = []
+    got = predict(run, _written(odd, root / "odd.csv"), say=said.append)
+    by = {n.split(":")[0]: n for n in got["notes"]}
+    assert set(by) == {"age", "plan", "signup"} and len(got["notes"]) == 4, got["notes"]
+    age = [n for n in got["notes"] if n.startswith("age")]
+    assert "2 row(s) not a finite number ('abc', 'inf'), predicted as if missing" in age[0]
+    assert "1 row(s) outside the train range" in age[1] and "'1000000.0'" in age[1]
+    assert "3 row(s) hold categories" in by["plan"] and "('PRO', 'Basic', 'platinum';" in by["plan"]
+    assert "'Basic' ~ 'basic', 'PRO' ~ 'pro'" in by["plan"] and "platinum' ~" not in by["plan"]
+    assert "1 row(s) not a date ('someday')" in by["signup"]
+    assert all(f"trainkit: note: {n}" in said for n in got["notes"]) and len(got["predicted"]) == 12
+    with pytest.raises(DataError, match="the rows to predict: table file not found"):
+        predict(run, root / "nowhere.csv")
+
+
+def _written(df: pd.DataFrame, path):
+    df.to_csv(path, index=False)
+    return path
+
+
+@pytest.mark.slow
 def test_phase1_shows_the_columns_and_the_class_balance(table_run):
     _, run, _ = table_run
     cols = json.loads((run / "01_planning" / "columns.json").read_text())

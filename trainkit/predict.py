@@ -44,9 +44,14 @@ def model_checkpoint(run: RunFolder) -> tuple[Path, str]:
     )
 
 
-def _inputs(run: RunFolder, source: str, path: Path, shape: tuple[int, ...]) -> tuple[np.ndarray, dict[str, list[Any]]]:
-    """The raw input as model features (before normalization), and the columns that identify each row."""
+def _inputs(
+    run: RunFolder, source: str, path: Path, shape: tuple[int, ...], notes: list[str]
+) -> tuple[np.ndarray, dict[str, list[Any]]]:
+    """The raw input as model features (before normalization), and the columns that identify each
+    row; a table's values that training never saw are appended to ``notes``
+    (:func:`trainkit.data.new_rows.unexpected_values`)."""
     if source in ("csv", "parquet"):
+        from trainkit.data.new_rows import unexpected_values
         from trainkit.data.tables import Preprocess, read_table
 
         saved = run.planning / PREPROCESS
@@ -55,8 +60,11 @@ def _inputs(run: RunFolder, source: str, path: Path, shape: tuple[int, ...]) -> 
         from trainkit._io import read_json
 
         kind = "parquet" if path.suffix.lower() in (".parquet", ".pq") else "csv"
-        frame = read_table(path, kind)
-        return Preprocess.from_dict(read_json(saved)).transform(frame), {"row": list(range(len(frame)))}
+        frame = read_table(path, kind, field="the rows to predict")
+        pre = Preprocess.from_dict(read_json(saved))
+        x = pre.transform(frame)
+        notes += unexpected_values(pre, frame)
+        return x, {"row": list(range(len(frame)))}
     if path.is_dir():
         return _images(path, shape)
     if path.suffix.lower() == ".npz":
@@ -91,7 +99,8 @@ def _images(folder: Path, shape: tuple[int, ...]) -> tuple[np.ndarray, dict[str,
 
 def predict(run_dir: str | Path, input_path: str | Path, say: Any = None) -> dict[str, Any]:
     """Predict every row (file) of ``input_path`` with the run's model: ``{"ids": {...}, "classes":
-    [...], "probabilities": (N, K) array, "predicted": [class names], "model": which one}``. A
+    [...], "probabilities": (N, K) array, "predicted": [class names], "model": which one, "notes":
+    [a table's values that training never saw, one line per column]}`` (``say`` gets each note). A
     regression run: ``predicted`` holds the numbers in the label's units (``classes`` is the
     label's name, ``probabilities`` None, ``units`` says so)."""
     import torch
@@ -110,7 +119,10 @@ def predict(run_dir: str | Path, input_path: str | Path, say: Any = None) -> dic
     state = load_checkpoint(ckpt)
     cfg = validate_config_dict(state["config"], str(ckpt))
     shape = tuple(state["input_shape"])
-    x, ids = _inputs(run, cfg.data.source, Path(input_path), shape)
+    notes: list[str] = []
+    x, ids = _inputs(run, cfg.data.source, Path(input_path), shape, notes)
+    for line in notes if say is not None else ():
+        say(f"trainkit: note: {line}")
     mean, std = (torch.tensor(state["normalization"][k]) for k in ("mean", "std"))
     model = build_model(cfg.model.name, shape, len(state["class_names"]), cfg.model.kwargs, cfg.model.init)
     model.load_state_dict(state["model"])
@@ -136,6 +148,7 @@ def predict(run_dir: str | Path, input_path: str | Path, say: Any = None) -> dic
             "predicted": values.tolist(),
             "model": which,
             "units": f"the units of the label {names[0]!r}",
+            "notes": notes,
         }
     with torch.no_grad():
         probs = torch.softmax(model(normalize(torch.as_tensor(x), mean, std)).float(), dim=1).numpy()
@@ -145,6 +158,7 @@ def predict(run_dir: str | Path, input_path: str | Path, say: Any = None) -> dic
         "probabilities": probs,
         "predicted": [names[i] for i in probs.argmax(1)],
         "model": which,
+        "notes": notes,
     }
 
 

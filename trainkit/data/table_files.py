@@ -14,14 +14,14 @@ from trainkit.errors import DataError
 __all__ = ["read_table", "ENCODINGS"]
 
 
-def read_table(path: str | Path, source: str) -> Any:
-    """The file as a pandas DataFrame; DataError naming the file and what to do when it is not a
-    readable CSV / Parquet table or holds no rows."""
+def read_table(path: str | Path, source: str, field: str = "data.root") -> Any:
+    """The file as a pandas DataFrame; DataError naming the file (and ``field``, where it was given)
+    and what to do when it is not a readable CSV / Parquet table or holds no rows."""
     import pandas as pd
 
     p = Path(path)
     if not p.is_file():
-        raise DataError(f"data.root: table file not found: {p}; expected a .csv or .parquet file")
+        raise DataError(f"{field}: table file not found: {p}; expected a .csv or .parquet file")
     if p.stat().st_size == 0:
         raise DataError(f"{p}: the file is empty; expected a header row and at least one data row")
     _refuse_workbook(p)

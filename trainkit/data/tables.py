@@ -302,6 +302,8 @@ def _fit_numeric(name: str, v: np.ndarray, out_name: str | None = None) -> dict[
         "median": median,
         "mean": mean,
         "std": std if std > 1e-12 else 1.0,
+        "min": float(v[ok].min()) if ok.any() else None,  # the train range (trainkit.data.new_rows)
+        "max": float(v[ok].max()) if ok.any() else None,
         "indicator": indicator,
         "outputs": [base] + ([f"{base} (missing)"] if indicator else []),
     }
