@@ -304,6 +304,62 @@ def test_placeholders_for_a_gap_in_a_numeric_column_are_gaps_and_said_so(tmp_pat
         load_data(_cfg(tmp_path / "word.csv"))
 
 
+def test_numbers_written_as_money_thousands_and_percentages_are_read_as_numbers(tmp_path, monkeypatch):
+    """An export's "$1,234.50", "-€ 80" and "12.5%" are the quantities, not an ID or 300 categories:
+    kinds, transform, predict's notes and the deployment guide's raw-row snippet read them alike."""
+    import re
+
+    from trainkit.data.number_text import PATTERN, parse_numbers
+    from trainkit.phases.raw_rows import _SECTION
+
+    df = _export_frame()
+    df["spend"] = df["spend"] * 40  # thousands: 2,000.40
+    df.to_csv(tmp_path / "plain.csv", index=False)
+    shown = df.astype({"spend": object, "age": object})
+    shown["spend"] = [f"-${-v:,.2f}" if v < 0 else f"${v:,.2f}" for v in df["spend"]]
+    shown["age"] = [None if pd.isna(v) else f"{v:g}%" for v in df["age"]]  # a share, as a report writes it
+    shown.to_csv(tmp_path / "shown.csv", index=False)
+    b = load_data(_cfg(tmp_path / "shown.csv"))
+    table = b.source.table
+    assert table.kinds["spend"] == "numeric" and table.kinds["age"] == "numeric", table.kinds
+    assert "'$" in table.notes["spend"] and "read as numbers" in table.notes["spend"] and "%'" in table.notes["age"]
+    x0, names0, _ = _features(tmp_path / "plain.csv")
+    assert table.preprocess.features == names0
+    np.testing.assert_allclose(b.arrays("train")[0].numpy(), x0, rtol=1e-6, atol=1e-6)  # the same numbers
+    # a decimal comma is not a thousands comma: "1,5" is no formatted number (the reader's decimal handles it)
+    tricky = ["$1,234.50", "-€ 80", "€-80", "+12.5 %", "1,000,000", "12%", "7", "1,5", "1,23,456", "$", "12e3", "1.2.3"]
+    got, formatted = parse_numbers(pd.Series(tricky))
+    want = [1234.5, -80.0, -80.0, 12.5, 1e6, 12.0, 7.0, None, None, None, 12e3, None]
+    assert [None if np.isnan(v) else v for v in got] == want and formatted.sum() == 6
+    # the guide's snippet (no pandas, no trainkit) carries the same pattern and reads the same numbers
+    code = re.findall(r"```python\n(.*?)```", _SECTION, re.S)[0].format(
+        mean=[0.0], std=[1.0], rows="rows.csv", tail="", pattern=repr(PATTERN)
+    )
+    (tmp_path / "preprocess.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(code.split("def numeric(")[0], scope)
+    snippet = [scope["number"](t) for t in tricky]
+    assert [None if np.isnan(v) else v for v in snippet] == want
+    # a regression label in dollars is a quantity in dollars
+    money = pd.DataFrame({"rooms": np.arange(60) % 5, "price": [f"${1000 + 250 * i:,}" for i in range(60)]})
+    money.to_csv(tmp_path / "money.csv", index=False)
+    reg = load_data(
+        tiny_config(
+            {
+                "data.source": "csv",
+                "data.root": str(tmp_path / "money.csv"),
+                "data.label": "price",
+                "target.metric": "rmse",
+                "target.value": 100.0,
+            }
+        )
+    )
+    assert reg.regression and reg.label_scale["mean"] == pytest.approx(
+        np.mean([1000 + 250 * i for i in np.array(reg.splits["train"])]), rel=1e-9
+    )
+
+
 def test_parquet_column_types_of_databases_and_pandas_are_encoded(tmp_path):
     """Decimal (a database's NUMERIC), nullable Int64 and boolean with gaps, a time zone, a category with gaps."""
     import decimal

@@ -91,8 +91,11 @@ def _numbers(y: Any, label: str, where: str) -> np.ndarray:
     from trainkit.data.sources import check_numbers
 
     if not pd.api.types.is_numeric_dtype(y) or pd.api.types.is_bool_dtype(y):
-        parsed = pd.to_numeric(y.astype(str).str.strip(), errors="coerce")
-        bad = y[parsed.isna()]
+        from trainkit.data.number_text import parse_numbers
+
+        text = y.astype(str).str.strip()
+        parsed = pd.Series(parse_numbers(text)[0], index=y.index)  # "$1,234.50" is 1234.5
+        bad = text[parsed.isna()]
         if len(bad):
             raise DataError(
                 f"data.label: {label!r} of {where} must hold numbers for a regression (target.metric rmse | "

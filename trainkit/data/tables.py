@@ -82,20 +82,27 @@ GAP_MARKERS = frozenset({"?", "-", "--", ".", "*", "n.a.", "#n/a", "#na"})  # pl
 def _numbers_in_text(s: Any) -> tuple[str | None, Any]:
     """What the numbers in a text column say, from one parse of its values:
     ``("gaps", {placeholder: rows})`` for numbers whose only other values are placeholders such as
-    ``?`` or ``-`` (as UCI tables and spreadsheets write a gap); ``("mixed", first offender)`` for
-    a column most of whose values are numbers but some are text; ``(None, None)`` otherwise."""
+    ``?`` or ``-`` (as UCI tables and spreadsheets write a gap); ``("formatted", an example)`` for
+    numbers written as ``$1,234.50`` or ``12%`` (:mod:`trainkit.data.number_text`); ``("mixed",
+    first offender)`` for a column most of whose values are numbers but some are text; ``(None,
+    None)`` otherwise."""
     import pandas as pd
+
+    from trainkit.data.number_text import parse_numbers
 
     vals = s.dropna()
     if len(vals) == 0 or isinstance(s.dtype, pd.CategoricalDtype):
         return None, None
     text = vals.astype(str).str.strip()
-    num = pd.to_numeric(text, errors="coerce")
+    parsed, formatted = parse_numbers(text)
+    num = pd.Series(parsed, index=text.index)
     odd = text[num.isna()]
     if num.notna().any() and len(odd) and set(odd.str.lower()) <= GAP_MARKERS:
         return "gaps", {str(k): int(v) for k, v in odd.value_counts().items()}
     if 0.5 <= float(num.notna().mean()) < 1.0:
         return "mixed", str(vals[num.isna()].iloc[0])
+    if formatted.any() and num.notna().all():
+        return "formatted", str(text[formatted].iloc[0])
     return None, None
 
 
@@ -149,9 +156,11 @@ def infer_kinds(
                     f"column {c!r} mixes numbers and text (e.g. {what!r}); clean the column, or declare "
                     f"it categorical (data.categorical: [{c!r}])"
                 )
-            kinds[c] = "numeric" if verdict == "gaps" else _string_kind(s, n)
+            kinds[c] = "numeric" if verdict in ("gaps", "formatted") else _string_kind(s, n)
             if verdict == "gaps" and notes is not None:
                 notes[c] = "numbers; " + ", ".join(f"{k!r} ({v} rows)" for k, v in what.items()) + " read as missing"
+            elif verdict == "formatted" and notes is not None:
+                notes[c] = f"numbers written with a currency sign, commas or % (e.g. {what!r}), read as numbers"
         elif pd.api.types.is_datetime64_any_dtype(s):
             kinds[c] = "datetime"
         else:
@@ -283,11 +292,14 @@ def _numeric_values(s: Any) -> np.ndarray:
     if pd.api.types.is_bool_dtype(s):
         s = s.astype("float64")
     elif s.dtype == object or pd.api.types.is_string_dtype(s):
+        from trainkit.data.number_text import parse_numbers
+
         s = s.astype(str).str.strip()  # " 12" is 12; a placeholder ("?") becomes a gap
         low = s.str.lower()
         s = s.mask(low == "true", "1").mask(
             low == "false", "0"
         )  # booleans written out, as the guide's snippet reads them
+        return parse_numbers(s)[0]  # "$1,234.50" is 1234.5, "12%" is 12
     return pd.to_numeric(s, errors="coerce").to_numpy(dtype=np.float64)
 
 

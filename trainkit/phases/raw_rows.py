@@ -31,6 +31,7 @@ validation rows as a CSV export would have them.
 ```python
 import csv
 import json
+import re
 
 import numpy as np
 import onnxruntime as ort
@@ -39,17 +40,24 @@ pre = json.load(open("preprocess.json"))
 mean = np.array({mean}, dtype=np.float64)
 std = np.array({std}, dtype=np.float64)
 NA = {{"", "NA", "N/A", "n/a", "NaN", "nan", "-NaN", "-nan", "null", "NULL", "None", "<NA>", "#N/A", "#NA"}}
+FORMATTED = re.compile({pattern})  # "$1,234.50", "-€ 80", "12.5%": the number without sign, commas, %
 
 
 def number(text):
+    text = text.strip()
     if text in NA:
         return np.nan
-    if text.strip().lower() in ("true", "false"):
-        return float(text.strip().lower() == "true")
+    if text.lower() in ("true", "false"):
+        return float(text.lower() == "true")
     try:
         return float(text)
     except ValueError:
+        pass
+    m = FORMATTED.fullmatch(text)
+    if m is None:
         return np.nan
+    sign = "-" if (m.group(1) == "-") != (m.group(2) == "-") else ""
+    return float(sign + m.group(3).replace(",", "") + (m.group(4) or ""))
 
 
 def numeric(p, v):
@@ -145,4 +153,6 @@ def raw_rows_section(folder: Path, run_planning: Path, bundle: Any, model: torch
         with torch.no_grad():
             probs = torch.softmax(model.eval()((x - bundle.mean) / bundle.std).float(), 1).numpy()
         tail = _CLASSES.format(expected=np.round(probs, 5).tolist())
-    return _SECTION.format(rows=SAMPLE_ROWS, n=len(rows), mean=mean, std=std, tail=tail)
+    from trainkit.data.number_text import PATTERN
+
+    return _SECTION.format(rows=SAMPLE_ROWS, n=len(rows), mean=mean, std=std, tail=tail, pattern=repr(PATTERN))
