@@ -193,6 +193,7 @@ def test_nothing_moves_a_re_diagnosis_proposing_the_families_just_measured_goes_
     option, nxt, reason = D.after_diagnostics(**common, stale=(["optimization"], ["architecture", "optimization"]))
     assert (option, nxt) == ("B", "05_finalization")
     assert "nothing moves" in reason and "optimization" in reason and "best so far" in reason
+    assert "none of its architecture and optimization moves" in reason and "only optimization moves" in reason
     # a new family is worth an iteration; so is any round after an iteration that adopted something (stale None)
     assert D.after_diagnostics(**common, stale=(["architecture", "sampling"], ["architecture"]))[:2] == (
         "A",

@@ -287,6 +287,11 @@ def resume_route(*, phase: str, gate: str | None, option: str | None, next_phase
     return Route("rerun", phase)
 
 
+def _listed(words: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return " and ".join(words) if len(words) < 3 else f"{', '.join(words[:-1])} and {words[-1]}"
+
+
 def after_diagnostics(
     *,
     expected_gain: float,
@@ -312,8 +317,8 @@ def after_diagnostics(
             Phase.FINALIZATION.value,
             (
                 f"nothing moves: the last optimization iteration adopted none of its "
-                f"{', '.join(stale[1])} moves, and this round proposes only "
-                f"{', '.join(stale[0])} moves again; finalize with the best so far"
+                f"{_listed(stale[1])} moves, and this round proposes only "
+                f"{_listed(stale[0])} moves again; finalize with the best so far"
             ),
         )
     if needs_fix:

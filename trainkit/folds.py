@@ -252,7 +252,7 @@ def folds_estimate(refit: dict[str, Any], metric: str = "accuracy") -> dict[str,
     rows = [r for r in refit.get("fold_runs") or [] if key(r) is not None]
     if not refit.get("k") or len(rows) < 2:
         return None
-    source = f"the {len(rows)} folds' cross-validated estimate (the final model trained on the val rows)"
+    source = f"the {len(rows)} folds' cross-validated estimate, since the final model trained on the val rows"
 
     def estimate(values: list[float], floor: bool = True) -> tuple[float, list[float]]:
         m = float(np.mean(values))
