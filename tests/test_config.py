@@ -70,6 +70,11 @@ def test_missing_file_and_non_mapping(tmp_path):
     p.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(p)
+    for text in ("", "# nothing yet\n", "{}\n"):  # an empty file must not train the built-in digits silently
+        p.write_text(text)
+        with pytest.raises(ConfigError, match="holds no settings; write at least a data: section"):
+            load_config(p)
+    assert load_config(p, overrides=["training.epochs=3"]).training.epochs == 3  # settings given on the command line
 
 
 @pytest.mark.slow

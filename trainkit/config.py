@@ -493,6 +493,17 @@ def load_config(
     raw = load_yaml_file(path, "config")
     if raw is not None and not isinstance(raw, dict):
         raise ConfigError([("(top level)", "expected a mapping of sections (data:, model:, ...)")], str(path))
+    if not raw and not overrides and target is None:  # an empty file would silently train the built-in digits
+        raise ConfigError(
+            [
+                (
+                    "config",
+                    "the file holds no settings; write at least a data: section (see "
+                    "configs/baseline_template.yaml), or give no config at all for the built-in demo",
+                )
+            ],
+            str(path),
+        )
     raw = apply_overrides(raw or {}, overrides)
     if target is not None:
         raw = apply_overrides(raw, {"target.value": target})
