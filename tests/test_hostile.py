@@ -123,6 +123,29 @@ def test_forged_signoff_by_rehashing_is_caught_by_the_chain(routed_run, tmp_path
 
 
 @pytest.mark.slow
+@pytest.mark.slow
+def test_a_cut_short_record_is_named_with_what_to_do_not_a_json_traceback(routed_run, tmp_path):
+    from trainkit._io import read_jsonl
+    from trainkit.errors import CorruptFileError
+
+    run = _copy(routed_run, tmp_path)
+    gate = run / "02_baseline" / "attempt-1" / "gate.json"
+    gate.write_text(gate.read_text()[:120])  # a disk that filled up, an editor that saved half
+    for args in (("status", run), ("signoff", run, "--phase", "2", "--by", "eve", "--check", "x")):
+        r = _cli(*args)
+        assert r.returncode == 2 and "gate.json: not valid JSON (line" in r.stderr, r.stdout + r.stderr
+        assert "restore it from a copy" in r.stderr and "Traceback" not in r.stderr
+    (run / "run.json").write_bytes(b"\xff\xfe{")  # not even UTF-8
+    with pytest.raises(CorruptFileError, match="run.json: not valid JSON"):
+        read_json(run / "run.json")
+    log = tmp_path / "log.jsonl"
+    log.write_text('{"a": 1}\n{"a": 2}\n{"a": ')  # a process killed mid-append: the torn line is left out
+    assert read_jsonl(log) == [{"a": 1}, {"a": 2}]
+    log.write_text('{"a": 1}\n{"a": \n{"a": 3}\n')  # a bad line inside is no torn append: named
+    with pytest.raises(CorruptFileError, match="log.jsonl: not valid JSON"):
+        read_jsonl(log)
+
+
 def test_test_rows_are_not_reachable_before_phase5(routed_run):
     cfg = tiny_config({"data.source": T + "tabular"})
     bundle = load_run_data(cfg, routed_run, "02_baseline")

@@ -48,10 +48,23 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
     return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def _corrupt(path: str | os.PathLike, exc: ValueError) -> Exception:
+    from trainkit.errors import CorruptFileError
+
+    where = f"line {exc.lineno}: {exc.msg}" if isinstance(exc, json.JSONDecodeError) else str(exc)[:200]
+    return CorruptFileError(
+        f"{path}: not valid JSON ({where}); trainkit writes its files whole, so it was cut short or "
+        "edited afterwards: restore it from a copy (a backup, version control)"
+    )
+
+
 def read_json(path: str | os.PathLike) -> Any:
-    """Read a JSON file."""
+    """Read a JSON file; :class:`~trainkit.errors.CorruptFileError` naming it when it does not parse."""
     with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
+        try:
+            return json.load(fh)
+        except ValueError as exc:  # JSONDecodeError, or bytes that are not UTF-8
+            raise _corrupt(path, exc) from None
 
 
 def append_jsonl(path: str | os.PathLike, record: dict) -> None:
@@ -65,12 +78,26 @@ def append_jsonl(path: str | os.PathLike, record: dict) -> None:
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """Read a JSON-lines file; a missing file is an empty list."""
+    """Read a JSON-lines file; a missing file is an empty list. A last line that does not parse is
+    an append that a killed process left half written, and is left out; any other bad line is a
+    :class:`~trainkit.errors.CorruptFileError` naming the file."""
     path = Path(path)
     if not path.exists():
         return []
-    with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+    try:
+        with open(path, encoding="utf-8") as fh:
+            lines = [line for line in fh if line.strip()]
+    except ValueError as exc:
+        raise _corrupt(path, exc) from None
+    out = []
+    for i, line in enumerate(lines):
+        try:
+            out.append(json.loads(line))
+        except ValueError as exc:
+            if i == len(lines) - 1 and not line.endswith("\n"):
+                break
+            raise _corrupt(path, exc) from None
+    return out
 
 
 def sha256_file(path: str | os.PathLike) -> str:

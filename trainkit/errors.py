@@ -95,6 +95,11 @@ class RunError(TrainkitError):
     """Raised when a run folder or its run.json is missing, or a phase's inputs are absent."""
 
 
+class CorruptFileError(RunError, ValueError):
+    """Raised when a JSON file trainkit wrote (a manifest, a gate record, a summary) no longer
+    parses: it was cut short or edited outside trainkit."""
+
+
 class PipelineError(TrainkitError):
     """Raised when a phase notebook fails under papermill; names the phase and the report."""
 
