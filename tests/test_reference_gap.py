@@ -190,6 +190,7 @@ def test_a_cause_the_reference_shares_does_not_explain_its_lead_the_model_family
     assert by["data_quality"].fired and "imbalance" in by["data_quality"].evidence["problems"]
     assert by["data_quality"].evidence["shared_with_reference"] and by["data_quality"].strength == 0.0
     assert "does not explain the gap" in by["data_quality"].summary
+    assert "the gradient-boosted trees model is fitted on the same rows" in by["data_quality"].summary  # one model
     primary = primary_cause(findings)
     assert primary.name == "reference_gap" and primary.cause == "model_family"
     plan = plan_recommendations(findings, ev)

@@ -89,9 +89,9 @@ def class_recall(y: np.ndarray, pred: np.ndarray, k: int) -> list[float | None]:
     return [None if n == 0 else float(h / n) for h, n in zip(hits, support)]
 
 
-NAMES = {
+NAMES = {  # each one model, so sentences read "the gradient-boosted trees model is ... ahead"
     "logistic_regression": "logistic regression",
-    "boosted_trees": "gradient-boosted trees",
+    "boosted_trees": "gradient-boosted trees model",
     "ridge": "ridge regression",
 }
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from trainkit._io import write_text_atomic
+from trainkit.diagnostics.reference import NAMES as REFERENCE_NAMES
 from trainkit.errors import RunError
 from trainkit.gates import RED
 from trainkit.metrics import LABELS
@@ -239,11 +240,7 @@ def _reference_lines(ref: dict[str, Any]) -> list[str]:
     the label's units, the skill beside it)."""
     if "models" not in ref:
         return ["", "## Reference models", "", f"Not run: {ref.get('error', 'no result')}."]
-    names = {
-        "logistic_regression": "logistic regression",
-        "boosted_trees": "gradient-boosted trees",
-        "ridge": "ridge regression",
-    }
+    names = REFERENCE_NAMES
     L = [
         "",
         "## Reference models (a simpler model is not better)",
