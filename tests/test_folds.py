@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from trainkit.data import load_data
-from trainkit.folds import SMALL_VAL_ROWS, chosen_epochs, fold_view, plan_for, refit_view
+from trainkit.folds import MAX_FOLDS, SMALL_VAL_ROWS, chosen_epochs, fold_view, plan_for, refit_view
 from trainkit.testing import run_phase_inprocess, tiny_config
 from trainkit.train import fit
 
@@ -53,8 +53,9 @@ def test_folds_are_stratified_disjoint_and_cover_train_plus_val(tmp_path):
 
 
 def test_a_class_of_one_row_is_val_in_one_fold_without_a_warning_on_the_console(tmp_path, recwarn):
-    """scikit-learn warns that the least populated class has fewer rows than folds: as planned
-    (k is at least 2), that row is val in one fold and train in the other, and the console is quiet."""
+    """scikit-learn warns that the least populated class has fewer rows than folds: as planned,
+    that row is val in one fold and train in the others, and the console is quiet. The row does
+    not decide k (no k puts it in every fold's val): the other classes do."""
     from trainkit.folds import _labels, _pool
 
     cfg = _small_table(tmp_path)
@@ -65,7 +66,7 @@ def test_a_class_of_one_row_is_val_in_one_fold_without_a_warning_on_the_console(
     plan, pool = plan_for(bundle), _pool(bundle)
     (row,) = pool[_labels(bundle, pool) == bundle.source.class_names.index("maybe")]  # in train or val, not test
     vals = [set(fold_view(bundle, i, plan["k"]).splits["val"]) for i in range(plan["k"])]
-    assert plan["k"] == 2 and sum(row in v for v in vals) == 1
+    assert plan["k"] == MAX_FOLDS and sum(row in v for v in vals) == 1
     assert not [w for w in recwarn if "least populated" in str(w.message)]
 
 

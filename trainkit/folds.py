@@ -39,8 +39,8 @@ SMALL_VAL_ROWS = 200  # one row moves val accuracy by half a point or more; 2 st
 MAX_FOLDS = 5
 RULE = (
     f"val split under {SMALL_VAL_ROWS} rows: comparisons use stratified k-fold cross-validation over train+val "
-    f"(k = {MAX_FOLDS}, fewer when a class has fewer rows), never the test rows; the final model trains on train+val "
-    "for the median over folds of the epoch with the lowest val loss"
+    f"(k = {MAX_FOLDS}, fewer when a class of at least 2 rows has fewer), never the test rows; the final "
+    "model trains on train+val for the median over folds of the epoch with the lowest val loss"
 )
 
 
@@ -64,7 +64,10 @@ def plan_for(bundle: Any) -> dict[str, Any] | None:
         return None
     idx = _pool(bundle)
     counts = np.bincount(_labels(bundle, idx), minlength=bundle.num_classes)
-    k = int(min(MAX_FOLDS, max(2, counts[counts > 0].min() if (counts > 0).any() else 2)))
+    # k is at most the smallest class, so that every fold's val holds every class; a class of one
+    # row is in one fold's val whatever k is, and does not cut every fold's train down to half
+    split = counts[counts >= 2]
+    k = int(min(MAX_FOLDS, max(2, split.min() if len(split) else 2)))
     return {
         "k": k,
         "val_rows": int(n_val),
