@@ -327,10 +327,11 @@ def test_numbers_written_as_money_thousands_and_percentages_are_read_as_numbers(
     assert table.preprocess.features == names0
     np.testing.assert_allclose(b.arrays("train")[0].numpy(), x0, rtol=1e-6, atol=1e-6)  # the same numbers
     # a decimal comma is not a thousands comma: "1,5" is no formatted number (the reader's decimal handles it)
-    tricky = ["$1,234.50", "-€ 80", "€-80", "+12.5 %", "1,000,000", "12%", "7", "1,5", "1,23,456", "$", "12e3", "1.2.3"]
-    got, formatted = parse_numbers(pd.Series(tricky))
-    want = [1234.5, -80.0, -80.0, 12.5, 1e6, 12.0, 7.0, None, None, None, 12e3, None]
-    assert [None if np.isnan(v) else v for v in got] == want and formatted.sum() == 6
+    tricky = ["$1,234.50", "-€ 80", "€-80", "+12.5 %", "1,000,000", "12%", "80 €", "7", "1,5", "1,23,456", "$", "12e3"]
+    got, formatted = parse_numbers(pd.Series(tricky + ["1.2.3", "€80€80"]))
+    want = [1234.5, -80.0, -80.0, 12.5, 1e6, 12.0, 80.0, 7.0, None, None, None, 12e3, None, None]
+    assert [None if np.isnan(v) else v for v in got] == want and formatted.sum() == 7
+    tricky += ["1.2.3", "€80€80"]
     # the guide's snippet (no pandas, no trainkit) carries the same pattern and reads the same numbers
     code = re.findall(r"```python\n(.*?)```", _SECTION, re.S)[0].format(
         mean=[0.0], std=[1.0], rows="rows.csv", tail="", pattern=repr(PATTERN)

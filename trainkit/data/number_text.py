@@ -4,8 +4,9 @@ An export from Excel, a BI tool or a finance system formats its quantities; read
 would be a categorical of thousands of levels, or an ID, and the quantity would be lost. A value
 counts as a formatted number when it is, in full: an optional sign, an optional currency symbol
 (``$ € £ ¥``), digits either plain or grouped by commas in threes (``1,234,567``), an optional
-decimal part, and an optional trailing ``%``. The number is what is left without the symbol, the
-commas and the ``%`` (``12.5%`` is 12.5: a column is standardized, so its scale does not matter).
+decimal part, and an optional trailing ``%`` or currency symbol (``80 €``). The number is what is
+left without the symbols and the commas (``12.5%`` is 12.5: a column is standardized, so its scale
+does not matter).
 A comma followed by other than three digits (``1,5``: a decimal comma) is not a formatted number.
 
 :func:`parse_numbers` is the one reader: column kinds (``trainkit.data.tables``), transform and
@@ -22,7 +23,7 @@ import numpy as np
 
 __all__ = ["PATTERN", "parse_numbers", "formatted_number"]
 
-PATTERN = r"([-+]?)\s*[$€£¥]?\s*([-+]?)(\d{1,3}(?:,\d{3})+|\d+)(\.\d+)?\s*%?"
+PATTERN = r"([-+]?)\s*[$€£¥]?\s*([-+]?)(\d{1,3}(?:,\d{3})+|\d+)(\.\d+)?\s*[%$€£¥]?"
 _FORMATTED = re.compile(PATTERN)
 
 
