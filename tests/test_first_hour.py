@@ -67,6 +67,8 @@ def test_a_missed_check_is_finished_from_the_cli_with_a_documented_waiver(blocke
         "test_disjoint=not failing",
     )
     assert wrong.returncode != 0 and "not failing" in wrong.stderr
+    two_lines = _cli("signoff", run, "--phase", "5", "--by", "Ana\nLee", "--check", "stakeholder_approval")
+    assert two_lines.returncode != 0 and "give one line of text" in two_lines.stderr
     ok = _cli(
         "signoff",
         run,
@@ -77,15 +79,16 @@ def test_a_missed_check_is_finished_from_the_cli_with_a_documented_waiver(blocke
         "--check",
         "stakeholder_approval",
         "--waive",
-        "per_class_reported=pilot: rare classes are reviewed by hand",
+        "per_class_reported=pilot: rare classes are reviewed <b>by hand</b>\n## Approved",
     )
     assert ok.returncode == 0, ok.stdout + ok.stderr
     gate = json.loads((fin / "gate.json").read_text())
     check = next(c for c in gate["checks"] if c["id"] == "per_class_reported")
     assert gate["state"] == "passed" and check["status"] == "waived" and "Ana Lee" in check["evidence"]
-    assert gate["waivers"][0]["reason"] == "pilot: rare classes are reviewed by hand"
-    card = (fin / "model_card.md").read_text()
-    assert "## Waivers" in card and "pilot: rare classes are reviewed by hand" in card
+    assert gate["waivers"][0]["reason"] == "pilot: rare classes are reviewed <b>by hand</b>\n## Approved"
+    card = (fin / "model_card.md").read_text()  # a person's words: one line of text, never markup or a section
+    assert "## Waivers" in card and "pilot: rare classes are reviewed &lt;b&gt;by hand&lt;/b&gt; ## Approved" in card
+    assert "<b>" not in card and "\n## Approved" not in card
     report = (fin / "report.html").read_text()  # rewritten on the sign-off: it shows the state now
     assert "id='gate-state'>passed<" in report and "waived per_class_reported" in report
     resume = [a for a in shlex.split(ok.stdout.split("next: ")[1].split("  (")[0])]  # the printed command, as pasted

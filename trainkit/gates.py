@@ -279,6 +279,8 @@ def sign_off(
     run_dir = Path(run_dir) if run_dir else _run_dir_of(gate_path, record)
     if not by or not by.strip():
         raise GateError("sign-off needs the approver's name (--by NAME or the name field)")
+    if not by.strip().isprintable():
+        raise GateError(f"the approver's name {by!r} holds a line break or a control character; give one line of text")
     if waivers:
         _waive(record, by.strip(), waivers, run_dir)
     if gate_state(record) == "blocked":
@@ -307,6 +309,15 @@ def sign_off(
     return record
 
 
+def _md_inline(text: str) -> str:
+    """A person's words as one line of Markdown text: line breaks folded (a reason cannot start a
+    section of the model card), and ``& < >`` escaped (a Markdown viewer that renders HTML shows
+    ``<script>`` as text)."""
+    import html
+
+    return html.escape(" ".join(str(text).split()), quote=False)
+
+
 def _waive(record: dict[str, Any], by: str, waivers: dict[str, str], run_dir: Path) -> None:
     """Waive failing automatic checks of ``record`` in place, each with a reason; refused (GateError,
     nothing changed) for an unknown check, one that does not fail, or an empty reason."""
@@ -331,8 +342,8 @@ def _waive(record: dict[str, Any], by: str, waivers: dict[str, str], run_dir: Pa
 
         text = (run_dir / card).read_text()
         lines = [
-            f"- `{w['check']}` waived by {w['by']} on {time.strftime('%Y-%m-%d %H:%M', time.localtime(w['at']))}: "
-            f"{w['reason']}"
+            f"- `{w['check']}` waived by {_md_inline(w['by'])} on "
+            f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(w['at']))}: {_md_inline(w['reason'])}"
             for w in record["waivers"]
         ]
         text = text.split("\n## Waivers\n")[0].rstrip("\n") + "\n\n## Waivers\n\n" + "\n".join(lines) + "\n"
