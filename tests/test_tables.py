@@ -961,6 +961,22 @@ def test_a_failed_per_class_floor_shows_what_the_references_recall_of_those_clas
     )
 
 
+def test_class_names_from_the_data_are_text_in_the_markdown_reports_not_markup():
+    """A label value is data: in a Markdown table it cannot add a column (``|``), open a section (a
+    line break) or run as HTML in a viewer that renders it."""
+    from trainkit._io import md_text
+    from trainkit.phases.peers import recall_table
+
+    assert md_text("<img src=x onerror=alert(1)>") == "&lt;img src=x onerror=alert(1)&gt;"
+    assert md_text("a|b\n## c") == "a\\|b ## c" and md_text("R&D") == "R&amp;D" and md_text(7) == "7"
+    rec = {
+        "accuracy": 0.9,
+        "per_class": [{"class": "<b>x</b>|y", "recall": 0.8}, {"class": "ok", "recall": 1.0}],
+        "reference_recall": {"boosted_trees": {"accuracy": 0.9, "recall": [0.7, 1.0]}},
+    }
+    assert "| &lt;b&gt;x&lt;/b&gt;\\|y | 0.800 | 0.700 |" in recall_table(rec)
+
+
 def _test_record(per_class, **over):
     """A classifier's test_evaluation.json, as much of it as the production gate's metric checks read."""
     return {

@@ -139,3 +139,12 @@ def progress_bar(total: int, desc: str, enabled: bool = True, unit: str = "it") 
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, mininterval=0.5, unit=unit)
+
+
+def md_text(text: Any) -> str:
+    """Words that came from data or a person (a class name, an approver's reason) as one line of
+    Markdown text: line breaks folded (it cannot open a section), ``& < >`` escaped (a viewer that
+    renders HTML shows ``<script>`` as text) and ``|`` escaped (it cannot split a table cell)."""
+    import html
+
+    return html.escape(" ".join(str(text).split()), quote=False).replace("|", "\\|")

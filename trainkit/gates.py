@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from trainkit._io import read_json, sha256_file, write_json_atomic
+from trainkit._io import md_text, read_json, sha256_file, write_json_atomic
 from trainkit.errors import GateBlocked, GateError
 from trainkit.run import GATE, RUN_JSON, Phase, RunFolder
 
@@ -309,15 +309,6 @@ def sign_off(
     return record
 
 
-def _md_inline(text: str) -> str:
-    """A person's words as one line of Markdown text: line breaks folded (a reason cannot start a
-    section of the model card), and ``& < >`` escaped (a Markdown viewer that renders HTML shows
-    ``<script>`` as text)."""
-    import html
-
-    return html.escape(" ".join(str(text).split()), quote=False)
-
-
 def _waive(record: dict[str, Any], by: str, waivers: dict[str, str], run_dir: Path) -> None:
     """Waive failing automatic checks of ``record`` in place, each with a reason; refused (GateError,
     nothing changed) for an unknown check, one that does not fail, or an empty reason."""
@@ -342,8 +333,8 @@ def _waive(record: dict[str, Any], by: str, waivers: dict[str, str], run_dir: Pa
 
         text = (run_dir / card).read_text()
         lines = [
-            f"- `{w['check']}` waived by {_md_inline(w['by'])} on "
-            f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(w['at']))}: {_md_inline(w['reason'])}"
+            f"- `{w['check']}` waived by {md_text(w['by'])} on "
+            f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(w['at']))}: {md_text(w['reason'])}"
             for w in record["waivers"]
         ]
         text = text.split("\n## Waivers\n")[0].rstrip("\n") + "\n\n## Waivers\n\n" + "\n".join(lines) + "\n"

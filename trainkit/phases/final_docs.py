@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from trainkit._io import read_json, sha256_file, write_json_atomic, write_text_atomic
+from trainkit._io import md_text, read_json, sha256_file, write_json_atomic, write_text_atomic
 from trainkit.config import config_hash
 from trainkit.metrics import LABELS
 from trainkit.phases.common import (
@@ -180,10 +180,11 @@ def _class_card(ctx: FinalizationContext, splits: dict[str, Any], test: dict[str
     """The model card of a classifier: intended use, model, data, test metrics per class, limits."""
     shape = splits["input_shape"]
     pcs = "\n".join(
-        f"| {c['class']} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | {c['support']} |"
+        f"| {md_text(c['class'])} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | {c['support']} |"
         for c in test["per_class"]
     )
     worst = min(test["per_class"], key=lambda c: c["recall"])
+    classes, weakest = ", ".join(md_text(n) for n in splits["class_names"]), md_text(worst["class"])
     metric_line = (
         ""
         if test.get("metric", "accuracy") == "accuracy"
@@ -196,7 +197,7 @@ def _class_card(ctx: FinalizationContext, splits: dict[str, Any], test: dict[str
 
 ## Intended use
 Classifying inputs like the training data ({splits["source"]}; shape {tuple(shape)}) into the classes
-{splits["class_names"]}. Out of scope: inputs from another distribution (other sensors, resolutions, preprocessing),
+{classes}. Out of scope: inputs from another distribution (other sensors, resolutions, preprocessing),
 classes not listed, and any decision where an error is costly without a person reviewing it.
 
 ## Model
@@ -218,7 +219,7 @@ accuracy under noise σ={test["noise_std"]}: {test["noisy_accuracy"]:.4f}.
 {pcs}
 
 ## Limitations
-Weakest class: {worst["class"]} (recall {worst["recall"]:.3f}). The test set has {test["n"]} samples: the interval
+Weakest class: {weakest} (recall {worst["recall"]:.3f}). The test set has {test["n"]} samples: the interval
 above is the honest uncertainty. Robustness was smoke-tested with Gaussian noise only.
 
 ## Environment

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainkit._io import read_json, read_jsonl, sha256_file, write_json_atomic, write_text_atomic
+from trainkit._io import md_text, read_json, read_jsonl, sha256_file, write_json_atomic, write_text_atomic
 from trainkit.config import config_hash, load_config, save_config, with_overrides
 from trainkit.run import (
     METRICS,
@@ -408,7 +408,7 @@ def _write_test_md(ctx: FinalizationContext, rec: dict[str, Any]) -> None:
         "|---|---:|---:|---:|---:|",
     ]
     L += [
-        f"| {c['class']} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | {c['support']} |"
+        f"| {md_text(c['class'])} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | {c['support']} |"
         for c in rec["per_class"]
     ]
     L += recall_table(rec) + ["", "![confusion matrix](confusion.png)", "", "![reliability diagram](reliability.png)"]

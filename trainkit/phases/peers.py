@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from trainkit._io import md_text
+
 __all__ = ["reference_recall", "floor_evidence", "target_evidence", "recall_table"]
 
 NAMES = {"logistic_regression": "logistic regression", "boosted_trees": "boosted trees"}
@@ -110,6 +112,6 @@ def recall_table(rec: dict[str, Any]) -> list[str]:
     ]
     for k, c in enumerate(rec["per_class"]):
         vals = " | ".join("—" if p["recall"][k] is None else f"{p['recall'][k]:.3f}" for p in peers.values())
-        rows.append(f"| {c['class']} | {c['recall']:.3f} | {vals} |")
+        rows.append(f"| {md_text(c['class'])} | {c['recall']:.3f} | {vals} |")
     acc = " | ".join(f"{p['accuracy']:.3f}" for p in peers.values())
     return rows + [f"| (accuracy) | {rec['accuracy']:.3f} | {acc} |"]
