@@ -82,6 +82,13 @@ def test_npz_source_and_errors(tmp_path):
         load_data(tiny_config({"data.source": "npz", "data.root": str(tmp_path / "bad.npz")}))
     with pytest.raises(DataError, match="data.root"):
         load_data(tiny_config({"data.source": "npz", "data.root": str(tmp_path / "none.npz")}))
+    x = np.random.default_rng(0).normal(size=(60, 4))
+    np.savez(tmp_path / "amounts.npz", x=x, y=x[:, 0] * 10.5)  # a quantity under a class metric: the way out named
+    with pytest.raises(DataError, match=r"fractional.*a quantity to predict, set a regression metric"):
+        load_data(tiny_config({"data.source": "npz", "data.root": str(tmp_path / "amounts.npz")}))
+    np.savez(tmp_path / "complex.npz", x=x.astype(np.complex64) * 1j, y=(x[:, 0] > 0).astype(int))
+    with pytest.raises(DataError, match="x holds complex numbers"):  # not a silent cast that drops the signal
+        load_data(tiny_config({"data.source": "npz", "data.root": str(tmp_path / "complex.npz")}))
 
 
 def test_image_folder_reports_corrupt_file_by_path(tmp_path):

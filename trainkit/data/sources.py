@@ -62,6 +62,8 @@ def in_memory_source(
     images ask for the channel axis (``add_channel``). ``regression``: ``y`` holds numbers to
     predict (:func:`check_numbers`), not classes."""
     y = check_numbers(y, desc) if regression else check_labels(y, desc, names)
+    if np.iscomplexobj(x):  # a cast to float would drop the imaginary part with only a warning
+        raise DataError(f"{desc}: x holds complex numbers; give real ones (the real and imaginary parts as features)")
     try:
         x = torch.as_tensor(np.asarray(x, dtype=np.float32))
     except (TypeError, ValueError) as exc:
@@ -157,7 +159,8 @@ def check_labels(y: Any, desc: str, names: list[str] | None = None) -> torch.Ten
         if not np.isfinite(arr).all() or not np.all(arr == np.round(arr)):
             raise DataError(
                 f"{desc}: labels must be integers 0..K-1, found fractional or non-finite values such as "
-                f"{arr[(arr != np.round(arr)) | ~np.isfinite(arr)][:3].tolist()}"
+                f"{arr[(arr != np.round(arr)) | ~np.isfinite(arr)][:3].tolist()}; if y is a quantity to "
+                "predict, set a regression metric (target.metric: rmse | mae | r2)"
             )
     elif arr.dtype.kind not in "iu":
         raise DataError(f"{desc}: labels must be integers 0..K-1, found dtype {arr.dtype}")
