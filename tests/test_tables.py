@@ -544,6 +544,21 @@ def test_predict_says_which_values_training_never_saw_and_how_it_read_them(table
         predict(run, root / "nowhere.csv")
 
 
+@pytest.mark.slow
+def test_predict_never_writes_over_its_input_a_folder_or_the_runs_files(table_run):
+    root, run, _ = table_run
+    rows = _written(pd.read_csv(root / "churn.csv").head(5).drop(columns=["churn"]), root / "mine.csv")
+    before = rows.read_bytes()
+    gate = run / "01_planning" / "gate.json"
+    gate_bytes = gate.read_bytes()
+    for out, says in ((rows, "the input itself"), (root, "a folder"), (gate, "a file of the run")):
+        r = trainkit_here("predict", run, rows, "-o", out)
+        assert r.returncode == 2 and says in r.stderr, r.stdout + r.stderr
+    assert rows.read_bytes() == before and gate.read_bytes() == gate_bytes  # nothing written was lost
+    ok = trainkit_here("predict", run, rows, "-o", root / "out" / "preds.csv")  # a new folder is made
+    assert ok.returncode == 0 and len(pd.read_csv(root / "out" / "preds.csv")) == 5, ok.stdout + ok.stderr
+
+
 def _written(df: pd.DataFrame, path):
     df.to_csv(path, index=False)
     return path

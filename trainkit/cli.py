@@ -305,8 +305,9 @@ def _add_predict(sub: Any) -> None:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from trainkit.predict import predict, write_predictions
+    from trainkit.predict import check_output, predict, write_predictions
 
+    check_output(args.output, args.input, args.run)  # before the work: never the input, a folder or the run's files
     result = predict(args.run, args.input, say=lambda m: print(m, file=sys.stderr))
     path = write_predictions(result, args.output)
     if result["probabilities"] is None:  # a regression: numbers in the label's units

@@ -162,6 +162,20 @@ def predict(run_dir: str | Path, input_path: str | Path, say: Any = None) -> dic
     }
 
 
+def check_output(out: str | Path, input_path: str | Path, run_dir: str | Path) -> Path:
+    """Where the predictions may go, checked before any work: a DataError when ``out`` is a folder,
+    is the very file being predicted (it would be replaced by its predictions), or is a file the
+    run already holds (a gate's hashes cover it)."""
+    out, src, run = Path(out).resolve(), Path(input_path).resolve(), Path(run_dir).resolve()
+    if out.is_dir():
+        raise DataError(f"-o {out}: a folder; give the predictions' file, e.g. -o {out / 'predictions.csv'}")
+    if out == src:
+        raise DataError(f"-o {out}: the input itself (its rows would become their predictions); name another file")
+    if out.is_file() and run in out.parents:
+        raise DataError(f"-o {out}: a file of the run {run}; write the predictions outside it, or to a new file")
+    return out
+
+
 def write_predictions(result: dict[str, Any], out: str | Path) -> Path:
     """The predictions as a CSV: the row (or file), ``prediction``, then ``p(CLASS)`` per class."""
     import pandas as pd
