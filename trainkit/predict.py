@@ -63,7 +63,7 @@ def _inputs(
         frame = read_table(path, kind, field="the rows to predict")
         pre = Preprocess.from_dict(read_json(saved))
         x = pre.transform(frame)
-        notes += unexpected_values(pre, frame)
+        notes += unexpected_values(pre, frame, x)
         return x, {"row": list(range(len(frame)))}
     if path.is_dir():
         return _images(path, shape)

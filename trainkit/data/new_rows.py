@@ -54,14 +54,12 @@ def _numeric(c: dict[str, Any], s: Any) -> list[str]:
     return out
 
 
-def _categorical(c: dict[str, Any], s: Any) -> list[str]:
-    from trainkit.data.tables import _category_index
-
-    vocab = {v: i for i, v in enumerate(c["vocabulary"])}
-    k = len(vocab)
+def _categorical(c: dict[str, Any], s: Any, block: np.ndarray) -> list[str]:
+    """``block``: this column's one-hot inputs as transform encoded them (the vocabulary, then
+    ``(other)``, then ``(missing)``), so the match of each value is not made a second time."""
+    k = len(c["vocabulary"])
     text = s.astype(str).to_numpy()
-    given = _given(s)
-    other = np.array([given[r] and _category_index(vocab, text[r], k) == k for r in range(len(s))], dtype=bool)
+    other = _given(s) & (block[:, k] == 1)
     if not other.any():
         return []
     folded = {v.lower(): v for v in c["vocabulary"]}
@@ -87,18 +85,20 @@ def _datetime(c: dict[str, Any], s: Any) -> list[str]:
     return [f"{c['name']}: {int(bad.sum())} row(s) not a date ({_examples(s[bad])}), predicted as if missing"]
 
 
-def unexpected_values(preprocess: Any, df: Any) -> list[str]:
+def unexpected_values(preprocess: Any, df: Any, x: np.ndarray) -> list[str]:
     """One line per column of ``df`` whose values the fitted ``preprocess`` encodes as a gap or as
-    ``(other)`` although the row gave one, or that fall outside the train range; [] when none."""
+    ``(other)`` although the row gave one, or that fall outside the train range; [] when none.
+    ``x`` is ``preprocess.transform(df)``, whose one-hot blocks say which categories went to
+    ``(other)``."""
     out: list[str] = []
+    start = 0
     for c in preprocess.columns:
-        if c["name"] not in df.columns:
-            continue  # transform names the missing column
-        s = df[c["name"]]
+        s, width = df[c["name"]], len(c["outputs"])
         if c["kind"] in ("numeric", "boolean"):
             out += _numeric(c, s)
         elif c["kind"] == "datetime":
             out += _datetime(c, s)
         else:
-            out += _categorical(c, s)
+            out += _categorical(c, s, x[:, start : start + width])
+        start += width
     return out

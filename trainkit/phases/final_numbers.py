@@ -91,11 +91,14 @@ def evaluate_numbers(
     xv, yv = bundle.arrays("val")
     xt, yt = bundle.arrays("test", reason="forced re-evaluation" if force else "final test evaluation", forced=force)
     pt = _numbers(wrapped, xt)
-    pv = _numbers(wrapped if val_model is None else LabelUnits(val_model, bundle.label_scale).eval(), xv)
-    yt_, yv_ = bundle.to_label_units(yt), bundle.to_label_units(yv)
+    yt_ = bundle.to_label_units(yt)
     est = folds_val(ctx, metric)  # small data: the refit trained on the val rows
     test = _scores(yt_, pt, f.bootstrap, 0)
-    val = {metric: est["val_score"], f"{metric}_ci": est["val_score_ci"]} if est else _scores(yv_, pv, f.bootstrap, 1)
+    if est:
+        val = {metric: est["val_score"], f"{metric}_ci": est["val_score_ci"]}
+    else:  # the val rows through the model that never trained on them (a refit table's early-stopped run)
+        pv = _numbers(wrapped if val_model is None else LabelUnits(val_model, bundle.label_scale).eval(), xv)
+        val = _scores(bundle.to_label_units(yv), pv, f.bootstrap, 1)
     g = torch.Generator().manual_seed(ctx.config.training.seed)
     noisy = regression_scores(yt_, _numbers(wrapped, xt + f.noise_std * torch.randn(xt.shape, generator=g)))
     mean = bundle.label_scale["mean"]
